@@ -1,0 +1,265 @@
+//! Agent configuration: a TOML file, overridden by `SYNCFLEET_*` environment variables, overridden
+//! by command-line flags (the binary's clap layer applies the last two).
+//!
+//! Every problem is reported as a [`ConfigError`] naming the key and how to fix it, before any
+//! connection is made; the binary exits with code 64 (EX_USAGE / EX_CONFIG style) on it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::sim::SimConfig;
+
+/// Exit code for invalid configuration (BSD `EX_USAGE`).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Configuration problems. Messages name the file and key and say how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "invalid config file {path}: {message}\nfix the key named above; '--dump-config' prints every key with its current value"
+    )]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting `{key}`: {problem}; {fix}")]
+    Invalid {
+        key: &'static str,
+        problem: String,
+        fix: String,
+    },
+}
+
+/// Parse a TOML config file into `T` (which should use `deny_unknown_fields`, so a misspelt key
+/// is named in the error with the list of valid ones).
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Validate a name used for agents (it appears in certificates and metrics labels).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The engine an agent drives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum EngineConfig {
+    /// The simulated engine. `server` picks one of the built-in example servers
+    /// ([`SimConfig::example`]) unless `sim` describes one in full.
+    Sim {
+        #[serde(default)]
+        server: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time_scale: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sim: Option<SimConfig>,
+    },
+    /// The real engine through WMI (Windows only).
+    MimWmi,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig::Sim {
+            server: 0,
+            time_scale: None,
+            sim: None,
+        }
+    }
+}
+
+/// Client TLS material of the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFiles {
+    /// CA certificate (PEM) the controller's certificate must chain to. Default
+    /// `<data_dir>/ca.pem`.
+    pub ca_cert: Option<PathBuf>,
+    /// The agent's client certificate (PEM). Default `<data_dir>/agent.pem`.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM). Default `<data_dir>/agent.key`.
+    pub key: Option<PathBuf>,
+    /// Name to verify in the controller's certificate; default: the host of `controller`.
+    pub server_name: Option<String>,
+}
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Agent (sync server) name; must match the name in the client certificate.
+    pub name: String,
+    /// Controller gRPC URL, `https://host:port`.
+    pub controller: String,
+    /// Folder for the journal (`agent.db`) and, by default, the TLS files.
+    pub data_dir: PathBuf,
+    /// Labels reported to the controller (e.g. `env = "prod"`).
+    pub labels: BTreeMap<String, String>,
+    pub tls: TlsFiles,
+    pub engine: EngineConfig,
+    /// Longest wait between reconnection attempts (exponential backoff with jitter up to this).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_backoff: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            controller: String::new(),
+            data_dir: PathBuf::from("syncfleet-agent-data"),
+            labels: BTreeMap::new(),
+            tls: TlsFiles::default(),
+            engine: EngineConfig::default(),
+            reconnect_max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Check the settings; every error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !valid_name(&self.name) {
+            return Err(ConfigError::Invalid {
+                key: "name",
+                problem: format!("{:?} is not a valid agent name", self.name),
+                fix: "set `name` (or --name / SYNCFLEET_AGENT_NAME) to 1-63 characters from a-z, A-Z, 0-9, '.', '_', '-'".into(),
+            });
+        }
+        if !self.controller.starts_with("https://") || self.controller.len() <= "https://".len() {
+            return Err(ConfigError::Invalid {
+                key: "controller",
+                problem: format!("{:?} is not an https URL", self.controller),
+                fix: "set `controller` (or --controller / SYNCFLEET_CONTROLLER) to the controller's gRPC address, e.g. https://controller.example.com:7443".into(),
+            });
+        }
+        if self.reconnect_max_backoff < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                key: "reconnect_max_backoff",
+                problem: format!("{:?} is too short", self.reconnect_max_backoff),
+                fix: "use at least 100ms, e.g. \"30s\"".into(),
+            });
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.len() > 63 || v.len() > 253 {
+                return Err(ConfigError::Invalid {
+                    key: "labels",
+                    problem: format!("label {k:?}={v:?} is empty or too long"),
+                    fix: "use keys of 1-63 and values of at most 253 characters".into(),
+                });
+            }
+        }
+        if let EngineConfig::Sim {
+            time_scale: Some(t),
+            ..
+        } = &self.engine
+            && !(t.is_finite() && *t > 0.0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "engine.time_scale",
+                problem: format!("{t} is not a positive number"),
+                fix: "use e.g. 1.0 for realistic durations or 0.05 for a fast demo".into(),
+            });
+        }
+        #[cfg(not(windows))]
+        if self.engine == EngineConfig::MimWmi {
+            return Err(ConfigError::Invalid {
+                key: "engine.kind",
+                problem: "the mim-wmi driver exists only on Windows".into(),
+                fix: "use kind = \"sim\" on this platform".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.tls
+            .ca_cert
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ca.pem"))
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.tls
+            .cert
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("agent.pem"))
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.tls
+            .key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("agent.key"))
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.data_dir.join("agent.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misspelt_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "name = \"s1\"\ncontroler = \"https://x:1\"\n").unwrap();
+        let err = load_toml::<AgentConfig>(&p).unwrap_err().to_string();
+        assert!(err.contains("controler"), "{err}");
+        assert!(err.contains("controller"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = AgentConfig {
+            name: "sync-01".into(),
+            controller: "http://x:1".into(),
+            ..Default::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("`controller`"), "{err}");
+        c.controller = "https://x:1".into();
+        c.validate().unwrap();
+        c.name = "bad name".into();
+        assert!(c.validate().unwrap_err().to_string().contains("`name`"));
+    }
+
+    #[test]
+    fn engine_section_round_trips() {
+        let c: AgentConfig = toml::from_str(
+            "name = \"a\"\ncontroller = \"https://h:1\"\n[engine]\nkind = \"sim\"\nserver = 2\ntime_scale = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.engine,
+            EngineConfig::Sim {
+                server: 2,
+                time_scale: Some(0.5),
+                sim: None
+            }
+        );
+        let back: AgentConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,308 @@
+//! The agent's durable journal (design decision 2): accepted run ids and the event outbox, in
+//! one SQLite file.
+//!
+//! - A run id is written here *before* the agent acts on it, in the same transaction that checks
+//!   for it, so a resent `StartRun` (after a reconnect, a controller restart or an agent restart)
+//!   is recognised and never executed twice.
+//! - Every event gets the next per-agent sequence number and stays in the outbox until the
+//!   controller acknowledges it. The highest seq ever issued is kept apart from the outbox, so
+//!   numbers are never reused after the outbox is pruned.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+use syncfleet_proto::v1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    accepted_at INTEGER NOT NULL,
+    finished INTEGER NOT NULL DEFAULT 0,
+    spec BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"#;
+
+/// Journal failures.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("agent journal {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the agent data directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent journal {path}: stored record is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+/// Outcome of [`Journal::accept_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// First time this run id is seen: it is now journaled and must be executed.
+    New,
+    /// Already journaled: do nothing.
+    Duplicate,
+}
+
+/// The durable journal. Cheap calls; safe to share between tasks.
+pub struct Journal {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).finish()
+    }
+}
+
+impl Journal {
+    /// Open or create the journal file.
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let err = |source| JournalError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        // Small cache: the agent must stay light (idle memory budget 10 MB).
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-512;
+             PRAGMA busy_timeout=5000;",
+        )
+        .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A poisoned lock means a panic mid-call; SQLite rolled back, the connection is fine.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, source: rusqlite::Error) -> JournalError {
+        JournalError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Record a run id as accepted, unless it already is.
+    pub fn accept_run(&self, spec: &v1::StartRun) -> Result<Accept, JournalError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let n = self
+            .conn()
+            .execute(
+                "INSERT OR IGNORE INTO runs (run_id, accepted_at, spec) VALUES (?1, ?2, ?3)",
+                params![spec.run_id, now, spec.encode_to_vec()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(if n == 1 {
+            Accept::New
+        } else {
+            Accept::Duplicate
+        })
+    }
+
+    /// Mark a run as finished (its RunFinished event is in the outbox).
+    pub fn finish_run(&self, run_id: &str) -> Result<(), JournalError> {
+        self.conn()
+            .execute("UPDATE runs SET finished = 1 WHERE run_id = ?1", [run_id])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Runs accepted and not finished (e.g. interrupted by an agent restart), oldest first.
+    pub fn unfinished_runs(&self) -> Result<Vec<v1::StartRun>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT spec FROM runs WHERE finished = 0 ORDER BY accepted_at")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let body = row.map_err(|e| self.err(e))?;
+            out.push(
+                v1::StartRun::decode(body.as_slice()).map_err(|e| JournalError::Corrupt {
+                    path: self.path.clone(),
+                    detail: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Append an event to the outbox with the next sequence number; returns it as stored.
+    pub fn append(
+        &self,
+        run_id: &str,
+        kind: v1::agent_event::Kind,
+    ) -> Result<v1::AgentEvent, JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let last: i64 = tx
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?
+            .unwrap_or(0);
+        let seq = last + 1;
+        let event = v1::AgentEvent {
+            seq: u64::try_from(seq).unwrap_or(0),
+            at: Some(syncfleet_proto::time::now()),
+            run_id: run_id.to_string(),
+            kind: Some(kind),
+        };
+        tx.execute(
+            "INSERT INTO outbox (seq, body) VALUES (?1, ?2)",
+            params![seq, event.encode_to_vec()],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [seq],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(event)
+    }
+
+    /// Highest sequence number ever issued (0 = none).
+    pub fn last_seq(&self) -> Result<u64, JournalError> {
+        let v: Option<i64> = self
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
+    }
+
+    /// Up to `limit` outbox events with seq above `after`, in order.
+    pub fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<v1::AgentEvent>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT body FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    i64::try_from(after).unwrap_or(i64::MAX),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let body = row.map_err(|e| self.err(e))?;
+            out.push(v1::AgentEvent::decode(body.as_slice()).map_err(|e| {
+                JournalError::Corrupt {
+                    path: self.path.clone(),
+                    detail: e.to_string(),
+                }
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// The controller stored everything up to `seq`: drop it from the outbox.
+    pub fn ack(&self, seq: u64) -> Result<(), JournalError> {
+        self.conn()
+            .execute(
+                "DELETE FROM outbox WHERE seq <= ?1",
+                [i64::try_from(seq).unwrap_or(i64::MAX)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Number of events waiting for acknowledgement.
+    pub fn outbox_len(&self) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(id: &str) -> v1::StartRun {
+        v1::StartRun {
+            run_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn run_ids_are_accepted_once_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        {
+            let j = Journal::open(&path).unwrap();
+            assert_eq!(j.accept_run(&start("r1")).unwrap(), Accept::New);
+            assert_eq!(j.accept_run(&start("r1")).unwrap(), Accept::Duplicate);
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.accept_run(&start("r1")).unwrap(), Accept::Duplicate);
+        assert_eq!(j.unfinished_runs().unwrap().len(), 1);
+        j.finish_run("r1").unwrap();
+        assert!(j.unfinished_runs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn seqs_never_repeat_after_ack_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let kind = || v1::agent_event::Kind::RunStarted(v1::RunStarted {});
+        {
+            let j = Journal::open(&path).unwrap();
+            assert_eq!(j.append("r", kind()).unwrap().seq, 1);
+            assert_eq!(j.append("r", kind()).unwrap().seq, 2);
+            j.ack(2).unwrap();
+            assert_eq!(j.outbox_len().unwrap(), 0);
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.append("r", kind()).unwrap().seq, 3);
+        let pending = j.events_after(0, 10).unwrap();
+        assert_eq!(pending.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+        assert_eq!(j.last_seq().unwrap(), 3);
+    }
+}

@@ -1,0 +1,108 @@
+//! syncfleet agent: one per sync server. It dials out to the controller over mTLS, executes run
+//! profiles through an engine driver, enforces the engine's concurrency rules locally and
+//! streams status and statistics back (design.md, decisions 1–5).
+//!
+//! Contracts this crate keeps:
+//! - **Exactly-once execution**: a run id is journaled before it is acted on
+//!   ([`journal::Journal::accept_run`]) and never executed twice, across reconnects and
+//!   restarts. A run interrupted by an agent restart is reported `unknown`, not re-run.
+//! - **Nothing lost**: every event is journaled with a per-agent sequence number and replayed
+//!   until the controller acknowledges it.
+//! - **Engine rules first**: see [`executor`] for the locks taken before every step.
+//!
+//! Entry point: [`run`], used by the `syncfleet-agent` binary and by the controller's `dev`
+//! mode (in-process agents).
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+pub mod config;
+pub mod engine;
+pub mod executor;
+pub mod journal;
+pub mod runhistory;
+pub mod session;
+
+pub use config::AgentConfig;
+
+/// Failures that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Tls(#[from] session::SessionError),
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+}
+
+/// Build the engine driver named by the configuration.
+pub fn build_engine(cfg: &AgentConfig) -> Result<Arc<dyn engine::SyncEngine>, AgentError> {
+    match &cfg.engine {
+        config::EngineConfig::Sim {
+            server,
+            time_scale,
+            sim,
+        } => {
+            let mut sim_cfg = sim
+                .clone()
+                .unwrap_or_else(|| engine::sim::SimConfig::example(*server));
+            if let Some(t) = time_scale {
+                sim_cfg.time_scale = *t;
+            }
+            Ok(Arc::new(engine::sim::SimEngine::new(sim_cfg)))
+        }
+        config::EngineConfig::MimWmi => Err(AgentError::Config(config::ConfigError::Invalid {
+            key: "engine.kind",
+            problem: "the mim-wmi driver is not available in this build".into(),
+            fix: "use kind = \"sim\"".into(),
+        })),
+    }
+}
+
+/// Run the agent until `shutdown` is cancelled, with the engine built from the configuration.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    cfg.validate()?;
+    let engine = build_engine(&cfg)?;
+    run_with_engine(cfg, engine, shutdown).await
+}
+
+/// Run the agent with a given engine driver (tests and `dev` mode use this with `sim`).
+pub async fn run_with_engine(
+    cfg: AgentConfig,
+    engine: Arc<dyn engine::SyncEngine>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    cfg.validate()?;
+    // Fail fast on missing TLS files: an agent without credentials can never connect.
+    session::client_tls(&cfg)?;
+    let journal = Arc::new(journal::Journal::open(&cfg.journal_path())?);
+    let outbox = Arc::new(tokio::sync::Notify::new());
+    let executor = Arc::new(executor::Executor::new(
+        Arc::clone(&engine),
+        Arc::clone(&journal),
+        Arc::clone(&outbox),
+        executor::ExecutorOptions::default(),
+    ));
+    let interrupted = executor.recover_interrupted()?;
+    if interrupted > 0 {
+        tracing::warn!(
+            count = interrupted,
+            "runs interrupted by the last restart reported as unknown"
+        );
+    }
+    tracing::info!(name = %cfg.name, controller = %cfg.controller, "agent starting");
+    let ctx = Arc::new(session::SessionContext {
+        cfg,
+        engine,
+        journal,
+        executor,
+        outbox,
+    });
+    session::run_forever(ctx, shutdown).await;
+    Ok(())
+}

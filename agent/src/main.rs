@@ -1,0 +1,188 @@
+//! `syncfleet-agent`: thin binary around [`syncfleet_agent::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use syncfleet_agent::config::{self, AgentConfig, EXIT_CONFIG};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "syncfleet-agent",
+    version,
+    about = "syncfleet agent: runs sync engine run profiles on this server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Connect to the controller and execute the runs it sends.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "SYNCFLEET_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Agent name (overrides `name`).
+    #[arg(long, env = "SYNCFLEET_AGENT_NAME")]
+    name: Option<String>,
+    /// Controller URL, https://host:port (overrides `controller`).
+    #[arg(long, env = "SYNCFLEET_CONTROLLER")]
+    controller: Option<String>,
+    /// Data folder for the journal and TLS files (overrides `data_dir`).
+    #[arg(long, env = "SYNCFLEET_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Simulated engine: which example server to simulate (overrides `engine.server`).
+    #[arg(long, env = "SYNCFLEET_SIM_SERVER")]
+    sim_server: Option<usize>,
+    /// Simulated engine: duration multiplier (overrides `engine.time_scale`).
+    #[arg(long, env = "SYNCFLEET_SIM_TIME_SCALE")]
+    sim_time_scale: Option<f64>,
+    /// Label key=value (repeatable; adds to `labels`).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Log format.
+    #[arg(long, env = "SYNCFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    dump_config: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| format!("label {s:?} must look like key=value"))
+}
+
+fn effective(args: &RunArgs) -> Result<AgentConfig, config::ConfigError> {
+    let mut cfg: AgentConfig = match &args.config {
+        Some(p) => config::load_toml(p)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(v) = &args.name {
+        cfg.name.clone_from(v);
+    }
+    if let Some(v) = &args.controller {
+        cfg.controller.clone_from(v);
+    }
+    if let Some(v) = &args.data_dir {
+        cfg.data_dir.clone_from(v);
+    }
+    if let config::EngineConfig::Sim {
+        server, time_scale, ..
+    } = &mut cfg.engine
+    {
+        if let Some(v) = args.sim_server {
+            *server = v;
+        }
+        if let Some(v) = args.sim_time_scale {
+            *time_scale = Some(v);
+        }
+    }
+    for (k, v) in &args.labels {
+        cfg.labels.insert(k.clone(), v.clone());
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let cfg = match effective(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.dump_config {
+        match toml::to_string_pretty(&cfg) {
+            Ok(s) => {
+                print!("{s}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("error: cannot print the configuration: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    init_logging(&args.log_format);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            trigger.cancel();
+        });
+        #[cfg(unix)]
+        {
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                {
+                    s.recv().await;
+                    trigger.cancel();
+                }
+            });
+        }
+        match syncfleet_agent::run(cfg, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e @ syncfleet_agent::AgentError::Config(_)) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNCFLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

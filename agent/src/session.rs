@@ -1,0 +1,367 @@
+//! The agent's one outbound connection (design decision 1): dial the controller over mTLS, say
+//! Hello, replay the outbox, then serve commands and stream events until the stream breaks;
+//! reconnect with exponential backoff and full jitter.
+//!
+//! The reader (commands, acknowledgements) and the writer (events, heartbeats) run as separate
+//! tasks so a slow direction never stalls the other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use syncfleet_proto::v1::{
+    self, agent_message::Msg as AgentMsg, agent_service_client::AgentServiceClient,
+    controller_message::Msg as CtrlMsg,
+};
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::AgentConfig;
+use crate::engine::{MaInfo, SyncEngine};
+use crate::executor::Executor;
+use crate::journal::{Accept, Journal};
+
+/// Largest gRPC message accepted or sent on the session.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a session could not be established or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot read {what} {path}: {source}")]
+    ReadTls {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid controller address {0:?}: {1}")]
+    BadUrl(String, String),
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("controller refused the session: {0}")]
+    Refused(tonic::Status),
+    #[error("session stream failed: {0}")]
+    Stream(tonic::Status),
+    #[error("controller closed the session before its Welcome")]
+    NoWelcome,
+    #[error("agent journal: {0}")]
+    Journal(#[from] crate::journal::JournalError),
+}
+
+/// TLS material read from disk at every connect, so renewed certificates are picked up.
+pub fn client_tls(cfg: &AgentConfig) -> Result<ClientTlsConfig, SessionError> {
+    let read = |what, path: std::path::PathBuf| {
+        std::fs::read(&path).map_err(|source| SessionError::ReadTls {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let ca = read("CA certificate", cfg.ca_cert_path())?;
+    let cert = read("agent certificate", cfg.cert_path())?;
+    let key = read("agent key", cfg.key_path())?;
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key));
+    if let Some(name) = &cfg.tls.server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(tls)
+}
+
+async fn connect(cfg: &AgentConfig) -> Result<Channel, SessionError> {
+    let tls = client_tls(cfg)?;
+    let endpoint = Endpoint::from_shared(cfg.controller.clone())
+        .map_err(|e| SessionError::BadUrl(cfg.controller.clone(), e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| SessionError::BadUrl(cfg.controller.clone(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    endpoint
+        .connect()
+        .await
+        .map_err(|source| SessionError::Connect {
+            url: cfg.controller.clone(),
+            source,
+        })
+}
+
+fn inventory_proto(inv: &[MaInfo]) -> Vec<v1::ManagementAgent> {
+    inv.iter()
+        .map(|m| v1::ManagementAgent {
+            name: m.name.clone(),
+            guid: m.guid.clone(),
+            r#type: m.ma_type.clone(),
+            run_profiles: m
+                .run_profiles
+                .iter()
+                .map(|p| v1::RunProfile {
+                    name: p.name.clone(),
+                    step_types: p.steps.iter().map(|s| s.step_type.clone()).collect(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Everything a session needs, shared across reconnects.
+pub struct SessionContext {
+    pub cfg: AgentConfig,
+    pub engine: Arc<dyn SyncEngine>,
+    pub journal: Arc<Journal>,
+    pub executor: Arc<Executor>,
+    pub outbox: Arc<Notify>,
+}
+
+impl std::fmt::Debug for SessionContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionContext")
+            .field("name", &self.cfg.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keep a session open until `shutdown`, reconnecting as needed.
+pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) {
+    let mut attempt: u32 = 0;
+    while !shutdown.is_cancelled() {
+        let welcomed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let result = tokio::select! {
+            r = run_session(&ctx, &shutdown, &welcomed) => r,
+            () = shutdown.cancelled() => return,
+        };
+        if welcomed.load(std::sync::atomic::Ordering::Relaxed) {
+            attempt = 0;
+        }
+        match result {
+            Ok(()) => tracing::warn!("controller closed the session; reconnecting"),
+            Err(e) => tracing::warn!(error = %e, "session ended; reconnecting"),
+        }
+        attempt = attempt.saturating_add(1);
+        let cap = ctx.cfg.reconnect_max_backoff;
+        let base = Duration::from_millis(250).saturating_mul(1u32 << attempt.min(16));
+        let ceiling = base.min(cap);
+        // Full jitter: spread reconnects of a whole fleet after a controller restart.
+        let wait = ceiling.mul_f64(rand::rng().random_range(0.5..=1.0));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn run_session(
+    ctx: &SessionContext,
+    shutdown: &CancellationToken,
+    welcomed: &std::sync::atomic::AtomicBool,
+) -> Result<(), SessionError> {
+    let channel = connect(&ctx.cfg).await?;
+    let inventory = match ctx.executor.refresh_inventory().await {
+        Ok(inv) => inv,
+        Err(e) => {
+            tracing::warn!(error = %e, "engine inventory unavailable");
+            Vec::new()
+        }
+    };
+    let info = ctx.engine.info();
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
+    let hello = v1::Hello {
+        name: ctx.cfg.name.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        labels: ctx.cfg.labels.clone().into_iter().collect(),
+        engine: Some(v1::EngineInfo {
+            kind: info.kind,
+            version: info.version,
+        }),
+        inventory: inventory_proto(&inventory),
+        runs_in_flight: ctx.executor.runs_in_flight(),
+        last_event_seq: ctx.journal.last_seq()?,
+        hostname: hostname(),
+    };
+    // The channel is empty and its receiver alive: this send cannot fail.
+    let _ = tx
+        .send(v1::AgentMessage {
+            msg: Some(AgentMsg::Hello(hello)),
+        })
+        .await;
+    let mut client = AgentServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(SessionError::Refused)?
+        .into_inner();
+    let welcome = match inbound.message().await.map_err(SessionError::Stream)? {
+        Some(v1::ControllerMessage {
+            msg: Some(CtrlMsg::Welcome(w)),
+        }) => w,
+        _ => return Err(SessionError::NoWelcome),
+    };
+    welcomed.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(controller = %ctx.cfg.controller, acked = welcome.acked_event_seq, "session open");
+    ctx.journal.ack(welcome.acked_event_seq)?;
+    let heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_interval_seconds.max(1)));
+
+    let session_done = CancellationToken::new();
+    let reader = {
+        let tx = tx.clone();
+        let done = session_done.clone();
+        let journal = Arc::clone(&ctx.journal);
+        let executor = Arc::clone(&ctx.executor);
+        let outbox = Arc::clone(&ctx.outbox);
+        async move {
+            let r = read_loop(&mut inbound, &tx, &journal, &executor, &outbox).await;
+            done.cancel();
+            r
+        }
+    };
+    let writer = write_loop(ctx, &tx, welcome.acked_event_seq, heartbeat, &session_done);
+    tokio::select! {
+        r = reader => r,
+        r = writer => r,
+        () = shutdown.cancelled() => Ok(()),
+    }
+}
+
+async fn read_loop(
+    inbound: &mut tonic::Streaming<v1::ControllerMessage>,
+    tx: &mpsc::Sender<v1::AgentMessage>,
+    journal: &Journal,
+    executor: &Arc<Executor>,
+    outbox: &Notify,
+) -> Result<(), SessionError> {
+    while let Some(msg) = inbound.message().await.map_err(SessionError::Stream)? {
+        match msg.msg {
+            Some(CtrlMsg::EventAck(ack)) => journal.ack(ack.up_to_seq)?,
+            Some(CtrlMsg::Command(cmd)) => {
+                let ack = handle_command(cmd, journal, executor);
+                if tx
+                    .send(v1::AgentMessage {
+                        msg: Some(AgentMsg::CommandAck(ack)),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                outbox.notify_one();
+            }
+            Some(CtrlMsg::Welcome(_)) | None => {}
+        }
+    }
+    Ok(())
+}
+
+fn handle_command(cmd: v1::Command, journal: &Journal, executor: &Arc<Executor>) -> v1::CommandAck {
+    let mut ack = v1::CommandAck {
+        command_id: cmd.command_id.clone(),
+        accepted: true,
+        reason: String::new(),
+        duplicate: false,
+    };
+    match cmd.kind {
+        Some(v1::command::Kind::StartRun(start)) => {
+            if start.run_id.is_empty() || start.steps.is_empty() {
+                ack.accepted = false;
+                ack.reason = "StartRun needs a run_id and at least one step".into();
+                return ack;
+            }
+            // Journal first: once this returns New, the run id can never start again.
+            match journal.accept_run(&start) {
+                Ok(Accept::New) => {
+                    tracing::info!(run_id = %start.run_id, steps = start.steps.len(), "run accepted");
+                    executor.start(start);
+                }
+                Ok(Accept::Duplicate) => {
+                    tracing::info!(run_id = %start.run_id, "run already accepted; not executing again");
+                    ack.duplicate = true;
+                }
+                Err(e) => {
+                    ack.accepted = false;
+                    ack.reason = format!("cannot journal the run: {e}");
+                }
+            }
+        }
+        Some(v1::command::Kind::CancelRun(c)) => {
+            if !executor.cancel(&c.run_id) {
+                ack.accepted = false;
+                ack.reason = format!("run {} is not executing on this agent", c.run_id);
+            }
+        }
+        None => {
+            ack.accepted = false;
+            ack.reason = "empty command (newer controller?)".into();
+        }
+    }
+    ack
+}
+
+async fn write_loop(
+    ctx: &SessionContext,
+    tx: &mpsc::Sender<v1::AgentMessage>,
+    mut sent: u64,
+    heartbeat: Duration,
+    done: &CancellationToken,
+) -> Result<(), SessionError> {
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Replay / stream everything not yet sent on this session, in seq order.
+        loop {
+            let batch = ctx.journal.events_after(sent, 256)?;
+            if batch.is_empty() {
+                break;
+            }
+            for ev in batch {
+                let seq = ev.seq;
+                if tx
+                    .send(v1::AgentMessage {
+                        msg: Some(AgentMsg::Event(ev)),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                sent = seq;
+            }
+        }
+        tokio::select! {
+            () = ctx.outbox.notified() => {}
+            _ = tick.tick() => {
+                let health = ctx.engine.health().await;
+                let hb = v1::Heartbeat {
+                    sent_at: Some(syncfleet_proto::time::now()),
+                    engine_healthy: health.healthy,
+                    engine_detail: health.detail,
+                    runs_in_flight: ctx.executor.runs_in_flight(),
+                };
+                if tx.send(v1::AgentMessage { msg: Some(AgentMsg::Heartbeat(hb)) }).await.is_err() {
+                    return Ok(());
+                }
+            }
+            () = done.cancelled() => return Ok(()),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .or_else(|_| std::env::var("COMPUTERNAME"))
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,298 @@
+//! `syncfleet-controller`: thin binary around the controller library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use syncfleet_controller::config::{self, ConfigError, ControllerConfig, EXIT_CONFIG};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "syncfleet-controller",
+    version,
+    about = "syncfleet controller: schedules and dispatches sync engine runs across a fleet"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve agents and operators.
+    Serve(Common),
+    /// Create the CA, the controller's certificate and an admin operator credential.
+    Init {
+        #[command(flatten)]
+        common: Common,
+        /// Name of the first operator credential.
+        #[arg(long, default_value = "admin")]
+        operator: String,
+        /// Also issue credentials for an agent of this name into
+        /// `<data_dir>/pki/agents/NAME/` (repeatable); copy that folder to the sync server.
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+    },
+    /// Run a whole fleet on this machine: controller + simulated agents, with a CLI context.
+    Dev {
+        /// Number of simulated agents (sync servers).
+        #[arg(long, default_value_t = 3)]
+        agents: usize,
+        /// Keep the store and credentials here instead of a temporary folder.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        grpc_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:7080")]
+        http_listen: SocketAddr,
+        /// CLI config file to write the `dev` context into (default: the CLI's own default).
+        #[arg(long, env = "SYNCFLEET_CONFIG")]
+        cli_config: Option<PathBuf>,
+        /// Simulated engine duration multiplier (1.0 = realistic).
+        #[arg(long, default_value_t = 0.05)]
+        time_scale: f64,
+        #[arg(long, env = "SYNCFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Configuration file (TOML).
+    #[arg(long, env = "SYNCFLEET_CONTROLLER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data folder (store and PKI); overrides `data_dir`.
+    #[arg(long, env = "SYNCFLEET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address; overrides `grpc_listen`.
+    #[arg(long, env = "SYNCFLEET_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// HTTP listen address; overrides `http_listen`.
+    #[arg(long, env = "SYNCFLEET_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// Fleet name; overrides `fleet`.
+    #[arg(long, env = "SYNCFLEET_FLEET")]
+    fleet: Option<String>,
+    /// Pending-run deadline, e.g. "15m"; overrides `pending_deadline`.
+    #[arg(long, env = "SYNCFLEET_PENDING_DEADLINE", value_parser = humantime::parse_duration)]
+    pending_deadline: Option<std::time::Duration>,
+    /// Log format.
+    #[arg(long, env = "SYNCFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    dump_config: bool,
+}
+
+fn effective(c: &Common) -> Result<ControllerConfig, ConfigError> {
+    let mut cfg: ControllerConfig = match &c.config {
+        Some(p) => config::load_toml(p)?,
+        None => ControllerConfig::default(),
+    };
+    if let Some(v) = &c.data_dir {
+        cfg.data_dir.clone_from(v);
+    }
+    if let Some(v) = c.grpc_listen {
+        cfg.grpc_listen = v;
+    }
+    if let Some(v) = c.http_listen {
+        cfg.http_listen = v;
+    }
+    if let Some(v) = &c.fleet {
+        cfg.fleet.clone_from(v);
+    }
+    if let Some(v) = c.pending_deadline {
+        cfg.pending_deadline = v;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNCFLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        t.cancel();
+    });
+    #[cfg(unix)]
+    {
+        let t = token.clone();
+        tokio::spawn(async move {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                s.recv().await;
+                t.cancel();
+            }
+        });
+    }
+    token
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    match cli.command {
+        Command::Serve(common) => {
+            let cfg = match effective(&common) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            if common.dump_config {
+                return dump(&cfg);
+            }
+            init_logging(&common.log_format);
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            rt.block_on(async {
+                let shutdown = shutdown_on_signals();
+                match syncfleet_controller::server::serve(cfg, shutdown, None).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e @ syncfleet_controller::server::ServeError::Config(_)) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(EXIT_CONFIG)
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Init {
+            common,
+            operator,
+            agents,
+        } => {
+            let cfg = match effective(&common) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            if common.dump_config {
+                return dump(&cfg);
+            }
+            match syncfleet_controller::init::init(&cfg, &operator).and_then(|(ca, out)| {
+                for name in &agents {
+                    let dir = cfg.pki_dir().join("agents").join(name);
+                    syncfleet_controller::init::issue_agent_files(
+                        &ca,
+                        name,
+                        &dir,
+                        syncfleet_controller::init::AGENT_CERT_LIFETIME,
+                    )?;
+                    eprintln!("agent {name}: {}", dir.display());
+                }
+                Ok(out)
+            }) {
+                Ok(out) => {
+                    eprintln!(
+                        "{} CA {}\nserver certificate {}\noperator {operator}: {} / {}",
+                        if out.created_ca {
+                            "created"
+                        } else {
+                            "kept existing"
+                        },
+                        out.ca_cert.display(),
+                        out.server_cert.display(),
+                        out.operator_cert.display(),
+                        out.operator_key.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dev {
+            agents,
+            data_dir,
+            grpc_listen,
+            http_listen,
+            cli_config,
+            time_scale,
+            log_format,
+        } => {
+            init_logging(&log_format);
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            rt.block_on(async {
+                let shutdown = shutdown_on_signals();
+                let opts = syncfleet_controller::dev::DevOptions {
+                    agents,
+                    data_dir,
+                    grpc_listen,
+                    http_listen,
+                    cli_config,
+                    time_scale,
+                };
+                match syncfleet_controller::dev::run_dev(opts, shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn dump(cfg: &ControllerConfig) -> ExitCode {
+    match toml::to_string_pretty(cfg) {
+        Ok(s) => {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot print the configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

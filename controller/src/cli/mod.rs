@@ -1,0 +1,717 @@
+//! `syncfleet`, the operator CLI: a thin gRPC client of `FleetService` (design decision 8).
+//!
+//! Everything it does is one or a few FleetService calls, so anything shown here can also be
+//! done with grpcurl or any gRPC client. The binary (`src/bin/syncfleet.rs`) only calls
+//! [`main`].
+//!
+//! # Commands
+//!
+//! ```text
+//! syncfleet agents list                         NAME STATE ENGINE MAS LAST-SEEN LABELS
+//! syncfleet agents show NAME
+//! syncfleet run AGENT --step "MA:PROFILE" [--step ...] [--follow]
+//! syncfleet runs list [--agent NAME] [--state S]... [--limit N]
+//! syncfleet runs show ID
+//! syncfleet runs cancel ID [--reason TEXT]
+//! ```
+//!
+//! Global flags: `--config PATH` (env `SYNCFLEET_CONFIG`), `--context NAME` (env
+//! `SYNCFLEET_CONTEXT`), `-o/--output table|json`. See [`config`] for the config file.
+//!
+//! # Output contract
+//!
+//! - **stdout carries data only**: tables, key/value blocks, run ids, JSON documents. With
+//!   `-o json` stdout is exactly one JSON document (see [`output`] for the shapes).
+//! - **stderr carries messages for humans**: `run --follow` progress lines, hints, and errors,
+//!   which are one line starting with `error: `.
+//! - `run` without `--follow` prints just the new run's id (table mode), so
+//!   `id=$(syncfleet run sync01 --step "AD:Delta Import")` works; with `--follow` it prints the
+//!   final run (summary, or the run object with `-o json`) once the run has ended.
+//!
+//! # Exit codes
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | the request succeeded; for `run --follow`, the run ended `succeeded` (which includes engine results such as `completed-warnings`) |
+//! | 1 | the thing asked for failed: config file or context problem, cannot reach or authenticate to the controller, the controller refused the request (gRPC status), or `run --follow` ended `completed_with_errors`, `failed`, `cancelled`, `skipped` or `unknown`, or the watch was lost for longer than ~30 s |
+//! | 2 | usage error (unknown flag, bad `--step`, bad `--state`), reported by clap |
+//!
+//! Config and connection errors deliberately share code 1 with request failures: scripts only
+//! need "did it work", and the `error:` line tells humans which it was.
+//!
+//! # `run --follow`
+//!
+//! Watches the run with `WatchRuns{run_id}`; the server sends the current snapshot first, so a
+//! run that ends between `StartRun` and the watch is still seen ending. If the stream breaks the
+//! CLI re-opens it with a growing backoff (0.5 s … 5 s) for up to ~30 s without any successful
+//! message before giving up; the run itself is unaffected (it executes on the agent), and
+//! interrupting the CLI (Ctrl-C) only stops watching.
+
+pub mod config;
+pub mod connect;
+pub mod human;
+pub mod output;
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use syncfleet_proto::v1::{
+    CancelRunRequest, GetAgentRequest, GetRunRequest, ListAgentsRequest, ListRunsRequest, Run,
+    RunState, StartRunRequest, StepSpec, WatchRunsRequest,
+};
+
+use config::{ConfigError, ResolvedContext};
+use connect::{Client, ConnectError};
+
+/// Exit code: the request succeeded (for `run --follow`: the run succeeded).
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the request failed, the controller could not be reached or configured, or the
+/// followed run did not succeed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: usage error (set by clap).
+pub const EXIT_USAGE: u8 = 2;
+
+/// How long `run --follow` keeps trying to re-open a broken watch without any success.
+const WATCH_GIVE_UP: Duration = Duration::from_secs(30);
+
+/// Run states accepted by `--state`, in lifecycle order.
+const STATE_LABELS: [&str; 9] = [
+    "pending",
+    "dispatched",
+    "running",
+    "succeeded",
+    "completed_with_errors",
+    "failed",
+    "skipped",
+    "cancelled",
+    "unknown",
+];
+
+/// Operator CLI of syncfleet: schedule and run identity sync engine run profiles across a fleet.
+#[derive(Debug, Parser)]
+#[command(name = "syncfleet", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file with the contexts [default: ~/.config/syncfleet/config.toml]
+    #[arg(long, global = true, env = config::CONFIG_ENV, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Context (controller + credentials) to use [default: current_context of the config file]
+    #[arg(long, global = true, env = config::CONTEXT_ENV, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Output format: human tables or one JSON document on stdout
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `-o` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns / key-value lines for humans.
+    Table,
+    /// One JSON document (see the `output` module for shapes).
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sync servers (agents) known to the controller
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Start an ad-hoc run of run profiles on one agent
+    Run(RunArgs),
+    /// Runs: list, show, cancel
+    #[command(subcommand)]
+    Runs(RunsCommand),
+}
+
+/// `agents ...`
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List all agents, connected or not
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show one agent with its management agents and run profiles
+    Show {
+        /// Agent name
+        name: String,
+    },
+}
+
+/// `run AGENT --step MA:PROFILE ...`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Agent (sync server) name
+    pub agent: String,
+    /// A step "MA:PROFILE", e.g. "AD:Delta Import"; repeat for more steps, run in order. Split
+    /// at the first ':' (profile names may contain ':' and spaces)
+    #[arg(long = "step", short = 's', required = true, value_name = "MA:PROFILE", value_parser = parse_step)]
+    pub steps: Vec<StepSpec>,
+    /// Watch the run until it ends; exit 0 only if it succeeded
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+/// `runs ...`
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only runs of this agent
+        #[arg(long, value_name = "NAME")]
+        agent: Option<String>,
+        /// Only runs in this state; repeat or comma-separate for several
+        #[arg(
+            long = "state",
+            value_name = "STATE",
+            value_delimiter = ',',
+            value_parser = PossibleValuesParser::new(STATE_LABELS)
+                .map(|s| RunState::from_label(&s).unwrap_or(RunState::Unspecified))
+        )]
+        states: Vec<RunState>,
+        /// Show at most this many runs
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Show one run with its steps and counters
+    Show {
+        /// Run id
+        id: String,
+    },
+    /// Cancel a run (a pending run ends at once; a running one is stopped on its agent)
+    Cancel {
+        /// Run id
+        id: String,
+        /// Why, for the record
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+    },
+}
+
+/// Parses `--step "MA:PROFILE"`, splitting at the first `:` (MA names contain no colon, profile
+/// names may); surrounding blanks are trimmed so `"AD: Delta Import"` works too.
+pub fn parse_step(s: &str) -> Result<StepSpec, String> {
+    let usage = "expected MA:PROFILE, e.g. \"AD:Delta Import\" (split at the first ':')";
+    let Some((ma, profile)) = s.split_once(':') else {
+        return Err(format!("no ':' in \"{s}\"; {usage}"));
+    };
+    let (ma, profile) = (ma.trim(), profile.trim());
+    if ma.is_empty() {
+        return Err(format!("empty MA name in \"{s}\"; {usage}"));
+    }
+    if profile.is_empty() {
+        return Err(format!("empty run profile name in \"{s}\"; {usage}"));
+    }
+    Ok(StepSpec {
+        ma: ma.to_string(),
+        profile: profile.to_string(),
+    })
+}
+
+/// Everything a command can fail with; `Display` is the one line after `error: `.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Config file or context problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Could not connect to the controller.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The controller answered a call with an error status.
+    #[error("{line}")]
+    Rpc { line: String },
+    /// `run --follow` lost the watch for too long.
+    #[error(
+        "lost the watch on run {run_id} for {}s: {cause}; the run continues on the agent — check it with 'syncfleet runs show {run_id}'",
+        WATCH_GIVE_UP.as_secs()
+    )]
+    WatchLost { run_id: String, cause: String },
+    /// Writing to stdout failed (other than a closed pipe, which is not an error).
+    #[error("cannot write output: {0}")]
+    Stdout(#[source] std::io::Error),
+}
+
+/// Entry point of the `syncfleet` binary: builds a Tokio runtime and runs
+/// [`main_with_args`] with the process arguments.
+pub fn main() -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    rt.block_on(main_with_args(std::env::args_os()))
+}
+
+/// Parses `args` (including the program name) and runs the command; returns the exit code per
+/// the module's contract, having printed data to stdout and messages to stderr.
+pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version are "errors" with exit code 0 and go to stdout.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
+        }
+    };
+    match execute(&cli).await {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Runs one parsed command; `Ok` carries the exit code for outcomes that are not errors of the
+/// CLI itself (a followed run that did not succeed).
+pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
+    let rc = config::load_context(cli.config.as_deref(), cli.context.as_deref())?;
+    let mut client = connect::connect(&rc).await?;
+    let s = Session {
+        rc: &rc,
+        format: cli.output,
+    };
+    match &cli.command {
+        Command::Agents(AgentsCommand::List) => s.agents_list(&mut client).await,
+        Command::Agents(AgentsCommand::Show { name }) => s.agents_show(&mut client, name).await,
+        Command::Run(args) => s.run(&mut client, args).await,
+        Command::Runs(RunsCommand::List {
+            agent,
+            states,
+            limit,
+        }) => {
+            s.runs_list(&mut client, agent.as_deref(), states, *limit)
+                .await
+        }
+        Command::Runs(RunsCommand::Show { id }) => s.runs_show(&mut client, id).await,
+        Command::Runs(RunsCommand::Cancel { id, reason }) => {
+            s.runs_cancel(&mut client, id, reason).await
+        }
+    }
+}
+
+/// Per-invocation state shared by the commands.
+struct Session<'a> {
+    rc: &'a ResolvedContext,
+    format: OutputFormat,
+}
+
+/// Writes `text` to stdout. A closed pipe (`syncfleet runs list | head -1`) is not an error.
+fn out(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::Stdout(e)),
+    }
+}
+
+/// Writes one pretty JSON document and a newline to stdout.
+fn out_json(v: &serde_json::Value) -> Result<(), CliError> {
+    let text =
+        serde_json::to_string_pretty(v).map_err(|e| CliError::Stdout(std::io::Error::other(e)))?;
+    out(&format!("{text}\n"))
+}
+
+/// A human progress line on stderr, prefixed with the local time.
+fn progress(line: &str) {
+    eprintln!("[{}] {line}", chrono::Local::now().format("%H:%M:%S"));
+}
+
+impl Session<'_> {
+    fn rpc_err(&self, status: &tonic::Status) -> CliError {
+        CliError::Rpc {
+            line: connect::describe_status(status, &self.rc.context.controller),
+        }
+    }
+
+    async fn agents_list(&self, client: &mut Client) -> Result<u8, CliError> {
+        let mut agents = client
+            .list_agents(ListAgentsRequest {})
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner()
+            .agents;
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        match self.format {
+            OutputFormat::Json => out_json(&output::agents_json(&agents))?,
+            OutputFormat::Table => {
+                if agents.is_empty() {
+                    eprintln!(
+                        "no agents yet; an agent appears once syncfleet-agent has connected to {}",
+                        self.rc.context.controller
+                    );
+                } else {
+                    out(&human::agents_table(&agents, chrono::Utc::now()))?;
+                }
+            }
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn agents_show(&self, client: &mut Client, name: &str) -> Result<u8, CliError> {
+        let agent = client
+            .get_agent(GetAgentRequest {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner();
+        match self.format {
+            OutputFormat::Json => out_json(&output::agent_json(&agent))?,
+            OutputFormat::Table => out(&human::agent_details(&agent, chrono::Utc::now()))?,
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn run(&self, client: &mut Client, args: &RunArgs) -> Result<u8, CliError> {
+        let run = client
+            .start_run(StartRunRequest {
+                agent: args.agent.clone(),
+                steps: args.steps.clone(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner();
+        if !args.follow {
+            match self.format {
+                OutputFormat::Json => out_json(&output::run_json(&run))?,
+                OutputFormat::Table => {
+                    out(&format!("{}\n", run.id))?;
+                    let mut hint = format!(
+                        "run {} is {} on agent {}",
+                        run.id,
+                        run.state().label(),
+                        run.agent
+                    );
+                    if !run.message.is_empty() {
+                        hint.push_str(&format!(" ({})", run.message));
+                    }
+                    eprintln!("{hint}; see it with 'syncfleet runs show {}'", run.id);
+                }
+            }
+            return Ok(EXIT_OK);
+        }
+        eprintln!(
+            "run {} started on agent {}; following it (Ctrl-C stops watching, not the run)",
+            run.id, run.agent
+        );
+        let last = self.follow(client, run).await?;
+        match self.format {
+            OutputFormat::Json => out_json(&output::run_json(&last))?,
+            OutputFormat::Table => out(&human::run_details(&last, chrono::Utc::now()))?,
+        }
+        if last.state() == RunState::Succeeded {
+            Ok(EXIT_OK)
+        } else {
+            eprintln!(
+                "run {} ended {}{}",
+                last.id,
+                last.state().label(),
+                if last.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", last.message)
+                }
+            );
+            Ok(EXIT_FAILED)
+        }
+    }
+
+    /// Watches `run` until it is terminal, printing progress to stderr; returns the final
+    /// snapshot. Broken streams are re-opened (the server re-sends the current snapshot, so
+    /// nothing is missed) until [`WATCH_GIVE_UP`] passes without any successful message.
+    async fn follow(&self, client: &mut Client, run: Run) -> Result<Run, CliError> {
+        let run_id = run.id.clone();
+        let mut follower = human::Follower::new();
+        for line in follower.observe(&run) {
+            progress(&line);
+        }
+        if run.state().is_terminal() {
+            return Ok(run);
+        }
+        let mut last_ok = Instant::now();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let cause = match client
+                .watch_runs(WatchRunsRequest {
+                    run_id: run_id.clone(),
+                    agent: String::new(),
+                })
+                .await
+            {
+                Ok(resp) => {
+                    let mut stream = resp.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(update)) => {
+                                last_ok = Instant::now();
+                                backoff = Duration::from_millis(500);
+                                let Some(r) = update.run else { continue };
+                                if r.id != run_id {
+                                    continue;
+                                }
+                                for line in follower.observe(&r) {
+                                    progress(&line);
+                                }
+                                if r.state().is_terminal() {
+                                    return Ok(r);
+                                }
+                            }
+                            Ok(None) => break "the controller closed the watch stream".to_string(),
+                            Err(status) => {
+                                if is_permanent(&status) {
+                                    return Err(self.rpc_err(&status));
+                                }
+                                break connect::brief_status(&status);
+                            }
+                        }
+                    }
+                }
+                Err(status) => {
+                    if is_permanent(&status) {
+                        return Err(self.rpc_err(&status));
+                    }
+                    connect::brief_status(&status)
+                }
+            };
+            if last_ok.elapsed() >= WATCH_GIVE_UP {
+                return Err(CliError::WatchLost { run_id, cause });
+            }
+            eprintln!(
+                "watch of run {} interrupted: {cause}; reconnecting in {}",
+                human::short_id(&run_id),
+                human::duration(chrono::TimeDelta::milliseconds(
+                    i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX)
+                ))
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn runs_list(
+        &self,
+        client: &mut Client,
+        agent: Option<&str>,
+        states: &[RunState],
+        limit: u32,
+    ) -> Result<u8, CliError> {
+        let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut runs: Vec<Run> = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let remaining = limit_usize.saturating_sub(runs.len());
+            let page_size = u32::try_from(remaining).unwrap_or(u32::MAX).min(1000);
+            let resp = client
+                .list_runs(ListRunsRequest {
+                    agent: agent.unwrap_or_default().to_string(),
+                    states: states.iter().map(|s| *s as i32).collect(),
+                    since: None,
+                    until: None,
+                    page_size,
+                    page_token: page_token.clone(),
+                })
+                .await
+                .map_err(|e| self.rpc_err(&e))?
+                .into_inner();
+            let got = resp.runs.len();
+            runs.extend(resp.runs);
+            // An empty page with a token would loop forever on a misbehaving server; stop.
+            if runs.len() >= limit_usize || resp.next_page_token.is_empty() || got == 0 {
+                break;
+            }
+            page_token = resp.next_page_token;
+        }
+        runs.truncate(limit_usize);
+        match self.format {
+            OutputFormat::Json => out_json(&output::runs_json(&runs))?,
+            OutputFormat::Table => {
+                if runs.is_empty() {
+                    eprintln!("no runs match");
+                } else {
+                    out(&human::runs_table(&runs, chrono::Utc::now()))?;
+                }
+            }
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn runs_show(&self, client: &mut Client, id: &str) -> Result<u8, CliError> {
+        let run = client
+            .get_run(GetRunRequest { id: id.to_string() })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner();
+        match self.format {
+            OutputFormat::Json => out_json(&output::run_json(&run))?,
+            OutputFormat::Table => out(&human::run_details(&run, chrono::Utc::now()))?,
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn runs_cancel(
+        &self,
+        client: &mut Client,
+        id: &str,
+        reason: &str,
+    ) -> Result<u8, CliError> {
+        let run = client
+            .cancel_run(CancelRunRequest {
+                id: id.to_string(),
+                reason: reason.to_string(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner();
+        match self.format {
+            OutputFormat::Json => out_json(&output::run_json(&run))?,
+            OutputFormat::Table => {
+                out(&format!("{}\n", run.id))?;
+                eprintln!(
+                    "run {} is {}{}",
+                    run.id,
+                    run.state().label(),
+                    if run.state().is_terminal() {
+                        ""
+                    } else {
+                        " (the agent is stopping it)"
+                    }
+                );
+            }
+        }
+        Ok(EXIT_OK)
+    }
+}
+
+/// Watch errors that re-opening the stream cannot fix.
+fn is_permanent(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::NotFound
+            | Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::Unimplemented
+            | Code::FailedPrecondition
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn step_splits_at_first_colon() {
+        let s = parse_step("AD:Delta Import").unwrap();
+        assert_eq!((s.ma.as_str(), s.profile.as_str()), ("AD", "Delta Import"));
+        let s = parse_step("CONTOSO AD: Full Import: weekly").unwrap();
+        assert_eq!(
+            (s.ma.as_str(), s.profile.as_str()),
+            ("CONTOSO AD", "Full Import: weekly")
+        );
+    }
+
+    #[test]
+    fn step_without_colon_names_expected_form() {
+        let e = parse_step("AD Delta Import").unwrap_err();
+        assert!(e.contains("expected MA:PROFILE"), "{e}");
+        assert!(parse_step(":x").is_err());
+        assert!(parse_step("AD:").is_err());
+    }
+
+    #[test]
+    fn parses_run_and_runs_list() {
+        let cli = Cli::try_parse_from([
+            "syncfleet",
+            "run",
+            "sync01",
+            "--step",
+            "AD:Delta Import",
+            "--step",
+            "HR:Export",
+            "--follow",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, OutputFormat::Json);
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.steps.len(), 2);
+        assert!(args.follow);
+
+        let cli = Cli::try_parse_from([
+            "syncfleet",
+            "runs",
+            "list",
+            "--state",
+            "failed,cancelled",
+            "--state",
+            "running",
+        ])
+        .unwrap();
+        let Command::Runs(RunsCommand::List { states, limit, .. }) = cli.command else {
+            panic!("not runs list")
+        };
+        assert_eq!(
+            states,
+            vec![RunState::Failed, RunState::Cancelled, RunState::Running]
+        );
+        assert_eq!(limit, 20);
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        let e =
+            Cli::try_parse_from(["syncfleet", "run", "sync01", "--step", "nocolon"]).unwrap_err();
+        assert_eq!(e.exit_code(), i32::from(EXIT_USAGE));
+        let e = Cli::try_parse_from(["syncfleet", "runs", "list", "--state", "bogus"]).unwrap_err();
+        assert_eq!(e.exit_code(), i32::from(EXIT_USAGE));
+        let e = Cli::try_parse_from(["syncfleet", "run", "sync01"]).unwrap_err();
+        assert_eq!(e.exit_code(), i32::from(EXIT_USAGE));
+    }
+
+    #[tokio::test]
+    async fn missing_config_file_exits_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("none.toml");
+        let code = main_with_args(
+            [
+                "syncfleet",
+                "--config",
+                p.to_str().unwrap(),
+                "agents",
+                "list",
+            ]
+            .into_iter()
+            .map(OsString::from),
+        )
+        .await;
+        assert_eq!(code, ExitCode::from(EXIT_FAILED));
+    }
+}

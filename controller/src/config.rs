@@ -1,0 +1,172 @@
+//! Controller configuration: TOML file < `SYNCFLEET_*` environment < flags (the binary's clap
+//! layer applies the last two). [`ControllerConfig::validate`] names the key and the fix for
+//! every problem; the binary exits with code 64 on it before binding any port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+pub use syncfleet_agent::config::{ConfigError, EXIT_CONFIG, load_toml};
+
+/// TLS files of the controller. Defaults live under `<data_dir>/pki/`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFiles {
+    /// CA certificate every client certificate must chain to.
+    pub ca_cert: Option<PathBuf>,
+    /// The controller's server certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+/// Settings of `syncfleet-controller serve` (and the controller half of `dev`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// Folder for the store (`controller.db`) and the PKI (`pki/`).
+    pub data_dir: PathBuf,
+    /// Fleet name; part of every identity (`spiffe://<fleet>/agent/<name>`).
+    pub fleet: String,
+    /// gRPC (TLS) listen address for agents and operators.
+    pub grpc_listen: SocketAddr,
+    /// Plain HTTP listen address for `/healthz` and `/readyz`.
+    pub http_listen: SocketAddr,
+    /// Names and addresses put in the controller's server certificate by `init`.
+    pub server_names: Vec<String>,
+    pub tls: TlsFiles,
+    /// How often agents send heartbeats.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A disconnected agent becomes `lost` after this long without reconnecting.
+    #[serde(with = "humantime_serde")]
+    pub agent_lost_after: Duration,
+    /// A run whose agent is not connected stays `pending` this long, then fails.
+    #[serde(with = "humantime_serde")]
+    pub pending_deadline: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("syncfleet-data"),
+            fleet: "syncfleet".into(),
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            tls: TlsFiles::default(),
+            heartbeat_interval: Duration::from_secs(10),
+            agent_lost_after: Duration::from_secs(120),
+            pending_deadline: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// Check cross-field rules; every error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !syncfleet_agent::config::valid_name(&self.fleet) {
+            return Err(ConfigError::Invalid {
+                key: "fleet",
+                problem: format!("{:?} is not a valid fleet name", self.fleet),
+                fix: "use 1-63 characters from a-z, A-Z, 0-9, '.', '_', '-'".into(),
+            });
+        }
+        if self.heartbeat_interval < Duration::from_secs(1)
+            || self.heartbeat_interval > Duration::from_secs(300)
+        {
+            return Err(ConfigError::Invalid {
+                key: "heartbeat_interval",
+                problem: format!("{:?} is outside 1s..5m", self.heartbeat_interval),
+                fix: "use e.g. \"10s\"".into(),
+            });
+        }
+        if self.agent_lost_after < self.heartbeat_interval * 2 {
+            return Err(ConfigError::Invalid {
+                key: "agent_lost_after",
+                problem: format!(
+                    "{:?} is shorter than two heartbeat intervals ({:?})",
+                    self.agent_lost_after,
+                    self.heartbeat_interval * 2
+                ),
+                fix: "raise agent_lost_after or lower heartbeat_interval".into(),
+            });
+        }
+        if self.pending_deadline < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "pending_deadline",
+                problem: format!("{:?} is too short", self.pending_deadline),
+                fix: "use at least 1s, e.g. \"15m\"".into(),
+            });
+        }
+        if self.grpc_listen == self.http_listen {
+            return Err(ConfigError::Invalid {
+                key: "http_listen",
+                problem: format!("same address as grpc_listen ({})", self.grpc_listen),
+                fix: "give the HTTP endpoint its own port".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("controller.db")
+    }
+
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.tls
+            .ca_cert
+            .clone()
+            .unwrap_or_else(|| self.pki_dir().join("ca.pem"))
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.tls
+            .cert
+            .clone()
+            .unwrap_or_else(|| self.pki_dir().join("controller.pem"))
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.tls
+            .key
+            .clone()
+            .unwrap_or_else(|| self.pki_dir().join("controller.key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_round_trip() {
+        let c = ControllerConfig::default();
+        c.validate().unwrap();
+        let back: ControllerConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn bad_duration_and_cross_field_rules_name_the_key() {
+        let err = toml::from_str::<ControllerConfig>("pending_deadline = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pending_deadline"), "{err}");
+        let c = ControllerConfig {
+            agent_lost_after: Duration::from_secs(5),
+            ..Default::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("`agent_lost_after`")
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! Serving: bind the gRPC (mTLS) and HTTP listeners, start the fleet logic, run until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use syncfleet_proto::v1::{
+    agent_service_server::AgentServiceServer, fleet_service_server::FleetServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::config::ControllerConfig;
+use crate::fleet::{Fleet, Settings};
+use crate::services::{AgentSvc, FleetSvc};
+use crate::store::{Store, StoreError, sqlite::SqliteStore};
+
+/// Largest gRPC message accepted.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Failures that stop the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "cannot read {what} {path}: {source}; run 'syncfleet-controller init --data-dir DIR' first, or set tls.{key}"
+    )]
+    Tls {
+        what: &'static str,
+        key: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot listen on {addr} ({what}): {source}; is another process using it? change {what}"
+    )]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// Addresses actually bound (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+fn read(
+    what: &'static str,
+    key: &'static str,
+    path: &std::path::Path,
+) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::Tls {
+        what,
+        key,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Run the controller until `shutdown`. `on_bound` receives the bound addresses once both
+/// listeners are up.
+pub async fn serve(
+    cfg: ControllerConfig,
+    shutdown: CancellationToken,
+    on_bound: Option<tokio::sync::oneshot::Sender<Bound>>,
+) -> Result<(), ServeError> {
+    cfg.validate()?;
+    let ca = read("the CA certificate", "ca_cert", &cfg.ca_cert_path())?;
+    let cert = read("the controller certificate", "cert", &cfg.cert_path())?;
+    let key = read("the controller key", "key", &cfg.key_path())?;
+    let grpc_listener =
+        TcpListener::bind(cfg.grpc_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: "grpc_listen",
+                addr: cfg.grpc_listen,
+                source,
+            })?;
+    let http_listener =
+        TcpListener::bind(cfg.http_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: "http_listen",
+                addr: cfg.http_listen,
+                source,
+            })?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr().map_err(ServeError::Http)?,
+        http: http_listener.local_addr().map_err(ServeError::Http)?,
+    };
+
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store_path())?);
+    let fleet = Fleet::new(
+        store,
+        Settings {
+            heartbeat_interval: cfg.heartbeat_interval,
+            agent_lost_after: cfg.agent_lost_after,
+            pending_deadline: cfg.pending_deadline,
+        },
+    );
+    fleet.reset_sessions_after_restart().await;
+
+    // Client certificates are optional at the TLS layer so that health checks (and, later,
+    // enrollment) work without one; every syncfleet method requires one (services::caller).
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .client_ca_root(Certificate::from_pem(ca))
+        .client_auth_optional(true);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServiceServer<AgentSvc>>()
+        .await;
+    health_reporter
+        .set_serving::<FleetServiceServer<FleetSvc>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(syncfleet_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(syncfleet_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let agent_svc = AgentServiceServer::new(AgentSvc {
+        fleet: Arc::clone(&fleet),
+        fleet_name: cfg.fleet.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let fleet_svc = FleetServiceServer::new(FleetSvc {
+        fleet: Arc::clone(&fleet),
+        fleet_name: cfg.fleet.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let sweeper = {
+        let fleet = Arc::clone(&fleet);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => fleet.sweep().await,
+                    () = stop.cancelled() => return,
+                }
+            }
+        })
+    };
+
+    let http = {
+        let stop = shutdown.clone();
+        let router = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route("/readyz", axum::routing::get(|| async { "ready\n" }));
+        tokio::spawn(async move {
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+
+    tracing::info!(grpc = %bound.grpc, http = %bound.http, fleet = %cfg.fleet, "controller listening");
+    if let Some(tx) = on_bound {
+        let _ = tx.send(bound);
+    }
+    let grpc = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(agent_svc)
+        .add_service(fleet_svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), {
+            let stop = shutdown.clone();
+            async move { stop.cancelled().await }
+        });
+    let result = grpc.await;
+    shutdown.cancel();
+    sweeper.abort();
+    match http.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+        Ok(Ok(())) => {}
+    }
+    result?;
+    tracing::info!("controller stopped");
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The controller's durable state behind one trait (design decision 7).
+//!
+//! [`sqlite::SqliteStore`] is the embedded default (bundled SQLite in WAL mode). Records are kept
+//! as their protobuf encoding next to the few columns queries filter on, so a field added to
+//! the protocol is stored without a schema migration.
+//!
+//! The trait is synchronous: SQLite calls block, so async callers go through
+//! [`blocking`], which runs them on tokio's blocking pool.
+
+use std::sync::Arc;
+
+use syncfleet_proto::v1;
+
+pub mod sqlite;
+
+/// Store failures. A store error on a request path becomes gRPC `INTERNAL`/`UNAVAILABLE`; it
+/// never loses data already committed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error in {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the data directory {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stored record {what} is corrupt: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("invalid page token; pass the next_page_token of the previous response unchanged")]
+    BadPageToken,
+    #[error("the store worker stopped: {0}")]
+    Worker(String),
+}
+
+/// An agent as stored: its last known description plus the highest event seq stored for it.
+#[derive(Debug, Clone)]
+pub struct StoredAgent {
+    pub agent: v1::Agent,
+    pub last_event_seq: u64,
+}
+
+/// Filter and page of [`Store::list_runs`].
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    pub agent: Option<String>,
+    pub states: Vec<v1::RunState>,
+    /// Created at or after (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Created before (Unix ms).
+    pub until_ms: Option<i64>,
+    /// 1..=1000.
+    pub limit: usize,
+    pub page_token: Option<String>,
+}
+
+/// One page of runs, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunPage {
+    pub runs: Vec<v1::Run>,
+    pub next_page_token: Option<String>,
+}
+
+/// Durable controller state.
+pub trait Store: Send + Sync + 'static {
+    fn get_agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError>;
+    fn list_agents(&self) -> Result<Vec<v1::Agent>, StoreError>;
+    /// Insert or replace an agent's description (its event seq is kept).
+    fn put_agent(&self, agent: &v1::Agent) -> Result<(), StoreError>;
+
+    /// Insert a new run. Returns false (and changes nothing) when the id exists already.
+    fn insert_run(&self, run: &v1::Run) -> Result<bool, StoreError>;
+    /// Replace runs (by id) in one transaction.
+    fn put_runs(&self, runs: &[v1::Run]) -> Result<(), StoreError>;
+    fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError>;
+    fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError>;
+    /// Every run in one of `states`, optionally of one agent, oldest first.
+    fn runs_in_states(
+        &self,
+        agent: Option<&str>,
+        states: &[v1::RunState],
+    ) -> Result<Vec<v1::Run>, StoreError>;
+
+    /// Durably record a batch of an agent's events together with the runs they changed, in one
+    /// transaction, and advance the agent's stored event seq to the highest seq in `events`.
+    /// Events whose seq is not above the stored seq must have been filtered out by the caller.
+    fn commit_agent_events(
+        &self,
+        agent: &str,
+        events: &[v1::AgentEvent],
+        runs: &[v1::Run],
+    ) -> Result<u64, StoreError>;
+}
+
+/// Run a store call on tokio's blocking pool.
+pub async fn blocking<T, F>(store: &Arc<dyn Store>, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+}

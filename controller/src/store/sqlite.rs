@@ -1,0 +1,487 @@
+//! Embedded SQLite store (bundled SQLite, WAL, `synchronous=FULL`).
+//!
+//! One connection writes and one reads, each behind a mutex: WAL lets reads proceed while a
+//! write transaction is open. Every write is one transaction, so a batch of agent events and
+//! the runs they change become durable together before the controller acknowledges them.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use syncfleet_proto::v1;
+
+use super::{RunPage, RunQuery, Store, StoreError, StoredAgent};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    last_event_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_agent ON runs (agent, created_at);
+CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at, id);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
+CREATE TABLE IF NOT EXISTS run_events (
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (agent, seq)
+);
+CREATE INDEX IF NOT EXISTS run_events_by_run ON run_events (run_id, seq);
+"#;
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let err = |source| StoreError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        let writer = Connection::open(path).map_err(err)?;
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
+                 PRAGMA busy_timeout=5000;",
+            )
+            .map_err(err)?;
+        writer.execute_batch(SCHEMA).map_err(err)?;
+        let reader = Connection::open(path).map_err(err)?;
+        reader
+            .execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;")
+            .map_err(err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        // A poisoned lock only means another thread panicked mid-call; SQLite rolled back its
+        // open transaction, so the connection is still consistent.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn decode<M: Message + Default>(what: &str, body: &[u8]) -> Result<M, StoreError> {
+    M::decode(body).map_err(|e| StoreError::Corrupt {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn run_created_ms(run: &v1::Run) -> i64 {
+    run.created_at
+        .as_ref()
+        .map(syncfleet_proto::time::to_millis)
+        .unwrap_or(0)
+}
+
+fn run_state_label(run: &v1::Run) -> &'static str {
+    v1::RunState::try_from(run.state)
+        .unwrap_or(v1::RunState::Unspecified)
+        .label()
+}
+
+fn upsert_run(conn: &Connection, run: &v1::Run) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO runs (id, agent, state, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
+        params![
+            run.id,
+            run.agent,
+            run_state_label(run),
+            run_created_ms(run),
+            run.encode_to_vec()
+        ],
+    )
+}
+
+impl Store for SqliteStore {
+    fn get_agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
+        let conn = self.reader();
+        let row: Option<(Vec<u8>, i64)> = conn
+            .query_row(
+                "SELECT body, last_event_seq FROM agents WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        row.map(|(body, seq)| {
+            Ok(StoredAgent {
+                agent: decode(&format!("agent {name}"), &body)?,
+                last_event_seq: u64::try_from(seq).unwrap_or(0),
+            })
+        })
+        .transpose()
+    }
+
+    fn list_agents(&self) -> Result<Vec<v1::Agent>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached("SELECT name, body FROM agents ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, body) = row.map_err(|e| self.err(e))?;
+            out.push(decode(&format!("agent {name}"), &body)?);
+        }
+        Ok(out)
+    }
+
+    fn put_agent(&self, agent: &v1::Agent) -> Result<(), StoreError> {
+        self.writer()
+            .execute(
+                "INSERT INTO agents (name, body) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET body = excluded.body",
+                params![agent.name, agent.encode_to_vec()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn insert_run(&self, run: &v1::Run) -> Result<bool, StoreError> {
+        let n = self
+            .writer()
+            .execute(
+                "INSERT OR IGNORE INTO runs (id, agent, state, created_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    run.id,
+                    run.agent,
+                    run_state_label(run),
+                    run_created_ms(run),
+                    run.encode_to_vec()
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    fn put_runs(&self, runs: &[v1::Run]) -> Result<(), StoreError> {
+        let mut conn = self.writer();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        for run in runs {
+            upsert_run(&tx, run).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError> {
+        let conn = self.reader();
+        let body: Option<Vec<u8>> = conn
+            .query_row("SELECT body FROM runs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        body.map(|b| decode(&format!("run {id}"), &b)).transpose()
+    }
+
+    fn list_runs(&self, q: &RunQuery) -> Result<RunPage, StoreError> {
+        let mut sql = String::from("SELECT id, created_at, body FROM runs WHERE 1=1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(agent) = &q.agent {
+            sql.push_str(" AND agent = ?");
+            args.push(agent.clone().into());
+        }
+        if !q.states.is_empty() {
+            sql.push_str(" AND state IN (");
+            for (i, s) in q.states.iter().enumerate() {
+                sql.push_str(if i == 0 { "?" } else { ", ?" });
+                args.push(s.label().to_string().into());
+            }
+            sql.push(')');
+        }
+        if let Some(since) = q.since_ms {
+            sql.push_str(" AND created_at >= ?");
+            args.push(since.into());
+        }
+        if let Some(until) = q.until_ms {
+            sql.push_str(" AND created_at < ?");
+            args.push(until.into());
+        }
+        if let Some(token) = &q.page_token {
+            let (ms, id) = token.split_once('_').ok_or(StoreError::BadPageToken)?;
+            let ms: i64 = ms.parse().map_err(|_| StoreError::BadPageToken)?;
+            sql.push_str(" AND (created_at < ? OR (created_at = ? AND id < ?))");
+            args.push(ms.into());
+            args.push(ms.into());
+            args.push(id.to_string().into());
+        }
+        let limit = q.limit.clamp(1, 1000);
+        sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
+        args.push(i64::try_from(limit + 1).unwrap_or(1001).into());
+
+        let conn = self.reader();
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params_from_iter(args), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut page = RunPage::default();
+        let mut last = None;
+        for row in rows {
+            let (id, created, body) = row.map_err(|e| self.err(e))?;
+            if page.runs.len() == limit {
+                page.next_page_token = last.take();
+                break;
+            }
+            page.runs.push(decode(&format!("run {id}"), &body)?);
+            last = Some(format!("{created}_{id}"));
+        }
+        Ok(page)
+    }
+
+    fn runs_in_states(
+        &self,
+        agent: Option<&str>,
+        states: &[v1::RunState],
+    ) -> Result<Vec<v1::Run>, StoreError> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from("SELECT id, body FROM runs WHERE state IN (");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        for (i, s) in states.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            args.push(s.label().to_string().into());
+        }
+        sql.push(')');
+        if let Some(agent) = agent {
+            sql.push_str(" AND agent = ?");
+            args.push(agent.to_string().into());
+        }
+        sql.push_str(" ORDER BY created_at, id");
+        let conn = self.reader();
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params_from_iter(args), |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, body) = row.map_err(|e| self.err(e))?;
+            out.push(decode(&format!("run {id}"), &body)?);
+        }
+        Ok(out)
+    }
+
+    fn commit_agent_events(
+        &self,
+        agent: &str,
+        events: &[v1::AgentEvent],
+        runs: &[v1::Run],
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.writer();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let mut max_seq: u64 = tx
+            .query_row(
+                "SELECT last_event_seq FROM agents WHERE name = ?1",
+                [agent],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(0);
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO run_events (agent, seq, run_id, at, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(|e| self.err(e))?;
+            for ev in events {
+                let at = ev
+                    .at
+                    .as_ref()
+                    .map(syncfleet_proto::time::to_millis)
+                    .unwrap_or(0);
+                let seq = i64::try_from(ev.seq).unwrap_or(i64::MAX);
+                ins.execute(params![agent, seq, ev.run_id, at, ev.encode_to_vec()])
+                    .map_err(|e| self.err(e))?;
+                max_seq = max_seq.max(ev.seq);
+            }
+        }
+        for run in runs {
+            upsert_run(&tx, run).map_err(|e| self.err(e))?;
+        }
+        tx.execute(
+            "UPDATE agents SET last_event_seq = ?2 WHERE name = ?1",
+            params![agent, i64::try_from(max_seq).unwrap_or(i64::MAX)],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(max_seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncfleet_proto::time::from_millis;
+
+    fn run(id: &str, agent: &str, created: i64, state: v1::RunState) -> v1::Run {
+        v1::Run {
+            id: id.into(),
+            agent: agent.into(),
+            state: state as i32,
+            created_at: Some(from_millis(created)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn runs_survive_reopen_and_page_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            for i in 0..5 {
+                assert!(
+                    s.insert_run(&run(&format!("r{i}"), "a", 1000 + i, v1::RunState::Pending))
+                        .unwrap()
+                );
+            }
+            assert!(
+                !s.insert_run(&run("r0", "a", 1, v1::RunState::Failed))
+                    .unwrap()
+            );
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let p1 = s
+            .list_runs(&RunQuery {
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            p1.runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["r4", "r3"]
+        );
+        let p2 = s
+            .list_runs(&RunQuery {
+                limit: 2,
+                page_token: p1.next_page_token.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            p2.runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["r2", "r1"]
+        );
+        let p3 = s
+            .list_runs(&RunQuery {
+                limit: 2,
+                page_token: p2.next_page_token.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(p3.runs.len(), 1);
+        assert!(p3.next_page_token.is_none());
+        assert_eq!(
+            s.get_run("r0").unwrap().unwrap().state,
+            v1::RunState::Pending as i32
+        );
+        assert!(matches!(
+            s.list_runs(&RunQuery {
+                limit: 2,
+                page_token: Some("garbage".into()),
+                ..Default::default()
+            }),
+            Err(StoreError::BadPageToken)
+        ));
+    }
+
+    #[test]
+    fn events_commit_with_runs_and_advance_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        s.put_agent(&v1::Agent {
+            name: "a".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        s.insert_run(&run("r", "a", 1, v1::RunState::Dispatched))
+            .unwrap();
+        let ev = |seq| v1::AgentEvent {
+            seq,
+            run_id: "r".into(),
+            ..Default::default()
+        };
+        let seq = s
+            .commit_agent_events(
+                "a",
+                &[ev(1), ev(2)],
+                &[run("r", "a", 1, v1::RunState::Running)],
+            )
+            .unwrap();
+        assert_eq!(seq, 2);
+        assert_eq!(s.get_agent("a").unwrap().unwrap().last_event_seq, 2);
+        let running = s
+            .runs_in_states(Some("a"), &[v1::RunState::Running])
+            .unwrap();
+        assert_eq!(running.len(), 1);
+        // put_agent keeps the stored seq.
+        s.put_agent(&v1::Agent {
+            name: "a".into(),
+            hostname: "h".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.get_agent("a").unwrap().unwrap().last_event_seq, 2);
+    }
+}

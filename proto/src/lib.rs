@@ -1,0 +1,105 @@
+//! The `syncfleet.v1` protocol shared by the controller, the agent and the CLI.
+//!
+//! - [`v1`]: types and gRPC stubs generated from `proto/syncfleet/v1/*.proto` (compiled with
+//!   protox at build time; no system `protoc`).
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection so third-party
+//!   clients (grpcurl, Python) need no copy of the `.proto` files.
+//! - [`vocab`]: the engine's result-string vocabulary, its classification and severity order.
+//! - [`time`]: conversions between protobuf timestamps and `chrono`.
+#![forbid(unsafe_code)]
+
+pub mod time;
+pub mod vocab;
+
+/// Generated code for package `syncfleet.v1`.
+pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("syncfleet.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every syncfleet `.proto` file (for gRPC server reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/syncfleet_descriptor.bin"));
+
+impl v1::RunState {
+    /// True once the run can no longer change.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded
+                | Self::CompletedWithErrors
+                | Self::Failed
+                | Self::Skipped
+                | Self::Cancelled
+                | Self::Unknown
+        )
+    }
+
+    /// Lower-case name used by the CLI, the store and JSON output (`completed_with_errors`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Pending => "pending",
+            Self::Dispatched => "dispatched",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::CompletedWithErrors => "completed_with_errors",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Inverse of [`label`](Self::label).
+    pub fn from_label(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "dispatched" => Self::Dispatched,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "completed_with_errors" => Self::CompletedWithErrors,
+            "failed" => Self::Failed,
+            "skipped" => Self::Skipped,
+            "cancelled" => Self::Cancelled,
+            "unknown" => Self::Unknown,
+            _ => return None,
+        })
+    }
+}
+
+impl v1::StepState {
+    /// Lower-case name used by the CLI, the store and JSON output.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Waiting => "waiting",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::NotRun => "not_run",
+        }
+    }
+
+    /// Inverse of [`label`](Self::label).
+    pub fn from_label(s: &str) -> Option<Self> {
+        Some(match s {
+            "waiting" => Self::Waiting,
+            "running" => Self::Running,
+            "done" => Self::Done,
+            "not_run" => Self::NotRun,
+            _ => return None,
+        })
+    }
+}
+
+impl v1::AgentState {
+    /// Lower-case name used by the CLI and JSON output.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Connected => "connected",
+            Self::Disconnected => "disconnected",
+            Self::Lost => "lost",
+        }
+    }
+}

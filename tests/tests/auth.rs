@@ -1,0 +1,126 @@
+//! Mutual TLS: the controller refuses clients without a certificate, with a certificate from
+//! another CA, or with an identity of the wrong role — over real TLS on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{Fleet, bin};
+use syncfleet_proto::v1::{ListAgentsRequest, fleet_service_client::FleetServiceClient};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+async fn channel(
+    fleet: &Fleet,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let ca = std::fs::read(fleet.pki().join("ca.pem")).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    Endpoint::from_shared(format!("https://127.0.0.1:{}", fleet.grpc_port))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_certificates_of_this_ca_with_the_right_role_get_in() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+
+    // The fleet's own operator certificate works.
+    let op = fleet.pki().join("operators");
+    let ch = channel(&fleet, Some((&op.join("admin.pem"), &op.join("admin.key"))))
+        .await
+        .unwrap();
+    FleetServiceClient::new(ch)
+        .list_agents(ListAgentsRequest {})
+        .await
+        .unwrap();
+
+    // No client certificate: TLS is set up, but every syncfleet call is refused.
+    let ch = channel(&fleet, None).await.unwrap();
+    let err = FleetServiceClient::new(ch)
+        .list_agents(ListAgentsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("client certificate"), "{err:?}");
+
+    // A certificate from another CA: the handshake or the call fails.
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("syncfleet-controller"))
+        .args(["init", "--fleet", "e2e", "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let oop = other.path().join("pki/operators");
+    let refused = match channel(
+        &fleet,
+        Some((&oop.join("admin.pem"), &oop.join("admin.key"))),
+    )
+    .await
+    {
+        Err(_) => true,
+        Ok(ch) => FleetServiceClient::new(ch)
+            .list_agents(ListAgentsRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a certificate from a foreign CA was accepted");
+
+    // An agent's certificate cannot use the operator API.
+    let ad = fleet.agent_dir("sync-01");
+    let ch = channel(&fleet, Some((&ad.join("agent.pem"), &ad.join("agent.key"))))
+        .await
+        .unwrap();
+    let err = FleetServiceClient::new(ch)
+        .list_agents(ListAgentsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+}
+
+#[test]
+fn cli_with_a_foreign_certificate_fails_clearly() {
+    let mut fleet = Fleet::init(&[]);
+    fleet.start_controller();
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("syncfleet-controller"))
+        .args(["init", "--fleet", "e2e", "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cfg = other.path().join("cli.toml");
+    let pki = other.path().join("pki");
+    std::fs::write(
+        &cfg,
+        format!(
+            "current_context = \"x\"\n[contexts.x]\ncontroller = \"https://127.0.0.1:{}\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            fleet.grpc_port,
+            fleet.pki().join("ca.pem"),
+            pki.join("operators/admin.pem"),
+            pki.join("operators/admin.key")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin("syncfleet"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["agents", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty());
+}

@@ -1,0 +1,316 @@
+//! Harness for end-to-end tests: real binaries as child processes on loopback, real TLS, real
+//! SQLite files. Waits are liveness bounds (generous, to tolerate a loaded machine), never
+//! performance assertions.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary, built next to the test executable by `cargo test`/`nextest`
+/// (the controller and agent packages have integration tests, so cargo builds their binaries).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} not found; build it with `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` until it returns Some, or fail after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A child process whose stderr goes to a log file; killed on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let file = File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .env("SYNCFLEET_LOG", "info,syncfleet=debug")
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, like a crash or power loss of the process.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fleet of real processes in a temporary folder.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub controller: Option<Proc>,
+    pub agents: HashMap<String, Proc>,
+    pub cli_config: PathBuf,
+}
+
+impl Fleet {
+    /// `syncfleet-controller init` with credentials for `agents`, and a CLI config for admin.
+    pub fn init(agents: &[&str]) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("controller");
+        let mut cmd = Command::new(bin("syncfleet-controller"));
+        cmd.args(["init", "--fleet", "e2e", "--data-dir"])
+            .arg(&data);
+        for a in agents {
+            cmd.args(["--agent", a]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let grpc_port = free_port();
+        let http_port = free_port();
+        let cli_config = dir.path().join("cli.toml");
+        let pki = data.join("pki");
+        std::fs::write(
+            &cli_config,
+            format!(
+                "current_context = \"e2e\"\n[contexts.e2e]\ncontroller = \"https://127.0.0.1:{grpc_port}\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+                pki.join("ca.pem"),
+                pki.join("operators/admin.pem"),
+                pki.join("operators/admin.key"),
+            ),
+        )
+        .unwrap();
+        Fleet {
+            dir,
+            grpc_port,
+            http_port,
+            controller: None,
+            agents: HashMap::new(),
+            cli_config,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("controller")
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.data_dir().join("pki")
+    }
+
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.pki().join("agents").join(name)
+    }
+
+    pub fn start_controller(&mut self) {
+        self.start_controller_with(&[]);
+    }
+
+    pub fn start_controller_with(&mut self, extra: &[&str]) {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let log = self.dir.path().join(format!("controller-{n}.log"));
+        let mut cmd = Command::new(bin("syncfleet-controller"));
+        cmd.args(["serve", "--fleet", "e2e", "--data-dir"])
+            .arg(self.data_dir())
+            .args(["--grpc-listen", &format!("127.0.0.1:{}", self.grpc_port)])
+            .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
+            .args(extra);
+        let proc = Proc::spawn("controller", &mut cmd, log);
+        let port = self.grpc_port;
+        wait_for("the controller to listen", Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        self.controller = Some(proc);
+    }
+
+    pub fn controller_mut(&mut self) -> &mut Proc {
+        self.controller.as_mut().unwrap()
+    }
+
+    pub fn start_agent(&mut self, name: &str, sim_server: usize, time_scale: f64) {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let log = self.dir.path().join(format!("agent-{name}-{n}.log"));
+        let mut cmd = Command::new(bin("syncfleet-agent"));
+        cmd.args(["run", "--name", name])
+            .args([
+                "--controller",
+                &format!("https://127.0.0.1:{}", self.grpc_port),
+            ])
+            .arg("--data-dir")
+            .arg(self.agent_dir(name))
+            .args(["--sim-server", &sim_server.to_string()])
+            .args(["--sim-time-scale", &time_scale.to_string()])
+            .args(["--label", "env=e2e"]);
+        let proc = Proc::spawn(name, &mut cmd, log);
+        self.agents.insert(name.to_string(), proc);
+    }
+
+    /// Run the `syncfleet` CLI against this fleet.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("syncfleet"))
+            .arg("--config")
+            .arg(&self.cli_config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Run the CLI, require success, parse stdout as JSON.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "syncfleet {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "syncfleet {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Agents' states by name, or None if the controller cannot be reached.
+    pub fn agent_states(&self) -> Option<HashMap<String, String>> {
+        let out = self.cli(&["agents", "list", "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(
+            v.as_array()?
+                .iter()
+                .map(|a| {
+                    (
+                        a["name"].as_str().unwrap_or_default().to_string(),
+                        a["state"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    pub fn wait_connected(&self, names: &[&str]) {
+        wait_for(
+            &format!("agents {names:?} to be connected"),
+            Duration::from_secs(60),
+            || {
+                let states = self.agent_states()?;
+                names
+                    .iter()
+                    .all(|n| states.get(*n).map(String::as_str) == Some("connected"))
+                    .then_some(())
+            },
+        );
+    }
+
+    pub fn run_json(&self, id: &str) -> Option<serde_json::Value> {
+        let out = self.cli(&["runs", "show", id, "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Wait until a run reaches one of `states`; returns its JSON.
+    pub fn wait_run_state(
+        &self,
+        id: &str,
+        states: &[&str],
+        timeout: Duration,
+    ) -> serde_json::Value {
+        wait_for(&format!("run {id} to reach {states:?}"), timeout, || {
+            let run = self.run_json(id)?;
+            states
+                .contains(&run["state"].as_str().unwrap_or_default())
+                .then_some(run)
+        })
+    }
+
+    /// Whether an agent's journal (its real SQLite file) holds a run id, and if it finished.
+    pub fn journal_run(&self, agent: &str, run_id: &str) -> Option<bool> {
+        let path = self.agent_dir(agent).join("agent.db");
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .ok()?;
+        conn.query_row(
+            "SELECT finished FROM runs WHERE run_id = ?1",
+            [run_id],
+            |r| r.get::<_, i64>(0),
+        )
+        .ok()
+        .map(|f| f == 1)
+    }
+}
+
+/// Stdout of a CLI call as trimmed text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
