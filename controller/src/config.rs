@@ -100,7 +100,7 @@ impl ControllerConfig {
                 fix: "use at least 1s, e.g. \"15m\"".into(),
             });
         }
-        if self.grpc_listen == self.http_listen {
+        if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {
             return Err(ConfigError::Invalid {
                 key: "http_listen",
                 problem: format!("same address as grpc_listen ({})", self.grpc_listen),

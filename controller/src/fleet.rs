@@ -121,12 +121,11 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
         (i < run.steps.len()).then_some(i)
     };
     match &ev.kind {
-        Some(Kind::RunStarted(_)) => {
-            if !state_of(run).is_terminal() {
-                run.state = v1::RunState::Running as i32;
-                run.started_at.get_or_insert(at);
-            }
+        Some(Kind::RunStarted(_)) if !state_of(run).is_terminal() => {
+            run.state = v1::RunState::Running as i32;
+            run.started_at.get_or_insert(at);
         }
+        Some(Kind::RunStarted(_)) => {}
         Some(Kind::StepWaiting(w)) => {
             if let Some(i) = step_mut(run, w.index) {
                 run.steps[i].state = v1::StepState::Waiting as i32;

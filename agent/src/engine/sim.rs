@@ -44,8 +44,10 @@
 //!
 //! # Time
 //!
-//! A step lasts `time_scale × (2 s + objects × 2 ms)` of tokio time (`tokio::time::sleep`, so
-//! paused-time tests work); `time_scale` 1.0 is realistic, dev mode uses ~0.05. Source changes
+//! A step lasts `time_scale × (step_base_secs + objects × secs_per_object)` of tokio time
+//! (`tokio::time::sleep`, so paused-time tests work); the defaults are 2 s and 2 ms, so at
+//! `time_scale` 1.0 a full import of 25,000 objects takes ~52 s and at the dev scale of 0.05 ~2.6 s
+//! (a small delta import is dominated by the 2 s base: ~0.1 s at 0.05). Source changes
 //! accrue per *simulated* hour, i.e. tokio time divided by `time_scale`. Timestamps in the XML are
 //! wall-clock times (construction time plus tokio time elapsed), so they agree with what the agent
 //! observes.
@@ -84,9 +86,9 @@ pub const STANDARD_PROFILES: [(&str, &str, &str); 5] = [
 
 /// Progress is reported this many times per step (every 10 % of its duration).
 const PROGRESS_TICKS: u32 = 10;
-/// Fixed cost of a step at `time_scale` 1.0.
+/// Default fixed cost of a step at `time_scale` 1.0 ([`SimConfig::step_base_secs`]).
 const STEP_BASE_SECS: f64 = 2.0;
-/// Cost per processed object at `time_scale` 1.0.
+/// Default cost per processed object at `time_scale` 1.0 ([`SimConfig::secs_per_object`]).
 const SECS_PER_OBJECT: f64 = 0.002;
 /// No simulated step lasts longer than a day, whatever the configuration says.
 const MAX_STEP_SECS: f64 = 86_400.0;
@@ -115,6 +117,10 @@ pub struct SimConfig {
     pub error_rate: f64,
     /// Runs kept per MA in the run history (oldest dropped first, like `ClearRuns`).
     pub history_limit: usize,
+    /// Fixed cost of a step in seconds at `time_scale` 1.0 (connection, watermark, commit).
+    pub step_base_secs: f64,
+    /// Cost per processed object in seconds at `time_scale` 1.0.
+    pub secs_per_object: f64,
     pub mas: Vec<SimMaConfig>,
 }
 
@@ -235,6 +241,8 @@ impl SimConfig {
             security_id: "CONTOSO\\svc-syncfleet".to_owned(),
             error_rate: 0.0,
             history_limit: 1_000,
+            step_base_secs: STEP_BASE_SECS,
+            secs_per_object: SECS_PER_OBJECT,
             mas,
         }
     }
@@ -257,6 +265,14 @@ impl SimConfig {
         }
         if self.history_limit == 0 {
             return bad("sim history_limit must be at least 1".to_owned());
+        }
+        for (key, v) in [
+            ("step_base_secs", self.step_base_secs),
+            ("secs_per_object", self.secs_per_object),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("sim {key} must be >= 0, got {v}"));
+            }
         }
         for (n, ma) in self.mas.iter().enumerate() {
             if ma.name.trim().is_empty() {
@@ -287,6 +303,12 @@ impl SimConfig {
             0.0
         };
         self.history_limit = self.history_limit.max(1);
+        if !(self.step_base_secs.is_finite() && self.step_base_secs >= 0.0) {
+            self.step_base_secs = STEP_BASE_SECS;
+        }
+        if !(self.secs_per_object.is_finite() && self.secs_per_object >= 0.0) {
+            self.secs_per_object = SECS_PER_OBJECT;
+        }
         let mut seen: Vec<String> = Vec::new();
         self.mas.retain(|ma| {
             let fresh = !seen.contains(&ma.name);
@@ -351,8 +373,8 @@ fn part(n: u64, f: f64) -> u64 {
     }
 }
 
-fn step_duration(time_scale: f64, objects: u64) -> Duration {
-    let secs = time_scale * (STEP_BASE_SECS + objects as f64 * SECS_PER_OBJECT);
+fn step_duration(cfg: &SimConfig, objects: u64) -> Duration {
+    let secs = cfg.time_scale * (cfg.step_base_secs + objects as f64 * cfg.secs_per_object);
     if !secs.is_finite() || secs <= 0.0 {
         return Duration::ZERO;
     }
@@ -525,7 +547,7 @@ impl MaSim {
         let n = (whole as u64).min(cap);
         let add = part(n, self.rng.random_range(0.05..0.15));
         let delete = part(n, self.rng.random_range(0.01..0.05));
-        let update = n - add - delete;
+        let update = n.saturating_sub(add).saturating_sub(delete);
         let next = self.source.plus(Delta {
             add,
             update,
@@ -1297,7 +1319,7 @@ impl Inner {
         }
         let m = &mut st.mas[idx];
         let run_number = m.next_run_number;
-        m.next_run_number += 1;
+        m.next_run_number = m.next_run_number.saturating_add(1);
         let stop = Arc::new(Notify::new());
         let (done, done_rx) = watch::channel(false);
         m.running = Some(Running {
@@ -1408,7 +1430,7 @@ impl Inner {
             }
             StepKind::Export => {
                 let pending = std::mem::take(&mut m.pending_export);
-                m.export_batch += 1;
+                m.export_batch = m.export_batch.saturating_add(1);
                 let failures = m.draw_failures(self.cfg.error_rate, pending.update);
                 let (error_type, error_code, error_literal) = export_error_for(&m.cfg.ma_type);
                 (
@@ -1444,7 +1466,7 @@ impl Inner {
         Planned {
             work,
             record,
-            duration: step_duration(self.cfg.time_scale, objects),
+            duration: step_duration(&self.cfg, objects),
             objects,
         }
     }
@@ -2143,14 +2165,15 @@ mod tests {
 
     #[tokio::test]
     async fn second_execute_on_a_running_ma_is_refused() {
+        // A full import of 25,000 objects: ~2.6 s at this scale, ended by `stop` below.
         let e = SimEngine::new(quiet(0.05));
         let e2 = e.clone();
-        let first = tokio::spawn(async move { e2.execute("AD", "Delta Import", sink()).await });
+        let first = tokio::spawn(async move { e2.execute("AD", "Full Import", sink()).await });
         let n = wait_until_running(&e, "AD").await;
         assert_eq!(
             e.status("AD").await.unwrap(),
             MaStatus::InProgress {
-                profile: "Delta Import".into(),
+                profile: "Full Import".into(),
                 run_number: n
             }
         );
@@ -2159,8 +2182,9 @@ mod tests {
             assert_eq!(out.result, "no-start-ma-already-running");
             assert_eq!(out.run_number, None);
         }
+        assert_eq!(e.stop("AD").await.unwrap(), "success");
         let out = first.await.unwrap().unwrap();
-        assert_eq!(out.result, "completed-no-objects");
+        assert_eq!(out.result, STOPPED_BY_USER);
         assert_eq!(out.run_number, Some(n));
         assert_eq!(e.status("AD").await.unwrap(), MaStatus::Idle);
         // Refusals do not consume run numbers.
@@ -2170,10 +2194,11 @@ mod tests {
 
     #[tokio::test]
     async fn second_concurrent_sync_is_refused_with_0x8023063d() {
+        // A full sync of 12,000 connectors: ~1.3 s at this scale, ended by `stop` below.
         let e = SimEngine::new(quiet(0.05));
         let e2 = e.clone();
-        let first = tokio::spawn(async move { e2.execute("HR", "Delta Sync", sink()).await });
-        wait_until_running(&e, "HR").await;
+        let first = tokio::spawn(async move { e2.execute("HR", "Full Sync", sink()).await });
+        let n = wait_until_running(&e, "HR").await;
         for (ma, profile) in [("AD", "Full Sync"), ("MIM Service", "Delta Sync")] {
             let out = e.execute(ma, profile, sink()).await.unwrap();
             assert!(out.result.contains("0x8023063d"), "{}", out.result);
@@ -2188,7 +2213,12 @@ mod tests {
         assert_eq!(out.result, "completed-no-objects");
         let out = e.execute("MIM Service", "Export", sink()).await.unwrap();
         assert_eq!(out.result, "success");
-        assert_eq!(first.await.unwrap().unwrap().result, "success");
+        assert!(matches!(
+            e.status("HR").await.unwrap(),
+            MaStatus::InProgress { run_number, .. } if run_number == n
+        ));
+        assert_eq!(e.stop("HR").await.unwrap(), "success");
+        assert_eq!(first.await.unwrap().unwrap().result, STOPPED_BY_USER);
         // Once the sync ended, the next one may start.
         let out = e.execute("AD", "Delta Sync", sink()).await.unwrap();
         assert_eq!(out.result, "success");
@@ -2405,8 +2435,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_outlives_its_caller() {
+        // A full import of 25,000 objects: ~2.6 s at this scale.
         let e = SimEngine::new(quiet(0.05));
-        let fut = e.execute("AD", "Delta Import", sink());
+        let fut = e.execute("AD", "Full Import", sink());
         assert!(
             tokio::time::timeout(Duration::from_millis(20), fut)
                 .await
@@ -2421,10 +2452,9 @@ mod tests {
         );
         wait_until_idle(&e, "AD").await;
         let xml = e.run_details("AD", n).await.unwrap();
-        assert_eq!(
-            runhistory::parse_one(&xml).unwrap().result(),
-            Some("completed-no-objects")
-        );
+        let run = runhistory::parse_one(&xml).unwrap();
+        assert_eq!(run.result(), Some("success"));
+        assert_eq!(only_step(&run).counter("stage-no-change"), 25_000);
     }
 
     #[tokio::test]
@@ -2534,6 +2564,7 @@ mod tests {
         assert_eq!(cfg.mas[0].connectors, 1_000);
         assert_eq!(cfg.mas[0].partition, "default");
         assert!(cfg.mas[0].receives_exports);
+        assert_eq!((cfg.step_base_secs, cfg.secs_per_object), (2.0, 0.002));
         cfg.validate().unwrap();
         let json = serde_json::to_string(&cfg).unwrap();
         assert_eq!(serde_json::from_str::<SimConfig>(&json).unwrap(), cfg);
@@ -2548,6 +2579,14 @@ mod tests {
         let mut bad = cfg.clone();
         bad.error_rate = 2.0;
         assert!(bad.validate().is_err());
+        let mut bad = cfg.clone();
+        bad.secs_per_object = -1.0;
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("secs_per_object")
+        );
         let mut bad = cfg.clone();
         bad.mas.push(bad.mas[0].clone());
         assert!(
@@ -2569,9 +2608,14 @@ mod tests {
         assert_eq!(part(10, 0.0), 0);
         assert_eq!(part(10, f64::NAN), 0);
         assert_eq!(part(10, 0.55), 5);
-        assert_eq!(step_duration(1.0, 0), Duration::from_secs(2));
-        assert_eq!(step_duration(1.0, u64::MAX), Duration::from_secs(86_400));
-        assert_eq!(step_duration(f64::NAN, 5), Duration::ZERO);
+        let mut cfg = SimConfig::example(0);
+        assert_eq!(step_duration(&cfg, 0), Duration::from_secs(2));
+        assert_eq!(step_duration(&cfg, 25_000), Duration::from_secs(52));
+        assert_eq!(step_duration(&cfg, u64::MAX), Duration::from_secs(86_400));
+        cfg.time_scale = 0.05;
+        assert_eq!(step_duration(&cfg, 0), Duration::from_millis(100));
+        cfg.time_scale = f64::NAN;
+        assert_eq!(step_duration(&cfg, 5), Duration::ZERO);
         assert_eq!(xml::escape("a&b<c>\"'"), "a&amp;b&lt;c&gt;&quot;&apos;");
         assert_eq!(
             connection_server(&SimMaConfig::new(

@@ -28,7 +28,7 @@ pub enum ConnectError {
         "cannot read {field} {} of context \"{context}\" (from {}): {}; fix the path or recreate the credentials (a dev fleet writes fresh ones)",
         path.display(), config.display(), io_message(source)
     )]
-    Credential {
+    CredentialFile {
         field: &'static str,
         path: PathBuf,
         context: String,
@@ -66,7 +66,7 @@ pub enum ConnectError {
     },
     /// TCP connect failed or timed out.
     #[error(
-        "cannot reach controller {url}: {cause}; is syncfleet-controller running (context \"{context}\")?"
+        "cannot reach controller {url} (context \"{context}\"): {cause}; is syncfleet-controller running?"
     )]
     Unreachable {
         url: String,
@@ -79,7 +79,7 @@ pub enum ConnectError {
 pub async fn connect(rc: &ResolvedContext) -> Result<Client, ConnectError> {
     let ctx = &rc.context;
     let read = |field: &'static str, path: &Path| {
-        std::fs::read(path).map_err(|source| ConnectError::Credential {
+        std::fs::read(path).map_err(|source| ConnectError::CredentialFile {
             field,
             path: path.to_path_buf(),
             context: rc.name.clone(),

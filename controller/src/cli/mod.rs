@@ -94,7 +94,15 @@ const STATE_LABELS: [&str; 9] = [
 
 /// Operator CLI of syncfleet: schedule and run identity sync engine run profiles across a fleet.
 #[derive(Debug, Parser)]
-#[command(name = "syncfleet", version, about, long_about = None)]
+#[command(
+    name = "syncfleet",
+    version,
+    after_help = "Data goes to stdout, messages to stderr. Exit status: 0 done (run --follow: run \
+                  succeeded), 1 failed (config, connection, request, or followed run did not \
+                  succeed), 2 usage error.\n\nExamples:\n  syncfleet agents list\n  syncfleet \
+                  run sync01 --step \"AD:Delta Import\" --step \"AD:Delta Sync\" --follow\n  \
+                  syncfleet runs list --state failed -o json"
+)]
 pub struct Cli {
     /// Config file with the contexts [default: ~/.config/syncfleet/config.toml]
     #[arg(long, global = true, env = config::CONFIG_ENV, value_name = "PATH")]
@@ -114,7 +122,7 @@ pub struct Cli {
 pub enum OutputFormat {
     /// Aligned columns / key-value lines for humans.
     Table,
-    /// One JSON document (see the `output` module for shapes).
+    /// One JSON document on stdout, for scripts.
     Json,
 }
 
