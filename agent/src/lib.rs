@@ -22,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod executor;
 pub mod journal;
+pub mod report;
 pub mod runhistory;
 pub mod session;
 

@@ -22,6 +22,15 @@ struct Cli {
 enum Command {
     /// Connect to the controller and execute the runs it sends.
     Run(RunArgs),
+    /// Print the normalized run of a run-history XML file (`RunDetails()` output or a saved
+    /// history with `<execution-histories>`). Exits 1 with the reason on bad input.
+    RunDetails {
+        /// The XML file; `-` reads standard input.
+        file: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long = "output", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,6 +116,51 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => run(args),
+        Command::RunDetails { file, output } => run_details(&file, &output),
+    }
+}
+
+fn run_details(file: &std::path::Path, output: &str) -> ExitCode {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        match std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+            Ok(_) => Ok(s),
+            Err(e) => Err(format!("cannot read standard input: {e}")),
+        }
+    } else {
+        std::fs::read(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))
+            .and_then(|bytes| {
+                syncfleet_agent::runhistory::decode_bytes(&bytes)
+                    .map_err(|e| format!("{}: {e}", file.display()))
+            })
+    };
+    let runs = text.and_then(|t| {
+        syncfleet_agent::runhistory::parse(&t).map_err(|e| format!("{}: {e}", file.display()))
+    });
+    match runs {
+        Ok(runs) if runs.is_empty() => {
+            eprintln!("error: {}: the run history holds no run", file.display());
+            ExitCode::FAILURE
+        }
+        Ok(runs) => {
+            if output == "json" {
+                match serde_json::to_string_pretty(&syncfleet_agent::report::runs_json(&runs)) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", syncfleet_agent::report::runs_text(&runs));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.replace('\n', " "));
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -309,6 +309,45 @@ pub fn parse(xml: &str) -> Result<Vec<RunDetails>, ParseError> {
     Ok(runs)
 }
 
+/// Text of a run-history file as stored on disk: UTF-16 (LE or BE, with a byte-order mark, as
+/// PowerShell's `Out-File` and .NET writers save the engine's BSTR) or UTF-8 (with or without a
+/// BOM). Anything else is an error naming the problem.
+pub fn decode_bytes(bytes: &[u8]) -> Result<String, String> {
+    if bytes.len() > MAX_INPUT_BYTES * 2 {
+        return Err(format!(
+            "input is {} MiB; the limit is {} MiB",
+            bytes.len() / (1024 * 1024),
+            MAX_INPUT_BYTES / (1024 * 1024)
+        ));
+    }
+    let utf16 = |le: bool| -> Result<String, String> {
+        let body = &bytes[2..];
+        if body.len() % 2 != 0 {
+            return Err("UTF-16 text with an odd number of bytes (truncated file?)".into());
+        }
+        let units = body.chunks_exact(2).map(|c| {
+            if le {
+                u16::from_le_bytes([c[0], c[1]])
+            } else {
+                u16::from_be_bytes([c[0], c[1]])
+            }
+        });
+        char::decode_utf16(units)
+            .collect::<Result<String, _>>()
+            .map_err(|e| format!("invalid UTF-16 text: {e}"))
+    };
+    match bytes {
+        [0xFF, 0xFE, ..] => utf16(true),
+        [0xFE, 0xFF, ..] => utf16(false),
+        _ => String::from_utf8(bytes.to_vec()).map_err(|e| {
+            format!(
+                "not UTF-8 or UTF-16 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            )
+        }),
+    }
+}
+
 /// Parse XML that must hold exactly one run (what `RunDetails()` of one run returns).
 pub fn parse_one(xml: &str) -> Result<RunDetails, ParseError> {
     let mut runs = parse(xml)?;
@@ -692,8 +731,6 @@ fn trimmed_text(node: Node<'_, '_>) -> String {
 }
 
 #[cfg(test)]
-// Tests fail loudly by design: unwrap/expect are the assertions here.
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use rand::rngs::StdRng;

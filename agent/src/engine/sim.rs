@@ -1809,8 +1809,6 @@ impl SyncEngine for SimEngine {
 }
 
 #[cfg(test)]
-// Tests fail loudly by design: unwrap/expect are the assertions here.
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::runhistory::{self, RunDetails, StepDetails};
