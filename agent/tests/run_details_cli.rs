@@ -1,4 +1,5 @@
 //! `syncfleet-agent run-details`: the real binary on the real samples and on bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 
