@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::sim::SimConfig;
+use crate::executor::ExecutorOptions;
 
 /// Exit code for invalid configuration (BSD `EX_USAGE`).
 pub const EXIT_CONFIG: u8 = 64;
@@ -118,6 +119,8 @@ pub struct AgentConfig {
     /// Longest wait between reconnection attempts (exponential backoff with jitter up to this).
     #[serde(with = "humantime_serde")]
     pub reconnect_max_backoff: Duration,
+    /// Run mode, stagger, watchdog and retry policy.
+    pub executor: ExecutorOptions,
 }
 
 impl Default for AgentConfig {
@@ -130,6 +133,7 @@ impl Default for AgentConfig {
             tls: TlsFiles::default(),
             engine: EngineConfig::default(),
             reconnect_max_backoff: Duration::from_secs(30),
+            executor: ExecutorOptions::default(),
         }
     }
 }
@@ -177,6 +181,28 @@ impl AgentConfig {
                 key: "engine.time_scale",
                 problem: format!("{t} is not a positive number"),
                 fix: "use e.g. 1.0 for realistic durations or 0.05 for a fast demo".into(),
+            });
+        }
+        if let Some(r) = self.executor.retry.forbidden_entry() {
+            return Err(ConfigError::Invalid {
+                key: "executor.retry.results",
+                problem: format!("{r:?} must never be retried automatically"),
+                fix: "remove it: guard-rail stops need a person, busy and in-progress results are waited for anyway".into(),
+            });
+        }
+        let e = &self.executor;
+        if e.watchdog < Duration::from_secs(1) || e.stop_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                key: "executor.watchdog",
+                problem: format!("watchdog {:?} / stop_timeout {:?} too short", e.watchdog, e.stop_timeout),
+                fix: "use at least 1s for the watchdog (default 4h) and 100ms for stop_timeout (default 60s)".into(),
+            });
+        }
+        if e.busy_poll < Duration::from_millis(10) {
+            return Err(ConfigError::Invalid {
+                key: "executor.busy_poll",
+                problem: format!("{:?} would busy-poll the engine", e.busy_poll),
+                fix: "use at least 10ms (default 2s)".into(),
             });
         }
         #[cfg(not(windows))]

@@ -3,15 +3,22 @@
 //!
 //! Rules, from the domain brief §6:
 //! - one run profile per management agent at a time (§6.3): a per-MA lock;
-//! - never two synchronizations at once, and in the default *supported* mode nothing else runs
-//!   while a synchronization runs (§6.1, §6.4): a write-preferring read/write gate, where
-//!   sync-class steps take the write side and imports/exports the read side, so a waiting
-//!   synchronization drains running imports and holds back new ones;
-//! - a MIM Service MA delta import counts as sync-class (§6.4 rule 2);
-//! - at least `stagger` between two starts on one server (§6.5);
+//! - never two synchronizations at once (§6.1, §6.2), and a MIM Service MA delta import counts
+//!   as a synchronization (§6.4 rule 2). How much else may overlap depends on the [`RunMode`]
+//!   (§6.4, Lithnet AutoSync's modes): `supported` (default: while a synchronization runs
+//!   nothing else runs; imports and exports may overlap each other), `unsupported`
+//!   (imports/exports may overlap a synchronization) and `exclusive` (one step at a time). The
+//!   gate is write-preferring, so a waiting synchronization drains running imports and holds new
+//!   ones back instead of starving;
+//! - at least `stagger` between two starts on one server (§6.5, AutoSync's 1 s);
 //! - runs started outside syncfleet are detected before each step and waited for (§6.8);
-//! - the engine's own busy refusals (`no-start-ma-already-running`, 0x8023063d) are waited out
-//!   and retried, never reported as failures (§3.5).
+//! - the engine's busy refusals (`no-start-ma-already-running`, 0x8023063d) are waited out and
+//!   retried, never reported as failures; results listed in the retry policy (default
+//!   `stopped-deadlocked`, 5 retries, 5 s × attempt with jitter, as AutoSync) are retried;
+//!   guard-rail stops never are (§3.5);
+//! - a watchdog stops a step that outlives its maximum duration through the engine and reports a
+//!   clear result; if the engine does not stop it, the agent reports the engine unhealthy
+//!   instead of waiting forever (AutoSync issues #157, #186 in §7.4).
 //!
 //! Every state change becomes an [`v1::AgentEvent`] in the journal's outbox before anything else
 //! learns of it.
@@ -20,35 +27,114 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::Rng;
+use serde::{Deserialize, Serialize};
 use syncfleet_proto::v1::{self, agent_event::Kind};
 use syncfleet_proto::vocab::{self, ResultClass};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{EngineProgress, MaInfo, MaStatus, SyncEngine};
+use crate::engine::{EngineHealth, EngineProgress, ExecuteOutcome, MaInfo, MaStatus, SyncEngine};
 use crate::journal::Journal;
 use crate::runhistory;
 
-/// Tunables of the executor.
-#[derive(Debug, Clone)]
+/// How much may run beside a synchronization on one server (domain brief §6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunMode {
+    /// While a synchronization runs nothing else runs; imports and exports may overlap.
+    #[default]
+    Supported,
+    /// Imports and exports may overlap a synchronization; never two synchronizations, never a
+    /// MIM Service MA delta import during one.
+    Unsupported,
+    /// One step at a time on the whole server.
+    Exclusive,
+}
+
+/// Which results are retried, how often and how far apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Result strings retried (AutoSync `RetryCodes`).
+    pub results: Vec<String>,
+    /// Retries after the first attempt (AutoSync `RetryCount`).
+    pub attempts: u32,
+    /// Base delay; retry n waits `delay × n` with ±50 % jitter (AutoSync `RetrySleepInterval`).
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            results: vec!["stopped-deadlocked".into()],
+            attempts: 5,
+            delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A result string that must never be retried automatically, if the policy lists one.
+    pub fn forbidden_entry(&self) -> Option<&str> {
+        self.results.iter().map(String::as_str).find(|r| {
+            matches!(
+                vocab::classify(r),
+                ResultClass::GuardRail
+                    | ResultClass::Success
+                    | ResultClass::Warning
+                    | ResultClass::Busy
+                    | ResultClass::Transitional
+                    | ResultClass::Intentional
+            )
+        })
+    }
+
+    fn retries(&self, result: &str) -> bool {
+        self.results
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(result.trim()))
+    }
+}
+
+/// Tunables of the executor (the agent configuration's `[executor]` section).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ExecutorOptions {
-    /// Minimum time between two step starts on this server (AutoSync: 1 s).
+    pub run_mode: RunMode,
+    /// Minimum time between two step starts on this server.
+    #[serde(with = "humantime_serde")]
     pub stagger: Duration,
-    /// How often to re-check an MA busy with a run started outside syncfleet.
+    /// How often to re-check an MA busy with a run started elsewhere, or a busy engine.
+    #[serde(with = "humantime_serde")]
     pub busy_poll: Duration,
-    /// How long to keep retrying an engine busy refusal before giving up on the step.
+    /// How long a step keeps waiting for a busy MA or engine before it gives up.
+    #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
+    /// Longest a step may run before the watchdog stops it.
+    #[serde(with = "humantime_serde")]
+    pub watchdog: Duration,
+    /// How long the engine gets to end a step after `Stop`.
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
     /// Minimum interval between two progress events of one step.
+    #[serde(with = "humantime_serde")]
     pub progress_interval: Duration,
+    pub retry: RetryPolicy,
 }
 
 impl Default for ExecutorOptions {
     fn default() -> Self {
         Self {
+            run_mode: RunMode::Supported,
             stagger: Duration::from_secs(1),
             busy_poll: Duration::from_secs(2),
             busy_timeout: Duration::from_secs(3600),
+            watchdog: Duration::from_secs(4 * 3600),
+            stop_timeout: Duration::from_secs(60),
             progress_interval: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -65,9 +151,14 @@ pub struct Executor {
     opts: ExecutorOptions,
     inventory: Mutex<Vec<MaInfo>>,
     ma_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    sync_gate: tokio::sync::RwLock<()>,
+    /// Supported/exclusive modes: synchronizations write, others read.
+    gate: tokio::sync::RwLock<()>,
+    /// Unsupported mode: only synchronizations (and MIM Service delta imports) take it.
+    sync_only: tokio::sync::Mutex<()>,
     last_start: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     runs: Mutex<HashMap<String, RunHandle>>,
+    /// Set when a step could not be stopped: the engine is considered frozen until it is idle.
+    stuck: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -77,7 +168,8 @@ impl std::fmt::Debug for Executor {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // These mutexes guard plain maps updated in single statements; a poisoned one is consistent.
+    // These mutexes guard plain values updated in single statements; a poisoned one is
+    // consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -106,24 +198,50 @@ pub fn to_proto_counters(
 fn summarize(details: &runhistory::RunDetails) -> (v1::StepCounters, Option<String>, u64) {
     let mut counters: BTreeMap<String, u64> = BTreeMap::new();
     let mut outbound: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let mut errors = 0;
+    let mut errors: u64 = 0;
     let mut connection = None;
     for step in &details.steps {
         for (k, v) in &step.counters {
-            *counters.entry(k.clone()).or_default() += v;
+            let e = counters.entry(k.clone()).or_default();
+            *e = e.saturating_add(*v);
         }
         for (ma, set) in &step.outbound {
             let target = outbound.entry(ma.clone()).or_default();
             for (k, v) in set {
-                *target.entry(k.clone()).or_default() += v;
+                let e = target.entry(k.clone()).or_default();
+                *e = e.saturating_add(*v);
             }
         }
-        errors += step.errors.count;
+        errors = errors.saturating_add(step.errors.count);
         if step.connection_result.is_some() {
             connection.clone_from(&step.connection_result);
         }
     }
     (to_proto_counters(&counters, &outbound), connection, errors)
+}
+
+enum Gate<'a> {
+    Read(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'a, ()>),
+    Write(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'a, ()>),
+    Sync(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>),
+    Open,
+}
+
+/// How one call of `Execute` ended.
+enum Attempt {
+    Returned {
+        outcome: Result<ExecuteOutcome, crate::engine::EngineError>,
+        stop_sent: bool,
+    },
+    Watchdog {
+        returned: Option<String>,
+        stop: String,
+    },
+}
+
+enum StepOutcome {
+    Finished(String),
+    Cancelled,
 }
 
 impl Executor {
@@ -140,16 +258,18 @@ impl Executor {
             opts,
             inventory: Mutex::new(Vec::new()),
             ma_locks: Mutex::new(HashMap::new()),
-            sync_gate: tokio::sync::RwLock::new(()),
+            gate: tokio::sync::RwLock::new(()),
+            sync_only: tokio::sync::Mutex::new(()),
             last_start: tokio::sync::Mutex::new(None),
             runs: Mutex::new(HashMap::new()),
+            stuck: Arc::new(Mutex::new(None)),
         }
     }
 
     /// Refresh the engine inventory used to classify steps; returns it.
     pub async fn refresh_inventory(&self) -> Result<Vec<MaInfo>, crate::engine::EngineError> {
         let inv = self.engine.inventory().await?;
-        *lock(&self.inventory) = inv.clone();
+        lock(&self.inventory).clone_from(&inv);
         Ok(inv)
     }
 
@@ -160,6 +280,18 @@ impl Executor {
         v
     }
 
+    /// Engine health as the agent sees it: the engine's own probe, overridden by a step the
+    /// watchdog could not stop.
+    pub async fn health(&self) -> EngineHealth {
+        if let Some(detail) = lock(&self.stuck).clone() {
+            return EngineHealth {
+                healthy: false,
+                detail,
+            };
+        }
+        self.engine.health().await
+    }
+
     /// Journal an event and wake the session sender. A journal failure is logged: the event
     /// cannot be delivered, but execution goes on (the engine is already acting).
     fn emit(&self, run_id: &str, kind: Kind) {
@@ -167,6 +299,10 @@ impl Executor {
             Ok(_) => self.outbox.notify_one(),
             Err(e) => tracing::error!(run_id, error = %e, "cannot journal a run event"),
         }
+    }
+
+    fn waiting(&self, run_id: &str, index: u32, reason: String) {
+        self.emit(run_id, Kind::StepWaiting(v1::StepWaiting { index, reason }));
     }
 
     /// Record as `unknown` every run a previous agent process accepted and did not finish: its
@@ -216,7 +352,8 @@ impl Executor {
         }
     }
 
-    fn is_sync_class(&self, ma: &str, profile: &str) -> bool {
+    /// Whether a run profile synchronizes (or is a MIM Service MA delta import, §6.4 rule 2).
+    pub fn is_sync_class(&self, ma: &str, profile: &str) -> bool {
         let inv = lock(&self.inventory);
         let Some(info) = inv.iter().find(|m| m.name == ma) else {
             return false;
@@ -224,13 +361,26 @@ impl Executor {
         let Some(p) = info.profile(profile) else {
             return false;
         };
-        p.steps
-            .iter()
-            .any(|s| s.is_sync() || (info.is_mim_service() && s.step_type == "delta-import"))
+        p.steps.iter().any(|s| {
+            s.is_sync()
+                || (info.is_mim_service()
+                    && matches!(s.step_type.as_str(), "delta-import" | "full-import"))
+        })
     }
 
     fn ma_lock(&self, ma: &str) -> Arc<tokio::sync::Mutex<()>> {
         Arc::clone(lock(&self.ma_locks).entry(ma.to_string()).or_default())
+    }
+
+    async fn gate(&self, sync_class: bool) -> Gate<'_> {
+        match (self.opts.run_mode, sync_class) {
+            (RunMode::Exclusive, _) | (RunMode::Supported, true) => {
+                Gate::Write(self.gate.write().await)
+            }
+            (RunMode::Supported, false) => Gate::Read(self.gate.read().await),
+            (RunMode::Unsupported, true) => Gate::Sync(self.sync_only.lock().await),
+            (RunMode::Unsupported, false) => Gate::Open,
+        }
     }
 
     async fn stagger(&self) {
@@ -253,8 +403,7 @@ impl Executor {
                 cancelled = true;
                 break;
             }
-            let outcome = self.execute_step(&run_id, index, step, &cancel).await;
-            match outcome {
+            match self.execute_step(&run_id, index, step, &cancel).await {
                 StepOutcome::Finished(result) => {
                     let class = vocab::classify(&result);
                     results.push(result);
@@ -280,12 +429,11 @@ impl Executor {
         let (state, message) = if cancelled {
             (v1::RunState::Cancelled, "cancelled on request".to_string())
         } else {
-            let all_ran = results.len() == run.steps.len();
-            let state = vocab::run_state_for(&refs, all_ran);
+            let state = vocab::run_state_for(&refs, results.len() == run.steps.len());
             let message = if stopped_early {
-                let last = results.len();
                 format!(
-                    "step {last} ended with {:?}; later steps were not run",
+                    "step {} ended with {:?}; later steps were not run",
+                    results.len(),
                     results.last().map(String::as_str).unwrap_or_default()
                 )
             } else {
@@ -306,7 +454,7 @@ impl Executor {
         }
     }
 
-    async fn wait_or_cancel(&self, d: Duration, cancel: &CancellationToken) -> bool {
+    async fn sleep_or_cancel(&self, d: Duration, cancel: &CancellationToken) -> bool {
         tokio::select! {
             () = tokio::time::sleep(d) => true,
             () = cancel.cancelled() => false,
@@ -323,56 +471,72 @@ impl Executor {
         let sync_class = self.is_sync_class(&step.ma, &step.profile);
         let ma_lock = self.ma_lock(&step.ma);
         let busy_since = tokio::time::Instant::now();
+        let mut attempt: u32 = 1;
+        let mut earlier: Vec<String> = Vec::new();
         loop {
-            // Per-MA exclusivity first, then the server-wide synchronization gate (always in this
-            // order, so two runs can never wait on each other).
-            let guard = tokio::select! {
+            // Per-MA exclusivity first, then the server-wide gate (always in this order, so two
+            // runs can never wait on each other).
+            let ma_guard = tokio::select! {
                 g = ma_lock.lock() => g,
                 () = cancel.cancelled() => return StepOutcome::Cancelled,
             };
-            let (_read, _write);
-            if sync_class {
-                _write = tokio::select! {
-                    g = self.sync_gate.write() => g,
-                    () = cancel.cancelled() => return StepOutcome::Cancelled,
-                };
-            } else {
-                _read = tokio::select! {
-                    g = self.sync_gate.read() => g,
-                    () = cancel.cancelled() => return StepOutcome::Cancelled,
-                };
-            }
+            let gate = tokio::select! {
+                g = self.gate(sync_class) => g,
+                () = cancel.cancelled() => return StepOutcome::Cancelled,
+            };
             // A run started outside syncfleet (Sync Service Manager, a script) holds the MA.
             match self.engine.status(&step.ma).await {
                 Ok(MaStatus::InProgress { profile, .. }) => {
-                    drop(guard);
-                    self.emit(
-                        run_id,
-                        Kind::StepWaiting(v1::StepWaiting {
+                    drop((gate, ma_guard));
+                    if busy_since.elapsed() > self.opts.busy_timeout {
+                        return self.finish_without_engine(
+                            run_id,
                             index,
-                            reason: format!(
-                                "MA {} is running {profile:?}, started outside syncfleet; waiting for it to end",
-                                step.ma
+                            "no-start-ma-already-running",
+                            format!(
+                                "MA {} stayed busy with {profile:?} for longer than {:?}",
+                                step.ma, self.opts.busy_timeout
                             ),
-                        }),
+                        );
+                    }
+                    self.waiting(
+                        run_id,
+                        index,
+                        format!(
+                            "MA {} is running {profile:?}, started outside syncfleet; waiting for it to end",
+                            step.ma
+                        ),
                     );
-                    if !self.wait_or_cancel(self.opts.busy_poll, cancel).await {
+                    if !self.sleep_or_cancel(self.opts.busy_poll, cancel).await {
                         return StepOutcome::Cancelled;
                     }
                     continue;
                 }
                 Ok(MaStatus::Idle) => {}
                 Err(e) => {
-                    return self.finish_step(
+                    return self.finish_without_engine(
                         run_id,
                         index,
-                        step,
                         engine_error_result(&e),
-                        None,
                         e.to_string(),
                     );
                 }
             }
+            let pending = self
+                .engine
+                .pending(&step.ma)
+                .await
+                .ok()
+                .map(|p| v1::PendingCounters {
+                    import_add: p.import_add,
+                    import_update: p.import_update,
+                    import_delete: p.import_delete,
+                    export_add: p.export_add,
+                    export_update: p.export_update,
+                    export_delete: p.export_delete,
+                    total_connectors: p.total_connectors,
+                    cs_objects: p.cs_objects,
+                });
             self.stagger().await;
             let started_at = syncfleet_proto::time::now();
             self.emit(
@@ -382,62 +546,71 @@ impl Executor {
                     ma: step.ma.clone(),
                     profile: step.profile.clone(),
                     run_number: 0,
+                    pending,
+                    attempt,
                 }),
             );
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let exec = self.engine.execute(&step.ma, &step.profile, tx);
-            let forward = self.forward_progress(run_id, index, rx);
-            tokio::pin!(exec);
-            tokio::pin!(forward);
-            let mut stop_sent = false;
-            let outcome = loop {
-                tokio::select! {
-                    out = &mut exec => break out,
-                    () = &mut forward => {}
-                    () = cancel.cancelled(), if !stop_sent => {
-                        stop_sent = true;
-                        match self.engine.stop(&step.ma).await {
-                            Ok(s) => tracing::info!(run_id, ma = %step.ma, result = %s, "stop requested"),
-                            Err(e) => tracing::warn!(run_id, ma = %step.ma, error = %e, "stop failed"),
+            let outcome = match self.attempt(run_id, index, step, cancel).await {
+                Attempt::Returned { outcome, stop_sent } => match outcome {
+                    Ok(o) => {
+                        if !stop_sent
+                            && vocab::classify(&o.result) == ResultClass::Busy
+                            && busy_since.elapsed() < self.opts.busy_timeout
+                        {
+                            // The engine's own refusal: wait and retry, never a failure.
+                            drop((gate, ma_guard));
+                            self.waiting(
+                                run_id,
+                                index,
+                                format!(
+                                    "engine refused to start ({}); waiting and retrying",
+                                    o.result
+                                ),
+                            );
+                            if !self.sleep_or_cancel(self.opts.busy_poll, cancel).await {
+                                return StepOutcome::Cancelled;
+                            }
+                            continue;
                         }
+                        o
                     }
-                }
-            };
-            let outcome = match outcome {
-                Ok(o) => o,
-                Err(e) => {
-                    return self.finish_step(
+                    Err(e) => {
+                        return self.finish_without_engine(
+                            run_id,
+                            index,
+                            engine_error_result(&e),
+                            e.to_string(),
+                        );
+                    }
+                },
+                Attempt::Watchdog { returned, stop } => {
+                    drop((gate, ma_guard));
+                    let detail = match &returned {
+                        Some(r) => format!(
+                            "stopped by the watchdog after {}: Stop() returned {stop:?}, the engine then reported {r:?}",
+                            humantime::format_duration(self.opts.watchdog)
+                        ),
+                        None => {
+                            let msg = format!(
+                                "sync engine not responding: {} {:?} exceeded the {} watchdog and did not stop within {} of Stop() ({stop:?}); check the sync service",
+                                step.ma,
+                                step.profile,
+                                humantime::format_duration(self.opts.watchdog),
+                                humantime::format_duration(self.opts.stop_timeout)
+                            );
+                            self.mark_stuck(&step.ma, msg.clone());
+                            msg
+                        }
+                    };
+                    tracing::error!(run_id, ma = %step.ma, profile = %step.profile, %detail, "watchdog");
+                    return self.finish_without_engine(
                         run_id,
                         index,
-                        step,
-                        engine_error_result(&e),
-                        None,
-                        e.to_string(),
+                        vocab::WATCHDOG_STOPPED,
+                        detail,
                     );
                 }
             };
-            match vocab::classify(&outcome.result) {
-                ResultClass::Busy
-                    if !stop_sent && busy_since.elapsed() < self.opts.busy_timeout =>
-                {
-                    drop(guard);
-                    self.emit(
-                        run_id,
-                        Kind::StepWaiting(v1::StepWaiting {
-                            index,
-                            reason: format!(
-                                "engine refused to start ({}); waiting and retrying",
-                                outcome.result
-                            ),
-                        }),
-                    );
-                    if !self.wait_or_cancel(self.opts.busy_poll, cancel).await {
-                        return StepOutcome::Cancelled;
-                    }
-                    continue;
-                }
-                _ => {}
-            }
             let mut result = outcome.result.clone();
             if vocab::classify(&result) == ResultClass::Transitional {
                 // Execute can return while the engine is still completing (§3.2): wait for idle.
@@ -445,29 +618,51 @@ impl Executor {
                     tokio::time::sleep(self.opts.busy_poll).await;
                 }
             }
-            let mut counters = v1::StepCounters::default();
-            let mut connection_result = String::new();
-            let mut error_count = 0;
-            let mut detail = String::new();
-            if let Some(n) = outcome.run_number {
-                match self.engine.run_details(&step.ma, n).await {
-                    Ok(xml) => match runhistory::parse_one(&xml) {
-                        Ok(details) => {
-                            let (c, conn, errs) = summarize(&details);
-                            counters = c;
-                            connection_result = conn.unwrap_or_default();
-                            error_count = errs;
-                            if vocab::classify(&result) == ResultClass::Transitional
-                                && let Some(r) = details.result()
-                            {
-                                result = r.to_string();
-                            }
-                        }
-                        Err(e) => detail = format!("run history of run {n} unreadable: {e}"),
-                    },
-                    Err(e) => detail = format!("run history of run {n} unavailable: {e}"),
-                }
+            let (counters, connection_result, error_count, detail, settled) =
+                self.details(&step.ma, outcome.run_number).await;
+            if vocab::classify(&result) == ResultClass::Transitional
+                && let Some(r) = settled
+            {
+                result = r;
             }
+            if self.opts.retry.retries(&result)
+                && attempt <= self.opts.retry.attempts
+                && !cancel.is_cancelled()
+            {
+                drop((gate, ma_guard));
+                earlier.push(result.clone());
+                let factor = rand::rng().random_range(0.5..1.5);
+                let delay = self.opts.retry.delay.mul_f64(f64::from(attempt) * factor);
+                self.waiting(
+                    run_id,
+                    index,
+                    format!(
+                        "engine returned {result}; retry {attempt} of {} in {}",
+                        self.opts.retry.attempts,
+                        humantime::format_duration(Duration::from_millis(
+                            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
+                        ))
+                    ),
+                );
+                if !self.sleep_or_cancel(delay, cancel).await {
+                    return StepOutcome::Cancelled;
+                }
+                attempt += 1;
+                continue;
+            }
+            let detail = if earlier.is_empty() {
+                detail
+            } else {
+                let mut d = format!(
+                    "attempt {attempt}; earlier attempts: {}",
+                    earlier.join(", ")
+                );
+                if !detail.is_empty() {
+                    d.push_str("; ");
+                    d.push_str(&detail);
+                }
+                d
+            };
             self.emit(
                 run_id,
                 Kind::StepFinished(v1::StepFinished {
@@ -482,20 +677,129 @@ impl Executor {
                     detail,
                 }),
             );
-            drop(guard);
+            drop((gate, ma_guard));
             return StepOutcome::Finished(result);
         }
     }
 
-    fn finish_step(
+    /// One call of `Execute`, with progress forwarding, cancellation (→ `Stop`) and the
+    /// watchdog.
+    async fn attempt(
         &self,
         run_id: &str,
         index: u32,
-        _step: &v1::StepSpec,
-        result: String,
+        step: &v1::StepSpec,
+        cancel: &CancellationToken,
+    ) -> Attempt {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let exec = self.engine.execute(&step.ma, &step.profile, tx);
+        let forward = self.forward_progress(run_id, index, rx);
+        let watchdog = tokio::time::sleep(self.opts.watchdog);
+        tokio::pin!(exec);
+        tokio::pin!(forward);
+        tokio::pin!(watchdog);
+        let mut stop_sent = false;
+        loop {
+            tokio::select! {
+                out = &mut exec => return Attempt::Returned { outcome: out, stop_sent },
+                () = &mut forward => {}
+                () = cancel.cancelled(), if !stop_sent => {
+                    stop_sent = true;
+                    let s = self.stop(&step.ma).await;
+                    tracing::info!(run_id, ma = %step.ma, result = %s, "stop requested");
+                }
+                () = &mut watchdog => {
+                    let stop = self.stop(&step.ma).await;
+                    let returned = tokio::time::timeout(self.opts.stop_timeout, &mut exec)
+                        .await
+                        .ok()
+                        .map(|o| o.map_or_else(|e| e.to_string(), |o| o.result));
+                    return Attempt::Watchdog { returned, stop };
+                }
+            }
+        }
+    }
+
+    /// `Stop` through the engine, bounded by `stop_timeout`.
+    async fn stop(&self, ma: &str) -> String {
+        match tokio::time::timeout(self.opts.stop_timeout, self.engine.stop(ma)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => format!(
+                "no answer within {}",
+                humantime::format_duration(self.opts.stop_timeout)
+            ),
+        }
+    }
+
+    /// Mark the engine unhealthy until the MA is idle and the engine's probe is good again.
+    fn mark_stuck(&self, ma: &str, detail: String) {
+        *lock(&self.stuck) = Some(detail);
+        let engine = Arc::clone(&self.engine);
+        let stuck = Arc::clone(&self.stuck);
+        let ma = ma.to_string();
+        let poll = self.opts.busy_poll;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(poll).await;
+                let idle = matches!(engine.status(&ma).await, Ok(MaStatus::Idle));
+                if idle && engine.health().await.healthy {
+                    *lock(&stuck) = None;
+                    tracing::info!(ma, "sync engine responsive again");
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Counters of a finished execution from its run history.
+    async fn details(
+        &self,
+        ma: &str,
         run_number: Option<u64>,
+    ) -> (v1::StepCounters, String, u64, String, Option<String>) {
+        let Some(n) = run_number else {
+            return (
+                v1::StepCounters::default(),
+                String::new(),
+                0,
+                String::new(),
+                None,
+            );
+        };
+        match self.engine.run_details(ma, n).await {
+            Ok(xml) => match runhistory::parse_one(&xml) {
+                Ok(d) => {
+                    let (c, conn, errs) = summarize(&d);
+                    let settled = d.result().map(str::to_string);
+                    (c, conn.unwrap_or_default(), errs, String::new(), settled)
+                }
+                Err(e) => (
+                    v1::StepCounters::default(),
+                    String::new(),
+                    0,
+                    format!("run history of run {n} unreadable: {e}"),
+                    None,
+                ),
+            },
+            Err(e) => (
+                v1::StepCounters::default(),
+                String::new(),
+                0,
+                format!("run history of run {n} unavailable: {e}"),
+                None,
+            ),
+        }
+    }
+
+    fn finish_without_engine(
+        &self,
+        run_id: &str,
+        index: u32,
+        result: impl Into<String>,
         detail: String,
     ) -> StepOutcome {
+        let result = result.into();
         let now = syncfleet_proto::time::now();
         self.emit(
             run_id,
@@ -505,7 +809,7 @@ impl Executor {
                 started_at: Some(now),
                 finished_at: Some(now),
                 counters: None,
-                run_number: run_number.unwrap_or(0),
+                run_number: 0,
                 connection_result: String::new(),
                 error_count: 0,
                 detail,
@@ -542,21 +846,190 @@ impl Executor {
                 }),
             );
         }
-        // The engine is done with this step; park until the select above sees its result.
         std::future::pending::<()>().await;
     }
 }
 
 /// The result string recorded when the driver itself failed (no engine string exists).
-fn engine_error_result(e: &crate::engine::EngineError) -> String {
+fn engine_error_result(e: &crate::engine::EngineError) -> &'static str {
     match e {
-        crate::engine::EngineError::NoSuchMa(_) => "no-start-ma".into(),
-        crate::engine::EngineError::Unavailable(_) => "connection-failure".into(),
-        _ => "call-failure".into(),
+        crate::engine::EngineError::NoSuchMa(_) => "no-start-ma",
+        crate::engine::EngineError::Unavailable(_) => "connection-failure",
+        _ => "call-failure",
     }
 }
 
-enum StepOutcome {
-    Finished(String),
-    Cancelled,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sim::{SimConfig, SimEngine};
+
+    struct Harness {
+        _dir: tempfile::TempDir,
+        journal: Arc<Journal>,
+        exec: Arc<Executor>,
+    }
+
+    async fn harness(mode: RunMode) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
+        let mut cfg = SimConfig::example(1);
+        cfg.time_scale = 0.002;
+        let engine: Arc<dyn SyncEngine> = Arc::new(SimEngine::new(cfg));
+        let opts = ExecutorOptions {
+            run_mode: mode,
+            stagger: Duration::from_millis(1),
+            busy_poll: Duration::from_millis(5),
+            ..ExecutorOptions::default()
+        };
+        let exec = Arc::new(Executor::new(
+            engine,
+            Arc::clone(&journal),
+            Arc::new(Notify::new()),
+            opts,
+        ));
+        exec.refresh_inventory().await.unwrap();
+        Harness {
+            _dir: dir,
+            journal,
+            exec,
+        }
+    }
+
+    fn start(h: &Harness, id: &str, steps: &[(&str, &str)]) {
+        let run = v1::StartRun {
+            run_id: id.into(),
+            steps: steps
+                .iter()
+                .map(|(ma, p)| v1::StepSpec {
+                    ma: (*ma).into(),
+                    profile: (*p).into(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        h.journal.accept_run(&run).unwrap();
+        h.exec.start(run);
+    }
+
+    async fn wait_all(h: &Harness) -> Vec<v1::AgentEvent> {
+        for _ in 0..6000 {
+            if h.exec.runs_in_flight().is_empty() && h.journal.unfinished_runs().unwrap().is_empty()
+            {
+                return h.journal.events_after(0, 100_000).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("runs did not finish");
+    }
+
+    /// Replay the events in seq order and check the concurrency invariants of `mode`.
+    fn check_overlaps(h: &Harness, events: &[v1::AgentEvent], mode: RunMode) -> usize {
+        let mut specs: HashMap<(String, u32), (String, String)> = HashMap::new();
+        let mut active: Vec<(String, u32, bool)> = Vec::new();
+        let mut max_parallel = 0;
+        for ev in events {
+            match &ev.kind {
+                Some(Kind::StepStarted(s)) => {
+                    let sync = h.exec.is_sync_class(&s.ma, &s.profile);
+                    let key = (ev.run_id.clone(), s.index);
+                    specs.insert(key, (s.ma.clone(), s.profile.clone()));
+                    for (rid, idx, other_sync) in &active {
+                        let (oma, _) = &specs[&(rid.clone(), *idx)];
+                        assert_ne!(oma, &s.ma, "two runs on MA {} at once", s.ma);
+                        match mode {
+                            RunMode::Exclusive => panic!("exclusive mode ran two steps at once"),
+                            RunMode::Supported => assert!(
+                                !sync && !other_sync,
+                                "supported mode: a synchronization overlapped another step"
+                            ),
+                            RunMode::Unsupported => {
+                                assert!(!(sync && *other_sync), "two synchronizations at once")
+                            }
+                        }
+                    }
+                    active.push((ev.run_id.clone(), s.index, sync));
+                    max_parallel = max_parallel.max(active.len());
+                }
+                Some(Kind::StepFinished(f)) => {
+                    assert_ne!(
+                        vocab::classify(&f.result),
+                        ResultClass::Busy,
+                        "a busy refusal leaked out as a result: {}",
+                        f.result
+                    );
+                    active.retain(|(rid, idx, _)| !(rid == &ev.run_id && *idx == f.index));
+                }
+                _ => {}
+            }
+        }
+        max_parallel
+    }
+
+    fn mixed_runs(h: &Harness) {
+        let shapes: [&[(&str, &str)]; 4] = [
+            &[("AD", "Delta Import"), ("AD", "Delta Sync")],
+            &[("HR", "Delta Import"), ("HR", "Delta Sync")],
+            &[("MIM Service", "Delta Import"), ("Entra ID", "Export")],
+            &[
+                ("Entra ID", "Delta Import"),
+                ("AD", "Export"),
+                ("Entra ID", "Delta Sync"),
+            ],
+        ];
+        for i in 0..20 {
+            start(h, &format!("r{i:02}"), shapes[i % shapes.len()]);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn supported_mode_never_overlaps_a_synchronization() {
+        let h = harness(RunMode::Supported).await;
+        mixed_runs(&h);
+        let events = wait_all(&h).await;
+        let max = check_overlaps(&h, &events, RunMode::Supported);
+        assert!(
+            max >= 2,
+            "imports should have overlapped at least once (max {max})"
+        );
+        let finished = events
+            .iter()
+            .filter(|e| matches!(e.kind, Some(Kind::RunFinished(_))))
+            .count();
+        assert_eq!(finished, 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unsupported_and_exclusive_modes_keep_their_rules() {
+        for mode in [RunMode::Unsupported, RunMode::Exclusive] {
+            let h = harness(mode).await;
+            mixed_runs(&h);
+            let events = wait_all(&h).await;
+            let max = check_overlaps(&h, &events, mode);
+            if mode == RunMode::Exclusive {
+                assert_eq!(max, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn mim_service_delta_import_is_sync_class() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = rt.block_on(harness(RunMode::Supported));
+        assert!(h.exec.is_sync_class("MIM Service", "Delta Import"));
+        assert!(h.exec.is_sync_class("AD", "Delta Sync"));
+        assert!(!h.exec.is_sync_class("AD", "Delta Import"));
+        assert!(!h.exec.is_sync_class("AD", "Export"));
+    }
+
+    #[test]
+    fn retry_policy_refuses_guard_rail_results() {
+        let mut p = RetryPolicy::default();
+        assert_eq!(p.forbidden_entry(), None);
+        p.results.push("stopped-deletion-threshold-exceeded".into());
+        assert_eq!(
+            p.forbidden_entry(),
+            Some("stopped-deletion-threshold-exceeded")
+        );
+    }
 }

@@ -87,7 +87,7 @@ pub async fn run_with_engine(
         Arc::clone(&engine),
         Arc::clone(&journal),
         Arc::clone(&outbox),
-        executor::ExecutorOptions::default(),
+        cfg.executor.clone(),
     ));
     let interrupted = executor.recover_interrupted()?;
     if interrupted > 0 {

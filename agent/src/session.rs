@@ -338,7 +338,7 @@ async fn write_loop(
         tokio::select! {
             () = ctx.outbox.notified() => {}
             _ = tick.tick() => {
-                let health = ctx.engine.health().await;
+                let health = ctx.executor.health().await;
                 let hb = v1::Heartbeat {
                     sent_at: Some(syncfleet_proto::time::now()),
                     engine_healthy: health.healthy,

@@ -136,6 +136,7 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
                 sim: None,
             },
             reconnect_max_backoff: Duration::from_secs(5),
+            executor: syncfleet_agent::executor::ExecutorOptions::default(),
         };
         let stop = shutdown.clone();
         agents.push(tokio::spawn(async move {

@@ -141,6 +141,10 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
                 if s.run_number != 0 {
                     step.run_number = s.run_number;
                 }
+                if s.pending.is_some() {
+                    step.pending_before = s.pending;
+                }
+                step.attempts = s.attempt.max(1);
             }
         }
         Some(Kind::StepProgress(p)) => {

@@ -73,6 +73,22 @@ pub fn step_json(s: &Step) -> Value {
         "detail": s.detail,
         "progress": s.progress,
         "counters": counters_json(s.counters.as_ref()),
+        "attempts": s.attempts,
+        "pending_before": s.pending_before.as_ref().map(pending_json),
+    })
+}
+
+/// Pending counters of an MA read before a step (keyed like the engine's WMI methods).
+pub fn pending_json(p: &syncfleet_proto::v1::PendingCounters) -> Value {
+    json!({
+        "import_add": p.import_add,
+        "import_update": p.import_update,
+        "import_delete": p.import_delete,
+        "export_add": p.export_add,
+        "export_update": p.export_update,
+        "export_delete": p.export_delete,
+        "total_connectors": p.total_connectors,
+        "cs_objects": p.cs_objects,
     })
 }
 
@@ -184,6 +200,7 @@ mod tests {
                     connection_result: "success".into(),
                     error_count: 0,
                     detail: String::new(),
+                    ..Default::default()
                 },
                 Step {
                     index: 1,

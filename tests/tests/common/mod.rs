@@ -204,6 +204,27 @@ impl Fleet {
         self.agents.insert(name.to_string(), proc);
     }
 
+    /// Start an agent from a TOML config file: `extra` is appended after the connection
+    /// settings (e.g. an `[executor]` or `[engine]` table).
+    pub fn start_agent_with(&mut self, name: &str, extra: &str) {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let cfg = self.dir.path().join(format!("agent-{name}-{n}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "name = {name:?}\ncontroller = \"https://127.0.0.1:{}\"\ndata_dir = {:?}\n[labels]\nenv = \"e2e\"\n{extra}\n",
+                self.grpc_port,
+                self.agent_dir(name)
+            ),
+        )
+        .unwrap();
+        let log = self.dir.path().join(format!("agent-{name}-{n}.log"));
+        let mut cmd = Command::new(bin("syncfleet-agent"));
+        cmd.args(["run", "--config"]).arg(&cfg);
+        let proc = Proc::spawn(name, &mut cmd, log);
+        self.agents.insert(name.to_string(), proc);
+    }
+
     /// Run the `syncfleet` CLI against this fleet.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(bin("syncfleet"))
