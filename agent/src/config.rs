@@ -70,11 +70,16 @@ pub enum EngineConfig {
         server: usize,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         time_scale: Option<f64>,
+        /// A server described in full (the same keys as a server file).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        sim: Option<SimConfig>,
+        sim: Option<Box<SimConfig>>,
+        /// A server file (TOML) describing the simulated server; wins over `server`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sim_file: Option<PathBuf>,
     },
-    /// The real engine through WMI (Windows only).
-    MimWmi,
+    /// The real engine through WMI (Windows only); the section's other keys are the driver's
+    /// settings (poll intervals, run profile declarations).
+    MimWmi(crate::engine::wmi_logic::WmiConfig),
 }
 
 impl Default for EngineConfig {
@@ -83,6 +88,7 @@ impl Default for EngineConfig {
             server: 0,
             time_scale: None,
             sim: None,
+            sim_file: None,
         }
     }
 }
@@ -206,7 +212,7 @@ impl AgentConfig {
             });
         }
         #[cfg(not(windows))]
-        if self.engine == EngineConfig::MimWmi {
+        if matches!(self.engine, EngineConfig::MimWmi(_)) {
             return Err(ConfigError::Invalid {
                 key: "engine.kind",
                 problem: "the mim-wmi driver exists only on Windows".into(),
@@ -272,6 +278,31 @@ mod tests {
     }
 
     #[test]
+    fn wmi_engine_section_parses_its_settings() {
+        let c: AgentConfig = toml::from_str(
+            "name = \"a\"\ncontroller = \"https://h:1\"\n[engine]\nkind = \"mim-wmi\"\npoll_interval = \"3s\"\n",
+        )
+        .unwrap();
+        match &c.engine {
+            EngineConfig::MimWmi(w) => assert_eq!(w.poll_interval, Duration::from_secs(3)),
+            other => panic!("{other:?}"),
+        }
+        #[cfg(not(windows))]
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("only on Windows")
+        );
+        assert!(
+            toml::from_str::<AgentConfig>(
+                "name = \"a\"\n[engine]\nkind = \"mim-wmi\"\npoll_intervall = \"3s\"\n"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn engine_section_round_trips() {
         let c: AgentConfig = toml::from_str(
             "name = \"a\"\ncontroller = \"https://h:1\"\n[engine]\nkind = \"sim\"\nserver = 2\ntime_scale = 0.5\n",
@@ -282,7 +313,8 @@ mod tests {
             EngineConfig::Sim {
                 server: 2,
                 time_scale: Some(0.5),
-                sim: None
+                sim: None,
+                sim_file: None,
             }
         );
         let back: AgentConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();

@@ -240,8 +240,129 @@ enum Attempt {
 }
 
 enum StepOutcome {
-    Finished(String),
+    /// The engine (or the driver, or the watchdog) produced a result; counters when known.
+    Finished(String, Option<v1::StepCounters>),
+    /// The only_if condition was false.
+    Skipped,
+    /// The guard rail tripped.
+    Held,
     Cancelled,
+}
+
+/// One step of a run's plan, with its flattened index.
+#[derive(Debug, Clone)]
+struct PlannedStep {
+    index: u32,
+    spec: v1::StepSpec,
+    only_if: v1::Condition,
+    guard: Option<v1::Guard>,
+    approved: bool,
+}
+
+/// The plan of a run: stages in order, each a set of steps that may run in parallel. Ad-hoc
+/// runs (`steps`) become one stage per step.
+fn plan_of(run: &v1::StartRun) -> Vec<Vec<PlannedStep>> {
+    let mut index = 0u32;
+    let mut next = |spec: v1::StepSpec, only_if: i32, guard: Option<v1::Guard>| {
+        let step = PlannedStep {
+            index,
+            spec,
+            only_if: v1::Condition::try_from(only_if).unwrap_or(v1::Condition::Always),
+            guard,
+            approved: run.approved_steps.contains(&index),
+        };
+        index += 1;
+        step
+    };
+    if run.stages.is_empty() {
+        run.steps
+            .iter()
+            .map(|s| vec![next(s.clone(), 0, None)])
+            .collect()
+    } else {
+        run.stages
+            .iter()
+            .map(|st| {
+                st.steps
+                    .iter()
+                    .map(|p| {
+                        next(
+                            v1::StepSpec {
+                                ma: p.ma.clone(),
+                                profile: p.profile.clone(),
+                            },
+                            p.only_if,
+                            p.guard,
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// What earlier steps of a run did, per MA (for `only_if` conditions).
+#[derive(Default)]
+struct RunMemory {
+    staged: HashMap<String, bool>,
+    exported: HashMap<String, bool>,
+}
+
+fn counter_sum(c: &v1::StepCounters, names: &[&str]) -> u64 {
+    names
+        .iter()
+        .filter_map(|n| c.counters.get(*n))
+        .fold(0u64, |a, v| a.saturating_add(*v))
+}
+
+const STAGED: &[&str] = &[
+    "stage-add",
+    "stage-update",
+    "stage-rename",
+    "stage-delete",
+    "stage-delete-add",
+];
+const EXPORTED: &[&str] = &[
+    "export-add",
+    "export-update",
+    "export-rename",
+    "export-delete",
+    "export-delete-add",
+];
+
+/// The limit in objects: a count, or a percentage of the MA's connectors.
+fn limit_objects(limit: &v1::Limit, connectors: u64) -> Option<(u64, String)> {
+    match limit.kind? {
+        v1::limit::Kind::Count(n) => Some((n, format!("{n}"))),
+        v1::limit::Kind::Percent(p) => {
+            let n = (connectors as f64 * p / 100.0).floor() as u64;
+            Some((n, format!("{p}% of {connectors} connectors = {n}")))
+        }
+    }
+}
+
+/// Why a guard rail holds the step, if it does (domain brief §8: pending export deletes as a
+/// count or % of connectors, staged deletes).
+fn guard_trips(guard: &v1::Guard, pending: &v1::PendingCounters) -> Option<String> {
+    if let Some(l) = &guard.max_pending_deletes
+        && let Some((max, text)) = limit_objects(l, pending.total_connectors)
+        && pending.export_delete > max
+    {
+        return Some(format!(
+            "{} pending export deletes exceed max_pending_deletes {text}",
+            pending.export_delete
+        ));
+    }
+    if let Some(l) = &guard.max_staged_deletes
+        && let Some((max, text)) = limit_objects(l, pending.total_connectors)
+        && pending.import_delete > max
+    {
+        return Some(format!(
+            "{} staged deletes exceed max_staged_deletes {text}",
+            pending.import_delete
+        ));
+    }
+    None
 }
 
 impl Executor {
@@ -394,50 +515,99 @@ impl Executor {
     async fn execute_run(&self, run: v1::StartRun, cancel: CancellationToken) {
         let run_id = run.run_id.clone();
         self.emit(&run_id, Kind::RunStarted(v1::RunStarted {}));
+        let plan = plan_of(&run);
+        let total: usize = plan.iter().map(Vec::len).sum();
+        let on_failure = v1::OnFailure::try_from(run.on_failure).unwrap_or_default();
+        let memory = Mutex::new(RunMemory::default());
         let mut results: Vec<String> = Vec::new();
-        let mut stopped_early = false;
+        let mut ran = 0usize;
+        let mut stopped: Option<String> = None;
+        let mut held: Option<PlannedStep> = None;
         let mut cancelled = false;
-        for (i, step) in run.steps.iter().enumerate() {
-            let index = u32::try_from(i).unwrap_or(u32::MAX);
+        for stage in &plan {
             if cancel.is_cancelled() {
                 cancelled = true;
                 break;
             }
-            match self.execute_step(&run_id, index, step, &cancel).await {
-                StepOutcome::Finished(result) => {
-                    let class = vocab::classify(&result);
-                    results.push(result);
-                    if cancel.is_cancelled() {
-                        cancelled = true;
-                        break;
+            let outcomes = futures::future::join_all(
+                stage
+                    .iter()
+                    .map(|ps| self.plan_step(&run_id, ps, &run, &cancel, &memory)),
+            )
+            .await;
+            for (ps, outcome) in stage.iter().zip(outcomes) {
+                ran += 1;
+                match outcome {
+                    StepOutcome::Finished(result, counters) => {
+                        if let Some(c) = &counters {
+                            let mut m = lock(&memory);
+                            if counter_sum(c, STAGED) > 0 {
+                                m.staged.insert(ps.spec.ma.clone(), true);
+                            }
+                            if counter_sum(c, EXPORTED) > 0 {
+                                m.exported.insert(ps.spec.ma.clone(), true);
+                            }
+                        }
+                        let class = vocab::classify(&result);
+                        if !class.lets_next_step_run() {
+                            let always = class == ResultClass::DiscoveryErrors;
+                            if stopped.is_none() && (always || on_failure == v1::OnFailure::Stop) {
+                                stopped = Some(format!(
+                                    "step {} ({}: {}) ended with {result}{}",
+                                    ps.index + 1,
+                                    ps.spec.ma,
+                                    ps.spec.profile,
+                                    if always {
+                                        "; discovery errors always stop the run"
+                                    } else {
+                                        ""
+                                    }
+                                ));
+                            }
+                        }
+                        results.push(result);
                     }
-                    if !class.lets_next_step_run() {
-                        stopped_early = i + 1 < run.steps.len();
-                        break;
+                    StepOutcome::Skipped => {}
+                    StepOutcome::Held => {
+                        if held.is_none() {
+                            held = Some(ps.clone());
+                        }
                     }
+                    StepOutcome::Cancelled => cancelled = true,
                 }
-                StepOutcome::Cancelled => {
-                    cancelled = true;
-                    break;
-                }
+            }
+            if cancelled || held.is_some() || stopped.is_some() {
+                break;
             }
         }
         let refs: Vec<&str> = results.iter().map(String::as_str).collect();
         let result = vocab::most_severe(refs.iter().copied())
             .unwrap_or_default()
             .to_string();
-        let (state, message) = if cancelled {
+        let (state, message) = if cancelled || cancel.is_cancelled() {
             (v1::RunState::Cancelled, "cancelled on request".to_string())
-        } else {
-            let state = vocab::run_state_for(&refs, results.len() == run.steps.len());
-            let message = if stopped_early {
+        } else if let Some(h) = held {
+            (
+                v1::RunState::Held,
                 format!(
-                    "step {} ended with {:?}; later steps were not run",
-                    results.len(),
-                    results.last().map(String::as_str).unwrap_or_default()
-                )
-            } else {
-                String::new()
+                    "held before step {} ({}: {}) by its guard rail; approve it with 'syncfleet runs approve {run_id}'",
+                    h.index + 1,
+                    h.spec.ma,
+                    h.spec.profile
+                ),
+            )
+        } else if results.is_empty() {
+            (
+                v1::RunState::Succeeded,
+                "nothing to do: no step's condition held".to_string(),
+            )
+        } else {
+            let all_ran = stopped.is_none() || ran == total;
+            let state = vocab::run_state_for(&refs, all_ran);
+            let message = match &stopped {
+                Some(why) if ran < total => format!("{why}; later steps were not run"),
+                Some(why) => why.clone(),
+                None => String::new(),
             };
             (state, message)
         };
@@ -454,6 +624,100 @@ impl Executor {
         }
     }
 
+    /// One planned step: skipped when the continued run already executed it, else executed
+    /// with its condition and guard checked under the engine locks.
+    async fn plan_step(
+        &self,
+        run_id: &str,
+        ps: &PlannedStep,
+        run: &v1::StartRun,
+        cancel: &CancellationToken,
+        memory: &Mutex<RunMemory>,
+    ) -> StepOutcome {
+        if run.skip_steps.contains(&ps.index) {
+            self.emit(
+                run_id,
+                Kind::StepSkipped(v1::StepSkipped {
+                    index: ps.index,
+                    reason: "executed by the held run this one continues".into(),
+                }),
+            );
+            return StepOutcome::Skipped;
+        }
+        self.execute_step(run_id, ps, cancel, memory).await
+    }
+
+    /// Evaluate a step's condition and guard against the MA's pending counters (read under the
+    /// engine locks, just before Execute). `Err` carries the outcome when the step must not run.
+    fn pre_check(
+        &self,
+        run_id: &str,
+        ps: &PlannedStep,
+        pending: Option<&v1::PendingCounters>,
+        memory: &Mutex<RunMemory>,
+    ) -> Result<(), StepOutcome> {
+        let ma = &ps.spec.ma;
+        let skip = |reason: String| {
+            self.emit(
+                run_id,
+                Kind::StepSkipped(v1::StepSkipped {
+                    index: ps.index,
+                    reason,
+                }),
+            );
+            Err(StepOutcome::Skipped)
+        };
+        match ps.only_if {
+            v1::Condition::Always => {}
+            v1::Condition::StagedChanges => {
+                let staged = match pending {
+                    Some(p) => p.import_add + p.import_update + p.import_delete > 0,
+                    None => lock(memory).staged.get(ma).copied().unwrap_or(true),
+                };
+                if !staged {
+                    return skip(format!("no staged changes on {ma}"));
+                }
+            }
+            v1::Condition::PendingExports => {
+                // Unknown counters: run the step (a condition saves time, it is not a guard).
+                let exports =
+                    pending.is_none_or(|p| p.export_add + p.export_update + p.export_delete > 0);
+                if !exports {
+                    return skip(format!("no pending exports on {ma}"));
+                }
+            }
+            v1::Condition::Exported => {
+                if !lock(memory).exported.get(ma).copied().unwrap_or(false) {
+                    return skip(format!("nothing was exported on {ma} earlier in this run"));
+                }
+            }
+        }
+        if let Some(guard) = &ps.guard
+            && !ps.approved
+        {
+            let reason = match pending {
+                // Guard rails fail closed: without counters nothing proves the step is safe.
+                None => Some(format!(
+                    "the pending counters of {ma} could not be read, so its guard rail cannot be checked"
+                )),
+                Some(p) => guard_trips(guard, p),
+            };
+            if let Some(reason) = reason {
+                tracing::warn!(run_id, ma = %ma, %reason, "guard rail holds the run");
+                self.emit(
+                    run_id,
+                    Kind::StepHeld(v1::StepHeld {
+                        index: ps.index,
+                        reason,
+                        pending: pending.copied(),
+                    }),
+                );
+                return Err(StepOutcome::Held);
+            }
+        }
+        Ok(())
+    }
+
     async fn sleep_or_cancel(&self, d: Duration, cancel: &CancellationToken) -> bool {
         tokio::select! {
             () = tokio::time::sleep(d) => true,
@@ -464,10 +728,12 @@ impl Executor {
     async fn execute_step(
         &self,
         run_id: &str,
-        index: u32,
-        step: &v1::StepSpec,
+        ps: &PlannedStep,
         cancel: &CancellationToken,
+        memory: &Mutex<RunMemory>,
     ) -> StepOutcome {
+        let index = ps.index;
+        let step = &ps.spec;
         let sync_class = self.is_sync_class(&step.ma, &step.profile);
         let ma_lock = self.ma_lock(&step.ma);
         let busy_since = tokio::time::Instant::now();
@@ -537,6 +803,9 @@ impl Executor {
                     total_connectors: p.total_connectors,
                     cs_objects: p.cs_objects,
                 });
+            if let Err(outcome) = self.pre_check(run_id, ps, pending.as_ref(), memory) {
+                return outcome;
+            }
             self.stagger().await;
             let started_at = syncfleet_proto::time::now();
             self.emit(
@@ -670,7 +939,7 @@ impl Executor {
                     result: result.clone(),
                     started_at: Some(started_at),
                     finished_at: Some(syncfleet_proto::time::now()),
-                    counters: Some(counters),
+                    counters: Some(counters.clone()),
                     run_number: outcome.run_number.unwrap_or(0),
                     connection_result,
                     error_count,
@@ -678,7 +947,7 @@ impl Executor {
                 }),
             );
             drop((gate, ma_guard));
-            return StepOutcome::Finished(result);
+            return StepOutcome::Finished(result, Some(counters));
         }
     }
 
@@ -815,7 +1084,7 @@ impl Executor {
                 detail,
             }),
         );
-        StepOutcome::Finished(result)
+        StepOutcome::Finished(result, None)
     }
 
     /// Forward engine progress as throttled StepProgress events. Never completes: the caller
@@ -1020,6 +1289,315 @@ mod tests {
         assert!(h.exec.is_sync_class("AD", "Delta Sync"));
         assert!(!h.exec.is_sync_class("AD", "Delta Import"));
         assert!(!h.exec.is_sync_class("AD", "Export"));
+    }
+
+    /// A quiet server (no source changes by themselves) with a handle on the sim engine.
+    async fn quiet() -> (Harness, Arc<SimEngine>) {
+        quiet_with(ExecutorOptions {
+            stagger: Duration::from_millis(1),
+            busy_poll: Duration::from_millis(5),
+            ..ExecutorOptions::default()
+        })
+        .await
+    }
+
+    async fn quiet_with(opts: ExecutorOptions) -> (Harness, Arc<SimEngine>) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
+        let mut cfg = SimConfig::example(1);
+        cfg.time_scale = 0.001;
+        for m in &mut cfg.mas {
+            m.change_rate_per_hour = 0.0;
+        }
+        let sim = Arc::new(SimEngine::new(cfg));
+        let engine: Arc<dyn SyncEngine> = sim.clone();
+        let exec = Arc::new(Executor::new(
+            engine,
+            Arc::clone(&journal),
+            Arc::new(Notify::new()),
+            opts,
+        ));
+        exec.refresh_inventory().await.unwrap();
+        (
+            Harness {
+                _dir: dir,
+                journal,
+                exec,
+            },
+            sim,
+        )
+    }
+
+    fn step(
+        ma: &str,
+        profile: &str,
+        only_if: v1::Condition,
+        guard: Option<v1::Guard>,
+    ) -> v1::PlanStep {
+        v1::PlanStep {
+            ma: ma.into(),
+            profile: profile.into(),
+            only_if: only_if as i32,
+            guard,
+        }
+    }
+
+    fn start_plan(
+        h: &Harness,
+        id: &str,
+        stages: Vec<Vec<v1::PlanStep>>,
+        tweak: impl FnOnce(&mut v1::StartRun),
+    ) {
+        let mut run = v1::StartRun {
+            run_id: id.into(),
+            stages: stages
+                .into_iter()
+                .map(|steps| v1::PlanStage { steps })
+                .collect(),
+            ..Default::default()
+        };
+        tweak(&mut run);
+        h.journal.accept_run(&run).unwrap();
+        h.exec.start(run);
+    }
+
+    fn finished(events: &[v1::AgentEvent], id: &str) -> v1::RunFinished {
+        events
+            .iter()
+            .filter(|e| e.run_id == id)
+            .find_map(|e| match &e.kind {
+                Some(Kind::RunFinished(f)) => Some(f.clone()),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    fn skipped(events: &[v1::AgentEvent], id: &str) -> Vec<u32> {
+        events
+            .iter()
+            .filter(|e| e.run_id == id)
+            .filter_map(|e| match &e.kind {
+                Some(Kind::StepSkipped(s)) => Some(s.index),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conditions_skip_steps_with_nothing_to_do() {
+        let (h, sim) = quiet().await;
+        use v1::Condition as C;
+        let cycle = || {
+            vec![
+                vec![step("HR", "Delta Import", C::Always, None)],
+                vec![step("HR", "Delta Sync", C::StagedChanges, None)],
+                vec![step("AD", "Export", C::PendingExports, None)],
+                vec![step("AD", "Delta Import", C::Exported, None)],
+            ]
+        };
+        // Nothing changed at the source: import, then every conditional step is skipped.
+        start_plan(&h, "quiet", cycle(), |_| {});
+        let events = wait_all(&h).await;
+        assert_eq!(skipped(&events, "quiet"), [1, 2, 3]);
+        let f = finished(&events, "quiet");
+        assert_eq!(f.state, v1::RunState::Succeeded as i32, "{f:?}");
+        // Source changes: the sync, the export and the confirming import all run.
+        sim.inject_source_changes("HR", 5, 3, 0).unwrap();
+        start_plan(&h, "busy", cycle(), |_| {});
+        let events = wait_all(&h).await;
+        let f = finished(&events, "busy");
+        assert_eq!(f.state, v1::RunState::Succeeded as i32, "{f:?}");
+        assert_eq!(skipped(&events, "busy"), Vec::<u32>::new(), "{events:#?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn guard_rail_holds_and_approval_lets_the_step_through_once() {
+        let (h, sim) = quiet().await;
+        use v1::Condition as C;
+        sim.inject_source_changes("AD", 0, 0, 100).unwrap();
+        let guard = v1::Guard {
+            max_pending_deletes: None,
+            max_staged_deletes: Some(v1::Limit {
+                kind: Some(v1::limit::Kind::Count(10)),
+            }),
+        };
+        let plan = || {
+            vec![
+                vec![step("AD", "Delta Import", C::Always, None)],
+                vec![step("AD", "Delta Sync", C::Always, Some(guard))],
+            ]
+        };
+        start_plan(&h, "r1", plan(), |_| {});
+        let events = wait_all(&h).await;
+        let f = finished(&events, "r1");
+        assert_eq!(f.state, v1::RunState::Held as i32, "{f:?}");
+        let held: Vec<&v1::StepHeld> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(Kind::StepHeld(s)) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].index, 1);
+        assert!(
+            held[0].reason.contains("100 staged deletes"),
+            "{}",
+            held[0].reason
+        );
+        // The sync never started.
+        assert!(
+            !events.iter().any(|e| e.run_id == "r1"
+                && matches!(&e.kind, Some(Kind::StepStarted(s)) if s.index == 1))
+        );
+        // Approved continuation: step 0 is not repeated, step 1 runs past its guard.
+        start_plan(&h, "r2", plan(), |r| {
+            r.skip_steps = vec![0];
+            r.approved_steps = vec![1];
+        });
+        let events = wait_all(&h).await;
+        let f = finished(&events, "r2");
+        assert_eq!(f.state, v1::RunState::Succeeded as i32, "{f:?}");
+        assert_eq!(skipped(&events, "r2"), [0]);
+        assert!(events.iter().any(|e| e.run_id == "r2"
+            && matches!(&e.kind, Some(Kind::StepFinished(s)) if s.index == 1 && s.result == "success")));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn discovery_errors_stop_even_when_failures_continue() {
+        let (h, sim) = quiet().await;
+        use v1::Condition as C;
+        sim.inject_failure(crate::engine::sim::ScriptedFailure::new(
+            "HR",
+            "completed-discovery-errors",
+        ))
+        .unwrap();
+        sim.inject_failure(crate::engine::sim::ScriptedFailure::new(
+            "AD",
+            "stopped-connectivity",
+        ))
+        .unwrap();
+        // on_failure continue: a stopped-connectivity import does not stop the run ...
+        start_plan(
+            &h,
+            "cont",
+            vec![
+                vec![step("AD", "Delta Import", C::Always, None)],
+                vec![step("HR", "Delta Import", C::Always, None)],
+                vec![step("HR", "Delta Sync", C::Always, None)],
+            ],
+            |r| r.on_failure = v1::OnFailure::Continue as i32,
+        );
+        let events = wait_all(&h).await;
+        let f = finished(&events, "cont");
+        // ... but discovery errors on HR always stop before HR's sync.
+        assert_eq!(f.state, v1::RunState::Failed as i32, "{f:?}");
+        assert!(f.message.contains("discovery errors"), "{}", f.message);
+        let started: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(Kind::StepStarted(s)) => Some(s.index),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(started, [0, 1]);
+    }
+
+    fn step_finished(events: &[v1::AgentEvent], id: &str, index: u32) -> v1::StepFinished {
+        events
+            .iter()
+            .filter(|e| e.run_id == id)
+            .find_map(|e| match &e.kind {
+                Some(Kind::StepFinished(s)) if s.index == index => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadlocks_are_retried_then_succeed() {
+        let (h, sim) = quiet_with(ExecutorOptions {
+            stagger: Duration::from_millis(1),
+            busy_poll: Duration::from_millis(5),
+            retry: RetryPolicy {
+                delay: Duration::from_millis(5),
+                ..RetryPolicy::default()
+            },
+            ..ExecutorOptions::default()
+        })
+        .await;
+        sim.inject_failure(
+            crate::engine::sim::ScriptedFailure::new("AD", "stopped-deadlocked").with_times(2),
+        )
+        .unwrap();
+        start(&h, "r", &[("AD", "Delta Import")]);
+        let events = wait_all(&h).await;
+        let f = step_finished(&events, "r", 0);
+        assert_eq!(vocab::classify(&f.result), ResultClass::Success, "{f:?}");
+        assert!(f.detail.contains("attempt 3"), "{}", f.detail);
+        let attempts: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(Kind::StepStarted(s)) => Some(s.attempt),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attempts, [1, 2, 3]);
+        // A guard-rail stop is never retried.
+        sim.inject_failure(crate::engine::sim::ScriptedFailure::new(
+            "AD",
+            "stopped-deletion-limit",
+        ))
+        .unwrap();
+        start(&h, "g", &[("AD", "Delta Import")]);
+        let events = wait_all(&h).await;
+        assert_eq!(
+            step_finished(&events, "g", 0).result,
+            "stopped-deletion-limit"
+        );
+        assert_eq!(finished(&events, "g").state, v1::RunState::Failed as i32);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watchdog_ends_a_frozen_step_and_reports_the_engine_unhealthy() {
+        let (h, sim) = quiet_with(ExecutorOptions {
+            stagger: Duration::from_millis(1),
+            busy_poll: Duration::from_millis(20),
+            watchdog: Duration::from_millis(300),
+            stop_timeout: Duration::from_millis(100),
+            ..ExecutorOptions::default()
+        })
+        .await;
+        sim.inject_failure(crate::engine::sim::ScriptedFailure::new(
+            "AD",
+            crate::engine::sim::FREEZE,
+        ))
+        .unwrap();
+        start(
+            &h,
+            "frozen",
+            &[("AD", "Delta Import"), ("AD", "Delta Sync")],
+        );
+        let events = wait_all(&h).await;
+        let f = step_finished(&events, "frozen", 0);
+        assert_eq!(f.result, vocab::WATCHDOG_STOPPED);
+        assert!(f.detail.contains("not responding"), "{}", f.detail);
+        assert_eq!(
+            finished(&events, "frozen").state,
+            v1::RunState::Failed as i32
+        );
+        let health = h.exec.health().await;
+        assert!(!health.healthy);
+        assert!(health.detail.contains("watchdog"), "{}", health.detail);
+        // After the service is restarted the agent sees a healthy engine again.
+        sim.restart().await;
+        for _ in 0..200 {
+            if h.exec.health().await.healthy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("engine still reported unhealthy after restart");
     }
 
     #[test]

@@ -48,19 +48,25 @@ pub fn build_engine(cfg: &AgentConfig) -> Result<Arc<dyn engine::SyncEngine>, Ag
             server,
             time_scale,
             sim,
+            sim_file,
         } => {
-            let mut sim_cfg = sim
-                .clone()
-                .unwrap_or_else(|| engine::sim::SimConfig::example(*server));
+            let mut sim_cfg = match (sim_file, sim) {
+                (Some(path), _) => engine::sim::SimConfig::from_toml_file(path)?,
+                (None, Some(s)) => (**s).clone(),
+                (None, None) => engine::sim::SimConfig::example(*server),
+            };
             if let Some(t) = time_scale {
                 sim_cfg.time_scale = *t;
             }
-            Ok(Arc::new(engine::sim::SimEngine::new(sim_cfg)))
+            Ok(Arc::new(engine::sim::SimEngine::try_new(sim_cfg)?))
         }
-        config::EngineConfig::MimWmi => Err(AgentError::Config(config::ConfigError::Invalid {
+        #[cfg(windows)]
+        config::EngineConfig::MimWmi(wmi) => Ok(engine::wmi::build(wmi.clone())?),
+        #[cfg(not(windows))]
+        config::EngineConfig::MimWmi(_) => Err(AgentError::Config(config::ConfigError::Invalid {
             key: "engine.kind",
-            problem: "the mim-wmi driver is not available in this build".into(),
-            fix: "use kind = \"sim\"".into(),
+            problem: "the mim-wmi driver exists only on Windows".into(),
+            fix: "use kind = \"sim\" on this platform".into(),
         })),
     }
 }

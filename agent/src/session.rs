@@ -270,7 +270,9 @@ fn handle_command(cmd: v1::Command, journal: &Journal, executor: &Arc<Executor>)
     };
     match cmd.kind {
         Some(v1::command::Kind::StartRun(start)) => {
-            if start.run_id.is_empty() || start.steps.is_empty() {
+            let steps =
+                start.steps.len() + start.stages.iter().map(|s| s.steps.len()).sum::<usize>();
+            if start.run_id.is_empty() || steps == 0 {
                 ack.accepted = false;
                 ack.reason = "StartRun needs a run_id and at least one step".into();
                 return ack;

@@ -29,6 +29,27 @@ pub struct DevOptions {
     pub cli_config: Option<PathBuf>,
     /// Simulated engine duration multiplier.
     pub time_scale: f64,
+    /// Load the example fleet (`deploy/examples/fleet.yaml`): sequences and schedules.
+    pub example_fleet: bool,
+}
+
+/// The example fleet file shipped in `deploy/examples/`, compiled in so `dev` works from any
+/// folder.
+pub const EXAMPLE_FLEET: &str = include_str!("../../deploy/examples/fleet.yaml");
+
+/// The example fleet as API documents.
+pub fn example_documents() -> Result<Vec<syncfleet_proto::v1::FleetDocument>, DevError> {
+    let docs = crate::fleetfile::parse_str("deploy/examples/fleet.yaml", EXAMPLE_FLEET)
+        .map_err(|e| DevError::Example(e.to_string()))?;
+    Ok(docs
+        .into_iter()
+        .map(|d| syncfleet_proto::v1::FleetDocument {
+            kind: d.doc.kind().to_string(),
+            name: d.doc.name().to_string(),
+            json: crate::fleetfile::canonical_json(&d.doc),
+            source: d.source,
+        })
+        .collect())
 }
 
 impl Default for DevOptions {
@@ -40,6 +61,7 @@ impl Default for DevOptions {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
             cli_config: None,
             time_scale: 0.05,
+            example_fleet: true,
         }
     }
 }
@@ -59,6 +81,8 @@ pub enum DevError {
     CliConfig(#[from] crate::cli::config::ConfigError),
     #[error("the controller stopped before it was ready")]
     NotReady,
+    #[error("the built-in example fleet is invalid: {0}")]
+    Example(String),
 }
 
 /// Run a dev fleet until `shutdown`.
@@ -93,8 +117,18 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
     };
     let (ca, out) = init::init(&cfg, "dev-admin")?;
 
+    let seed = if opts.example_fleet {
+        example_documents()?
+    } else {
+        Vec::new()
+    };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let controller = tokio::spawn(server::serve(cfg.clone(), shutdown.clone(), Some(bound_tx)));
+    let controller = tokio::spawn(server::serve_with(
+        cfg.clone(),
+        shutdown.clone(),
+        Some(bound_tx),
+        seed,
+    ));
     let bound = match bound_rx.await {
         Ok(b) => b,
         Err(_) => {
@@ -134,6 +168,7 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
                 server: i,
                 time_scale: Some(opts.time_scale),
                 sim: None,
+                sim_file: None,
             },
             reconnect_max_backoff: Duration::from_secs(5),
             executor: syncfleet_agent::executor::ExecutorOptions::default(),
@@ -171,7 +206,7 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
         eprintln!("CLI context \"dev\" written to {}", path.display());
     }
     eprintln!(
-        "try:\n  syncfleet agents list\n  syncfleet agents show sync-01\n  syncfleet run sync-01 --step \"AD:Delta Import\" --step \"AD:Delta Sync\" --follow\n  syncfleet runs list\nCtrl-C stops the fleet{}.",
+        "try:\n  syncfleet agents list\n  syncfleet agents show sync-01\n  syncfleet run sync-01 --step \"AD:Delta Import\" --step \"AD:Delta Sync\" --follow\n  syncfleet get schedules\n  syncfleet schedules show delta-every-3m\n  syncfleet run sync-02 --sequence delta-cycle --follow\n  syncfleet runs list\nCtrl-C stops the fleet{}.",
         if temp.is_some() {
             " and deletes its temporary data"
         } else {
@@ -188,5 +223,18 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
     match result {
         Ok(r) => r.map_err(DevError::from),
         Err(_) => Err(DevError::NotReady),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_fleet_is_valid() {
+        let docs = crate::fleetfile::parse_str("fleet.yaml", EXAMPLE_FLEET).unwrap();
+        crate::fleetfile::validate(&docs, &Default::default()).unwrap();
+        assert_eq!(docs.len(), 6);
+        assert_eq!(example_documents().unwrap().len(), 6);
     }
 }

@@ -28,6 +28,46 @@ pub struct Settings {
     pub pending_deadline: Duration,
 }
 
+/// What a new run is made of (see [`Fleet::create_run`]).
+#[derive(Debug, Clone, Default)]
+pub struct NewRun {
+    /// Fixed id (scheduled runs derive theirs from schedule, agent and nominal time); new UUID
+    /// when `None`.
+    pub id: Option<String>,
+    pub agent: String,
+    pub steps: Vec<v1::Step>,
+    pub origin: String,
+    pub requested_by: String,
+    pub schedule: String,
+    pub sequence: String,
+    pub nominal_time: Option<prost_types::Timestamp>,
+    pub on_failure: v1::OnFailure,
+    pub continuation_of: String,
+    pub approved_steps: Vec<u32>,
+    pub skip_steps: Vec<u32>,
+    pub jitter_ms: u64,
+}
+
+/// The steps of a run of a sequence: the plan flattened, each step knowing its stage.
+pub fn steps_of(doc: &crate::model::SequenceDoc) -> Vec<v1::Step> {
+    let mut out = Vec::new();
+    for (si, stage) in doc.plan().into_iter().enumerate() {
+        for step in stage.steps {
+            out.push(v1::Step {
+                index: u32::try_from(out.len()).unwrap_or(u32::MAX),
+                stage: u32::try_from(si).unwrap_or(u32::MAX),
+                ma: step.ma,
+                profile: step.profile,
+                only_if: step.only_if,
+                guard: step.guard,
+                state: v1::StepState::Waiting as i32,
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
 /// Outbound half of an agent's session stream.
 pub type SessionTx = mpsc::Sender<Result<v1::ControllerMessage, Status>>;
 
@@ -81,21 +121,35 @@ fn state_of(run: &v1::Run) -> v1::RunState {
 }
 
 fn start_command(run: &v1::Run) -> v1::ControllerMessage {
+    // Steps carry their stage; consecutive steps of one stage form one plan stage.
+    let mut stages: Vec<v1::PlanStage> = Vec::new();
+    let mut current: Option<u32> = None;
+    for s in &run.steps {
+        if current != Some(s.stage) || stages.is_empty() {
+            stages.push(v1::PlanStage::default());
+            current = Some(s.stage);
+        }
+        if let Some(stage) = stages.last_mut() {
+            stage.steps.push(v1::PlanStep {
+                ma: s.ma.clone(),
+                profile: s.profile.clone(),
+                only_if: s.only_if,
+                guard: s.guard,
+            });
+        }
+    }
     v1::ControllerMessage {
         msg: Some(CtrlMsg::Command(v1::Command {
             command_id: format!("start:{}", run.id),
             kind: Some(v1::command::Kind::StartRun(v1::StartRun {
                 run_id: run.id.clone(),
-                steps: run
-                    .steps
-                    .iter()
-                    .map(|s| v1::StepSpec {
-                        ma: s.ma.clone(),
-                        profile: s.profile.clone(),
-                    })
-                    .collect(),
+                steps: Vec::new(),
                 traceparent: String::new(),
                 requested_at: run.created_at,
+                stages,
+                on_failure: run.on_failure,
+                approved_steps: run.approved_steps.clone(),
+                skip_steps: run.skip_steps.clone(),
             })),
         })),
     }
@@ -178,6 +232,25 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
                 .collect();
             run.result = vocab::most_severe(results).unwrap_or_default().to_string();
         }
+        Some(Kind::StepSkipped(k)) => {
+            if let Some(i) = step_mut(run, k.index) {
+                let step = &mut run.steps[i];
+                step.state = v1::StepState::Skipped as i32;
+                step.detail.clone_from(&k.reason);
+                step.started_at = None;
+                step.finished_at = Some(at);
+            }
+        }
+        Some(Kind::StepHeld(h)) => {
+            if let Some(i) = step_mut(run, h.index) {
+                let step = &mut run.steps[i];
+                step.state = v1::StepState::Held as i32;
+                step.detail.clone_from(&h.reason);
+                if h.pending.is_some() {
+                    step.pending_before = h.pending;
+                }
+            }
+        }
         Some(Kind::RunFinished(f)) => {
             run.state = f.state;
             if !f.result.is_empty() {
@@ -186,7 +259,10 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
             run.message.clone_from(&f.message);
             run.finished_at = Some(at);
             for step in &mut run.steps {
-                if step.state != v1::StepState::Done as i32 {
+                if step.state == v1::StepState::Waiting as i32
+                    || step.state == v1::StepState::Running as i32
+                    || step.state == v1::StepState::Unspecified as i32
+                {
                     step.state = v1::StepState::NotRun as i32;
                     step.progress.clear();
                 }
@@ -272,6 +348,7 @@ impl Fleet {
             engine_healthy: true,
             engine_detail: String::new(),
             runs_in_flight: hello.runs_in_flight.clone(),
+            drain: stored.as_ref().and_then(|s| s.agent.drain.clone()),
         };
         store::blocking(&self.store, {
             let agent = agent.clone();
@@ -387,8 +464,21 @@ impl Fleet {
         }
     }
 
-    /// Queue `StartRun` on the agent's session; a pending run becomes dispatched.
-    async fn send_start(&self, run: v1::Run) {
+    /// When a run may be dispatched: scheduled runs wait for nominal time + jitter.
+    fn dispatch_at_ms(run: &v1::Run) -> i64 {
+        run.nominal_time.as_ref().map_or(0, |t| {
+            to_millis(t).saturating_add(i64::try_from(run.jitter_ms).unwrap_or(0))
+        })
+    }
+
+    /// Queue `StartRun` on the agent's session; a pending run becomes dispatched. A run whose
+    /// dispatch time has not come is left pending (the sweeper and a timer send it later).
+    pub async fn send_start(&self, run: v1::Run) {
+        let due = Self::dispatch_at_ms(&run);
+        let now_ms = Utc::now().timestamp_millis();
+        if due > now_ms && state_of(&run) == v1::RunState::Pending {
+            return;
+        }
         let Some(tx) = self.session_tx(&run.agent) else {
             return;
         };
@@ -419,7 +509,7 @@ impl Fleet {
         }
     }
 
-    /// Create and store a run, then dispatch it if its agent is connected.
+    /// Create and store an ad-hoc run, then dispatch it if its agent is connected.
     pub async fn start_run(
         &self,
         agent: &str,
@@ -432,7 +522,81 @@ impl Fleet {
                 "a run needs at least one step (MA and run profile)",
             ));
         }
+        let steps = steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let i = u32::try_from(i).unwrap_or(u32::MAX);
+                v1::Step {
+                    index: i,
+                    stage: i,
+                    ma: s.ma,
+                    profile: s.profile,
+                    state: v1::StepState::Waiting as i32,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let (run, _) = self
+            .create_run(
+                NewRun {
+                    agent: agent.to_string(),
+                    steps,
+                    origin: origin.to_string(),
+                    requested_by: requested_by.to_string(),
+                    ..NewRun::default()
+                },
+                true,
+            )
+            .await?;
+        Ok(run)
+    }
+
+    /// Fail with FAILED_PRECONDITION when the fleet is paused or the agent drains (manual runs
+    /// honour the same rules as scheduled ones).
+    pub async fn check_not_paused(&self, agent: &str) -> Result<(), Status> {
+        if let Some(p) = self.fleet_pause().await.map_err(store_status)? {
+            return Err(Status::failed_precondition(format!(
+                "the fleet is paused{}: {}; resume with 'syncfleet fleet resume'",
+                if p.by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by {}", p.by)
+                },
+                p.note
+            )));
+        }
         let name = agent.to_string();
+        if let Some(stored) = store::blocking(&self.store, move |s| s.get_agent(&name))
+            .await
+            .map_err(store_status)?
+            && let Some(d) = stored.agent.drain.filter(|d| d.paused)
+        {
+            return Err(Status::failed_precondition(format!(
+                "agent {agent} is draining{}{}; resume it with 'syncfleet agents resume {agent}'",
+                if d.by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (by {})", d.by)
+                },
+                if d.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", d.note)
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// Store a new run (validated against the agent's inventory) and dispatch it when its time
+    /// has come and the agent is connected. Returns the run and whether it was new: a run whose
+    /// id exists already (a duplicate scheduled fire) is returned unchanged.
+    pub async fn create_run(&self, new: NewRun, validate: bool) -> Result<(v1::Run, bool), Status> {
+        if new.steps.is_empty() {
+            return Err(Status::invalid_argument("a run needs at least one step"));
+        }
+        let name = new.agent.clone();
         let stored = store::blocking(&self.store, move |s| s.get_agent(&name))
             .await
             .map_err(store_status)?;
@@ -445,33 +609,31 @@ impl Fleet {
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(Status::not_found(format!(
-                "no agent named {agent:?}; known agents: {}",
+                "no agent named {:?}; known agents: {}",
+                new.agent,
                 if known.is_empty() { "none yet" } else { &known }
             )));
         };
-        check_steps(&stored.agent, &steps)?;
-        let created = now();
-        let run = v1::Run {
-            id: uuid::Uuid::now_v7().to_string(),
-            agent: agent.to_string(),
-            state: v1::RunState::Pending as i32,
-            result: String::new(),
-            origin: origin.to_string(),
-            created_at: Some(created),
-            started_at: None,
-            finished_at: None,
-            steps: steps
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| v1::Step {
-                    index: u32::try_from(i).unwrap_or(u32::MAX),
-                    ma: s.ma,
-                    profile: s.profile,
-                    state: v1::StepState::Waiting as i32,
-                    ..Default::default()
+        if validate {
+            let specs: Vec<v1::StepSpec> = new
+                .steps
+                .iter()
+                .map(|s| v1::StepSpec {
+                    ma: s.ma.clone(),
+                    profile: s.profile.clone(),
                 })
-                .collect(),
-            message: if self.is_connected(agent) {
+                .collect();
+            check_steps(&stored.agent, &specs)?;
+        }
+        let agent = new.agent.clone();
+        let run = v1::Run {
+            id: new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            agent: new.agent,
+            state: v1::RunState::Pending as i32,
+            origin: new.origin,
+            created_at: Some(now()),
+            steps: new.steps,
+            message: if self.is_connected(&agent) {
                 String::new()
             } else {
                 format!(
@@ -479,23 +641,214 @@ impl Fleet {
                     humantime::format_duration(self.settings.pending_deadline)
                 )
             },
-            requested_by: requested_by.to_string(),
-            cancel_requested: false,
+            requested_by: new.requested_by,
+            schedule: new.schedule,
+            sequence: new.sequence,
+            nominal_time: new.nominal_time,
+            on_failure: new.on_failure as i32,
+            continuation_of: new.continuation_of,
+            approved_steps: new.approved_steps,
+            skip_steps: new.skip_steps,
+            jitter_ms: new.jitter_ms,
+            ..Default::default()
         };
-        store::blocking(&self.store, {
+        let inserted = store::blocking(&self.store, {
             let run = run.clone();
             move |s| s.insert_run(&run)
         })
         .await
         .map_err(store_status)?;
+        if !inserted {
+            let id = run.id.clone();
+            let existing = store::blocking(&self.store, move |s| s.get_run(&id))
+                .await
+                .map_err(store_status)?;
+            return Ok((existing.unwrap_or(run), false));
+        }
         self.publish(&run);
-        tracing::info!(run_id = %run.id, agent, steps = run.steps.len(), "run created");
+        tracing::info!(run_id = %run.id, agent, steps = run.steps.len(), origin = %run.origin, "run created");
         self.send_start(run.clone()).await;
         let id = run.id.clone();
         let current = store::blocking(&self.store, move |s| s.get_run(&id))
             .await
             .map_err(store_status)?;
-        Ok(current.unwrap_or(run))
+        Ok((current.unwrap_or(run), true))
+    }
+
+    async fn get_pause(&self, key: &str) -> Result<Option<v1::Pause>, StoreError> {
+        let k = key.to_string();
+        let raw = store::blocking(&self.store, move |s| s.get_state(&k)).await?;
+        raw.map(|b| {
+            <v1::Pause as prost::Message>::decode(b.as_slice()).map_err(|e| StoreError::Corrupt {
+                what: key.to_string(),
+                detail: e.to_string(),
+            })
+        })
+        .transpose()
+        .map(|p| p.filter(|p| p.paused))
+    }
+
+    async fn put_pause(&self, key: &str, pause: &v1::Pause) -> Result<(), StoreError> {
+        let k = key.to_string();
+        let body = prost::Message::encode_to_vec(pause);
+        store::blocking(&self.store, move |s| s.put_state(&k, &body)).await
+    }
+
+    /// The fleet-wide maintenance pause, when on.
+    pub async fn fleet_pause(&self) -> Result<Option<v1::Pause>, StoreError> {
+        self.get_pause("pause/fleet").await
+    }
+
+    pub async fn set_fleet_pause(&self, pause: &v1::Pause) -> Result<(), StoreError> {
+        self.put_pause("pause/fleet", pause).await
+    }
+
+    /// A schedule's pause, when on.
+    pub async fn schedule_pause(&self, schedule: &str) -> Result<Option<v1::Pause>, StoreError> {
+        self.get_pause(&format!("pause/schedule/{schedule}")).await
+    }
+
+    /// The last pause record of a schedule, on or off (who resumed it, when).
+    pub async fn schedule_pause_record(
+        &self,
+        schedule: &str,
+    ) -> Result<Option<v1::Pause>, StoreError> {
+        let k = format!("pause/schedule/{schedule}");
+        let raw = store::blocking(&self.store, move |s| s.get_state(&k)).await?;
+        Ok(raw.and_then(|b| <v1::Pause as prost::Message>::decode(b.as_slice()).ok()))
+    }
+
+    pub async fn set_schedule_pause(
+        &self,
+        schedule: &str,
+        pause: &v1::Pause,
+    ) -> Result<(), StoreError> {
+        self.put_pause(&format!("pause/schedule/{schedule}"), pause)
+            .await
+    }
+
+    /// Set or clear an agent's drain. Returns the agent, or `None` when unknown.
+    pub async fn set_drain(
+        &self,
+        agent: &str,
+        drain: v1::Pause,
+    ) -> Result<Option<v1::Agent>, StoreError> {
+        let _guard = self.run_lock.lock().await;
+        let name = agent.to_string();
+        let updated = store::blocking(&self.store, move |s| {
+            let Some(mut stored) = s.get_agent(&name)? else {
+                return Ok(None);
+            };
+            stored.agent.drain = Some(drain);
+            s.put_agent(&stored.agent)?;
+            Ok(Some(stored.agent))
+        })
+        .await?;
+        Ok(updated.map(|a| self.agent_view(a)))
+    }
+
+    /// Approve a held run: create its continuation (the held step once with the guard lifted,
+    /// then the rest of the plan) and link the two.
+    pub async fn approve_run(&self, id: &str, who: &str, note: &str) -> Result<v1::Run, Status> {
+        let rid = id.to_string();
+        let held = store::blocking(&self.store, move |s| s.get_run(&rid))
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))?;
+        if state_of(&held) != v1::RunState::Held {
+            return Err(Status::failed_precondition(format!(
+                "run {id} is {}, not held; only held runs can be approved",
+                state_of(&held).label()
+            )));
+        }
+        if !held.continued_in.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "run {id} was already approved by {}; its continuation is run {}",
+                held.approved_by, held.continued_in
+            )));
+        }
+        let approved: Vec<u32> = held
+            .steps
+            .iter()
+            .filter(|s| s.state == v1::StepState::Held as i32)
+            .map(|s| s.index)
+            .collect();
+        let skip: Vec<u32> = held
+            .steps
+            .iter()
+            .filter(|s| {
+                s.state == v1::StepState::Done as i32 || s.state == v1::StepState::Skipped as i32
+            })
+            .map(|s| s.index)
+            .collect();
+        let steps = held
+            .steps
+            .iter()
+            .map(|s| v1::Step {
+                index: s.index,
+                stage: s.stage,
+                ma: s.ma.clone(),
+                profile: s.profile.clone(),
+                only_if: s.only_if,
+                guard: s.guard,
+                state: v1::StepState::Waiting as i32,
+                ..Default::default()
+            })
+            .collect();
+        let (run, _) = self
+            .create_run(
+                NewRun {
+                    agent: held.agent.clone(),
+                    steps,
+                    origin: "approval".into(),
+                    requested_by: who.to_string(),
+                    schedule: held.schedule.clone(),
+                    sequence: held.sequence.clone(),
+                    on_failure: v1::OnFailure::try_from(held.on_failure).unwrap_or_default(),
+                    continuation_of: held.id.clone(),
+                    approved_steps: approved,
+                    skip_steps: skip,
+                    ..NewRun::default()
+                },
+                false,
+            )
+            .await?;
+        {
+            let _guard = self.run_lock.lock().await;
+            let rid = id.to_string();
+            let cont = run.id.clone();
+            let who = who.to_string();
+            let note = note.to_string();
+            let updated = store::blocking(&self.store, move |s| {
+                let Some(mut h) = s.get_run(&rid)? else {
+                    return Ok(None);
+                };
+                h.continued_in = cont;
+                h.approved_by = who;
+                h.approved_at = Some(now());
+                if !note.is_empty() {
+                    h.message = format!("{} (approved: {note})", h.message);
+                }
+                s.put_runs(std::slice::from_ref(&h))?;
+                Ok(Some(h))
+            })
+            .await
+            .map_err(store_status)?;
+            if let Some(h) = updated {
+                self.publish(&h);
+            }
+        }
+        Ok(run)
+    }
+
+    /// Dispatch a stored run now if it is still pending and due.
+    pub async fn dispatch_run(&self, id: &str) {
+        let id = id.to_string();
+        if let Ok(Some(run)) = store::blocking(&self.store, move |s| s.get_run(&id)).await
+            && state_of(&run) == v1::RunState::Pending
+        {
+            self.send_start(run).await;
+        }
     }
 
     /// Apply a batch of events from `agent`'s session, store them with the runs they change,
@@ -659,7 +1012,19 @@ impl Fleet {
         {
             Ok(runs) => {
                 for run in runs {
-                    let created = run.created_at.as_ref().map_or(0, to_millis);
+                    let created = run
+                        .created_at
+                        .as_ref()
+                        .map_or(0, to_millis)
+                        .max(Self::dispatch_at_ms(&run));
+                    if now_ms >= Self::dispatch_at_ms(&run)
+                        && now_ms - created < deadline_ms
+                        && self.is_connected(&run.agent)
+                    {
+                        // Due (e.g. after its jitter) and its agent is here.
+                        self.send_start(run).await;
+                        continue;
+                    }
                     if now_ms - created >= deadline_ms {
                         let msg = format!(
                             "agent {} did not connect within the pending deadline ({}); the run was never started",

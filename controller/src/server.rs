@@ -81,6 +81,17 @@ pub async fn serve(
     shutdown: CancellationToken,
     on_bound: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), ServeError> {
+    serve_with(cfg, shutdown, on_bound, Vec::new()).await
+}
+
+/// [`serve`], first applying `seed` fleet documents (as `syncfleet apply` would; `dev` mode
+/// loads its example fleet this way).
+pub async fn serve_with(
+    cfg: ControllerConfig,
+    shutdown: CancellationToken,
+    on_bound: Option<tokio::sync::oneshot::Sender<Bound>>,
+    seed: Vec<syncfleet_proto::v1::FleetDocument>,
+) -> Result<(), ServeError> {
     cfg.validate()?;
     let ca = read("the CA certificate", "ca_cert", &cfg.ca_cert_path())?;
     let cert = read("the controller certificate", "cert", &cfg.cert_path())?;
@@ -116,6 +127,22 @@ pub async fn serve(
         },
     );
     fleet.reset_sessions_after_restart().await;
+    let scheduler = crate::schedule::scheduler::Scheduler::new(
+        Arc::clone(&fleet),
+        crate::schedule::scheduler::Clock::System,
+    );
+    if !seed.is_empty() {
+        let req = syncfleet_proto::v1::ApplyRequest {
+            documents: seed,
+            dry_run: false,
+            prune: false,
+        };
+        match crate::operations::apply(&fleet, &scheduler, req, "syncfleet-controller").await {
+            Ok(r) => tracing::info!(changes = r.changes.len(), "example fleet documents applied"),
+            Err(e) => tracing::error!(error = %e.message(), "example fleet documents rejected"),
+        }
+    }
+    let scheduler_task = tokio::spawn(Arc::clone(&scheduler).run(shutdown.clone()));
 
     // Client certificates are optional at the TLS layer so that health checks (and, later,
     // enrollment) work without one; every syncfleet method requires one (services::caller).
@@ -147,6 +174,7 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let fleet_svc = FleetServiceServer::new(FleetSvc {
         fleet: Arc::clone(&fleet),
+        scheduler: Arc::clone(&scheduler),
         fleet_name: cfg.fleet.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -197,6 +225,7 @@ pub async fn serve(
     let result = grpc.await;
     shutdown.cancel();
     sweeper.abort();
+    scheduler_task.abort();
     match http.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),
         Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{Fleet, store_status};
+use crate::operations;
 use crate::pki::{self, PeerIdentity, Role};
 use crate::store::{self, RunQuery};
 
@@ -174,6 +175,7 @@ impl AgentService for AgentSvc {
 #[derive(Debug, Clone)]
 pub struct FleetSvc {
     pub fleet: Arc<Fleet>,
+    pub scheduler: Arc<crate::schedule::scheduler::Scheduler>,
     pub fleet_name: String,
 }
 
@@ -223,6 +225,29 @@ impl FleetService for FleetSvc {
     ) -> Result<Response<v1::Run>, Status> {
         let who = self.operator(&request)?;
         let req = request.into_inner();
+        match (req.steps.is_empty(), req.sequence.is_empty()) {
+            (true, true) => {
+                return Err(Status::invalid_argument(
+                    "give either steps (MA:PROFILE) or a sequence name",
+                ));
+            }
+            (false, false) => {
+                return Err(Status::invalid_argument(
+                    "give either steps or a sequence, not both",
+                ));
+            }
+            (true, false) => {
+                let run = operations::start_sequence(
+                    &self.fleet,
+                    &req.agent,
+                    &req.sequence,
+                    &who.to_string(),
+                )
+                .await?;
+                return Ok(Response::new(run));
+            }
+            (false, true) => {}
+        }
         for s in &req.steps {
             if s.ma.trim().is_empty() || s.profile.trim().is_empty() {
                 return Err(Status::invalid_argument(
@@ -230,6 +255,7 @@ impl FleetService for FleetSvc {
                 ));
             }
         }
+        self.fleet.check_not_paused(&req.agent).await?;
         let run = self
             .fleet
             .start_run(&req.agent, req.steps, "manual", &who.to_string())
@@ -267,6 +293,7 @@ impl FleetService for FleetSvc {
             .collect::<Result<Vec<_>, _>>()?;
         let query = RunQuery {
             agent: (!req.agent.is_empty()).then_some(req.agent),
+            schedule: None,
             states,
             since_ms: req.since.as_ref().map(syncfleet_proto::time::to_millis),
             until_ms: req.until.as_ref().map(syncfleet_proto::time::to_millis),
@@ -359,5 +386,156 @@ impl FleetService for FleetSvc {
             .cancel_run(&req.id, &req.reason, &who.to_string())
             .await?;
         Ok(Response::new(run))
+    }
+
+    async fn approve_run(
+        &self,
+        request: Request<v1::ApproveRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let who = self.operator(&request)?;
+        let req = request.into_inner();
+        let run = self
+            .fleet
+            .approve_run(&req.id, &who.to_string(), &req.note)
+            .await?;
+        Ok(Response::new(run))
+    }
+
+    async fn apply(
+        &self,
+        request: Request<v1::ApplyRequest>,
+    ) -> Result<Response<v1::ApplyResponse>, Status> {
+        let who = self.operator(&request)?;
+        let resp = operations::apply(
+            &self.fleet,
+            &self.scheduler,
+            request.into_inner(),
+            &who.to_string(),
+        )
+        .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn get_documents(
+        &self,
+        request: Request<v1::GetDocumentsRequest>,
+    ) -> Result<Response<v1::GetDocumentsResponse>, Status> {
+        self.operator(&request)?;
+        Ok(Response::new(
+            operations::get_documents(&self.fleet, request.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_document(
+        &self,
+        request: Request<v1::DeleteDocumentRequest>,
+    ) -> Result<Response<v1::DeleteDocumentResponse>, Status> {
+        self.operator(&request)?;
+        Ok(Response::new(
+            operations::delete_document(&self.fleet, &self.scheduler, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_schedule(
+        &self,
+        request: Request<v1::GetScheduleRequest>,
+    ) -> Result<Response<v1::ScheduleStatus>, Status> {
+        self.operator(&request)?;
+        let name = request.into_inner().name;
+        Ok(Response::new(
+            operations::get_schedule(&self.fleet, &self.scheduler, &name).await?,
+        ))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<v1::PauseScheduleRequest>,
+    ) -> Result<Response<v1::ScheduleStatus>, Status> {
+        let who = self.operator(&request)?;
+        let req = request.into_inner();
+        Ok(Response::new(
+            operations::set_schedule_pause(
+                &self.fleet,
+                &self.scheduler,
+                &req.name,
+                true,
+                &req.note,
+                &who.to_string(),
+            )
+            .await?,
+        ))
+    }
+
+    async fn resume_schedule(
+        &self,
+        request: Request<v1::PauseScheduleRequest>,
+    ) -> Result<Response<v1::ScheduleStatus>, Status> {
+        let who = self.operator(&request)?;
+        let req = request.into_inner();
+        Ok(Response::new(
+            operations::set_schedule_pause(
+                &self.fleet,
+                &self.scheduler,
+                &req.name,
+                false,
+                &req.note,
+                &who.to_string(),
+            )
+            .await?,
+        ))
+    }
+
+    async fn drain_agent(
+        &self,
+        request: Request<v1::DrainAgentRequest>,
+    ) -> Result<Response<v1::Agent>, Status> {
+        let who = self.operator(&request)?;
+        let req = request.into_inner();
+        Ok(Response::new(
+            operations::set_drain(&self.fleet, &req.name, true, &req.note, &who.to_string())
+                .await?,
+        ))
+    }
+
+    async fn resume_agent(
+        &self,
+        request: Request<v1::DrainAgentRequest>,
+    ) -> Result<Response<v1::Agent>, Status> {
+        let who = self.operator(&request)?;
+        let req = request.into_inner();
+        Ok(Response::new(
+            operations::set_drain(&self.fleet, &req.name, false, &req.note, &who.to_string())
+                .await?,
+        ))
+    }
+
+    async fn pause_fleet(
+        &self,
+        request: Request<v1::PauseFleetRequest>,
+    ) -> Result<Response<v1::FleetStatus>, Status> {
+        let who = self.operator(&request)?;
+        let req = request.into_inner();
+        Ok(Response::new(
+            operations::set_fleet_pause(&self.fleet, true, &req.note, &who.to_string()).await?,
+        ))
+    }
+
+    async fn resume_fleet(
+        &self,
+        request: Request<v1::PauseFleetRequest>,
+    ) -> Result<Response<v1::FleetStatus>, Status> {
+        let who = self.operator(&request)?;
+        let req = request.into_inner();
+        Ok(Response::new(
+            operations::set_fleet_pause(&self.fleet, false, &req.note, &who.to_string()).await?,
+        ))
+    }
+
+    async fn get_fleet_status(
+        &self,
+        request: Request<v1::GetFleetStatusRequest>,
+    ) -> Result<Response<v1::FleetStatus>, Status> {
+        self.operator(&request)?;
+        Ok(Response::new(operations::fleet_status(&self.fleet).await?))
     }
 }

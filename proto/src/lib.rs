@@ -32,6 +32,7 @@ impl v1::RunState {
                 | Self::Skipped
                 | Self::Cancelled
                 | Self::Unknown
+                | Self::Held
         )
     }
 
@@ -48,6 +49,7 @@ impl v1::RunState {
             Self::Skipped => "skipped",
             Self::Cancelled => "cancelled",
             Self::Unknown => "unknown",
+            Self::Held => "held",
         }
     }
 
@@ -63,6 +65,7 @@ impl v1::RunState {
             "skipped" => Self::Skipped,
             "cancelled" => Self::Cancelled,
             "unknown" => Self::Unknown,
+            "held" => Self::Held,
             _ => return None,
         })
     }
@@ -77,6 +80,8 @@ impl v1::StepState {
             Self::Running => "running",
             Self::Done => "done",
             Self::NotRun => "not_run",
+            Self::Skipped => "skipped",
+            Self::Held => "held",
         }
     }
 
@@ -87,6 +92,8 @@ impl v1::StepState {
             "running" => Self::Running,
             "done" => Self::Done,
             "not_run" => Self::NotRun,
+            "skipped" => Self::Skipped,
+            "held" => Self::Held,
             _ => return None,
         })
     }

@@ -157,7 +157,7 @@ pub fn classify(result: &str) -> ResultClass {
         ResultClass::Busy
     } else if r == "stopped-deadlocked" {
         ResultClass::TransientEngine
-    } else if TRANSIENT_EXTERNAL.contains(&r) {
+    } else if TRANSIENT_EXTERNAL.contains(&r) || r.starts_with("connection-failure") {
         ResultClass::TransientExternal
     } else if r == "no-start-full-import-required" {
         ResultClass::NeedsFullImport
@@ -165,7 +165,11 @@ pub fn classify(result: &str) -> ResultClass {
         ResultClass::GuardRail
     } else if r.starts_with("stopped-user-termination-") {
         ResultClass::Intentional
-    } else if CONFIG.contains(&r) || r.starts_with("stopped-extension-dll-") {
+    } else if CONFIG.contains(&r)
+        || r.starts_with("stopped-extension-dll-")
+        // Drivers append the HRESULT and message to the provider's string.
+        || r.starts_with("call-failure")
+    {
         ResultClass::Config
     } else if OTHER_FAILED.contains(&r) {
         ResultClass::Failed
@@ -285,6 +289,14 @@ mod tests {
             ResultClass::Config
         );
         assert_eq!(classify("stopped-disk-full"), ResultClass::Failed);
+        assert_eq!(
+            classify("call-failure: 0x80041003 access denied"),
+            ResultClass::Config
+        );
+        assert_eq!(
+            classify("connection-failure: 0x800706BA"),
+            ResultClass::TransientExternal
+        );
         assert_eq!(
             classify("something-new-from-a-future-build"),
             ResultClass::Unknown

@@ -114,3 +114,58 @@ fn twenty_runs_at_once_never_overlap_a_synchronization() {
     // side by side (the rules serialize synchronizations, not everything).
     assert!(overlaps_seen > 0, "no parallelism at all: {intervals:?}");
 }
+
+#[test]
+fn frozen_engine_is_stopped_by_the_watchdog_and_reported_unhealthy() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    let server = fleet.dir.path().join("frozen-server.toml");
+    std::fs::write(
+        &server,
+        "seed = 7\ntime_scale = 0.01\n\
+         [[mas]]\nname = \"AD\"\nma_type = \"AD\"\nconnectors = 1000\nchange_rate_per_hour = 0.0\n\
+         [[mas]]\nname = \"MIM Service\"\nma_type = \"FIM\"\nconnectors = 1000\nchange_rate_per_hour = 0.0\n\
+         [[script]]\nma = \"AD\"\nprofile = \"Delta Import\"\nresult = \"freeze\"\n",
+    )
+    .unwrap();
+    fleet.start_agent_with(
+        "sync-01",
+        &format!(
+            "[engine]\nkind = \"sim\"\nsim_file = {server:?}\n[executor]\nstagger = \"10ms\"\nbusy_poll = \"100ms\"\nwatchdog = \"2s\"\nstop_timeout = \"500ms\"\n"
+        ),
+    );
+    fleet.wait_connected(&["sync-01"]);
+    let out = fleet.cli(&["run", "sync-01", "--step", "AD:Delta Import", "--follow"]);
+    assert_eq!(out.status.code(), Some(1), "a watchdog stop is a failure");
+    let list = fleet.cli_json(&["runs", "list", "-o", "json"]);
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let run = fleet.run_json(&id).unwrap();
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert_eq!(
+        run["steps"][0]["result"], "stopped-watchdog-timeout",
+        "{run:#}"
+    );
+    assert!(
+        run["steps"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not responding"),
+        "{run:#}"
+    );
+    // The next heartbeat carries the verdict to the controller.
+    let agent = common::wait_for(
+        "the agent to report its engine unhealthy",
+        Duration::from_secs(60),
+        || {
+            let a = fleet.cli_json(&["agents", "show", "sync-01", "-o", "json"]);
+            (a["engine_healthy"] == false).then_some(a)
+        },
+    );
+    assert!(
+        agent["engine_detail"]
+            .as_str()
+            .unwrap()
+            .contains("watchdog"),
+        "{agent:#}"
+    );
+}

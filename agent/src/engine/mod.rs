@@ -13,6 +13,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub mod sim;
+#[cfg(windows)]
+pub mod wmi;
+pub mod wmi_logic;
 
 /// A boxed, sendable future: keeps [`SyncEngine`] object-safe (`Arc<dyn SyncEngine>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -53,6 +53,9 @@ enum Command {
         /// Simulated engine duration multiplier (1.0 = realistic).
         #[arg(long, default_value_t = 0.05)]
         time_scale: f64,
+        /// Do not load the example fleet (sequences and schedules).
+        #[arg(long)]
+        no_example_fleet: bool,
         #[arg(long, env = "SYNCFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
     },
@@ -255,6 +258,7 @@ fn main() -> ExitCode {
             http_listen,
             cli_config,
             time_scale,
+            no_example_fleet,
             log_format,
         } => {
             init_logging(&log_format);
@@ -271,6 +275,7 @@ fn main() -> ExitCode {
                     http_listen,
                     cli_config,
                     time_scale,
+                    example_fleet: !no_example_fleet,
                 };
                 match syncfleet_controller::dev::run_dev(opts, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,

@@ -7,37 +7,64 @@
 //! # Commands
 //!
 //! ```text
-//! syncfleet agents list                         NAME STATE ENGINE MAS LAST-SEEN LABELS
+//! syncfleet agents list                         NAME STATE DRAIN ENGINE MAS LAST-SEEN LABELS
 //! syncfleet agents show NAME
-//! syncfleet run AGENT --step "MA:PROFILE" [--step ...] [--follow]
+//! syncfleet agents drain NAME [--note TEXT]     running runs finish, nothing new starts
+//! syncfleet agents resume NAME [--note TEXT]
+//! syncfleet run AGENT (--step "MA:PROFILE" [--step ...] | --sequence NAME) [--follow]
 //! syncfleet runs list [--agent NAME] [--state S]... [--limit N]
 //! syncfleet runs show ID
 //! syncfleet runs cancel ID [--reason TEXT]
+//! syncfleet runs approve ID [--note TEXT]       run a held step once, as a new run
+//! syncfleet apply -f FILE|DIR [-f ...] [--dry-run] [--prune]
+//! syncfleet get sequences|schedules [NAME]      YAML fleet documents (-o json: an array)
+//! syncfleet delete sequence|schedule NAME
+//! syncfleet schedules list                      NAME SEQUENCE STATE TRIGGER TARGETS NEXT
+//! syncfleet schedules show NAME
+//! syncfleet schedules pause NAME --note TEXT
+//! syncfleet schedules resume NAME [--note TEXT]
+//! syncfleet fleet pause --note TEXT             no new runs anywhere
+//! syncfleet fleet resume [--note TEXT]
+//! syncfleet fleet status
 //! ```
 //!
 //! Global flags: `--config PATH` (env `SYNCFLEET_CONFIG`), `--context NAME` (env
-//! `SYNCFLEET_CONTEXT`), `-o/--output table|json`. See [`config`] for the config file.
+//! `SYNCFLEET_CONTEXT`), `-o/--output table|json|yaml`. See [`config`] for the config file.
 //!
 //! # Output contract
 //!
-//! - **stdout carries data only**: tables, key/value blocks, run ids, JSON documents. With
-//!   `-o json` stdout is exactly one JSON document (see [`output`] for the shapes).
-//! - **stderr carries messages for humans**: `run --follow` progress lines, hints, and errors,
-//!   which are one line starting with `error: `.
+//! - **stdout carries data only**: tables, key/value blocks, run ids, the apply diff, fleet
+//!   documents, JSON documents. With `-o json` stdout is exactly one JSON document (see
+//!   [`output`] for the shapes); `-o yaml` prints the same shape as YAML. `get` prints fleet
+//!   documents as YAML by default (`-o table` and `-o yaml` alike), ready for `apply -f`.
+//! - **stderr carries messages for humans**: `run --follow` progress lines, hints, the
+//!   `applied N change(s)` line, and errors, which are one line starting with `error: `. Lists
+//!   of problems in fleet files (found locally or by the controller) are printed first, one per
+//!   line, verbatim, followed by one `error: ` line.
 //! - `run` without `--follow` prints just the new run's id (table mode), so
 //!   `id=$(syncfleet run sync01 --step "AD:Delta Import")` works; with `--follow` it prints the
-//!   final run (summary, or the run object with `-o json`) once the run has ended.
+//!   final run (summary, or the run object with `-o json`) once the run has ended. `runs
+//!   approve` likewise prints the id of the new (continuation) run.
 //!
 //! # Exit codes
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | the request succeeded; for `run --follow`, the run ended `succeeded` (which includes engine results such as `completed-warnings`) |
-//! | 1 | the thing asked for failed: config file or context problem, cannot reach or authenticate to the controller, the controller refused the request (gRPC status), or `run --follow` ended `completed_with_errors`, `failed`, `cancelled`, `skipped` or `unknown`, or the watch was lost for longer than ~30 s |
-//! | 2 | usage error (unknown flag, bad `--step`, bad `--state`), reported by clap |
+//! | 0 | the request succeeded (`apply --dry-run`: the documents are valid); for `run --follow`, the run ended `succeeded` (which includes engine results such as `completed-warnings`) |
+//! | 1 | the thing asked for failed: invalid fleet files (nothing is sent), config file or context problem, cannot reach or authenticate to the controller, the controller refused the request (gRPC status, e.g. `INVALID_ARGUMENT` for documents, `NOT_FOUND`), `delete` of something that does not exist, or `run --follow` ended `held`, `completed_with_errors`, `failed`, `cancelled`, `skipped` or `unknown`, or the watch was lost for longer than ~30 s |
+//! | 2 | usage error (unknown flag, bad `--step`, bad `--state`, `--step` with `--sequence`, `pause` without `--note`), reported by clap |
 //!
 //! Config and connection errors deliberately share code 1 with request failures: scripts only
 //! need "did it work", and the `error:` line tells humans which it was.
+//!
+//! # `apply`
+//!
+//! Loads every file (directories: all `*.yaml`/`*.yml` below them) and validates the documents
+//! locally first ([`crate::fleetfile`]); on any problem it prints them all and exits 1 without
+//! contacting the controller. Locally it cannot know the controller's stored sequences, so a
+//! schedule naming a sequence that is not in the files is checked by the controller, which
+//! validates everything again and applies all or nothing. Files holding no document at all are
+//! refused (with `--prune` they would delete everything).
 //!
 //! # `run --follow`
 //!
@@ -49,6 +76,8 @@
 
 pub mod config;
 pub mod connect;
+pub mod control;
+pub mod fleetdocs;
 pub mod human;
 pub mod output;
 
@@ -59,7 +88,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use syncfleet_proto::v1::{
     CancelRunRequest, GetAgentRequest, GetRunRequest, ListAgentsRequest, ListRunsRequest, Run,
     RunState, StartRunRequest, StepSpec, WatchRunsRequest,
@@ -80,7 +109,7 @@ pub const EXIT_USAGE: u8 = 2;
 const WATCH_GIVE_UP: Duration = Duration::from_secs(30);
 
 /// Run states accepted by `--state`, in lifecycle order.
-const STATE_LABELS: [&str; 9] = [
+const STATE_LABELS: [&str; 10] = [
     "pending",
     "dispatched",
     "running",
@@ -90,6 +119,7 @@ const STATE_LABELS: [&str; 9] = [
     "skipped",
     "cancelled",
     "unknown",
+    "held",
 ];
 
 /// Operator CLI of syncfleet: schedule and run identity sync engine run profiles across a fleet.
@@ -98,10 +128,13 @@ const STATE_LABELS: [&str; 9] = [
     name = "syncfleet",
     version,
     after_help = "Data goes to stdout, messages to stderr. Exit status: 0 done (run --follow: run \
-                  succeeded), 1 failed (config, connection, request, or followed run did not \
-                  succeed), 2 usage error.\n\nExamples:\n  syncfleet agents list\n  syncfleet \
-                  run sync01 --step \"AD:Delta Import\" --step \"AD:Delta Sync\" --follow\n  \
-                  syncfleet runs list --state failed -o json"
+                  succeeded), 1 failed (invalid fleet files, config, connection, request, or \
+                  followed run did not succeed), 2 usage error.\n\nExamples:\n  syncfleet \
+                  agents list\n  syncfleet run sync01 --step \"AD:Delta Import\" --step \
+                  \"AD:Delta Sync\" --follow\n  syncfleet run sync01 --sequence delta-cycle \
+                  --follow\n  syncfleet apply -f fleet/ --dry-run\n  syncfleet get schedules \
+                  > fleet-backup.yaml\n  syncfleet schedules pause delta-every-5m --note \
+                  \"AD maintenance\"\n  syncfleet runs list --state failed -o json"
 )]
 pub struct Cli {
     /// Config file with the contexts [default: ~/.config/syncfleet/config.toml]
@@ -110,7 +143,7 @@ pub struct Cli {
     /// Context (controller + credentials) to use [default: current_context of the config file]
     #[arg(long, global = true, env = config::CONTEXT_ENV, value_name = "NAME")]
     pub context: Option<String>,
-    /// Output format: human tables or one JSON document on stdout
+    /// Output format: human tables, or one JSON (or YAML) document on stdout
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
     #[command(subcommand)]
@@ -124,6 +157,8 @@ pub enum OutputFormat {
     Table,
     /// One JSON document on stdout, for scripts.
     Json,
+    /// The JSON document's shape as YAML; for `get`, fleet documents ready for `apply -f`.
+    Yaml,
 }
 
 /// Top-level commands.
@@ -134,9 +169,131 @@ pub enum Command {
     Agents(AgentsCommand),
     /// Start an ad-hoc run of run profiles on one agent
     Run(RunArgs),
-    /// Runs: list, show, cancel
+    /// Runs: list, show, cancel, approve
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Create or change sequences and schedules from fleet files (diff first; --prune deletes
+    /// stored ones not in the files)
+    Apply(ApplyArgs),
+    /// Print stored sequences or schedules as fleet documents (YAML, ready for apply -f)
+    Get {
+        /// What to print
+        kind: DocKind,
+        /// Only this one
+        name: Option<String>,
+    },
+    /// Delete one stored sequence or schedule (a sequence in use by a schedule cannot be
+    /// deleted)
+    Delete {
+        /// What to delete
+        kind: DocKind,
+        /// Its name
+        name: String,
+    },
+    /// Schedules: list, show, pause, resume
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
+    /// The whole fleet: pause or resume all new runs, status
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+/// Kinds of fleet documents, for `get` and `delete` (singular or plural).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocKind {
+    /// Sequences of run-profile stages
+    #[value(name = "sequences", aliases = ["sequence", "seq"])]
+    Sequences,
+    /// Schedules
+    #[value(name = "schedules", aliases = ["schedule", "sched"])]
+    Schedules,
+}
+
+impl DocKind {
+    /// The `kind:` of the documents (`Sequence`, `Schedule`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            DocKind::Sequences => "Sequence",
+            DocKind::Schedules => "Schedule",
+        }
+    }
+}
+
+/// `apply -f FILE|DIR ...`
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Fleet file, or a folder whose *.yaml/*.yml files (recursively) are applied; repeat for
+    /// more
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        value_name = "FILE|DIR"
+    )]
+    pub files: Vec<PathBuf>,
+    /// Validate and show the diff and next fire times; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete stored sequences and schedules that are not in the files
+    #[arg(long)]
+    pub prune: bool,
+}
+
+/// `schedules ...`
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// One line per schedule: sequence, paused or active, trigger, targets, next fire time
+    #[command(visible_alias = "ls")]
+    List,
+    /// A schedule's state, next 10 fire times, last 10 runs, counters and saturation
+    Show {
+        /// Schedule name
+        name: String,
+    },
+    /// Stop a schedule from starting runs (running runs go on)
+    Pause {
+        /// Schedule name
+        name: String,
+        /// Why (required; shown to everyone who looks at the schedule)
+        #[arg(long, required = true, value_name = "TEXT", value_parser = non_blank)]
+        note: String,
+    },
+    /// Let a paused schedule start runs again
+    Resume {
+        /// Schedule name
+        name: String,
+        /// Why, for the record
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+    },
+}
+
+/// `fleet ...`
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Start no new runs anywhere (maintenance); running runs go on
+    Pause {
+        /// Why (required)
+        #[arg(long, required = true, value_name = "TEXT", value_parser = non_blank)]
+        note: String,
+    },
+    /// Start runs again after `fleet pause`
+    Resume {
+        /// Why, for the record
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+    },
+    /// Whether the fleet is paused, and which agents are draining
+    Status,
+}
+
+/// Rejects empty or blank notes.
+fn non_blank(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty: say why".to_string())
+    } else {
+        Ok(s.to_string())
+    }
 }
 
 /// `agents ...`
@@ -150,17 +307,37 @@ pub enum AgentsCommand {
         /// Agent name
         name: String,
     },
+    /// Drain an agent: running runs finish, nothing new starts on it
+    Drain {
+        /// Agent name
+        name: String,
+        /// Why, for the record
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+    },
+    /// End a drain: the agent takes runs again
+    Resume {
+        /// Agent name
+        name: String,
+        /// Why, for the record
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+    },
 }
 
-/// `run AGENT --step MA:PROFILE ...`
+/// `run AGENT (--step MA:PROFILE ... | --sequence NAME)`
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("plan").required(true).args(["steps", "sequence"])))]
 pub struct RunArgs {
     /// Agent (sync server) name
     pub agent: String,
     /// A step "MA:PROFILE", e.g. "AD:Delta Import"; repeat for more steps, run in order. Split
     /// at the first ':' (profile names may contain ':' and spaces)
-    #[arg(long = "step", short = 's', required = true, value_name = "MA:PROFILE", value_parser = parse_step)]
+    #[arg(long = "step", short = 's', value_name = "MA:PROFILE", value_parser = parse_step)]
     pub steps: Vec<StepSpec>,
+    /// Run a stored sequence instead of ad-hoc steps
+    #[arg(long, value_name = "NAME")]
+    pub sequence: Option<String>,
     /// Watch the run until it ends; exit 0 only if it succeeded
     #[arg(long, short = 'f')]
     pub follow: bool,
@@ -200,6 +377,15 @@ pub enum RunsCommand {
         /// Why, for the record
         #[arg(long, value_name = "TEXT", default_value = "")]
         reason: String,
+    },
+    /// Approve a held run: its held step runs once with the guard rail lifted, then the rest
+    /// of its plan, as a new run; prints the new run's id
+    Approve {
+        /// Id of the held run
+        id: String,
+        /// Why, for the record
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
     },
 }
 
@@ -244,6 +430,14 @@ pub enum CliError {
     /// Writing to stdout failed (other than a closed pipe, which is not an error).
     #[error("cannot write output: {0}")]
     Stdout(#[source] std::io::Error),
+    /// A list of problems (invalid fleet files, or the controller's INVALID_ARGUMENT message):
+    /// `details` is printed verbatim before the `error: {summary}` line.
+    #[error("{summary}")]
+    Invalid { details: String, summary: String },
+    /// A request that reached the controller but did not do what was asked (e.g. nothing to
+    /// delete).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Entry point of the `syncfleet` binary: builds a Tokio runtime and runs
@@ -276,6 +470,11 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
     match execute(&cli).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            if let CliError::Invalid { details, .. } = &e
+                && !details.is_empty()
+            {
+                eprintln!("{details}");
+            }
             eprintln!("error: {e}");
             ExitCode::from(EXIT_FAILED)
         }
@@ -285,6 +484,12 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
 /// Runs one parsed command; `Ok` carries the exit code for outcomes that are not errors of the
 /// CLI itself (a followed run that did not succeed).
 pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
+    // apply checks its files before anything else: nothing is sent when they are wrong, and
+    // no controller is needed to find out.
+    let prepared = match &cli.command {
+        Command::Apply(a) => fleetdocs::prepare_apply(&a.files)?,
+        _ => Vec::new(),
+    };
     let rc = config::load_context(cli.config.as_deref(), cli.context.as_deref())?;
     let mut client = connect::connect(&rc).await?;
     let s = Session {
@@ -307,6 +512,35 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Runs(RunsCommand::Cancel { id, reason }) => {
             s.runs_cancel(&mut client, id, reason).await
         }
+        Command::Runs(RunsCommand::Approve { id, note }) => {
+            s.runs_approve(&mut client, id, note).await
+        }
+        Command::Agents(AgentsCommand::Drain { name, note }) => {
+            s.agents_drain(&mut client, name, note, true).await
+        }
+        Command::Agents(AgentsCommand::Resume { name, note }) => {
+            s.agents_drain(&mut client, name, note, false).await
+        }
+        Command::Apply(a) => s.apply(&mut client, a, prepared).await,
+        Command::Get { kind, name } => s.get(&mut client, *kind, name.as_deref()).await,
+        Command::Delete { kind, name } => s.delete(&mut client, *kind, name).await,
+        Command::Schedules(SchedulesCommand::List) => s.schedules_list(&mut client).await,
+        Command::Schedules(SchedulesCommand::Show { name }) => {
+            s.schedules_show(&mut client, name).await
+        }
+        Command::Schedules(SchedulesCommand::Pause { name, note }) => {
+            s.schedules_pause(&mut client, name, note, true).await
+        }
+        Command::Schedules(SchedulesCommand::Resume { name, note }) => {
+            s.schedules_pause(&mut client, name, note, false).await
+        }
+        Command::Fleet(FleetCommand::Pause { note }) => {
+            s.fleet_pause(&mut client, note, true).await
+        }
+        Command::Fleet(FleetCommand::Resume { note }) => {
+            s.fleet_pause(&mut client, note, false).await
+        }
+        Command::Fleet(FleetCommand::Status) => s.fleet_status(&mut client).await,
     }
 }
 
@@ -336,12 +570,28 @@ fn out_json(v: &serde_json::Value) -> Result<(), CliError> {
     out(&format!("{text}\n"))
 }
 
+/// Writes `v` as YAML to stdout.
+fn out_yaml(v: &serde_json::Value) -> Result<(), CliError> {
+    let text =
+        serde_norway::to_string(v).map_err(|e| CliError::Stdout(std::io::Error::other(e)))?;
+    out(&text)
+}
+
 /// A human progress line on stderr, prefixed with the local time.
 fn progress(line: &str) {
     eprintln!("[{}] {line}", chrono::Local::now().format("%H:%M:%S"));
 }
 
 impl Session<'_> {
+    /// Prints a machine-readable document in the chosen format (`-o yaml` as YAML, otherwise
+    /// JSON).
+    fn data(&self, v: &serde_json::Value) -> Result<(), CliError> {
+        match self.format {
+            OutputFormat::Yaml => out_yaml(v),
+            OutputFormat::Json | OutputFormat::Table => out_json(v),
+        }
+    }
+
     fn rpc_err(&self, status: &tonic::Status) -> CliError {
         CliError::Rpc {
             line: connect::describe_status(status, &self.rc.context.controller),
@@ -357,7 +607,7 @@ impl Session<'_> {
             .agents;
         agents.sort_by(|a, b| a.name.cmp(&b.name));
         match self.format {
-            OutputFormat::Json => out_json(&output::agents_json(&agents))?,
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agents_json(&agents))?,
             OutputFormat::Table => {
                 if agents.is_empty() {
                     eprintln!(
@@ -381,7 +631,7 @@ impl Session<'_> {
             .map_err(|e| self.rpc_err(&e))?
             .into_inner();
         match self.format {
-            OutputFormat::Json => out_json(&output::agent_json(&agent))?,
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agent_json(&agent))?,
             OutputFormat::Table => out(&human::agent_details(&agent, chrono::Utc::now()))?,
         }
         Ok(EXIT_OK)
@@ -390,6 +640,7 @@ impl Session<'_> {
     async fn run(&self, client: &mut Client, args: &RunArgs) -> Result<u8, CliError> {
         let run = client
             .start_run(StartRunRequest {
+                sequence: args.sequence.clone().unwrap_or_default(),
                 agent: args.agent.clone(),
                 steps: args.steps.clone(),
             })
@@ -398,7 +649,7 @@ impl Session<'_> {
             .into_inner();
         if !args.follow {
             match self.format {
-                OutputFormat::Json => out_json(&output::run_json(&run))?,
+                OutputFormat::Json | OutputFormat::Yaml => self.data(&output::run_json(&run))?,
                 OutputFormat::Table => {
                     out(&format!("{}\n", run.id))?;
                     let mut hint = format!(
@@ -421,11 +672,14 @@ impl Session<'_> {
         );
         let last = self.follow(client, run).await?;
         match self.format {
-            OutputFormat::Json => out_json(&output::run_json(&last))?,
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::run_json(&last))?,
             OutputFormat::Table => out(&human::run_details(&last, chrono::Utc::now()))?,
         }
         if last.state() == RunState::Succeeded {
             Ok(EXIT_OK)
+        } else if last.state() == RunState::Held {
+            eprintln!("{}", held_hint(&last));
+            Ok(EXIT_FAILED)
         } else {
             eprintln!(
                 "run {} ended {}{}",
@@ -548,7 +802,7 @@ impl Session<'_> {
         }
         runs.truncate(limit_usize);
         match self.format {
-            OutputFormat::Json => out_json(&output::runs_json(&runs))?,
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::runs_json(&runs))?,
             OutputFormat::Table => {
                 if runs.is_empty() {
                     eprintln!("no runs match");
@@ -567,7 +821,7 @@ impl Session<'_> {
             .map_err(|e| self.rpc_err(&e))?
             .into_inner();
         match self.format {
-            OutputFormat::Json => out_json(&output::run_json(&run))?,
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::run_json(&run))?,
             OutputFormat::Table => out(&human::run_details(&run, chrono::Utc::now()))?,
         }
         Ok(EXIT_OK)
@@ -588,7 +842,7 @@ impl Session<'_> {
             .map_err(|e| self.rpc_err(&e))?
             .into_inner();
         match self.format {
-            OutputFormat::Json => out_json(&output::run_json(&run))?,
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::run_json(&run))?,
             OutputFormat::Table => {
                 out(&format!("{}\n", run.id))?;
                 eprintln!(
@@ -605,6 +859,32 @@ impl Session<'_> {
         }
         Ok(EXIT_OK)
     }
+}
+
+/// The stderr line for a run that ended held: which step, why, and how to approve it.
+pub fn held_hint(run: &Run) -> String {
+    let held = run
+        .steps
+        .iter()
+        .find(|s| s.state() == syncfleet_proto::v1::StepState::Held);
+    let what = match held {
+        Some(s) if !s.detail.is_empty() => {
+            format!(
+                " at step {} {}: {} ({})",
+                s.index + 1,
+                s.ma,
+                s.profile,
+                s.detail
+            )
+        }
+        Some(s) => format!(" at step {} {}: {}", s.index + 1, s.ma, s.profile),
+        None if !run.message.is_empty() => format!(": {}", run.message),
+        None => String::new(),
+    };
+    format!(
+        "run {} is held{what}; approve with 'syncfleet runs approve {}'",
+        run.id, run.id
+    )
 }
 
 /// Watch errors that re-opening the stream cannot fix.

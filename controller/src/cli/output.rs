@@ -9,7 +9,10 @@
 
 use prost_types::Timestamp;
 use serde_json::{Map, Value, json};
-use syncfleet_proto::v1::{Agent, EngineInfo, ManagementAgent, Run, Step, StepCounters};
+use syncfleet_proto::v1::{
+    Agent, ApplyResponse, Condition, EngineInfo, FleetStatus, Guard, Limit, ManagementAgent,
+    OnFailure, Pause, Run, ScheduleRunSummary, ScheduleStatus, Step, StepCounters, limit,
+};
 
 /// RFC 3339 (UTC, milliseconds) of `t`, or `null` when it is unset, zero or out of range.
 pub fn timestamp_json(t: Option<&Timestamp>) -> Value {
@@ -75,7 +78,73 @@ pub fn step_json(s: &Step) -> Value {
         "counters": counters_json(s.counters.as_ref()),
         "attempts": s.attempts,
         "pending_before": s.pending_before.as_ref().map(pending_json),
+        "stage": s.stage,
+        "only_if": condition_label(s.only_if()),
+        "guard": s.guard.as_ref().map_or(Value::Null, guard_json),
     })
+}
+
+/// The snake_case name of an `only_if` condition (`"staged_changes"`), `None` for
+/// [`Condition::Always`] (no condition).
+pub fn condition_label(c: Condition) -> Option<&'static str> {
+    match c {
+        Condition::Always => None,
+        Condition::StagedChanges => Some("staged_changes"),
+        Condition::PendingExports => Some("pending_exports"),
+        Condition::Exported => Some("exported"),
+    }
+}
+
+/// `"stop"` or `"continue"`.
+pub fn on_failure_label(f: OnFailure) -> &'static str {
+    match f {
+        OnFailure::Stop => "stop",
+        OnFailure::Continue => "continue",
+    }
+}
+
+/// A limit as written in fleet files: a count (`500`), a percentage string (`"2%"`), or `null`
+/// when unset.
+pub fn limit_json(l: Option<&Limit>) -> Value {
+    match l.and_then(|l| l.kind) {
+        Some(limit::Kind::Count(n)) => Value::from(n),
+        Some(limit::Kind::Percent(p)) => Value::String(format!("{p}%")),
+        None => Value::Null,
+    }
+}
+
+/// A step's guard rails: `{"max_pending_deletes": 500, "max_staged_deletes": "2%"}`, unset
+/// limits `null`.
+pub fn guard_json(g: &Guard) -> Value {
+    json!({
+        "max_pending_deletes": limit_json(g.max_pending_deletes.as_ref()),
+        "max_staged_deletes": limit_json(g.max_staged_deletes.as_ref()),
+    })
+}
+
+/// Milliseconds from `nominal` to `started` (negative when it started early), `None` when
+/// either is unset.
+pub fn lateness_ms(nominal: Option<&Timestamp>, started: Option<&Timestamp>) -> Option<i64> {
+    let set = |t: Option<&Timestamp>| t.filter(|t| t.seconds != 0 || t.nanos != 0).copied();
+    let (n, s) = (set(nominal)?, set(started)?);
+    Some(syncfleet_proto::time::to_millis(&s) - syncfleet_proto::time::to_millis(&n))
+}
+
+/// Who changed a pause or drain state, when and why. `flag` names the boolean (`"paused"`,
+/// `"draining"`); `None` is "not paused" with empty fields.
+pub fn pause_json(p: Option<&Pause>, flag: &str) -> Value {
+    let mut obj = Map::new();
+    obj.insert(flag.to_string(), Value::Bool(p.is_some_and(|p| p.paused)));
+    obj.insert(
+        "note".into(),
+        Value::String(p.map(|p| p.note.clone()).unwrap_or_default()),
+    );
+    obj.insert(
+        "by".into(),
+        Value::String(p.map(|p| p.by.clone()).unwrap_or_default()),
+    );
+    obj.insert("at".into(), timestamp_json(p.and_then(|p| p.at.as_ref())));
+    Value::Object(obj)
 }
 
 /// Pending counters of an MA read before a step (keyed like the engine's WMI methods).
@@ -107,6 +176,18 @@ pub fn run_json(r: &Run) -> Value {
         "created_at": timestamp_json(r.created_at.as_ref()),
         "started_at": timestamp_json(r.started_at.as_ref()),
         "finished_at": timestamp_json(r.finished_at.as_ref()),
+        "schedule": r.schedule,
+        "sequence": r.sequence,
+        "nominal_time": timestamp_json(r.nominal_time.as_ref()),
+        "lateness_ms": lateness_ms(r.nominal_time.as_ref(), r.started_at.as_ref()),
+        "jitter_ms": r.jitter_ms,
+        "on_failure": on_failure_label(r.on_failure()),
+        "continuation_of": r.continuation_of,
+        "continued_in": r.continued_in,
+        "approved_by": r.approved_by,
+        "approved_at": timestamp_json(r.approved_at.as_ref()),
+        "approved_steps": r.approved_steps,
+        "skip_steps": r.skip_steps,
         "steps": r.steps.iter().map(step_json).collect::<Vec<_>>(),
     })
 }
@@ -146,6 +227,7 @@ pub fn agent_json(a: &Agent) -> Value {
         "engine_healthy": a.engine_healthy,
         "engine_detail": a.engine_detail,
         "runs_in_flight": a.runs_in_flight,
+        "drain": pause_json(a.drain.as_ref(), "draining"),
         "management_agents": a.management_agents.iter().map(management_agent_json).collect::<Vec<_>>(),
     })
 }
@@ -158,6 +240,83 @@ pub fn agents_json(agents: &[Agent]) -> Value {
 /// Runs as a JSON array, in the order given.
 pub fn runs_json(runs: &[Run]) -> Value {
     Value::Array(runs.iter().map(run_json).collect())
+}
+
+/// The response of `apply -o json`: `{"applied": bool, "changes": [{"kind", "name", "action",
+/// "fields"}], "forecasts": [{"name", "time_zone", "next": [RFC 3339 UTC]}]}`.
+pub fn apply_json(r: &ApplyResponse) -> Value {
+    json!({
+        "applied": r.applied,
+        "changes": r.changes.iter().map(|c| json!({
+            "kind": c.kind,
+            "name": c.name,
+            "action": c.action,
+            "fields": c.fields,
+        })).collect::<Vec<_>>(),
+        "forecasts": r.forecasts.iter().map(|f| json!({
+            "name": f.name,
+            "time_zone": f.time_zone,
+            "next": f.next.iter().map(|t| timestamp_json(Some(t))).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One recent run of a schedule; `lateness_ms` is `null` when the run has not started.
+pub fn schedule_run_json(r: &ScheduleRunSummary) -> Value {
+    let started = r
+        .started_at
+        .as_ref()
+        .is_some_and(|t| t.seconds != 0 || t.nanos != 0);
+    let lateness = if started {
+        Value::from(r.lateness_ms)
+    } else {
+        Value::Null
+    };
+    json!({
+        "run_id": r.run_id,
+        "agent": r.agent,
+        "origin": r.origin,
+        "nominal_time": timestamp_json(r.nominal_time.as_ref()),
+        "started_at": timestamp_json(r.started_at.as_ref()),
+        "lateness_ms": lateness,
+        "duration_ms": r.duration_ms,
+        "state": r.state().label(),
+        "result": r.result,
+    })
+}
+
+/// A schedule's status (`schedules show -o json`): the stored document parsed back into an
+/// object under `"spec"` (`null` if it is not JSON), pause state, next fire times (RFC 3339
+/// UTC; `time_zone` says where they are meant), recent runs newest first, counters,
+/// saturation and warning, and the agents targeted now.
+pub fn schedule_status_json(s: &ScheduleStatus) -> Value {
+    let counters: Map<String, Value> = s
+        .counters
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::from(*v)))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    json!({
+        "name": s.name,
+        "spec": serde_json::from_str::<Value>(&s.json).unwrap_or(Value::Null),
+        "pause": pause_json(s.pause.as_ref(), "paused"),
+        "time_zone": s.time_zone,
+        "targets": s.targets,
+        "next": s.next.iter().map(|t| timestamp_json(Some(t))).collect::<Vec<_>>(),
+        "recent": s.recent.iter().map(schedule_run_json).collect::<Vec<_>>(),
+        "counters": counters,
+        "saturation": s.saturation,
+        "warning": s.warning,
+    })
+}
+
+/// Fleet-wide pause and the agents draining (`fleet status -o json`).
+pub fn fleet_status_json(f: &FleetStatus) -> Value {
+    json!({
+        "pause": pause_json(f.pause.as_ref(), "paused"),
+        "draining": f.draining,
+    })
 }
 
 #[cfg(test)]
@@ -354,6 +513,7 @@ mod tests {
                 "engine_healthy": true,
                 "engine_detail": "",
                 "runs_in_flight": ["r1"],
+                "drain": {"draining": false, "note": "", "by": "", "at": null},
                 "management_agents": [{
                     "name": "CONTOSO AD",
                     "type": "AD",
@@ -372,5 +532,203 @@ mod tests {
         assert_eq!(v["engine"], json!({"kind": "", "version": ""}));
         assert_eq!(v["state"], "unspecified");
         assert_eq!(v["last_seen"], Value::Null);
+    }
+
+    #[test]
+    fn run_json_has_schedule_sequence_and_approval_fields() {
+        let mut r = sample_run();
+        r.schedule = "delta-every-5m".into();
+        r.sequence = "delta-cycle".into();
+        r.nominal_time = Some(from_millis(1_700_000_000_500));
+        r.jitter_ms = 300;
+        r.on_failure = OnFailure::Continue as i32;
+        r.continued_in = "r2".into();
+        r.approved_by = "alice".into();
+        r.approved_at = Some(from_millis(1_700_000_100_000));
+        r.approved_steps = vec![3];
+        let v = run_json(&r);
+        assert_eq!(v["schedule"], "delta-every-5m");
+        assert_eq!(v["sequence"], "delta-cycle");
+        assert_eq!(v["nominal_time"], "2023-11-14T22:13:20.500Z");
+        // started_at is 1_700_000_001_000.
+        assert_eq!(v["lateness_ms"], 500);
+        assert_eq!(v["jitter_ms"], 300);
+        assert_eq!(v["on_failure"], "continue");
+        assert_eq!(v["continuation_of"], "");
+        assert_eq!(v["continued_in"], "r2");
+        assert_eq!(v["approved_by"], "alice");
+        assert_eq!(v["approved_at"], "2023-11-14T22:15:00.000Z");
+        assert_eq!(v["approved_steps"], json!([3]));
+        assert_eq!(v["skip_steps"], json!([]));
+
+        // Manual runs: no nominal time, so no lateness.
+        let v = run_json(&sample_run());
+        assert_eq!(v["nominal_time"], Value::Null);
+        assert_eq!(v["lateness_ms"], Value::Null);
+        assert_eq!(v["on_failure"], "stop");
+        assert_eq!(v["schedule"], "");
+    }
+
+    #[test]
+    fn step_json_has_stage_condition_guard_and_pending_counters() {
+        let mut r = sample_run();
+        r.steps[1].stage = 2;
+        r.steps[1].only_if = Condition::PendingExports as i32;
+        r.steps[1].guard = Some(Guard {
+            max_pending_deletes: Some(Limit {
+                kind: Some(limit::Kind::Percent(2.0)),
+            }),
+            max_staged_deletes: Some(Limit {
+                kind: Some(limit::Kind::Count(500)),
+            }),
+        });
+        r.steps[1].attempts = 2;
+        r.steps[1].pending_before = Some(syncfleet_proto::v1::PendingCounters {
+            export_delete: 700,
+            total_connectors: 30_000,
+            ..Default::default()
+        });
+        let v = run_json(&r);
+        let s = &v["steps"][1];
+        assert_eq!(s["stage"], 2);
+        assert_eq!(s["only_if"], "pending_exports");
+        assert_eq!(
+            s["guard"],
+            json!({"max_pending_deletes": "2%", "max_staged_deletes": 500})
+        );
+        assert_eq!(s["attempts"], 2);
+        assert_eq!(s["pending_before"]["export_delete"], 700);
+        assert_eq!(s["pending_before"]["total_connectors"], 30_000);
+        let first = &v["steps"][0];
+        assert_eq!(first["only_if"], Value::Null);
+        assert_eq!(first["guard"], Value::Null);
+        assert_eq!(first["pending_before"], Value::Null);
+        assert_eq!(first["stage"], 0);
+        let half = Guard {
+            max_pending_deletes: None,
+            max_staged_deletes: Some(Limit {
+                kind: Some(limit::Kind::Count(5)),
+            }),
+        };
+        assert_eq!(
+            guard_json(&half),
+            json!({"max_pending_deletes": null, "max_staged_deletes": 5})
+        );
+    }
+
+    #[test]
+    fn lateness_needs_both_instants_and_may_be_negative() {
+        let n = from_millis(10_000);
+        let s = from_millis(9_000);
+        assert_eq!(lateness_ms(Some(&n), Some(&s)), Some(-1000));
+        assert_eq!(lateness_ms(Some(&s), Some(&n)), Some(1000));
+        assert_eq!(lateness_ms(None, Some(&n)), None);
+        assert_eq!(lateness_ms(Some(&n), Some(&Timestamp::default())), None);
+    }
+
+    #[test]
+    fn agent_json_shows_drain() {
+        let a = Agent {
+            name: "sync01".into(),
+            drain: Some(Pause {
+                paused: true,
+                note: "patching".into(),
+                by: "alice".into(),
+                at: Some(from_millis(1_700_000_000_000)),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            agent_json(&a)["drain"],
+            json!({"draining": true, "note": "patching", "by": "alice", "at": "2023-11-14T22:13:20.000Z"})
+        );
+    }
+
+    fn sample_status() -> ScheduleStatus {
+        let mut s = ScheduleStatus {
+            name: "delta-every-5m".into(),
+            json: r#"{"kind":"Schedule","name":"delta-every-5m","sequence":"delta-cycle","targets":{"selector":"env=prod"},"trigger":{"every":"5m"},"overlap":"skip"}"#.into(),
+            pause: Some(Pause {
+                paused: true,
+                note: "AD maintenance".into(),
+                by: "alice".into(),
+                at: Some(from_millis(1_705_309_200_000)),
+            }),
+            time_zone: "Europe/Oslo".into(),
+            next: vec![from_millis(1_705_309_230_000), from_millis(1_705_309_530_000)],
+            recent: vec![
+                ScheduleRunSummary {
+                    run_id: "r2".into(),
+                    agent: "sync01".into(),
+                    nominal_time: Some(from_millis(1_705_308_930_000)),
+                    started_at: None,
+                    lateness_ms: 0,
+                    duration_ms: 0,
+                    state: RunState::Pending as i32,
+                    result: String::new(),
+                    origin: "schedule".into(),
+                },
+                ScheduleRunSummary {
+                    run_id: "r1".into(),
+                    agent: "sync01".into(),
+                    nominal_time: Some(from_millis(1_705_308_630_000)),
+                    started_at: Some(from_millis(1_705_308_641_500)),
+                    lateness_ms: 11_500,
+                    duration_ms: 123_000,
+                    state: RunState::Succeeded as i32,
+                    result: "success".into(),
+                    origin: "schedule".into(),
+                },
+            ],
+            saturation: 0.41,
+            warning: String::new(),
+            targets: vec!["sync01".into(), "sync02".into()],
+            ..Default::default()
+        };
+        s.counters.insert("fired".into(), 12);
+        s.counters.insert("skipped_overlap".into(), 1);
+        s
+    }
+
+    #[test]
+    fn schedule_status_json_parses_the_spec_and_uses_rfc3339() {
+        let v = schedule_status_json(&sample_status());
+        assert_eq!(v["name"], "delta-every-5m");
+        assert_eq!(v["spec"]["trigger"]["every"], "5m");
+        assert_eq!(v["spec"]["kind"], "Schedule");
+        assert_eq!(
+            v["pause"],
+            json!({"paused": true, "note": "AD maintenance", "by": "alice", "at": "2024-01-15T09:00:00.000Z"})
+        );
+        assert_eq!(v["time_zone"], "Europe/Oslo");
+        assert_eq!(v["next"][0], "2024-01-15T09:00:30.000Z");
+        assert_eq!(v["targets"], json!(["sync01", "sync02"]));
+        assert_eq!(v["counters"], json!({"fired": 12, "skipped_overlap": 1}));
+        assert_eq!(v["saturation"], 0.41);
+        assert_eq!(v["warning"], "");
+        let pending = &v["recent"][0];
+        assert_eq!(pending["state"], "pending");
+        assert_eq!(pending["started_at"], Value::Null);
+        assert_eq!(pending["lateness_ms"], Value::Null);
+        let done = &v["recent"][1];
+        assert_eq!(done["lateness_ms"], 11_500);
+        assert_eq!(done["duration_ms"], 123_000);
+        assert_eq!(done["result"], "success");
+        assert_eq!(done["nominal_time"], "2024-01-15T08:50:30.000Z");
+        let mut broken = sample_status();
+        broken.json = "not json".into();
+        assert_eq!(schedule_status_json(&broken)["spec"], Value::Null);
+    }
+
+    #[test]
+    fn fleet_status_json_shape() {
+        let f = FleetStatus {
+            pause: None,
+            draining: vec!["sync02".into()],
+        };
+        assert_eq!(
+            fleet_status_json(&f),
+            json!({"pause": {"paused": false, "note": "", "by": "", "at": null}, "draining": ["sync02"]})
+        );
     }
 }

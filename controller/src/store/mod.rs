@@ -44,10 +44,20 @@ pub struct StoredAgent {
     pub last_event_seq: u64,
 }
 
+/// A stored fleet document (canonical JSON; see `crate::fleetfile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDocument {
+    pub kind: String,
+    pub name: String,
+    pub json: String,
+}
+
 /// Filter and page of [`Store::list_runs`].
 #[derive(Debug, Clone, Default)]
 pub struct RunQuery {
     pub agent: Option<String>,
+    /// Only runs created by this schedule.
+    pub schedule: Option<String>,
     pub states: Vec<v1::RunState>,
     /// Created at or after (Unix ms).
     pub since_ms: Option<i64>,
@@ -94,6 +104,25 @@ pub trait Store: Send + Sync + 'static {
         events: &[v1::AgentEvent],
         runs: &[v1::Run],
     ) -> Result<u64, StoreError>;
+
+    /// Fleet documents of one kind (all kinds when `None`), by kind then name.
+    fn list_documents(&self, kind: Option<&str>) -> Result<Vec<StoredDocument>, StoreError>;
+    /// Upsert and delete documents in one transaction (an apply is all or nothing).
+    fn write_documents(
+        &self,
+        upserts: &[StoredDocument],
+        deletes: &[(String, String)],
+    ) -> Result<(), StoreError>;
+
+    /// Operational state records (pauses, drains, scheduler cursors), prost-encoded by the
+    /// caller, keyed like `pause/fleet`, `pause/schedule/NAME`, `cursor/NAME`.
+    fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    fn delete_state_prefix(&self, prefix: &str) -> Result<(), StoreError>;
+
+    /// Add to named counters of a schedule (e.g. `fired`, `skipped_overlap`).
+    fn bump_counters(&self, schedule: &str, deltas: &[(&str, u64)]) -> Result<(), StoreError>;
+    fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError>;
 }
 
 /// Run a store call on tokio's blocking pool.

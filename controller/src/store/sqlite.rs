@@ -38,7 +38,31 @@ CREATE TABLE IF NOT EXISTS run_events (
     PRIMARY KEY (agent, seq)
 );
 CREATE INDEX IF NOT EXISTS run_events_by_run ON run_events (run_id, seq);
+CREATE TABLE IF NOT EXISTS documents (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    json TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schedule_counters (
+    schedule TEXT NOT NULL,
+    counter TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (schedule, counter)
+);
 "#;
+
+/// Columns added after the first release, with their definitions (added when missing).
+const MIGRATIONS: &[(&str, &str, &str)] = &[(
+    "runs",
+    "schedule",
+    "ALTER TABLE runs ADD COLUMN schedule TEXT NOT NULL DEFAULT ''",
+)];
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -76,6 +100,22 @@ impl SqliteStore {
             )
             .map_err(err)?;
         writer.execute_batch(SCHEMA).map_err(err)?;
+        for (table, column, ddl) in MIGRATIONS {
+            let present: bool = writer
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+                ))
+                .and_then(|mut st| st.exists([column]))
+                .map_err(err)?;
+            if !present {
+                writer.execute_batch(ddl).map_err(err)?;
+            }
+        }
+        writer
+            .execute_batch(
+                "CREATE INDEX IF NOT EXISTS runs_by_schedule ON runs (schedule, created_at);",
+            )
+            .map_err(err)?;
         let reader = Connection::open(path).map_err(err)?;
         reader
             .execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;")
@@ -127,14 +167,15 @@ fn run_state_label(run: &v1::Run) -> &'static str {
 
 fn upsert_run(conn: &Connection, run: &v1::Run) -> rusqlite::Result<usize> {
     conn.execute(
-        "INSERT INTO runs (id, agent, state, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO runs (id, agent, state, created_at, body, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
         params![
             run.id,
             run.agent,
             run_state_label(run),
             run_created_ms(run),
-            run.encode_to_vec()
+            run.encode_to_vec(),
+            run.schedule
         ],
     )
 }
@@ -192,14 +233,15 @@ impl Store for SqliteStore {
         let n = self
             .writer()
             .execute(
-                "INSERT OR IGNORE INTO runs (id, agent, state, created_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO runs (id, agent, state, created_at, body, schedule)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     run.id,
                     run.agent,
                     run_state_label(run),
                     run_created_ms(run),
-                    run.encode_to_vec()
+                    run.encode_to_vec(),
+                    run.schedule
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -230,6 +272,10 @@ impl Store for SqliteStore {
         if let Some(agent) = &q.agent {
             sql.push_str(" AND agent = ?");
             args.push(agent.clone().into());
+        }
+        if let Some(schedule) = &q.schedule {
+            sql.push_str(" AND schedule = ?");
+            args.push(schedule.clone().into());
         }
         if !q.states.is_empty() {
             sql.push_str(" AND state IN (");
@@ -366,6 +412,122 @@ impl Store for SqliteStore {
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(max_seq)
+    }
+
+    fn list_documents(&self, kind: Option<&str>) -> Result<Vec<super::StoredDocument>, StoreError> {
+        self.list_documents_impl(kind)
+    }
+
+    fn write_documents(
+        &self,
+        upserts: &[super::StoredDocument],
+        deletes: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut conn = self.writer();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        for d in upserts {
+            tx.execute(
+                "INSERT INTO documents (kind, name, json, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(kind, name) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at",
+                params![d.kind, d.name, d.json, now],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        for (kind, name) in deletes {
+            tx.execute(
+                "DELETE FROM documents WHERE kind = ?1 AND name = ?2",
+                params![kind, name],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.reader()
+            .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.writer()
+            .execute(
+                "INSERT INTO state (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn delete_state_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        self.writer()
+            .execute(
+                "DELETE FROM state WHERE substr(key, 1, length(?1)) = ?1",
+                [prefix],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn bump_counters(&self, schedule: &str, deltas: &[(&str, u64)]) -> Result<(), StoreError> {
+        let mut conn = self.writer();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        for (counter, by) in deltas {
+            tx.execute(
+                "INSERT INTO schedule_counters (schedule, counter, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(schedule, counter) DO UPDATE SET value = value + excluded.value",
+                params![schedule, counter, i64::try_from(*by).unwrap_or(i64::MAX)],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT counter, value FROM schedule_counters WHERE schedule = ?1 ORDER BY counter",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([schedule], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+impl SqliteStore {
+    fn list_documents_impl(
+        &self,
+        kind: Option<&str>,
+    ) -> Result<Vec<super::StoredDocument>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT kind, name, json FROM documents WHERE ?1 IS NULL OR kind = ?1 ORDER BY kind, name",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([kind], |r| {
+                Ok(super::StoredDocument {
+                    kind: r.get(0)?,
+                    name: r.get(1)?,
+                    json: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 }
 

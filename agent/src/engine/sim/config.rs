@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::{EngineError, FREEZE, SECS_PER_OBJECT, STANDARD_PROFILES, STEP_BASE_SECS};
@@ -318,9 +319,13 @@ impl SimConfig {
     /// [`super::SimEngine::new`] clamps instead of failing; [`super::SimEngine::try_new`] and
     /// [`SimConfig::from_toml_file`] call this.
     pub fn validate(&self) -> Result<(), EngineError> {
-        let bad = |key: &str, problem: String| Err(EngineError::Config(format!("sim {key}: {problem}")));
+        let bad =
+            |key: &str, problem: String| Err(EngineError::Config(format!("sim {key}: {problem}")));
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
-            return bad("time_scale", format!("must be > 0, got {}", self.time_scale));
+            return bad(
+                "time_scale",
+                format!("must be > 0, got {}", self.time_scale),
+            );
         }
         if !is_rate(self.error_rate) {
             return bad(
@@ -345,15 +350,15 @@ impl SimConfig {
                 return bad(&key("name"), "must not be empty".to_owned());
             }
             if self.mas[..n].iter().any(|o| o.name == ma.name) {
-                return bad(
-                    &key("name"),
-                    format!("MA name {:?} appears twice", ma.name),
-                );
+                return bad(&key("name"), format!("MA name {:?} appears twice", ma.name));
             }
             if !(ma.change_rate_per_hour.is_finite() && ma.change_rate_per_hour >= 0.0) {
                 return bad(
                     &key("change_rate_per_hour"),
-                    format!("must be >= 0, got {} (MA {:?})", ma.change_rate_per_hour, ma.name),
+                    format!(
+                        "must be >= 0, got {} (MA {:?})",
+                        ma.change_rate_per_hour, ma.name
+                    ),
                 );
             }
             for (field, v) in [
@@ -480,7 +485,11 @@ fn is_rate(v: f64) -> bool {
 }
 
 fn clamp_rate(v: f64) -> f64 {
-    if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 }
+    if v.is_finite() {
+        v.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
 }
 
 /// A TOML error as `line N, key `a[1].b`: message`, the key found from the error's span.
@@ -501,35 +510,33 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-/// The dotted path of the innermost key whose key or value span holds `span`.
+/// The dotted path of the innermost key whose key or value span holds `span`. Tables and
+/// arrays of tables only span their header (`[[mas]]`), so every entry is searched.
 fn key_in_table(table: &DeTable<'_>, span: &Range<usize>, prefix: &str) -> Option<String> {
-    for (k, v) in table.iter() {
+    table.iter().find_map(|(k, v)| {
         let path = if prefix.is_empty() {
             k.get_ref().to_string()
         } else {
             format!("{prefix}.{}", k.get_ref())
         };
         if holds(&k.span(), span) {
-            return Some(path);
+            Some(path)
+        } else {
+            key_in_value(v, span, &path)
         }
-        if holds(&v.span(), span) {
-            return Some(key_in_value(v.get_ref(), span, path));
-        }
-    }
-    None
+    })
 }
 
-fn key_in_value(value: &DeValue<'_>, span: &Range<usize>, path: String) -> String {
-    match value {
-        DeValue::Table(t) => key_in_table(t, span, &path).unwrap_or(path),
+fn key_in_value(value: &Spanned<DeValue<'_>>, span: &Range<usize>, path: &str) -> Option<String> {
+    let inner = match value.get_ref() {
+        DeValue::Table(t) => key_in_table(t, span, path),
         DeValue::Array(items) => items
             .iter()
             .enumerate()
-            .find(|(_, item)| holds(&item.span(), span))
-            .map(|(i, item)| key_in_value(item.get_ref(), span, format!("{path}[{i}]")))
-            .unwrap_or(path),
-        _ => path,
-    }
+            .find_map(|(i, item)| key_in_value(item, span, &format!("{path}[{i}]"))),
+        _ => None,
+    };
+    inner.or_else(|| holds(&value.span(), span).then(|| path.to_owned()))
 }
 
 fn holds(outer: &Range<usize>, inner: &Range<usize>) -> bool {

@@ -1,0 +1,413 @@
+//! `apply`, `get` and `delete`: fleet documents between YAML files and the controller
+//! (design decision 9).
+//!
+//! - `apply` loads and validates locally first ([`prepare_apply`], no network), then sends the
+//!   documents as canonical JSON with their `path#N` source and prints the controller's diff.
+//! - `get` prints stored documents with [`fleetfile::to_yaml`], so `get -o yaml > f.yaml` then
+//!   `apply -f f.yaml --dry-run` reports every document `unchanged`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use syncfleet_proto::v1::{
+    ApplyRequest, ApplyResponse, DeleteDocumentRequest, FleetDocument, GetDocumentsRequest,
+};
+
+use super::connect::Client;
+use super::{ApplyArgs, CliError, DocKind, EXIT_OK, OutputFormat, Session, human, out, output};
+use crate::fleetfile::{self, Action, FleetFileErrors, SourcedDoc};
+use crate::model::Document;
+
+/// The error of invalid fleet files: every problem verbatim, then one summary line.
+fn invalid_files(e: &FleetFileErrors) -> CliError {
+    let n = e.errors.len();
+    CliError::Invalid {
+        details: e.to_string(),
+        summary: format!(
+            "{n} problem{} in the fleet files; nothing was sent to the controller",
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+/// Sequences that schedules in `docs` use but `docs` does not define. The CLI cannot see the
+/// controller's stored sequences, so these are left for the controller to check.
+pub fn external_sequences(docs: &[SourcedDoc]) -> BTreeSet<String> {
+    let defined: BTreeSet<&str> = docs
+        .iter()
+        .filter_map(|d| match &d.doc {
+            Document::Sequence(s) => Some(s.name.as_str()),
+            Document::Schedule(_) => None,
+        })
+        .collect();
+    docs.iter()
+        .filter_map(|d| match &d.doc {
+            Document::Schedule(s) if !defined.contains(s.sequence.as_str()) => {
+                Some(s.sequence.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `Apply` request documents: canonical JSON with kind, name and `path#N` source.
+pub fn to_fleet_documents(docs: &[SourcedDoc]) -> Vec<FleetDocument> {
+    docs.iter()
+        .map(|d| FleetDocument {
+            kind: d.doc.kind().to_string(),
+            name: d.doc.name().to_string(),
+            json: fleetfile::canonical_json(&d.doc),
+            source: d.source.clone(),
+        })
+        .collect()
+}
+
+/// Loads and validates the files of `apply` without touching the network. `Err` lists every
+/// problem ([`CliError::Invalid`]: those of unreadable documents, then the validation problems
+/// of the readable ones), or says the files hold no document at all (refused: with `--prune`
+/// an empty set would delete everything).
+pub fn prepare_apply(files: &[PathBuf]) -> Result<Vec<FleetDocument>, CliError> {
+    let loaded = fleetfile::load_paths_lenient(files);
+    let mut errors = loaded.errors;
+    if let Err(mut e) = fleetfile::validate(&loaded.docs, &external_sequences(&loaded.docs)) {
+        errors.append(&mut e.errors);
+    }
+    if !errors.is_empty() {
+        return Err(invalid_files(&FleetFileErrors { errors }));
+    }
+    let docs = loaded.docs;
+    if docs.is_empty() {
+        return Err(CliError::Failed(
+            "the files hold no fleet documents; nothing to apply (write documents with kind: Sequence or kind: Schedule)"
+                .to_string(),
+        ));
+    }
+    Ok(to_fleet_documents(&docs))
+}
+
+/// The final stderr line of `apply`: `dry run: nothing applied` or `applied N change(s)`
+/// (created, changed and deleted documents).
+pub fn apply_summary(r: &ApplyResponse, dry_run: bool) -> String {
+    if dry_run {
+        return "dry run: nothing applied".to_string();
+    }
+    let n = r
+        .changes
+        .iter()
+        .filter(|c| {
+            matches!(
+                Action::from_label(&c.action),
+                Some(Action::Created | Action::Changed | Action::Deleted)
+            )
+        })
+        .count();
+    format!("applied {n} change(s)")
+}
+
+/// Parses the documents of a `GetDocuments` answer (kind `kind` unless a document says
+/// otherwise), sorted by name. `Err` names the document this CLI cannot read.
+pub fn parse_documents(kind: &str, docs: &[FleetDocument]) -> Result<Vec<Document>, String> {
+    let mut out = Vec::with_capacity(docs.len());
+    for d in docs {
+        let k = if d.kind.is_empty() { kind } else { &d.kind };
+        let doc = fleetfile::from_json(k, &d.json).map_err(|e| {
+            format!(
+                "the controller sent a {k} {:?} this CLI cannot read: {e}; is the CLI older than the controller?",
+                d.name
+            )
+        })?;
+        out.push(doc);
+    }
+    out.sort_by(|a, b| a.name().cmp(b.name()));
+    Ok(out)
+}
+
+/// `get -o json`: the documents as an array of objects (the canonical JSON form, with `kind`).
+pub fn documents_json(docs: &[Document]) -> serde_json::Value {
+    serde_json::Value::Array(docs.iter().map(fleetfile::to_json_value).collect())
+}
+
+impl Session<'_> {
+    pub(super) async fn apply(
+        &self,
+        client: &mut Client,
+        args: &ApplyArgs,
+        documents: Vec<FleetDocument>,
+    ) -> Result<u8, CliError> {
+        let resp = client
+            .apply(ApplyRequest {
+                documents,
+                dry_run: args.dry_run,
+                prune: args.prune,
+            })
+            .await
+            .map_err(|status| {
+                if status.code() == tonic::Code::InvalidArgument {
+                    CliError::Invalid {
+                        details: status.message().to_string(),
+                        summary: "the controller refused the documents (InvalidArgument); nothing was applied"
+                            .to_string(),
+                    }
+                } else {
+                    self.rpc_err(&status)
+                }
+            })?
+            .into_inner();
+        match self.format {
+            OutputFormat::Table => out(&human::apply_lines(&resp))?,
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::apply_json(&resp))?,
+        }
+        eprintln!("{}", apply_summary(&resp, args.dry_run));
+        Ok(EXIT_OK)
+    }
+
+    pub(super) async fn get(
+        &self,
+        client: &mut Client,
+        kind: DocKind,
+        name: Option<&str>,
+    ) -> Result<u8, CliError> {
+        let resp = client
+            .get_documents(GetDocumentsRequest {
+                kind: kind.kind().to_string(),
+                name: name.unwrap_or_default().to_string(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner();
+        let docs = parse_documents(kind.kind(), &resp.documents).map_err(CliError::Failed)?;
+        let noun = kind.kind().to_lowercase();
+        if docs.is_empty()
+            && let Some(n) = name
+        {
+            return Err(CliError::Failed(format!(
+                "no {noun} named {n:?} on the controller"
+            )));
+        }
+        match self.format {
+            OutputFormat::Json => self.data(&documents_json(&docs))?,
+            OutputFormat::Table | OutputFormat::Yaml => {
+                if docs.is_empty() {
+                    eprintln!(
+                        "no {noun}s stored yet; create them with 'syncfleet apply -f FILE|DIR'"
+                    );
+                } else {
+                    out(&fleetfile::to_yaml(&docs))?;
+                }
+            }
+        }
+        Ok(EXIT_OK)
+    }
+
+    pub(super) async fn delete(
+        &self,
+        client: &mut Client,
+        kind: DocKind,
+        name: &str,
+    ) -> Result<u8, CliError> {
+        let resp = client
+            .delete_document(DeleteDocumentRequest {
+                kind: kind.kind().to_string(),
+                name: name.to_string(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner();
+        let noun = kind.kind().to_lowercase();
+        if !resp.deleted {
+            return Err(CliError::Failed(format!(
+                "no {noun} named {name:?} on the controller; nothing deleted"
+            )));
+        }
+        match self.format {
+            OutputFormat::Table => out(&format!("deleted {noun}/{name}\n"))?,
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&serde_json::json!({
+                "kind": kind.kind(),
+                "name": name,
+                "deleted": true,
+            }))?,
+        }
+        Ok(EXIT_OK)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use syncfleet_proto::time::from_millis;
+    use syncfleet_proto::v1::{DocumentChange, ScheduleForecast};
+
+    const FILE: &str = "kind: Sequence
+name: delta-cycle
+stages:
+  - steps: [{ma: AD, profile: Delta Import}, {ma: HR, profile: Delta Import}]
+  - steps: [{ma: AD, profile: Export, guard: {max_pending_deletes: \"2%\"}}]
+---
+kind: Schedule
+name: delta-every-5m
+sequence: delta-cycle
+targets: {selector: env=prod}
+trigger: {every: 5m, phase: 30s}
+---
+kind: Schedule
+name: nightly
+sequence: stored-on-controller
+targets: {agents: [sync01]}
+trigger: {cron: \"0 2 * * *\", time_zone: Europe/Oslo}
+";
+
+    #[test]
+    fn prepare_apply_sends_canonical_json_with_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("fleet.yaml");
+        std::fs::write(&f, FILE).unwrap();
+        let docs = prepare_apply(std::slice::from_ref(&f)).unwrap();
+        assert_eq!(docs.len(), 3);
+        assert_eq!(docs[0].kind, "Sequence");
+        assert_eq!(docs[0].name, "delta-cycle");
+        assert_eq!(docs[1].source, format!("{}#2", f.display()));
+        // The JSON reads back to the same document the file holds.
+        let back = fleetfile::from_json(&docs[1].kind, &docs[1].json).unwrap();
+        let file_docs = fleetfile::parse_str("x", FILE).unwrap();
+        assert_eq!(back, file_docs[1].doc);
+        // A sequence only the controller knows is left for the controller to check.
+        assert_eq!(
+            external_sequences(&file_docs),
+            BTreeSet::from(["stored-on-controller".to_string()])
+        );
+    }
+
+    #[test]
+    fn prepare_apply_reports_every_problem_and_refuses_empty_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        let b = dir.path().join("b.yaml");
+        std::fs::write(&a, FILE.replace("every: 5m", "every: 5 minutes please")).unwrap();
+        std::fs::write(&b, "kind: Sequence\nname: x\nstages: []\n").unwrap();
+        let e = prepare_apply(&[a, b]).unwrap_err();
+        let CliError::Invalid { details, summary } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(details.lines().count(), 2, "{details}");
+        assert!(details.contains("trigger.every"), "{details}");
+        assert!(details.contains("stages: empty"), "{details}");
+        assert_eq!(
+            summary,
+            "2 problems in the fleet files; nothing was sent to the controller"
+        );
+
+        let empty = dir.path().join("empty.yaml");
+        std::fs::write(&empty, "# nothing yet\n---\n").unwrap();
+        let e = prepare_apply(&[empty]).unwrap_err();
+        assert!(e.to_string().contains("hold no fleet documents"), "{e}");
+    }
+
+    fn change(action: &str, kind: &str, name: &str, fields: &[&str]) -> DocumentChange {
+        DocumentChange {
+            kind: kind.into(),
+            name: name.into(),
+            action: action.into(),
+            fields: fields.iter().map(|f| (*f).to_string()).collect(),
+        }
+    }
+
+    fn response() -> ApplyResponse {
+        ApplyResponse {
+            changes: vec![
+                change("created", "Sequence", "delta-cycle", &[]),
+                change(
+                    "changed",
+                    "Schedule",
+                    "delta-every-5m",
+                    &["trigger", "overlap"],
+                ),
+                change("unchanged", "Schedule", "nightly", &[]),
+                change("deleted", "Schedule", "old", &[]),
+            ],
+            forecasts: vec![ScheduleForecast {
+                name: "delta-every-5m".into(),
+                time_zone: "Europe/Oslo".into(),
+                // 2024-01-15T09:00:30Z and five minutes later.
+                next: vec![
+                    from_millis(1_705_309_230_000),
+                    from_millis(1_705_309_530_000),
+                ],
+            }],
+            applied: true,
+        }
+    }
+
+    #[test]
+    fn apply_output_lists_changes_then_forecasts_in_the_schedule_zone() {
+        assert_eq!(
+            human::apply_lines(&response()),
+            "created sequence/delta-cycle
+changed schedule/delta-every-5m (trigger, overlap)
+unchanged schedule/nightly
+deleted schedule/old
+schedule/delta-every-5m next 2 fire times (Europe/Oslo):
+  2024-01-15T10:00:30+01:00
+  2024-01-15T10:05:30+01:00
+"
+        );
+        assert_eq!(apply_summary(&response(), false), "applied 3 change(s)");
+        assert_eq!(apply_summary(&response(), true), "dry run: nothing applied");
+        let j = output::apply_json(&response());
+        assert_eq!(j["applied"], true);
+        assert_eq!(
+            j["changes"][1]["fields"],
+            serde_json::json!(["trigger", "overlap"])
+        );
+        assert_eq!(j["forecasts"][0]["next"][0], "2024-01-15T09:00:30.000Z");
+        assert_eq!(j["forecasts"][0]["time_zone"], "Europe/Oslo");
+    }
+
+    #[test]
+    fn get_output_round_trips_to_an_unchanged_apply() {
+        let file_docs: Vec<Document> = fleetfile::parse_str("x", FILE)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.doc)
+            .collect();
+        // What the controller would send back for GetDocuments(Schedule).
+        let sent: Vec<FleetDocument> = file_docs
+            .iter()
+            .filter(|d| d.kind() == "Schedule")
+            .rev()
+            .map(|d| FleetDocument {
+                kind: d.kind().into(),
+                name: d.name().into(),
+                json: fleetfile::canonical_json(d),
+                source: String::new(),
+            })
+            .collect();
+        let got = parse_documents("Schedule", &sent).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].name(), "delta-every-5m", "sorted by name");
+        let yaml = fleetfile::to_yaml(&got);
+        let reloaded: Vec<Document> = fleetfile::parse_str("get.yaml", &yaml)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.doc)
+            .collect();
+        assert!(
+            fleetfile::diff(&got, &reloaded, false)
+                .iter()
+                .all(|c| c.action == Action::Unchanged)
+        );
+        let j = documents_json(&got);
+        assert_eq!(j[0]["kind"], "Schedule");
+        assert_eq!(j[0]["trigger"]["every"], "5m");
+        assert_eq!(j[1]["trigger"]["time_zone"], "Europe/Oslo");
+
+        let bad = vec![FleetDocument {
+            kind: "Schedule".into(),
+            name: "future".into(),
+            json: r#"{"name":"future","new_field":1}"#.into(),
+            source: String::new(),
+        }];
+        let e = parse_documents("Schedule", &bad).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+    }
+}

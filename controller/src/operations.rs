@@ -1,0 +1,572 @@
+//! Fleet-file and pause/drain operations behind `FleetService` (apply, get, delete, schedule
+//! status, pauses, drains). Kept apart from the gRPC glue so the rules read in one place.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use syncfleet_proto::time::{now, to_millis, to_proto};
+use syncfleet_proto::v1;
+use tonic::Status;
+
+use crate::fleet::{Fleet, NewRun, steps_of, store_status};
+use crate::fleetfile::{self, Action, SourcedDoc};
+use crate::model::{Document, ScheduleDoc, SequenceDoc};
+use crate::schedule::scheduler::Scheduler;
+use crate::schedule::trigger::Trigger;
+use crate::store::{self, RunQuery, StoredDocument};
+
+/// Normalize a kind given by a client ("sequence", "Schedules", ...).
+pub fn kind_of(kind: &str) -> Result<&'static str, Status> {
+    match kind.trim().to_ascii_lowercase().trim_end_matches('s') {
+        "sequence" => Ok("Sequence"),
+        "schedule" => Ok("Schedule"),
+        _ => Err(Status::invalid_argument(format!(
+            "unknown kind {kind:?}; use Sequence or Schedule"
+        ))),
+    }
+}
+
+async fn stored_documents(fleet: &Fleet) -> Result<Vec<Document>, Status> {
+    let raw = store::blocking(&fleet.store, |s| s.list_documents(None))
+        .await
+        .map_err(store_status)?;
+    raw.into_iter()
+        .map(|d| {
+            fleetfile::from_json(&d.kind, &d.json).map_err(|e| {
+                Status::internal(format!("stored {} {} is unreadable: {e}", d.kind, d.name))
+            })
+        })
+        .collect()
+}
+
+/// Validate, diff and (unless dry run) store a set of documents.
+pub async fn apply(
+    fleet: &Fleet,
+    scheduler: &Scheduler,
+    req: v1::ApplyRequest,
+    who: &str,
+) -> Result<v1::ApplyResponse, Status> {
+    let mut incoming = Vec::new();
+    let mut problems = Vec::new();
+    for d in &req.documents {
+        let source = if d.source.is_empty() {
+            format!("{} {}", d.kind, d.name)
+        } else {
+            d.source.clone()
+        };
+        match kind_of(&d.kind)
+            .map_err(|e| e.message().to_string())
+            .and_then(|k| fleetfile::from_json(k, &d.json))
+        {
+            Ok(doc) => incoming.push(SourcedDoc { source, doc }),
+            Err(e) => problems.push(format!("{source}: {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Status::invalid_argument(problems.join("\n")));
+    }
+    let stored = stored_documents(fleet).await?;
+    let incoming_docs: Vec<Document> = incoming.iter().map(|s| s.doc.clone()).collect();
+    // Sequences that will exist after this apply (stored ones survive unless pruned).
+    let known: BTreeSet<String> = if req.prune {
+        BTreeSet::new()
+    } else {
+        stored
+            .iter()
+            .filter_map(|d| match d {
+                Document::Sequence(s) => Some(s.name.clone()),
+                Document::Schedule(_) => None,
+            })
+            .collect()
+    };
+    fleetfile::validate(&incoming, &known).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if !req.prune {
+        // A stored schedule may not be left pointing at nothing (only possible with prune,
+        // but keep the rule explicit for future deletes in one apply).
+        let seqs: BTreeSet<&str> = incoming_docs
+            .iter()
+            .chain(stored.iter())
+            .filter_map(|d| match d {
+                Document::Sequence(s) => Some(s.name.as_str()),
+                Document::Schedule(_) => None,
+            })
+            .collect();
+        for d in &stored {
+            if let Document::Schedule(s) = d
+                && !seqs.contains(s.sequence.as_str())
+            {
+                return Err(Status::failed_precondition(format!(
+                    "stored schedule {} uses sequence {} which does not exist",
+                    s.name, s.sequence
+                )));
+            }
+        }
+    }
+    let changes = fleetfile::diff(&stored, &incoming_docs, req.prune);
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    let mut forecasts = Vec::new();
+    let now_utc = scheduler.clock().now();
+    for c in &changes {
+        match c.action {
+            Action::Created | Action::Changed => {
+                if let Some(doc) = incoming_docs
+                    .iter()
+                    .find(|d| d.kind() == c.kind && d.name() == c.name)
+                {
+                    upserts.push(StoredDocument {
+                        kind: doc.kind().to_string(),
+                        name: doc.name().to_string(),
+                        json: fleetfile::canonical_json(doc),
+                    });
+                    if let Document::Schedule(s) = doc
+                        && let Ok(t) = Trigger::compile(s)
+                    {
+                        forecasts.push(v1::ScheduleForecast {
+                            name: s.name.clone(),
+                            time_zone: t.time_zone_name().to_string(),
+                            next: t.upcoming(now_utc, 5).into_iter().map(to_proto).collect(),
+                        });
+                    }
+                }
+            }
+            Action::Deleted => deletes.push((c.kind.clone(), c.name.clone())),
+            Action::Unchanged => {}
+        }
+    }
+    // Deleting a sequence that a remaining schedule uses is refused.
+    let remaining_schedules: Vec<&ScheduleDoc> = incoming_docs
+        .iter()
+        .filter_map(|d| match d {
+            Document::Schedule(s) => Some(s),
+            Document::Sequence(_) => None,
+        })
+        .collect();
+    for (kind, name) in &deletes {
+        if kind == "Sequence"
+            && let Some(s) = remaining_schedules.iter().find(|s| &s.sequence == name)
+        {
+            return Err(Status::failed_precondition(format!(
+                "--prune would delete sequence {name} which schedule {} uses",
+                s.name
+            )));
+        }
+    }
+    let applied = !req.dry_run;
+    if applied && (!upserts.is_empty() || !deletes.is_empty()) {
+        let dels = deletes.clone();
+        store::blocking(&fleet.store, move |s| s.write_documents(&upserts, &dels))
+            .await
+            .map_err(store_status)?;
+        for (kind, name) in &deletes {
+            if kind == "Schedule" {
+                forget_schedule(fleet, name).await?;
+            }
+        }
+        tracing::info!(
+            by = who,
+            changes = changes
+                .iter()
+                .filter(|c| c.action != Action::Unchanged)
+                .count(),
+            "fleet documents applied"
+        );
+        scheduler.reload();
+    }
+    Ok(v1::ApplyResponse {
+        changes: changes
+            .into_iter()
+            .map(|c| v1::DocumentChange {
+                kind: c.kind,
+                name: c.name,
+                action: c.action.label().to_string(),
+                fields: c.fields,
+            })
+            .collect(),
+        forecasts,
+        applied,
+    })
+}
+
+async fn forget_schedule(fleet: &Fleet, name: &str) -> Result<(), Status> {
+    for prefix in [format!("cursor/{name}"), format!("pause/schedule/{name}")] {
+        store::blocking(&fleet.store, move |s| s.delete_state_prefix(&prefix))
+            .await
+            .map_err(store_status)?;
+    }
+    Ok(())
+}
+
+pub async fn get_documents(
+    fleet: &Fleet,
+    req: v1::GetDocumentsRequest,
+) -> Result<v1::GetDocumentsResponse, Status> {
+    let kind = kind_of(&req.kind)?;
+    let docs = store::blocking(&fleet.store, move |s| s.list_documents(Some(kind)))
+        .await
+        .map_err(store_status)?;
+    let documents: Vec<v1::FleetDocument> = docs
+        .into_iter()
+        .filter(|d| req.name.is_empty() || d.name == req.name)
+        .map(|d| v1::FleetDocument {
+            kind: d.kind,
+            name: d.name,
+            json: d.json,
+            source: String::new(),
+        })
+        .collect();
+    if !req.name.is_empty() && documents.is_empty() {
+        return Err(Status::not_found(format!("no {kind} named {:?}", req.name)));
+    }
+    Ok(v1::GetDocumentsResponse { documents })
+}
+
+pub async fn delete_document(
+    fleet: &Fleet,
+    scheduler: &Scheduler,
+    req: v1::DeleteDocumentRequest,
+) -> Result<v1::DeleteDocumentResponse, Status> {
+    let kind = kind_of(&req.kind)?;
+    let stored = stored_documents(fleet).await?;
+    if !stored
+        .iter()
+        .any(|d| d.kind() == kind && d.name() == req.name)
+    {
+        return Err(Status::not_found(format!("no {kind} named {:?}", req.name)));
+    }
+    if kind == "Sequence" {
+        let users: Vec<&str> = stored
+            .iter()
+            .filter_map(|d| match d {
+                Document::Schedule(s) if s.sequence == req.name => Some(s.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !users.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "sequence {} is used by schedule(s) {}; delete or change those first",
+                req.name,
+                users.join(", ")
+            )));
+        }
+    }
+    let dels = vec![(kind.to_string(), req.name.clone())];
+    store::blocking(&fleet.store, move |s| s.write_documents(&[], &dels))
+        .await
+        .map_err(store_status)?;
+    if kind == "Schedule" {
+        forget_schedule(fleet, &req.name).await?;
+    }
+    scheduler.reload();
+    Ok(v1::DeleteDocumentResponse { deleted: true })
+}
+
+async fn schedule_doc(fleet: &Fleet, name: &str) -> Result<(ScheduleDoc, String), Status> {
+    let n = name.to_string();
+    let docs = store::blocking(&fleet.store, move |s| s.list_documents(Some("Schedule")))
+        .await
+        .map_err(store_status)?;
+    let d = docs
+        .into_iter()
+        .find(|d| d.name == n)
+        .ok_or_else(|| Status::not_found(format!("no schedule named {name:?}")))?;
+    match fleetfile::from_json("Schedule", &d.json) {
+        Ok(Document::Schedule(s)) => Ok((s, d.json)),
+        _ => Err(Status::internal(format!(
+            "stored schedule {name} is unreadable"
+        ))),
+    }
+}
+
+/// Saturation: median run duration ÷ interval, from finished runs.
+pub fn saturation(durations_ms: &[i64], interval: Option<Duration>) -> f64 {
+    let Some(interval) = interval.filter(|i| !i.is_zero()) else {
+        return 0.0;
+    };
+    if durations_ms.is_empty() {
+        return 0.0;
+    }
+    let mut d = durations_ms.to_vec();
+    d.sort_unstable();
+    let median = if d.len() % 2 == 1 {
+        d[d.len() / 2] as f64
+    } else {
+        (d[d.len() / 2 - 1] + d[d.len() / 2]) as f64 / 2.0
+    };
+    median / interval.as_millis() as f64
+}
+
+fn human(ms: f64) -> String {
+    let d = Duration::from_millis(ms.max(0.0) as u64);
+    let secs = d.as_secs();
+    if secs >= 3600 {
+        format!("{}h{}m", secs / 3600, (secs % 3600) / 60)
+    } else if secs >= 60 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// The plain-language warning for a saturation above 0.8.
+pub fn saturation_warning(sat: f64, interval: Option<Duration>) -> String {
+    match interval {
+        Some(i) if sat > 0.8 => {
+            let interval_ms = i.as_millis() as f64;
+            format!(
+                "runs take {} of a {} interval: lengthen the interval or split the sequence",
+                human(sat * interval_ms),
+                human(interval_ms)
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+pub async fn get_schedule(
+    fleet: &Fleet,
+    scheduler: &Scheduler,
+    name: &str,
+) -> Result<v1::ScheduleStatus, Status> {
+    let (doc, json) = schedule_doc(fleet, name).await?;
+    let trigger = Trigger::compile(&doc)
+        .map_err(|e| Status::internal(format!("stored schedule {name}: {e}")))?;
+    let now_utc = scheduler.clock().now();
+    let pause = fleet
+        .schedule_pause_record(name)
+        .await
+        .map_err(store_status)?;
+    let n = name.to_string();
+    let page = store::blocking(&fleet.store, move |s| {
+        s.list_runs(&RunQuery {
+            schedule: Some(n),
+            limit: 10,
+            ..RunQuery::default()
+        })
+    })
+    .await
+    .map_err(store_status)?;
+    let recent: Vec<v1::ScheduleRunSummary> = page
+        .runs
+        .iter()
+        .map(|r| {
+            let nominal = r.nominal_time.as_ref().map(to_millis);
+            let started = r.started_at.as_ref().map(to_millis);
+            let finished = r.finished_at.as_ref().map(to_millis);
+            v1::ScheduleRunSummary {
+                run_id: r.id.clone(),
+                agent: r.agent.clone(),
+                nominal_time: r.nominal_time,
+                started_at: r.started_at,
+                lateness_ms: match (nominal, started) {
+                    (Some(n), Some(s)) => s - n,
+                    _ => 0,
+                },
+                duration_ms: match (started, finished) {
+                    (Some(s), Some(f)) => f - s,
+                    _ => 0,
+                },
+                state: r.state,
+                result: r.result.clone(),
+                origin: r.origin.clone(),
+            }
+        })
+        .collect();
+    let durations: Vec<i64> = recent
+        .iter()
+        .filter(|r| r.duration_ms > 0)
+        .map(|r| r.duration_ms)
+        .collect();
+    let interval = trigger.interval_hint(now_utc);
+    let sat = saturation(&durations, interval);
+    let counters = {
+        let n = name.to_string();
+        store::blocking(&fleet.store, move |s| s.counters(&n))
+            .await
+            .map_err(store_status)?
+    };
+    let agents = store::blocking(&fleet.store, |s| s.list_agents())
+        .await
+        .map_err(store_status)?;
+    let targets = agents
+        .iter()
+        .filter(|a| {
+            doc.targets
+                .matches(&a.name, &a.labels.clone().into_iter().collect())
+        })
+        .map(|a| a.name.clone())
+        .collect();
+    Ok(v1::ScheduleStatus {
+        name: name.to_string(),
+        json,
+        pause,
+        time_zone: trigger.time_zone_name().to_string(),
+        next: trigger
+            .upcoming(now_utc, 10)
+            .into_iter()
+            .map(to_proto)
+            .collect(),
+        recent,
+        counters: counters.into_iter().collect(),
+        saturation: sat,
+        warning: saturation_warning(sat, interval),
+        targets,
+    })
+}
+
+pub async fn set_schedule_pause(
+    fleet: &Fleet,
+    scheduler: &Scheduler,
+    name: &str,
+    paused: bool,
+    note: &str,
+    who: &str,
+) -> Result<v1::ScheduleStatus, Status> {
+    schedule_doc(fleet, name).await?;
+    if paused && note.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "say why the schedule is paused: pass --note TEXT",
+        ));
+    }
+    let pause = v1::Pause {
+        paused,
+        note: note.to_string(),
+        by: who.to_string(),
+        at: Some(now()),
+    };
+    fleet
+        .set_schedule_pause(name, &pause)
+        .await
+        .map_err(store_status)?;
+    tracing::info!(
+        schedule = name,
+        paused,
+        by = who,
+        note,
+        "schedule pause changed"
+    );
+    get_schedule(fleet, scheduler, name).await
+}
+
+pub async fn set_drain(
+    fleet: &Fleet,
+    name: &str,
+    draining: bool,
+    note: &str,
+    who: &str,
+) -> Result<v1::Agent, Status> {
+    let drain = v1::Pause {
+        paused: draining,
+        note: note.to_string(),
+        by: who.to_string(),
+        at: Some(now()),
+    };
+    let agent = fleet
+        .set_drain(name, drain)
+        .await
+        .map_err(store_status)?
+        .ok_or_else(|| Status::not_found(format!("no agent named {name:?}")))?;
+    tracing::info!(agent = name, draining, by = who, "agent drain changed");
+    Ok(agent)
+}
+
+pub async fn fleet_status(fleet: &Fleet) -> Result<v1::FleetStatus, Status> {
+    let pause = fleet.fleet_pause().await.map_err(store_status)?;
+    let draining = store::blocking(&fleet.store, |s| s.list_agents())
+        .await
+        .map_err(store_status)?
+        .into_iter()
+        .filter(|a| a.drain.as_ref().is_some_and(|d| d.paused))
+        .map(|a| a.name)
+        .collect();
+    Ok(v1::FleetStatus { pause, draining })
+}
+
+pub async fn set_fleet_pause(
+    fleet: &Fleet,
+    paused: bool,
+    note: &str,
+    who: &str,
+) -> Result<v1::FleetStatus, Status> {
+    if paused && note.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "say why the fleet is paused: pass --note TEXT",
+        ));
+    }
+    let pause = v1::Pause {
+        paused,
+        note: note.to_string(),
+        by: who.to_string(),
+        at: Some(now()),
+    };
+    fleet.set_fleet_pause(&pause).await.map_err(store_status)?;
+    tracing::info!(paused, by = who, note, "fleet pause changed");
+    fleet_status(fleet).await
+}
+
+/// Start a stored sequence on an agent now (manual run; same engine rules as scheduled runs).
+pub async fn start_sequence(
+    fleet: &Arc<Fleet>,
+    agent: &str,
+    sequence: &str,
+    who: &str,
+) -> Result<v1::Run, Status> {
+    let s = sequence.to_string();
+    let docs = store::blocking(&fleet.store, move |st| st.list_documents(Some("Sequence")))
+        .await
+        .map_err(store_status)?;
+    let doc = docs.into_iter().find(|d| d.name == s).ok_or_else(|| {
+        Status::not_found(format!(
+            "no sequence named {sequence:?}; see 'syncfleet get sequences'"
+        ))
+    })?;
+    let seq: SequenceDoc = match fleetfile::from_json("Sequence", &doc.json) {
+        Ok(Document::Sequence(s)) => s,
+        _ => {
+            return Err(Status::internal(format!(
+                "stored sequence {sequence} is unreadable"
+            )));
+        }
+    };
+    fleet.check_not_paused(agent).await?;
+    let (run, _) = fleet
+        .create_run(
+            NewRun {
+                agent: agent.to_string(),
+                steps: steps_of(&seq),
+                origin: "manual".into(),
+                requested_by: who.to_string(),
+                sequence: seq.name.clone(),
+                on_failure: seq.on_failure_proto(),
+                ..NewRun::default()
+            },
+            true,
+        )
+        .await?;
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saturation_is_median_over_interval_with_a_plain_warning() {
+        let s = saturation(&[540_000, 530_000, 550_000], Some(Duration::from_secs(600)));
+        assert!((s - 0.9).abs() < 1e-9, "{s}");
+        assert_eq!(
+            saturation_warning(s, Some(Duration::from_secs(600))),
+            "runs take 9m0s of a 10m0s interval: lengthen the interval or split the sequence"
+        );
+        assert_eq!(saturation_warning(0.5, Some(Duration::from_secs(600))), "");
+        assert_eq!(saturation(&[], Some(Duration::from_secs(1))), 0.0);
+    }
+
+    #[test]
+    fn kinds_are_normalized() {
+        assert_eq!(kind_of("sequences").unwrap(), "Sequence");
+        assert_eq!(kind_of("Schedule").unwrap(), "Schedule");
+        assert!(kind_of("job").is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! Scheduling: when schedules fire ([`trigger`]) and the loop that turns fire times into runs
+//! ([`scheduler`]).
+
+pub mod scheduler;
+pub mod trigger;
