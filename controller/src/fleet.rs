@@ -74,6 +74,7 @@ pub type SessionTx = mpsc::Sender<Result<v1::ControllerMessage, Status>>;
 struct Session {
     id: u64,
     tx: SessionTx,
+    since: tokio::time::Instant,
 }
 
 #[derive(Default, Clone)]
@@ -304,6 +305,11 @@ impl Fleet {
         lock(&self.sessions).contains_key(agent)
     }
 
+    /// How long the agent's current session has been open (`None` when not connected).
+    pub fn connected_for(&self, agent: &str) -> Option<Duration> {
+        lock(&self.sessions).get(agent).map(|s| s.since.elapsed())
+    }
+
     /// An agent as stored, with live session facts overlaid.
     pub fn agent_view(&self, mut agent: v1::Agent) -> v1::Agent {
         if let Some(live) = lock(&self.live).get(&agent.name) {
@@ -357,7 +363,12 @@ impl Fleet {
         .await
         .map_err(store_status)?;
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        if let Some(old) = lock(&self.sessions).insert(name.clone(), Session { id, tx }) {
+        let session = Session {
+            id,
+            tx,
+            since: tokio::time::Instant::now(),
+        };
+        if let Some(old) = lock(&self.sessions).insert(name.clone(), session) {
             tracing::warn!(agent = %name, old_session = old.id, "agent reconnected; replacing its previous session");
         }
         lock(&self.live).insert(
@@ -1052,11 +1063,44 @@ impl Fleet {
                         if now_ms - since >= lost_ms {
                             tracing::warn!(agent = %a.name, "agent lost");
                             self.set_agent_state(&a.name, v1::AgentState::Lost).await;
+                            self.orphan_runs(&a.name).await;
                         }
                     }
                 }
             }
             Err(e) => tracing::error!(error = %e, "sweep: cannot list agents"),
+        }
+    }
+
+    /// Runs that were sent to an agent now lost end `unknown`: their outcome may never be
+    /// reported (if the agent returns with their events, those still apply).
+    async fn orphan_runs(&self, agent: &str) {
+        let name = agent.to_string();
+        let runs = match store::blocking(&self.store, move |s| {
+            s.runs_in_states(
+                Some(&name),
+                &[v1::RunState::Dispatched, v1::RunState::Running],
+            )
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(agent, error = %e, "cannot list the runs of a lost agent");
+                return;
+            }
+        };
+        for run in runs {
+            let msg = format!(
+                "agent {agent} was lost (no session for {}) while this run was in flight; its outcome is unknown",
+                humantime::format_duration(self.settings.agent_lost_after)
+            );
+            if let Err(e) = self
+                .finish_run_here(&run.id, v1::RunState::Unknown, msg)
+                .await
+            {
+                tracing::error!(error = %e, "cannot mark an orphaned run unknown");
+            }
         }
     }
 

@@ -282,7 +282,7 @@ pub fn parse_str_lenient(file: &str, text: &str) -> Loaded {
             let mut m = format!("kind: unknown kind {kind:?}; use {}", or_list(&KINDS));
             if let Some(s) = closest(&kind, KINDS.iter().copied()) {
                 m = format!(
-                    "kind: unknown kind {kind:?}; did you mean {s}? use {}",
+                    "kind: unknown kind {kind:?} (did you mean {s}?); use {}",
                     or_list(&KINDS)
                 );
             }
@@ -549,7 +549,7 @@ fn readable_serde_message(path: Option<&str>, msg: &str) -> String {
         if let Some((got, allowed)) = names.split_first() {
             let mut m = format!("unknown field {got:?}");
             if let Some(s) = closest(got, allowed.iter().copied()) {
-                m.push_str(&format!("; did you mean {s}?"));
+                m.push_str(&format!(" (did you mean {s}?)"));
             }
             if allowed.is_empty() {
                 m.push_str("; remove it");
@@ -1350,7 +1350,7 @@ stages: [{steps: [{ma: AD, profile: Export, only_if: staged, guard: {max_pending
         let m = messages(&e);
         assert_eq!(m.len(), 7, "{m:#?}");
         assert!(
-            m[0].starts_with("f.yaml document 1 (Sequence a): stages[0].steps[0]: unknown field \"profil\"; did you mean profile?; allowed here: ma, profile, only_if, guard"),
+            m[0].starts_with("f.yaml document 1 (Sequence a): stages[0].steps[0]: unknown field \"profil\" (did you mean profile?); allowed here: ma, profile, only_if, guard"),
             "{}",
             m[0]
         );
@@ -1363,7 +1363,7 @@ stages: [{steps: [{ma: AD, profile: Export, only_if: staged, guard: {max_pending
         assert!(m[1].ends_with("(line 11)"), "{}", m[1]);
         assert_eq!(
             m[2],
-            "f.yaml document 4 (Sequnce c): kind: unknown kind \"Sequnce\"; did you mean Sequence? use Sequence or Schedule"
+            "f.yaml document 4 (Sequnce c): kind: unknown kind \"Sequnce\" (did you mean Sequence?); use Sequence or Schedule"
         );
         assert_eq!(
             m[3],

@@ -97,7 +97,7 @@ mod xml;
 #[cfg(test)]
 mod tests;
 
-pub use config::{ScriptedFailure, SimConfig, SimMaConfig, UnmanagedRun};
+pub use config::{ScriptedFailure, SimConfig, SimMaConfig, SourceEvent, UnmanagedRun};
 
 use fault::{Fault, ScriptEntry};
 #[cfg(test)]

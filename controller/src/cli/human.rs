@@ -303,14 +303,23 @@ pub fn agent_details(a: &Agent, now: DateTime<Utc>) -> String {
     out
 }
 
-/// Steps that have finished executing on the engine, out of all steps: `2/3`.
+/// Steps that have finished executing on the engine, out of all steps, with the skipped and
+/// held ones named: `2/3`, `6/7 (1 skipped)`, `1/3 (1 held)`.
 fn steps_brief(r: &Run) -> String {
-    let done = r
-        .steps
-        .iter()
-        .filter(|s| s.state() == StepState::Done)
-        .count();
-    format!("{done}/{}", r.steps.len())
+    let count = |st: StepState| r.steps.iter().filter(|s| s.state() == st).count();
+    let mut out = format!("{}/{}", count(StepState::Done), r.steps.len());
+    let extra: Vec<String> = [
+        (count(StepState::Skipped), "skipped"),
+        (count(StepState::Held), "held"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    if !extra.is_empty() {
+        out.push_str(&format!(" ({})", extra.join(", ")));
+    }
+    out
 }
 
 /// Where a run came from: `schedule/delta-every-5m`, `catch-up/delta-every-5m`, `manual`,
@@ -449,7 +458,7 @@ pub fn run_details(r: &Run, now: DateTime<Utc>) -> String {
     }
     out.push_str(&t.render_indented("  "));
     for s in &r.steps {
-        let notes = step_notes(s);
+        let notes = step_notes(s, r.approved_steps.contains(&s.index));
         if !notes.is_empty() {
             out.push_str(&format!(
                 "  step {}/{} {}: {}: {}\n",
@@ -515,9 +524,10 @@ fn pending_brief(p: &PendingCounters) -> String {
     .join(" ")
 }
 
-/// The remarks shown under the steps table for one step: its condition and guard rail, why it
-/// was skipped or held, retries, a failed connection and the agent's detail text.
-pub fn step_notes(s: &Step) -> Vec<String> {
+/// The remarks shown under the steps table for one step: its condition and guard rail (and
+/// whether an approval lifted it for this run: `approved`), why it was skipped or held,
+/// retries, a failed connection and the agent's detail text.
+pub fn step_notes(s: &Step, approved: bool) -> Vec<String> {
     let mut notes = Vec::new();
     let cond = super::output::condition_label(s.only_if());
     match s.state() {
@@ -554,7 +564,12 @@ pub fn step_notes(s: &Step) -> Vec<String> {
         .filter_map(|(k, l)| limit_brief(l).map(|v| format!("{k}={v}")))
         .collect();
         if !parts.is_empty() {
-            notes.push(format!("guard {}", parts.join(" ")));
+            let lifted = if approved {
+                " (lifted once by approval)"
+            } else {
+                ""
+            };
+            notes.push(format!("guard {}{lifted}", parts.join(" ")));
         }
     }
     if s.attempts > 1 {
@@ -1226,6 +1241,15 @@ mod tests {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         assert!(text.contains("#    STAGE  MA"), "{text}");
+        let mut continuation = r.clone();
+        continuation.steps[2].state = StepState::Done as i32;
+        continuation.state = RunState::Succeeded as i32;
+        continuation.approved_steps = vec![2];
+        let text = run_details(&continuation, Utc::now());
+        assert!(
+            text.contains("guard max_pending_deletes=500 (lifted once by approval)"),
+            "{text}"
+        );
         let mut approved = r.clone();
         approved.continued_in = "r2".into();
         let text = run_details(&approved, Utc::now());
@@ -1270,6 +1294,7 @@ mod tests {
             lines[1].contains("schedule/delta-every-5m  delta-cycle  held"),
             "{text}"
         );
+        assert!(lines[1].ends_with("1/3 (1 skipped, 1 held)"), "{text}");
         assert!(
             lines[2].contains("manual                   -            succeeded"),
             "{text}"

@@ -1002,4 +1002,200 @@ mod tests {
         .await;
         assert_eq!(code, ExitCode::from(EXIT_FAILED));
     }
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("syncfleet").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    fn usage_error(args: &[&str]) -> clap::Error {
+        let e = Cli::try_parse_from(std::iter::once("syncfleet").chain(args.iter().copied()))
+            .expect_err("should be a usage error");
+        assert_eq!(e.exit_code(), i32::from(EXIT_USAGE), "{args:?}: {e}");
+        e
+    }
+
+    #[test]
+    fn parses_run_with_a_sequence_but_not_with_both() {
+        let Command::Run(a) = parse(&["run", "sync01", "--sequence", "delta-cycle", "-f"]).command
+        else {
+            panic!("not run")
+        };
+        assert_eq!(a.sequence.as_deref(), Some("delta-cycle"));
+        assert!(a.steps.is_empty());
+        assert!(a.follow);
+        usage_error(&["run", "sync01", "--sequence", "x", "--step", "AD:Export"]);
+        usage_error(&["run", "sync01"]);
+    }
+
+    #[test]
+    fn parses_apply() {
+        let cli = parse(&[
+            "apply",
+            "-f",
+            "a.yaml",
+            "--filename",
+            "dir",
+            "--dry-run",
+            "--prune",
+        ]);
+        let Command::Apply(a) = cli.command else {
+            panic!("not apply")
+        };
+        assert_eq!(a.files, vec![PathBuf::from("a.yaml"), PathBuf::from("dir")]);
+        assert!(a.dry_run && a.prune);
+        let Command::Apply(a) = parse(&["apply", "-f", "a.yaml"]).command else {
+            panic!("not apply")
+        };
+        assert!(!a.dry_run && !a.prune);
+        usage_error(&["apply"]);
+    }
+
+    #[test]
+    fn parses_get_and_delete_with_singular_or_plural_kinds() {
+        let cli = parse(&["get", "schedules", "-o", "yaml"]);
+        assert_eq!(cli.output, OutputFormat::Yaml);
+        assert!(matches!(
+            cli.command,
+            Command::Get {
+                kind: DocKind::Schedules,
+                name: None
+            }
+        ));
+        let Command::Get { kind, name } = parse(&["get", "sequence", "delta-cycle"]).command else {
+            panic!("not get")
+        };
+        assert_eq!(
+            (kind, name.as_deref()),
+            (DocKind::Sequences, Some("delta-cycle"))
+        );
+        assert_eq!(kind.kind(), "Sequence");
+        let Command::Delete { kind, name } = parse(&["delete", "schedule", "x"]).command else {
+            panic!("not delete")
+        };
+        assert_eq!((kind.kind(), name.as_str()), ("Schedule", "x"));
+        usage_error(&["get", "widgets"]);
+        usage_error(&["delete", "schedule"]);
+    }
+
+    #[test]
+    fn pausing_requires_a_note() {
+        let Command::Schedules(SchedulesCommand::Pause { name, note }) =
+            parse(&["schedules", "pause", "delta", "--note", "AD maintenance"]).command
+        else {
+            panic!("not pause")
+        };
+        assert_eq!((name.as_str(), note.as_str()), ("delta", "AD maintenance"));
+        usage_error(&["schedules", "pause", "delta"]);
+        usage_error(&["schedules", "pause", "delta", "--note", "  "]);
+        usage_error(&["fleet", "pause"]);
+        let Command::Schedules(SchedulesCommand::Resume { note, .. }) =
+            parse(&["schedules", "resume", "delta"]).command
+        else {
+            panic!("not resume")
+        };
+        assert_eq!(note, "");
+        assert!(matches!(
+            parse(&["schedules", "show", "delta", "-o", "json"]).command,
+            Command::Schedules(SchedulesCommand::Show { .. })
+        ));
+        assert!(matches!(
+            parse(&["schedules", "ls"]).command,
+            Command::Schedules(SchedulesCommand::List)
+        ));
+        let Command::Fleet(FleetCommand::Pause { note }) =
+            parse(&["fleet", "pause", "--note", "move"]).command
+        else {
+            panic!("not fleet pause")
+        };
+        assert_eq!(note, "move");
+        assert!(matches!(
+            parse(&["fleet", "resume"]).command,
+            Command::Fleet(FleetCommand::Resume { .. })
+        ));
+        assert!(matches!(
+            parse(&["fleet", "status"]).command,
+            Command::Fleet(FleetCommand::Status)
+        ));
+    }
+
+    #[test]
+    fn parses_drain_approve_and_held_state() {
+        let Command::Agents(AgentsCommand::Drain { name, note }) =
+            parse(&["agents", "drain", "sync01", "--note", "patch"]).command
+        else {
+            panic!("not drain")
+        };
+        assert_eq!((name.as_str(), note.as_str()), ("sync01", "patch"));
+        assert!(matches!(
+            parse(&["agents", "resume", "sync01"]).command,
+            Command::Agents(AgentsCommand::Resume { .. })
+        ));
+        let Command::Runs(RunsCommand::Approve { id, note }) =
+            parse(&["runs", "approve", "r1", "--note", "expected deletes"]).command
+        else {
+            panic!("not approve")
+        };
+        assert_eq!((id.as_str(), note.as_str()), ("r1", "expected deletes"));
+        let Command::Runs(RunsCommand::List { states, .. }) =
+            parse(&["runs", "list", "--state", "held"]).command
+        else {
+            panic!("not runs list")
+        };
+        assert_eq!(states, vec![RunState::Held]);
+    }
+
+    #[tokio::test]
+    async fn apply_checks_files_before_config_or_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "kind: Schedule\nname: s\nsequence: q\ntargets: {agents: [a]}\ntrigger: {every: 5m}\noverlap: skipp\n",
+        )
+        .unwrap();
+        let missing_config = dir.path().join("none.toml");
+        let cli = parse(&[
+            "--config",
+            missing_config.to_str().unwrap(),
+            "apply",
+            "-f",
+            bad.to_str().unwrap(),
+        ]);
+        match execute(&cli).await {
+            Err(CliError::Invalid { details, summary }) => {
+                assert_eq!(
+                    details,
+                    format!(
+                        "{} document 1 (Schedule s): overlap: unknown value \"skipp\"; use skip, buffer_one or cancel_other (line 6)",
+                        bad.display()
+                    )
+                );
+                assert!(summary.contains("nothing was sent"), "{summary}");
+            }
+            other => panic!("expected the file problems, got {other:?}"),
+        }
+        // A valid file gets as far as the (missing) config.
+        let good = dir.path().join("good.yaml");
+        std::fs::write(
+            &good,
+            "kind: Schedule\nname: s\nsequence: q\ntargets: {agents: [a]}\ntrigger: {every: 5m}\n",
+        )
+        .unwrap();
+        let cli = parse(&[
+            "--config",
+            missing_config.to_str().unwrap(),
+            "apply",
+            "-f",
+            good.to_str().unwrap(),
+        ]);
+        assert!(matches!(execute(&cli).await, Err(CliError::Config(_))));
+        let code = main_with_args(
+            ["syncfleet", "apply", "-f", bad.to_str().unwrap()]
+                .into_iter()
+                .map(OsString::from),
+        )
+        .await;
+        assert_eq!(code, ExitCode::from(EXIT_FAILED));
+    }
 }

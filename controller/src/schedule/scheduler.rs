@@ -91,7 +91,13 @@ struct State {
     sequences: HashMap<String, SequenceDoc>,
     /// buffer_one: the fire time kept per (schedule, agent).
     buffered: HashMap<(String, String), DateTime<Utc>>,
+    /// Catch-up fire times decided at startup, waiting for their agents to reconnect and report
+    /// what ran while no controller listened (or for the deadline).
+    deferred: Vec<(String, DateTime<Utc>, tokio::time::Instant)>,
 }
+
+/// How long a reconnected agent gets to replay its outbox before its runs are trusted.
+const REPLAY_SETTLE: Duration = Duration::from_secs(2);
 
 /// The scheduler of one controller.
 pub struct Scheduler {
@@ -181,11 +187,18 @@ impl Scheduler {
         let mut updates = self.fleet.subscribe();
         self.load(true).await;
         loop {
-            let next = self.state.lock().await.queue.first().map(|(t, _)| *t);
-            let sleep = match next {
+            let (next, deferred) = {
+                let st = self.state.lock().await;
+                (st.queue.first().map(|(t, _)| *t), !st.deferred.is_empty())
+            };
+            let mut sleep = match next {
                 Some(t) => self.clock.until(t),
                 None => Duration::from_secs(3600),
             };
+            if deferred {
+                sleep = sleep.min(Duration::from_millis(500));
+                self.fire_deferred().await;
+            }
             tokio::select! {
                 () = tokio::time::sleep(sleep) => self.fire_due().await,
                 () = self.reload.notified() => self.load(false).await,
@@ -302,8 +315,62 @@ impl Scheduler {
             drop(st);
         }
         self.rebuild_queue().await;
-        for (name, nominal) in catchups {
-            self.fire(&name, nominal, "catch-up").await;
+        if !catchups.is_empty() {
+            // What ran while no controller listened is known only once the agents have
+            // reconnected and replayed their outboxes: wait for that (bounded), then apply the
+            // overlap policy to the catch-up (Nomad #11052).
+            let deadline = tokio::time::Instant::now() + self.fleet.settings.agent_lost_after;
+            let mut st = self.state.lock().await;
+            for (name, nominal) in catchups {
+                st.deferred.push((name, nominal, deadline));
+            }
+        }
+    }
+
+    /// Fire deferred catch-ups whose target agents are all back (or whose deadline passed).
+    async fn fire_deferred(&self) {
+        let pending: Vec<(String, DateTime<Utc>, tokio::time::Instant)> =
+            self.state.lock().await.deferred.clone();
+        if pending.is_empty() {
+            return;
+        }
+        let agents = match store::blocking(&self.fleet.store, |s| s.list_agents()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list agents");
+                return;
+            }
+        };
+        for (name, nominal, deadline) in pending {
+            let targets = {
+                let st = self.state.lock().await;
+                st.entries.get(&name).map(|e| e.doc.targets.clone())
+            };
+            let ready = match &targets {
+                None => true,
+                Some(t) => {
+                    tokio::time::Instant::now() >= deadline
+                        || agents
+                            .iter()
+                            .filter(|a| t.matches(&a.name, &a.labels.clone().into_iter().collect()))
+                            .all(|a| {
+                                self.fleet
+                                    .connected_for(&a.name)
+                                    .is_some_and(|d| d >= REPLAY_SETTLE)
+                            })
+                }
+            };
+            if !ready {
+                continue;
+            }
+            self.state
+                .lock()
+                .await
+                .deferred
+                .retain(|(n, t, _)| !(n == &name && *t == nominal));
+            if targets.is_some() {
+                self.fire(&name, nominal, "catch-up").await;
+            }
         }
     }
 
@@ -693,8 +760,8 @@ mod tests {
         let fleet = Fleet::new(
             Arc::clone(&store),
             Settings {
-                heartbeat_interval: Duration::from_secs(10),
-                agent_lost_after: Duration::from_secs(60),
+                heartbeat_interval: Duration::from_secs(1),
+                agent_lost_after: Duration::from_secs(5),
                 pending_deadline: Duration::from_secs(3600),
             },
         );
@@ -947,6 +1014,10 @@ mod tests {
         let restart_wall = w.start + chrono::Duration::seconds(57);
         let _s2 = start_scheduler(&w, restart_wall);
         advance(Duration::from_millis(500)).await;
+        // The catch-up waits for the agents to report back (they never do here: until the
+        // settle deadline, agent_lost_after = 5 s).
+        assert!(runs(&w).iter().all(|r| r.origin != "catch-up"));
+        advance(Duration::from_secs(6)).await;
         let all = runs(&w);
         let catchups: Vec<&v1::Run> = all.iter().filter(|r| r.origin == "catch-up").collect();
         assert_eq!(catchups.len(), 2, "one catch-up per agent");

@@ -1393,35 +1393,45 @@ mod tests {
     /// cron, with blackouts in a DST zone, over spans crossing the fall-back night.
     #[test]
     fn missed_between_agrees_with_walking() {
-        let configs: &[(Option<&str>, Option<&str>, &[&str], &[(&str, &str)])] = &[
-            (Some("7m"), Some("3m"), &[], &[("0 22 * * 6", "4h")]),
-            (
-                Some("1h"),
-                None,
-                &[],
-                &[("30 2 * * *", "45m"), ("15 */5 * * *", "90m")],
-            ),
-            (
-                Some("90s"),
-                Some("1s"),
-                &[],
-                &[("0 */6 * * *", "1h"), ("0 5 * * *", "3h")],
-            ),
-            (None, None, &["*/20 * * * *"], &[("0 2 * * *", "90m")]),
-            (
-                None,
-                None,
-                &["0 9 * * 1-5", "0 * * * 6,0"],
-                &[("0 22 * * 6", "4h")],
-            ),
+        struct Case {
+            every: Option<(&'static str, Option<&'static str>)>,
+            crons: &'static [&'static str],
+            blackouts: &'static [(&'static str, &'static str)],
+        }
+        let cases = [
+            Case {
+                every: Some(("7m", Some("3m"))),
+                crons: &[],
+                blackouts: &[("0 22 * * 6", "4h")],
+            },
+            Case {
+                every: Some(("1h", None)),
+                crons: &[],
+                blackouts: &[("30 2 * * *", "45m"), ("15 */5 * * *", "90m")],
+            },
+            Case {
+                every: Some(("90s", Some("1s"))),
+                crons: &[],
+                blackouts: &[("0 */6 * * *", "1h"), ("0 5 * * *", "3h")],
+            },
+            Case {
+                every: None,
+                crons: &["*/20 * * * *"],
+                blackouts: &[("0 2 * * *", "90m")],
+            },
+            Case {
+                every: None,
+                crons: &["0 9 * * 1-5", "0 * * * 6,0"],
+                blackouts: &[("0 22 * * 6", "4h")],
+            },
         ];
-        for (every, phase, crons, blackouts) in configs {
-            let mut doc = match every {
-                Some(e) => every_doc(e, *phase),
-                None => cron_doc(crons, None),
+        for case in cases {
+            let mut doc = match case.every {
+                Some((every, phase)) => every_doc(every, phase),
+                None => cron_doc(case.crons, None),
             };
             doc.trigger.time_zone = Some("Europe/Oslo".into());
-            doc.blackout = blackouts.iter().map(|(c, d)| blackout(c, d)).collect();
+            doc.blackout = case.blackouts.iter().map(|(c, d)| blackout(c, d)).collect();
             let t = Trigger::compile(&doc).unwrap();
             let mut total = 0;
             for (from, to) in [

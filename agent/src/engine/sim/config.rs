@@ -87,6 +87,11 @@ pub struct SimMaConfig {
     /// [`FREEZE`]. Default `["stopped-deadlocked"]`.
     #[serde(default = "default_failure_results")]
     pub failure_results: Vec<String>,
+    /// One-off changes in the connected source at given simulated times (seconds after engine
+    /// start, scaled by `time_scale`), e.g. an OU deleted by mistake: `{at_secs = 60, delete =
+    /// 800}`. Applied in time order; the next import sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_events: Vec<SourceEvent>,
 }
 
 fn default_connectors() -> u64 {
@@ -126,6 +131,7 @@ impl SimMaConfig {
             export_error_rate: 0.0,
             failure_rate: 0.0,
             failure_results: default_failure_results(),
+            source_events: Vec::new(),
         }
     }
 
@@ -205,6 +211,21 @@ impl ScriptedFailure {
 }
 
 /// A run the engine starts by itself at a given simulated time (`[[unmanaged]]`), as if an
+/// administrator clicked Run in Sync Service Manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceEvent {
+    /// Simulated seconds after engine start.
+    pub at_secs: f64,
+    #[serde(default)]
+    pub add: u64,
+    #[serde(default)]
+    pub update: u64,
+    #[serde(default)]
+    pub delete: u64,
+}
+
+/// A run the engine starts by itself at a given simulated time, as if an
 /// administrator clicked Run in Sync Service Manager.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -351,6 +372,19 @@ impl SimConfig {
             }
             if self.mas[..n].iter().any(|o| o.name == ma.name) {
                 return bad(&key("name"), format!("MA name {:?} appears twice", ma.name));
+            }
+            let mut last = 0.0f64;
+            for (i, ev) in ma.source_events.iter().enumerate() {
+                if !(ev.at_secs.is_finite() && ev.at_secs >= last) {
+                    return bad(
+                        &key(&format!("source_events[{i}].at_secs")),
+                        format!(
+                            "must be >= 0 and not earlier than the event before ({last}), got {}",
+                            ev.at_secs
+                        ),
+                    );
+                }
+                last = ev.at_secs;
             }
             if !(ma.change_rate_per_hour.is_finite() && ma.change_rate_per_hour >= 0.0) {
                 return bad(

@@ -135,6 +135,10 @@ pub(super) struct MaSim {
     pub source: Delta,
     accrual_carry: f64,
     accrued_until: Instant,
+    /// Engine creation, for [`SimMaConfig::source_events`] times.
+    created: Instant,
+    /// How many of the (time-ordered) source events were applied.
+    events_applied: usize,
     /// Staged pending imports from source changes (they flow out to other MAs on sync).
     pub staged: Delta,
     /// Staged pending imports that confirm our own exports (no outbound flow).
@@ -190,6 +194,8 @@ impl MaSim {
             source: Delta::default(),
             accrual_carry: 0.0,
             accrued_until: now,
+            created: now,
+            events_applied: 0,
             staged: Delta::default(),
             staged_confirm: Delta::default(),
             pending_export: Delta::default(),
@@ -206,6 +212,19 @@ impl MaSim {
 
     /// Let source changes accumulate up to `now` (simulated time = tokio time / `time_scale`).
     pub fn accrue(&mut self, now: Instant, time_scale: f64) {
+        // Scripted source events (a mass delete, a bulk hire) whose simulated time has come.
+        let sim_secs = now.saturating_duration_since(self.created).as_secs_f64() / time_scale;
+        while let Some(ev) = self.cfg.source_events.get(self.events_applied) {
+            if ev.at_secs > sim_secs {
+                break;
+            }
+            self.source = self.source.plus(Delta {
+                add: ev.add,
+                update: ev.update,
+                delete: ev.delete,
+            });
+            self.events_applied += 1;
+        }
         let real = now
             .saturating_duration_since(self.accrued_until)
             .as_secs_f64();

@@ -813,3 +813,34 @@ fn helpers_are_exact_at_the_edges() {
         "DC01.eu.contoso.com:389"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn source_events_arrive_at_their_time() {
+    let mut cfg = SimConfig::example(0);
+    cfg.time_scale = 0.01;
+    for m in &mut cfg.mas {
+        m.change_rate_per_hour = 0.0;
+    }
+    cfg.mas[0].source_events = vec![crate::engine::sim::SourceEvent {
+        at_secs: 100.0,
+        add: 0,
+        update: 0,
+        delete: 800,
+    }];
+    cfg.validate().unwrap();
+    let sim = SimEngine::new(cfg);
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    // Before its time the import finds nothing ...
+    let out = sim.execute("AD", "Delta Import", tx.clone()).await.unwrap();
+    assert_eq!(out.result, "completed-no-objects");
+    // ... after it, the deletes are staged.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let out = sim.execute("AD", "Delta Import", tx).await.unwrap();
+    let xml = sim
+        .run_details("AD", out.run_number.unwrap())
+        .await
+        .unwrap();
+    let d = crate::runhistory::parse_one(&xml).unwrap();
+    assert_eq!(d.steps[0].counter("stage-delete"), 800);
+    assert_eq!(sim.pending("AD").await.unwrap().import_delete, 800);
+}

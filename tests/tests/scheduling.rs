@@ -1,0 +1,430 @@
+//! Schedules end to end: real controller and agents, fleet files applied with the real CLI.
+//! Waits are liveness bounds; counts allow for a loaded machine where the issue says "about".
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Fleet, stdout, wait_for};
+
+fn apply(fleet: &Fleet, yaml: &str) -> String {
+    let path = fleet.dir.path().join(format!(
+        "fleet-{}.yaml",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::write(&path, yaml).unwrap();
+    let out = fleet.cli(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "apply failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stdout(&out)
+}
+
+fn runs_of(fleet: &Fleet, schedule: &str) -> Vec<serde_json::Value> {
+    let all = fleet.cli_json(&["runs", "list", "--limit", "1000", "-o", "json"]);
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["schedule"] == schedule)
+        .cloned()
+        .collect()
+}
+
+fn schedule_json(fleet: &Fleet, name: &str) -> serde_json::Value {
+    fleet.cli_json(&["schedules", "show", name, "-o", "json"])
+}
+
+fn ms(v: &serde_json::Value) -> i64 {
+    let s = v.as_str().unwrap();
+    chrono_free_parse(s)
+}
+
+/// Milliseconds since the epoch of an RFC 3339 UTC time like 2026-11-28T04:04:20.643Z.
+fn chrono_free_parse(s: &str) -> i64 {
+    let (date, time) = s.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+    let millis: i64 = format!("{frac:0<3}")[..3].parse().unwrap();
+    // Days from civil (Howard Hinnant's algorithm).
+    let (y, m, day) = (d[0] - i64::from(d[1] <= 2), d[1], d[2]);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000 + millis
+}
+
+const ONE_STEP: &str =
+    "kind: Sequence\nname: quick\nstages:\n  - steps: [{ma: AD, profile: Delta Import}]\n";
+
+#[test]
+fn a_two_second_cron_fires_on_three_agents_with_lateness() {
+    let mut fleet = Fleet::init(&["sync-01", "sync-02", "sync-03"]);
+    fleet.start_controller();
+    for (i, a) in ["sync-01", "sync-02", "sync-03"].iter().enumerate() {
+        fleet.start_agent(a, i, 0.01);
+    }
+    fleet.wait_connected(&["sync-01", "sync-02", "sync-03"]);
+    let diff = apply(
+        &fleet,
+        &format!(
+            "{ONE_STEP}---\nkind: Schedule\nname: every-2s\nsequence: quick\ntargets: {{selector: env=e2e}}\ntrigger: {{cron: [\"*/2 * * * * *\"]}}\n"
+        ),
+    );
+    assert!(diff.contains("created schedule/every-2s"), "{diff}");
+    std::thread::sleep(Duration::from_secs(31));
+    let mut per_agent: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    for r in runs_of(&fleet, "every-2s") {
+        per_agent
+            .entry(r["agent"].as_str().unwrap().to_string())
+            .or_default()
+            .push(r);
+    }
+    assert_eq!(per_agent.len(), 3);
+    for (agent, mut runs) in per_agent {
+        assert!(
+            (12..=16).contains(&runs.len()),
+            "{agent}: {} runs in 30 s",
+            runs.len()
+        );
+        runs.sort_by_key(|r| ms(&r["nominal_time"]));
+        for pair in runs.windows(2) {
+            let gap = ms(&pair[1]["nominal_time"]) - ms(&pair[0]["nominal_time"]);
+            assert_eq!(gap, 2000, "{agent}: nominal times 2 s apart");
+        }
+        let started: Vec<&serde_json::Value> = runs
+            .iter()
+            .filter(|r| r["started_at"].is_string())
+            .collect();
+        assert!(started.len() >= runs.len() - 2);
+        for r in started {
+            let lateness = r["lateness_ms"].as_i64().unwrap();
+            assert!(lateness >= 0, "{r:#}");
+        }
+    }
+    let show = schedule_json(&fleet, "every-2s");
+    assert!(
+        show["counters"]["fired"].as_u64().unwrap() >= 36,
+        "{show:#}"
+    );
+    assert_eq!(show["next"].as_array().unwrap().len(), 10);
+}
+
+#[test]
+fn a_sequence_longer_than_its_interval_never_overlaps_and_reports_saturation() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    // A full import of 12,000 objects at 0.3× takes about 8 s; the schedule fires every 3 s.
+    fleet.start_agent("sync-01", 0, 0.3);
+    fleet.wait_connected(&["sync-01"]);
+    apply(
+        &fleet,
+        "kind: Sequence\nname: long\nstages:\n  - steps: [{ma: HR, profile: Full Import}]\n---\nkind: Schedule\nname: tight\nsequence: long\ntargets: {agents: [sync-01]}\ntrigger: {every: 3s}\noverlap: skip\n",
+    );
+    let show = wait_for("two finished runs", Duration::from_secs(90), || {
+        let s = schedule_json(&fleet, "tight");
+        let finished = s["recent"]
+            .as_array()?
+            .iter()
+            .filter(|r| r["duration_ms"].as_i64().unwrap_or(0) > 0)
+            .count();
+        (finished >= 2).then_some(s)
+    });
+    assert!(
+        show["counters"]["skipped_overlap"].as_u64().unwrap() >= 2,
+        "{show:#}"
+    );
+    let sat = show["saturation"].as_f64().unwrap();
+    assert!(sat > 1.0, "saturation {sat}");
+    let warning = show["warning"].as_str().unwrap();
+    assert!(
+        warning.contains("lengthen the interval or split the sequence"),
+        "{warning}"
+    );
+    // The human view says it too.
+    let human = stdout(&fleet.cli(&["schedules", "show", "tight"]));
+    assert!(human.contains("lengthen the interval"), "{human}");
+    // No two runs of the schedule overlapped.
+    let mut spans: Vec<(i64, i64)> = runs_of(&fleet, "tight")
+        .iter()
+        .filter(|r| r["started_at"].is_string())
+        .map(|r| {
+            (
+                ms(&r["started_at"]),
+                r["finished_at"]
+                    .as_str()
+                    .map_or(i64::MAX, |_| ms(&r["finished_at"])),
+            )
+        })
+        .collect();
+    spans.sort();
+    for p in spans.windows(2) {
+        assert!(p[0].1 <= p[1].0, "runs overlapped: {p:?}");
+    }
+}
+
+#[test]
+fn a_controller_killed_for_three_intervals_catches_up_once_within_the_window() {
+    let mut fleet = Fleet::init(&["sync-01", "sync-02"]);
+    fleet.start_controller();
+    fleet.start_agent("sync-01", 0, 0.01);
+    fleet.start_agent("sync-02", 1, 0.01);
+    fleet.wait_connected(&["sync-01", "sync-02"]);
+    apply(
+        &fleet,
+        &format!(
+            "{ONE_STEP}---\nkind: Schedule\nname: wide\nsequence: quick\ntargets: {{selector: env=e2e}}\ntrigger: {{every: 4s}}\ncatchup_window: 30s\n---\nkind: Schedule\nname: narrow\nsequence: quick\ntargets: {{selector: env=e2e}}\ntrigger: {{every: 4s}}\ncatchup_window: 2s\n"
+        ),
+    );
+    // Let each schedule fire at least once.
+    wait_for("first fires", Duration::from_secs(30), || {
+        (runs_of(&fleet, "wide").len() >= 2 && runs_of(&fleet, "narrow").len() >= 2).then_some(())
+    });
+    // Kill it between fire times, when nothing is in flight (a run in flight at the crash would
+    // rightly count as still running and make the catch-up skip by the overlap policy).
+    let terminal = [
+        "succeeded",
+        "completed_with_errors",
+        "failed",
+        "cancelled",
+        "unknown",
+    ];
+    wait_for("a quiet moment", Duration::from_secs(60), || {
+        let phase = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 4000;
+        let quiet = runs_of(&fleet, "wide")
+            .iter()
+            .chain(runs_of(&fleet, "narrow").iter())
+            .all(|r| terminal.contains(&r["state"].as_str().unwrap_or_default()));
+        ((2000..3500).contains(&phase) && quiet).then_some(())
+    });
+    let before_wide = runs_of(&fleet, "wide").len();
+    let before_narrow = runs_of(&fleet, "narrow").len();
+    fleet.controller_mut().kill9();
+    std::thread::sleep(Duration::from_secs(12));
+    // Restart ~2.8 s after a fire time: that missed time is inside the wide window (30 s) and
+    // outside the narrow one (2 s).
+    wait_for("the right moment", Duration::from_secs(10), || {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 4000;
+        (2700..2900).contains(&now).then_some(())
+    });
+    fleet.start_controller();
+    fleet.wait_connected(&["sync-01", "sync-02"]);
+    // The catch-up waits until both agents have replayed what ran while the controller was
+    // down; then it runs once per agent.
+    let wide = wait_for("the catch-up runs", Duration::from_secs(30), || {
+        let runs = runs_of(&fleet, "wide");
+        (runs.iter().filter(|r| r["origin"] == "catch-up").count() >= 2).then_some(runs)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let wide = {
+        let again = runs_of(&fleet, "wide");
+        if again.len() >= wide.len() {
+            again
+        } else {
+            wide
+        }
+    };
+    let catchups: Vec<&serde_json::Value> =
+        wide.iter().filter(|r| r["origin"] == "catch-up").collect();
+    assert_eq!(
+        catchups.len(),
+        2,
+        "one catch-up per agent: {catchups:#?}\n{}",
+        fleet.controller.as_ref().unwrap().log_text()
+    );
+    assert_ne!(catchups[0]["agent"], catchups[1]["agent"]);
+    assert!(wide.len() >= before_wide + 2);
+    let narrow = runs_of(&fleet, "narrow");
+    assert!(
+        narrow.iter().all(|r| r["origin"] != "catch-up"),
+        "no catch-up outside the window"
+    );
+    assert!(
+        narrow.len() >= before_narrow,
+        "only regular fires since the restart"
+    );
+    let wide_show = schedule_json(&fleet, "wide");
+    let narrow_show = schedule_json(&fleet, "narrow");
+    assert!(
+        wide_show["counters"]["missed_catchup"].as_u64().unwrap() >= 2,
+        "{wide_show:#}"
+    );
+    assert!(
+        narrow_show["counters"]["missed_catchup"].as_u64().unwrap() >= 3,
+        "{narrow_show:#}"
+    );
+}
+
+#[test]
+fn a_mass_delete_holds_the_run_pauses_the_schedule_and_approval_lets_it_through() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    let server = fleet.dir.path().join("server.toml");
+    std::fs::write(
+        &server,
+        "seed = 11\ntime_scale = 0.01\n\
+         [[mas]]\nname = \"AD\"\nma_type = \"AD\"\nconnectors = 10000\nchange_rate_per_hour = 0.0\n\
+         source_events = [{at_secs = 0.0, delete = 800}]\n\
+         [[mas]]\nname = \"MIM Service\"\nma_type = \"FIM\"\nconnectors = 10000\nchange_rate_per_hour = 0.0\n",
+    )
+    .unwrap();
+    fleet.start_agent_with(
+        "sync-01",
+        &format!(
+            "[engine]\nkind = \"sim\"\nsim_file = {server:?}\n[executor]\nstagger = \"10ms\"\n"
+        ),
+    );
+    fleet.wait_connected(&["sync-01"]);
+    apply(
+        &fleet,
+        "kind: Sequence\nname: guarded\nstages:\n  - steps: [{ma: AD, profile: Delta Import}]\n  - steps: [{ma: AD, profile: Delta Sync, guard: {max_staged_deletes: \"2%\"}}]\n---\nkind: Schedule\nname: guarded-5s\nsequence: guarded\ntargets: {agents: [sync-01]}\ntrigger: {every: 5s}\n",
+    );
+    let held = wait_for("a held run", Duration::from_secs(60), || {
+        runs_of(&fleet, "guarded-5s")
+            .into_iter()
+            .find(|r| r["state"] == "held")
+    });
+    let id = held["id"].as_str().unwrap().to_string();
+    let run = fleet.run_json(&id).unwrap();
+    assert_eq!(run["steps"][0]["state"], "done");
+    assert_eq!(run["steps"][1]["state"], "held", "{run:#}");
+    let why = run["steps"][1]["detail"].as_str().unwrap();
+    assert!(why.contains("800 staged deletes"), "{why}");
+    assert!(
+        run["message"]
+            .as_str()
+            .unwrap()
+            .contains("syncfleet runs approve")
+    );
+    // The schedule paused itself with a note saying why.
+    let show = schedule_json(&fleet, "guarded-5s");
+    assert_eq!(show["pause"]["paused"], true, "{show:#}");
+    assert!(
+        show["pause"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("800 staged deletes"),
+        "{show:#}"
+    );
+    assert_eq!(show["counters"]["held"], 1);
+    // Nothing more runs while it is paused.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(runs_of(&fleet, "guarded-5s").len(), 1);
+    // Approval: the held step runs once, as a linked run.
+    let out = fleet.cli(&[
+        "runs",
+        "approve",
+        &id,
+        "--note",
+        "OU move confirmed with HR",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cont = stdout(&out);
+    let cont_run = fleet.wait_run_state(
+        &cont,
+        &["succeeded", "failed", "held"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(cont_run["state"], "succeeded", "{cont_run:#}");
+    assert_eq!(cont_run["continuation_of"], id.as_str());
+    assert_eq!(cont_run["steps"][0]["state"], "skipped");
+    assert_eq!(cont_run["steps"][1]["state"], "done");
+    assert_eq!(
+        cont_run["steps"][1]["counters"]["connector-delete-remove-mv"]
+            .as_u64()
+            .is_some(),
+        true
+    );
+    let run = fleet.run_json(&id).unwrap();
+    assert_eq!(run["continued_in"], cont.as_str());
+    assert_eq!(run["approved_by"], "operator/admin");
+    // Approving twice is refused.
+    assert!(!fleet.cli(&["runs", "approve", &id]).status.success());
+}
+
+#[test]
+fn apply_get_apply_round_trips_and_invalid_files_change_nothing() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("deploy/examples/fleet.yaml");
+    let out = fleet.cli(&["apply", "-f", example.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    assert!(text.contains("created schedule/nightly-full"), "{text}");
+    assert!(
+        text.contains("Europe/Oslo"),
+        "fire times shown in the schedule's zone: {text}"
+    );
+    // get -o yaml -> apply --dry-run: no change.
+    let seqs = fleet.cli(&["get", "sequences", "-o", "yaml"]);
+    let scheds = fleet.cli(&["get", "schedules", "-o", "yaml"]);
+    let back = fleet.dir.path().join("back.yaml");
+    std::fs::write(
+        &back,
+        format!("{}\n---\n{}", stdout(&seqs), stdout(&scheds)),
+    )
+    .unwrap();
+    let out = fleet.cli(&["apply", "-f", back.to_str().unwrap(), "--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    assert!(lines.iter().all(|l| l.starts_with("unchanged ")), "{text}");
+    // An invalid file (bad cron field count, unknown overlap) applies nothing, and says where.
+    let bad = fleet.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kind: Sequence\nname: extra\nstages:\n  - steps: [{ma: AD, profile: Delta Import}]\n---\nkind: Schedule\nname: broken\nsequence: extra\ntargets: {agents: [sync-01]}\ntrigger: {cron: [\"* * * *\"]}\noverlap: skipp\n",
+    )
+    .unwrap();
+    let out = fleet.cli(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml") && err.contains("overlap"), "{err}");
+    let names = fleet.cli_json(&["get", "sequences", "-o", "json"]);
+    assert!(
+        !names
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "extra"),
+        "nothing from the invalid file was applied"
+    );
+    // A manual run of a stored sequence honours the same rules.
+    let out = fleet.cli(&["run", "sync-01", "--sequence", "nope"]);
+    assert!(!out.status.success());
+}
