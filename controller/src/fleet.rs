@@ -493,6 +493,11 @@ impl Fleet {
         let Some(tx) = self.session_tx(&run.agent) else {
             return;
         };
+        if state_of(&run) == v1::RunState::Pending && self.dispatch_blocked(&run.agent).await {
+            // Paused fleet or draining agent: nothing new starts; the sweeper sends it after
+            // the resume (or the pending deadline ends it).
+            return;
+        }
         if tx.send(Ok(start_command(&run))).await.is_err() {
             return;
         }
@@ -561,6 +566,18 @@ impl Fleet {
             )
             .await?;
         Ok(run)
+    }
+
+    /// Whether new runs may not start on `agent` now (fleet paused or agent draining).
+    async fn dispatch_blocked(&self, agent: &str) -> bool {
+        if matches!(self.fleet_pause().await, Ok(Some(_))) {
+            return true;
+        }
+        let name = agent.to_string();
+        matches!(
+            store::blocking(&self.store, move |s| s.get_agent(&name)).await,
+            Ok(Some(a)) if a.agent.drain.as_ref().is_some_and(|d| d.paused)
+        )
     }
 
     /// Fail with FAILED_PRECONDITION when the fleet is paused or the agent drains (manual runs

@@ -428,3 +428,68 @@ fn apply_get_apply_round_trips_and_invalid_files_change_nothing() {
     let out = fleet.cli(&["run", "sync-01", "--sequence", "nope"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn pauses_and_drains_are_kept_across_restarts_with_who_and_when() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    fleet.start_agent("sync-01", 0, 0.01);
+    fleet.wait_connected(&["sync-01"]);
+    apply(
+        &fleet,
+        &format!(
+            "{ONE_STEP}---\nkind: Schedule\nname: s\nsequence: quick\ntargets: {{agents: [sync-01]}}\ntrigger: {{every: 1h}}\n"
+        ),
+    );
+    fn ok(fleet: &Fleet, args: &[&str]) {
+        let out = fleet.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A pause needs a reason.
+    assert!(!fleet.cli(&["schedules", "pause", "s"]).status.success());
+    ok(
+        &fleet,
+        &["schedules", "pause", "s", "--note", "AD schema change"],
+    );
+    ok(
+        &fleet,
+        &["agents", "drain", "sync-01", "--note", "patching"],
+    );
+    ok(&fleet, &["fleet", "pause", "--note", "MIM hotfix 4.6.607"]);
+    // While paused and draining nothing new starts, and the operator is told why.
+    let out = fleet.cli(&["run", "sync-01", "--step", "AD:Delta Import"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("MIM hotfix"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fleet.controller_mut().kill9();
+    fleet.start_controller();
+    let show = schedule_json(&fleet, "s");
+    assert_eq!(show["pause"]["paused"], true);
+    assert_eq!(show["pause"]["note"], "AD schema change");
+    assert_eq!(show["pause"]["by"], "operator/admin");
+    assert!(show["pause"]["at"].is_string());
+    let agent = fleet.cli_json(&["agents", "show", "sync-01", "-o", "json"]);
+    assert_eq!(agent["drain"]["draining"], true, "{agent:#}");
+    assert_eq!(agent["drain"]["note"], "patching");
+    let status = fleet.cli_json(&["fleet", "status", "-o", "json"]);
+    assert_eq!(status["pause"]["note"], "MIM hotfix 4.6.607", "{status:#}");
+    // Resume the fleet: the draining agent still refuses new runs.
+    ok(&fleet, &["fleet", "resume"]);
+    let out = fleet.cli(&["run", "sync-01", "--step", "AD:Delta Import"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("draining"));
+    ok(&fleet, &["agents", "resume", "sync-01"]);
+    fleet.wait_connected(&["sync-01"]);
+    let out = fleet.cli(&["run", "sync-01", "--step", "AD:Delta Import", "--follow"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
