@@ -45,6 +45,10 @@ pub struct ControllerConfig {
     /// A run whose agent is not connected stays `pending` this long, then fails.
     #[serde(with = "humantime_serde")]
     pub pending_deadline: Duration,
+    /// Lifetime of agent certificates issued at enrollment and renewal (agents renew at about
+    /// 70 % of it).
+    #[serde(with = "humantime_serde")]
+    pub agent_cert_lifetime: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -59,6 +63,7 @@ impl Default for ControllerConfig {
             heartbeat_interval: Duration::from_secs(10),
             agent_lost_after: Duration::from_secs(120),
             pending_deadline: Duration::from_secs(15 * 60),
+            agent_cert_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -98,6 +103,13 @@ impl ControllerConfig {
                 key: "pending_deadline",
                 problem: format!("{:?} is too short", self.pending_deadline),
                 fix: "use at least 1s, e.g. \"15m\"".into(),
+            });
+        }
+        if self.agent_cert_lifetime < Duration::from_secs(5) {
+            return Err(ConfigError::Invalid {
+                key: "agent_cert_lifetime",
+                problem: format!("{:?} is too short", self.agent_cert_lifetime),
+                fix: "use at least 5s (default 24h)".into(),
             });
         }
         if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {

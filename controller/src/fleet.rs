@@ -305,6 +305,19 @@ impl Fleet {
         lock(&self.sessions).contains_key(agent)
     }
 
+    /// Close an agent's live session at once with `reason` (revocation).
+    pub async fn close_session(&self, agent: &str, reason: &str) {
+        let session = lock(&self.sessions).remove(agent);
+        if let Some(s) = session {
+            let _ = s
+                .tx
+                .send(Err(Status::unauthenticated(reason.to_string())))
+                .await;
+            tracing::warn!(agent, reason, "agent session closed");
+            self.set_agent_state(agent, v1::AgentState::Disconnected).await;
+        }
+    }
+
     /// How long the agent's current session has been open (`None` when not connected).
     pub fn connected_for(&self, agent: &str) -> Option<Duration> {
         lock(&self.sessions).get(agent).map(|s| s.since.elapsed())
@@ -907,6 +920,18 @@ impl Fleet {
                         }
                         Some(r) => {
                             tracing::warn!(agent = %agent_name, run_id = %ev.run_id, owner = %r.agent, "event about another agent's run refused");
+                            s.append_audit(&v1::AuditEntry {
+                                at: Some(now()),
+                                who: format!("agent/{agent_name}"),
+                                action: "RunEvent".into(),
+                                target: format!("run/{}", ev.run_id),
+                                result: "denied".into(),
+                                detail: format!(
+                                    "event seq {} about a run of agent {} refused: agents may only report their own runs",
+                                    ev.seq, r.agent
+                                ),
+                                ..Default::default()
+                            })?;
                             continue;
                         }
                         None => {

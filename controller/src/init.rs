@@ -31,7 +31,9 @@ pub fn init(cfg: &ControllerConfig, operator: &str) -> Result<(Ca, InitOutput), 
     let dir = cfg.pki_dir();
     let created_ca = !dir.join("ca.pem").exists();
     let ca = Ca::load_or_create(&dir, &cfg.fleet)?;
-    let server = ca.issue_server(&cfg.server_names, SERVER_CERT_LIFETIME)?;
+    let mut server = ca.issue_server(&cfg.server_names, SERVER_CERT_LIFETIME)?;
+    // Serve the chain [leaf, CA]: enrolling agents see the CA and check it against their pin.
+    server.cert_pem = format!("{}{}", server.cert_pem, ca.cert_pem());
     let (server_cert, _) = pki::write_pair(&dir, "controller", &server)?;
     let op = ca.issue_client(Role::Operator, operator, OPERATOR_CERT_LIFETIME)?;
     let (operator_cert, operator_key) = pki::write_pair(&dir.join("operators"), operator, &op)?;

@@ -23,6 +23,7 @@ pub mod model;
 pub mod operations;
 pub mod pki;
 pub mod schedule;
+pub mod security;
 pub mod server;
 pub mod services;
 pub mod store;

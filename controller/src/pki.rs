@@ -34,6 +34,20 @@ pub enum PkiError {
     IncompleteCa(PathBuf),
     #[error("invalid name {0:?}: use 1-63 characters from a-z, A-Z, 0-9, '.', '_' and '-'")]
     BadName(String),
+    #[error("invalid certificate signing request: {0}")]
+    BadCsr(String),
+    #[error(
+        "no CA in {0} (ca.pem and ca.key): run 'syncfleet-controller init --data-dir DIR' first"
+    )]
+    NoCa(PathBuf),
+}
+
+/// SHA-256 (hex) of the first certificate in a PEM text.
+pub fn pin_of_pem(pem: &str) -> Option<String> {
+    use sha2::Digest;
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let digest = sha2::Sha256::digest(&p.contents);
+    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// What kind of party a client certificate identifies.
@@ -52,11 +66,48 @@ impl Role {
     }
 }
 
+/// What an operator may do (carried in the operator's certificate, so it cannot be changed
+/// without issuing a new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OperatorRole {
+    /// Read everything.
+    Viewer,
+    /// Also run, cancel, approve, pause, resume and drain.
+    Operator,
+    /// Also apply and delete fleet files, create tokens and operators, revoke agents.
+    Admin,
+}
+
+impl OperatorRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorRole::Viewer => "viewer",
+            OperatorRole::Operator => "operator",
+            OperatorRole::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "viewer" => Some(OperatorRole::Viewer),
+            "operator" => Some(OperatorRole::Operator),
+            "admin" => Some(OperatorRole::Admin),
+            _ => None,
+        }
+    }
+}
+
+const ROLE_URN: &str = "urn:syncfleet:role:";
+
 /// The identity carried by a verified client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
     pub role: Role,
     pub name: String,
+    /// Operators only: what they may do.
+    pub operator_role: Option<OperatorRole>,
+    /// When the certificate was issued (Unix ms, from its serial number), for revocation.
+    pub issued_ms: Option<i64>,
 }
 
 impl std::fmt::Display for PeerIdentity {
@@ -147,7 +198,21 @@ fn read_file(path: &Path) -> Result<String, PkiError> {
     })
 }
 
+/// Serial number: a version byte (1), the issue time in Unix milliseconds (8 bytes,
+/// big-endian) and 8 random bytes, so a revocation can refuse every certificate issued before
+/// it. The leading 1 keeps the DER integer positive and its length fixed.
+fn serial(params: &mut CertificateParams) {
+    let ms = chrono::Utc::now().timestamp_millis().max(0);
+    let mut bytes = Vec::with_capacity(17);
+    bytes.push(1);
+    bytes.extend_from_slice(&ms.to_be_bytes());
+    let random: [u8; 8] = rand::random();
+    bytes.extend_from_slice(&random);
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&bytes));
+}
+
 fn validity(params: &mut CertificateParams, lifetime: std::time::Duration) {
+    serial(params);
     let now = OffsetDateTime::now_utc();
     // Backdate a little so peers with a slightly slow clock accept a fresh certificate.
     params.not_before = now - Duration::minutes(5);
@@ -156,6 +221,14 @@ fn validity(params: &mut CertificateParams, lifetime: std::time::Duration) {
 }
 
 impl Ca {
+    /// Load an existing CA from `dir` (the controller never creates one while serving).
+    pub fn load(dir: &Path, fleet: &str) -> Result<Self, PkiError> {
+        if !dir.join("ca.pem").exists() || !dir.join("ca.key").exists() {
+            return Err(PkiError::NoCa(dir.to_path_buf()));
+        }
+        Self::load_or_create(dir, fleet)
+    }
+
     /// Load the CA from `dir`, or create it when neither file exists.
     pub fn load_or_create(dir: &Path, fleet: &str) -> Result<Self, PkiError> {
         let cert_path = dir.join("ca.pem");
@@ -241,15 +314,14 @@ impl Ca {
         })
     }
 
-    /// Issue a client certificate for an agent or operator named `name`.
-    pub fn issue_client(
+    fn client_params(
         &self,
         role: Role,
         name: &str,
+        operator_role: Option<OperatorRole>,
         lifetime: std::time::Duration,
-    ) -> Result<CertifiedKey, PkiError> {
+    ) -> Result<CertificateParams, PkiError> {
         check_name(name)?;
-        let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
@@ -257,15 +329,57 @@ impl Ca {
         params.distinguished_name = dn;
         let uri = format!("spiffe://{}/{}/{}", self.fleet, role.path_segment(), name);
         params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+        if let Some(r) = operator_role {
+            params
+                .subject_alt_names
+                .push(SanType::URI(format!("{ROLE_URN}{}", r.as_str()).try_into()?));
+        }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, lifetime);
+        Ok(params)
+    }
+
+    /// Issue a client certificate (and a fresh key) for an agent, or for an operator with the
+    /// admin role (bootstrap credentials of `init` and `dev`).
+    pub fn issue_client(
+        &self,
+        role: Role,
+        name: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<CertifiedKey, PkiError> {
+        let op = (role == Role::Operator).then_some(OperatorRole::Admin);
+        let params = self.client_params(role, name, op, lifetime)?;
+        let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertifiedKey {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// Sign a CSR (whose signature proves possession of its key) for an identity chosen by the
+    /// controller: whatever names the CSR asks for are ignored.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        role: Role,
+        name: &str,
+        operator_role: Option<OperatorRole>,
+        lifetime: std::time::Duration,
+    ) -> Result<(String, OffsetDateTime), PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        let params = self.client_params(role, name, operator_role, lifetime)?;
+        let not_after = params.not_after;
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok((cert.pem(), not_after))
+    }
+
+    /// SHA-256 of the CA certificate (DER), lower-case hex: the pin agents check on enrollment.
+    pub fn pin(&self) -> String {
+        pin_of_pem(&self.cert_pem).unwrap_or_default()
     }
 }
 
@@ -293,8 +407,14 @@ pub fn identity_of(der: &[u8], fleet: &str) -> Option<PeerIdentity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
     let prefix = format!("spiffe://{fleet}/");
+    let mut identity = None;
+    let mut operator_role = None;
     for name in &san.value.general_names {
         if let x509_parser::extensions::GeneralName::URI(uri) = name {
+            if let Some(r) = uri.strip_prefix(ROLE_URN) {
+                operator_role = OperatorRole::parse(r);
+                continue;
+            }
             let Some(rest) = uri.strip_prefix(prefix.as_str()) else {
                 continue;
             };
@@ -305,13 +425,23 @@ pub fn identity_of(der: &[u8], fleet: &str) -> Option<PeerIdentity> {
                 _ => return None,
             };
             check_name(name).ok()?;
-            return Some(PeerIdentity {
-                role,
-                name: name.to_string(),
-            });
+            identity = Some((role, name.to_string()));
         }
     }
-    None
+    let (role, name) = identity?;
+    let serial = cert.tbs_certificate.raw_serial();
+    let issued_ms = match serial {
+        [1, rest @ ..] if rest.len() == 16 => rest[..8].try_into().ok().map(i64::from_be_bytes),
+        _ => None,
+    };
+    Some(PeerIdentity {
+        role,
+        name,
+        // Operator certificates without a role URN predate roles: they are viewers.
+        operator_role: (role == Role::Operator)
+            .then(|| operator_role.unwrap_or(OperatorRole::Viewer)),
+        issued_ms,
+    })
 }
 
 #[cfg(test)]
@@ -333,13 +463,16 @@ mod tests {
             .issue_client(Role::Agent, "sync-01", std::time::Duration::from_secs(3600))
             .unwrap();
         let id = identity_of(&der_of(&agent.cert_pem), "dev").unwrap();
-        assert_eq!(
-            id,
-            PeerIdentity {
-                role: Role::Agent,
-                name: "sync-01".into()
-            }
-        );
+        assert_eq!(id.role, Role::Agent);
+        assert_eq!(id.name, "sync-01");
+        assert_eq!(id.operator_role, None);
+        let issued = id.issued_ms.unwrap();
+        assert!((chrono::Utc::now().timestamp_millis() - issued).abs() < 60_000);
+        let op = again
+            .issue_client(Role::Operator, "alice", std::time::Duration::from_secs(3600))
+            .unwrap();
+        let id = identity_of(&der_of(&op.cert_pem), "dev").unwrap();
+        assert_eq!(id.operator_role, Some(OperatorRole::Admin));
         assert_eq!(identity_of(&der_of(&agent.cert_pem), "other-fleet"), None);
         #[cfg(unix)]
         {
@@ -362,5 +495,34 @@ mod tests {
             Ca::load_or_create(dir.path(), "dev"),
             Err(PkiError::IncompleteCa(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod csr_tests {
+    use super::*;
+
+    #[test]
+    fn csr_is_signed_for_the_identity_the_controller_chooses() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path(), "prod").unwrap();
+        let key = KeyPair::generate().unwrap();
+        // The CSR asks for another identity: ignored.
+        let mut req = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        req.subject_alt_names
+            .push(SanType::URI("spiffe://prod/operator/root".try_into().unwrap()));
+        let csr = req.serialize_request(&key).unwrap().pem().unwrap();
+        let (pem, _) = ca
+            .sign_csr(&csr, Role::Operator, "bob", Some(OperatorRole::Viewer), std::time::Duration::from_secs(60))
+            .unwrap();
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let id = identity_of(&p.contents, "prod").unwrap();
+        assert_eq!(id.name, "bob");
+        assert_eq!(id.operator_role, Some(OperatorRole::Viewer));
+        assert!(matches!(
+            ca.sign_csr("garbage", Role::Agent, "a", None, std::time::Duration::from_secs(60)),
+            Err(PkiError::BadCsr(_))
+        ));
+        assert_eq!(ca.pin().len(), 64);
     }
 }

@@ -52,6 +52,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("{0}")]
+    Pki(#[from] crate::pki::PkiError),
 }
 
 /// Addresses actually bound (useful with port 0).
@@ -167,15 +169,29 @@ pub async fn serve_with(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let ca = crate::pki::Ca::load(&cfg.pki_dir(), &cfg.fleet)?;
+    let security = Arc::new(crate::security::Security::new(
+        Arc::clone(&fleet),
+        Arc::new(ca),
+        cfg.fleet.clone(),
+        cfg.agent_cert_lifetime,
+    ));
     let agent_svc = AgentServiceServer::new(AgentSvc {
         fleet: Arc::clone(&fleet),
         fleet_name: cfg.fleet.clone(),
+        security: Arc::clone(&security),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let enroll_svc = syncfleet_proto::v1::enroll_service_server::EnrollServiceServer::new(
+        crate::services::EnrollSvc {
+            security: Arc::clone(&security),
+        },
+    )
+    .max_decoding_message_size(64 * 1024);
     let fleet_svc = FleetServiceServer::new(FleetSvc {
         fleet: Arc::clone(&fleet),
         scheduler: Arc::clone(&scheduler),
-        fleet_name: cfg.fleet.clone(),
+        security: Arc::clone(&security),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -217,6 +233,7 @@ pub async fn serve_with(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(agent_svc)
+        .add_service(enroll_svc)
         .add_service(fleet_svc)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), {
             let stop = shutdown.clone();

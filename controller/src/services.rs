@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{Fleet, store_status};
 use crate::operations;
+use crate::security::{Permission, Security, status_with_request_id, with_request_id};
 use crate::pki::{self, PeerIdentity, Role};
 use crate::store::{self, RunQuery};
 
@@ -60,18 +61,58 @@ fn require(id: &PeerIdentity, role: Role) -> Result<(), Status> {
 pub struct AgentSvc {
     pub fleet: Arc<Fleet>,
     pub fleet_name: String,
+    pub security: Arc<Security>,
 }
 
 #[tonic::async_trait]
 impl AgentService for AgentSvc {
+    async fn renew(
+        &self,
+        request: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::CertificateResponse>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let id = caller(&request, &self.fleet_name)?;
+        require(&id, Role::Agent)?;
+        let resp = self
+            .security
+            .renew(&id, &peer, request.into_inner())
+            .await?;
+        Ok(Response::new(resp))
+    }
+
     type SessionStream = ReceiverStream<Result<v1::ControllerMessage, Status>>;
 
     async fn session(
         &self,
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let id = caller(&request, &self.fleet_name)?;
-        require(&id, Role::Agent)?;
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let id = match caller(&request, &self.fleet_name)
+            .and_then(|id| require(&id, Role::Agent).map(|()| id))
+        {
+            Ok(id) => id,
+            Err(status) => {
+                let who = caller(&request, &self.fleet_name)
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|_| "anonymous".into());
+                self.security
+                    .audit(&who, "Session", "", "denied", status.message(), "", &peer)
+                    .await;
+                return Err(status);
+            }
+        };
+        if let Err(status) = self.security.check_revoked(&id).await {
+            self.security
+                .audit(&id.to_string(), "Session", &format!("agent/{}", id.name), "denied", status.message(), "", &peer)
+                .await;
+            return Err(status);
+        }
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(v1::AgentMessage {
@@ -83,12 +124,21 @@ impl AgentService for AgentSvc {
                 ));
             }
         };
+        let mut hello = hello;
         if hello.name != id.name {
             tracing::warn!(claimed = %hello.name, certificate = %id, "agent claimed another name");
-            return Err(Status::permission_denied(format!(
+            let msg = format!(
                 "certificate identifies agent {:?} but Hello claims {:?}",
                 id.name, hello.name
-            )));
+            );
+            self.security
+                .audit(&id.to_string(), "Session", &format!("agent/{}", hello.name), "denied", &msg, "", &peer)
+                .await;
+            return Err(Status::permission_denied(msg));
+        }
+        // Labels assigned by the enrollment token win over the agent's own.
+        for (k, v) in self.security.assigned_labels(&id.name).await {
+            hello.labels.insert(k, v);
         }
         let (tx, rx) = mpsc::channel(1024);
         let (welcome, session_id, mut stored_seq) =
@@ -171,20 +221,30 @@ impl AgentService for AgentSvc {
     }
 }
 
+/// `EnrollService`: the only syncfleet service callable without a client certificate.
+#[derive(Debug, Clone)]
+pub struct EnrollSvc {
+    pub security: Arc<Security>,
+}
+
+#[tonic::async_trait]
+impl syncfleet_proto::v1::enroll_service_server::EnrollService for EnrollSvc {
+    async fn enroll(
+        &self,
+        request: Request<v1::EnrollRequest>,
+    ) -> Result<Response<v1::CertificateResponse>, Status> {
+        let peer = request.remote_addr();
+        let resp = self.security.enroll(peer, request.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+}
+
 /// `FleetService` implementation.
 #[derive(Debug, Clone)]
 pub struct FleetSvc {
     pub fleet: Arc<Fleet>,
     pub scheduler: Arc<crate::schedule::scheduler::Scheduler>,
-    pub fleet_name: String,
-}
-
-impl FleetSvc {
-    fn operator<T>(&self, req: &Request<T>) -> Result<PeerIdentity, Status> {
-        let id = caller(req, &self.fleet_name)?;
-        require(&id, Role::Operator)?;
-        Ok(id)
-    }
+    pub security: Arc<Security>,
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::RunUpdate, Status>> + Send>>;
@@ -195,7 +255,9 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        self.operator(&request)?;
+        let ctx = self.security.authorize(&request, Permission::Read, "ListAgents", "").await?;
+        let result: Result<_, Status> = async {
+        
         let agents = store::blocking(&self.fleet.store, |s| s.list_agents())
             .await
             .map_err(store_status)?
@@ -204,12 +266,19 @@ impl FleetService for FleetSvc {
             .collect();
         Ok(Response::new(v1::ListAgentsResponse { agents }))
     }
+        .await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     async fn get_agent(
         &self,
         request: Request<v1::GetAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        self.operator(&request)?;
+        let ctx = self.security.authorize(&request, Permission::Read, "GetAgent", "").await?;
+        let result: Result<_, Status> = async {
+        
         let name = request.into_inner().name;
         let n = name.clone();
         let stored = store::blocking(&self.fleet.store, move |s| s.get_agent(&n))
@@ -218,12 +287,22 @@ impl FleetService for FleetSvc {
             .ok_or_else(|| Status::not_found(format!("no agent named {name:?}")))?;
         Ok(Response::new(self.fleet.agent_view(stored.agent)))
     }
+        .await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     async fn start_run(
         &self,
         request: Request<v1::StartRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let who = self.operator(&request)?;
+        let target = format!("agent/{}", request.get_ref().agent);
+        let ctx = self.security.authorize(&request, Permission::Operate, "StartRun", &target).await?;
+        #[allow(unused_variables)]
+        let who = ctx.who.clone();
+        let result: Result<_, Status> = async {
+        
         let req = request.into_inner();
         match (req.steps.is_empty(), req.sequence.is_empty()) {
             (true, true) => {
@@ -262,12 +341,20 @@ impl FleetService for FleetSvc {
             .await?;
         Ok(Response::new(run))
     }
+        .await;
+        self.security.record(&ctx, "StartRun", &target, "", &result).await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     async fn get_run(
         &self,
         request: Request<v1::GetRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        self.operator(&request)?;
+        let ctx = self.security.authorize(&request, Permission::Read, "GetRun", "").await?;
+        let result: Result<_, Status> = async {
+        
         let id = request.into_inner().id;
         let i = id.clone();
         store::blocking(&self.fleet.store, move |s| s.get_run(&i))
@@ -276,12 +363,19 @@ impl FleetService for FleetSvc {
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))
     }
+        .await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     async fn list_runs(
         &self,
         request: Request<v1::ListRunsRequest>,
     ) -> Result<Response<v1::ListRunsResponse>, Status> {
-        self.operator(&request)?;
+        let ctx = self.security.authorize(&request, Permission::Read, "ListRuns", "").await?;
+        let result: Result<_, Status> = async {
+        
         let req = request.into_inner();
         let states = req
             .states
@@ -312,6 +406,11 @@ impl FleetService for FleetSvc {
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
+        .await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     type WatchRunsStream = WatchStream;
 
@@ -319,7 +418,9 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
-        self.operator(&request)?;
+        let ctx = self.security.authorize(&request, Permission::Read, "WatchRuns", "").await?;
+        let result: Result<_, Status> = async {
+        
         let req = request.into_inner();
         // Subscribe before reading the snapshot, so no change falls between the two.
         let mut rx = self.fleet.subscribe();
@@ -372,14 +473,26 @@ impl FleetService for FleetSvc {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(out)) as Self::WatchRunsStream
+        ))
+    }
+        .await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
     }
 
     async fn cancel_run(
         &self,
         request: Request<v1::CancelRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let who = self.operator(&request)?;
+        let target = format!("run/{}", request.get_ref().id);
+        let ctx = self.security.authorize(&request, Permission::Operate, "CancelRun", &target).await?;
+        #[allow(unused_variables)]
+        let who = ctx.who.clone();
+        let result: Result<_, Status> = async {
+        
         let req = request.into_inner();
         let run = self
             .fleet
@@ -387,12 +500,23 @@ impl FleetService for FleetSvc {
             .await?;
         Ok(Response::new(run))
     }
+        .await;
+        self.security.record(&ctx, "CancelRun", &target, "", &result).await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     async fn approve_run(
         &self,
         request: Request<v1::ApproveRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let who = self.operator(&request)?;
+        let target = format!("run/{}", request.get_ref().id);
+        let ctx = self.security.authorize(&request, Permission::Operate, "ApproveRun", &target).await?;
+        #[allow(unused_variables)]
+        let who = ctx.who.clone();
+        let result: Result<_, Status> = async {
+        
         let req = request.into_inner();
         let run = self
             .fleet
@@ -400,12 +524,23 @@ impl FleetService for FleetSvc {
             .await?;
         Ok(Response::new(run))
     }
+        .await;
+        self.security.record(&ctx, "ApproveRun", &target, "", &result).await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     async fn apply(
         &self,
         request: Request<v1::ApplyRequest>,
     ) -> Result<Response<v1::ApplyResponse>, Status> {
-        let who = self.operator(&request)?;
+        let target = format!("{} document(s)", request.get_ref().documents.len());
+        let ctx = self.security.authorize(&request, Permission::Admin, "Apply", &target).await?;
+        #[allow(unused_variables)]
+        let who = ctx.who.clone();
+        let result: Result<_, Status> = async {
+        
         let resp = operations::apply(
             &self.fleet,
             &self.scheduler,
@@ -415,43 +550,79 @@ impl FleetService for FleetSvc {
         .await?;
         Ok(Response::new(resp))
     }
+        .await;
+        self.security.record(&ctx, "Apply", &target, "", &result).await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     async fn get_documents(
         &self,
         request: Request<v1::GetDocumentsRequest>,
     ) -> Result<Response<v1::GetDocumentsResponse>, Status> {
-        self.operator(&request)?;
+        let ctx = self.security.authorize(&request, Permission::Read, "GetDocuments", "").await?;
+        let result: Result<_, Status> = async {
+        
         Ok(Response::new(
             operations::get_documents(&self.fleet, request.into_inner()).await?,
         ))
+    }
+        .await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
     }
 
     async fn delete_document(
         &self,
         request: Request<v1::DeleteDocumentRequest>,
     ) -> Result<Response<v1::DeleteDocumentResponse>, Status> {
-        self.operator(&request)?;
+        let target = format!("{}/{}", request.get_ref().kind, request.get_ref().name);
+        let ctx = self.security.authorize(&request, Permission::Admin, "DeleteDocument", &target).await?;
+        #[allow(unused_variables)]
+        let who = ctx.who.clone();
+        let result: Result<_, Status> = async {
+        
         Ok(Response::new(
             operations::delete_document(&self.fleet, &self.scheduler, request.into_inner()).await?,
         ))
+    }
+        .await;
+        self.security.record(&ctx, "DeleteDocument", &target, "", &result).await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
     }
 
     async fn get_schedule(
         &self,
         request: Request<v1::GetScheduleRequest>,
     ) -> Result<Response<v1::ScheduleStatus>, Status> {
-        self.operator(&request)?;
+        let ctx = self.security.authorize(&request, Permission::Read, "GetSchedule", "").await?;
+        let result: Result<_, Status> = async {
+        
         let name = request.into_inner().name;
         Ok(Response::new(
             operations::get_schedule(&self.fleet, &self.scheduler, &name).await?,
         ))
+    }
+        .await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
     }
 
     async fn pause_schedule(
         &self,
         request: Request<v1::PauseScheduleRequest>,
     ) -> Result<Response<v1::ScheduleStatus>, Status> {
-        let who = self.operator(&request)?;
+        let target = format!("schedule/{}", request.get_ref().name);
+        let ctx = self.security.authorize(&request, Permission::Operate, "PauseSchedule", &target).await?;
+        #[allow(unused_variables)]
+        let who = ctx.who.clone();
+        let result: Result<_, Status> = async {
+        
         let req = request.into_inner();
         Ok(Response::new(
             operations::set_schedule_pause(
@@ -465,12 +636,23 @@ impl FleetService for FleetSvc {
             .await?,
         ))
     }
+        .await;
+        self.security.record(&ctx, "PauseSchedule", &target, "", &result).await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     async fn resume_schedule(
         &self,
         request: Request<v1::PauseScheduleRequest>,
     ) -> Result<Response<v1::ScheduleStatus>, Status> {
-        let who = self.operator(&request)?;
+        let target = format!("schedule/{}", request.get_ref().name);
+        let ctx = self.security.authorize(&request, Permission::Operate, "ResumeSchedule", &target).await?;
+        #[allow(unused_variables)]
+        let who = ctx.who.clone();
+        let result: Result<_, Status> = async {
+        
         let req = request.into_inner();
         Ok(Response::new(
             operations::set_schedule_pause(
@@ -484,58 +666,199 @@ impl FleetService for FleetSvc {
             .await?,
         ))
     }
+        .await;
+        self.security.record(&ctx, "ResumeSchedule", &target, "", &result).await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     async fn drain_agent(
         &self,
         request: Request<v1::DrainAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        let who = self.operator(&request)?;
+        let target = format!("agent/{}", request.get_ref().name);
+        let ctx = self.security.authorize(&request, Permission::Operate, "DrainAgent", &target).await?;
+        #[allow(unused_variables)]
+        let who = ctx.who.clone();
+        let result: Result<_, Status> = async {
+        
         let req = request.into_inner();
         Ok(Response::new(
             operations::set_drain(&self.fleet, &req.name, true, &req.note, &who.to_string())
                 .await?,
         ))
     }
+        .await;
+        self.security.record(&ctx, "DrainAgent", &target, "", &result).await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     async fn resume_agent(
         &self,
         request: Request<v1::DrainAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        let who = self.operator(&request)?;
+        let target = format!("agent/{}", request.get_ref().name);
+        let ctx = self.security.authorize(&request, Permission::Operate, "ResumeAgent", &target).await?;
+        #[allow(unused_variables)]
+        let who = ctx.who.clone();
+        let result: Result<_, Status> = async {
+        
         let req = request.into_inner();
         Ok(Response::new(
             operations::set_drain(&self.fleet, &req.name, false, &req.note, &who.to_string())
                 .await?,
         ))
     }
+        .await;
+        self.security.record(&ctx, "ResumeAgent", &target, "", &result).await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
 
     async fn pause_fleet(
         &self,
         request: Request<v1::PauseFleetRequest>,
     ) -> Result<Response<v1::FleetStatus>, Status> {
-        let who = self.operator(&request)?;
+        let target = "fleet".to_string();
+        let ctx = self.security.authorize(&request, Permission::Operate, "PauseFleet", &target).await?;
+        #[allow(unused_variables)]
+        let who = ctx.who.clone();
+        let result: Result<_, Status> = async {
+        
         let req = request.into_inner();
         Ok(Response::new(
             operations::set_fleet_pause(&self.fleet, true, &req.note, &who.to_string()).await?,
         ))
+    }
+        .await;
+        self.security.record(&ctx, "PauseFleet", &target, "", &result).await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
     }
 
     async fn resume_fleet(
         &self,
         request: Request<v1::PauseFleetRequest>,
     ) -> Result<Response<v1::FleetStatus>, Status> {
-        let who = self.operator(&request)?;
+        let target = "fleet".to_string();
+        let ctx = self.security.authorize(&request, Permission::Operate, "ResumeFleet", &target).await?;
+        #[allow(unused_variables)]
+        let who = ctx.who.clone();
+        let result: Result<_, Status> = async {
+        
         let req = request.into_inner();
         Ok(Response::new(
             operations::set_fleet_pause(&self.fleet, false, &req.note, &who.to_string()).await?,
         ))
+    }
+        .await;
+        self.security.record(&ctx, "ResumeFleet", &target, "", &result).await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
     }
 
     async fn get_fleet_status(
         &self,
         request: Request<v1::GetFleetStatusRequest>,
     ) -> Result<Response<v1::FleetStatus>, Status> {
-        self.operator(&request)?;
+        let ctx = self.security.authorize(&request, Permission::Read, "GetFleetStatus", "").await?;
+        let result: Result<_, Status> = async {
+        
         Ok(Response::new(operations::fleet_status(&self.fleet).await?))
+    }
+        .await;
+        result
+            .map(|r| with_request_id(r, &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<v1::CreateTokenRequest>,
+    ) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        let target = format!("agent/{}", request.get_ref().agent);
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Admin, "CreateToken", &target)
+            .await?;
+        let result = self.security.create_token(&ctx, request.into_inner()).await;
+        let detail = result
+            .as_ref()
+            .map(|r| format!("token {} expires {}", r.token_id, syncfleet_proto::time::rfc3339(&r.expires_at.unwrap_or_default())))
+            .unwrap_or_default();
+        self.security.record(&ctx, "CreateToken", &target, &detail, &result).await;
+        result
+            .map(|r| with_request_id(Response::new(r), &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
+
+    async fn revoke_agent(
+        &self,
+        request: Request<v1::RevokeAgentRequest>,
+    ) -> Result<Response<v1::Agent>, Status> {
+        let target = format!("agent/{}", request.get_ref().name);
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Admin, "RevokeAgent", &target)
+            .await?;
+        let req = request.into_inner();
+        let result = match crate::security::check_text("note", &req.note) {
+            Ok(()) => self.security.revoke(&ctx, &req.name, &req.note).await,
+            Err(e) => Err(e),
+        };
+        self.security.record(&ctx, "RevokeAgent", &target, &req.note, &result).await;
+        result
+            .map(|r| with_request_id(Response::new(r), &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
+
+    async fn create_operator(
+        &self,
+        request: Request<v1::CreateOperatorRequest>,
+    ) -> Result<Response<v1::CertificateResponse>, Status> {
+        let target = format!("operator/{}", request.get_ref().name);
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Admin, "CreateOperator", &target)
+            .await?;
+        let req = request.into_inner();
+        let result = self.security.create_operator(&req);
+        let detail = format!(
+            "role {}",
+            v1::Role::try_from(req.role).unwrap_or(v1::Role::Unspecified).as_str_name()
+        );
+        self.security.record(&ctx, "CreateOperator", &target, &detail, &result).await;
+        result
+            .map(|r| with_request_id(Response::new(r), &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<v1::ListAuditRequest>,
+    ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Read, "ListAudit", "")
+            .await?;
+        let req = request.into_inner();
+        let since = req.since.as_ref().map(syncfleet_proto::time::to_millis);
+        let who = (!req.who.is_empty()).then_some(req.who);
+        let limit = if req.limit == 0 { 100 } else { req.limit.min(10_000) as usize };
+        let entries = store::blocking(&self.fleet.store, move |s| {
+            s.list_audit(since, who.as_deref(), limit)
+        })
+        .await
+        .map_err(store_status)?;
+        Ok(with_request_id(
+            Response::new(v1::ListAuditResponse { entries }),
+            &ctx.request_id,
+        ))
     }
 }

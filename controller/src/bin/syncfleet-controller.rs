@@ -81,6 +81,9 @@ struct Common {
     /// Pending-run deadline, e.g. "15m"; overrides `pending_deadline`.
     #[arg(long, env = "SYNCFLEET_PENDING_DEADLINE", value_parser = humantime::parse_duration)]
     pending_deadline: Option<std::time::Duration>,
+    /// Lifetime of agent certificates, e.g. "24h"; overrides `agent_cert_lifetime`.
+    #[arg(long, env = "SYNCFLEET_AGENT_CERT_LIFETIME", value_parser = humantime::parse_duration)]
+    agent_cert_lifetime: Option<std::time::Duration>,
     /// Log format.
     #[arg(long, env = "SYNCFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -108,6 +111,9 @@ fn effective(c: &Common) -> Result<ControllerConfig, ConfigError> {
     }
     if let Some(v) = c.pending_deadline {
         cfg.pending_deadline = v;
+    }
+    if let Some(v) = c.agent_cert_lifetime {
+        cfg.agent_cert_lifetime = v;
     }
     cfg.validate()?;
     Ok(cfg)

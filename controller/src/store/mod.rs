@@ -123,6 +123,26 @@ pub trait Store: Send + Sync + 'static {
     /// Add to named counters of a schedule (e.g. `fired`, `skipped_overlap`).
     fn bump_counters(&self, schedule: &str, deltas: &[(&str, u64)]) -> Result<(), StoreError>;
     fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Append an audit entry (its `id` is assigned here); the log is never updated or pruned
+    /// through this interface.
+    fn append_audit(&self, entry: &v1::AuditEntry) -> Result<u64, StoreError>;
+    /// Audit entries, newest first.
+    fn list_audit(
+        &self,
+        since_ms: Option<i64>,
+        who: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<v1::AuditEntry>, StoreError>;
+
+    /// Atomically read-modify-write one state record: `f` gets the current value and returns
+    /// the new one (`None` = unchanged) plus a result. Used where a check and its update must
+    /// not race (consuming a one-time token).
+    fn update_state(
+        &self,
+        key: &str,
+        f: &mut dyn FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, bool),
+    ) -> Result<bool, StoreError>;
 }
 
 /// Run a store call on tokio's blocking pool.

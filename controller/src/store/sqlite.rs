@@ -49,6 +49,14 @@ CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_who ON audit (who, at);
+CREATE INDEX IF NOT EXISTS audit_by_at ON audit (at);
 CREATE TABLE IF NOT EXISTS schedule_counters (
     schedule TEXT NOT NULL,
     counter TEXT NOT NULL,
@@ -486,6 +494,74 @@ impl Store for SqliteStore {
             .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn append_audit(&self, entry: &v1::AuditEntry) -> Result<u64, StoreError> {
+        let at = entry
+            .at
+            .as_ref()
+            .map(syncfleet_proto::time::to_millis)
+            .unwrap_or(0);
+        let conn = self.writer();
+        conn.execute(
+            "INSERT INTO audit (at, who, body) VALUES (?1, ?2, ?3)",
+            params![at, entry.who, entry.encode_to_vec()],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(conn.last_insert_rowid()).unwrap_or(0))
+    }
+
+    fn list_audit(
+        &self,
+        since_ms: Option<i64>,
+        who: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<v1::AuditEntry>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, body FROM audit WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR who = ?2)
+                 ORDER BY id DESC LIMIT ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![since_ms, who, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, body) = row.map_err(|e| self.err(e))?;
+            let mut entry: v1::AuditEntry = decode(&format!("audit entry {id}"), &body)?;
+            entry.id = u64::try_from(id).unwrap_or(0);
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn update_state(
+        &self,
+        key: &str,
+        f: &mut dyn FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, bool),
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.writer();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let current: Option<Vec<u8>> = tx
+            .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let (new, result) = f(current.as_deref());
+        if let Some(v) = new {
+            tx.execute(
+                "INSERT INTO state (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, v],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(result)
     }
 
     fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError> {
