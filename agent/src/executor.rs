@@ -394,6 +394,12 @@ impl Executor {
         Ok(inv)
     }
 
+    /// The inventory read by the last [`refresh_inventory`](Self::refresh_inventory) (empty
+    /// before the first one, or when the engine could not be asked).
+    pub fn inventory(&self) -> Vec<MaInfo> {
+        lock(&self.inventory).clone()
+    }
+
     /// Run ids executing now.
     pub fn runs_in_flight(&self) -> Vec<String> {
         let mut v: Vec<String> = lock(&self.runs).keys().cloned().collect();
@@ -416,6 +422,7 @@ impl Executor {
     /// Journal an event and wake the session sender. A journal failure is logged: the event
     /// cannot be delivered, but execution goes on (the engine is already acting).
     fn emit(&self, run_id: &str, kind: Kind) {
+        crate::telemetry::on_event(run_id, &kind);
         match self.journal.append(run_id, kind) {
             Ok(_) => self.outbox.notify_one(),
             Err(e) => tracing::error!(run_id, error = %e, "cannot journal a run event"),
@@ -455,9 +462,10 @@ impl Executor {
             },
         );
         let this = Arc::clone(self);
+        let span = crate::telemetry::run_span(&run);
         tokio::spawn(async move {
             let run_id = run.run_id.clone();
-            this.execute_run(run, cancel).await;
+            tracing::Instrument::instrument(this.execute_run(run, cancel), span).await;
             lock(&this.runs).remove(&run_id);
         });
     }
@@ -644,7 +652,8 @@ impl Executor {
             );
             return StepOutcome::Skipped;
         }
-        self.execute_step(run_id, ps, cancel, memory).await
+        let step = self.execute_step(run_id, ps, cancel, memory);
+        crate::telemetry::in_step(run_id, ps.index, &ps.spec, step).await
     }
 
     /// Evaluate a step's condition and guard against the MA's pending counters (read under the

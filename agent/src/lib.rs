@@ -18,13 +18,18 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+pub mod certs;
 pub mod config;
 pub mod engine;
+pub mod enroll;
 pub mod executor;
+pub mod inventory;
 pub mod journal;
+pub mod renew;
 pub mod report;
 pub mod runhistory;
 pub mod session;
+pub mod telemetry;
 
 pub use config::AgentConfig;
 
@@ -85,6 +90,10 @@ pub async fn run_with_engine(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     cfg.validate()?;
+    // Labels assigned at enrollment win over configured ones.
+    let cfg = enroll::with_enrolled_labels(cfg);
+    // Finish an interrupted renewal, then keep the certificate renewed while the agent runs.
+    let _renewal = renew::spawn(&cfg, &shutdown);
     // Fail fast on missing TLS files: an agent without credentials can never connect.
     session::client_tls(&cfg)?;
     let journal = Arc::new(journal::Journal::open(&cfg.journal_path())?);

@@ -22,6 +22,11 @@ struct Cli {
 enum Command {
     /// Connect to the controller and execute the runs it sends.
     Run(RunArgs),
+    /// Join the fleet with a one-time token from 'syncfleet tokens create': check the
+    /// controller's CA against --ca-pin, generate this agent's key here, and store the
+    /// certificate the controller issues (ca.pem, agent.pem, agent.key, enrolled.toml in the
+    /// data folder). Exits 1 with the controller's reason when it refuses.
+    Enroll(EnrollArgs),
     /// Print the normalized run of a run-history XML file (`RunDetails()` output or a saved
     /// history with `<execution-histories>`). Exits 1 with the reason on bad input.
     RunDetails {
@@ -64,6 +69,93 @@ struct RunArgs {
     dump_config: bool,
 }
 
+#[derive(clap::Args, Debug)]
+struct EnrollArgs {
+    /// Controller URL, https://host:port (overrides `controller`).
+    #[arg(long, env = "SYNCFLEET_CONTROLLER")]
+    controller: Option<String>,
+    /// One-time enrollment token "<id>.<secret>" from 'syncfleet tokens create'.
+    #[arg(long, env = "SYNCFLEET_ENROLL_TOKEN", hide_env_values = true)]
+    token: String,
+    /// SHA-256 of the controller's CA certificate (hex, optionally "sha256:"-prefixed), as
+    /// printed by 'syncfleet tokens create'.
+    #[arg(long = "ca-pin", value_name = "SHA256")]
+    ca_pin: String,
+    /// Agent name the token was created for (overrides `name`).
+    #[arg(long, env = "SYNCFLEET_AGENT_NAME")]
+    name: Option<String>,
+    /// Data folder for the TLS files (overrides `data_dir`).
+    #[arg(long, env = "SYNCFLEET_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (TOML): name, controller, data_dir and tls.* are taken from it.
+    #[arg(long, env = "SYNCFLEET_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Name to verify in the controller's certificate (overrides `tls.server_name`; default:
+    /// the host of the controller URL).
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+}
+
+fn enroll_config(args: &EnrollArgs) -> Result<AgentConfig, config::ConfigError> {
+    let mut cfg: AgentConfig = match &args.config {
+        Some(p) => config::load_toml(p)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(v) = &args.name {
+        cfg.name.clone_from(v);
+    }
+    if let Some(v) = &args.controller {
+        cfg.controller.clone_from(v);
+    }
+    if let Some(v) = &args.data_dir {
+        cfg.data_dir.clone_from(v);
+    }
+    if let Some(v) = &args.tls_server_name {
+        cfg.tls.server_name = Some(v.clone());
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn enroll(args: &EnrollArgs) -> ExitCode {
+    let cfg = match enroll_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = rt.block_on(syncfleet_agent::enroll::enroll(
+        &cfg,
+        &args.token,
+        &args.ca_pin,
+    ));
+    match outcome {
+        Ok(done) => {
+            print!("{}", done.report());
+            ExitCode::SUCCESS
+        }
+        Err(e @ syncfleet_agent::enroll::EnrollError::Usage(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -98,6 +190,8 @@ fn effective(args: &RunArgs) -> Result<AgentConfig, config::ConfigError> {
     for (k, v) in &args.labels {
         cfg.labels.insert(k.clone(), v.clone());
     }
+    // Name and controller default to what 'syncfleet-agent enroll' recorded.
+    syncfleet_agent::enroll::apply_enrolled_defaults(&mut cfg);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -116,6 +210,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Enroll(args) => enroll(&args),
         Command::RunDetails { file, output } => run_details(&file, &output),
     }
 }
@@ -184,7 +279,8 @@ fn run(args: RunArgs) -> ExitCode {
             }
         }
     }
-    init_logging(&args.log_format);
+    // Flushes buffered spans when dropped at the end of `run`.
+    let _telemetry = init_logging(&args.log_format, &cfg);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -228,15 +324,19 @@ fn run(args: RunArgs) -> ExitCode {
     })
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNCFLEET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+/// Logs (text or JSON) and, when `OTEL_*` asks for it, OTLP trace export with the agent's name
+/// and labels as resource attributes.
+fn init_logging(format: &str, cfg: &AgentConfig) -> syncfleet_agent::telemetry::TelemetryGuard {
+    let mut attributes = vec![
+        ("service.instance.id".to_string(), cfg.name.clone()),
+        ("syncfleet.agent.name".to_string(), cfg.name.clone()),
+    ];
+    for (k, v) in &cfg.labels {
+        attributes.push((format!("syncfleet.agent.label.{k}"), v.clone()));
     }
+    syncfleet_agent::telemetry::init(&syncfleet_agent::telemetry::Setup {
+        service_name: "syncfleet-agent",
+        log_format: format.to_string(),
+        attributes,
+    })
 }

@@ -56,6 +56,8 @@ pub enum SessionError {
 
 /// TLS material read from disk at every connect, so renewed certificates are picked up.
 pub fn client_tls(cfg: &AgentConfig) -> Result<ClientTlsConfig, SessionError> {
+    // Never read a renewed key with the certificate it replaces.
+    let _files = crate::certs::files_lock();
     let read = |what, path: std::path::PathBuf| {
         std::fs::read(&path).map_err(|source| SessionError::ReadTls {
             what,
@@ -75,7 +77,8 @@ pub fn client_tls(cfg: &AgentConfig) -> Result<ClientTlsConfig, SessionError> {
     Ok(tls)
 }
 
-async fn connect(cfg: &AgentConfig) -> Result<Channel, SessionError> {
+/// An mTLS channel to the controller with the current credentials (sessions and renewals).
+pub(crate) async fn connect(cfg: &AgentConfig) -> Result<Channel, SessionError> {
     let tls = client_tls(cfg)?;
     let endpoint = Endpoint::from_shared(cfg.controller.clone())
         .map_err(|e| SessionError::BadUrl(cfg.controller.clone(), e.to_string()))?
@@ -133,6 +136,14 @@ impl std::fmt::Debug for SessionContext {
 pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) {
     let mut attempt: u32 = 0;
     while !shutdown.is_cancelled() {
+        // An expired (or not yet valid) certificate cannot connect: say why, wait, check again.
+        if let Some(msg) = crate::certs::unusable_reason(&ctx.cfg, chrono::Utc::now()) {
+            tracing::error!("{msg}");
+            tokio::select! {
+                () = tokio::time::sleep(ctx.cfg.reconnect_max_backoff) => continue,
+                () = shutdown.cancelled() => return,
+            }
+        }
         let welcomed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let result = tokio::select! {
             r = run_session(&ctx, &shutdown, &welcomed) => r,
@@ -140,6 +151,12 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
         };
         if welcomed.load(std::sync::atomic::Ordering::Relaxed) {
             attempt = 0;
+        }
+        if let Err(e) = &result
+            && let Some(msg) = crate::certs::revoked_message(e, &ctx.cfg)
+        {
+            tracing::error!("{msg}");
+            attempt = attempt.max(16); // the longest wait: retrying sooner cannot help
         }
         match result {
             Ok(()) => tracing::warn!("controller closed the session; reconnecting"),
@@ -261,7 +278,11 @@ async fn read_loop(
     Ok(())
 }
 
-fn handle_command(cmd: v1::Command, journal: &Journal, executor: &Arc<Executor>) -> v1::CommandAck {
+pub(crate) fn handle_command(
+    cmd: v1::Command,
+    journal: &Journal,
+    executor: &Arc<Executor>,
+) -> v1::CommandAck {
     let mut ack = v1::CommandAck {
         command_id: cmd.command_id.clone(),
         accepted: true,
@@ -277,14 +298,21 @@ fn handle_command(cmd: v1::Command, journal: &Journal, executor: &Arc<Executor>)
                 ack.reason = "StartRun needs a run_id and at least one step".into();
                 return ack;
             }
+            // Only what this engine has, whatever the controller asks (checked before journaling).
+            if let Err(reason) = crate::inventory::check_start_run(&start, &executor.inventory()) {
+                tracing::warn!(run_id = %start.run_id, %reason, "run refused");
+                ack.accepted = false;
+                ack.reason = reason;
+                return ack;
+            }
             // Journal first: once this returns New, the run id can never start again.
             match journal.accept_run(&start) {
                 Ok(Accept::New) => {
-                    tracing::info!(run_id = %start.run_id, steps = start.steps.len(), "run accepted");
+                    tracing::info!(run_id = %start.run_id, trace_id = crate::telemetry::trace_id_of(&start.traceparent).unwrap_or_default(), steps = start.steps.len(), "run accepted");
                     executor.start(start);
                 }
                 Ok(Accept::Duplicate) => {
-                    tracing::info!(run_id = %start.run_id, "run already accepted; not executing again");
+                    tracing::info!(run_id = %start.run_id, trace_id = crate::telemetry::trace_id_of(&start.traceparent).unwrap_or_default(), "run already accepted; not executing again");
                     ack.duplicate = true;
                 }
                 Err(e) => {
@@ -316,6 +344,7 @@ async fn write_loop(
 ) -> Result<(), SessionError> {
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let pending = crate::telemetry::PendingCache::new();
     loop {
         // Replay / stream everything not yet sent on this session, in seq order.
         loop {
@@ -346,6 +375,7 @@ async fn write_loop(
                     engine_healthy: health.healthy,
                     engine_detail: health.detail,
                     runs_in_flight: ctx.executor.runs_in_flight(),
+                    pending: pending.snapshot(&ctx.engine),
                 };
                 if tx.send(v1::AgentMessage { msg: Some(AgentMsg::Heartbeat(hb)) }).await.is_err() {
                     return Ok(());

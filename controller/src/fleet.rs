@@ -95,6 +95,8 @@ pub struct Fleet {
     /// Serializes read-modify-write of runs (agent events, cancels, the sweeper).
     run_lock: tokio::sync::Mutex<()>,
     next_session: AtomicU64,
+    /// Pending export counters from the agents' heartbeats (for `/metrics`).
+    pub pending_exports: crate::metrics::HeartbeatPending,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -145,7 +147,7 @@ fn start_command(run: &v1::Run) -> v1::ControllerMessage {
             kind: Some(v1::command::Kind::StartRun(v1::StartRun {
                 run_id: run.id.clone(),
                 steps: Vec::new(),
-                traceparent: String::new(),
+                traceparent: run.traceparent.clone(),
                 requested_at: run.created_at,
                 stages,
                 on_failure: run.on_failure,
@@ -284,6 +286,7 @@ impl Fleet {
             updates,
             run_lock: tokio::sync::Mutex::new(()),
             next_session: AtomicU64::new(1),
+            pending_exports: crate::metrics::HeartbeatPending::default(),
         })
     }
 
@@ -309,12 +312,12 @@ impl Fleet {
     pub async fn close_session(&self, agent: &str, reason: &str) {
         let session = lock(&self.sessions).remove(agent);
         if let Some(s) = session {
-            let _ = s
-                .tx
-                .send(Err(Status::unauthenticated(reason.to_string())))
-                .await;
+            let _ =
+                s.tx.send(Err(Status::unauthenticated(reason.to_string())))
+                    .await;
             tracing::warn!(agent, reason, "agent session closed");
-            self.set_agent_state(agent, v1::AgentState::Disconnected).await;
+            self.set_agent_state(agent, v1::AgentState::Disconnected)
+                .await;
         }
     }
 
@@ -445,6 +448,7 @@ impl Fleet {
             entry.engine_healthy = hb.engine_healthy;
             entry.engine_detail.clone_from(&hb.engine_detail);
             entry.runs_in_flight.clone_from(&hb.runs_in_flight);
+            self.pending_exports.record(agent, hb);
         }
     }
 
@@ -693,6 +697,8 @@ impl Fleet {
             jitter_ms: new.jitter_ms,
             ..Default::default()
         };
+        // The run's root span; its traceparent is stored with the run and sent in StartRun.
+        let (run, span) = crate::telemetry::open_run_span(run);
         let inserted = store::blocking(&self.store, {
             let run = run.clone();
             move |s| s.insert_run(&run)
@@ -707,8 +713,8 @@ impl Fleet {
             return Ok((existing.unwrap_or(run), false));
         }
         self.publish(&run);
-        tracing::info!(run_id = %run.id, agent, steps = run.steps.len(), origin = %run.origin, "run created");
-        self.send_start(run.clone()).await;
+        tracing::info!(parent: &span, run_id = %run.id, agent, steps = run.steps.len(), origin = %run.origin, "run created");
+        tracing::Instrument::instrument(self.send_start(run.clone()), span).await;
         let id = run.id.clone();
         let current = store::blocking(&self.store, move |s| s.get_run(&id))
             .await

@@ -330,9 +330,9 @@ impl Ca {
         let uri = format!("spiffe://{}/{}/{}", self.fleet, role.path_segment(), name);
         params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
         if let Some(r) = operator_role {
-            params
-                .subject_alt_names
-                .push(SanType::URI(format!("{ROLE_URN}{}", r.as_str()).try_into()?));
+            params.subject_alt_names.push(SanType::URI(
+                format!("{ROLE_URN}{}", r.as_str()).try_into()?,
+            ));
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -469,7 +469,11 @@ mod tests {
         let issued = id.issued_ms.unwrap();
         assert!((chrono::Utc::now().timestamp_millis() - issued).abs() < 60_000);
         let op = again
-            .issue_client(Role::Operator, "alice", std::time::Duration::from_secs(3600))
+            .issue_client(
+                Role::Operator,
+                "alice",
+                std::time::Duration::from_secs(3600),
+            )
             .unwrap();
         let id = identity_of(&der_of(&op.cert_pem), "dev").unwrap();
         assert_eq!(id.operator_role, Some(OperatorRole::Admin));
@@ -509,18 +513,31 @@ mod csr_tests {
         let key = KeyPair::generate().unwrap();
         // The CSR asks for another identity: ignored.
         let mut req = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
-        req.subject_alt_names
-            .push(SanType::URI("spiffe://prod/operator/root".try_into().unwrap()));
+        req.subject_alt_names.push(SanType::URI(
+            "spiffe://prod/operator/root".try_into().unwrap(),
+        ));
         let csr = req.serialize_request(&key).unwrap().pem().unwrap();
         let (pem, _) = ca
-            .sign_csr(&csr, Role::Operator, "bob", Some(OperatorRole::Viewer), std::time::Duration::from_secs(60))
+            .sign_csr(
+                &csr,
+                Role::Operator,
+                "bob",
+                Some(OperatorRole::Viewer),
+                std::time::Duration::from_secs(60),
+            )
             .unwrap();
         let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
         let id = identity_of(&p.contents, "prod").unwrap();
         assert_eq!(id.name, "bob");
         assert_eq!(id.operator_role, Some(OperatorRole::Viewer));
         assert!(matches!(
-            ca.sign_csr("garbage", Role::Agent, "a", None, std::time::Duration::from_secs(60)),
+            ca.sign_csr(
+                "garbage",
+                Role::Agent,
+                "a",
+                None,
+                std::time::Duration::from_secs(60)
+            ),
             Err(PkiError::BadCsr(_))
         ));
         assert_eq!(ca.pin().len(), 64);

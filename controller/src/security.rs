@@ -161,7 +161,9 @@ impl Security {
     }
 
     /// Append an audit entry. Failures are logged (an unwritable store fails the call paths
-    /// elsewhere anyway).
+    /// elsewhere anyway). The arguments are the entry's fields, in the order `audit list`
+    /// shows them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn audit(
         &self,
         who: &str,
@@ -183,7 +185,9 @@ impl Security {
             request_id: request_id.to_string(),
             peer: peer.to_string(),
         };
-        tracing::info!(who, action, target, result, detail, request_id, peer, "audit");
+        tracing::info!(
+            who, action, target, result, detail, request_id, peer, "audit"
+        );
         if let Err(e) = store::blocking(&self.fleet.store, move |s| s.append_audit(&entry)).await {
             tracing::error!(error = %e, "cannot write the audit log");
         }
@@ -199,21 +203,34 @@ impl Security {
         target: &str,
     ) -> Result<CallCtx, Status> {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let peer = req
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let who = match crate::services::caller(req, &self.fleet_name) {
             Ok(w) => w,
             Err(status) => {
-                self.audit("anonymous", action, target, "denied", status.message(), &request_id, &peer)
-                    .await;
+                self.audit(
+                    "anonymous",
+                    action,
+                    target,
+                    "denied",
+                    status.message(),
+                    &request_id,
+                    &peer,
+                )
+                .await;
                 return Err(status_with_request_id(status, &request_id));
             }
         };
         if let Err(status) = self.check_revoked(&who).await {
-            self.audit(&who.to_string(), action, target, "denied", status.message(), &request_id, &peer)
-                .await;
+            self.audit(
+                &who.to_string(),
+                action,
+                target,
+                "denied",
+                status.message(),
+                &request_id,
+                &peer,
+            )
+            .await;
             return Err(status_with_request_id(status, &request_id));
         }
         let denied = match (who.role, who.operator_role) {
@@ -230,9 +247,20 @@ impl Security {
             )),
         };
         if let Some(msg) = denied {
-            self.audit(&who.to_string(), action, target, "denied", &msg, &request_id, &peer)
-                .await;
-            return Err(status_with_request_id(Status::permission_denied(msg), &request_id));
+            self.audit(
+                &who.to_string(),
+                action,
+                target,
+                "denied",
+                &msg,
+                &request_id,
+                &peer,
+            )
+            .await;
+            return Err(status_with_request_id(
+                Status::permission_denied(msg),
+                &request_id,
+            ));
         }
         Ok(CallCtx {
             who,
@@ -254,8 +282,16 @@ impl Security {
             Ok(_) => ("ok", detail.to_string()),
             Err(s) => ("error", format!("{}: {}", detail, s.message())),
         };
-        self.audit(&ctx.who(), action, target, res, &det, &ctx.request_id, &ctx.peer)
-            .await;
+        self.audit(
+            &ctx.who(),
+            action,
+            target,
+            res,
+            &det,
+            &ctx.request_id,
+            &ctx.peer,
+        )
+        .await;
     }
 
     /// Refuse an agent certificate issued before the agent was revoked.
@@ -282,7 +318,11 @@ impl Security {
                 who.name,
                 syncfleet_proto::time::rfc3339(&rec.at.unwrap_or_default()),
                 rec.by,
-                if rec.note.is_empty() { String::new() } else { format!(" ({})", rec.note) },
+                if rec.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", rec.note)
+                },
                 who.name
             )));
         }
@@ -309,15 +349,17 @@ impl Security {
                 humantime::format_duration(MAX_TOKEN_TTL)
             )));
         }
-        let id: String = (0..6).map(|_| char::from(b'a' + rand::random::<u8>() % 26)).collect();
+        let id: String = (0..6)
+            .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
+            .collect();
         let secret: String = (0..32)
             .map(|_| {
                 let c = rand::random::<u8>() % 36;
                 char::from(if c < 10 { b'0' + c } else { b'a' + c - 10 })
             })
             .collect();
-        let expires_ms = Utc::now().timestamp_millis()
-            + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let expires_ms =
+            Utc::now().timestamp_millis() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
         let rec = TokenRecord {
             agent: req.agent.clone(),
             labels: req.labels.into_iter().collect(),
@@ -342,7 +384,10 @@ impl Security {
     fn rate_limited(&self, ip: Option<IpAddr>) -> bool {
         let Some(ip) = ip else { return false };
         let minute = Utc::now().timestamp() / 60;
-        let mut map = self.enroll_attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .enroll_attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         map.retain(|_, (m, _)| *m == minute);
         let e = map.entry(ip).or_insert((minute, 0));
         e.1 += 1;
@@ -364,18 +409,40 @@ impl Security {
             let peer_s = peer_s.clone();
             let target = target.clone();
             async move {
-                self.audit("anonymous", "Enroll", &target, "denied", &msg, &request_id, &peer_s)
-                    .await;
-                Err(status_with_request_id(Status::permission_denied(msg), &request_id))
+                self.audit(
+                    "anonymous",
+                    "Enroll",
+                    &target,
+                    "denied",
+                    &msg,
+                    &request_id,
+                    &peer_s,
+                )
+                .await;
+                Err(status_with_request_id(
+                    Status::permission_denied(msg),
+                    &request_id,
+                ))
             }
         };
         if self.rate_limited(peer.map(|p| p.ip())) {
             let msg = format!(
                 "too many enrollment attempts from this address (more than {ENROLL_PER_MINUTE} a minute); wait a minute"
             );
-            self.audit("anonymous", "Enroll", &format!("agent/{}", req.agent), "denied", &msg, &request_id, &peer.map(|p| p.to_string()).unwrap_or_default())
-                .await;
-            return Err(status_with_request_id(Status::resource_exhausted(msg), &request_id));
+            self.audit(
+                "anonymous",
+                "Enroll",
+                &format!("agent/{}", req.agent),
+                "denied",
+                &msg,
+                &request_id,
+                &peer.map(|p| p.to_string()).unwrap_or_default(),
+            )
+            .await;
+            return Err(status_with_request_id(
+                Status::resource_exhausted(msg),
+                &request_id,
+            ));
         }
         let Some((id, secret)) = req.token.trim().split_once('.') else {
             return deny("malformed enrollment token: expected <id>.<secret> as printed by 'syncfleet tokens create'".into()).await;
@@ -443,14 +510,18 @@ impl Security {
         );
         let (cert_pem, not_after) = match issued {
             Ok(x) => x,
-            Err(e) => return deny(format!("token {id} consumed, but the CSR was refused: {e}")).await,
+            Err(e) => {
+                return deny(format!("token {id} consumed, but the CSR was refused: {e}")).await;
+            }
         };
         // Labels assigned by the token are kept for the agent's sessions.
         let labels_key = format!("labels/{}", req.agent);
         let labels = serde_json::to_vec(&rec.labels).unwrap_or_default();
-        store::blocking(&self.fleet.store, move |s| s.put_state(&labels_key, &labels))
-            .await
-            .map_err(store_status)?;
+        store::blocking(&self.fleet.store, move |s| {
+            s.put_state(&labels_key, &labels)
+        })
+        .await
+        .map_err(store_status)?;
         let detail = format!("token {id} (created by {})", rec.created_by);
         self.audit(
             &format!("agent/{}", req.agent),
@@ -492,17 +563,36 @@ impl Security {
         let request_id = uuid::Uuid::new_v4().to_string();
         let target = format!("agent/{}", who.name);
         if let Err(s) = self.check_revoked(who).await {
-            self.audit(&who.to_string(), "Renew", &target, "denied", s.message(), &request_id, peer)
-                .await;
+            self.audit(
+                &who.to_string(),
+                "Renew",
+                &target,
+                "denied",
+                s.message(),
+                &request_id,
+                peer,
+            )
+            .await;
             return Err(s);
         }
-        match self
-            .ca
-            .sign_csr(&req.csr_pem, Role::Agent, &who.name, None, self.agent_cert_lifetime)
-        {
+        match self.ca.sign_csr(
+            &req.csr_pem,
+            Role::Agent,
+            &who.name,
+            None,
+            self.agent_cert_lifetime,
+        ) {
             Ok((cert_pem, not_after)) => {
-                self.audit(&who.to_string(), "Renew", &target, "ok", "", &request_id, peer)
-                    .await;
+                self.audit(
+                    &who.to_string(),
+                    "Renew",
+                    &target,
+                    "ok",
+                    "",
+                    &request_id,
+                    peer,
+                )
+                .await;
                 Ok(v1::CertificateResponse {
                     cert_pem,
                     ca_pem: self.ca.cert_pem().to_string(),
@@ -513,15 +603,26 @@ impl Security {
             }
             Err(e) => {
                 let msg = e.to_string();
-                self.audit(&who.to_string(), "Renew", &target, "error", &msg, &request_id, peer)
-                    .await;
+                self.audit(
+                    &who.to_string(),
+                    "Renew",
+                    &target,
+                    "error",
+                    &msg,
+                    &request_id,
+                    peer,
+                )
+                .await;
                 Err(Status::invalid_argument(msg))
             }
         }
     }
 
     /// Issue an operator credential for a CSR.
-    pub fn create_operator(&self, req: &v1::CreateOperatorRequest) -> Result<v1::CertificateResponse, Status> {
+    pub fn create_operator(
+        &self,
+        req: &v1::CreateOperatorRequest,
+    ) -> Result<v1::CertificateResponse, Status> {
         crate::pki::check_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let role = match v1::Role::try_from(req.role).unwrap_or(v1::Role::Unspecified) {
             v1::Role::Viewer => OperatorRole::Viewer,
@@ -570,7 +671,10 @@ impl Security {
             .await
             .map_err(store_status)?;
         self.fleet
-            .close_session(name, "this agent was revoked; its certificates are no longer accepted")
+            .close_session(
+                name,
+                "this agent was revoked; its certificates are no longer accepted",
+            )
             .await;
         Ok(self.fleet.agent_view(agent.agent))
     }

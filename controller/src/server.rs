@@ -8,9 +8,8 @@ use syncfleet_proto::v1::{
     agent_service_server::AgentServiceServer, fleet_service_server::FleetServiceServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::config::ControllerConfig;
 use crate::fleet::{Fleet, Settings};
@@ -48,6 +47,8 @@ pub enum ServeError {
     },
     #[error("TLS setup failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("TLS setup failed: {0}")]
+    Tls2(String),
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("HTTP server failed: {0}")]
@@ -133,6 +134,12 @@ pub async fn serve_with(
         Arc::clone(&fleet),
         crate::schedule::scheduler::Clock::System,
     );
+    // Subscribes to run updates before anything can create a run (seed, scheduler, gRPC).
+    let metrics = crate::metrics::Metrics::start(
+        Arc::clone(&fleet),
+        Arc::clone(&scheduler),
+        shutdown.clone(),
+    );
     if !seed.is_empty() {
         let req = syncfleet_proto::v1::ApplyRequest {
             documents: seed,
@@ -146,12 +153,11 @@ pub async fn serve_with(
     }
     let scheduler_task = tokio::spawn(Arc::clone(&scheduler).run(shutdown.clone()));
 
-    // Client certificates are optional at the TLS layer so that health checks (and, later,
-    // enrollment) work without one; every syncfleet method requires one (services::caller).
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(ca))
-        .client_auth_optional(true);
+    // Client certificates are optional at the TLS layer so that health checks and enrollment
+    // work without one; every other syncfleet method requires one (services::caller). A
+    // certificate that is presented must chain to the fleet CA, or the handshake fails — and is
+    // audited (see `accept_tls`).
+    let tls = tls_server_config(&ca, &cert, &key)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -213,7 +219,8 @@ pub async fn serve_with(
         let stop = shutdown.clone();
         let router = axum::Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .route("/readyz", axum::routing::get(|| async { "ready\n" }));
+            // `/metrics`, and `/readyz` (ready when the store answers).
+            .merge(crate::metrics::routes(metrics));
         tokio::spawn(async move {
             axum::serve(http_listener, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -225,8 +232,13 @@ pub async fn serve_with(
     if let Some(tx) = on_bound {
         let _ = tx.send(bound);
     }
+    let incoming = accept_tls(
+        grpc_listener,
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        Arc::clone(&security),
+        shutdown.clone(),
+    );
     let grpc = Server::builder()
-        .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
@@ -235,7 +247,7 @@ pub async fn serve_with(
         .add_service(agent_svc)
         .add_service(enroll_svc)
         .add_service(fleet_svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), {
+        .serve_with_incoming_shutdown(incoming, {
             let stop = shutdown.clone();
             async move { stop.cancelled().await }
         });
@@ -251,4 +263,114 @@ pub async fn serve_with(
     result?;
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// rustls server configuration: TLS 1.2 and 1.3 only (rustls has nothing older), HTTP/2, the
+/// controller's certificate chain, and optional client certificates that must chain to the CA.
+fn tls_server_config(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<rustls::ServerConfig, ServeError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| ServeError::Tls2(format!("{what}: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        let c = c.map_err(|e| bad("CA certificate", &e))?;
+        roots.add(c).map_err(|e| bad("CA certificate", &e))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| bad("client verifier", &e))?;
+    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("controller certificate", &e))?;
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| bad("controller key", &e))?
+        .ok_or_else(|| bad("controller key", &"no private key in the file"))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| bad("TLS versions", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("controller certificate", &e))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// Handshake failures audited per peer address per minute at most (a scanner must not flood
+/// the audit log).
+const HANDSHAKE_AUDITS_PER_MINUTE: u32 = 5;
+
+/// Accept TCP connections and complete TLS handshakes (bounded to 10 s each), handing good
+/// ones to the gRPC server and auditing refused ones (no chain to the fleet CA, expired,
+/// self-signed).
+fn accept_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    security: Arc<crate::security::Security>,
+    shutdown: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let audited: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (i64, u32)>>> =
+        Arc::default();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            let security = Arc::clone(&security);
+            let audited = Arc::clone(&audited);
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "TLS handshake refused");
+                        let minute = chrono::Utc::now().timestamp() / 60;
+                        let audit = {
+                            let mut m = audited.lock().unwrap_or_else(|p| p.into_inner());
+                            m.retain(|_, (t, _)| *t == minute);
+                            let e = m.entry(peer.ip()).or_insert((minute, 0));
+                            e.1 += 1;
+                            e.1 <= HANDSHAKE_AUDITS_PER_MINUTE
+                        };
+                        if audit {
+                            security
+                                .audit(
+                                    "anonymous",
+                                    "TlsHandshake",
+                                    "",
+                                    "denied",
+                                    &format!("TLS handshake refused: {e}"),
+                                    "",
+                                    &peer.to_string(),
+                                )
+                                .await;
+                        }
+                    }
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

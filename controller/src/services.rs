@@ -18,8 +18,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{Fleet, store_status};
 use crate::operations;
-use crate::security::{Permission, Security, status_with_request_id, with_request_id};
 use crate::pki::{self, PeerIdentity, Role};
+use crate::security::{Permission, Security, status_with_request_id, with_request_id};
 use crate::store::{self, RunQuery};
 
 /// Most events applied and stored in one transaction.
@@ -109,7 +109,15 @@ impl AgentService for AgentSvc {
         };
         if let Err(status) = self.security.check_revoked(&id).await {
             self.security
-                .audit(&id.to_string(), "Session", &format!("agent/{}", id.name), "denied", status.message(), "", &peer)
+                .audit(
+                    &id.to_string(),
+                    "Session",
+                    &format!("agent/{}", id.name),
+                    "denied",
+                    status.message(),
+                    "",
+                    &peer,
+                )
                 .await;
             return Err(status);
         }
@@ -132,7 +140,15 @@ impl AgentService for AgentSvc {
                 id.name, hello.name
             );
             self.security
-                .audit(&id.to_string(), "Session", &format!("agent/{}", hello.name), "denied", &msg, "", &peer)
+                .audit(
+                    &id.to_string(),
+                    "Session",
+                    &format!("agent/{}", hello.name),
+                    "denied",
+                    &msg,
+                    "",
+                    &peer,
+                )
                 .await;
             return Err(Status::permission_denied(msg));
         }
@@ -255,17 +271,19 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        let ctx = self.security.authorize(&request, Permission::Read, "ListAgents", "").await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Read, "ListAgents", "")
+            .await?;
         let result: Result<_, Status> = async {
-        
-        let agents = store::blocking(&self.fleet.store, |s| s.list_agents())
-            .await
-            .map_err(store_status)?
-            .into_iter()
-            .map(|a| self.fleet.agent_view(a))
-            .collect();
-        Ok(Response::new(v1::ListAgentsResponse { agents }))
-    }
+            let agents = store::blocking(&self.fleet.store, |s| s.list_agents())
+                .await
+                .map_err(store_status)?
+                .into_iter()
+                .map(|a| self.fleet.agent_view(a))
+                .collect();
+            Ok(Response::new(v1::ListAgentsResponse { agents }))
+        }
         .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
@@ -276,17 +294,19 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::GetAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        let ctx = self.security.authorize(&request, Permission::Read, "GetAgent", "").await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Read, "GetAgent", "")
+            .await?;
         let result: Result<_, Status> = async {
-        
-        let name = request.into_inner().name;
-        let n = name.clone();
-        let stored = store::blocking(&self.fleet.store, move |s| s.get_agent(&n))
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("no agent named {name:?}")))?;
-        Ok(Response::new(self.fleet.agent_view(stored.agent)))
-    }
+            let name = request.into_inner().name;
+            let n = name.clone();
+            let stored = store::blocking(&self.fleet.store, move |s| s.get_agent(&n))
+                .await
+                .map_err(store_status)?
+                .ok_or_else(|| Status::not_found(format!("no agent named {name:?}")))?;
+            Ok(Response::new(self.fleet.agent_view(stored.agent)))
+        }
         .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
@@ -298,51 +318,55 @@ impl FleetService for FleetSvc {
         request: Request<v1::StartRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
         let target = format!("agent/{}", request.get_ref().agent);
-        let ctx = self.security.authorize(&request, Permission::Operate, "StartRun", &target).await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, "StartRun", &target)
+            .await?;
         #[allow(unused_variables)]
         let who = ctx.who.clone();
         let result: Result<_, Status> = async {
-        
-        let req = request.into_inner();
-        match (req.steps.is_empty(), req.sequence.is_empty()) {
-            (true, true) => {
-                return Err(Status::invalid_argument(
-                    "give either steps (MA:PROFILE) or a sequence name",
-                ));
+            let req = request.into_inner();
+            match (req.steps.is_empty(), req.sequence.is_empty()) {
+                (true, true) => {
+                    return Err(Status::invalid_argument(
+                        "give either steps (MA:PROFILE) or a sequence name",
+                    ));
+                }
+                (false, false) => {
+                    return Err(Status::invalid_argument(
+                        "give either steps or a sequence, not both",
+                    ));
+                }
+                (true, false) => {
+                    let run = operations::start_sequence(
+                        &self.fleet,
+                        &req.agent,
+                        &req.sequence,
+                        &who.to_string(),
+                    )
+                    .await?;
+                    return Ok(Response::new(run));
+                }
+                (false, true) => {}
             }
-            (false, false) => {
-                return Err(Status::invalid_argument(
-                    "give either steps or a sequence, not both",
-                ));
+            for s in &req.steps {
+                if s.ma.trim().is_empty() || s.profile.trim().is_empty() {
+                    return Err(Status::invalid_argument(
+                        "every step needs an MA name and a run profile name",
+                    ));
+                }
             }
-            (true, false) => {
-                let run = operations::start_sequence(
-                    &self.fleet,
-                    &req.agent,
-                    &req.sequence,
-                    &who.to_string(),
-                )
+            self.fleet.check_not_paused(&req.agent).await?;
+            let run = self
+                .fleet
+                .start_run(&req.agent, req.steps, "manual", &who.to_string())
                 .await?;
-                return Ok(Response::new(run));
-            }
-            (false, true) => {}
+            Ok(Response::new(run))
         }
-        for s in &req.steps {
-            if s.ma.trim().is_empty() || s.profile.trim().is_empty() {
-                return Err(Status::invalid_argument(
-                    "every step needs an MA name and a run profile name",
-                ));
-            }
-        }
-        self.fleet.check_not_paused(&req.agent).await?;
-        let run = self
-            .fleet
-            .start_run(&req.agent, req.steps, "manual", &who.to_string())
-            .await?;
-        Ok(Response::new(run))
-    }
         .await;
-        self.security.record(&ctx, "StartRun", &target, "", &result).await;
+        self.security
+            .record(&ctx, "StartRun", &target, "", &result)
+            .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -352,17 +376,19 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::GetRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let ctx = self.security.authorize(&request, Permission::Read, "GetRun", "").await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Read, "GetRun", "")
+            .await?;
         let result: Result<_, Status> = async {
-        
-        let id = request.into_inner().id;
-        let i = id.clone();
-        store::blocking(&self.fleet.store, move |s| s.get_run(&i))
-            .await
-            .map_err(store_status)?
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))
-    }
+            let id = request.into_inner().id;
+            let i = id.clone();
+            store::blocking(&self.fleet.store, move |s| s.get_run(&i))
+                .await
+                .map_err(store_status)?
+                .map(Response::new)
+                .ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))
+        }
         .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
@@ -373,39 +399,41 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::ListRunsRequest>,
     ) -> Result<Response<v1::ListRunsResponse>, Status> {
-        let ctx = self.security.authorize(&request, Permission::Read, "ListRuns", "").await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Read, "ListRuns", "")
+            .await?;
         let result: Result<_, Status> = async {
-        
-        let req = request.into_inner();
-        let states = req
-            .states
-            .iter()
-            .map(|s| {
-                v1::RunState::try_from(*s)
-                    .map_err(|_| Status::invalid_argument(format!("unknown run state {s}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let query = RunQuery {
-            agent: (!req.agent.is_empty()).then_some(req.agent),
-            schedule: None,
-            states,
-            since_ms: req.since.as_ref().map(syncfleet_proto::time::to_millis),
-            until_ms: req.until.as_ref().map(syncfleet_proto::time::to_millis),
-            limit: if req.page_size == 0 {
-                50
-            } else {
-                usize::try_from(req.page_size.min(1000)).unwrap_or(1000)
-            },
-            page_token: (!req.page_token.is_empty()).then_some(req.page_token),
-        };
-        let page = store::blocking(&self.fleet.store, move |s| s.list_runs(&query))
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(v1::ListRunsResponse {
-            runs: page.runs,
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
-    }
+            let req = request.into_inner();
+            let states = req
+                .states
+                .iter()
+                .map(|s| {
+                    v1::RunState::try_from(*s)
+                        .map_err(|_| Status::invalid_argument(format!("unknown run state {s}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let query = RunQuery {
+                agent: (!req.agent.is_empty()).then_some(req.agent),
+                schedule: None,
+                states,
+                since_ms: req.since.as_ref().map(syncfleet_proto::time::to_millis),
+                until_ms: req.until.as_ref().map(syncfleet_proto::time::to_millis),
+                limit: if req.page_size == 0 {
+                    50
+                } else {
+                    usize::try_from(req.page_size.min(1000)).unwrap_or(1000)
+                },
+                page_token: (!req.page_token.is_empty()).then_some(req.page_token),
+            };
+            let page = store::blocking(&self.fleet.store, move |s| s.list_runs(&query))
+                .await
+                .map_err(store_status)?;
+            Ok(Response::new(v1::ListRunsResponse {
+                runs: page.runs,
+                next_page_token: page.next_page_token.unwrap_or_default(),
+            }))
+        }
         .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
@@ -418,65 +446,70 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
-        let ctx = self.security.authorize(&request, Permission::Read, "WatchRuns", "").await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Read, "WatchRuns", "")
+            .await?;
         let result: Result<_, Status> = async {
-        
-        let req = request.into_inner();
-        // Subscribe before reading the snapshot, so no change falls between the two.
-        let mut rx = self.fleet.subscribe();
-        let fleet = Arc::clone(&self.fleet);
-        let (tx, out) = mpsc::channel(256);
-        let snapshot = if req.run_id.is_empty() {
-            None
-        } else {
-            let id = req.run_id.clone();
-            Some(
-                store::blocking(&fleet.store, move |s| s.get_run(&id))
-                    .await
-                    .map_err(store_status)?
-                    .ok_or_else(|| Status::not_found(format!("no run with id {:?}", req.run_id)))?,
-            )
-        };
-        tokio::spawn(async move {
-            let terminal =
-                |r: &v1::Run| v1::RunState::try_from(r.state).is_ok_and(v1::RunState::is_terminal);
-            if let Some(run) = snapshot {
-                let done = terminal(&run);
-                if tx.send(Ok(v1::RunUpdate { run: Some(run) })).await.is_err() || done {
-                    return;
-                }
-            }
-            loop {
-                let run = match rx.recv().await {
-                    Ok(r) => r,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(skipped = n, "run watcher fell behind");
-                        if req.run_id.is_empty() {
-                            continue;
-                        }
-                        let id = req.run_id.clone();
-                        match store::blocking(&fleet.store, move |s| s.get_run(&id)).await {
-                            Ok(Some(r)) => r,
-                            _ => continue,
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
+            let req = request.into_inner();
+            // Subscribe before reading the snapshot, so no change falls between the two.
+            let mut rx = self.fleet.subscribe();
+            let fleet = Arc::clone(&self.fleet);
+            let (tx, out) = mpsc::channel(256);
+            let snapshot = if req.run_id.is_empty() {
+                None
+            } else {
+                let id = req.run_id.clone();
+                Some(
+                    store::blocking(&fleet.store, move |s| s.get_run(&id))
+                        .await
+                        .map_err(store_status)?
+                        .ok_or_else(|| {
+                            Status::not_found(format!("no run with id {:?}", req.run_id))
+                        })?,
+                )
+            };
+            tokio::spawn(async move {
+                let terminal = |r: &v1::Run| {
+                    v1::RunState::try_from(r.state).is_ok_and(v1::RunState::is_terminal)
                 };
-                if (!req.run_id.is_empty() && run.id != req.run_id)
-                    || (!req.agent.is_empty() && run.agent != req.agent)
-                {
-                    continue;
+                if let Some(run) = snapshot {
+                    let done = terminal(&run);
+                    if tx.send(Ok(v1::RunUpdate { run: Some(run) })).await.is_err() || done {
+                        return;
+                    }
                 }
-                let done = !req.run_id.is_empty() && terminal(&run);
-                if tx.send(Ok(v1::RunUpdate { run: Some(run) })).await.is_err() || done {
-                    return;
+                loop {
+                    let run = match rx.recv().await {
+                        Ok(r) => r,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(skipped = n, "run watcher fell behind");
+                            if req.run_id.is_empty() {
+                                continue;
+                            }
+                            let id = req.run_id.clone();
+                            match store::blocking(&fleet.store, move |s| s.get_run(&id)).await {
+                                Ok(Some(r)) => r,
+                                _ => continue,
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if (!req.run_id.is_empty() && run.id != req.run_id)
+                        || (!req.agent.is_empty() && run.agent != req.agent)
+                    {
+                        continue;
+                    }
+                    let done = !req.run_id.is_empty() && terminal(&run);
+                    if tx.send(Ok(v1::RunUpdate { run: Some(run) })).await.is_err() || done {
+                        return;
+                    }
                 }
-            }
-        });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(out)) as Self::WatchRunsStream
-        ))
-    }
+            });
+            Ok(Response::new(
+                Box::pin(ReceiverStream::new(out)) as Self::WatchRunsStream
+            ))
+        }
         .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
@@ -488,20 +521,24 @@ impl FleetService for FleetSvc {
         request: Request<v1::CancelRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
         let target = format!("run/{}", request.get_ref().id);
-        let ctx = self.security.authorize(&request, Permission::Operate, "CancelRun", &target).await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, "CancelRun", &target)
+            .await?;
         #[allow(unused_variables)]
         let who = ctx.who.clone();
         let result: Result<_, Status> = async {
-        
-        let req = request.into_inner();
-        let run = self
-            .fleet
-            .cancel_run(&req.id, &req.reason, &who.to_string())
-            .await?;
-        Ok(Response::new(run))
-    }
+            let req = request.into_inner();
+            let run = self
+                .fleet
+                .cancel_run(&req.id, &req.reason, &who.to_string())
+                .await?;
+            Ok(Response::new(run))
+        }
         .await;
-        self.security.record(&ctx, "CancelRun", &target, "", &result).await;
+        self.security
+            .record(&ctx, "CancelRun", &target, "", &result)
+            .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -512,20 +549,24 @@ impl FleetService for FleetSvc {
         request: Request<v1::ApproveRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
         let target = format!("run/{}", request.get_ref().id);
-        let ctx = self.security.authorize(&request, Permission::Operate, "ApproveRun", &target).await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, "ApproveRun", &target)
+            .await?;
         #[allow(unused_variables)]
         let who = ctx.who.clone();
         let result: Result<_, Status> = async {
-        
-        let req = request.into_inner();
-        let run = self
-            .fleet
-            .approve_run(&req.id, &who.to_string(), &req.note)
-            .await?;
-        Ok(Response::new(run))
-    }
+            let req = request.into_inner();
+            let run = self
+                .fleet
+                .approve_run(&req.id, &who.to_string(), &req.note)
+                .await?;
+            Ok(Response::new(run))
+        }
         .await;
-        self.security.record(&ctx, "ApproveRun", &target, "", &result).await;
+        self.security
+            .record(&ctx, "ApproveRun", &target, "", &result)
+            .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -536,22 +577,26 @@ impl FleetService for FleetSvc {
         request: Request<v1::ApplyRequest>,
     ) -> Result<Response<v1::ApplyResponse>, Status> {
         let target = format!("{} document(s)", request.get_ref().documents.len());
-        let ctx = self.security.authorize(&request, Permission::Admin, "Apply", &target).await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Admin, "Apply", &target)
+            .await?;
         #[allow(unused_variables)]
         let who = ctx.who.clone();
         let result: Result<_, Status> = async {
-        
-        let resp = operations::apply(
-            &self.fleet,
-            &self.scheduler,
-            request.into_inner(),
-            &who.to_string(),
-        )
-        .await?;
-        Ok(Response::new(resp))
-    }
+            let resp = operations::apply(
+                &self.fleet,
+                &self.scheduler,
+                request.into_inner(),
+                &who.to_string(),
+            )
+            .await?;
+            Ok(Response::new(resp))
+        }
         .await;
-        self.security.record(&ctx, "Apply", &target, "", &result).await;
+        self.security
+            .record(&ctx, "Apply", &target, "", &result)
+            .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -561,13 +606,15 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::GetDocumentsRequest>,
     ) -> Result<Response<v1::GetDocumentsResponse>, Status> {
-        let ctx = self.security.authorize(&request, Permission::Read, "GetDocuments", "").await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Read, "GetDocuments", "")
+            .await?;
         let result: Result<_, Status> = async {
-        
-        Ok(Response::new(
-            operations::get_documents(&self.fleet, request.into_inner()).await?,
-        ))
-    }
+            Ok(Response::new(
+                operations::get_documents(&self.fleet, request.into_inner()).await?,
+            ))
+        }
         .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
@@ -579,17 +626,22 @@ impl FleetService for FleetSvc {
         request: Request<v1::DeleteDocumentRequest>,
     ) -> Result<Response<v1::DeleteDocumentResponse>, Status> {
         let target = format!("{}/{}", request.get_ref().kind, request.get_ref().name);
-        let ctx = self.security.authorize(&request, Permission::Admin, "DeleteDocument", &target).await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Admin, "DeleteDocument", &target)
+            .await?;
         #[allow(unused_variables)]
         let who = ctx.who.clone();
         let result: Result<_, Status> = async {
-        
-        Ok(Response::new(
-            operations::delete_document(&self.fleet, &self.scheduler, request.into_inner()).await?,
-        ))
-    }
+            Ok(Response::new(
+                operations::delete_document(&self.fleet, &self.scheduler, request.into_inner())
+                    .await?,
+            ))
+        }
         .await;
-        self.security.record(&ctx, "DeleteDocument", &target, "", &result).await;
+        self.security
+            .record(&ctx, "DeleteDocument", &target, "", &result)
+            .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -599,14 +651,16 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::GetScheduleRequest>,
     ) -> Result<Response<v1::ScheduleStatus>, Status> {
-        let ctx = self.security.authorize(&request, Permission::Read, "GetSchedule", "").await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Read, "GetSchedule", "")
+            .await?;
         let result: Result<_, Status> = async {
-        
-        let name = request.into_inner().name;
-        Ok(Response::new(
-            operations::get_schedule(&self.fleet, &self.scheduler, &name).await?,
-        ))
-    }
+            let name = request.into_inner().name;
+            Ok(Response::new(
+                operations::get_schedule(&self.fleet, &self.scheduler, &name).await?,
+            ))
+        }
         .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
@@ -618,26 +672,30 @@ impl FleetService for FleetSvc {
         request: Request<v1::PauseScheduleRequest>,
     ) -> Result<Response<v1::ScheduleStatus>, Status> {
         let target = format!("schedule/{}", request.get_ref().name);
-        let ctx = self.security.authorize(&request, Permission::Operate, "PauseSchedule", &target).await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, "PauseSchedule", &target)
+            .await?;
         #[allow(unused_variables)]
         let who = ctx.who.clone();
         let result: Result<_, Status> = async {
-        
-        let req = request.into_inner();
-        Ok(Response::new(
-            operations::set_schedule_pause(
-                &self.fleet,
-                &self.scheduler,
-                &req.name,
-                true,
-                &req.note,
-                &who.to_string(),
-            )
-            .await?,
-        ))
-    }
+            let req = request.into_inner();
+            Ok(Response::new(
+                operations::set_schedule_pause(
+                    &self.fleet,
+                    &self.scheduler,
+                    &req.name,
+                    true,
+                    &req.note,
+                    &who.to_string(),
+                )
+                .await?,
+            ))
+        }
         .await;
-        self.security.record(&ctx, "PauseSchedule", &target, "", &result).await;
+        self.security
+            .record(&ctx, "PauseSchedule", &target, "", &result)
+            .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -648,26 +706,30 @@ impl FleetService for FleetSvc {
         request: Request<v1::PauseScheduleRequest>,
     ) -> Result<Response<v1::ScheduleStatus>, Status> {
         let target = format!("schedule/{}", request.get_ref().name);
-        let ctx = self.security.authorize(&request, Permission::Operate, "ResumeSchedule", &target).await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, "ResumeSchedule", &target)
+            .await?;
         #[allow(unused_variables)]
         let who = ctx.who.clone();
         let result: Result<_, Status> = async {
-        
-        let req = request.into_inner();
-        Ok(Response::new(
-            operations::set_schedule_pause(
-                &self.fleet,
-                &self.scheduler,
-                &req.name,
-                false,
-                &req.note,
-                &who.to_string(),
-            )
-            .await?,
-        ))
-    }
+            let req = request.into_inner();
+            Ok(Response::new(
+                operations::set_schedule_pause(
+                    &self.fleet,
+                    &self.scheduler,
+                    &req.name,
+                    false,
+                    &req.note,
+                    &who.to_string(),
+                )
+                .await?,
+            ))
+        }
         .await;
-        self.security.record(&ctx, "ResumeSchedule", &target, "", &result).await;
+        self.security
+            .record(&ctx, "ResumeSchedule", &target, "", &result)
+            .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -678,19 +740,23 @@ impl FleetService for FleetSvc {
         request: Request<v1::DrainAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
         let target = format!("agent/{}", request.get_ref().name);
-        let ctx = self.security.authorize(&request, Permission::Operate, "DrainAgent", &target).await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, "DrainAgent", &target)
+            .await?;
         #[allow(unused_variables)]
         let who = ctx.who.clone();
         let result: Result<_, Status> = async {
-        
-        let req = request.into_inner();
-        Ok(Response::new(
-            operations::set_drain(&self.fleet, &req.name, true, &req.note, &who.to_string())
-                .await?,
-        ))
-    }
+            let req = request.into_inner();
+            Ok(Response::new(
+                operations::set_drain(&self.fleet, &req.name, true, &req.note, &who.to_string())
+                    .await?,
+            ))
+        }
         .await;
-        self.security.record(&ctx, "DrainAgent", &target, "", &result).await;
+        self.security
+            .record(&ctx, "DrainAgent", &target, "", &result)
+            .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -701,19 +767,23 @@ impl FleetService for FleetSvc {
         request: Request<v1::DrainAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
         let target = format!("agent/{}", request.get_ref().name);
-        let ctx = self.security.authorize(&request, Permission::Operate, "ResumeAgent", &target).await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, "ResumeAgent", &target)
+            .await?;
         #[allow(unused_variables)]
         let who = ctx.who.clone();
         let result: Result<_, Status> = async {
-        
-        let req = request.into_inner();
-        Ok(Response::new(
-            operations::set_drain(&self.fleet, &req.name, false, &req.note, &who.to_string())
-                .await?,
-        ))
-    }
+            let req = request.into_inner();
+            Ok(Response::new(
+                operations::set_drain(&self.fleet, &req.name, false, &req.note, &who.to_string())
+                    .await?,
+            ))
+        }
         .await;
-        self.security.record(&ctx, "ResumeAgent", &target, "", &result).await;
+        self.security
+            .record(&ctx, "ResumeAgent", &target, "", &result)
+            .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -724,18 +794,22 @@ impl FleetService for FleetSvc {
         request: Request<v1::PauseFleetRequest>,
     ) -> Result<Response<v1::FleetStatus>, Status> {
         let target = "fleet".to_string();
-        let ctx = self.security.authorize(&request, Permission::Operate, "PauseFleet", &target).await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, "PauseFleet", &target)
+            .await?;
         #[allow(unused_variables)]
         let who = ctx.who.clone();
         let result: Result<_, Status> = async {
-        
-        let req = request.into_inner();
-        Ok(Response::new(
-            operations::set_fleet_pause(&self.fleet, true, &req.note, &who.to_string()).await?,
-        ))
-    }
+            let req = request.into_inner();
+            Ok(Response::new(
+                operations::set_fleet_pause(&self.fleet, true, &req.note, &who.to_string()).await?,
+            ))
+        }
         .await;
-        self.security.record(&ctx, "PauseFleet", &target, "", &result).await;
+        self.security
+            .record(&ctx, "PauseFleet", &target, "", &result)
+            .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -746,18 +820,23 @@ impl FleetService for FleetSvc {
         request: Request<v1::PauseFleetRequest>,
     ) -> Result<Response<v1::FleetStatus>, Status> {
         let target = "fleet".to_string();
-        let ctx = self.security.authorize(&request, Permission::Operate, "ResumeFleet", &target).await?;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, "ResumeFleet", &target)
+            .await?;
         #[allow(unused_variables)]
         let who = ctx.who.clone();
         let result: Result<_, Status> = async {
-        
-        let req = request.into_inner();
-        Ok(Response::new(
-            operations::set_fleet_pause(&self.fleet, false, &req.note, &who.to_string()).await?,
-        ))
-    }
+            let req = request.into_inner();
+            Ok(Response::new(
+                operations::set_fleet_pause(&self.fleet, false, &req.note, &who.to_string())
+                    .await?,
+            ))
+        }
         .await;
-        self.security.record(&ctx, "ResumeFleet", &target, "", &result).await;
+        self.security
+            .record(&ctx, "ResumeFleet", &target, "", &result)
+            .await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -767,12 +846,12 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::GetFleetStatusRequest>,
     ) -> Result<Response<v1::FleetStatus>, Status> {
-        let ctx = self.security.authorize(&request, Permission::Read, "GetFleetStatus", "").await?;
-        let result: Result<_, Status> = async {
-        
-        Ok(Response::new(operations::fleet_status(&self.fleet).await?))
-    }
-        .await;
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Read, "GetFleetStatus", "")
+            .await?;
+        let result: Result<_, Status> =
+            async { Ok(Response::new(operations::fleet_status(&self.fleet).await?)) }.await;
         result
             .map(|r| with_request_id(r, &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -790,9 +869,17 @@ impl FleetService for FleetSvc {
         let result = self.security.create_token(&ctx, request.into_inner()).await;
         let detail = result
             .as_ref()
-            .map(|r| format!("token {} expires {}", r.token_id, syncfleet_proto::time::rfc3339(&r.expires_at.unwrap_or_default())))
+            .map(|r| {
+                format!(
+                    "token {} expires {}",
+                    r.token_id,
+                    syncfleet_proto::time::rfc3339(&r.expires_at.unwrap_or_default())
+                )
+            })
             .unwrap_or_default();
-        self.security.record(&ctx, "CreateToken", &target, &detail, &result).await;
+        self.security
+            .record(&ctx, "CreateToken", &target, &detail, &result)
+            .await;
         result
             .map(|r| with_request_id(Response::new(r), &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -812,7 +899,9 @@ impl FleetService for FleetSvc {
             Ok(()) => self.security.revoke(&ctx, &req.name, &req.note).await,
             Err(e) => Err(e),
         };
-        self.security.record(&ctx, "RevokeAgent", &target, &req.note, &result).await;
+        self.security
+            .record(&ctx, "RevokeAgent", &target, &req.note, &result)
+            .await;
         result
             .map(|r| with_request_id(Response::new(r), &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -831,9 +920,15 @@ impl FleetService for FleetSvc {
         let result = self.security.create_operator(&req);
         let detail = format!(
             "role {}",
-            v1::Role::try_from(req.role).unwrap_or(v1::Role::Unspecified).as_str_name()
+            v1::Role::try_from(req.role)
+                .unwrap_or(v1::Role::Unspecified)
+                .as_str_name()
+                .trim_start_matches("ROLE_")
+                .to_ascii_lowercase()
         );
-        self.security.record(&ctx, "CreateOperator", &target, &detail, &result).await;
+        self.security
+            .record(&ctx, "CreateOperator", &target, &detail, &result)
+            .await;
         result
             .map(|r| with_request_id(Response::new(r), &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
@@ -850,7 +945,11 @@ impl FleetService for FleetSvc {
         let req = request.into_inner();
         let since = req.since.as_ref().map(syncfleet_proto::time::to_millis);
         let who = (!req.who.is_empty()).then_some(req.who);
-        let limit = if req.limit == 0 { 100 } else { req.limit.min(10_000) as usize };
+        let limit = if req.limit == 0 {
+            100
+        } else {
+            req.limit.min(10_000) as usize
+        };
         let entries = store::blocking(&self.fleet.store, move |s| {
             s.list_audit(since, who.as_deref(), limit)
         })

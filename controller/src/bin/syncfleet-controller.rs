@@ -119,17 +119,10 @@ fn effective(c: &Common) -> Result<ControllerConfig, ConfigError> {
     Ok(cfg)
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNCFLEET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
+/// Logs (text or JSON) and, when `OTEL_*` asks for it, OTLP trace export. The guard flushes
+/// buffered spans when dropped at exit.
+fn init_logging(format: &str) -> syncfleet_agent::telemetry::TelemetryGuard {
+    syncfleet_controller::telemetry::init(format)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -188,7 +181,7 @@ fn main() -> ExitCode {
             if common.dump_config {
                 return dump(&cfg);
             }
-            init_logging(&common.log_format);
+            let _telemetry = init_logging(&common.log_format);
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(code) => return code,
@@ -267,7 +260,7 @@ fn main() -> ExitCode {
             no_example_fleet,
             log_format,
         } => {
-            init_logging(&log_format);
+            let _telemetry = init_logging(&log_format);
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(code) => return code,

@@ -264,8 +264,12 @@ pub fn describe_status(status: &tonic::Status, url: &str) -> String {
                 "cannot reach controller {url}: {cause} ({code:?}); is syncfleet-controller running?"
             )
         }
-        Code::Unauthenticated | Code::PermissionDenied => format!(
+        Code::Unauthenticated => format!(
             "{msg} ({code:?}); the controller refused this operator certificate: check client_cert/client_key of the context"
+        ),
+        // Authenticated, but the operator's role lacks the permission (the message names it).
+        Code::PermissionDenied => format!(
+            "{msg} ({code:?}); this operator's role does not allow it: ask an admin, who can issue a credential with another role ('syncfleet operators create NAME --role ...')"
         ),
         Code::Unimplemented => format!(
             "{msg} ({code:?}); the controller does not support this call — is it older than this CLI?"

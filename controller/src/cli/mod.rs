@@ -11,6 +11,7 @@
 //! syncfleet agents show NAME
 //! syncfleet agents drain NAME [--note TEXT]     running runs finish, nothing new starts
 //! syncfleet agents resume NAME [--note TEXT]
+//! syncfleet agents revoke NAME [--note TEXT]    close its session, refuse it from now on
 //! syncfleet run AGENT (--step "MA:PROFILE" [--step ...] | --sequence NAME) [--follow]
 //! syncfleet runs list [--agent NAME] [--state S]... [--limit N]
 //! syncfleet runs show ID
@@ -26,6 +27,9 @@
 //! syncfleet fleet pause --note TEXT             no new runs anywhere
 //! syncfleet fleet resume [--note TEXT]
 //! syncfleet fleet status
+//! syncfleet tokens create --agent NAME [--labels k=v,...] [--ttl 30m]
+//! syncfleet operators create NAME --role viewer|operator|admin [--ttl 90d] [--out FILE]
+//! syncfleet audit list [--since 1h|RFC3339] [--who IDENTITY] [--limit N]
 //! ```
 //!
 //! Global flags: `--config PATH` (env `SYNCFLEET_CONFIG`), `--context NAME` (env
@@ -54,6 +58,9 @@
 //! | 1 | the thing asked for failed: invalid fleet files (nothing is sent), config file or context problem, cannot reach or authenticate to the controller, the controller refused the request (gRPC status, e.g. `INVALID_ARGUMENT` for documents, `NOT_FOUND`), `delete` of something that does not exist, or `run --follow` ended `held`, `completed_with_errors`, `failed`, `cancelled`, `skipped` or `unknown`, or the watch was lost for longer than ~30 s |
 //! | 2 | usage error (unknown flag, bad `--step`, bad `--state`, `--step` with `--sequence`, `pause` without `--note`), reported by clap |
 //!
+//! A failed call whose response carried an `x-request-id` ends its `error:` line with
+//! `(request <id>)`: the same id is in the controller's logs, traces and `syncfleet audit list`.
+//!
 //! Config and connection errors deliberately share code 1 with request failures: scripts only
 //! need "did it work", and the `error:` line tells humans which it was.
 //!
@@ -74,6 +81,7 @@
 //! message before giving up; the run itself is unaffected (it executes on the agent), and
 //! interrupting the CLI (Ctrl-C) only stops watching.
 
+pub mod access;
 pub mod config;
 pub mod connect;
 pub mod control;
@@ -196,6 +204,15 @@ pub enum Command {
     /// The whole fleet: pause or resume all new runs, status
     #[command(subcommand)]
     Fleet(FleetCommand),
+    /// One-time enrollment tokens for new agents
+    #[command(subcommand)]
+    Tokens(access::TokensCommand),
+    /// Operator credentials (client certificates with a role)
+    #[command(subcommand)]
+    Operators(access::OperatorsCommand),
+    /// The audit log: every change, denial, enrollment, renewal and revocation
+    #[command(subcommand)]
+    Audit(access::AuditCommand),
 }
 
 /// Kinds of fleet documents, for `get` and `delete` (singular or plural).
@@ -317,6 +334,15 @@ pub enum AgentsCommand {
     },
     /// End a drain: the agent takes runs again
     Resume {
+        /// Agent name
+        name: String,
+        /// Why, for the record
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+    },
+    /// Revoke an agent: its session closes at once and its certificate, reconnects and
+    /// renewals are refused; it can come back only by enrolling with a new token
+    Revoke {
         /// Agent name
         name: String,
         /// Why, for the record
@@ -541,6 +567,25 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
             s.fleet_pause(&mut client, note, false).await
         }
         Command::Fleet(FleetCommand::Status) => s.fleet_status(&mut client).await,
+        Command::Agents(AgentsCommand::Revoke { name, note }) => {
+            s.agents_revoke(&mut client, name, note).await
+        }
+        Command::Tokens(access::TokensCommand::Create { agent, labels, ttl }) => {
+            s.tokens_create(&mut client, agent, labels, *ttl).await
+        }
+        Command::Operators(access::OperatorsCommand::Create {
+            name,
+            role,
+            ttl,
+            out,
+        }) => {
+            s.operators_create(&mut client, name, *role, *ttl, out.as_deref())
+                .await
+        }
+        Command::Audit(access::AuditCommand::List { since, who, limit }) => {
+            s.audit_list(&mut client, *since, who.as_deref(), *limit)
+                .await
+        }
     }
 }
 
@@ -593,9 +638,11 @@ impl Session<'_> {
     }
 
     fn rpc_err(&self, status: &tonic::Status) -> CliError {
-        CliError::Rpc {
-            line: connect::describe_status(status, &self.rc.context.controller),
+        let mut line = connect::describe_status(status, &self.rc.context.controller);
+        if let Some(id) = access::request_id(status) {
+            line.push_str(&format!(" (request {id})"));
         }
+        CliError::Rpc { line }
     }
 
     async fn agents_list(&self, client: &mut Client) -> Result<u8, CliError> {
@@ -1143,6 +1190,140 @@ mod tests {
             panic!("not runs list")
         };
         assert_eq!(states, vec![RunState::Held]);
+    }
+
+    #[test]
+    fn parses_security_commands() {
+        let Command::Tokens(access::TokensCommand::Create { agent, labels, ttl }) = parse(&[
+            "tokens",
+            "create",
+            "--agent",
+            "sync-07",
+            "--labels",
+            "env=prod,role=staging",
+            "--labels",
+            "site=ams",
+            "--ttl",
+            "1h",
+        ])
+        .command
+        else {
+            panic!("not tokens create")
+        };
+        assert_eq!(agent, "sync-07");
+        assert_eq!(labels.len(), 3);
+        assert_eq!(labels[1], ("role".to_string(), "staging".to_string()));
+        assert_eq!(ttl, Some(3600));
+        let Command::Tokens(access::TokensCommand::Create { labels, ttl, .. }) =
+            parse(&["tokens", "create", "--agent", "a", "-o", "json"]).command
+        else {
+            panic!("not tokens create")
+        };
+        assert!(labels.is_empty());
+        assert_eq!(ttl, None);
+        usage_error(&["tokens", "create"]);
+        usage_error(&["tokens", "create", "--agent", "a", "--labels", "nokv"]);
+        usage_error(&["tokens", "create", "--agent", "a", "--ttl", "soon"]);
+
+        let Command::Operators(access::OperatorsCommand::Create {
+            name,
+            role,
+            ttl,
+            out,
+        }) = parse(&[
+            "operators",
+            "create",
+            "alice",
+            "--role",
+            "viewer",
+            "--ttl",
+            "90d",
+            "--out",
+            "/tmp/alice/config.toml",
+        ])
+        .command
+        else {
+            panic!("not operators create")
+        };
+        assert_eq!(name, "alice");
+        assert_eq!(role, access::RoleArg::Viewer);
+        assert_eq!(role.proto(), syncfleet_proto::v1::Role::Viewer);
+        assert_eq!(ttl, Some(90 * 86_400));
+        assert_eq!(out, Some(PathBuf::from("/tmp/alice/config.toml")));
+        usage_error(&["operators", "create", "alice"]);
+        usage_error(&["operators", "create", "alice", "--role", "root"]);
+        usage_error(&["operators", "create", "al ice", "--role", "admin"]);
+
+        let Command::Agents(AgentsCommand::Revoke { name, note }) =
+            parse(&["agents", "revoke", "sync-01", "--note", "decommissioned"]).command
+        else {
+            panic!("not revoke")
+        };
+        assert_eq!(
+            (name.as_str(), note.as_str()),
+            ("sync-01", "decommissioned")
+        );
+
+        let Command::Audit(access::AuditCommand::List { since, who, limit }) = parse(&[
+            "audit",
+            "list",
+            "--since",
+            "1h",
+            "--who",
+            "operator/alice",
+            "--limit",
+            "5",
+            "-o",
+            "json",
+        ])
+        .command
+        else {
+            panic!("not audit list")
+        };
+        assert_eq!(since, Some(access::Since::Ago(Duration::from_secs(3600))));
+        assert_eq!(who.as_deref(), Some("operator/alice"));
+        assert_eq!(limit, Some(5));
+        assert!(matches!(
+            parse(&["audit", "ls"]).command,
+            Command::Audit(access::AuditCommand::List { since: None, .. })
+        ));
+        usage_error(&["audit", "list", "--since", "yesterday"]);
+        usage_error(&["audit", "list", "--limit", "0"]);
+    }
+
+    #[test]
+    fn failed_calls_show_the_request_id() {
+        let rc = ResolvedContext {
+            name: "dev".into(),
+            config_path: PathBuf::from("/c.toml"),
+            context: config::Context {
+                controller: "https://h:1".into(),
+                ca_cert: "/ca.pem".into(),
+                client_cert: "/op.pem".into(),
+                client_key: "/op.key".into(),
+                tls_server_name: None,
+            },
+        };
+        let s = Session {
+            rc: &rc,
+            format: OutputFormat::Table,
+        };
+        let mut status = tonic::Status::permission_denied(
+            "operator/alice (viewer) lacks permission run:operate",
+        );
+        let plain = s.rpc_err(&status).to_string();
+        assert!(!plain.contains("(request"), "{plain}");
+        status
+            .metadata_mut()
+            .insert("x-request-id", "01J0REQ".parse().unwrap());
+        let line = s.rpc_err(&status).to_string();
+        assert!(
+            line.starts_with(
+                "operator/alice (viewer) lacks permission run:operate (PermissionDenied)"
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with(" (request 01J0REQ)"), "{line}");
     }
 
     #[tokio::test]

@@ -315,15 +315,41 @@ impl Scheduler {
             drop(st);
         }
         self.rebuild_queue().await;
-        if !catchups.is_empty() {
-            // What ran while no controller listened is known only once the agents have
-            // reconnected and replayed their outboxes: wait for that (bounded), then apply the
-            // overlap policy to the catch-up (Nomad #11052).
-            let deadline = tokio::time::Instant::now() + self.fleet.settings.agent_lost_after;
-            let mut st = self.state.lock().await;
-            for (name, nominal) in catchups {
-                st.deferred.push((name, nominal, deadline));
+        for (name, nominal) in catchups {
+            if self.schedule_has_active_runs(&name).await {
+                // A run of this schedule was in flight when the last controller stopped: whether
+                // it still runs is known only once its agent has reconnected and replayed its
+                // outbox. Wait for that (bounded), then apply the overlap policy to the
+                // catch-up (Nomad #11052).
+                let deadline = tokio::time::Instant::now() + self.fleet.settings.agent_lost_after;
+                self.state
+                    .lock()
+                    .await
+                    .deferred
+                    .push((name, nominal, deadline));
+            } else {
+                self.fire(&name, nominal, "catch-up").await;
             }
+        }
+    }
+
+    /// Whether the store holds a non-terminal run of this schedule on any agent.
+    async fn schedule_has_active_runs(&self, schedule: &str) -> bool {
+        let s = schedule.to_string();
+        match store::blocking(&self.fleet.store, move |st| {
+            st.runs_in_states(
+                None,
+                &[
+                    v1::RunState::Pending,
+                    v1::RunState::Dispatched,
+                    v1::RunState::Running,
+                ],
+            )
+        })
+        .await
+        {
+            Ok(runs) => runs.iter().any(|r| r.schedule == s),
+            Err(_) => true,
         }
     }
 
@@ -1014,10 +1040,7 @@ mod tests {
         let restart_wall = w.start + chrono::Duration::seconds(57);
         let _s2 = start_scheduler(&w, restart_wall);
         advance(Duration::from_millis(500)).await;
-        // The catch-up waits for the agents to report back (they never do here: until the
-        // settle deadline, agent_lost_after = 5 s).
-        assert!(runs(&w).iter().all(|r| r.origin != "catch-up"));
-        advance(Duration::from_secs(6)).await;
+        // Nothing of this schedule was in flight at the "crash": the catch-up runs at once.
         let all = runs(&w);
         let catchups: Vec<&v1::Run> = all.iter().filter(|r| r.origin == "catch-up").collect();
         assert_eq!(catchups.len(), 2, "one catch-up per agent");
@@ -1028,6 +1051,34 @@ mod tests {
         // 20, 30, 40 are older than the window's reach or superseded: counted, not run.
         assert_eq!(c.get("missed_catchup"), Some(&3), "{c:?}");
         // A catch-up outside the window does not run at all.
+        w.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn catch_up_waits_for_runs_in_flight_at_the_crash_then_honours_overlap() {
+        let w = world(
+            &format!("{SEQ}kind: Schedule\nname: f\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\ncatchup_window: 15s\n"),
+            &["a1"],
+        )
+        .await;
+        // Runs never end here: the one started at 10 s is still in flight at the crash.
+        fake_agents(&w, Duration::from_secs(1000), false);
+        let (_s, stop) = start_scheduler(&w, w.start);
+        advance(Duration::from_secs(12)).await;
+        stop.cancel();
+        advance(Duration::from_millis(200)).await;
+        let _s2 = start_scheduler(&w, w.start + chrono::Duration::seconds(57));
+        advance(Duration::from_secs(1)).await;
+        assert!(
+            runs(&w).iter().all(|r| r.origin != "catch-up"),
+            "deferred while its agent has not reported"
+        );
+        // After the settle deadline (agent_lost_after = 5 s) the overlap policy decides: the
+        // run from before the crash is still active, so the catch-up is skipped and counted.
+        advance(Duration::from_secs(6)).await;
+        assert!(runs(&w).iter().all(|r| r.origin != "catch-up"));
+        let c = counters(&w, "f");
+        assert!(c.get("skipped_overlap").copied().unwrap_or(0) >= 1, "{c:?}");
         w.shutdown.cancel();
     }
 

@@ -138,12 +138,12 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically read-modify-write one state record: `f` gets the current value and returns
     /// the new one (`None` = unchanged) plus a result. Used where a check and its update must
     /// not race (consuming a one-time token).
-    fn update_state(
-        &self,
-        key: &str,
-        f: &mut dyn FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, bool),
-    ) -> Result<bool, StoreError>;
+    fn update_state(&self, key: &str, f: StateUpdate<'_>) -> Result<bool, StoreError>;
 }
+
+/// The read-modify-write function of [`Store::update_state`]: current value in, new value
+/// (`None` = unchanged) and a result out.
+pub type StateUpdate<'a> = &'a mut dyn FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, bool);
 
 /// Run a store call on tokio's blocking pool.
 pub async fn blocking<T, F>(store: &Arc<dyn Store>, f: F) -> Result<T, StoreError>

@@ -540,15 +540,13 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn update_state(
-        &self,
-        key: &str,
-        f: &mut dyn FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, bool),
-    ) -> Result<bool, StoreError> {
+    fn update_state(&self, key: &str, f: super::StateUpdate<'_>) -> Result<bool, StoreError> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let current: Option<Vec<u8>> = tx
-            .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| r.get(0))
+            .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))?;
         let (new, result) = f(current.as_deref());

@@ -1,0 +1,408 @@
+//! Security end to end: enrollment with one-time tokens, short-lived certificates renewed over
+//! the live session, revocation, operator roles and the audit log — through the real binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Fleet, bin, stdout, wait_for};
+use syncfleet_proto::v1::{ListAgentsRequest, fleet_service_client::FleetServiceClient};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+fn audit(fleet: &Fleet) -> Vec<serde_json::Value> {
+    fleet
+        .cli_json(&["audit", "list", "--limit", "1000", "-o", "json"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn has_entry(entries: &[serde_json::Value], action: &str, result: &str, detail_part: &str) -> bool {
+    entries.iter().any(|e| {
+        e["action"] == action
+            && e["result"] == result
+            && e["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(detail_part)
+    })
+}
+
+fn token(fleet: &Fleet, agent: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["tokens", "create", "--agent", agent, "-o", "json"];
+    args.extend_from_slice(extra);
+    let t = fleet.cli_json(&args);
+    (
+        t["token"].as_str().unwrap().to_string(),
+        t["ca_pin"].as_str().unwrap().to_string(),
+    )
+}
+
+fn enroll(fleet: &Fleet, agent: &str, token: &str, pin: &str) -> std::process::Output {
+    Command::new(bin("syncfleet-agent"))
+        .args([
+            "enroll",
+            "--controller",
+            &format!("https://127.0.0.1:{}", fleet.grpc_port),
+        ])
+        .args([
+            "--token",
+            token,
+            "--ca-pin",
+            pin,
+            "--name",
+            agent,
+            "--data-dir",
+        ])
+        .arg(fleet.dir.path().join("enrolled").join(agent))
+        .output()
+        .unwrap()
+}
+
+/// Start an agent from an enrolled data folder.
+fn start_enrolled(fleet: &mut Fleet, agent: &str, extra: &str) {
+    let dir = fleet.dir.path().join("enrolled").join(agent);
+    fleet.start_agent_with(
+        agent,
+        &format!(
+            "{extra}\n[tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n",
+            dir.join("ca.pem"),
+            dir.join("agent.pem"),
+            dir.join("agent.key")
+        ),
+    );
+}
+
+async fn channel(
+    fleet: &Fleet,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let ca = std::fs::read(fleet.pki().join("ca.pem")).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://127.0.0.1:{}", fleet.grpc_port))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+}
+
+async fn list_agents(fleet: &Fleet, identity: Option<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
+    match channel(fleet, identity).await {
+        Err(e) => Err(format!("connect: {e:?}")),
+        Ok(ch) => FleetServiceClient::new(ch)
+            .list_agents(ListAgentsRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strangers_and_revoked_agents_get_nothing_but_health_and_are_audited() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    fleet.start_agent("sync-01", 0, 0.01);
+    fleet.wait_connected(&["sync-01"]);
+
+    // Health answers anyone with TLS.
+    let ch = channel(&fleet, None).await.unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(health.into_inner().status, 1, "SERVING");
+
+    // No certificate.
+    let err = list_agents(&fleet, None).await.unwrap_err();
+    assert!(err.starts_with("Unauthenticated"), "{err}");
+    // A self-signed certificate.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["mallory".to_string()]).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://e2e/operator/mallory".try_into().unwrap(),
+    ));
+    let selfsigned = params.self_signed(&key).unwrap();
+    let err = list_agents(
+        &fleet,
+        Some((
+            selfsigned.pem().into_bytes(),
+            key.serialize_pem().into_bytes(),
+        )),
+    )
+    .await
+    .unwrap_err();
+    assert!(!err.is_empty());
+    // A certificate from another CA.
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("syncfleet-controller"))
+        .args(["init", "--fleet", "e2e", "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let op = other.path().join("pki/operators");
+    let foreign = (
+        std::fs::read(op.join("admin.pem")).unwrap(),
+        std::fs::read(op.join("admin.key")).unwrap(),
+    );
+    assert!(list_agents(&fleet, Some(foreign)).await.is_err());
+
+    // Revocation closes the live session and refuses the agent from then on.
+    let out = fleet.cli(&[
+        "agents",
+        "revoke",
+        "sync-01",
+        "--note",
+        "server decommissioned",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the revoked agent to drop", Duration::from_secs(30), || {
+        let s = fleet.agent_states()?;
+        (s.get("sync-01").map(String::as_str) != Some("connected")).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let s = fleet.agent_states().unwrap();
+    assert_ne!(
+        s["sync-01"], "connected",
+        "a revoked agent must not reconnect"
+    );
+    let ad = fleet.agent_dir("sync-01");
+    let agent_cert = (
+        std::fs::read(ad.join("agent.pem")).unwrap(),
+        std::fs::read(ad.join("agent.key")).unwrap(),
+    );
+    let ch = channel(&fleet, Some(agent_cert)).await.unwrap();
+    let err = syncfleet_proto::v1::agent_service_client::AgentServiceClient::new(ch)
+        .renew(syncfleet_proto::v1::RenewRequest {
+            csr_pem: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("revoked"), "{err:?}");
+
+    let entries = audit(&fleet);
+    assert!(
+        has_entry(&entries, "ListAgents", "denied", "no client certificate"),
+        "{entries:#?}"
+    );
+    let handshakes = entries
+        .iter()
+        .filter(|e| e["action"] == "TlsHandshake" && e["result"] == "denied")
+        .count();
+    assert!(
+        handshakes >= 2,
+        "self-signed and foreign handshakes audited: {entries:#?}"
+    );
+    assert!(
+        has_entry(&entries, "RevokeAgent", "ok", "server decommissioned"),
+        "{entries:#?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| (e["action"] == "Session" || e["action"] == "Renew")
+                && e["result"] == "denied"
+                && e["detail"].as_str().unwrap_or_default().contains("revoked")),
+        "{entries:#?}"
+    );
+    // Secrets never reach the audit log.
+    let text = serde_json::to_string(&entries).unwrap();
+    assert!(!text.contains("PRIVATE KEY"));
+}
+
+#[test]
+fn tokens_are_single_use_bound_to_a_name_and_expire() {
+    let mut fleet = Fleet::init(&[]);
+    fleet.start_controller();
+    let (tok, pin) = token(&fleet, "sync-07", &["--labels", "env=e2e,role=staging"]);
+    // A wrong pin is refused before anything is sent.
+    let bad_pin = "00".repeat(32);
+    let out = enroll(&fleet, "sync-07", &tok, &bad_pin);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match --ca-pin"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The wrong name.
+    let out = enroll(&fleet, "sync-08", &tok, &pin);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("created for agent"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The right one works once.
+    let out = enroll(&fleet, "sync-07", &tok, &pin);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = enroll(&fleet, "sync-07", &tok, &pin);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already used"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An expired token.
+    let (short, _) = token(&fleet, "sync-09", &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = enroll(&fleet, "sync-09", &short, &pin);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expired"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The enrolled agent connects with the token's labels.
+    start_enrolled(
+        &mut fleet,
+        "sync-07",
+        "[engine]\nkind = \"sim\"\ntime_scale = 0.01\n",
+    );
+    fleet.wait_connected(&["sync-07"]);
+    let a = fleet.cli_json(&["agents", "show", "sync-07", "-o", "json"]);
+    assert_eq!(a["labels"]["role"], "staging", "{a:#}");
+    let entries = audit(&fleet);
+    assert!(has_entry(&entries, "Enroll", "ok", "token"), "{entries:#?}");
+    assert!(
+        has_entry(&entries, "Enroll", "denied", "already used"),
+        "{entries:#?}"
+    );
+    assert!(
+        has_entry(&entries, "Enroll", "denied", "expired"),
+        "{entries:#?}"
+    );
+    let text = serde_json::to_string(&entries).unwrap();
+    let secret = tok.split_once('.').unwrap().1;
+    assert!(
+        !text.contains(secret),
+        "the token secret leaked into the audit log"
+    );
+}
+
+#[test]
+fn a_viewer_reads_but_cannot_run_and_the_denial_is_audited() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    fleet.start_agent("sync-01", 0, 0.01);
+    fleet.wait_connected(&["sync-01"]);
+    let cfg = fleet.dir.path().join("alice").join("config.toml");
+    let out = fleet.cli(&[
+        "operators",
+        "create",
+        "alice",
+        "--role",
+        "viewer",
+        "--out",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let as_alice = |args: &[&str]| {
+        Command::new(bin("syncfleet"))
+            .args(args)
+            .env("SYNCFLEET_CONFIG", &cfg)
+            .output()
+            .unwrap()
+    };
+    let out = as_alice(&["agents", "list", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("sync-01"));
+    assert!(as_alice(&["runs", "list"]).status.success());
+    let out = as_alice(&["run", "sync-01", "--step", "AD:Delta Import"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("operate"),
+        "the denial names the missing permission: {err}"
+    );
+    let entries = audit(&fleet);
+    assert!(
+        entries.iter().any(|e| e["who"] == "operator/alice"
+            && e["action"] == "StartRun"
+            && e["result"] == "denied"),
+        "{entries:#?}"
+    );
+    assert!(
+        has_entry(&entries, "CreateOperator", "ok", "viewer"),
+        "{entries:#?}"
+    );
+}
+
+#[test]
+fn ten_second_certificates_renew_while_a_run_streams_without_dropping_the_session() {
+    let mut fleet = Fleet::init(&[]);
+    fleet.start_controller_with(&["--agent-cert-lifetime", "10s"]);
+    let (tok, pin) = token(&fleet, "sync-05", &[]);
+    let out = enroll(&fleet, "sync-05", &tok, &pin);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A full import of 25,000 objects at 0.6× streams progress for about 30 s.
+    start_enrolled(
+        &mut fleet,
+        "sync-05",
+        "[engine]\nkind = \"sim\"\ntime_scale = 0.6\n",
+    );
+    fleet.wait_connected(&["sync-05"]);
+    let out = fleet.cli(&[
+        "run",
+        "sync-05",
+        "--step",
+        "AD:Full Import",
+        "--step",
+        "AD:Delta Sync",
+        "--follow",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["state"], "succeeded");
+    // Every step's events arrived: both steps done with their counters.
+    for s in run["steps"].as_array().unwrap() {
+        assert_eq!(s["state"], "done", "{run:#}");
+        assert!(
+            s["counters"].as_object().is_some_and(|c| !c.is_empty()),
+            "{run:#}"
+        );
+    }
+    let renewals = audit(&fleet)
+        .iter()
+        .filter(|e| e["action"] == "Renew" && e["result"] == "ok")
+        .count();
+    assert!(renewals >= 2, "renewed {renewals} times");
+    // One session all along.
+    let log = fleet.controller.as_ref().unwrap().log_text();
+    assert_eq!(log.matches("agent connected").count(), 1, "{log}");
+}
