@@ -251,7 +251,15 @@ pub async fn serve_with(
             let stop = shutdown.clone();
             async move { stop.cancelled().await }
         });
-    let result = grpc.await;
+    // Agent sessions are endless streams that a graceful stop would wait for forever: give them
+    // a moment after shutdown, then stop anyway (the process exits and flushes its traces).
+    let result = tokio::select! {
+        r = grpc => r,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        } => Ok(()),
+    };
     shutdown.cancel();
     sweeper.abort();
     scheduler_task.abort();

@@ -406,3 +406,83 @@ fn ten_second_certificates_renew_while_a_run_streams_without_dropping_the_sessio
     let log = fleet.controller.as_ref().unwrap().log_text();
     assert_eq!(log.matches("agent connected").count(), 1, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_cannot_speak_for_another_agent() {
+    use syncfleet_proto::v1::{self, agent_message::Msg, agent_service_client::AgentServiceClient};
+    let mut fleet = Fleet::init(&["sync-01", "sync-02"]);
+    fleet.start_controller();
+    // sync-02 has been here (so runs can be created for it) and then left.
+    fleet.start_agent("sync-02", 1, 0.01);
+    fleet.wait_connected(&["sync-02"]);
+    fleet.agents.get_mut("sync-02").unwrap().kill9();
+    let out = fleet.cli(&["run", "sync-02", "--step", "AD:Delta Import"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b_run = stdout(&out);
+
+    let a = fleet.agent_dir("sync-01");
+    let a_cert = (
+        std::fs::read(a.join("agent.pem")).unwrap(),
+        std::fs::read(a.join("agent.key")).unwrap(),
+    );
+    let hello = |name: &str| v1::AgentMessage {
+        msg: Some(Msg::Hello(v1::Hello {
+            name: name.to_string(),
+            ..Default::default()
+        })),
+    };
+    // 1. Claiming to be sync-02 with sync-01's certificate.
+    let ch = channel(&fleet, Some(a_cert.clone())).await.unwrap();
+    let err = AgentServiceClient::new(ch)
+        .session(tokio_stream::iter(vec![hello("sync-02")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // 2. Reporting sync-02's run as sync-01.
+    let ch = channel(&fleet, Some(a_cert)).await.unwrap();
+    let forged = v1::AgentMessage {
+        msg: Some(Msg::Event(v1::AgentEvent {
+            seq: 1,
+            at: None,
+            run_id: b_run.clone(),
+            kind: Some(v1::agent_event::Kind::RunFinished(v1::RunFinished {
+                state: v1::RunState::Succeeded as i32,
+                result: "success".into(),
+                message: String::new(),
+            })),
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello("sync-01")).await.unwrap();
+    let mut inbound = AgentServiceClient::new(ch)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let _welcome = inbound.message().await.unwrap();
+    tx.send(forged).await.unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    drop(tx);
+    let run = fleet.run_json(&b_run).unwrap();
+    assert_eq!(
+        run["state"], "pending",
+        "the forged event changed nothing: {run:#}"
+    );
+    let entries = audit(&fleet);
+    assert!(
+        entries.iter().any(|e| e["action"] == "Session"
+            && e["result"] == "denied"
+            && e["who"] == "agent/sync-01"),
+        "{entries:#?}"
+    );
+    assert!(
+        entries.iter().any(|e| e["action"] == "RunEvent"
+            && e["result"] == "denied"
+            && e["who"] == "agent/sync-01"),
+        "{entries:#?}"
+    );
+}
