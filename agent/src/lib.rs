@@ -9,6 +9,10 @@
 //! - **Nothing lost**: every event is journaled with a per-agent sequence number and replayed
 //!   until the controller acknowledges it.
 //! - **Engine rules first**: see [`executor`] for the locks taken before every step.
+//! - **Observable runs**: each run executes in a `run` span that continues the controller's trace
+//!   (`StartRun.traceparent`), each step in a child `step` span with the MA, run profile, raw
+//!   result and counters; log lines about a run carry `run_id` and `trace_id` ([`telemetry`]).
+//!   Heartbeats carry every MA's pending counters, read in the background.
 //!
 //! Entry point: [`run`], used by the `syncfleet-agent` binary and by the controller's `dev`
 //! mode (in-process agents).

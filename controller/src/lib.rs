@@ -11,6 +11,12 @@
 //!   syncfleet RPC requires one from the fleet CA, with a `spiffe://<fleet>/<role>/<name>`
 //!   identity ([`services::caller`]); agents may only open sessions as themselves.
 //! - The run's result is the most severe step result (`syncfleet_proto::vocab`).
+//! - Observability (design decision 10): every run gets a root span and a W3C `traceparent` when
+//!   it is created, stored on the run and sent in every `StartRun`, so a run is one trace across
+//!   controller and agent; OTLP export only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+//!   ([`telemetry`]). `/metrics` serves in-memory run aggregates rebuilt from the store at
+//!   startup and fed by run updates, so counts equal the store's runs across restarts and a
+//!   scrape never reads the runs table ([`metrics`]).
 #![forbid(unsafe_code)]
 
 pub mod cli;

@@ -173,6 +173,8 @@ pub fn run_json(r: &Run) -> Value {
         "message": r.message,
         "requested_by": r.requested_by,
         "cancel_requested": r.cancel_requested,
+        // The W3C trace id of the run's trace (controller and agent spans), for the trace UI.
+        "trace_id": r.traceparent.split('-').nth(1).unwrap_or_default(),
         "created_at": timestamp_json(r.created_at.as_ref()),
         "started_at": timestamp_json(r.started_at.as_ref()),
         "finished_at": timestamp_json(r.finished_at.as_ref()),
