@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::fleet::{Fleet, store_status};
 use crate::operations;
 use crate::pki::{self, PeerIdentity, Role};
-use crate::security::{Permission, Security, status_with_request_id, with_request_id};
+use crate::security::{CallCtx, Permission, Security, status_with_request_id, with_request_id};
 use crate::store::{self, RunQuery};
 
 /// Most events applied and stored in one transaction.
@@ -263,6 +263,27 @@ pub struct FleetSvc {
     pub security: Arc<Security>,
 }
 
+impl FleetSvc {
+    /// Audit the outcome of an authorized mutating call and tag it with its request id.
+    async fn finish<T>(
+        &self,
+        ctx: &CallCtx,
+        action: &str,
+        target: &str,
+        result: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        self.security.record(ctx, action, target, "", &result).await;
+        tag(ctx, result)
+    }
+}
+
+/// Attach the call's request id to its response or error.
+fn tag<T>(ctx: &CallCtx, result: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+    result
+        .map(|r| with_request_id(r, &ctx.request_id))
+        .map_err(|e| status_with_request_id(e, &ctx.request_id))
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::RunUpdate, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -285,9 +306,7 @@ impl FleetService for FleetSvc {
             Ok(Response::new(v1::ListAgentsResponse { agents }))
         }
         .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        tag(&ctx, result)
     }
 
     async fn get_agent(
@@ -308,9 +327,7 @@ impl FleetService for FleetSvc {
             Ok(Response::new(self.fleet.agent_view(stored.agent)))
         }
         .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        tag(&ctx, result)
     }
 
     async fn start_run(
@@ -322,8 +339,6 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Operate, "StartRun", &target)
             .await?;
-        #[allow(unused_variables)]
-        let who = ctx.who.clone();
         let result: Result<_, Status> = async {
             let req = request.into_inner();
             match (req.steps.is_empty(), req.sequence.is_empty()) {
@@ -342,7 +357,7 @@ impl FleetService for FleetSvc {
                         &self.fleet,
                         &req.agent,
                         &req.sequence,
-                        &who.to_string(),
+                        &ctx.who(),
                     )
                     .await?;
                     return Ok(Response::new(run));
@@ -359,17 +374,12 @@ impl FleetService for FleetSvc {
             self.fleet.check_not_paused(&req.agent).await?;
             let run = self
                 .fleet
-                .start_run(&req.agent, req.steps, "manual", &who.to_string())
+                .start_run(&req.agent, req.steps, "manual", &ctx.who())
                 .await?;
             Ok(Response::new(run))
         }
         .await;
-        self.security
-            .record(&ctx, "StartRun", &target, "", &result)
-            .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        self.finish(&ctx, "StartRun", &target, result).await
     }
 
     async fn get_run(
@@ -390,9 +400,7 @@ impl FleetService for FleetSvc {
                 .ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))
         }
         .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        tag(&ctx, result)
     }
 
     async fn list_runs(
@@ -435,9 +443,7 @@ impl FleetService for FleetSvc {
             }))
         }
         .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        tag(&ctx, result)
     }
 
     type WatchRunsStream = WatchStream;
@@ -511,9 +517,7 @@ impl FleetService for FleetSvc {
             ))
         }
         .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        tag(&ctx, result)
     }
 
     async fn cancel_run(
@@ -525,23 +529,16 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Operate, "CancelRun", &target)
             .await?;
-        #[allow(unused_variables)]
-        let who = ctx.who.clone();
         let result: Result<_, Status> = async {
             let req = request.into_inner();
             let run = self
                 .fleet
-                .cancel_run(&req.id, &req.reason, &who.to_string())
+                .cancel_run(&req.id, &req.reason, &ctx.who())
                 .await?;
             Ok(Response::new(run))
         }
         .await;
-        self.security
-            .record(&ctx, "CancelRun", &target, "", &result)
-            .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        self.finish(&ctx, "CancelRun", &target, result).await
     }
 
     async fn approve_run(
@@ -553,23 +550,16 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Operate, "ApproveRun", &target)
             .await?;
-        #[allow(unused_variables)]
-        let who = ctx.who.clone();
         let result: Result<_, Status> = async {
             let req = request.into_inner();
             let run = self
                 .fleet
-                .approve_run(&req.id, &who.to_string(), &req.note)
+                .approve_run(&req.id, &ctx.who(), &req.note)
                 .await?;
             Ok(Response::new(run))
         }
         .await;
-        self.security
-            .record(&ctx, "ApproveRun", &target, "", &result)
-            .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        self.finish(&ctx, "ApproveRun", &target, result).await
     }
 
     async fn apply(
@@ -581,25 +571,18 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Admin, "Apply", &target)
             .await?;
-        #[allow(unused_variables)]
-        let who = ctx.who.clone();
         let result: Result<_, Status> = async {
             let resp = operations::apply(
                 &self.fleet,
                 &self.scheduler,
                 request.into_inner(),
-                &who.to_string(),
+                &ctx.who(),
             )
             .await?;
             Ok(Response::new(resp))
         }
         .await;
-        self.security
-            .record(&ctx, "Apply", &target, "", &result)
-            .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        self.finish(&ctx, "Apply", &target, result).await
     }
 
     async fn get_documents(
@@ -616,9 +599,7 @@ impl FleetService for FleetSvc {
             ))
         }
         .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        tag(&ctx, result)
     }
 
     async fn delete_document(
@@ -630,8 +611,6 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Admin, "DeleteDocument", &target)
             .await?;
-        #[allow(unused_variables)]
-        let who = ctx.who.clone();
         let result: Result<_, Status> = async {
             Ok(Response::new(
                 operations::delete_document(&self.fleet, &self.scheduler, request.into_inner())
@@ -639,12 +618,7 @@ impl FleetService for FleetSvc {
             ))
         }
         .await;
-        self.security
-            .record(&ctx, "DeleteDocument", &target, "", &result)
-            .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        self.finish(&ctx, "DeleteDocument", &target, result).await
     }
 
     async fn get_schedule(
@@ -662,9 +636,7 @@ impl FleetService for FleetSvc {
             ))
         }
         .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        tag(&ctx, result)
     }
 
     async fn pause_schedule(
@@ -676,8 +648,6 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Operate, "PauseSchedule", &target)
             .await?;
-        #[allow(unused_variables)]
-        let who = ctx.who.clone();
         let result: Result<_, Status> = async {
             let req = request.into_inner();
             Ok(Response::new(
@@ -687,18 +657,13 @@ impl FleetService for FleetSvc {
                     &req.name,
                     true,
                     &req.note,
-                    &who.to_string(),
+                    &ctx.who(),
                 )
                 .await?,
             ))
         }
         .await;
-        self.security
-            .record(&ctx, "PauseSchedule", &target, "", &result)
-            .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        self.finish(&ctx, "PauseSchedule", &target, result).await
     }
 
     async fn resume_schedule(
@@ -710,8 +675,6 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Operate, "ResumeSchedule", &target)
             .await?;
-        #[allow(unused_variables)]
-        let who = ctx.who.clone();
         let result: Result<_, Status> = async {
             let req = request.into_inner();
             Ok(Response::new(
@@ -721,18 +684,13 @@ impl FleetService for FleetSvc {
                     &req.name,
                     false,
                     &req.note,
-                    &who.to_string(),
+                    &ctx.who(),
                 )
                 .await?,
             ))
         }
         .await;
-        self.security
-            .record(&ctx, "ResumeSchedule", &target, "", &result)
-            .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        self.finish(&ctx, "ResumeSchedule", &target, result).await
     }
 
     async fn drain_agent(
@@ -744,22 +702,14 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Operate, "DrainAgent", &target)
             .await?;
-        #[allow(unused_variables)]
-        let who = ctx.who.clone();
         let result: Result<_, Status> = async {
             let req = request.into_inner();
             Ok(Response::new(
-                operations::set_drain(&self.fleet, &req.name, true, &req.note, &who.to_string())
-                    .await?,
+                operations::set_drain(&self.fleet, &req.name, true, &req.note, &ctx.who()).await?,
             ))
         }
         .await;
-        self.security
-            .record(&ctx, "DrainAgent", &target, "", &result)
-            .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        self.finish(&ctx, "DrainAgent", &target, result).await
     }
 
     async fn resume_agent(
@@ -771,22 +721,14 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Operate, "ResumeAgent", &target)
             .await?;
-        #[allow(unused_variables)]
-        let who = ctx.who.clone();
         let result: Result<_, Status> = async {
             let req = request.into_inner();
             Ok(Response::new(
-                operations::set_drain(&self.fleet, &req.name, false, &req.note, &who.to_string())
-                    .await?,
+                operations::set_drain(&self.fleet, &req.name, false, &req.note, &ctx.who()).await?,
             ))
         }
         .await;
-        self.security
-            .record(&ctx, "ResumeAgent", &target, "", &result)
-            .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        self.finish(&ctx, "ResumeAgent", &target, result).await
     }
 
     async fn pause_fleet(
@@ -798,21 +740,14 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Operate, "PauseFleet", &target)
             .await?;
-        #[allow(unused_variables)]
-        let who = ctx.who.clone();
         let result: Result<_, Status> = async {
             let req = request.into_inner();
             Ok(Response::new(
-                operations::set_fleet_pause(&self.fleet, true, &req.note, &who.to_string()).await?,
+                operations::set_fleet_pause(&self.fleet, true, &req.note, &ctx.who()).await?,
             ))
         }
         .await;
-        self.security
-            .record(&ctx, "PauseFleet", &target, "", &result)
-            .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        self.finish(&ctx, "PauseFleet", &target, result).await
     }
 
     async fn resume_fleet(
@@ -824,22 +759,14 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Operate, "ResumeFleet", &target)
             .await?;
-        #[allow(unused_variables)]
-        let who = ctx.who.clone();
         let result: Result<_, Status> = async {
             let req = request.into_inner();
             Ok(Response::new(
-                operations::set_fleet_pause(&self.fleet, false, &req.note, &who.to_string())
-                    .await?,
+                operations::set_fleet_pause(&self.fleet, false, &req.note, &ctx.who()).await?,
             ))
         }
         .await;
-        self.security
-            .record(&ctx, "ResumeFleet", &target, "", &result)
-            .await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        self.finish(&ctx, "ResumeFleet", &target, result).await
     }
 
     async fn get_fleet_status(
@@ -852,9 +779,7 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> =
             async { Ok(Response::new(operations::fleet_status(&self.fleet).await?)) }.await;
-        result
-            .map(|r| with_request_id(r, &ctx.request_id))
-            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+        tag(&ctx, result)
     }
 
     async fn create_token(
