@@ -97,7 +97,8 @@ pub async fn run_with_engine(
     // Labels assigned at enrollment win over configured ones.
     let cfg = enroll::with_enrolled_labels(cfg);
     // Finish an interrupted renewal, then keep the certificate renewed while the agent runs.
-    let _renewal = renew::spawn(&cfg, &shutdown);
+    let live = session::LiveChannel::default();
+    let _renewal = renew::spawn(&cfg, &shutdown, &live);
     // Fail fast on missing TLS files: an agent without credentials can never connect.
     session::client_tls(&cfg)?;
     let journal = Arc::new(journal::Journal::open(&cfg.journal_path())?);
@@ -118,6 +119,7 @@ pub async fn run_with_engine(
     tracing::info!(name = %cfg.name, controller = %cfg.controller, "agent starting");
     let ctx = Arc::new(session::SessionContext {
         cfg,
+        live,
         engine,
         journal,
         executor,

@@ -15,6 +15,7 @@
 //! revoked agent is told, once per check, that it must re-enroll; the task keeps checking the
 //! files, so a re-enrollment while the agent runs is picked up.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -133,12 +134,19 @@ pub fn prepare(cfg: &AgentConfig) {
     }
 }
 
-/// One renewal: fresh key and CSR, `Renew` over mTLS with the current certificate, new pair
-/// installed. Returns the new certificate's details.
-pub async fn renew_once(cfg: &AgentConfig) -> Result<CertInfo, RenewError> {
+/// One renewal: fresh key and CSR, `Renew` over mTLS with the current certificate — on the live
+/// session's connection when there is one, else on a new one — new pair installed. Returns the
+/// new certificate's details.
+pub async fn renew_once(
+    cfg: &AgentConfig,
+    live: &session::LiveChannel,
+) -> Result<CertInfo, RenewError> {
     let current = certs::read_cert_info(&cfg.cert_path()).ok();
     let new_key = NewKey::generate(&cfg.name)?;
-    let channel = session::connect(cfg).await?;
+    let channel = match session::live_channel(live) {
+        Some(c) => c,
+        None => session::connect(cfg).await?,
+    };
     let mut client = AgentServiceClient::new(channel);
     let call = client.renew(RenewRequest {
         csr_pem: new_key.csr_pem.clone(),
@@ -223,7 +231,7 @@ async fn sleep_until_replaced(
 }
 
 /// Keeps the agent's certificate renewed until `shutdown`.
-pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) {
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken, live: session::LiveChannel) {
     let mut failures: u32 = 0;
     // Set after a refusal no retry can fix (revoked): wait the longest before asking again.
     let mut refused = false;
@@ -278,7 +286,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) {
             continue;
         }
         let result = tokio::select! {
-            r = renew_once(&cfg) => r,
+            r = renew_once(&cfg, &live) => r,
             () = shutdown.cancelled() => return,
         };
         match result {
@@ -338,9 +346,17 @@ impl Drop for RenewalTask {
 
 /// Recovers an interrupted renewal, then spawns [`run`]; keep the handle alive while the agent
 /// runs.
-pub fn spawn(cfg: &AgentConfig, shutdown: &CancellationToken) -> RenewalTask {
+pub fn spawn(
+    cfg: &AgentConfig,
+    shutdown: &CancellationToken,
+    live: &session::LiveChannel,
+) -> RenewalTask {
     prepare(cfg);
-    RenewalTask(tokio::spawn(run(cfg.clone(), shutdown.clone())))
+    RenewalTask(tokio::spawn(run(
+        cfg.clone(),
+        shutdown.clone(),
+        Arc::clone(live),
+    )))
 }
 
 #[cfg(test)]
@@ -556,7 +572,9 @@ mod tests {
         };
         let old_cert = std::fs::read_to_string(cfg.cert_path()).unwrap();
         let old_key = std::fs::read_to_string(cfg.key_path()).unwrap();
-        let info = renew_once(&cfg).await.unwrap();
+        let info = renew_once(&cfg, &session::LiveChannel::default())
+            .await
+            .unwrap();
         assert_eq!(
             info.identity.as_deref(),
             Some("spiffe://test/agent/sync-01")
@@ -567,7 +585,9 @@ mod tests {
         assert_ne!(new_key, old_key, "every renewal uses a fresh key");
         assert!(certs::key_matches_cert(&new_key, new_cert.as_bytes()));
         // The new pair works for the next renewal (and the next session).
-        renew_once(&cfg).await.unwrap();
+        renew_once(&cfg, &session::LiveChannel::default())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -581,7 +601,7 @@ mod tests {
             ..cfg
         };
         let before = std::fs::read_to_string(cfg.cert_path()).unwrap();
-        match renew_once(&cfg).await {
+        match renew_once(&cfg, &session::LiveChannel::default()).await {
             Err(RenewError::Refused(s)) => {
                 assert!(certs::is_revoked_status(&s));
                 let line = certs::revoked_line(&status_line(&s), &cfg);

@@ -115,9 +115,25 @@ fn inventory_proto(inv: &[MaInfo]) -> Vec<v1::ManagementAgent> {
         .collect()
 }
 
+/// The channel of the open session, if any: other calls (certificate renewal) ride the same
+/// HTTP/2 connection instead of opening a new one.
+pub type LiveChannel = Arc<std::sync::Mutex<Option<Channel>>>;
+
+fn set_live(live: &LiveChannel, channel: Option<Channel>) {
+    // The slot holds a cheap handle; a poisoned lock still holds a valid value.
+    *live.lock().unwrap_or_else(|p| p.into_inner()) = channel;
+}
+
+/// The open session's channel, if there is one.
+pub fn live_channel(live: &LiveChannel) -> Option<Channel> {
+    live.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// Everything a session needs, shared across reconnects.
 pub struct SessionContext {
     pub cfg: AgentConfig,
+    /// The open session's channel (for renewal over the live connection).
+    pub live: LiveChannel,
     pub engine: Arc<dyn SyncEngine>,
     pub journal: Arc<Journal>,
     pub executor: Arc<Executor>,
@@ -149,6 +165,8 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
             r = run_session(&ctx, &shutdown, &welcomed) => r,
             () = shutdown.cancelled() => return,
         };
+        // The connection is gone: renewals open their own until the next session.
+        set_live(&ctx.live, None);
         if welcomed.load(std::sync::atomic::Ordering::Relaxed) {
             attempt = 0;
         }
@@ -181,6 +199,7 @@ async fn run_session(
     welcomed: &std::sync::atomic::AtomicBool,
 ) -> Result<(), SessionError> {
     let channel = connect(&ctx.cfg).await?;
+    let session_channel = channel.clone();
     let inventory = match ctx.executor.refresh_inventory().await {
         Ok(inv) => inv,
         Err(e) => {
@@ -224,6 +243,7 @@ async fn run_session(
         _ => return Err(SessionError::NoWelcome),
     };
     welcomed.store(true, std::sync::atomic::Ordering::Relaxed);
+    set_live(&ctx.live, Some(session_channel.clone()));
     tracing::info!(controller = %ctx.cfg.controller, acked = welcome.acked_event_seq, "session open");
     ctx.journal.ack(welcome.acked_event_seq)?;
     let heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_interval_seconds.max(1)));

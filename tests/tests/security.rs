@@ -397,11 +397,22 @@ fn ten_second_certificates_renew_while_a_run_streams_without_dropping_the_sessio
             "{run:#}"
         );
     }
-    let renewals = audit(&fleet)
+    let entries = audit(&fleet);
+    let renewals: Vec<&serde_json::Value> = entries
         .iter()
         .filter(|e| e["action"] == "Renew" && e["result"] == "ok")
-        .count();
-    assert!(renewals >= 2, "renewed {renewals} times");
+        .collect();
+    assert!(renewals.len() >= 2, "renewed {} times", renewals.len());
+    // Every renewal came over the live session's connection: one peer address (and port).
+    let peers: std::collections::BTreeSet<&str> = renewals
+        .iter()
+        .map(|e| e["peer"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        peers.len(),
+        1,
+        "renewals from several connections: {peers:?}"
+    );
     // One session all along.
     let log = fleet.controller.as_ref().unwrap().log_text();
     assert_eq!(log.matches("agent connected").count(), 1, "{log}");
