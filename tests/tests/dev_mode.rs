@@ -1,0 +1,87 @@
+//! `syncfleet-controller dev`: one command, a whole fleet, a CLI context for a second shell.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Proc, bin, free_port, wait_for};
+
+#[test]
+fn dev_mode_runs_a_fleet_the_cli_can_drive() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli_config = dir.path().join("cli.toml");
+    let (grpc, http) = (free_port(), free_port());
+    let mut cmd = Command::new(bin("syncfleet-controller"));
+    cmd.args(["dev", "--grpc-listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .arg("--cli-config")
+        .arg(&cli_config);
+    let dev = Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));
+    let cli = |args: &[&str]| {
+        Command::new(bin("syncfleet"))
+            .args(args)
+            .env("SYNCFLEET_CONFIG", &cli_config)
+            .output()
+            .unwrap()
+    };
+    // From "a second shell": the dev context written by `dev` is all the CLI needs.
+    let agents = wait_for("3 connected agents", Duration::from_secs(60), || {
+        let out = cli(&["agents", "list", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let connected = v
+            .as_array()?
+            .iter()
+            .filter(|a| a["state"] == "connected")
+            .count();
+        (connected == 3).then_some(v)
+    });
+    for a in agents.as_array().unwrap() {
+        let mas: Vec<&str> = a["management_agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            mas.contains(&"AD") && mas.contains(&"MIM Service"),
+            "{mas:?}"
+        );
+    }
+    let out = cli(&[
+        "run",
+        "sync-01",
+        "--step",
+        "AD:Delta Import",
+        "--follow",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = run["id"].as_str().unwrap();
+    let out = cli(&["runs", "show", id, "-o", "json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let step = &shown["steps"][0];
+    assert!(
+        step["result"].as_str().unwrap().starts_with("success")
+            || step["result"] == "completed-no-objects"
+    );
+    assert!(step["counters"]["stage-update"].is_u64(), "{shown:#}");
+    // The example fleet is loaded.
+    let out = cli(&["get", "schedules", "-o", "json"]);
+    let scheds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(scheds.as_array().unwrap().len(), 3, "{scheds:#}");
+    // Ctrl-C stops it cleanly.
+    dev.signal("INT");
+    let mut dev = dev;
+    let status = wait_for("dev mode to stop", Duration::from_secs(30), || {
+        dev.child.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "{}", dev.log_text());
+}
