@@ -264,6 +264,78 @@ pub struct FleetSvc {
 }
 
 impl FleetSvc {
+    /// PauseSchedule / ResumeSchedule.
+    async fn schedule_pause(
+        &self,
+        request: Request<v1::PauseScheduleRequest>,
+        paused: bool,
+    ) -> Result<Response<v1::ScheduleStatus>, Status> {
+        let action = if paused {
+            "PauseSchedule"
+        } else {
+            "ResumeSchedule"
+        };
+        let target = format!("schedule/{}", request.get_ref().name);
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, action, &target)
+            .await?;
+        let req = request.into_inner();
+        let result = operations::set_schedule_pause(
+            &self.fleet,
+            &self.scheduler,
+            &req.name,
+            paused,
+            &req.note,
+            &ctx.who(),
+        )
+        .await
+        .map(Response::new);
+        self.finish(&ctx, action, &target, result).await
+    }
+
+    /// DrainAgent / ResumeAgent.
+    async fn drain(
+        &self,
+        request: Request<v1::DrainAgentRequest>,
+        draining: bool,
+    ) -> Result<Response<v1::Agent>, Status> {
+        let action = if draining {
+            "DrainAgent"
+        } else {
+            "ResumeAgent"
+        };
+        let target = format!("agent/{}", request.get_ref().name);
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, action, &target)
+            .await?;
+        let req = request.into_inner();
+        let result = operations::set_drain(&self.fleet, &req.name, draining, &req.note, &ctx.who())
+            .await
+            .map(Response::new);
+        self.finish(&ctx, action, &target, result).await
+    }
+
+    /// PauseFleet / ResumeFleet.
+    async fn fleet_pause(
+        &self,
+        request: Request<v1::PauseFleetRequest>,
+        paused: bool,
+    ) -> Result<Response<v1::FleetStatus>, Status> {
+        let action = if paused { "PauseFleet" } else { "ResumeFleet" };
+        let target = "fleet".to_string();
+        let ctx = self
+            .security
+            .authorize(&request, Permission::Operate, action, &target)
+            .await?;
+        let req = request.into_inner();
+        let result = operations::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
+            .await
+            .map(Response::new);
+        self.finish(&ctx, action, &target, result).await
+    }
+
     /// Audit the outcome of an authorized mutating call and tag it with its request id.
     async fn finish<T>(
         &self,
@@ -643,130 +715,42 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::PauseScheduleRequest>,
     ) -> Result<Response<v1::ScheduleStatus>, Status> {
-        let target = format!("schedule/{}", request.get_ref().name);
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Operate, "PauseSchedule", &target)
-            .await?;
-        let result: Result<_, Status> = async {
-            let req = request.into_inner();
-            Ok(Response::new(
-                operations::set_schedule_pause(
-                    &self.fleet,
-                    &self.scheduler,
-                    &req.name,
-                    true,
-                    &req.note,
-                    &ctx.who(),
-                )
-                .await?,
-            ))
-        }
-        .await;
-        self.finish(&ctx, "PauseSchedule", &target, result).await
+        self.schedule_pause(request, true).await
     }
 
     async fn resume_schedule(
         &self,
         request: Request<v1::PauseScheduleRequest>,
     ) -> Result<Response<v1::ScheduleStatus>, Status> {
-        let target = format!("schedule/{}", request.get_ref().name);
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Operate, "ResumeSchedule", &target)
-            .await?;
-        let result: Result<_, Status> = async {
-            let req = request.into_inner();
-            Ok(Response::new(
-                operations::set_schedule_pause(
-                    &self.fleet,
-                    &self.scheduler,
-                    &req.name,
-                    false,
-                    &req.note,
-                    &ctx.who(),
-                )
-                .await?,
-            ))
-        }
-        .await;
-        self.finish(&ctx, "ResumeSchedule", &target, result).await
+        self.schedule_pause(request, false).await
     }
 
     async fn drain_agent(
         &self,
         request: Request<v1::DrainAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        let target = format!("agent/{}", request.get_ref().name);
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Operate, "DrainAgent", &target)
-            .await?;
-        let result: Result<_, Status> = async {
-            let req = request.into_inner();
-            Ok(Response::new(
-                operations::set_drain(&self.fleet, &req.name, true, &req.note, &ctx.who()).await?,
-            ))
-        }
-        .await;
-        self.finish(&ctx, "DrainAgent", &target, result).await
+        self.drain(request, true).await
     }
 
     async fn resume_agent(
         &self,
         request: Request<v1::DrainAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        let target = format!("agent/{}", request.get_ref().name);
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Operate, "ResumeAgent", &target)
-            .await?;
-        let result: Result<_, Status> = async {
-            let req = request.into_inner();
-            Ok(Response::new(
-                operations::set_drain(&self.fleet, &req.name, false, &req.note, &ctx.who()).await?,
-            ))
-        }
-        .await;
-        self.finish(&ctx, "ResumeAgent", &target, result).await
+        self.drain(request, false).await
     }
 
     async fn pause_fleet(
         &self,
         request: Request<v1::PauseFleetRequest>,
     ) -> Result<Response<v1::FleetStatus>, Status> {
-        let target = "fleet".to_string();
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Operate, "PauseFleet", &target)
-            .await?;
-        let result: Result<_, Status> = async {
-            let req = request.into_inner();
-            Ok(Response::new(
-                operations::set_fleet_pause(&self.fleet, true, &req.note, &ctx.who()).await?,
-            ))
-        }
-        .await;
-        self.finish(&ctx, "PauseFleet", &target, result).await
+        self.fleet_pause(request, true).await
     }
 
     async fn resume_fleet(
         &self,
         request: Request<v1::PauseFleetRequest>,
     ) -> Result<Response<v1::FleetStatus>, Status> {
-        let target = "fleet".to_string();
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Operate, "ResumeFleet", &target)
-            .await?;
-        let result: Result<_, Status> = async {
-            let req = request.into_inner();
-            Ok(Response::new(
-                operations::set_fleet_pause(&self.fleet, false, &req.note, &ctx.who()).await?,
-            ))
-        }
-        .await;
-        self.finish(&ctx, "ResumeFleet", &target, result).await
+        self.fleet_pause(request, false).await
     }
 
     async fn get_fleet_status(
