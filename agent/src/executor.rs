@@ -1148,18 +1148,12 @@ mod tests {
         exec: Arc<Executor>,
     }
 
-    async fn harness(mode: RunMode) -> Harness {
+    /// An executor on a simulated server with its journal in a temporary folder.
+    async fn build(cfg: SimConfig, opts: ExecutorOptions) -> (Harness, Arc<SimEngine>) {
         let dir = tempfile::tempdir().unwrap();
         let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
-        let mut cfg = SimConfig::example(1);
-        cfg.time_scale = 0.002;
-        let engine: Arc<dyn SyncEngine> = Arc::new(SimEngine::new(cfg));
-        let opts = ExecutorOptions {
-            run_mode: mode,
-            stagger: Duration::from_millis(1),
-            busy_poll: Duration::from_millis(5),
-            ..ExecutorOptions::default()
-        };
+        let sim = Arc::new(SimEngine::new(cfg));
+        let engine: Arc<dyn SyncEngine> = sim.clone();
         let exec = Arc::new(Executor::new(
             engine,
             Arc::clone(&journal),
@@ -1167,11 +1161,26 @@ mod tests {
             opts,
         ));
         exec.refresh_inventory().await.unwrap();
-        Harness {
-            _dir: dir,
-            journal,
-            exec,
-        }
+        (
+            Harness {
+                _dir: dir,
+                journal,
+                exec,
+            },
+            sim,
+        )
+    }
+
+    async fn harness(mode: RunMode) -> Harness {
+        let mut cfg = SimConfig::example(1);
+        cfg.time_scale = 0.002;
+        let opts = ExecutorOptions {
+            run_mode: mode,
+            stagger: Duration::from_millis(1),
+            busy_poll: Duration::from_millis(5),
+            ..ExecutorOptions::default()
+        };
+        build(cfg, opts).await.0
     }
 
     fn start(h: &Harness, id: &str, steps: &[(&str, &str)]) {
@@ -1311,30 +1320,12 @@ mod tests {
     }
 
     async fn quiet_with(opts: ExecutorOptions) -> (Harness, Arc<SimEngine>) {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
         let mut cfg = SimConfig::example(1);
         cfg.time_scale = 0.001;
         for m in &mut cfg.mas {
             m.change_rate_per_hour = 0.0;
         }
-        let sim = Arc::new(SimEngine::new(cfg));
-        let engine: Arc<dyn SyncEngine> = sim.clone();
-        let exec = Arc::new(Executor::new(
-            engine,
-            Arc::clone(&journal),
-            Arc::new(Notify::new()),
-            opts,
-        ));
-        exec.refresh_inventory().await.unwrap();
-        (
-            Harness {
-                _dir: dir,
-                journal,
-                exec,
-            },
-            sim,
-        )
+        build(cfg, opts).await
     }
 
     fn step(
