@@ -1,12 +1,19 @@
-//! `syncfleet-controller dev`: a whole fleet in one process (design decision 12).
+//! `syncfleet dev` (also `syncfleet-controller dev`): a whole fleet in one process.
 //!
 //! The controller runs with its own CA, a temporary store (unless `--data-dir`), and N
 //! in-process agents on simulated engines, each a different server, connected over real
 //! loopback gRPC with mTLS — the same code paths as production. A `dev` context is written into
 //! the CLI config so `syncfleet` works from another terminal.
+//!
+//! Both binaries accept `dev` so that the README's first command (`cargo run -p
+//! syncfleet-controller -- dev`, which runs the package's default binary, the `syncfleet` CLI)
+//! leaves the CLI built next to it: the tour's `syncfleet ...` commands then work as written.
+//! The banner (how to reach the fleet) goes to stdout; logs go to stderr, so `--log-format json`
+//! stays one JSON object per stderr line.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use syncfleet_agent::AgentConfig;
@@ -17,6 +24,77 @@ use crate::cli::config::{Context, default_config_path, upsert_context};
 use crate::config::ControllerConfig;
 use crate::init;
 use crate::server::{self, ServeError};
+
+/// `dev`'s command-line arguments, shared by the `syncfleet` and `syncfleet-controller` binaries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Number of simulated agents (sync servers).
+    #[arg(long, default_value_t = 3)]
+    pub agents: usize,
+    /// Keep the store and credentials here instead of a temporary folder.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub grpc_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub http_listen: SocketAddr,
+    /// CLI config file to write the `dev` context into (default: the CLI's own default).
+    #[arg(long)]
+    pub cli_config: Option<PathBuf>,
+    /// Simulated engine duration multiplier (1.0 = realistic).
+    #[arg(long, default_value_t = 0.05)]
+    pub time_scale: f64,
+    /// Do not load the example fleet (sequences and schedules).
+    #[arg(long)]
+    pub no_example_fleet: bool,
+    #[arg(long, env = "SYNCFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl DevArgs {
+    /// The options for [`run_dev`]; `cli_config` falls back to `default_cli_config` (the CLI's
+    /// global `--config`) when `--cli-config` is not given.
+    pub fn options(&self, default_cli_config: Option<&Path>) -> DevOptions {
+        DevOptions {
+            agents: self.agents,
+            data_dir: self.data_dir.clone(),
+            grpc_listen: self.grpc_listen,
+            http_listen: self.http_listen,
+            cli_config: self
+                .cli_config
+                .clone()
+                .or_else(|| default_cli_config.map(Path::to_path_buf)),
+            time_scale: self.time_scale,
+            example_fleet: !self.no_example_fleet,
+        }
+    }
+}
+
+/// Runs `dev` as a process: logging, a multi-threaded runtime, Ctrl-C/SIGTERM to stop. Returns
+/// the process exit code.
+pub fn main(args: &DevArgs, default_cli_config: Option<&Path>) -> ExitCode {
+    let _telemetry = crate::telemetry::init(&args.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let shutdown = crate::signals::shutdown_on_signals();
+        match run_dev(args.options(default_cli_config), shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
 
 /// Options of `dev`.
 #[derive(Debug, Clone)]
@@ -196,22 +274,16 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
             true,
         )?;
     }
-    eprintln!(
-        "syncfleet dev fleet is up: controller {url} (http://{}), {} simulated agents, data in {}",
-        bound.http,
-        opts.agents,
-        data_dir.display()
-    );
-    if let Some(path) = &cli_path {
-        eprintln!("CLI context \"dev\" written to {}", path.display());
-    }
-    eprintln!(
-        "try:\n  syncfleet agents list\n  syncfleet agents show sync-01\n  syncfleet run sync-01 --step \"AD:Delta Import\" --step \"AD:Delta Sync\" --follow\n  syncfleet get schedules\n  syncfleet schedules show delta-every-3m\n  syncfleet run sync-02 --sequence delta-cycle --follow\n  syncfleet runs list\nCtrl-C stops the fleet{}.",
-        if temp.is_some() {
-            " and deletes its temporary data"
-        } else {
-            ""
-        }
+    println!(
+        "{}",
+        banner(
+            &url,
+            bound.http,
+            opts.agents,
+            &data_dir,
+            cli_path.as_deref(),
+            temp.is_some()
+        )
     );
 
     let result = controller.await;
@@ -223,6 +295,55 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
     match result {
         Ok(r) => r.map_err(DevError::from),
         Err(_) => Err(DevError::NotReady),
+    }
+}
+
+/// What `dev` prints once the fleet is up: where it is, how to reach it with the CLI, what to
+/// try. The CLI hint names the `syncfleet` binary found beside the running executable (the same
+/// one under `cargo run`), so "put that folder on your PATH" is advice that works.
+fn banner(
+    url: &str,
+    http: SocketAddr,
+    agents: usize,
+    data_dir: &Path,
+    cli_config: Option<&Path>,
+    temporary: bool,
+) -> String {
+    let mut text = format!(
+        "syncfleet dev fleet is up: controller {url} (http://{http}), {agents} simulated agents, data in {}\n",
+        data_dir.display()
+    );
+    if let Some(path) = cli_config {
+        text.push_str(&format!(
+            "CLI context \"dev\" written to {}\n",
+            path.display()
+        ));
+    }
+    text.push_str(&cli_hint());
+    text.push_str(
+        "try (in another terminal):\n  syncfleet agents list\n  syncfleet agents show sync-01\n  syncfleet run sync-01 --step \"AD:Delta Import\" --step \"AD:Delta Sync\" --follow\n  syncfleet runs list\n  syncfleet schedules list\n  syncfleet schedules show delta-every-3m\n  syncfleet run sync-02 --sequence delta-cycle --follow\n",
+    );
+    text.push_str("Ctrl-C stops the fleet");
+    if temporary {
+        text.push_str(" and deletes its temporary data");
+    }
+    text.push('.');
+    text
+}
+
+/// Where the `syncfleet` CLI is, as a line telling how to put it on the `PATH`.
+fn cli_hint() -> String {
+    let exe_name = format!("syncfleet{}", std::env::consts::EXE_SUFFIX);
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    match dir {
+        Some(dir) if dir.join(&exe_name).is_file() => format!(
+            "CLI: {} (put its folder on your PATH: export PATH=\"{}:$PATH\")\n",
+            dir.join(&exe_name).display(),
+            dir.display()
+        ),
+        _ => "CLI: not built yet; build it with `cargo build --release -p syncfleet-controller --bin syncfleet`\n".to_string(),
     }
 }
 

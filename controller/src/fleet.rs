@@ -672,7 +672,10 @@ impl Fleet {
         }
         let agent = new.agent.clone();
         let run = v1::Run {
-            id: new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            // Random (v4), not time-ordered (v7): the first 8 characters, which progress lines
+            // show and `runs show` accepts as a prefix, must differ between runs created
+            // together. Listings order by `created_at`.
+            id: new.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             agent: new.agent,
             state: v1::RunState::Pending as i32,
             origin: new.origin,

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::fleet::{Fleet, store_status};
 use crate::operations;
 use crate::pki::{self, PeerIdentity, Role};
+use crate::run_ids;
 use crate::security::{CallCtx, Permission, Security, status_with_request_id, with_request_id};
 use crate::store::{self, RunQuery};
 
@@ -350,6 +351,18 @@ impl FleetSvc {
 }
 
 /// Attach the call's request id to its response or error.
+/// The full run id an operator's id or unique prefix names ([`run_ids`]), as a gRPC status on
+/// failure.
+async fn run_id(store: &Arc<dyn crate::store::Store>, typed: &str) -> Result<String, Status> {
+    run_ids::resolve(store, typed).await.map_err(|e| match e {
+        run_ids::RunIdError::NotFound(_) => Status::not_found(e.to_string()),
+        run_ids::RunIdError::Ambiguous { .. } | run_ids::RunIdError::TooLong(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        run_ids::RunIdError::Store(e) => store_status(e),
+    })
+}
+
 fn tag<T>(ctx: &CallCtx, result: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
     result
         .map(|r| with_request_id(r, &ctx.request_id))
@@ -463,7 +476,7 @@ impl FleetService for FleetSvc {
             .authorize(&request, Permission::Read, "GetRun", "")
             .await?;
         let result: Result<_, Status> = async {
-            let id = request.into_inner().id;
+            let id = run_id(&self.fleet.store, &request.into_inner().id).await?;
             let i = id.clone();
             store::blocking(&self.fleet.store, move |s| s.get_run(&i))
                 .await
@@ -529,7 +542,10 @@ impl FleetService for FleetSvc {
             .authorize(&request, Permission::Read, "WatchRuns", "")
             .await?;
         let result: Result<_, Status> = async {
-            let req = request.into_inner();
+            let mut req = request.into_inner();
+            if !req.run_id.is_empty() {
+                req.run_id = run_id(&self.fleet.store, &req.run_id).await?;
+            }
             // Subscribe before reading the snapshot, so no change falls between the two.
             let mut rx = self.fleet.subscribe();
             let fleet = Arc::clone(&self.fleet);
@@ -603,10 +619,8 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             let req = request.into_inner();
-            let run = self
-                .fleet
-                .cancel_run(&req.id, &req.reason, &ctx.who())
-                .await?;
+            let id = run_id(&self.fleet.store, &req.id).await?;
+            let run = self.fleet.cancel_run(&id, &req.reason, &ctx.who()).await?;
             Ok(Response::new(run))
         }
         .await;
@@ -624,10 +638,8 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             let req = request.into_inner();
-            let run = self
-                .fleet
-                .approve_run(&req.id, &ctx.who(), &req.note)
-                .await?;
+            let id = run_id(&self.fleet.store, &req.id).await?;
+            let run = self.fleet.approve_run(&id, &ctx.who(), &req.note).await?;
             Ok(Response::new(run))
         }
         .await;

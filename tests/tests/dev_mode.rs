@@ -8,6 +8,18 @@ use std::time::Duration;
 
 use common::{Proc, bin, free_port, wait_for};
 
+/// The 8-character id `run --follow` prints in its progress lines (`run 01a23390 ...`).
+fn short_id_in(progress: &str) -> Option<String> {
+    progress
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find_map(|w| {
+            (w[0] == "run" && w[1].len() == 8 && w[1].bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| w[1].to_string())
+        })
+}
+
 #[test]
 fn dev_mode_runs_a_fleet_the_cli_can_drive() {
     let dir = tempfile::tempdir().unwrap();
@@ -16,9 +28,16 @@ fn dev_mode_runs_a_fleet_the_cli_can_drive() {
     let mut cmd = Command::new(bin("syncfleet-controller"));
     cmd.args(["dev", "--grpc-listen", &format!("127.0.0.1:{grpc}")])
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--log-format", "json"])
         .arg("--cli-config")
         .arg(&cli_config);
-    let dev = Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));
+    let banner = dir.path().join("dev.stdout");
+    let dev = Proc::spawn_with_stdout(
+        "dev",
+        &mut cmd,
+        dir.path().join("dev.log"),
+        std::fs::File::create(&banner).unwrap(),
+    );
     let cli = |args: &[&str]| {
         Command::new(bin("syncfleet"))
             .args(args)
@@ -73,6 +92,32 @@ fn dev_mode_runs_a_fleet_the_cli_can_drive() {
             || step["result"] == "completed-no-objects"
     );
     assert!(step["counters"]["stage-update"].is_u64(), "{shown:#}");
+    // The short id that `--follow` prints names the run for `runs show`.
+    let out = cli(&["run", "sync-01", "--step", "AD:Delta Import", "--follow"]);
+    let progress = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{progress}");
+    let short = short_id_in(&progress).unwrap_or_else(|| panic!("no short id in {progress}"));
+    let out = cli(&["runs", "show", &short, "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "runs show {short}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        shown["id"].as_str().unwrap().starts_with(&short),
+        "{shown:#}"
+    );
+    // The banner is on stdout and names the CLI; stderr holds only JSON log lines.
+    let banner = std::fs::read_to_string(&banner).unwrap();
+    assert!(banner.contains("syncfleet dev fleet is up"), "{banner}");
+    assert!(banner.contains("CLI: "), "{banner}");
+    for line in dev.log_text().lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON log line on stderr: {line}"
+        );
+    }
     // The example fleet is loaded.
     let out = cli(&["get", "schedules", "-o", "json"]);
     let scheds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -84,4 +129,11 @@ fn dev_mode_runs_a_fleet_the_cli_can_drive() {
         dev.child.try_wait().ok().flatten()
     });
     assert!(status.success(), "{}", dev.log_text());
+    // The fleet and its temporary credentials are gone: the CLI says the controller is not
+    // running rather than naming a missing file.
+    let out = cli(&["agents", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not running"), "{err}");
+    assert!(err.contains("syncfleet dev"), "{err}");
 }

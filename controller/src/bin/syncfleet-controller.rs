@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use syncfleet_controller::config::{self, ConfigError, ControllerConfig, EXIT_CONFIG};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,30 +34,9 @@ enum Command {
         #[arg(long = "agent")]
         agents: Vec<String>,
     },
-    /// Run a whole fleet on this machine: controller + simulated agents, with a CLI context.
-    Dev {
-        /// Number of simulated agents (sync servers).
-        #[arg(long, default_value_t = 3)]
-        agents: usize,
-        /// Keep the store and credentials here instead of a temporary folder.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        #[arg(long, default_value = "127.0.0.1:7443")]
-        grpc_listen: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:7080")]
-        http_listen: SocketAddr,
-        /// CLI config file to write the `dev` context into (default: the CLI's own default).
-        #[arg(long, env = "SYNCFLEET_CONFIG")]
-        cli_config: Option<PathBuf>,
-        /// Simulated engine duration multiplier (1.0 = realistic).
-        #[arg(long, default_value_t = 0.05)]
-        time_scale: f64,
-        /// Do not load the example fleet (sequences and schedules).
-        #[arg(long)]
-        no_example_fleet: bool,
-        #[arg(long, env = "SYNCFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-        log_format: String,
-    },
+    /// Run a whole fleet on this machine: controller + simulated agents, with a CLI context
+    /// (the same as `syncfleet dev`).
+    Dev(syncfleet_controller::dev::DevArgs),
 }
 
 #[derive(Args, Debug)]
@@ -135,28 +113,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        t.cancel();
-    });
-    #[cfg(unix)]
-    {
-        let t = token.clone();
-        tokio::spawn(async move {
-            if let Ok(mut s) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                s.recv().await;
-                t.cancel();
-            }
-        });
-    }
-    token
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -187,7 +143,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             rt.block_on(async {
-                let shutdown = shutdown_on_signals();
+                let shutdown = syncfleet_controller::signals::shutdown_on_signals();
                 match syncfleet_controller::server::serve(cfg, shutdown, None).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e @ syncfleet_controller::server::ServeError::Config(_)) => {
@@ -250,41 +206,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Dev {
-            agents,
-            data_dir,
-            grpc_listen,
-            http_listen,
-            cli_config,
-            time_scale,
-            no_example_fleet,
-            log_format,
-        } => {
-            let _telemetry = init_logging(&log_format);
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            rt.block_on(async {
-                let shutdown = shutdown_on_signals();
-                let opts = syncfleet_controller::dev::DevOptions {
-                    agents,
-                    data_dir,
-                    grpc_listen,
-                    http_listen,
-                    cli_config,
-                    time_scale,
-                    example_fleet: !no_example_fleet,
-                };
-                match syncfleet_controller::dev::run_dev(opts, shutdown).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
-        }
+        Command::Dev(args) => syncfleet_controller::dev::main(&args, None),
     }
 }
 

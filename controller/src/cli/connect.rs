@@ -36,6 +36,17 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    /// The context's credentials are gone and nothing listens at its controller address: what
+    /// is left behind by a `dev` fleet that stopped (it deletes its temporary data).
+    #[error(
+        "the controller {url} of context \"{context}\" is not running (nothing listens there) and its credentials are gone ({} does not exist); a `syncfleet dev` fleet deletes them when it stops: start it again, or pick another context with --context",
+        missing.display()
+    )]
+    NotRunning {
+        url: String,
+        context: String,
+        missing: PathBuf,
+    },
     /// The controller URL was refused by the transport.
     #[error(
         "invalid controller URL \"{url}\" in context \"{context}\": {cause}; set controller = \"https://HOST:PORT\""
@@ -87,9 +98,27 @@ pub async fn connect(rc: &ResolvedContext) -> Result<Client, ConnectError> {
             source,
         })
     };
-    let ca = read("ca_cert", &ctx.ca_cert)?;
-    let cert = read("client_cert", &ctx.client_cert)?;
-    let key = read("client_key", &ctx.client_key)?;
+    let files = read("ca_cert", &ctx.ca_cert).and_then(|ca| {
+        Ok((
+            ca,
+            read("client_cert", &ctx.client_cert)?,
+            read("client_key", &ctx.client_key)?,
+        ))
+    });
+    let (ca, cert, key) = match files {
+        Ok(files) => files,
+        Err(ConnectError::CredentialFile { path, source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+                && !listening(&ctx.controller).await =>
+        {
+            return Err(ConnectError::NotRunning {
+                url: ctx.controller.clone(),
+                context: rc.name.clone(),
+                missing: path,
+            });
+        }
+        Err(e) => return Err(e),
+    };
 
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
@@ -130,6 +159,27 @@ pub async fn connect(rc: &ResolvedContext) -> Result<Client, ConnectError> {
         }
     };
     Ok(FleetServiceClient::new(channel))
+}
+
+/// Whether something accepts TCP connections at the controller URL's host and port (false when
+/// the URL cannot be parsed or nothing answers within [`CONNECT_TIMEOUT`]).
+async fn listening(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tonic::codegen::http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(443);
+    matches!(
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((host, port))
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }
 
 /// Sorts a transport failure into TLS vs unreachable, with a short cause.

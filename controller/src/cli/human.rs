@@ -636,7 +636,8 @@ impl Follower {
     }
 }
 
-/// First block of a UUID, enough to tell runs apart in progress lines.
+/// First block of a run id (32 random bits of a v4 UUID, or of a schedule's derived v5 id):
+/// tells runs apart in progress lines and is accepted back as a unique prefix.
 pub fn short_id(id: &str) -> &str {
     id.split('-').next().unwrap_or(id)
 }

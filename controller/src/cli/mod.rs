@@ -30,7 +30,11 @@
 //! syncfleet tokens create --agent NAME [--labels k=v,...] [--ttl 30m]
 //! syncfleet operators create NAME --role viewer|operator|admin [--ttl 90d] [--out FILE]
 //! syncfleet audit list [--since 1h|RFC3339] [--who IDENTITY] [--limit N]
+//! syncfleet dev [--agents N] [--data-dir DIR]      a whole fleet on this machine (see crate::dev)
 //! ```
+//!
+//! Run ids can be given whole or as any unique prefix of at least 4 characters (the 8-character
+//! ids that progress lines and tables show).
 //!
 //! Global flags: `--config PATH` (env `SYNCFLEET_CONFIG`), `--context NAME` (env
 //! `SYNCFLEET_CONTEXT`), `-o/--output table|json|yaml`. See [`config`] for the config file.
@@ -46,7 +50,7 @@
 //!   of problems in fleet files (found locally or by the controller) are printed first, one per
 //!   line, verbatim, followed by one `error: ` line.
 //! - `run` without `--follow` prints just the new run's id (table mode), so
-//!   `id=$(syncfleet run sync01 --step "AD:Delta Import")` works; with `--follow` it prints the
+//!   `id=$(syncfleet run sync-01 --step "AD:Delta Import")` works; with `--follow` it prints the
 //!   final run (summary, or the run object with `-o json`) once the run has ended. `runs
 //!   approve` likewise prints the id of the new (continuation) run.
 //!
@@ -137,12 +141,13 @@ const STATE_LABELS: [&str; 10] = [
     version,
     after_help = "Data goes to stdout, messages to stderr. Exit status: 0 done (run --follow: run \
                   succeeded), 1 failed (invalid fleet files, config, connection, request, or \
-                  followed run did not succeed), 2 usage error.\n\nExamples:\n  syncfleet \
-                  agents list\n  syncfleet run sync01 --step \"AD:Delta Import\" --step \
-                  \"AD:Delta Sync\" --follow\n  syncfleet run sync01 --sequence delta-cycle \
-                  --follow\n  syncfleet apply -f fleet/ --dry-run\n  syncfleet get schedules \
-                  > fleet-backup.yaml\n  syncfleet schedules pause delta-every-5m --note \
-                  \"AD maintenance\"\n  syncfleet runs list --state failed -o json"
+                  followed run did not succeed), 2 usage error.\n\nExamples (the names are \
+                  those of the `syncfleet dev` fleet):\n  syncfleet dev\n  syncfleet \
+                  agents list\n  syncfleet run sync-01 --step \"AD:Delta Import\" --step \
+                  \"AD:Delta Sync\" --follow\n  syncfleet run sync-01 --sequence delta-cycle \
+                  --follow\n  syncfleet apply -f deploy/examples/ --dry-run\n  syncfleet get \
+                  schedules > fleet-backup.yaml\n  syncfleet schedules pause delta-every-3m \
+                  --note \"AD maintenance\"\n  syncfleet runs list --state failed -o json"
 )]
 pub struct Cli {
     /// Config file with the contexts [default: ~/.config/syncfleet/config.toml]
@@ -213,6 +218,9 @@ pub enum Command {
     /// The audit log: every change, denial, enrollment, renewal and revocation
     #[command(subcommand)]
     Audit(access::AuditCommand),
+    /// Run a whole fleet on this machine: a controller, simulated sync servers and the example
+    /// fleet; writes a `dev` context into the CLI config so a second terminal can drive it
+    Dev(crate::dev::DevArgs),
 }
 
 /// Kinds of fleet documents, for `get` and `delete` (singular or plural).
@@ -469,6 +477,14 @@ pub enum CliError {
 /// Entry point of the `syncfleet` binary: builds a Tokio runtime and runs
 /// [`main_with_args`] with the process arguments.
 pub fn main() -> ExitCode {
+    let cli = match parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    // `dev` is a long-running daemon with its own multi-threaded runtime and signal handling.
+    if let Command::Dev(args) = &cli.command {
+        return crate::dev::main(args, cli.config.as_deref());
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -479,21 +495,31 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    rt.block_on(main_with_args(std::env::args_os()))
+    rt.block_on(run_parsed(&cli))
+}
+
+/// Parses the arguments; on a usage error (or `--help`/`--version`) prints clap's message and
+/// returns the exit code to end with.
+fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, ExitCode> {
+    Cli::try_parse_from(args).map_err(|e| {
+        // --help and --version are "errors" with exit code 0 and go to stdout.
+        let _ = e.print();
+        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE))
+    })
 }
 
 /// Parses `args` (including the program name) and runs the command; returns the exit code per
 /// the module's contract, having printed data to stdout and messages to stderr.
 pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(c) => c,
-        Err(e) => {
-            // --help and --version are "errors" with exit code 0 and go to stdout.
-            let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
-        }
-    };
-    match execute(&cli).await {
+    match parse(args) {
+        Ok(cli) => run_parsed(&cli).await,
+        Err(code) => code,
+    }
+}
+
+/// Runs a parsed command (other than `dev`) and turns its outcome into the exit code.
+async fn run_parsed(cli: &Cli) -> ExitCode {
+    match execute(cli).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             if let CliError::Invalid { details, .. } = &e
@@ -586,6 +612,9 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
             s.audit_list(&mut client, *since, who.as_deref(), *limit)
                 .await
         }
+        Command::Dev(_) => Err(CliError::Failed(
+            "`dev` runs as its own process: start it with `syncfleet dev`".to_string(),
+        )),
     }
 }
 
@@ -957,6 +986,67 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Splits a command line the way a shell does for the simple quoting used in examples.
+    fn shell_words(line: &str) -> Vec<String> {
+        let mut words = Vec::new();
+        let mut word = String::new();
+        let mut quoted = false;
+        for c in line.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                ' ' if !quoted => {
+                    if !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                }
+                _ => word.push(c),
+            }
+        }
+        if !word.is_empty() {
+            words.push(word);
+        }
+        words
+    }
+
+    #[test]
+    fn help_examples_parse_and_name_what_the_dev_fleet_has() {
+        let help = Cli::command().render_long_help().to_string();
+        let examples: Vec<&str> = help
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("syncfleet "))
+            .collect();
+        assert!(examples.len() >= 5, "{help}");
+        let docs = crate::dev::example_documents().unwrap();
+        let has = |kind: &str, name: &str| docs.iter().any(|d| d.kind == kind && d.name == name);
+        // `dev` names its agents sync-01 .. sync-NN (3 by default).
+        let dev_agent = |name: &str| ["sync-01", "sync-02", "sync-03"].contains(&name);
+        for line in examples {
+            // A shell redirection is not the CLI's business.
+            let line = line.split(" > ").next().unwrap_or(line);
+            let cli = Cli::try_parse_from(shell_words(line))
+                .unwrap_or_else(|e| panic!("help example {line:?} does not parse: {e}"));
+            match &cli.command {
+                Command::Run(args) => {
+                    assert!(dev_agent(&args.agent), "{line}: no agent {}", args.agent);
+                    if let Some(seq) = &args.sequence {
+                        assert!(has("Sequence", seq), "{line}: no sequence {seq}");
+                    }
+                }
+                Command::Schedules(
+                    SchedulesCommand::Show { name } | SchedulesCommand::Pause { name, .. },
+                ) => assert!(has("Schedule", name), "{line}: no schedule {name}"),
+                Command::Apply(args) => {
+                    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+                    for f in &args.files {
+                        assert!(root.join(f).exists(), "{line}: no {}", f.display());
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     #[test]

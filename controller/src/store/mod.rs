@@ -87,6 +87,8 @@ pub trait Store: Send + Sync + 'static {
     /// Replace runs (by id) in one transaction.
     fn put_runs(&self, runs: &[v1::Run]) -> Result<(), StoreError>;
     fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError>;
+    /// Ids of runs that start with `prefix`, in id order, at most `limit` of them.
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
     fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError>;
     /// Every run in one of `states`, optionally of one agent, oldest first.
     fn runs_in_states(

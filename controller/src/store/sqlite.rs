@@ -274,6 +274,27 @@ impl Store for SqliteStore {
         body.map(|b| decode(&format!("run {id}"), &b)).transpose()
     }
 
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        // A range on the primary key (index seek), not LIKE: LIKE is case-insensitive and would
+        // treat `_` and `%` in the prefix as wildcards.
+        let conn = self.reader();
+        let upper = format!("{prefix}\u{10FFFF}");
+        let mut stmt = conn
+            .prepare_cached("SELECT id FROM runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                rusqlite::params![prefix, upper, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| r.get::<_, String>(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let mut ids = Vec::new();
+        for id in rows {
+            ids.push(id.map_err(|e| self.err(e))?);
+        }
+        Ok(ids)
+    }
+
     fn list_runs(&self, q: &RunQuery) -> Result<RunPage, StoreError> {
         let mut sql = String::from("SELECT id, created_at, body FROM runs WHERE 1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();

@@ -25,6 +25,14 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The repository's root folder (README.md, deploy/, ...).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -56,10 +64,20 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        Self::spawn_with_stdout(name, cmd, log, Stdio::null())
+    }
+
+    /// Like [`Proc::spawn`], with stdout going to `stdout` instead of nowhere.
+    pub fn spawn_with_stdout(
+        name: &str,
+        cmd: &mut Command,
+        log: PathBuf,
+        stdout: impl Into<Stdio>,
+    ) -> Proc {
         let file = File::create(&log).unwrap();
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(file)
             .env("SYNCFLEET_LOG", "info,syncfleet=debug")
             .spawn()

@@ -1,0 +1,147 @@
+//! The README is the front door: its first command brings a fleet up and every line of its tour
+//! works exactly as written. This test reads README.md, starts the fleet command's equivalent
+//! from the built binaries (`cargo run -p syncfleet-controller -- dev` runs the package's
+//! default binary with `dev`), with a fresh `HOME` and the binaries' folder on `PATH`, then runs
+//! every line of the tour block with `bash -c`, literally, in order; each must exit 0. A
+//! placeholder `<RUN-ID>` is filled with the run id the line before printed.
+//!
+//! The fleet listens on the README's addresses (127.0.0.1:7443 and :7080), which no other test
+//! uses.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Proc, bin, wait_for, workspace_root};
+
+/// The ```sh block that follows `heading` in `readme`, as lines.
+fn sh_block_after<'a>(readme: &'a str, heading: &str) -> Vec<&'a str> {
+    let at = readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("README.md has no {heading:?} section"));
+    let rest = &readme[at..];
+    let start = rest.find("```sh\n").expect("a ```sh block") + "```sh\n".len();
+    let end = rest[start..].find("```").expect("the block's end");
+    rest[start..start + end].lines().collect()
+}
+
+/// Whether `s` has the shape of a UUID (8-4-4-4-12 hex digits).
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The first run id in `text`.
+fn first_run_id(text: &str) -> Option<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .find(|t| is_uuid(t))
+        .map(str::to_string)
+}
+
+#[test]
+fn the_readme_first_command_and_every_tour_line_work_as_written() {
+    let root = workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+
+    // The first command of "Two commands".
+    let first = sh_block_after(&readme, "## Two commands");
+    let fleet_cmd = first.first().copied().unwrap_or_default();
+    let args = fleet_cmd
+        .strip_prefix("cargo run --release -p syncfleet-controller -- ")
+        .unwrap_or_else(|| panic!("unexpected first command: {fleet_cmd:?}"));
+    // `cargo run -p syncfleet-controller` runs the package's default binary.
+    let manifest = std::fs::read_to_string(root.join("controller/Cargo.toml")).unwrap();
+    let default_run = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("default-run = "))
+        .expect("controller/Cargo.toml sets default-run")
+        .trim_matches('"')
+        .to_string();
+
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let bin_dir = bin("syncfleet").parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env = |cmd: &mut Command| {
+        cmd.env("HOME", home.path())
+            .env("PATH", &path)
+            .env_remove("SYNCFLEET_CONFIG")
+            .env_remove("SYNCFLEET_CONTEXT")
+            .env("NO_COLOR", "1")
+            .current_dir(work.path());
+    };
+    let mut dev_cmd = Command::new(bin(&default_run));
+    dev_cmd.args(args.split_whitespace());
+    env(&mut dev_cmd);
+    let mut dev = Proc::spawn("dev", &mut dev_cmd, work.path().join("dev.log"));
+
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(bin("syncfleet"));
+        cmd.args(args);
+        env(&mut cmd);
+        cmd.output().unwrap()
+    };
+    wait_for("the dev fleet's 3 agents", Duration::from_secs(90), || {
+        let out = cli(&["agents", "list", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let connected = v
+            .as_array()?
+            .iter()
+            .filter(|a| a["state"] == "connected")
+            .count();
+        (connected == 3).then_some(())
+    });
+
+    let tour = sh_block_after(&readme, "## Five-minute tour");
+    assert!(tour.len() >= 10, "the tour is too short: {tour:?}");
+    let mut last_id: Option<String> = None;
+    let mut ran = 0;
+    for line in tour {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let literal = if trimmed.contains("<RUN-ID>") {
+            let id = last_id
+                .clone()
+                .unwrap_or_else(|| panic!("{trimmed:?} needs a run id, and no line printed one"));
+            trimmed.replace("<RUN-ID>", &id)
+        } else {
+            trimmed.to_string()
+        };
+        let mut cmd = Command::new("bash");
+        cmd.args(["-c", &literal]);
+        env(&mut cmd);
+        let out: Output = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "README tour line failed ({}): {literal}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- dev log\n{}",
+            out.status,
+            dev.log_text()
+        );
+        if let Some(id) = first_run_id(&stdout).or_else(|| first_run_id(&stderr)) {
+            last_id = Some(id);
+        }
+        ran += 1;
+    }
+    assert!(ran >= 10, "only {ran} tour lines ran");
+
+    // Ctrl-C stops the fleet.
+    dev.signal("INT");
+    let status = wait_for("dev to stop", Duration::from_secs(30), || {
+        dev.child.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "{}", dev.log_text());
+}
