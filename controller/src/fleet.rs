@@ -634,6 +634,35 @@ impl Fleet {
         Ok(())
     }
 
+    /// The revocation of `agent` when it was revoked and has not enrolled again since.
+    pub async fn revocation(&self, agent: &str) -> Result<Option<v1::Pause>, StoreError> {
+        self.get_pause(&crate::security::revoked_key(agent)).await
+    }
+
+    /// Fail with FAILED_PRECONDITION when `agent` was revoked and has not enrolled again: its
+    /// runs could never be dispatched.
+    pub async fn check_not_revoked(&self, agent: &str) -> Result<(), Status> {
+        let Some(r) = self.revocation(agent).await.map_err(store_status)? else {
+            return Ok(());
+        };
+        Err(Status::failed_precondition(format!(
+            "agent {agent} was revoked{}{}{}; it takes no runs until it enrols again with a new token ('syncfleet tokens create --agent {agent}', then 'syncfleet-agent enroll' on the server)",
+            r.at.as_ref()
+                .map(|at| format!(" at {}", syncfleet_proto::time::rfc3339(at)))
+                .unwrap_or_default(),
+            if r.by.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", r.by)
+            },
+            if r.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.note)
+            },
+        )))
+    }
+
     /// Store a new run (validated against the agent's inventory) and dispatch it when its time
     /// has come and the agent is connected. Returns the run and whether it was new: a run whose
     /// id exists already (a duplicate scheduled fire) is returned unchanged.
@@ -659,6 +688,7 @@ impl Fleet {
                 if known.is_empty() { "none yet" } else { &known }
             )));
         };
+        self.check_not_revoked(&new.agent).await?;
         if validate {
             let specs: Vec<v1::StepSpec> = new
                 .steps
