@@ -139,18 +139,7 @@ async fn a_silent_connection_without_a_certificate_is_closed_and_health_still_an
 
     // Health keeps answering clients without a certificate, also on a channel used again after
     // the idle limit (the client reconnects).
-    let ca = std::fs::read(fleet.pki().join("ca.pem")).unwrap();
-    let ch = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = anonymous_channel(&fleet).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
     let check = || tonic_health::pb::HealthCheckRequest {
         service: String::new(),
@@ -161,13 +150,39 @@ async fn a_silent_connection_without_a_certificate_is_closed_and_health_still_an
         log.contains("closed an idle connection without a client certificate"),
         "{log}"
     );
+    // A health Watch is a request in progress: its connection outlives the idle limit.
+    let mut watch =
+        tonic_health::pb::health_client::HealthClient::new(anonymous_channel(&fleet).await)
+            .watch(check())
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 1);
     tokio::time::sleep(Duration::from_secs(12)).await;
+    let next = tokio::time::timeout(Duration::from_secs(1), watch.message()).await;
+    assert!(next.is_err(), "the Watch stream ended: {next:?}");
     let status = wait_for_async(|| {
         let mut h = health.clone();
         async move { h.check(check()).await }
     })
     .await;
     assert_eq!(status, 1, "SERVING");
+}
+
+/// A gRPC channel without a client certificate.
+async fn anonymous_channel(fleet: &Fleet) -> tonic::transport::Channel {
+    let ca = std::fs::read(fleet.pki().join("ca.pem")).unwrap();
+    tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", fleet.grpc_port))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 /// Retry a call a few times: a channel whose connection was closed reconnects on the next call.

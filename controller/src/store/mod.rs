@@ -30,7 +30,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error(
-        "the store {path} {problem}; the controller does not start on it: restore controller.db from a backup (stop the controller first), or move it aside to start with a new, empty store (its runs, schedules and audit log are then not available)"
+        "the store {path} {problem}; the controller does not start on it: restore controller.db from a backup, or move it aside (e.g. rename it to controller.db.damaged) to start with a new, empty store without its runs, schedules and audit log"
     )]
     Damaged { path: String, problem: String },
     #[error("stored record {what} is corrupt: {detail}")]
