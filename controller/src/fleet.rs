@@ -663,6 +663,34 @@ impl Fleet {
         )))
     }
 
+    /// Fail the runs still pending for `agent` (just revoked): they could never be sent, and
+    /// must not be sent to whatever enrols under its name later.
+    pub async fn fail_pending_runs_of_revoked(&self, agent: &str) {
+        let name = agent.to_string();
+        let runs = match store::blocking(&self.store, move |s| {
+            s.runs_in_states(Some(&name), &[v1::RunState::Pending])
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(agent, error = %e, "cannot list the pending runs of a revoked agent");
+                return;
+            }
+        };
+        for run in runs {
+            let msg = format!(
+                "agent {agent} was revoked before this run started; the run was never started"
+            );
+            if let Err(e) = self
+                .finish_run_here(&run.id, v1::RunState::Failed, msg)
+                .await
+            {
+                tracing::error!(error = %e, "cannot fail a pending run of a revoked agent");
+            }
+        }
+    }
+
     /// Store a new run (validated against the agent's inventory) and dispatch it when its time
     /// has come and the agent is connected. Returns the run and whether it was new: a run whose
     /// id exists already (a duplicate scheduled fire) is returned unchanged.

@@ -710,7 +710,7 @@ impl Security {
         })
     }
 
-    /// Revoke an agent: record it, close its live session.
+    /// Revoke an agent: record it, close its live session, fail its pending runs.
     pub async fn revoke(&self, ctx: &CallCtx, name: &str, note: &str) -> Result<v1::Agent, Status> {
         let n = name.to_string();
         let agent = store::blocking(&self.fleet.store, move |s| s.get_agent(&n))
@@ -734,6 +734,7 @@ impl Security {
                 "this agent was revoked; its certificates are no longer accepted",
             )
             .await;
+        self.fleet.fail_pending_runs_of_revoked(name).await;
         Ok(self.fleet.agent_view(agent.agent))
     }
 }

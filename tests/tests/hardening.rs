@@ -367,11 +367,27 @@ fn runs_for_a_revoked_agent_are_refused_until_it_enrols_again() {
     fleet.start_agent("sync-01", 0, 0.01);
     fleet.start_agent("sync-02", 1, 0.01);
     fleet.wait_connected(&["sync-01", "sync-02"]);
+    // A run waits for sync-01 while it is away; the revocation fails it at once.
+    fleet.agents.get_mut("sync-01").unwrap().kill9();
+    let out = fleet.cli(&["run", "sync-01", "--step", "AD:Delta Import"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queued = stdout(&out);
+    assert_eq!(fleet.run_json(&queued).unwrap()["state"], "pending");
     let out = fleet.cli(&["agents", "revoke", "sync-01", "--note", "decommissioned"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let run = fleet.run_json(&queued).unwrap();
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert!(
+        run["message"].as_str().unwrap().contains("revoked"),
+        "{run:#}"
     );
 
     // Ad-hoc steps and a sequence: refused at once, naming the agent and the way back.
@@ -396,7 +412,7 @@ fn runs_for_a_revoked_agent_are_refused_until_it_enrols_again() {
         );
     }
     let runs = fleet.cli_json(&["runs", "list", "--agent", "sync-01", "-o", "json"]);
-    assert!(runs.as_array().unwrap().is_empty(), "{runs:#}");
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs:#}");
 
     // A schedule over both agents creates runs for sync-02 only.
     apply(
@@ -412,7 +428,11 @@ fn runs_for_a_revoked_agent_are_refused_until_it_enrols_again() {
         },
     );
     let runs = fleet.cli_json(&["runs", "list", "--agent", "sync-01", "-o", "json"]);
-    assert!(runs.as_array().unwrap().is_empty(), "{runs:#}");
+    assert_eq!(
+        runs.as_array().unwrap().len(),
+        1,
+        "no scheduled run: {runs:#}"
+    );
     let out = fleet.cli(&["delete", "schedule", "every-2s"]);
     assert!(
         out.status.success(),
