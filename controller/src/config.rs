@@ -49,6 +49,17 @@ pub struct ControllerConfig {
     /// 70 % of it).
     #[serde(with = "humantime_serde")]
     pub agent_cert_lifetime: Duration,
+    /// A client must complete its TLS handshake within this long, or it is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// A connection without a client certificate (health checks, enrollment) is closed after
+    /// this long without a request in progress.
+    #[serde(with = "humantime_serde")]
+    pub unauthenticated_idle_timeout: Duration,
+    /// Most gRPC connections open at once; further ones are closed at once.
+    pub max_connections: u32,
+    /// Most gRPC connections open at once from one IP address.
+    pub max_connections_per_address: u32,
 }
 
 impl Default for ControllerConfig {
@@ -64,6 +75,10 @@ impl Default for ControllerConfig {
             agent_lost_after: Duration::from_secs(120),
             pending_deadline: Duration::from_secs(15 * 60),
             agent_cert_lifetime: Duration::from_secs(24 * 3600),
+            tls_handshake_timeout: Duration::from_secs(10),
+            unauthenticated_idle_timeout: Duration::from_secs(10),
+            max_connections: 1000,
+            max_connections_per_address: 100,
         }
     }
 }
@@ -110,6 +125,40 @@ impl ControllerConfig {
                 key: "agent_cert_lifetime",
                 problem: format!("{:?} is too short", self.agent_cert_lifetime),
                 fix: "use at least 5s (default 24h)".into(),
+            });
+        }
+        for (key, value) in [
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
+            (
+                "unauthenticated_idle_timeout",
+                self.unauthenticated_idle_timeout,
+            ),
+        ] {
+            if value < Duration::from_secs(1) || value > Duration::from_secs(3600) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!("{value:?} is outside 1s..1h"),
+                    fix: "use e.g. \"10s\"".into(),
+                });
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_connections",
+                problem: "0 would refuse every connection".into(),
+                fix: "use at least 1 (default 1000)".into(),
+            });
+        }
+        if self.max_connections_per_address == 0
+            || self.max_connections_per_address > self.max_connections
+        {
+            return Err(ConfigError::Invalid {
+                key: "max_connections_per_address",
+                problem: format!(
+                    "{} is not within 1..=max_connections ({})",
+                    self.max_connections_per_address, self.max_connections
+                ),
+                fix: "use at least 1 and at most max_connections (default 100)".into(),
             });
         }
         if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {

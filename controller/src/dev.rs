@@ -193,6 +193,9 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
         pending_deadline: Duration::from_secs(600),
         ..ControllerConfig::default()
     };
+    // Locked before `init` writes credentials into it: a data directory another controller
+    // serves is left alone.
+    let lock = server::DataDirLock::acquire(&data_dir)?;
     let (ca, out) = init::init(&cfg, "dev-admin")?;
 
     let seed = if opts.example_fleet {
@@ -203,6 +206,7 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let controller = tokio::spawn(server::serve_with(
         cfg.clone(),
+        lock,
         shutdown.clone(),
         Some(bound_tx),
         seed,

@@ -634,6 +634,63 @@ impl Fleet {
         Ok(())
     }
 
+    /// The revocation of `agent` when it was revoked and has not enrolled again since.
+    pub async fn revocation(&self, agent: &str) -> Result<Option<v1::Pause>, StoreError> {
+        self.get_pause(&crate::security::revoked_key(agent)).await
+    }
+
+    /// Fail with FAILED_PRECONDITION when `agent` was revoked and has not enrolled again: its
+    /// runs could never be dispatched.
+    pub async fn check_not_revoked(&self, agent: &str) -> Result<(), Status> {
+        let Some(r) = self.revocation(agent).await.map_err(store_status)? else {
+            return Ok(());
+        };
+        Err(Status::failed_precondition(format!(
+            "agent {agent} was revoked{}{}{}; it takes no runs until it enrols again with a new token ('syncfleet tokens create --agent {agent}', then 'syncfleet-agent enroll' on the server)",
+            r.at.as_ref()
+                .map(|at| format!(" at {}", syncfleet_proto::time::rfc3339(at)))
+                .unwrap_or_default(),
+            if r.by.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", r.by)
+            },
+            if r.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.note)
+            },
+        )))
+    }
+
+    /// Fail the runs still pending for `agent` (just revoked): they could never be sent, and
+    /// must not be sent to whatever enrols under its name later.
+    pub async fn fail_pending_runs_of_revoked(&self, agent: &str) {
+        let name = agent.to_string();
+        let runs = match store::blocking(&self.store, move |s| {
+            s.runs_in_states(Some(&name), &[v1::RunState::Pending])
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(agent, error = %e, "cannot list the pending runs of a revoked agent");
+                return;
+            }
+        };
+        for run in runs {
+            let msg = format!(
+                "agent {agent} was revoked before this run started; the run was never started"
+            );
+            if let Err(e) = self
+                .finish_run_here(&run.id, v1::RunState::Failed, msg)
+                .await
+            {
+                tracing::error!(error = %e, "cannot fail a pending run of a revoked agent");
+            }
+        }
+    }
+
     /// Store a new run (validated against the agent's inventory) and dispatch it when its time
     /// has come and the agent is connected. Returns the run and whether it was new: a run whose
     /// id exists already (a duplicate scheduled fire) is returned unchanged.
@@ -659,6 +716,7 @@ impl Fleet {
                 if known.is_empty() { "none yet" } else { &known }
             )));
         };
+        self.check_not_revoked(&new.agent).await?;
         if validate {
             let specs: Vec<v1::StepSpec> = new
                 .steps

@@ -21,6 +21,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod dev;
 pub mod fleet;
 pub mod fleetfile;

@@ -13,13 +13,13 @@
 //!   id (also returned as `x-request-id` metadata and logged). Token secrets and keys never
 //!   appear in it.
 //! - **Enrollment**: one-time tokens `<id>.<secret>` bound to an agent name, with a TTL; only a
-//!   SHA-256 of the secret is stored; consuming a token is atomic. `Enroll` is rate limited per
-//!   peer address.
+//!   SHA-256 of the secret is stored; consuming a token is atomic. Failed `Enroll` calls are rate
+//!   limited per peer address; successful ones do not count.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -79,7 +79,8 @@ pub struct Security {
     pub ca: Arc<Ca>,
     pub fleet_name: String,
     pub agent_cert_lifetime: Duration,
-    enroll_attempts: Mutex<HashMap<IpAddr, (i64, u32)>>,
+    /// Failed enrollments per peer address within the last [`ENROLL_WINDOW`].
+    enroll_failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
 }
 
 impl std::fmt::Debug for Security {
@@ -90,8 +91,12 @@ impl std::fmt::Debug for Security {
     }
 }
 
-/// Enrollment attempts allowed per peer address per minute.
-pub const ENROLL_PER_MINUTE: u32 = 10;
+/// Failed enrollments allowed per peer address within [`ENROLL_WINDOW`]; then the address
+/// waits until the oldest failure leaves the window. Successes are not counted: provisioning
+/// many agents from one host must not be slowed by a few mistyped tokens.
+pub const ENROLL_FAILURES_PER_WINDOW: usize = 10;
+/// The sliding window of [`ENROLL_FAILURES_PER_WINDOW`].
+pub const ENROLL_WINDOW: Duration = Duration::from_secs(60);
 /// Longest allowed token lifetime.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 /// Default token lifetime.
@@ -110,7 +115,9 @@ fn token_key(id: &str) -> String {
     format!("token/{id}")
 }
 
-fn revoked_key(agent: &str) -> String {
+/// State key of an agent's revocation record (a `Pause`: `at` = when revoked, `paused` = not
+/// enrolled again since).
+pub fn revoked_key(agent: &str) -> String {
     format!("revoked/{agent}")
 }
 
@@ -156,7 +163,7 @@ impl Security {
             ca,
             fleet_name,
             agent_cert_lifetime,
-            enroll_attempts: Mutex::new(HashMap::new()),
+            enroll_failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -381,17 +388,42 @@ impl Security {
         })
     }
 
-    fn rate_limited(&self, ip: Option<IpAddr>) -> bool {
-        let Some(ip) = ip else { return false };
-        let minute = Utc::now().timestamp() / 60;
-        let mut map = self
-            .enroll_attempts
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, VecDeque<Instant>>> {
+        self.enroll_failures
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, (m, _)| *m == minute);
-        let e = map.entry(ip).or_insert((minute, 0));
-        e.1 += 1;
-        e.1 > ENROLL_PER_MINUTE
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long `ip` must wait before its next enrollment attempt, when it has failed
+    /// [`ENROLL_FAILURES_PER_WINDOW`] times within [`ENROLL_WINDOW`].
+    fn enroll_retry_after(&self, ip: Option<IpAddr>) -> Option<Duration> {
+        let ip = ip?;
+        let now = Instant::now();
+        let mut map = self.failures();
+        map.retain(|_, q| {
+            while q
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= ENROLL_WINDOW)
+            {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        let q = map.get(&ip)?;
+        if q.len() < ENROLL_FAILURES_PER_WINDOW {
+            return None;
+        }
+        q.front()
+            .map(|oldest| ENROLL_WINDOW.saturating_sub(now.duration_since(*oldest)))
+    }
+
+    fn enroll_failed(&self, ip: Option<IpAddr>) {
+        if let Some(ip) = ip {
+            self.failures()
+                .entry(ip)
+                .or_default()
+                .push_back(Instant::now());
+        }
     }
 
     /// Enroll an agent with a one-time token. Every outcome is audited (with the token id, never
@@ -408,6 +440,7 @@ impl Security {
             let request_id = request_id.clone();
             let peer_s = peer_s.clone();
             let target = target.clone();
+            self.enroll_failed(peer.map(|p| p.ip()));
             async move {
                 self.audit(
                     "anonymous",
@@ -425,18 +458,22 @@ impl Security {
                 ))
             }
         };
-        if self.rate_limited(peer.map(|p| p.ip())) {
+        if let Some(wait) = self.enroll_retry_after(peer.map(|p| p.ip())) {
+            // Whole seconds, rounded up: retrying after the given time succeeds.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             let msg = format!(
-                "too many enrollment attempts from this address (more than {ENROLL_PER_MINUTE} a minute); wait a minute"
+                "too many failed enrollment attempts from this address ({ENROLL_FAILURES_PER_WINDOW} in the last {}); retry in {} s",
+                humantime::format_duration(ENROLL_WINDOW),
+                secs.max(1)
             );
             self.audit(
                 "anonymous",
                 "Enroll",
-                &format!("agent/{}", req.agent),
+                &target,
                 "denied",
                 &msg,
                 &request_id,
-                &peer.map(|p| p.to_string()).unwrap_or_default(),
+                &peer_s,
             )
             .await;
             return Err(status_with_request_id(
@@ -514,6 +551,24 @@ impl Security {
                 return deny(format!("token {id} consumed, but the CSR was refused: {e}")).await;
             }
         };
+        // A revoked agent that enrolled again takes runs again. The revocation time stays, so
+        // certificates issued before it remain refused (`check_revoked`).
+        let rk = revoked_key(&req.agent);
+        store::blocking(&self.fleet.store, move |s| {
+            s.update_state(&rk, &mut |cur| {
+                let Some(mut rec) = cur.and_then(|b| <v1::Pause as prost::Message>::decode(b).ok())
+                else {
+                    return (None, false);
+                };
+                if !rec.paused {
+                    return (None, false);
+                }
+                rec.paused = false;
+                (Some(prost::Message::encode_to_vec(&rec)), true)
+            })
+        })
+        .await
+        .map_err(store_status)?;
         // Labels assigned by the token are kept for the agent's sessions.
         let labels_key = format!("labels/{}", req.agent);
         let labels = serde_json::to_vec(&rec.labels).unwrap_or_default();
@@ -573,7 +628,7 @@ impl Security {
                 peer,
             )
             .await;
-            return Err(s);
+            return Err(status_with_request_id(s, &request_id));
         }
         match self.ca.sign_csr(
             &req.csr_pem,
@@ -613,7 +668,10 @@ impl Security {
                     peer,
                 )
                 .await;
-                Err(Status::invalid_argument(msg))
+                Err(status_with_request_id(
+                    Status::invalid_argument(msg),
+                    &request_id,
+                ))
             }
         }
     }
@@ -652,7 +710,7 @@ impl Security {
         })
     }
 
-    /// Revoke an agent: record it, close its live session.
+    /// Revoke an agent: record it, close its live session, fail its pending runs.
     pub async fn revoke(&self, ctx: &CallCtx, name: &str, note: &str) -> Result<v1::Agent, Status> {
         let n = name.to_string();
         let agent = store::blocking(&self.fleet.store, move |s| s.get_agent(&n))
@@ -676,6 +734,7 @@ impl Security {
                 "this agent was revoked; its certificates are no longer accepted",
             )
             .await;
+        self.fleet.fail_pending_runs_of_revoked(name).await;
         Ok(self.fleet.agent_view(agent.agent))
     }
 }

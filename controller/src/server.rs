@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::config::ControllerConfig;
+use crate::connections::{GuardedConn, LogLimiter};
 use crate::fleet::{Fleet, Settings};
 use crate::services::{AgentSvc, FleetSvc};
 use crate::store::{Store, StoreError, sqlite::SqliteStore};
@@ -55,6 +56,82 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error("{0}")]
     Pki(#[from] crate::pki::PkiError),
+    #[error(
+        "the data directory {dir} is in use by another syncfleet controller (pid {pid}, lock file {lock}); two controllers on one store would both dispatch runs: stop that process first, or give this one its own data directory"
+    )]
+    Locked {
+        dir: String,
+        pid: String,
+        lock: String,
+    },
+    #[error("cannot lock the data directory {dir} ({lock}): {source}")]
+    Lock {
+        dir: String,
+        lock: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Exclusive lock on a controller data directory, held as long as the value lives: two
+/// controllers on one store would both dispatch runs (split brain). It is an OS file lock on
+/// `<data_dir>/controller.lock` (`flock` / `LockFileEx`), so the OS releases it when the
+/// process ends in any way, SIGKILL included; the file holds the owner's pid for the message
+/// a second controller gets. The file is left in place on exit.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl DataDirLock {
+    /// Name of the lock file in the data directory.
+    pub const FILE: &'static str = "controller.lock";
+
+    /// Lock `data_dir` (created if missing), or fail naming the pid that holds it.
+    pub fn acquire(data_dir: &std::path::Path) -> Result<Self, ServeError> {
+        use std::io::Write;
+        let path = data_dir.join(Self::FILE);
+        let io_err = |source| ServeError::Lock {
+            dir: data_dir.display().to_string(),
+            lock: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(data_dir).map_err(io_err)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err)?;
+        // fs4's trait method by its full path: std's inherent `File::try_lock` (Rust 1.89)
+        // would shadow it on newer compilers.
+        match fs4::FileExt::try_lock(&file) {
+            Ok(()) => {}
+            Err(fs4::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "unknown".into());
+                return Err(ServeError::Locked {
+                    dir: data_dir.display().to_string(),
+                    pid,
+                    lock: path.display().to_string(),
+                });
+            }
+            Err(fs4::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        file.set_len(0).map_err(io_err)?;
+        writeln!(file, "{}", std::process::id()).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        Ok(Self { _file: file, path })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
 }
 
 /// Addresses actually bound (useful with port 0).
@@ -77,25 +154,30 @@ fn read(
     })
 }
 
-/// Run the controller until `shutdown`. `on_bound` receives the bound addresses once both
-/// listeners are up.
+/// Run the controller until `shutdown`, holding the lock of its data directory. `on_bound`
+/// receives the bound addresses once both listeners are up.
 pub async fn serve(
     cfg: ControllerConfig,
     shutdown: CancellationToken,
     on_bound: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), ServeError> {
-    serve_with(cfg, shutdown, on_bound, Vec::new()).await
+    cfg.validate()?;
+    let lock = DataDirLock::acquire(&cfg.data_dir)?;
+    serve_with(cfg, lock, shutdown, on_bound, Vec::new()).await
 }
 
-/// [`serve`], first applying `seed` fleet documents (as `syncfleet apply` would; `dev` mode
-/// loads its example fleet this way).
+/// [`serve`] with the data directory already locked by the caller (`dev` locks it before it
+/// writes credentials there), first applying `seed` fleet documents (as `syncfleet apply`
+/// would; `dev` mode loads its example fleet this way).
 pub async fn serve_with(
     cfg: ControllerConfig,
+    lock: DataDirLock,
     shutdown: CancellationToken,
     on_bound: Option<tokio::sync::oneshot::Sender<Bound>>,
     seed: Vec<syncfleet_proto::v1::FleetDocument>,
 ) -> Result<(), ServeError> {
     cfg.validate()?;
+    tracing::debug!(lock = %lock.path().display(), "data directory locked");
     let ca = read("the CA certificate", "ca_cert", &cfg.ca_cert_path())?;
     let cert = read("the controller certificate", "cert", &cfg.cert_path())?;
     let key = read("the controller key", "key", &cfg.key_path())?;
@@ -182,6 +264,13 @@ pub async fn serve_with(
         cfg.fleet.clone(),
         cfg.agent_cert_lifetime,
     ));
+    let reflection_guard = reflection_guard(Arc::clone(&security), cfg.fleet.clone());
+    let reflection_v1 = tonic::service::interceptor::InterceptedService::new(
+        reflection_v1,
+        reflection_guard.clone(),
+    );
+    let reflection_v1alpha =
+        tonic::service::interceptor::InterceptedService::new(reflection_v1alpha, reflection_guard);
     let agent_svc = AgentServiceServer::new(AgentSvc {
         fleet: Arc::clone(&fleet),
         fleet_name: cfg.fleet.clone(),
@@ -236,11 +325,13 @@ pub async fn serve_with(
         grpc_listener,
         tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
         Arc::clone(&security),
+        crate::connections::Limits::from_config(&cfg),
         shutdown.clone(),
     );
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(crate::connections::ActivityLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -310,24 +401,60 @@ fn tls_server_config(
     Ok(cfg)
 }
 
+/// Server reflection answers only callers with a certificate of the fleet CA (any role): it
+/// is not one of the two services (health, enrollment) open to everyone. Refusals are audited.
+fn reflection_guard(
+    security: Arc<crate::security::Security>,
+    fleet: String,
+) -> impl tonic::service::Interceptor + Clone {
+    move |req: tonic::Request<()>| match crate::services::caller(&req, &fleet) {
+        Ok(_) => Ok(req),
+        Err(status) => {
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+            let security = Arc::clone(&security);
+            let detail = status.message().to_string();
+            let id = request_id.clone();
+            tokio::spawn(async move {
+                security
+                    .audit(
+                        "anonymous",
+                        "ServerReflectionInfo",
+                        "",
+                        "denied",
+                        &detail,
+                        &id,
+                        &peer,
+                    )
+                    .await;
+            });
+            Err(crate::security::status_with_request_id(status, &request_id))
+        }
+    }
+}
+
 /// Handshake failures audited per peer address per minute at most (a scanner must not flood
 /// the audit log).
 const HANDSHAKE_AUDITS_PER_MINUTE: u32 = 5;
 
-/// Accept TCP connections and complete TLS handshakes (bounded to 10 s each), handing good
-/// ones to the gRPC server and auditing refused ones (no chain to the fleet CA, expired,
-/// self-signed).
+/// Accept TCP connections within the connection caps and complete TLS handshakes (bounded by
+/// `tls_handshake_timeout`), handing good ones to the gRPC server (with the idle limit for
+/// connections without a client certificate, see [`crate::connections`]) and auditing refused
+/// ones (no chain to the fleet CA, expired, self-signed).
 fn accept_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     security: Arc<crate::security::Security>,
+    limits: crate::connections::Limits,
     shutdown: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<
-    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<GuardedConn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let audited: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (i64, u32)>>> =
         Arc::default();
+    let admission = crate::connections::Admission::new(limits);
+    let refused_log = LogLimiter::new(crate::connections::LOG_LINES_PER_MINUTE);
+    let timeout_log = Arc::new(LogLimiter::new(crate::connections::LOG_LINES_PER_MINUTE));
+    let idle_log = Arc::new(LogLimiter::new(crate::connections::LOG_LINES_PER_MINUTE));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -341,17 +468,37 @@ fn accept_tls(
                 },
                 () = shutdown.cancelled() => return,
             };
+            let slot = match admission.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    if let Some(left_out) = refused_log.admit() {
+                        tracing::warn!(
+                            %peer,
+                            left_out,
+                            "refused a connection from {}: {why}; raise the setting if this is expected load",
+                            peer.ip()
+                        );
+                    }
+                    drop(tcp);
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let security = Arc::clone(&security);
             let audited = Arc::clone(&audited);
+            let timeout_log = Arc::clone(&timeout_log);
+            let idle_log = Arc::clone(&idle_log);
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await
+                {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let conn = GuardedConn::new(tls, slot, limits, peer, idle_log);
+                        let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => {
+                        drop(slot);
                         tracing::info!(%peer, error = %e, "TLS handshake refused");
                         let minute = chrono::Utc::now().timestamp() / 60;
                         let audit = {
@@ -375,7 +522,16 @@ fn accept_tls(
                                 .await;
                         }
                     }
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    Err(_) => {
+                        if let Some(left_out) = timeout_log.admit() {
+                            tracing::info!(
+                                %peer,
+                                left_out,
+                                "closed a connection from {peer}: no TLS handshake within {} (tls_handshake_timeout)",
+                                humantime::format_duration(limits.tls_handshake_timeout)
+                            );
+                        }
+                    }
                 }
             });
         }

@@ -75,8 +75,29 @@ impl AgentService for AgentSvc {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let id = caller(&request, &self.fleet_name)?;
-        require(&id, Role::Agent)?;
+        let id = match caller(&request, &self.fleet_name)
+            .and_then(|id| require(&id, Role::Agent).map(|()| id))
+        {
+            Ok(id) => id,
+            Err(status) => {
+                let request_id = uuid::Uuid::new_v4().to_string();
+                let who = caller(&request, &self.fleet_name)
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|_| "anonymous".into());
+                self.security
+                    .audit(
+                        &who,
+                        "Renew",
+                        "",
+                        "denied",
+                        status.message(),
+                        &request_id,
+                        &peer,
+                    )
+                    .await;
+                return Err(status_with_request_id(status, &request_id));
+            }
+        };
         let resp = self
             .security
             .renew(&id, &peer, request.into_inner())

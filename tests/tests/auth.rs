@@ -124,3 +124,70 @@ fn cli_with_a_foreign_certificate_fails_clearly() {
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_reflection_needs_a_certificate_of_this_ca() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    let list = || {
+        tokio_stream::iter(vec![ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }])
+    };
+
+    // Without a certificate: refused, and the refusal is audited.
+    let ch = channel(&fleet, None).await.unwrap();
+    let err = ServerReflectionClient::new(ch)
+        .server_reflection_info(list())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("client certificate"), "{err:?}");
+
+    // Any fleet identity may use it: an operator and an agent.
+    let op = fleet.pki().join("operators");
+    let ad = fleet.agent_dir("sync-01");
+    for (cert, key) in [
+        (op.join("admin.pem"), op.join("admin.key")),
+        (ad.join("agent.pem"), ad.join("agent.key")),
+    ] {
+        let ch = channel(&fleet, Some((&cert, &key))).await.unwrap();
+        let mut stream = ServerReflectionClient::new(ch)
+            .server_reflection_info(list())
+            .await
+            .unwrap()
+            .into_inner();
+        let resp = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(services)) = resp.message_response else {
+            panic!("{resp:?}");
+        };
+        assert!(
+            services
+                .service
+                .iter()
+                .any(|s| s.name == "syncfleet.v1.FleetService"),
+            "{services:?}"
+        );
+    }
+
+    let out = Command::new(bin("syncfleet"))
+        .arg("--config")
+        .arg(&fleet.cli_config)
+        .args(["audit", "list", "-o", "json"])
+        .output()
+        .unwrap();
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        entries.as_array().unwrap().iter().any(|e| e["action"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ServerReflection")
+            && e["result"] == "denied"),
+        "{entries:#}"
+    );
+}

@@ -497,3 +497,93 @@ async fn an_agent_cannot_speak_for_another_agent() {
         "{entries:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renew_denials_are_audited() {
+    use syncfleet_proto::v1::{RenewRequest, agent_service_client::AgentServiceClient};
+    let mut fleet = Fleet::init(&[]);
+    fleet.start_controller();
+    let renew = RenewRequest {
+        csr_pem: "x".into(),
+    };
+    // Without a certificate.
+    let ch = channel(&fleet, None).await.unwrap();
+    let err = AgentServiceClient::new(ch)
+        .renew(renew.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.metadata().get("x-request-id").is_some(), "{err:?}");
+    // With an operator's certificate: renewal is for agents.
+    let op = fleet.pki().join("operators");
+    let admin = (
+        std::fs::read(op.join("admin.pem")).unwrap(),
+        std::fs::read(op.join("admin.key")).unwrap(),
+    );
+    let ch = channel(&fleet, Some(admin)).await.unwrap();
+    let err = AgentServiceClient::new(ch).renew(renew).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    let entries = audit(&fleet);
+    assert!(
+        entries.iter().any(|e| e["action"] == "Renew"
+            && e["result"] == "denied"
+            && e["who"] == "anonymous"
+            && e["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no client certificate")),
+        "{entries:#?}"
+    );
+    assert!(
+        entries.iter().any(|e| e["action"] == "Renew"
+            && e["result"] == "denied"
+            && e["who"] == "operator/admin"),
+        "{entries:#?}"
+    );
+}
+
+#[test]
+fn enrollment_rate_limit_counts_failures_not_successes_and_says_when_to_retry() {
+    let mut fleet = Fleet::init(&[]);
+    fleet.start_controller();
+    let (_, pin) = token(&fleet, "sync-00", &[]);
+    let wrong = |fleet: &Fleet| {
+        let out = enroll(fleet, "sync-00", "abcdef.wrongsecret", &pin);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // Nine failures, then more successful enrollments than the limit of ten attempts a minute.
+    for _ in 0..9 {
+        let err = wrong(&fleet);
+        assert!(err.contains("not known"), "{err}");
+    }
+    for i in 1..=3 {
+        let agent = format!("sync-1{i}");
+        let (tok, pin) = token(&fleet, &agent, &[]);
+        let out = enroll(&fleet, &agent, &tok, &pin);
+        assert!(
+            out.status.success(),
+            "{agent}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The tenth failure still gets its real answer; from then on the address waits.
+    let err = wrong(&fleet);
+    assert!(err.contains("not known"), "{err}");
+    let (tok, pin) = token(&fleet, "sync-20", &[]);
+    let out = enroll(&fleet, "sync-20", &tok, &pin);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let secs: u64 = err
+        .split("retry in ")
+        .nth(1)
+        .and_then(|s| s.split(" s").next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the refusal says when to retry: {err}"));
+    assert!((1..=60).contains(&secs), "{err}");
+    assert!(
+        has_entry(&audit(&fleet), "Enroll", "denied", "too many failed"),
+        "refusals are audited"
+    );
+}

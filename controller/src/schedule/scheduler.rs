@@ -499,13 +499,23 @@ impl Scheduler {
                 return;
             }
         };
-        let targets: Vec<v1::Agent> = agents
-            .into_iter()
-            .filter(|a| {
-                doc.targets
-                    .matches(&a.name, &a.labels.clone().into_iter().collect())
-            })
-            .collect();
+        let mut targets: Vec<v1::Agent> = Vec::new();
+        for a in agents {
+            if !doc
+                .targets
+                .matches(&a.name, &a.labels.clone().into_iter().collect())
+            {
+                continue;
+            }
+            // A revoked agent is no target until it enrols again.
+            match self.fleet.revocation(&a.name).await {
+                Ok(None) => targets.push(a),
+                Ok(Some(_)) => {
+                    tracing::debug!(schedule = name, agent = %a.name, "agent revoked; not a target");
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read the revocation of {}", a.name),
+            }
+        }
         if targets.is_empty() {
             return self.bump(name, counters::SKIPPED_NO_TARGET, 1).await;
         }

@@ -29,6 +29,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the store {path} {problem}; the controller does not start on it: restore controller.db from a backup, or move it aside (e.g. rename it to controller.db.damaged) to start with a new, empty store without its runs, schedules and audit log"
+    )]
+    Damaged { path: String, problem: String },
     #[error("stored record {what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
     #[error("invalid page token; pass the next_page_token of the previous response unchanged")]

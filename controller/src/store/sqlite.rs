@@ -88,7 +88,11 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Open (creating if needed) the database file at `path`.
+    /// Open the database file at `path`, creating it (and its folder) when it does not exist.
+    ///
+    /// An existing file is checked first (`PRAGMA quick_check`) and refused with
+    /// [`StoreError::Damaged`] when it is empty or damaged: starting would otherwise replace a
+    /// lost fleet by an empty one, or run on a store that fails calls at random later.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
@@ -100,7 +104,39 @@ impl SqliteStore {
             path: path.display().to_string(),
             source,
         };
+        let damaged = |problem: String| StoreError::Damaged {
+            path: path.display().to_string(),
+            problem,
+        };
+        let existing = match std::fs::metadata(path) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        // SQLite reads a zero-length file as a new, empty database. A store that was written
+        // to is never empty (its header is written first), unless its whole content sits in a
+        // write-ahead log next to it.
+        let wal = path.with_file_name(format!(
+            "{}-wal",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("controller.db")
+        ));
+        let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if existing == Some(0) && wal_len == 0 {
+            return Err(damaged("is empty (0 bytes), not a database".into()));
+        }
         let writer = Connection::open(path).map_err(err)?;
+        if existing.is_some() {
+            check_integrity(&writer).map_err(damaged)?;
+        } else {
+            tracing::info!(path = %path.display(), "creating a new, empty store");
+        }
         writer
             .execute_batch(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
@@ -150,6 +186,32 @@ impl SqliteStore {
 
     fn reader(&self) -> MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `PRAGMA quick_check` on an existing database: `Err` describes what is wrong (at most a few
+/// of SQLite's findings).
+fn check_integrity(conn: &Connection) -> Result<(), String> {
+    let found: Result<Vec<String>, rusqlite::Error> =
+        conn.prepare("PRAGMA quick_check(5)").and_then(|mut st| {
+            st.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        });
+    match found {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(()),
+        Ok(rows) => Err(format!("is damaged (integrity check: {})", rows.join("; "))),
+        Err(rusqlite::Error::SqliteFailure(e, msg))
+            if matches!(
+                e.code,
+                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+            ) =>
+        {
+            Err(format!(
+                "is damaged or not a SQLite database ({})",
+                msg.unwrap_or_else(|| e.to_string())
+            ))
+        }
+        Err(e) => Err(format!("cannot be checked ({e})")),
     }
 }
 
