@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{Fleet, store_status};
+use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
 use crate::operations;
 use crate::pki::{self, PeerIdentity, Role};
 use crate::security::{CallCtx, Permission, Security, status_with_request_id, with_request_id};
@@ -275,23 +276,27 @@ impl FleetSvc {
         } else {
             "ResumeSchedule"
         };
-        let target = format!("schedule/{}", request.get_ref().name);
+        let target = format!("schedule/{}", clip(&request.get_ref().name));
         let ctx = self
             .security
             .authorize(&request, Permission::Operate, action, &target)
             .await?;
         let req = request.into_inner();
-        let result = operations::set_schedule_pause(
-            &self.fleet,
-            &self.scheduler,
-            &req.name,
-            paused,
-            &req.note,
-            &ctx.who(),
-        )
-        .await
-        .map(Response::new);
-        self.finish(&ctx, action, &target, result).await
+        let result = match check_ident("schedule", &req.name).and(check_text("note", &req.note)) {
+            Ok(()) => operations::set_schedule_pause(
+                &self.fleet,
+                &self.scheduler,
+                &req.name,
+                paused,
+                &req.note,
+                &ctx.who(),
+            )
+            .await
+            .map(Response::new),
+            Err(e) => Err(bad_input(e)),
+        };
+        self.finish_with(&ctx, action, &target, &req.note, result)
+            .await
     }
 
     /// DrainAgent / ResumeAgent.
@@ -305,16 +310,22 @@ impl FleetSvc {
         } else {
             "ResumeAgent"
         };
-        let target = format!("agent/{}", request.get_ref().name);
+        let target = format!("agent/{}", clip(&request.get_ref().name));
         let ctx = self
             .security
             .authorize(&request, Permission::Operate, action, &target)
             .await?;
         let req = request.into_inner();
-        let result = operations::set_drain(&self.fleet, &req.name, draining, &req.note, &ctx.who())
+        let result = match check_ident("agent", &req.name).and(check_text("note", &req.note)) {
+            Ok(()) => {
+                operations::set_drain(&self.fleet, &req.name, draining, &req.note, &ctx.who())
+                    .await
+                    .map(Response::new)
+            }
+            Err(e) => Err(bad_input(e)),
+        };
+        self.finish_with(&ctx, action, &target, &req.note, result)
             .await
-            .map(Response::new);
-        self.finish(&ctx, action, &target, result).await
     }
 
     /// PauseFleet / ResumeFleet.
@@ -330,10 +341,14 @@ impl FleetSvc {
             .authorize(&request, Permission::Operate, action, &target)
             .await?;
         let req = request.into_inner();
-        let result = operations::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
+        let result = match check_text("note", &req.note) {
+            Ok(()) => operations::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
+                .await
+                .map(Response::new),
+            Err(e) => Err(bad_input(e)),
+        };
+        self.finish_with(&ctx, action, &target, &req.note, result)
             .await
-            .map(Response::new);
-        self.finish(&ctx, action, &target, result).await
     }
 
     /// Audit the outcome of an authorized mutating call and tag it with its request id.
@@ -344,9 +359,80 @@ impl FleetSvc {
         target: &str,
         result: Result<Response<T>, Status>,
     ) -> Result<Response<T>, Status> {
-        self.security.record(ctx, action, target, "", &result).await;
+        self.finish_with(ctx, action, target, "", result).await
+    }
+
+    /// [`finish`](Self::finish) with the audit entry's detail: the caller's note or reason
+    /// (cut to [`limits::MAX_TEXT`] when it was refused as too long), or what an apply did.
+    async fn finish_with<T>(
+        &self,
+        ctx: &CallCtx,
+        action: &str,
+        target: &str,
+        detail: &str,
+        result: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        let detail = if detail.len() > limits::MAX_TEXT {
+            clip(detail)
+        } else {
+            detail.to_string()
+        };
+        self.security
+            .record(ctx, action, target, &detail, &result)
+            .await;
         tag(ctx, result)
     }
+}
+
+/// A request refused by an input limit: `INVALID_ARGUMENT` with the limit's message.
+fn bad_input(e: LimitError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// The input limits of `StartRun`: identifier lengths, at most [`limits::MAX_STEPS_PER_RUN`]
+/// steps, MA and run profile names of at most [`limits::MAX_ENGINE_NAME`] characters.
+fn check_start_run(req: &v1::StartRunRequest) -> Result<(), LimitError> {
+    check_ident("agent", &req.agent)?;
+    check_ident("sequence", &req.sequence)?;
+    limits::check_count(
+        "steps",
+        req.steps.len(),
+        "steps",
+        limits::MAX_STEPS_PER_RUN,
+        "run",
+    )?;
+    for (i, s) in req.steps.iter().enumerate() {
+        limits::check_engine_name(&format!("steps[{i}].ma"), &s.ma)?;
+        limits::check_engine_name(&format!("steps[{i}].profile"), &s.profile)?;
+    }
+    Ok(())
+}
+
+/// The audit detail of an apply: whether it was a dry run, what changed, and whether it was
+/// forced over inventory problems.
+fn apply_detail(req: &v1::ApplyRequest, resp: Option<&v1::ApplyResponse>) -> String {
+    let mode = if req.dry_run { "dry run" } else { "applied" };
+    let mut parts = Vec::new();
+    if let Some(r) = resp {
+        for action in ["created", "changed", "deleted", "unchanged"] {
+            let n = r.changes.iter().filter(|c| c.action == action).count();
+            if n > 0 {
+                parts.push(format!("{n} {action}"));
+            }
+        }
+        let blocking = r.warnings.iter().filter(|w| w.blocking).count();
+        if req.force && blocking > 0 {
+            parts.push(format!("forced over {blocking} inventory problem(s)"));
+        } else if req.force {
+            parts.push("forced".to_string());
+        }
+    } else if req.force {
+        parts.push("forced".to_string());
+    }
+    if req.prune {
+        parts.push("prune".to_string());
+    }
+    format!("{mode}: {}", parts.join(", "))
 }
 
 /// Attach the call's request id to its response or error.
@@ -391,11 +477,12 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             let name = request.into_inner().name;
+            check_ident("agent", &name).map_err(bad_input)?;
             let n = name.clone();
             let stored = store::blocking(&self.fleet.store, move |s| s.get_agent(&n))
                 .await
                 .map_err(store_status)?
-                .ok_or_else(|| Status::not_found(format!("no agent named {name:?}")))?;
+                .ok_or_else(|| Status::not_found(format!("no agent named {}", echo(&name))))?;
             Ok(Response::new(self.fleet.agent_view(stored.agent)))
         }
         .await;
@@ -406,13 +493,14 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::StartRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let target = format!("agent/{}", request.get_ref().agent);
+        let target = format!("agent/{}", clip(&request.get_ref().agent));
         let ctx = self
             .security
             .authorize(&request, Permission::Operate, "StartRun", &target)
             .await?;
         let result: Result<_, Status> = async {
             let req = request.into_inner();
+            check_start_run(&req).map_err(bad_input)?;
             match (req.steps.is_empty(), req.sequence.is_empty()) {
                 (true, true) => {
                     return Err(Status::invalid_argument(
@@ -464,12 +552,13 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             let id = request.into_inner().id;
+            check_ident("run id", &id).map_err(bad_input)?;
             let i = id.clone();
             store::blocking(&self.fleet.store, move |s| s.get_run(&i))
                 .await
                 .map_err(store_status)?
                 .map(Response::new)
-                .ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))
+                .ok_or_else(|| Status::not_found(format!("no run with id {}", echo(&id))))
         }
         .await;
         tag(&ctx, result)
@@ -530,6 +619,9 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             let req = request.into_inner();
+            check_ident("run id", &req.run_id)
+                .and(check_ident("agent", &req.agent))
+                .map_err(bad_input)?;
             // Subscribe before reading the snapshot, so no change falls between the two.
             let mut rx = self.fleet.subscribe();
             let fleet = Arc::clone(&self.fleet);
@@ -543,7 +635,7 @@ impl FleetService for FleetSvc {
                         .await
                         .map_err(store_status)?
                         .ok_or_else(|| {
-                            Status::not_found(format!("no run with id {:?}", req.run_id))
+                            Status::not_found(format!("no run with id {}", echo(&req.run_id)))
                         })?,
                 )
             };
@@ -596,13 +688,16 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::CancelRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let target = format!("run/{}", request.get_ref().id);
+        let target = format!("run/{}", clip(&request.get_ref().id));
         let ctx = self
             .security
             .authorize(&request, Permission::Operate, "CancelRun", &target)
             .await?;
+        let req = request.into_inner();
         let result: Result<_, Status> = async {
-            let req = request.into_inner();
+            check_ident("run id", &req.id)
+                .and(check_text("reason", &req.reason))
+                .map_err(bad_input)?;
             let run = self
                 .fleet
                 .cancel_run(&req.id, &req.reason, &ctx.who())
@@ -610,20 +705,24 @@ impl FleetService for FleetSvc {
             Ok(Response::new(run))
         }
         .await;
-        self.finish(&ctx, "CancelRun", &target, result).await
+        self.finish_with(&ctx, "CancelRun", &target, &req.reason, result)
+            .await
     }
 
     async fn approve_run(
         &self,
         request: Request<v1::ApproveRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let target = format!("run/{}", request.get_ref().id);
+        let target = format!("run/{}", clip(&request.get_ref().id));
         let ctx = self
             .security
             .authorize(&request, Permission::Operate, "ApproveRun", &target)
             .await?;
+        let req = request.into_inner();
         let result: Result<_, Status> = async {
-            let req = request.into_inner();
+            check_ident("run id", &req.id)
+                .and(check_text("note", &req.note))
+                .map_err(bad_input)?;
             let run = self
                 .fleet
                 .approve_run(&req.id, &ctx.who(), &req.note)
@@ -631,7 +730,8 @@ impl FleetService for FleetSvc {
             Ok(Response::new(run))
         }
         .await;
-        self.finish(&ctx, "ApproveRun", &target, result).await
+        self.finish_with(&ctx, "ApproveRun", &target, &req.note, result)
+            .await
     }
 
     async fn apply(
@@ -643,18 +743,13 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Admin, "Apply", &target)
             .await?;
-        let result: Result<_, Status> = async {
-            let resp = operations::apply(
-                &self.fleet,
-                &self.scheduler,
-                request.into_inner(),
-                &ctx.who(),
-            )
-            .await?;
-            Ok(Response::new(resp))
-        }
-        .await;
-        self.finish(&ctx, "Apply", &target, result).await
+        let req = request.into_inner();
+        let result = operations::apply(&self.fleet, &self.scheduler, &req, &ctx.who())
+            .await
+            .map(Response::new);
+        let detail = apply_detail(&req, result.as_ref().ok().map(Response::get_ref));
+        self.finish_with(&ctx, "Apply", &target, &detail, result)
+            .await
     }
 
     async fn get_documents(
@@ -678,7 +773,11 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::DeleteDocumentRequest>,
     ) -> Result<Response<v1::DeleteDocumentResponse>, Status> {
-        let target = format!("{}/{}", request.get_ref().kind, request.get_ref().name);
+        let target = format!(
+            "{}/{}",
+            clip(&request.get_ref().kind),
+            clip(&request.get_ref().name)
+        );
         let ctx = self
             .security
             .authorize(&request, Permission::Admin, "DeleteDocument", &target)

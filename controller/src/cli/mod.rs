@@ -254,6 +254,10 @@ pub struct ApplyArgs {
     /// Also delete stored sequences and schedules that are not in the files
     #[arg(long)]
     pub prune: bool,
+    /// Apply even though steps name MAs or run profiles that target agents do not have (the
+    /// problems are still printed)
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `schedules ...`
