@@ -950,6 +950,35 @@ fn check_schedule(
     if s.trigger.cron.len() > MAX_CRON_ENTRIES || s.blackout.len() > MAX_BLACKOUTS {
         return;
     }
+    // Expressions are quoted in the trigger's errors: refuse oversized ones first.
+    let mut oversized = false;
+    let exprs = s
+        .trigger
+        .cron
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("trigger.cron[{i}]"), c.as_str()))
+        .chain(
+            s.blackout
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (format!("blackout[{i}].cron"), b.cron.as_str())),
+        )
+        .chain(
+            s.trigger
+                .time_zone
+                .iter()
+                .map(|z| ("trigger.time_zone".to_string(), z.as_str())),
+        );
+    for (field, value) in exprs {
+        if let Err(e) = limits::check_expression(&field, value) {
+            bad(e.to_string());
+            oversized = true;
+        }
+    }
+    if oversized {
+        return;
+    }
     for (field, d) in [("jitter", s.jitter), ("catchup_window", s.catchup_window)] {
         if let Some(d) = d
             && d > MAX_SCHEDULE_DELAY
@@ -2371,6 +2400,8 @@ stages: [{steps: [{ma: AD, profile: Export, only_if: staged, guard: {max_pending
     fn huge_names_are_cut_in_messages() {
         let mut s = minimal_schedule(&"n".repeat(100_000), &"q".repeat(100_000));
         s.targets.selector = Some("s".repeat(100_000));
+        s.trigger.cron = vec!["c".repeat(100_000)];
+        s.trigger.time_zone = Some("z".repeat(100_000));
         let docs = vec![SourcedDoc {
             source: "f.yaml#1".into(),
             doc: Document::Schedule(s),
@@ -2378,6 +2409,10 @@ stages: [{steps: [{ma: AD, profile: Export, only_if: staged, guard: {max_pending
         let text = validate(&docs, &BTreeSet::new()).unwrap_err().to_string();
         assert!(text.len() < 2000, "{} bytes: {text:.300}", text.len());
         assert!(text.contains("… (100000 bytes)"), "{text:.600}");
+        assert!(
+            text.contains("trigger.cron[0] \"cccc"),
+            "oversized cron expressions are refused before they are compiled: {text:.900}"
+        );
     }
 
     fn inventory_agent(name: &str, env: &str, mas: &[(&str, &[&str])]) -> v1::Agent {

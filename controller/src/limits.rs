@@ -17,6 +17,8 @@ pub const MAX_TEXT: usize = 1024;
 pub const MAX_IDENT: usize = 253;
 /// Longest management agent or run profile name, in characters.
 pub const MAX_ENGINE_NAME: usize = 256;
+/// Longest cron expression or time zone name, in characters.
+pub const MAX_EXPRESSION: usize = 256;
 /// Most steps in one run: an ad-hoc `StartRun`, or all stages of a sequence together.
 pub const MAX_STEPS_PER_RUN: usize = 256;
 /// Most stages in one sequence.
@@ -121,6 +123,19 @@ pub fn check_count(
             what,
             limit,
             per,
+        });
+    }
+    Ok(())
+}
+
+/// Refuse a cron expression or time zone name longer than [`MAX_EXPRESSION`] characters.
+pub fn check_expression(field: &str, value: &str) -> Result<(), LimitError> {
+    if value.chars().count() > MAX_EXPRESSION {
+        return Err(LimitError::IdentTooLong {
+            field: field.to_string(),
+            value: echo(value),
+            limit: MAX_EXPRESSION,
+            unit: "characters",
         });
     }
     Ok(())

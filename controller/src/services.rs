@@ -897,13 +897,16 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::RevokeAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        let target = format!("agent/{}", request.get_ref().name);
+        let target = format!("agent/{}", clip(&request.get_ref().name));
         let ctx = self
             .security
             .authorize(&request, Permission::Admin, "RevokeAgent", &target)
             .await?;
         let req = request.into_inner();
-        let result = match crate::security::check_text("note", &req.note) {
+        let checked = check_ident("agent", &req.name)
+            .map_err(bad_input)
+            .and_then(|()| crate::security::check_text("note", &req.note));
+        let result = match checked {
             Ok(()) => self.security.revoke(&ctx, &req.name, &req.note).await,
             Err(e) => Err(e),
         };

@@ -152,6 +152,7 @@ fn errors_do_not_echo_huge_names() {
         vec!["agents", "drain", &huge],
         vec!["runs", "cancel", &huge],
         vec!["delete", "schedule", &huge],
+        vec!["agents", "revoke", &huge],
     ];
     for args in &cases {
         let err = refused(&fleet, args);
