@@ -43,7 +43,7 @@ pub const ECHO_CHARS: usize = 64;
 /// A client value over a limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
-    #[error("{field} is {len} bytes; the limit is {limit}")]
+    #[error("{field} is {len} bytes; the limit is {limit} bytes, shorten it")]
     TooLong {
         field: String,
         len: usize,
@@ -197,7 +197,7 @@ mod tests {
             check_text("note", &"n".repeat(2000))
                 .unwrap_err()
                 .to_string(),
-            "note is 2000 bytes; the limit is 1024"
+            "note is 2000 bytes; the limit is 1024 bytes, shorten it"
         );
         let e = check_ident("agent", &"a".repeat(300))
             .unwrap_err()

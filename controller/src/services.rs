@@ -408,31 +408,41 @@ fn check_start_run(req: &v1::StartRunRequest) -> Result<(), LimitError> {
     Ok(())
 }
 
-/// The audit detail of an apply: whether it was a dry run, what changed, and whether it was
-/// forced over inventory problems.
+/// The audit detail of an apply: `dry run` or `applied`, then what changed and whether it was
+/// forced over inventory problems (`applied: 2 created, 1 changed, forced over 3 inventory
+/// problem(s)`). A refused apply gives only the mode and flags (`apply, forced`); the audit
+/// entry adds the error.
 fn apply_detail(req: &v1::ApplyRequest, resp: Option<&v1::ApplyResponse>) -> String {
-    let mode = if req.dry_run { "dry run" } else { "applied" };
     let mut parts = Vec::new();
-    if let Some(r) = resp {
-        for action in ["created", "changed", "deleted", "unchanged"] {
-            let n = r.changes.iter().filter(|c| c.action == action).count();
-            if n > 0 {
-                parts.push(format!("{n} {action}"));
+    let mode = match resp {
+        Some(r) => {
+            for action in ["created", "changed", "deleted", "unchanged"] {
+                let n = r.changes.iter().filter(|c| c.action == action).count();
+                if n > 0 {
+                    parts.push(format!("{n} {action}"));
+                }
             }
+            let blocking = r.warnings.iter().filter(|w| w.blocking).count();
+            if req.force && blocking > 0 {
+                parts.push(format!("forced over {blocking} inventory problem(s)"));
+            }
+            if req.dry_run { "dry run" } else { "applied" }
         }
-        let blocking = r.warnings.iter().filter(|w| w.blocking).count();
-        if req.force && blocking > 0 {
-            parts.push(format!("forced over {blocking} inventory problem(s)"));
-        } else if req.force {
-            parts.push("forced".to_string());
+        None => {
+            if req.force {
+                parts.push("forced".to_string());
+            }
+            if req.dry_run { "dry run" } else { "apply" }
         }
-    } else if req.force {
-        parts.push("forced".to_string());
-    }
+    };
     if req.prune {
         parts.push("prune".to_string());
     }
-    format!("{mode}: {}", parts.join(", "))
+    match (resp, parts.is_empty()) {
+        (_, true) => mode.to_string(),
+        (Some(_), false) => format!("{mode}: {}", parts.join(", ")),
+        (None, false) => format!("{mode}, {}", parts.join(", ")),
+    }
 }
 
 /// Attach the call's request id to its response or error.
@@ -970,5 +980,71 @@ impl FleetService for FleetSvc {
             Response::new(v1::ListAuditResponse { entries }),
             &ctx.request_id,
         ))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_audit_detail_tells_dry_runs_applies_refusals_and_forcing() {
+        let req = |dry_run, force| v1::ApplyRequest {
+            dry_run,
+            force,
+            ..Default::default()
+        };
+        let resp = v1::ApplyResponse {
+            changes: ["created", "created", "unchanged"]
+                .iter()
+                .map(|a| v1::DocumentChange {
+                    action: (*a).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            warnings: vec![v1::ApplyWarning {
+                blocking: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            apply_detail(&req(true, false), Some(&resp)),
+            "dry run: 2 created, 1 unchanged"
+        );
+        assert_eq!(
+            apply_detail(&req(false, true), Some(&resp)),
+            "applied: 2 created, 1 unchanged, forced over 1 inventory problem(s)"
+        );
+        assert_eq!(apply_detail(&req(false, false), None), "apply");
+        assert_eq!(apply_detail(&req(true, true), None), "dry run, forced");
+    }
+
+    #[test]
+    fn start_run_input_is_limited() {
+        let step = v1::StepSpec {
+            ma: "AD".into(),
+            profile: "Delta Import".into(),
+        };
+        let mut req = v1::StartRunRequest {
+            agent: "sync-01".into(),
+            steps: vec![step.clone(); limits::MAX_STEPS_PER_RUN],
+            sequence: String::new(),
+        };
+        assert!(check_start_run(&req).is_ok());
+        req.steps.push(step);
+        assert_eq!(
+            check_start_run(&req).unwrap_err().to_string(),
+            "steps: 257 steps; at most 256 steps per run"
+        );
+        req.steps.truncate(1);
+        req.steps[0].profile = "p".repeat(300);
+        let e = check_start_run(&req).unwrap_err().to_string();
+        assert!(
+            e.starts_with("steps[0].profile \"pppp")
+                && e.ends_with("… (300 bytes) is too long; the limit is 256 characters"),
+            "{e}"
+        );
     }
 }
