@@ -37,6 +37,12 @@ pub const MAX_SELECTOR_TERMS: usize = 16;
 pub const MAX_DOCUMENTS: usize = 1000;
 /// Longest document source (`path#N`) shown as it is; longer ones are cut.
 pub const MAX_SOURCE: usize = 4096;
+/// Largest error message built from a list of problems, in bytes. A gRPC error travels in an
+/// HTTP/2 header (percent-encoded, so up to three times longer) and clients refuse header lists
+/// over 16 KiB; longer lists end with a count of what was left out.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+/// Most problems returned as warnings in one response.
+pub const MAX_WARNINGS: usize = 500;
 /// Characters of a client value quoted back in an error.
 pub const ECHO_CHARS: usize = 64;
 
@@ -141,6 +147,37 @@ pub fn check_expression(field: &str, value: &str) -> Result<(), LimitError> {
     Ok(())
 }
 
+/// `lines` joined by newlines, at most [`MAX_ERROR_MESSAGE`] bytes: the lines that fit, then
+/// `… and N more problem(s) not shown` and `hint` (e.g. where to see them all), then `last`
+/// (the summary line), which is always kept.
+pub fn join_bounded(lines: &[String], hint: &str, last: &str) -> String {
+    let reserve = last.len() + hint.len() + 64;
+    let mut out = String::new();
+    let mut shown = 0;
+    for line in lines {
+        if out.len() + line.len() + 1 + reserve > MAX_ERROR_MESSAGE {
+            break;
+        }
+        out.push_str(line);
+        out.push('\n');
+        shown += 1;
+    }
+    if shown < lines.len() {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "… and {} more problem(s) not shown{hint}",
+            lines.len() - shown
+        );
+    }
+    if last.is_empty() {
+        out.pop();
+    } else {
+        out.push_str(last);
+    }
+    out
+}
+
 /// A client value quoted for an error: `"sync-01"`, or for long values the first
 /// [`ECHO_CHARS`] characters and the size, `"xxxx…"… (100000 bytes)`. Control characters are
 /// escaped as in Rust's `{:?}`.
@@ -188,6 +225,28 @@ mod tests {
         assert_eq!(clip("a\nb"), "a\nb");
         assert_eq!(echo("a\nb"), "\"a\\nb\"");
         assert!(clip(&huge).ends_with("… (200000 bytes)"));
+    }
+
+    #[test]
+    fn long_problem_lists_are_cut_with_a_count() {
+        let few: Vec<String> = vec!["a".into(), "b".into()];
+        assert_eq!(join_bounded(&few, "", "2 problems"), "a\nb\n2 problems");
+        assert_eq!(join_bounded(&few, "", ""), "a\nb");
+        let many: Vec<String> = (0..1000)
+            .map(|i| format!("problem {i:04} {}", "x".repeat(80)))
+            .collect();
+        let text = join_bounded(&many, "; see all with --dry-run", "1000 problems");
+        assert!(text.len() <= MAX_ERROR_MESSAGE, "{}", text.len());
+        assert!(text.starts_with("problem 0000"));
+        let shown = text.lines().filter(|l| l.starts_with("problem ")).count();
+        assert!(shown > 10, "{shown}");
+        assert!(
+            text.ends_with(&format!(
+                "… and {} more problem(s) not shown; see all with --dry-run\n1000 problems",
+                1000 - shown
+            )),
+            "{text}"
+        );
     }
 
     #[test]

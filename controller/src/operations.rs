@@ -87,7 +87,9 @@ pub async fn apply(
         }
     }
     if !problems.is_empty() {
-        return Err(Status::invalid_argument(problems.join("\n")));
+        return Err(Status::invalid_argument(limits::join_bounded(
+            &problems, "", "",
+        )));
     }
     let stored = stored_documents(fleet).await?;
     let incoming_docs: Vec<Document> = incoming.iter().map(|s| s.doc.clone()).collect();
@@ -103,7 +105,10 @@ pub async fn apply(
             })
             .collect()
     };
-    fleetfile::validate(&incoming, &known).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    fleetfile::validate(&incoming, &known).map_err(|e| {
+        let lines: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
+        Status::invalid_argument(limits::join_bounded(&lines, "", ""))
+    })?;
     if !req.prune {
         // A stored schedule may not be left pointing at nothing (only possible with prune,
         // but keep the rule explicit for future deletes in one apply).
@@ -147,9 +152,12 @@ pub async fn apply(
             .map(ToString::to_string)
             .chain(notes)
             .collect();
-        return Err(Status::failed_precondition(format!(
-            "{}\n{blocking} step problem(s) against the agents' inventories; nothing was applied. Fix the steps, or pass --force (ApplyRequest.force) to apply anyway",
-            lines.join("\n"),
+        return Err(Status::failed_precondition(limits::join_bounded(
+            &lines,
+            "; 'apply --dry-run -o json' lists them all",
+            &format!(
+                "{blocking} step problem(s) against the agents' inventories; nothing was applied. Fix the steps, or pass --force (ApplyRequest.force) to apply anyway"
+            ),
         )));
     }
     let changes = fleetfile::diff(&stored, &incoming_docs, req.prune);
@@ -235,16 +243,7 @@ pub async fn apply(
             .collect(),
         forecasts,
         applied,
-        warnings: report
-            .warnings
-            .into_iter()
-            .map(|w| v1::ApplyWarning {
-                place: w.place,
-                message: w.message,
-                agent: w.agent,
-                blocking: w.blocking,
-            })
-            .collect(),
+        warnings: bounded_warnings(report.warnings),
         targets: report
             .targets
             .into_iter()
@@ -256,6 +255,35 @@ pub async fn apply(
             })
             .collect(),
     })
+}
+
+/// The warnings of an apply response: blocking ones first, at most [`limits::MAX_WARNINGS`],
+/// the rest counted in a last warning (blocking when any left out is).
+fn bounded_warnings(mut warnings: Vec<fleetfile::InventoryWarning>) -> Vec<v1::ApplyWarning> {
+    warnings.sort_by_key(|w| !w.blocking);
+    let left_out = warnings.split_off(warnings.len().min(limits::MAX_WARNINGS));
+    let mut out: Vec<v1::ApplyWarning> = warnings
+        .into_iter()
+        .map(|w| v1::ApplyWarning {
+            place: w.place,
+            message: w.message,
+            agent: w.agent,
+            blocking: w.blocking,
+        })
+        .collect();
+    if !left_out.is_empty() {
+        let blocking = left_out.iter().filter(|w| w.blocking).count();
+        out.push(v1::ApplyWarning {
+            place: "apply".to_string(),
+            message: format!(
+                "… and {} more problem(s) ({blocking} blocking) not listed",
+                left_out.len()
+            ),
+            agent: String::new(),
+            blocking: blocking > 0,
+        });
+    }
+    out
 }
 
 async fn forget_schedule(fleet: &Fleet, name: &str) -> Result<(), Status> {
@@ -640,6 +668,37 @@ mod tests {
         );
         assert_eq!(saturation_warning(0.5, Some(Duration::from_secs(600))), "");
         assert_eq!(saturation(&[], Some(Duration::from_secs(1))), 0.0);
+    }
+
+    #[test]
+    fn response_warnings_are_bounded_blocking_first() {
+        let w = |blocking: bool, i: usize| fleetfile::InventoryWarning {
+            place: format!("p{i}"),
+            message: "m".into(),
+            agent: String::new(),
+            blocking,
+        };
+        let few = bounded_warnings(vec![w(false, 0), w(true, 1)]);
+        assert_eq!(
+            few.iter().map(|x| x.place.as_str()).collect::<Vec<_>>(),
+            ["p1", "p0"]
+        );
+        let many: Vec<_> = (0..limits::MAX_WARNINGS + 10)
+            .map(|i| w(i % 2 == 0, i))
+            .collect();
+        let out = bounded_warnings(many);
+        assert_eq!(out.len(), limits::MAX_WARNINGS + 1);
+        let last = out.last().unwrap();
+        assert_eq!(
+            last.message,
+            "… and 10 more problem(s) (0 blocking) not listed"
+        );
+        assert!(!last.blocking);
+        assert!(
+            out[..limits::MAX_WARNINGS / 2 + 5]
+                .iter()
+                .all(|x| x.blocking)
+        );
     }
 
     #[test]

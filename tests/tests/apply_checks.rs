@@ -134,3 +134,47 @@ fn a_fleet_file_matching_the_inventories_applies_cleanly() {
     assert!(!e.contains("warning"), "{e}");
     assert!(o.contains("created schedule/named"), "{o}");
 }
+
+#[test]
+fn thousands_of_problems_come_back_as_a_readable_bounded_error() {
+    let fleet = two_agents();
+    // 4 stages of 64 steps, each naming an MA no agent has: 256 problems per target agent.
+    let stages: String = (0..4)
+        .map(|s| {
+            let steps: Vec<String> = (0..64)
+                .map(|i| format!("{{ma: \"Missing MA {s}-{i}\", profile: Delta Import}}"))
+                .collect();
+            format!("  - steps: [{}]\n", steps.join(", "))
+        })
+        .collect();
+    let yaml = format!(
+        "kind: Sequence\nname: wide\nstages:\n{stages}---\nkind: Schedule\nname: wide-hourly\nsequence: wide\ntargets: {{selector: env=e2e}}\ntrigger: {{every: 1h}}\n"
+    );
+    let file = fleet.fleet_file("wide.yaml", &yaml);
+    let f = file.to_str().unwrap();
+    let out = fleet.cli(&["apply", "-f", f]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        err.contains("has no management agent \"Missing MA 0-0\""),
+        "{err:.2000}"
+    );
+    assert!(
+        err.contains("more problem(s) not shown; 'apply --dry-run -o json' lists them all"),
+        "{err:.2000}"
+    );
+    assert!(
+        err.contains("512 step problem(s) against the agents' inventories"),
+        "{err:.2000}"
+    );
+    assert!(err.len() < 8000, "{} bytes", err.len());
+    // The dry run's JSON carries them, bounded too.
+    let out = fleet.cli(&["apply", "-f", f, "--dry-run", "-o", "json"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = j["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 501, "{}", stderr(&out));
+    assert_eq!(
+        warnings[500]["message"],
+        "… and 12 more problem(s) (12 blocking) not listed"
+    );
+}
