@@ -10,6 +10,10 @@
 
 use std::fmt::Write as _;
 
+// The counts are far above what a real fleet uses (an engine has a few dozen management agents,
+// a full cycle a few dozen steps, a schedule a handful of cron lines) and low enough that one
+// request cannot make the controller store, plan or send work by the megabyte.
+
 /// Longest free-text field (notes, reasons, descriptions of pauses and drains), in bytes.
 pub const MAX_TEXT: usize = 1024;
 /// Longest identifier a call may name (agent, schedule, sequence, run id, kind), in bytes.
