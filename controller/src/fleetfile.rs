@@ -21,6 +21,10 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, IntoDeserializer as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use crate::limits::{
+    self, MAX_BLACKOUTS, MAX_CRON_ENTRIES, MAX_DOCUMENTS, MAX_SELECTOR_TERMS, MAX_STAGES,
+    MAX_STEPS_PER_RUN, MAX_STEPS_PER_STAGE, MAX_TARGET_AGENTS, echo,
+};
 use crate::model::{Document, Limit, ScheduleDoc, SequenceDoc};
 use crate::schedule::trigger::Trigger;
 
@@ -32,7 +36,7 @@ pub const MAX_NAME_LEN: usize = 63;
 /// Longest `description`.
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
 /// Longest management agent or run profile name.
-pub const MAX_ENGINE_NAME_LEN: usize = 256;
+pub const MAX_ENGINE_NAME_LEN: usize = limits::MAX_ENGINE_NAME;
 /// Largest `jitter` and `catchup_window`.
 pub const MAX_SCHEDULE_DELAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -279,10 +283,15 @@ pub fn parse_str_lenient(file: &str, text: &str) -> Loaded {
             None => format!("{file} document {n} ({kind})"),
         };
         if !KINDS.contains(&kind.as_str()) {
-            let mut m = format!("kind: unknown kind {kind:?}; use {}", or_list(&KINDS));
+            let mut m = format!(
+                "kind: unknown kind {}; use {}",
+                echo(&kind),
+                or_list(&KINDS)
+            );
             if let Some(s) = closest(&kind, KINDS.iter().copied()) {
                 m = format!(
-                    "kind: unknown kind {kind:?} (did you mean {s}?); use {}",
+                    "kind: unknown kind {} (did you mean {s}?); use {}",
+                    echo(&kind),
                     or_list(&KINDS)
                 );
             }
@@ -635,8 +644,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Where a document is, for messages: `fleet/delta.yaml document 2 (Schedule delta-every-5m)`.
 /// `source` is `"path#N"`, any other text (shown as is), or empty.
+///
+/// Names longer than [`limits::ECHO_CHARS`] and sources longer than [`limits::MAX_SOURCE`] are
+/// cut ([`limits::clip`]): neither can be valid, and both may come from any client.
 pub fn describe_source(source: &str, doc: &Document) -> String {
-    let what = format!("{} {}", doc.kind(), doc.name());
+    let what = format!("{} {}", doc.kind(), limits::clip(doc.name()));
+    let cut;
+    let source = if source.len() > limits::MAX_SOURCE {
+        cut = limits::clip(source);
+        cut.as_str()
+    } else {
+        source
+    };
     if source.is_empty() || source == what {
         return what;
     }
@@ -673,6 +692,14 @@ pub fn validate(
     known_sequences: &BTreeSet<String>,
 ) -> Result<(), FleetFileErrors> {
     let mut errors = Vec::new();
+    if let Err(e) =
+        limits::check_count("documents", docs.len(), "documents", MAX_DOCUMENTS, "apply")
+    {
+        errors.push(err(
+            "apply",
+            format!("{e}; split the files into several applies"),
+        ));
+    }
     let mut seen: BTreeMap<(&'static str, &str), &str> = BTreeMap::new();
     let defined: BTreeSet<&str> = docs
         .iter()
@@ -687,15 +714,17 @@ pub fn validate(
         let name = d.doc.name();
         if !valid_name(name) {
             bad(format!(
-                "name: {name:?} is not a valid name; use 1 to {MAX_NAME_LEN} characters a-z, A-Z, 0-9, '.', '_' or '-'"
+                "name: {} is not a valid name; use 1 to {MAX_NAME_LEN} characters a-z, A-Z, 0-9, '.', '_' or '-'",
+                echo(name)
             ));
         }
         match seen.get(&(d.doc.kind(), name)) {
             Some(first) => {
                 let first = if first.is_empty() { "earlier" } else { first };
                 bad(format!(
-                    "name: {} {name:?} is defined twice (first in {}); names are unique per kind, rename or remove one",
+                    "name: {} {} is defined twice (first in {}); names are unique per kind, rename or remove one",
                     d.doc.kind().to_lowercase(),
+                    echo(name),
                     first.replace('#', " document ")
                 ));
             }
@@ -744,12 +773,59 @@ fn check_limit(field: &str, limit: Option<Limit>, bad: &mut impl FnMut(String)) 
     }
 }
 
+/// Report a count over its limit through `bad`, with how to fix it.
+fn check_count(
+    field: &str,
+    count: usize,
+    what: &'static str,
+    limit: usize,
+    per: &'static str,
+    fix: &str,
+    bad: &mut impl FnMut(String),
+) {
+    if let Err(e) = limits::check_count(field, count, what, limit, per) {
+        bad(format!("{e}; {fix}"));
+    }
+}
+
 fn check_sequence(s: &SequenceDoc, bad: &mut impl FnMut(String)) {
     check_description(&s.description, bad);
     if s.stages.is_empty() {
         bad("stages: empty; a sequence needs at least one stage, e.g. stages: [{steps: [{ma: AD, profile: Delta Import}]}]".to_string());
     }
+    check_count(
+        "stages",
+        s.stages.len(),
+        "stages",
+        MAX_STAGES,
+        "sequence",
+        "split the sequence",
+        bad,
+    );
+    let total: usize = s.stages.iter().map(|st| st.steps.len()).sum();
+    check_count(
+        "stages",
+        total,
+        "steps",
+        MAX_STEPS_PER_RUN,
+        "run",
+        "a sequence runs as one run; split it",
+        bad,
+    );
+    if s.stages.len() > MAX_STAGES || total > MAX_STEPS_PER_RUN {
+        // Per-step problems of a sequence this size would only bury the count.
+        return;
+    }
     for (i, stage) in s.stages.iter().enumerate() {
+        check_count(
+            &format!("stages[{i}].steps"),
+            stage.steps.len(),
+            "steps",
+            MAX_STEPS_PER_STAGE,
+            "stage",
+            "split the stage",
+            bad,
+        );
         if stage.steps.is_empty() {
             bad(format!(
                 "stages[{i}].steps: empty; give the stage at least one step or remove it"
@@ -769,8 +845,8 @@ fn check_sequence(s: &SequenceDoc, bad: &mut impl FnMut(String)) {
             if !key.is_empty() {
                 if let Some(first) = mas.get(&key) {
                     bad(format!(
-                        "{at}.ma: MA {:?} already runs in this stage (steps[{first}]); an MA runs one profile at a time, so put these steps in separate stages",
-                        step.ma
+                        "{at}.ma: MA {} already runs in this stage (steps[{first}]); an MA runs one profile at a time, so put these steps in separate stages",
+                        echo(&step.ma)
                     ));
                 } else {
                     mas.insert(key, j);
@@ -811,8 +887,8 @@ fn check_schedule(
             None => String::new(),
         };
         bad(format!(
-            "sequence: no sequence named {:?}{hint} in these files or on the controller; define it (kind: Sequence) or fix the name",
-            s.sequence
+            "sequence: no sequence named {}{hint} in these files or on the controller; define it (kind: Sequence) or fix the name",
+            echo(&s.sequence)
         ));
     }
     let has_selector = s
@@ -823,15 +899,85 @@ fn check_schedule(
     if s.targets.agents.is_empty() && !has_selector {
         bad("targets: no agents and no selector; give targets: {agents: [sync01]} or targets: {selector: \"env=prod\"}".to_string());
     }
-    for (i, a) in s.targets.agents.iter().enumerate() {
+    check_count(
+        "targets.agents",
+        s.targets.agents.len(),
+        "agents",
+        MAX_TARGET_AGENTS,
+        "schedule",
+        "use a label selector instead",
+        bad,
+    );
+    for (i, a) in s.targets.agents.iter().enumerate().take(MAX_TARGET_AGENTS) {
         if a.trim().is_empty() {
             bad(format!("targets.agents[{i}]: empty agent name; remove it"));
+        } else if let Err(e) = limits::check_ident(&format!("targets.agents[{i}]"), a) {
+            bad(format!("{e}; agent names have at most 63 characters"));
         }
     }
-    if let Err(e) = s.targets.selector_pairs() {
-        bad(format!(
+    match s.targets.selector_pairs() {
+        Err(e) => bad(format!(
             "targets.selector: {e}; write key=value pairs separated by commas, e.g. \"env=prod,role=primary\""
-        ));
+        )),
+        Ok(pairs) => check_count(
+            "targets.selector",
+            pairs.len(),
+            "terms",
+            MAX_SELECTOR_TERMS,
+            "selector",
+            "select on fewer labels",
+            bad,
+        ),
+    }
+    check_count(
+        "blackout",
+        s.blackout.len(),
+        "windows",
+        MAX_BLACKOUTS,
+        "schedule",
+        "merge windows",
+        bad,
+    );
+    check_count(
+        "trigger.cron",
+        s.trigger.cron.len(),
+        "entries",
+        MAX_CRON_ENTRIES,
+        "schedule",
+        "combine expressions (e.g. \"0 1,13 * * *\") or split the schedule",
+        bad,
+    );
+    if s.trigger.cron.len() > MAX_CRON_ENTRIES || s.blackout.len() > MAX_BLACKOUTS {
+        return;
+    }
+    // Expressions are quoted in the trigger's errors: refuse oversized ones first.
+    let mut oversized = false;
+    let exprs = s
+        .trigger
+        .cron
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("trigger.cron[{i}]"), c.as_str()))
+        .chain(
+            s.blackout
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (format!("blackout[{i}].cron"), b.cron.as_str())),
+        )
+        .chain(
+            s.trigger
+                .time_zone
+                .iter()
+                .map(|z| ("trigger.time_zone".to_string(), z.as_str())),
+        );
+    for (field, value) in exprs {
+        if let Err(e) = limits::check_expression(&field, value) {
+            bad(e.to_string());
+            oversized = true;
+        }
+    }
+    if oversized {
+        return;
     }
     for (field, d) in [("jitter", s.jitter), ("catchup_window", s.catchup_window)] {
         if let Some(d) = d
@@ -856,6 +1002,339 @@ fn check_schedule(
                 ));
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks against the agents' inventories
+// ---------------------------------------------------------------------------------------------
+
+/// A problem found by [`check_inventory`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryWarning {
+    /// The document, as [`describe_source`] gives it.
+    pub place: String,
+    /// What is wrong, starting with the field path; names the step, the agent and the schedule.
+    pub message: String,
+    /// The agent concerned; empty when none is.
+    pub agent: String,
+    /// Step problems block an apply (unless forced); notes about targets do not.
+    pub blocking: bool,
+}
+
+impl fmt::Display for InventoryWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.place, self.message)
+    }
+}
+
+/// What one schedule's targets resolve to now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedTargets {
+    pub schedule: String,
+    /// `agents`, `selector env=prod` or `agents and selector env=prod`.
+    pub targets: String,
+    /// Known agents targeted, sorted.
+    pub agents: Vec<String>,
+    /// Names in `targets.agents` of agents never seen.
+    pub unknown: Vec<String>,
+}
+
+/// Everything [`check_inventory`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InventoryReport {
+    pub warnings: Vec<InventoryWarning>,
+    /// One per schedule in the incoming documents, in document order.
+    pub targets: Vec<ResolvedTargets>,
+}
+
+impl InventoryReport {
+    /// The warnings that refuse an apply unless it is forced.
+    pub fn blocking(&self) -> impl Iterator<Item = &InventoryWarning> {
+        self.warnings.iter().filter(|w| w.blocking)
+    }
+}
+
+/// Checks what an apply would leave in force against `agents`, the agents known now with the
+/// inventory (MAs and run profiles) each reported in its last Hello.
+///
+/// - Each schedule of `docs` has its targets resolved: agent names that no known agent has are
+///   reported (not blocking: the agent may not be enrolled yet), as is a selector matching no
+///   agent.
+/// - Each step of a sequence is checked on every agent that a schedule running the sequence
+///   targets; a step naming an MA or run profile the agent does not have is blocking, with a
+///   did-you-mean suggestion when a name is close (the engine compares names exactly, so a case
+///   difference is a problem too). Schedules come from `docs` and, for sequences in `docs`, from
+///   `stored` (stored documents replaced by `docs` are ignored).
+/// - A sequence of `docs` no schedule runs is checked against all agents: a step that no agent
+///   can run is blocking.
+/// - Agents that reported no inventory are not checked (not blocking).
+pub fn check_inventory(
+    docs: &[SourcedDoc],
+    stored: &[Document],
+    agents: &[syncfleet_proto::v1::Agent],
+) -> InventoryReport {
+    let mut report = InventoryReport::default();
+    let by_name: BTreeMap<&str, &syncfleet_proto::v1::Agent> =
+        agents.iter().map(|a| (a.name.as_str(), a)).collect();
+    let incoming = |kind: &str, name: &str| {
+        docs.iter()
+            .any(|d| d.doc.kind() == kind && d.doc.name() == name)
+    };
+    // Sequences in force after the apply, with where they are described.
+    let mut sequences: BTreeMap<&str, (String, &SequenceDoc, bool)> = BTreeMap::new();
+    for d in stored {
+        if let Document::Sequence(s) = d
+            && !incoming("Sequence", &s.name)
+        {
+            sequences.insert(&s.name, (describe_source("", d), s, false));
+        }
+    }
+    for d in docs {
+        if let Document::Sequence(s) = &d.doc {
+            sequences.insert(&s.name, (describe_source(&d.source, &d.doc), s, true));
+        }
+    }
+    // Schedules to check: incoming ones, and stored ones running an incoming sequence.
+    let mut schedules: Vec<(String, &ScheduleDoc, bool)> = Vec::new();
+    for d in docs {
+        if let Document::Schedule(s) = &d.doc {
+            schedules.push((describe_source(&d.source, &d.doc), s, true));
+        }
+    }
+    for d in stored {
+        if let Document::Schedule(s) = d
+            && !incoming("Schedule", &s.name)
+            && sequences.get(s.sequence.as_str()).is_some_and(|x| x.2)
+        {
+            schedules.push((describe_source("", d), s, false));
+        }
+    }
+    // (sequence, agent) -> schedules running the sequence there.
+    let mut runs_on: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    let known_names = || agents.iter().map(|a| a.name.as_str());
+    for (place, s, is_incoming) in &schedules {
+        let mut matched: BTreeSet<&str> = BTreeSet::new();
+        let mut unknown = Vec::new();
+        for (i, name) in s.targets.agents.iter().enumerate() {
+            if by_name.contains_key(name.as_str()) {
+                matched.insert(name);
+            } else {
+                unknown.push(name.clone());
+                if *is_incoming {
+                    let hint = near(name, known_names())
+                        .map(|c| format!(" (did you mean {}?)", echo(c)))
+                        .unwrap_or_default();
+                    report.warnings.push(InventoryWarning {
+                        place: place.clone(),
+                        message: format!(
+                            "targets.agents[{i}]: no agent named {} has ever connected{hint}; runs for it wait until it does",
+                            echo(name)
+                        ),
+                        agent: name.clone(),
+                        blocking: false,
+                    });
+                }
+            }
+        }
+        let selector = s
+            .targets
+            .selector
+            .as_deref()
+            .map(str::trim)
+            .filter(|x| !x.is_empty());
+        if let Some(sel) = selector {
+            let selected: Vec<&str> = agents
+                .iter()
+                .filter(|a| {
+                    let only_selector = crate::model::Targets {
+                        agents: Vec::new(),
+                        selector: Some(sel.to_string()),
+                    };
+                    only_selector.matches(&a.name, &a.labels)
+                })
+                .map(|a| a.name.as_str())
+                .collect();
+            if selected.is_empty() && *is_incoming {
+                report.warnings.push(InventoryWarning {
+                    place: place.clone(),
+                    message: format!(
+                        "targets.selector: {} matches no agent now; the schedule runs nowhere until an agent with these labels connects",
+                        echo(sel)
+                    ),
+                    agent: String::new(),
+                    blocking: false,
+                });
+            }
+            matched.extend(selected);
+        }
+        if *is_incoming {
+            report.targets.push(ResolvedTargets {
+                schedule: s.name.clone(),
+                targets: match (s.targets.agents.is_empty(), selector) {
+                    (false, Some(sel)) => format!("agents and selector {sel}"),
+                    (true, Some(sel)) => format!("selector {sel}"),
+                    _ => "agents".to_string(),
+                },
+                agents: matched.iter().map(|a| (*a).to_string()).collect(),
+                unknown,
+            });
+        }
+        for a in matched {
+            runs_on
+                .entry((s.sequence.as_str(), a))
+                .or_default()
+                .push(&s.name);
+        }
+    }
+    for (seq_name, (place, seq, is_incoming)) in &sequences {
+        let targeted: Vec<(&str, &Vec<&str>)> = runs_on
+            .iter()
+            .filter(|((s, _), _)| s == seq_name)
+            .map(|((_, a), scheds)| (*a, scheds))
+            .collect();
+        let scheduled = schedules.iter().any(|(_, s, _)| s.sequence == *seq_name);
+        if targeted.is_empty() && !scheduled && *is_incoming {
+            check_unscheduled(place, seq, agents, &mut report.warnings);
+            continue;
+        }
+        for (agent_name, scheds) in targeted {
+            let Some(agent) = by_name.get(agent_name) else {
+                continue;
+            };
+            let scheds = if scheds.len() == 1 {
+                format!("schedule {}", scheds[0])
+            } else {
+                format!("schedules {}", scheds.join(", "))
+            };
+            if agent.management_agents.is_empty() {
+                report.warnings.push(InventoryWarning {
+                    place: place.clone(),
+                    message: format!(
+                        "agent {agent_name} ({scheds}) has reported no inventory yet; its steps were not checked"
+                    ),
+                    agent: agent_name.to_string(),
+                    blocking: false,
+                });
+                continue;
+            }
+            for (at, step) in steps_with_paths(seq) {
+                if let Some(problem) = step_problem(agent, &step.ma, &step.profile) {
+                    report.warnings.push(InventoryWarning {
+                        place: place.clone(),
+                        message: format!(
+                            "{at} {}: agent {agent_name} ({scheds}) {problem}",
+                            echo(&format!("{}:{}", step.ma, step.profile))
+                        ),
+                        agent: agent_name.to_string(),
+                        blocking: true,
+                    });
+                }
+            }
+        }
+    }
+    report
+}
+
+fn steps_with_paths(seq: &SequenceDoc) -> impl Iterator<Item = (String, &crate::model::StepDoc)> {
+    seq.stages.iter().enumerate().flat_map(|(i, st)| {
+        st.steps
+            .iter()
+            .enumerate()
+            .map(move |(j, step)| (format!("stages[{i}].steps[{j}]"), step))
+    })
+}
+
+/// Why `agent` cannot run `ma`:`profile` (`has no management agent "ADD" (did you mean
+/// "AD"?)`), or `None` when it can.
+fn step_problem(agent: &syncfleet_proto::v1::Agent, ma: &str, profile: &str) -> Option<String> {
+    let mas = &agent.management_agents;
+    let Some(found) = mas.iter().find(|m| m.name == ma) else {
+        let names: Vec<&str> = mas.iter().map(|m| m.name.as_str()).collect();
+        return Some(format!(
+            "has no management agent {}{}",
+            echo(ma),
+            suggestion(ma, &names)
+        ));
+    };
+    if found.run_profiles.iter().any(|p| p.name == profile) {
+        return None;
+    }
+    let names: Vec<&str> = found.run_profiles.iter().map(|p| p.name.as_str()).collect();
+    Some(format!(
+        "has no run profile {} on MA {}{}",
+        echo(profile),
+        echo(ma),
+        suggestion(profile, &names)
+    ))
+}
+
+/// The name closest to `got` when it is close for its length: at most one edit per three
+/// characters (at least one, at most two), so `AD` does not suggest `LAB`.
+fn near<'a>(got: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let allowed = (got.chars().count() / 3).clamp(1, 2);
+    closest(got, names).filter(|c| edit_distance(&got.to_lowercase(), &c.to_lowercase()) <= allowed)
+}
+
+/// ` (did you mean "X"?)` when a name is close ([`near`]), else `; it has "A", "B"` (the
+/// first 20).
+fn suggestion(got: &str, names: &[&str]) -> String {
+    match near(got, names.iter().copied()) {
+        Some(c) => format!(" (did you mean {}?)", echo(c)),
+        None => {
+            let shown: Vec<String> = names.iter().take(20).map(|n| echo(n)).collect();
+            let more = names.len().saturating_sub(shown.len());
+            format!(
+                "; it has {}{}",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        }
+    }
+}
+
+/// Steps of a sequence no schedule runs, checked against every agent with an inventory: a
+/// step no agent can run is blocking.
+fn check_unscheduled(
+    place: &str,
+    seq: &SequenceDoc,
+    agents: &[syncfleet_proto::v1::Agent],
+    warnings: &mut Vec<InventoryWarning>,
+) {
+    let with_inventory: Vec<&syncfleet_proto::v1::Agent> = agents
+        .iter()
+        .filter(|a| !a.management_agents.is_empty())
+        .collect();
+    let Some(first) = with_inventory.first() else {
+        return;
+    };
+    for (at, step) in steps_with_paths(seq) {
+        if with_inventory
+            .iter()
+            .any(|a| step_problem(a, &step.ma, &step.profile).is_none())
+        {
+            continue;
+        }
+        // Suggest from the first agent whose inventory has the MA, else from the first agent.
+        let near = with_inventory
+            .iter()
+            .find(|a| a.management_agents.iter().any(|m| m.name == step.ma))
+            .unwrap_or(first);
+        let problem = step_problem(near, &step.ma, &step.profile).unwrap_or_default();
+        warnings.push(InventoryWarning {
+            place: place.to_string(),
+            message: format!(
+                "{at} {}: no known agent can run it; agent {} {problem}",
+                echo(&format!("{}:{}", step.ma, step.profile)),
+                near.name
+            ),
+            agent: String::new(),
+            blocking: true,
+        });
     }
 }
 
@@ -906,7 +1385,11 @@ pub fn canonical_json(doc: &Document) -> String {
 /// wrong in one line.
 pub fn from_json(kind: &str, json: &str) -> Result<Document, String> {
     if !KINDS.contains(&kind) {
-        return Err(format!("unknown kind {kind:?}; use {}", or_list(&KINDS)));
+        return Err(format!(
+            "unknown kind {}; use {}",
+            echo(kind),
+            or_list(&KINDS)
+        ));
     }
     let mut v: serde_json::Value =
         serde_json::from_str(json).map_err(|e| format!("not valid JSON: {e}"))?;
@@ -918,7 +1401,13 @@ pub fn from_json(kind: &str, json: &str) -> Result<Document, String> {
             obj.insert("kind".into(), serde_json::Value::String(kind.to_string()));
         }
         Some(serde_json::Value::String(k)) if k == kind => {}
-        Some(other) => return Err(format!("kind is {other}, expected {kind:?}")),
+        Some(other) => {
+            return Err(format!(
+                "kind is {}, expected {}",
+                limits::clip(&other.to_string()),
+                echo(kind)
+            ));
+        }
     }
     serde_json::from_value(v).map_err(|e| format!("not a valid {kind} document: {e}"))
 }
@@ -1077,6 +1566,7 @@ mod tests {
     use crate::model::{
         BlackoutDoc, Condition, Guard, OnFailure, Overlap, StageDoc, StepDoc, Targets, TriggerDoc,
     };
+    use syncfleet_proto::v1;
 
     /// The example fleet file of the fleet-file feature request.
     const EXAMPLE: &str = r#"# Production delta cycle every 5 minutes, full cycle on Sunday night.
@@ -1799,6 +2289,263 @@ stages: [{steps: [{ma: AD, profile: Export, only_if: staged, guard: {max_pending
                 .iter()
                 .all(|c| c.action == Action::Unchanged)
         );
+    }
+
+    #[test]
+    fn counts_over_their_limits_name_the_limit_and_the_value() {
+        let step = StepDoc {
+            ma: "AD".into(),
+            profile: "Delta Import".into(),
+            only_if: None,
+            guard: None,
+        };
+        let many_stages = SequenceDoc {
+            name: "long".into(),
+            description: String::new(),
+            stages: vec![
+                StageDoc {
+                    steps: vec![step.clone()]
+                };
+                MAX_STAGES + 1
+            ],
+            on_failure: OnFailure::Stop,
+        };
+        let wide = SequenceDoc {
+            name: "wide".into(),
+            stages: vec![StageDoc {
+                steps: (0..MAX_STEPS_PER_STAGE + 1)
+                    .map(|i| StepDoc {
+                        ma: format!("MA{i}"),
+                        ..step.clone()
+                    })
+                    .collect(),
+            }],
+            ..many_stages.clone()
+        };
+        let total = SequenceDoc {
+            name: "total".into(),
+            stages: (0..5)
+                .map(|s| StageDoc {
+                    steps: (0..60)
+                        .map(|i| StepDoc {
+                            ma: format!("MA{s}-{i}"),
+                            ..step.clone()
+                        })
+                        .collect(),
+                })
+                .collect(),
+            ..many_stages.clone()
+        };
+        let mut crons = minimal_schedule("crons", "long");
+        crons.trigger = TriggerDoc {
+            cron: vec!["0 * * * *".into(); MAX_CRON_ENTRIES + 1],
+            ..Default::default()
+        };
+        let mut selector = minimal_schedule("selector", "long");
+        selector.targets.selector = Some(
+            (0..MAX_SELECTOR_TERMS + 1)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        let mut blackouts = minimal_schedule("blackouts", "long");
+        blackouts.blackout = vec![
+            BlackoutDoc {
+                cron: "0 1 * * *".into(),
+                duration: Duration::from_secs(60),
+            };
+            MAX_BLACKOUTS + 1
+        ];
+        let mut agents = minimal_schedule("agents", "long");
+        agents.targets.agents = (0..MAX_TARGET_AGENTS + 1)
+            .map(|i| format!("sync{i}"))
+            .collect();
+        let docs = sourced(vec![
+            Document::Sequence(many_stages),
+            Document::Sequence(wide),
+            Document::Sequence(total),
+            Document::Schedule(crons),
+            Document::Schedule(selector),
+            Document::Schedule(blackouts),
+            Document::Schedule(agents),
+        ]);
+        let m = messages(&validate(&docs, &BTreeSet::new()).unwrap_err());
+        assert_eq!(
+            m,
+            [
+                "f.yaml document 1 (Sequence long): stages: 65 stages; at most 64 stages per sequence; split the sequence",
+                "f.yaml document 2 (Sequence wide): stages[0].steps: 65 steps; at most 64 steps per stage; split the stage",
+                "f.yaml document 3 (Sequence total): stages: 300 steps; at most 256 steps per run; a sequence runs as one run; split it",
+                "f.yaml document 4 (Schedule crons): trigger.cron: 65 entries; at most 64 entries per schedule; combine expressions (e.g. \"0 1,13 * * *\") or split the schedule",
+                "f.yaml document 5 (Schedule selector): targets.selector: 17 terms; at most 16 terms per selector; select on fewer labels",
+                "f.yaml document 6 (Schedule blackouts): blackout: 65 windows; at most 64 windows per schedule; merge windows",
+                "f.yaml document 7 (Schedule agents): targets.agents: 1001 agents; at most 1000 agents per schedule; use a label selector instead",
+            ]
+        );
+        let too_many = sourced(
+            (0..MAX_DOCUMENTS + 1)
+                .map(|i| Document::Schedule(minimal_schedule(&format!("s{i}"), "x")))
+                .collect(),
+        );
+        let m = messages(&validate(&too_many, &BTreeSet::from(["x".to_string()])).unwrap_err());
+        assert_eq!(
+            m,
+            [
+                "apply: documents: 1001 documents; at most 1000 documents per apply; split the files into several applies"
+            ]
+        );
+    }
+
+    #[test]
+    fn huge_names_are_cut_in_messages() {
+        let mut s = minimal_schedule(&"n".repeat(100_000), &"q".repeat(100_000));
+        s.targets.selector = Some("s".repeat(100_000));
+        s.trigger.cron = vec!["c".repeat(100_000)];
+        s.trigger.time_zone = Some("z".repeat(100_000));
+        let docs = vec![SourcedDoc {
+            source: "f.yaml#1".into(),
+            doc: Document::Schedule(s),
+        }];
+        let text = validate(&docs, &BTreeSet::new()).unwrap_err().to_string();
+        assert!(text.len() < 2000, "{} bytes: {text:.300}", text.len());
+        assert!(text.contains("… (100000 bytes)"), "{text:.600}");
+        assert!(
+            text.contains("trigger.cron[0] \"cccc"),
+            "oversized cron expressions are refused before they are compiled: {text:.900}"
+        );
+    }
+
+    fn inventory_agent(name: &str, env: &str, mas: &[(&str, &[&str])]) -> v1::Agent {
+        v1::Agent {
+            name: name.into(),
+            labels: [("env".to_string(), env.to_string())].into_iter().collect(),
+            management_agents: mas
+                .iter()
+                .map(|(ma, profiles)| v1::ManagementAgent {
+                    name: (*ma).into(),
+                    run_profiles: profiles
+                        .iter()
+                        .map(|p| v1::RunProfile {
+                            name: (*p).into(),
+                            step_types: vec![],
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn inventory_check_reports_per_target_agent_with_suggestions() {
+        let agents = [
+            inventory_agent("sync01", "prod", &[("AD", &["Delta Import", "Export"])]),
+            inventory_agent(
+                "sync02",
+                "prod",
+                &[("AD", &["Delta Import"]), ("HR", &["Delta Import"])],
+            ),
+            inventory_agent("lab01", "lab", &[("LAB", &["Full Import"])]),
+            inventory_agent("new01", "prod", &[]),
+        ];
+        let yaml = "kind: Sequence
+name: delta
+stages:
+  - steps: [{ma: AD, profile: Delta Imprt}, {ma: HR, profile: Delta Import}]
+  - steps: [{ma: AD, profile: Export}]
+---
+kind: Schedule
+name: prod
+sequence: delta
+targets: {selector: env=prod}
+trigger: {every: 5m}
+---
+kind: Sequence
+name: manual
+stages:
+  - steps: [{ma: LAB, profile: Full Imprt}, {ma: AD, profile: Export}]
+---
+kind: Schedule
+name: named
+sequence: stored
+targets: {agents: [sync01, sync1], selector: env=nowhere}
+trigger: {every: 5m}
+";
+        let docs = parse_str("f.yaml", yaml).unwrap();
+        // A stored schedule running `delta` on lab01 is checked too; one replaced by the
+        // incoming documents is not.
+        let mut stored_sched = minimal_schedule("lab", "delta");
+        stored_sched.targets.agents = vec!["lab01".into()];
+        let stored_seq = SequenceDoc {
+            name: "stored".into(),
+            description: String::new(),
+            stages: vec![StageDoc {
+                steps: vec![StepDoc {
+                    ma: "AD".into(),
+                    profile: "Full Sync".into(),
+                    only_if: None,
+                    guard: None,
+                }],
+            }],
+            on_failure: OnFailure::Stop,
+        };
+        let stored = [
+            Document::Schedule(stored_sched),
+            Document::Schedule(minimal_schedule("prod", "other")),
+            Document::Sequence(stored_seq),
+        ];
+        let report = check_inventory(&docs, &stored, &agents);
+        let lines: Vec<String> = report
+            .warnings
+            .iter()
+            .map(|w| format!("{}{w}", if w.blocking { "E " } else { "N " }))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "N f.yaml document 4 (Schedule named): targets.agents[1]: no agent named \"sync1\" has ever connected (did you mean \"sync01\"?); runs for it wait until it does",
+                "N f.yaml document 4 (Schedule named): targets.selector: \"env=nowhere\" matches no agent now; the schedule runs nowhere until an agent with these labels connects",
+                "E f.yaml document 1 (Sequence delta): stages[0].steps[0] \"AD:Delta Imprt\": agent lab01 (schedule lab) has no management agent \"AD\"; it has \"LAB\"",
+                "E f.yaml document 1 (Sequence delta): stages[0].steps[1] \"HR:Delta Import\": agent lab01 (schedule lab) has no management agent \"HR\"; it has \"LAB\"",
+                "E f.yaml document 1 (Sequence delta): stages[1].steps[0] \"AD:Export\": agent lab01 (schedule lab) has no management agent \"AD\"; it has \"LAB\"",
+                "N f.yaml document 1 (Sequence delta): agent new01 (schedule prod) has reported no inventory yet; its steps were not checked",
+                "E f.yaml document 1 (Sequence delta): stages[0].steps[0] \"AD:Delta Imprt\": agent sync01 (schedule prod) has no run profile \"Delta Imprt\" on MA \"AD\" (did you mean \"Delta Import\"?)",
+                "E f.yaml document 1 (Sequence delta): stages[0].steps[1] \"HR:Delta Import\": agent sync01 (schedule prod) has no management agent \"HR\"; it has \"AD\"",
+                "E f.yaml document 1 (Sequence delta): stages[0].steps[0] \"AD:Delta Imprt\": agent sync02 (schedule prod) has no run profile \"Delta Imprt\" on MA \"AD\" (did you mean \"Delta Import\"?)",
+                "E f.yaml document 1 (Sequence delta): stages[1].steps[0] \"AD:Export\": agent sync02 (schedule prod) has no run profile \"Export\" on MA \"AD\"; it has \"Delta Import\"",
+                "E f.yaml document 3 (Sequence manual): stages[0].steps[0] \"LAB:Full Imprt\": no known agent can run it; agent lab01 has no run profile \"Full Imprt\" on MA \"LAB\" (did you mean \"Full Import\"?)",
+                // A stored sequence that a new schedule runs is checked on its targets too.
+                "E Sequence stored: stages[0].steps[0] \"AD:Full Sync\": agent sync01 (schedule named) has no run profile \"Full Sync\" on MA \"AD\"; it has \"Delta Import\", \"Export\"",
+            ]
+        );
+        assert_eq!(
+            report.targets,
+            [
+                ResolvedTargets {
+                    schedule: "prod".into(),
+                    targets: "selector env=prod".into(),
+                    agents: vec!["new01".into(), "sync01".into(), "sync02".into()],
+                    unknown: vec![],
+                },
+                ResolvedTargets {
+                    schedule: "named".into(),
+                    targets: "agents and selector env=nowhere".into(),
+                    agents: vec!["sync01".into()],
+                    unknown: vec!["sync1".into()],
+                },
+            ]
+        );
+        // Nothing known yet: nothing to check, targets unknown.
+        let report = check_inventory(&docs, &[], &[]);
+        assert_eq!(report.blocking().count(), 0);
+        // An inventory that fits gives no warning.
+        let fine = parse_str(
+            "g.yaml",
+            "kind: Sequence\nname: d\nstages:\n  - steps: [{ma: AD, profile: Export}]\n---\nkind: Schedule\nname: s\nsequence: d\ntargets: {agents: [sync01]}\ntrigger: {every: 5m}\n",
+        )
+        .unwrap();
+        assert_eq!(check_inventory(&fine, &[], &agents).warnings, []);
     }
 
     #[test]

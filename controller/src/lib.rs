@@ -26,6 +26,7 @@ pub mod dev;
 pub mod fleet;
 pub mod fleetfile;
 pub mod init;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod operations;

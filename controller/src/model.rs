@@ -29,6 +29,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use syncfleet_proto::v1;
 
+use crate::limits::echo;
+
 /// What a failed step does to the rest of the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -88,17 +90,21 @@ pub fn parse_limit(t: &str) -> Result<Limit, String> {
         let v: f64 = p
             .trim()
             .parse()
-            .map_err(|_| format!("{t:?} is not a percentage; write e.g. \"2%\""))?;
+            .map_err(|_| format!("{} is not a percentage; write e.g. \"2%\"", echo(t)))?;
         if !(v.is_finite() && v > 0.0 && v <= 100.0) {
             return Err(format!(
-                "{t:?} must be a percentage above 0 and at most 100"
+                "{} must be a percentage above 0 and at most 100",
+                echo(t)
             ));
         }
         Ok(Limit::Percent(v))
     } else {
-        t.parse::<u64>()
-            .map(Limit::Count)
-            .map_err(|_| format!("{t:?} is neither a count (500) nor a percentage (\"2%\")"))
+        t.parse::<u64>().map(Limit::Count).map_err(|_| {
+            format!(
+                "{} is neither a count (500) nor a percentage (\"2%\")",
+                echo(t)
+            )
+        })
     }
 }
 
@@ -340,7 +346,7 @@ impl Targets {
                 p.split_once('=')
                     .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
                     .filter(|(k, _)| !k.is_empty())
-                    .ok_or_else(|| format!("selector part {p:?} must look like key=value"))
+                    .ok_or_else(|| format!("selector part {} must look like key=value", echo(p)))
             })
             .collect()
     }

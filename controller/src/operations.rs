@@ -11,6 +11,7 @@ use tonic::Status;
 
 use crate::fleet::{Fleet, NewRun, steps_of, store_status};
 use crate::fleetfile::{self, Action, SourcedDoc};
+use crate::limits::{self, check_ident, echo};
 use crate::model::{Document, ScheduleDoc, SequenceDoc};
 use crate::schedule::scheduler::Scheduler;
 use crate::schedule::trigger::Trigger;
@@ -22,9 +23,15 @@ pub fn kind_of(kind: &str) -> Result<&'static str, Status> {
         "sequence" => Ok("Sequence"),
         "schedule" => Ok("Schedule"),
         _ => Err(Status::invalid_argument(format!(
-            "unknown kind {kind:?}; use Sequence or Schedule"
+            "unknown kind {}; use Sequence or Schedule",
+            echo(kind)
         ))),
     }
+}
+
+/// `INVALID_ARGUMENT` for a name over [`limits::MAX_IDENT`] bytes.
+fn check_name(field: &str, value: &str) -> Result<(), Status> {
+    check_ident(field, value).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 async fn stored_documents(fleet: &Fleet) -> Result<Vec<Document>, Status> {
@@ -40,18 +47,34 @@ async fn stored_documents(fleet: &Fleet) -> Result<Vec<Document>, Status> {
         .collect()
 }
 
-/// Validate, diff and (unless dry run) store a set of documents.
+/// Validate, diff, check against the agents' inventories and (unless dry run) store a set of
+/// documents.
+///
+/// Steps that name an MA or run profile a target agent lacks
+/// ([`fleetfile::check_inventory`]) refuse the apply with `FAILED_PRECONDITION` listing every
+/// problem, unless `force` is set or it is a dry run; either way the problems come back as
+/// warnings, with what each schedule's targets resolve to now.
 pub async fn apply(
     fleet: &Fleet,
     scheduler: &Scheduler,
-    req: v1::ApplyRequest,
+    req: &v1::ApplyRequest,
     who: &str,
 ) -> Result<v1::ApplyResponse, Status> {
+    limits::check_count(
+        "documents",
+        req.documents.len(),
+        "documents",
+        limits::MAX_DOCUMENTS,
+        "apply",
+    )
+    .map_err(|e| Status::invalid_argument(format!("{e}; split the files into several applies")))?;
     let mut incoming = Vec::new();
     let mut problems = Vec::new();
     for d in &req.documents {
         let source = if d.source.is_empty() {
-            format!("{} {}", d.kind, d.name)
+            format!("{} {}", limits::clip(&d.kind), limits::clip(&d.name))
+        } else if d.source.len() > limits::MAX_SOURCE {
+            limits::clip(&d.source)
         } else {
             d.source.clone()
         };
@@ -64,7 +87,9 @@ pub async fn apply(
         }
     }
     if !problems.is_empty() {
-        return Err(Status::invalid_argument(problems.join("\n")));
+        return Err(Status::invalid_argument(limits::join_bounded(
+            &problems, "", "",
+        )));
     }
     let stored = stored_documents(fleet).await?;
     let incoming_docs: Vec<Document> = incoming.iter().map(|s| s.doc.clone()).collect();
@@ -80,7 +105,10 @@ pub async fn apply(
             })
             .collect()
     };
-    fleetfile::validate(&incoming, &known).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    fleetfile::validate(&incoming, &known).map_err(|e| {
+        let lines: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
+        Status::invalid_argument(limits::join_bounded(&lines, "", ""))
+    })?;
     if !req.prune {
         // A stored schedule may not be left pointing at nothing (only possible with prune,
         // but keep the rule explicit for future deletes in one apply).
@@ -102,6 +130,35 @@ pub async fn apply(
                 )));
             }
         }
+    }
+    let agents = store::blocking(&fleet.store, |s| s.list_agents())
+        .await
+        .map_err(store_status)?;
+    let survivors: Vec<Document> = if req.prune {
+        Vec::new()
+    } else {
+        stored.clone()
+    };
+    let report = fleetfile::check_inventory(&incoming, &survivors, &agents);
+    let blocking = report.blocking().count();
+    if blocking > 0 && !req.force && !req.dry_run {
+        let notes = report
+            .warnings
+            .iter()
+            .filter(|w| !w.blocking)
+            .map(|w| format!("note: {w}"));
+        let lines: Vec<String> = report
+            .blocking()
+            .map(ToString::to_string)
+            .chain(notes)
+            .collect();
+        return Err(Status::failed_precondition(limits::join_bounded(
+            &lines,
+            "; 'apply --dry-run -o json' lists them all",
+            &format!(
+                "{blocking} step problem(s) against the agents' inventories; nothing was applied. Fix the steps, or pass --force (ApplyRequest.force) to apply anyway"
+            ),
+        )));
     }
     let changes = fleetfile::diff(&stored, &incoming_docs, req.prune);
     let mut upserts = Vec::new();
@@ -186,7 +243,47 @@ pub async fn apply(
             .collect(),
         forecasts,
         applied,
+        warnings: bounded_warnings(report.warnings),
+        targets: report
+            .targets
+            .into_iter()
+            .map(|t| v1::ScheduleTargets {
+                schedule: t.schedule,
+                targets: t.targets,
+                agents: t.agents,
+                unknown: t.unknown,
+            })
+            .collect(),
     })
+}
+
+/// The warnings of an apply response: blocking ones first, at most [`limits::MAX_WARNINGS`],
+/// the rest counted in a last warning (blocking when any left out is).
+fn bounded_warnings(mut warnings: Vec<fleetfile::InventoryWarning>) -> Vec<v1::ApplyWarning> {
+    warnings.sort_by_key(|w| !w.blocking);
+    let left_out = warnings.split_off(warnings.len().min(limits::MAX_WARNINGS));
+    let mut out: Vec<v1::ApplyWarning> = warnings
+        .into_iter()
+        .map(|w| v1::ApplyWarning {
+            place: w.place,
+            message: w.message,
+            agent: w.agent,
+            blocking: w.blocking,
+        })
+        .collect();
+    if !left_out.is_empty() {
+        let blocking = left_out.iter().filter(|w| w.blocking).count();
+        out.push(v1::ApplyWarning {
+            place: "apply".to_string(),
+            message: format!(
+                "… and {} more problem(s) ({blocking} blocking) not listed",
+                left_out.len()
+            ),
+            agent: String::new(),
+            blocking: blocking > 0,
+        });
+    }
+    out
 }
 
 async fn forget_schedule(fleet: &Fleet, name: &str) -> Result<(), Status> {
@@ -203,6 +300,7 @@ pub async fn get_documents(
     req: v1::GetDocumentsRequest,
 ) -> Result<v1::GetDocumentsResponse, Status> {
     let kind = kind_of(&req.kind)?;
+    check_name("name", &req.name)?;
     let docs = store::blocking(&fleet.store, move |s| s.list_documents(Some(kind)))
         .await
         .map_err(store_status)?;
@@ -217,7 +315,10 @@ pub async fn get_documents(
         })
         .collect();
     if !req.name.is_empty() && documents.is_empty() {
-        return Err(Status::not_found(format!("no {kind} named {:?}", req.name)));
+        return Err(Status::not_found(format!(
+            "no {kind} named {}",
+            echo(&req.name)
+        )));
     }
     Ok(v1::GetDocumentsResponse { documents })
 }
@@ -228,12 +329,16 @@ pub async fn delete_document(
     req: v1::DeleteDocumentRequest,
 ) -> Result<v1::DeleteDocumentResponse, Status> {
     let kind = kind_of(&req.kind)?;
+    check_name("name", &req.name)?;
     let stored = stored_documents(fleet).await?;
     if !stored
         .iter()
         .any(|d| d.kind() == kind && d.name() == req.name)
     {
-        return Err(Status::not_found(format!("no {kind} named {:?}", req.name)));
+        return Err(Status::not_found(format!(
+            "no {kind} named {}",
+            echo(&req.name)
+        )));
     }
     if kind == "Sequence" {
         let users: Vec<&str> = stored
@@ -263,6 +368,7 @@ pub async fn delete_document(
 }
 
 async fn schedule_doc(fleet: &Fleet, name: &str) -> Result<(ScheduleDoc, String), Status> {
+    check_name("schedule", name)?;
     let n = name.to_string();
     let docs = store::blocking(&fleet.store, move |s| s.list_documents(Some("Schedule")))
         .await
@@ -270,7 +376,7 @@ async fn schedule_doc(fleet: &Fleet, name: &str) -> Result<(ScheduleDoc, String)
     let d = docs
         .into_iter()
         .find(|d| d.name == n)
-        .ok_or_else(|| Status::not_found(format!("no schedule named {name:?}")))?;
+        .ok_or_else(|| Status::not_found(format!("no schedule named {}", echo(name))))?;
     match fleetfile::from_json("Schedule", &d.json) {
         Ok(Document::Schedule(s)) => Ok((s, d.json)),
         _ => Err(Status::internal(format!(
@@ -466,7 +572,7 @@ pub async fn set_drain(
         .set_drain(name, drain)
         .await
         .map_err(store_status)?
-        .ok_or_else(|| Status::not_found(format!("no agent named {name:?}")))?;
+        .ok_or_else(|| Status::not_found(format!("no agent named {}", echo(name))))?;
     tracing::info!(agent = name, draining, by = who, "agent drain changed");
     Ok(agent)
 }
@@ -518,7 +624,8 @@ pub async fn start_sequence(
         .map_err(store_status)?;
     let doc = docs.into_iter().find(|d| d.name == s).ok_or_else(|| {
         Status::not_found(format!(
-            "no sequence named {sequence:?}; see 'syncfleet get sequences'"
+            "no sequence named {}; see 'syncfleet get sequences'",
+            echo(sequence)
         ))
     })?;
     let seq: SequenceDoc = match fleetfile::from_json("Sequence", &doc.json) {
@@ -561,6 +668,37 @@ mod tests {
         );
         assert_eq!(saturation_warning(0.5, Some(Duration::from_secs(600))), "");
         assert_eq!(saturation(&[], Some(Duration::from_secs(1))), 0.0);
+    }
+
+    #[test]
+    fn response_warnings_are_bounded_blocking_first() {
+        let w = |blocking: bool, i: usize| fleetfile::InventoryWarning {
+            place: format!("p{i}"),
+            message: "m".into(),
+            agent: String::new(),
+            blocking,
+        };
+        let few = bounded_warnings(vec![w(false, 0), w(true, 1)]);
+        assert_eq!(
+            few.iter().map(|x| x.place.as_str()).collect::<Vec<_>>(),
+            ["p1", "p0"]
+        );
+        let many: Vec<_> = (0..limits::MAX_WARNINGS + 10)
+            .map(|i| w(i % 2 == 0, i))
+            .collect();
+        let out = bounded_warnings(many);
+        assert_eq!(out.len(), limits::MAX_WARNINGS + 1);
+        let last = out.last().unwrap();
+        assert_eq!(
+            last.message,
+            "… and 10 more problem(s) (0 blocking) not listed"
+        );
+        assert!(!last.blocking);
+        assert!(
+            out[..limits::MAX_WARNINGS / 2 + 5]
+                .iter()
+                .all(|x| x.blocking)
+        );
     }
 
     #[test]

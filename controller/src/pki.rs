@@ -32,7 +32,8 @@ pub enum PkiError {
         "the CA in {0} is incomplete (ca.pem or ca.key missing); restore both files or move the folder away and run 'syncfleet-controller init' again"
     )]
     IncompleteCa(PathBuf),
-    #[error("invalid name {0:?}: use 1-63 characters from a-z, A-Z, 0-9, '.', '_' and '-'")]
+    /// The name as [`crate::limits::echo`] quotes it.
+    #[error("invalid name {0}: use 1-63 characters from a-z, A-Z, 0-9, '.', '_' and '-'")]
     BadName(String),
     #[error("invalid certificate signing request: {0}")]
     BadCsr(String),
@@ -157,7 +158,7 @@ pub fn check_name(name: &str) -> Result<(), PkiError> {
     if ok {
         Ok(())
     } else {
-        Err(PkiError::BadName(name.to_string()))
+        Err(PkiError::BadName(crate::limits::echo(name)))
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::limits::echo;
 use crate::store::{self, Store, StoreError};
 
 /// Shortest prefix looked up; shorter strings must match a whole id.
@@ -16,10 +17,11 @@ const MAX_ID_LEN: usize = 200;
 /// Why a typed run id names no single run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunIdError {
-    #[error("no run with id {0:?}; list runs with 'syncfleet runs list'")]
+    #[error("no run with id {}; list runs with 'syncfleet runs list'", echo(.0))]
     NotFound(String),
     #[error(
-        "run id prefix {prefix:?} matches more than one run ({}); type more characters",
+        "run id prefix {} matches more than one run ({}); type more characters",
+        echo(prefix),
         candidates.join(", ")
     )]
     Ambiguous {

@@ -102,7 +102,7 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 /// Default token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(1800);
 /// Longest note, label or name accepted from clients.
-pub const MAX_NOTE: usize = 1024;
+pub const MAX_NOTE: usize = crate::limits::MAX_TEXT;
 
 fn sha256_hex(data: &[u8]) -> String {
     sha2::Sha256::digest(data)
@@ -744,7 +744,9 @@ pub fn check_labels(labels: &HashMap<String, String>) -> Result<(), Status> {
     for (k, v) in labels {
         if k.is_empty() || k.len() > 63 || v.len() > 253 {
             return Err(Status::invalid_argument(format!(
-                "label {k:?}={v:?}: keys must be 1-63 characters and values at most 253"
+                "label {}={}: keys must be 1-63 characters and values at most 253",
+                crate::limits::echo(k),
+                crate::limits::echo(v)
             )));
         }
     }
@@ -756,11 +758,5 @@ pub fn check_labels(labels: &HashMap<String, String>) -> Result<(), Status> {
 
 /// Refuse an oversized free-text field.
 pub fn check_text(field: &str, value: &str) -> Result<(), Status> {
-    if value.len() > MAX_NOTE {
-        return Err(Status::invalid_argument(format!(
-            "{field} is {} bytes; the limit is {MAX_NOTE}",
-            value.len()
-        )));
-    }
-    Ok(())
+    crate::limits::check_text(field, value).map_err(|e| Status::invalid_argument(e.to_string()))
 }

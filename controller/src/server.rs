@@ -227,9 +227,16 @@ pub async fn serve_with(
             documents: seed,
             dry_run: false,
             prune: false,
+            // The example fleet is applied before any agent reconnects; problems are logged.
+            force: true,
         };
-        match crate::operations::apply(&fleet, &scheduler, req, "syncfleet-controller").await {
-            Ok(r) => tracing::info!(changes = r.changes.len(), "example fleet documents applied"),
+        match crate::operations::apply(&fleet, &scheduler, &req, "syncfleet-controller").await {
+            Ok(r) => {
+                for w in &r.warnings {
+                    tracing::warn!(place = %w.place, "{}", w.message);
+                }
+                tracing::info!(changes = r.changes.len(), "example fleet documents applied");
+            }
             Err(e) => tracing::error!(error = %e.message(), "example fleet documents rejected"),
         }
     }

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{Fleet, store_status};
+use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
 use crate::operations;
 use crate::pki::{self, PeerIdentity, Role};
 use crate::run_ids;
@@ -297,23 +298,27 @@ impl FleetSvc {
         } else {
             "ResumeSchedule"
         };
-        let target = format!("schedule/{}", request.get_ref().name);
+        let target = format!("schedule/{}", clip(&request.get_ref().name));
         let ctx = self
             .security
             .authorize(&request, Permission::Operate, action, &target)
             .await?;
         let req = request.into_inner();
-        let result = operations::set_schedule_pause(
-            &self.fleet,
-            &self.scheduler,
-            &req.name,
-            paused,
-            &req.note,
-            &ctx.who(),
-        )
-        .await
-        .map(Response::new);
-        self.finish(&ctx, action, &target, result).await
+        let result = match check_ident("schedule", &req.name).and(check_text("note", &req.note)) {
+            Ok(()) => operations::set_schedule_pause(
+                &self.fleet,
+                &self.scheduler,
+                &req.name,
+                paused,
+                &req.note,
+                &ctx.who(),
+            )
+            .await
+            .map(Response::new),
+            Err(e) => Err(bad_input(e)),
+        };
+        self.finish_with(&ctx, action, &target, &req.note, result)
+            .await
     }
 
     /// DrainAgent / ResumeAgent.
@@ -327,16 +332,22 @@ impl FleetSvc {
         } else {
             "ResumeAgent"
         };
-        let target = format!("agent/{}", request.get_ref().name);
+        let target = format!("agent/{}", clip(&request.get_ref().name));
         let ctx = self
             .security
             .authorize(&request, Permission::Operate, action, &target)
             .await?;
         let req = request.into_inner();
-        let result = operations::set_drain(&self.fleet, &req.name, draining, &req.note, &ctx.who())
+        let result = match check_ident("agent", &req.name).and(check_text("note", &req.note)) {
+            Ok(()) => {
+                operations::set_drain(&self.fleet, &req.name, draining, &req.note, &ctx.who())
+                    .await
+                    .map(Response::new)
+            }
+            Err(e) => Err(bad_input(e)),
+        };
+        self.finish_with(&ctx, action, &target, &req.note, result)
             .await
-            .map(Response::new);
-        self.finish(&ctx, action, &target, result).await
     }
 
     /// PauseFleet / ResumeFleet.
@@ -352,10 +363,14 @@ impl FleetSvc {
             .authorize(&request, Permission::Operate, action, &target)
             .await?;
         let req = request.into_inner();
-        let result = operations::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
+        let result = match check_text("note", &req.note) {
+            Ok(()) => operations::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
+                .await
+                .map(Response::new),
+            Err(e) => Err(bad_input(e)),
+        };
+        self.finish_with(&ctx, action, &target, &req.note, result)
             .await
-            .map(Response::new);
-        self.finish(&ctx, action, &target, result).await
     }
 
     /// Audit the outcome of an authorized mutating call and tag it with its request id.
@@ -366,8 +381,89 @@ impl FleetSvc {
         target: &str,
         result: Result<Response<T>, Status>,
     ) -> Result<Response<T>, Status> {
-        self.security.record(ctx, action, target, "", &result).await;
+        self.finish_with(ctx, action, target, "", result).await
+    }
+
+    /// [`finish`](Self::finish) with the audit entry's detail: the caller's note or reason
+    /// (cut to [`limits::MAX_TEXT`] when it was refused as too long), or what an apply did.
+    async fn finish_with<T>(
+        &self,
+        ctx: &CallCtx,
+        action: &str,
+        target: &str,
+        detail: &str,
+        result: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        let detail = if detail.len() > limits::MAX_TEXT {
+            clip(detail)
+        } else {
+            detail.to_string()
+        };
+        self.security
+            .record(ctx, action, target, &detail, &result)
+            .await;
         tag(ctx, result)
+    }
+}
+
+/// A request refused by an input limit: `INVALID_ARGUMENT` with the limit's message.
+fn bad_input(e: LimitError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// The input limits of `StartRun`: identifier lengths, at most [`limits::MAX_STEPS_PER_RUN`]
+/// steps, MA and run profile names of at most [`limits::MAX_ENGINE_NAME`] characters.
+fn check_start_run(req: &v1::StartRunRequest) -> Result<(), LimitError> {
+    check_ident("agent", &req.agent)?;
+    check_ident("sequence", &req.sequence)?;
+    limits::check_count(
+        "steps",
+        req.steps.len(),
+        "steps",
+        limits::MAX_STEPS_PER_RUN,
+        "run",
+    )?;
+    for (i, s) in req.steps.iter().enumerate() {
+        limits::check_engine_name(&format!("steps[{i}].ma"), &s.ma)?;
+        limits::check_engine_name(&format!("steps[{i}].profile"), &s.profile)?;
+    }
+    Ok(())
+}
+
+/// The audit detail of an apply: `dry run` or `applied`, then what changed and whether it was
+/// forced over inventory problems (`applied: 2 created, 1 changed, forced over 3 inventory
+/// problem(s)`). A refused apply gives only the mode and flags (`apply, forced`); the audit
+/// entry adds the error.
+fn apply_detail(req: &v1::ApplyRequest, resp: Option<&v1::ApplyResponse>) -> String {
+    let mut parts = Vec::new();
+    let mode = match resp {
+        Some(r) => {
+            for action in ["created", "changed", "deleted", "unchanged"] {
+                let n = r.changes.iter().filter(|c| c.action == action).count();
+                if n > 0 {
+                    parts.push(format!("{n} {action}"));
+                }
+            }
+            let blocking = r.warnings.iter().filter(|w| w.blocking).count();
+            if req.force && blocking > 0 {
+                parts.push(format!("forced over {blocking} inventory problem(s)"));
+            }
+            if req.dry_run { "dry run" } else { "applied" }
+        }
+        None => {
+            if req.force {
+                parts.push("forced".to_string());
+            }
+            if req.dry_run { "dry run" } else { "apply" }
+        }
+    };
+    if req.prune {
+        parts.push("prune".to_string());
+    }
+    match (resp, parts.is_empty()) {
+        (_, true) => mode.to_string(),
+        (Some(_), false) => format!("{mode}: {}", parts.join(", ")),
+        (None, false) => format!("{mode}, {}", parts.join(", ")),
     }
 }
 
@@ -425,11 +521,12 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             let name = request.into_inner().name;
+            check_ident("agent", &name).map_err(bad_input)?;
             let n = name.clone();
             let stored = store::blocking(&self.fleet.store, move |s| s.get_agent(&n))
                 .await
                 .map_err(store_status)?
-                .ok_or_else(|| Status::not_found(format!("no agent named {name:?}")))?;
+                .ok_or_else(|| Status::not_found(format!("no agent named {}", echo(&name))))?;
             Ok(Response::new(self.fleet.agent_view(stored.agent)))
         }
         .await;
@@ -440,13 +537,14 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::StartRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let target = format!("agent/{}", request.get_ref().agent);
+        let target = format!("agent/{}", clip(&request.get_ref().agent));
         let ctx = self
             .security
             .authorize(&request, Permission::Operate, "StartRun", &target)
             .await?;
         let result: Result<_, Status> = async {
             let req = request.into_inner();
+            check_start_run(&req).map_err(bad_input)?;
             match (req.steps.is_empty(), req.sequence.is_empty()) {
                 (true, true) => {
                     return Err(Status::invalid_argument(
@@ -497,13 +595,15 @@ impl FleetService for FleetSvc {
             .authorize(&request, Permission::Read, "GetRun", "")
             .await?;
         let result: Result<_, Status> = async {
-            let id = run_id(&self.fleet.store, &request.into_inner().id).await?;
+            let typed = request.into_inner().id;
+            check_ident("run id", &typed).map_err(bad_input)?;
+            let id = run_id(&self.fleet.store, &typed).await?;
             let i = id.clone();
             store::blocking(&self.fleet.store, move |s| s.get_run(&i))
                 .await
                 .map_err(store_status)?
                 .map(Response::new)
-                .ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))
+                .ok_or_else(|| Status::not_found(format!("no run with id {}", echo(&id))))
         }
         .await;
         tag(&ctx, result)
@@ -564,6 +664,9 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             let mut req = request.into_inner();
+            check_ident("run id", &req.run_id)
+                .and(check_ident("agent", &req.agent))
+                .map_err(bad_input)?;
             if !req.run_id.is_empty() {
                 req.run_id = run_id(&self.fleet.store, &req.run_id).await?;
             }
@@ -580,7 +683,7 @@ impl FleetService for FleetSvc {
                         .await
                         .map_err(store_status)?
                         .ok_or_else(|| {
-                            Status::not_found(format!("no run with id {:?}", req.run_id))
+                            Status::not_found(format!("no run with id {}", echo(&req.run_id)))
                         })?,
                 )
             };
@@ -633,38 +736,46 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::CancelRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let target = format!("run/{}", request.get_ref().id);
+        let target = format!("run/{}", clip(&request.get_ref().id));
         let ctx = self
             .security
             .authorize(&request, Permission::Operate, "CancelRun", &target)
             .await?;
+        let req = request.into_inner();
         let result: Result<_, Status> = async {
-            let req = request.into_inner();
+            check_ident("run id", &req.id)
+                .and(check_text("reason", &req.reason))
+                .map_err(bad_input)?;
             let id = run_id(&self.fleet.store, &req.id).await?;
             let run = self.fleet.cancel_run(&id, &req.reason, &ctx.who()).await?;
             Ok(Response::new(run))
         }
         .await;
-        self.finish(&ctx, "CancelRun", &target, result).await
+        self.finish_with(&ctx, "CancelRun", &target, &req.reason, result)
+            .await
     }
 
     async fn approve_run(
         &self,
         request: Request<v1::ApproveRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let target = format!("run/{}", request.get_ref().id);
+        let target = format!("run/{}", clip(&request.get_ref().id));
         let ctx = self
             .security
             .authorize(&request, Permission::Operate, "ApproveRun", &target)
             .await?;
+        let req = request.into_inner();
         let result: Result<_, Status> = async {
-            let req = request.into_inner();
+            check_ident("run id", &req.id)
+                .and(check_text("note", &req.note))
+                .map_err(bad_input)?;
             let id = run_id(&self.fleet.store, &req.id).await?;
             let run = self.fleet.approve_run(&id, &ctx.who(), &req.note).await?;
             Ok(Response::new(run))
         }
         .await;
-        self.finish(&ctx, "ApproveRun", &target, result).await
+        self.finish_with(&ctx, "ApproveRun", &target, &req.note, result)
+            .await
     }
 
     async fn apply(
@@ -676,18 +787,13 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Admin, "Apply", &target)
             .await?;
-        let result: Result<_, Status> = async {
-            let resp = operations::apply(
-                &self.fleet,
-                &self.scheduler,
-                request.into_inner(),
-                &ctx.who(),
-            )
-            .await?;
-            Ok(Response::new(resp))
-        }
-        .await;
-        self.finish(&ctx, "Apply", &target, result).await
+        let req = request.into_inner();
+        let result = operations::apply(&self.fleet, &self.scheduler, &req, &ctx.who())
+            .await
+            .map(Response::new);
+        let detail = apply_detail(&req, result.as_ref().ok().map(Response::get_ref));
+        self.finish_with(&ctx, "Apply", &target, &detail, result)
+            .await
     }
 
     async fn get_documents(
@@ -711,7 +817,11 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::DeleteDocumentRequest>,
     ) -> Result<Response<v1::DeleteDocumentResponse>, Status> {
-        let target = format!("{}/{}", request.get_ref().kind, request.get_ref().name);
+        let target = format!(
+            "{}/{}",
+            clip(&request.get_ref().kind),
+            clip(&request.get_ref().name)
+        );
         let ctx = self
             .security
             .authorize(&request, Permission::Admin, "DeleteDocument", &target)
@@ -831,13 +941,16 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::RevokeAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        let target = format!("agent/{}", request.get_ref().name);
+        let target = format!("agent/{}", clip(&request.get_ref().name));
         let ctx = self
             .security
             .authorize(&request, Permission::Admin, "RevokeAgent", &target)
             .await?;
         let req = request.into_inner();
-        let result = match crate::security::check_text("note", &req.note) {
+        let checked = check_ident("agent", &req.name)
+            .map_err(bad_input)
+            .and_then(|()| crate::security::check_text("note", &req.note));
+        let result = match checked {
             Ok(()) => self.security.revoke(&ctx, &req.name, &req.note).await,
             Err(e) => Err(e),
         };
@@ -901,5 +1014,71 @@ impl FleetService for FleetSvc {
             Response::new(v1::ListAuditResponse { entries }),
             &ctx.request_id,
         ))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_audit_detail_tells_dry_runs_applies_refusals_and_forcing() {
+        let req = |dry_run, force| v1::ApplyRequest {
+            dry_run,
+            force,
+            ..Default::default()
+        };
+        let resp = v1::ApplyResponse {
+            changes: ["created", "created", "unchanged"]
+                .iter()
+                .map(|a| v1::DocumentChange {
+                    action: (*a).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            warnings: vec![v1::ApplyWarning {
+                blocking: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            apply_detail(&req(true, false), Some(&resp)),
+            "dry run: 2 created, 1 unchanged"
+        );
+        assert_eq!(
+            apply_detail(&req(false, true), Some(&resp)),
+            "applied: 2 created, 1 unchanged, forced over 1 inventory problem(s)"
+        );
+        assert_eq!(apply_detail(&req(false, false), None), "apply");
+        assert_eq!(apply_detail(&req(true, true), None), "dry run, forced");
+    }
+
+    #[test]
+    fn start_run_input_is_limited() {
+        let step = v1::StepSpec {
+            ma: "AD".into(),
+            profile: "Delta Import".into(),
+        };
+        let mut req = v1::StartRunRequest {
+            agent: "sync-01".into(),
+            steps: vec![step.clone(); limits::MAX_STEPS_PER_RUN],
+            sequence: String::new(),
+        };
+        assert!(check_start_run(&req).is_ok());
+        req.steps.push(step);
+        assert_eq!(
+            check_start_run(&req).unwrap_err().to_string(),
+            "steps: 257 steps; at most 256 steps per run"
+        );
+        req.steps.truncate(1);
+        req.steps[0].profile = "p".repeat(300);
+        let e = check_start_run(&req).unwrap_err().to_string();
+        assert!(
+            e.starts_with("steps[0].profile \"pppp")
+                && e.ends_with("… (300 bytes) is too long; the limit is 256 characters"),
+            "{e}"
+        );
     }
 }

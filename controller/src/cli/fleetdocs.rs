@@ -11,10 +11,13 @@ use std::path::PathBuf;
 
 use syncfleet_proto::v1::{
     ApplyRequest, ApplyResponse, DeleteDocumentRequest, FleetDocument, GetDocumentsRequest,
+    ScheduleTargets,
 };
 
 use super::connect::Client;
-use super::{ApplyArgs, CliError, DocKind, EXIT_OK, OutputFormat, Session, human, out, output};
+use super::{
+    ApplyArgs, CliError, DocKind, EXIT_FAILED, EXIT_OK, OutputFormat, Session, human, out, output,
+};
 use crate::fleetfile::{self, Action, FleetFileErrors, SourcedDoc};
 use crate::model::Document;
 
@@ -104,6 +107,63 @@ pub fn apply_summary(r: &ApplyResponse, dry_run: bool) -> String {
     format!("applied {n} change(s)")
 }
 
+/// What each schedule's targets match now, one line per schedule (`apply --dry-run`):
+/// `schedule/NAME targets (selector env=prod): sync-01, sync-02`, with `; unknown: NAME` for
+/// named agents never seen and `none` when nothing matches.
+pub fn target_lines(targets: &[ScheduleTargets]) -> String {
+    let mut text = String::new();
+    for t in targets {
+        let agents = if t.agents.is_empty() {
+            "none".to_string()
+        } else {
+            t.agents.join(", ")
+        };
+        text.push_str(&format!(
+            "schedule/{} targets ({}): {agents}",
+            t.schedule, t.targets
+        ));
+        if !t.unknown.is_empty() {
+            text.push_str(&format!("; unknown: {}", t.unknown.join(", ")));
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// Adds the inventory warnings and resolved targets to `apply -o json` output.
+pub fn add_checks_json(j: &mut serde_json::Value, r: &ApplyResponse) {
+    if let Some(obj) = j.as_object_mut() {
+        obj.insert(
+            "warnings".into(),
+            r.warnings
+                .iter()
+                .map(|w| {
+                    serde_json::json!({
+                        "place": w.place,
+                        "message": w.message,
+                        "agent": w.agent,
+                        "blocking": w.blocking,
+                    })
+                })
+                .collect(),
+        );
+        obj.insert(
+            "targets".into(),
+            r.targets
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "schedule": t.schedule,
+                        "targets": t.targets,
+                        "agents": t.agents,
+                        "unknown": t.unknown,
+                    })
+                })
+                .collect(),
+        );
+    }
+}
+
 /// Parses the documents of a `GetDocuments` answer (kind `kind` unless a document says
 /// otherwise), sorted by name. `Err` names the document this CLI cannot read.
 pub fn parse_documents(kind: &str, docs: &[FleetDocument]) -> Result<Vec<Document>, String> {
@@ -112,8 +172,8 @@ pub fn parse_documents(kind: &str, docs: &[FleetDocument]) -> Result<Vec<Documen
         let k = if d.kind.is_empty() { kind } else { &d.kind };
         let doc = fleetfile::from_json(k, &d.json).map_err(|e| {
             format!(
-                "the controller sent a {k} {:?} this CLI cannot read: {e}; is the CLI older than the controller?",
-                d.name
+                "the controller sent a {k} {} this CLI cannot read: {e}; is the CLI older than the controller?",
+                crate::limits::echo(&d.name)
             )
         })?;
         out.push(doc);
@@ -139,6 +199,7 @@ impl Session<'_> {
                 documents,
                 dry_run: args.dry_run,
                 prune: args.prune,
+                force: args.force,
             })
             .await
             .map_err(|status| {
@@ -148,6 +209,12 @@ impl Session<'_> {
                         summary: "the controller refused the documents (InvalidArgument); nothing was applied"
                             .to_string(),
                     }
+                } else if status.code() == tonic::Code::FailedPrecondition {
+                    CliError::Invalid {
+                        details: status.message().to_string(),
+                        summary: "the controller refused the apply (FailedPrecondition); nothing was applied"
+                            .to_string(),
+                    }
                 } else {
                     self.rpc_err(&status)
                 }
@@ -155,7 +222,26 @@ impl Session<'_> {
             .into_inner();
         match self.format {
             OutputFormat::Table => out(&human::apply_lines(&resp))?,
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::apply_json(&resp))?,
+            OutputFormat::Json | OutputFormat::Yaml => {
+                let mut j = output::apply_json(&resp);
+                add_checks_json(&mut j, &resp);
+                self.data(&j)?;
+            }
+        }
+        // What the targets match now is a message next to the diff (stdout stays one line per
+        // document, so `get -o yaml | apply --dry-run` still reads as a plain diff).
+        if args.dry_run && self.format == OutputFormat::Table {
+            eprint!("{}", target_lines(&resp.targets));
+        }
+        for w in &resp.warnings {
+            eprintln!("warning: {}: {}", w.place, w.message);
+        }
+        let blocking = resp.warnings.iter().filter(|w| w.blocking).count();
+        if args.dry_run && blocking > 0 && !args.force {
+            eprintln!(
+                "dry run: nothing applied; the apply would be refused for {blocking} step problem(s): fix the steps or pass --force"
+            );
+            return Ok(EXIT_FAILED);
         }
         eprintln!("{}", apply_summary(&resp, args.dry_run));
         Ok(EXIT_OK)
@@ -181,7 +267,8 @@ impl Session<'_> {
             && let Some(n) = name
         {
             return Err(CliError::Failed(format!(
-                "no {noun} named {n:?} on the controller"
+                "no {noun} named {} on the controller",
+                crate::limits::echo(n)
             )));
         }
         match self.format {
@@ -216,7 +303,8 @@ impl Session<'_> {
         let noun = kind.kind().to_lowercase();
         if !resp.deleted {
             return Err(CliError::Failed(format!(
-                "no {noun} named {name:?} on the controller; nothing deleted"
+                "no {noun} named {} on the controller; nothing deleted",
+                crate::limits::echo(name)
             )));
         }
         match self.format {
@@ -236,7 +324,7 @@ impl Session<'_> {
 mod tests {
     use super::*;
     use syncfleet_proto::time::from_millis;
-    use syncfleet_proto::v1::{DocumentChange, ScheduleForecast};
+    use syncfleet_proto::v1::{ApplyWarning, DocumentChange, ScheduleForecast};
 
     const FILE: &str = "kind: Sequence
 name: delta-cycle
@@ -335,7 +423,46 @@ trigger: {cron: \"0 2 * * *\", time_zone: Europe/Oslo}
                 ],
             }],
             applied: true,
+            warnings: vec![ApplyWarning {
+                place: "f.yaml document 1 (Sequence delta-cycle)".into(),
+                message: "stages[0].steps[0] \"AD:Delta Imprt\": agent sync01 (schedule delta-every-5m) has no run profile \"Delta Imprt\" on MA \"AD\" (did you mean \"Delta Import\"?)".into(),
+                agent: "sync01".into(),
+                blocking: true,
+            }],
+            targets: vec![
+                ScheduleTargets {
+                    schedule: "delta-every-5m".into(),
+                    targets: "selector env=prod".into(),
+                    agents: vec!["sync01".into(), "sync02".into()],
+                    unknown: vec![],
+                },
+                ScheduleTargets {
+                    schedule: "nightly".into(),
+                    targets: "agents".into(),
+                    agents: vec![],
+                    unknown: vec!["ghost".into()],
+                },
+            ],
         }
+    }
+
+    #[test]
+    fn dry_run_lists_targets_and_json_carries_the_checks() {
+        assert_eq!(
+            target_lines(&response().targets),
+            "schedule/delta-every-5m targets (selector env=prod): sync01, sync02
+schedule/nightly targets (agents): none; unknown: ghost
+"
+        );
+        let mut j = output::apply_json(&response());
+        add_checks_json(&mut j, &response());
+        assert_eq!(j["warnings"][0]["blocking"], true);
+        assert_eq!(j["warnings"][0]["agent"], "sync01");
+        assert_eq!(
+            j["targets"][0]["agents"],
+            serde_json::json!(["sync01", "sync02"])
+        );
+        assert_eq!(j["targets"][1]["unknown"], serde_json::json!(["ghost"]));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! syncfleet runs show ID
 //! syncfleet runs cancel ID [--reason TEXT]
 //! syncfleet runs approve ID [--note TEXT]       run a held step once, as a new run
-//! syncfleet apply -f FILE|DIR [-f ...] [--dry-run] [--prune]
+//! syncfleet apply -f FILE|DIR [-f ...] [--dry-run] [--prune] [--force]
 //! syncfleet get sequences|schedules [NAME]      YAML fleet documents (-o json: an array)
 //! syncfleet delete sequence|schedule NAME
 //! syncfleet schedules list                      NAME SEQUENCE STATE TRIGGER TARGETS NEXT
@@ -58,7 +58,7 @@
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | the request succeeded (`apply --dry-run`: the documents are valid); for `run --follow`, the run ended `succeeded` (which includes engine results such as `completed-warnings`) |
+//! | 0 | the request succeeded (`apply --dry-run`: the documents are valid and every step fits its target agents' inventories, or `--force` was given); for `run --follow`, the run ended `succeeded` (which includes engine results such as `completed-warnings`) |
 //! | 1 | the thing asked for failed: invalid fleet files (nothing is sent), config file or context problem, cannot reach or authenticate to the controller, the controller refused the request (gRPC status, e.g. `INVALID_ARGUMENT` for documents, `NOT_FOUND`), `delete` of something that does not exist, or `run --follow` ended `held`, `completed_with_errors`, `failed`, `cancelled`, `skipped` or `unknown`, or the watch was lost for longer than ~30 s |
 //! | 2 | usage error (unknown flag, bad `--step`, bad `--state`, `--step` with `--sequence`, `pause` without `--note`), reported by clap |
 //!
@@ -76,6 +76,12 @@
 //! schedule naming a sequence that is not in the files is checked by the controller, which
 //! validates everything again and applies all or nothing. Files holding no document at all are
 //! refused (with `--prune` they would delete everything).
+//!
+//! The controller also checks each step against the inventories its target agents reported.
+//! Problems are printed to stderr as `warning: FILE document N (KIND NAME): ...`; steps naming
+//! an MA or run profile a target agent lacks refuse the apply (`FAILED_PRECONDITION`, exit 1)
+//! unless `--force` is given, and make `--dry-run` exit 1 after showing the diff. `--dry-run`
+//! also prints, on stderr, which agents each schedule's targets match now.
 //!
 //! # `run --follow`
 //!
@@ -262,6 +268,10 @@ pub struct ApplyArgs {
     /// Also delete stored sequences and schedules that are not in the files
     #[arg(long)]
     pub prune: bool,
+    /// Apply even though steps name MAs or run profiles that target agents do not have (the
+    /// problems are still printed)
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `schedules ...`

@@ -353,3 +353,17 @@ pub fn stdout(out: &Output) -> String {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+impl Fleet {
+    /// Write a fleet file into the fleet's folder and return its path (for `apply -f`).
+    pub fn fleet_file(&self, name: &str, yaml: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+}
+
+/// Stderr of a CLI call as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
