@@ -18,7 +18,8 @@
 //! day-of-month OR weekday as in Vixie cron (a weekday starting with `+` means AND). Several
 //! expressions form a union: the schedule fires at every match of any of them, and an instant
 //! matched by several fires once. An expression that can never match a real date
-//! (`0 0 30 2 *`) compiles but never fires.
+//! (`0 0 30 2 *`, February 30) is refused: a schedule (or blackout) that never fires is always
+//! a mistake, and accepting it would hide that until someone wonders why nothing ran.
 //!
 //! **Time zone.** Cron expressions and blackout windows are matched against the wall clock of
 //! `trigger.time_zone` (an IANA name, default `UTC`).
@@ -199,8 +200,6 @@ struct CronTimes {
     cron: Cron,
     /// The hour field names particular hours: a repeated wall-clock time fires once.
     once_per_wall_clock: bool,
-    /// The expression never matches a real date (`0 0 30 2 *`).
-    never: bool,
 }
 
 /// What the DST rules say about one croner answer.
@@ -669,15 +668,23 @@ impl CronTimes {
             })?;
         let every_hour = (0..24).all(|h| cron.pattern.hour_match(h).unwrap_or(false));
         // Every 5/6-field expression that matches at all matches within a few decades (the
-        // 28-year weekday/leap-year cycle); croner gives up only for impossible dates. Finding
-        // out once here keeps queries of such a trigger cheap.
-        let never = cron
+        // 28-year weekday/leap-year cycle) and then recurs; croner gives up only for impossible
+        // dates. Refusing those here also keeps every later query cheap.
+        if cron
             .find_next_occurrence(&DateTime::<Utc>::UNIX_EPOCH, true)
-            .is_err();
+            .is_err()
+        {
+            return Err(TriggerError::new(
+                field,
+                format!(
+                    "{expr:?} never fires: no calendar date matches its day and month fields \
+                     (e.g. February 30 or April 31); fix the day or month"
+                ),
+            ));
+        }
         Ok(CronTimes {
             cron,
             once_per_wall_clock: !every_hour,
-            never,
         })
     }
 
@@ -694,9 +701,6 @@ impl CronTimes {
 
     /// The first time strictly after `t` matching the expression, under this module's DST rules.
     fn next_after(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        if self.never {
-            return None;
-        }
         let mut from = t.with_timezone(&tz);
         for _ in 0..DST_REJECT_LIMIT {
             let r = self.cron.find_next_occurrence(&from, false).ok()?;
@@ -715,9 +719,6 @@ impl CronTimes {
 
     /// The last time at or before `t` matching the expression, under this module's DST rules.
     fn at_or_before(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        if self.never {
-            return None;
-        }
         let mut from = t.with_timezone(&tz);
         let mut inclusive = true;
         for _ in 0..DST_REJECT_LIMIT {
@@ -1560,23 +1561,30 @@ mod tests {
     // ---- never, hints, jitter ------------------------------------------------------------
 
     #[test]
-    fn a_trigger_that_never_fires_answers_quickly() {
+    fn a_cron_that_never_fires_is_refused_naming_the_field() {
         let started = Instant::now();
-        let t = cron(&["0 0 30 2 *"], Some("Europe/Oslo"));
-        let now = utc("2026-01-01T00:00:00Z");
-        assert_eq!(t.next_after(now), None);
-        assert!(t.upcoming(now, 5).is_empty());
         assert_eq!(
-            t.missed_between(now, utc("2036-01-01T00:00:00Z")),
-            Missed {
-                latest: None,
-                count: 0
-            }
+            err(&cron_doc(&["0 2 * * *", "0 0 30 2 *"], Some("Europe/Oslo"))),
+            "trigger.cron[1]: \"0 0 30 2 *\" never fires: no calendar date matches its day and \
+             month fields (e.g. February 30 or April 31); fix the day or month"
         );
-        assert_eq!(t.interval_hint(now), None);
-        assert!(t.jitter_for(now, Duration::from_secs(10), "a") < Duration::from_secs(10));
+        assert!(err(&cron_doc(&["0 0 31 4,6,9,11 *"], None)).contains("never fires"));
+        let mut doc = every_doc("5m", None);
+        doc.blackout = vec![blackout("0 22 31 11 *", "4h")];
+        assert!(
+            err(&doc).starts_with("blackout[0].cron: \"0 22 31 11 *\" never fires"),
+            "{}",
+            err(&doc)
+        );
+        // Rare but real dates are fine: February 29, the fifth Friday.
+        assert!(Trigger::compile(&cron_doc(&["0 0 29 2 *"], None)).is_ok());
+        assert!(Trigger::compile(&cron_doc(&["0 0 * * 5#5"], None)).is_ok());
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
+    #[test]
+    fn a_trigger_blacked_out_for_good_answers_quickly() {
+        let now = utc("2026-01-01T00:00:00Z");
         // Blacked out for good: the bounded search gives up.
         let mut doc = cron_doc(&["0 0 * * *"], None);
         doc.blackout = vec![blackout("0 0 * * *", "1d")];
