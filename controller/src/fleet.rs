@@ -227,13 +227,6 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
                 step.detail.clone_from(&f.detail);
                 step.progress.clear();
             }
-            let results: Vec<&str> = run
-                .steps
-                .iter()
-                .filter(|s| !s.result.is_empty())
-                .map(|s| s.result.as_str())
-                .collect();
-            run.result = vocab::most_severe(results).unwrap_or_default().to_string();
         }
         Some(Kind::StepSkipped(k)) => {
             if let Some(i) = step_mut(run, k.index) {
@@ -255,23 +248,54 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
             }
         }
         Some(Kind::RunFinished(f)) => {
-            run.state = f.state;
-            if !f.result.is_empty() {
-                run.result.clone_from(&f.result);
-            }
             run.message.clone_from(&f.message);
-            run.finished_at = Some(at);
-            for step in &mut run.steps {
-                if step.state == v1::StepState::Waiting as i32
-                    || step.state == v1::StepState::Running as i32
-                    || step.state == v1::StepState::Unspecified as i32
-                {
-                    step.state = v1::StepState::NotRun as i32;
-                    step.progress.clear();
-                }
-            }
+            end_run(run, f.state(), &f.result, at);
         }
         None => {}
+    }
+}
+
+/// End a run: its state, end time and result, and every step that did not end becomes
+/// `not_run`.
+///
+/// The result is set here and only here, so a run has a result exactly when it has ended: the
+/// agent's final result, or else the most severe result of its finished steps. An `unknown`
+/// run has no result (its outcome was not observed; the steps that finished keep theirs). A
+/// step that is `not_run` has no start, end, counters or progress: whatever it showed while it
+/// ran was never confirmed, and a start without an end would read as a growing duration.
+fn end_run(run: &mut v1::Run, state: v1::RunState, result: &str, at: prost_types::Timestamp) {
+    run.state = state as i32;
+    run.finished_at = Some(at);
+    run.result = if state == v1::RunState::Unknown {
+        String::new()
+    } else if !result.is_empty() {
+        result.to_string()
+    } else {
+        vocab::most_severe(
+            run.steps
+                .iter()
+                .filter(|s| s.state == v1::StepState::Done as i32 && !s.result.is_empty())
+                .map(|s| s.result.as_str()),
+        )
+        .unwrap_or_default()
+        .to_string()
+    };
+    for step in &mut run.steps {
+        let state = v1::StepState::try_from(step.state).unwrap_or(v1::StepState::Unspecified);
+        if matches!(
+            state,
+            v1::StepState::Waiting | v1::StepState::Running | v1::StepState::Unspecified
+        ) {
+            if state == v1::StepState::Running && step.detail.is_empty() {
+                step.detail =
+                    "was running when the run ended; its outcome was not observed".to_string();
+            }
+            step.state = v1::StepState::NotRun as i32;
+            step.started_at = None;
+            step.finished_at = None;
+            step.counters = None;
+            step.progress.clear();
+        }
     }
 }
 
@@ -989,14 +1013,8 @@ impl Fleet {
             if state_of(&run).is_terminal() {
                 return Ok(None);
             }
-            run.state = state as i32;
             run.message = message;
-            run.finished_at = Some(now());
-            for step in &mut run.steps {
-                if step.state != v1::StepState::Done as i32 {
-                    step.state = v1::StepState::NotRun as i32;
-                }
-            }
+            end_run(&mut run, state, "", now());
             s.put_runs(std::slice::from_ref(&run))?;
             Ok(Some(run))
         })
@@ -1255,7 +1273,7 @@ mod tests {
                 ..Default::default()
             })),
         );
-        assert_eq!(r.result, "stopped-connectivity");
+        assert_eq!(r.result, "", "no result before the run ends");
         apply_event(
             &mut r,
             &ev(Kind::RunFinished(v1::RunFinished {
@@ -1279,6 +1297,80 @@ mod tests {
                 ..Default::default()
             })),
         );
+    }
+
+    #[test]
+    fn an_interrupted_run_has_no_result_and_its_unfinished_steps_no_numbers() {
+        let mut r = run();
+        apply_event(&mut r, &ev(Kind::RunStarted(v1::RunStarted {})));
+        apply_event(
+            &mut r,
+            &ev(Kind::StepFinished(v1::StepFinished {
+                index: 0,
+                result: "success".into(),
+                ..Default::default()
+            })),
+        );
+        apply_event(
+            &mut r,
+            &ev(Kind::StepStarted(v1::StepStarted {
+                index: 1,
+                ..Default::default()
+            })),
+        );
+        apply_event(
+            &mut r,
+            &ev(Kind::StepProgress(v1::StepProgress {
+                index: 1,
+                progress: "10/200".into(),
+                counters: Some(v1::StepCounters {
+                    counters: [("stage-update".to_string(), 10u64)].into_iter().collect(),
+                    outbound: Default::default(),
+                }),
+            })),
+        );
+        assert_eq!(r.state, v1::RunState::Running as i32);
+        assert_eq!(r.result, "", "one of two steps done is not a success");
+        apply_event(
+            &mut r,
+            &ev(Kind::RunFinished(v1::RunFinished {
+                state: v1::RunState::Unknown as i32,
+                result: String::new(),
+                message: "the agent restarted".into(),
+            })),
+        );
+        assert_eq!(r.state, v1::RunState::Unknown as i32);
+        assert_eq!(r.result, "", "an unobserved outcome is not a success");
+        assert_eq!(r.steps[0].result, "success");
+        let s = &r.steps[1];
+        assert_eq!(s.state, v1::StepState::NotRun as i32);
+        assert!(s.started_at.is_none() && s.finished_at.is_none(), "{s:?}");
+        assert!(s.counters.is_none() && s.progress.is_empty(), "{s:?}");
+        assert!(s.detail.contains("not observed"), "{s:?}");
+    }
+
+    #[test]
+    fn a_run_ended_without_a_final_result_takes_its_most_severe_step_result() {
+        let mut r = run();
+        for (index, result) in [(0, "completed-warnings"), (1, "success")] {
+            apply_event(
+                &mut r,
+                &ev(Kind::StepFinished(v1::StepFinished {
+                    index,
+                    result: result.into(),
+                    ..Default::default()
+                })),
+            );
+        }
+        assert_eq!(r.result, "");
+        apply_event(
+            &mut r,
+            &ev(Kind::RunFinished(v1::RunFinished {
+                state: v1::RunState::Succeeded as i32,
+                ..Default::default()
+            })),
+        );
+        assert_eq!(r.result, "completed-warnings");
     }
 
     #[test]
