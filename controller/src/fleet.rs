@@ -299,6 +299,56 @@ fn end_run(run: &mut v1::Run, state: v1::RunState, result: &str, at: prost_types
     }
 }
 
+/// Why no new run may be created: the message says who paused what, why, and how to resume.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunBlocked {
+    FleetPaused(v1::Pause),
+    /// Schedule name and its pause.
+    SchedulePaused(String, v1::Pause),
+    /// Agent name and its drain.
+    AgentDraining(String, v1::Pause),
+}
+
+impl std::fmt::Display for RunBlocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let by = |p: &v1::Pause| {
+            if p.by.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", p.by)
+            }
+        };
+        match self {
+            RunBlocked::FleetPaused(p) => write!(
+                f,
+                "the fleet is paused{}: {}; resume with 'syncfleet fleet resume'",
+                by(p),
+                p.note
+            ),
+            RunBlocked::SchedulePaused(name, p) => write!(
+                f,
+                "schedule {name} is paused{}: {}; resume it with 'syncfleet schedules resume {name}'",
+                by(p),
+                p.note
+            ),
+            RunBlocked::AgentDraining(agent, d) => write!(
+                f,
+                "agent {agent} is draining{}{}; resume it with 'syncfleet agents resume {agent}'",
+                if d.by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (by {})", d.by)
+                },
+                if d.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", d.note)
+                }
+            ),
+        }
+    }
+}
+
 impl Fleet {
     pub fn new(store: Arc<dyn Store>, settings: Settings) -> Arc<Self> {
         let (updates, _) = broadcast::channel(4096);
@@ -621,41 +671,43 @@ impl Fleet {
         )
     }
 
+    /// Why a new run for `agent` may not be created now, if it may not: the fleet is paused,
+    /// `schedule` (when given) is paused, or the agent drains.
+    ///
+    /// This is the one check every path that creates a run consults ([`Fleet::create_run`]
+    /// enforces it; the scheduler asks first so it can count the skip): scheduled fires,
+    /// catch-ups, buffered fire times released after the running run, manual runs and approval
+    /// continuations. An approval passes no schedule: a guard rail pauses the schedule of the
+    /// run it held, and approving that run is how an operator lets it through.
+    pub async fn run_blocked(
+        &self,
+        agent: &str,
+        schedule: Option<&str>,
+    ) -> Result<Option<RunBlocked>, StoreError> {
+        if let Some(p) = self.fleet_pause().await? {
+            return Ok(Some(RunBlocked::FleetPaused(p)));
+        }
+        if let Some(name) = schedule
+            && let Some(p) = self.schedule_pause(name).await?
+        {
+            return Ok(Some(RunBlocked::SchedulePaused(name.to_string(), p)));
+        }
+        let name = agent.to_string();
+        if let Some(stored) = store::blocking(&self.store, move |s| s.get_agent(&name)).await?
+            && let Some(d) = stored.agent.drain.filter(|d| d.paused)
+        {
+            return Ok(Some(RunBlocked::AgentDraining(agent.to_string(), d)));
+        }
+        Ok(None)
+    }
+
     /// Fail with FAILED_PRECONDITION when the fleet is paused or the agent drains (manual runs
     /// honour the same rules as scheduled ones).
     pub async fn check_not_paused(&self, agent: &str) -> Result<(), Status> {
-        if let Some(p) = self.fleet_pause().await.map_err(store_status)? {
-            return Err(Status::failed_precondition(format!(
-                "the fleet is paused{}: {}; resume with 'syncfleet fleet resume'",
-                if p.by.is_empty() {
-                    String::new()
-                } else {
-                    format!(" by {}", p.by)
-                },
-                p.note
-            )));
+        match self.run_blocked(agent, None).await.map_err(store_status)? {
+            Some(blocked) => Err(Status::failed_precondition(blocked.to_string())),
+            None => Ok(()),
         }
-        let name = agent.to_string();
-        if let Some(stored) = store::blocking(&self.store, move |s| s.get_agent(&name))
-            .await
-            .map_err(store_status)?
-            && let Some(d) = stored.agent.drain.filter(|d| d.paused)
-        {
-            return Err(Status::failed_precondition(format!(
-                "agent {agent} is draining{}{}; resume it with 'syncfleet agents resume {agent}'",
-                if d.by.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (by {})", d.by)
-                },
-                if d.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", d.note)
-                }
-            )));
-        }
-        Ok(())
     }
 
     /// Store a new run (validated against the agent's inventory) and dispatch it when its time
@@ -683,6 +735,15 @@ impl Fleet {
                 if known.is_empty() { "none yet" } else { &known }
             )));
         };
+        let schedule = (!new.schedule.is_empty() && new.continuation_of.is_empty())
+            .then_some(new.schedule.as_str());
+        if let Some(blocked) = self
+            .run_blocked(&new.agent, schedule)
+            .await
+            .map_err(store_status)?
+        {
+            return Err(Status::failed_precondition(blocked.to_string()));
+        }
         if validate {
             let specs: Vec<v1::StepSpec> = new
                 .steps
@@ -1103,11 +1164,19 @@ impl Fleet {
                         continue;
                     }
                     if now_ms - created >= deadline_ms {
-                        let msg = format!(
-                            "agent {} did not connect within the pending deadline ({}); the run was never started",
-                            run.agent,
-                            humantime::format_duration(self.settings.pending_deadline)
-                        );
+                        let deadline = humantime::format_duration(self.settings.pending_deadline);
+                        let msg = match self.run_blocked(&run.agent, None).await {
+                            Ok(Some(blocked)) => format!(
+                                "not started within the pending deadline ({deadline}) because {blocked}; the run was never started"
+                            ),
+                            _ if self.is_connected(&run.agent) => format!(
+                                "not started within the pending deadline ({deadline}); the run was never started"
+                            ),
+                            _ => format!(
+                                "agent {} did not connect within the pending deadline ({deadline}); the run was never started",
+                                run.agent
+                            ),
+                        };
                         if let Err(e) = self
                             .finish_run_here(&run.id, v1::RunState::Failed, msg)
                             .await

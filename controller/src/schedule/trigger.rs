@@ -93,6 +93,16 @@
 //!
 //! `latest` is always exact.
 //!
+//! # Blacked-out fire times
+//!
+//! The scheduler counts blacked-out fire times (`skipped_blackout`) as they pass: its timer
+//! follows [`Trigger::next_candidate_after`] (fire times inside start/end, blackouts *not*
+//! applied) and asks [`Trigger::is_blacked_out`] for each. For a span it slept through (a
+//! restart, a stall) [`Trigger::blacked_out_between`] counts them: arithmetically for an
+//! interval (a lower bound where a blackout has more than [`MISSED_WALK_LIMIT`] windows in the
+//! span), by walking at most [`SEARCH_MAX_CANDIDATES`] fire times for cron (a lower bound past
+//! that). A fire time is thus either in [`Trigger::missed_between`]'s count or in this one.
+//!
 //! # Jitter
 //!
 //! [`Trigger::jitter_for`] is deterministic: FNV-1a (64 bit) over the seed's bytes and the
@@ -313,6 +323,74 @@ impl Trigger {
         None
     }
 
+    /// The first fire time strictly after `after` inside start/end, blacked out or not (at
+    /// most [`SEARCH_HORIZON`] ahead). The scheduler wakes at each one, to fire it or to count it
+    /// as blacked out.
+    pub fn next_candidate_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut t = after;
+        if let Some(start) = self.start_at
+            && t < start
+        {
+            t = just_before(start);
+        }
+        let horizon = t
+            .checked_add_signed(TimeDelta::from_std(SEARCH_HORIZON).ok()?)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let f = self.nominal_after(t)?;
+        (f <= horizon && self.end_at.is_none_or(|end| f <= end)).then_some(f)
+    }
+
+    /// Whether the fire time `f` falls inside a blackout window.
+    pub fn is_blacked_out(&self, f: DateTime<Utc>) -> bool {
+        self.blackout_covering(f).is_some()
+    }
+
+    /// How many fire times in `(from, to]` (inside start/end) are blacked out.
+    pub fn blacked_out_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+        if self.blackouts.is_empty() {
+            return 0;
+        }
+        let mut lo = from;
+        if let Some(start) = self.start_at
+            && lo < start
+        {
+            lo = just_before(start);
+        }
+        let hi = match self.end_at {
+            Some(end) => to.min(end),
+            None => to,
+        };
+        if hi <= lo {
+            return 0;
+        }
+        match &self.fire {
+            Fire::Every(grid) => {
+                let (unblacked, cut) = self.grid_count_unblacked_to(grid, lo, hi);
+                if cut <= lo {
+                    return 0;
+                }
+                grid.count(lo, cut).saturating_sub(unblacked)
+            }
+            Fire::Cron(_) => {
+                let mut t = lo;
+                let mut count = 0u64;
+                for _ in 0..SEARCH_MAX_CANDIDATES {
+                    let Some(f) = self.nominal_after(t) else {
+                        break;
+                    };
+                    if f > hi {
+                        break;
+                    }
+                    if self.is_blacked_out(f) {
+                        count += 1;
+                    }
+                    t = f;
+                }
+                count
+            }
+        }
+    }
+
     /// The next `n` fire times after `after`.
     pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
         let mut out = Vec::with_capacity(n.min(1024));
@@ -488,6 +566,17 @@ impl Trigger {
 
     /// Interval: grid points in `(lo, hi]` outside blackout windows, arithmetically.
     fn grid_count_unblacked(&self, grid: &Grid, lo: DateTime<Utc>, hi: DateTime<Utc>) -> u64 {
+        self.grid_count_unblacked_to(grid, lo, hi).0
+    }
+
+    /// Grid points in `(lo, cut]` outside blackout windows, and `cut`: `hi`, or earlier when a
+    /// blackout has more windows in the span than are enumerated.
+    fn grid_count_unblacked_to(
+        &self,
+        grid: &Grid,
+        lo: DateTime<Utc>,
+        hi: DateTime<Utc>,
+    ) -> (u64, DateTime<Utc>) {
         // Windows overlapping (lo, hi], and how far they are known (`cut`).
         let mut cut = hi;
         let mut windows: Vec<Window> = Vec::new();
@@ -499,7 +588,7 @@ impl Trigger {
             windows.append(&mut ws);
         }
         if cut <= lo {
-            return 0;
+            return (0, cut);
         }
         let mut count = grid.count(lo, cut);
         // Merge the windows, then remove the grid points they hold.
@@ -519,7 +608,7 @@ impl Trigger {
                 count = count.saturating_sub(grid.count(a, b));
             }
         }
-        count
+        (count, cut)
     }
 }
 
@@ -1339,6 +1428,48 @@ mod tests {
             .filter(|f| *f <= utc("2026-06-08T00:00:00Z"))
             .count();
         assert_eq!(walked, 328);
+    }
+
+    #[test]
+    fn blacked_out_fire_times_are_candidates_and_counted() {
+        // Interval: a week holds 336 half hours; 8 are blacked out (Saturday 22:00..02:00).
+        let mut doc = every_doc("30m", None);
+        doc.blackout = vec![blackout("0 22 * * 6", "4h")];
+        let t = Trigger::compile(&doc).unwrap();
+        let (from, to) = (utc("2026-06-01T00:00:00Z"), utc("2026-06-08T00:00:00Z"));
+        assert_eq!(t.blacked_out_between(from, to), 8);
+        assert_eq!(
+            t.blacked_out_between(from, to) + t.missed_between(from, to).count,
+            336
+        );
+        // The scheduler's timer sees the blacked-out times too, and knows them.
+        let sat = utc("2026-06-06T21:30:00Z");
+        assert_eq!(
+            t.next_candidate_after(sat),
+            Some(utc("2026-06-06T22:00:00Z"))
+        );
+        assert!(t.is_blacked_out(utc("2026-06-06T22:00:00Z")));
+        assert!(!t.is_blacked_out(utc("2026-06-07T02:00:00Z")));
+        assert!(!t.is_blacked_out(sat));
+
+        // Cron, the same week and window, walked.
+        let mut doc = cron_doc(&["*/30 * * * *"], None);
+        doc.blackout = vec![blackout("0 22 * * 6", "4h")];
+        let t = Trigger::compile(&doc).unwrap();
+        assert_eq!(t.blacked_out_between(from, to), 8);
+        assert_eq!(t.missed_between(from, to).count, 328);
+        // Start and end bound the candidates.
+        doc.end_at = Some(utc("2026-06-06T23:00:00Z"));
+        let t = Trigger::compile(&doc).unwrap();
+        assert_eq!(t.blacked_out_between(from, to), 3);
+        assert_eq!(t.next_candidate_after(utc("2026-06-06T23:00:00Z")), None);
+        // No blackout: nothing to count.
+        assert_eq!(
+            Trigger::compile(&every_doc("1s", None))
+                .unwrap()
+                .blacked_out_between(from, to),
+            0
+        );
     }
 
     #[test]
