@@ -135,6 +135,11 @@ fn buffered_key(schedule: &str, agent: &str) -> String {
     format!("{}{agent}", buffered_prefix(schedule))
 }
 
+/// State key of a schedule's catch-up decided at a start and not yet evaluated.
+fn catchup_key(schedule: &str) -> String {
+    format!("catchup/{schedule}")
+}
+
 fn millis_value(t: DateTime<Utc>) -> Vec<u8> {
     t.timestamp_millis().to_string().into_bytes()
 }
@@ -226,15 +231,8 @@ impl Scheduler {
                 None => st.buffered.remove(&key),
             };
         }
-        let s = schedule.to_string();
         let record = (buffered_key(schedule, agent), nominal.map(millis_value));
-        if let Err(e) = store::blocking(&self.fleet.store, move |st| {
-            st.commit_schedule_state(&s, &[record], &deltas)
-        })
-        .await
-        {
-            tracing::error!(schedule, agent, error = %e, "cannot store the buffered fire time");
-        }
+        self.commit_state(schedule, vec![record], deltas).await;
     }
 
     /// Load the buffered fire times a previous controller process stored, then release those
@@ -338,15 +336,46 @@ impl Scheduler {
         mut deltas: Vec<(&'static str, u64)>,
     ) {
         deltas.retain(|(_, by)| *by > 0);
-        let s = schedule.to_string();
         let record = (cursor_key(schedule), Some(millis_value(t)));
+        self.commit_state(schedule, vec![record], deltas).await;
+    }
+
+    /// Write or delete state records and add to counters of a schedule in one transaction.
+    async fn commit_state(
+        &self,
+        schedule: &str,
+        records: Vec<(String, Option<Vec<u8>>)>,
+        mut deltas: Vec<(&'static str, u64)>,
+    ) {
+        deltas.retain(|(_, by)| *by > 0);
+        let s = schedule.to_string();
         if let Err(e) = store::blocking(&self.fleet.store, move |st| {
-            st.commit_schedule_state(&s, &[record], &deltas)
+            st.commit_schedule_state(&s, &records, &deltas)
         })
         .await
         {
-            tracing::error!(schedule, error = %e, "cannot store the schedule cursor");
+            tracing::error!(schedule, error = %e, "cannot store the schedule's state");
         }
+    }
+
+    /// A catch-up decided by a start of an earlier controller process that did not get to
+    /// evaluate it (it crashed while waiting for the agents, or just before).
+    async fn pending_catchup(&self, schedule: &str) -> Option<DateTime<Utc>> {
+        let k = catchup_key(schedule);
+        match store::blocking(&self.fleet.store, move |s| s.get_state(&k)).await {
+            Ok(raw) => raw.as_deref().and_then(parse_millis),
+            Err(e) => {
+                tracing::error!(schedule, error = %e, "cannot read the pending catch-up");
+                None
+            }
+        }
+    }
+
+    /// Evaluate a catch-up fire time and forget it (its record is kept until then).
+    async fn fire_catchup(&self, name: &str, nominal: DateTime<Utc>) {
+        self.fire(name, nominal, "catch-up").await;
+        self.commit_state(name, vec![(catchup_key(name), None)], Vec::new())
+            .await;
     }
 
     /// Run until `shutdown`.
@@ -438,6 +467,11 @@ impl Scheduler {
                     None
                 }
             };
+            let pending = if startup {
+                self.pending_catchup(&name).await
+            } else {
+                None
+            };
             let mut st = self.state.lock().await;
             let Some(entry) = st.entries.get_mut(&name) else {
                 continue;
@@ -455,16 +489,32 @@ impl Scheduler {
                         entry.next = entry.trigger.next_candidate_after(now);
                     }
                 }
-                Some(c) if startup && c < now => {
+                Some(c) if startup && (c < now || pending.is_some()) => {
                     let missed = entry.trigger.missed_between(c, now);
                     let window = entry.doc.catchup_window.unwrap_or(Duration::ZERO);
+                    let in_window = |t: DateTime<Utc>| {
+                        window > Duration::ZERO
+                            && (now - t).to_std().unwrap_or(Duration::MAX) <= window
+                    };
                     let mut dropped = missed.count;
+                    let mut chosen = None;
                     if let Some(latest) = missed.latest
-                        && window > Duration::ZERO
-                        && (now - latest).to_std().unwrap_or(Duration::MAX) <= window
+                        && in_window(latest)
                     {
-                        catchups.push((name.clone(), latest));
+                        chosen = Some(latest);
                         dropped = dropped.saturating_sub(1);
+                    }
+                    // A catch-up an earlier start decided and never evaluated is one more missed
+                    // time: it runs if nothing newer does and it is still within the window.
+                    if let Some(p) = pending {
+                        if chosen.is_none() && in_window(p) {
+                            chosen = Some(p);
+                        } else {
+                            dropped += 1;
+                        }
+                    }
+                    if let Some(t) = chosen {
+                        catchups.push((name.clone(), t));
                     }
                     let blacked = entry.trigger.blacked_out_between(c, now);
                     entry.next = entry.trigger.next_candidate_after(now);
@@ -472,9 +522,15 @@ impl Scheduler {
                     if missed.count > 0 {
                         tracing::info!(schedule = %name, missed = missed.count, catchup = dropped < missed.count, "fire times missed while the controller was down");
                     }
-                    self.advance_cursor(
+                    // The cursor moves past the missed times and the chosen catch-up is
+                    // recorded in the same transaction: a crash before it is evaluated leaves
+                    // it for the next start instead of losing it.
+                    self.commit_state(
                         &name,
-                        now,
+                        vec![
+                            (cursor_key(&name), Some(millis_value(now.max(c)))),
+                            (catchup_key(&name), chosen.map(millis_value)),
+                        ],
                         vec![
                             (counters::MISSED_CATCHUP, dropped),
                             (counters::SKIPPED_BLACKOUT, blacked),
@@ -506,7 +562,7 @@ impl Scheduler {
                     .deferred
                     .push((name, nominal, deadline));
             } else {
-                self.fire(&name, nominal, "catch-up").await;
+                self.fire_catchup(&name, nominal).await;
             }
         }
     }
@@ -573,7 +629,10 @@ impl Scheduler {
                 .deferred
                 .retain(|(n, t, _)| !(n == &name && *t == nominal));
             if targets.is_some() {
-                self.fire(&name, nominal, "catch-up").await;
+                self.fire_catchup(&name, nominal).await;
+            } else {
+                self.commit_state(&name, vec![(catchup_key(&name), None)], Vec::new())
+                    .await;
             }
         }
     }
@@ -1344,6 +1403,39 @@ mod tests {
         assert!(runs(&w).iter().all(|r| r.origin != "catch-up"));
         let c = counters(&w, "f");
         assert!(c.get("skipped_overlap").copied().unwrap_or(0) >= 1, "{c:?}");
+        w.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_catch_up_survives_a_second_crash() {
+        let w = world(
+            &format!("{SEQ}kind: Schedule\nname: f\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\ncatchup_window: 30s\n"),
+            &["a1"],
+        )
+        .await;
+        // The run started at 10 s never ends: every later fire time meets it.
+        fake_agents(&w, Duration::from_secs(1000), false);
+        let (_s, stop) = start_scheduler(&w, w.start);
+        advance(Duration::from_secs(12)).await;
+        stop.cancel();
+        advance(Duration::from_millis(200)).await;
+        // Restart at 57 s: 20, 30, 40 counted missed; the catch-up of 50 waits for the agent.
+        let (_s2, stop2) = start_scheduler(&w, w.start + chrono::Duration::seconds(57));
+        advance(Duration::from_millis(500)).await;
+        // Crash again before it was evaluated; restart at 58 s.
+        stop2.cancel();
+        advance(Duration::from_millis(200)).await;
+        let _s3 = start_scheduler(&w, w.start + chrono::Duration::seconds(58));
+        // 60 is skipped (overlap); after the settle deadline the catch-up of 50 is too.
+        advance(Duration::from_secs(8)).await;
+        let c = counters(&w, "f");
+        assert_eq!(c.get("missed_catchup"), Some(&3), "{c:?}");
+        assert_eq!(
+            c.get("skipped_overlap"),
+            Some(&2),
+            "the fire at 60 and the catch-up of 50: {c:?}"
+        );
+        assert!(w.store.get_state("catchup/f").unwrap().is_none());
         w.shutdown.cancel();
     }
 
