@@ -1442,6 +1442,63 @@ mod tests {
         assert_eq!(r.result, "completed-warnings");
     }
 
+    #[tokio::test]
+    async fn a_run_held_back_by_a_pause_past_the_deadline_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sqlite::SqliteStore::open(&dir.path().join("c.db")).unwrap());
+        store
+            .put_agent(&v1::Agent {
+                name: "a".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let fleet = Fleet::new(
+            Arc::clone(&store),
+            Settings {
+                heartbeat_interval: Duration::from_secs(1),
+                agent_lost_after: Duration::from_secs(60),
+                pending_deadline: Duration::from_secs(1),
+            },
+        );
+        let mut r = run();
+        r.state = v1::RunState::Pending as i32;
+        r.created_at = Some(from_millis(Utc::now().timestamp_millis() - 10_000));
+        store.insert_run(&r).unwrap();
+        let pause = v1::Pause {
+            paused: true,
+            note: "MIM hotfix".into(),
+            by: "operator/admin".into(),
+            at: None,
+        };
+        fleet.set_fleet_pause(&pause).await.unwrap();
+        // A new run is refused with the same reason.
+        let refused = fleet
+            .start_run(
+                "a",
+                vec![v1::StepSpec {
+                    ma: "AD".into(),
+                    profile: "Delta Import".into(),
+                }],
+                "manual",
+                "operator/admin",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("MIM hotfix"), "{refused:?}");
+        fleet.sweep().await;
+        let r = store.get_run("r").unwrap().unwrap();
+        assert_eq!(r.state, v1::RunState::Failed as i32);
+        assert!(
+            r.message
+                .contains("because the fleet is paused by operator/admin: MIM hotfix"),
+            "{}",
+            r.message
+        );
+        assert!(!r.message.contains("did not connect"), "{}", r.message);
+    }
+
     #[test]
     fn unknown_steps_are_refused_with_the_known_names() {
         let agent = v1::Agent {
