@@ -333,9 +333,8 @@ impl Scheduler {
         &self,
         schedule: &str,
         t: DateTime<Utc>,
-        mut deltas: Vec<(&'static str, u64)>,
+        deltas: Vec<(&'static str, u64)>,
     ) {
-        deltas.retain(|(_, by)| *by > 0);
         let record = (cursor_key(schedule), Some(millis_value(t)));
         self.commit_state(schedule, vec![record], deltas).await;
     }
