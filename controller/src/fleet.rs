@@ -227,13 +227,6 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
                 step.detail.clone_from(&f.detail);
                 step.progress.clear();
             }
-            let results: Vec<&str> = run
-                .steps
-                .iter()
-                .filter(|s| !s.result.is_empty())
-                .map(|s| s.result.as_str())
-                .collect();
-            run.result = vocab::most_severe(results).unwrap_or_default().to_string();
         }
         Some(Kind::StepSkipped(k)) => {
             if let Some(i) = step_mut(run, k.index) {
@@ -255,23 +248,104 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
             }
         }
         Some(Kind::RunFinished(f)) => {
-            run.state = f.state;
-            if !f.result.is_empty() {
-                run.result.clone_from(&f.result);
-            }
             run.message.clone_from(&f.message);
-            run.finished_at = Some(at);
-            for step in &mut run.steps {
-                if step.state == v1::StepState::Waiting as i32
-                    || step.state == v1::StepState::Running as i32
-                    || step.state == v1::StepState::Unspecified as i32
-                {
-                    step.state = v1::StepState::NotRun as i32;
-                    step.progress.clear();
-                }
-            }
+            end_run(run, f.state(), &f.result, at);
         }
         None => {}
+    }
+}
+
+/// End a run: its state, end time and result, and every step that did not end becomes
+/// `not_run`.
+///
+/// The result is set here and only here, so a run has a result exactly when it has ended: the
+/// agent's final result, or else the most severe result of its finished steps. An `unknown`
+/// run has no result (its outcome was not observed; the steps that finished keep theirs). A
+/// step that is `not_run` has no start, end, counters or progress: whatever it showed while it
+/// ran was never confirmed, and a start without an end would read as a growing duration.
+fn end_run(run: &mut v1::Run, state: v1::RunState, result: &str, at: prost_types::Timestamp) {
+    run.state = state as i32;
+    run.finished_at = Some(at);
+    run.result = if state == v1::RunState::Unknown {
+        String::new()
+    } else if !result.is_empty() {
+        result.to_string()
+    } else {
+        vocab::most_severe(
+            run.steps
+                .iter()
+                .filter(|s| s.state == v1::StepState::Done as i32 && !s.result.is_empty())
+                .map(|s| s.result.as_str()),
+        )
+        .unwrap_or_default()
+        .to_string()
+    };
+    for step in &mut run.steps {
+        let state = v1::StepState::try_from(step.state).unwrap_or(v1::StepState::Unspecified);
+        if matches!(
+            state,
+            v1::StepState::Waiting | v1::StepState::Running | v1::StepState::Unspecified
+        ) {
+            if state == v1::StepState::Running && step.detail.is_empty() {
+                step.detail =
+                    "was running when the run ended; its outcome was not observed".to_string();
+            }
+            step.state = v1::StepState::NotRun as i32;
+            step.started_at = None;
+            step.finished_at = None;
+            step.counters = None;
+            step.progress.clear();
+        }
+    }
+}
+
+/// Why no new run may be created: the message says who paused what, why, and how to resume.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunBlocked {
+    FleetPaused(v1::Pause),
+    /// Schedule name and its pause.
+    SchedulePaused(String, v1::Pause),
+    /// Agent name and its drain.
+    AgentDraining(String, v1::Pause),
+}
+
+impl std::fmt::Display for RunBlocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let by = |p: &v1::Pause| {
+            if p.by.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", p.by)
+            }
+        };
+        match self {
+            RunBlocked::FleetPaused(p) => write!(
+                f,
+                "the fleet is paused{}: {}; resume with 'syncfleet fleet resume'",
+                by(p),
+                p.note
+            ),
+            RunBlocked::SchedulePaused(name, p) => write!(
+                f,
+                "schedule {name} is paused{}: {}; resume it with 'syncfleet schedules resume {name}'",
+                by(p),
+                p.note
+            ),
+            RunBlocked::AgentDraining(agent, d) => write!(
+                f,
+                "agent {agent} is draining{}{}; resume it with 'syncfleet agents resume {agent}'",
+                if d.by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (by {})", d.by)
+                },
+                if d.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", d.note)
+                }
+            ),
+        }
     }
 }
 
@@ -597,41 +671,43 @@ impl Fleet {
         )
     }
 
+    /// Why a new run for `agent` may not be created now, if it may not: the fleet is paused,
+    /// `schedule` (when given) is paused, or the agent drains.
+    ///
+    /// This is the one check every path that creates a run consults ([`Fleet::create_run`]
+    /// enforces it; the scheduler asks first so it can count the skip): scheduled fires,
+    /// catch-ups, buffered fire times released after the running run, manual runs and approval
+    /// continuations. An approval passes no schedule: a guard rail pauses the schedule of the
+    /// run it held, and approving that run is how an operator lets it through.
+    pub async fn run_blocked(
+        &self,
+        agent: &str,
+        schedule: Option<&str>,
+    ) -> Result<Option<RunBlocked>, StoreError> {
+        if let Some(p) = self.fleet_pause().await? {
+            return Ok(Some(RunBlocked::FleetPaused(p)));
+        }
+        if let Some(name) = schedule
+            && let Some(p) = self.schedule_pause(name).await?
+        {
+            return Ok(Some(RunBlocked::SchedulePaused(name.to_string(), p)));
+        }
+        let name = agent.to_string();
+        if let Some(stored) = store::blocking(&self.store, move |s| s.get_agent(&name)).await?
+            && let Some(d) = stored.agent.drain.filter(|d| d.paused)
+        {
+            return Ok(Some(RunBlocked::AgentDraining(agent.to_string(), d)));
+        }
+        Ok(None)
+    }
+
     /// Fail with FAILED_PRECONDITION when the fleet is paused or the agent drains (manual runs
     /// honour the same rules as scheduled ones).
     pub async fn check_not_paused(&self, agent: &str) -> Result<(), Status> {
-        if let Some(p) = self.fleet_pause().await.map_err(store_status)? {
-            return Err(Status::failed_precondition(format!(
-                "the fleet is paused{}: {}; resume with 'syncfleet fleet resume'",
-                if p.by.is_empty() {
-                    String::new()
-                } else {
-                    format!(" by {}", p.by)
-                },
-                p.note
-            )));
+        match self.run_blocked(agent, None).await.map_err(store_status)? {
+            Some(blocked) => Err(Status::failed_precondition(blocked.to_string())),
+            None => Ok(()),
         }
-        let name = agent.to_string();
-        if let Some(stored) = store::blocking(&self.store, move |s| s.get_agent(&name))
-            .await
-            .map_err(store_status)?
-            && let Some(d) = stored.agent.drain.filter(|d| d.paused)
-        {
-            return Err(Status::failed_precondition(format!(
-                "agent {agent} is draining{}{}; resume it with 'syncfleet agents resume {agent}'",
-                if d.by.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (by {})", d.by)
-                },
-                if d.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", d.note)
-                }
-            )));
-        }
-        Ok(())
     }
 
     /// The revocation of `agent` when it was revoked and has not enrolled again since.
@@ -717,6 +793,15 @@ impl Fleet {
             )));
         };
         self.check_not_revoked(&new.agent).await?;
+        let schedule = (!new.schedule.is_empty() && new.continuation_of.is_empty())
+            .then_some(new.schedule.as_str());
+        if let Some(blocked) = self
+            .run_blocked(&new.agent, schedule)
+            .await
+            .map_err(store_status)?
+        {
+            return Err(Status::failed_precondition(blocked.to_string()));
+        }
         if validate {
             let specs: Vec<v1::StepSpec> = new
                 .steps
@@ -1050,14 +1135,8 @@ impl Fleet {
             if state_of(&run).is_terminal() {
                 return Ok(None);
             }
-            run.state = state as i32;
             run.message = message;
-            run.finished_at = Some(now());
-            for step in &mut run.steps {
-                if step.state != v1::StepState::Done as i32 {
-                    step.state = v1::StepState::NotRun as i32;
-                }
-            }
+            end_run(&mut run, state, "", now());
             s.put_runs(std::slice::from_ref(&run))?;
             Ok(Some(run))
         })
@@ -1146,11 +1225,19 @@ impl Fleet {
                         continue;
                     }
                     if now_ms - created >= deadline_ms {
-                        let msg = format!(
-                            "agent {} did not connect within the pending deadline ({}); the run was never started",
-                            run.agent,
-                            humantime::format_duration(self.settings.pending_deadline)
-                        );
+                        let deadline = humantime::format_duration(self.settings.pending_deadline);
+                        let msg = match self.run_blocked(&run.agent, None).await {
+                            Ok(Some(blocked)) => format!(
+                                "not started within the pending deadline ({deadline}) because {blocked}; the run was never started"
+                            ),
+                            _ if self.is_connected(&run.agent) => format!(
+                                "not started within the pending deadline ({deadline}); the run was never started"
+                            ),
+                            _ => format!(
+                                "agent {} did not connect within the pending deadline ({deadline}); the run was never started",
+                                run.agent
+                            ),
+                        };
                         if let Err(e) = self
                             .finish_run_here(&run.id, v1::RunState::Failed, msg)
                             .await
@@ -1316,7 +1403,7 @@ mod tests {
                 ..Default::default()
             })),
         );
-        assert_eq!(r.result, "stopped-connectivity");
+        assert_eq!(r.result, "", "no result before the run ends");
         apply_event(
             &mut r,
             &ev(Kind::RunFinished(v1::RunFinished {
@@ -1340,6 +1427,137 @@ mod tests {
                 ..Default::default()
             })),
         );
+    }
+
+    #[test]
+    fn an_interrupted_run_has_no_result_and_its_unfinished_steps_no_numbers() {
+        let mut r = run();
+        apply_event(&mut r, &ev(Kind::RunStarted(v1::RunStarted {})));
+        apply_event(
+            &mut r,
+            &ev(Kind::StepFinished(v1::StepFinished {
+                index: 0,
+                result: "success".into(),
+                ..Default::default()
+            })),
+        );
+        apply_event(
+            &mut r,
+            &ev(Kind::StepStarted(v1::StepStarted {
+                index: 1,
+                ..Default::default()
+            })),
+        );
+        apply_event(
+            &mut r,
+            &ev(Kind::StepProgress(v1::StepProgress {
+                index: 1,
+                progress: "10/200".into(),
+                counters: Some(v1::StepCounters {
+                    counters: [("stage-update".to_string(), 10u64)].into_iter().collect(),
+                    outbound: Default::default(),
+                }),
+            })),
+        );
+        assert_eq!(r.state, v1::RunState::Running as i32);
+        assert_eq!(r.result, "", "one of two steps done is not a success");
+        apply_event(
+            &mut r,
+            &ev(Kind::RunFinished(v1::RunFinished {
+                state: v1::RunState::Unknown as i32,
+                result: String::new(),
+                message: "the agent restarted".into(),
+            })),
+        );
+        assert_eq!(r.state, v1::RunState::Unknown as i32);
+        assert_eq!(r.result, "", "an unobserved outcome is not a success");
+        assert_eq!(r.steps[0].result, "success");
+        let s = &r.steps[1];
+        assert_eq!(s.state, v1::StepState::NotRun as i32);
+        assert!(s.started_at.is_none() && s.finished_at.is_none(), "{s:?}");
+        assert!(s.counters.is_none() && s.progress.is_empty(), "{s:?}");
+        assert!(s.detail.contains("not observed"), "{s:?}");
+    }
+
+    #[test]
+    fn a_run_ended_without_a_final_result_takes_its_most_severe_step_result() {
+        let mut r = run();
+        for (index, result) in [(0, "completed-warnings"), (1, "success")] {
+            apply_event(
+                &mut r,
+                &ev(Kind::StepFinished(v1::StepFinished {
+                    index,
+                    result: result.into(),
+                    ..Default::default()
+                })),
+            );
+        }
+        assert_eq!(r.result, "");
+        apply_event(
+            &mut r,
+            &ev(Kind::RunFinished(v1::RunFinished {
+                state: v1::RunState::Succeeded as i32,
+                ..Default::default()
+            })),
+        );
+        assert_eq!(r.result, "completed-warnings");
+    }
+
+    #[tokio::test]
+    async fn a_run_held_back_by_a_pause_past_the_deadline_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sqlite::SqliteStore::open(&dir.path().join("c.db")).unwrap());
+        store
+            .put_agent(&v1::Agent {
+                name: "a".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let fleet = Fleet::new(
+            Arc::clone(&store),
+            Settings {
+                heartbeat_interval: Duration::from_secs(1),
+                agent_lost_after: Duration::from_secs(60),
+                pending_deadline: Duration::from_secs(1),
+            },
+        );
+        let mut r = run();
+        r.state = v1::RunState::Pending as i32;
+        r.created_at = Some(from_millis(Utc::now().timestamp_millis() - 10_000));
+        store.insert_run(&r).unwrap();
+        let pause = v1::Pause {
+            paused: true,
+            note: "MIM hotfix".into(),
+            by: "operator/admin".into(),
+            at: None,
+        };
+        fleet.set_fleet_pause(&pause).await.unwrap();
+        // A new run is refused with the same reason.
+        let refused = fleet
+            .start_run(
+                "a",
+                vec![v1::StepSpec {
+                    ma: "AD".into(),
+                    profile: "Delta Import".into(),
+                }],
+                "manual",
+                "operator/admin",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("MIM hotfix"), "{refused:?}");
+        fleet.sweep().await;
+        let r = store.get_run("r").unwrap().unwrap();
+        assert_eq!(r.state, v1::RunState::Failed as i32);
+        assert!(
+            r.message
+                .contains("because the fleet is paused by operator/admin: MIM hotfix"),
+            "{}",
+            r.message
+        );
+        assert!(!r.message.contains("did not connect"), "{}", r.message);
     }
 
     #[test]

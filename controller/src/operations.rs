@@ -286,13 +286,26 @@ fn bounded_warnings(mut warnings: Vec<fleetfile::InventoryWarning>) -> Vec<v1::A
     out
 }
 
+/// Forget a deleted schedule's operational state: cursor, pause, pending catch-up and buffered
+/// fire times (exact keys, so that deleting `a` leaves schedule `ab` alone). A schedule created
+/// again under the same name starts afresh.
 async fn forget_schedule(fleet: &Fleet, name: &str) -> Result<(), Status> {
-    for prefix in [format!("cursor/{name}"), format!("pause/schedule/{name}")] {
-        store::blocking(&fleet.store, move |s| s.delete_state_prefix(&prefix))
-            .await
-            .map_err(store_status)?;
-    }
-    Ok(())
+    let records: Vec<(String, Option<Vec<u8>>)> = [
+        format!("cursor/{name}"),
+        format!("pause/schedule/{name}"),
+        format!("catchup/{name}"),
+    ]
+    .into_iter()
+    .map(|k| (k, None))
+    .collect();
+    let schedule = name.to_string();
+    let buffered = format!("buffered/{name}/");
+    store::blocking(&fleet.store, move |s| {
+        s.commit_schedule_state(&schedule, &records, &[])?;
+        s.delete_state_prefix(&buffered)
+    })
+    .await
+    .map_err(store_status)
 }
 
 pub async fn get_documents(
@@ -668,6 +681,41 @@ mod tests {
         );
         assert_eq!(saturation_warning(0.5, Some(Duration::from_secs(600))), "");
         assert_eq!(saturation(&[], Some(Duration::from_secs(1))), 0.0);
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_schedule_clears_its_state_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::sqlite::SqliteStore::open(&dir.path().join("c.db")).unwrap());
+        let keys = |name: &str| {
+            [
+                format!("cursor/{name}"),
+                format!("pause/schedule/{name}"),
+                format!("catchup/{name}"),
+                format!("buffered/{name}/sync-01"),
+            ]
+        };
+        for name in ["a", "ab"] {
+            for k in keys(name) {
+                store.put_state(&k, b"1").unwrap();
+            }
+        }
+        let fleet = Fleet::new(
+            Arc::clone(&store),
+            crate::fleet::Settings {
+                heartbeat_interval: Duration::from_secs(1),
+                agent_lost_after: Duration::from_secs(5),
+                pending_deadline: Duration::from_secs(60),
+            },
+        );
+        forget_schedule(&fleet, "a").await.unwrap();
+        for k in keys("a") {
+            assert_eq!(store.get_state(&k).unwrap(), None, "{k}");
+        }
+        for k in keys("ab") {
+            assert!(store.get_state(&k).unwrap().is_some(), "{k} was kept");
+        }
     }
 
     #[test]

@@ -329,6 +329,17 @@ fn a_mass_delete_holds_the_run_pauses_the_schedule_and_approval_lets_it_through(
     // Nothing more runs while it is paused.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(runs_of(&fleet, "guarded-5s").len(), 1);
+    // While the fleet is paused, approval creates no run and says why.
+    let out = fleet.cli(&["fleet", "pause", "--note", "MIM hotfix"]);
+    assert!(out.status.success());
+    let out = fleet.cli(&["runs", "approve", &id]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MIM hotfix"), "{err}");
+    assert_eq!(runs_of(&fleet, "guarded-5s").len(), 1);
+    assert_eq!(fleet.run_json(&id).unwrap()["continued_in"], "");
+    let out = fleet.cli(&["fleet", "resume"]);
+    assert!(out.status.success());
     // Approval: the held step runs once, as a linked run.
     let out = fleet.cli(&[
         "runs",
@@ -491,5 +502,252 @@ fn pauses_and_drains_are_kept_across_restarts_with_who_and_when() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value column of a `key: value` line of human output.
+fn human_field(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key:?} line in:\n{text}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_run_has_no_result_until_it_ends_and_an_interrupted_run_is_not_a_success() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    // Scale 1.0: each delta import lasts about 2 s.
+    fleet.start_agent("sync-01", 0, 1.0);
+    fleet.wait_connected(&["sync-01"]);
+    let out = fleet.cli(&[
+        "run",
+        "sync-01",
+        "--step",
+        "AD:Delta Import",
+        "--step",
+        "AD:Delta Import",
+        "--step",
+        "AD:Delta Import",
+        "--step",
+        "AD:Delta Import",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = stdout(&out);
+    // In progress with a step done: no result yet, in JSON and in human output.
+    let run = wait_for("step 2 running", Duration::from_secs(60), || {
+        let r = fleet.run_json(&id)?;
+        (r["steps"][0]["state"] == "done" && r["steps"][1]["state"] == "running").then_some(r)
+    });
+    assert_eq!(run["state"], "running", "{run:#}");
+    assert_eq!(run["result"], "", "a running run has no result: {run:#}");
+    let human = stdout(&fleet.cli(&["runs", "show", &id]));
+    assert_eq!(human_field(&human, "result"), "-", "{human}");
+    let list = fleet.cli_json(&["runs", "list", "-o", "json"]);
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(listed["result"], "", "{listed:#}");
+    // The agent dies in the middle of step 2 and comes back: the run ends unknown.
+    fleet.agents.get_mut("sync-01").unwrap().kill9();
+    fleet.start_agent("sync-01", 0, 1.0);
+    let run = fleet.wait_run_state(&id, &["unknown"], Duration::from_secs(60));
+    assert_ne!(run["result"], "success", "{run:#}");
+    assert_eq!(
+        run["result"], "",
+        "an unobserved outcome has no result: {run:#}"
+    );
+    assert_eq!(run["steps"][0]["state"], "done");
+    let steps = run["steps"].as_array().unwrap();
+    let not_run: Vec<&serde_json::Value> =
+        steps.iter().filter(|s| s["state"] == "not_run").collect();
+    assert_eq!(not_run.len(), 3, "{run:#}");
+    for s in &not_run {
+        assert!(s["started_at"].is_null(), "not_run has no start: {s:#}");
+        assert!(s["finished_at"].is_null(), "{s:#}");
+        assert_eq!(s["counters"], serde_json::json!({}), "{s:#}");
+        assert_eq!(s["progress"], "", "{s:#}");
+    }
+    let human = stdout(&fleet.cli(&["runs", "show", &id]));
+    assert_eq!(human_field(&human, "state"), "unknown", "{human}");
+    assert_ne!(human_field(&human, "result"), "success", "{human}");
+    for line in human.lines().filter(|l| l.contains("not_run")) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // # STAGE MA PROFILE(2 words) STATE RESULT DURATION RUN# ERRORS COUNTERS
+        let state_at = cols.iter().position(|c| *c == "not_run").unwrap();
+        assert_eq!(
+            cols[state_at + 2],
+            "-",
+            "no duration for a step not run: {line}"
+        );
+        assert_eq!(
+            cols[state_at + 5],
+            "-",
+            "no counters for a step not run: {line}"
+        );
+    }
+}
+
+/// A `buffer_one` schedule on a one-step sequence that lasts about 13 s, firing every 5 s.
+const LONG_BUFFERED: &str = "kind: Sequence\nname: long\nstages:\n  - steps: [{ma: HR, profile: Full Import}]\n---\nkind: Schedule\nname: buffered\nsequence: long\ntargets: {agents: [sync-01]}\ntrigger: {every: 5s}\noverlap: buffer_one\n";
+
+fn counter(show: &serde_json::Value, name: &str) -> u64 {
+    show["counters"][name].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_buffered_fire_time_survives_a_controller_crash() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    fleet.start_agent("sync-01", 0, 0.5);
+    fleet.wait_connected(&["sync-01"]);
+    apply(&fleet, LONG_BUFFERED);
+    wait_for("a buffered fire time", Duration::from_secs(60), || {
+        (counter(&schedule_json(&fleet, "buffered"), "buffered") >= 1).then_some(())
+    });
+    let runs = runs_of(&fleet, "buffered");
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let first = ms(&runs[0]["nominal_time"]);
+    assert!(
+        runs[0]["finished_at"].is_null(),
+        "the first run still runs: {runs:#?}"
+    );
+    // The fire time after the running run's is the buffered one.
+    let buffered = first + 5000;
+    fleet.controller_mut().kill9();
+    fleet.start_controller();
+    let run = wait_for(
+        "the buffered fire time to run",
+        Duration::from_secs(90),
+        || {
+            runs_of(&fleet, "buffered")
+                .into_iter()
+                .find(|r| ms(&r["nominal_time"]) == buffered)
+        },
+    );
+    assert_eq!(run["origin"], "schedule", "{run:#}");
+    // It ran after the first run, never beside it.
+    let all = runs_of(&fleet, "buffered");
+    let first_run = all
+        .iter()
+        .find(|r| ms(&r["nominal_time"]) == first)
+        .unwrap();
+    let first_end = fleet.wait_run_state(
+        first_run["id"].as_str().unwrap(),
+        &["succeeded", "completed_with_errors", "failed", "unknown"],
+        Duration::from_secs(60),
+    );
+    let done = fleet.wait_run_state(
+        run["id"].as_str().unwrap(),
+        &["succeeded", "completed_with_errors", "failed", "unknown"],
+        Duration::from_secs(60),
+    );
+    assert!(
+        ms(&done["started_at"]) >= ms(&first_end["finished_at"]),
+        "{first_end:#}\n{done:#}"
+    );
+}
+
+#[test]
+fn a_paused_fleet_releases_no_buffered_run() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    fleet.start_agent("sync-01", 0, 0.5);
+    fleet.wait_connected(&["sync-01"]);
+    apply(&fleet, LONG_BUFFERED);
+    wait_for("a buffered fire time", Duration::from_secs(60), || {
+        (counter(&schedule_json(&fleet, "buffered"), "buffered") >= 1).then_some(())
+    });
+    let out = fleet.cli(&["fleet", "pause", "--note", "MIM hotfix"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = runs_of(&fleet, "buffered").remove(0);
+    fleet.wait_run_state(
+        first["id"].as_str().unwrap(),
+        &["succeeded", "completed_with_errors", "failed", "unknown"],
+        Duration::from_secs(60),
+    );
+    // Give a (wrong) release time to happen.
+    std::thread::sleep(Duration::from_secs(3));
+    let runs = runs_of(&fleet, "buffered");
+    assert_eq!(
+        runs.len(),
+        1,
+        "no run is created while the fleet is paused: {runs:#?}"
+    );
+    let show = schedule_json(&fleet, "buffered");
+    assert!(
+        counter(&show, "skipped_paused") >= 1,
+        "the buffered fire time is counted as skipped: {show:#}"
+    );
+}
+
+#[test]
+fn blacked_out_fire_times_are_counted() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    fleet.start_agent("sync-01", 0, 0.01);
+    fleet.wait_connected(&["sync-01"]);
+    // Every 2 s; a 4 s blackout opens every 10 s: the fire times at :x0 and :x2 are blacked out.
+    apply(
+        &fleet,
+        &format!(
+            "{ONE_STEP}---\nkind: Schedule\nname: dark\nsequence: quick\ntargets: {{agents: [sync-01]}}\ntrigger: {{every: 2s}}\nblackout: [{{cron: \"*/10 * * * * *\", duration: 4s}}]\n"
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(25));
+    let runs = runs_of(&fleet, "dark");
+    assert!(runs.len() >= 6, "{runs:#?}");
+    for r in &runs {
+        let phase = ms(&r["nominal_time"]).rem_euclid(10_000);
+        assert!(phase >= 4000, "a run inside the blackout: {r:#}");
+    }
+    let show = schedule_json(&fleet, "dark");
+    assert!(counter(&show, "skipped_blackout") >= 3, "{show:#}");
+    let human = stdout(&fleet.cli(&["schedules", "show", "dark"]));
+    assert!(
+        human_field(&human, "counters").contains("skipped_blackout="),
+        "{human}"
+    );
+}
+
+#[test]
+fn a_cron_that_can_never_fire_is_refused_at_apply() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    let bad = fleet.dir.path().join("feb30.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "{ONE_STEP}---\nkind: Schedule\nname: feb30\nsequence: quick\ntargets: {{agents: [sync-01]}}\ntrigger: {{cron: [\"0 2 * * *\", \"0 0 30 2 *\"]}}\n"
+        ),
+    )
+    .unwrap();
+    let out = fleet.cli(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    for part in ["feb30.yaml", "Schedule feb30", "trigger.cron[1]", "never"] {
+        assert!(err.contains(part), "{part:?} missing from: {err}");
+    }
+    let scheds = fleet.cli_json(&["get", "schedules", "-o", "json"]);
+    assert!(
+        scheds.as_array().unwrap().is_empty(),
+        "nothing was applied: {scheds:#}"
     );
 }

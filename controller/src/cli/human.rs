@@ -346,7 +346,7 @@ pub fn runs_table(runs: &[Run], now: DateTime<Utc>) -> String {
             origin_brief(r),
             or_dash(&r.sequence).to_string(),
             r.state().label().to_string(),
-            or_dash(&r.result).to_string(),
+            or_dash(super::output::run_result(r.state(), &r.result)).to_string(),
             local_time(r.created_at.as_ref()),
             elapsed(r.started_at.as_ref(), r.finished_at.as_ref(), now),
             steps_brief(r),
@@ -370,7 +370,10 @@ pub fn run_details(r: &Run, now: DateTime<Utc>) -> String {
             r.state().label().to_string()
         },
     );
-    add("result", or_dash(&r.result).to_string());
+    add(
+        "result",
+        or_dash(super::output::run_result(r.state(), &r.result)).to_string(),
+    );
     add("origin", or_dash(&r.origin).to_string());
     if !r.schedule.is_empty() {
         add("schedule", r.schedule.clone());
@@ -439,6 +442,9 @@ pub fn run_details(r: &Run, now: DateTime<Utc>) -> String {
     ]);
     let total = r.steps.len();
     for s in &r.steps {
+        // A step that did not run has no duration or counters, whatever an older controller
+        // stored for it.
+        let not_run = s.state() == StepState::NotRun;
         t.row(vec![
             format!("{}/{}", s.index + 1, total),
             (s.stage + 1).to_string(),
@@ -446,14 +452,22 @@ pub fn run_details(r: &Run, now: DateTime<Utc>) -> String {
             s.profile.clone(),
             step_state_brief(s),
             or_dash(&s.result).to_string(),
-            elapsed(s.started_at.as_ref(), s.finished_at.as_ref(), now),
+            if not_run {
+                "-".to_string()
+            } else {
+                elapsed(s.started_at.as_ref(), s.finished_at.as_ref(), now)
+            },
             if s.run_number == 0 {
                 "-".to_string()
             } else {
                 s.run_number.to_string()
             },
             s.error_count.to_string(),
-            or_dash(&counters_brief(s.counters.as_ref())).to_string(),
+            if not_run {
+                "-".to_string()
+            } else {
+                or_dash(&counters_brief(s.counters.as_ref())).to_string()
+            },
         ]);
     }
     out.push_str(&t.render_indented("  "));
@@ -950,7 +964,7 @@ pub fn schedule_details(s: &ScheduleStatus, doc: Option<&ScheduleDoc>) -> String
                     "-".to_string()
                 },
                 r.state().label().to_string(),
-                or_dash(&r.result).to_string(),
+                or_dash(super::output::run_result(r.state(), &r.result)).to_string(),
             ]);
         }
         out.push_str(&t.render_indented("  "));

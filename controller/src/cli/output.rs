@@ -11,7 +11,7 @@ use prost_types::Timestamp;
 use serde_json::{Map, Value, json};
 use syncfleet_proto::v1::{
     Agent, ApplyResponse, Condition, EngineInfo, FleetStatus, Guard, Limit, ManagementAgent,
-    OnFailure, Pause, Run, ScheduleRunSummary, ScheduleStatus, Step, StepCounters, limit,
+    OnFailure, Pause, Run, RunState, ScheduleRunSummary, ScheduleStatus, Step, StepCounters, limit,
 };
 
 /// RFC 3339 (UTC, milliseconds) of `t`, or `null` when it is unset, zero or out of range.
@@ -161,6 +161,17 @@ pub fn pending_json(p: &syncfleet_proto::v1::PendingCounters) -> Value {
     })
 }
 
+/// The result to show for a run: empty until the run has ended, and for an `unknown` run
+/// (whose outcome was not observed). The controller stores results that way; this also keeps
+/// runs stored by older controllers, which kept a provisional result while running, honest.
+pub fn run_result(state: RunState, result: &str) -> &str {
+    if state.is_terminal() && state != RunState::Unknown {
+        result
+    } else {
+        ""
+    }
+}
+
 /// One run with its steps (shape of `runs show -o json`, `runs list -o json` elements and the
 /// final object of `run -o json`).
 pub fn run_json(r: &Run) -> Value {
@@ -168,7 +179,7 @@ pub fn run_json(r: &Run) -> Value {
         "id": r.id,
         "agent": r.agent,
         "state": r.state().label(),
-        "result": r.result,
+        "result": run_result(r.state(), &r.result),
         "origin": r.origin,
         "message": r.message,
         "requested_by": r.requested_by,
@@ -283,7 +294,7 @@ pub fn schedule_run_json(r: &ScheduleRunSummary) -> Value {
         "lateness_ms": lateness,
         "duration_ms": r.duration_ms,
         "state": r.state().label(),
-        "result": r.result,
+        "result": run_result(r.state(), &r.result),
     })
 }
 

@@ -6,7 +6,8 @@
 //!   ([`run_id_for`]), so a duplicate fire (a restart mid-fire, two evaluations of one time) is
 //!   harmless: the store keeps the first.
 //! - Overlap per schedule and agent: `skip` (default; counted `skipped_overlap`), `buffer_one`
-//!   (one fire time kept until the running run ends; newer ones counted `buffer_dropped`),
+//!   (one fire time kept until the running run ends, stored so it survives a controller crash
+//!   and restored at start; newer ones counted `buffer_dropped`),
 //!   `cancel_other` (the running run is cancelled through its agent, the new one queues behind
 //!   it on the agent's MA locks). Engine rules across schedules are the agent's job: runs of two
 //!   schedules on one server queue, they never collide.
@@ -17,8 +18,15 @@
 //!   document never resets it (Salt PR #54230). What is still running is checked first: the
 //!   overlap policy applies to catch-up runs too (Nomad #11052).
 //! - Pauses: a paused fleet or schedule, or a draining agent, skips fire times (counted
-//!   `skipped_paused` / `skipped_drained`). A run that ends `held` by a guard rail pauses its
-//!   schedule with a note saying why (counted `held`).
+//!   `skipped_paused` / `skipped_drained`, per agent). Every path that creates a run asks the
+//!   same check ([`Fleet::run_blocked`]): a fire, a catch-up and a buffered fire time released
+//!   when the running run ends (a buffered time released into a pause is counted as skipped,
+//!   not run later). A run that ends `held` by a guard rail pauses its schedule with a note
+//!   saying why (counted `held`).
+//! - Blackout windows: a fire time inside one is counted `skipped_blackout` when it passes
+//!   (the timer wakes for it), and those passed while no controller ran are counted at start.
+//! - Every nominal fire time ends as runs or as counted skips; skips that depend on the agent
+//!   (overlap, buffering, pause, drain) are counted per target agent.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -29,7 +37,7 @@ use syncfleet_proto::v1;
 use tokio::sync::{Mutex, Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::{Fleet, NewRun, steps_of};
+use crate::fleet::{Fleet, NewRun, RunBlocked, steps_of};
 use crate::fleetfile;
 use crate::model::{Document, Overlap, ScheduleDoc, SequenceDoc};
 use crate::schedule::trigger::Trigger;
@@ -89,7 +97,8 @@ struct State {
     entries: HashMap<String, Entry>,
     queue: BTreeSet<(DateTime<Utc>, String)>,
     sequences: HashMap<String, SequenceDoc>,
-    /// buffer_one: the fire time kept per (schedule, agent).
+    /// buffer_one: the fire time kept per (schedule, agent); a copy of the store's
+    /// `buffered/SCHEDULE/AGENT` records.
     buffered: HashMap<(String, String), DateTime<Utc>>,
     /// Catch-up fire times decided at startup, waiting for their agents to reconnect and report
     /// what ran while no controller listened (or for the deadline).
@@ -117,6 +126,39 @@ fn cursor_key(schedule: &str) -> String {
     format!("cursor/{schedule}")
 }
 
+/// State key prefix of a schedule's buffered fire times (schedule names have no `/`).
+fn buffered_prefix(schedule: &str) -> String {
+    format!("buffered/{schedule}/")
+}
+
+fn buffered_key(schedule: &str, agent: &str) -> String {
+    format!("{}{agent}", buffered_prefix(schedule))
+}
+
+/// State key of a schedule's catch-up decided at a start and not yet evaluated.
+fn catchup_key(schedule: &str) -> String {
+    format!("catchup/{schedule}")
+}
+
+fn millis_value(t: DateTime<Utc>) -> Vec<u8> {
+    t.timestamp_millis().to_string().into_bytes()
+}
+
+fn parse_millis(raw: &[u8]) -> Option<DateTime<Utc>> {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|t| t.parse::<i64>().ok())
+        .and_then(DateTime::from_timestamp_millis)
+}
+
+/// The counter of a fire time skipped because of `blocked`.
+fn blocked_counter(blocked: &RunBlocked) -> &'static str {
+    match blocked {
+        RunBlocked::FleetPaused(_) | RunBlocked::SchedulePaused(..) => counters::SKIPPED_PAUSED,
+        RunBlocked::AgentDraining(..) => counters::SKIPPED_DRAINED,
+    }
+}
+
 /// Counter names kept per schedule.
 pub mod counters {
     pub const FIRED: &str = "fired";
@@ -130,6 +172,7 @@ pub mod counters {
     pub const SKIPPED_DRAINED: &str = "skipped_drained";
     pub const CATCHUP: &str = "catchup";
     pub const SKIPPED_NO_TARGET: &str = "skipped_no_target";
+    pub const SKIPPED_BLACKOUT: &str = "skipped_blackout";
 }
 
 impl Scheduler {
@@ -168,18 +211,170 @@ impl Scheduler {
     async fn cursor(&self, schedule: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         let k = cursor_key(schedule);
         let raw = store::blocking(&self.fleet.store, move |s| s.get_state(&k)).await?;
-        Ok(raw
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|t| t.parse::<i64>().ok())
-            .and_then(DateTime::from_timestamp_millis))
+        Ok(raw.as_deref().and_then(parse_millis))
+    }
+
+    /// Store (`Some`) or forget (`None`) the buffered fire time of (schedule, agent) together
+    /// with counter deltas, in one transaction; then mirror it in memory.
+    async fn commit_buffered(
+        &self,
+        schedule: &str,
+        agent: &str,
+        nominal: Option<DateTime<Utc>>,
+        deltas: Vec<(&'static str, u64)>,
+    ) {
+        let key = (schedule.to_string(), agent.to_string());
+        {
+            let mut st = self.state.lock().await;
+            match nominal {
+                Some(t) => st.buffered.insert(key, t),
+                None => st.buffered.remove(&key),
+            };
+        }
+        let record = (buffered_key(schedule, agent), nominal.map(millis_value));
+        self.commit_state(schedule, vec![record], deltas).await;
+    }
+
+    /// Load the buffered fire times a previous controller process stored, then release those
+    /// whose schedule has nothing running on their agent any more (the run ended while no
+    /// controller listened, or just before the crash).
+    async fn restore_buffered(&self) {
+        let names: Vec<String> = self.state.lock().await.entries.keys().cloned().collect();
+        let mut restored = Vec::new();
+        for name in names {
+            let prefix = buffered_prefix(&name);
+            let p = prefix.clone();
+            match store::blocking(&self.fleet.store, move |s| s.list_state(&p)).await {
+                Ok(records) => {
+                    for (key, raw) in records {
+                        let (Some(agent), Some(nominal)) =
+                            (key.strip_prefix(&prefix), parse_millis(&raw))
+                        else {
+                            tracing::error!(key, "unreadable buffered fire time ignored");
+                            continue;
+                        };
+                        restored.push((name.clone(), agent.to_string(), nominal));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(schedule = %name, error = %e, "cannot read buffered fire times")
+                }
+            }
+        }
+        for (name, agent, nominal) in &restored {
+            tracing::info!(schedule = %name, agent, %nominal, "buffered fire time restored");
+            self.state
+                .lock()
+                .await
+                .buffered
+                .insert((name.clone(), agent.clone()), *nominal);
+        }
+        for (name, agent, _) in restored {
+            self.release_buffered(&name, &agent).await;
+        }
+    }
+
+    /// Start the buffered fire time of (schedule, agent) once the schedule has nothing running
+    /// there, through the same pause and drain check as every fire: blocked, it is counted as
+    /// skipped and dropped.
+    async fn release_buffered(&self, schedule: &str, agent: &str) {
+        let key = (schedule.to_string(), agent.to_string());
+        let Some(nominal) = self.state.lock().await.buffered.get(&key).copied() else {
+            return;
+        };
+        if !self.active_runs(schedule, agent).await.is_empty() {
+            return;
+        }
+        let found = {
+            let st = self.state.lock().await;
+            st.entries.get(schedule).map(|e| {
+                (
+                    e.doc.clone(),
+                    st.sequences.get(&e.doc.sequence).cloned(),
+                    e.trigger.clone(),
+                )
+            })
+        };
+        let Some((doc, Some(seq), trigger)) = found else {
+            tracing::warn!(schedule, agent, %nominal, "schedule or sequence gone; buffered fire time dropped");
+            return self
+                .commit_buffered(schedule, agent, None, Vec::new())
+                .await;
+        };
+        match self.fleet.run_blocked(agent, Some(schedule)).await {
+            Ok(Some(blocked)) => {
+                tracing::info!(schedule, agent, %nominal, reason = %blocked, "buffered fire time skipped");
+                let deltas = vec![(blocked_counter(&blocked), 1)];
+                return self.commit_buffered(schedule, agent, None, deltas).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Kept: the next run update of this schedule and agent tries again.
+                tracing::error!(schedule, agent, error = %e, "cannot read pauses; buffered fire time kept");
+                return;
+            }
+        }
+        // The run id is derived from the fire time, so creating it again after a crash between
+        // these two steps changes nothing.
+        self.create(schedule, &doc, &seq, &trigger, agent, nominal, "schedule")
+            .await;
+        self.commit_buffered(schedule, agent, None, Vec::new())
+            .await;
     }
 
     async fn set_cursor(&self, schedule: &str, t: DateTime<Utc>) {
-        let k = cursor_key(schedule);
-        let v = t.timestamp_millis().to_string().into_bytes();
-        if let Err(e) = store::blocking(&self.fleet.store, move |s| s.put_state(&k, &v)).await {
-            tracing::error!(schedule, error = %e, "cannot store the schedule cursor");
+        self.advance_cursor(schedule, t, Vec::new()).await;
+    }
+
+    /// Move the schedule's cursor (every fire time up to it is accounted for) and add the
+    /// counts of the fire times passed on the way, in one transaction: a crash between the two
+    /// can neither lose nor double-count a fire time.
+    async fn advance_cursor(
+        &self,
+        schedule: &str,
+        t: DateTime<Utc>,
+        deltas: Vec<(&'static str, u64)>,
+    ) {
+        let record = (cursor_key(schedule), Some(millis_value(t)));
+        self.commit_state(schedule, vec![record], deltas).await;
+    }
+
+    /// Write or delete state records and add to counters of a schedule in one transaction.
+    async fn commit_state(
+        &self,
+        schedule: &str,
+        records: Vec<(String, Option<Vec<u8>>)>,
+        mut deltas: Vec<(&'static str, u64)>,
+    ) {
+        deltas.retain(|(_, by)| *by > 0);
+        let s = schedule.to_string();
+        if let Err(e) = store::blocking(&self.fleet.store, move |st| {
+            st.commit_schedule_state(&s, &records, &deltas)
+        })
+        .await
+        {
+            tracing::error!(schedule, error = %e, "cannot store the schedule's state");
         }
+    }
+
+    /// A catch-up decided by a start of an earlier controller process that did not get to
+    /// evaluate it (it crashed while waiting for the agents, or just before).
+    async fn pending_catchup(&self, schedule: &str) -> Option<DateTime<Utc>> {
+        let k = catchup_key(schedule);
+        match store::blocking(&self.fleet.store, move |s| s.get_state(&k)).await {
+            Ok(raw) => raw.as_deref().and_then(parse_millis),
+            Err(e) => {
+                tracing::error!(schedule, error = %e, "cannot read the pending catch-up");
+                None
+            }
+        }
+    }
+
+    /// Evaluate a catch-up fire time and forget it (its record is kept until then).
+    async fn fire_catchup(&self, name: &str, nominal: DateTime<Utc>) {
+        self.fire(name, nominal, "catch-up").await;
+        self.commit_state(name, vec![(catchup_key(name), None)], Vec::new())
+            .await;
     }
 
     /// Run until `shutdown`.
@@ -271,6 +466,11 @@ impl Scheduler {
                     None
                 }
             };
+            let pending = if startup {
+                self.pending_catchup(&name).await
+            } else {
+                None
+            };
             let mut st = self.state.lock().await;
             let Some(entry) = st.entries.get_mut(&name) else {
                 continue;
@@ -285,36 +485,69 @@ impl Scheduler {
                     self.set_cursor(&name, now).await;
                     st = self.state.lock().await;
                     if let Some(entry) = st.entries.get_mut(&name) {
-                        entry.next = entry.trigger.next_after(now);
+                        entry.next = entry.trigger.next_candidate_after(now);
                     }
                 }
-                Some(c) if startup && c < now => {
+                Some(c) if startup && (c < now || pending.is_some()) => {
                     let missed = entry.trigger.missed_between(c, now);
                     let window = entry.doc.catchup_window.unwrap_or(Duration::ZERO);
+                    let in_window = |t: DateTime<Utc>| {
+                        window > Duration::ZERO
+                            && (now - t).to_std().unwrap_or(Duration::MAX) <= window
+                    };
                     let mut dropped = missed.count;
+                    let mut chosen = None;
                     if let Some(latest) = missed.latest
-                        && window > Duration::ZERO
-                        && (now - latest).to_std().unwrap_or(Duration::MAX) <= window
+                        && in_window(latest)
                     {
-                        catchups.push((name.clone(), latest));
+                        chosen = Some(latest);
                         dropped = dropped.saturating_sub(1);
                     }
-                    entry.next = entry.trigger.next_after(now);
+                    // A catch-up an earlier start decided and never evaluated is one more missed
+                    // time: it runs if nothing newer does and it is still within the window.
+                    if let Some(p) = pending {
+                        if chosen.is_none() && in_window(p) {
+                            chosen = Some(p);
+                        } else {
+                            dropped += 1;
+                        }
+                    }
+                    if let Some(t) = chosen {
+                        catchups.push((name.clone(), t));
+                    }
+                    let blacked = entry.trigger.blacked_out_between(c, now);
+                    entry.next = entry.trigger.next_candidate_after(now);
                     drop(st);
                     if missed.count > 0 {
                         tracing::info!(schedule = %name, missed = missed.count, catchup = dropped < missed.count, "fire times missed while the controller was down");
                     }
-                    self.bump(&name, counters::MISSED_CATCHUP, dropped).await;
-                    self.set_cursor(&name, now).await;
+                    // The cursor moves past the missed times and the chosen catch-up is
+                    // recorded in the same transaction: a crash before it is evaluated leaves
+                    // it for the next start instead of losing it.
+                    self.commit_state(
+                        &name,
+                        vec![
+                            (cursor_key(&name), Some(millis_value(now.max(c)))),
+                            (catchup_key(&name), chosen.map(millis_value)),
+                        ],
+                        vec![
+                            (counters::MISSED_CATCHUP, dropped),
+                            (counters::SKIPPED_BLACKOUT, blacked),
+                        ],
+                    )
+                    .await;
                     st = self.state.lock().await;
                 }
                 Some(c) => {
-                    entry.next = entry.trigger.next_after(c.max(now));
+                    entry.next = entry.trigger.next_candidate_after(c.max(now));
                 }
             }
             drop(st);
         }
         self.rebuild_queue().await;
+        if startup {
+            self.restore_buffered().await;
+        }
         for (name, nominal) in catchups {
             if self.schedule_has_active_runs(&name).await {
                 // A run of this schedule was in flight when the last controller stopped: whether
@@ -328,7 +561,7 @@ impl Scheduler {
                     .deferred
                     .push((name, nominal, deadline));
             } else {
-                self.fire(&name, nominal, "catch-up").await;
+                self.fire_catchup(&name, nominal).await;
             }
         }
     }
@@ -395,7 +628,10 @@ impl Scheduler {
                 .deferred
                 .retain(|(n, t, _)| !(n == &name && *t == nominal));
             if targets.is_some() {
-                self.fire(&name, nominal, "catch-up").await;
+                self.fire_catchup(&name, nominal).await;
+            } else {
+                self.commit_state(&name, vec![(catchup_key(&name), None)], Vec::new())
+                    .await;
             }
         }
     }
@@ -427,22 +663,39 @@ impl Scheduler {
             let Some((nominal, name)) = due else {
                 return;
             };
-            self.fire(&name, nominal, "schedule").await;
-            self.set_cursor(&name, nominal).await;
+            let blacked_out = {
+                let st = self.state.lock().await;
+                st.entries
+                    .get(&name)
+                    .is_some_and(|e| e.trigger.is_blacked_out(nominal))
+            };
+            if blacked_out {
+                tracing::debug!(schedule = %name, %nominal, "fire time inside a blackout window; skipped");
+                self.advance_cursor(&name, nominal, vec![(counters::SKIPPED_BLACKOUT, 1)])
+                    .await;
+            } else {
+                self.fire(&name, nominal, "schedule").await;
+                self.set_cursor(&name, nominal).await;
+            }
             let now = self.clock.now();
             let mut late = None;
             {
                 let mut st = self.state.lock().await;
                 if let Some(entry) = st.entries.get_mut(&name) {
-                    let mut next = entry.trigger.next_after(nominal);
+                    let mut next = entry.trigger.next_candidate_after(nominal);
                     if let Some(n) = next
                         && n <= now
                     {
                         // The loop fell behind (machine suspended, long stall): like a restart,
                         // keep at most the latest missed time.
                         let missed = entry.trigger.missed_between(nominal, now);
-                        late = Some((missed, entry.doc.catchup_window.unwrap_or(Duration::ZERO)));
-                        next = entry.trigger.next_after(now);
+                        let blacked = entry.trigger.blacked_out_between(nominal, now);
+                        late = Some((
+                            missed,
+                            blacked,
+                            entry.doc.catchup_window.unwrap_or(Duration::ZERO),
+                        ));
+                        next = entry.trigger.next_candidate_after(now);
                     }
                     entry.next = next;
                     if let Some(n) = next {
@@ -450,7 +703,7 @@ impl Scheduler {
                     }
                 }
             }
-            if let Some((missed, window)) = late {
+            if let Some((missed, blacked, window)) = late {
                 let mut dropped = missed.count;
                 if let Some(latest) = missed.latest
                     && (now - latest).to_std().unwrap_or(Duration::MAX) <= window
@@ -459,8 +712,15 @@ impl Scheduler {
                     dropped = dropped.saturating_sub(1);
                     self.fire(&name, latest, "catch-up").await;
                 }
-                self.bump(&name, counters::MISSED_CATCHUP, dropped).await;
-                self.set_cursor(&name, now).await;
+                self.advance_cursor(
+                    &name,
+                    now,
+                    vec![
+                        (counters::MISSED_CATCHUP, dropped),
+                        (counters::SKIPPED_BLACKOUT, blacked),
+                    ],
+                )
+                .await;
             }
         }
     }
@@ -482,16 +742,6 @@ impl Scheduler {
             tracing::error!(schedule = name, sequence = %doc.sequence, "sequence missing; fire time skipped");
             return;
         };
-        match self.fleet.fleet_pause().await {
-            Ok(Some(_)) => return self.bump(name, counters::SKIPPED_PAUSED, 1).await,
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "cannot read the fleet pause"),
-        }
-        match self.fleet.schedule_pause(name).await {
-            Ok(Some(_)) => return self.bump(name, counters::SKIPPED_PAUSED, 1).await,
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "cannot read the schedule pause"),
-        }
         let agents = match store::blocking(&self.fleet.store, |s| s.list_agents()).await {
             Ok(a) => a,
             Err(e) => {
@@ -520,9 +770,17 @@ impl Scheduler {
             return self.bump(name, counters::SKIPPED_NO_TARGET, 1).await;
         }
         for agent in targets {
-            if agent.drain.as_ref().is_some_and(|d| d.paused) {
-                self.bump(name, counters::SKIPPED_DRAINED, 1).await;
-                continue;
+            match self.fleet.run_blocked(&agent.name, Some(name)).await {
+                Ok(Some(blocked)) => {
+                    tracing::debug!(schedule = name, agent = %agent.name, %nominal, reason = %blocked, "fire time skipped");
+                    self.bump(name, blocked_counter(&blocked), 1).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(schedule = name, agent = %agent.name, error = %e, "cannot read pauses; fire time skipped");
+                    continue;
+                }
             }
             let active = self.active_runs(name, &agent.name).await;
             if !active.is_empty() {
@@ -534,19 +792,20 @@ impl Scheduler {
                     }
                     Overlap::BufferOne => {
                         let key = (name.to_string(), agent.name.clone());
-                        let newly = match self.state.lock().await.buffered.entry(key) {
-                            std::collections::hash_map::Entry::Occupied(_) => false,
-                            std::collections::hash_map::Entry::Vacant(v) => {
-                                v.insert(nominal);
-                                true
-                            }
-                        };
-                        let counter = if newly {
-                            counters::BUFFERED
+                        let occupied = self.state.lock().await.buffered.contains_key(&key);
+                        if occupied {
+                            self.bump(name, counters::BUFFER_DROPPED, 1).await;
                         } else {
-                            counters::BUFFER_DROPPED
-                        };
-                        self.bump(name, counter, 1).await;
+                            // Stored with its counter before anything else happens, so a crash
+                            // from here on cannot lose it.
+                            self.commit_buffered(
+                                name,
+                                &agent.name,
+                                Some(nominal),
+                                vec![(counters::BUFFERED, 1)],
+                            )
+                            .await;
+                        }
                         continue;
                     }
                     Overlap::CancelOther => {
@@ -694,37 +953,7 @@ impl Scheduler {
                 self.bump(&run.schedule, counters::HELD, 1).await;
             }
         }
-        let key = (run.schedule.clone(), run.agent.clone());
-        let buffered = self.state.lock().await.buffered.remove(&key);
-        if let Some(nominal) = buffered {
-            if !self.active_runs(&run.schedule, &run.agent).await.is_empty() {
-                self.state.lock().await.buffered.insert(key, nominal);
-                return;
-            }
-            let (doc, seq, trigger) = {
-                let st = self.state.lock().await;
-                let Some(e) = st.entries.get(&run.schedule) else {
-                    return;
-                };
-                (
-                    e.doc.clone(),
-                    st.sequences.get(&e.doc.sequence).cloned(),
-                    e.trigger.clone(),
-                )
-            };
-            if let Some(seq) = seq {
-                self.create(
-                    &run.schedule,
-                    &doc,
-                    &seq,
-                    &trigger,
-                    &run.agent,
-                    nominal,
-                    "schedule",
-                )
-                .await;
-            }
-        }
+        self.release_buffered(&run.schedule, &run.agent).await;
     }
 
     /// Next `n` fire times of a stored schedule.
@@ -1016,6 +1245,100 @@ mod tests {
         w.shutdown.cancel();
     }
 
+    fn nominal_secs(w: &World) -> Vec<i64> {
+        runs(w)
+            .iter()
+            .map(|r| r.nominal_time.unwrap().seconds - w.start.timestamp())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_buffered_fire_time_survives_a_scheduler_restart() {
+        let w = world(
+            &format!("{SEQ}kind: Schedule\nname: b\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\noverlap: buffer_one\n"),
+            &["a1"],
+        )
+        .await;
+        fake_agents(&w, Duration::from_secs(25), false);
+        let (_s, stop) = start_scheduler(&w, w.start);
+        // 10: run (to 35); 20: buffered. Then the controller dies and a new one starts.
+        advance(Duration::from_secs(22)).await;
+        stop.cancel();
+        advance(Duration::from_millis(200)).await;
+        let _s2 = start_scheduler(&w, w.start + chrono::Duration::milliseconds(22_200));
+        advance(Duration::from_secs(16)).await;
+        // 30: dropped (20 is still kept); 35: the restored 20 starts.
+        assert_eq!(nominal_secs(&w), [10, 20]);
+        let c = counters(&w, "b");
+        assert_eq!(c.get("buffered"), Some(&1), "{c:?}");
+        assert_eq!(c.get("buffer_dropped"), Some(&1), "{c:?}");
+        assert!(
+            w.store.list_state("buffered/").unwrap().is_empty(),
+            "released, so no longer stored"
+        );
+        w.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_buffered_fire_time_is_not_released_into_a_pause() {
+        let w = world(
+            &format!("{SEQ}kind: Schedule\nname: b\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\noverlap: buffer_one\n"),
+            &["a1"],
+        )
+        .await;
+        fake_agents(&w, Duration::from_secs(25), false);
+        let _s = start_scheduler(&w, w.start);
+        advance(Duration::from_secs(22)).await;
+        let pause = v1::Pause {
+            paused: true,
+            note: "MIM hotfix".into(),
+            by: "operator/admin".into(),
+            at: None,
+        };
+        w.fleet.set_fleet_pause(&pause).await.unwrap();
+        // 30: skipped (paused); 35: the run ends, the buffered 20 is skipped, not started.
+        advance(Duration::from_secs(16)).await;
+        assert_eq!(nominal_secs(&w), [10]);
+        let c = counters(&w, "b");
+        assert_eq!(c.get("skipped_paused"), Some(&2), "{c:?}");
+        assert!(w.store.list_state("buffered/").unwrap().is_empty());
+        // Resumed: the next fire runs; nothing kept from before the pause runs.
+        w.fleet
+            .set_fleet_pause(&v1::Pause::default())
+            .await
+            .unwrap();
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(nominal_secs(&w), [10, 40]);
+        w.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blacked_out_fire_times_are_counted_as_they_pass_and_across_a_restart() {
+        // Windows [0 s, 15 s) and [30 s, 45 s) of every minute; fire times every 10 s.
+        let w = world(
+            &format!("{SEQ}kind: Schedule\nname: d\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\nblackout: [{{cron: \"*/30 * * * * *\", duration: 15s}}]\n"),
+            &["a1"],
+        )
+        .await;
+        fake_agents(&w, Duration::from_millis(500), false);
+        let (_s, stop) = start_scheduler(&w, w.start);
+        advance(Duration::from_secs(55)).await;
+        // 10, 30, 40 blacked out; 20 and 50 run.
+        assert_eq!(nominal_secs(&w), [20, 50]);
+        let c = counters(&w, "d");
+        assert_eq!(c.get("skipped_blackout"), Some(&3), "{c:?}");
+        // Down from 55 s to 95 s: 60, 70 and 90 were blacked out, 80 missed.
+        stop.cancel();
+        advance(Duration::from_millis(200)).await;
+        let _s2 = start_scheduler(&w, w.start + chrono::Duration::seconds(95));
+        advance(Duration::from_millis(500)).await;
+        let c = counters(&w, "d");
+        assert_eq!(c.get("skipped_blackout"), Some(&6), "{c:?}");
+        assert_eq!(c.get("missed_catchup"), Some(&1), "{c:?}");
+        assert_eq!(c.get("fired"), Some(&2), "{c:?}");
+        w.shutdown.cancel();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn cancel_other_asks_the_running_run_to_stop() {
         let w = world(
@@ -1089,6 +1412,39 @@ mod tests {
         assert!(runs(&w).iter().all(|r| r.origin != "catch-up"));
         let c = counters(&w, "f");
         assert!(c.get("skipped_overlap").copied().unwrap_or(0) >= 1, "{c:?}");
+        w.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_catch_up_survives_a_second_crash() {
+        let w = world(
+            &format!("{SEQ}kind: Schedule\nname: f\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\ncatchup_window: 30s\n"),
+            &["a1"],
+        )
+        .await;
+        // The run started at 10 s never ends: every later fire time meets it.
+        fake_agents(&w, Duration::from_secs(1000), false);
+        let (_s, stop) = start_scheduler(&w, w.start);
+        advance(Duration::from_secs(12)).await;
+        stop.cancel();
+        advance(Duration::from_millis(200)).await;
+        // Restart at 57 s: 20, 30, 40 counted missed; the catch-up of 50 waits for the agent.
+        let (_s2, stop2) = start_scheduler(&w, w.start + chrono::Duration::seconds(57));
+        advance(Duration::from_millis(500)).await;
+        // Crash again before it was evaluated; restart at 58 s.
+        stop2.cancel();
+        advance(Duration::from_millis(200)).await;
+        let _s3 = start_scheduler(&w, w.start + chrono::Duration::seconds(58));
+        // 60 is skipped (overlap); after the settle deadline the catch-up of 50 is too.
+        advance(Duration::from_secs(8)).await;
+        let c = counters(&w, "f");
+        assert_eq!(c.get("missed_catchup"), Some(&3), "{c:?}");
+        assert_eq!(
+            c.get("skipped_overlap"),
+            Some(&2),
+            "the fire at 60 and the catch-up of 50: {c:?}"
+        );
+        assert!(w.store.get_state("catchup/f").unwrap().is_none());
         w.shutdown.cancel();
     }
 

@@ -18,7 +18,8 @@
 //! day-of-month OR weekday as in Vixie cron (a weekday starting with `+` means AND). Several
 //! expressions form a union: the schedule fires at every match of any of them, and an instant
 //! matched by several fires once. An expression that can never match a real date
-//! (`0 0 30 2 *`) compiles but never fires.
+//! (`0 0 30 2 *`, February 30) is refused: a schedule (or blackout) that never fires is always
+//! a mistake, and accepting it would hide that until someone wonders why nothing ran.
 //!
 //! **Time zone.** Cron expressions and blackout windows are matched against the wall clock of
 //! `trigger.time_zone` (an IANA name, default `UTC`).
@@ -91,6 +92,16 @@
 //!   previous-occurrence search).
 //!
 //! `latest` is always exact.
+//!
+//! # Blacked-out fire times
+//!
+//! The scheduler counts blacked-out fire times (`skipped_blackout`) as they pass: its timer
+//! follows [`Trigger::next_candidate_after`] (fire times inside start/end, blackouts *not*
+//! applied) and asks [`Trigger::is_blacked_out`] for each. For a span it slept through (a
+//! restart, a stall) [`Trigger::blacked_out_between`] counts them: arithmetically for an
+//! interval (a lower bound where a blackout has more than [`MISSED_WALK_LIMIT`] windows in the
+//! span), by walking at most [`SEARCH_MAX_CANDIDATES`] fire times for cron (a lower bound past
+//! that). A fire time is thus either in [`Trigger::missed_between`]'s count or in this one.
 //!
 //! # Jitter
 //!
@@ -199,8 +210,6 @@ struct CronTimes {
     cron: Cron,
     /// The hour field names particular hours: a repeated wall-clock time fires once.
     once_per_wall_clock: bool,
-    /// The expression never matches a real date (`0 0 30 2 *`).
-    never: bool,
 }
 
 /// What the DST rules say about one croner answer.
@@ -312,6 +321,74 @@ impl Trigger {
             }
         }
         None
+    }
+
+    /// The first fire time strictly after `after` inside start/end, blacked out or not (at
+    /// most [`SEARCH_HORIZON`] ahead). The scheduler wakes at each one, to fire it or to count it
+    /// as blacked out.
+    pub fn next_candidate_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut t = after;
+        if let Some(start) = self.start_at
+            && t < start
+        {
+            t = just_before(start);
+        }
+        let horizon = t
+            .checked_add_signed(TimeDelta::from_std(SEARCH_HORIZON).ok()?)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let f = self.nominal_after(t)?;
+        (f <= horizon && self.end_at.is_none_or(|end| f <= end)).then_some(f)
+    }
+
+    /// Whether the fire time `f` falls inside a blackout window.
+    pub fn is_blacked_out(&self, f: DateTime<Utc>) -> bool {
+        self.blackout_covering(f).is_some()
+    }
+
+    /// How many fire times in `(from, to]` (inside start/end) are blacked out.
+    pub fn blacked_out_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+        if self.blackouts.is_empty() {
+            return 0;
+        }
+        let mut lo = from;
+        if let Some(start) = self.start_at
+            && lo < start
+        {
+            lo = just_before(start);
+        }
+        let hi = match self.end_at {
+            Some(end) => to.min(end),
+            None => to,
+        };
+        if hi <= lo {
+            return 0;
+        }
+        match &self.fire {
+            Fire::Every(grid) => {
+                let (unblacked, cut) = self.grid_count_unblacked_to(grid, lo, hi);
+                if cut <= lo {
+                    return 0;
+                }
+                grid.count(lo, cut).saturating_sub(unblacked)
+            }
+            Fire::Cron(_) => {
+                let mut t = lo;
+                let mut count = 0u64;
+                for _ in 0..SEARCH_MAX_CANDIDATES {
+                    let Some(f) = self.nominal_after(t) else {
+                        break;
+                    };
+                    if f > hi {
+                        break;
+                    }
+                    if self.is_blacked_out(f) {
+                        count += 1;
+                    }
+                    t = f;
+                }
+                count
+            }
+        }
     }
 
     /// The next `n` fire times after `after`.
@@ -489,6 +566,17 @@ impl Trigger {
 
     /// Interval: grid points in `(lo, hi]` outside blackout windows, arithmetically.
     fn grid_count_unblacked(&self, grid: &Grid, lo: DateTime<Utc>, hi: DateTime<Utc>) -> u64 {
+        self.grid_count_unblacked_to(grid, lo, hi).0
+    }
+
+    /// Grid points in `(lo, cut]` outside blackout windows, and `cut`: `hi`, or earlier when a
+    /// blackout has more windows in the span than are enumerated.
+    fn grid_count_unblacked_to(
+        &self,
+        grid: &Grid,
+        lo: DateTime<Utc>,
+        hi: DateTime<Utc>,
+    ) -> (u64, DateTime<Utc>) {
         // Windows overlapping (lo, hi], and how far they are known (`cut`).
         let mut cut = hi;
         let mut windows: Vec<Window> = Vec::new();
@@ -500,7 +588,7 @@ impl Trigger {
             windows.append(&mut ws);
         }
         if cut <= lo {
-            return 0;
+            return (0, cut);
         }
         let mut count = grid.count(lo, cut);
         // Merge the windows, then remove the grid points they hold.
@@ -520,7 +608,7 @@ impl Trigger {
                 count = count.saturating_sub(grid.count(a, b));
             }
         }
-        count
+        (count, cut)
     }
 }
 
@@ -669,15 +757,23 @@ impl CronTimes {
             })?;
         let every_hour = (0..24).all(|h| cron.pattern.hour_match(h).unwrap_or(false));
         // Every 5/6-field expression that matches at all matches within a few decades (the
-        // 28-year weekday/leap-year cycle); croner gives up only for impossible dates. Finding
-        // out once here keeps queries of such a trigger cheap.
-        let never = cron
+        // 28-year weekday/leap-year cycle) and then recurs; croner gives up only for impossible
+        // dates. Refusing those here also keeps every later query cheap.
+        if cron
             .find_next_occurrence(&DateTime::<Utc>::UNIX_EPOCH, true)
-            .is_err();
+            .is_err()
+        {
+            return Err(TriggerError::new(
+                field,
+                format!(
+                    "{expr:?} never fires: no calendar date matches its day and month fields \
+                     (e.g. February 30 or April 31); fix the day or month"
+                ),
+            ));
+        }
         Ok(CronTimes {
             cron,
             once_per_wall_clock: !every_hour,
-            never,
         })
     }
 
@@ -694,9 +790,6 @@ impl CronTimes {
 
     /// The first time strictly after `t` matching the expression, under this module's DST rules.
     fn next_after(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        if self.never {
-            return None;
-        }
         let mut from = t.with_timezone(&tz);
         for _ in 0..DST_REJECT_LIMIT {
             let r = self.cron.find_next_occurrence(&from, false).ok()?;
@@ -715,9 +808,6 @@ impl CronTimes {
 
     /// The last time at or before `t` matching the expression, under this module's DST rules.
     fn at_or_before(&self, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        if self.never {
-            return None;
-        }
         let mut from = t.with_timezone(&tz);
         let mut inclusive = true;
         for _ in 0..DST_REJECT_LIMIT {
@@ -1341,6 +1431,48 @@ mod tests {
     }
 
     #[test]
+    fn blacked_out_fire_times_are_candidates_and_counted() {
+        // Interval: a week holds 336 half hours; 8 are blacked out (Saturday 22:00..02:00).
+        let mut doc = every_doc("30m", None);
+        doc.blackout = vec![blackout("0 22 * * 6", "4h")];
+        let t = Trigger::compile(&doc).unwrap();
+        let (from, to) = (utc("2026-06-01T00:00:00Z"), utc("2026-06-08T00:00:00Z"));
+        assert_eq!(t.blacked_out_between(from, to), 8);
+        assert_eq!(
+            t.blacked_out_between(from, to) + t.missed_between(from, to).count,
+            336
+        );
+        // The scheduler's timer sees the blacked-out times too, and knows them.
+        let sat = utc("2026-06-06T21:30:00Z");
+        assert_eq!(
+            t.next_candidate_after(sat),
+            Some(utc("2026-06-06T22:00:00Z"))
+        );
+        assert!(t.is_blacked_out(utc("2026-06-06T22:00:00Z")));
+        assert!(!t.is_blacked_out(utc("2026-06-07T02:00:00Z")));
+        assert!(!t.is_blacked_out(sat));
+
+        // Cron, the same week and window, walked.
+        let mut doc = cron_doc(&["*/30 * * * *"], None);
+        doc.blackout = vec![blackout("0 22 * * 6", "4h")];
+        let t = Trigger::compile(&doc).unwrap();
+        assert_eq!(t.blacked_out_between(from, to), 8);
+        assert_eq!(t.missed_between(from, to).count, 328);
+        // Start and end bound the candidates.
+        doc.end_at = Some(utc("2026-06-06T23:00:00Z"));
+        let t = Trigger::compile(&doc).unwrap();
+        assert_eq!(t.blacked_out_between(from, to), 3);
+        assert_eq!(t.next_candidate_after(utc("2026-06-06T23:00:00Z")), None);
+        // No blackout: nothing to count.
+        assert_eq!(
+            Trigger::compile(&every_doc("1s", None))
+                .unwrap()
+                .blacked_out_between(from, to),
+            0
+        );
+    }
+
+    #[test]
     fn blackout_is_matched_in_the_schedule_time_zone() {
         // Saturday 22:00 in Oslo (CEST) is 20:00Z; the window ends Sunday 00:00Z.
         let mut doc = cron_doc(&["0 * * * *"], Some("Europe/Oslo"));
@@ -1560,23 +1692,30 @@ mod tests {
     // ---- never, hints, jitter ------------------------------------------------------------
 
     #[test]
-    fn a_trigger_that_never_fires_answers_quickly() {
+    fn a_cron_that_never_fires_is_refused_naming_the_field() {
         let started = Instant::now();
-        let t = cron(&["0 0 30 2 *"], Some("Europe/Oslo"));
-        let now = utc("2026-01-01T00:00:00Z");
-        assert_eq!(t.next_after(now), None);
-        assert!(t.upcoming(now, 5).is_empty());
         assert_eq!(
-            t.missed_between(now, utc("2036-01-01T00:00:00Z")),
-            Missed {
-                latest: None,
-                count: 0
-            }
+            err(&cron_doc(&["0 2 * * *", "0 0 30 2 *"], Some("Europe/Oslo"))),
+            "trigger.cron[1]: \"0 0 30 2 *\" never fires: no calendar date matches its day and \
+             month fields (e.g. February 30 or April 31); fix the day or month"
         );
-        assert_eq!(t.interval_hint(now), None);
-        assert!(t.jitter_for(now, Duration::from_secs(10), "a") < Duration::from_secs(10));
+        assert!(err(&cron_doc(&["0 0 31 4,6,9,11 *"], None)).contains("never fires"));
+        let mut doc = every_doc("5m", None);
+        doc.blackout = vec![blackout("0 22 31 11 *", "4h")];
+        assert!(
+            err(&doc).starts_with("blackout[0].cron: \"0 22 31 11 *\" never fires"),
+            "{}",
+            err(&doc)
+        );
+        // Rare but real dates are fine: February 29, the fifth Friday.
+        assert!(Trigger::compile(&cron_doc(&["0 0 29 2 *"], None)).is_ok());
+        assert!(Trigger::compile(&cron_doc(&["0 0 * * 5#5"], None)).is_ok());
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
+    #[test]
+    fn a_trigger_blacked_out_for_good_answers_quickly() {
+        let now = utc("2026-01-01T00:00:00Z");
         // Blacked out for good: the bounded search gives up.
         let mut doc = cron_doc(&["0 0 * * *"], None);
         doc.blackout = vec![blackout("0 0 * * *", "1d")];

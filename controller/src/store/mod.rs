@@ -126,6 +126,17 @@ pub trait Store: Send + Sync + 'static {
     fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     fn delete_state_prefix(&self, prefix: &str) -> Result<(), StoreError>;
 
+    /// State records whose key starts with `prefix`, by key.
+    fn list_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Write (`Some`) or delete (`None`) state records and add to a schedule's counters in one
+    /// transaction, so that a crash never leaves a fire time both kept and counted, or neither.
+    fn commit_schedule_state(
+        &self,
+        schedule: &str,
+        records: &[(String, Option<Vec<u8>>)],
+        deltas: &[(&str, u64)],
+    ) -> Result<(), StoreError>;
+
     /// Add to named counters of a schedule (e.g. `fired`, `skipped_overlap`).
     fn bump_counters(&self, schedule: &str, deltas: &[(&str, u64)]) -> Result<(), StoreError>;
     fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError>;

@@ -566,8 +566,41 @@ impl Store for SqliteStore {
     }
 
     fn bump_counters(&self, schedule: &str, deltas: &[(&str, u64)]) -> Result<(), StoreError> {
+        self.commit_schedule_state(schedule, &[], deltas)
+    }
+
+    fn list_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT key, value FROM state WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([prefix], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    fn commit_schedule_state(
+        &self,
+        schedule: &str,
+        records: &[(String, Option<Vec<u8>>)],
+        deltas: &[(&str, u64)],
+    ) -> Result<(), StoreError> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
+        for (key, value) in records {
+            match value {
+                Some(v) => tx.execute(
+                    "INSERT INTO state (key, value) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![key, v],
+                ),
+                None => tx.execute("DELETE FROM state WHERE key = ?1", [key]),
+            }
+            .map_err(|e| self.err(e))?;
+        }
         for (counter, by) in deltas {
             tx.execute(
                 "INSERT INTO schedule_counters (schedule, counter, value) VALUES (?1, ?2, ?3)
