@@ -87,8 +87,18 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     run_with_engine(cfg, engine, shutdown).await
 }
 
-/// Run the agent with a given engine driver (tests and `dev` mode use this with `sim`).
+/// Run the agent with a given engine driver (tests and `dev` mode use this with `sim`). Every
+/// line it logs and every span it opens carries `agent=<name>` ([`telemetry::in_agent`]).
 pub async fn run_with_engine(
+    cfg: AgentConfig,
+    engine: Arc<dyn engine::SyncEngine>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let name = cfg.name.clone();
+    telemetry::in_agent(&name, run_agent(cfg, engine, shutdown)).await
+}
+
+async fn run_agent(
     cfg: AgentConfig,
     engine: Arc<dyn engine::SyncEngine>,
     shutdown: CancellationToken,

@@ -284,6 +284,10 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = syncfleet_agent::telemetry::check_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if args.dump_config {
         match toml::to_string_pretty(&cfg) {
             Ok(s) => {
@@ -355,5 +359,6 @@ fn init_logging(format: &str, cfg: &AgentConfig) -> syncfleet_agent::telemetry::
         service_name: "syncfleet-agent",
         log_format: format.to_string(),
         attributes,
+        agent: Some(cfg.name.clone()),
     })
 }

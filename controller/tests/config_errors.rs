@@ -250,3 +250,29 @@ fn variables_of_the_cli_and_the_agent_are_not_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn an_unknown_otlp_protocol_is_refused_before_binding() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    for (protocol, named) in [("http/xml", "http/xml"), ("http/json", "http/json")] {
+        let out = controller()
+            .args(["serve", "--data-dir"])
+            .arg(dir.path())
+            .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{protocol}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("OTEL_EXPORTER_OTLP_PROTOCOL")
+                && err.contains(named)
+                && err.contains("http/protobuf"),
+            "{err}"
+        );
+        assert!(!err.contains("cannot listen"), "{err}");
+    }
+}

@@ -148,6 +148,16 @@ fn init_logging(format: &str) -> syncfleet_agent::telemetry::TelemetryGuard {
     syncfleet_controller::telemetry::init(format)
 }
 
+/// Refuse `OTEL_*` settings the exporter cannot follow (exit code 64, before any port is bound).
+fn check_telemetry() -> Result<(), ExitCode> {
+    syncfleet_agent::telemetry::check_env()
+        .map(drop)
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        })
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -201,6 +211,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            if let Err(code) = check_telemetry() {
+                return code;
+            }
             if common.dump_config {
                 return dump(&cfg);
             }
@@ -283,6 +296,9 @@ fn main() -> ExitCode {
             no_example_fleet,
             log_format,
         } => {
+            if let Err(code) = check_telemetry() {
+                return code;
+            }
             let _telemetry = init_logging(&log_format);
             let rt = match runtime() {
                 Ok(rt) => rt,
