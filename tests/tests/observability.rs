@@ -115,11 +115,11 @@ fn scrape(fleet: &Fleet) -> Vec<Sample> {
 
 type RunKey = (String, String, String);
 
-/// `syncfleet_runs_total` as (agent, sequence, result) -> count.
+/// `syncfleet_runs_total` as (agent, sequence, result) -> count, without the series still at 0.
 fn runs_total(samples: &[Sample]) -> BTreeMap<RunKey, u64> {
     samples
         .iter()
-        .filter(|(n, _, _)| n == "syncfleet_runs_total")
+        .filter(|(n, _, v)| n == "syncfleet_runs_total" && *v > 0.0)
         .map(|(_, l, v)| {
             (
                 (
@@ -259,6 +259,35 @@ fn metrics_count_the_runs_in_the_store_also_after_a_restart() {
     assert_eq!((http_status, body.trim()), (200, "ready"));
     let (http_status, _) = http_get(fleet.http_port, "/healthz").unwrap();
     assert_eq!(http_status, 200);
+
+    // Every end state of a known agent is a series from 0 before its first run ends, so that
+    // `increase()` sees the first one (a held run fires SyncfleetRunHeld).
+    let zeros = wait_for(
+        "zero-valued run series of the connected agents",
+        Duration::from_secs(60),
+        || {
+            let s = scrape(&fleet);
+            ["sync-01", "sync-02"]
+                .iter()
+                .all(|a| {
+                    sample(
+                        &s,
+                        "syncfleet_runs_total",
+                        &[("agent", a), ("sequence", ""), ("result", "held")],
+                    )
+                    .is_some()
+                })
+                .then_some(s)
+        },
+    );
+    for state in TERMINAL {
+        let s = sample(
+            &zeros,
+            "syncfleet_runs_total",
+            &[("agent", "sync-01"), ("sequence", ""), ("result", state)],
+        );
+        assert_eq!(s.map(|s| s.2), Some(0.0), "{state}");
+    }
 
     for _ in 0..2 {
         let (_, ok) = run_follow(&fleet, "sync-01", &["AD:Delta Import", "AD:Delta Sync"]);
