@@ -115,6 +115,16 @@ pub const NON_SETTING_VARIABLES: &[&str] = &[
     "SYNCFLEET_ENROLL_TOKEN",
 ];
 
+/// Variables of earlier versions and their names now, for the hint when one is refused.
+pub const RENAMED_VARIABLES: &[(&str, &str)] = &[
+    ("SYNCFLEET_CONTROLLER", "SYNCFLEET_AGENT_CONTROLLER"),
+    ("SYNCFLEET_SIM_SERVER", "SYNCFLEET_AGENT_ENGINE__SERVER"),
+    (
+        "SYNCFLEET_SIM_TIME_SCALE",
+        "SYNCFLEET_AGENT_ENGINE__TIME_SCALE",
+    ),
+];
+
 /// Top-level keys of the controller's configuration. The agent leaves `SYNCFLEET_<KEY>` of
 /// these to the controller (one environment may hold both daemons' settings). The controller's
 /// tests check this list against its configuration struct.
@@ -143,6 +153,9 @@ pub struct EnvScheme {
     /// Whether a `SYNCFLEET_*` variable that is none of this daemon's settings is a setting of
     /// another syncfleet program (then it is left alone rather than refused).
     pub foreign: fn(&str) -> bool,
+    /// The other program's top-level variables, among the candidates of the "closest valid
+    /// one" hint.
+    pub foreign_variables: fn() -> Vec<String>,
 }
 
 /// The agent's scheme: `SYNCFLEET_AGENT_<KEY>`; the controller's settings are left alone.
@@ -151,7 +164,24 @@ pub const AGENT_ENV: EnvScheme = EnvScheme {
     prefix: AGENT_ENV_PREFIX,
     example: "SYNCFLEET_AGENT_EXECUTOR__WATCHDOG",
     foreign: is_controller_variable,
+    foreign_variables: controller_variables,
 };
+
+/// `SYNCFLEET_<KEY>` of every top-level controller key.
+pub fn controller_variables() -> Vec<String> {
+    CONTROLLER_KEYS
+        .iter()
+        .map(|k| variable_of_key(ENV_PREFIX, k))
+        .collect()
+}
+
+/// `SYNCFLEET_AGENT_<KEY>` of every top-level agent key.
+pub fn agent_variables() -> Vec<String> {
+    top_level_keys::<AgentConfig>()
+        .iter()
+        .map(|k| variable_of_key(AGENT_ENV_PREFIX, k))
+        .collect()
+}
 
 /// Whether `name` is `SYNCFLEET_<KEY>[__…]` for a top-level key of the controller.
 pub fn is_controller_variable(name: &str) -> bool {
@@ -330,9 +360,15 @@ impl<T: serde::de::DeserializeOwned> Layers<T> {
             let candidates: Vec<String> = fields
                 .iter()
                 .map(|f| variable_of_key(scheme.prefix, f))
+                .chain((scheme.foreign_variables)())
                 .chain(NON_SETTING_VARIABLES.iter().map(|v| v.to_string()))
                 .collect();
-            let closest = closest(&name, candidates.iter().map(String::as_str))
+            let renamed = RENAMED_VARIABLES
+                .iter()
+                .find(|(old, _)| *old == name)
+                .map(|(_, new)| *new);
+            let closest = renamed
+                .or_else(|| closest(&name, candidates.iter().map(String::as_str)))
                 .unwrap_or(scheme.prefix)
                 .to_string();
             return Err(ConfigError::UnknownVariable {

@@ -82,9 +82,13 @@ pub fn build_engine(cfg: &AgentConfig) -> Result<Arc<dyn engine::SyncEngine>, Ag
 
 /// Run the agent until `shutdown` is cancelled, with the engine built from the configuration.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    cfg.validate()?;
-    let engine = build_engine(&cfg)?;
-    run_with_engine(cfg, engine, shutdown).await
+    let name = cfg.name.clone();
+    telemetry::in_agent(&name, async move {
+        cfg.validate()?;
+        let engine = build_engine(&cfg)?;
+        run_agent(cfg, engine, shutdown).await
+    })
+    .await
 }
 
 /// Run the agent with a given engine driver (tests and `dev` mode use this with `sim`). Every

@@ -181,6 +181,8 @@ fn an_unknown_syncfleet_variable_is_refused_naming_the_closest_one() {
             "SYNCFLEET_AGENT_EXECUTOR__WATCHDOG",
         ),
         ("SYNCFLEET_AGNET_NAME", "SYNCFLEET_AGENT_NAME"),
+        // Earlier names point to the current ones.
+        ("SYNCFLEET_SIM_SERVER", "SYNCFLEET_AGENT_ENGINE__SERVER"),
     ] {
         let mut env = base.to_vec();
         env.push((var, "x"));

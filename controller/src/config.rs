@@ -18,6 +18,7 @@ pub const CONTROLLER_ENV: EnvScheme = EnvScheme {
     prefix: syncfleet_agent::config::ENV_PREFIX,
     example: "SYNCFLEET_TLS__CERT",
     foreign: syncfleet_agent::config::is_agent_variable,
+    foreign_variables: syncfleet_agent::config::agent_variables,
 };
 
 /// TLS files of the controller. Defaults live under `<data_dir>/pki/`.
