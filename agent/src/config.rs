@@ -198,6 +198,19 @@ pub fn is_agent_variable(name: &str) -> bool {
         .is_some_and(|key| fields.contains(&top_of(&key)))
 }
 
+/// This process's environment for [`Layers::env`]. Unlike `std::env::vars`, never panics on a
+/// variable that is not UTF-8 (anyone's, not only syncfleet's): its text is taken lossily.
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// `TLS__CERT` → `tls.cert`; None for an empty name or an empty segment.
 fn key_of_variable(rest: &str) -> Option<String> {
     let parts: Vec<String> = rest
@@ -321,7 +334,7 @@ impl<T: serde::de::DeserializeOwned> Layers<T> {
         Ok(self)
     }
 
-    /// The daemon's `SYNCFLEET_*` variables among `vars` (usually `std::env::vars()`). Refuses
+    /// The daemon's `SYNCFLEET_*` variables among `vars` (usually [`process_env`]). Refuses
     /// a `SYNCFLEET_*` variable that is neither one of its settings, nor in
     /// [`NON_SETTING_VARIABLES`], nor another program's setting.
     pub fn env(

@@ -108,7 +108,7 @@ fn layers(
         // The engine table's tag, so that a variable or flag can set one of its keys alone.
         .base("engine.kind", "sim")
         .file(config)?
-        .env(&config::AGENT_ENV, std::env::vars())
+        .env(&config::AGENT_ENV, config::process_env())
 }
 
 fn enroll_config(args: &EnrollArgs) -> Result<AgentConfig, config::ConfigError> {

@@ -9,7 +9,7 @@
 //! | `syncfleet_runs_active` | gauge | state | runs `pending`, `dispatched` or `running` now |
 //! | `syncfleet_run_duration_seconds` | histogram | sequence | agent start to end of runs that ended |
 //! | `syncfleet_step_duration_seconds` | histogram | agent, ma, profile | executed steps (engine start to result) |
-//! | `syncfleet_step_objects_total` | counter | agent, ma, counter | objects changed by executed steps: `counter` is the engine's run-history name (`stage-add`, `stage-update`, `stage-delete`, `stage-failure`, `export-add`, `export-update`, `export-delete`, `export-failure`) or `errors` (synchronization/import/export errors the engine listed) |
+//! | `syncfleet_step_objects_total` | counter | agent, ma, counter | objects changed by executed steps (every counter from 0 for the MAs of an agent's inventory): `counter` is the engine's run-history name (`stage-add`, `stage-update`, `stage-delete`, `stage-failure`, `export-add`, `export-update`, `export-delete`, `export-failure`) or `errors` (synchronization/import/export errors the engine listed) |
 //! | `syncfleet_last_success_timestamp_seconds` | gauge | agent, ma, profile | end of the last step with a success-class result (`success`, `completed-no-objects`, `completed-warnings`, ...) |
 //! | `syncfleet_schedule_lateness_seconds` | histogram | schedule | nominal fire time to agent start of scheduled runs (jitter included) |
 //! | `syncfleet_schedule_fires_total` | counter | schedule | fire times that created runs (`fired`) |
@@ -270,6 +270,16 @@ impl Aggregates {
         for state in END_STATES.iter() {
             self.runs
                 .entry((agent.to_string(), sequence.to_string(), state))
+                .or_insert(0);
+        }
+    }
+
+    /// Make the `syncfleet_step_objects_total` series of an agent's MA exist (0 until its
+    /// first step), for the same reason as [`Aggregates::know`].
+    fn know_ma(&mut self, agent: &str, ma: &str) {
+        for name in OBJECT_COUNTERS.iter().chain([&ERRORS]) {
+            self.step_objects
+                .entry((agent.to_string(), ma.to_string(), name))
                 .or_insert(0);
         }
     }
@@ -941,16 +951,30 @@ impl Metrics {
                     .get_state(&format!("pause/schedule/{}", d.name))?
                     .and_then(|b| <v1::Pause as prost::Message>::decode(b.as_slice()).ok())
                     .filter(|p| p.paused);
-                schedules.push((d.name, counters, durations, pause));
+                let doc = match crate::fleetfile::from_json(&d.kind, &d.json) {
+                    Ok(crate::model::Document::Schedule(doc)) => Some(doc),
+                    _ => None,
+                };
+                schedules.push((d.name, counters, durations, pause, doc));
             }
             Ok((agents, schedules))
         })
         .await?;
         let mut g = FleetGauges::default();
         {
+            // Series from 0 for what may happen next: ad-hoc runs of every agent, the runs of
+            // every schedule on the agents it targets, the object counters of every MA.
             let mut runs = lock(&self.inner.runs);
             for a in &agents {
                 runs.know(&a.name, "");
+                for ma in &a.management_agents {
+                    runs.know_ma(&a.name, &ma.name);
+                }
+                for doc in schedules.iter().filter_map(|s| s.4.as_ref()) {
+                    if doc.targets.matches(&a.name, &a.labels) {
+                        runs.know(&a.name, &doc.sequence);
+                    }
+                }
             }
         }
         for a in agents {
@@ -963,7 +987,7 @@ impl Metrics {
                 state: state.label(),
             });
         }
-        for (name, counters, durations, pause) in schedules {
+        for (name, counters, durations, pause, _) in schedules {
             let interval = self.scheduler.interval(&name).await;
             g.schedules.push(ScheduleRow {
                 saturation: crate::operations::saturation(&durations, interval),
@@ -1213,6 +1237,12 @@ mod tests {
         assert!(a.apply(&run("r1", v1::RunState::Held, vec![])));
         let key = ("sync-01".to_string(), "delta".to_string(), "held");
         assert_eq!(a.runs[&key], 1);
+        // An MA of an agent's inventory has every object counter from 0.
+        a.know_ma("sync-02", "HR");
+        for c in ["stage-add", "export-delete", "export-failure", ERRORS] {
+            let key = ("sync-02".to_string(), "HR".to_string(), c);
+            assert_eq!(a.step_objects.get(&key), Some(&0), "{c}");
+        }
         // The same from the store pass.
         let mut b = Aggregates::default();
         b.load(&run("r2", v1::RunState::Succeeded, vec![]), true);

@@ -276,6 +276,12 @@ fn metrics_count_the_runs_in_the_store_also_after_a_restart() {
                         &[("agent", a), ("sequence", ""), ("result", "held")],
                     )
                     .is_some()
+                        && sample(
+                            &s,
+                            "syncfleet_step_objects_total",
+                            &[("agent", a), ("ma", "AD"), ("counter", "errors")],
+                        )
+                        .is_some_and(|s| s.2 == 0.0)
                 })
                 .then_some(s)
         },

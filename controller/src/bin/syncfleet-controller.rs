@@ -110,7 +110,10 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 fn effective(c: &Common) -> Result<ControllerConfig, ConfigError> {
     let mut layers = config::Layers::<ControllerConfig>::new()
         .file(c.config.as_deref())?
-        .env(&config::CONTROLLER_ENV, std::env::vars())?;
+        .env(
+            &config::CONTROLLER_ENV,
+            syncfleet_agent::config::process_env(),
+        )?;
     if let Some(v) = &c.data_dir {
         layers = layers.flag("data_dir", v.display(), "--data-dir");
     }
