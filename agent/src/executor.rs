@@ -1017,7 +1017,7 @@ impl Executor {
         let stuck = Arc::clone(&self.stuck);
         let ma = ma.to_string();
         let poll = self.opts.busy_poll;
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             loop {
                 tokio::time::sleep(poll).await;
                 let idle = matches!(engine.status(&ma).await, Ok(MaStatus::Idle));
@@ -1027,7 +1027,7 @@ impl Executor {
                     return;
                 }
             }
-        });
+        }));
     }
 
     /// Counters of a finished execution from its run history.

@@ -82,13 +82,27 @@ pub fn build_engine(cfg: &AgentConfig) -> Result<Arc<dyn engine::SyncEngine>, Ag
 
 /// Run the agent until `shutdown` is cancelled, with the engine built from the configuration.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    cfg.validate()?;
-    let engine = build_engine(&cfg)?;
-    run_with_engine(cfg, engine, shutdown).await
+    let name = cfg.name.clone();
+    telemetry::in_agent(&name, async move {
+        cfg.validate()?;
+        let engine = build_engine(&cfg)?;
+        run_agent(cfg, engine, shutdown).await
+    })
+    .await
 }
 
-/// Run the agent with a given engine driver (tests and `dev` mode use this with `sim`).
+/// Run the agent with a given engine driver (tests and `dev` mode use this with `sim`). Every
+/// line it logs and every span it opens carries `agent=<name>` ([`telemetry::in_agent`]).
 pub async fn run_with_engine(
+    cfg: AgentConfig,
+    engine: Arc<dyn engine::SyncEngine>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let name = cfg.name.clone();
+    telemetry::in_agent(&name, run_agent(cfg, engine, shutdown)).await
+}
+
+async fn run_agent(
     cfg: AgentConfig,
     engine: Arc<dyn engine::SyncEngine>,
     shutdown: CancellationToken,

@@ -44,23 +44,27 @@ struct RunArgs {
     #[arg(long, env = "SYNCFLEET_AGENT_CONFIG")]
     config: Option<PathBuf>,
     /// Agent name (overrides `name`).
-    #[arg(long, env = "SYNCFLEET_AGENT_NAME")]
+    #[arg(long)]
     name: Option<String>,
     /// Controller URL, https://host:port (overrides `controller`).
-    #[arg(long, env = "SYNCFLEET_CONTROLLER")]
+    #[arg(long)]
     controller: Option<String>,
     /// Data folder for the journal and TLS files (overrides `data_dir`).
-    #[arg(long, env = "SYNCFLEET_AGENT_DATA_DIR")]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Simulated engine: which example server to simulate (overrides `engine.server`).
-    #[arg(long, env = "SYNCFLEET_SIM_SERVER")]
+    #[arg(long)]
     sim_server: Option<usize>,
     /// Simulated engine: duration multiplier (overrides `engine.time_scale`).
-    #[arg(long, env = "SYNCFLEET_SIM_TIME_SCALE")]
+    #[arg(long)]
     sim_time_scale: Option<f64>,
     /// Label key=value (repeatable; adds to `labels`).
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Any key: KEY=VALUE with a dotted key, e.g. `executor.watchdog=2h` (repeatable; wins over
+    /// the file and SYNCFLEET_AGENT_* variables).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+    sets: Vec<(String, String)>,
     /// Log format.
     #[arg(long, env = "SYNCFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -72,7 +76,7 @@ struct RunArgs {
 #[derive(clap::Args, Debug)]
 struct EnrollArgs {
     /// Controller URL, https://host:port (overrides `controller`).
-    #[arg(long, env = "SYNCFLEET_CONTROLLER")]
+    #[arg(long)]
     controller: Option<String>,
     /// One-time enrollment token "<id>.<secret>" from 'syncfleet tokens create'.
     #[arg(long, env = "SYNCFLEET_ENROLL_TOKEN", hide_env_values = true)]
@@ -82,10 +86,10 @@ struct EnrollArgs {
     #[arg(long = "ca-pin", value_name = "SHA256")]
     ca_pin: String,
     /// Agent name the token was created for (overrides `name`).
-    #[arg(long, env = "SYNCFLEET_AGENT_NAME")]
+    #[arg(long)]
     name: Option<String>,
     /// Data folder for the TLS files (overrides `data_dir`).
-    #[arg(long, env = "SYNCFLEET_AGENT_DATA_DIR")]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Configuration file (TOML): name, controller, data_dir and tls.* are taken from it.
     #[arg(long, env = "SYNCFLEET_AGENT_CONFIG")]
@@ -96,23 +100,32 @@ struct EnrollArgs {
     tls_server_name: Option<String>,
 }
 
+/// The file, `SYNCFLEET_AGENT_*` variables and the flags, in rising precedence.
+fn layers(
+    config: Option<&std::path::Path>,
+) -> Result<config::Layers<AgentConfig>, config::ConfigError> {
+    config::Layers::new()
+        // The engine table's tag, so that a variable or flag can set one of its keys alone.
+        .base("engine.kind", "sim")
+        .file(config)?
+        .env(&config::AGENT_ENV, config::process_env())
+}
+
 fn enroll_config(args: &EnrollArgs) -> Result<AgentConfig, config::ConfigError> {
-    let mut cfg: AgentConfig = match &args.config {
-        Some(p) => config::load_toml(p)?,
-        None => AgentConfig::default(),
-    };
+    let mut layers = layers(args.config.as_deref())?;
     if let Some(v) = &args.name {
-        cfg.name.clone_from(v);
+        layers = layers.flag("name", v, "--name");
     }
     if let Some(v) = &args.controller {
-        cfg.controller.clone_from(v);
+        layers = layers.flag("controller", v, "--controller");
     }
     if let Some(v) = &args.data_dir {
-        cfg.data_dir.clone_from(v);
+        layers = layers.flag("data_dir", v.display(), "--data-dir");
     }
     if let Some(v) = &args.tls_server_name {
-        cfg.tls.server_name = Some(v.clone());
+        layers = layers.flag("tls.server_name", v, "--tls-server-name");
     }
+    let cfg = layers.extract()?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -162,31 +175,35 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("label {s:?} must look like key=value"))
 }
 
+/// `--set KEY=VALUE`.
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "{s:?} must look like KEY=VALUE with a dotted key, e.g. executor.watchdog=2h"
+        )),
+    }
+}
+
 fn effective(args: &RunArgs) -> Result<AgentConfig, config::ConfigError> {
-    let mut cfg: AgentConfig = match &args.config {
-        Some(p) => config::load_toml(p)?,
-        None => AgentConfig::default(),
-    };
+    let mut layers = layers(args.config.as_deref())?;
     if let Some(v) = &args.name {
-        cfg.name.clone_from(v);
+        layers = layers.flag("name", v, "--name");
     }
     if let Some(v) = &args.controller {
-        cfg.controller.clone_from(v);
+        layers = layers.flag("controller", v, "--controller");
     }
     if let Some(v) = &args.data_dir {
-        cfg.data_dir.clone_from(v);
+        layers = layers.flag("data_dir", v.display(), "--data-dir");
     }
-    if let config::EngineConfig::Sim {
-        server, time_scale, ..
-    } = &mut cfg.engine
-    {
-        if let Some(v) = args.sim_server {
-            *server = v;
-        }
-        if let Some(v) = args.sim_time_scale {
-            *time_scale = Some(v);
-        }
+    if let Some(v) = args.sim_server {
+        layers = layers.flag("engine.server", v, "--sim-server");
     }
+    if let Some(v) = args.sim_time_scale {
+        layers = layers.flag("engine.time_scale", v, "--sim-time-scale");
+    }
+    let mut cfg = layers.sets(&args.sets).extract()?;
+    // Added after the layers: a label key may contain dots, which a key path would split.
     for (k, v) in &args.labels {
         cfg.labels.insert(k.clone(), v.clone());
     }
@@ -267,6 +284,10 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = syncfleet_agent::telemetry::check_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if args.dump_config {
         match toml::to_string_pretty(&cfg) {
             Ok(s) => {
@@ -338,5 +359,6 @@ fn init_logging(format: &str, cfg: &AgentConfig) -> syncfleet_agent::telemetry::
         service_name: "syncfleet-agent",
         log_format: format.to_string(),
         attributes,
+        agent: Some(cfg.name.clone()),
     })
 }

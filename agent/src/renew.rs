@@ -352,11 +352,11 @@ pub fn spawn(
     live: &session::LiveChannel,
 ) -> RenewalTask {
     prepare(cfg);
-    RenewalTask(tokio::spawn(run(
+    RenewalTask(tokio::spawn(tracing::Instrument::in_current_span(run(
         cfg.clone(),
         shutdown.clone(),
         Arc::clone(live),
-    )))
+    ))))
 }
 
 #[cfg(test)]

@@ -5,9 +5,16 @@
 //!   step inside a `step` span) whose fields carry `run_id` and `trace_id`, so every log line
 //!   about a run names both: the JSON formatter prints them under `span` / `spans`, the text
 //!   formatter as the `run{run_id=… trace_id=…}:` prefix.
-//! - **Traces** are exported over OTLP/gRPC when the standard variables ask for it:
+//! - **Traces** are exported over OTLP when the standard variables ask for it:
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` set (and neither
-//!   `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`). The rest of `OTEL_*` applies as
+//!   `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`).
+//!   `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` picks the protocol: `grpc` (also when unset, so
+//!   endpoints set up for earlier versions keep working) or `http/protobuf` (spans POSTed to
+//!   `<endpoint>/v1/traces`, or to the `…TRACES_ENDPOINT` as given; plain `http://` only). Any
+//!   other value, and an `https://` endpoint with `http/protobuf`, stop the daemon at start
+//!   ([`check_env`], exit code 64) rather than being ignored. Failed exports are logged (target
+//!   `syncfleet::otlp`) at most once a minute, with the number of failures since the last such
+//!   line. The rest of `OTEL_*` applies as
 //!   the OpenTelemetry SDK reads it: `OTEL_BSP_*` (batching), `OTEL_TRACES_SAMPLER[_ARG]`,
 //!   `OTEL_EXPORTER_OTLP_[TRACES_]{HEADERS,TIMEOUT,COMPRESSION,INSECURE}`, `OTEL_SERVICE_NAME`,
 //!   `OTEL_RESOURCE_ATTRIBUTES`; `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` (and
@@ -49,6 +56,81 @@ pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
+/// Problems with the `OTEL_*` settings, found before the daemon starts.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error(
+        "{var}={value:?} is not an OTLP protocol syncfleet speaks: use `grpc` or `http/protobuf` (unset means grpc)"
+    )]
+    UnknownProtocol { var: &'static str, value: String },
+    #[error(
+        "{var}=http/json is not supported: use `http/protobuf` (the same collector port, 4318) or `grpc`"
+    )]
+    JsonProtocol { var: &'static str },
+    #[error(
+        "OTLP http/protobuf is sent over plain HTTP only, and the endpoint {endpoint} is https: use OTEL_EXPORTER_OTLP_PROTOCOL=grpc for an https collector (verified with OTEL_EXPORTER_OTLP_CERTIFICATE), or an http:// endpoint such as a local collector"
+    )]
+    HttpsOverHttp { endpoint: String },
+}
+
+/// The OTLP protocols the exporter speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// The protocol `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` (else `OTEL_EXPORTER_OTLP_PROTOCOL`)
+/// names; gRPC when neither is set.
+pub fn otlp_protocol() -> Result<OtlpProtocol, TelemetryError> {
+    let (var, value) = match (
+        env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+        env("OTEL_EXPORTER_OTLP_PROTOCOL"),
+    ) {
+        (Some(v), _) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", v),
+        (None, Some(v)) => ("OTEL_EXPORTER_OTLP_PROTOCOL", v),
+        (None, None) => return Ok(OtlpProtocol::Grpc),
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+        "http/json" => Err(TelemetryError::JsonProtocol { var }),
+        _ => Err(TelemetryError::UnknownProtocol { var, value }),
+    }
+}
+
+fn otlp_endpoint() -> String {
+    env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .unwrap_or_default()
+}
+
+/// Check the `OTEL_*` settings when they ask for export: the protocol, and that an
+/// http/protobuf endpoint is plain HTTP. The daemons call this with their configuration, so a
+/// bad value stops them (exit code 64) before any port is bound instead of being ignored.
+pub fn check_env() -> Result<Option<OtlpProtocol>, TelemetryError> {
+    if !export_requested() {
+        return Ok(None);
+    }
+    let protocol = otlp_protocol()?;
+    let endpoint = otlp_endpoint();
+    if protocol == OtlpProtocol::HttpProtobuf
+        && endpoint.trim().to_ascii_lowercase().starts_with("https://")
+    {
+        return Err(TelemetryError::HttpsOverHttp { endpoint });
+    }
+    Ok(Some(protocol))
+}
+
 /// What [`init`] sets up.
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -59,6 +141,9 @@ pub struct Setup {
     pub log_format: String,
     /// Extra resource attributes (agent name and labels).
     pub attributes: Vec<(String, String)>,
+    /// The agent this process is, if it is one: the setup's own log lines name it like every
+    /// other line of the agent.
+    pub agent: Option<String>,
 }
 
 /// Keeps the exporter alive; flushes and stops it when dropped.
@@ -113,12 +198,24 @@ pub fn export_requested() -> bool {
         || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
 }
 
+/// Whether text logs are coloured: only on a terminal, and never when `NO_COLOR` is set to a
+/// non-empty value (<https://no-color.org>). A file or pipe gets plain text.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&str>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(str::is_empty)
+}
+
 /// Install the global `tracing` subscriber (logs, and trace export when requested). Call once,
 /// early in `main`; keep the guard until exit.
 pub fn init(setup: &Setup) -> TelemetryGuard {
     let filter =
         EnvFilter::try_from_env("SYNCFLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let colour = use_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var("NO_COLOR").ok().as_deref(),
+    );
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = if setup.log_format == "json" {
         fmt.json().with_filter(filter).boxed()
     } else {
@@ -130,8 +227,15 @@ pub fn init(setup: &Setup) -> TelemetryGuard {
         runtime: None,
     };
     let mut problem = None;
-    if export_requested() {
-        match exporter(setup) {
+    let protocol = match check_env() {
+        Ok(p) => p,
+        Err(e) => {
+            problem = Some(e.to_string());
+            None
+        }
+    };
+    if let Some(protocol) = protocol {
+        match exporter(setup, protocol) {
             Ok((provider, runtime)) => {
                 let tracer = provider.tracer(setup.service_name);
                 // Only syncfleet's own spans and events: no gRPC/HTTP internals, and a quiet
@@ -161,12 +265,17 @@ pub fn init(setup: &Setup) -> TelemetryGuard {
         guard.shutdown();
         return guard;
     }
+    let _agent = setup
+        .agent
+        .as_deref()
+        .map(|name| agent_span(name).entered());
     if let Some(e) = problem {
         tracing::warn!(error = %e, "OTLP trace export is off: the exporter could not be set up");
-    } else if exporting() {
+    } else if let Some(protocol) = protocol.filter(|_| exporting()) {
         tracing::info!(
-            endpoint = %env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT")).unwrap_or_default(),
-            "exporting traces over OTLP/gRPC"
+            endpoint = %otlp_endpoint(),
+            protocol = protocol.label(),
+            "exporting traces over OTLP"
         );
     }
     guard
@@ -219,7 +328,10 @@ fn tls_from_env() -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
     Ok(Some(tls))
 }
 
-fn exporter(setup: &Setup) -> Result<(SdkTracerProvider, tokio::runtime::Runtime), String> {
+fn exporter(
+    setup: &Setup,
+    protocol: OtlpProtocol,
+) -> Result<(SdkTracerProvider, tokio::runtime::Runtime), String> {
     use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -230,19 +342,148 @@ fn exporter(setup: &Setup) -> Result<(SdkTracerProvider, tokio::runtime::Runtime
     let exporter = {
         // The tonic channel spawns its connection tasks on the runtime it is built in.
         let _rt = runtime.enter();
-        let mut b = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_protocol(opentelemetry_otlp::Protocol::Grpc);
-        if let Some(tls) = tls_from_env()? {
-            b = b.with_tls_config(tls);
+        match protocol {
+            OtlpProtocol::Grpc => {
+                let mut b = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_protocol(opentelemetry_otlp::Protocol::Grpc);
+                if let Some(tls) = tls_from_env()? {
+                    b = b.with_tls_config(tls);
+                }
+                b.build().map_err(|e| e.to_string())?
+            }
+            // The endpoint (`…/v1/traces` appended to OTEL_EXPORTER_OTLP_ENDPOINT), headers,
+            // timeout and compression come from the standard variables.
+            OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .build()
+                .map_err(|e| e.to_string())?,
         }
-        b.build().map_err(|e| e.to_string())?
+    };
+    let exporter = LoggedExporter {
+        inner: Arc::new(exporter),
+        runtime: runtime.handle().clone(),
+        failures: std::sync::Mutex::new(ExportFailures::new(EXPORT_FAILURE_LOG_INTERVAL)),
+        protocol,
+        endpoint: otlp_endpoint(),
     };
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource(setup))
         .build();
     Ok((provider, runtime))
+}
+
+/// Failed exports are logged at most once in this interval.
+const EXPORT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Counts failed exports and says when to log them: the first failure at once, later ones at
+/// most once per `every`, with the number of failures since the last line.
+#[derive(Debug)]
+struct ExportFailures {
+    every: Duration,
+    last_logged: Option<std::time::Instant>,
+    unreported: u64,
+}
+
+impl ExportFailures {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last_logged: None,
+            unreported: 0,
+        }
+    }
+
+    /// One more failure at `now`: the count to log now, or None to stay quiet.
+    fn failed(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.unreported += 1;
+        match self.last_logged {
+            Some(t) if now.saturating_duration_since(t) < self.every => None,
+            _ => {
+                self.last_logged = Some(now);
+                Some(std::mem::take(&mut self.unreported))
+            }
+        }
+    }
+}
+
+/// The OTLP exporter, run on the export runtime (the batch processor's own thread has none,
+/// and the HTTP client needs one), with its failures logged instead of dropped silently.
+struct LoggedExporter {
+    inner: Arc<opentelemetry_otlp::SpanExporter>,
+    runtime: tokio::runtime::Handle,
+    failures: std::sync::Mutex<ExportFailures>,
+    protocol: OtlpProtocol,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for LoggedExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoggedExporter")
+            .field("protocol", &self.protocol)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoggedExporter {
+    fn failed(&self, error: &opentelemetry_sdk::error::OTelSdkError) {
+        let report = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed(std::time::Instant::now());
+        if let Some(failures) = report {
+            // Target outside `syncfleet_agent`/`syncfleet_controller`: never exported itself.
+            tracing::warn!(
+                target: "syncfleet::otlp",
+                failures,
+                protocol = self.protocol.label(),
+                endpoint = %self.endpoint,
+                error = %error,
+                "OTLP trace export failed; the spans of the failed batches are dropped (logged at most once a minute, `failures` counts them since the last such line)"
+            );
+        }
+    }
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for LoggedExporter {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        let inner = Arc::clone(&self.inner);
+        let task = self.runtime.spawn(async move { inner.export(batch).await });
+        async move {
+            let result = match task.await {
+                Ok(r) => r,
+                Err(e) => Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                    format!("the export task ended: {e}"),
+                )),
+            };
+            if let Err(e) = &result {
+                self.failed(e);
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        // Called while the provider is built, before any export shares the exporter.
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.set_resource(resource);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,6 +537,30 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Agent spans
 
+/// The span everything one agent logs and traces is emitted in: its `agent=<name>` field tells
+/// apart the agents of one process (the controller's `dev` mode). Tasks the agent spawns run in
+/// it too (`in_current_span`). ERROR level, so that no log filter drops it (a disabled span
+/// would take the field away); target `syncfleet::agent`, outside the `syncfleet_agent` target
+/// that trace export takes, so it is never exported and every run stays a trace of its own.
+pub fn agent_span(name: &str) -> tracing::Span {
+    tracing::span!(target: "syncfleet::agent", tracing::Level::ERROR, "agent", agent = %name)
+}
+
+tokio::task_local! {
+    /// The name of the agent whose task this is, for the `agent` attribute of exported run and
+    /// step spans (the agent span itself is never exported).
+    static AGENT_NAME: String;
+}
+
+/// Run `fut` (an agent) inside its [`agent_span`], with its name known to the run spans it
+/// opens.
+pub async fn in_agent<F: std::future::Future>(name: &str, fut: F) -> F::Output {
+    let span = agent_span(name);
+    AGENT_NAME
+        .scope(name.to_string(), tracing::Instrument::instrument(fut, span))
+        .await
+}
+
 /// The agent's span for one run: the child of the controller's span named by
 /// `StartRun.traceparent` (a new trace when it is empty). Fields `run_id` and `trace_id` tag every
 /// log line inside it.
@@ -307,6 +572,7 @@ pub fn run_span(start: &v1::StartRun) -> tracing::Span {
         otel.status_code = Empty,
         run_id = %start.run_id,
         trace_id = Empty,
+        agent = Empty,
         state = Empty,
         result = Empty,
     );
@@ -321,9 +587,13 @@ pub fn run_span(start: &v1::StartRun) -> tracing::Span {
         (Some(tp), None) => trace_id_of(tp).map(str::to_string),
         (None, None) => trace_id_of(&new_traceparent()).map(str::to_string),
     };
+    let agent = AGENT_NAME.try_with(String::clone).unwrap_or_default();
+    if !agent.is_empty() {
+        span.record("agent", agent.as_str());
+    }
     if let Some(t) = trace_id {
         span.record("trace_id", t.as_str());
-        lock_traces().insert(start.run_id.clone(), t);
+        lock_traces().insert(start.run_id.clone(), (t, agent));
     }
     span
 }
@@ -336,6 +606,7 @@ pub fn step_span(run_id: &str, index: u32, step: &v1::StepSpec) -> tracing::Span
         otel.status_code = Empty,
         run_id = %run_id,
         trace_id = Empty,
+        agent = Empty,
         step = index + 1,
         ma = %step.ma,
         profile = %step.profile,
@@ -353,8 +624,11 @@ pub fn step_span(run_id: &str, index: u32, step: &v1::StepSpec) -> tracing::Span
         error_count = Empty,
         detail = Empty,
     );
-    if let Some(t) = lock_traces().get(run_id) {
+    if let Some((t, agent)) = lock_traces().get(run_id) {
         span.record("trace_id", t.as_str());
+        if !agent.is_empty() {
+            span.record("agent", agent.as_str());
+        }
     }
     span
 }
@@ -369,11 +643,12 @@ pub fn in_step<F: std::future::Future>(
     tracing::Instrument::instrument(fut, step_span(run_id, index, step))
 }
 
-/// Trace ids of the runs executing now (for their step spans' `trace_id` field).
-static RUN_TRACES: std::sync::LazyLock<std::sync::Mutex<HashMap<String, String>>> =
+/// Trace ids and agent names of the runs executing now (for their step spans' `trace_id` and
+/// `agent` fields).
+static RUN_TRACES: std::sync::LazyLock<std::sync::Mutex<HashMap<String, (String, String)>>> =
     std::sync::LazyLock::new(|| std::sync::Mutex::new(HashMap::new()));
 
-fn lock_traces() -> std::sync::MutexGuard<'static, HashMap<String, String>> {
+fn lock_traces() -> std::sync::MutexGuard<'static, HashMap<String, (String, String)>> {
     RUN_TRACES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -438,7 +713,7 @@ pub fn on_event(run_id: &str, kind: &Kind) {
             if ok {
                 tracing::info!(run_id, state = state.label(), result = %f.result, "run finished");
             } else {
-                tracing::warn!(run_id, state = state.label(), result = %f.result, message = %f.message, "run finished");
+                tracing::warn!(run_id, state = state.label(), result = %f.result, detail = %f.message, "run finished");
             }
         }
         Kind::RunStarted(_) | Kind::StepProgress(_) | Kind::StepWaiting(_) => {}
@@ -483,7 +758,7 @@ impl PendingCache {
             st.refreshing = true;
             let inner = Arc::clone(&self.inner);
             let engine = Arc::clone(engine);
-            tokio::spawn(async move {
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
                 let read =
                     tokio::time::timeout(PENDING_REFRESH_TIMEOUT, read_pending(&engine)).await;
                 let mut st = inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -491,7 +766,7 @@ impl PendingCache {
                     st.last = v;
                 }
                 st.refreshing = false;
-            });
+            }));
         }
         st.last.clone()
     }
@@ -544,6 +819,76 @@ mod tests {
         ] {
             assert_eq!(trace_id_of(bad), None, "{bad:?}");
         }
+    }
+
+    /// Collects what a formatter writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_run_logs_one_message_key_and_its_detail() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            on_event(
+                "r1",
+                &Kind::RunFinished(v1::RunFinished {
+                    state: v1::RunState::Failed as i32,
+                    result: "stopped-connectivity".into(),
+                    message: "AD: the directory did not answer".into(),
+                }),
+            );
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let line = text.lines().next().unwrap();
+        assert_eq!(
+            line.matches("\"message\":").count(),
+            1,
+            "one `message` key per JSON line: {line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["fields"]["message"], "run finished");
+        assert_eq!(v["fields"]["detail"], "AD: the directory did not answer");
+    }
+
+    #[test]
+    fn export_failures_are_logged_at_most_once_a_minute_with_their_count() {
+        let t0 = std::time::Instant::now();
+        let mut f = ExportFailures::new(Duration::from_secs(60));
+        assert_eq!(f.failed(t0), Some(1), "the first failure is logged at once");
+        assert_eq!(f.failed(t0 + Duration::from_secs(1)), None);
+        assert_eq!(f.failed(t0 + Duration::from_secs(30)), None);
+        assert_eq!(f.failed(t0 + Duration::from_secs(59)), None);
+        assert_eq!(
+            f.failed(t0 + Duration::from_secs(61)),
+            Some(4),
+            "the next line counts every failure since the last one"
+        );
+        assert_eq!(f.failed(t0 + Duration::from_secs(62)), None);
+        assert_eq!(f.failed(t0 + Duration::from_secs(200)), Some(2));
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("")));
+        assert!(!use_colour(true, Some("1")));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some("1")));
     }
 
     #[test]

@@ -73,6 +73,11 @@ impl DevArgs {
 /// Runs `dev` as a process: logging, a multi-threaded runtime, Ctrl-C/SIGTERM to stop. Returns
 /// the process exit code.
 pub fn main(args: &DevArgs, default_cli_config: Option<&Path>) -> ExitCode {
+    // `OTEL_*` settings the exporter cannot follow are configuration errors, like a bad key.
+    if let Err(e) = syncfleet_agent::telemetry::check_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(crate::config::EXIT_CONFIG);
+    }
     let _telemetry = crate::telemetry::init(&args.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

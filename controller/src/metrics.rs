@@ -5,16 +5,16 @@
 //!
 //! | family | type | labels | what |
 //! |---|---|---|---|
-//! | `syncfleet_runs_total` | counter | agent, sequence, result | runs that ended, by end state (`succeeded`, `completed_with_errors`, `failed`, `held`, `cancelled`, `skipped`, `unknown`: the labels of `syncfleet runs list`); `sequence=""` for ad-hoc runs |
+//! | `syncfleet_runs_total` | counter | agent, sequence, result | runs that ended, by end state, every state from 0 once the agent and sequence are known (`succeeded`, `completed_with_errors`, `failed`, `held`, `cancelled`, `skipped`, `unknown`: the labels of `syncfleet runs list`); `sequence=""` for ad-hoc runs |
 //! | `syncfleet_runs_active` | gauge | state | runs `pending`, `dispatched` or `running` now |
 //! | `syncfleet_run_duration_seconds` | histogram | sequence | agent start to end of runs that ended |
 //! | `syncfleet_step_duration_seconds` | histogram | agent, ma, profile | executed steps (engine start to result) |
-//! | `syncfleet_step_objects_total` | counter | agent, ma, counter | objects changed by executed steps: `counter` is the engine's run-history name (`stage-add`, `stage-update`, `stage-delete`, `stage-failure`, `export-add`, `export-update`, `export-delete`, `export-failure`) or `errors` (synchronization/import/export errors the engine listed) |
+//! | `syncfleet_step_objects_total` | counter | agent, ma, counter | objects changed by executed steps (every counter from 0 for the MAs of an agent's inventory): `counter` is the engine's run-history name (`stage-add`, `stage-update`, `stage-delete`, `stage-failure`, `export-add`, `export-update`, `export-delete`, `export-failure`) or `errors` (synchronization/import/export errors the engine listed) |
 //! | `syncfleet_last_success_timestamp_seconds` | gauge | agent, ma, profile | end of the last step with a success-class result (`success`, `completed-no-objects`, `completed-warnings`, ...) |
 //! | `syncfleet_schedule_lateness_seconds` | histogram | schedule | nominal fire time to agent start of scheduled runs (jitter included) |
 //! | `syncfleet_schedule_fires_total` | counter | schedule | fire times that created runs (`fired`) |
-//! | `syncfleet_schedule_skipped_total` | counter | schedule, reason | fire times not run: `overlap`, `buffer_dropped`, `missed_catchup`, `paused`, `drained`, `no_target`, ... (the schedule's counters in `syncfleet schedules get`) |
-//! | `syncfleet_schedule_saturation` | gauge | schedule | median duration of its last 10 runs / its interval (as `schedules get`) |
+//! | `syncfleet_schedule_skipped_total` | counter | schedule, reason | fire times not run: `overlap`, `buffer_dropped`, `missed_catchup`, `paused`, `drained`, `no_target`, ... (the schedule's counters in `syncfleet schedules show`); every known reason from 0 |
+//! | `syncfleet_schedule_saturation` | gauge | schedule | median duration of its last 10 runs / its interval (as `schedules show`) |
 //! | `syncfleet_schedule_paused` | gauge | schedule, by | 1 while paused; `by="guard_rail"` when a held run paused it, `operator` otherwise |
 //! | `syncfleet_agents` | gauge | state | agents by connection state (`connected`, `disconnected`, `lost`) |
 //! | `syncfleet_agent_state` | gauge | agent, state | 1 for each agent's current state |
@@ -67,7 +67,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::Fleet;
-use crate::schedule::scheduler::Scheduler;
+use crate::schedule::scheduler::{Scheduler, counters};
 use crate::store::{self, RunQuery, Store, StoreError};
 
 /// How long agent and schedule gauges read from the store are reused between scrapes.
@@ -217,10 +217,21 @@ impl Ended {
 
 type AgentMaProfile = (String, String, String);
 
+/// The `result` labels of `syncfleet_runs_total`: every end state of a run.
+static END_STATES: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    (0..64)
+        .filter_map(|i| v1::RunState::try_from(i).ok())
+        .filter(|s| s.is_terminal())
+        .map(|s| s.label())
+        .collect()
+});
+
 /// The run-derived families.
 #[derive(Debug, Default)]
 struct Aggregates {
     runs: BTreeMap<(String, String, &'static str), u64>,
+    /// (agent, sequence) pairs whose `syncfleet_runs_total` series exist for every end state.
+    known: HashSet<(String, String)>,
     run_duration: BTreeMap<String, Hist>,
     step_duration: BTreeMap<AgentMaProfile, Hist>,
     step_objects: BTreeMap<(String, String, &'static str), u64>,
@@ -243,6 +254,36 @@ fn secs_between(
 }
 
 impl Aggregates {
+    /// Make the `syncfleet_runs_total` series of an agent and sequence exist, at 0 for every
+    /// end state not counted yet. A counter series that appears only at its first increment
+    /// loses that increment to `increase()`/`rate()` (nothing to compare it with), so series
+    /// are created when the pair becomes known: a connected agent (ad-hoc runs, sequence ""),
+    /// a run's first update (long before it ends), a run in the store.
+    fn know(&mut self, agent: &str, sequence: &str) {
+        if self
+            .known
+            .contains(&(agent.to_string(), sequence.to_string()))
+        {
+            return;
+        }
+        self.known.insert((agent.to_string(), sequence.to_string()));
+        for state in END_STATES.iter() {
+            self.runs
+                .entry((agent.to_string(), sequence.to_string(), state))
+                .or_insert(0);
+        }
+    }
+
+    /// Make the `syncfleet_step_objects_total` series of an agent's MA exist (0 until its
+    /// first step), for the same reason as [`Aggregates::know`].
+    fn know_ma(&mut self, agent: &str, ma: &str) {
+        for name in OBJECT_COUNTERS.iter().chain([&ERRORS]) {
+            self.step_objects
+                .entry((agent.to_string(), ma.to_string(), name))
+                .or_insert(0);
+        }
+    }
+
     /// Record what a run did so far that was not recorded yet (its start, steps now done).
     fn progress(&mut self, run: &v1::Run, a: &mut Active) {
         if !a.started && run.started_at.is_some() {
@@ -315,6 +356,7 @@ impl Aggregates {
     /// A run as read from the store. `guard`: remember it as ended (updates about it may still
     /// be queued).
     fn load(&mut self, run: &v1::Run, guard: bool) {
+        self.know(&run.agent, &run.sequence);
         let state = state_of(run);
         let mut a = Active::default();
         self.progress(run, &mut a);
@@ -331,6 +373,7 @@ impl Aggregates {
 
     /// A run update from the fleet. Returns true when the run has just ended.
     fn apply(&mut self, run: &v1::Run) -> bool {
+        self.know(&run.agent, &run.sequence);
         let state = state_of(run);
         if state.is_terminal() {
             let Some(mut a) = self.active.remove(&run.id) else {
@@ -419,6 +462,39 @@ fn skip_reason(counter: &str) -> Option<&str> {
         "missed_catchup" | "buffer_dropped" => Some(counter),
         c => c.strip_prefix("skipped_"),
     }
+}
+
+/// The schedule counters that count fire times not run, reported for every schedule from 0.
+const SKIP_COUNTERS: &[&str] = &[
+    counters::SKIPPED_OVERLAP,
+    counters::MISSED_CATCHUP,
+    counters::BUFFER_DROPPED,
+    counters::SKIPPED_PAUSED,
+    counters::SKIPPED_DRAINED,
+    counters::SKIPPED_NO_TARGET,
+];
+
+/// `syncfleet_schedule_skipped_total` of one schedule: every known reason (0 until it
+/// happens, so the first skip is not lost to `increase()`), then any other skip counter stored.
+fn skip_rows(s: &ScheduleRow) -> Vec<(&str, u64)> {
+    let value = |name: &str| {
+        s.counters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or(0, |(_, v)| *v)
+    };
+    let mut rows: Vec<(&str, u64)> = SKIP_COUNTERS
+        .iter()
+        .filter_map(|c| skip_reason(c).map(|r| (r, value(c))))
+        .collect();
+    for (k, v) in &s.counters {
+        if !SKIP_COUNTERS.contains(&k.as_str())
+            && let Some(r) = skip_reason(k)
+        {
+            rows.push((r, *v));
+        }
+    }
+    rows
 }
 
 // -------------------------------------------------------------------------------------------
@@ -608,9 +684,9 @@ impl Collector for Inner {
             "syncfleet_schedule_skipped",
             "Fire times of a schedule that did not run, by reason.",
             g.schedules.iter().flat_map(|s| {
-                s.counters.iter().filter_map(|(k, v)| {
-                    skip_reason(k).map(|r| ([("schedule", s.name.as_str()), ("reason", r)], *v))
-                })
+                skip_rows(s)
+                    .into_iter()
+                    .map(|(r, v)| ([("schedule", s.name.as_str()), ("reason", r)], v))
             }),
         )?;
         gauge_family(
@@ -875,12 +951,32 @@ impl Metrics {
                     .get_state(&format!("pause/schedule/{}", d.name))?
                     .and_then(|b| <v1::Pause as prost::Message>::decode(b.as_slice()).ok())
                     .filter(|p| p.paused);
-                schedules.push((d.name, counters, durations, pause));
+                let doc = match crate::fleetfile::from_json(&d.kind, &d.json) {
+                    Ok(crate::model::Document::Schedule(doc)) => Some(doc),
+                    _ => None,
+                };
+                schedules.push((d.name, counters, durations, pause, doc));
             }
             Ok((agents, schedules))
         })
         .await?;
         let mut g = FleetGauges::default();
+        {
+            // Series from 0 for what may happen next: ad-hoc runs of every agent, the runs of
+            // every schedule on the agents it targets, the object counters of every MA.
+            let mut runs = lock(&self.inner.runs);
+            for a in &agents {
+                runs.know(&a.name, "");
+                for ma in &a.management_agents {
+                    runs.know_ma(&a.name, &ma.name);
+                }
+                for doc in schedules.iter().filter_map(|s| s.4.as_ref()) {
+                    if doc.targets.matches(&a.name, &a.labels) {
+                        runs.know(&a.name, &doc.sequence);
+                    }
+                }
+            }
+        }
         for a in agents {
             let a = fleet.agent_view(a);
             let state = v1::AgentState::try_from(a.state).unwrap_or(v1::AgentState::Unspecified);
@@ -891,7 +987,7 @@ impl Metrics {
                 state: state.label(),
             });
         }
-        for (name, counters, durations, pause) in schedules {
+        for (name, counters, durations, pause, _) in schedules {
             let interval = self.scheduler.interval(&name).await;
             g.schedules.push(ScheduleRow {
                 saturation: crate::operations::saturation(&durations, interval),
@@ -1075,6 +1171,103 @@ mod tests {
             2,
             "above the last bound: +Inf only"
         );
+    }
+
+    /// Every `syncfleet ...` command an alert annotation tells operators to run parses with
+    /// the CLI's own definition.
+    #[test]
+    fn alert_annotations_name_commands_the_cli_accepts() {
+        use clap::Parser as _;
+        let text = include_str!("../../deploy/prometheus/alerts.yml");
+        let doc: serde_norway::Value = serde_norway::from_str(text).unwrap();
+        let mut checked = 0;
+        for group in doc["groups"].as_sequence().unwrap() {
+            for rule in group["rules"].as_sequence().unwrap() {
+                let Some(annotations) = rule.get("annotations").and_then(|a| a.as_mapping()) else {
+                    continue;
+                };
+                for (_, value) in annotations {
+                    let text = value.as_str().unwrap();
+                    // Commands are written between backticks.
+                    for (i, quoted) in text.split('`').enumerate() {
+                        if i % 2 == 0 || !quoted.trim_start().starts_with("syncfleet ") {
+                            continue;
+                        }
+                        let mut command = quoted.to_string();
+                        // Template placeholders become sample values.
+                        while let Some(start) = command.find("{{") {
+                            let end = command[start..].find("}}").unwrap() + start + 2;
+                            command.replace_range(start..end, "sample-1");
+                        }
+                        let args: Vec<&str> = command.split_whitespace().collect();
+                        if let Err(e) = crate::cli::Cli::try_parse_from(&args) {
+                            panic!(
+                                "alert {:?} tells operators to run `{quoted}`, which the CLI refuses:\n{e}",
+                                rule["alert"]
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked >= 5, "only {checked} commands found");
+    }
+
+    #[test]
+    fn known_agents_and_sequences_have_every_end_state_at_zero() {
+        let mut a = Aggregates::default();
+        a.know("sync-02", "");
+        let held = ("sync-02".to_string(), String::new(), "held");
+        assert_eq!(a.runs.get(&held), Some(&0));
+        // A run's agent and sequence are known from its first update, before it ends.
+        a.apply(&run("r1", v1::RunState::Pending, vec![]));
+        for state in [
+            "succeeded",
+            "completed_with_errors",
+            "failed",
+            "held",
+            "cancelled",
+            "skipped",
+            "unknown",
+        ] {
+            let key = ("sync-01".to_string(), "delta".to_string(), state);
+            assert_eq!(a.runs.get(&key), Some(&0), "{state}");
+        }
+        assert!(a.apply(&run("r1", v1::RunState::Held, vec![])));
+        let key = ("sync-01".to_string(), "delta".to_string(), "held");
+        assert_eq!(a.runs[&key], 1);
+        // An MA of an agent's inventory has every object counter from 0.
+        a.know_ma("sync-02", "HR");
+        for c in ["stage-add", "export-delete", "export-failure", ERRORS] {
+            let key = ("sync-02".to_string(), "HR".to_string(), c);
+            assert_eq!(a.step_objects.get(&key), Some(&0), "{c}");
+        }
+        // The same from the store pass.
+        let mut b = Aggregates::default();
+        b.load(&run("r2", v1::RunState::Succeeded, vec![]), true);
+        let key = ("sync-01".to_string(), "delta".to_string(), "failed");
+        assert_eq!(b.runs.get(&key), Some(&0));
+    }
+
+    #[test]
+    fn every_skip_reason_of_a_schedule_is_reported_from_zero() {
+        let row = ScheduleRow {
+            name: "every-5m".into(),
+            counters: vec![("skipped_overlap".into(), 2), ("fired".into(), 9)],
+            ..Default::default()
+        };
+        let rows = skip_rows(&row);
+        assert!(rows.contains(&("overlap", 2)), "{rows:?}");
+        for reason in [
+            "missed_catchup",
+            "buffer_dropped",
+            "paused",
+            "drained",
+            "no_target",
+        ] {
+            assert!(rows.contains(&(reason, 0)), "{reason}: {rows:?}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub fn init(log_format: &str) -> TelemetryGuard {
         service_name: "syncfleet-controller",
         log_format: log_format.to_string(),
         attributes: Vec::new(),
+        agent: None,
     })
 }
 

@@ -103,3 +103,176 @@ fn serve_without_pki_says_to_run_init() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("syncfleet-controller init"), "{err}");
 }
+
+/// `--dump-config` of `serve` with the given environment (and nothing inherited that starts
+/// with `SYNCFLEET_`).
+fn dump_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = controller();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SYNCFLEET_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["serve", "--dump-config"])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_key_is_settable_from_the_environment() {
+    let out = dump_with_env(
+        &[],
+        &[
+            ("SYNCFLEET_AGENT_LOST_AFTER", "30s"),
+            ("SYNCFLEET_HEARTBEAT_INTERVAL", "5s"),
+            ("SYNCFLEET_TLS__CERT", "/etc/syncfleet/controller.pem"),
+            ("SYNCFLEET_SERVER_NAMES", "[ctl.example.com, 10.0.0.5]"),
+            ("SYNCFLEET_FLEET", "prod"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "agent_lost_after = \"30s\"",
+        "heartbeat_interval = \"5s\"",
+        "cert = \"/etc/syncfleet/controller.pem\"",
+        "\"ctl.example.com\"",
+        "\"10.0.0.5\"",
+        "fleet = \"prod\"",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+}
+
+#[test]
+fn flags_win_over_the_environment_which_wins_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "fleet = \"from-file\"\npending_deadline = \"20m\"\nagent_lost_after = \"5m\"\n",
+    )
+    .unwrap();
+    let cfg_arg = cfg.to_str().unwrap();
+    let env = [
+        ("SYNCFLEET_FLEET", "from-env"),
+        ("SYNCFLEET_PENDING_DEADLINE", "30m"),
+    ];
+    let out = dump_with_env(&["--config", cfg_arg], &env);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fleet = \"from-env\""), "{text}");
+    assert!(text.contains("pending_deadline = \"30m\""), "{text}");
+    assert!(text.contains("agent_lost_after = \"5m\""), "{text}");
+    let out = dump_with_env(
+        &[
+            "--config",
+            cfg_arg,
+            "--fleet",
+            "from-flag",
+            "--set",
+            "pending_deadline=40m",
+            "--set",
+            "tls.key=/k.pem",
+        ],
+        &env,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fleet = \"from-flag\""), "{text}");
+    assert!(text.contains("pending_deadline = \"40m\""), "{text}");
+    assert!(text.contains("key = \"/k.pem\""), "{text}");
+}
+
+#[test]
+fn an_unknown_syncfleet_variable_is_refused_naming_the_closest_one() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = controller();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SYNCFLEET_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
+        .env("SYNCFLEET_AGENT_LOST_AFTR", "30s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SYNCFLEET_AGENT_LOST_AFTR") && err.contains("SYNCFLEET_AGENT_LOST_AFTER"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot listen"), "{err}");
+    // A misspelt nested key is named with the valid one of its table.
+    let out = dump_with_env(&[], &[("SYNCFLEET_TLS__CRT", "/x.pem")]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SYNCFLEET_TLS__CRT") && err.contains("SYNCFLEET_TLS__CERT"),
+        "{err}"
+    );
+    // So is a bad value, with the variable it came from.
+    let out = dump_with_env(&[], &[("SYNCFLEET_GRPC_LISTEN", "nowhere")]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SYNCFLEET_GRPC_LISTEN") && err.contains("grpc_listen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn variables_of_the_cli_and_the_agent_are_not_refused() {
+    let out = dump_with_env(
+        &[],
+        &[
+            ("SYNCFLEET_CONFIG", "/home/op/.config/syncfleet/config.toml"),
+            ("SYNCFLEET_CONTEXT", "prod"),
+            ("SYNCFLEET_LOG", "debug"),
+            ("SYNCFLEET_LOG_FORMAT", "json"),
+            ("SYNCFLEET_AGENT_NAME", "sync-01"),
+            ("SYNCFLEET_AGENT_EXECUTOR__WATCHDOG", "2h"),
+            ("SYNCFLEET_ENROLL_TOKEN", "a.b"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unknown_otlp_protocol_is_refused_before_binding() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    for (protocol, named) in [("http/xml", "http/xml"), ("http/json", "http/json")] {
+        let out = controller()
+            .args(["serve", "--data-dir"])
+            .arg(dir.path())
+            .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{protocol}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("OTEL_EXPORTER_OTLP_PROTOCOL")
+                && err.contains(named)
+                && err.contains("http/protobuf"),
+            "{err}"
+        );
+        assert!(!err.contains("cannot listen"), "{err}");
+    }
+}

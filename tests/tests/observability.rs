@@ -1,7 +1,8 @@
 //! Observability end to end (design decision 10), with the real binaries:
 //! - `/metrics` counts equal the runs the CLI lists, before and after a controller restart;
 //! - one trace per run: an in-test OTLP receiver gets the controller's run span and the agent's
-//!   run and step spans with one trace id and the right parent links;
+//!   run and step spans with one trace id and the right parent links, over gRPC and over
+//!   http/protobuf; failed exports are logged;
 //! - a real Prometheus (the Debian `prometheus` package) scrapes the controller: `up == 1`, and
 //!   loads the alert rules of `deploy/prometheus/alerts.yml`.
 //!
@@ -114,11 +115,11 @@ fn scrape(fleet: &Fleet) -> Vec<Sample> {
 
 type RunKey = (String, String, String);
 
-/// `syncfleet_runs_total` as (agent, sequence, result) -> count.
+/// `syncfleet_runs_total` as (agent, sequence, result) -> count, without the series still at 0.
 fn runs_total(samples: &[Sample]) -> BTreeMap<RunKey, u64> {
     samples
         .iter()
-        .filter(|(n, _, _)| n == "syncfleet_runs_total")
+        .filter(|(n, _, v)| n == "syncfleet_runs_total" && *v > 0.0)
         .map(|(_, l, v)| {
             (
                 (
@@ -258,6 +259,41 @@ fn metrics_count_the_runs_in_the_store_also_after_a_restart() {
     assert_eq!((http_status, body.trim()), (200, "ready"));
     let (http_status, _) = http_get(fleet.http_port, "/healthz").unwrap();
     assert_eq!(http_status, 200);
+
+    // Every end state of a known agent is a series from 0 before its first run ends, so that
+    // `increase()` sees the first one (a held run fires SyncfleetRunHeld).
+    let zeros = wait_for(
+        "zero-valued run series of the connected agents",
+        Duration::from_secs(60),
+        || {
+            let s = scrape(&fleet);
+            ["sync-01", "sync-02"]
+                .iter()
+                .all(|a| {
+                    sample(
+                        &s,
+                        "syncfleet_runs_total",
+                        &[("agent", a), ("sequence", ""), ("result", "held")],
+                    )
+                    .is_some()
+                        && sample(
+                            &s,
+                            "syncfleet_step_objects_total",
+                            &[("agent", a), ("ma", "AD"), ("counter", "errors")],
+                        )
+                        .is_some_and(|s| s.2 == 0.0)
+                })
+                .then_some(s)
+        },
+    );
+    for state in TERMINAL {
+        let s = sample(
+            &zeros,
+            "syncfleet_runs_total",
+            &[("agent", "sync-01"), ("sequence", ""), ("result", state)],
+        );
+        assert_eq!(s.map(|s| s.2), Some(0.0), "{state}");
+    }
 
     for _ in 0..2 {
         let (_, ok) = run_follow(&fleet, "sync-01", &["AD:Delta Import", "AD:Delta Sync"]);
@@ -423,14 +459,10 @@ mod otlp {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
-    #[tonic::async_trait]
-    impl TraceService for Receiver {
-        async fn export(
-            &self,
-            req: tonic::Request<ExportTraceServiceRequest>,
-        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+    impl Receiver {
+        fn take(&self, req: ExportTraceServiceRequest) {
             let mut got = Vec::new();
-            for rs in req.into_inner().resource_spans {
+            for rs in req.resource_spans {
                 let resource = rs
                     .resource
                     .as_ref()
@@ -452,10 +484,64 @@ mod otlp {
                 }
             }
             self.spans.lock().unwrap().extend(got);
+        }
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            self.take(req.into_inner());
             Ok(tonic::Response::new(ExportTraceServiceResponse {
                 partial_success: None,
             }))
         }
+    }
+
+    /// Serve OTLP http/protobuf (`POST /v1/traces`) on `port` until the runtime is dropped.
+    pub fn serve_http(rt: &tokio::runtime::Runtime, port: u16) -> Receiver {
+        use axum::http::{StatusCode, header};
+        let receiver = Receiver::default();
+        let state = receiver.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                    let content_type = headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    if content_type != "application/x-protobuf" {
+                        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new());
+                    }
+                    match <ExportTraceServiceRequest as prost::Message>::decode(body) {
+                        Ok(req) => {
+                            state.take(req);
+                            let resp = ExportTraceServiceResponse {
+                                partial_success: None,
+                            };
+                            (StatusCode::OK, prost::Message::encode_to_vec(&resp))
+                        }
+                        Err(_) => (StatusCode::BAD_REQUEST, Vec::new()),
+                    }
+                },
+            ),
+        );
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+        wait_for(
+            "the OTLP/HTTP receiver to listen",
+            Duration::from_secs(30),
+            || TcpStream::connect(("127.0.0.1", port)).ok(),
+        );
+        receiver
     }
 
     /// Serve the OTLP trace service on `port` until the runtime is dropped.
@@ -483,7 +569,7 @@ const OTEL_ENV: &[(&str, &str)] = &[
     ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
 ];
 
-fn start_controller_traced(fleet: &mut Fleet, endpoint: &str) {
+fn start_controller_traced(fleet: &mut Fleet, endpoint: &str, env: &[(&str, &str)]) {
     let log = fleet.dir.path().join("controller-traced.log");
     let mut cmd = Command::new(bin("syncfleet-controller"));
     cmd.args(["serve", "--fleet", "e2e", "--data-dir"])
@@ -492,7 +578,8 @@ fn start_controller_traced(fleet: &mut Fleet, endpoint: &str) {
         .args(["--http-listen", &format!("127.0.0.1:{}", fleet.http_port)])
         .args(["--log-format", "json"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-        .envs(OTEL_ENV.iter().copied());
+        .envs(OTEL_ENV.iter().copied())
+        .envs(env.iter().copied());
     let proc = Proc::spawn("controller", &mut cmd, log);
     let port = fleet.grpc_port;
     wait_for("the controller to listen", Duration::from_secs(30), || {
@@ -501,7 +588,13 @@ fn start_controller_traced(fleet: &mut Fleet, endpoint: &str) {
     fleet.controller = Some(proc);
 }
 
-fn start_agent_traced(fleet: &mut Fleet, name: &str, extra: &str, endpoint: &str) {
+fn start_agent_traced(
+    fleet: &mut Fleet,
+    name: &str,
+    extra: &str,
+    endpoint: &str,
+    env: &[(&str, &str)],
+) {
     let cfg = fleet.dir.path().join(format!("agent-{name}-traced.toml"));
     std::fs::write(
         &cfg,
@@ -518,7 +611,8 @@ fn start_agent_traced(fleet: &mut Fleet, name: &str, extra: &str, endpoint: &str
         .arg(&cfg)
         .args(["--log-format", "json"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-        .envs(OTEL_ENV.iter().copied());
+        .envs(OTEL_ENV.iter().copied())
+        .envs(env.iter().copied());
     let proc = Proc::spawn(name, &mut cmd, log);
     fleet.agents.insert(name.to_string(), proc);
 }
@@ -564,15 +658,16 @@ fn each_run_is_one_trace_across_controller_and_agent() {
     let endpoint = format!("http://127.0.0.1:{otlp_port}");
 
     let mut fleet = Fleet::init(&["sync-01", "sync-02"]);
-    start_controller_traced(&mut fleet, &endpoint);
+    start_controller_traced(&mut fleet, &endpoint, &[]);
     start_agent_traced(
         &mut fleet,
         "sync-01",
         "[engine]\nkind = \"sim\"\nserver = 0\ntime_scale = 0.01\n",
         &endpoint,
+        &[],
     );
     let flaky = failing_server(&fleet);
-    start_agent_traced(&mut fleet, "sync-02", &flaky, &endpoint);
+    start_agent_traced(&mut fleet, "sync-02", &flaky, &endpoint, &[]);
     fleet.wait_connected(&["sync-01", "sync-02"]);
 
     let (ok_run, ok) = run_follow(&fleet, "sync-01", &["AD:Delta Import", "AD:Delta Sync"]);
@@ -624,6 +719,11 @@ fn each_run_is_one_trace_across_controller_and_agent() {
             }
         }
         assert_eq!(run.resource["syncfleet.agent.name"], agent);
+        // In-process agents (dev mode) share a resource: the spans name their agent too.
+        assert_eq!(run.attrs.get("agent").map(String::as_str), Some(agent));
+        for s in &step_spans {
+            assert_eq!(s.attrs.get("agent").map(String::as_str), Some(agent));
+        }
         assert_eq!(run.resource["syncfleet.agent.label.env"], "e2e");
         assert_eq!(controller.resource["service.name"], "syncfleet-controller");
     }
@@ -655,7 +755,104 @@ fn each_run_is_one_trace_across_controller_and_agent() {
         .unwrap_or_else(|| panic!("no 'run created' line of {ok_run}:\n{controller_log}"));
     assert!(line.contains(trace.as_str()), "{line}");
 
+    // Every agent log line names its agent; a failed run's line has one `message` key.
+    for name in ["sync-01", "sync-02"] {
+        let log = fleet.agents[name].log_text();
+        for line in log.lines().filter(|l| l.starts_with('{')) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let agents: Vec<&str> = v["spans"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["agent"].as_str())
+                .collect();
+            assert!(
+                !agents.is_empty() && agents.iter().all(|a| *a == name),
+                "a line of {name} without its agent: {line}"
+            );
+        }
+    }
+    let log = fleet.agents["sync-02"].log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"run finished\"") && l.contains(failed_run.as_str()))
+        .unwrap_or_else(|| panic!("no 'run finished' line of {failed_run}:\n{log}"));
+    assert_eq!(line.matches("\"message\":").count(), 1, "{line}");
+    assert!(line.contains("\"detail\":"), "{line}");
+
     // Both daemons stop cleanly on SIGTERM with the exporter on (spans are flushed at exit).
+    for name in ["sync-01", "sync-02"] {
+        stop_gracefully(fleet.agents.get_mut(name).unwrap());
+    }
+    stop_gracefully(fleet.controller_mut());
+}
+
+#[test]
+fn traces_go_over_http_protobuf_and_failed_exports_are_logged() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let http_port = free_port();
+    let receiver = otlp::serve_http(&rt, http_port);
+    let endpoint = format!("http://127.0.0.1:{http_port}");
+    let http = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
+
+    let mut fleet = Fleet::init(&["sync-01", "sync-02"]);
+    start_controller_traced(&mut fleet, &endpoint, &http);
+    start_agent_traced(
+        &mut fleet,
+        "sync-01",
+        "[engine]\nkind = \"sim\"\nserver = 0\ntime_scale = 0.01\n",
+        &endpoint,
+        &http,
+    );
+    // sync-02 exports to a port nothing listens on, over each protocol in turn.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let sim = "[engine]\nkind = \"sim\"\nserver = 1\ntime_scale = 0.01\n";
+    start_agent_traced(&mut fleet, "sync-02", sim, &nowhere, &[]);
+    fleet.wait_connected(&["sync-01", "sync-02"]);
+
+    let (run_id, ok) = run_follow(&fleet, "sync-01", &["AD:Delta Import", "AD:Delta Sync"]);
+    assert!(ok);
+    let spans = run_spans(&receiver, &run_id, 2);
+    let controller = spans
+        .iter()
+        .find(|s| s.service == "syncfleet-controller")
+        .unwrap();
+    let run = spans.iter().find(|s| s.name == "execute run").unwrap();
+    assert_eq!(run.parent, controller.span_id);
+    assert!(spans.iter().all(|s| s.trace_id == controller.trace_id));
+    let log = fleet.controller.as_ref().unwrap().log_text();
+    assert!(
+        log.contains("\"protocol\":\"http/protobuf\""),
+        "the controller says which protocol it exports with:\n{log}"
+    );
+
+    let failed_export = |fleet: &Fleet, what: &str| {
+        wait_for(what, Duration::from_secs(60), || {
+            let log = fleet.agents["sync-02"].log_text();
+            log.lines()
+                .find(|l| l.contains("OTLP trace export failed"))
+                .map(str::to_string)
+        })
+    };
+    let (_, ok) = run_follow(&fleet, "sync-02", &["AD:Delta Import"]);
+    assert!(ok);
+    let line = failed_export(&fleet, "a logged gRPC export failure");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["protocol"], "grpc", "{line}");
+    assert!(v["fields"]["failures"].as_u64().unwrap() >= 1, "{line}");
+    stop_gracefully(fleet.agents.get_mut("sync-02").unwrap());
+
+    start_agent_traced(&mut fleet, "sync-02", sim, &nowhere, &http);
+    fleet.wait_connected(&["sync-02"]);
+    let (_, ok) = run_follow(&fleet, "sync-02", &["AD:Delta Import"]);
+    assert!(ok);
+    let line = failed_export(&fleet, "a logged http/protobuf export failure");
+    assert!(line.contains("\"protocol\":\"http/protobuf\""), "{line}");
+
     for name in ["sync-01", "sync-02"] {
         stop_gracefully(fleet.agents.get_mut(name).unwrap());
     }

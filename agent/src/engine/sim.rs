@@ -1093,10 +1093,10 @@ impl SyncEngine for SimEngine {
             let run_number = run.header.run_number;
             let (tx, rx) = oneshot::channel();
             let inner = self.inner.clone();
-            tokio::spawn(async move {
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
                 let outcome = inner.run(run, progress).await;
                 let _ = tx.send(outcome);
-            });
+            }));
             rx.await.map_err(|_| {
                 EngineError::Unavailable(format!(
                     "simulated run {run_number} on {ma:?} ended without a result"

@@ -45,23 +45,27 @@ struct Common {
     #[arg(long, env = "SYNCFLEET_CONTROLLER_CONFIG")]
     config: Option<PathBuf>,
     /// Data folder (store and PKI); overrides `data_dir`.
-    #[arg(long, env = "SYNCFLEET_DATA_DIR")]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// gRPC listen address; overrides `grpc_listen`.
-    #[arg(long, env = "SYNCFLEET_GRPC_LISTEN")]
+    #[arg(long)]
     grpc_listen: Option<SocketAddr>,
     /// HTTP listen address; overrides `http_listen`.
-    #[arg(long, env = "SYNCFLEET_HTTP_LISTEN")]
+    #[arg(long)]
     http_listen: Option<SocketAddr>,
     /// Fleet name; overrides `fleet`.
-    #[arg(long, env = "SYNCFLEET_FLEET")]
+    #[arg(long)]
     fleet: Option<String>,
     /// Pending-run deadline, e.g. "15m"; overrides `pending_deadline`.
-    #[arg(long, env = "SYNCFLEET_PENDING_DEADLINE", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pending_deadline: Option<std::time::Duration>,
     /// Lifetime of agent certificates, e.g. "24h"; overrides `agent_cert_lifetime`.
-    #[arg(long, env = "SYNCFLEET_AGENT_CERT_LIFETIME", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     agent_cert_lifetime: Option<std::time::Duration>,
+    /// Any key: KEY=VALUE with a dotted key, e.g. `tls.cert=/etc/syncfleet/controller.pem`
+    /// (repeatable; wins over the file and SYNCFLEET_* variables).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+    sets: Vec<(String, String)>,
     /// Log format.
     #[arg(long, env = "SYNCFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -70,29 +74,51 @@ struct Common {
     dump_config: bool,
 }
 
+/// `--set KEY=VALUE`.
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "{s:?} must look like KEY=VALUE with a dotted key, e.g. agent_lost_after=5m"
+        )),
+    }
+}
+
+/// The file, `SYNCFLEET_*` variables and the flags, in rising precedence.
 fn effective(c: &Common) -> Result<ControllerConfig, ConfigError> {
-    let mut cfg: ControllerConfig = match &c.config {
-        Some(p) => config::load_toml(p)?,
-        None => ControllerConfig::default(),
-    };
+    let mut layers = config::Layers::<ControllerConfig>::new()
+        .file(c.config.as_deref())?
+        .env(
+            &config::CONTROLLER_ENV,
+            syncfleet_agent::config::process_env(),
+        )?;
     if let Some(v) = &c.data_dir {
-        cfg.data_dir.clone_from(v);
+        layers = layers.flag("data_dir", v.display(), "--data-dir");
     }
     if let Some(v) = c.grpc_listen {
-        cfg.grpc_listen = v;
+        layers = layers.flag("grpc_listen", v, "--grpc-listen");
     }
     if let Some(v) = c.http_listen {
-        cfg.http_listen = v;
+        layers = layers.flag("http_listen", v, "--http-listen");
     }
     if let Some(v) = &c.fleet {
-        cfg.fleet.clone_from(v);
+        layers = layers.flag("fleet", v, "--fleet");
     }
     if let Some(v) = c.pending_deadline {
-        cfg.pending_deadline = v;
+        layers = layers.flag(
+            "pending_deadline",
+            humantime::format_duration(v),
+            "--pending-deadline",
+        );
     }
     if let Some(v) = c.agent_cert_lifetime {
-        cfg.agent_cert_lifetime = v;
+        layers = layers.flag(
+            "agent_cert_lifetime",
+            humantime::format_duration(v),
+            "--agent-cert-lifetime",
+        );
     }
+    let cfg = layers.sets(&c.sets).extract()?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -101,6 +127,16 @@ fn effective(c: &Common) -> Result<ControllerConfig, ConfigError> {
 /// buffered spans when dropped at exit.
 fn init_logging(format: &str) -> syncfleet_agent::telemetry::TelemetryGuard {
     syncfleet_controller::telemetry::init(format)
+}
+
+/// Refuse `OTEL_*` settings the exporter cannot follow (exit code 64, before any port is bound).
+fn check_telemetry() -> Result<(), ExitCode> {
+    syncfleet_agent::telemetry::check_env()
+        .map(drop)
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -134,6 +170,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            if let Err(code) = check_telemetry() {
+                return code;
+            }
             if common.dump_config {
                 return dump(&cfg);
             }
