@@ -11,7 +11,10 @@
 //!   gate is write-preferring, so a waiting synchronization drains running imports and holds new
 //!   ones back instead of starving;
 //! - at least `stagger` between two starts on one server (§6.5, AutoSync's 1 s);
-//! - runs started outside syncfleet are detected before each step and waited for (§6.8);
+//! - runs started outside syncfleet are detected before each step and waited for (§6.8): a run
+//!   in progress on *any* MA that this process did not start holds the locks its step would
+//!   hold (its MA; the gate when it is sync-class, a MIM Service MA import included), and the
+//!   waiting step says which run it waits for;
 //! - the engine's busy refusals (`no-start-ma-already-running`, 0x8023063d) are waited out and
 //!   retried, never reported as failures; results listed in the retry policy (default
 //!   `stopped-deadlocked`, 5 retries, 5 s × attempt with jitter, as AutoSync) are retried;
@@ -23,7 +26,7 @@
 //! Every state change becomes an [`v1::AgentEvent`] in the journal's outbox before anything else
 //! learns of it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -157,6 +160,10 @@ pub struct Executor {
     sync_only: tokio::sync::Mutex<()>,
     last_start: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     runs: Mutex<HashMap<String, RunHandle>>,
+    /// MAs on which a step of this process has called (or is about to call) `Execute`: a run
+    /// in progress on any other MA was started outside syncfleet (or by an earlier agent
+    /// process) and holds the locks its step would hold.
+    executing: Arc<Mutex<HashSet<String>>>,
     /// Set when a step could not be stopped: the engine is considered frozen until it is idle.
     stuck: Arc<Mutex<Option<String>>>,
 }
@@ -218,6 +225,54 @@ fn summarize(details: &runhistory::RunDetails) -> (v1::StepCounters, Option<Stri
         }
     }
     (to_proto_counters(&counters, &outbound), connection, errors)
+}
+
+/// Marks an MA as executing a step of this process until dropped (also when the step's future
+/// is dropped half-way).
+struct OursOn {
+    set: Arc<Mutex<HashSet<String>>>,
+    ma: String,
+}
+
+impl OursOn {
+    fn new(set: &Arc<Mutex<HashSet<String>>>, ma: &str) -> Self {
+        lock(set).insert(ma.to_string());
+        Self {
+            set: Arc::clone(set),
+            ma: ma.to_string(),
+        }
+    }
+}
+
+impl Drop for OursOn {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.ma);
+    }
+}
+
+/// Why a step on `ma` may not start beside a run in progress on `other`, by the locks each
+/// holds (per-MA lock; the server's gate under `mode`), or `None` when they may overlap.
+fn conflict(
+    mode: RunMode,
+    ma: &str,
+    sync_class: bool,
+    other: &str,
+    other_sync_class: bool,
+) -> Option<&'static str> {
+    if ma == other {
+        return Some("a management agent runs one run profile at a time");
+    }
+    match (mode, sync_class, other_sync_class) {
+        (RunMode::Exclusive, _, _) => Some("run mode exclusive runs one step at a time"),
+        (_, true, true) => Some("two synchronizations never run at once"),
+        (RunMode::Supported, false, true) => {
+            Some("nothing else runs while a synchronization runs (run mode supported)")
+        }
+        (RunMode::Supported, true, false) => Some(
+            "a synchronization starts only when every other run has ended (run mode supported)",
+        ),
+        _ => None,
+    }
 }
 
 enum Gate<'a> {
@@ -383,6 +438,7 @@ impl Executor {
             sync_only: tokio::sync::Mutex::new(()),
             last_start: tokio::sync::Mutex::new(None),
             runs: Mutex::new(HashMap::new()),
+            executing: Arc::new(Mutex::new(HashSet::new())),
             stuck: Arc::new(Mutex::new(None)),
         }
     }
@@ -495,6 +551,80 @@ impl Executor {
                 || (info.is_mim_service()
                     && matches!(s.step_type.as_str(), "delta-import" | "full-import"))
         })
+    }
+
+    /// Why a step on `ma` must wait for a run in progress that this process did not start, or
+    /// `None` when none is in its way. Every MA of the inventory is asked: a run started in Sync
+    /// Service Manager, by a script or by an earlier agent process holds the same locks a step
+    /// of ours would (its MA; the gate when it is sync-class, a MIM Service MA import
+    /// included). A status error of the step's own MA is returned; one of another MA is logged
+    /// and that MA ignored (the engine refuses a conflicting start itself).
+    async fn foreign_blocker(
+        &self,
+        ma: &str,
+        step_profile: &str,
+        sync_class: bool,
+    ) -> Result<Option<String>, crate::engine::EngineError> {
+        let mut names: Vec<String> = lock(&self.inventory)
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        // The step's own MA first, and even when the inventory is not known.
+        names.retain(|n| n != ma);
+        names.insert(0, ma.to_string());
+        for other in names {
+            let status = match self.engine.status(&other).await {
+                Ok(s) => s,
+                Err(e) if other == ma => return Err(e),
+                Err(e) => {
+                    tracing::warn!(ma = %other, error = %e, "cannot read the status of a management agent");
+                    continue;
+                }
+            };
+            let MaStatus::InProgress {
+                profile,
+                run_number,
+            } = status
+            else {
+                continue;
+            };
+            if other != ma && lock(&self.executing).contains(&other) {
+                continue;
+            }
+            let other_sync = self.is_sync_class(&other, &profile);
+            if let Some(rule) = conflict(self.opts.run_mode, ma, sync_class, &other, other_sync) {
+                let kind = if !other_sync {
+                    "not a synchronization"
+                } else if self.mim_service_import(&other, &profile) {
+                    "a MIM Service MA import, which counts as a synchronization"
+                } else {
+                    "a synchronization"
+                };
+                let mine = if sync_class && self.mim_service_import(ma, step_profile) {
+                    " (this MIM Service MA import counts as a synchronization)"
+                } else {
+                    ""
+                };
+                return Ok(Some(format!(
+                    "MA {other} is running {profile:?} (run {run_number}, {kind}), started outside syncfleet; {rule}{mine}; waiting for it to end"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A MIM Service MA import that is sync-class only by that rule (for wording reasons).
+    fn mim_service_import(&self, ma: &str, profile: &str) -> bool {
+        let inv = lock(&self.inventory);
+        inv.iter()
+            .find(|m| m.name == ma && m.is_mim_service())
+            .and_then(|m| m.profile(profile))
+            .is_some_and(|p| {
+                !p.steps.iter().any(crate::engine::RunStepInfo::is_sync)
+                    && p.steps
+                        .iter()
+                        .any(|s| matches!(s.step_type.as_str(), "delta-import" | "full-import"))
+            })
     }
 
     fn ma_lock(&self, ma: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -748,6 +878,8 @@ impl Executor {
         let busy_since = tokio::time::Instant::now();
         let mut attempt: u32 = 1;
         let mut earlier: Vec<String> = Vec::new();
+        // The last waiting reason reported: a step waits silently while the reason stays.
+        let mut last_reason: Option<String> = None;
         loop {
             // Per-MA exclusivity first, then the server-wide gate (always in this order, so two
             // runs can never wait on each other).
@@ -759,9 +891,13 @@ impl Executor {
                 g = self.gate(sync_class) => g,
                 () = cancel.cancelled() => return StepOutcome::Cancelled,
             };
-            // A run started outside syncfleet (Sync Service Manager, a script) holds the MA.
-            match self.engine.status(&step.ma).await {
-                Ok(MaStatus::InProgress { profile, .. }) => {
+            // A run started outside syncfleet (Sync Service Manager, a script, a run of an
+            // earlier agent process) holds the same locks as one of ours.
+            match self
+                .foreign_blocker(&step.ma, &step.profile, sync_class)
+                .await
+            {
+                Ok(Some(reason)) => {
                     drop((gate, ma_guard));
                     if busy_since.elapsed() > self.opts.busy_timeout {
                         return self.finish_without_engine(
@@ -769,25 +905,21 @@ impl Executor {
                             index,
                             "no-start-ma-already-running",
                             format!(
-                                "MA {} stayed busy with {profile:?} for longer than {:?}",
-                                step.ma, self.opts.busy_timeout
+                                "still waiting after {}: {reason}",
+                                humantime::format_duration(self.opts.busy_timeout)
                             ),
                         );
                     }
-                    self.waiting(
-                        run_id,
-                        index,
-                        format!(
-                            "MA {} is running {profile:?}, started outside syncfleet; waiting for it to end",
-                            step.ma
-                        ),
-                    );
+                    if last_reason.as_deref() != Some(reason.as_str()) {
+                        self.waiting(run_id, index, reason.clone());
+                        last_reason = Some(reason);
+                    }
                     if !self.sleep_or_cancel(self.opts.busy_poll, cancel).await {
                         return StepOutcome::Cancelled;
                     }
                     continue;
                 }
-                Ok(MaStatus::Idle) => {}
+                Ok(None) => {}
                 Err(e) => {
                     return self.finish_without_engine(
                         run_id,
@@ -816,6 +948,8 @@ impl Executor {
                 return outcome;
             }
             self.stagger().await;
+            // From here until the step's result is read, a run on this MA is ours.
+            let _ours = OursOn::new(&self.executing, &step.ma);
             let started_at = syncfleet_proto::time::now();
             self.emit(
                 run_id,
@@ -845,6 +979,7 @@ impl Executor {
                                     o.result
                                 ),
                             );
+                            last_reason = None;
                             if !self.sleep_or_cancel(self.opts.busy_poll, cancel).await {
                                 return StepOutcome::Cancelled;
                             }
@@ -1609,5 +1744,167 @@ mod tests {
             p.forbidden_entry(),
             Some("stopped-deletion-threshold-exceeded")
         );
+    }
+}
+
+/// Runs started outside syncfleet hold the same locks as runs the agent started, under paused
+/// tokio time (the simulated runs last their realistic durations).
+#[cfg(test)]
+mod foreign_tests {
+    use super::*;
+    use crate::engine::sim::{SimConfig, SimEngine};
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        journal: Arc<Journal>,
+        exec: Arc<Executor>,
+        sim: Arc<SimEngine>,
+    }
+
+    async fn setup(mode: RunMode) -> Setup {
+        let mut cfg = SimConfig::example(1);
+        cfg.time_scale = 1.0;
+        for m in &mut cfg.mas {
+            m.change_rate_per_hour = 0.0;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
+        let sim = Arc::new(SimEngine::new(cfg));
+        let engine: Arc<dyn SyncEngine> = sim.clone();
+        let exec = Arc::new(Executor::new(
+            engine,
+            Arc::clone(&journal),
+            Arc::new(Notify::new()),
+            ExecutorOptions {
+                run_mode: mode,
+                stagger: Duration::from_millis(10),
+                busy_poll: Duration::from_millis(500),
+                ..ExecutorOptions::default()
+            },
+        ));
+        exec.refresh_inventory().await.unwrap();
+        Setup {
+            _dir: dir,
+            journal,
+            exec,
+            sim,
+        }
+    }
+
+    fn start(s: &Setup, id: &str, ma: &str, profile: &str) {
+        let run = v1::StartRun {
+            run_id: id.into(),
+            steps: vec![v1::StepSpec {
+                ma: ma.into(),
+                profile: profile.into(),
+            }],
+            ..Default::default()
+        };
+        s.journal.accept_run(&run).unwrap();
+        s.exec.start(run);
+    }
+
+    fn events(s: &Setup, id: &str) -> Vec<Kind> {
+        s.journal
+            .events_after(0, 100_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.run_id == id)
+            .filter_map(|e| e.kind)
+            .collect()
+    }
+
+    /// Wait (in paused time) until `f` holds, at most `limit` of tokio time.
+    async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+        let t0 = tokio::time::Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < limit, "condition not met within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        t0.elapsed()
+    }
+
+    fn waiting_reasons(evs: &[Kind]) -> Vec<String> {
+        evs.iter()
+            .filter_map(|k| match k {
+                Kind::StepWaiting(w) => Some(w.reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn run_finished(evs: &[Kind]) -> Option<v1::RunFinished> {
+        evs.iter().find_map(|k| match k {
+            Kind::RunFinished(f) => Some(f.clone()),
+            _ => None,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_foreign_sync_holds_the_sync_gate_against_a_mim_service_delta_import() {
+        let s = setup(RunMode::Unsupported).await;
+        let n = s.sim.start_unmanaged("AD", "Full Sync").unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        start(&s, "r", "MIM Service", "Delta Import");
+        until(Duration::from_secs(30), || {
+            !waiting_reasons(&events(&s, "r")).is_empty()
+        })
+        .await;
+        let reason = waiting_reasons(&events(&s, "r")).remove(0);
+        for part in [
+            "AD",
+            "Full Sync",
+            &format!("run {n}"),
+            "started outside syncfleet",
+        ] {
+            assert!(reason.contains(part), "{part:?} missing in {reason:?}");
+        }
+        assert!(s.sim.health().await.healthy, "the engine froze");
+        // Once the foreign synchronization ends, the import runs and succeeds.
+        until(Duration::from_secs(600), || {
+            run_finished(&events(&s, "r")).is_some()
+        })
+        .await;
+        let f = run_finished(&events(&s, "r")).unwrap();
+        assert_eq!(f.state, v1::RunState::Succeeded as i32, "{f:?}");
+        assert!(s.sim.health().await.healthy, "the engine froze");
+        let foreign = runhistory::parse_one(&s.sim.run_details("AD", n).await.unwrap()).unwrap();
+        assert_eq!(foreign.result(), Some("success"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_foreign_sync_holds_back_an_import_in_supported_mode_and_cancel_is_prompt() {
+        let s = setup(RunMode::Supported).await;
+        let n = s.sim.start_unmanaged("AD", "Full Sync").unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        start(&s, "imp", "HR", "Delta Import");
+        until(Duration::from_secs(30), || {
+            !waiting_reasons(&events(&s, "imp")).is_empty()
+        })
+        .await;
+        let reason = waiting_reasons(&events(&s, "imp")).remove(0);
+        assert!(
+            reason.contains("started outside syncfleet") && reason.contains("AD"),
+            "{reason}"
+        );
+        assert!(
+            !events(&s, "imp")
+                .iter()
+                .any(|k| matches!(k, Kind::StepStarted(_))),
+            "the import started beside a synchronization"
+        );
+        // Cancelling a waiting step ends the run at once, not when the foreign run ends.
+        assert!(s.exec.cancel("imp"));
+        let took = until(Duration::from_secs(5), || {
+            run_finished(&events(&s, "imp")).is_some()
+        })
+        .await;
+        assert!(took < Duration::from_secs(2), "cancel took {took:?}");
+        let f = run_finished(&events(&s, "imp")).unwrap();
+        assert_eq!(f.state, v1::RunState::Cancelled as i32, "{f:?}");
+        assert!(matches!(
+            s.sim.status("AD").await.unwrap(),
+            MaStatus::InProgress { run_number, .. } if run_number == n
+        ));
     }
 }
