@@ -18,7 +18,9 @@ const SERVER: &str = "seed = 5\ntime_scale = 1.0\n\
 
 fn start_agent(fleet: &mut Fleet) {
     let server = fleet.dir.path().join("server.toml");
-    std::fs::write(&server, SERVER).unwrap();
+    // The engine's run history outlives the agent process, as the real engine's does.
+    let state = fleet.dir.path().join("engine-state.json");
+    std::fs::write(&server, format!("state_file = {state:?}\n{SERVER}")).unwrap();
     fleet.start_agent_with(
         "sync-01",
         &format!(
@@ -130,4 +132,38 @@ fn a_journal_that_cannot_be_written_holds_results_refuses_runs_and_recovers() {
     let again = run(&fleet, "HR:Delta Import");
     let r = fleet.wait_run_state(&again, &["succeeded", "failed"], Duration::from_secs(60));
     assert_eq!(r["state"], "succeeded", "{r:#}");
+}
+
+#[test]
+fn a_run_whose_result_was_held_when_the_agent_died_gets_it_from_the_engines_run_history() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    start_agent(&mut fleet);
+    let id = run(&fleet, "AD:Full Import");
+    let lock = lock_journal(&fleet, &id, true);
+    // The engine finished the step; its result is held in the agent's memory only ...
+    wait_agent_problem(&fleet, true);
+    // ... when the agent dies. Then the disk is writable again and the agent restarts.
+    fleet.agents.get_mut("sync-01").unwrap().kill9();
+    drop(lock);
+    start_agent(&mut fleet);
+    let done = fleet.wait_run_state(
+        &id,
+        &["succeeded", "failed", "unknown", "completed_with_errors"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let step = &done["steps"][0];
+    assert_eq!(step["result"], "success", "{done:#}");
+    assert!(step["run_number"].as_u64().unwrap() > 0, "{done:#}");
+    assert!(
+        step["detail"].as_str().unwrap().contains("run history"),
+        "{done:#}"
+    );
+    // The full import's counters, read from the engine: every connector, unchanged.
+    assert_eq!(
+        step["counters"]["stage-no-change"].as_u64(),
+        Some(3000),
+        "{done:#}"
+    );
 }
