@@ -162,6 +162,10 @@ pub struct Executor {
     sync_only: tokio::sync::Mutex<()>,
     last_start: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     runs: Mutex<HashMap<String, RunHandle>>,
+    /// Engine runs (MA, run number) of steps started by an earlier agent process that is being
+    /// completed ([`Executor::recover_interrupted`]), with their run ids: they hold their locks
+    /// like a run started outside syncfleet, and a waiting step names them.
+    recovering: Mutex<HashMap<(String, u64), String>>,
     /// MAs on which a step of this process has called (or is about to call) `Execute`: a run
     /// in progress on any other MA was started outside syncfleet (or by an earlier agent
     /// process) and holds the locks its step would hold.
@@ -441,6 +445,7 @@ impl Executor {
             last_start: tokio::sync::Mutex::new(None),
             runs: Mutex::new(HashMap::new()),
             executing: Arc::new(Mutex::new(HashSet::new())),
+            recovering: Mutex::new(HashMap::new()),
             stuck: Arc::new(Mutex::new(None)),
         }
     }
@@ -522,6 +527,10 @@ impl Executor {
                 self.finish_recovered(&run.run_id, &steps, Vec::new(), total);
                 continue;
             }
+            for step in &from_engine {
+                lock(&self.recovering)
+                    .insert((step.ma.clone(), step.run_number), run.run_id.clone());
+            }
             let cancel = CancellationToken::new();
             lock(&self.runs).insert(
                 run.run_id.clone(),
@@ -536,6 +545,7 @@ impl Executor {
                 let mut read = Vec::new();
                 for step in &from_engine {
                     read.push(this.read_back(&run.run_id, step, &cancel).await);
+                    lock(&this.recovering).remove(&(step.ma.clone(), step.run_number));
                 }
                 this.finish_recovered(&run.run_id, &steps, read, total);
                 lock(&this.runs).remove(&run.run_id);
@@ -785,8 +795,14 @@ impl Executor {
                 } else {
                     ""
                 };
+                let origin = match lock(&self.recovering).get(&(other.clone(), run_number)) {
+                    Some(run_id) => {
+                        format!("started for syncfleet run {run_id} before the agent restarted")
+                    }
+                    None => "started outside syncfleet".to_string(),
+                };
                 return Ok(Some(format!(
-                    "MA {other} is running {profile:?} (run {run_number}, {kind}), started outside syncfleet; {rule}{mine}; waiting for it to end"
+                    "MA {other} is running {profile:?} (run {run_number}, {kind}), {origin}; {rule}{mine}; waiting for it to end"
                 )));
             }
         }
@@ -2422,6 +2438,15 @@ mod journal_failure_tests {
         exec.refresh_inventory().await.unwrap();
         assert_eq!(exec.recover_interrupted().unwrap(), 2);
         assert!(exec.runs_in_flight().contains(&"live".to_string()));
+        // A new run on the same MA waits for the engine run of the interrupted step.
+        start_run(&journal, &exec, "next", "AD", "Delta Import");
+        until("the new run to wait", || {
+            events(&journal, "next").iter().any(|e| {
+                matches!(&e.kind, Some(Kind::StepWaiting(w))
+                    if w.reason.contains("started for syncfleet run live before the agent restarted"))
+            })
+        })
+        .await;
         until("both runs to be completed", || {
             run_finished(&events(&journal, "live")).is_some()
                 && run_finished(&events(&journal, "gone")).is_some()
@@ -2436,6 +2461,14 @@ mod journal_failure_tests {
         assert_eq!(step_finished(&live).unwrap().run_number, n);
         assert_eq!(
             run_finished(&live).unwrap().state,
+            v1::RunState::Succeeded as i32
+        );
+        until("the new run to be completed", || {
+            run_finished(&events(&journal, "next")).is_some()
+        })
+        .await;
+        assert_eq!(
+            run_finished(&events(&journal, "next")).unwrap().state,
             v1::RunState::Succeeded as i32
         );
         let gone = run_finished(&events(&journal, "gone")).unwrap();

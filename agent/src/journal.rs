@@ -151,11 +151,16 @@ impl Journal {
         })
     }
 
-    /// Mark a run as finished (its RunFinished event is in the outbox).
+    /// Mark a run as finished (its RunFinished event is in the outbox). Its step records are
+    /// no longer needed: only an unfinished run is completed from them after a restart.
     pub fn finish_run(&self, run_id: &str) -> Result<(), JournalError> {
-        self.conn()
-            .execute("UPDATE runs SET finished = 1 WHERE run_id = ?1", [run_id])
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute("UPDATE runs SET finished = 1 WHERE run_id = ?1", [run_id])
             .map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM steps WHERE run_id = ?1", [run_id])
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
         Ok(())
     }
 
