@@ -566,8 +566,13 @@ impl Executor {
         let n = step.run_number;
         let since = tokio::time::Instant::now();
         let mut stop_sent = false;
+        let mut stopped_at: Option<tokio::time::Instant> = None;
         let mut told = false;
         loop {
+            // An engine that does not end a stopped run: its result cannot be learnt.
+            if stopped_at.is_some_and(|t| t.elapsed() > self.opts.stop_timeout) {
+                break;
+            }
             match self.engine.status(&step.ma).await {
                 Ok(MaStatus::InProgress { run_number, .. }) if run_number == n => {}
                 Ok(_) => break,
@@ -580,6 +585,7 @@ impl Executor {
             }
             if since.elapsed() > self.opts.watchdog && !stop_sent {
                 stop_sent = true;
+                stopped_at = Some(tokio::time::Instant::now());
                 let s = self.stop(&step.ma).await;
                 tracing::warn!(run_id, ma = %step.ma, result = %s, "interrupted step exceeded the watchdog; stop requested");
             }
@@ -596,6 +602,7 @@ impl Executor {
             }
             if !stop_sent && !self.sleep_or_cancel(self.opts.busy_poll, cancel).await {
                 stop_sent = true;
+                stopped_at = Some(tokio::time::Instant::now());
                 let s = self.stop(&step.ma).await;
                 tracing::info!(run_id, ma = %step.ma, result = %s, "stop requested");
             } else if stop_sent {
