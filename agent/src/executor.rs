@@ -298,6 +298,9 @@ enum Attempt {
         returned: Option<String>,
         stop: String,
     },
+    /// Cancelled, and the engine did not end the step within `stop_timeout` of `Stop`: the
+    /// step is given up (the engine is marked unhealthy) instead of keeping the run open.
+    Abandoned,
 }
 
 enum StepOutcome {
@@ -1197,6 +1200,7 @@ impl Executor {
                         );
                     }
                 },
+                Attempt::Abandoned => return StepOutcome::Cancelled,
                 Attempt::Watchdog { returned, stop } => {
                     drop((gate, ma_guard));
                     let detail = match &returned {
@@ -1329,7 +1333,11 @@ impl Executor {
         tokio::pin!(forward);
         tokio::pin!(watchdog);
         tokio::pin!(discover);
+        // Armed when a cancellation sent Stop.
+        let stop_deadline = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(stop_deadline);
         let mut stop_sent = false;
+        let mut stop_result = String::new();
         let mut recorded = false;
         loop {
             tokio::select! {
@@ -1348,6 +1356,21 @@ impl Executor {
                     stop_sent = true;
                     let s = self.stop(&step.ma).await;
                     tracing::info!(run_id, ma = %step.ma, result = %s, "stop requested");
+                    stop_result = s;
+                    stop_deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.opts.stop_timeout);
+                }
+                () = &mut stop_deadline, if stop_sent => {
+                    let msg = format!(
+                        "sync engine not responding: {} {:?} was cancelled and did not stop within {} of Stop() ({stop_result:?}); check the sync service",
+                        step.ma,
+                        step.profile,
+                        humantime::format_duration(self.opts.stop_timeout)
+                    );
+                    tracing::error!(run_id, ma = %step.ma, profile = %step.profile, detail = %msg, "cancelled step abandoned");
+                    self.mark_stuck(&step.ma, msg);
+                    return Attempt::Abandoned;
                 }
                 () = &mut watchdog => {
                     let stop = self.stop(&step.ma).await;
@@ -2481,5 +2504,77 @@ mod journal_failure_tests {
         let gone = run_finished(&events(&journal, "gone")).unwrap();
         assert_eq!(gone.state, v1::RunState::Unknown as i32, "{gone:?}");
         assert!(gone.message.contains("run history"), "{}", gone.message);
+    }
+}
+
+/// Cancelling a step the engine does not stop (a frozen engine) ends the run after
+/// `stop_timeout`, not when the watchdog fires hours later.
+#[cfg(test)]
+mod cancel_tests {
+    use super::*;
+    use crate::engine::sim::{FREEZE, ScriptedFailure, SimConfig, SimEngine};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_step_the_engine_does_not_stop_is_abandoned_after_the_stop_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
+        let mut cfg = SimConfig::example(1);
+        cfg.time_scale = 1.0;
+        let sim = Arc::new(SimEngine::new(cfg));
+        sim.inject_failure(ScriptedFailure::new("AD", FREEZE))
+            .unwrap();
+        let engine: Arc<dyn SyncEngine> = sim.clone();
+        let exec = Arc::new(Executor::new(
+            engine,
+            Arc::clone(&journal),
+            Arc::new(Notify::new()),
+            ExecutorOptions {
+                stop_timeout: Duration::from_secs(30),
+                ..ExecutorOptions::default()
+            },
+        ));
+        exec.refresh_inventory().await.unwrap();
+        let run = v1::StartRun {
+            run_id: "r".into(),
+            steps: vec![v1::StepSpec {
+                ma: "AD".into(),
+                profile: "Delta Import".into(),
+            }],
+            ..Default::default()
+        };
+        journal.accept_run(&run).unwrap();
+        exec.start(run);
+        let finished = || {
+            journal
+                .events_after(0, 1000)
+                .unwrap()
+                .into_iter()
+                .find_map(|e| match e.kind {
+                    Some(Kind::RunFinished(f)) => Some(f),
+                    _ => None,
+                })
+        };
+        while !journal
+            .events_after(0, 1000)
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e.kind, Some(Kind::StepStarted(_))))
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(exec.cancel("r"));
+        let t0 = tokio::time::Instant::now();
+        while finished().is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "the cancelled run is still open"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(finished().unwrap().state, v1::RunState::Cancelled as i32);
+        let health = exec.health().await;
+        assert!(!health.healthy);
+        assert!(health.detail.contains("did not stop"), "{}", health.detail);
     }
 }
