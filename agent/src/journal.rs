@@ -308,7 +308,7 @@ impl Journal {
     /// Fill the journal's "disk": cap the file at its size (SQLite's `max_page_count`) and use
     /// up its free pages, so every write that needs space fails with SQLite's own "database or
     /// disk is full" (`SQLITE_FULL`), as on a full volume. Tests only: a real full disk needs a
-    /// size-limited mount, which an unprivileged CI runner cannot create.
+    /// size-limited mount, which needs mount privileges a CI container usually lacks.
     #[cfg(test)]
     pub(crate) fn fill_disk(&self) {
         let conn = self.conn();

@@ -337,7 +337,7 @@ pub(crate) fn handle_command(
             if let Some(problem) = executor.journal_problem() {
                 tracing::warn!(run_id = %start.run_id, %problem, "run refused");
                 ack.accepted = false;
-                ack.reason = format!("run refused: {problem}");
+                ack.reason = problem;
                 return ack;
             }
             // Journal first: once this returns New, the run id can never start again.
