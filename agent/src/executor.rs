@@ -11,7 +11,10 @@
 //!   gate is write-preferring, so a waiting synchronization drains running imports and holds new
 //!   ones back instead of starving;
 //! - at least `stagger` between two starts on one server (§6.5, AutoSync's 1 s);
-//! - runs started outside syncfleet are detected before each step and waited for (§6.8);
+//! - runs started outside syncfleet are detected before each step and waited for (§6.8): a run
+//!   in progress on *any* MA that this process did not start holds the locks its step would
+//!   hold (its MA; the gate when it is sync-class, a MIM Service MA import included), and the
+//!   waiting step says which run it waits for;
 //! - the engine's busy refusals (`no-start-ma-already-running`, 0x8023063d) are waited out and
 //!   retried, never reported as failures; results listed in the retry policy (default
 //!   `stopped-deadlocked`, 5 retries, 5 s × attempt with jitter, as AutoSync) are retried;
@@ -23,7 +26,7 @@
 //! Every state change becomes an [`v1::AgentEvent`] in the journal's outbox before anything else
 //! learns of it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +37,7 @@ use syncfleet_proto::vocab::{self, ResultClass};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::backlog::{JournalOp, JournalWriter};
 use crate::engine::{EngineHealth, EngineProgress, ExecuteOutcome, MaInfo, MaStatus, SyncEngine};
 use crate::journal::Journal;
 use crate::runhistory;
@@ -147,7 +151,8 @@ struct RunHandle {
 pub struct Executor {
     engine: Arc<dyn SyncEngine>,
     journal: Arc<Journal>,
-    outbox: Arc<Notify>,
+    /// Every write to the journal goes through it: what the journal refuses is held in order.
+    writer: Arc<JournalWriter>,
     opts: ExecutorOptions,
     inventory: Mutex<Vec<MaInfo>>,
     ma_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -157,6 +162,14 @@ pub struct Executor {
     sync_only: tokio::sync::Mutex<()>,
     last_start: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     runs: Mutex<HashMap<String, RunHandle>>,
+    /// Engine runs (MA, run number) of steps started by an earlier agent process that is being
+    /// completed ([`Executor::recover_interrupted`]), with their run ids: they hold their locks
+    /// like a run started outside syncfleet, and a waiting step names them.
+    recovering: Mutex<HashMap<(String, u64), String>>,
+    /// MAs on which a step of this process has called (or is about to call) `Execute`: a run
+    /// in progress on any other MA was started outside syncfleet (or by an earlier agent
+    /// process) and holds the locks its step would hold.
+    executing: Arc<Mutex<HashSet<String>>>,
     /// Set when a step could not be stopped: the engine is considered frozen until it is idle.
     stuck: Arc<Mutex<Option<String>>>,
 }
@@ -220,6 +233,54 @@ fn summarize(details: &runhistory::RunDetails) -> (v1::StepCounters, Option<Stri
     (to_proto_counters(&counters, &outbound), connection, errors)
 }
 
+/// Marks an MA as executing a step of this process until dropped (also when the step's future
+/// is dropped half-way).
+struct OursOn {
+    set: Arc<Mutex<HashSet<String>>>,
+    ma: String,
+}
+
+impl OursOn {
+    fn new(set: &Arc<Mutex<HashSet<String>>>, ma: &str) -> Self {
+        lock(set).insert(ma.to_string());
+        Self {
+            set: Arc::clone(set),
+            ma: ma.to_string(),
+        }
+    }
+}
+
+impl Drop for OursOn {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.ma);
+    }
+}
+
+/// Why a step on `ma` may not start beside a run in progress on `other`, by the locks each
+/// holds (per-MA lock; the server's gate under `mode`), or `None` when they may overlap.
+fn conflict(
+    mode: RunMode,
+    ma: &str,
+    sync_class: bool,
+    other: &str,
+    other_sync_class: bool,
+) -> Option<&'static str> {
+    if ma == other {
+        return Some("a management agent runs one run profile at a time");
+    }
+    match (mode, sync_class, other_sync_class) {
+        (RunMode::Exclusive, _, _) => Some("run mode exclusive runs one step at a time"),
+        (_, true, true) => Some("two synchronizations never run at once"),
+        (RunMode::Supported, false, true) => {
+            Some("nothing else runs while a synchronization runs (run mode supported)")
+        }
+        (RunMode::Supported, true, false) => Some(
+            "a synchronization starts only when every other run has ended (run mode supported)",
+        ),
+        _ => None,
+    }
+}
+
 enum Gate<'a> {
     Read(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'a, ()>),
     Write(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'a, ()>),
@@ -237,6 +298,9 @@ enum Attempt {
         returned: Option<String>,
         stop: String,
     },
+    /// Cancelled, and the engine did not end the step within `stop_timeout` of `Stop`: the
+    /// step is given up (the engine is marked unhealthy) instead of keeping the run open.
+    Abandoned,
 }
 
 enum StepOutcome {
@@ -374,8 +438,8 @@ impl Executor {
     ) -> Self {
         Self {
             engine,
+            writer: JournalWriter::new(Arc::clone(&journal), outbox),
             journal,
-            outbox,
             opts,
             inventory: Mutex::new(Vec::new()),
             ma_locks: Mutex::new(HashMap::new()),
@@ -383,6 +447,8 @@ impl Executor {
             sync_only: tokio::sync::Mutex::new(()),
             last_start: tokio::sync::Mutex::new(None),
             runs: Mutex::new(HashMap::new()),
+            executing: Arc::new(Mutex::new(HashSet::new())),
+            recovering: Mutex::new(HashMap::new()),
             stuck: Arc::new(Mutex::new(None)),
         }
     }
@@ -419,37 +485,227 @@ impl Executor {
         self.engine.health().await
     }
 
-    /// Journal an event and wake the session sender. A journal failure is logged: the event
-    /// cannot be delivered, but execution goes on (the engine is already acting).
+    /// Journal an event and wake the session sender. An event the journal refuses is held in
+    /// memory, in order, and written when it can be ([`JournalWriter`]); execution goes on
+    /// (the engine is already acting).
     fn emit(&self, run_id: &str, kind: Kind) {
         crate::telemetry::on_event(run_id, &kind);
-        match self.journal.append(run_id, kind) {
-            Ok(_) => self.outbox.notify_one(),
-            Err(e) => tracing::error!(run_id, error = %e, "cannot journal a run event"),
-        }
+        self.writer.write(JournalOp::Event {
+            run_id: run_id.to_string(),
+            kind: Box::new(kind),
+            at: syncfleet_proto::time::now(),
+        });
+    }
+
+    /// Why the agent cannot record runs now (its journal cannot be written), or `None`. While
+    /// this is `Some`, new runs must be refused and the agent reported unhealthy.
+    pub fn journal_problem(&self) -> Option<String> {
+        self.writer.problem()
     }
 
     fn waiting(&self, run_id: &str, index: u32, reason: String) {
         self.emit(run_id, Kind::StepWaiting(v1::StepWaiting { index, reason }));
     }
 
-    /// Record as `unknown` every run a previous agent process accepted and did not finish: its
-    /// execution ended with that process, and the engine's outcome was not observed.
-    pub fn recover_interrupted(&self) -> Result<usize, crate::journal::JournalError> {
+    /// Complete every run a previous agent process accepted and did not finish. Its execution
+    /// ended with that process and it is never started again; what the engine did is read back
+    /// from the engine's run history: a step whose engine run number was journaled gets the
+    /// engine's result and counters (after the engine finishes it, if it still runs; it holds
+    /// its locks meanwhile, as any run this process did not start). The run is `unknown` only
+    /// when a step's outcome cannot be learnt: its run number was never journaled, or the
+    /// engine no longer has that run. Runs with something to read from the engine are
+    /// completed in the background (and show as in flight); returns how many runs there were.
+    pub fn recover_interrupted(self: &Arc<Self>) -> Result<usize, crate::journal::JournalError> {
         let runs = self.journal.unfinished_runs()?;
         for run in &runs {
-            tracing::warn!(run_id = %run.run_id, "run was interrupted by an agent restart");
-            self.emit(
-                &run.run_id,
-                Kind::RunFinished(v1::RunFinished {
-                    state: v1::RunState::Unknown as i32,
-                    result: String::new(),
-                    message: "the agent restarted while this run was in progress; its outcome was not observed and it will not be started again".into(),
-                }),
+            let steps = self.journal.steps_of(&run.run_id)?;
+            let from_engine: Vec<crate::journal::StepRecord> = steps
+                .iter()
+                .filter(|s| s.result.is_none() && s.run_number > 0)
+                .cloned()
+                .collect();
+            tracing::warn!(run_id = %run.run_id, steps_to_read = from_engine.len(), "run was interrupted by an agent restart");
+            if from_engine.is_empty() {
+                let total = plan_of(run).iter().map(Vec::len).sum::<usize>();
+                self.finish_recovered(&run.run_id, &steps, Vec::new(), total);
+                continue;
+            }
+            for step in &from_engine {
+                lock(&self.recovering)
+                    .insert((step.ma.clone(), step.run_number), run.run_id.clone());
+            }
+            let cancel = CancellationToken::new();
+            lock(&self.runs).insert(
+                run.run_id.clone(),
+                RunHandle {
+                    cancel: cancel.clone(),
+                },
             );
-            self.journal.finish_run(&run.run_id)?;
+            let this = Arc::clone(self);
+            let run = run.clone();
+            tokio::spawn(async move {
+                let total = plan_of(&run).iter().map(Vec::len).sum::<usize>();
+                let mut read = Vec::new();
+                for step in &from_engine {
+                    read.push(this.read_back(&run.run_id, step, &cancel).await);
+                    lock(&this.recovering).remove(&(step.ma.clone(), step.run_number));
+                }
+                this.finish_recovered(&run.run_id, &steps, read, total);
+                lock(&this.runs).remove(&run.run_id);
+            });
         }
         Ok(runs.len())
+    }
+
+    /// The result of an interrupted step from the engine's run history: waits while the engine
+    /// still runs it (a cancellation stops it through the engine), then emits its
+    /// `StepFinished`. `None` when the engine does not have the run.
+    async fn read_back(
+        &self,
+        run_id: &str,
+        step: &crate::journal::StepRecord,
+        cancel: &CancellationToken,
+    ) -> Option<String> {
+        let n = step.run_number;
+        let since = tokio::time::Instant::now();
+        let mut stop_sent = false;
+        let mut stopped_at: Option<tokio::time::Instant> = None;
+        let mut told = false;
+        loop {
+            // An engine that does not end a stopped run: its result cannot be learnt.
+            if stopped_at.is_some_and(|t| t.elapsed() > self.opts.stop_timeout) {
+                break;
+            }
+            match self.engine.status(&step.ma).await {
+                Ok(MaStatus::InProgress { run_number, .. }) if run_number == n => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(run_id, ma = %step.ma, error = %e, "cannot read the status of an interrupted step's run");
+                    if since.elapsed() > self.opts.busy_timeout {
+                        break;
+                    }
+                }
+            }
+            if since.elapsed() > self.opts.watchdog && !stop_sent {
+                stop_sent = true;
+                stopped_at = Some(tokio::time::Instant::now());
+                let s = self.stop(&step.ma).await;
+                tracing::warn!(run_id, ma = %step.ma, result = %s, "interrupted step exceeded the watchdog; stop requested");
+            }
+            if !told {
+                told = true;
+                self.waiting(
+                    run_id,
+                    step.index,
+                    format!(
+                        "the agent restarted while this step ran; the engine is still running it (MA {}, run {n}); waiting for its result",
+                        step.ma
+                    ),
+                );
+            }
+            if !stop_sent && !self.sleep_or_cancel(self.opts.busy_poll, cancel).await {
+                stop_sent = true;
+                stopped_at = Some(tokio::time::Instant::now());
+                let s = self.stop(&step.ma).await;
+                tracing::info!(run_id, ma = %step.ma, result = %s, "stop requested");
+            } else if stop_sent {
+                tokio::time::sleep(self.opts.busy_poll).await;
+            }
+        }
+        let (counters, connection_result, error_count, detail, settled) =
+            self.details(&step.ma, Some(n)).await;
+        let result = settled
+            .filter(|r| vocab::classify(r) != ResultClass::Transitional && r != "in-progress");
+        let Some(result) = result else {
+            tracing::warn!(run_id, ma = %step.ma, run_number = n, %detail, "interrupted step's result not in the engine's run history");
+            return None;
+        };
+        let mut note = format!(
+            "the agent restarted while this step ran; result read from the engine's run history (MA {}, run {n})",
+            step.ma
+        );
+        if !detail.is_empty() {
+            note.push_str("; ");
+            note.push_str(&detail);
+        }
+        self.emit(
+            run_id,
+            Kind::StepFinished(v1::StepFinished {
+                index: step.index,
+                result: result.clone(),
+                started_at: None,
+                finished_at: Some(syncfleet_proto::time::now()),
+                counters: Some(counters),
+                run_number: n,
+                connection_result,
+                error_count,
+                detail: note,
+            }),
+        );
+        Some(result)
+    }
+
+    /// The `RunFinished` of a run interrupted by a restart, from the results the journal kept
+    /// and those read back from the engine (`None`: not available).
+    fn finish_recovered(
+        &self,
+        run_id: &str,
+        journaled: &[crate::journal::StepRecord],
+        read: Vec<Option<String>>,
+        total: usize,
+    ) {
+        let known: Vec<String> = journaled
+            .iter()
+            .filter_map(|s| s.result.clone())
+            .chain(read.iter().flatten().cloned())
+            .collect();
+        let lost = read.iter().any(Option::is_none);
+        let results: Vec<&str> = known
+            .iter()
+            .map(String::as_str)
+            .filter(|r| !r.is_empty())
+            .collect();
+        let (state, message) = if lost {
+            (
+                v1::RunState::Unknown,
+                "the agent restarted while this run was in progress and the engine's run history no longer has the interrupted step's run; its outcome is unknown and the run will not be started again".to_string(),
+            )
+        } else if read.is_empty() && known.len() < total {
+            (
+                v1::RunState::Unknown,
+                "the agent restarted while this run was in progress; its outcome was not observed and it will not be started again".to_string(),
+            )
+        } else if known.len() < total {
+            (
+                vocab::run_state_for(&results, false),
+                format!(
+                    "the agent restarted during this run; the interrupted step's result was read from the engine's run history; {} later step(s) were not run and the run will not be started again",
+                    total - known.len()
+                ),
+            )
+        } else if results.is_empty() {
+            (
+                v1::RunState::Succeeded,
+                "nothing to do: no step's condition held".to_string(),
+            )
+        } else {
+            (
+                vocab::run_state_for(&results, true),
+                "the agent restarted before it reported this run's end; step results were read from its journal and the engine's run history".to_string(),
+            )
+        };
+        let result = vocab::most_severe(results.iter().copied())
+            .unwrap_or_default()
+            .to_string();
+        self.emit(
+            run_id,
+            Kind::RunFinished(v1::RunFinished {
+                state: state as i32,
+                result,
+                message,
+            }),
+        );
+        self.writer.write(JournalOp::FinishRun(run_id.to_string()));
     }
 
     /// Start executing an accepted run in the background.
@@ -495,6 +751,86 @@ impl Executor {
                 || (info.is_mim_service()
                     && matches!(s.step_type.as_str(), "delta-import" | "full-import"))
         })
+    }
+
+    /// Why a step on `ma` must wait for a run in progress that this process did not start, or
+    /// `None` when none is in its way. Every MA of the inventory is asked: a run started in Sync
+    /// Service Manager, by a script or by an earlier agent process holds the same locks a step
+    /// of ours would (its MA; the gate when it is sync-class, a MIM Service MA import
+    /// included). A status error of the step's own MA is returned; one of another MA is logged
+    /// and that MA ignored (the engine refuses a conflicting start itself).
+    async fn foreign_blocker(
+        &self,
+        ma: &str,
+        step_profile: &str,
+        sync_class: bool,
+    ) -> Result<Option<String>, crate::engine::EngineError> {
+        let mut names: Vec<String> = lock(&self.inventory)
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        // The step's own MA first, and even when the inventory is not known.
+        names.retain(|n| n != ma);
+        names.insert(0, ma.to_string());
+        for other in names {
+            let status = match self.engine.status(&other).await {
+                Ok(s) => s,
+                Err(e) if other == ma => return Err(e),
+                Err(e) => {
+                    tracing::warn!(ma = %other, error = %e, "cannot read the status of a management agent");
+                    continue;
+                }
+            };
+            let MaStatus::InProgress {
+                profile,
+                run_number,
+            } = status
+            else {
+                continue;
+            };
+            if other != ma && lock(&self.executing).contains(&other) {
+                continue;
+            }
+            let other_sync = self.is_sync_class(&other, &profile);
+            if let Some(rule) = conflict(self.opts.run_mode, ma, sync_class, &other, other_sync) {
+                let kind = if !other_sync {
+                    "not a synchronization"
+                } else if self.mim_service_import(&other, &profile) {
+                    "a MIM Service MA import, which counts as a synchronization"
+                } else {
+                    "a synchronization"
+                };
+                let mine = if sync_class && self.mim_service_import(ma, step_profile) {
+                    " (this MIM Service MA import counts as a synchronization)"
+                } else {
+                    ""
+                };
+                let origin = match lock(&self.recovering).get(&(other.clone(), run_number)) {
+                    Some(run_id) => {
+                        format!("started for syncfleet run {run_id} before the agent restarted")
+                    }
+                    None => "started outside syncfleet".to_string(),
+                };
+                return Ok(Some(format!(
+                    "MA {other} is running {profile:?} (run {run_number}, {kind}), {origin}; {rule}{mine}; waiting for it to end"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A MIM Service MA import that is sync-class only by that rule (for wording reasons).
+    fn mim_service_import(&self, ma: &str, profile: &str) -> bool {
+        let inv = lock(&self.inventory);
+        inv.iter()
+            .find(|m| m.name == ma && m.is_mim_service())
+            .and_then(|m| m.profile(profile))
+            .is_some_and(|p| {
+                !p.steps.iter().any(crate::engine::RunStepInfo::is_sync)
+                    && p.steps
+                        .iter()
+                        .any(|s| matches!(s.step_type.as_str(), "delta-import" | "full-import"))
+            })
     }
 
     fn ma_lock(&self, ma: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -627,9 +963,7 @@ impl Executor {
                 message,
             }),
         );
-        if let Err(e) = self.journal.finish_run(&run_id) {
-            tracing::error!(run_id, error = %e, "cannot mark run finished in the journal");
-        }
+        self.writer.write(JournalOp::FinishRun(run_id));
     }
 
     /// One planned step: skipped when the continued run already executed it, else executed
@@ -748,6 +1082,8 @@ impl Executor {
         let busy_since = tokio::time::Instant::now();
         let mut attempt: u32 = 1;
         let mut earlier: Vec<String> = Vec::new();
+        // The last waiting reason reported: a step waits silently while the reason stays.
+        let mut last_reason: Option<String> = None;
         loop {
             // Per-MA exclusivity first, then the server-wide gate (always in this order, so two
             // runs can never wait on each other).
@@ -759,9 +1095,13 @@ impl Executor {
                 g = self.gate(sync_class) => g,
                 () = cancel.cancelled() => return StepOutcome::Cancelled,
             };
-            // A run started outside syncfleet (Sync Service Manager, a script) holds the MA.
-            match self.engine.status(&step.ma).await {
-                Ok(MaStatus::InProgress { profile, .. }) => {
+            // A run started outside syncfleet (Sync Service Manager, a script, a run of an
+            // earlier agent process) holds the same locks as one of ours.
+            match self
+                .foreign_blocker(&step.ma, &step.profile, sync_class)
+                .await
+            {
+                Ok(Some(reason)) => {
                     drop((gate, ma_guard));
                     if busy_since.elapsed() > self.opts.busy_timeout {
                         return self.finish_without_engine(
@@ -769,25 +1109,21 @@ impl Executor {
                             index,
                             "no-start-ma-already-running",
                             format!(
-                                "MA {} stayed busy with {profile:?} for longer than {:?}",
-                                step.ma, self.opts.busy_timeout
+                                "still waiting after {}: {reason}",
+                                humantime::format_duration(self.opts.busy_timeout)
                             ),
                         );
                     }
-                    self.waiting(
-                        run_id,
-                        index,
-                        format!(
-                            "MA {} is running {profile:?}, started outside syncfleet; waiting for it to end",
-                            step.ma
-                        ),
-                    );
+                    if last_reason.as_deref() != Some(reason.as_str()) {
+                        self.waiting(run_id, index, reason.clone());
+                        last_reason = Some(reason);
+                    }
                     if !self.sleep_or_cancel(self.opts.busy_poll, cancel).await {
                         return StepOutcome::Cancelled;
                     }
                     continue;
                 }
-                Ok(MaStatus::Idle) => {}
+                Ok(None) => {}
                 Err(e) => {
                     return self.finish_without_engine(
                         run_id,
@@ -816,6 +1152,8 @@ impl Executor {
                 return outcome;
             }
             self.stagger().await;
+            // From here until the step's result is read, a run on this MA is ours.
+            let _ours = OursOn::new(&self.executing, &step.ma);
             let started_at = syncfleet_proto::time::now();
             self.emit(
                 run_id,
@@ -845,6 +1183,7 @@ impl Executor {
                                     o.result
                                 ),
                             );
+                            last_reason = None;
                             if !self.sleep_or_cancel(self.opts.busy_poll, cancel).await {
                                 return StepOutcome::Cancelled;
                             }
@@ -861,6 +1200,7 @@ impl Executor {
                         );
                     }
                 },
+                Attempt::Abandoned => return StepOutcome::Cancelled,
                 Attempt::Watchdog { returned, stop } => {
                     drop((gate, ma_guard));
                     let detail = match &returned {
@@ -973,18 +1313,64 @@ impl Executor {
         let exec = self.engine.execute(&step.ma, &step.profile, tx);
         let forward = self.forward_progress(run_id, index, rx);
         let watchdog = tokio::time::sleep(self.opts.watchdog);
+        // The engine run number, journaled as soon as the run shows: an agent restart then
+        // learns the step's outcome from the engine's run history.
+        let discover = async {
+            let every = self.opts.busy_poll.min(Duration::from_millis(250));
+            loop {
+                if let Ok(MaStatus::InProgress {
+                    profile,
+                    run_number,
+                }) = self.engine.status(&step.ma).await
+                    && profile == step.profile
+                {
+                    return run_number;
+                }
+                tokio::time::sleep(every).await;
+            }
+        };
         tokio::pin!(exec);
         tokio::pin!(forward);
         tokio::pin!(watchdog);
+        tokio::pin!(discover);
+        // Armed when a cancellation sent Stop.
+        let stop_deadline = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(stop_deadline);
         let mut stop_sent = false;
+        let mut stop_result = String::new();
+        let mut recorded = false;
         loop {
             tokio::select! {
                 out = &mut exec => return Attempt::Returned { outcome: out, stop_sent },
                 () = &mut forward => {}
+                run_number = &mut discover, if !recorded => {
+                    recorded = true;
+                    self.writer.write(JournalOp::StepRun {
+                        run_id: run_id.to_string(),
+                        index,
+                        ma: step.ma.clone(),
+                        run_number,
+                    });
+                }
                 () = cancel.cancelled(), if !stop_sent => {
                     stop_sent = true;
                     let s = self.stop(&step.ma).await;
                     tracing::info!(run_id, ma = %step.ma, result = %s, "stop requested");
+                    stop_result = s;
+                    stop_deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.opts.stop_timeout);
+                }
+                () = &mut stop_deadline, if stop_sent => {
+                    let msg = format!(
+                        "sync engine not responding: {} {:?} was cancelled and did not stop within {} of Stop() ({stop_result:?}); check the sync service",
+                        step.ma,
+                        step.profile,
+                        humantime::format_duration(self.opts.stop_timeout)
+                    );
+                    tracing::error!(run_id, ma = %step.ma, profile = %step.profile, detail = %msg, "cancelled step abandoned");
+                    self.mark_stuck(&step.ma, msg);
+                    return Attempt::Abandoned;
                 }
                 () = &mut watchdog => {
                     let stop = self.stop(&step.ma).await;
@@ -1609,5 +1995,586 @@ mod tests {
             p.forbidden_entry(),
             Some("stopped-deletion-threshold-exceeded")
         );
+    }
+}
+
+/// Runs started outside syncfleet hold the same locks as runs the agent started, under paused
+/// tokio time (the simulated runs last their realistic durations).
+#[cfg(test)]
+mod foreign_tests {
+    use super::*;
+    use crate::engine::sim::{SimConfig, SimEngine};
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        journal: Arc<Journal>,
+        exec: Arc<Executor>,
+        sim: Arc<SimEngine>,
+    }
+
+    async fn setup(mode: RunMode) -> Setup {
+        let mut cfg = SimConfig::example(1);
+        cfg.time_scale = 1.0;
+        for m in &mut cfg.mas {
+            m.change_rate_per_hour = 0.0;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
+        let sim = Arc::new(SimEngine::new(cfg));
+        let engine: Arc<dyn SyncEngine> = sim.clone();
+        let exec = Arc::new(Executor::new(
+            engine,
+            Arc::clone(&journal),
+            Arc::new(Notify::new()),
+            ExecutorOptions {
+                run_mode: mode,
+                stagger: Duration::from_millis(10),
+                busy_poll: Duration::from_millis(500),
+                ..ExecutorOptions::default()
+            },
+        ));
+        exec.refresh_inventory().await.unwrap();
+        Setup {
+            _dir: dir,
+            journal,
+            exec,
+            sim,
+        }
+    }
+
+    fn start(s: &Setup, id: &str, ma: &str, profile: &str) {
+        let run = v1::StartRun {
+            run_id: id.into(),
+            steps: vec![v1::StepSpec {
+                ma: ma.into(),
+                profile: profile.into(),
+            }],
+            ..Default::default()
+        };
+        s.journal.accept_run(&run).unwrap();
+        s.exec.start(run);
+    }
+
+    fn events(s: &Setup, id: &str) -> Vec<Kind> {
+        s.journal
+            .events_after(0, 100_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.run_id == id)
+            .filter_map(|e| e.kind)
+            .collect()
+    }
+
+    /// Wait (in paused time) until `f` holds, at most `limit` of tokio time.
+    async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+        let t0 = tokio::time::Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < limit, "condition not met within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        t0.elapsed()
+    }
+
+    fn waiting_reasons(evs: &[Kind]) -> Vec<String> {
+        evs.iter()
+            .filter_map(|k| match k {
+                Kind::StepWaiting(w) => Some(w.reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn run_finished(evs: &[Kind]) -> Option<v1::RunFinished> {
+        evs.iter().find_map(|k| match k {
+            Kind::RunFinished(f) => Some(f.clone()),
+            _ => None,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_foreign_sync_holds_the_sync_gate_against_a_mim_service_delta_import() {
+        let s = setup(RunMode::Unsupported).await;
+        let n = s.sim.start_unmanaged("AD", "Full Sync").unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        start(&s, "r", "MIM Service", "Delta Import");
+        until(Duration::from_secs(30), || {
+            !waiting_reasons(&events(&s, "r")).is_empty()
+        })
+        .await;
+        let reason = waiting_reasons(&events(&s, "r")).remove(0);
+        for part in [
+            "AD",
+            "Full Sync",
+            &format!("run {n}"),
+            "started outside syncfleet",
+        ] {
+            assert!(reason.contains(part), "{part:?} missing in {reason:?}");
+        }
+        assert!(s.sim.health().await.healthy, "the engine froze");
+        // Once the foreign synchronization ends, the import runs and succeeds.
+        until(Duration::from_secs(600), || {
+            run_finished(&events(&s, "r")).is_some()
+        })
+        .await;
+        let f = run_finished(&events(&s, "r")).unwrap();
+        assert_eq!(f.state, v1::RunState::Succeeded as i32, "{f:?}");
+        assert!(s.sim.health().await.healthy, "the engine froze");
+        let foreign = runhistory::parse_one(&s.sim.run_details("AD", n).await.unwrap()).unwrap();
+        assert_eq!(foreign.result(), Some("success"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_foreign_sync_holds_back_an_import_in_supported_mode_and_cancel_is_prompt() {
+        let s = setup(RunMode::Supported).await;
+        let n = s.sim.start_unmanaged("AD", "Full Sync").unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        start(&s, "imp", "HR", "Delta Import");
+        until(Duration::from_secs(30), || {
+            !waiting_reasons(&events(&s, "imp")).is_empty()
+        })
+        .await;
+        let reason = waiting_reasons(&events(&s, "imp")).remove(0);
+        assert!(
+            reason.contains("started outside syncfleet") && reason.contains("AD"),
+            "{reason}"
+        );
+        assert!(
+            !events(&s, "imp")
+                .iter()
+                .any(|k| matches!(k, Kind::StepStarted(_))),
+            "the import started beside a synchronization"
+        );
+        // Cancelling a waiting step ends the run at once, not when the foreign run ends.
+        assert!(s.exec.cancel("imp"));
+        let took = until(Duration::from_secs(5), || {
+            run_finished(&events(&s, "imp")).is_some()
+        })
+        .await;
+        assert!(took < Duration::from_secs(2), "cancel took {took:?}");
+        let f = run_finished(&events(&s, "imp")).unwrap();
+        assert_eq!(f.state, v1::RunState::Cancelled as i32, "{f:?}");
+        assert!(matches!(
+            s.sim.status("AD").await.unwrap(),
+            MaStatus::InProgress { run_number, .. } if run_number == n
+        ));
+    }
+}
+
+/// A journal that cannot be written (its SQLite file capped at its size, so writes fail with
+/// SQLite's own "database or disk is full") loses no run result: held events are written when
+/// space returns, and a restart completes the run from the engine's run history.
+#[cfg(test)]
+mod journal_failure_tests {
+    use super::*;
+    use crate::engine::sim::{SimConfig, SimEngine};
+    use crate::journal::Accept;
+
+    fn sim() -> Arc<SimEngine> {
+        let mut cfg = SimConfig::example(1);
+        cfg.time_scale = 0.02;
+        for m in &mut cfg.mas {
+            m.change_rate_per_hour = 0.0;
+        }
+        Arc::new(SimEngine::new(cfg))
+    }
+
+    fn executor(journal: &Arc<Journal>, sim: &Arc<SimEngine>) -> Arc<Executor> {
+        let engine: Arc<dyn SyncEngine> = sim.clone();
+        Arc::new(Executor::new(
+            engine,
+            Arc::clone(journal),
+            Arc::new(Notify::new()),
+            ExecutorOptions {
+                stagger: Duration::from_millis(1),
+                busy_poll: Duration::from_millis(20),
+                progress_interval: Duration::from_millis(1),
+                ..ExecutorOptions::default()
+            },
+        ))
+    }
+
+    fn start_run(journal: &Journal, exec: &Arc<Executor>, id: &str, ma: &str, profile: &str) {
+        let run = v1::StartRun {
+            run_id: id.into(),
+            steps: vec![v1::StepSpec {
+                ma: ma.into(),
+                profile: profile.into(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(journal.accept_run(&run).unwrap(), Accept::New);
+        exec.start(run);
+    }
+
+    fn events(journal: &Journal, id: &str) -> Vec<v1::AgentEvent> {
+        journal
+            .events_after(0, 100_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.run_id == id)
+            .collect()
+    }
+
+    fn run_finished(evs: &[v1::AgentEvent]) -> Option<v1::RunFinished> {
+        evs.iter().find_map(|e| match &e.kind {
+            Some(Kind::RunFinished(f)) => Some(f.clone()),
+            _ => None,
+        })
+    }
+
+    fn step_finished(evs: &[v1::AgentEvent]) -> Option<v1::StepFinished> {
+        evs.iter().find_map(|e| match &e.kind {
+            Some(Kind::StepFinished(f)) => Some(f.clone()),
+            _ => None,
+        })
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..1500 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    async fn engine_idle(sim: &SimEngine, ma: &str) {
+        for _ in 0..1500 {
+            if sim.status(ma).await.unwrap() == MaStatus::Idle {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{ma} still running");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_the_journal_refuses_are_held_in_order_and_written_when_space_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
+        let sim = sim();
+        sim.inject_source_changes("AD", 30_000, 0, 0).unwrap();
+        let exec = executor(&journal, &sim);
+        exec.refresh_inventory().await.unwrap();
+        start_run(&journal, &exec, "r1", "AD", "Delta Import");
+        until("the step to start", || {
+            events(&journal, "r1")
+                .iter()
+                .any(|e| matches!(e.kind, Some(Kind::StepStarted(_))))
+        })
+        .await;
+        journal.fill_disk();
+        // The engine finishes the step while the disk is full.
+        engine_idle(&sim, "AD").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(run_finished(&events(&journal, "r1")), None);
+        assert_eq!(journal.unfinished_runs().unwrap().len(), 1);
+        // Space returns: everything held reaches the journal, in order.
+        journal.free_disk();
+        until("the held events to be journaled", || {
+            run_finished(&events(&journal, "r1")).is_some()
+        })
+        .await;
+        let evs = events(&journal, "r1");
+        let kinds: Vec<&str> = evs
+            .iter()
+            .map(|e| match e.kind {
+                Some(Kind::RunStarted(_)) => "run-started",
+                Some(Kind::StepStarted(_)) => "step-started",
+                Some(Kind::StepProgress(_)) => "progress",
+                Some(Kind::StepFinished(_)) => "step-finished",
+                Some(Kind::RunFinished(_)) => "run-finished",
+                _ => "other",
+            })
+            .filter(|k| *k != "progress")
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "run-started",
+                "step-started",
+                "step-finished",
+                "run-finished"
+            ]
+        );
+        let seqs: Vec<u64> = evs.iter().map(|e| e.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        let f = step_finished(&evs).unwrap();
+        assert_eq!(f.result, "success", "{f:?}");
+        assert_eq!(
+            f.counters.as_ref().unwrap().counters.get("stage-add"),
+            Some(&30_000)
+        );
+        let rf = run_finished(&evs).unwrap();
+        assert_eq!(rf.state, v1::RunState::Succeeded as i32, "{rf:?}");
+        until("the run to be marked finished", || {
+            journal.unfinished_runs().unwrap().is_empty()
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_the_journal_fails_new_runs_are_refused_and_the_agent_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
+        let sim = sim();
+        let exec = executor(&journal, &sim);
+        exec.refresh_inventory().await.unwrap();
+        assert_eq!(exec.journal_problem(), None);
+        journal.fill_disk();
+        start_run(
+            &Journal::open(&dir.path().join("other.db")).unwrap(),
+            &exec,
+            "r1",
+            "HR",
+            "Delta Import",
+        );
+        until("the journal failure to be reported", || {
+            exec.journal_problem().is_some()
+        })
+        .await;
+        let problem = exec.journal_problem().unwrap();
+        assert!(
+            problem.contains("database or disk is full") && problem.contains("refused"),
+            "{problem}"
+        );
+        let cmd = |id: &str| v1::Command {
+            command_id: format!("c-{id}"),
+            kind: Some(v1::command::Kind::StartRun(v1::StartRun {
+                run_id: id.into(),
+                steps: vec![v1::StepSpec {
+                    ma: "HR".into(),
+                    profile: "Delta Import".into(),
+                }],
+                ..Default::default()
+            })),
+        };
+        let ack = crate::session::handle_command(cmd("r2"), &journal, &exec);
+        assert!(!ack.accepted);
+        assert!(
+            ack.reason.contains("journal cannot be written"),
+            "{}",
+            ack.reason
+        );
+        // Writes succeed again: the agent recovers by itself and accepts runs.
+        journal.free_disk();
+        until("the journal to recover", || {
+            exec.journal_problem().is_none()
+        })
+        .await;
+        let ack = crate::session::handle_command(cmd("r3"), &journal, &exec);
+        assert!(ack.accepted, "{}", ack.reason);
+        until("r1's events to be journaled", || {
+            run_finished(&events(&journal, "r1")).is_some()
+        })
+        .await;
+    }
+
+    /// An agent process that dies: its runtime, with every task of the executor, goes away.
+    fn first_process(
+        path: &std::path::Path,
+        sim: &Arc<SimEngine>,
+        then: impl FnOnce(&Arc<Journal>),
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let journal = Arc::new(Journal::open(path).unwrap());
+            let exec = executor(&journal, sim);
+            exec.refresh_inventory().await.unwrap();
+            start_run(&journal, &exec, "r1", "AD", "Delta Import");
+            until("the step's run number to be journaled", || {
+                journal
+                    .steps_of("r1")
+                    .unwrap()
+                    .first()
+                    .is_some_and(|s| s.run_number > 0)
+            })
+            .await;
+            then(&journal);
+            engine_idle(sim, "AD").await;
+        });
+        rt.shutdown_background();
+    }
+
+    #[test]
+    fn after_a_restart_a_run_gets_its_result_from_the_engines_run_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let sim = sim();
+        sim.inject_source_changes("AD", 20_000, 0, 0).unwrap();
+        // The disk fills while the step runs; the engine finishes it; the agent is restarted.
+        first_process(&path, &sim, |j| j.fill_disk());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let journal = Arc::new(Journal::open(&path).unwrap());
+            journal.free_disk();
+            let exec = executor(&journal, &sim);
+            exec.refresh_inventory().await.unwrap();
+            assert_eq!(exec.recover_interrupted().unwrap(), 1);
+            until("the run to be completed", || {
+                run_finished(&events(&journal, "r1")).is_some()
+            })
+            .await;
+            let evs = events(&journal, "r1");
+            let rf = run_finished(&evs).unwrap();
+            assert_eq!(rf.state, v1::RunState::Succeeded as i32, "{rf:?}");
+            let f = step_finished(&evs).unwrap();
+            assert_eq!(f.result, "success");
+            assert!(f.run_number > 0);
+            assert_eq!(
+                f.counters.as_ref().unwrap().counters.get("stage-add"),
+                Some(&20_000),
+                "{f:?}"
+            );
+            assert!(f.detail.contains("run history"), "{}", f.detail);
+            until("the run to be marked finished", || {
+                journal.unfinished_runs().unwrap().is_empty()
+            })
+            .await;
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_step_the_engine_still_runs_after_a_restart_is_waited_for_and_unknown_only_without_history()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
+        let sim = sim();
+        // What a previous agent process left: a run whose step is run n, still running.
+        let n = sim.start_unmanaged("AD", "Full Import").unwrap();
+        for (id, run_number) in [("live", n), ("gone", 999)] {
+            journal
+                .accept_run(&v1::StartRun {
+                    run_id: id.into(),
+                    steps: vec![v1::StepSpec {
+                        ma: "AD".into(),
+                        profile: "Full Import".into(),
+                    }],
+                    ..Default::default()
+                })
+                .unwrap();
+            journal.record_step_run(id, 0, "AD", run_number).unwrap();
+        }
+        let exec = executor(&journal, &sim);
+        exec.refresh_inventory().await.unwrap();
+        assert_eq!(exec.recover_interrupted().unwrap(), 2);
+        assert!(exec.runs_in_flight().contains(&"live".to_string()));
+        // A new run on the same MA waits for the engine run of the interrupted step.
+        start_run(&journal, &exec, "next", "AD", "Delta Import");
+        until("the new run to wait", || {
+            events(&journal, "next").iter().any(|e| {
+                matches!(&e.kind, Some(Kind::StepWaiting(w))
+                    if w.reason.contains("started for syncfleet run live before the agent restarted"))
+            })
+        })
+        .await;
+        until("both runs to be completed", || {
+            run_finished(&events(&journal, "live")).is_some()
+                && run_finished(&events(&journal, "gone")).is_some()
+        })
+        .await;
+        let live = events(&journal, "live");
+        assert!(
+            live.iter()
+                .any(|e| matches!(&e.kind, Some(Kind::StepWaiting(w)) if w.reason.contains("still running"))),
+            "{live:#?}"
+        );
+        assert_eq!(step_finished(&live).unwrap().run_number, n);
+        assert_eq!(
+            run_finished(&live).unwrap().state,
+            v1::RunState::Succeeded as i32
+        );
+        until("the new run to be completed", || {
+            run_finished(&events(&journal, "next")).is_some()
+        })
+        .await;
+        assert_eq!(
+            run_finished(&events(&journal, "next")).unwrap().state,
+            v1::RunState::Succeeded as i32
+        );
+        let gone = run_finished(&events(&journal, "gone")).unwrap();
+        assert_eq!(gone.state, v1::RunState::Unknown as i32, "{gone:?}");
+        assert!(gone.message.contains("run history"), "{}", gone.message);
+    }
+}
+
+/// Cancelling a step the engine does not stop (a frozen engine) ends the run after
+/// `stop_timeout`, not when the watchdog fires hours later.
+#[cfg(test)]
+mod cancel_tests {
+    use super::*;
+    use crate::engine::sim::{FREEZE, ScriptedFailure, SimConfig, SimEngine};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_step_the_engine_does_not_stop_is_abandoned_after_the_stop_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
+        let mut cfg = SimConfig::example(1);
+        cfg.time_scale = 1.0;
+        let sim = Arc::new(SimEngine::new(cfg));
+        sim.inject_failure(ScriptedFailure::new("AD", FREEZE))
+            .unwrap();
+        let engine: Arc<dyn SyncEngine> = sim.clone();
+        let exec = Arc::new(Executor::new(
+            engine,
+            Arc::clone(&journal),
+            Arc::new(Notify::new()),
+            ExecutorOptions {
+                stop_timeout: Duration::from_secs(30),
+                ..ExecutorOptions::default()
+            },
+        ));
+        exec.refresh_inventory().await.unwrap();
+        let run = v1::StartRun {
+            run_id: "r".into(),
+            steps: vec![v1::StepSpec {
+                ma: "AD".into(),
+                profile: "Delta Import".into(),
+            }],
+            ..Default::default()
+        };
+        journal.accept_run(&run).unwrap();
+        exec.start(run);
+        let finished = || {
+            journal
+                .events_after(0, 1000)
+                .unwrap()
+                .into_iter()
+                .find_map(|e| match e.kind {
+                    Some(Kind::RunFinished(f)) => Some(f),
+                    _ => None,
+                })
+        };
+        while !journal
+            .events_after(0, 1000)
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e.kind, Some(Kind::StepStarted(_))))
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(exec.cancel("r"));
+        let t0 = tokio::time::Instant::now();
+        while finished().is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "the cancelled run is still open"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(finished().unwrap().state, v1::RunState::Cancelled as i32);
+        let health = exec.health().await;
+        assert!(!health.healthy);
+        assert!(health.detail.contains("did not stop"), "{}", health.detail);
     }
 }

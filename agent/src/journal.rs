@@ -7,6 +7,9 @@
 //! - Every event gets the next per-agent sequence number and stays in the outbox until the
 //!   controller acknowledges it. The highest seq ever issued is kept apart from the outbox, so
 //!   numbers are never reused after the outbox is pruned.
+//! - Each step's engine run number is written as soon as it is known, and each step's result
+//!   with its `StepFinished` event, so a run interrupted by an agent restart can be completed
+//!   from the engine's run history instead of being reported `unknown`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -29,6 +32,14 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL,
+    step_index INTEGER NOT NULL,
+    ma TEXT NOT NULL,
+    run_number INTEGER NOT NULL,
+    result TEXT,
+    PRIMARY KEY (run_id, step_index)
 );
 "#;
 
@@ -58,6 +69,18 @@ pub enum Accept {
     New,
     /// Already journaled: do nothing.
     Duplicate,
+}
+
+/// A step of a run as the journal knows it ([`Journal::steps_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    pub index: u32,
+    /// Empty when the step never reached the engine.
+    pub ma: String,
+    /// Engine run number; 0 when unknown.
+    pub run_number: u64,
+    /// `None` while the step runs; `Some("")` for a skipped step; else the engine's result.
+    pub result: Option<String>,
 }
 
 /// The durable journal. Cheap calls; safe to share between tasks.
@@ -128,11 +151,16 @@ impl Journal {
         })
     }
 
-    /// Mark a run as finished (its RunFinished event is in the outbox).
+    /// Mark a run as finished (its RunFinished event is in the outbox). Its step records are
+    /// no longer needed: only an unfinished run is completed from them after a restart.
     pub fn finish_run(&self, run_id: &str) -> Result<(), JournalError> {
-        self.conn()
-            .execute("UPDATE runs SET finished = 1 WHERE run_id = ?1", [run_id])
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute("UPDATE runs SET finished = 1 WHERE run_id = ?1", [run_id])
             .map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM steps WHERE run_id = ?1", [run_id])
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -164,6 +192,19 @@ impl Journal {
         run_id: &str,
         kind: v1::agent_event::Kind,
     ) -> Result<v1::AgentEvent, JournalError> {
+        self.append_at(run_id, kind, syncfleet_proto::time::now())
+    }
+
+    /// [`append`](Self::append) with the time the event happened (an event held in memory
+    /// while the journal could not be written keeps its own time). A `StepFinished` or
+    /// `StepSkipped` event also records the step's result, in the same transaction.
+    pub fn append_at(
+        &self,
+        run_id: &str,
+        kind: v1::agent_event::Kind,
+        at: prost_types::Timestamp,
+    ) -> Result<v1::AgentEvent, JournalError> {
+        use v1::agent_event::Kind;
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let last: i64 = tx
@@ -174,9 +215,30 @@ impl Journal {
             .map_err(|e| self.err(e))?
             .unwrap_or(0);
         let seq = last + 1;
+        let step = match &kind {
+            Kind::StepFinished(f) => Some((f.index, f.run_number, f.result.clone())),
+            Kind::StepSkipped(s) => Some((s.index, 0, String::new())),
+            _ => None,
+        };
+        if let Some((index, run_number, result)) = step {
+            tx.execute(
+                "INSERT INTO steps (run_id, step_index, ma, run_number, result)
+                 VALUES (?1, ?2, '', ?3, ?4)
+                 ON CONFLICT(run_id, step_index) DO UPDATE SET result = excluded.result,
+                   run_number = CASE WHEN excluded.run_number > 0
+                                     THEN excluded.run_number ELSE run_number END",
+                params![
+                    run_id,
+                    index,
+                    i64::try_from(run_number).unwrap_or(i64::MAX),
+                    result
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        }
         let event = v1::AgentEvent {
             seq: u64::try_from(seq).unwrap_or(0),
-            at: Some(syncfleet_proto::time::now()),
+            at: Some(at),
             run_id: run_id.to_string(),
             kind: Some(kind),
         };
@@ -193,6 +255,89 @@ impl Journal {
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(event)
+    }
+
+    /// Record the engine run number of a step that is executing (the step's result is not
+    /// known yet). A retried step's new run number replaces the earlier one.
+    pub fn record_step_run(
+        &self,
+        run_id: &str,
+        index: u32,
+        ma: &str,
+        run_number: u64,
+    ) -> Result<(), JournalError> {
+        self.conn()
+            .execute(
+                "INSERT INTO steps (run_id, step_index, ma, run_number, result)
+                 VALUES (?1, ?2, ?3, ?4, NULL)
+                 ON CONFLICT(run_id, step_index) DO UPDATE SET ma = excluded.ma,
+                   run_number = excluded.run_number, result = NULL",
+                params![
+                    run_id,
+                    index,
+                    ma,
+                    i64::try_from(run_number).unwrap_or(i64::MAX)
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The steps of a run the journal knows of, by index.
+    pub fn steps_of(&self, run_id: &str) -> Result<Vec<StepRecord>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT step_index, ma, run_number, result FROM steps
+                 WHERE run_id = ?1 ORDER BY step_index",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([run_id], |r| {
+                Ok(StepRecord {
+                    index: r.get(0)?,
+                    ma: r.get(1)?,
+                    run_number: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                    result: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Fill the journal's "disk": cap the file at its size (SQLite's `max_page_count`) and use
+    /// up its free pages, so every write that needs space fails with SQLite's own "database or
+    /// disk is full" (`SQLITE_FULL`), as on a full volume. Tests only: a real full disk needs a
+    /// size-limited mount, which needs mount privileges a CI container usually lacks.
+    #[cfg(test)]
+    pub(crate) fn fill_disk(&self) {
+        let conn = self.conn();
+        let _created = conn.execute("CREATE TABLE IF NOT EXISTS filler (b BLOB)", []);
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap_or(0);
+        let _set: Result<i64, _> =
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            });
+        for size in [4096, 512, 64, 1] {
+            for _ in 0..100_000 {
+                if conn
+                    .execute("INSERT INTO filler (b) VALUES (zeroblob(?1))", [size])
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Space returns: lift the cap of [`fill_disk`](Self::fill_disk). Tests only.
+    #[cfg(test)]
+    pub(crate) fn free_disk(&self) {
+        let _set: Result<i64, _> =
+            self.conn()
+                .query_row("PRAGMA max_page_count = 1073741823", [], |r| r.get(0));
     }
 
     /// Highest sequence number ever issued (0 = none).

@@ -5,9 +5,13 @@
 //! Contracts this crate keeps:
 //! - **Exactly-once execution**: a run id is journaled before it is acted on
 //!   ([`journal::Journal::accept_run`]) and never executed twice, across reconnects and
-//!   restarts. A run interrupted by an agent restart is reported `unknown`, not re-run.
+//!   restarts. A run interrupted by an agent restart is not re-run: its interrupted step's
+//!   result and counters are read back from the engine's run history (by the engine run number
+//!   journaled when the step started); it is reported `unknown` only when that is impossible.
 //! - **Nothing lost**: every event is journaled with a per-agent sequence number and replayed
-//!   until the controller acknowledges it.
+//!   until the controller acknowledges it. An event the journal refuses (full disk) is held in
+//!   memory in order and written when it can be; meanwhile new runs are refused and the
+//!   heartbeat says why ([`backlog`]).
 //! - **Engine rules first**: see [`executor`] for the locks taken before every step.
 //! - **Observable runs**: each run executes in a `run` span that continues the controller's trace
 //!   (`StartRun.traceparent`), each step in a child `step` span with the MA, run profile, raw
@@ -22,6 +26,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+pub mod backlog;
 pub mod certs;
 pub mod config;
 pub mod engine;

@@ -245,7 +245,9 @@ async fn run_session(
     welcomed.store(true, std::sync::atomic::Ordering::Relaxed);
     set_live(&ctx.live, Some(session_channel.clone()));
     tracing::info!(controller = %ctx.cfg.controller, acked = welcome.acked_event_seq, "session open");
-    ctx.journal.ack(welcome.acked_event_seq)?;
+    if let Err(e) = ctx.journal.ack(welcome.acked_event_seq) {
+        tracing::warn!(error = %e, "cannot prune acknowledged events from the journal");
+    }
     let heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_interval_seconds.max(1)));
 
     let session_done = CancellationToken::new();
@@ -278,7 +280,13 @@ async fn read_loop(
 ) -> Result<(), SessionError> {
     while let Some(msg) = inbound.message().await.map_err(SessionError::Stream)? {
         match msg.msg {
-            Some(CtrlMsg::EventAck(ack)) => journal.ack(ack.up_to_seq)?,
+            Some(CtrlMsg::EventAck(ack)) => {
+                // A journal that cannot be written keeps acknowledged events a while longer;
+                // the next acknowledgement covers them. Not a reason to drop the session.
+                if let Err(e) = journal.ack(ack.up_to_seq) {
+                    tracing::warn!(error = %e, "cannot prune acknowledged events from the journal");
+                }
+            }
             Some(CtrlMsg::Command(cmd)) => {
                 let ack = handle_command(cmd, journal, executor);
                 if tx
@@ -323,6 +331,13 @@ pub(crate) fn handle_command(
                 tracing::warn!(run_id = %start.run_id, %reason, "run refused");
                 ack.accepted = false;
                 ack.reason = reason;
+                return ack;
+            }
+            // A run whose events could not be recorded must not start.
+            if let Some(problem) = executor.journal_problem() {
+                tracing::warn!(run_id = %start.run_id, %problem, "run refused");
+                ack.accepted = false;
+                ack.reason = problem;
                 return ack;
             }
             // Journal first: once this returns New, the run id can never start again.
@@ -396,6 +411,7 @@ async fn write_loop(
                     engine_detail: health.detail,
                     runs_in_flight: ctx.executor.runs_in_flight(),
                     pending: pending.snapshot(&ctx.engine),
+                    agent_problem: ctx.executor.journal_problem().unwrap_or_default(),
                 };
                 if tx.send(v1::AgentMessage { msg: Some(AgentMsg::Heartbeat(hb)) }).await.is_err() {
                     return Ok(());

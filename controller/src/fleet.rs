@@ -82,6 +82,7 @@ struct Live {
     last_seen_ms: i64,
     engine_healthy: bool,
     engine_detail: String,
+    agent_problem: String,
     runs_in_flight: Vec<String>,
 }
 
@@ -409,6 +410,7 @@ impl Fleet {
             if self.is_connected(&agent.name) {
                 agent.engine_healthy = live.engine_healthy;
                 agent.engine_detail.clone_from(&live.engine_detail);
+                agent.agent_problem.clone_from(&live.agent_problem);
                 agent.runs_in_flight.clone_from(&live.runs_in_flight);
             }
         }
@@ -443,6 +445,7 @@ impl Fleet {
             state_since: Some(now_ts),
             engine_healthy: true,
             engine_detail: String::new(),
+            agent_problem: String::new(),
             runs_in_flight: hello.runs_in_flight.clone(),
             drain: stored.as_ref().and_then(|s| s.agent.drain.clone()),
         };
@@ -467,6 +470,7 @@ impl Fleet {
                 last_seen_ms: to_millis(&now_ts),
                 engine_healthy: true,
                 engine_detail: String::new(),
+                agent_problem: String::new(),
                 runs_in_flight: hello.runs_in_flight.clone(),
             },
         );
@@ -521,6 +525,7 @@ impl Fleet {
         if let Some(hb) = hb {
             entry.engine_healthy = hb.engine_healthy;
             entry.engine_detail.clone_from(&hb.engine_detail);
+            entry.agent_problem.clone_from(&hb.agent_problem);
             entry.runs_in_flight.clone_from(&hb.runs_in_flight);
             self.pending_exports.record(agent, hb);
         }

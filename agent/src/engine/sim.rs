@@ -51,6 +51,9 @@
 //! - Runs execute in their own task: if the caller of `execute` goes away, the run carries on and
 //!   stays visible through `status` and `run_details`, as a real engine run does when the agent dies
 //!   (§9 design note 5).
+//! - Run history by run number (`MIIS_RunHistory`), kept across restarts of the hosting process
+//!   when [`SimConfig::state_file`] is set, as the engine keeps it in its database while the
+//!   agent restarts.
 //! - Runs nobody asked for through `execute` (§6.8 "unmanaged runs": someone clicked Run in Sync
 //!   Service Manager): [`SimEngine::start_unmanaged`] and [`SimConfig::unmanaged`]. They obey
 //!   the same rules, get run numbers and history, and show in `status` like any run.
@@ -731,6 +734,7 @@ impl Inner {
             run_number: header.run_number,
             done,
         };
+        self.persist();
         let mut mode = self.mode.subscribe();
         let mut records: Vec<StepRecord> = Vec::with_capacity(steps.len());
         for (i, step) in steps.iter().enumerate() {
@@ -832,9 +836,78 @@ impl Inner {
             .unwrap_or("no-start-no-steps-in-profile")
             .to_owned();
         drop(guard);
+        self.persist();
         ExecuteOutcome {
             result,
             run_number: Some(header.run_number),
+        }
+    }
+}
+
+/// What [`SimConfig::state_file`] holds.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    mas: std::collections::BTreeMap<String, PersistedMa>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PersistedMa {
+    next_run_number: u64,
+    history: std::collections::BTreeMap<u64, String>,
+}
+
+/// Read a state file; `None` when it does not exist yet.
+fn load_state(path: &std::path::Path) -> Result<Option<Persisted>, EngineError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(EngineError::Config(format!(
+                "cannot read the simulated engine's state file {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        EngineError::Config(format!(
+            "the simulated engine's state file {} is not valid: {e}; delete it to start with an empty run history",
+            path.display()
+        ))
+    })
+}
+
+impl Inner {
+    /// Write the run histories and run numbers to [`SimConfig::state_file`], if set (write to
+    /// a temporary file, then rename: a crash never leaves half a file).
+    fn persist(&self) {
+        let Some(path) = &self.cfg.state_file else {
+            return;
+        };
+        let state = {
+            let st = self.lock();
+            Persisted {
+                mas: st
+                    .mas
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.cfg.name.clone(),
+                            PersistedMa {
+                                next_run_number: m.next_run_number,
+                                history: m.history.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
+            }
+        };
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(&state)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "sim: cannot write the engine state file");
         }
     }
 }
@@ -850,11 +923,29 @@ impl SimEngine {
     pub fn new(cfg: SimConfig) -> SimEngine {
         let cfg = cfg.sanitized();
         let epoch = Instant::now();
-        let mas = cfg
+        let mut mas: Vec<MaSim> = cfg
             .mas
             .iter()
             .map(|ma| MaSim::new(ma.clone(), cfg.seed, epoch))
             .collect();
+        if let Some(path) = &cfg.state_file {
+            match load_state(path) {
+                Ok(Some(saved)) => {
+                    for m in &mut mas {
+                        if let Some(p) = saved.mas.get(&m.cfg.name) {
+                            m.history.clone_from(&p.history);
+                            let after_last = p
+                                .history
+                                .last_key_value()
+                                .map_or(0, |(n, _)| n.saturating_add(1));
+                            m.next_run_number = p.next_run_number.max(after_last);
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "sim: starting with an empty run history"),
+            }
+        }
         let script = cfg.script.iter().cloned().map(ScriptEntry::new).collect();
         let (mode, _) = watch::channel(Mode {
             frozen: false,
@@ -882,6 +973,9 @@ impl SimEngine {
     /// [`SimConfig::validate`], then [`SimEngine::new`].
     pub fn try_new(cfg: SimConfig) -> Result<SimEngine, EngineError> {
         cfg.validate()?;
+        if let Some(path) = &cfg.state_file {
+            load_state(path)?;
+        }
         Ok(SimEngine::new(cfg))
     }
 

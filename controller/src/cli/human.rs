@@ -177,7 +177,9 @@ fn engine_brief(a: &Agent) -> String {
 
 fn agent_state_brief(a: &Agent) -> String {
     let state = a.state();
-    if state == AgentState::Connected && !a.engine_healthy {
+    if state == AgentState::Connected && !a.agent_problem.is_empty() {
+        format!("{} (agent unhealthy)", state.label())
+    } else if state == AgentState::Connected && !a.engine_healthy {
         format!("{} (engine down)", state.label())
     } else {
         state.label().to_string()
@@ -243,6 +245,14 @@ pub fn agent_details(a: &Agent, now: DateTime<Utc>) -> String {
             (true, _) => "healthy".to_string(),
             (false, true) => "unhealthy".to_string(),
             (false, false) => format!("unhealthy: {}", a.engine_detail),
+        },
+    );
+    add(
+        "agent health",
+        if a.agent_problem.is_empty() {
+            "healthy".to_string()
+        } else {
+            format!("unhealthy: {}", a.agent_problem)
         },
     );
     add("agent version", or_dash(&a.agent_version).to_string());

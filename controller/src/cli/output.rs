@@ -239,6 +239,7 @@ pub fn agent_json(a: &Agent) -> Value {
         "state_since": timestamp_json(a.state_since.as_ref()),
         "engine_healthy": a.engine_healthy,
         "engine_detail": a.engine_detail,
+        "agent_problem": a.agent_problem,
         "runs_in_flight": a.runs_in_flight,
         "drain": pause_json(a.drain.as_ref(), "draining"),
         "management_agents": a.management_agents.iter().map(management_agent_json).collect::<Vec<_>>(),
@@ -525,6 +526,7 @@ mod tests {
                 "state_since": null,
                 "engine_healthy": true,
                 "engine_detail": "",
+                "agent_problem": "",
                 "runs_in_flight": ["r1"],
                 "drain": {"draining": false, "note": "", "by": "", "at": null},
                 "management_agents": [{

@@ -45,6 +45,13 @@ pub struct SimConfig {
     /// (see [`super::SimEngine::start_unmanaged`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unmanaged: Vec<UnmanagedRun>,
+    /// A JSON file where the engine keeps each MA's run history and next run number across
+    /// restarts of the process that hosts it, as the real engine keeps them in its database:
+    /// `MIIS_RunHistory` outlives an agent restart. Unset: in memory only. Connector spaces
+    /// are not kept; a run in progress when the process ended stays `in-progress` in the
+    /// history (its service ended with it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -304,6 +311,7 @@ impl SimConfig {
             mas,
             script: Vec::new(),
             unmanaged: Vec::new(),
+            state_file: None,
         }
     }
 

@@ -844,3 +844,36 @@ async fn source_events_arrive_at_their_time() {
     assert_eq!(d.steps[0].counter("stage-delete"), 800);
     assert_eq!(sim.pending("AD").await.unwrap().import_delete, 800);
 }
+
+#[tokio::test(start_paused = true)]
+async fn run_history_and_run_numbers_outlive_the_process_with_a_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quiet(0.01);
+    cfg.state_file = Some(dir.path().join("engine.json"));
+    let first = SimEngine::try_new(cfg.clone()).unwrap();
+    first.inject_source_changes("AD", 40, 0, 0).unwrap();
+    let (out, run) = exec(&first, "AD", "Delta Import").await;
+    let n = out.run_number.unwrap();
+    assert_eq!(only_step(&run).counter("stage-add"), 40);
+    let xml = first.run_details("AD", n).await.unwrap();
+    drop(first);
+    // A new process: the history of run n is read back as MIIS_RunHistory gives it.
+    let second = SimEngine::try_new(cfg.clone()).unwrap();
+    assert_eq!(second.run_details("AD", n).await.unwrap(), xml);
+    let (next, _) = exec(&second, "AD", "Delta Import").await;
+    assert_eq!(next.run_number, Some(n + 1));
+    // Without the file, a new engine has no such run.
+    let mut memory_only = cfg.clone();
+    memory_only.state_file = None;
+    assert!(matches!(
+        SimEngine::new(memory_only).run_details("AD", n).await,
+        Err(EngineError::NoSuchRun { .. })
+    ));
+    // A damaged file is refused with the file named and the fix.
+    std::fs::write(dir.path().join("engine.json"), "{not json").unwrap();
+    let err = SimEngine::try_new(cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("engine.json") && err.contains("delete it"),
+        "{err}"
+    );
+}
