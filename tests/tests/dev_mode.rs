@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Proc, bin, free_port, wait_for};
+use common::{Proc, bin, free_port, wait_agents_connected, wait_for};
 
 /// The 8-character id `run --follow` prints in its progress lines (`run 01a23390 ...`).
 fn short_id_in(progress: &str) -> Option<String> {
@@ -46,16 +46,7 @@ fn dev_mode_runs_a_fleet_the_cli_can_drive() {
             .unwrap()
     };
     // From "a second shell": the dev context written by `dev` is all the CLI needs.
-    let agents = wait_for("3 connected agents", Duration::from_secs(60), || {
-        let out = cli(&["agents", "list", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let connected = v
-            .as_array()?
-            .iter()
-            .filter(|a| a["state"] == "connected")
-            .count();
-        (connected == 3).then_some(v)
-    });
+    let agents = wait_agents_connected(cli, 3);
     for a in agents.as_array().unwrap() {
         let mas: Vec<&str> = a["management_agents"]
             .as_array()

@@ -14,7 +14,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Proc, bin, wait_for, workspace_root};
+use common::{Proc, bin, wait_agents_connected, wait_for, workspace_root};
 
 /// The ```sh block that follows `heading` in `readme`, as lines.
 fn sh_block_after<'a>(readme: &'a str, heading: &str) -> Vec<&'a str> {
@@ -91,16 +91,7 @@ fn the_readme_first_command_and_every_tour_line_work_as_written() {
         env(&mut cmd);
         cmd.output().unwrap()
     };
-    wait_for("the dev fleet's 3 agents", Duration::from_secs(90), || {
-        let out = cli(&["agents", "list", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let connected = v
-            .as_array()?
-            .iter()
-            .filter(|a| a["state"] == "connected")
-            .count();
-        (connected == 3).then_some(())
-    });
+    wait_agents_connected(cli, 3);
 
     let tour = sh_block_after(&readme, "## Five-minute tour");
     assert!(tour.len() >= 10, "the tour is too short: {tour:?}");

@@ -55,6 +55,25 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Polls `syncfleet agents list -o json` through `cli` until `n` agents are connected; returns
+/// the list.
+pub fn wait_agents_connected(cli: impl Fn(&[&str]) -> Output, n: usize) -> serde_json::Value {
+    wait_for(
+        &format!("{n} connected agents"),
+        Duration::from_secs(90),
+        || {
+            let out = cli(&["agents", "list", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let connected = v
+                .as_array()?
+                .iter()
+                .filter(|a| a["state"] == "connected")
+                .count();
+            (connected == n).then_some(v)
+        },
+    )
+}
+
 /// A child process whose stderr goes to a log file; killed on drop.
 pub struct Proc {
     pub name: String,
