@@ -27,20 +27,20 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub mod backlog;
-pub mod certs;
 pub mod config;
 pub mod engine;
-pub mod enroll;
 pub mod executor;
+pub mod identity;
 pub mod inventory;
 pub mod journal;
-pub mod renew;
 pub mod report;
-pub mod runhistory;
 pub mod session;
 pub mod telemetry;
 
 pub use config::AgentConfig;
+// The agent binary names these modules by their crate-root paths.
+pub use engine::runhistory;
+pub use identity::enroll;
 
 /// Failures that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub enum AgentError {
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
-    Tls(#[from] session::SessionError),
+    Tls(#[from] identity::channel::ChannelError),
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
 }
@@ -114,12 +114,12 @@ async fn run_agent(
 ) -> Result<(), AgentError> {
     cfg.validate()?;
     // Labels assigned at enrollment win over configured ones.
-    let cfg = enroll::with_enrolled_labels(cfg);
+    let cfg = identity::enroll::with_enrolled_labels(cfg);
     // Finish an interrupted renewal, then keep the certificate renewed while the agent runs.
-    let live = session::LiveChannel::default();
-    let _renewal = renew::spawn(&cfg, &shutdown, &live);
+    let live = identity::channel::LiveChannel::default();
+    let _renewal = identity::renew::spawn(&cfg, &shutdown, &live);
     // Fail fast on missing TLS files: an agent without credentials can never connect.
-    session::client_tls(&cfg)?;
+    identity::channel::client_tls(&cfg)?;
     let journal = Arc::new(journal::Journal::open(&cfg.journal_path())?);
     let outbox = Arc::new(tokio::sync::Notify::new());
     let executor = Arc::new(executor::Executor::new(

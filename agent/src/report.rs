@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::runhistory::{RunDetails, StepDetails};
+use crate::engine::runhistory::{RunDetails, StepDetails};
 
 fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> Value {
     t.map_or(Value::Null, |t| {

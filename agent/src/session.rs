@@ -16,11 +16,12 @@ use syncfleet_proto::v1::{
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::AgentConfig;
 use crate::engine::{MaInfo, SyncEngine};
 use crate::executor::Executor;
+use crate::identity::channel::{ChannelError, LiveChannel, connect, set_live};
+use crate::identity::files::{revoked_message, unusable_reason};
 use crate::journal::{Accept, Journal};
 
 /// Largest gRPC message accepted or sent on the session.
@@ -29,21 +30,8 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Why a session could not be established or ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("cannot read {what} {path}: {source}")]
-    ReadTls {
-        what: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid controller address {0:?}: {1}")]
-    BadUrl(String, String),
-    #[error("cannot connect to {url}: {source}")]
-    Connect {
-        url: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
     #[error("controller refused the session: {0}")]
     Refused(tonic::Status),
     #[error("session stream failed: {0}")]
@@ -54,47 +42,14 @@ pub enum SessionError {
     Journal(#[from] crate::journal::JournalError),
 }
 
-/// TLS material read from disk at every connect, so renewed certificates are picked up.
-pub fn client_tls(cfg: &AgentConfig) -> Result<ClientTlsConfig, SessionError> {
-    // Never read a renewed key with the certificate it replaces.
-    let _files = crate::certs::files_lock();
-    let read = |what, path: std::path::PathBuf| {
-        std::fs::read(&path).map_err(|source| SessionError::ReadTls {
-            what,
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let ca = read("CA certificate", cfg.ca_cert_path())?;
-    let cert = read("agent certificate", cfg.cert_path())?;
-    let key = read("agent key", cfg.key_path())?;
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key));
-    if let Some(name) = &cfg.tls.server_name {
-        tls = tls.domain_name(name.clone());
+impl SessionError {
+    /// The controller's refusal of the session or of its stream, if that is how it ended.
+    pub fn refusal(&self) -> Option<&tonic::Status> {
+        match self {
+            SessionError::Refused(s) | SessionError::Stream(s) => Some(s),
+            _ => None,
+        }
     }
-    Ok(tls)
-}
-
-/// An mTLS channel to the controller with the current credentials (sessions and renewals).
-pub(crate) async fn connect(cfg: &AgentConfig) -> Result<Channel, SessionError> {
-    let tls = client_tls(cfg)?;
-    let endpoint = Endpoint::from_shared(cfg.controller.clone())
-        .map_err(|e| SessionError::BadUrl(cfg.controller.clone(), e.to_string()))?
-        .tls_config(tls)
-        .map_err(|e| SessionError::BadUrl(cfg.controller.clone(), e.to_string()))?
-        .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
-    endpoint
-        .connect()
-        .await
-        .map_err(|source| SessionError::Connect {
-            url: cfg.controller.clone(),
-            source,
-        })
 }
 
 fn inventory_proto(inv: &[MaInfo]) -> Vec<v1::ManagementAgent> {
@@ -113,20 +68,6 @@ fn inventory_proto(inv: &[MaInfo]) -> Vec<v1::ManagementAgent> {
                 .collect(),
         })
         .collect()
-}
-
-/// The channel of the open session, if any: other calls (certificate renewal) ride the same
-/// HTTP/2 connection instead of opening a new one.
-pub type LiveChannel = Arc<std::sync::Mutex<Option<Channel>>>;
-
-fn set_live(live: &LiveChannel, channel: Option<Channel>) {
-    // The slot holds a cheap handle; a poisoned lock still holds a valid value.
-    *live.lock().unwrap_or_else(|p| p.into_inner()) = channel;
-}
-
-/// The open session's channel, if there is one.
-pub fn live_channel(live: &LiveChannel) -> Option<Channel> {
-    live.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Everything a session needs, shared across reconnects.
@@ -153,7 +94,7 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
     let mut attempt: u32 = 0;
     while !shutdown.is_cancelled() {
         // An expired (or not yet valid) certificate cannot connect: say why, wait, check again.
-        if let Some(msg) = crate::certs::unusable_reason(&ctx.cfg, chrono::Utc::now()) {
+        if let Some(msg) = unusable_reason(&ctx.cfg, chrono::Utc::now()) {
             tracing::error!("{msg}");
             tokio::select! {
                 () = tokio::time::sleep(ctx.cfg.reconnect_max_backoff) => continue,
@@ -171,7 +112,7 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
             attempt = 0;
         }
         if let Err(e) = &result
-            && let Some(msg) = crate::certs::revoked_message(e, &ctx.cfg)
+            && let Some(msg) = e.refusal().and_then(|s| revoked_message(s, &ctx.cfg))
         {
             tracing::error!("{msg}");
             attempt = attempt.max(16); // the longest wait: retrying sooner cannot help

@@ -3,7 +3,7 @@
 //! A driver speaks to one synchronization engine the way the engine's real interface allows
 //! (domain brief §2.1): start a run profile and wait for its result string, stop it, read the
 //! status of an MA, its pending counters and the run-history XML of a run. Drivers report the
-//! engine's **raw** strings and **raw** run-history XML; [`crate::runhistory`] is the one parser
+//! engine's **raw** strings and **raw** run-history XML; [`crate::engine::runhistory`] is the one parser
 //! that turns XML into counters for every driver.
 //!
 //! - [`sim`]: a simulated MIM engine for Linux development, demos, tests and benchmarks.
@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod runhistory;
 pub mod sim;
 #[cfg(windows)]
 pub mod wmi;

@@ -70,11 +70,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use syncfleet_proto::vocab::{self, ResultClass};
 
+use super::runhistory;
 use super::{
     BoxFuture, EngineError, EngineHealth, EngineInfo, EngineProgress, ExecuteOutcome, MaInfo,
     MaStatus, PendingCounters, ProgressSink, RunProfileInfo, RunStepInfo, SyncEngine,
 };
-use crate::runhistory;
 
 /// Driver kind reported by [`SyncEngine::info`].
 pub const KIND: &str = "mim-wmi";

@@ -1,5 +1,5 @@
 use super::*;
-use crate::runhistory::{self, RunDetails, StepDetails};
+use crate::engine::runhistory::{self, RunDetails, StepDetails};
 use syncfleet_proto::vocab::{self, ResultClass};
 
 mod faults;
@@ -840,7 +840,7 @@ async fn source_events_arrive_at_their_time() {
         .run_details("AD", out.run_number.unwrap())
         .await
         .unwrap();
-    let d = crate::runhistory::parse_one(&xml).unwrap();
+    let d = crate::engine::runhistory::parse_one(&xml).unwrap();
     assert_eq!(d.steps[0].counter("stage-delete"), 800);
     assert_eq!(sim.pending("AD").await.unwrap().import_delete, 800);
 }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 
 use super::RunStepInfo;
-use crate::runhistory::format_engine_timestamp;
+use crate::engine::runhistory::format_engine_timestamp;
 
 #[derive(Debug, Clone)]
 pub(super) struct RunHeader {

@@ -737,10 +737,10 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     const DELTA_IMPORT: &str = include_str!(
-        "../tests/data/run-history/HiltonGiesenow_PoShMon_Test-SPUPSSyncHealth.Tests_DS_DELTAIMPORT_stopped-connectivity.xml"
+        "../../tests/data/run-history/HiltonGiesenow_PoShMon_Test-SPUPSSyncHealth.Tests_DS_DELTAIMPORT_stopped-connectivity.xml"
     );
     const EXPORT: &str = include_str!(
-        "../tests/data/run-history/HiltonGiesenow_PoShMon_Test-SPUPSSyncHealth.Tests_MOSS_EXPORT_completed-export-errors.xml"
+        "../../tests/data/run-history/HiltonGiesenow_PoShMon_Test-SPUPSSyncHealth.Tests_MOSS_EXPORT_completed-export-errors.xml"
     );
 
     const STAGING: [&str; 7] = [

@@ -1,4 +1,5 @@
-//! Certificate renewal while the agent runs (issue 5 §3; kubelet rotation, linkerd `refresh_in`).
+//! Certificate renewal while the agent runs (in the manner of kubelet certificate rotation and
+//! linkerd's `refresh_in`).
 //!
 //! Schedule: the lifetime of the current certificate runs from the later of its `not_before`
 //! and the time the agent wrote it (controllers backdate `not_before` a few minutes for clock
@@ -6,10 +7,11 @@
 //! [`RENEW_AT`] of it, ± [`JITTER`] (so a fleet enrolled together does not renew together), and
 //! at once when less than [`LATE`] is left (e.g. after being stopped for a while).
 //!
-//! A renewal generates a fresh key and CSR, calls `AgentService.Renew` over a new mTLS
-//! connection made with the current certificate (the live session stream keeps its own
-//! connection and is not touched), and installs the new pair with
-//! [`certs::install_pair`]; the next connect uses it. Failures are retried with a backoff from
+//! A renewal generates a fresh key and CSR and calls `AgentService.Renew` authenticated by the
+//! current certificate. While a session is open the call rides that session's HTTP/2
+//! connection ([`LiveChannel`]); only when none is open does it make its own mTLS connection
+//! ([`channel::connect`]). It installs the new pair with
+//! [`files::install_pair`]; the next connect uses it. Failures are retried with a backoff from
 //! [`MIN_BACKOFF`] to [`MAX_BACKOFF`] (never sleeping past half the remaining lifetime), logged
 //! as warnings, and as errors once less than [`LOUD`] of the lifetime is left. An expired or
 //! revoked agent is told, once per check, that it must re-enroll; the task keeps checking the
@@ -23,9 +25,9 @@ use rand::Rng as _;
 use syncfleet_proto::v1::{RenewRequest, agent_service_client::AgentServiceClient};
 use tokio_util::sync::CancellationToken;
 
-use crate::certs::{self, CertError, CertInfo, NewKey, Recovery};
 use crate::config::AgentConfig;
-use crate::session::{self, SessionError};
+use crate::identity::channel::{self, ChannelError, LiveChannel};
+use crate::identity::files::{self, CertError, CertInfo, NewKey, Recovery};
 
 /// Renew at this fraction of the certificate's lifetime ...
 pub const RENEW_AT: f64 = 0.7;
@@ -48,7 +50,7 @@ pub enum RenewError {
     #[error(transparent)]
     Key(#[from] CertError),
     #[error(transparent)]
-    Connect(#[from] SessionError),
+    Connect(#[from] ChannelError),
     #[error("the controller refused the renewal: {}", status_line(.0))]
     Refused(tonic::Status),
     #[error("the controller did not answer the renewal within {}s", RENEW_TIMEOUT.as_secs())]
@@ -117,10 +119,10 @@ pub fn retry_delay(failures: u32, left: Duration) -> Duration {
     exp.min(MAX_BACKOFF).min(left / 2).max(MIN_BACKOFF)
 }
 
-/// Finishes or undoes a renewal interrupted by a crash (see [`certs::recover_pair`]); call
+/// Finishes or undoes a renewal interrupted by a crash (see [`files::recover_pair`]); call
 /// before the first connect.
 pub fn prepare(cfg: &AgentConfig) {
-    match certs::recover_pair(&cfg.cert_path(), &cfg.key_path()) {
+    match files::recover_pair(&cfg.cert_path(), &cfg.key_path()) {
         Ok(Recovery::Clean) => {}
         Ok(Recovery::Completed) => tracing::warn!(
             cert = %cfg.cert_path().display(),
@@ -137,15 +139,12 @@ pub fn prepare(cfg: &AgentConfig) {
 /// One renewal: fresh key and CSR, `Renew` over mTLS with the current certificate — on the live
 /// session's connection when there is one, else on a new one — new pair installed. Returns the
 /// new certificate's details.
-pub async fn renew_once(
-    cfg: &AgentConfig,
-    live: &session::LiveChannel,
-) -> Result<CertInfo, RenewError> {
-    let current = certs::read_cert_info(&cfg.cert_path()).ok();
+pub async fn renew_once(cfg: &AgentConfig, live: &LiveChannel) -> Result<CertInfo, RenewError> {
+    let current = files::read_cert_info(&cfg.cert_path()).ok();
     let new_key = NewKey::generate(&cfg.name)?;
-    let channel = match session::live_channel(live) {
+    let channel = match channel::live_channel(live) {
         Some(c) => c,
-        None => session::connect(cfg).await?,
+        None => channel::connect(cfg).await?,
     };
     let mut client = AgentServiceClient::new(channel);
     let call = client.renew(RenewRequest {
@@ -165,7 +164,7 @@ pub async fn renew_once(
             got: info.identity.unwrap_or_default(),
         });
     }
-    certs::install_pair(
+    files::install_pair(
         &cfg.cert_path(),
         &cfg.key_path(),
         &resp.cert_pem,
@@ -177,7 +176,7 @@ pub async fn renew_once(
 /// The current certificate and the start of its lifetime (see [`lifetime_start`]).
 fn current(cfg: &AgentConfig) -> Result<(CertInfo, DateTime<Utc>), CertError> {
     let path = cfg.cert_path();
-    let info = certs::read_cert_info(&path)?;
+    let info = files::read_cert_info(&path)?;
     let written = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .ok()
@@ -231,7 +230,7 @@ async fn sleep_until_replaced(
 }
 
 /// Keeps the agent's certificate renewed until `shutdown`.
-pub async fn run(cfg: AgentConfig, shutdown: CancellationToken, live: session::LiveChannel) {
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken, live: LiveChannel) {
     let mut failures: u32 = 0;
     // Set after a refusal no retry can fix (revoked): wait the longest before asking again.
     let mut refused = false;
@@ -247,7 +246,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken, live: session::L
                 continue;
             }
         };
-        if let Some(msg) = certs::expiry_message(&cfg.cert_path(), &info, now, &cfg) {
+        if let Some(msg) = files::expiry_message(&cfg.cert_path(), &info, now, &cfg) {
             // Renewal needs a valid certificate; wait for a re-enrollment (or a fixed clock).
             tracing::error!("{msg}");
             failures = 0;
@@ -265,7 +264,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken, live: session::L
             let d = renew_delay(start, info.not_after, now, jitter);
             tracing::debug!(
                 in_secs = d.as_secs(),
-                not_after = %certs::rfc3339(info.not_after),
+                not_after = %files::rfc3339(info.not_after),
                 "next certificate renewal scheduled"
             );
             d
@@ -295,13 +294,13 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken, live: session::L
                 refused = false;
                 tracing::info!(
                     identity = new.identity.as_deref().unwrap_or(""),
-                    not_after = %certs::rfc3339(new.not_after),
+                    not_after = %files::rfc3339(new.not_after),
                     cert = %cfg.cert_path().display(),
                     "agent certificate renewed with a fresh key"
                 );
             }
-            Err(RenewError::Refused(s)) if certs::is_revoked_status(&s) => {
-                tracing::error!("{}", certs::revoked_line(&status_line(&s), &cfg));
+            Err(RenewError::Refused(s)) if files::is_revoked_status(&s) => {
+                tracing::error!("{}", files::revoked_line(&status_line(&s), &cfg));
                 refused = true;
             }
             Err(e) => {
@@ -317,7 +316,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken, live: session::L
                         attempts = failures,
                         retry_in_secs = next.as_secs(),
                         "agent certificate expires at {} (in {}s) and its renewal keeps failing; once it expires this agent cannot reconnect and must be re-enrolled with a new token",
-                        certs::rfc3339(info.not_after),
+                        files::rfc3339(info.not_after),
                         left.max(0.0).round()
                     );
                 } else {
@@ -325,7 +324,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken, live: session::L
                         error = %e,
                         attempts = failures,
                         retry_in_secs = next.as_secs(),
-                        expires = %certs::rfc3339(info.not_after),
+                        expires = %files::rfc3339(info.not_after),
                         "agent certificate renewal failed; retrying"
                     );
                 }
@@ -346,11 +345,7 @@ impl Drop for RenewalTask {
 
 /// Recovers an interrupted renewal, then spawns [`run`]; keep the handle alive while the agent
 /// runs.
-pub fn spawn(
-    cfg: &AgentConfig,
-    shutdown: &CancellationToken,
-    live: &session::LiveChannel,
-) -> RenewalTask {
+pub fn spawn(cfg: &AgentConfig, shutdown: &CancellationToken, live: &LiveChannel) -> RenewalTask {
     prepare(cfg);
     RenewalTask(tokio::spawn(tracing::Instrument::in_current_span(run(
         cfg.clone(),
@@ -466,7 +461,7 @@ mod tests {
         use syncfleet_proto::v1::{AgentMessage, CertificateResponse, ControllerMessage};
 
         use super::*;
-        use crate::certs::tests::{TestCa, server_cert, sign_agent};
+        use crate::identity::files::tests::{TestCa, server_cert, sign_agent};
 
         pub struct Svc {
             pub ca: TestCa,
@@ -540,7 +535,7 @@ mod tests {
     }
 
     /// An agent configuration in `dir` with a fresh 10-second certificate from `ca`.
-    fn enrolled_agent(dir: &std::path::Path, ca: &certs::tests::TestCa, port: u16) -> AgentConfig {
+    fn enrolled_agent(dir: &std::path::Path, ca: &files::tests::TestCa, port: u16) -> AgentConfig {
         let cfg = AgentConfig {
             name: "sync-01".into(),
             controller: format!("https://127.0.0.1:{port}"),
@@ -548,21 +543,21 @@ mod tests {
             ..Default::default()
         };
         let key = NewKey::generate("sync-01").unwrap();
-        let cert = certs::tests::sign_agent(
+        let cert = files::tests::sign_agent(
             ca,
             &key.csr_pem,
             "sync-01",
             time::OffsetDateTime::now_utc(),
             10,
         );
-        certs::install_pair(&cfg.cert_path(), &cfg.key_path(), &cert, &key.key_pem()).unwrap();
+        files::install_pair(&cfg.cert_path(), &cfg.key_path(), &cert, &key.key_pem()).unwrap();
         std::fs::write(cfg.ca_cert_path(), &ca.pem).unwrap();
         cfg
     }
 
     #[tokio::test]
     async fn renewal_installs_a_fresh_key_and_certificate() {
-        let ca = certs::tests::test_ca("ca");
+        let ca = files::tests::test_ca("ca");
         let dir = tempfile::tempdir().unwrap();
         let cfg = enrolled_agent(dir.path(), &ca, 0);
         let port = fake::serve(ca, false).await;
@@ -572,9 +567,7 @@ mod tests {
         };
         let old_cert = std::fs::read_to_string(cfg.cert_path()).unwrap();
         let old_key = std::fs::read_to_string(cfg.key_path()).unwrap();
-        let info = renew_once(&cfg, &session::LiveChannel::default())
-            .await
-            .unwrap();
+        let info = renew_once(&cfg, &LiveChannel::default()).await.unwrap();
         assert_eq!(
             info.identity.as_deref(),
             Some("spiffe://test/agent/sync-01")
@@ -583,16 +576,14 @@ mod tests {
         let new_key = std::fs::read_to_string(cfg.key_path()).unwrap();
         assert_ne!(new_cert, old_cert);
         assert_ne!(new_key, old_key, "every renewal uses a fresh key");
-        assert!(certs::key_matches_cert(&new_key, new_cert.as_bytes()));
+        assert!(files::key_matches_cert(&new_key, new_cert.as_bytes()));
         // The new pair works for the next renewal (and the next session).
-        renew_once(&cfg, &session::LiveChannel::default())
-            .await
-            .unwrap();
+        renew_once(&cfg, &LiveChannel::default()).await.unwrap();
     }
 
     #[tokio::test]
     async fn a_revoked_agent_is_told_so() {
-        let ca = certs::tests::test_ca("ca");
+        let ca = files::tests::test_ca("ca");
         let dir = tempfile::tempdir().unwrap();
         let cfg = enrolled_agent(dir.path(), &ca, 0);
         let port = fake::serve(ca, true).await;
@@ -601,10 +592,10 @@ mod tests {
             ..cfg
         };
         let before = std::fs::read_to_string(cfg.cert_path()).unwrap();
-        match renew_once(&cfg, &session::LiveChannel::default()).await {
+        match renew_once(&cfg, &LiveChannel::default()).await {
             Err(RenewError::Refused(s)) => {
-                assert!(certs::is_revoked_status(&s));
-                let line = certs::revoked_line(&status_line(&s), &cfg);
+                assert!(files::is_revoked_status(&s));
+                let line = files::revoked_line(&status_line(&s), &cfg);
                 assert!(line.contains("re-enroll"), "{line}");
             }
             other => panic!("expected a revoked refusal, got {other:?}"),

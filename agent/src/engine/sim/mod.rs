@@ -5,7 +5,7 @@
 //!
 //! The simulator behaves like the engine *as seen through its WMI interface* (domain brief §2.1):
 //! it returns the engine's raw result strings and writes run-history XML in the engine's format,
-//! so everything above the driver (executor, lock manager, [`crate::runhistory`] parser, UI) is
+//! so everything above the driver (executor, lock manager, [`crate::engine::runhistory`] parser, UI) is
 //! exercised exactly as against a real server. It is deterministic: the same [`SimConfig::seed`]
 //! and the same sequence of calls at the same (tokio) times give the same counters, run numbers,
 //! ids, injected failures and unmanaged runs, so tests may run under paused tokio time. All

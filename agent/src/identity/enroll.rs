@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use syncfleet_proto::v1::{EnrollRequest, enroll_service_client::EnrollServiceClient};
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
-use crate::certs::{self, CertError, NewKey};
 use crate::config::AgentConfig;
+use crate::identity::files::{self, CertError, NewKey};
 
 /// TCP + TLS deadline, and the deadline of the Enroll call.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,7 +77,7 @@ fn refusal_line(s: &tonic::Status) -> String {
     } else {
         s.message().to_string()
     };
-    if let Some(id) = crate::renew::request_id(s) {
+    if let Some(id) = crate::identity::renew::request_id(s) {
         line.push_str(&format!(" (request {id})"));
     }
     line
@@ -140,11 +140,11 @@ impl ServerCertVerifier for PinVerifier {
             std::iter::once(end_entity).chain(intermediates).collect();
         let Some(pinned) = presented
             .iter()
-            .find(|c| certs::pin_matches(c.as_ref(), &self.pin))
+            .find(|c| files::pin_matches(c.as_ref(), &self.pin))
         else {
             let shown = presented
                 .last()
-                .map(|c| certs::sha256_hex(c.as_ref()))
+                .map(|c| files::sha256_hex(c.as_ref()))
                 .unwrap_or_default();
             self.record(PinOutcome::Mismatch(shown));
             return Err(rustls::Error::InvalidCertificate(
@@ -382,7 +382,7 @@ impl Enrolled {
         let mut s = format!(
             "enrolled as {} (certificate valid until {}; renewed automatically while the agent runs)\n",
             self.identity,
-            certs::rfc3339(self.not_after)
+            files::rfc3339(self.not_after)
         );
         for (path, private) in &self.files {
             s.push_str(&format!(
@@ -420,7 +420,7 @@ fn write_err(path: &Path) -> impl FnOnce(CertError) -> EnrollError + '_ {
 /// Enrolls the agent named in `cfg` with the controller at `cfg.controller` (see the module
 /// docs) and writes its credentials where `cfg` says.
 pub async fn enroll(cfg: &AgentConfig, token: &str, ca_pin: &str) -> Result<Enrolled, EnrollError> {
-    let pin = certs::parse_pin(ca_pin).map_err(EnrollError::Usage)?;
+    let pin = files::parse_pin(ca_pin).map_err(EnrollError::Usage)?;
     let server_name = cfg.tls.server_name.as_deref();
     let ca_der = fetch_ca(&cfg.controller, server_name, &pin).await?;
     let new_key = NewKey::generate(&cfg.name)?;
@@ -461,13 +461,13 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, ca_pin: &str) -> Result<Enro
         .map_err(EnrollError::Refused)?
         .into_inner();
     let info = new_key.check_issued(&resp.cert_pem)?;
-    if certs::pem_certificates(resp.ca_pem.as_bytes()).first() != Some(&ca_der) {
+    if files::pem_certificates(resp.ca_pem.as_bytes()).first() != Some(&ca_der) {
         return Err(EnrollError::CaChanged);
     }
 
     let (ca_path, cert_path, key_path) = (cfg.ca_cert_path(), cfg.cert_path(), cfg.key_path());
-    certs::write_atomic(&ca_path, resp.ca_pem.as_bytes(), false).map_err(write_err(&ca_path))?;
-    certs::install_pair(&cert_path, &key_path, &resp.cert_pem, &new_key.key_pem())
+    files::write_atomic(&ca_path, resp.ca_pem.as_bytes(), false).map_err(write_err(&ca_path))?;
+    files::install_pair(&cert_path, &key_path, &resp.cert_pem, &new_key.key_pem())
         .map_err(write_err(&cert_path))?;
     let identity = if resp.identity.is_empty() {
         info.identity.clone().unwrap_or_default()
@@ -479,7 +479,7 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, ca_pin: &str) -> Result<Enro
         identity: identity.clone(),
         name: cfg.name.clone(),
         controller: cfg.controller.clone(),
-        enrolled_at: certs::rfc3339(Utc::now()),
+        enrolled_at: files::rfc3339(Utc::now()),
         labels: labels.clone(),
     };
     let text = format!(
@@ -490,13 +490,13 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, ca_pin: &str) -> Result<Enro
         })?
     );
     let enrolled = enrolled_path(cfg);
-    certs::write_atomic(&enrolled, text.as_bytes(), false).map_err(write_err(&enrolled))?;
-    tracing::info!(identity = %identity, not_after = %certs::rfc3339(info.not_after), "enrolled");
+    files::write_atomic(&enrolled, text.as_bytes(), false).map_err(write_err(&enrolled))?;
+    tracing::info!(identity = %identity, not_after = %files::rfc3339(info.not_after), "enrolled");
     Ok(Enrolled {
         identity,
         not_after: info.not_after,
         labels,
-        ca_pin: certs::sha256_hex(&ca_der),
+        ca_pin: files::sha256_hex(&ca_der),
         files: vec![
             (ca_path, false),
             (cert_path, false),
@@ -525,11 +525,11 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::certs::tests::{TestCa, server_cert, sign_agent, test_ca};
+    use crate::identity::files::tests::{TestCa, server_cert, sign_agent, test_ca};
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
     fn pin_of(der: &[u8]) -> [u8; 32] {
-        certs::parse_pin(&certs::sha256_hex(der)).unwrap()
+        files::parse_pin(&files::sha256_hex(der)).unwrap()
     }
 
     fn verify(v: &PinVerifier, leaf: &[u8], chain: &[&[u8]], name: &str) -> bool {
@@ -560,7 +560,7 @@ mod tests {
         assert!(!verify(&v, &leaf, &[&ca.der], "localhost"));
         assert_eq!(
             v.outcome(),
-            Some(PinOutcome::Mismatch(certs::sha256_hex(&ca.der)))
+            Some(PinOutcome::Mismatch(files::sha256_hex(&ca.der)))
         );
 
         // The pinned CA is presented but did not sign the leaf (a MITM relaying the real CA).
@@ -631,7 +631,7 @@ mod tests {
             e.to_string(),
             format!(
                 "the controller's CA does not match --ca-pin (controller presented sha256:{}); check the pin printed by 'syncfleet tokens create'",
-                certs::sha256_hex(&ca.der)
+                files::sha256_hex(&ca.der)
             )
         );
         let e = fetch_ca(&url, Some("elsewhere.example.com"), &pin_of(&ca.der))
@@ -779,7 +779,7 @@ mod tests {
     #[tokio::test]
     async fn enroll_writes_a_consistent_identity_and_reports_refusals_verbatim() {
         let ca = test_ca("ca");
-        let pin = certs::sha256_hex(&ca.der);
+        let pin = files::sha256_hex(&ca.der);
         let (port, ca_pem) = fake::serve(ca).await;
         let dir = tempfile::tempdir().unwrap();
         let cfg = AgentConfig {
@@ -798,7 +798,7 @@ mod tests {
         assert_eq!(done.identity, "spiffe://test/agent/sync-01");
         assert_eq!(std::fs::read_to_string(cfg.ca_cert_path()).unwrap(), ca_pem);
         let key = std::fs::read_to_string(cfg.key_path()).unwrap();
-        assert!(certs::key_matches_cert(
+        assert!(files::key_matches_cert(
             &key,
             &std::fs::read(cfg.cert_path()).unwrap()
         ));
@@ -825,7 +825,7 @@ mod tests {
         );
         assert!(!report.contains("abc.secret"));
         // The written files are what the session uses.
-        crate::session::client_tls(&cfg).unwrap();
+        crate::identity::channel::client_tls(&cfg).unwrap();
 
         // Refusals: the server's message verbatim, with its request id.
         let e = enroll(&cfg, "abc.secret", &pin).await.unwrap_err();

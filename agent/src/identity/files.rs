@@ -18,7 +18,6 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::AgentConfig;
-use crate::session::SessionError;
 
 /// Problems with certificate or key files.
 #[derive(Debug, thiserror::Error)]
@@ -422,12 +421,9 @@ pub fn is_revoked_status(status: &tonic::Status) -> bool {
     ) && status.message().to_ascii_lowercase().contains("revoked")
 }
 
-/// The error line for a session the controller refused because this agent is revoked.
-pub fn revoked_message(err: &SessionError, cfg: &AgentConfig) -> Option<String> {
-    let status = match err {
-        SessionError::Refused(s) | SessionError::Stream(s) => s,
-        _ => return None,
-    };
+/// The error line for a session (or renewal) the controller refused because this agent is
+/// revoked, or `None` when `status` is another refusal.
+pub fn revoked_message(status: &tonic::Status, cfg: &AgentConfig) -> Option<String> {
     is_revoked_status(status).then(|| revoked_line(status.message(), cfg))
 }
 
@@ -678,17 +674,17 @@ pub(crate) mod tests {
     fn revoked_refusals_are_recognized() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = cfg_in(dir.path());
-        let e = SessionError::Refused(tonic::Status::permission_denied("agent sync-01 is revoked"));
+        let e = tonic::Status::permission_denied("agent sync-01 is revoked");
         let msg = revoked_message(&e, &cfg).unwrap();
         assert!(
             msg.starts_with("the controller refused agent sync-01 as revoked (agent sync-01 is revoked); a revoked agent cannot reconnect or renew: re-enroll with 'syncfleet-agent enroll --token <new token> --ca-pin <pin>'"),
             "{msg}"
         );
-        let e = SessionError::Stream(tonic::Status::unauthenticated("certificate REVOKED"));
+        let e = tonic::Status::unauthenticated("certificate REVOKED");
         assert!(revoked_message(&e, &cfg).is_some());
-        let e = SessionError::Refused(tonic::Status::unavailable("revoked"));
+        let e = tonic::Status::unavailable("revoked");
         assert!(revoked_message(&e, &cfg).is_none());
-        let e = SessionError::Refused(tonic::Status::permission_denied("wrong fleet"));
+        let e = tonic::Status::permission_denied("wrong fleet");
         assert!(revoked_message(&e, &cfg).is_none());
     }
 }

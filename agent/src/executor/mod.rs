@@ -38,9 +38,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backlog::{JournalOp, JournalWriter};
+use crate::engine::runhistory;
 use crate::engine::{EngineHealth, EngineProgress, ExecuteOutcome, MaInfo, MaStatus, SyncEngine};
 use crate::journal::Journal;
-use crate::runhistory;
 
 /// How much may run beside a synchronization on one server (domain brief §6.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
