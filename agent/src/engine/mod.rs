@@ -14,9 +14,9 @@ use std::pin::Pin;
 
 pub mod runhistory;
 pub mod sim;
-#[cfg(windows)]
 pub mod wmi;
-pub mod wmi_logic;
+/// The agent configuration names the `mim-wmi` driver's settings by this path.
+pub use wmi as wmi_logic;
 
 /// A boxed, sendable future: keeps [`SyncEngine`] object-safe (`Arc<dyn SyncEngine>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -1,0 +1,362 @@
+//! [`WmiEngine`]: the `mim-wmi` driver over any [`WmiApi`]. Every WMI call runs on a tokio
+//! blocking thread, bounded in time and in number, so a frozen engine makes calls fail instead of
+//! piling up threads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use syncfleet_proto::vocab::{self, ResultClass};
+
+use super::api::{MaRecord, PendingCounter, WmiApi, WmiError, normalize_guid};
+use super::config::WmiConfig;
+use super::run_number::parse_run_number;
+use super::status::{engine_error, is_provider_failure, parse_counter, provider_string_error};
+use crate::engine::runhistory;
+use crate::engine::{
+    BoxFuture, EngineError, EngineHealth, EngineInfo, ExecuteOutcome, MaInfo, MaStatus,
+    PendingCounters, ProgressSink, SyncEngine,
+};
+
+/// Driver kind reported by [`SyncEngine::info`].
+pub const KIND: &str = "mim-wmi";
+
+/// At most this many WMI calls (other than `Execute`) may be outstanding at once. Calls that time
+/// out keep their blocking thread until WMI answers; past this many, the engine is treated as
+/// frozen (§6.4) and further calls fail at once instead of piling up threads.
+pub const MAX_OUTSTANDING_CALLS: usize = 16;
+
+/// Decrements the outstanding-call count when a blocking call ends (even if it panics).
+struct Outstanding(Arc<AtomicUsize>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The `mim-wmi` engine driver over any [`WmiApi`] (see the module documentation for the
+/// rules it implements).
+pub struct WmiEngine<A: WmiApi> {
+    pub(super) api: Arc<A>,
+    pub(super) cfg: WmiConfig,
+    /// MA name → `{GUID}`, from the last `list_mas`.
+    guids: Mutex<HashMap<String, String>>,
+    /// Engine version from the last successful probe.
+    version: Mutex<Option<String>>,
+    outstanding: Arc<AtomicUsize>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<A: WmiApi> WmiEngine<A> {
+    /// A driver over `api`; fails when the configuration is invalid. Makes no WMI call.
+    pub fn new(api: A, cfg: WmiConfig) -> Result<Self, EngineError> {
+        cfg.validate()?;
+        Ok(WmiEngine {
+            api: Arc::new(api),
+            cfg,
+            guids: Mutex::new(HashMap::new()),
+            version: Mutex::new(None),
+            outstanding: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub fn config(&self) -> &WmiConfig {
+        &self.cfg
+    }
+
+    pub fn api(&self) -> &A {
+        &self.api
+    }
+
+    /// Run `f` on a blocking thread, bounded by `limit`. A call that times out keeps its thread
+    /// until WMI answers; at most [`MAX_OUTSTANDING_CALLS`] may be outstanding.
+    pub(super) async fn blocking<T, F>(
+        &self,
+        what: &str,
+        limit: Duration,
+        f: F,
+    ) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&A) -> T + Send + 'static,
+    {
+        let n = self.outstanding.fetch_add(1, Ordering::SeqCst);
+        let guard = Outstanding(Arc::clone(&self.outstanding));
+        if n >= MAX_OUTSTANDING_CALLS {
+            return Err(EngineError::Unavailable(format!(
+                "{n} WMI calls are still waiting for the sync engine; it looks frozen \
+                 (domain brief §6.4), {what} not attempted"
+            )));
+        }
+        let api = Arc::clone(&self.api);
+        let handle = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            f(&api)
+        });
+        match tokio::time::timeout(limit, handle).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(EngineError::Unavailable(format!(
+                "WMI call {what} failed on its thread: {e}"
+            ))),
+            Err(_) => Err(EngineError::Unavailable(format!(
+                "WMI call {what} did not answer within {limit:?}; the sync engine may be frozen \
+                 (domain brief §6.4)"
+            ))),
+        }
+    }
+
+    /// `{GUID}` of an MA, from the cache or a fresh `list_mas`.
+    pub(super) async fn guid_of(&self, ma: &str) -> Result<String, EngineError> {
+        if let Some(g) = lock(&self.guids).get(ma) {
+            return Ok(g.clone());
+        }
+        self.list().await?;
+        lock(&self.guids)
+            .get(ma)
+            .cloned()
+            .ok_or_else(|| EngineError::NoSuchMa(ma.to_owned()))
+    }
+
+    pub(super) async fn list(&self) -> Result<Vec<MaRecord>, EngineError> {
+        let mas = self
+            .blocking("MIIS_ManagementAgent", self.cfg.blocking_timeout, |a| {
+                a.list_mas()
+            })
+            .await?
+            .map_err(|e| engine_error(None, "list management agents", &e))?;
+        *lock(&self.guids) = mas
+            .iter()
+            .map(|m| (m.name.clone(), normalize_guid(&m.guid)))
+            .collect();
+        Ok(mas)
+    }
+
+    pub(super) async fn fetch_run_details(
+        &self,
+        ma: &str,
+        run_number: u64,
+    ) -> Result<String, EngineError> {
+        // The last run through MIIS_ManagementAgent.RunDetails() (documented, cheap); older
+        // runs through MIIS_RunHistory (key format UNCONFIRMED, see the module docs).
+        let m = ma.to_owned();
+        let last = self
+            .blocking(
+                "RunNumber/RunDetails",
+                self.cfg.blocking_timeout,
+                move |a| {
+                    let n = a.run_number(&m)?;
+                    if parse_run_number(&n).ok().flatten() == Some(run_number) {
+                        a.run_details(&m).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                },
+            )
+            .await?
+            .map_err(|e| engine_error(Some(ma), "RunDetails", &e))?;
+        if let Some(xml) = last {
+            if is_provider_failure(&xml) {
+                return Err(provider_string_error("RunDetails", ma, &xml));
+            }
+            // A new run may have started between the two calls: check the number when we can.
+            match runhistory::parse_one(&xml) {
+                Ok(run) if run.run_number != run_number => {}
+                _ => return Ok(xml),
+            }
+        }
+        let guid = self.guid_of(ma).await?;
+        let found = self
+            .blocking(
+                "MIIS_RunHistory.RunDetails",
+                self.cfg.blocking_timeout,
+                move |a| a.history_details(&guid, run_number),
+            )
+            .await?
+            .map_err(|e| engine_error(None, "MIIS_RunHistory.RunDetails", &e))?;
+        match found {
+            Some(xml) if is_provider_failure(&xml) => Err(provider_string_error(
+                "MIIS_RunHistory.RunDetails",
+                ma,
+                &xml,
+            )),
+            Some(xml) => Ok(xml),
+            None => Err(EngineError::NoSuchRun {
+                ma: ma.to_owned(),
+                run_number,
+            }),
+        }
+    }
+
+    pub(super) async fn probe(&self) -> EngineHealth {
+        let want_version = lock(&self.version).is_none();
+        let probed = self
+            .blocking("health probe", self.cfg.blocking_timeout, move |a| {
+                let running = a.service_running();
+                let mas = match running {
+                    Ok(true) => Some(a.list_mas().map(|m| m.len())),
+                    _ => None,
+                };
+                let version = if want_version {
+                    a.engine_version().ok()
+                } else {
+                    None
+                };
+                (running, mas, version)
+            })
+            .await;
+        let unhealthy = |detail: String| EngineHealth {
+            healthy: false,
+            detail,
+        };
+        match probed {
+            Err(e) => unhealthy(e.to_string()),
+            Ok((running, mas, version)) => {
+                if let Some(v) = version.filter(|v| !v.trim().is_empty()) {
+                    *lock(&self.version) = Some(v);
+                }
+                match (running, mas) {
+                    (Err(e), _) => unhealthy(format!("cannot query the service state: {e}")),
+                    (Ok(false), _) => unhealthy(format!(
+                        "service {} is not running (or not installed)",
+                        self.cfg.service_name
+                    )),
+                    (Ok(true), Some(Err(e))) => {
+                        unhealthy(format!("cannot list management agents: {e}"))
+                    }
+                    (Ok(true), _) => EngineHealth {
+                        healthy: true,
+                        detail: String::new(),
+                    },
+                }
+            }
+        }
+    }
+}
+
+impl<A: WmiApi> SyncEngine for WmiEngine<A> {
+    /// Kind `mim-wmi`; version from the last successful health probe, else `unknown`.
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            kind: KIND.to_owned(),
+            version: lock(&self.version)
+                .clone()
+                .unwrap_or_else(|| "unknown".to_owned()),
+        }
+    }
+
+    /// MAs from `MIIS_ManagementAgent`; run profiles from the configuration (module docs).
+    fn inventory(&self) -> BoxFuture<'_, Result<Vec<MaInfo>, EngineError>> {
+        Box::pin(async move {
+            let mas = self.list().await?;
+            for p in &self.cfg.profiles {
+                if !mas.iter().any(|m| m.name == p.ma) {
+                    tracing::warn!(ma = %p.ma, profile = %p.name, "declared profile of an unknown MA");
+                }
+            }
+            mas.into_iter()
+                .map(|m| {
+                    Ok(MaInfo {
+                        run_profiles: self.cfg.profiles_for(&m.name)?,
+                        guid: normalize_guid(&m.guid),
+                        name: m.name,
+                        ma_type: m.ma_type,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn execute<'a>(
+        &'a self,
+        ma: &'a str,
+        profile: &'a str,
+        progress: ProgressSink,
+    ) -> BoxFuture<'a, Result<ExecuteOutcome, EngineError>> {
+        Box::pin(self.run_execute(ma, profile, progress))
+    }
+
+    /// `Stop()`'s string verbatim (`success`, `ma-not-running`, `access-denied`, ...).
+    fn stop<'a>(&'a self, ma: &'a str) -> BoxFuture<'a, Result<String, EngineError>> {
+        Box::pin(async move {
+            let m = ma.to_owned();
+            self.blocking("Stop", self.cfg.stop_timeout, move |a| a.stop(&m))
+                .await?
+                .map_err(|e| engine_error(Some(ma), "Stop", &e))
+        })
+    }
+
+    /// `RunStatus()` = `in-progress` (or `completing-*`, when the MA is still busy) →
+    /// [`MaStatus::InProgress`] with `RunProfile()` and `RunNumber()` (0 when unreadable).
+    fn status<'a>(&'a self, ma: &'a str) -> BoxFuture<'a, Result<MaStatus, EngineError>> {
+        Box::pin(async move {
+            let m = ma.to_owned();
+            let (status, busy) = self
+                .blocking("RunStatus", self.cfg.blocking_timeout, move |a| {
+                    let status = a.run_status(&m)?;
+                    let busy = if vocab::classify(&status) == ResultClass::Transitional {
+                        Some((a.run_profile(&m)?, a.run_number(&m)?))
+                    } else {
+                        None
+                    };
+                    Ok::<_, WmiError>((status, busy))
+                })
+                .await?
+                .map_err(|e| engine_error(Some(ma), "RunStatus", &e))?;
+            if is_provider_failure(&status) {
+                return Err(provider_string_error("RunStatus", ma, &status));
+            }
+            Ok(match busy {
+                None => MaStatus::Idle,
+                Some((profile, number)) => MaStatus::InProgress {
+                    profile,
+                    run_number: parse_run_number(&number).ok().flatten().unwrap_or(0),
+                },
+            })
+        })
+    }
+
+    /// The `Num*()` counters; a non-numeric answer is an error naming the string.
+    fn pending<'a>(&'a self, ma: &'a str) -> BoxFuture<'a, Result<PendingCounters, EngineError>> {
+        Box::pin(async move {
+            let m = ma.to_owned();
+            let raw = self
+                .blocking("Num*", self.cfg.blocking_timeout, move |a| {
+                    PendingCounter::ALL
+                        .iter()
+                        .map(|c| a.num(&m, *c).map(|s| (*c, s)))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await?
+                .map_err(|e| engine_error(Some(ma), "Num*", &e))?;
+            let mut counters = PendingCounters::default();
+            for (c, s) in raw {
+                *c.slot(&mut counters) = parse_counter(ma, c, &s)?;
+            }
+            Ok(counters)
+        })
+    }
+
+    /// Run-history XML of run `run_number`: `RunDetails()` when it is the MA's last run, else
+    /// `MIIS_RunHistory`; [`EngineError::NoSuchRun`] when neither has it.
+    fn run_details<'a>(
+        &'a self,
+        ma: &'a str,
+        run_number: u64,
+    ) -> BoxFuture<'a, Result<String, EngineError>> {
+        Box::pin(self.fetch_run_details(ma, run_number))
+    }
+
+    /// Healthy when the service runs and `MIIS_ManagementAgent` can be listed within
+    /// [`WmiConfig::blocking_timeout`] (a frozen engine shows as unhealthy, §6.4).
+    fn health(&self) -> BoxFuture<'_, EngineHealth> {
+        Box::pin(self.probe())
+    }
+}
+
+#[cfg(test)]
+mod tests;
