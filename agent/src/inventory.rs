@@ -1,4 +1,4 @@
-//! The agent's own check of commands against its engine's inventory (issue 5 §8): a `StartRun`
+//! The agent's own check of commands against its engine's inventory: a `StartRun`
 //! naming a management agent or run profile the engine does not have is refused before it is
 //! journaled, whatever the controller believes. This keeps a compromised or confused controller
 //! from driving the engine with names the operator never saw in `syncfleet agents show`.
@@ -67,7 +67,11 @@ pub fn check_start_run(start: &v1::StartRun, inventory: &[MaInfo]) -> Result<(),
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected errors"
+)]
 mod tests {
     use std::sync::Arc;
 

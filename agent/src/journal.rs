@@ -1,5 +1,5 @@
-//! The agent's durable journal (design decision 2): accepted run ids and the event outbox, in
-//! one SQLite file.
+//! The agent's durable journal (what makes execution exactly-once and events never lost):
+//! accepted run ids and the event outbox, in one SQLite file.
 //!
 //! - A run id is written here *before* the agent acts on it, in the same transaction that checks
 //!   for it, so a resent `StartRun` (after a reconnect, a controller restart or an agent restart)

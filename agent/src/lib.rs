@@ -1,6 +1,6 @@
 //! syncfleet agent: one per sync server. It dials out to the controller over mTLS, executes run
 //! profiles through an engine driver, enforces the engine's concurrency rules locally and
-//! streams status and statistics back (design.md, decisions 1–5).
+//! streams status and statistics back (`ARCHITECTURE.md`).
 //!
 //! Contracts this crate keeps:
 //! - **Exactly-once execution**: a run id is journaled before it is acted on

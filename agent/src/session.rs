@@ -1,4 +1,5 @@
-//! The agent's one outbound connection (design decision 1): dial the controller over mTLS, say
+//! The agent's one outbound connection (the agent only dials out, so a sync server needs no
+//! inbound port): dial the controller over mTLS, say
 //! Hello, replay the outbox, then serve commands and stream events until the stream breaks;
 //! reconnect with exponential backoff and full jitter.
 //!

@@ -1,7 +1,12 @@
 //! Log lines of agents: every line and span names its agent, also when several agents run in
 //! one process (the controller's `dev` mode), and text logs written to a file carry no colour
 //! codes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected errors"
+)]
 
 use std::io::Write;
 use std::net::TcpListener;

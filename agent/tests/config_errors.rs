@@ -1,5 +1,9 @@
 //! The agent refuses bad configuration with exit code 64 and a message naming the key.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected errors"
+)]
 
 use std::process::Command;
 

@@ -1,5 +1,9 @@
 //! `syncfleet-agent run-details`: the real binary on the real samples and on bad input.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected errors"
+)]
 
 use std::process::Command;
 

@@ -1,7 +1,8 @@
-//! Engine drivers behind one trait (design decision 5).
+//! Engine drivers behind one trait, so the executor above them is the same for every engine
+//! (`ARCHITECTURE.md`).
 //!
 //! A driver speaks to one synchronization engine the way the engine's real interface allows
-//! (domain brief §2.1): start a run profile and wait for its result string, stop it, read the
+//! (`docs/engine.md`, "WMI interface"): start a run profile and wait for its result string, stop it, read the
 //! status of an MA, its pending counters and the run-history XML of a run. Drivers report the
 //! engine's **raw** strings and **raw** run-history XML; [`crate::engine::runhistory`] is the one parser
 //! that turns XML into counters for every driver.
@@ -30,7 +31,7 @@ pub struct EngineInfo {
     pub version: String,
 }
 
-/// One run step of a run profile (domain brief §5).
+/// One run step of a run profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunStepInfo {
     /// The engine's `step-type/@type`: `full-import`, `delta-import`, `apply-rules`, `export`,
@@ -75,7 +76,7 @@ pub struct MaInfo {
 }
 
 impl MaInfo {
-    /// The MIM Service MA (type `FIM`): its delta import counts as sync-class (domain brief §6.4).
+    /// The MIM Service MA (type `FIM`): its delta import counts as sync-class.
     pub fn is_mim_service(&self) -> bool {
         self.ma_type.eq_ignore_ascii_case("FIM")
     }

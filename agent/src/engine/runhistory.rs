@@ -1,25 +1,25 @@
 //! The run-history XML parser: the one place where the engine's `RunDetails()` XML becomes
-//! counters, for every driver (domain brief §4).
+//! counters, for every driver (the format: `docs/engine.md`, "Run-history XML").
 //!
 //! # Contract
 //!
 //! - Input is the raw XML string a driver got from `MIIS_ManagementAgent.RunDetails()` or
 //!   `MIIS_RunHistory.RunDetails()` (root `<run-history>`, one or more `<run-details>`), or a
 //!   saved history file (root `<execution-histories>` wrapping one or more `<run-history>`).
-//!   An empty `<run-history/>` (an MA that never ran, §2.1 `RunDetails`) parses to no runs.
-//! - Steps are returned **sorted by `step-number`**: real data lists the highest step first
-//!   (domain brief §4 quirk 1), so document order is never used.
+//!   An empty `<run-history/>` (what `RunDetails()` returns for an MA that never ran) parses to no runs.
+//! - Steps are returned **sorted by `step-number`**: real data lists the highest step first,
+//!   so document order is never used.
 //! - Strings that belong to open vocabularies (step results, connection results, error types) are
 //!   kept verbatim (trimmed of XML indentation only): the engine adds values that no schema lists
-//!   (§4 quirk 4, e.g. `ma-extension-error` in the export sample). Classification happens in
+//!   (e.g. `ma-extension-error` in the export sample). Classification happens in
 //!   [`syncfleet_proto::vocab`], not here.
 //! - Counters: every element child of `staging-counters`, `inbound-flow-counters`,
 //!   `export-counters` and `ma-discovery-counters` is a counter keyed by its element name; only
-//!   counters present in the XML are reported (the engine omits zero outbound counters, §4 quirk 4).
+//!   counters present in the XML are reported (the engine omits zero outbound counters).
 //!   `detail="..."` attributes are ignored. A counter that is not an unsigned integer is an error:
-//!   silently reading it as 0 would hide exactly the numbers guard rails depend on (§8).
+//!   silently reading it as 0 would hide exactly the numbers guard rails depend on.
 //!
-//! # Real-data quirks handled (domain brief §4)
+//! # Real-data quirks handled
 //!
 //! 1. Descending step order → sorted.
 //! 2. `<?xml version="1.0" encoding="utf-16"?>` on text that is really a Rust `str` (the engine's
@@ -42,7 +42,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use roxmltree::Node;
 use serde::Serialize;
 
-/// Largest accepted input (64 MiB). A run with the engine's 5,000-error limit (§8) and full error
+/// Largest accepted input (64 MiB). A run with the engine's 5,000-error limit and full error
 /// details stays far below this.
 pub const MAX_INPUT_BYTES: usize = 64 * 1024 * 1024;
 
@@ -56,7 +56,7 @@ pub const MAX_ERRORS_KEPT: usize = 10;
 /// Error literals (often .NET stack traces) are cut to this many characters.
 pub const MAX_LITERAL_CHARS: usize = 2000;
 
-/// The engine's timestamp format, UTC (`yyyy-mm-dd hh:mm:ss.fff`, domain brief §4, §2.1).
+/// The engine's timestamp format, UTC (`yyyy-mm-dd hh:mm:ss.fff`).
 pub const ENGINE_TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
 
 /// Longest snippet of offending input quoted in an error message.
@@ -151,13 +151,13 @@ pub struct RunDetails {
     pub profile: String,
     /// Account that invoked the run, `DOMAIN\account` (empty when absent).
     pub security_id: String,
-    /// Steps sorted by `step_number` ascending (never document order, §4 quirk 1).
+    /// Steps sorted by `step_number` ascending (never document order).
     pub steps: Vec<StepDetails>,
 }
 
 impl RunDetails {
     /// Run-level result: the most severe step result, as the Sync Service Manager's Status
-    /// column shows it (domain brief §4 quirk 5). `None` for a run without steps.
+    /// column shows it. `None` for a run without steps.
     pub fn result(&self) -> Option<&str> {
         syncfleet_proto::vocab::most_severe(self.steps.iter().map(|s| s.result.as_str()))
     }
@@ -189,7 +189,7 @@ pub struct StepDetails {
     pub started_at: Option<DateTime<Utc>>,
     /// `None` while the step runs (`end-date` is written on completion).
     pub finished_at: Option<DateTime<Utc>>,
-    /// Raw `step-result` text (open vocabulary, domain brief §3).
+    /// Raw `step-result` text (open vocabulary).
     pub result: String,
     /// `step-result/@progress` (`x/y`), when the engine gives one.
     pub progress: Option<String>,
@@ -222,7 +222,7 @@ impl StepDetails {
     }
 
     /// True when the step staged changes, so a delta sync has work: AutoSync's
-    /// `StagingCounters.HasChanges` (domain brief §4, last paragraph).
+    /// `StagingCounters.HasChanges`.
     pub fn has_staged_changes(&self) -> bool {
         [
             "stage-add",
@@ -357,7 +357,7 @@ pub fn parse_one(xml: &str) -> Result<RunDetails, ParseError> {
     }
 }
 
-/// Drop a UTF-8 BOM and the XML declaration (§4 quirk 2: it claims `utf-16` for text that is
+/// Drop a UTF-8 BOM and the XML declaration (it claims `utf-16` for text that is
 /// UTF-8 by now; a strict parser rejects the mismatch and the declaration carries nothing else we
 /// need). Leading whitespace before the declaration (also invalid XML) is tolerated.
 fn strip_prolog(xml: &str) -> &str {
@@ -520,7 +520,7 @@ fn parse_step(sd: Node<'_, '_>) -> Result<StepDetails, ParseError> {
     })
 }
 
-/// `(step_type, subtype, partition)` of a `step-description` (domain brief §5).
+/// `(step_type, subtype, partition)` of a `step-description`.
 fn describe(desc: Node<'_, '_>) -> (String, String, String) {
     let (step_type, subtype) = match child(desc, "step-type") {
         Some(st) => {
@@ -815,7 +815,7 @@ mod tests {
         assert_eq!(run.run_number, 1879);
         assert_eq!(run.profile, "DS_DELTAIMPORT");
         assert_eq!(run.security_id, "domain\\serviceacc");
-        // Document order is 2, 1: the parser sorts (§4 quirk 1).
+        // Document order is 2, 1: the parser sorts.
         let numbers: Vec<u32> = run.steps.iter().map(|s| s.step_number).collect();
         assert_eq!(numbers, vec![1, 2]);
         assert_eq!(run.result(), Some("stopped-connectivity"));

@@ -75,9 +75,18 @@ pub(super) fn conflict(
 }
 
 pub(super) enum Gate<'a> {
-    Read(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'a, ()>),
-    Write(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'a, ()>),
-    Sync(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>),
+    Read(
+        #[allow(dead_code, reason = "held only to release the lock when dropped")]
+        tokio::sync::RwLockReadGuard<'a, ()>,
+    ),
+    Write(
+        #[allow(dead_code, reason = "held only to release the lock when dropped")]
+        tokio::sync::RwLockWriteGuard<'a, ()>,
+    ),
+    Sync(
+        #[allow(dead_code, reason = "held only to release the lock when dropped")]
+        tokio::sync::MutexGuard<'a, ()>,
+    ),
     Open,
 }
 

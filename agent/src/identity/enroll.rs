@@ -1,4 +1,4 @@
-//! `syncfleet-agent enroll`: join the fleet with a one-time token (issue 5 §2; kubeadm
+//! `syncfleet-agent enroll`: join the fleet with a one-time token (in the manner of kubeadm
 //! `--discovery-token-ca-cert-hash`, Teleport join tokens).
 //!
 //! 1. **Pin the CA.** A raw TLS handshake with the controller, verified by [`PinVerifier`]: one
@@ -522,7 +522,11 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected errors"
+)]
 mod tests {
     use super::*;
     use crate::identity::files::tests::{TestCa, server_cert, sign_agent, test_ca};

@@ -437,7 +437,11 @@ pub fn revoked_line(server_message: &str, cfg: &AgentConfig) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected errors"
+)]
 pub(crate) mod tests {
     use super::*;
     use rcgen::{

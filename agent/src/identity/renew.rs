@@ -355,7 +355,11 @@ pub fn spawn(cfg: &AgentConfig, shutdown: &CancellationToken, live: &LiveChannel
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected errors"
+)]
 mod tests {
     use super::*;
     use chrono::TimeDelta;

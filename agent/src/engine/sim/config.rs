@@ -22,7 +22,7 @@ pub struct SimConfig {
     pub time_scale: f64,
     /// Reported as [`super::EngineInfo::version`].
     pub version: String,
-    /// `security-id` written into run history: the account that "invoked" the runs (§1).
+    /// `security-id` written into run history: the account that "invoked" the runs.
     /// Unmanaged runs are written with the same domain and the account `mim-admin`.
     pub security_id: String,
     /// Probability (0..=1) that a sync or export step hits a few object errors
@@ -156,8 +156,9 @@ impl SimMaConfig {
 /// only if none applies are the MA's failure rates drawn. An entry ignores the first `after`
 /// matching executions it sees, then fails the next `times` ones, then is spent.
 ///
-/// What `result` does (domain brief §3):
-/// - [`FREEZE`]: the engine freezes as in §6.4 rule 2 (see [`super::SimEngine::restart`]).
+/// What `result` does:
+/// - [`FREEZE`]: the engine freezes as a MIM Service MA import during a synchronization
+///   makes it freeze (see [`super::SimEngine::restart`]).
 /// - `no-start-*`, `access-denied`, `call-failure`, `connection-failure`,
 ///   `missing-partition-for-run-step`: the run does not start — no run number, no history, no
 ///   state change.

@@ -9,7 +9,7 @@ use super::model::MaSim;
 use super::{FREEZE, MAX_FAILURES_PER_STEP};
 
 /// Results that never start a run (no run number, no history): the `no-start-*` family and the
-/// provider codes of domain brief §3.3.
+/// provider codes (`docs/engine.md`, "Run status vocabulary").
 const NOT_STARTED: [&str; 4] = [
     "access-denied",
     "call-failure",
@@ -20,7 +20,8 @@ const NOT_STARTED: [&str; 4] = [
 /// What an injected failure does to an execution.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Fault {
-    /// The engine freezes (domain brief §6.4 rule 2, or a scripted [`FREEZE`]).
+    /// The engine freezes (a MIM Service MA import during a synchronization, or a scripted
+    /// [`FREEZE`]).
     Freeze,
     /// The run does not start: this result, no run number, no history, no state change.
     NotStarted(String),

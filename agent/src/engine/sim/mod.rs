@@ -3,7 +3,7 @@
 //!
 //! # Contract
 //!
-//! The simulator behaves like the engine *as seen through its WMI interface* (domain brief §2.1):
+//! The simulator behaves like the engine *as seen through its WMI interface*:
 //! it returns the engine's raw result strings and writes run-history XML in the engine's format,
 //! so everything above the driver (executor, lock manager, [`crate::engine::runhistory`] parser, UI) is
 //! exercised exactly as against a real server. It is deterministic: the same [`SimConfig::seed`]
@@ -20,41 +20,41 @@
 //!
 //! Per MA: a connector space of `connectors` objects; *source changes* that accumulate at
 //! `change_rate_per_hour` of simulated time; *staged* pending imports; *pending exports*; and
-//! *unconfirmed exports* that the next import confirms (domain brief §5 "Normal" cycle: delta
+//! *unconfirmed exports* that the next import confirms (the normal cycle: delta
 //! import → delta sync → export → confirming import).
 //!
 //! | Step | Claims at step start | Reports | Commits at step end |
 //! |---|---|---|---|
 //! | Delta Import (`delta-import`/`to-cs`) | source changes + unconfirmed exports | `stage-add/update/delete` (`completed-no-objects` when nothing) | staged pending imports |
-//! | Full Import (`full-import`/`to-cs`) | the same, reads every object | as delta + `stage-no-change` ≈ connectors; deletions (objects missing from the source) are obsoleted only when the step completes without discovery errors (§3.1, §3.4) | the same |
-//! | Delta Sync (`apply-rules`/`apply-pending`) | staged imports | inbound-flow counters; outbound-flow counters per target MA, zeros omitted (§4 quirk 4) | connector changes; pending exports on the *other* MAs |
+//! | Full Import (`full-import`/`to-cs`) | the same, reads every object | as delta + `stage-no-change` ≈ connectors; deletions (objects missing from the source) are obsoleted only when the step completes without discovery errors | the same |
+//! | Delta Sync (`apply-rules`/`apply-pending`) | staged imports | inbound-flow counters; outbound-flow counters per target MA, zeros omitted | connector changes; pending exports on the *other* MAs |
 //! | Full Sync (`apply-rules`/`reevaluate-flow-connectors`) | the same, re-evaluates every connector | as delta + `connector-no-flow` for the rest | the same |
 //! | Export (`export`) | pending exports | `export-add/update/delete/failure`; [`SimMaConfig::export_error_rate`] of them fail (`<export-error>`, `completed-export-errors`) | unconfirmed exports (seen as `stage-update`/`stage-delete` by the next import); failed ones stay pending |
 //!
 //! Confirming imports never cause outbound flows, so a delta cycle converges. A stopped step
 //! commits the fraction of its claim that it processed and hands the rest back.
 //!
-//! # Engine rules reproduced (domain brief §3.3, §6)
+//! # Engine rules reproduced
 //!
-//! - One run per MA: a second `Execute` returns `no-start-ma-already-running` (§6.3).
+//! - One run per MA: a second `Execute` returns `no-start-ma-already-running`.
 //! - One synchronization at a time: a profile with a sync-class step ([`RunStepInfo::is_sync`])
 //!   while another MA runs one returns [`CONCURRENT_SYNC_REFUSAL`], which contains `0x8023063d`
-//!   (§6.2; how the refusal reaches a WMI caller is unconfirmed, so the string carries both the
+//!   (how the refusal reaches a WMI caller is unconfirmed, so the string carries both the
 //!   HRESULT and the event text). Imports and exports on different MAs may overlap.
-//! - **Freeze** (§6.4 rule 2, Lithnet's rule set: "the sync service will become frozen, and you
+//! - **Freeze** (Lithnet's rule set: "the sync service will become frozen, and you
 //!   will have to kill the service and restart it"): an import (delta or full) on a MIM Service
 //!   MA (type `FIM`) that starts while another MA synchronizes freezes the whole engine. See
 //!   [`SimEngine::restart`] for what a frozen engine does and does not answer.
 //! - Unknown profile → `no-start-unknown-profile-name`; unknown MA → [`EngineError::NoSuchMa`].
 //! - `Stop()` ends the run promptly with `stopped-user-termination-from-wmi-or-ui` and, like the
-//!   real method, returns only once the run has stopped (§6.12); `ma-not-running` when idle.
+//!   real method, returns only once the run has stopped; `ma-not-running` when idle.
 //! - Runs execute in their own task: if the caller of `execute` goes away, the run carries on and
 //!   stays visible through `status` and `run_details`, as a real engine run does when the agent dies
-//!   (§9 design note 5).
+//!   (Dropping the `execute` future does not stop a real run either.)
 //! - Run history by run number (`MIIS_RunHistory`), kept across restarts of the hosting process
 //!   when [`SimConfig::state_file`] is set, as the engine keeps it in its database while the
 //!   agent restarts.
-//! - Runs nobody asked for through `execute` (§6.8 "unmanaged runs": someone clicked Run in Sync
+//! - Runs nobody asked for through `execute` ("unmanaged runs": someone clicked Run in Sync
 //!   Service Manager): [`SimEngine::start_unmanaged`] and [`SimConfig::unmanaged`]. They obey
 //!   the same rules, get run numbers and history, and show in `status` like any run.
 //!
@@ -111,28 +111,30 @@ use model::{
 };
 use xml::{ConnectionFailure, ConnectionRecord, RunHeader, StepRecord};
 
-/// Result of a run stopped through [`SyncEngine::stop`] (domain brief §3.4).
+/// Result of a run stopped through [`SyncEngine::stop`].
 pub const STOPPED_BY_USER: &str = "stopped-user-termination-from-wmi-or-ui";
 
-/// What `Execute` returns when another MA already synchronizes (domain brief §6.2, event 6309).
+/// What `Execute` returns when another MA already synchronizes (event 6309).
 pub const CONCURRENT_SYNC_REFUSAL: &str = "call-failure: 0x8023063d The operation cannot be \
      performed because other synchronization run profile is already running.";
 
-/// Result of the runs a service restart ends ([`SimEngine::restart`], domain brief §3.4).
+/// Result of the runs a service restart ends ([`SimEngine::restart`]).
 pub const SERVICE_SHUTDOWN: &str = "stopped-service-shutdown";
 
 /// A [`ScriptedFailure::result`] (or [`SimMaConfig::failure_results`] entry) that freezes the
-/// engine as a MIM Service MA import during a synchronization does (domain brief §6.4 rule 2),
+/// engine as a MIM Service MA import during a synchronization does,
 /// so tests can freeze it without breaking the agent's own locking.
 pub const FREEZE: &str = "freeze";
 
-/// [`EngineHealth::detail`] of an engine frozen by §6.4 rule 2 (a MIM Service MA delta import).
+/// [`EngineHealth::detail`] of an engine frozen by a MIM Service MA delta import during a
+/// synchronization.
 pub const FROZEN_DETAIL: &str = "sync engine frozen: MIM Service MA delta import during a synchronization (restart the service)";
 
 /// What [`SyncEngine::stop`] returns while the engine is frozen: the service does not answer.
 pub const FROZEN_STOP_RESULT: &str = "call-failure";
 
-/// Run profiles every simulated MA has: (name, step type, sub-type), domain brief §5.
+/// Run profiles every simulated MA has: (name, step type, sub-type), the five standard
+/// single-step profiles (`docs/engine.md`, "Run profiles and step types").
 pub const STANDARD_PROFILES: [(&str, &str, &str); 5] = [
     ("Full Import", "full-import", "to-cs"),
     ("Delta Import", "delta-import", "to-cs"),
@@ -324,7 +326,7 @@ impl Inner {
         let _restarted = rx.wait_for(|m| m.restarts != generation).await.is_ok();
     }
 
-    /// The engine's start checks (§3.3, §6), then injected failures, atomically with marking
+    /// The engine's start checks, then injected failures, atomically with marking
     /// the MA running.
     fn begin(&self, ma: &str, profile: &str, origin: Origin) -> Result<Begin, EngineError> {
         let mut st = self.lock();
@@ -351,7 +353,7 @@ impl Inner {
             _ => None,
         });
         let (fault, freeze_reason) = match import {
-            // §6.4 rule 2: a MIM Service MA import during a synchronization freezes the engine.
+            // A MIM Service MA import during a synchronization freezes the engine.
             Some(full) if other_syncs && st.mas[idx].info.is_mim_service() => {
                 let reason = if full {
                     FROZEN_DETAIL.replace("delta import", "full import")
@@ -827,7 +829,7 @@ impl Inner {
                 syncfleet_proto::vocab::classify(&record.result).lets_next_step_run();
             records.push(record);
             if finish != Finish::Completed || !lets_next_run {
-                // §3.4 / §5: a stopped (or discovery-error) step ends the run.
+                // A stopped (or discovery-error) step ends the run.
                 break;
             }
         }
@@ -1015,7 +1017,7 @@ impl SimEngine {
     }
 
     /// Start a run nobody asked for through `execute`, as an administrator clicking Run in Sync
-    /// Service Manager does (domain brief §6.8). The engine's rules apply as to `execute`
+    /// Service Manager does. The engine's rules apply as to `execute`
     /// (including injected failures); on success the run gets a run number and history, shows
     /// in `status` until it ends, and is written with the `security-id` `DOMAIN\mim-admin`.
     ///
@@ -1047,7 +1049,7 @@ impl SimEngine {
 
     /// Restart the simulated sync service (`miiserver`), the only way out of a freeze.
     ///
-    /// # Frozen engine (domain brief §6.4 rule 2)
+    /// # Frozen engine
     ///
     /// The real engine freezes when a MIM Service MA delta import runs during a
     /// synchronization on another MA: "the sync service will become frozen, and you will have
@@ -1215,7 +1217,7 @@ impl SyncEngine for SimEngine {
                 }
             };
             stop.notify_one();
-            // `Stop()` is synchronous (§6.12): return once the run has ended. An error means the
+            // `Stop()` is synchronous: return once the run has ended. An error means the
             // run task is gone, which also means it ended.
             let _ = done.wait_for(|ended| *ended).await;
             Ok("success".to_owned())

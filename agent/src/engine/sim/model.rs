@@ -159,7 +159,7 @@ pub(super) struct MaSim {
 pub(super) struct Running {
     pub profile: String,
     pub run_number: u64,
-    /// The profile has a sync-class step (§6.2 refusal applies).
+    /// The profile has a sync-class step (the engine refuses it while another MA synchronizes).
     pub synchronizes: bool,
     pub stop: Arc<Notify>,
     pub done: watch::Receiver<bool>,
@@ -363,7 +363,7 @@ pub(super) fn connection_error_for(ma_type: &str) -> (&'static str, &'static str
     }
 }
 
-/// Export error flavour per connected system (the engine's `error-type` set is open, §4).
+/// Export error flavour per connected system (the engine's `error-type` set is open).
 pub(super) fn export_error_for(ma_type: &str) -> (&'static str, &'static str, &'static str) {
     match ma_type {
         "AD" => ("permission-issue", "0x80070005", "Access is denied."),
@@ -428,8 +428,8 @@ pub(super) enum Work {
         confirm: Delta,
         no_change: u64,
         /// A full import detects deletions as objects missing from the source and obsoletes
-        /// them at the end of the step (§5 [S54]): only a step that completes without
-        /// discovery errors stages them (§3.1, §3.4).
+        /// them at the end of the step: only a step that completes without
+        /// discovery errors stages them.
         full: bool,
         /// Objects that fail discovery (`ma-discovery-errors`, `completed-discovery-errors`).
         discovery: Vec<FailedObject>,

@@ -1,5 +1,5 @@
 //! Run records and run-history XML in the engine's layout (element structure of the real samples
-//! in `agent/tests/data/run-history/`, domain brief §4).
+//! in `agent/tests/data/run-history/`).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -156,7 +156,7 @@ pub(super) fn escape(s: &str) -> Cow<'_, str> {
 }
 
 /// A whole run: completed steps plus, while running, the current step. Steps are written
-/// highest number first, as the engine does (§4 quirk 1).
+/// highest number first, as the engine does.
 pub(super) fn render(h: &RunHeader, done: &[StepRecord], current: Option<&StepRecord>) -> String {
     let errors: usize = done
         .iter()
@@ -310,7 +310,7 @@ fn discovery_errors(x: &mut String, s: &StepRecord) {
     x.push_str("   <ma-discovery-errors>\n");
     for d in &s.report.discovery {
         // Two objects with the same anchor: the duplicate-object discovery errors of the real
-        // incident that skipped a delta sync (domain brief §5 [S36]).
+        // incident that skipped a delta sync.
         let _ = writeln!(
             x,
             "    <ma-object-error>\n\

@@ -6,31 +6,31 @@ use syncfleet_proto::vocab;
 
 use crate::engine::PendingCounters;
 
-/// WMI namespace of the sync engine's provider (domain brief §2.1).
+/// WMI namespace of the sync engine's provider.
 pub const NAMESPACE: &str = r"ROOT\MicrosoftIdentityIntegrationServer";
 
-/// Class of management agents; key property `Name` (§2.1, `MIIS_ManagementAgent.Name='X'`, S3).
+/// Class of management agents; key property `Name` (`MIIS_ManagementAgent.Name='X'`).
 pub const MA_CLASS: &str = "MIIS_ManagementAgent";
 
-/// Class of stored runs; key property `Key` = MA GUID followed by run number (§2.1, S4).
+/// Class of stored runs; key property `Key` = MA GUID followed by run number.
 pub const RUN_HISTORY_CLASS: &str = "MIIS_RunHistory";
 
-/// Windows service of FIM 2010 / MIM 2016 (domain brief §1).
+/// Windows service of FIM 2010 / MIM 2016.
 pub const DEFAULT_SERVICE: &str = "FIMSynchronizationService";
 
-/// Provider string: unexpected error, see the event log (§2.1, S21).
+/// Provider string: unexpected error, see the event log.
 pub const CALL_FAILURE: &str = "call-failure";
 
-/// Provider string: service stopped or caller removed from the groups (§2.1, S21).
+/// Provider string: service stopped or caller removed from the groups.
 pub const CONNECTION_FAILURE: &str = "connection-failure";
 
-/// Returned by methods when the caller is not in the required group (§1, §2.1, S2).
+/// Returned by methods when the caller is not in the required group.
 pub const ACCESS_DENIED: &str = "access-denied";
 
 /// HRESULTs the driver interprets. Values from `winerror.h` / `wbemcli.h`; `0x8023063D` from
-/// event 6309 (domain brief §6.2, §2.5).
+/// event 6309.
 pub mod hresult {
-    /// Second concurrent synchronization refused (§6.2).
+    /// Second concurrent synchronization refused.
     pub const CONCURRENT_SYNC: u32 = 0x8023_063D;
     pub const WBEM_E_NOT_FOUND: u32 = 0x8004_1002;
     pub const WBEM_E_ACCESS_DENIED: u32 = 0x8004_1003;
@@ -55,9 +55,7 @@ pub mod hresult {
 pub fn describe_hresult(hr: u32) -> Option<&'static str> {
     use hresult::*;
     Some(match hr {
-        CONCURRENT_SYNC => {
-            "other synchronization run profile is already running (event 6309, domain brief §6.2)"
-        }
+        CONCURRENT_SYNC => "other synchronization run profile is already running (event 6309)",
         WBEM_E_NOT_FOUND => "WBEM_E_NOT_FOUND: object not found",
         WBEM_E_ACCESS_DENIED => "WBEM_E_ACCESS_DENIED: access denied",
         WBEM_E_TYPE_MISMATCH => "WBEM_E_TYPE_MISMATCH: type mismatch",
@@ -112,7 +110,7 @@ impl WmiError {
         }
     }
 
-    /// The engine refused a second concurrent synchronization (§6.2): HRESULT `0x8023063D`, or
+    /// The engine refused a second concurrent synchronization: HRESULT `0x8023063D`, or
     /// a message containing `0x8023063d` (any case).
     pub fn is_concurrent_sync_refusal(&self) -> bool {
         self.hresult() == Some(hresult::CONCURRENT_SYNC)
@@ -146,7 +144,7 @@ impl WmiError {
         )
     }
 
-    /// The caller lacks rights (FIMSyncOperators/FIMSyncAdmins, §1).
+    /// The caller lacks rights (FIMSyncOperators/FIMSyncAdmins).
     pub fn is_access_denied(&self) -> bool {
         matches!(
             self.hresult(),
@@ -167,7 +165,7 @@ impl WmiError {
     }
 }
 
-/// One `MIIS_ManagementAgent` instance (properties `Name`, `Guid`, `Type`, §2.1).
+/// One `MIIS_ManagementAgent` instance (properties `Name`, `Guid`, `Type`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaRecord {
     pub name: String,
@@ -176,7 +174,7 @@ pub struct MaRecord {
     pub ma_type: String,
 }
 
-/// The pending counters the driver reads: `MIIS_ManagementAgent.Num*()` methods (§2.1).
+/// The pending counters the driver reads: `MIIS_ManagementAgent.Num*()` methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PendingCounter {
     ImportAdd,
@@ -229,7 +227,7 @@ impl PendingCounter {
     }
 }
 
-/// The engine's WMI surface, one **blocking** method per WMI call (domain brief §2.1). Methods
+/// The engine's WMI surface, one **blocking** method per WMI call. Methods
 /// return the provider's strings verbatim (they may be `call-failure`, `connection-failure`,
 /// `access-denied` instead of the documented value); COM failures are [`WmiError::Com`].
 ///
@@ -240,24 +238,24 @@ pub trait WmiApi: Send + Sync + 'static {
     fn list_mas(&self) -> Result<Vec<MaRecord>, WmiError>;
     /// `Execute(RunProfileName)`: blocks until the run ends; returns the result string.
     fn execute(&self, ma: &str, profile: &str) -> Result<String, WmiError>;
-    /// `Stop()`: `success`, `ma-not-running`, `access-denied` (§2.1, S6).
+    /// `Stop()`: `success`, `ma-not-running`, `access-denied`.
     fn stop(&self, ma: &str) -> Result<String, WmiError>;
     /// `RunStatus()`: status of the current or last run; `in-progress` while running; empty if
-    /// never run or history cleared (§2.1, S5).
+    /// never run or history cleared.
     fn run_status(&self, ma: &str) -> Result<String, WmiError>;
     /// `RunNumber()`: number of the current or last run as a decimal string; empty if never run
-    /// or history cleared (§2.1, S5c).
+    /// or history cleared.
     fn run_number(&self, ma: &str) -> Result<String, WmiError>;
-    /// `RunProfile()`: profile of the current or last run; empty if none (§2.1, S5b).
+    /// `RunProfile()`: profile of the current or last run; empty if none.
     fn run_profile(&self, ma: &str) -> Result<String, WmiError>;
-    /// `RunDetails()`: run-history XML of the last run (§2.1, S3).
+    /// `RunDetails()`: run-history XML of the last run.
     fn run_details(&self, ma: &str) -> Result<String, WmiError>;
     /// `MIIS_RunHistory.RunDetails()` of run `run_number` of the MA with GUID `ma_guid`
-    /// (`{UPPER-CASE}` form); `Ok(None)` when no such run is stored (§2.1, S4, S4b).
+    /// (`{UPPER-CASE}` form); `Ok(None)` when no such run is stored.
     fn history_details(&self, ma_guid: &str, run_number: u64) -> Result<Option<String>, WmiError>;
-    /// One `Num*()` counter method (§2.1): a decimal string, or a provider string.
+    /// One `Num*()` counter method: a decimal string, or a provider string.
     fn num(&self, ma: &str, counter: PendingCounter) -> Result<String, WmiError>;
-    /// Whether the sync engine's Windows service is running (§1); `false` if not installed.
+    /// Whether the sync engine's Windows service is running; `false` if not installed.
     fn service_running(&self) -> Result<bool, WmiError>;
     /// Product and build of the engine, e.g. `FIMSynchronizationService 4.6.607.0`.
     fn engine_version(&self) -> Result<String, WmiError>;
@@ -278,13 +276,13 @@ pub fn quote_wmi_string(s: &str) -> String {
     out
 }
 
-/// Object path of an MA: `MIIS_ManagementAgent.Name="X"` (§2.1, S3).
+/// Object path of an MA: `MIIS_ManagementAgent.Name="X"`.
 pub fn ma_path(ma: &str) -> String {
     format!("{MA_CLASS}.Name={}", quote_wmi_string(ma))
 }
 
 /// Object path of a stored run: `MIIS_RunHistory.Key="{GUID}<number>"`. The key format is
-/// UNCONFIRMED ("MA GUID followed by run number", §2.1, S4).
+/// UNCONFIRMED ("MA GUID followed by run number").
 pub fn run_history_path(ma_guid: &str, run_number: u64) -> String {
     format!(
         "{RUN_HISTORY_CLASS}.Key={}",

@@ -1,9 +1,9 @@
 //! The `mim-wmi` driver's COM side (Windows only): [`ComWmi`] implements
 //! [`WmiApi`] with the `wmi` crate (0.17), and [`build`] makes the engine driver. All decisions
-//! (polling, result classification, run numbers) live in [`super::wmi_logic`], which is
+//! (polling, result classification, run numbers) live in the rest of [`super`], which is
 //! unit-tested on every platform; this file only makes WMI calls and converts values.
 //!
-//! # WMI objects used (domain brief §2.1)
+//! # WMI objects used
 //!
 //! - Namespace [`NAMESPACE`] (`ROOT\MicrosoftIdentityIntegrationServer`).
 //! - `MIIS_ManagementAgent` instances by key path `MIIS_ManagementAgent.Name="X"`
@@ -11,10 +11,10 @@
 //!   `RunNumber()`, `RunProfile()`, `RunDetails()`, `Num*()`, each answering in the out-parameter
 //!   `ReturnValue` (a string).
 //! - `MIIS_RunHistory.RunDetails()` of one stored run: first by key path
-//!   `MIIS_RunHistory.Key="{GUID}<number>"` (the key format is UNCONFIRMED, §2.1, S4), then by a
+//!   `MIIS_RunHistory.Key="{GUID}<number>"` (the key format is UNCONFIRMED), then by a
 //!   WQL query on `MaGuid` and `RunNumber` (the property's CIM type is UNCONFIRMED, so the number
 //!   is tried unquoted, then quoted).
-//! - `ROOT\CIMV2` `Win32_Service` (state and executable of the engine service, §1) and
+//! - `ROOT\CIMV2` `Win32_Service` (state and executable of the engine service) and
 //!   `CIM_DataFile.Version` of that executable for [`WmiApi::engine_version`].
 //!
 //! # COM initialization and threads
@@ -73,7 +73,7 @@ pub struct ComWmi {
 }
 
 impl ComWmi {
-    /// `service_name`: the engine's Windows service (`FIMSynchronizationService`, §1).
+    /// `service_name`: the engine's Windows service (`FIMSynchronizationService`).
     pub fn new(service_name: String) -> Self {
         ComWmi { service_name }
     }

@@ -10,7 +10,7 @@ use super::api::DEFAULT_SERVICE;
 use crate::engine::{EngineError, RunProfileInfo, RunStepInfo};
 
 /// The five standard single-step run profiles (name, steps as `type[/subtype]`, see
-/// [`parse_step_spec`]) assumed for an MA that has no [`ProfileDecl`] (domain brief §5 table).
+/// [`parse_step_spec`]) assumed for an MA that has no [`ProfileDecl`].
 pub const STANDARD_PROFILES: [(&str, &str); 5] = [
     ("Full Import", "full-import/to-cs"),
     ("Delta Import", "delta-import/to-cs"),
@@ -19,7 +19,7 @@ pub const STANDARD_PROFILES: [(&str, &str); 5] = [
     ("Export", "export"),
 ];
 
-/// `step-type/@type` values the engine knows (domain brief §5 table).
+/// `step-type/@type` values the engine knows (`docs/engine.md`, "Run profiles and step types").
 pub const STEP_TYPES: [&str; 5] = [
     "full-import",
     "delta-import",
@@ -50,11 +50,11 @@ pub struct ProfileDecl {
 #[serde(default, deny_unknown_fields)]
 pub struct WmiConfig {
     /// How often `RunStatus()`/`RunNumber()`/`RunDetails()` are polled while `Execute` blocks
-    /// (§9.2: 1–5 s). Default 2 s.
+    /// (1–5 s is reasonable). Default 2 s.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// How often `RunStatus()` is polled after `Execute` returned `completing-*` (AutoSync
-    /// `CompletingRefUpdatesSleepInterval`, §3.2). Default 5 s.
+    /// `CompletingRefUpdatesSleepInterval`). Default 5 s.
     #[serde(with = "humantime_serde")]
     pub completing_poll: Duration,
     /// Longest wait for a `completing-*` result to settle; afterwards the raw `completing-*`
@@ -62,19 +62,18 @@ pub struct WmiConfig {
     #[serde(with = "humantime_serde")]
     pub completing_timeout: Duration,
     /// Pause after a run before `execute` returns, so its history is complete (AutoSync
-    /// `PostRunInterval`, §9.3). Default 2 s.
+    /// `PostRunInterval`). Default 2 s.
     #[serde(with = "humantime_serde")]
     pub post_run_delay: Duration,
     /// Longest wait for any WMI call except `Execute` and `Stop`; a call that takes longer
     /// makes the operation fail with [`EngineError::Unavailable`] and health unhealthy (a frozen
-    /// engine, §6.4). Default 60 s.
+    /// engine). Default 60 s.
     #[serde(with = "humantime_serde")]
     pub blocking_timeout: Duration,
-    /// Longest wait for `Stop()`, which blocks until the run has stopped and may take long
-    /// (§2.1, S6, §6.12). Default 10 min.
+    /// Longest wait for `Stop()`, which blocks until the run has stopped and may take long. Default 10 min.
     #[serde(with = "humantime_serde")]
     pub stop_timeout: Duration,
-    /// Windows service of the engine, probed by health checks (§1). Default
+    /// Windows service of the engine, probed by health checks. Default
     /// `FIMSynchronizationService`.
     pub service_name: String,
     /// Declared run profiles. An MA with none gets [`STANDARD_PROFILES`].
@@ -186,8 +185,8 @@ impl WmiConfig {
     }
 }
 
-/// Parse a step declaration `type[/subtype][@partition]`: `type` is one of [`STEP_TYPES`]
-/// (domain brief §5), `subtype` is free text (several sub-types as the engine joins them, e.g.
+/// Parse a step declaration `type[/subtype][@partition]`: `type` is one of [`STEP_TYPES`],
+/// `subtype` is free text (several sub-types as the engine joins them, e.g.
 /// `to-file, resume-from-file`), `partition` is everything after the first `@`.
 pub fn parse_step_spec(spec: &str) -> Result<RunStepInfo, String> {
     let (head, partition) = match spec.split_once('@') {

@@ -24,7 +24,7 @@ pub const KIND: &str = "mim-wmi";
 
 /// At most this many WMI calls (other than `Execute`) may be outstanding at once. Calls that time
 /// out keep their blocking thread until WMI answers; past this many, the engine is treated as
-/// frozen (§6.4) and further calls fail at once instead of piling up threads.
+/// frozen and further calls fail at once instead of piling up threads.
 pub const MAX_OUTSTANDING_CALLS: usize = 16;
 
 /// Decrements the outstanding-call count when a blocking call ends (even if it panics).
@@ -89,8 +89,8 @@ impl<A: WmiApi> WmiEngine<A> {
         let guard = Outstanding(Arc::clone(&self.outstanding));
         if n >= MAX_OUTSTANDING_CALLS {
             return Err(EngineError::Unavailable(format!(
-                "{n} WMI calls are still waiting for the sync engine; it looks frozen \
-                 (domain brief §6.4), {what} not attempted"
+                "{n} WMI calls are still waiting for the sync engine; it looks frozen, \
+                 {what} not attempted"
             )));
         }
         let api = Arc::clone(&self.api);
@@ -104,8 +104,7 @@ impl<A: WmiApi> WmiEngine<A> {
                 "WMI call {what} failed on its thread: {e}"
             ))),
             Err(_) => Err(EngineError::Unavailable(format!(
-                "WMI call {what} did not answer within {limit:?}; the sync engine may be frozen \
-                 (domain brief §6.4)"
+                "WMI call {what} did not answer within {limit:?}; the sync engine may be frozen"
             ))),
         }
     }
@@ -352,7 +351,7 @@ impl<A: WmiApi> SyncEngine for WmiEngine<A> {
     }
 
     /// Healthy when the service runs and `MIIS_ManagementAgent` can be listed within
-    /// [`WmiConfig::blocking_timeout`] (a frozen engine shows as unhealthy, §6.4).
+    /// [`WmiConfig::blocking_timeout`] (a frozen engine shows as unhealthy).
     fn health(&self) -> BoxFuture<'_, EngineHealth> {
         Box::pin(self.probe())
     }

@@ -74,7 +74,7 @@ impl<A: WmiApi> WmiEngine<A> {
         }
     }
 
-    /// Poll `RunStatus()` until the run is final (§3.2); returns the final string, or `initial`
+    /// Poll `RunStatus()` until the run is final; returns the final string, or `initial`
     /// when that cannot be learned.
     pub(super) async fn settle(&self, ma: &str, ours: Option<u64>, initial: String) -> String {
         let deadline = tokio::time::Instant::now() + self.cfg.completing_timeout;
@@ -123,7 +123,7 @@ impl<A: WmiApi> WmiEngine<A> {
         }
     }
 
-    /// The run-level result of a stored run (most severe step result, §4 quirk 5).
+    /// The run-level result of a stored run (most severe step result).
     pub(super) async fn history_result(&self, ma: &str, run_number: u64) -> Option<String> {
         let xml = self.fetch_run_details(ma, run_number).await.ok()?;
         let run = runhistory::parse_one(&xml).ok()?;

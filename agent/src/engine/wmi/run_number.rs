@@ -18,7 +18,8 @@ pub fn parse_run_number(s: &str) -> Result<Option<u64>, String> {
 /// `step-result/@progress` of the running step in in-progress run-history XML, when the XML
 /// is run `run_number`. `None` when the XML does not parse or is another run; `Some(None)` when
 /// it is this run but gives no progress. The step running is the first without `end-date`,
-/// else the last (§4: steps sorted by number, `end-date` only when completed).
+/// else the last (run history lists steps by number; a step has an `end-date` only when
+/// completed).
 pub fn progress_of(xml: &str, run_number: u64) -> Option<Option<String>> {
     let run = runhistory::parse_one(xml).ok()?;
     if run.run_number != run_number {

@@ -8,7 +8,7 @@ use super::api::{
 };
 use crate::engine::EngineError;
 
-/// True for the provider's failure strings (§2.1, S21) and `access-denied`.
+/// True for the provider's failure strings and `access-denied`.
 pub fn is_provider_failure(s: &str) -> bool {
     let t = s.trim();
     [CALL_FAILURE, CONNECTION_FAILURE, ACCESS_DENIED]
@@ -16,7 +16,7 @@ pub fn is_provider_failure(s: &str) -> bool {
         .any(|p| t.eq_ignore_ascii_case(p))
 }
 
-/// The engine's own refusal to start: `no-start-*` or a busy result (§3.3, §3.5). Such a run
+/// The engine's own refusal to start: `no-start-*` or a busy result. Such a run
 /// has no run number.
 pub fn refused_to_start(result: &str) -> bool {
     result.trim().to_ascii_lowercase().starts_with("no-start-")
@@ -59,8 +59,7 @@ pub fn engine_error(ma: Option<&str>, method: &str, e: &WmiError) -> EngineError
     }
     if e.is_access_denied() {
         return EngineError::Config(format!(
-            "{method}: {e}; the agent's account must be in FIMSyncOperators or FIMSyncAdmins \
-             (domain brief §1)"
+            "{method}: {e}; the agent's account must be in FIMSyncOperators or FIMSyncAdmins"
         ));
     }
     if e.is_provider_missing() {
@@ -77,14 +76,14 @@ pub(super) fn provider_string_error(method: &str, ma: &str, s: &str) -> EngineEr
     if s.trim().eq_ignore_ascii_case(ACCESS_DENIED) {
         EngineError::Config(format!(
             "{method}() of MA {ma:?} returned {ACCESS_DENIED}; the agent's account must be in \
-             FIMSyncOperators or FIMSyncAdmins (domain brief §1)"
+             FIMSyncOperators or FIMSyncAdmins"
         ))
     } else {
         EngineError::Unavailable(format!("{method}() of MA {ma:?} returned {s:?}"))
     }
 }
 
-/// Parse a `Num*()` counter string (§2.1: counters are numeric strings).
+/// Parse a `Num*()` counter string (the engine answers counters as numeric strings).
 pub fn parse_counter(ma: &str, counter: PendingCounter, s: &str) -> Result<u64, EngineError> {
     if is_provider_failure(s) {
         return Err(provider_string_error(counter.method(), ma, s));

@@ -99,7 +99,7 @@ async fn full_import_obsoletes_missing_objects_only_when_it_completes() {
     let e = SimEngine::new(quiet(1e-3));
     e.inject_source_changes("AD", 10, 20, 30).unwrap();
 
-    // A stopped full import stages part of the adds and updates but obsoletes nothing (§3.4).
+    // A stopped full import stages part of the adds and updates but obsoletes nothing.
     e.inject_failure(ScriptedFailure::new("AD", "stopped-deadlocked").with_profile("Full Import"))
         .unwrap();
     let (out, run) = exec(&e, "AD", "Full Import").await;
@@ -107,7 +107,7 @@ async fn full_import_obsoletes_missing_objects_only_when_it_completes() {
     assert_eq!(only_step(&run).counter("stage-delete"), 0);
     assert_eq!(pending(&e, "AD").await.import_delete, 0);
 
-    // Discovery errors: staging done, no obsoletion, errors listed (§3.1).
+    // Discovery errors: staging done, no obsoletion, errors listed.
     e.inject_failure(
         ScriptedFailure::new("AD", "completed-discovery-errors").with_profile("Full Import"),
     )
@@ -453,7 +453,7 @@ async fn failure_rates_are_seeded_draws() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Freeze (§6.4 rule 2)
+// Freeze
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
