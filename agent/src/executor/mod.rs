@@ -3,30 +3,30 @@
 //! `docs/engine.md`, "Concurrency rules").
 //!
 //! The rules, and the file that keeps each:
-//! - one run profile per management agent at a time: a per-MA lock ([`locks`]);
+//! - one run profile per management agent at a time: a per-MA lock (`locks.rs`);
 //! - never two synchronizations at once, and a MIM Service MA delta import counts as a
 //!   synchronization. How much else may overlap depends on the [`RunMode`] (Lithnet AutoSync's
 //!   modes): `supported` (default: while a synchronization runs nothing else runs; imports and
 //!   exports may overlap each other), `unsupported` (imports/exports may overlap a
 //!   synchronization) and `exclusive` (one step at a time). The gate is write-preferring, so a
 //!   waiting synchronization drains running imports and holds new ones back instead of starving
-//!   ([`locks`]);
-//! - at least `stagger` between two starts on one server (AutoSync's 1 s, [`locks`]);
+//!   (`locks.rs`);
+//! - at least `stagger` between two starts on one server (AutoSync's 1 s, `locks.rs`);
 //! - runs started outside syncfleet are detected before each step and waited for: a run in
 //!   progress on *any* MA that this process did not start holds the locks its step would hold
 //!   (its MA; the gate when it is sync-class, a MIM Service MA import included), and the waiting
-//!   step says which run it waits for ([`locks`]);
+//!   step says which run it waits for (`locks.rs`);
 //! - the engine's busy refusals (`no-start-ma-already-running`, 0x8023063d) are waited out and
-//!   retried, never reported as failures ([`step`]); results listed in the retry policy (default
+//!   retried, never reported as failures (`step.rs`); results listed in the retry policy (default
 //!   `stopped-deadlocked`, 5 retries, 5 s × attempt with jitter, as AutoSync) are retried;
-//!   guard-rail stops never are: they exist to stop a dangerous change ([`retry`]);
+//!   guard-rail stops never are: they exist to stop a dangerous change (`retry.rs`);
 //! - a watchdog stops a step that outlives its maximum duration through the engine and reports a
 //!   clear result; if the engine does not stop it, the agent reports the engine unhealthy
 //!   instead of waiting forever: a frozen engine can keep a run "in progress" indefinitely
-//!   ([`step`]).
+//!   (`step.rs`).
 //!
-//! A run's plan and its `only_if` conditions are in [`plan`], guard rails in [`guard`], the run
-//! as a whole in [`run`], runs interrupted by an agent restart in [`recover`].
+//! A run's plan and its `only_if` conditions are in `plan.rs`, guard rails in `guard.rs`, the run
+//! as a whole in `run.rs`, runs interrupted by an agent restart in `recover.rs`.
 //!
 //! Every state change becomes an [`v1::AgentEvent`] in the journal's outbox before anything else
 //! learns of it.

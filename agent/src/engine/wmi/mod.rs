@@ -9,7 +9,7 @@
 //!   Implementations return the provider's strings verbatim and report COM failures as
 //!   [`WmiError::Com`] with the HRESULT (`api.rs`). On Windows it is `ComWmi` (`com.rs`); the
 //!   tests use a scripted fake (`fake.rs`).
-//! - [`WmiEngine`]: implements [`SyncEngine`] on top of any [`WmiApi`]. Every WMI call runs on a
+//! - [`WmiEngine`]: implements [`SyncEngine`](crate::engine::SyncEngine) on top of any [`WmiApi`]. Every WMI call runs on a
 //!   tokio blocking thread (`spawn_blocking`), because every WMI call may block; all but `Execute`
 //!   are bounded by [`WmiConfig::blocking_timeout`] (`Stop` by [`WmiConfig::stop_timeout`])
 //!   (`driver.rs`; `Execute` and its polling in `execute.rs`).
@@ -24,14 +24,14 @@
 //!   `step-result/@progress`.
 //! - `RunNumber()` is snapshot before `Execute`; a run number greater than the snapshot is the
 //!   run's number (only one run per MA at a time). `no-start-*` and busy results have
-//!   no run number ([`ExecuteOutcome::run_number`] is `None`).
+//!   no run number ([`ExecuteOutcome::run_number`](crate::engine::ExecuteOutcome::run_number) is `None`).
 //! - `Execute` may return `completing-*` (or, defensively, `in-progress`): the driver polls
 //!   `RunStatus()` every [`WmiConfig::completing_poll`] until it is final (AutoSync
 //!   `CompletingRefUpdatesSleepInterval`, 5 s) and reports that final string; if it
 //!   cannot (timeout, WMI errors, history cleared) it returns the raw `completing-*` string, which
 //!   the vocabulary classifies as `Transitional`.
 //! - Dropping the `execute` future does not stop the run: the engine keeps running it and
-//!   its blocking thread stays in `Execute` until the run ends. Stopping is [`SyncEngine::stop`].
+//!   its blocking thread stays in `Execute` until the run ends. Stopping is [`SyncEngine::stop`](crate::engine::SyncEngine::stop).
 //! - After a run, the driver waits [`WmiConfig::post_run_delay`] before returning so that the run
 //!   history is complete when the caller reads it (AutoSync `PostRunInterval`, 2 s).
 //! - The provider strings `call-failure` and `connection-failure` (the provider's common return
