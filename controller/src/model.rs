@@ -274,7 +274,10 @@ pub struct ScheduleDoc {
 /// Any fleet document.
 // Documents are few and short-lived; boxing the larger variant would only add noise to every
 // match on them.
-#[allow(clippy::large_enum_variant)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "documents are few and short-lived; boxing would add noise to every match"
+)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
 pub enum Document {

@@ -170,7 +170,10 @@ impl Security {
     /// Append an audit entry. Failures are logged (an unwritable store fails the call paths
     /// elsewhere anyway). The arguments are the entry's fields, in the order `audit list`
     /// shows them.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per audit entry field, in the order audit list shows them"
+    )]
     pub async fn audit(
         &self,
         who: &str,

@@ -1,6 +1,10 @@
 //! The daemon refuses bad configuration with exit code 64 and a message naming the key, before
 //! binding any port.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
 
 use std::net::TcpListener;
 use std::process::Command;

@@ -13,7 +13,13 @@ pub mod vocab;
 
 /// Generated code for package `syncfleet.v1`.
 pub mod v1 {
-    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    #![allow(
+        clippy::all,
+        clippy::pedantic,
+        clippy::allow_attributes_without_reason,
+        missing_docs,
+        reason = "generated protobuf code"
+    )]
     tonic::include_proto!("syncfleet.v1");
 }
 

@@ -1,6 +1,11 @@
 //! `apply` checks fleet files against the inventories the agents reported: the real CLI against
 //! a real controller with two simulated sync servers.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

@@ -1,6 +1,11 @@
 //! Mutual TLS: the controller refuses clients without a certificate, with a certificate from
 //! another CA, or with an identity of the wrong role — over real TLS on loopback.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

@@ -1,5 +1,10 @@
 //! `syncfleet-controller dev`: one command, a whole fleet, a CLI context for a second shell.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

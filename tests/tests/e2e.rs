@@ -1,6 +1,11 @@
 //! End-to-end: real controller and agent binaries on loopback with mTLS, driven by the real
 //! `syncfleet` CLI.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

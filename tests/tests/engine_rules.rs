@@ -1,6 +1,11 @@
 //! The agent enforces the engine's concurrency rules for runs that arrive at once: checked from
 //! the outside, through the CLI, on the timestamps the controller stored.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

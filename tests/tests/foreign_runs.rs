@@ -1,7 +1,12 @@
 //! Runs started outside syncfleet (Sync Service Manager, a script) hold the same locks as the
 //! agent's own runs: checked through the real binaries with the sim engine's `[[unmanaged]]`
 //! runs, from the outside, through the CLI.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

@@ -1,7 +1,12 @@
 //! Hardening of the controller process, through the real binaries: silent or surplus
 //! connections are closed, runs for revoked agents are refused, a damaged store and a second
 //! controller on the same data directory stop the start.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

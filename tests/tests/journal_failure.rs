@@ -3,7 +3,12 @@
 //! writing to it), so every write of the agent fails ("database is locked") while reads work,
 //! as on a full disk; this needs no privileges, unlike a size-limited mount. The agent-level
 //! tests (`executor::journal_failure_tests`) produce the disk-full error itself.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

@@ -2,7 +2,12 @@
 //! step lists and names are refused with an error that names the limit and the value, without
 //! storing anything and without echoing the oversized input back; the audit log tells dry runs
 //! from applies and keeps pause and drain notes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

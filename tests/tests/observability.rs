@@ -7,7 +7,12 @@
 //!   loads the alert rules of `deploy/prometheus/alerts.yml`.
 //!
 //! Waits are liveness bounds only.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

@@ -1,7 +1,12 @@
 //! The shipped Prometheus material is valid for a real Prometheus: `promtool` checks the alert
 //! rules and the example scrape configuration, and runs the rules' unit tests
 //! (`deploy/prometheus/alerts_test.yml`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

@@ -2,7 +2,12 @@
 //! `proto/` by `grpcio-tools`, lists the agents of a running fleet over mTLS.
 //!
 //! The test prepares its own virtual environment under `target/` (PyPI) the first time.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

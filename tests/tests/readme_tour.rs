@@ -7,7 +7,12 @@
 //!
 //! The fleet listens on the README's addresses (127.0.0.1:7443 and :7080), which no other test
 //! uses.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

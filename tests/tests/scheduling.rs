@@ -1,6 +1,11 @@
 //! Schedules end to end: real controller and agents, fleet files applied with the real CLI.
 //! Waits are liveness bounds; counts allow for a loaded machine where the issue says "about".
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

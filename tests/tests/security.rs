@@ -1,6 +1,11 @@
 //! Security end to end: enrollment with one-time tokens, short-lived certificates renewed over
 //! the live session, revocation, operator roles and the audit log — through the real binaries.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
 
 mod common;
 

@@ -320,7 +320,11 @@ impl Session<'_> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
 mod tests {
     use super::*;
     use syncfleet_proto::time::from_millis;

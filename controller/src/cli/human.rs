@@ -1072,7 +1072,11 @@ pub fn apply_lines(r: &ApplyResponse) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
 mod tests {
     use super::*;
     use syncfleet_proto::time::from_millis;

@@ -334,7 +334,11 @@ pub fn fleet_status_json(f: &FleetStatus) -> Value {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
 mod tests {
     use super::*;
     use syncfleet_proto::time::from_millis;

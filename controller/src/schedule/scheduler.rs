@@ -832,7 +832,10 @@ impl Scheduler {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one fire: schedule, sequence, trigger, agent, nominal time and origin"
+    )]
     async fn create(
         &self,
         name: &str,

@@ -1,7 +1,13 @@
 //! Harness for end-to-end tests: real binaries as child processes on loopback, real TLS, real
 //! SQLite files. Waits are liveness bounds (generous, to tolerate a loaded machine), never
 //! performance assertions.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "shared test harness: not every test file uses every helper; tests fail loudly"
+)]
 
 use std::collections::HashMap;
 use std::fs::File;
