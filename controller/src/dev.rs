@@ -74,7 +74,7 @@ impl DevArgs {
 /// the process exit code.
 pub fn main(args: &DevArgs, default_cli_config: Option<&Path>) -> ExitCode {
     // `OTEL_*` settings the exporter cannot follow are configuration errors, like a bad key.
-    if let Err(e) = syncfleet_agent::telemetry::check_env() {
+    if let Err(e) = syncfleet_proto::telemetry::check_env() {
         eprintln!("error: {e}");
         return ExitCode::from(crate::config::EXIT_CONFIG);
     }
@@ -90,7 +90,7 @@ pub fn main(args: &DevArgs, default_cli_config: Option<&Path>) -> ExitCode {
         }
     };
     rt.block_on(async {
-        let shutdown = crate::signals::shutdown_on_signals();
+        let shutdown = syncfleet_proto::shutdown::shutdown_on_signals();
         match run_dev(args.options(default_cli_config), shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

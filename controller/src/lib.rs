@@ -36,6 +36,5 @@ pub mod schedule;
 pub mod security;
 pub mod server;
 pub mod services;
-pub mod signals;
 pub mod store;
 pub mod telemetry;
