@@ -10,6 +10,9 @@
 //! leaves the CLI built next to it: the tour's `syncfleet ...` commands then work as written.
 //! The banner (how to reach the fleet) goes to stdout; logs go to stderr, so `--log-format json`
 //! stays one JSON object per stderr line.
+//!
+//! This module, and the `dev` subcommands of both binaries, exist only with the `dev` cargo
+//! feature (on by default): it is the one part of the controller that links the agent crate.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod config;
 pub mod connections;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod fleet;
 pub mod fleetfile;

@@ -36,6 +36,7 @@ enum Command {
     },
     /// Run a whole fleet on this machine: controller + simulated agents, with a CLI context
     /// (the same as `syncfleet dev`).
+    #[cfg(feature = "dev")]
     Dev(syncfleet_controller::dev::DevArgs),
 }
 
@@ -242,6 +243,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "dev")]
         Command::Dev(args) => syncfleet_controller::dev::main(&args, None),
     }
 }
