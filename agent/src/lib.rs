@@ -38,9 +38,6 @@ pub mod session;
 pub mod telemetry;
 
 pub use config::AgentConfig;
-// The agent binary names these modules by their crate-root paths.
-pub use engine::runhistory;
-pub use identity::enroll;
 
 /// Failures that stop the agent.
 #[derive(Debug, thiserror::Error)]

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use syncfleet_agent::config::{self, AgentConfig, EXIT_CONFIG};
-use tokio_util::sync::CancellationToken;
+use syncfleet_agent::config::AgentConfig;
+use syncfleet_proto::config_layers::{AGENT_ENV, ConfigError, EXIT_CONFIG, Layers, process_env};
+use syncfleet_proto::telemetry;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -101,17 +102,15 @@ struct EnrollArgs {
 }
 
 /// The file, `SYNCFLEET_AGENT_*` variables and the flags, in rising precedence.
-fn layers(
-    config: Option<&std::path::Path>,
-) -> Result<config::Layers<AgentConfig>, config::ConfigError> {
-    config::Layers::new()
+fn layers(config: Option<&std::path::Path>) -> Result<Layers<AgentConfig>, ConfigError> {
+    Layers::new()
         // The engine table's tag, so that a variable or flag can set one of its keys alone.
         .base("engine.kind", "sim")
         .file(config)?
-        .env(&config::AGENT_ENV, config::process_env())
+        .env(&AGENT_ENV, process_env())
 }
 
-fn enroll_config(args: &EnrollArgs) -> Result<AgentConfig, config::ConfigError> {
+fn enroll_config(args: &EnrollArgs) -> Result<AgentConfig, ConfigError> {
     let mut layers = layers(args.config.as_deref())?;
     if let Some(v) = &args.name {
         layers = layers.flag("name", v, "--name");
@@ -148,7 +147,7 @@ fn enroll(args: &EnrollArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = rt.block_on(syncfleet_agent::enroll::enroll(
+    let outcome = rt.block_on(syncfleet_agent::identity::enroll::enroll(
         &cfg,
         &args.token,
         &args.ca_pin,
@@ -158,7 +157,7 @@ fn enroll(args: &EnrollArgs) -> ExitCode {
             print!("{}", done.report());
             ExitCode::SUCCESS
         }
-        Err(e @ syncfleet_agent::enroll::EnrollError::Usage(_)) => {
+        Err(e @ syncfleet_agent::identity::enroll::EnrollError::Usage(_)) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
@@ -185,7 +184,7 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn effective(args: &RunArgs) -> Result<AgentConfig, config::ConfigError> {
+fn effective(args: &RunArgs) -> Result<AgentConfig, ConfigError> {
     let mut layers = layers(args.config.as_deref())?;
     if let Some(v) = &args.name {
         layers = layers.flag("name", v, "--name");
@@ -208,7 +207,7 @@ fn effective(args: &RunArgs) -> Result<AgentConfig, config::ConfigError> {
         cfg.labels.insert(k.clone(), v.clone());
     }
     // Name and controller default to what 'syncfleet-agent enroll' recorded.
-    syncfleet_agent::enroll::apply_enrolled_defaults(&mut cfg);
+    syncfleet_agent::identity::enroll::apply_enrolled_defaults(&mut cfg);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -243,12 +242,13 @@ fn run_details(file: &std::path::Path, output: &str) -> ExitCode {
         std::fs::read(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))
             .and_then(|bytes| {
-                syncfleet_agent::runhistory::decode_bytes(&bytes)
+                syncfleet_agent::engine::runhistory::decode_bytes(&bytes)
                     .map_err(|e| format!("{}: {e}", file.display()))
             })
     };
     let runs = text.and_then(|t| {
-        syncfleet_agent::runhistory::parse(&t).map_err(|e| format!("{}: {e}", file.display()))
+        syncfleet_agent::engine::runhistory::parse(&t)
+            .map_err(|e| format!("{}: {e}", file.display()))
     });
     match runs {
         Ok(runs) if runs.is_empty() => {
@@ -284,7 +284,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = syncfleet_agent::telemetry::check_env() {
+    if let Err(e) = telemetry::check_env() {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -313,24 +313,7 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let trigger = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            trigger.cancel();
-        });
-        #[cfg(unix)]
-        {
-            let trigger = shutdown.clone();
-            tokio::spawn(async move {
-                if let Ok(mut s) =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                {
-                    s.recv().await;
-                    trigger.cancel();
-                }
-            });
-        }
+        let shutdown = syncfleet_proto::shutdown::shutdown_on_signals();
         match syncfleet_agent::run(cfg, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e @ syncfleet_agent::AgentError::Config(_)) => {
@@ -347,7 +330,7 @@ fn run(args: RunArgs) -> ExitCode {
 
 /// Logs (text or JSON) and, when `OTEL_*` asks for it, OTLP trace export with the agent's name
 /// and labels as resource attributes.
-fn init_logging(format: &str, cfg: &AgentConfig) -> syncfleet_agent::telemetry::TelemetryGuard {
+fn init_logging(format: &str, cfg: &AgentConfig) -> telemetry::TelemetryGuard {
     let mut attributes = vec![
         ("service.instance.id".to_string(), cfg.name.clone()),
         ("syncfleet.agent.name".to_string(), cfg.name.clone()),
@@ -355,7 +338,7 @@ fn init_logging(format: &str, cfg: &AgentConfig) -> syncfleet_agent::telemetry::
     for (k, v) in &cfg.labels {
         attributes.push((format!("syncfleet.agent.label.{k}"), v.clone()));
     }
-    syncfleet_agent::telemetry::init(&syncfleet_agent::telemetry::Setup {
+    telemetry::init(&telemetry::Setup {
         service_name: "syncfleet-agent",
         log_format: format.to_string(),
         attributes,

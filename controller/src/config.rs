@@ -1,5 +1,6 @@
-//! Controller configuration: TOML file < `SYNCFLEET_*` environment < flags, read by
-//! [`syncfleet_agent::config::Layers`] with [`CONTROLLER_ENV`]: every key `k` is
+//! Controller configuration: TOML file < `SYNCFLEET_*` environment < flags, read by the layering
+//! both daemons share ([`Layers`], from [`syncfleet_proto::config_layers`]) with
+//! [`CONTROLLER_ENV`]: every key `k` is
 //! `SYNCFLEET_K` (`agent_lost_after` → `SYNCFLEET_AGENT_LOST_AFTER`), nested keys joined by `__`
 //! (`tls.cert` → `SYNCFLEET_TLS__CERT`). [`ControllerConfig::validate`] names the key and the
 //! fix for every problem; the binary exits with code 64 on it before binding any port.
@@ -9,17 +10,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-pub use syncfleet_agent::config::{ConfigError, EXIT_CONFIG, EnvScheme, Layers, load_toml};
-
-/// The controller's variables: `SYNCFLEET_<KEY>`. The agent's (`SYNCFLEET_AGENT_<KEY>` of an
-/// agent key) are left alone, so one environment can hold both daemons' settings.
-pub const CONTROLLER_ENV: EnvScheme = EnvScheme {
-    program: "syncfleet-controller",
-    prefix: syncfleet_agent::config::ENV_PREFIX,
-    example: "SYNCFLEET_TLS__CERT",
-    foreign: syncfleet_agent::config::is_agent_variable,
-    foreign_variables: syncfleet_agent::config::agent_variables,
+// The controller's variables are `SYNCFLEET_<KEY>` (`CONTROLLER_ENV`); the agent's
+// (`SYNCFLEET_AGENT_<KEY>` of an agent key) are left alone, so one environment can hold both
+// daemons' settings.
+pub use syncfleet_proto::config_layers::{
+    CONTROLLER_ENV, ConfigError, EXIT_CONFIG, EnvScheme, Layers, load_toml, process_env,
 };
+use syncfleet_proto::names::valid_name;
 
 /// TLS files of the controller. Defaults live under `<data_dir>/pki/`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -98,7 +95,7 @@ impl Default for ControllerConfig {
 impl ControllerConfig {
     /// Check cross-field rules; every error names the key and the fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !syncfleet_agent::config::valid_name(&self.fleet) {
+        if !valid_name(&self.fleet) {
             return Err(ConfigError::Invalid {
                 key: "fleet",
                 problem: format!("{:?} is not a valid fleet name", self.fleet),
@@ -225,18 +222,19 @@ mod tests {
         assert_eq!(back, c);
     }
 
-    /// The agent leaves `SYNCFLEET_<KEY>` of these keys to the controller: the list must follow
-    /// this struct.
+    /// The agent leaves `SYNCFLEET_<KEY>` of these keys to the controller: the shared list must
+    /// follow this struct.
     #[test]
     fn the_agent_knows_every_controller_key() {
-        let mut keys = syncfleet_agent::config::top_level_keys::<ControllerConfig>().to_vec();
-        let mut listed = syncfleet_agent::config::CONTROLLER_KEYS.to_vec();
+        let mut keys =
+            syncfleet_proto::config_layers::top_level_keys::<ControllerConfig>().to_vec();
+        let mut listed = syncfleet_proto::config_layers::CONTROLLER_KEYS.to_vec();
         keys.sort_unstable();
         listed.sort_unstable();
         assert!(!keys.is_empty());
         assert_eq!(
             keys, listed,
-            "update syncfleet_agent::config::CONTROLLER_KEYS"
+            "update syncfleet_proto::config_layers::CONTROLLER_KEYS"
         );
     }
 

@@ -10,6 +10,9 @@
 //! leaves the CLI built next to it: the tour's `syncfleet ...` commands then work as written.
 //! The banner (how to reach the fleet) goes to stdout; logs go to stderr, so `--log-format json`
 //! stays one JSON object per stderr line.
+//!
+//! This module, and the `dev` subcommands of both binaries, exist only with the `dev` cargo
+//! feature (on by default): it is the one part of the controller that links the agent crate.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -74,7 +77,7 @@ impl DevArgs {
 /// the process exit code.
 pub fn main(args: &DevArgs, default_cli_config: Option<&Path>) -> ExitCode {
     // `OTEL_*` settings the exporter cannot follow are configuration errors, like a bad key.
-    if let Err(e) = syncfleet_agent::telemetry::check_env() {
+    if let Err(e) = syncfleet_proto::telemetry::check_env() {
         eprintln!("error: {e}");
         return ExitCode::from(crate::config::EXIT_CONFIG);
     }
@@ -90,7 +93,7 @@ pub fn main(args: &DevArgs, default_cli_config: Option<&Path>) -> ExitCode {
         }
     };
     rt.block_on(async {
-        let shutdown = crate::signals::shutdown_on_signals();
+        let shutdown = syncfleet_proto::shutdown::shutdown_on_signals();
         match run_dev(args.options(default_cli_config), shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

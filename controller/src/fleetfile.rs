@@ -32,7 +32,7 @@ use crate::schedule::trigger::Trigger;
 pub const KINDS: [&str; 2] = ["Sequence", "Schedule"];
 
 /// Longest sequence or schedule name.
-pub const MAX_NAME_LEN: usize = 63;
+pub const MAX_NAME_LEN: usize = syncfleet_proto::names::MAX_NAME_LEN;
 /// Longest `description`.
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
 /// Longest management agent or run profile name.
@@ -667,13 +667,7 @@ pub fn describe_source(source: &str, doc: &Document) -> String {
     }
 }
 
-/// Whether `name` is a valid sequence or schedule name: 1–63 characters of `a-z A-Z 0-9 . _ -`.
-pub fn valid_name(name: &str) -> bool {
-    (1..=MAX_NAME_LEN).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
+pub use syncfleet_proto::names::valid_name;
 
 /// Checks a set of documents beyond what parsing checks, reporting every problem:
 ///

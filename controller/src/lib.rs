@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod config;
 pub mod connections;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod fleet;
 pub mod fleetfile;
@@ -36,6 +37,5 @@ pub mod schedule;
 pub mod security;
 pub mod server;
 pub mod services;
-pub mod signals;
 pub mod store;
 pub mod telemetry;

@@ -45,10 +45,8 @@ pub enum PkiError {
 
 /// SHA-256 (hex) of the first certificate in a PEM text.
 pub fn pin_of_pem(pem: &str) -> Option<String> {
-    use sha2::Digest;
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    let digest = sha2::Sha256::digest(&p.contents);
-    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+    Some(syncfleet_proto::digest::sha256_hex(&p.contents))
 }
 
 /// What kind of party a client certificate identifies.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
+use syncfleet_proto::digest::sha256_hex;
 use syncfleet_proto::time::{from_millis, now};
 use syncfleet_proto::v1;
 use tonic::Status;
@@ -103,13 +103,6 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(1800);
 /// Longest note, label or name accepted from clients.
 pub const MAX_NOTE: usize = crate::limits::MAX_TEXT;
-
-fn sha256_hex(data: &[u8]) -> String {
-    sha2::Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn token_key(id: &str) -> String {
     format!("token/{id}")

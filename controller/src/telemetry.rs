@@ -1,8 +1,8 @@
-//! The controller's side of tracing (design decision 10): logging and OTLP export setup, and the
-//! root span of every run.
+//! The controller's side of tracing: logging and OTLP export setup, and the root span of every
+//! run.
 //!
 //! The subscriber, the `OTEL_*` handling and the W3C helpers are shared with the agent
-//! ([`syncfleet_agent::telemetry`]): export is on only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! ([`syncfleet_proto::telemetry`]): export is on only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; `service.name` is `syncfleet-controller`.
 //!
 //! A run's trace starts where the run is created ([`crate::fleet::Fleet::create_run`]: a manual
@@ -13,7 +13,7 @@
 //! step spans join the same trace. Without export a `traceparent` is still generated, so
 //! controller and agent log lines of a run share its `trace_id`.
 
-use syncfleet_agent::telemetry::{self as shared, TelemetryGuard};
+use syncfleet_proto::telemetry::{self as shared, TelemetryGuard};
 use syncfleet_proto::v1;
 use tracing::field::Empty;
 

@@ -1,4 +1,5 @@
-//! The `syncfleet.v1` protocol shared by the controller, the agent and the CLI.
+//! The `syncfleet.v1` protocol shared by the controller, the agent and the CLI, and the code both
+//! daemons share, so that it exists once and the controller does not depend on the agent.
 //!
 //! - [`v1`]: types and gRPC stubs generated from `proto/syncfleet/v1/*.proto` (compiled with
 //!   protox at build time; no system `protoc`).
@@ -6,8 +7,23 @@
 //!   clients (grpcurl, Python) need no copy of the `.proto` files.
 //! - [`vocab`]: the engine's result-string vocabulary, its classification and severity order.
 //! - [`time`]: conversions between protobuf timestamps and `chrono`.
+//! - [`names`]: the name rule of agents, fleets, sequences and schedules.
+//! - [`status`]: the request id on gRPC responses.
+//! - [`digest`]: SHA-256 as hex (CA pins, token hashes).
+//!
+//! Shared by the two daemons:
+//! - [`config_layers`]: configuration read from a TOML file, `SYNCFLEET_*` variables and flags;
+//!   which variables belong to which daemon.
+//! - [`telemetry`]: logs, OTLP trace export, W3C trace context.
+//! - [`shutdown`]: Ctrl-C / SIGTERM as a cancellation token.
 #![forbid(unsafe_code)]
 
+pub mod config_layers;
+pub mod digest;
+pub mod names;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
 pub mod time;
 pub mod vocab;
 

@@ -16,8 +16,6 @@ use std::pin::Pin;
 pub mod runhistory;
 pub mod sim;
 pub mod wmi;
-/// The agent configuration names the `mim-wmi` driver's settings by this path.
-pub use wmi as wmi_logic;
 
 /// A boxed, sendable future: keeps [`SyncEngine`] object-safe (`Arc<dyn SyncEngine>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -57,13 +57,7 @@ pub struct CertInfo {
     pub public_key: Vec<u8>,
 }
 
-/// SHA-256 of `der`, lower-case hex.
-pub fn sha256_hex(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use syncfleet_proto::digest::sha256_hex;
 
 /// Parses a CA pin: 64 hex digits (any case), optionally prefixed with `sha256:`; blanks around
 /// it and `:` separators between bytes (as some tools print fingerprints) are ignored.

@@ -70,13 +70,7 @@ pub fn status_line(s: &tonic::Status) -> String {
     line
 }
 
-/// The `x-request-id` the controller attached to a response, if any.
-pub fn request_id(s: &tonic::Status) -> Option<String> {
-    s.metadata()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
+pub use syncfleet_proto::status::request_id;
 
 /// Start of the lifetime used for scheduling: the later of `not_before` and `obtained` (when
 /// the agent got the certificate), never after `not_after`.

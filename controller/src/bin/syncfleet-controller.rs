@@ -36,6 +36,7 @@ enum Command {
     },
     /// Run a whole fleet on this machine: controller + simulated agents, with a CLI context
     /// (the same as `syncfleet dev`).
+    #[cfg(feature = "dev")]
     Dev(syncfleet_controller::dev::DevArgs),
 }
 
@@ -88,10 +89,7 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 fn effective(c: &Common) -> Result<ControllerConfig, ConfigError> {
     let mut layers = config::Layers::<ControllerConfig>::new()
         .file(c.config.as_deref())?
-        .env(
-            &config::CONTROLLER_ENV,
-            syncfleet_agent::config::process_env(),
-        )?;
+        .env(&config::CONTROLLER_ENV, config::process_env())?;
     if let Some(v) = &c.data_dir {
         layers = layers.flag("data_dir", v.display(), "--data-dir");
     }
@@ -125,13 +123,13 @@ fn effective(c: &Common) -> Result<ControllerConfig, ConfigError> {
 
 /// Logs (text or JSON) and, when `OTEL_*` asks for it, OTLP trace export. The guard flushes
 /// buffered spans when dropped at exit.
-fn init_logging(format: &str) -> syncfleet_agent::telemetry::TelemetryGuard {
+fn init_logging(format: &str) -> syncfleet_proto::telemetry::TelemetryGuard {
     syncfleet_controller::telemetry::init(format)
 }
 
 /// Refuse `OTEL_*` settings the exporter cannot follow (exit code 64, before any port is bound).
 fn check_telemetry() -> Result<(), ExitCode> {
-    syncfleet_agent::telemetry::check_env()
+    syncfleet_proto::telemetry::check_env()
         .map(drop)
         .map_err(|e| {
             eprintln!("error: {e}");
@@ -182,7 +180,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             rt.block_on(async {
-                let shutdown = syncfleet_controller::signals::shutdown_on_signals();
+                let shutdown = syncfleet_proto::shutdown::shutdown_on_signals();
                 match syncfleet_controller::server::serve(cfg, shutdown, None).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e @ syncfleet_controller::server::ServeError::Config(_)) => {
@@ -245,6 +243,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "dev")]
         Command::Dev(args) => syncfleet_controller::dev::main(&args, None),
     }
 }

@@ -419,15 +419,7 @@ pub fn cert_is_for_key(cert_pem: &str, key: &rcgen::KeyPair) -> bool {
     }
 }
 
-/// The request id of a failed call, when the controller sent one (`x-request-id`).
-pub fn request_id(status: &tonic::Status) -> Option<String> {
-    status
-        .metadata()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
+pub use syncfleet_proto::status::request_id;
 
 impl Session<'_> {
     pub(super) async fn tokens_create(
@@ -825,14 +817,5 @@ mod tests {
             let mode = std::fs::metadata(&q).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o644);
         }
-    }
-
-    #[test]
-    fn request_ids_come_from_the_metadata() {
-        let mut s = tonic::Status::permission_denied("needs run:operate");
-        assert_eq!(request_id(&s), None);
-        s.metadata_mut()
-            .insert("x-request-id", "01HXYZ".parse().unwrap());
-        assert_eq!(request_id(&s).as_deref(), Some("01HXYZ"));
     }
 }

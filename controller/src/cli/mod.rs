@@ -226,6 +226,7 @@ pub enum Command {
     Audit(access::AuditCommand),
     /// Run a whole fleet on this machine: a controller, simulated sync servers and the example
     /// fleet; writes a `dev` context into the CLI config so a second terminal can drive it
+    #[cfg(feature = "dev")]
     Dev(crate::dev::DevArgs),
 }
 
@@ -492,6 +493,7 @@ pub fn main() -> ExitCode {
         Err(code) => return code,
     };
     // `dev` is a long-running daemon with its own multi-threaded runtime and signal handling.
+    #[cfg(feature = "dev")]
     if let Command::Dev(args) = &cli.command {
         return crate::dev::main(args, cli.config.as_deref());
     }
@@ -622,6 +624,7 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
             s.audit_list(&mut client, *since, who.as_deref(), *limit)
                 .await
         }
+        #[cfg(feature = "dev")]
         Command::Dev(_) => Err(CliError::Failed(
             "`dev` runs as its own process: start it with `syncfleet dev`".to_string(),
         )),
@@ -1003,6 +1006,7 @@ mod tests {
     }
 
     /// Splits a command line the way a shell does for the simple quoting used in examples.
+    #[cfg(feature = "dev")]
     fn shell_words(line: &str) -> Vec<String> {
         let mut words = Vec::new();
         let mut word = String::new();
@@ -1024,6 +1028,7 @@ mod tests {
         words
     }
 
+    #[cfg(feature = "dev")]
     #[test]
     fn help_examples_parse_and_name_what_the_dev_fleet_has() {
         let help = Cli::command().render_long_help().to_string();
