@@ -1,10 +1,11 @@
 //! The controller's live view of the fleet: which agents hold a session, the runs they were
 //! sent, and how agent events change those runs.
 //!
-//! Delivery (design decision 2): a run is stored before it is sent; a `StartRun` is (re)sent
-//! whenever the agent's session (re)opens while the run is `pending` or `dispatched`; the agent
-//! dedups by run id. Agent events are applied to runs and stored in one transaction per batch,
-//! and only then acknowledged, so an acknowledged event is never lost.
+//! Delivery (at least once; the agent executes a run id at most once): a run is stored before it
+//! is sent; a `StartRun` is (re)sent whenever the agent's session (re)opens while the run is
+//! `pending` or `dispatched`; the agent dedups by run id. Agent events are applied to runs and
+//! stored in one transaction per batch, and only then acknowledged, so an acknowledged event is
+//! never lost.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Fleet files: loading, validating, diffing and rendering the declarative `Sequence` and
-//! `Schedule` documents of [`crate::model`] (design decision 9). Used by both the `syncfleet`
-//! CLI (`apply`, `get`) and the controller's `Apply` RPC, so both sides report the same errors.
+//! `Schedule` documents of [`crate::model`]. Used by both the `syncfleet` CLI (`apply`, `get`)
+//! and the controller's `Apply` RPC, so both sides report the same errors.
 //!
 //! Contracts:
 //! - **Pure**: nothing here does I/O except [`load_paths`], which reads the files it is given.

@@ -2,7 +2,7 @@
 //! streams, serves the operator API (`FleetService`), gRPC health and reflection, and issues
 //! certificates from the fleet CA.
 //!
-//! Decisions recorded here (see also design.md):
+//! Decisions recorded here (the whole picture, with the agent's side: `ARCHITECTURE.md`):
 //! - The store is the source of truth: a run is stored before it is sent, and an agent event is
 //!   acknowledged only after the transaction that applies it commits ([`fleet`]).
 //! - A run whose agent is offline stays `pending` until the agent reconnects or the
@@ -11,7 +11,7 @@
 //!   syncfleet RPC requires one from the fleet CA, with a `spiffe://<fleet>/<role>/<name>`
 //!   identity ([`services::caller`]); agents may only open sessions as themselves.
 //! - The run's result is the most severe step result (`syncfleet_proto::vocab`).
-//! - Observability (design decision 10): every run gets a root span and a W3C `traceparent` when
+//! - Observability: every run gets a root span and a W3C `traceparent` when
 //!   it is created, stored on the run and sent in every `StartRun`, so a run is one trace across
 //!   controller and agent; OTLP export only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
 //!   ([`telemetry`]). `/metrics` serves in-memory run aggregates rebuilt from the store at

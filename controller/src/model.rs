@@ -1,5 +1,5 @@
-//! Fleet documents: the declarative `Sequence` and `Schedule` kinds of fleet files (design
-//! decision 9). These types are the single definition used by the YAML loader, the store
+//! Fleet documents: the declarative `Sequence` and `Schedule` kinds of fleet files, applied with
+//! `syncfleet apply -f` and read back unchanged with `syncfleet get`. These types are the single definition used by the YAML loader, the store
 //! (canonical JSON), `syncfleet get`, the scheduler and the agent plan.
 //!
 //! Field names and forms follow the fleet file format:

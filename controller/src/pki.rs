@@ -3,7 +3,8 @@
 //! Every party on the wire is identified by a certificate signed by the fleet's CA: the
 //! controller by a server certificate, agents and operators by client certificates whose
 //! subject alternative name is a SPIFFE-style URI, `spiffe://<fleet>/agent/<name>` or
-//! `spiffe://<fleet>/operator/<name>`. The controller trusts nothing else (design decision 11).
+//! `spiffe://<fleet>/operator/<name>`. The controller trusts nothing else: an identity comes only
+//! from a certificate of this CA, never from a message.
 //!
 //! Files (under `<data_dir>/pki/`): `ca.pem`, `ca.key`, `controller.pem`, `controller.key`. Key
 //! files are written owner read-only; the CA key never leaves this folder.

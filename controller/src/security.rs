@@ -1,4 +1,4 @@
-//! Who may do what, and the record of it (issue: security).
+//! Who may do what, and the record of it.
 //!
 //! - **Authentication**: the caller's client certificate, verified by TLS against the fleet CA;
 //!   its identity (`spiffe://<fleet>/<agent|operator>/<name>`, plus a role URN for operators)

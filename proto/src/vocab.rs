@@ -1,4 +1,5 @@
-//! The sync engine's result-string vocabulary (domain brief §3), kept as an open set.
+//! The sync engine's result-string vocabulary, kept as an open set (`docs/engine.md`, "Run
+//! status vocabulary").
 //!
 //! The engine reports results as kebab-case strings (`success`, `completed-sync-errors`,
 //! `stopped-connectivity`, ...). Strings are stored verbatim everywhere; this module only
@@ -7,7 +8,8 @@
 
 use crate::v1::RunState;
 
-/// What a result string means for the run and for retries (domain brief §3.5).
+/// What a result string means for the run and for retries (`docs/engine.md`, "Run status
+/// vocabulary").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ResultClass {
     /// `success`, `completed-no-objects`.
@@ -17,9 +19,10 @@ pub enum ResultClass {
     /// `completed-*-errors` (except discovery errors): the step ran, some objects failed.
     CompletedWithErrors,
     /// `completed-discovery-errors`: the import stopped before obsoletion; later steps must not
-    /// run (§3.1, §5 "Multi-step profile behaviour").
+    /// run (the engine itself skips the later steps of a multi-step profile after it).
     DiscoveryErrors,
-    /// `in-progress`, `completing-*`: not final; poll, never re-execute (§3.2).
+    /// `in-progress`, `completing-*`: not final; poll, never re-execute (`Execute` can return
+    /// while the engine still completes referential updates).
     Transitional,
     /// The MA or engine is busy (`no-start-ma-already-running`, the 0x8023063d refusal): wait for
     /// idle and retry; never a failure.
@@ -42,9 +45,10 @@ pub enum ResultClass {
     Unknown,
 }
 
-/// The 0x8023063d refusal of a second concurrent synchronization, as seen in event 6309 text
-/// (§6.2). How it reaches an `Execute` caller is unconfirmed, so drivers map both the HRESULT and
-/// this text to [`ResultClass::Busy`].
+/// The 0x8023063d refusal of a second concurrent synchronization, as seen in the text of event
+/// 6309 (source `FIMSynchronizationService`). How it reaches an `Execute` caller is unconfirmed
+/// (`docs/engine.md`, "Unconfirmed"), so drivers map both the HRESULT and this text to
+/// [`ResultClass::Busy`].
 pub const CONCURRENT_SYNC_HRESULT: &str = "0x8023063d";
 
 /// Result reported by syncfleet (not the engine) when a step's watchdog stopped it.
@@ -91,7 +95,8 @@ const CONFIG: &[&str] = &[
     "stopped-bad-server-credentials",
     "stopped-export-disabled",
 ];
-/// Every other engine string listed in MS-UPSDBDAP §2.2.1.1 and the domain brief §3.3–3.4.
+/// Every other `no-start-*` and `stopped-*` string of the engine's list (MS-UPSDBDAP, section
+/// 2.2.1.1 "Execution Result Strings"), plus syncfleet's own [`WATCHDOG_STOPPED`].
 const OTHER_FAILED: &[&str] = &[
     "no-start-file-not-found",
     "no-start-file-access-denied",
@@ -180,7 +185,7 @@ pub fn classify(result: &str) -> ResultClass {
 
 impl ResultClass {
     /// Severity rank used to pick a run's result: the most severe step result wins (the Sync
-    /// Service Manager's Status column "shows the most severe problem for a run", §4 quirk 5).
+    /// Service Manager's Status column "shows the most severe problem for a run").
     pub fn severity(self) -> u8 {
         match self {
             Self::Success => 0,
@@ -199,8 +204,10 @@ impl ResultClass {
         }
     }
 
-    /// True when later steps of the run may still execute after this result (§3.1: completed
-    /// steps let the next step run, except `completed-discovery-errors`).
+    /// True when later steps of the run may still execute after this result: completed steps
+    /// let the next step run, except `completed-discovery-errors`; any other result
+    /// (`no-start-*`, `stopped-*`, an unknown string) stops the run, as the engine stops the
+    /// later steps of a multi-step profile after `stopped-*`.
     pub fn lets_next_step_run(self) -> bool {
         matches!(
             self,
@@ -244,7 +251,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classes_follow_the_domain_brief() {
+    fn classes_follow_the_engine_vocabulary() {
         assert_eq!(classify("success"), ResultClass::Success);
         assert_eq!(classify("completed-no-objects"), ResultClass::Success);
         assert_eq!(classify("completed-warnings"), ResultClass::Warning);

@@ -1,4 +1,4 @@
-//! Observability end to end (design decision 10), with the real binaries:
+//! Observability end to end, with the real binaries:
 //! - `/metrics` counts equal the runs the CLI lists, before and after a controller restart;
 //! - one trace per run: an in-test OTLP receiver gets the controller's run span and the agent's
 //!   run and step spans with one trace id and the right parent links, over gRPC and over

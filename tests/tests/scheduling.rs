@@ -1,5 +1,6 @@
 //! Schedules end to end: real controller and agents, fleet files applied with the real CLI.
-//! Waits are liveness bounds; counts allow for a loaded machine where the issue says "about".
+//! Waits are liveness bounds; counts that depend on timing are checked as ranges or lower
+//! bounds, to allow for a loaded machine.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1,5 +1,4 @@
-//! `apply`, `get` and `delete`: fleet documents between YAML files and the controller
-//! (design decision 9).
+//! `apply`, `get` and `delete`: fleet documents between YAML files and the controller.
 //!
 //! - `apply` loads and validates locally first ([`prepare_apply`], no network), then sends the
 //!   documents as canonical JSON with their `path#N` source and prints the controller's diff.

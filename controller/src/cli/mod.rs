@@ -1,4 +1,4 @@
-//! `syncfleet`, the operator CLI: a thin gRPC client of `FleetService` (design decision 8).
+//! `syncfleet`, the operator CLI: a thin gRPC client of `FleetService`.
 //!
 //! Everything it does is one or a few FleetService calls, so anything shown here can also be
 //! done with grpcurl or any gRPC client. The binary (`src/bin/syncfleet.rs`) only calls

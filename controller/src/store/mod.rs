@@ -1,4 +1,5 @@
-//! The controller's durable state behind one trait (design decision 7).
+//! The controller's durable state behind one trait, so the embedded default can be replaced by
+//! another engine without touching the fleet logic.
 //!
 //! [`sqlite::SqliteStore`] is the embedded default (bundled SQLite in WAL mode). Records are kept
 //! as their protobuf encoding next to the few columns queries filter on, so a field added to
