@@ -1,9 +1,9 @@
-//! Who may do what: enrollment tokens, operator credentials, agent revocation and the audit log.
+//! Who may do what: enrollment tokens, operator credentials and the audit log (revoking an agent
+//! is `agents revoke`, in `agents.rs`).
 //!
 //! ```text
 //! syncfleet tokens create --agent NAME [--labels k=v,...] [--ttl 30m]
 //! syncfleet operators create NAME --role viewer|operator|admin [--ttl 90d] [--out FILE]
-//! syncfleet agents revoke NAME [--note TEXT]
 //! syncfleet audit list [--since 1h|RFC3339] [--who IDENTITY] [--limit N]
 //! ```
 //!
@@ -29,13 +29,14 @@ use clap::{Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use syncfleet_proto::v1::{
     AuditEntry, CreateOperatorRequest, CreateTokenRequest, CreateTokenResponse, ListAuditRequest,
-    RevokeAgentRequest, Role,
+    Role,
 };
 
 use super::config::{Context, upsert_context};
 use super::connect::Client;
-use super::human::{self, Table};
-use super::{CliError, EXIT_OK, OutputFormat, Session, out, output};
+use super::output::{self, out};
+use super::table::{self, Table};
+use super::{CliError, EXIT_OK, OutputFormat, Session};
 
 /// `tokens ...`
 #[derive(Debug, Subcommand)]
@@ -239,11 +240,11 @@ pub fn token_block(
     tls_server_name: Option<&str>,
     now: DateTime<Utc>,
 ) -> String {
-    let expires = match human::instant(t.expires_at.as_ref()) {
+    let expires = match table::instant(t.expires_at.as_ref()) {
         Some(at) => format!(
             "{} (in {})",
-            human::local_time(t.expires_at.as_ref()),
-            human::duration(at - now)
+            table::local_time(t.expires_at.as_ref()),
+            table::duration(at - now)
         ),
         None => "-".to_string(),
     };
@@ -296,7 +297,7 @@ pub fn audit_table(entries: &[AuditEntry]) -> String {
     ]);
     for e in entries {
         t.row(vec![
-            human::local_time(e.at.as_ref()),
+            table::local_time(e.at.as_ref()),
             dash(&e.who),
             dash(&e.action),
             dash(&e.target),
@@ -422,6 +423,43 @@ pub fn cert_is_for_key(cert_pem: &str, key: &rcgen::KeyPair) -> bool {
 pub use syncfleet_proto::status::request_id;
 
 impl Session<'_> {
+    /// Runs `tokens create`.
+    pub(super) async fn tokens(
+        &self,
+        client: &mut Client,
+        cmd: &TokensCommand,
+    ) -> Result<u8, CliError> {
+        let TokensCommand::Create { agent, labels, ttl } = cmd;
+        self.tokens_create(client, agent, labels, *ttl).await
+    }
+
+    /// Runs `operators create`.
+    pub(super) async fn operators(
+        &self,
+        client: &mut Client,
+        cmd: &OperatorsCommand,
+    ) -> Result<u8, CliError> {
+        let OperatorsCommand::Create {
+            name,
+            role,
+            ttl,
+            out,
+        } = cmd;
+        self.operators_create(client, name, *role, *ttl, out.as_deref())
+            .await
+    }
+
+    /// Runs `audit list`.
+    pub(super) async fn audit(
+        &self,
+        client: &mut Client,
+        cmd: &AuditCommand,
+    ) -> Result<u8, CliError> {
+        let AuditCommand::List { since, who, limit } = cmd;
+        self.audit_list(client, *since, who.as_deref(), *limit)
+            .await
+    }
+
     pub(super) async fn tokens_create(
         &self,
         client: &mut Client,
@@ -452,33 +490,6 @@ impl Session<'_> {
                 ))?;
                 eprintln!(
                     "the token is shown only now and works once; run the enroll command on the sync server {agent} before it expires"
-                );
-            }
-        }
-        Ok(EXIT_OK)
-    }
-
-    pub(super) async fn agents_revoke(
-        &self,
-        client: &mut Client,
-        name: &str,
-        note: &str,
-    ) -> Result<u8, CliError> {
-        let agent = client
-            .revoke_agent(RevokeAgentRequest {
-                name: name.to_string(),
-                note: note.to_string(),
-            })
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner();
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agent_json(&agent))?,
-            OutputFormat::Table => {
-                out(&format!("agent {}: revoked\n", agent.name))?;
-                eprintln!(
-                    "its session is closed and its certificate refused from now on; it can come back only by enrolling with a new token ('syncfleet tokens create --agent {}')",
-                    agent.name
                 );
             }
         }
@@ -525,7 +536,7 @@ impl Session<'_> {
                 CliError::Failed(format!(
                     "cannot write {}: {}",
                     path.display(),
-                    super::connect::io_message(&e)
+                    super::config::io_message(&e)
                 ))
             })
         };
@@ -560,7 +571,7 @@ impl Session<'_> {
                     "operator: {name}\nrole:     {}\nidentity: {}\nexpires:  {}\n",
                     role.label(),
                     dash(&resp.identity),
-                    human::local_time(resp.not_after.as_ref())
+                    table::local_time(resp.not_after.as_ref())
                 );
                 if let Some(c) = &files.config {
                     block.push_str(&format!("config:   {}\n", c.display()));

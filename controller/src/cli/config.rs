@@ -67,7 +67,7 @@ pub enum ConfigError {
     )]
     NotFound { path: PathBuf },
     /// The config file exists but cannot be read.
-    #[error("cannot read config file {}: {}", path.display(), super::connect::io_message(source))]
+    #[error("cannot read config file {}: {}", path.display(), io_message(source))]
     Read {
         path: PathBuf,
         #[source]
@@ -109,7 +109,7 @@ pub enum ConfigError {
         problem: String,
     },
     /// Writing the file (or creating its folder) failed.
-    #[error("cannot write config file {}: {}", path.display(), super::connect::io_message(source))]
+    #[error("cannot write config file {}: {}", path.display(), io_message(source))]
     Write {
         path: PathBuf,
         #[source]
@@ -440,6 +440,19 @@ pub fn upsert_context(
     Ok(())
 }
 
+/// An I/O error's text without the trailing "(os error N)".
+pub fn io_message(e: &std::io::Error) -> String {
+    strip_os_error(&e.to_string())
+}
+
+/// `s` without a trailing " (os error N)", which only repeats the message as a number.
+pub(super) fn strip_os_error(s: &str) -> String {
+    match s.find(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s.to_string(),
+    }
+}
+
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,
@@ -663,5 +676,14 @@ tls_server_name = "syncfleet-controller"
         let err = upsert_context(&p, "dev", &ctx("https://h:1"), true).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "this is = = not toml");
+    }
+
+    #[test]
+    fn os_error_suffix_is_dropped() {
+        assert_eq!(
+            strip_os_error("No route to host (os error 113)"),
+            "No route to host"
+        );
+        assert_eq!(strip_os_error("plain"), "plain");
     }
 }

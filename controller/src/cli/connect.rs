@@ -12,7 +12,7 @@ use std::time::Duration;
 use syncfleet_proto::v1::fleet_service_client::FleetServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::config::ResolvedContext;
+use super::config::{ResolvedContext, io_message, strip_os_error};
 
 /// How long to wait for TCP + TLS before giving up on the controller.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -270,18 +270,6 @@ pub fn cause_of(e: &(dyn StdError + 'static)) -> String {
     }
 }
 
-/// An I/O error's text without the trailing "(os error N)".
-pub fn io_message(e: &std::io::Error) -> String {
-    strip_os_error(&e.to_string())
-}
-
-fn strip_os_error(s: &str) -> String {
-    match s.find(" (os error ") {
-        Some(i) if s.ends_with(')') => s[..i].to_string(),
-        _ => s.to_string(),
-    }
-}
-
 /// Short form of a status for retry notices: `message (Code)`, or for transport failures the
 /// plain cause (`connection refused (Unavailable)`).
 pub fn brief_status(status: &tonic::Status) -> String {
@@ -344,15 +332,6 @@ mod tests {
     fn refused_io_error_is_plain() {
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(cause_of(&io), "connection refused");
-    }
-
-    #[test]
-    fn os_error_suffix_is_dropped() {
-        assert_eq!(
-            strip_os_error("No route to host (os error 113)"),
-            "No route to host"
-        );
-        assert_eq!(strip_os_error("plain"), "plain");
     }
 
     #[test]

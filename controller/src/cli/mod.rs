@@ -39,6 +39,19 @@
 //! Global flags: `--config PATH` (env `SYNCFLEET_CONFIG`), `--context NAME` (env
 //! `SYNCFLEET_CONTEXT`), `-o/--output table|json|yaml`. See [`config`] for the config file.
 //!
+//! # Layout
+//!
+//! This file holds the top level: [`Cli`], [`Command`], the dispatch to each command group, the
+//! error type and the exit codes. Each command group is one file holding its clap arguments,
+//! its handlers (methods of the per-invocation `Session`) and its human rendering:
+//! [`agents`], [`runs`] (`run` and `runs`, with `--follow`), [`documents`] (`apply`, `get`,
+//! `delete`), [`schedules`], [`fleet`], [`access`] (`tokens`, `operators`, `audit`). They share
+//! [`table`] (the table type, times and durations), [`output`] (JSON shapes and the stdout
+//! writers), [`connect`] (the gRPC channel and error lines) and [`config`] (the contexts file).
+//! Dependencies point one way: command files use the shared modules, never each other (except
+//! `schedules` reading documents with [`documents::parse_documents`]); `connect` uses `config`,
+//! not the reverse.
+//!
 //! # Output contract
 //!
 //! - **stdout carries data only**: tables, key/value blocks, run ids, the apply diff, fleet
@@ -92,53 +105,40 @@
 //! interrupting the CLI (Ctrl-C) only stops watching.
 
 pub mod access;
+pub mod agents;
 pub mod config;
 pub mod connect;
-pub mod control;
-pub mod fleetdocs;
-pub mod human;
+pub mod documents;
+pub mod fleet;
 pub mod output;
+pub mod runs;
+pub mod schedules;
+pub mod table;
 
 use std::ffi::OsString;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use clap::builder::{PossibleValuesParser, TypedValueParser as _};
-use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use syncfleet_proto::v1::{
-    CancelRunRequest, GetAgentRequest, GetRunRequest, ListAgentsRequest, ListRunsRequest, Run,
-    RunState, StartRunRequest, StepSpec, WatchRunsRequest,
-};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use access::{AuditCommand, OperatorsCommand, TokensCommand};
+use agents::AgentsCommand;
 use config::{ConfigError, ResolvedContext};
-use connect::{Client, ConnectError};
+use connect::ConnectError;
+use documents::{ApplyArgs, DocKind};
+use fleet::FleetCommand;
+use runs::{RunArgs, RunsCommand};
+use schedules::SchedulesCommand;
 
 /// Exit code: the request succeeded (for `run --follow`: the run succeeded).
 pub const EXIT_OK: u8 = 0;
+
 /// Exit code: the request failed, the controller could not be reached or configured, or the
 /// followed run did not succeed.
 pub const EXIT_FAILED: u8 = 1;
+
 /// Exit code: usage error (set by clap).
 pub const EXIT_USAGE: u8 = 2;
-
-/// How long `run --follow` keeps trying to re-open a broken watch without any success.
-const WATCH_GIVE_UP: Duration = Duration::from_secs(30);
-
-/// Run states accepted by `--state`, in lifecycle order.
-const STATE_LABELS: [&str; 10] = [
-    "pending",
-    "dispatched",
-    "running",
-    "succeeded",
-    "completed_with_errors",
-    "failed",
-    "skipped",
-    "cancelled",
-    "unknown",
-    "held",
-];
 
 /// Operator CLI of syncfleet: schedule and run identity sync engine run profiles across a fleet.
 #[derive(Debug, Parser)]
@@ -217,110 +217,17 @@ pub enum Command {
     Fleet(FleetCommand),
     /// One-time enrollment tokens for new agents
     #[command(subcommand)]
-    Tokens(access::TokensCommand),
+    Tokens(TokensCommand),
     /// Operator credentials (client certificates with a role)
     #[command(subcommand)]
-    Operators(access::OperatorsCommand),
+    Operators(OperatorsCommand),
     /// The audit log: every change, denial, enrollment, renewal and revocation
     #[command(subcommand)]
-    Audit(access::AuditCommand),
+    Audit(AuditCommand),
     /// Run a whole fleet on this machine: a controller, simulated sync servers and the example
     /// fleet; writes a `dev` context into the CLI config so a second terminal can drive it
     #[cfg(feature = "dev")]
     Dev(crate::dev::DevArgs),
-}
-
-/// Kinds of fleet documents, for `get` and `delete` (singular or plural).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DocKind {
-    /// Sequences of run-profile stages
-    #[value(name = "sequences", aliases = ["sequence", "seq"])]
-    Sequences,
-    /// Schedules
-    #[value(name = "schedules", aliases = ["schedule", "sched"])]
-    Schedules,
-}
-
-impl DocKind {
-    /// The `kind:` of the documents (`Sequence`, `Schedule`).
-    pub fn kind(self) -> &'static str {
-        match self {
-            DocKind::Sequences => "Sequence",
-            DocKind::Schedules => "Schedule",
-        }
-    }
-}
-
-/// `apply -f FILE|DIR ...`
-#[derive(Debug, Args)]
-pub struct ApplyArgs {
-    /// Fleet file, or a folder whose *.yaml/*.yml files (recursively) are applied; repeat for
-    /// more
-    #[arg(
-        short = 'f',
-        long = "filename",
-        required = true,
-        value_name = "FILE|DIR"
-    )]
-    pub files: Vec<PathBuf>,
-    /// Validate and show the diff and next fire times; change nothing
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Also delete stored sequences and schedules that are not in the files
-    #[arg(long)]
-    pub prune: bool,
-    /// Apply even though steps name MAs or run profiles that target agents do not have (the
-    /// problems are still printed)
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// `schedules ...`
-#[derive(Debug, Subcommand)]
-pub enum SchedulesCommand {
-    /// One line per schedule: sequence, paused or active, trigger, targets, next fire time
-    #[command(visible_alias = "ls")]
-    List,
-    /// A schedule's state, next 10 fire times, last 10 runs, counters and saturation
-    Show {
-        /// Schedule name
-        name: String,
-    },
-    /// Stop a schedule from starting runs (running runs go on)
-    Pause {
-        /// Schedule name
-        name: String,
-        /// Why (required; shown to everyone who looks at the schedule)
-        #[arg(long, required = true, value_name = "TEXT", value_parser = non_blank)]
-        note: String,
-    },
-    /// Let a paused schedule start runs again
-    Resume {
-        /// Schedule name
-        name: String,
-        /// Why, for the record
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        note: String,
-    },
-}
-
-/// `fleet ...`
-#[derive(Debug, Subcommand)]
-pub enum FleetCommand {
-    /// Start no new runs anywhere (maintenance); running runs go on
-    Pause {
-        /// Why (required)
-        #[arg(long, required = true, value_name = "TEXT", value_parser = non_blank)]
-        note: String,
-    },
-    /// Start runs again after `fleet pause`
-    Resume {
-        /// Why, for the record
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        note: String,
-    },
-    /// Whether the fleet is paused, and which agents are draining
-    Status,
 }
 
 /// Rejects empty or blank notes.
@@ -330,128 +237,6 @@ fn non_blank(s: &str) -> Result<String, String> {
     } else {
         Ok(s.to_string())
     }
-}
-
-/// `agents ...`
-#[derive(Debug, Subcommand)]
-pub enum AgentsCommand {
-    /// List all agents, connected or not
-    #[command(visible_alias = "ls")]
-    List,
-    /// Show one agent with its management agents and run profiles
-    Show {
-        /// Agent name
-        name: String,
-    },
-    /// Drain an agent: running runs finish, nothing new starts on it
-    Drain {
-        /// Agent name
-        name: String,
-        /// Why, for the record
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        note: String,
-    },
-    /// End a drain: the agent takes runs again
-    Resume {
-        /// Agent name
-        name: String,
-        /// Why, for the record
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        note: String,
-    },
-    /// Revoke an agent: its session closes at once and its certificate, reconnects and
-    /// renewals are refused; it can come back only by enrolling with a new token
-    Revoke {
-        /// Agent name
-        name: String,
-        /// Why, for the record
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        note: String,
-    },
-}
-
-/// `run AGENT (--step MA:PROFILE ... | --sequence NAME)`
-#[derive(Debug, Args)]
-#[command(group(ArgGroup::new("plan").required(true).args(["steps", "sequence"])))]
-pub struct RunArgs {
-    /// Agent (sync server) name
-    pub agent: String,
-    /// A step "MA:PROFILE", e.g. "AD:Delta Import"; repeat for more steps, run in order. Split
-    /// at the first ':' (profile names may contain ':' and spaces)
-    #[arg(long = "step", short = 's', value_name = "MA:PROFILE", value_parser = parse_step)]
-    pub steps: Vec<StepSpec>,
-    /// Run a stored sequence instead of ad-hoc steps
-    #[arg(long, value_name = "NAME")]
-    pub sequence: Option<String>,
-    /// Watch the run until it ends; exit 0 only if it succeeded
-    #[arg(long, short = 'f')]
-    pub follow: bool,
-}
-
-/// `runs ...`
-#[derive(Debug, Subcommand)]
-pub enum RunsCommand {
-    /// List runs, newest first
-    #[command(visible_alias = "ls")]
-    List {
-        /// Only runs of this agent
-        #[arg(long, value_name = "NAME")]
-        agent: Option<String>,
-        /// Only runs in this state; repeat or comma-separate for several
-        #[arg(
-            long = "state",
-            value_name = "STATE",
-            value_delimiter = ',',
-            value_parser = PossibleValuesParser::new(STATE_LABELS)
-                .map(|s| RunState::from_label(&s).unwrap_or(RunState::Unspecified))
-        )]
-        states: Vec<RunState>,
-        /// Show at most this many runs
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
-        limit: u32,
-    },
-    /// Show one run with its steps and counters
-    Show {
-        /// Run id
-        id: String,
-    },
-    /// Cancel a run (a pending run ends at once; a running one is stopped on its agent)
-    Cancel {
-        /// Run id
-        id: String,
-        /// Why, for the record
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        reason: String,
-    },
-    /// Approve a held run: its held step runs once with the guard rail lifted, then the rest
-    /// of its plan, as a new run; prints the new run's id
-    Approve {
-        /// Id of the held run
-        id: String,
-        /// Why, for the record
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        note: String,
-    },
-}
-
-/// Parses `--step "MA:PROFILE"`, splitting at the first `:` (MA names contain no colon, profile
-/// names may); surrounding blanks are trimmed so `"AD: Delta Import"` works too.
-pub fn parse_step(s: &str) -> Result<StepSpec, String> {
-    let usage = "expected MA:PROFILE, e.g. \"AD:Delta Import\" (split at the first ':')";
-    let Some((ma, profile)) = s.split_once(':') else {
-        return Err(format!("no ':' in \"{s}\"; {usage}"));
-    };
-    let (ma, profile) = (ma.trim(), profile.trim());
-    if ma.is_empty() {
-        return Err(format!("empty MA name in \"{s}\"; {usage}"));
-    }
-    if profile.is_empty() {
-        return Err(format!("empty run profile name in \"{s}\"; {usage}"));
-    }
-    Ok(StepSpec {
-        ma: ma.to_string(),
-        profile: profile.to_string(),
-    })
 }
 
 /// Everything a command can fail with; `Display` is the one line after `error: `.
@@ -469,7 +254,7 @@ pub enum CliError {
     /// `run --follow` lost the watch for too long.
     #[error(
         "lost the watch on run {run_id} for {}s: {cause}; the run continues on the agent — check it with 'syncfleet runs show {run_id}'",
-        WATCH_GIVE_UP.as_secs()
+        runs::WATCH_GIVE_UP.as_secs()
     )]
     WatchLost { run_id: String, cause: String },
     /// Writing to stdout failed (other than a closed pipe, which is not an error).
@@ -551,7 +336,7 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
     // apply checks its files before anything else: nothing is sent when they are wrong, and
     // no controller is needed to find out.
     let prepared = match &cli.command {
-        Command::Apply(a) => fleetdocs::prepare_apply(&a.files)?,
+        Command::Apply(a) => documents::prepare_apply(&a.files)?,
         _ => Vec::new(),
     };
     let rc = config::load_context(cli.config.as_deref(), cli.context.as_deref())?;
@@ -560,70 +345,19 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
         rc: &rc,
         format: cli.output,
     };
+    let client = &mut client;
     match &cli.command {
-        Command::Agents(AgentsCommand::List) => s.agents_list(&mut client).await,
-        Command::Agents(AgentsCommand::Show { name }) => s.agents_show(&mut client, name).await,
-        Command::Run(args) => s.run(&mut client, args).await,
-        Command::Runs(RunsCommand::List {
-            agent,
-            states,
-            limit,
-        }) => {
-            s.runs_list(&mut client, agent.as_deref(), states, *limit)
-                .await
-        }
-        Command::Runs(RunsCommand::Show { id }) => s.runs_show(&mut client, id).await,
-        Command::Runs(RunsCommand::Cancel { id, reason }) => {
-            s.runs_cancel(&mut client, id, reason).await
-        }
-        Command::Runs(RunsCommand::Approve { id, note }) => {
-            s.runs_approve(&mut client, id, note).await
-        }
-        Command::Agents(AgentsCommand::Drain { name, note }) => {
-            s.agents_drain(&mut client, name, note, true).await
-        }
-        Command::Agents(AgentsCommand::Resume { name, note }) => {
-            s.agents_drain(&mut client, name, note, false).await
-        }
-        Command::Apply(a) => s.apply(&mut client, a, prepared).await,
-        Command::Get { kind, name } => s.get(&mut client, *kind, name.as_deref()).await,
-        Command::Delete { kind, name } => s.delete(&mut client, *kind, name).await,
-        Command::Schedules(SchedulesCommand::List) => s.schedules_list(&mut client).await,
-        Command::Schedules(SchedulesCommand::Show { name }) => {
-            s.schedules_show(&mut client, name).await
-        }
-        Command::Schedules(SchedulesCommand::Pause { name, note }) => {
-            s.schedules_pause(&mut client, name, note, true).await
-        }
-        Command::Schedules(SchedulesCommand::Resume { name, note }) => {
-            s.schedules_pause(&mut client, name, note, false).await
-        }
-        Command::Fleet(FleetCommand::Pause { note }) => {
-            s.fleet_pause(&mut client, note, true).await
-        }
-        Command::Fleet(FleetCommand::Resume { note }) => {
-            s.fleet_pause(&mut client, note, false).await
-        }
-        Command::Fleet(FleetCommand::Status) => s.fleet_status(&mut client).await,
-        Command::Agents(AgentsCommand::Revoke { name, note }) => {
-            s.agents_revoke(&mut client, name, note).await
-        }
-        Command::Tokens(access::TokensCommand::Create { agent, labels, ttl }) => {
-            s.tokens_create(&mut client, agent, labels, *ttl).await
-        }
-        Command::Operators(access::OperatorsCommand::Create {
-            name,
-            role,
-            ttl,
-            out,
-        }) => {
-            s.operators_create(&mut client, name, *role, *ttl, out.as_deref())
-                .await
-        }
-        Command::Audit(access::AuditCommand::List { since, who, limit }) => {
-            s.audit_list(&mut client, *since, who.as_deref(), *limit)
-                .await
-        }
+        Command::Agents(c) => s.agents(client, c).await,
+        Command::Run(args) => s.run(client, args).await,
+        Command::Runs(c) => s.runs(client, c).await,
+        Command::Apply(a) => s.apply(client, a, prepared).await,
+        Command::Get { kind, name } => s.get(client, *kind, name.as_deref()).await,
+        Command::Delete { kind, name } => s.delete(client, *kind, name).await,
+        Command::Schedules(c) => s.schedules(client, c).await,
+        Command::Fleet(c) => s.fleet(client, c).await,
+        Command::Tokens(c) => s.tokens(client, c).await,
+        Command::Operators(c) => s.operators(client, c).await,
+        Command::Audit(c) => s.audit(client, c).await,
         #[cfg(feature = "dev")]
         Command::Dev(_) => Err(CliError::Failed(
             "`dev` runs as its own process: start it with `syncfleet dev`".to_string(),
@@ -631,42 +365,10 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
     }
 }
 
-/// Per-invocation state shared by the commands.
+/// Per-invocation state shared by the commands; each command file adds its handlers as methods.
 struct Session<'a> {
     rc: &'a ResolvedContext,
     format: OutputFormat,
-}
-
-/// Writes `text` to stdout. A closed pipe (`syncfleet runs list | head -1`) is not an error.
-fn out(text: &str) -> Result<(), CliError> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(CliError::Stdout(e)),
-    }
-}
-
-/// Writes one pretty JSON document and a newline to stdout.
-fn out_json(v: &serde_json::Value) -> Result<(), CliError> {
-    let text =
-        serde_json::to_string_pretty(v).map_err(|e| CliError::Stdout(std::io::Error::other(e)))?;
-    out(&format!("{text}\n"))
-}
-
-/// Writes `v` as YAML to stdout.
-fn out_yaml(v: &serde_json::Value) -> Result<(), CliError> {
-    let text =
-        serde_norway::to_string(v).map_err(|e| CliError::Stdout(std::io::Error::other(e)))?;
-    out(&text)
-}
-
-/// A human progress line on stderr, prefixed with the local time.
-fn progress(line: &str) {
-    eprintln!("[{}] {line}", chrono::Local::now().format("%H:%M:%S"));
 }
 
 impl Session<'_> {
@@ -674,8 +376,8 @@ impl Session<'_> {
     /// JSON).
     fn data(&self, v: &serde_json::Value) -> Result<(), CliError> {
         match self.format {
-            OutputFormat::Yaml => out_yaml(v),
-            OutputFormat::Json | OutputFormat::Table => out_json(v),
+            OutputFormat::Yaml => output::out_yaml(v),
+            OutputFormat::Json | OutputFormat::Table => output::out_json(v),
         }
     }
 
@@ -686,308 +388,6 @@ impl Session<'_> {
         }
         CliError::Rpc { line }
     }
-
-    async fn agents_list(&self, client: &mut Client) -> Result<u8, CliError> {
-        let mut agents = client
-            .list_agents(ListAgentsRequest {})
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner()
-            .agents;
-        agents.sort_by(|a, b| a.name.cmp(&b.name));
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agents_json(&agents))?,
-            OutputFormat::Table => {
-                if agents.is_empty() {
-                    eprintln!(
-                        "no agents yet; an agent appears once syncfleet-agent has connected to {}",
-                        self.rc.context.controller
-                    );
-                } else {
-                    out(&human::agents_table(&agents, chrono::Utc::now()))?;
-                }
-            }
-        }
-        Ok(EXIT_OK)
-    }
-
-    async fn agents_show(&self, client: &mut Client, name: &str) -> Result<u8, CliError> {
-        let agent = client
-            .get_agent(GetAgentRequest {
-                name: name.to_string(),
-            })
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner();
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agent_json(&agent))?,
-            OutputFormat::Table => out(&human::agent_details(&agent, chrono::Utc::now()))?,
-        }
-        Ok(EXIT_OK)
-    }
-
-    async fn run(&self, client: &mut Client, args: &RunArgs) -> Result<u8, CliError> {
-        let run = client
-            .start_run(StartRunRequest {
-                sequence: args.sequence.clone().unwrap_or_default(),
-                agent: args.agent.clone(),
-                steps: args.steps.clone(),
-            })
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner();
-        if !args.follow {
-            match self.format {
-                OutputFormat::Json | OutputFormat::Yaml => self.data(&output::run_json(&run))?,
-                OutputFormat::Table => {
-                    out(&format!("{}\n", run.id))?;
-                    let mut hint = format!(
-                        "run {} is {} on agent {}",
-                        run.id,
-                        run.state().label(),
-                        run.agent
-                    );
-                    if !run.message.is_empty() {
-                        hint.push_str(&format!(" ({})", run.message));
-                    }
-                    eprintln!("{hint}; see it with 'syncfleet runs show {}'", run.id);
-                }
-            }
-            return Ok(EXIT_OK);
-        }
-        eprintln!(
-            "run {} started on agent {}; following it (Ctrl-C stops watching, not the run)",
-            run.id, run.agent
-        );
-        let last = self.follow(client, run).await?;
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::run_json(&last))?,
-            OutputFormat::Table => out(&human::run_details(&last, chrono::Utc::now()))?,
-        }
-        if last.state() == RunState::Succeeded {
-            Ok(EXIT_OK)
-        } else if last.state() == RunState::Held {
-            eprintln!("{}", held_hint(&last));
-            Ok(EXIT_FAILED)
-        } else {
-            eprintln!(
-                "run {} ended {}{}",
-                last.id,
-                last.state().label(),
-                if last.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", last.message)
-                }
-            );
-            Ok(EXIT_FAILED)
-        }
-    }
-
-    /// Watches `run` until it is terminal, printing progress to stderr; returns the final
-    /// snapshot. Broken streams are re-opened (the server re-sends the current snapshot, so
-    /// nothing is missed) until [`WATCH_GIVE_UP`] passes without any successful message.
-    async fn follow(&self, client: &mut Client, run: Run) -> Result<Run, CliError> {
-        let run_id = run.id.clone();
-        let mut follower = human::Follower::new();
-        for line in follower.observe(&run) {
-            progress(&line);
-        }
-        if run.state().is_terminal() {
-            return Ok(run);
-        }
-        let mut last_ok = Instant::now();
-        let mut backoff = Duration::from_millis(500);
-        loop {
-            let cause = match client
-                .watch_runs(WatchRunsRequest {
-                    run_id: run_id.clone(),
-                    agent: String::new(),
-                })
-                .await
-            {
-                Ok(resp) => {
-                    let mut stream = resp.into_inner();
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(update)) => {
-                                last_ok = Instant::now();
-                                backoff = Duration::from_millis(500);
-                                let Some(r) = update.run else { continue };
-                                if r.id != run_id {
-                                    continue;
-                                }
-                                for line in follower.observe(&r) {
-                                    progress(&line);
-                                }
-                                if r.state().is_terminal() {
-                                    return Ok(r);
-                                }
-                            }
-                            Ok(None) => break "the controller closed the watch stream".to_string(),
-                            Err(status) => {
-                                if is_permanent(&status) {
-                                    return Err(self.rpc_err(&status));
-                                }
-                                break connect::brief_status(&status);
-                            }
-                        }
-                    }
-                }
-                Err(status) => {
-                    if is_permanent(&status) {
-                        return Err(self.rpc_err(&status));
-                    }
-                    connect::brief_status(&status)
-                }
-            };
-            if last_ok.elapsed() >= WATCH_GIVE_UP {
-                return Err(CliError::WatchLost { run_id, cause });
-            }
-            eprintln!(
-                "watch of run {} interrupted: {cause}; reconnecting in {}",
-                human::short_id(&run_id),
-                human::duration(chrono::TimeDelta::milliseconds(
-                    i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX)
-                ))
-            );
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    async fn runs_list(
-        &self,
-        client: &mut Client,
-        agent: Option<&str>,
-        states: &[RunState],
-        limit: u32,
-    ) -> Result<u8, CliError> {
-        let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut runs: Vec<Run> = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let remaining = limit_usize.saturating_sub(runs.len());
-            let page_size = u32::try_from(remaining).unwrap_or(u32::MAX).min(1000);
-            let resp = client
-                .list_runs(ListRunsRequest {
-                    agent: agent.unwrap_or_default().to_string(),
-                    states: states.iter().map(|s| *s as i32).collect(),
-                    since: None,
-                    until: None,
-                    page_size,
-                    page_token: page_token.clone(),
-                })
-                .await
-                .map_err(|e| self.rpc_err(&e))?
-                .into_inner();
-            let got = resp.runs.len();
-            runs.extend(resp.runs);
-            // An empty page with a token would loop forever on a misbehaving server; stop.
-            if runs.len() >= limit_usize || resp.next_page_token.is_empty() || got == 0 {
-                break;
-            }
-            page_token = resp.next_page_token;
-        }
-        runs.truncate(limit_usize);
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::runs_json(&runs))?,
-            OutputFormat::Table => {
-                if runs.is_empty() {
-                    eprintln!("no runs match");
-                } else {
-                    out(&human::runs_table(&runs, chrono::Utc::now()))?;
-                }
-            }
-        }
-        Ok(EXIT_OK)
-    }
-
-    async fn runs_show(&self, client: &mut Client, id: &str) -> Result<u8, CliError> {
-        let run = client
-            .get_run(GetRunRequest { id: id.to_string() })
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner();
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::run_json(&run))?,
-            OutputFormat::Table => out(&human::run_details(&run, chrono::Utc::now()))?,
-        }
-        Ok(EXIT_OK)
-    }
-
-    async fn runs_cancel(
-        &self,
-        client: &mut Client,
-        id: &str,
-        reason: &str,
-    ) -> Result<u8, CliError> {
-        let run = client
-            .cancel_run(CancelRunRequest {
-                id: id.to_string(),
-                reason: reason.to_string(),
-            })
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner();
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::run_json(&run))?,
-            OutputFormat::Table => {
-                out(&format!("{}\n", run.id))?;
-                eprintln!(
-                    "run {} is {}{}",
-                    run.id,
-                    run.state().label(),
-                    if run.state().is_terminal() {
-                        ""
-                    } else {
-                        " (the agent is stopping it)"
-                    }
-                );
-            }
-        }
-        Ok(EXIT_OK)
-    }
-}
-
-/// The stderr line for a run that ended held: which step, why, and how to approve it.
-pub fn held_hint(run: &Run) -> String {
-    let held = run
-        .steps
-        .iter()
-        .find(|s| s.state() == syncfleet_proto::v1::StepState::Held);
-    let what = match held {
-        Some(s) if !s.detail.is_empty() => {
-            format!(
-                " at step {} {}: {} ({})",
-                s.index + 1,
-                s.ma,
-                s.profile,
-                s.detail
-            )
-        }
-        Some(s) => format!(" at step {} {}: {}", s.index + 1, s.ma, s.profile),
-        None if !run.message.is_empty() => format!(": {}", run.message),
-        None => String::new(),
-    };
-    format!(
-        "run {} is held{what}; approve with 'syncfleet runs approve {}'",
-        run.id, run.id
-    )
-}
-
-/// Watch errors that re-opening the stream cannot fix.
-fn is_permanent(status: &tonic::Status) -> bool {
-    use tonic::Code;
-    matches!(
-        status.code(),
-        Code::NotFound
-            | Code::InvalidArgument
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::Unimplemented
-            | Code::FailedPrecondition
-    )
 }
 
 #[cfg(test)]
@@ -999,6 +399,8 @@ fn is_permanent(status: &tonic::Status) -> bool {
 mod tests {
     use super::*;
     use clap::CommandFactory as _;
+    use std::time::Duration;
+    use syncfleet_proto::v1::RunState;
 
     #[test]
     fn clap_definition_is_consistent() {
@@ -1066,25 +468,6 @@ mod tests {
                 _ => {}
             }
         }
-    }
-
-    #[test]
-    fn step_splits_at_first_colon() {
-        let s = parse_step("AD:Delta Import").unwrap();
-        assert_eq!((s.ma.as_str(), s.profile.as_str()), ("AD", "Delta Import"));
-        let s = parse_step("CONTOSO AD: Full Import: weekly").unwrap();
-        assert_eq!(
-            (s.ma.as_str(), s.profile.as_str()),
-            ("CONTOSO AD", "Full Import: weekly")
-        );
-    }
-
-    #[test]
-    fn step_without_colon_names_expected_form() {
-        let e = parse_step("AD Delta Import").unwrap_err();
-        assert!(e.contains("expected MA:PROFILE"), "{e}");
-        assert!(parse_step(":x").is_err());
-        assert!(parse_step("AD:").is_err());
     }
 
     #[test]

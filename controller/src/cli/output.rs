@@ -1,4 +1,6 @@
-//! JSON shapes of `-o json`: pure functions from `syncfleet.v1` messages to `serde_json::Value`.
+//! Machine-readable output: the JSON shapes of `-o json` (pure functions from `syncfleet.v1`
+//! messages to `serde_json::Value`, shared by every command) and the writers that put data on
+//! stdout ([`out`], [`out_json`], [`out_yaml`]; `-o yaml` prints the same shapes as YAML).
 //!
 //! These shapes are a scripting contract, so they are built by hand rather than derived from the
 //! generated types: enum fields are lower-case labels (`"completed_with_errors"`, not `5`),
@@ -7,12 +9,43 @@
 //! is always present (empty string, `0`, `{}` or `[]` rather than missing) so `jq` filters do
 //! not need `//` defaults. New keys may be added; existing ones keep their meaning.
 
+use std::io::Write as _;
+
 use prost_types::Timestamp;
 use serde_json::{Map, Value, json};
 use syncfleet_proto::v1::{
     Agent, ApplyResponse, Condition, EngineInfo, FleetStatus, Guard, Limit, ManagementAgent,
     OnFailure, Pause, Run, RunState, ScheduleRunSummary, ScheduleStatus, Step, StepCounters, limit,
 };
+
+use super::CliError;
+
+/// Writes `text` to stdout. A closed pipe (`syncfleet runs list | head -1`) is not an error.
+pub fn out(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::Stdout(e)),
+    }
+}
+
+/// Writes one pretty JSON document and a newline to stdout.
+pub fn out_json(v: &Value) -> Result<(), CliError> {
+    let text =
+        serde_json::to_string_pretty(v).map_err(|e| CliError::Stdout(std::io::Error::other(e)))?;
+    out(&format!("{text}\n"))
+}
+
+/// Writes `v` as YAML to stdout.
+pub fn out_yaml(v: &Value) -> Result<(), CliError> {
+    let text =
+        serde_norway::to_string(v).map_err(|e| CliError::Stdout(std::io::Error::other(e)))?;
+    out(&text)
+}
 
 /// RFC 3339 (UTC, milliseconds) of `t`, or `null` when it is unset, zero or out of range.
 pub fn timestamp_json(t: Option<&Timestamp>) -> Value {

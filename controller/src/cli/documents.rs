@@ -1,24 +1,71 @@
 //! `apply`, `get` and `delete`: fleet documents between YAML files and the controller.
 //!
 //! - `apply` loads and validates locally first ([`prepare_apply`], no network), then sends the
-//!   documents as canonical JSON with their `path#N` source and prints the controller's diff.
+//!   documents as canonical JSON with their `path#N` source and prints the controller's diff
+//!   ([`apply_lines`]).
 //! - `get` prints stored documents with [`fleetfile::to_yaml`], so `get -o yaml > f.yaml` then
 //!   `apply -f f.yaml --dry-run` reports every document `unchanged`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use clap::{Args, ValueEnum};
 use syncfleet_proto::v1::{
     ApplyRequest, ApplyResponse, DeleteDocumentRequest, FleetDocument, GetDocumentsRequest,
     ScheduleTargets,
 };
 
 use super::connect::Client;
-use super::{
-    ApplyArgs, CliError, DocKind, EXIT_FAILED, EXIT_OK, OutputFormat, Session, human, out, output,
-};
+use super::output::{self, out};
+use super::table::{display_zone, zoned_rfc3339};
+use super::{CliError, EXIT_FAILED, EXIT_OK, OutputFormat, Session};
 use crate::fleetfile::{self, Action, FleetFileErrors, SourcedDoc};
 use crate::model::Document;
+
+/// Kinds of fleet documents, for `get` and `delete` (singular or plural).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocKind {
+    /// Sequences of run-profile stages
+    #[value(name = "sequences", aliases = ["sequence", "seq"])]
+    Sequences,
+    /// Schedules
+    #[value(name = "schedules", aliases = ["schedule", "sched"])]
+    Schedules,
+}
+
+impl DocKind {
+    /// The `kind:` of the documents (`Sequence`, `Schedule`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            DocKind::Sequences => "Sequence",
+            DocKind::Schedules => "Schedule",
+        }
+    }
+}
+
+/// `apply -f FILE|DIR ...`
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Fleet file, or a folder whose *.yaml/*.yml files (recursively) are applied; repeat for
+    /// more
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        value_name = "FILE|DIR"
+    )]
+    pub files: Vec<PathBuf>,
+    /// Validate and show the diff and next fire times; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete stored sequences and schedules that are not in the files
+    #[arg(long)]
+    pub prune: bool,
+    /// Apply even though steps name MAs or run profiles that target agents do not have (the
+    /// problems are still printed)
+    #[arg(long)]
+    pub force: bool,
+}
 
 /// The error of invalid fleet files: every problem verbatim, then one summary line.
 fn invalid_files(e: &FleetFileErrors) -> CliError {
@@ -220,7 +267,7 @@ impl Session<'_> {
             })?
             .into_inner();
         match self.format {
-            OutputFormat::Table => out(&human::apply_lines(&resp))?,
+            OutputFormat::Table => out(&apply_lines(&resp))?,
             OutputFormat::Json | OutputFormat::Yaml => {
                 let mut j = output::apply_json(&resp);
                 add_checks_json(&mut j, &resp);
@@ -316,6 +363,37 @@ impl Session<'_> {
         }
         Ok(EXIT_OK)
     }
+}
+
+/// `apply` output: one line per change (`created sequence/delta-cycle`,
+/// `changed schedule/delta-every-5m (trigger, overlap)`), then for each forecast
+/// `schedule/NAME next 5 fire times (ZONE):` and the times, RFC 3339 with the zone's offset.
+pub fn apply_lines(r: &ApplyResponse) -> String {
+    let mut out = String::new();
+    for c in &r.changes {
+        out.push_str(&format!(
+            "{} {}/{}",
+            c.action,
+            c.kind.to_lowercase(),
+            c.name
+        ));
+        if !c.fields.is_empty() {
+            out.push_str(&format!(" ({})", c.fields.join(", ")));
+        }
+        out.push('\n');
+    }
+    for f in &r.forecasts {
+        let (tz, label) = display_zone(&f.time_zone);
+        out.push_str(&format!(
+            "schedule/{} next {} fire times ({label}):\n",
+            f.name,
+            f.next.len()
+        ));
+        for t in &f.next {
+            out.push_str(&format!("  {}\n", zoned_rfc3339(Some(t), tz)));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -471,7 +549,7 @@ schedule/nightly targets (agents): none; unknown: ghost
     #[test]
     fn apply_output_lists_changes_then_forecasts_in_the_schedule_zone() {
         assert_eq!(
-            human::apply_lines(&response()),
+            apply_lines(&response()),
             "created sequence/delta-cycle
 changed schedule/delta-every-5m (trigger, overlap)
 unchanged schedule/nightly

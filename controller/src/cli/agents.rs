@@ -1,0 +1,369 @@
+//! `agents list|show|drain|resume|revoke`: the sync servers the controller knows, and taking
+//! one out of service (drain: running runs finish, nothing new starts; revoke: its session
+//! closes and its certificate is refused from now on).
+//!
+//! Table output puts the agent (table, block, or its new drain state) on stdout and hints on
+//! stderr; `-o json`/`-o yaml` print the agent objects ([`output`] shapes).
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use syncfleet_proto::v1::{
+    Agent, AgentState, DrainAgentRequest, GetAgentRequest, ListAgentsRequest, RevokeAgentRequest,
+};
+
+use super::connect::Client;
+use super::output::{self, out};
+use super::table::{Table, age, instant, local_time, or_dash, pause_brief};
+use super::{CliError, EXIT_OK, OutputFormat, Session};
+
+/// `agents ...`
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List all agents, connected or not
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show one agent with its management agents and run profiles
+    Show {
+        /// Agent name
+        name: String,
+    },
+    /// Drain an agent: running runs finish, nothing new starts on it
+    Drain {
+        /// Agent name
+        name: String,
+        /// Why, for the record
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+    },
+    /// End a drain: the agent takes runs again
+    Resume {
+        /// Agent name
+        name: String,
+        /// Why, for the record
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+    },
+    /// Revoke an agent: its session closes at once and its certificate, reconnects and
+    /// renewals are refused; it can come back only by enrolling with a new token
+    Revoke {
+        /// Agent name
+        name: String,
+        /// Why, for the record
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+    },
+}
+
+impl Session<'_> {
+    /// Runs one `agents ...` command.
+    pub(super) async fn agents(
+        &self,
+        client: &mut Client,
+        cmd: &AgentsCommand,
+    ) -> Result<u8, CliError> {
+        match cmd {
+            AgentsCommand::List => self.agents_list(client).await,
+            AgentsCommand::Show { name } => self.agents_show(client, name).await,
+            AgentsCommand::Drain { name, note } => {
+                self.agents_drain(client, name, note, true).await
+            }
+            AgentsCommand::Resume { name, note } => {
+                self.agents_drain(client, name, note, false).await
+            }
+            AgentsCommand::Revoke { name, note } => self.agents_revoke(client, name, note).await,
+        }
+    }
+
+    async fn agents_list(&self, client: &mut Client) -> Result<u8, CliError> {
+        let mut agents = client
+            .list_agents(ListAgentsRequest {})
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner()
+            .agents;
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agents_json(&agents))?,
+            OutputFormat::Table => {
+                if agents.is_empty() {
+                    eprintln!(
+                        "no agents yet; an agent appears once syncfleet-agent has connected to {}",
+                        self.rc.context.controller
+                    );
+                } else {
+                    out(&agents_table(&agents, chrono::Utc::now()))?;
+                }
+            }
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn agents_show(&self, client: &mut Client, name: &str) -> Result<u8, CliError> {
+        let agent = client
+            .get_agent(GetAgentRequest {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner();
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agent_json(&agent))?,
+            OutputFormat::Table => out(&agent_details(&agent, chrono::Utc::now()))?,
+        }
+        Ok(EXIT_OK)
+    }
+
+    pub(super) async fn agents_drain(
+        &self,
+        client: &mut Client,
+        name: &str,
+        note: &str,
+        drain: bool,
+    ) -> Result<u8, CliError> {
+        let req = DrainAgentRequest {
+            name: name.to_string(),
+            note: note.to_string(),
+        };
+        let agent = if drain {
+            client.drain_agent(req).await
+        } else {
+            client.resume_agent(req).await
+        }
+        .map_err(|e| self.rpc_err(&e))?
+        .into_inner();
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agent_json(&agent))?,
+            OutputFormat::Table => {
+                out(&format!(
+                    "agent {}: {}\n",
+                    agent.name,
+                    pause_brief(agent.drain.as_ref(), "draining", "not draining")
+                ))?;
+                if drain {
+                    eprintln!(
+                        "running runs on {} finish; nothing new starts there until 'syncfleet agents resume {}'",
+                        agent.name, agent.name
+                    );
+                }
+            }
+        }
+        Ok(EXIT_OK)
+    }
+
+    pub(super) async fn agents_revoke(
+        &self,
+        client: &mut Client,
+        name: &str,
+        note: &str,
+    ) -> Result<u8, CliError> {
+        let agent = client
+            .revoke_agent(RevokeAgentRequest {
+                name: name.to_string(),
+                note: note.to_string(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner();
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agent_json(&agent))?,
+            OutputFormat::Table => {
+                out(&format!("agent {}: revoked\n", agent.name))?;
+                eprintln!(
+                    "its session is closed and its certificate refused from now on; it can come back only by enrolling with a new token ('syncfleet tokens create --agent {}')",
+                    agent.name
+                );
+            }
+        }
+        Ok(EXIT_OK)
+    }
+}
+
+fn labels_brief(labels: &HashMap<String, String>) -> String {
+    let sorted: BTreeMap<_, _> = labels.iter().collect();
+    sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn engine_brief(a: &Agent) -> String {
+    match &a.engine {
+        Some(e) if !e.version.is_empty() && !e.kind.is_empty() => {
+            format!("{} ({})", e.version, e.kind)
+        }
+        Some(e) if !e.kind.is_empty() => e.kind.clone(),
+        Some(e) => e.version.clone(),
+        None => "-".to_string(),
+    }
+}
+
+fn agent_state_brief(a: &Agent) -> String {
+    let state = a.state();
+    if state == AgentState::Connected && !a.agent_problem.is_empty() {
+        format!("{} (agent unhealthy)", state.label())
+    } else if state == AgentState::Connected && !a.engine_healthy {
+        format!("{} (engine down)", state.label())
+    } else {
+        state.label().to_string()
+    }
+}
+
+/// `agents list` table: NAME STATE DRAIN ENGINE MAS LAST-SEEN LABELS (DRAIN is `draining` or
+/// `-`).
+pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
+    let mut t = Table::new(&[
+        "NAME",
+        "STATE",
+        "DRAIN",
+        "ENGINE",
+        "MAS",
+        "LAST-SEEN",
+        "LABELS",
+    ]);
+    for a in agents {
+        t.row(vec![
+            a.name.clone(),
+            agent_state_brief(a),
+            if a.drain.as_ref().is_some_and(|d| d.paused) {
+                "draining".to_string()
+            } else {
+                "-".to_string()
+            },
+            engine_brief(a),
+            a.management_agents.len().to_string(),
+            age(a.last_seen.as_ref(), now),
+            or_dash(&labels_brief(&a.labels)).to_string(),
+        ]);
+    }
+    t.render()
+}
+
+/// `agents show`: key/value lines, then each MA with its run profiles and their step types.
+pub fn agent_details(a: &Agent, now: DateTime<Utc>) -> String {
+    let mut kv = Table::new(&["", ""]);
+    let mut add = |k: &str, v: String| kv.row(vec![format!("{k}:"), v]);
+    add("name", a.name.clone());
+    add(
+        "state",
+        match instant(a.state_since.as_ref()) {
+            Some(_) => format!(
+                "{} since {} ({})",
+                a.state().label(),
+                local_time(a.state_since.as_ref()),
+                age(a.state_since.as_ref(), now)
+            ),
+            None => a.state().label().to_string(),
+        },
+    );
+    add("hostname", or_dash(&a.hostname).to_string());
+    add("engine", engine_brief(a));
+    add(
+        "engine health",
+        match (a.engine_healthy, a.engine_detail.is_empty()) {
+            (true, _) => "healthy".to_string(),
+            (false, true) => "unhealthy".to_string(),
+            (false, false) => format!("unhealthy: {}", a.engine_detail),
+        },
+    );
+    add(
+        "agent health",
+        if a.agent_problem.is_empty() {
+            "healthy".to_string()
+        } else {
+            format!("unhealthy: {}", a.agent_problem)
+        },
+    );
+    add("agent version", or_dash(&a.agent_version).to_string());
+    add(
+        "last seen",
+        match instant(a.last_seen.as_ref()) {
+            Some(_) => format!(
+                "{} ({})",
+                local_time(a.last_seen.as_ref()),
+                age(a.last_seen.as_ref(), now)
+            ),
+            None => "never".to_string(),
+        },
+    );
+    add("labels", or_dash(&labels_brief(&a.labels)).to_string());
+    add("drain", pause_brief(a.drain.as_ref(), "draining", "no"));
+    add(
+        "runs in flight",
+        if a.runs_in_flight.is_empty() {
+            "none".to_string()
+        } else {
+            a.runs_in_flight.join(", ")
+        },
+    );
+    // The header row of the key/value table is empty; drop it.
+    let rendered = kv.render();
+    let mut out: String = rendered.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    out.push_str(&format!(
+        "management agents ({}):\n",
+        a.management_agents.len()
+    ));
+    for ma in &a.management_agents {
+        let mut head = format!("  {}", ma.name);
+        let meta: Vec<&str> = [ma.r#type.as_str(), ma.guid.as_str()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !meta.is_empty() {
+            head.push_str(&format!("  [{}]", meta.join(" ")));
+        }
+        out.push_str(&head);
+        out.push('\n');
+        if ma.run_profiles.is_empty() {
+            out.push_str("    (no run profiles)\n");
+        }
+        for p in &ma.run_profiles {
+            if p.step_types.is_empty() {
+                out.push_str(&format!("    - {}\n", p.name));
+            } else {
+                out.push_str(&format!(
+                    "    - {}  ({})\n",
+                    p.name,
+                    p.step_types.join(", ")
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use crate::cli::table::tests::pause;
+
+    #[test]
+    fn agents_show_drain_state() {
+        let mut a = Agent {
+            name: "sync01".into(),
+            ..Default::default()
+        };
+        let text = agents_table(std::slice::from_ref(&a), Utc::now());
+        assert!(
+            text.starts_with("NAME    STATE        DRAIN  ENGINE"),
+            "{text}"
+        );
+        assert!(agent_details(&a, Utc::now()).contains("drain:           no\n"));
+        a.drain = Some(pause("patching"));
+        let text = agents_table(std::slice::from_ref(&a), Utc::now());
+        assert!(text.contains("  draining  "), "{text}");
+        let text = agent_details(&a, Utc::now());
+        assert!(
+            text.contains("drain:           draining since ")
+                && text.contains(" by alice: \"patching\"\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,547 @@
+//! `schedules list|show|pause|resume`: stored schedules with their state, next fire times,
+//! recent runs and counters, and pausing one schedule.
+//!
+//! Table output puts the resulting state on stdout (one line, the table, or the `show` block)
+//! and hints (what the change means, how to undo it) on stderr; `-o json`/`-o yaml` print the
+//! status objects the controller returned ([`output`] shapes). Times are shown in each
+//! schedule's own time zone.
+
+use std::collections::{BTreeMap, HashMap};
+
+use clap::Subcommand;
+use syncfleet_proto::v1::{
+    GetDocumentsRequest, GetScheduleRequest, PauseScheduleRequest, ScheduleStatus,
+};
+
+use super::connect::Client;
+use super::documents::parse_documents;
+use super::output::{self, out};
+use super::table::{
+    Table, display_zone, duration, instant, or_dash, pause_brief, signed_duration, zone,
+    zoned_rfc3339, zoned_time,
+};
+use super::{CliError, EXIT_OK, OutputFormat, Session, non_blank};
+use crate::fleetfile;
+use crate::model::{Document, ScheduleDoc, Targets, TriggerDoc};
+
+/// `schedules ...`
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// One line per schedule: sequence, paused or active, trigger, targets, next fire time
+    #[command(visible_alias = "ls")]
+    List,
+    /// A schedule's state, next 10 fire times, last 10 runs, counters and saturation
+    Show {
+        /// Schedule name
+        name: String,
+    },
+    /// Stop a schedule from starting runs (running runs go on)
+    Pause {
+        /// Schedule name
+        name: String,
+        /// Why (required; shown to everyone who looks at the schedule)
+        #[arg(long, required = true, value_name = "TEXT", value_parser = non_blank)]
+        note: String,
+    },
+    /// Let a paused schedule start runs again
+    Resume {
+        /// Schedule name
+        name: String,
+        /// Why, for the record
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+    },
+}
+
+/// The schedule document carried in a status, if it can be read.
+pub fn status_doc(s: &ScheduleStatus) -> Option<ScheduleDoc> {
+    match fleetfile::from_json("Schedule", &s.json) {
+        Ok(Document::Schedule(d)) => Some(d),
+        _ => None,
+    }
+}
+
+/// `schedule NAME: paused since … by …: "note"` / `schedule NAME: active`.
+pub fn schedule_state_line(s: &ScheduleStatus) -> String {
+    format!(
+        "schedule {}: {}\n",
+        s.name,
+        pause_brief(s.pause.as_ref(), "paused", "active")
+    )
+}
+
+impl Session<'_> {
+    /// Runs one `schedules ...` command.
+    pub(super) async fn schedules(
+        &self,
+        client: &mut Client,
+        cmd: &SchedulesCommand,
+    ) -> Result<u8, CliError> {
+        match cmd {
+            SchedulesCommand::List => self.schedules_list(client).await,
+            SchedulesCommand::Show { name } => self.schedules_show(client, name).await,
+            SchedulesCommand::Pause { name, note } => {
+                self.schedules_pause(client, name, note, true).await
+            }
+            SchedulesCommand::Resume { name, note } => {
+                self.schedules_pause(client, name, note, false).await
+            }
+        }
+    }
+
+    pub(super) async fn schedules_list(&self, client: &mut Client) -> Result<u8, CliError> {
+        let resp = client
+            .get_documents(GetDocumentsRequest {
+                kind: "Schedule".to_string(),
+                name: String::new(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner();
+        let docs = parse_documents("Schedule", &resp.documents).map_err(CliError::Failed)?;
+        let mut rows = Vec::new();
+        for d in docs {
+            let Document::Schedule(doc) = d else { continue };
+            match client
+                .get_schedule(GetScheduleRequest {
+                    name: doc.name.clone(),
+                })
+                .await
+            {
+                Ok(s) => rows.push(ScheduleRow {
+                    doc,
+                    status: s.into_inner(),
+                }),
+                // Deleted since the list was read.
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => return Err(self.rpc_err(&status)),
+            }
+        }
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => self.data(&serde_json::Value::Array(
+                rows.iter()
+                    .map(|r| output::schedule_status_json(&r.status))
+                    .collect(),
+            ))?,
+            OutputFormat::Table => {
+                if rows.is_empty() {
+                    eprintln!("no schedules yet; create them with 'syncfleet apply -f FILE|DIR'");
+                } else {
+                    out(&schedules_table(&rows))?;
+                }
+            }
+        }
+        Ok(EXIT_OK)
+    }
+
+    pub(super) async fn schedules_show(
+        &self,
+        client: &mut Client,
+        name: &str,
+    ) -> Result<u8, CliError> {
+        let s = client
+            .get_schedule(GetScheduleRequest {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner();
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => {
+                self.data(&output::schedule_status_json(&s))?;
+            }
+            OutputFormat::Table => out(&schedule_details(&s, status_doc(&s).as_ref()))?,
+        }
+        Ok(EXIT_OK)
+    }
+
+    pub(super) async fn schedules_pause(
+        &self,
+        client: &mut Client,
+        name: &str,
+        note: &str,
+        pause: bool,
+    ) -> Result<u8, CliError> {
+        let req = PauseScheduleRequest {
+            name: name.to_string(),
+            note: note.to_string(),
+        };
+        let s = if pause {
+            client.pause_schedule(req).await
+        } else {
+            client.resume_schedule(req).await
+        }
+        .map_err(|e| self.rpc_err(&e))?
+        .into_inner();
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => {
+                self.data(&output::schedule_status_json(&s))?;
+            }
+            OutputFormat::Table => {
+                out(&schedule_state_line(&s))?;
+                if pause {
+                    eprintln!(
+                        "running runs go on; no new runs until 'syncfleet schedules resume {}'",
+                        s.name
+                    );
+                } else if let Some(t) = s.next.first() {
+                    let tz = zone(&s.time_zone).unwrap_or(chrono_tz::Tz::UTC);
+                    eprintln!("next fire time: {}", zoned_rfc3339(Some(t), tz));
+                }
+            }
+        }
+        Ok(EXIT_OK)
+    }
+}
+
+/// `every 5m, phase 30s` or `cron "0 2 * * 0" (Europe/Oslo)`.
+pub fn trigger_brief(t: &TriggerDoc) -> String {
+    let mut parts = Vec::new();
+    if !t.cron.is_empty() {
+        let crons: Vec<String> = t.cron.iter().map(|c| format!("{c:?}")).collect();
+        parts.push(format!("cron {}", crons.join(" | ")));
+    }
+    if let Some(e) = t.every {
+        let mut s = format!("every {}", humantime::format_duration(e));
+        if let Some(p) = t.phase.filter(|p| !p.is_zero()) {
+            s.push_str(&format!(", phase {}", humantime::format_duration(p)));
+        }
+        parts.push(s);
+    }
+    let mut out = parts.join("; ");
+    if let Some(z) = &t.time_zone {
+        out.push_str(&format!(" ({z})"));
+    }
+    if out.is_empty() { "-".to_string() } else { out }
+}
+
+/// `agents sync01, sync02; selector env=prod`.
+pub fn targets_brief(t: &Targets) -> String {
+    let mut parts = Vec::new();
+    if !t.agents.is_empty() {
+        parts.push(format!("agents {}", t.agents.join(", ")));
+    }
+    if let Some(sel) = t.selector.as_deref().filter(|s| !s.trim().is_empty()) {
+        parts.push(format!("selector {sel}"));
+    }
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// The schedule counters in a fixed order (the documented ones first, zeros included, then any
+/// others sorted): `fired=12 skipped_overlap=1 ...`.
+pub fn schedule_counters_brief(counters: &HashMap<String, u64>) -> String {
+    const ORDER: [&str; 9] = [
+        "fired",
+        "skipped_overlap",
+        "missed_catchup",
+        "buffer_dropped",
+        "held",
+        "cancelled_other",
+        "skipped_blackout",
+        "skipped_paused",
+        "skipped_drained",
+    ];
+    let mut parts: Vec<String> = ORDER
+        .iter()
+        .filter_map(|k| counters.get(*k).map(|v| format!("{k}={v}")))
+        .collect();
+    let others: BTreeMap<_, _> = counters
+        .iter()
+        .filter(|(k, _)| !ORDER.contains(&k.as_str()))
+        .collect();
+    parts.extend(others.iter().map(|(k, v)| format!("{k}={v}")));
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// `schedules show`: the warning first (when the schedule is close to saturation), then its
+/// fields, pause state, targets, next fire times in its own time zone, recent runs (nominal
+/// vs actual start, lateness, duration, outcome; times in the schedule's zone) and counters.
+/// `doc` is the schedule document parsed from `s.json` (`None` if it could not be read).
+pub fn schedule_details(s: &ScheduleStatus, doc: Option<&ScheduleDoc>) -> String {
+    let (tz, tz_label) = display_zone(&s.time_zone);
+    let mut out = String::new();
+    if !s.warning.is_empty() {
+        out.push_str(&format!("WARNING: {}\n", s.warning));
+    }
+    let mut kv = Table::new(&["", ""]);
+    let mut add = |k: &str, v: String| kv.row(vec![format!("{k}:"), v]);
+    add("name", s.name.clone());
+    if let Some(d) = doc {
+        if !d.description.is_empty() {
+            add("description", d.description.clone());
+        }
+        add("sequence", d.sequence.clone());
+    }
+    add("state", pause_brief(s.pause.as_ref(), "PAUSED", "active"));
+    if let Some(d) = doc {
+        add("targets", targets_brief(&d.targets));
+    }
+    add(
+        "targeted now",
+        if s.targets.is_empty() {
+            "no agents".to_string()
+        } else {
+            s.targets.join(", ")
+        },
+    );
+    add("time zone", tz_label.clone());
+    if let Some(d) = doc {
+        add("trigger", trigger_brief(&d.trigger));
+        for b in &d.blackout {
+            add(
+                "blackout",
+                format!(
+                    "{:?} for {}",
+                    b.cron,
+                    humantime::format_duration(b.duration)
+                ),
+            );
+        }
+        add(
+            "overlap",
+            match d.overlap {
+                crate::model::Overlap::Skip => "skip",
+                crate::model::Overlap::BufferOne => "buffer_one",
+                crate::model::Overlap::CancelOther => "cancel_other",
+            }
+            .to_string(),
+        );
+        add(
+            "catch-up",
+            match d.catchup_window.filter(|w| !w.is_zero()) {
+                Some(w) => format!("within {}", humantime::format_duration(w)),
+                None => "never".to_string(),
+            },
+        );
+        if let Some(j) = d.jitter.filter(|j| !j.is_zero()) {
+            add("jitter", format!("up to {}", humantime::format_duration(j)));
+        }
+        if let Some(t) = d.start_at {
+            add("start at", t.to_rfc3339());
+        }
+        if let Some(t) = d.end_at {
+            add("end at", t.to_rfc3339());
+        }
+    }
+    add(
+        "saturation",
+        if s.saturation > 0.0 {
+            format!(
+                "{:.0}% (median run duration / interval)",
+                s.saturation * 100.0
+            )
+        } else {
+            "unknown".to_string()
+        },
+    );
+    add("counters", schedule_counters_brief(&s.counters));
+    let rendered = kv.render();
+    out.extend(rendered.lines().skip(1).map(|l| format!("{l}\n")));
+
+    out.push_str(&format!("next fire times ({tz_label}):\n"));
+    if s.next.is_empty() {
+        out.push_str("  none\n");
+    }
+    for t in &s.next {
+        out.push_str(&format!("  {}\n", zoned_rfc3339(Some(t), tz)));
+    }
+    out.push_str(&format!(
+        "recent runs ({}, newest first, times in {tz_label}):\n",
+        s.recent.len()
+    ));
+    if s.recent.is_empty() {
+        out.push_str("  none yet\n");
+    } else {
+        let mut t = Table::new(&[
+            "RUN", "AGENT", "ORIGIN", "NOMINAL", "STARTED", "LATE", "DURATION", "STATE", "RESULT",
+        ]);
+        for r in &s.recent {
+            let started = instant(r.started_at.as_ref()).is_some();
+            t.row(vec![
+                r.run_id.clone(),
+                r.agent.clone(),
+                or_dash(&r.origin).to_string(),
+                zoned_time(r.nominal_time.as_ref(), tz),
+                zoned_time(r.started_at.as_ref(), tz),
+                if started {
+                    signed_duration(r.lateness_ms)
+                } else {
+                    "-".to_string()
+                },
+                if r.duration_ms > 0 {
+                    duration(chrono::TimeDelta::milliseconds(r.duration_ms))
+                } else if started && !r.state().is_terminal() {
+                    "running".to_string()
+                } else {
+                    "-".to_string()
+                },
+                r.state().label().to_string(),
+                or_dash(super::output::run_result(r.state(), &r.result)).to_string(),
+            ]);
+        }
+        out.push_str(&t.render_indented("  "));
+    }
+    out
+}
+
+/// One `schedules list` row's worth of data.
+#[derive(Debug, Clone)]
+pub struct ScheduleRow {
+    /// The stored schedule document.
+    pub doc: ScheduleDoc,
+    /// Its status from `GetSchedule`.
+    pub status: ScheduleStatus,
+}
+
+/// `schedules list` table: NAME SEQUENCE STATE TRIGGER TARGETS NEXT (`paused` or `active`;
+/// the next fire time in the schedule's zone, RFC 3339 with offset).
+pub fn schedules_table(rows: &[ScheduleRow]) -> String {
+    let mut t = Table::new(&["NAME", "SEQUENCE", "STATE", "TRIGGER", "TARGETS", "NEXT"]);
+    for r in rows {
+        let s = &r.status;
+        let state = if s.pause.as_ref().is_some_and(|p| p.paused) {
+            "paused"
+        } else {
+            "active"
+        };
+        let next = s.next.first().map_or_else(
+            || "-".to_string(),
+            |t| zoned_rfc3339(Some(t), display_zone(&s.time_zone).0),
+        );
+        t.row(vec![
+            r.doc.name.clone(),
+            r.doc.sequence.clone(),
+            state.to_string(),
+            trigger_brief(&r.doc.trigger),
+            targets_brief(&r.doc.targets),
+            next,
+        ]);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use crate::cli::table::tests::pause;
+    use syncfleet_proto::time::from_millis;
+    use syncfleet_proto::v1::RunState;
+
+    fn status() -> ScheduleStatus {
+        let mut s = ScheduleStatus {
+            name: "delta-every-5m".into(),
+            json: r#"{"kind":"Schedule","name":"delta-every-5m","sequence":"delta-cycle","targets":{"selector":"env=prod"},"trigger":{"every":"5m","phase":"30s"},"overlap":"buffer_one","catchup_window":"10m","jitter":"10s","blackout":[{"cron":"0 22 * * 6","duration":"4h"}]}"#.into(),
+            pause: Some(pause("AD maintenance")),
+            time_zone: "Europe/Oslo".into(),
+            // 2024-01-15T09:00:30Z, 09:05:30Z
+            next: vec![from_millis(1_705_309_230_000), from_millis(1_705_309_530_000)],
+            recent: vec![syncfleet_proto::v1::ScheduleRunSummary {
+                run_id: "r1".into(),
+                agent: "sync01".into(),
+                nominal_time: Some(from_millis(1_705_308_630_000)),
+                started_at: Some(from_millis(1_705_308_641_500)),
+                lateness_ms: 11_500,
+                duration_ms: 243_000,
+                state: RunState::Succeeded as i32,
+                result: "success".into(),
+                origin: "schedule".into(),
+            }],
+            saturation: 0.85,
+            warning: "runs take 85% of the 5m interval; expect skipped fire times".into(),
+            targets: vec!["sync01".into(), "sync02".into()],
+            ..Default::default()
+        };
+        s.counters.insert("skipped_overlap".into(), 3);
+        s.counters.insert("fired".into(), 120);
+        s.counters.insert("zz_custom".into(), 1);
+        s
+    }
+
+    #[test]
+    fn schedule_details_show_state_zone_times_runs_and_warning() {
+        let s = status();
+        let doc = match crate::fleetfile::from_json("Schedule", &s.json).unwrap() {
+            crate::model::Document::Schedule(d) => d,
+            crate::model::Document::Sequence(_) => panic!("not a schedule"),
+        };
+        let text = schedule_details(&s, Some(&doc));
+        assert!(
+            text.starts_with(
+                "WARNING: runs take 85% of the 5m interval; expect skipped fire times\n"
+            ),
+            "{text}"
+        );
+        for want in [
+            "name:          delta-every-5m\n",
+            "sequence:      delta-cycle\n",
+            " by alice: \"AD maintenance\"\n",
+            "targets:       selector env=prod\n",
+            "targeted now:  sync01, sync02\n",
+            "time zone:     Europe/Oslo\n",
+            "trigger:       every 5m, phase 30s\n",
+            "blackout:      \"0 22 * * 6\" for 4h\n",
+            "overlap:       buffer_one\n",
+            "catch-up:      within 10m\n",
+            "jitter:        up to 10s\n",
+            "saturation:    85% (median run duration / interval)\n",
+            "counters:      fired=120 skipped_overlap=3 zz_custom=1\n",
+            "next fire times (Europe/Oslo):\n  2024-01-15T10:00:30+01:00\n  2024-01-15T10:05:30+01:00\n",
+            "recent runs (1, newest first, times in Europe/Oslo):\n",
+            "r1   sync01  schedule  2024-01-15 09:50:30  2024-01-15 09:50:41  11s   4m03s     succeeded  success\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(text.contains("state:         PAUSED since "), "{text}");
+        // Without a readable document the status still shows.
+        let text = schedule_details(&s, None);
+        assert!(text.contains("state:         PAUSED"), "{text}");
+        assert!(!text.contains("trigger:"), "{text}");
+    }
+
+    #[test]
+    fn schedules_table_has_one_line_per_schedule() {
+        let s = status();
+        let doc = match crate::fleetfile::from_json("Schedule", &s.json).unwrap() {
+            crate::model::Document::Schedule(d) => d,
+            crate::model::Document::Sequence(_) => panic!("not a schedule"),
+        };
+        let mut active = s.clone();
+        active.pause = None;
+        active.next.clear();
+        let mut doc2 = doc.clone();
+        doc2.name = "nightly".into();
+        doc2.targets.agents = vec!["sync01".into()];
+        doc2.targets.selector = None;
+        doc2.trigger = crate::model::TriggerDoc {
+            cron: vec!["0 2 * * *".into()],
+            time_zone: Some("Europe/Oslo".into()),
+            ..Default::default()
+        };
+        let text = schedules_table(&[
+            ScheduleRow { doc, status: s },
+            ScheduleRow {
+                doc: doc2,
+                status: active,
+            },
+        ]);
+        assert_eq!(
+            text,
+            "NAME            SEQUENCE     STATE   TRIGGER                         TARGETS            NEXT\n\
+             delta-every-5m  delta-cycle  paused  every 5m, phase 30s             selector env=prod  2024-01-15T10:00:30+01:00\n\
+             nightly         delta-cycle  active  cron \"0 2 * * *\" (Europe/Oslo)  agents sync01      -\n"
+        );
+    }
+}
