@@ -48,9 +48,9 @@
 //!
 //! # Layout
 //!
-//! - [`aggregates`]: the run-derived families kept in memory, rebuilt from the store;
-//! - [`collector`]: the Prometheus encoding of every family, and the fleet-shaped gauges;
-//! - [`http`]: the `/metrics` and `/readyz` routes.
+//! - `aggregates`: the run-derived families kept in memory, rebuilt from the store;
+//! - `collector`: the Prometheus encoding of every family, and the fleet-shaped gauges;
+//! - `http`: the `/metrics` and `/readyz` routes.
 
 mod aggregates;
 mod collector;
