@@ -98,7 +98,7 @@ pub struct Fleet {
     run_lock: tokio::sync::Mutex<()>,
     next_session: AtomicU64,
     /// Pending export counters from the agents' heartbeats (for `/metrics`).
-    pub pending_exports: crate::metrics::HeartbeatPending,
+    pub pending_exports: crate::pending::HeartbeatPending,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -362,7 +362,7 @@ impl Fleet {
             updates,
             run_lock: tokio::sync::Mutex::new(()),
             next_session: AtomicU64::new(1),
-            pending_exports: crate::metrics::HeartbeatPending::default(),
+            pending_exports: crate::pending::HeartbeatPending::default(),
         })
     }
 

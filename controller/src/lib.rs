@@ -31,6 +31,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod operations;
+pub mod pending;
 pub mod pki;
 pub mod run_ids;
 pub mod schedule;

@@ -1,0 +1,55 @@
+//! The metrics' HTTP routes: `GET /metrics` (Prometheus text format 0.0.4) and `GET /readyz`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::Metrics;
+use crate::store;
+
+/// `GET /metrics` and `GET /readyz` for the controller's HTTP router.
+pub fn routes(metrics: Arc<Metrics>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .route("/readyz", axum::routing::get(ready))
+        .with_state(metrics)
+}
+
+async fn scrape(State(m): State<Arc<Metrics>>) -> Response {
+    if !m.loaded() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "run metrics are being loaded from the store; retry shortly\n",
+        )
+            .into_response();
+    }
+    match m.render().await {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// Ready when the store answers a read.
+async fn ready(State(m): State<Arc<Metrics>>) -> Response {
+    match store::blocking(&m.inner.fleet.store, |s| s.get_state("readyz")).await {
+        Ok(_) => "ready\n".into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the store does not answer: {e}\n"),
+        )
+            .into_response(),
+    }
+}

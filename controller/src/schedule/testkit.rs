@@ -1,0 +1,193 @@
+//! The scheduler tests' world: a real SQLite store, a real fleet, stand-in agents that report
+//! through the fleet's event path, and paused tokio time.
+
+pub(super) use std::collections::HashMap as Map;
+pub(super) use std::sync::Arc;
+pub(super) use std::time::Duration;
+
+pub(super) use chrono::{DateTime, Utc};
+pub(super) use syncfleet_proto::v1;
+use syncfleet_proto::v1::agent_event::Kind;
+use tokio::sync::Mutex;
+pub(super) use tokio_util::sync::CancellationToken;
+
+pub(super) use super::scheduler::{Clock, Scheduler, run_id_for};
+pub(super) use crate::fleet::{Fleet, Settings};
+use crate::fleetfile;
+use crate::store::sqlite::SqliteStore;
+pub(super) use crate::store::{RunQuery, Store, StoredDocument};
+
+pub(super) struct World {
+    pub(super) _dir: tempfile::TempDir,
+    pub(super) fleet: Arc<Fleet>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) shutdown: CancellationToken,
+    pub(super) start: DateTime<Utc>,
+}
+
+pub(super) fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-03-28T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+pub(super) async fn world(yaml: &str, agents: &[&str]) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
+    for a in agents {
+        store
+            .put_agent(&v1::Agent {
+                name: (*a).to_string(),
+                labels: [("env".to_string(), "prod".to_string())]
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let docs = fleetfile::parse_str("test.yaml", yaml).unwrap();
+    let stored: Vec<StoredDocument> = docs
+        .iter()
+        .map(|d| StoredDocument {
+            kind: d.doc.kind().to_string(),
+            name: d.doc.name().to_string(),
+            json: fleetfile::canonical_json(&d.doc),
+        })
+        .collect();
+    store.write_documents(&stored, &[]).unwrap();
+    let fleet = Fleet::new(
+        Arc::clone(&store),
+        Settings {
+            heartbeat_interval: Duration::from_secs(1),
+            agent_lost_after: Duration::from_secs(5),
+            pending_deadline: Duration::from_secs(3600),
+        },
+    );
+    World {
+        _dir: dir,
+        fleet,
+        store,
+        shutdown: CancellationToken::new(),
+        start: t0(),
+    }
+}
+
+pub(super) fn start_scheduler(
+    w: &World,
+    wall: DateTime<Utc>,
+) -> (Arc<Scheduler>, CancellationToken) {
+    let s = Scheduler::new(Arc::clone(&w.fleet), Clock::tokio_from(wall));
+    let stop = w.shutdown.child_token();
+    tokio::spawn(Arc::clone(&s).run(stop.clone()));
+    (s, stop)
+}
+
+/// A stand-in agent: every new run of its agents starts at once and finishes after
+/// `duration` (tokio time), through the same event path real agents use. `final_state`
+/// decides how runs end.
+pub(super) fn fake_agents(w: &World, duration: Duration, held: bool) {
+    let fleet = Arc::clone(&w.fleet);
+    let mut rx = fleet.subscribe();
+    let stop = w.shutdown.clone();
+    tokio::spawn(async move {
+        let seqs = Arc::new(Mutex::new(Map::<String, u64>::new()));
+        loop {
+            let run = tokio::select! {
+                r = rx.recv() => match r { Ok(r) => r, Err(_) => continue },
+                () = stop.cancelled() => return,
+            };
+            if run.state != v1::RunState::Pending as i32 {
+                continue;
+            }
+            let fleet = Arc::clone(&fleet);
+            let seqs = Arc::clone(&seqs);
+            tokio::spawn(async move {
+                let send = |kind: Kind| {
+                    let fleet = Arc::clone(&fleet);
+                    let seqs = Arc::clone(&seqs);
+                    let run = run.clone();
+                    async move {
+                        let mut s = seqs.lock().await;
+                        let seq = s.entry(run.agent.clone()).or_default();
+                        let stored = *seq;
+                        *seq += 1;
+                        let ev = v1::AgentEvent {
+                            seq: *seq,
+                            at: Some(syncfleet_proto::time::now()),
+                            run_id: run.id.clone(),
+                            kind: Some(kind),
+                        };
+                        fleet
+                            .apply_events(&run.agent, vec![ev], stored)
+                            .await
+                            .unwrap();
+                    }
+                };
+                send(Kind::RunStarted(v1::RunStarted {})).await;
+                tokio::time::sleep(duration).await;
+                if held {
+                    send(Kind::StepHeld(v1::StepHeld {
+                        index: 0,
+                        reason: "812 pending export deletes exceed max_pending_deletes 500".into(),
+                        pending: None,
+                    }))
+                    .await;
+                }
+                send(Kind::RunFinished(v1::RunFinished {
+                    state: if held {
+                        v1::RunState::Held
+                    } else {
+                        v1::RunState::Succeeded
+                    } as i32,
+                    result: String::new(),
+                    message: String::new(),
+                }))
+                .await;
+            });
+        }
+    });
+}
+
+pub(super) fn runs(w: &World) -> Vec<v1::Run> {
+    let mut r = w
+        .store
+        .list_runs(&RunQuery {
+            limit: 1000,
+            ..RunQuery::default()
+        })
+        .unwrap()
+        .runs;
+    r.sort_by_key(|r| (r.agent.clone(), r.nominal_time.map(|t| t.seconds)));
+    r
+}
+
+pub(super) fn counters(w: &World, s: &str) -> Map<String, u64> {
+    w.store.counters(s).unwrap().into_iter().collect()
+}
+
+pub(super) async fn advance(d: Duration) {
+    // Small steps so the scheduler, the store's blocking pool and the fake agents keep up.
+    let step = Duration::from_millis(100);
+    let mut left = d;
+    while !left.is_zero() {
+        let s = step.min(left);
+        tokio::time::sleep(s).await;
+        tokio::task::yield_now().await;
+        left -= s;
+    }
+    // Let blocking store calls settle.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+pub(super) const SEQ: &str =
+    "kind: Sequence\nname: s\nstages:\n  - steps: [{ma: AD, profile: Delta Import}]\n---\n";
+
+pub(super) fn nominal_secs(w: &World) -> Vec<i64> {
+    runs(w)
+        .iter()
+        .map(|r| r.nominal_time.unwrap().seconds - w.start.timestamp())
+        .collect()
+}
