@@ -68,7 +68,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fleet::Fleet;
 use crate::schedule::scheduler::{Scheduler, counters};
-use crate::store::{self, RunQuery, Store, StoreError};
+use crate::store::{self, RunQuery, Store, StoreError, keys};
 
 /// How long agent and schedule gauges read from the store are reused between scrapes.
 pub const GAUGE_TTL: Duration = Duration::from_secs(5);
@@ -948,7 +948,7 @@ impl Metrics {
                     .filter(|d| *d > 0)
                     .collect();
                 let pause = s
-                    .get_state(&format!("pause/schedule/{}", d.name))?
+                    .get_state(&keys::schedule_pause(&d.name))?
                     .and_then(|b| <v1::Pause as prost::Message>::decode(b.as_slice()).ok())
                     .filter(|p| p.paused);
                 let doc = match crate::fleetfile::from_json(&d.kind, &d.json) {
@@ -1055,7 +1055,7 @@ async fn scrape(State(m): State<Arc<Metrics>>) -> Response {
 
 /// Ready when the store answers a read.
 async fn ready(State(m): State<Arc<Metrics>>) -> Response {
-    match store::blocking(&m.inner.fleet.store, |s| s.get_state("readyz")).await {
+    match store::blocking(&m.inner.fleet.store, |s| s.get_state(keys::READYZ_PROBE)).await {
         Ok(_) => "ready\n".into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

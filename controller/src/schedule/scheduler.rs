@@ -41,6 +41,9 @@ use crate::fleet::{Fleet, NewRun, RunBlocked, steps_of};
 use crate::fleetfile;
 use crate::model::{Document, Overlap, ScheduleDoc, SequenceDoc};
 use crate::schedule::trigger::Trigger;
+use crate::store::keys::{
+    buffered as buffered_key, buffered_prefix, catchup as catchup_key, cursor as cursor_key,
+};
 use crate::store::{self, StoreError};
 
 /// Where the scheduler reads the time. `Tokio` follows tokio's clock (paused in tests) from a
@@ -120,24 +123,6 @@ impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scheduler").finish_non_exhaustive()
     }
-}
-
-fn cursor_key(schedule: &str) -> String {
-    format!("cursor/{schedule}")
-}
-
-/// State key prefix of a schedule's buffered fire times (schedule names have no `/`).
-fn buffered_prefix(schedule: &str) -> String {
-    format!("buffered/{schedule}/")
-}
-
-fn buffered_key(schedule: &str, agent: &str) -> String {
-    format!("{}{agent}", buffered_prefix(schedule))
-}
-
-/// State key of a schedule's catch-up decided at a start and not yet evaluated.
-fn catchup_key(schedule: &str) -> String {
-    format!("catchup/{schedule}")
 }
 
 fn millis_value(t: DateTime<Utc>) -> Vec<u8> {
@@ -983,7 +968,7 @@ mod tests {
     use super::*;
     use crate::fleet::Settings;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{RunQuery, Store, StoredDocument};
+    use crate::store::{RunQuery, Store, StoredDocument, keys};
     use std::collections::HashMap as Map;
     use syncfleet_proto::v1::agent_event::Kind;
 
@@ -1276,7 +1261,7 @@ mod tests {
         assert_eq!(c.get("buffered"), Some(&1), "{c:?}");
         assert_eq!(c.get("buffer_dropped"), Some(&1), "{c:?}");
         assert!(
-            w.store.list_state("buffered/").unwrap().is_empty(),
+            w.store.list_state(keys::BUFFERED_ALL).unwrap().is_empty(),
             "released, so no longer stored"
         );
         w.shutdown.cancel();
@@ -1304,7 +1289,7 @@ mod tests {
         assert_eq!(nominal_secs(&w), [10]);
         let c = counters(&w, "b");
         assert_eq!(c.get("skipped_paused"), Some(&2), "{c:?}");
-        assert!(w.store.list_state("buffered/").unwrap().is_empty());
+        assert!(w.store.list_state(keys::BUFFERED_ALL).unwrap().is_empty());
         // Resumed: the next fire runs; nothing kept from before the pause runs.
         w.fleet
             .set_fleet_pause(&v1::Pause::default())
@@ -1447,7 +1432,7 @@ mod tests {
             Some(&2),
             "the fire at 60 and the catch-up of 50: {c:?}"
         );
-        assert!(w.store.get_state("catchup/f").unwrap().is_none());
+        assert!(w.store.get_state(&keys::catchup("f")).unwrap().is_none());
         w.shutdown.cancel();
     }
 
