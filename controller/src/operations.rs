@@ -15,7 +15,7 @@ use crate::model::{Document, ScheduleDoc, SequenceDoc};
 use crate::schedule::saturation::{saturation, saturation_warning};
 use crate::schedule::scheduler::Scheduler;
 use crate::schedule::trigger::Trigger;
-use crate::store::{self, RunQuery, StoredDocument};
+use crate::store::{self, RunQuery, StoredDocument, keys};
 
 /// Normalize a kind given by a client ("sequence", "Schedules", ...).
 pub fn kind_of(kind: &str) -> Result<&'static str, Status> {
@@ -291,15 +291,15 @@ fn bounded_warnings(mut warnings: Vec<fleetfile::InventoryWarning>) -> Vec<v1::A
 /// again under the same name starts afresh.
 async fn forget_schedule(fleet: &Fleet, name: &str) -> Result<(), Status> {
     let records: Vec<(String, Option<Vec<u8>>)> = [
-        format!("cursor/{name}"),
-        format!("pause/schedule/{name}"),
-        format!("catchup/{name}"),
+        keys::cursor(name),
+        keys::schedule_pause(name),
+        keys::catchup(name),
     ]
     .into_iter()
     .map(|k| (k, None))
     .collect();
     let schedule = name.to_string();
-    let buffered = format!("buffered/{name}/");
+    let buffered = keys::buffered_prefix(name);
     store::blocking(&fleet.store, move |s| {
         s.commit_schedule_state(&schedule, &records, &[])?;
         s.delete_state_prefix(&buffered)
@@ -635,10 +635,10 @@ mod tests {
             Arc::new(crate::store::sqlite::SqliteStore::open(&dir.path().join("c.db")).unwrap());
         let keys = |name: &str| {
             [
-                format!("cursor/{name}"),
-                format!("pause/schedule/{name}"),
-                format!("catchup/{name}"),
-                format!("buffered/{name}/sync-01"),
+                keys::cursor(name),
+                keys::schedule_pause(name),
+                keys::catchup(name),
+                keys::buffered(name, "sync-01"),
             ]
         };
         for name in ["a", "ab"] {

@@ -30,7 +30,7 @@ use tonic::Status;
 
 use crate::fleet::{Fleet, store_status};
 use crate::pki::{Ca, OperatorRole, PeerIdentity, Role};
-use crate::store;
+use crate::store::{self, keys};
 
 /// What a call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,16 +103,6 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(1800);
 /// Longest note, label or name accepted from clients.
 pub const MAX_NOTE: usize = crate::limits::MAX_TEXT;
-
-fn token_key(id: &str) -> String {
-    format!("token/{id}")
-}
-
-/// State key of an agent's revocation record (a `Pause`: `at` = when revoked, `paused` = not
-/// enrolled again since).
-pub fn revoked_key(agent: &str) -> String {
-    format!("revoked/{agent}")
-}
 
 /// Context of one authorized call.
 #[derive(Debug, Clone)]
@@ -302,7 +292,7 @@ impl Security {
         if who.role != Role::Agent {
             return Ok(());
         }
-        let key = revoked_key(&who.name);
+        let key = keys::revoked(&who.name);
         let raw = store::blocking(&self.fleet.store, move |s| s.get_state(&key))
             .await
             .map_err(store_status)?;
@@ -372,7 +362,7 @@ impl Security {
             used_ms: None,
         };
         let body = serde_json::to_vec(&rec).map_err(|e| Status::internal(e.to_string()))?;
-        let key = token_key(&id);
+        let key = keys::token(&id);
         store::blocking(&self.fleet.store, move |s| s.put_state(&key, &body))
             .await
             .map_err(store_status)?;
@@ -484,7 +474,7 @@ impl Security {
         let hash = sha256_hex(secret.as_bytes());
         let agent = req.agent.clone();
         let now_ms = Utc::now().timestamp_millis();
-        let key = token_key(&id);
+        let key = keys::token(&id);
         // Check and consume in one transaction: two enrollments with one token cannot both win.
         let id2 = id.clone();
         let res = store::blocking(&self.fleet.store, move |s| {
@@ -549,7 +539,7 @@ impl Security {
         };
         // A revoked agent that enrolled again takes runs again. The revocation time stays, so
         // certificates issued before it remain refused (`check_revoked`).
-        let rk = revoked_key(&req.agent);
+        let rk = keys::revoked(&req.agent);
         store::blocking(&self.fleet.store, move |s| {
             s.update_state(&rk, &mut |cur| {
                 let Some(mut rec) = cur.and_then(|b| <v1::Pause as prost::Message>::decode(b).ok())
@@ -566,7 +556,7 @@ impl Security {
         .await
         .map_err(store_status)?;
         // Labels assigned by the token are kept for the agent's sessions.
-        let labels_key = format!("labels/{}", req.agent);
+        let labels_key = keys::labels(&req.agent);
         let labels = serde_json::to_vec(&rec.labels).unwrap_or_default();
         store::blocking(&self.fleet.store, move |s| {
             s.put_state(&labels_key, &labels)
@@ -597,7 +587,7 @@ impl Security {
 
     /// Labels a token assigned to an agent at enrollment.
     pub async fn assigned_labels(&self, agent: &str) -> std::collections::BTreeMap<String, String> {
-        let key = format!("labels/{agent}");
+        let key = keys::labels(agent);
         match store::blocking(&self.fleet.store, move |s| s.get_state(&key)).await {
             Ok(Some(b)) => serde_json::from_slice(&b).unwrap_or_default(),
             _ => Default::default(),
@@ -719,7 +709,7 @@ impl Security {
             by: ctx.who(),
             at: Some(now()),
         };
-        let key = revoked_key(name);
+        let key = keys::revoked(name);
         let body = prost::Message::encode_to_vec(&rec);
         store::blocking(&self.fleet.store, move |s| s.put_state(&key, &body))
             .await

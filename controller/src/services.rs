@@ -7,25 +7,21 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::Stream;
 use syncfleet_proto::v1::{
-    self, agent_message::Msg as AgentMsg, agent_service_server::AgentService,
-    controller_message::Msg as CtrlMsg, fleet_service_server::FleetService,
+    self, agent_service_server::AgentService, fleet_service_server::FleetService,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::fleet::{Fleet, store_status};
+use crate::fleet::{Fleet, session_protocol, store_status};
 use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
 use crate::operations;
 use crate::pki::{self, PeerIdentity, Role};
 use crate::run_ids;
 use crate::security::{CallCtx, Permission, Security, status_with_request_id, with_request_id};
 use crate::store::{self, RunQuery};
-
-/// Most events applied and stored in one transaction.
-const MAX_EVENT_BATCH: usize = 1000;
 
 /// The verified identity of a caller, or `UNAUTHENTICATED` naming what is missing.
 pub fn caller<T>(req: &Request<T>, fleet: &str) -> Result<PeerIdentity, Status> {
@@ -106,7 +102,7 @@ impl AgentService for AgentSvc {
         Ok(Response::new(resp))
     }
 
-    type SessionStream = ReceiverStream<Result<v1::ControllerMessage, Status>>;
+    type SessionStream = session_protocol::Outbound;
 
     async fn session(
         &self,
@@ -130,133 +126,15 @@ impl AgentService for AgentSvc {
                 return Err(status);
             }
         };
-        if let Err(status) = self.security.check_revoked(&id).await {
-            self.security
-                .audit(
-                    &id.to_string(),
-                    "Session",
-                    &format!("agent/{}", id.name),
-                    "denied",
-                    status.message(),
-                    "",
-                    &peer,
-                )
-                .await;
-            return Err(status);
-        }
-        let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
-            Some(v1::AgentMessage {
-                msg: Some(AgentMsg::Hello(h)),
-            }) => h,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message of a session must be Hello",
-                ));
-            }
-        };
-        let mut hello = hello;
-        if hello.name != id.name {
-            tracing::warn!(claimed = %hello.name, certificate = %id, "agent claimed another name");
-            let msg = format!(
-                "certificate identifies agent {:?} but Hello claims {:?}",
-                id.name, hello.name
-            );
-            self.security
-                .audit(
-                    &id.to_string(),
-                    "Session",
-                    &format!("agent/{}", hello.name),
-                    "denied",
-                    &msg,
-                    "",
-                    &peer,
-                )
-                .await;
-            return Err(Status::permission_denied(msg));
-        }
-        // Labels assigned by the enrollment token win over the agent's own.
-        for (k, v) in self.security.assigned_labels(&id.name).await {
-            hello.labels.insert(k, v);
-        }
-        let (tx, rx) = mpsc::channel(1024);
-        let (welcome, session_id, mut stored_seq) =
-            self.fleet.on_connect(&hello, tx.clone()).await?;
-        // The channel is fresh and its receiver is returned below: this cannot fail.
-        let _ = tx
-            .send(Ok(v1::ControllerMessage {
-                msg: Some(CtrlMsg::Welcome(welcome)),
-            }))
-            .await;
-        let fleet = Arc::clone(&self.fleet);
-        let name = hello.name.clone();
-        tokio::spawn(async move {
-            fleet.dispatch_for_agent(&name).await;
-            loop {
-                let Some(first) = inbound.next().await else {
-                    break;
-                };
-                let mut msgs = vec![first];
-                // Drain what is already buffered so a burst is stored in one transaction.
-                while msgs.len() < MAX_EVENT_BATCH {
-                    match inbound.next().now_or_never() {
-                        Some(Some(m)) => msgs.push(m),
-                        _ => break,
-                    }
-                }
-                let mut events = Vec::new();
-                let mut failed = None;
-                for m in msgs {
-                    match m {
-                        Ok(v1::AgentMessage { msg: Some(msg) }) => match msg {
-                            AgentMsg::Event(ev) => events.push(ev),
-                            AgentMsg::Heartbeat(hb) => fleet.touch(&name, Some(&hb)),
-                            AgentMsg::CommandAck(ack) => {
-                                if !ack.accepted {
-                                    fleet.command_refused(&name, &ack).await;
-                                }
-                            }
-                            AgentMsg::Hello(_) => {
-                                tracing::warn!(agent = %name, "duplicate Hello ignored");
-                            }
-                        },
-                        Ok(v1::AgentMessage { msg: None }) => {}
-                        Err(status) => {
-                            failed = Some(status);
-                            break;
-                        }
-                    }
-                }
-                fleet.touch(&name, None);
-                if !events.is_empty() {
-                    match fleet.apply_events(&name, events, stored_seq).await {
-                        Ok(seq) => {
-                            stored_seq = seq;
-                            // Acks are cumulative: if the queue is full a later one covers this.
-                            let _ = tx.try_send(Ok(v1::ControllerMessage {
-                                msg: Some(CtrlMsg::EventAck(v1::EventAck { up_to_seq: seq })),
-                            }));
-                        }
-                        Err(e) => {
-                            // Not acknowledged: the agent keeps the events and replays them.
-                            tracing::error!(agent = %name, error = %e, "cannot store agent events; closing the session");
-                            let _ = tx
-                                .send(Err(Status::unavailable(
-                                    "controller store error; reconnect later",
-                                )))
-                                .await;
-                            break;
-                        }
-                    }
-                }
-                if let Some(status) = failed {
-                    tracing::info!(agent = %name, status = %status.message(), "session stream ended");
-                    break;
-                }
-            }
-            fleet.on_disconnect(&name, session_id).await;
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let outbound = session_protocol::open(
+            &self.fleet,
+            &self.security,
+            &id,
+            &peer,
+            request.into_inner(),
+        )
+        .await?;
+        Ok(Response::new(outbound))
     }
 }
 

@@ -44,7 +44,11 @@ async fn scrape(State(m): State<Arc<Metrics>>) -> Response {
 
 /// Ready when the store answers a read.
 async fn ready(State(m): State<Arc<Metrics>>) -> Response {
-    match store::blocking(&m.inner.fleet.store, |s| s.get_state("readyz")).await {
+    match store::blocking(&m.inner.fleet.store, |s| {
+        s.get_state(crate::store::keys::READYZ_PROBE)
+    })
+    .await
+    {
         Ok(_) => "ready\n".into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -260,7 +260,7 @@ impl Metrics {
                     .filter(|d| *d > 0)
                     .collect();
                 let pause = s
-                    .get_state(&format!("pause/schedule/{}", d.name))?
+                    .get_state(&crate::store::keys::schedule_pause(&d.name))?
                     .and_then(|b| <v1::Pause as prost::Message>::decode(b.as_slice()).ok())
                     .filter(|p| p.paused);
                 let doc = match crate::fleetfile::from_json(&d.kind, &d.json) {

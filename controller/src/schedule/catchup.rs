@@ -321,7 +321,12 @@ mod tests {
             Some(&2),
             "the fire at 60 and the catch-up of 50: {c:?}"
         );
-        assert!(w.store.get_state("catchup/f").unwrap().is_none());
+        assert!(
+            w.store
+                .get_state(&crate::store::keys::catchup("f"))
+                .unwrap()
+                .is_none()
+        );
         w.shutdown.cancel();
     }
 }

@@ -259,7 +259,10 @@ mod tests {
         assert_eq!(c.get("buffered"), Some(&1), "{c:?}");
         assert_eq!(c.get("buffer_dropped"), Some(&1), "{c:?}");
         assert!(
-            w.store.list_state("buffered/").unwrap().is_empty(),
+            w.store
+                .list_state(crate::store::keys::BUFFERED_ALL)
+                .unwrap()
+                .is_empty(),
             "released, so no longer stored"
         );
         w.shutdown.cancel();
@@ -287,7 +290,12 @@ mod tests {
         assert_eq!(nominal_secs(&w), [10]);
         let c = counters(&w, "b");
         assert_eq!(c.get("skipped_paused"), Some(&2), "{c:?}");
-        assert!(w.store.list_state("buffered/").unwrap().is_empty());
+        assert!(
+            w.store
+                .list_state(crate::store::keys::BUFFERED_ALL)
+                .unwrap()
+                .is_empty()
+        );
         // Resumed: the next fire runs; nothing kept from before the pause runs.
         w.fleet
             .set_fleet_pause(&v1::Pause::default())

@@ -9,23 +9,10 @@ use chrono::{DateTime, Utc};
 use super::scheduler::Scheduler;
 use crate::store::{self, StoreError};
 
-pub(super) fn cursor_key(schedule: &str) -> String {
-    format!("cursor/{schedule}")
-}
-
-/// State key prefix of a schedule's buffered fire times (schedule names have no `/`).
-pub(super) fn buffered_prefix(schedule: &str) -> String {
-    format!("buffered/{schedule}/")
-}
-
-pub(super) fn buffered_key(schedule: &str, agent: &str) -> String {
-    format!("{}{agent}", buffered_prefix(schedule))
-}
-
-/// State key of a schedule's catch-up decided at a start and not yet evaluated.
-pub(super) fn catchup_key(schedule: &str) -> String {
-    format!("catchup/{schedule}")
-}
+// The record keys are built in one place, `store::keys`; the local names read better here.
+pub(super) use crate::store::keys::{
+    buffered as buffered_key, buffered_prefix, catchup as catchup_key, cursor as cursor_key,
+};
 
 pub(super) fn millis_value(t: DateTime<Utc>) -> Vec<u8> {
     t.timestamp_millis().to_string().into_bytes()

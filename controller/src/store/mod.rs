@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use syncfleet_proto::v1;
 
+pub mod keys;
 pub mod sqlite;
 
 /// Store failures. A store error on a request path becomes gRPC `INTERNAL`/`UNAVAILABLE`; it

@@ -1,0 +1,141 @@
+//! The controller's live view of the fleet: which agents hold a session, the runs they were
+//! sent, and how agent events change those runs.
+//!
+//! Delivery (at least once; the agent executes a run id at most once): a run is stored before it
+//! is sent; a `StartRun` is (re)sent whenever the agent's session (re)opens while the run is
+//! `pending` or `dispatched`; the agent dedups by run id. Agent events are applied to runs and
+//! stored in one transaction per batch, and only then acknowledged, so an acknowledged event is
+//! never lost.
+//!
+//! The `impl Fleet` is split by concern: the session table and liveness (`sessions.rs`), sending
+//! commands to agents (`dispatch.rs`), creating, approving and cancelling runs (`runs.rs`), agent
+//! events and how runs end (`events.rs`), pauses and drains (`holds.rs`), periodic housekeeping
+//! (`sweep.rs`). `session_protocol.rs` is the controller's half of an agent's session stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use syncfleet_proto::v1;
+use tokio::sync::broadcast;
+use tonic::Status;
+
+use crate::store::{Store, StoreError};
+
+mod dispatch;
+mod events;
+mod holds;
+mod runs;
+pub mod session_protocol;
+mod sessions;
+mod sweep;
+
+pub use events::apply_event;
+pub use holds::RunBlocked;
+pub use runs::{NewRun, steps_of};
+pub use sessions::SessionTx;
+use sessions::{Live, Session};
+
+/// Timing settings the fleet logic needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub heartbeat_interval: Duration,
+    pub agent_lost_after: Duration,
+    pub pending_deadline: Duration,
+}
+
+/// Shared controller state.
+pub struct Fleet {
+    pub store: Arc<dyn Store>,
+    pub settings: Settings,
+    sessions: std::sync::Mutex<HashMap<String, Session>>,
+    live: std::sync::Mutex<HashMap<String, Live>>,
+    updates: broadcast::Sender<v1::Run>,
+    /// Serializes read-modify-write of runs (agent events, cancels, the sweeper).
+    run_lock: tokio::sync::Mutex<()>,
+    next_session: AtomicU64,
+    /// Pending export counters from the agents' heartbeats (for `/metrics`).
+    pub pending_exports: crate::pending::HeartbeatPending,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Guarded maps are updated in single statements; a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Map a store error to a gRPC status (details stay in the controller's log).
+pub fn store_status(e: StoreError) -> Status {
+    tracing::error!(error = %e, "store error");
+    match e {
+        StoreError::BadPageToken => Status::invalid_argument(e.to_string()),
+        _ => Status::internal(format!("controller store error: {e}")),
+    }
+}
+
+fn state_of(run: &v1::Run) -> v1::RunState {
+    v1::RunState::try_from(run.state).unwrap_or(v1::RunState::Unspecified)
+}
+
+impl Fleet {
+    pub fn new(store: Arc<dyn Store>, settings: Settings) -> Arc<Self> {
+        let (updates, _) = broadcast::channel(4096);
+        Arc::new(Self {
+            store,
+            settings,
+            sessions: std::sync::Mutex::new(HashMap::new()),
+            live: std::sync::Mutex::new(HashMap::new()),
+            updates,
+            run_lock: tokio::sync::Mutex::new(()),
+            next_session: AtomicU64::new(1),
+            pending_exports: crate::pending::HeartbeatPending::default(),
+        })
+    }
+
+    /// Subscribe to run changes (each message is the run as it is now).
+    pub fn subscribe(&self) -> broadcast::Receiver<v1::Run> {
+        self.updates.subscribe()
+    }
+
+    fn publish(&self, run: &v1::Run) {
+        // No subscribers is fine.
+        let _ = self.updates.send(run.clone());
+    }
+}
+
+#[cfg(test)]
+mod fixtures {
+    use syncfleet_proto::v1;
+
+    /// A dispatched run of agent `a` with two waiting steps.
+    pub(super) fn run() -> v1::Run {
+        v1::Run {
+            id: "r".into(),
+            agent: "a".into(),
+            state: v1::RunState::Dispatched as i32,
+            steps: vec![
+                v1::Step {
+                    index: 0,
+                    ma: "AD".into(),
+                    profile: "Delta Import".into(),
+                    state: v1::StepState::Waiting as i32,
+                    ..Default::default()
+                },
+                v1::Step {
+                    index: 1,
+                    ma: "AD".into(),
+                    profile: "Delta Sync".into(),
+                    state: v1::StepState::Waiting as i32,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The session table: which agent holds a session now, and what its last messages said
+//! (liveness, engine health, runs in flight). A newer session of an agent replaces the older
+//! one; the agent's stored state follows (connected, disconnected).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use syncfleet_proto::time::{from_millis, now, to_millis};
+use syncfleet_proto::v1;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::{Fleet, lock, store_status};
+use crate::store;
+
+/// Outbound half of an agent's session stream.
+pub type SessionTx = mpsc::Sender<Result<v1::ControllerMessage, Status>>;
+
+pub(super) struct Session {
+    id: u64,
+    tx: SessionTx,
+    since: tokio::time::Instant,
+}
+
+#[derive(Default, Clone)]
+pub(super) struct Live {
+    last_seen_ms: i64,
+    engine_healthy: bool,
+    engine_detail: String,
+    agent_problem: String,
+    runs_in_flight: Vec<String>,
+}
+
+impl Fleet {
+    pub(super) fn session_tx(&self, agent: &str) -> Option<SessionTx> {
+        lock(&self.sessions).get(agent).map(|s| s.tx.clone())
+    }
+
+    pub fn is_connected(&self, agent: &str) -> bool {
+        lock(&self.sessions).contains_key(agent)
+    }
+
+    /// Close an agent's live session at once with `reason` (revocation).
+    pub async fn close_session(&self, agent: &str, reason: &str) {
+        let session = lock(&self.sessions).remove(agent);
+        if let Some(s) = session {
+            let _ =
+                s.tx.send(Err(Status::unauthenticated(reason.to_string())))
+                    .await;
+            tracing::warn!(agent, reason, "agent session closed");
+            self.set_agent_state(agent, v1::AgentState::Disconnected)
+                .await;
+        }
+    }
+
+    /// How long the agent's current session has been open (`None` when not connected).
+    pub fn connected_for(&self, agent: &str) -> Option<Duration> {
+        lock(&self.sessions).get(agent).map(|s| s.since.elapsed())
+    }
+
+    /// An agent as stored, with live session facts overlaid.
+    pub fn agent_view(&self, mut agent: v1::Agent) -> v1::Agent {
+        if let Some(live) = lock(&self.live).get(&agent.name) {
+            if live.last_seen_ms > 0 {
+                agent.last_seen = Some(from_millis(live.last_seen_ms));
+            }
+            if self.is_connected(&agent.name) {
+                agent.engine_healthy = live.engine_healthy;
+                agent.engine_detail.clone_from(&live.engine_detail);
+                agent.agent_problem.clone_from(&live.agent_problem);
+                agent.runs_in_flight.clone_from(&live.runs_in_flight);
+            }
+        }
+        agent
+    }
+
+    /// Register a session for `hello`, store the agent as connected, and return the Welcome
+    /// plus the session id and the highest event seq already stored.
+    pub async fn on_connect(
+        &self,
+        hello: &v1::Hello,
+        tx: SessionTx,
+    ) -> Result<(v1::Welcome, u64, u64), Status> {
+        let name = hello.name.clone();
+        let stored = store::blocking(&self.store, {
+            let name = name.clone();
+            move |s| s.get_agent(&name)
+        })
+        .await
+        .map_err(store_status)?;
+        let last_seq = stored.as_ref().map_or(0, |s| s.last_event_seq);
+        let now_ts = now();
+        let agent = v1::Agent {
+            name: name.clone(),
+            state: v1::AgentState::Connected as i32,
+            labels: hello.labels.clone(),
+            engine: hello.engine.clone(),
+            management_agents: hello.inventory.clone(),
+            agent_version: hello.agent_version.clone(),
+            hostname: hello.hostname.clone(),
+            last_seen: Some(now_ts),
+            state_since: Some(now_ts),
+            engine_healthy: true,
+            engine_detail: String::new(),
+            agent_problem: String::new(),
+            runs_in_flight: hello.runs_in_flight.clone(),
+            drain: stored.as_ref().and_then(|s| s.agent.drain.clone()),
+        };
+        store::blocking(&self.store, {
+            let agent = agent.clone();
+            move |s| s.put_agent(&agent)
+        })
+        .await
+        .map_err(store_status)?;
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            id,
+            tx,
+            since: tokio::time::Instant::now(),
+        };
+        if let Some(old) = lock(&self.sessions).insert(name.clone(), session) {
+            tracing::warn!(agent = %name, old_session = old.id, "agent reconnected; replacing its previous session");
+        }
+        lock(&self.live).insert(
+            name.clone(),
+            Live {
+                last_seen_ms: to_millis(&now_ts),
+                engine_healthy: true,
+                engine_detail: String::new(),
+                agent_problem: String::new(),
+                runs_in_flight: hello.runs_in_flight.clone(),
+            },
+        );
+        tracing::info!(agent = %name, last_seq, agent_last_seq = hello.last_event_seq, "agent connected");
+        let welcome = v1::Welcome {
+            acked_event_seq: last_seq,
+            heartbeat_interval_seconds: u32::try_from(self.settings.heartbeat_interval.as_secs())
+                .unwrap_or(10),
+            controller_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        Ok((welcome, id, last_seq))
+    }
+
+    /// The session `session_id` of `agent` ended. A newer session of the same agent is kept.
+    pub async fn on_disconnect(&self, agent: &str, session_id: u64) {
+        {
+            let mut sessions = lock(&self.sessions);
+            match sessions.get(agent) {
+                Some(s) if s.id == session_id => {
+                    sessions.remove(agent);
+                }
+                _ => return,
+            }
+        }
+        tracing::info!(agent, "agent disconnected");
+        self.set_agent_state(agent, v1::AgentState::Disconnected)
+            .await;
+    }
+
+    pub(super) async fn set_agent_state(&self, agent: &str, state: v1::AgentState) {
+        let name = agent.to_string();
+        let result = store::blocking(&self.store, move |s| {
+            if let Some(mut stored) = s.get_agent(&name)? {
+                stored.agent.state = state as i32;
+                stored.agent.state_since = Some(now());
+                stored.agent.runs_in_flight.clear();
+                s.put_agent(&stored.agent)?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::error!(agent, error = %e, "cannot store agent state");
+        }
+    }
+
+    /// Heartbeat or any message: the agent is alive.
+    pub fn touch(&self, agent: &str, hb: Option<&v1::Heartbeat>) {
+        let mut live = lock(&self.live);
+        let entry = live.entry(agent.to_string()).or_default();
+        entry.last_seen_ms = Utc::now().timestamp_millis();
+        if let Some(hb) = hb {
+            entry.engine_healthy = hb.engine_healthy;
+            entry.engine_detail.clone_from(&hb.engine_detail);
+            entry.agent_problem.clone_from(&hb.agent_problem);
+            entry.runs_in_flight.clone_from(&hb.runs_in_flight);
+            self.pending_exports.record(agent, hb);
+        }
+    }
+}

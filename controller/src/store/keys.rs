@@ -1,0 +1,56 @@
+//! Keys of the store's key-value state ([`super::Store::get_state`] and friends), built here and
+//! only here so that their layout is written down once.
+//!
+//! Keys are `/`-separated paths; the first segment says what the record is. Schedule names
+//! contain no `/`, so a schedule's prefix (e.g. [`buffered_prefix`]) never matches the keys of
+//! another schedule whose name merely starts with the same letters.
+
+/// The fleet-wide maintenance pause (a `Pause`).
+pub const FLEET_PAUSE: &str = "pause/fleet";
+
+/// Prefix of every schedule's buffered fire times.
+pub const BUFFERED_ALL: &str = "buffered/";
+
+/// The key `/readyz` reads to check that the store answers; nothing is stored under it.
+pub const READYZ_PROBE: &str = "readyz";
+
+/// A schedule's pause record (a `Pause`, kept after a resume to say who resumed it and when).
+pub fn schedule_pause(schedule: &str) -> String {
+    format!("pause/schedule/{schedule}")
+}
+
+/// A schedule's cursor: every fire time up to it is accounted for.
+pub fn cursor(schedule: &str) -> String {
+    format!("cursor/{schedule}")
+}
+
+/// A schedule's catch-up decided at a start and not yet evaluated.
+pub fn catchup(schedule: &str) -> String {
+    format!("catchup/{schedule}")
+}
+
+/// Prefix of a schedule's buffered fire times, one key per agent ([`buffered`]).
+pub fn buffered_prefix(schedule: &str) -> String {
+    format!("{BUFFERED_ALL}{schedule}/")
+}
+
+/// The fire time buffered for `schedule` on `agent` (overlap policy `buffer_one`).
+pub fn buffered(schedule: &str, agent: &str) -> String {
+    format!("{}{agent}", buffered_prefix(schedule))
+}
+
+/// An enrollment token's record.
+pub fn token(id: &str) -> String {
+    format!("token/{id}")
+}
+
+/// An agent's revocation record (a `Pause`: `at` = when revoked, `paused` = not enrolled again
+/// since).
+pub fn revoked(agent: &str) -> String {
+    format!("revoked/{agent}")
+}
+
+/// The labels an enrollment token assigned to an agent.
+pub fn labels(agent: &str) -> String {
+    format!("labels/{agent}")
+}
