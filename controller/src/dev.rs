@@ -23,9 +23,9 @@ use syncfleet_agent::AgentConfig;
 use syncfleet_agent::config::{EngineConfig, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::init;
 use crate::cli::config::{Context, default_config_path, upsert_context};
 use crate::config::ControllerConfig;
-use crate::init;
 use crate::server::{self, ServeError};
 
 /// `dev`'s command-line arguments, shared by the `syncfleet` and `syncfleet-controller` binaries.
@@ -160,7 +160,7 @@ pub enum DevError {
     #[error("cannot create a temporary data directory: {0}")]
     TempDir(std::io::Error),
     #[error(transparent)]
-    Pki(#[from] crate::pki::PkiError),
+    Pki(#[from] crate::auth::PkiError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error(transparent)]

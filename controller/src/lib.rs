@@ -9,7 +9,7 @@
 //!   `pending_deadline` passes; it then ends `failed` with a message saying why.
 //! - Client certificates are optional at the TLS layer (health checks need none) but every
 //!   syncfleet RPC requires one from the fleet CA, with a `spiffe://<fleet>/<role>/<name>`
-//!   identity ([`services::caller`]); agents may only open sessions as themselves.
+//!   identity ([`auth::caller`]); agents may only open sessions as themselves.
 //! - The run's result is the most severe step result (`syncfleet_proto::vocab`).
 //! - Observability: every run gets a root span and a W3C `traceparent` when
 //!   it is created, stored on the run and sent in every `StartRun`, so a run is one trace across
@@ -19,6 +19,7 @@
 //!   scrape never reads the runs table ([`metrics`]).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connections;
@@ -26,16 +27,13 @@ pub mod connections;
 pub mod dev;
 pub mod fleet;
 pub mod fleetfile;
-pub mod init;
 pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod operations;
 pub mod pending;
-pub mod pki;
 pub mod run_ids;
 pub mod schedule;
-pub mod security;
 pub mod server;
 pub mod services;
 pub mod store;

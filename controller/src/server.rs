@@ -55,7 +55,7 @@ pub enum ServeError {
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
     #[error("{0}")]
-    Pki(#[from] crate::pki::PkiError),
+    Pki(#[from] crate::auth::PkiError),
     #[error(
         "the data directory {dir} is in use by another syncfleet controller (pid {pid}, lock file {lock}); two controllers on one store would both dispatch runs: stop that process first, or give this one its own data directory"
     )]
@@ -243,7 +243,7 @@ pub async fn serve_with(
     let scheduler_task = tokio::spawn(Arc::clone(&scheduler).run(shutdown.clone()));
 
     // Client certificates are optional at the TLS layer so that health checks and enrollment
-    // work without one; every other syncfleet method requires one (services::caller). A
+    // work without one; every other syncfleet method requires one (auth::caller). A
     // certificate that is presented must chain to the fleet CA, or the handshake fails — and is
     // audited (see `accept_tls`).
     let tls = tls_server_config(&ca, &cert, &key)?;
@@ -264,8 +264,8 @@ pub async fn serve_with(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let ca = crate::pki::Ca::load(&cfg.pki_dir(), &cfg.fleet)?;
-    let security = Arc::new(crate::security::Security::new(
+    let ca = crate::auth::Ca::load(&cfg.pki_dir(), &cfg.fleet)?;
+    let security = Arc::new(crate::auth::Security::new(
         Arc::clone(&fleet),
         Arc::new(ca),
         cfg.fleet.clone(),
@@ -411,10 +411,10 @@ fn tls_server_config(
 /// Server reflection answers only callers with a certificate of the fleet CA (any role): it
 /// is not one of the two services (health, enrollment) open to everyone. Refusals are audited.
 fn reflection_guard(
-    security: Arc<crate::security::Security>,
+    security: Arc<crate::auth::Security>,
     fleet: String,
 ) -> impl tonic::service::Interceptor + Clone {
-    move |req: tonic::Request<()>| match crate::services::caller(&req, &fleet) {
+    move |req: tonic::Request<()>| match crate::auth::caller(&req, &fleet) {
         Ok(_) => Ok(req),
         Err(status) => {
             let request_id = uuid::Uuid::new_v4().to_string();
@@ -435,7 +435,7 @@ fn reflection_guard(
                     )
                     .await;
             });
-            Err(crate::security::status_with_request_id(status, &request_id))
+            Err(crate::auth::status_with_request_id(status, &request_id))
         }
     }
 }
@@ -451,7 +451,7 @@ const HANDSHAKE_AUDITS_PER_MINUTE: u32 = 5;
 fn accept_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
-    security: Arc<crate::security::Security>,
+    security: Arc<crate::auth::Security>,
     limits: crate::connections::Limits,
     shutdown: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<GuardedConn, std::io::Error>> {

@@ -15,30 +15,14 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{
+    CallCtx, PeerIdentity, Role, Security, caller, status_with_request_id, with_request_id,
+};
 use crate::fleet::{Fleet, session_protocol, store_status};
 use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
 use crate::operations;
-use crate::pki::{self, PeerIdentity, Role};
 use crate::run_ids;
-use crate::security::{CallCtx, Permission, Security, status_with_request_id, with_request_id};
 use crate::store::{self, RunQuery};
-
-/// The verified identity of a caller, or `UNAUTHENTICATED` naming what is missing.
-pub fn caller<T>(req: &Request<T>, fleet: &str) -> Result<PeerIdentity, Status> {
-    let certs = req.peer_certs().ok_or_else(|| {
-        Status::unauthenticated(
-            "no client certificate: syncfleet requires mutual TLS; use a certificate issued by this controller's CA",
-        )
-    })?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-    pki::identity_of(leaf.as_ref(), fleet).ok_or_else(|| {
-        Status::unauthenticated(format!(
-            "client certificate carries no identity of fleet {fleet:?} (expected a SAN URI spiffe://{fleet}/agent/NAME or spiffe://{fleet}/operator/NAME)"
-        ))
-    })
-}
 
 fn require(id: &PeerIdentity, role: Role) -> Result<(), Status> {
     if id.role == role {
@@ -177,10 +161,7 @@ impl FleetSvc {
             "ResumeSchedule"
         };
         let target = format!("schedule/{}", clip(&request.get_ref().name));
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Operate, action, &target)
-            .await?;
+        let ctx = self.security.authorize(&request, action, &target).await?;
         let req = request.into_inner();
         let result = match check_ident("schedule", &req.name).and(check_text("note", &req.note)) {
             Ok(()) => operations::set_schedule_pause(
@@ -211,10 +192,7 @@ impl FleetSvc {
             "ResumeAgent"
         };
         let target = format!("agent/{}", clip(&request.get_ref().name));
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Operate, action, &target)
-            .await?;
+        let ctx = self.security.authorize(&request, action, &target).await?;
         let req = request.into_inner();
         let result = match check_ident("agent", &req.name).and(check_text("note", &req.note)) {
             Ok(()) => {
@@ -236,10 +214,7 @@ impl FleetSvc {
     ) -> Result<Response<v1::FleetStatus>, Status> {
         let action = if paused { "PauseFleet" } else { "ResumeFleet" };
         let target = "fleet".to_string();
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Operate, action, &target)
-            .await?;
+        let ctx = self.security.authorize(&request, action, &target).await?;
         let req = request.into_inner();
         let result = match check_text("note", &req.note) {
             Ok(()) => operations::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
@@ -372,10 +347,7 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Read, "ListAgents", "")
-            .await?;
+        let ctx = self.security.authorize(&request, "ListAgents", "").await?;
         let result: Result<_, Status> = async {
             let agents = store::blocking(&self.fleet.store, |s| s.list_agents())
                 .await
@@ -393,10 +365,7 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::GetAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Read, "GetAgent", "")
-            .await?;
+        let ctx = self.security.authorize(&request, "GetAgent", "").await?;
         let result: Result<_, Status> = async {
             let name = request.into_inner().name;
             check_ident("agent", &name).map_err(bad_input)?;
@@ -418,7 +387,7 @@ impl FleetService for FleetSvc {
         let target = format!("agent/{}", clip(&request.get_ref().agent));
         let ctx = self
             .security
-            .authorize(&request, Permission::Operate, "StartRun", &target)
+            .authorize(&request, "StartRun", &target)
             .await?;
         let result: Result<_, Status> = async {
             let req = request.into_inner();
@@ -468,10 +437,7 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::GetRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Read, "GetRun", "")
-            .await?;
+        let ctx = self.security.authorize(&request, "GetRun", "").await?;
         let result: Result<_, Status> = async {
             let typed = request.into_inner().id;
             check_ident("run id", &typed).map_err(bad_input)?;
@@ -491,10 +457,7 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::ListRunsRequest>,
     ) -> Result<Response<v1::ListRunsResponse>, Status> {
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Read, "ListRuns", "")
-            .await?;
+        let ctx = self.security.authorize(&request, "ListRuns", "").await?;
         let result: Result<_, Status> = async {
             let req = request.into_inner();
             let states = req
@@ -536,10 +499,7 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Read, "WatchRuns", "")
-            .await?;
+        let ctx = self.security.authorize(&request, "WatchRuns", "").await?;
         let result: Result<_, Status> = async {
             let mut req = request.into_inner();
             check_ident("run id", &req.run_id)
@@ -617,7 +577,7 @@ impl FleetService for FleetSvc {
         let target = format!("run/{}", clip(&request.get_ref().id));
         let ctx = self
             .security
-            .authorize(&request, Permission::Operate, "CancelRun", &target)
+            .authorize(&request, "CancelRun", &target)
             .await?;
         let req = request.into_inner();
         let result: Result<_, Status> = async {
@@ -640,7 +600,7 @@ impl FleetService for FleetSvc {
         let target = format!("run/{}", clip(&request.get_ref().id));
         let ctx = self
             .security
-            .authorize(&request, Permission::Operate, "ApproveRun", &target)
+            .authorize(&request, "ApproveRun", &target)
             .await?;
         let req = request.into_inner();
         let result: Result<_, Status> = async {
@@ -661,10 +621,7 @@ impl FleetService for FleetSvc {
         request: Request<v1::ApplyRequest>,
     ) -> Result<Response<v1::ApplyResponse>, Status> {
         let target = format!("{} document(s)", request.get_ref().documents.len());
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Admin, "Apply", &target)
-            .await?;
+        let ctx = self.security.authorize(&request, "Apply", &target).await?;
         let req = request.into_inner();
         let result = operations::apply(&self.fleet, &self.scheduler, &req, &ctx.who())
             .await
@@ -680,7 +637,7 @@ impl FleetService for FleetSvc {
     ) -> Result<Response<v1::GetDocumentsResponse>, Status> {
         let ctx = self
             .security
-            .authorize(&request, Permission::Read, "GetDocuments", "")
+            .authorize(&request, "GetDocuments", "")
             .await?;
         let result: Result<_, Status> = async {
             Ok(Response::new(
@@ -702,7 +659,7 @@ impl FleetService for FleetSvc {
         );
         let ctx = self
             .security
-            .authorize(&request, Permission::Admin, "DeleteDocument", &target)
+            .authorize(&request, "DeleteDocument", &target)
             .await?;
         let result: Result<_, Status> = async {
             Ok(Response::new(
@@ -718,10 +675,7 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::GetScheduleRequest>,
     ) -> Result<Response<v1::ScheduleStatus>, Status> {
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Read, "GetSchedule", "")
-            .await?;
+        let ctx = self.security.authorize(&request, "GetSchedule", "").await?;
         let result: Result<_, Status> = async {
             let name = request.into_inner().name;
             Ok(Response::new(
@@ -780,7 +734,7 @@ impl FleetService for FleetSvc {
     ) -> Result<Response<v1::FleetStatus>, Status> {
         let ctx = self
             .security
-            .authorize(&request, Permission::Read, "GetFleetStatus", "")
+            .authorize(&request, "GetFleetStatus", "")
             .await?;
         let result: Result<_, Status> =
             async { Ok(Response::new(operations::fleet_status(&self.fleet).await?)) }.await;
@@ -794,7 +748,7 @@ impl FleetService for FleetSvc {
         let target = format!("agent/{}", request.get_ref().agent);
         let ctx = self
             .security
-            .authorize(&request, Permission::Admin, "CreateToken", &target)
+            .authorize(&request, "CreateToken", &target)
             .await?;
         let result = self.security.create_token(&ctx, request.into_inner()).await;
         let detail = result
@@ -822,12 +776,12 @@ impl FleetService for FleetSvc {
         let target = format!("agent/{}", clip(&request.get_ref().name));
         let ctx = self
             .security
-            .authorize(&request, Permission::Admin, "RevokeAgent", &target)
+            .authorize(&request, "RevokeAgent", &target)
             .await?;
         let req = request.into_inner();
         let checked = check_ident("agent", &req.name)
             .map_err(bad_input)
-            .and_then(|()| crate::security::check_text("note", &req.note));
+            .and_then(|()| crate::auth::check_text("note", &req.note));
         let result = match checked {
             Ok(()) => self.security.revoke(&ctx, &req.name, &req.note).await,
             Err(e) => Err(e),
@@ -847,7 +801,7 @@ impl FleetService for FleetSvc {
         let target = format!("operator/{}", request.get_ref().name);
         let ctx = self
             .security
-            .authorize(&request, Permission::Admin, "CreateOperator", &target)
+            .authorize(&request, "CreateOperator", &target)
             .await?;
         let req = request.into_inner();
         let result = self.security.create_operator(&req);
@@ -871,10 +825,7 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::ListAuditRequest>,
     ) -> Result<Response<v1::ListAuditResponse>, Status> {
-        let ctx = self
-            .security
-            .authorize(&request, Permission::Read, "ListAudit", "")
-            .await?;
+        let ctx = self.security.authorize(&request, "ListAudit", "").await?;
         let req = request.into_inner();
         let since = req.since.as_ref().map(syncfleet_proto::time::to_millis);
         let who = (!req.who.is_empty()).then_some(req.who);

@@ -209,14 +209,14 @@ fn main() -> ExitCode {
             if common.dump_config {
                 return dump(&cfg);
             }
-            match syncfleet_controller::init::init(&cfg, &operator).and_then(|(ca, out)| {
+            match syncfleet_controller::auth::init::init(&cfg, &operator).and_then(|(ca, out)| {
                 for name in &agents {
                     let dir = cfg.pki_dir().join("agents").join(name);
-                    syncfleet_controller::init::issue_agent_files(
+                    syncfleet_controller::auth::init::issue_agent_files(
                         &ca,
                         name,
                         &dir,
-                        syncfleet_controller::init::AGENT_CERT_LIFETIME,
+                        syncfleet_controller::auth::init::AGENT_CERT_LIFETIME,
                     )?;
                     eprintln!("agent {name}: {}", dir.display());
                 }

@@ -27,8 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{Fleet, SessionTx};
-use crate::pki::PeerIdentity;
-use crate::security::Security;
+use crate::auth::{PeerIdentity, Security};
 
 /// Most events applied and stored in one transaction.
 pub const MAX_EVENT_BATCH: usize = 1000;

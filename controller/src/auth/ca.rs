@@ -17,6 +17,9 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+use super::identity::{ROLE_URN, Role};
+use super::roles::OperatorRole;
+
 /// PKI failures.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -48,72 +51,6 @@ pub enum PkiError {
 pub fn pin_of_pem(pem: &str) -> Option<String> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
     Some(syncfleet_proto::digest::sha256_hex(&p.contents))
-}
-
-/// What kind of party a client certificate identifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Agent,
-    Operator,
-}
-
-impl Role {
-    fn path_segment(self) -> &'static str {
-        match self {
-            Role::Agent => "agent",
-            Role::Operator => "operator",
-        }
-    }
-}
-
-/// What an operator may do (carried in the operator's certificate, so it cannot be changed
-/// without issuing a new one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum OperatorRole {
-    /// Read everything.
-    Viewer,
-    /// Also run, cancel, approve, pause, resume and drain.
-    Operator,
-    /// Also apply and delete fleet files, create tokens and operators, revoke agents.
-    Admin,
-}
-
-impl OperatorRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OperatorRole::Viewer => "viewer",
-            OperatorRole::Operator => "operator",
-            OperatorRole::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "viewer" => Some(OperatorRole::Viewer),
-            "operator" => Some(OperatorRole::Operator),
-            "admin" => Some(OperatorRole::Admin),
-            _ => None,
-        }
-    }
-}
-
-const ROLE_URN: &str = "urn:syncfleet:role:";
-
-/// The identity carried by a verified client certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerIdentity {
-    pub role: Role,
-    pub name: String,
-    /// Operators only: what they may do.
-    pub operator_role: Option<OperatorRole>,
-    /// When the certificate was issued (Unix ms, from its serial number), for revocation.
-    pub issued_ms: Option<i64>,
-}
-
-impl std::fmt::Display for PeerIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.role.path_segment(), self.name)
-    }
 }
 
 /// A PEM certificate and its PEM private key.
@@ -401,52 +338,10 @@ pub fn write_public(path: &Path, pem: &str) -> Result<(), PkiError> {
     write_file(path, pem, false)
 }
 
-/// Identity of a verified peer certificate (DER), from its `spiffe://<fleet>/<role>/<name>` SAN.
-/// `None` when the certificate carries no syncfleet identity of this fleet.
-pub fn identity_of(der: &[u8], fleet: &str) -> Option<PeerIdentity> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    let prefix = format!("spiffe://{fleet}/");
-    let mut identity = None;
-    let mut operator_role = None;
-    for name in &san.value.general_names {
-        if let x509_parser::extensions::GeneralName::URI(uri) = name {
-            if let Some(r) = uri.strip_prefix(ROLE_URN) {
-                operator_role = OperatorRole::parse(r);
-                continue;
-            }
-            let Some(rest) = uri.strip_prefix(prefix.as_str()) else {
-                continue;
-            };
-            let (role, name) = rest.split_once('/')?;
-            let role = match role {
-                "agent" => Role::Agent,
-                "operator" => Role::Operator,
-                _ => return None,
-            };
-            check_name(name).ok()?;
-            identity = Some((role, name.to_string()));
-        }
-    }
-    let (role, name) = identity?;
-    let serial = cert.tbs_certificate.raw_serial();
-    let issued_ms = match serial {
-        [1, rest @ ..] if rest.len() == 16 => rest[..8].try_into().ok().map(i64::from_be_bytes),
-        _ => None,
-    };
-    Some(PeerIdentity {
-        role,
-        name,
-        // Operator certificates without a role URN predate roles: they are viewers.
-        operator_role: (role == Role::Operator)
-            .then(|| operator_role.unwrap_or(OperatorRole::Viewer)),
-        issued_ms,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::identity::identity_of;
 
     fn der_of(pem: &str) -> Vec<u8> {
         let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
@@ -505,6 +400,7 @@ mod tests {
 #[cfg(test)]
 mod csr_tests {
     use super::*;
+    use crate::auth::identity::identity_of;
 
     #[test]
     fn csr_is_signed_for_the_identity_the_controller_chooses() {

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::ca::{self, Ca, PkiError};
+use super::identity::Role;
 use crate::config::ControllerConfig;
-use crate::pki::{self, Ca, PkiError, Role};
 
 /// Lifetime of the controller's server certificate.
 pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
@@ -34,9 +35,9 @@ pub fn init(cfg: &ControllerConfig, operator: &str) -> Result<(Ca, InitOutput), 
     let mut server = ca.issue_server(&cfg.server_names, SERVER_CERT_LIFETIME)?;
     // Serve the chain [leaf, CA]: enrolling agents see the CA and check it against their pin.
     server.cert_pem = format!("{}{}", server.cert_pem, ca.cert_pem());
-    let (server_cert, _) = pki::write_pair(&dir, "controller", &server)?;
+    let (server_cert, _) = ca::write_pair(&dir, "controller", &server)?;
     let op = ca.issue_client(Role::Operator, operator, OPERATOR_CERT_LIFETIME)?;
-    let (operator_cert, operator_key) = pki::write_pair(&dir.join("operators"), operator, &op)?;
+    let (operator_cert, operator_key) = ca::write_pair(&dir.join("operators"), operator, &op)?;
     Ok((
         ca,
         InitOutput {
@@ -58,6 +59,6 @@ pub fn issue_agent_files(
     lifetime: Duration,
 ) -> Result<(), PkiError> {
     let ck = ca.issue_client(Role::Agent, name, lifetime)?;
-    pki::write_pair(dir, "agent", &ck)?;
-    pki::write_public(&dir.join("ca.pem"), ca.cert_pem())
+    ca::write_pair(dir, "agent", &ck)?;
+    ca::write_public(&dir.join("ca.pem"), ca.cert_pem())
 }

@@ -1,0 +1,332 @@
+//! Enrollment: one-time tokens, enrolling agents with them, and the rate limit on failures.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use syncfleet_proto::digest::sha256_hex;
+use syncfleet_proto::time::from_millis;
+use syncfleet_proto::v1;
+use tonic::Status;
+
+use super::Security;
+use super::audit::{CallCtx, status_with_request_id};
+use super::identity::Role;
+use crate::fleet::store_status;
+use crate::store::{self, keys};
+
+/// A stored enrollment token (the secret only as a hash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TokenRecord {
+    agent: String,
+    labels: std::collections::BTreeMap<String, String>,
+    secret_sha256: String,
+    expires_ms: i64,
+    created_by: String,
+    #[serde(default)]
+    used_ms: Option<i64>,
+}
+
+/// Failed enrollments allowed per peer address within [`ENROLL_WINDOW`]; then the address
+/// waits until the oldest failure leaves the window. Successes are not counted: provisioning
+/// many agents from one host must not be slowed by a few mistyped tokens.
+pub const ENROLL_FAILURES_PER_WINDOW: usize = 10;
+/// The sliding window of [`ENROLL_FAILURES_PER_WINDOW`].
+pub const ENROLL_WINDOW: Duration = Duration::from_secs(60);
+/// Longest allowed token lifetime.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
+/// Default token lifetime.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(1800);
+
+impl Security {
+    /// Create a one-time enrollment token.
+    pub async fn create_token(
+        &self,
+        ctx: &CallCtx,
+        req: v1::CreateTokenRequest,
+    ) -> Result<v1::CreateTokenResponse, Status> {
+        super::ca::check_name(&req.agent).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        check_labels(&req.labels)?;
+        let ttl = if req.ttl_seconds == 0 {
+            DEFAULT_TOKEN_TTL
+        } else {
+            Duration::from_secs(u64::from(req.ttl_seconds))
+        };
+        if ttl > MAX_TOKEN_TTL {
+            return Err(Status::invalid_argument(format!(
+                "token lifetime {} is longer than the maximum {}; enrollment tokens are meant to be used at once",
+                humantime::format_duration(ttl),
+                humantime::format_duration(MAX_TOKEN_TTL)
+            )));
+        }
+        let id: String = (0..6)
+            .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
+            .collect();
+        let secret: String = (0..32)
+            .map(|_| {
+                let c = rand::random::<u8>() % 36;
+                char::from(if c < 10 { b'0' + c } else { b'a' + c - 10 })
+            })
+            .collect();
+        let expires_ms =
+            Utc::now().timestamp_millis() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let rec = TokenRecord {
+            agent: req.agent.clone(),
+            labels: req.labels.into_iter().collect(),
+            secret_sha256: sha256_hex(secret.as_bytes()),
+            expires_ms,
+            created_by: ctx.who(),
+            used_ms: None,
+        };
+        let body = serde_json::to_vec(&rec).map_err(|e| Status::internal(e.to_string()))?;
+        let key = keys::token(&id);
+        store::blocking(&self.fleet.store, move |s| s.put_state(&key, &body))
+            .await
+            .map_err(store_status)?;
+        Ok(v1::CreateTokenResponse {
+            token: format!("{id}.{secret}"),
+            token_id: id,
+            expires_at: Some(from_millis(expires_ms)),
+            ca_pin: self.ca.pin(),
+        })
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, VecDeque<Instant>>> {
+        self.enroll_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long `ip` must wait before its next enrollment attempt, when it has failed
+    /// [`ENROLL_FAILURES_PER_WINDOW`] times within [`ENROLL_WINDOW`].
+    fn enroll_retry_after(&self, ip: Option<IpAddr>) -> Option<Duration> {
+        let ip = ip?;
+        let now = Instant::now();
+        let mut map = self.failures();
+        map.retain(|_, q| {
+            while q
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= ENROLL_WINDOW)
+            {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        let q = map.get(&ip)?;
+        if q.len() < ENROLL_FAILURES_PER_WINDOW {
+            return None;
+        }
+        q.front()
+            .map(|oldest| ENROLL_WINDOW.saturating_sub(now.duration_since(*oldest)))
+    }
+
+    fn enroll_failed(&self, ip: Option<IpAddr>) {
+        if let Some(ip) = ip {
+            self.failures()
+                .entry(ip)
+                .or_default()
+                .push_back(Instant::now());
+        }
+    }
+
+    /// Enroll an agent with a one-time token. Every outcome is audited (with the token id, never
+    /// the secret).
+    pub async fn enroll(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        req: v1::EnrollRequest,
+    ) -> Result<v1::CertificateResponse, Status> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
+        let target = format!("agent/{}", req.agent);
+        let deny = |msg: String| {
+            let request_id = request_id.clone();
+            let peer_s = peer_s.clone();
+            let target = target.clone();
+            self.enroll_failed(peer.map(|p| p.ip()));
+            async move {
+                self.audit(
+                    "anonymous",
+                    "Enroll",
+                    &target,
+                    "denied",
+                    &msg,
+                    &request_id,
+                    &peer_s,
+                )
+                .await;
+                Err(status_with_request_id(
+                    Status::permission_denied(msg),
+                    &request_id,
+                ))
+            }
+        };
+        if let Some(wait) = self.enroll_retry_after(peer.map(|p| p.ip())) {
+            // Whole seconds, rounded up: retrying after the given time succeeds.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let msg = format!(
+                "too many failed enrollment attempts from this address ({ENROLL_FAILURES_PER_WINDOW} in the last {}); retry in {} s",
+                humantime::format_duration(ENROLL_WINDOW),
+                secs.max(1)
+            );
+            self.audit(
+                "anonymous",
+                "Enroll",
+                &target,
+                "denied",
+                &msg,
+                &request_id,
+                &peer_s,
+            )
+            .await;
+            return Err(status_with_request_id(
+                Status::resource_exhausted(msg),
+                &request_id,
+            ));
+        }
+        let Some((id, secret)) = req.token.trim().split_once('.') else {
+            return deny("malformed enrollment token: expected <id>.<secret> as printed by 'syncfleet tokens create'".into()).await;
+        };
+        let id = id.to_string();
+        let hash = sha256_hex(secret.as_bytes());
+        let agent = req.agent.clone();
+        let now_ms = Utc::now().timestamp_millis();
+        let key = keys::token(&id);
+        // Check and consume in one transaction: two enrollments with one token cannot both win.
+        let id2 = id.clone();
+        let res = store::blocking(&self.fleet.store, move |s| {
+            let mut outcome_local: Result<TokenRecord, String> =
+                Err(format!("enrollment token {id2} is not known: check that it was copied whole, or create a new one"));
+            s.update_state(&key, &mut |cur| {
+                let Some(cur) = cur else { return (None, false) };
+                let Ok(mut rec) = serde_json::from_slice::<TokenRecord>(cur) else {
+                    return (None, false);
+                };
+                if rec.secret_sha256 != hash {
+                    return (None, false);
+                }
+                if let Some(used) = rec.used_ms {
+                    outcome_local = Err(format!(
+                        "enrollment token {id2} was already used at {}; tokens are single-use: create a new one with 'syncfleet tokens create --agent {}'",
+                        syncfleet_proto::time::rfc3339(&from_millis(used)),
+                        rec.agent
+                    ));
+                    return (None, false);
+                }
+                if rec.expires_ms <= now_ms {
+                    outcome_local = Err(format!(
+                        "enrollment token {id2} expired at {}; create a new one with 'syncfleet tokens create --agent {}'",
+                        syncfleet_proto::time::rfc3339(&from_millis(rec.expires_ms)),
+                        rec.agent
+                    ));
+                    return (None, false);
+                }
+                if rec.agent != agent {
+                    outcome_local = Err(format!(
+                        "enrollment token {id2} was created for agent {:?}, not {agent:?}",
+                        rec.agent
+                    ));
+                    return (None, false);
+                }
+                rec.used_ms = Some(now_ms);
+                let body = serde_json::to_vec(&rec).unwrap_or_default();
+                outcome_local = Ok(rec);
+                (Some(body), true)
+            })?;
+            Ok(outcome_local)
+        })
+        .await;
+        let outcome = res.map_err(store_status)?;
+        let rec = match outcome {
+            Ok(r) => r,
+            Err(msg) => return deny(msg).await,
+        };
+        let issued = self.ca.sign_csr(
+            &req.csr_pem,
+            Role::Agent,
+            &req.agent,
+            None,
+            self.agent_cert_lifetime,
+        );
+        let (cert_pem, not_after) = match issued {
+            Ok(x) => x,
+            Err(e) => {
+                return deny(format!("token {id} consumed, but the CSR was refused: {e}")).await;
+            }
+        };
+        // A revoked agent that enrolled again takes runs again. The revocation time stays, so
+        // certificates issued before it remain refused (`check_revoked`).
+        let rk = keys::revoked(&req.agent);
+        store::blocking(&self.fleet.store, move |s| {
+            s.update_state(&rk, &mut |cur| {
+                let Some(mut rec) = cur.and_then(|b| <v1::Pause as prost::Message>::decode(b).ok())
+                else {
+                    return (None, false);
+                };
+                if !rec.paused {
+                    return (None, false);
+                }
+                rec.paused = false;
+                (Some(prost::Message::encode_to_vec(&rec)), true)
+            })
+        })
+        .await
+        .map_err(store_status)?;
+        // Labels assigned by the token are kept for the agent's sessions.
+        let labels_key = keys::labels(&req.agent);
+        let labels = serde_json::to_vec(&rec.labels).unwrap_or_default();
+        store::blocking(&self.fleet.store, move |s| {
+            s.put_state(&labels_key, &labels)
+        })
+        .await
+        .map_err(store_status)?;
+        let detail = format!("token {id} (created by {})", rec.created_by);
+        self.audit(
+            &format!("agent/{}", req.agent),
+            "Enroll",
+            &format!("agent/{}", req.agent),
+            "ok",
+            &detail,
+            &request_id,
+            &peer.map(|p| p.to_string()).unwrap_or_default(),
+        )
+        .await;
+        Ok(v1::CertificateResponse {
+            cert_pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+            not_after: Some(syncfleet_proto::time::from_millis(
+                not_after.unix_timestamp() * 1000,
+            )),
+            identity: format!("spiffe://{}/agent/{}", self.fleet_name, req.agent),
+            labels: rec.labels.into_iter().collect(),
+        })
+    }
+
+    /// Labels a token assigned to an agent at enrollment.
+    pub async fn assigned_labels(&self, agent: &str) -> std::collections::BTreeMap<String, String> {
+        let key = keys::labels(agent);
+        match store::blocking(&self.fleet.store, move |s| s.get_state(&key)).await {
+            Ok(Some(b)) => serde_json::from_slice(&b).unwrap_or_default(),
+            _ => Default::default(),
+        }
+    }
+}
+
+/// Refuse oversized labels.
+pub fn check_labels(labels: &HashMap<String, String>) -> Result<(), Status> {
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > 63 || v.len() > 253 {
+            return Err(Status::invalid_argument(format!(
+                "label {}={}: keys must be 1-63 characters and values at most 253",
+                crate::limits::echo(k),
+                crate::limits::echo(v)
+            )));
+        }
+    }
+    if labels.len() > 64 {
+        return Err(Status::invalid_argument("at most 64 labels"));
+    }
+    Ok(())
+}

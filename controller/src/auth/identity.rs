@@ -1,0 +1,107 @@
+//! Who is calling: the identity carried by a verified client certificate.
+//!
+//! An identity comes only from a certificate of the fleet CA, never from a message: its
+//! subject alternative name is a SPIFFE-style URI, `spiffe://<fleet>/agent/<name>` or
+//! `spiffe://<fleet>/operator/<name>`, plus a role URN (`urn:syncfleet:role:<role>`) for
+//! operators.
+
+use tonic::{Request, Status};
+
+use super::ca::check_name;
+use super::roles::OperatorRole;
+
+/// What kind of party a client certificate identifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Agent,
+    Operator,
+}
+
+impl Role {
+    pub(super) fn path_segment(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// Prefix of the URI SAN carrying an operator's role.
+pub(super) const ROLE_URN: &str = "urn:syncfleet:role:";
+
+/// The identity carried by a verified client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub role: Role,
+    pub name: String,
+    /// Operators only: what they may do.
+    pub operator_role: Option<OperatorRole>,
+    /// When the certificate was issued (Unix ms, from its serial number), for revocation.
+    pub issued_ms: Option<i64>,
+}
+
+impl std::fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.role.path_segment(), self.name)
+    }
+}
+
+/// Identity of a verified peer certificate (DER), from its `spiffe://<fleet>/<role>/<name>` SAN.
+/// `None` when the certificate carries no syncfleet identity of this fleet.
+pub fn identity_of(der: &[u8], fleet: &str) -> Option<PeerIdentity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let prefix = format!("spiffe://{fleet}/");
+    let mut identity = None;
+    let mut operator_role = None;
+    for name in &san.value.general_names {
+        if let x509_parser::extensions::GeneralName::URI(uri) = name {
+            if let Some(r) = uri.strip_prefix(ROLE_URN) {
+                operator_role = OperatorRole::parse(r);
+                continue;
+            }
+            let Some(rest) = uri.strip_prefix(prefix.as_str()) else {
+                continue;
+            };
+            let (role, name) = rest.split_once('/')?;
+            let role = match role {
+                "agent" => Role::Agent,
+                "operator" => Role::Operator,
+                _ => return None,
+            };
+            check_name(name).ok()?;
+            identity = Some((role, name.to_string()));
+        }
+    }
+    let (role, name) = identity?;
+    let serial = cert.tbs_certificate.raw_serial();
+    let issued_ms = match serial {
+        [1, rest @ ..] if rest.len() == 16 => rest[..8].try_into().ok().map(i64::from_be_bytes),
+        _ => None,
+    };
+    Some(PeerIdentity {
+        role,
+        name,
+        // Operator certificates without a role URN predate roles: they are viewers.
+        operator_role: (role == Role::Operator)
+            .then(|| operator_role.unwrap_or(OperatorRole::Viewer)),
+        issued_ms,
+    })
+}
+
+/// The verified identity of a caller, or `UNAUTHENTICATED` naming what is missing.
+pub fn caller<T>(req: &Request<T>, fleet: &str) -> Result<PeerIdentity, Status> {
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated(
+            "no client certificate: syncfleet requires mutual TLS; use a certificate issued by this controller's CA",
+        )
+    })?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
+    identity_of(leaf.as_ref(), fleet).ok_or_else(|| {
+        Status::unauthenticated(format!(
+            "client certificate carries no identity of fleet {fleet:?} (expected a SAN URI spiffe://{fleet}/agent/NAME or spiffe://{fleet}/operator/NAME)"
+        ))
+    })
+}

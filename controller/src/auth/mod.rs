@@ -1,0 +1,90 @@
+//! Who may do what, and the record of it.
+//!
+//! - **Authentication** ([`identity`]): the caller's client certificate, verified by TLS against
+//!   the fleet CA; its identity (`spiffe://<fleet>/<agent|operator>/<name>`, plus a role URN for
+//!   operators) is read by [`caller`]. A certificate issued before its agent was revoked is
+//!   refused ([`Security::check_revoked`], [`revocation`]).
+//! - **Authorization** ([`roles`]): operator roles are cumulative: `viewer` reads everything,
+//!   `operator` also runs, cancels, approves, pauses, resumes and drains, `admin` also applies
+//!   and deletes fleet files, creates tokens and operators, and revokes agents. Which permission
+//!   each RPC needs is one table, [`roles::RPC_ACCESS`]. A denial names the missing permission
+//!   and is audited.
+//! - **Audit** ([`audit`]): every mutating call, every denial, enrollment, renewal and
+//!   revocation is appended to the store's audit log with who, what, target, when, result, peer
+//!   and a request id (also returned as `x-request-id` metadata and logged). Token secrets and
+//!   keys never appear in it.
+//! - **Enrollment** ([`enrollment`]): one-time tokens `<id>.<secret>` bound to an agent name,
+//!   with a TTL; only a SHA-256 of the secret is stored; consuming a token is atomic. Failed
+//!   `Enroll` calls are rate limited per peer address; successful ones do not count.
+//! - **Renewal** ([`renewal`]): agents renew their own certificates; operators get credentials
+//!   for CSRs.
+//! - **The fleet CA** ([`ca`]) issues every identity; [`init`] creates it.
+
+pub mod audit;
+pub mod ca;
+pub mod enrollment;
+pub mod identity;
+pub mod init;
+pub mod renewal;
+pub mod revocation;
+pub mod roles;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tonic::Status;
+
+use crate::fleet::Fleet;
+
+pub use audit::{CallCtx, status_with_request_id, with_request_id};
+pub use ca::{Ca, CertifiedKey, PkiError, check_name, pin_of_pem, write_pair, write_public};
+pub use enrollment::{
+    DEFAULT_TOKEN_TTL, ENROLL_FAILURES_PER_WINDOW, ENROLL_WINDOW, MAX_TOKEN_TTL, check_labels,
+};
+pub use identity::{PeerIdentity, Role, caller, identity_of};
+pub use roles::{Access, OperatorRole, Permission};
+
+/// Security state and services of one controller.
+pub struct Security {
+    pub fleet: Arc<Fleet>,
+    pub ca: Arc<Ca>,
+    pub fleet_name: String,
+    pub agent_cert_lifetime: Duration,
+    /// Failed enrollments per peer address within the last [`ENROLL_WINDOW`].
+    enroll_failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("fleet", &self.fleet_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest note, label or name accepted from clients.
+pub const MAX_NOTE: usize = crate::limits::MAX_TEXT;
+
+impl Security {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        ca: Arc<Ca>,
+        fleet_name: String,
+        agent_cert_lifetime: Duration,
+    ) -> Self {
+        Self {
+            fleet,
+            ca,
+            fleet_name,
+            agent_cert_lifetime,
+            enroll_failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Refuse an oversized free-text field.
+pub fn check_text(field: &str, value: &str) -> Result<(), Status> {
+    crate::limits::check_text(field, value).map_err(|e| Status::invalid_argument(e.to_string()))
+}

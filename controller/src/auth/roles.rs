@@ -1,0 +1,273 @@
+//! Roles and permissions, and the one table saying what each RPC needs.
+
+use tonic::Status;
+
+use super::Security;
+use super::audit::{CallCtx, status_with_request_id};
+use super::identity::Role;
+
+/// What an operator may do (carried in the operator's certificate, so it cannot be changed
+/// without issuing a new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OperatorRole {
+    /// Read everything.
+    Viewer,
+    /// Also run, cancel, approve, pause, resume and drain.
+    Operator,
+    /// Also apply and delete fleet files, create tokens and operators, revoke agents.
+    Admin,
+}
+
+impl OperatorRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorRole::Viewer => "viewer",
+            OperatorRole::Operator => "operator",
+            OperatorRole::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "viewer" => Some(OperatorRole::Viewer),
+            "operator" => Some(OperatorRole::Operator),
+            "admin" => Some(OperatorRole::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// What a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Read anything.
+    Read,
+    /// Run, cancel, approve, pause, resume, drain.
+    Operate,
+    /// Apply/delete fleet files, tokens, operators, revocation.
+    Admin,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Operate => "operate",
+            Permission::Admin => "admin",
+        }
+    }
+
+    pub fn needs(self) -> OperatorRole {
+        match self {
+            Permission::Read => OperatorRole::Viewer,
+            Permission::Operate => OperatorRole::Operator,
+            Permission::Admin => OperatorRole::Admin,
+        }
+    }
+}
+
+/// Who may call an RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Operators whose role grants this permission ([`Security::authorize`]).
+    Operator(Permission),
+    /// Agents, as themselves.
+    Agent,
+    /// Anyone, without a client certificate (enrollment).
+    Anyone,
+}
+
+/// What every syncfleet RPC needs: `(service, method, access)`, services by their full proto
+/// name. Handlers pass only their method name to [`Security::authorize`], which reads the
+/// permission here, so the rules live in one place.
+pub const RPC_ACCESS: &[(&str, &str, Access)] = &[
+    (FLEET, "ListAgents", Access::Operator(Permission::Read)),
+    (FLEET, "GetAgent", Access::Operator(Permission::Read)),
+    (FLEET, "StartRun", Access::Operator(Permission::Operate)),
+    (FLEET, "GetRun", Access::Operator(Permission::Read)),
+    (FLEET, "ListRuns", Access::Operator(Permission::Read)),
+    (FLEET, "WatchRuns", Access::Operator(Permission::Read)),
+    (FLEET, "CancelRun", Access::Operator(Permission::Operate)),
+    (FLEET, "ApproveRun", Access::Operator(Permission::Operate)),
+    (FLEET, "Apply", Access::Operator(Permission::Admin)),
+    (FLEET, "GetDocuments", Access::Operator(Permission::Read)),
+    (FLEET, "DeleteDocument", Access::Operator(Permission::Admin)),
+    (FLEET, "GetSchedule", Access::Operator(Permission::Read)),
+    (
+        FLEET,
+        "PauseSchedule",
+        Access::Operator(Permission::Operate),
+    ),
+    (
+        FLEET,
+        "ResumeSchedule",
+        Access::Operator(Permission::Operate),
+    ),
+    (FLEET, "DrainAgent", Access::Operator(Permission::Operate)),
+    (FLEET, "ResumeAgent", Access::Operator(Permission::Operate)),
+    (FLEET, "PauseFleet", Access::Operator(Permission::Operate)),
+    (FLEET, "ResumeFleet", Access::Operator(Permission::Operate)),
+    (FLEET, "GetFleetStatus", Access::Operator(Permission::Read)),
+    (FLEET, "CreateToken", Access::Operator(Permission::Admin)),
+    (FLEET, "RevokeAgent", Access::Operator(Permission::Admin)),
+    (FLEET, "CreateOperator", Access::Operator(Permission::Admin)),
+    (FLEET, "ListAudit", Access::Operator(Permission::Read)),
+    (AGENT, "Session", Access::Agent),
+    (AGENT, "Renew", Access::Agent),
+    (ENROLL, "Enroll", Access::Anyone),
+];
+
+const FLEET: &str = "syncfleet.v1.FleetService";
+const AGENT: &str = "syncfleet.v1.AgentService";
+const ENROLL: &str = "syncfleet.v1.EnrollService";
+
+/// The permission an operator needs for `FleetService` method `rpc`; `None` when the table has
+/// no operator entry for it.
+pub fn operator_permission(rpc: &str) -> Option<Permission> {
+    RPC_ACCESS
+        .iter()
+        .find_map(|(service, method, access)| match access {
+            Access::Operator(p) if *service == FLEET && *method == rpc => Some(*p),
+            _ => None,
+        })
+}
+
+impl Security {
+    /// Authenticate and authorize an operator call to `FleetService` method `rpc`, with the
+    /// permission [`RPC_ACCESS`] gives it. Denials are audited and come back as
+    /// UNAUTHENTICATED / PERMISSION_DENIED naming the problem.
+    pub async fn authorize<T>(
+        &self,
+        req: &tonic::Request<T>,
+        rpc: &str,
+        target: &str,
+    ) -> Result<CallCtx, Status> {
+        let action = rpc;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let who = match super::identity::caller(req, &self.fleet_name) {
+            Ok(w) => w,
+            Err(status) => {
+                self.audit(
+                    "anonymous",
+                    action,
+                    target,
+                    "denied",
+                    status.message(),
+                    &request_id,
+                    &peer,
+                )
+                .await;
+                return Err(status_with_request_id(status, &request_id));
+            }
+        };
+        if let Err(status) = self.check_revoked(&who).await {
+            self.audit(
+                &who.to_string(),
+                action,
+                target,
+                "denied",
+                status.message(),
+                &request_id,
+                &peer,
+            )
+            .await;
+            return Err(status_with_request_id(status, &request_id));
+        }
+        let Some(perm) = operator_permission(rpc) else {
+            let msg = format!("{rpc} has no entry in the permission table");
+            self.audit(
+                &who.to_string(),
+                action,
+                target,
+                "denied",
+                &msg,
+                &request_id,
+                &peer,
+            )
+            .await;
+            return Err(status_with_request_id(Status::internal(msg), &request_id));
+        };
+        let denied = match (who.role, who.operator_role) {
+            (Role::Operator, Some(r)) if r >= perm.needs() => None,
+            (Role::Operator, r) => Some(format!(
+                "{who} has role {}; {action} needs the '{}' permission (role {} or higher)",
+                r.map_or("none", OperatorRole::as_str),
+                perm.as_str(),
+                perm.needs().as_str()
+            )),
+            (Role::Agent, _) => Some(format!(
+                "{who} is an agent; {action} is for operators ('{}' permission)",
+                perm.as_str()
+            )),
+        };
+        if let Some(msg) = denied {
+            self.audit(
+                &who.to_string(),
+                action,
+                target,
+                "denied",
+                &msg,
+                &request_id,
+                &peer,
+            )
+            .await;
+            return Err(status_with_request_id(
+                Status::permission_denied(msg),
+                &request_id,
+            ));
+        }
+        Ok(CallCtx {
+            who,
+            request_id,
+            peer,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+
+    /// Every method of every syncfleet service, as the generated descriptors list them, has
+    /// exactly one entry in the table, and the table names no method that does not exist.
+    #[test]
+    fn every_rpc_has_one_table_entry() {
+        let set = <prost_types::FileDescriptorSet as prost::Message>::decode(
+            syncfleet_proto::FILE_DESCRIPTOR_SET,
+        )
+        .unwrap();
+        let mut rpcs = Vec::new();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    rpcs.push(format!(
+                        "{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+        for service in [FLEET, AGENT, ENROLL] {
+            assert!(
+                rpcs.iter().any(|r| r.starts_with(&format!("{service}/"))),
+                "{service} is not in the descriptors"
+            );
+        }
+        let mut table: Vec<String> = RPC_ACCESS
+            .iter()
+            .map(|(service, method, _)| format!("{service}/{method}"))
+            .collect();
+        rpcs.sort();
+        table.sort();
+        assert_eq!(rpcs, table);
+        assert_eq!(operator_permission("Apply"), Some(Permission::Admin));
+        assert_eq!(operator_permission("Enroll"), None);
+    }
+}
