@@ -17,7 +17,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{Fleet, session_protocol, store_status};
 use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
-use crate::operations;
 use crate::pki::{self, PeerIdentity, Role};
 use crate::run_ids;
 use crate::security::{CallCtx, Permission, Security, status_with_request_id, with_request_id};
@@ -183,7 +182,7 @@ impl FleetSvc {
             .await?;
         let req = request.into_inner();
         let result = match check_ident("schedule", &req.name).and(check_text("note", &req.note)) {
-            Ok(()) => operations::set_schedule_pause(
+            Ok(()) => crate::schedule::status::set_schedule_pause(
                 &self.fleet,
                 &self.scheduler,
                 &req.name,
@@ -218,7 +217,7 @@ impl FleetSvc {
         let req = request.into_inner();
         let result = match check_ident("agent", &req.name).and(check_text("note", &req.note)) {
             Ok(()) => {
-                operations::set_drain(&self.fleet, &req.name, draining, &req.note, &ctx.who())
+                crate::fleet::set_drain(&self.fleet, &req.name, draining, &req.note, &ctx.who())
                     .await
                     .map(Response::new)
             }
@@ -242,7 +241,7 @@ impl FleetSvc {
             .await?;
         let req = request.into_inner();
         let result = match check_text("note", &req.note) {
-            Ok(()) => operations::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
+            Ok(()) => crate::fleet::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
                 .await
                 .map(Response::new),
             Err(e) => Err(bad_input(e)),
@@ -435,7 +434,7 @@ impl FleetService for FleetSvc {
                     ));
                 }
                 (true, false) => {
-                    let run = operations::start_sequence(
+                    let run = crate::fleet::start_sequence(
                         &self.fleet,
                         &req.agent,
                         &req.sequence,
@@ -666,7 +665,7 @@ impl FleetService for FleetSvc {
             .authorize(&request, Permission::Admin, "Apply", &target)
             .await?;
         let req = request.into_inner();
-        let result = operations::apply(&self.fleet, &self.scheduler, &req, &ctx.who())
+        let result = crate::documents::apply::apply(&self.fleet, &self.scheduler, &req, &ctx.who())
             .await
             .map(Response::new);
         let detail = apply_detail(&req, result.as_ref().ok().map(Response::get_ref));
@@ -684,7 +683,7 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             Ok(Response::new(
-                operations::get_documents(&self.fleet, request.into_inner()).await?,
+                crate::documents::apply::get_documents(&self.fleet, request.into_inner()).await?,
             ))
         }
         .await;
@@ -706,8 +705,12 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             Ok(Response::new(
-                operations::delete_document(&self.fleet, &self.scheduler, request.into_inner())
-                    .await?,
+                crate::documents::apply::delete_document(
+                    &self.fleet,
+                    &self.scheduler,
+                    request.into_inner(),
+                )
+                .await?,
             ))
         }
         .await;
@@ -725,7 +728,7 @@ impl FleetService for FleetSvc {
         let result: Result<_, Status> = async {
             let name = request.into_inner().name;
             Ok(Response::new(
-                operations::get_schedule(&self.fleet, &self.scheduler, &name).await?,
+                crate::schedule::status::get_schedule(&self.fleet, &self.scheduler, &name).await?,
             ))
         }
         .await;
@@ -782,8 +785,12 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, Permission::Read, "GetFleetStatus", "")
             .await?;
-        let result: Result<_, Status> =
-            async { Ok(Response::new(operations::fleet_status(&self.fleet).await?)) }.await;
+        let result: Result<_, Status> = async {
+            Ok(Response::new(
+                crate::fleet::fleet_status(&self.fleet).await?,
+            ))
+        }
+        .await;
         tag(&ctx, result)
     }
 
