@@ -8,7 +8,7 @@ use syncfleet_proto::time::to_proto;
 use syncfleet_proto::v1;
 use tonic::Status;
 
-use crate::documents::model::{Document, ScheduleDoc};
+use super::model::{Document, ScheduleDoc};
 use crate::documents::{self, Action, SourcedDoc};
 use crate::fleet::{Fleet, store_status};
 use crate::limits::{self, check_ident, echo};

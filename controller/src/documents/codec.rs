@@ -1,8 +1,8 @@
 //! Canonical JSON (what the controller stores) and YAML rendering of fleet documents.
 
 use super::messages::or_list;
+use super::model::Document;
 use super::validate::KINDS;
-use crate::documents::model::Document;
 use crate::limits::{self, echo};
 
 /// Removes `null` members of mappings, recursively (unset optional fields).
@@ -76,8 +76,8 @@ pub fn from_json(kind: &str, json: &str) -> Result<Document, String> {
 }
 
 /// Multi-document YAML of `docs` (separated by `---`), each with `kind` first, fields in model
-/// order and unset fields left out. [`parse_str`] reads it back to the same documents. Empty
-/// input gives an empty string.
+/// order and unset fields left out. [`parse_str`](super::parse_str) reads it back to the same
+/// documents. Empty input gives an empty string.
 pub fn to_yaml(docs: &[Document]) -> String {
     let mut parts = Vec::new();
     for d in docs {

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use super::model::Document;
 use super::validate::KINDS;
-use crate::documents::model::Document;
 
 /// What applying a document would do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -9,8 +9,8 @@ use serde::{Deserialize, Deserializer};
 use super::messages::{
     FleetFileError, FleetFileErrors, closest, err, or_list, readable_yaml_error,
 };
+use super::model::{Document, ScheduleDoc, SequenceDoc};
 use super::validate::KINDS;
-use crate::documents::model::{Document, ScheduleDoc, SequenceDoc};
 use crate::limits::echo;
 
 /// A document with where it came from.

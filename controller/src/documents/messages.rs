@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::load::is_syntax_error;
-use crate::documents::model::{Document, Limit};
+use super::model::{Document, Limit};
 use crate::limits::{self, echo};
 
 /// One problem in a fleet file or document.

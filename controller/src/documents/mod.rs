@@ -1,9 +1,9 @@
 //! Fleet documents: the declarative `Sequence` and `Schedule` documents ([`model`]) and
-//! loading ([`load`]), validating ([`validate`]), diffing ([`diff`]), storing and rendering
-//! ([`codec`]) them, with one message style for every problem ([`messages`]), and the
-//! operations behind `FleetService` that apply, get and delete them ([`apply`]). Used by both the
-//! `syncfleet` CLI (`apply`, `get`) and the controller's `Apply` RPC, so both sides report the
-//! same errors.
+//! loading ([`load`]), validating ([`validate`](mod@validate)), diffing ([`diff`](mod@diff)),
+//! storing and rendering ([`codec`]) them, with one message style for every problem
+//! ([`messages`]), and the operations behind `FleetService` that apply, get and delete them
+//! ([`apply`]). Used by both the `syncfleet` CLI (`apply`, `get`) and the controller's `Apply`
+//! RPC, so both sides report the same errors.
 //!
 //! Contracts:
 //! - **Pure**: nothing here does I/O except [`load_paths`], which reads the files it is given,

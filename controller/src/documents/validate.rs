@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::load::SourcedDoc;
 use super::messages::{FleetFileErrors, closest, describe_source, err, near, suggestion};
-use crate::documents::model::{Document, Limit, ScheduleDoc, SequenceDoc};
+use super::model::{Document, Limit, ScheduleDoc, SequenceDoc};
 use crate::limits::{
     self, MAX_BLACKOUTS, MAX_CRON_ENTRIES, MAX_DOCUMENTS, MAX_SELECTOR_TERMS, MAX_STAGES,
     MAX_STEPS_PER_RUN, MAX_STEPS_PER_STAGE, MAX_TARGET_AGENTS, echo,
@@ -500,7 +500,7 @@ pub fn check_inventory(
             let selected: Vec<&str> = agents
                 .iter()
                 .filter(|a| {
-                    let only_selector = crate::documents::model::Targets {
+                    let only_selector = super::model::Targets {
                         agents: Vec::new(),
                         selector: Some(sel.to_string()),
                     };
@@ -589,9 +589,7 @@ pub fn check_inventory(
     report
 }
 
-fn steps_with_paths(
-    seq: &SequenceDoc,
-) -> impl Iterator<Item = (String, &crate::documents::model::StepDoc)> {
+fn steps_with_paths(seq: &SequenceDoc) -> impl Iterator<Item = (String, &super::model::StepDoc)> {
     seq.stages.iter().enumerate().flat_map(|(i, st)| {
         st.steps
             .iter()
