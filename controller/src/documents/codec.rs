@@ -95,3 +95,90 @@ pub fn to_yaml(docs: &[Document]) -> String {
     }
     parts.join("---\n")
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use crate::documents::testkit::*;
+
+    #[test]
+    fn canonical_json_is_stable_and_reads_back() {
+        let seq = Document::Sequence(full_sequence());
+        let sch = Document::Schedule(full_schedule());
+        assert_eq!(canonical_json(&seq), canonical_json(&seq.clone()));
+        for d in [&seq, &sch] {
+            let j = canonical_json(d);
+            assert!(!j.contains("null"), "{j}");
+            assert_eq!(&from_json(d.kind(), &j).unwrap(), d);
+        }
+        let min = Document::Schedule(minimal_schedule("m", "q"));
+        let j = canonical_json(&min);
+        assert!(!j.contains("jitter"), "unset fields are left out: {j}");
+        assert_eq!(from_json("Schedule", &j).unwrap(), min);
+        // kind may be left out of the JSON, but must match when present.
+        let v =
+            serde_json::json!({"name": "q", "stages": [{"steps": [{"ma": "A", "profile": "B"}]}]});
+        assert!(matches!(
+            from_json("Sequence", &v.to_string()),
+            Ok(Document::Sequence(_))
+        ));
+        assert!(from_json("Schedule", &canonical_json(&seq)).is_err());
+        assert!(
+            from_json("Widget", "{}")
+                .unwrap_err()
+                .contains("unknown kind")
+        );
+        assert!(from_json("Sequence", "[1]").is_err());
+        assert!(from_json("Sequence", "{\"name\": 1}").is_err());
+    }
+
+    #[test]
+    fn yaml_round_trips_every_field() {
+        let all = vec![
+            Document::Sequence(full_sequence()),
+            Document::Schedule(full_schedule()),
+            Document::Schedule(minimal_schedule("m", "seq.all_fields-1")),
+        ];
+        let text = to_yaml(&all);
+        assert_eq!(docs(&text), all, "{text}");
+        // kind first, durations and limits in their written forms, no nulls.
+        for doc in text.split("---\n") {
+            assert!(doc.starts_with("kind: "), "{doc}");
+        }
+        for want in [
+            "every: 5m",
+            "phase: 30s",
+            "duration: 4h",
+            "duration: 30s",
+            "jitter: 1m 30s",
+            "catchup_window: 4h",
+            "max_pending_deletes: 500",
+            "max_staged_deletes: 2%",
+            "on_failure: continue",
+            "overlap: cancel_other",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(!text.contains("null"), "{text}");
+        assert_eq!(to_yaml(&[]), "");
+    }
+
+    #[test]
+    fn example_round_trips_through_yaml_and_json() {
+        let original = docs(EXAMPLE);
+        assert_eq!(docs(&to_yaml(&original)), original);
+        for d in &original {
+            assert_eq!(&from_json(d.kind(), &canonical_json(d)).unwrap(), d);
+        }
+        assert!(
+            diff(&original, &docs(&to_yaml(&original)), true)
+                .iter()
+                .all(|c| c.action == Action::Unchanged)
+        );
+    }
+}

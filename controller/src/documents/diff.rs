@@ -130,3 +130,61 @@ pub fn diff(stored: &[Document], incoming: &[Document], prune: bool) -> Vec<Chan
     out.sort_by(|a, b| (kind_rank(&a.kind), &a.name).cmp(&(kind_rank(&b.kind), &b.name)));
     out
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use crate::documents::testkit::*;
+
+    #[test]
+    fn diff_reports_actions_and_changed_fields() {
+        let seq = full_sequence();
+        let a = minimal_schedule("a", &seq.name);
+        let b = minimal_schedule("b", &seq.name);
+        let gone = minimal_schedule("gone", &seq.name);
+        let mut b2 = b.clone();
+        b2.overlap = Overlap::BufferOne;
+        b2.trigger.every = Some(Duration::from_secs(600));
+        b2.jitter = Some(Duration::from_secs(5));
+        let stored = vec![
+            Document::Schedule(gone),
+            Document::Schedule(b),
+            Document::Schedule(a.clone()),
+        ];
+        let mut seq2 = seq.clone();
+        seq2.name = "new-seq".into();
+        let incoming = vec![
+            Document::Schedule(b2),
+            Document::Sequence(seq2),
+            Document::Schedule(a),
+        ];
+        let d = diff(&stored, &incoming, false);
+        let brief: Vec<(String, String, Action, Vec<String>)> = d
+            .iter()
+            .map(|c| (c.kind.clone(), c.name.clone(), c.action, c.fields.clone()))
+            .collect();
+        assert_eq!(
+            brief,
+            vec![
+                ("Sequence".into(), "new-seq".into(), Action::Created, vec![]),
+                ("Schedule".into(), "a".into(), Action::Unchanged, vec![]),
+                (
+                    "Schedule".into(),
+                    "b".into(),
+                    Action::Changed,
+                    vec!["trigger".into(), "overlap".into(), "jitter".into()]
+                ),
+            ]
+        );
+        let d = diff(&stored, &incoming, true);
+        assert_eq!(d.len(), 4);
+        assert_eq!((d[3].name.as_str(), d[3].action), ("gone", Action::Deleted));
+        assert_eq!(Action::from_label("deleted"), Some(Action::Deleted));
+        assert_eq!(Action::Changed.label(), "changed");
+    }
+}

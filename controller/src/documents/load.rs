@@ -362,3 +362,191 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for SkipKeyMap<A> {
         self.inner.next_value_seed(seed)
     }
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use crate::documents::testkit::*;
+
+    #[test]
+    fn example_file_loads_with_sources() {
+        let loaded = parse_str("fleet/example.yaml", EXAMPLE).unwrap();
+        let summary: Vec<(&str, &str, &str)> = loaded
+            .iter()
+            .map(|d| (d.source.as_str(), d.doc.kind(), d.doc.name()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("fleet/example.yaml#1", "Sequence", "delta-cycle"),
+                ("fleet/example.yaml#2", "Schedule", "delta-every-5m"),
+                ("fleet/example.yaml#3", "Sequence", "full-cycle"),
+                ("fleet/example.yaml#4", "Schedule", "full-sunday"),
+            ]
+        );
+        let Document::Sequence(seq) = &loaded[0].doc else {
+            panic!("not a sequence")
+        };
+        assert_eq!(seq.stages.len(), 5);
+        assert_eq!(seq.stages[0].steps[1].ma, "HR");
+        assert_eq!(
+            seq.stages[1].steps[0].only_if,
+            Some(Condition::StagedChanges)
+        );
+        let g = seq.stages[3].steps[1].guard.unwrap();
+        assert_eq!(g.max_pending_deletes, Some(Limit::Percent(2.0)));
+        let Document::Schedule(s) = &loaded[1].doc else {
+            panic!("not a schedule")
+        };
+        assert_eq!(s.trigger.every, Some(Duration::from_secs(300)));
+        assert_eq!(s.trigger.phase, Some(Duration::from_secs(30)));
+        assert_eq!(s.jitter, Some(Duration::from_secs(10)));
+        assert_eq!(s.catchup_window, Some(Duration::from_secs(600)));
+        assert_eq!(s.blackout[0].duration, Duration::from_secs(4 * 3600));
+        assert_eq!(s.targets.selector.as_deref(), Some("env=prod"));
+        let Document::Schedule(s) = &loaded[3].doc else {
+            panic!("not a schedule")
+        };
+        assert_eq!(s.trigger.cron, vec!["0 2 * * 0".to_string()]);
+        assert_eq!(s.overlap, Overlap::BufferOne);
+    }
+
+    #[test]
+    fn typo_in_enum_value_names_file_document_field_and_fix() {
+        let text = EXAMPLE.replace("overlap: skip", "overlap: skipp");
+        let e = parse_str("fleet/delta.yaml", &text).unwrap_err();
+        assert_eq!(
+            messages(&e),
+            vec![
+                "fleet/delta.yaml document 2 (Schedule delta-every-5m): overlap: unknown value \"skipp\"; use skip, buffer_one or cancel_other (line 20)"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_fields_and_bad_limits_are_readable() {
+        let e = parse_str(
+            "x.yaml",
+            "kind: Schedule\nname: s\nsequence: q\ntrigger: {every: 1m}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            messages(&e),
+            vec!["x.yaml document 1 (Schedule s): missing field \"targets\"; add it (line 1)"]
+        );
+        let e = parse_str(
+            "x.yaml",
+            "kind: Sequence\nname: q\nstages: [{steps: [{ma: A, profile: E, guard: {max_pending_deletes: -3}}]}]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "stages[0].steps[0].guard.max_pending_deletes: expected a count (500) or a percentage (\"2%\")"
+            ),
+            "{e}"
+        );
+        let e = parse_str(
+            "x.yaml",
+            "kind: Sequence\nname: q\nstages: [{steps: [{ma: A, profile: E, guard: {max_pending_deletes: \"200%\"}}]}]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "guard.max_pending_deletes: \"200%\" must be a percentage above 0 and at most 100"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_ends_the_file_but_not_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "kind: Sequence\nname: ok\nstages: [{steps: [{ma: A, profile: B}]}]\n---\nkind: [unclosed\n---\nkind: Nope\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.yml"), "kind: Bogus\nname: z\n").unwrap();
+        let e = load_paths(&[dir.path().to_path_buf()]).unwrap_err();
+        let m = messages(&e);
+        assert_eq!(m.len(), 2, "{m:#?}");
+        assert!(
+            m[0].contains("a.yaml document 2: YAML syntax error"),
+            "{}",
+            m[0]
+        );
+        assert!(
+            m[1].contains("b.yml document 1 (Bogus z): kind: unknown kind"),
+            "{}",
+            m[1]
+        );
+    }
+
+    #[test]
+    fn directories_are_walked_sorted_and_recursively() {
+        let dir = tempfile::tempdir().unwrap();
+        let seq = |n: &str| {
+            format!("kind: Sequence\nname: {n}\nstages: [{{steps: [{{ma: A, profile: B}}]}}]\n")
+        };
+        std::fs::create_dir_all(dir.path().join("sub/deeper")).unwrap();
+        std::fs::create_dir_all(dir.path().join(".git")).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), seq("b")).unwrap();
+        std::fs::write(dir.path().join("a.yml"), seq("a")).unwrap();
+        std::fs::write(dir.path().join("sub/deeper/c.YAML"), seq("c")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
+        std::fs::write(dir.path().join(".git/x.yaml"), "not: [").unwrap();
+        // An explicit file is read whatever its name; a BOM is ignored.
+        let explicit = dir.path().join("extra.txt");
+        std::fs::write(&explicit, format!("\u{feff}{}", seq("d"))).unwrap();
+        let got = load_paths(&[dir.path().to_path_buf(), explicit.clone()]).unwrap();
+        let names: Vec<&str> = got.iter().map(|d| d.doc.name()).collect();
+        assert_eq!(names, vec!["a", "b", "c", "d"]);
+        assert!(got[2].source.ends_with("c.YAML#1"), "{}", got[2].source);
+        assert_eq!(got[3].source, format!("{}#1", explicit.display()));
+    }
+
+    #[test]
+    fn missing_paths_and_empty_directories_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let missing = dir.path().join("nope.yaml");
+        let e = load_paths(&[missing.clone(), empty.clone()]).unwrap_err();
+        assert_eq!(
+            messages(&e),
+            vec![
+                format!("{}: no such file or directory", missing.display()),
+                format!(
+                    "{}: directory holds no *.yaml or *.yml files; name a file or a folder with fleet files",
+                    empty.display()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_documents_and_files_give_nothing() {
+        assert!(parse_str("e.yaml", "").unwrap().is_empty());
+        assert!(
+            parse_str("e.yaml", "# only a comment\n")
+                .unwrap()
+                .is_empty()
+        );
+        let got = parse_str(
+            "e.yaml",
+            "---\n---\nkind: Sequence\nname: s\nstages: [{steps: [{ma: A, profile: B}]}]\n---\n",
+        )
+        .unwrap();
+        assert_eq!(got.len(), 1);
+        // The first `---` starts document 1 (empty), the second starts document 2.
+        assert_eq!(got[0].source, "e.yaml#2");
+    }
+
+    // --- validation ----------------------------------------------------------------------
+}

@@ -311,8 +311,14 @@ pub(super) fn suggestion(got: &str, names: &[&str]) -> String {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
 mod tests {
     use super::*;
+    use crate::documents::testkit::*;
 
     #[test]
     fn helpers() {
@@ -326,4 +332,24 @@ mod tests {
         assert_eq!(split_path("a[0].b: x: y"), (Some("a[0].b"), "x: y"));
         assert_eq!(split_path("missing field `x`"), (None, "missing field `x`"));
     }
+
+    #[test]
+    fn sources_are_described_for_people() {
+        let d = Document::Sequence(full_sequence());
+        assert_eq!(
+            describe_source("fleet/a.yaml#2", &d),
+            "fleet/a.yaml document 2 (Sequence seq.all_fields-1)"
+        );
+        assert_eq!(describe_source("", &d), "Sequence seq.all_fields-1");
+        assert_eq!(
+            describe_source("Sequence seq.all_fields-1", &d),
+            "Sequence seq.all_fields-1"
+        );
+        assert_eq!(
+            describe_source("grpc", &d),
+            "grpc (Sequence seq.all_fields-1)"
+        );
+    }
+
+    // --- JSON, diff, YAML ----------------------------------------------------------------
 }

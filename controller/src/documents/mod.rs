@@ -38,6 +38,6 @@ pub use validate::{
 #[allow(
     clippy::unwrap_used,
     clippy::expect_used,
-    reason = "test code: a failed unwrap is a failed test"
+    reason = "test fixtures: a failed unwrap is a failed test"
 )]
-mod tests;
+mod testkit;
