@@ -125,14 +125,14 @@ pub const EXAMPLE_FLEET: &str = include_str!("../../deploy/examples/fleet.yaml")
 
 /// The example fleet as API documents.
 pub fn example_documents() -> Result<Vec<syncfleet_proto::v1::FleetDocument>, DevError> {
-    let docs = crate::fleetfile::parse_str("deploy/examples/fleet.yaml", EXAMPLE_FLEET)
+    let docs = crate::documents::parse_str("deploy/examples/fleet.yaml", EXAMPLE_FLEET)
         .map_err(|e| DevError::Example(e.to_string()))?;
     Ok(docs
         .into_iter()
         .map(|d| syncfleet_proto::v1::FleetDocument {
             kind: d.doc.kind().to_string(),
             name: d.doc.name().to_string(),
-            json: crate::fleetfile::canonical_json(&d.doc),
+            json: crate::documents::canonical_json(&d.doc),
             source: d.source,
         })
         .collect())
@@ -365,8 +365,8 @@ mod tests {
 
     #[test]
     fn example_fleet_is_valid() {
-        let docs = crate::fleetfile::parse_str("fleet.yaml", EXAMPLE_FLEET).unwrap();
-        crate::fleetfile::validate(&docs, &Default::default()).unwrap();
+        let docs = crate::documents::parse_str("fleet.yaml", EXAMPLE_FLEET).unwrap();
+        crate::documents::validate(&docs, &Default::default()).unwrap();
         assert_eq!(docs.len(), 6);
         assert_eq!(example_documents().unwrap().len(), 6);
     }

@@ -25,12 +25,10 @@ pub mod config;
 pub mod connections;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod documents;
 pub mod fleet;
-pub mod fleetfile;
 pub mod limits;
 pub mod metrics;
-pub mod model;
-pub mod operations;
 pub mod pending;
 pub mod run_ids;
 pub mod schedule;

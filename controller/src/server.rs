@@ -230,7 +230,8 @@ pub async fn serve_with(
             // The example fleet is applied before any agent reconnects; problems are logged.
             force: true,
         };
-        match crate::operations::apply(&fleet, &scheduler, &req, "syncfleet-controller").await {
+        match crate::documents::apply::apply(&fleet, &scheduler, &req, "syncfleet-controller").await
+        {
             Ok(r) => {
                 for w in &r.warnings {
                     tracing::warn!(place = %w.place, "{}", w.message);

@@ -20,7 +20,6 @@ use crate::auth::{
 };
 use crate::fleet::{Fleet, session_protocol, store_status};
 use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
-use crate::operations;
 use crate::run_ids;
 use crate::store::{self, RunQuery};
 
@@ -164,7 +163,7 @@ impl FleetSvc {
         let ctx = self.security.authorize(&request, action, &target).await?;
         let req = request.into_inner();
         let result = match check_ident("schedule", &req.name).and(check_text("note", &req.note)) {
-            Ok(()) => operations::set_schedule_pause(
+            Ok(()) => crate::schedule::status::set_schedule_pause(
                 &self.fleet,
                 &self.scheduler,
                 &req.name,
@@ -196,7 +195,7 @@ impl FleetSvc {
         let req = request.into_inner();
         let result = match check_ident("agent", &req.name).and(check_text("note", &req.note)) {
             Ok(()) => {
-                operations::set_drain(&self.fleet, &req.name, draining, &req.note, &ctx.who())
+                crate::fleet::set_drain(&self.fleet, &req.name, draining, &req.note, &ctx.who())
                     .await
                     .map(Response::new)
             }
@@ -217,7 +216,7 @@ impl FleetSvc {
         let ctx = self.security.authorize(&request, action, &target).await?;
         let req = request.into_inner();
         let result = match check_text("note", &req.note) {
-            Ok(()) => operations::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
+            Ok(()) => crate::fleet::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
                 .await
                 .map(Response::new),
             Err(e) => Err(bad_input(e)),
@@ -404,7 +403,7 @@ impl FleetService for FleetSvc {
                     ));
                 }
                 (true, false) => {
-                    let run = operations::start_sequence(
+                    let run = crate::fleet::start_sequence(
                         &self.fleet,
                         &req.agent,
                         &req.sequence,
@@ -623,7 +622,7 @@ impl FleetService for FleetSvc {
         let target = format!("{} document(s)", request.get_ref().documents.len());
         let ctx = self.security.authorize(&request, "Apply", &target).await?;
         let req = request.into_inner();
-        let result = operations::apply(&self.fleet, &self.scheduler, &req, &ctx.who())
+        let result = crate::documents::apply::apply(&self.fleet, &self.scheduler, &req, &ctx.who())
             .await
             .map(Response::new);
         let detail = apply_detail(&req, result.as_ref().ok().map(Response::get_ref));
@@ -641,7 +640,7 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             Ok(Response::new(
-                operations::get_documents(&self.fleet, request.into_inner()).await?,
+                crate::documents::apply::get_documents(&self.fleet, request.into_inner()).await?,
             ))
         }
         .await;
@@ -663,8 +662,12 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             Ok(Response::new(
-                operations::delete_document(&self.fleet, &self.scheduler, request.into_inner())
-                    .await?,
+                crate::documents::apply::delete_document(
+                    &self.fleet,
+                    &self.scheduler,
+                    request.into_inner(),
+                )
+                .await?,
             ))
         }
         .await;
@@ -679,7 +682,7 @@ impl FleetService for FleetSvc {
         let result: Result<_, Status> = async {
             let name = request.into_inner().name;
             Ok(Response::new(
-                operations::get_schedule(&self.fleet, &self.scheduler, &name).await?,
+                crate::schedule::status::get_schedule(&self.fleet, &self.scheduler, &name).await?,
             ))
         }
         .await;
@@ -736,8 +739,12 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, "GetFleetStatus", "")
             .await?;
-        let result: Result<_, Status> =
-            async { Ok(Response::new(operations::fleet_status(&self.fleet).await?)) }.await;
+        let result: Result<_, Status> = async {
+            Ok(Response::new(
+                crate::fleet::fleet_status(&self.fleet).await?,
+            ))
+        }
+        .await;
         tag(&ctx, result)
     }
 

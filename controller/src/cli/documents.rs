@@ -3,7 +3,7 @@
 //! - `apply` loads and validates locally first ([`prepare_apply`], no network), then sends the
 //!   documents as canonical JSON with their `path#N` source and prints the controller's diff
 //!   ([`apply_lines`]).
-//! - `get` prints stored documents with [`fleetfile::to_yaml`], so `get -o yaml > f.yaml` then
+//! - `get` prints stored documents with [`documents::to_yaml`], so `get -o yaml > f.yaml` then
 //!   `apply -f f.yaml --dry-run` reports every document `unchanged`.
 
 use std::collections::BTreeSet;
@@ -19,8 +19,8 @@ use super::connect::Client;
 use super::output::{self, out};
 use super::table::{display_zone, zoned_rfc3339};
 use super::{CliError, EXIT_FAILED, EXIT_OK, OutputFormat, Session};
-use crate::fleetfile::{self, Action, FleetFileErrors, SourcedDoc};
-use crate::model::Document;
+use crate::documents::model::Document;
+use crate::documents::{self, Action, FleetFileErrors, SourcedDoc};
 
 /// Kinds of fleet documents, for `get` and `delete` (singular or plural).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,7 +105,7 @@ pub fn to_fleet_documents(docs: &[SourcedDoc]) -> Vec<FleetDocument> {
         .map(|d| FleetDocument {
             kind: d.doc.kind().to_string(),
             name: d.doc.name().to_string(),
-            json: fleetfile::canonical_json(&d.doc),
+            json: documents::canonical_json(&d.doc),
             source: d.source.clone(),
         })
         .collect()
@@ -116,9 +116,9 @@ pub fn to_fleet_documents(docs: &[SourcedDoc]) -> Vec<FleetDocument> {
 /// of the readable ones), or says the files hold no document at all (refused: with `--prune`
 /// an empty set would delete everything).
 pub fn prepare_apply(files: &[PathBuf]) -> Result<Vec<FleetDocument>, CliError> {
-    let loaded = fleetfile::load_paths_lenient(files);
+    let loaded = documents::load_paths_lenient(files);
     let mut errors = loaded.errors;
-    if let Err(mut e) = fleetfile::validate(&loaded.docs, &external_sequences(&loaded.docs)) {
+    if let Err(mut e) = documents::validate(&loaded.docs, &external_sequences(&loaded.docs)) {
         errors.append(&mut e.errors);
     }
     if !errors.is_empty() {
@@ -216,7 +216,7 @@ pub fn parse_documents(kind: &str, docs: &[FleetDocument]) -> Result<Vec<Documen
     let mut out = Vec::with_capacity(docs.len());
     for d in docs {
         let k = if d.kind.is_empty() { kind } else { &d.kind };
-        let doc = fleetfile::from_json(k, &d.json).map_err(|e| {
+        let doc = documents::from_json(k, &d.json).map_err(|e| {
             format!(
                 "the controller sent a {k} {} this CLI cannot read: {e}; is the CLI older than the controller?",
                 crate::limits::echo(&d.name)
@@ -230,7 +230,7 @@ pub fn parse_documents(kind: &str, docs: &[FleetDocument]) -> Result<Vec<Documen
 
 /// `get -o json`: the documents as an array of objects (the canonical JSON form, with `kind`).
 pub fn documents_json(docs: &[Document]) -> serde_json::Value {
-    serde_json::Value::Array(docs.iter().map(fleetfile::to_json_value).collect())
+    serde_json::Value::Array(docs.iter().map(documents::to_json_value).collect())
 }
 
 impl Session<'_> {
@@ -325,7 +325,7 @@ impl Session<'_> {
                         "no {noun}s stored yet; create them with 'syncfleet apply -f FILE|DIR'"
                     );
                 } else {
-                    out(&fleetfile::to_yaml(&docs))?;
+                    out(&documents::to_yaml(&docs))?;
                 }
             }
         }
@@ -437,8 +437,8 @@ trigger: {cron: \"0 2 * * *\", time_zone: Europe/Oslo}
         assert_eq!(docs[0].name, "delta-cycle");
         assert_eq!(docs[1].source, format!("{}#2", f.display()));
         // The JSON reads back to the same document the file holds.
-        let back = fleetfile::from_json(&docs[1].kind, &docs[1].json).unwrap();
-        let file_docs = fleetfile::parse_str("x", FILE).unwrap();
+        let back = documents::from_json(&docs[1].kind, &docs[1].json).unwrap();
+        let file_docs = documents::parse_str("x", FILE).unwrap();
         assert_eq!(back, file_docs[1].doc);
         // A sequence only the controller knows is left for the controller to check.
         assert_eq!(
@@ -573,7 +573,7 @@ schedule/delta-every-5m next 2 fire times (Europe/Oslo):
 
     #[test]
     fn get_output_round_trips_to_an_unchanged_apply() {
-        let file_docs: Vec<Document> = fleetfile::parse_str("x", FILE)
+        let file_docs: Vec<Document> = documents::parse_str("x", FILE)
             .unwrap()
             .into_iter()
             .map(|d| d.doc)
@@ -586,21 +586,21 @@ schedule/delta-every-5m next 2 fire times (Europe/Oslo):
             .map(|d| FleetDocument {
                 kind: d.kind().into(),
                 name: d.name().into(),
-                json: fleetfile::canonical_json(d),
+                json: documents::canonical_json(d),
                 source: String::new(),
             })
             .collect();
         let got = parse_documents("Schedule", &sent).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].name(), "delta-every-5m", "sorted by name");
-        let yaml = fleetfile::to_yaml(&got);
-        let reloaded: Vec<Document> = fleetfile::parse_str("get.yaml", &yaml)
+        let yaml = documents::to_yaml(&got);
+        let reloaded: Vec<Document> = documents::parse_str("get.yaml", &yaml)
             .unwrap()
             .into_iter()
             .map(|d| d.doc)
             .collect();
         assert!(
-            fleetfile::diff(&got, &reloaded, false)
+            documents::diff(&got, &reloaded, false)
                 .iter()
                 .all(|c| c.action == Action::Unchanged)
         );

@@ -154,7 +154,7 @@ mod tests {
             pause_brief(Some(&Pause::default()), "paused", "active"),
             "active"
         );
-        let t = crate::model::Targets {
+        let t = crate::documents::model::Targets {
             agents: vec!["a".into(), "b".into()],
             selector: Some("env=prod".into()),
         };

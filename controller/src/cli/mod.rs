@@ -84,7 +84,7 @@
 //! # `apply`
 //!
 //! Loads every file (directories: all `*.yaml`/`*.yml` below them) and validates the documents
-//! locally first ([`crate::fleetfile`]); on any problem it prints them all and exits 1 without
+//! locally first ([`crate::documents`]); on any problem it prints them all and exits 1 without
 //! contacting the controller. Locally it cannot know the controller's stored sequences, so a
 //! schedule naming a sequence that is not in the files is checked by the controller, which
 //! validates everything again and applies all or nothing. Files holding no document at all are

@@ -21,8 +21,8 @@ use super::table::{
     zoned_rfc3339, zoned_time,
 };
 use super::{CliError, EXIT_OK, OutputFormat, Session, non_blank};
-use crate::fleetfile;
-use crate::model::{Document, ScheduleDoc, Targets, TriggerDoc};
+use crate::documents;
+use crate::documents::model::{Document, ScheduleDoc, Targets, TriggerDoc};
 
 /// `schedules ...`
 #[derive(Debug, Subcommand)]
@@ -55,7 +55,7 @@ pub enum SchedulesCommand {
 
 /// The schedule document carried in a status, if it can be read.
 pub fn status_doc(s: &ScheduleStatus) -> Option<ScheduleDoc> {
-    match fleetfile::from_json("Schedule", &s.json) {
+    match documents::from_json("Schedule", &s.json) {
         Ok(Document::Schedule(d)) => Some(d),
         _ => None,
     }
@@ -308,9 +308,9 @@ pub fn schedule_details(s: &ScheduleStatus, doc: Option<&ScheduleDoc>) -> String
         add(
             "overlap",
             match d.overlap {
-                crate::model::Overlap::Skip => "skip",
-                crate::model::Overlap::BufferOne => "buffer_one",
-                crate::model::Overlap::CancelOther => "cancel_other",
+                crate::documents::model::Overlap::Skip => "skip",
+                crate::documents::model::Overlap::BufferOne => "buffer_one",
+                crate::documents::model::Overlap::CancelOther => "cancel_other",
             }
             .to_string(),
         );
@@ -473,9 +473,9 @@ mod tests {
     #[test]
     fn schedule_details_show_state_zone_times_runs_and_warning() {
         let s = status();
-        let doc = match crate::fleetfile::from_json("Schedule", &s.json).unwrap() {
-            crate::model::Document::Schedule(d) => d,
-            crate::model::Document::Sequence(_) => panic!("not a schedule"),
+        let doc = match crate::documents::from_json("Schedule", &s.json).unwrap() {
+            crate::documents::model::Document::Schedule(d) => d,
+            crate::documents::model::Document::Sequence(_) => panic!("not a schedule"),
         };
         let text = schedule_details(&s, Some(&doc));
         assert!(
@@ -514,9 +514,9 @@ mod tests {
     #[test]
     fn schedules_table_has_one_line_per_schedule() {
         let s = status();
-        let doc = match crate::fleetfile::from_json("Schedule", &s.json).unwrap() {
-            crate::model::Document::Schedule(d) => d,
-            crate::model::Document::Sequence(_) => panic!("not a schedule"),
+        let doc = match crate::documents::from_json("Schedule", &s.json).unwrap() {
+            crate::documents::model::Document::Schedule(d) => d,
+            crate::documents::model::Document::Sequence(_) => panic!("not a schedule"),
         };
         let mut active = s.clone();
         active.pause = None;
@@ -525,7 +525,7 @@ mod tests {
         doc2.name = "nightly".into();
         doc2.targets.agents = vec!["sync01".into()];
         doc2.targets.selector = None;
-        doc2.trigger = crate::model::TriggerDoc {
+        doc2.trigger = crate::documents::model::TriggerDoc {
             cron: vec!["0 2 * * *".into()],
             time_zone: Some("Europe/Oslo".into()),
             ..Default::default()

@@ -2,10 +2,12 @@
 //! `Pause` records, and [`Fleet::run_blocked`], the one check every path that creates a run
 //! consults.
 
+use syncfleet_proto::time::now;
 use syncfleet_proto::v1;
 use tonic::Status;
 
 use super::{Fleet, store_status};
+use crate::limits::echo;
 use crate::store::{self, StoreError, keys};
 
 /// Why no new run may be created: the message says who paused what, why, and how to resume.
@@ -168,4 +170,60 @@ impl Fleet {
         .await?;
         Ok(updated.map(|a| self.agent_view(a)))
     }
+}
+
+pub async fn set_drain(
+    fleet: &Fleet,
+    name: &str,
+    draining: bool,
+    note: &str,
+    who: &str,
+) -> Result<v1::Agent, Status> {
+    let drain = v1::Pause {
+        paused: draining,
+        note: note.to_string(),
+        by: who.to_string(),
+        at: Some(now()),
+    };
+    let agent = fleet
+        .set_drain(name, drain)
+        .await
+        .map_err(store_status)?
+        .ok_or_else(|| Status::not_found(format!("no agent named {}", echo(name))))?;
+    tracing::info!(agent = name, draining, by = who, "agent drain changed");
+    Ok(agent)
+}
+
+pub async fn fleet_status(fleet: &Fleet) -> Result<v1::FleetStatus, Status> {
+    let pause = fleet.fleet_pause().await.map_err(store_status)?;
+    let draining = store::blocking(&fleet.store, |s| s.list_agents())
+        .await
+        .map_err(store_status)?
+        .into_iter()
+        .filter(|a| a.drain.as_ref().is_some_and(|d| d.paused))
+        .map(|a| a.name)
+        .collect();
+    Ok(v1::FleetStatus { pause, draining })
+}
+
+pub async fn set_fleet_pause(
+    fleet: &Fleet,
+    paused: bool,
+    note: &str,
+    who: &str,
+) -> Result<v1::FleetStatus, Status> {
+    if paused && note.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "say why the fleet is paused: pass --note TEXT",
+        ));
+    }
+    let pause = v1::Pause {
+        paused,
+        note: note.to_string(),
+        by: who.to_string(),
+        at: Some(now()),
+    };
+    fleet.set_fleet_pause(&pause).await.map_err(store_status)?;
+    tracing::info!(paused, by = who, note, "fleet pause changed");
+    fleet_status(fleet).await
 }

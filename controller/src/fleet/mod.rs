@@ -32,8 +32,8 @@ mod sessions;
 mod sweep;
 
 pub use events::apply_event;
-pub use holds::RunBlocked;
-pub use runs::{NewRun, steps_of};
+pub use holds::{RunBlocked, fleet_status, set_drain, set_fleet_pause};
+pub use runs::{NewRun, start_sequence, steps_of};
 pub use sessions::SessionTx;
 use sessions::{Live, Session};
 

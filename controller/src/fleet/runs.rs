@@ -1,12 +1,19 @@
 //! Creating runs (ad hoc, scheduled, approval continuations), approving held runs, cancelling,
 //! and the revocation checks that keep runs away from a revoked agent.
 
+use std::sync::Arc;
+
 use syncfleet_proto::time::now;
 use syncfleet_proto::v1;
 use tonic::Status;
 
 use super::dispatch::cancel_command;
 use super::{Fleet, state_of, store_status};
+use crate::documents::{
+    self,
+    model::{Document, SequenceDoc},
+};
+use crate::limits::echo;
 use crate::store::{self, StoreError, keys};
 
 /// What a new run is made of (see [`Fleet::create_run`]).
@@ -30,7 +37,7 @@ pub struct NewRun {
 }
 
 /// The steps of a run of a sequence: the plan flattened, each step knowing its stage.
-pub fn steps_of(doc: &crate::model::SequenceDoc) -> Vec<v1::Step> {
+pub fn steps_of(doc: &crate::documents::model::SequenceDoc) -> Vec<v1::Step> {
     let mut out = Vec::new();
     for (si, stage) in doc.plan().into_iter().enumerate() {
         for step in stage.steps {
@@ -429,6 +436,49 @@ fn check_steps(agent: &v1::Agent, steps: &[v1::StepSpec]) -> Result<(), Status> 
         }
     }
     Ok(())
+}
+
+/// Start a stored sequence on an agent now (manual run; same engine rules as scheduled runs).
+pub async fn start_sequence(
+    fleet: &Arc<Fleet>,
+    agent: &str,
+    sequence: &str,
+    who: &str,
+) -> Result<v1::Run, Status> {
+    let s = sequence.to_string();
+    let docs = store::blocking(&fleet.store, move |st| st.list_documents(Some("Sequence")))
+        .await
+        .map_err(store_status)?;
+    let doc = docs.into_iter().find(|d| d.name == s).ok_or_else(|| {
+        Status::not_found(format!(
+            "no sequence named {}; see 'syncfleet get sequences'",
+            echo(sequence)
+        ))
+    })?;
+    let seq: SequenceDoc = match documents::from_json("Sequence", &doc.json) {
+        Ok(Document::Sequence(s)) => s,
+        _ => {
+            return Err(Status::internal(format!(
+                "stored sequence {sequence} is unreadable"
+            )));
+        }
+    };
+    fleet.check_not_paused(agent).await?;
+    let (run, _) = fleet
+        .create_run(
+            NewRun {
+                agent: agent.to_string(),
+                steps: steps_of(&seq),
+                origin: "manual".into(),
+                requested_by: who.to_string(),
+                sequence: seq.name.clone(),
+                on_failure: seq.on_failure_proto(),
+                ..NewRun::default()
+            },
+            true,
+        )
+        .await?;
+    Ok(run)
 }
 
 #[cfg(test)]

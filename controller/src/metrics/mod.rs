@@ -263,8 +263,8 @@ impl Metrics {
                     .get_state(&crate::store::keys::schedule_pause(&d.name))?
                     .and_then(|b| <v1::Pause as prost::Message>::decode(b.as_slice()).ok())
                     .filter(|p| p.paused);
-                let doc = match crate::fleetfile::from_json(&d.kind, &d.json) {
-                    Ok(crate::model::Document::Schedule(doc)) => Some(doc),
+                let doc = match crate::documents::from_json(&d.kind, &d.json) {
+                    Ok(crate::documents::model::Document::Schedule(doc)) => Some(doc),
                     _ => None,
                 };
                 schedules.push((d.name, counters, durations, pause, doc));

@@ -8,6 +8,7 @@ mod overlap;
 mod records;
 pub mod saturation;
 pub mod scheduler;
+pub mod status;
 #[cfg(test)]
 mod testkit;
 pub mod trigger;

@@ -9,7 +9,7 @@ use syncfleet_proto::v1;
 
 use super::records::{buffered_key, buffered_prefix, millis_value, parse_millis};
 use super::scheduler::{Scheduler, blocked_counter, counters};
-use crate::model::Overlap;
+use crate::documents::model::Overlap;
 use crate::store;
 
 impl Scheduler {

@@ -42,9 +42,9 @@ use tokio::sync::{Mutex, Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::catchup;
+use crate::documents;
+use crate::documents::model::{Document, ScheduleDoc, SequenceDoc};
 use crate::fleet::{Fleet, NewRun, RunBlocked, steps_of};
-use crate::fleetfile;
-use crate::model::{Document, ScheduleDoc, SequenceDoc};
 use crate::schedule::trigger::Trigger;
 use crate::store;
 
@@ -212,7 +212,7 @@ impl Scheduler {
         let mut schedules = Vec::new();
         let mut sequences = HashMap::new();
         for d in docs {
-            match fleetfile::from_json(&d.kind, &d.json) {
+            match documents::from_json(&d.kind, &d.json) {
                 Ok(Document::Schedule(s)) => schedules.push(s),
                 Ok(Document::Sequence(s)) => {
                     sequences.insert(s.name.clone(), s);

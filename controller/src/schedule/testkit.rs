@@ -12,8 +12,8 @@ use tokio::sync::Mutex;
 pub(super) use tokio_util::sync::CancellationToken;
 
 pub(super) use super::scheduler::{Clock, Scheduler, run_id_for};
+use crate::documents;
 pub(super) use crate::fleet::{Fleet, Settings};
-use crate::fleetfile;
 use crate::store::sqlite::SqliteStore;
 pub(super) use crate::store::{RunQuery, Store, StoredDocument};
 
@@ -45,13 +45,13 @@ pub(super) async fn world(yaml: &str, agents: &[&str]) -> World {
             })
             .unwrap();
     }
-    let docs = fleetfile::parse_str("test.yaml", yaml).unwrap();
+    let docs = documents::parse_str("test.yaml", yaml).unwrap();
     let stored: Vec<StoredDocument> = docs
         .iter()
         .map(|d| StoredDocument {
             kind: d.doc.kind().to_string(),
             name: d.doc.name().to_string(),
-            json: fleetfile::canonical_json(&d.doc),
+            json: documents::canonical_json(&d.doc),
         })
         .collect();
     store.write_documents(&stored, &[]).unwrap();

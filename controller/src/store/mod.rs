@@ -50,7 +50,7 @@ pub struct StoredAgent {
     pub last_event_seq: u64,
 }
 
-/// A stored fleet document (canonical JSON; see `crate::fleetfile`).
+/// A stored fleet document (canonical JSON; see `crate::documents`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredDocument {
     pub kind: String,

@@ -8,7 +8,7 @@ use super::cron::CronTimes;
 use super::{
     Fire, MISSED_WALK_LIMIT, SEARCH_MAX_CANDIDATES, Trigger, TriggerError, Window, just_before,
 };
-use crate::model::BlackoutDoc;
+use crate::documents::model::BlackoutDoc;
 
 #[derive(Debug, Clone)]
 pub(super) struct Blackout {

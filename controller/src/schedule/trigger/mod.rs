@@ -133,7 +133,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
-use crate::model::ScheduleDoc;
+use crate::documents::model::ScheduleDoc;
 
 use blackout::Blackout;
 use cron::CronTimes;
@@ -396,7 +396,7 @@ fn just_before(t: DateTime<Utc>) -> DateTime<Utc> {
 mod tests {
     use super::testutil::*;
     use super::*;
-    use crate::model::TriggerDoc;
+    use crate::documents::model::TriggerDoc;
 
     // ---- compile: validation and messages -------------------------------------------------
 

@@ -1,21 +1,20 @@
-//! Fleet-file and pause/drain operations behind `FleetService` (apply, get, delete, schedule
-//! status, pauses, drains). Kept apart from the gRPC glue so the rules read in one place.
+//! The fleet-document operations behind `FleetService`: apply (validate, diff, check against the
+//! agents' inventories, store), get and delete, and reading a stored schedule. Kept apart from
+//! the gRPC glue so the rules read in one place.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use syncfleet_proto::time::{now, to_millis, to_proto};
+use syncfleet_proto::time::to_proto;
 use syncfleet_proto::v1;
 use tonic::Status;
 
-use crate::fleet::{Fleet, NewRun, steps_of, store_status};
-use crate::fleetfile::{self, Action, SourcedDoc};
+use super::model::{Document, ScheduleDoc};
+use crate::documents::{self, Action, SourcedDoc};
+use crate::fleet::{Fleet, store_status};
 use crate::limits::{self, check_ident, echo};
-use crate::model::{Document, ScheduleDoc, SequenceDoc};
-use crate::schedule::saturation::{saturation, saturation_warning};
 use crate::schedule::scheduler::Scheduler;
 use crate::schedule::trigger::Trigger;
-use crate::store::{self, RunQuery, StoredDocument, keys};
+use crate::store::{self, StoredDocument, keys};
 
 /// Normalize a kind given by a client ("sequence", "Schedules", ...).
 pub fn kind_of(kind: &str) -> Result<&'static str, Status> {
@@ -40,7 +39,7 @@ async fn stored_documents(fleet: &Fleet) -> Result<Vec<Document>, Status> {
         .map_err(store_status)?;
     raw.into_iter()
         .map(|d| {
-            fleetfile::from_json(&d.kind, &d.json).map_err(|e| {
+            documents::from_json(&d.kind, &d.json).map_err(|e| {
                 Status::internal(format!("stored {} {} is unreadable: {e}", d.kind, d.name))
             })
         })
@@ -51,7 +50,7 @@ async fn stored_documents(fleet: &Fleet) -> Result<Vec<Document>, Status> {
 /// documents.
 ///
 /// Steps that name an MA or run profile a target agent lacks
-/// ([`fleetfile::check_inventory`]) refuse the apply with `FAILED_PRECONDITION` listing every
+/// ([`documents::check_inventory`]) refuse the apply with `FAILED_PRECONDITION` listing every
 /// problem, unless `force` is set or it is a dry run; either way the problems come back as
 /// warnings, with what each schedule's targets resolve to now.
 pub async fn apply(
@@ -80,7 +79,7 @@ pub async fn apply(
         };
         match kind_of(&d.kind)
             .map_err(|e| e.message().to_string())
-            .and_then(|k| fleetfile::from_json(k, &d.json))
+            .and_then(|k| documents::from_json(k, &d.json))
         {
             Ok(doc) => incoming.push(SourcedDoc { source, doc }),
             Err(e) => problems.push(format!("{source}: {e}")),
@@ -105,7 +104,7 @@ pub async fn apply(
             })
             .collect()
     };
-    fleetfile::validate(&incoming, &known).map_err(|e| {
+    documents::validate(&incoming, &known).map_err(|e| {
         let lines: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
         Status::invalid_argument(limits::join_bounded(&lines, "", ""))
     })?;
@@ -139,7 +138,7 @@ pub async fn apply(
     } else {
         stored.clone()
     };
-    let report = fleetfile::check_inventory(&incoming, &survivors, &agents);
+    let report = documents::check_inventory(&incoming, &survivors, &agents);
     let blocking = report.blocking().count();
     if blocking > 0 && !req.force && !req.dry_run {
         let notes = report
@@ -160,7 +159,7 @@ pub async fn apply(
             ),
         )));
     }
-    let changes = fleetfile::diff(&stored, &incoming_docs, req.prune);
+    let changes = documents::diff(&stored, &incoming_docs, req.prune);
     let mut upserts = Vec::new();
     let mut deletes = Vec::new();
     let mut forecasts = Vec::new();
@@ -175,7 +174,7 @@ pub async fn apply(
                     upserts.push(StoredDocument {
                         kind: doc.kind().to_string(),
                         name: doc.name().to_string(),
-                        json: fleetfile::canonical_json(doc),
+                        json: documents::canonical_json(doc),
                     });
                     if let Document::Schedule(s) = doc
                         && let Ok(t) = Trigger::compile(s)
@@ -259,7 +258,7 @@ pub async fn apply(
 
 /// The warnings of an apply response: blocking ones first, at most [`limits::MAX_WARNINGS`],
 /// the rest counted in a last warning (blocking when any left out is).
-fn bounded_warnings(mut warnings: Vec<fleetfile::InventoryWarning>) -> Vec<v1::ApplyWarning> {
+fn bounded_warnings(mut warnings: Vec<documents::InventoryWarning>) -> Vec<v1::ApplyWarning> {
     warnings.sort_by_key(|w| !w.blocking);
     let left_out = warnings.split_off(warnings.len().min(limits::MAX_WARNINGS));
     let mut out: Vec<v1::ApplyWarning> = warnings
@@ -380,7 +379,12 @@ pub async fn delete_document(
     Ok(v1::DeleteDocumentResponse { deleted: true })
 }
 
-async fn schedule_doc(fleet: &Fleet, name: &str) -> Result<(ScheduleDoc, String), Status> {
+/// The stored schedule named `name` and its canonical JSON: `NOT_FOUND` when there is none,
+/// `INTERNAL` when what is stored cannot be read back.
+pub(crate) async fn schedule_doc(
+    fleet: &Fleet,
+    name: &str,
+) -> Result<(ScheduleDoc, String), Status> {
     check_name("schedule", name)?;
     let n = name.to_string();
     let docs = store::blocking(&fleet.store, move |s| s.list_documents(Some("Schedule")))
@@ -390,7 +394,7 @@ async fn schedule_doc(fleet: &Fleet, name: &str) -> Result<(ScheduleDoc, String)
         .into_iter()
         .find(|d| d.name == n)
         .ok_or_else(|| Status::not_found(format!("no schedule named {}", echo(name))))?;
-    match fleetfile::from_json("Schedule", &d.json) {
+    match documents::from_json("Schedule", &d.json) {
         Ok(Document::Schedule(s)) => Ok((s, d.json)),
         _ => Err(Status::internal(format!(
             "stored schedule {name} is unreadable"
@@ -398,232 +402,9 @@ async fn schedule_doc(fleet: &Fleet, name: &str) -> Result<(ScheduleDoc, String)
     }
 }
 
-pub async fn get_schedule(
-    fleet: &Fleet,
-    scheduler: &Scheduler,
-    name: &str,
-) -> Result<v1::ScheduleStatus, Status> {
-    let (doc, json) = schedule_doc(fleet, name).await?;
-    let trigger = Trigger::compile(&doc)
-        .map_err(|e| Status::internal(format!("stored schedule {name}: {e}")))?;
-    let now_utc = scheduler.clock().now();
-    let pause = fleet
-        .schedule_pause_record(name)
-        .await
-        .map_err(store_status)?;
-    let n = name.to_string();
-    let page = store::blocking(&fleet.store, move |s| {
-        s.list_runs(&RunQuery {
-            schedule: Some(n),
-            limit: 10,
-            ..RunQuery::default()
-        })
-    })
-    .await
-    .map_err(store_status)?;
-    let recent: Vec<v1::ScheduleRunSummary> = page
-        .runs
-        .iter()
-        .map(|r| {
-            let nominal = r.nominal_time.as_ref().map(to_millis);
-            let started = r.started_at.as_ref().map(to_millis);
-            let finished = r.finished_at.as_ref().map(to_millis);
-            v1::ScheduleRunSummary {
-                run_id: r.id.clone(),
-                agent: r.agent.clone(),
-                nominal_time: r.nominal_time,
-                started_at: r.started_at,
-                lateness_ms: match (nominal, started) {
-                    (Some(n), Some(s)) => s - n,
-                    _ => 0,
-                },
-                duration_ms: match (started, finished) {
-                    (Some(s), Some(f)) => f - s,
-                    _ => 0,
-                },
-                state: r.state,
-                result: r.result.clone(),
-                origin: r.origin.clone(),
-            }
-        })
-        .collect();
-    let durations: Vec<i64> = recent
-        .iter()
-        .filter(|r| r.duration_ms > 0)
-        .map(|r| r.duration_ms)
-        .collect();
-    let interval = trigger.interval_hint(now_utc);
-    let sat = saturation(&durations, interval);
-    let counters = {
-        let n = name.to_string();
-        store::blocking(&fleet.store, move |s| s.counters(&n))
-            .await
-            .map_err(store_status)?
-    };
-    let agents = store::blocking(&fleet.store, |s| s.list_agents())
-        .await
-        .map_err(store_status)?;
-    let targets = agents
-        .iter()
-        .filter(|a| {
-            doc.targets
-                .matches(&a.name, &a.labels.clone().into_iter().collect())
-        })
-        .map(|a| a.name.clone())
-        .collect();
-    Ok(v1::ScheduleStatus {
-        name: name.to_string(),
-        json,
-        pause,
-        time_zone: trigger.time_zone_name().to_string(),
-        next: trigger
-            .upcoming(now_utc, 10)
-            .into_iter()
-            .map(to_proto)
-            .collect(),
-        recent,
-        counters: counters.into_iter().collect(),
-        saturation: sat,
-        warning: saturation_warning(sat, interval),
-        targets,
-    })
-}
-
-pub async fn set_schedule_pause(
-    fleet: &Fleet,
-    scheduler: &Scheduler,
-    name: &str,
-    paused: bool,
-    note: &str,
-    who: &str,
-) -> Result<v1::ScheduleStatus, Status> {
-    schedule_doc(fleet, name).await?;
-    if paused && note.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "say why the schedule is paused: pass --note TEXT",
-        ));
-    }
-    let pause = v1::Pause {
-        paused,
-        note: note.to_string(),
-        by: who.to_string(),
-        at: Some(now()),
-    };
-    fleet
-        .set_schedule_pause(name, &pause)
-        .await
-        .map_err(store_status)?;
-    tracing::info!(
-        schedule = name,
-        paused,
-        by = who,
-        note,
-        "schedule pause changed"
-    );
-    get_schedule(fleet, scheduler, name).await
-}
-
-pub async fn set_drain(
-    fleet: &Fleet,
-    name: &str,
-    draining: bool,
-    note: &str,
-    who: &str,
-) -> Result<v1::Agent, Status> {
-    let drain = v1::Pause {
-        paused: draining,
-        note: note.to_string(),
-        by: who.to_string(),
-        at: Some(now()),
-    };
-    let agent = fleet
-        .set_drain(name, drain)
-        .await
-        .map_err(store_status)?
-        .ok_or_else(|| Status::not_found(format!("no agent named {}", echo(name))))?;
-    tracing::info!(agent = name, draining, by = who, "agent drain changed");
-    Ok(agent)
-}
-
-pub async fn fleet_status(fleet: &Fleet) -> Result<v1::FleetStatus, Status> {
-    let pause = fleet.fleet_pause().await.map_err(store_status)?;
-    let draining = store::blocking(&fleet.store, |s| s.list_agents())
-        .await
-        .map_err(store_status)?
-        .into_iter()
-        .filter(|a| a.drain.as_ref().is_some_and(|d| d.paused))
-        .map(|a| a.name)
-        .collect();
-    Ok(v1::FleetStatus { pause, draining })
-}
-
-pub async fn set_fleet_pause(
-    fleet: &Fleet,
-    paused: bool,
-    note: &str,
-    who: &str,
-) -> Result<v1::FleetStatus, Status> {
-    if paused && note.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "say why the fleet is paused: pass --note TEXT",
-        ));
-    }
-    let pause = v1::Pause {
-        paused,
-        note: note.to_string(),
-        by: who.to_string(),
-        at: Some(now()),
-    };
-    fleet.set_fleet_pause(&pause).await.map_err(store_status)?;
-    tracing::info!(paused, by = who, note, "fleet pause changed");
-    fleet_status(fleet).await
-}
-
-/// Start a stored sequence on an agent now (manual run; same engine rules as scheduled runs).
-pub async fn start_sequence(
-    fleet: &Arc<Fleet>,
-    agent: &str,
-    sequence: &str,
-    who: &str,
-) -> Result<v1::Run, Status> {
-    let s = sequence.to_string();
-    let docs = store::blocking(&fleet.store, move |st| st.list_documents(Some("Sequence")))
-        .await
-        .map_err(store_status)?;
-    let doc = docs.into_iter().find(|d| d.name == s).ok_or_else(|| {
-        Status::not_found(format!(
-            "no sequence named {}; see 'syncfleet get sequences'",
-            echo(sequence)
-        ))
-    })?;
-    let seq: SequenceDoc = match fleetfile::from_json("Sequence", &doc.json) {
-        Ok(Document::Sequence(s)) => s,
-        _ => {
-            return Err(Status::internal(format!(
-                "stored sequence {sequence} is unreadable"
-            )));
-        }
-    };
-    fleet.check_not_paused(agent).await?;
-    let (run, _) = fleet
-        .create_run(
-            NewRun {
-                agent: agent.to_string(),
-                steps: steps_of(&seq),
-                origin: "manual".into(),
-                requested_by: who.to_string(),
-                sequence: seq.name.clone(),
-                on_failure: seq.on_failure_proto(),
-                ..NewRun::default()
-            },
-            true,
-        )
-        .await?;
-    Ok(run)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -665,7 +446,7 @@ mod tests {
 
     #[test]
     fn response_warnings_are_bounded_blocking_first() {
-        let w = |blocking: bool, i: usize| fleetfile::InventoryWarning {
+        let w = |blocking: bool, i: usize| documents::InventoryWarning {
             place: format!("p{i}"),
             message: "m".into(),
             agent: String::new(),
