@@ -19,6 +19,7 @@
 //!   scrape never reads the runs table ([`metrics`]).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -33,6 +34,6 @@ pub mod pending;
 pub mod run_ids;
 pub mod schedule;
 pub mod server;
-pub mod services;
+
 pub mod store;
 pub mod telemetry;

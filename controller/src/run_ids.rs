@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::limits::echo;
-use crate::store::{self, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Shortest prefix looked up; shorter strings must match a whole id.
 pub const MIN_PREFIX: usize = 4;
@@ -41,15 +41,21 @@ pub async fn resolve(store: &Arc<dyn Store>, id: &str) -> Result<String, RunIdEr
         return Err(RunIdError::TooLong(id.len()));
     }
     let owned = id.to_string();
-    let (exact, candidates) = store::blocking(store, move |s| {
-        if s.get_run(&owned)?.is_some() {
-            return Ok((true, Vec::new()));
+    let (exact, candidates) = {
+        let s = &store;
+        async move {
+            if s.get_run(&owned).await?.is_some() {
+                return Ok::<_, StoreError>((true, Vec::new()));
+            }
+            if owned.chars().count() < MIN_PREFIX {
+                return Ok((false, Vec::new()));
+            }
+            Ok((
+                false,
+                s.run_ids_with_prefix(&owned, SHOWN_CANDIDATES + 1).await?,
+            ))
         }
-        if owned.chars().count() < MIN_PREFIX {
-            return Ok((false, Vec::new()));
-        }
-        Ok((false, s.run_ids_with_prefix(&owned, SHOWN_CANDIDATES + 1)?))
-    })
+    }
     .await?;
     if exact {
         return Ok(id.to_string());
@@ -88,7 +94,7 @@ mod tests {
                 agent: "sync-01".into(),
                 ..Default::default()
             };
-            assert!(store.insert_run(&run).unwrap());
+            assert!(store.insert_run(&run).await.unwrap());
         }
         (dir, store)
     }

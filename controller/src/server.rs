@@ -11,10 +11,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
+use crate::api::{AgentSvc, FleetSvc};
 use crate::config::ControllerConfig;
 use crate::connections::{GuardedConn, LogLimiter};
 use crate::fleet::{Fleet, Settings};
-use crate::services::{AgentSvc, FleetSvc};
 use crate::store::{Store, StoreError, sqlite::SqliteStore};
 
 /// Largest gRPC message accepted.
@@ -286,7 +286,7 @@ pub async fn serve_with(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let enroll_svc = syncfleet_proto::v1::enroll_service_server::EnrollServiceServer::new(
-        crate::services::EnrollSvc {
+        crate::api::EnrollSvc {
             security: Arc::clone(&security),
         },
     )

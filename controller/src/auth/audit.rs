@@ -6,7 +6,6 @@ use tonic::Status;
 
 use super::identity::PeerIdentity;
 use super::{MAX_NOTE, Security};
-use crate::store;
 
 /// Context of one authorized call.
 #[derive(Debug, Clone)]
@@ -70,7 +69,7 @@ impl Security {
         tracing::info!(
             who, action, target, result, detail, request_id, peer, "audit"
         );
-        if let Err(e) = store::blocking(&self.fleet.store, move |s| s.append_audit(&entry)).await {
+        if let Err(e) = self.fleet.store.append_audit(&entry).await {
             tracing::error!(error = %e, "cannot write the audit log");
         }
     }

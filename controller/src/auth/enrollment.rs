@@ -15,7 +15,7 @@ use super::Security;
 use super::audit::{CallCtx, status_with_request_id};
 use super::identity::Role;
 use crate::fleet::store_status;
-use crate::store::{self, keys};
+use crate::store::keys;
 
 /// A stored enrollment token (the secret only as a hash).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,7 +82,9 @@ impl Security {
         };
         let body = serde_json::to_vec(&rec).map_err(|e| Status::internal(e.to_string()))?;
         let key = keys::token(&id);
-        store::blocking(&self.fleet.store, move |s| s.put_state(&key, &body))
+        self.fleet
+            .store
+            .put_state(&key, &body)
             .await
             .map_err(store_status)?;
         Ok(v1::CreateTokenResponse {
@@ -196,49 +198,54 @@ impl Security {
         let key = keys::token(&id);
         // Check and consume in one transaction: two enrollments with one token cannot both win.
         let id2 = id.clone();
-        let res = store::blocking(&self.fleet.store, move |s| {
-            let mut outcome_local: Result<TokenRecord, String> =
-                Err(format!("enrollment token {id2} is not known: check that it was copied whole, or create a new one"));
-            s.update_state(&key, &mut |cur| {
-                let Some(cur) = cur else { return (None, false) };
-                let Ok(mut rec) = serde_json::from_slice::<TokenRecord>(cur) else {
-                    return (None, false);
-                };
-                if rec.secret_sha256 != hash {
-                    return (None, false);
-                }
-                if let Some(used) = rec.used_ms {
-                    outcome_local = Err(format!(
-                        "enrollment token {id2} was already used at {}; tokens are single-use: create a new one with 'syncfleet tokens create --agent {}'",
-                        syncfleet_proto::time::rfc3339(&from_millis(used)),
-                        rec.agent
-                    ));
-                    return (None, false);
-                }
-                if rec.expires_ms <= now_ms {
-                    outcome_local = Err(format!(
-                        "enrollment token {id2} expired at {}; create a new one with 'syncfleet tokens create --agent {}'",
-                        syncfleet_proto::time::rfc3339(&from_millis(rec.expires_ms)),
-                        rec.agent
-                    ));
-                    return (None, false);
-                }
-                if rec.agent != agent {
-                    outcome_local = Err(format!(
-                        "enrollment token {id2} was created for agent {:?}, not {agent:?}",
-                        rec.agent
-                    ));
-                    return (None, false);
-                }
-                rec.used_ms = Some(now_ms);
-                let body = serde_json::to_vec(&rec).unwrap_or_default();
-                outcome_local = Ok(rec);
-                (Some(body), true)
-            })?;
-            Ok(outcome_local)
-        })
-        .await;
-        let outcome = res.map_err(store_status)?;
+        let consume: crate::store::StateUpdate = Box::new(move |cur| {
+            let unknown = || {
+                format!(
+                    "enrollment token {id2} is not known: check that it was copied whole, or create a new one"
+                )
+            };
+            let Some(cur) = cur else {
+                return Err(unknown());
+            };
+            let Ok(mut rec) = serde_json::from_slice::<TokenRecord>(cur) else {
+                return Err(unknown());
+            };
+            if rec.secret_sha256 != hash {
+                return Err(unknown());
+            }
+            if let Some(used) = rec.used_ms {
+                return Err(format!(
+                    "enrollment token {id2} was already used at {}; tokens are single-use: create a new one with 'syncfleet tokens create --agent {}'",
+                    syncfleet_proto::time::rfc3339(&from_millis(used)),
+                    rec.agent
+                ));
+            }
+            if rec.expires_ms <= now_ms {
+                return Err(format!(
+                    "enrollment token {id2} expired at {}; create a new one with 'syncfleet tokens create --agent {}'",
+                    syncfleet_proto::time::rfc3339(&from_millis(rec.expires_ms)),
+                    rec.agent
+                ));
+            }
+            if rec.agent != agent {
+                return Err(format!(
+                    "enrollment token {id2} was created for agent {:?}, not {agent:?}",
+                    rec.agent
+                ));
+            }
+            rec.used_ms = Some(now_ms);
+            serde_json::to_vec(&rec).map_err(|e| format!("cannot encode token record: {e}"))
+        });
+        let outcome = self
+            .fleet
+            .store
+            .update_state(&key, consume)
+            .await
+            .map_err(store_status)?
+            .and_then(|body| {
+                serde_json::from_slice::<TokenRecord>(&body)
+                    .map_err(|e| format!("cannot decode token record: {e}"))
+            });
         let rec = match outcome {
             Ok(r) => r,
             Err(msg) => return deny(msg).await,
@@ -259,29 +266,32 @@ impl Security {
         // A revoked agent that enrolled again takes runs again. The revocation time stays, so
         // certificates issued before it remain refused (`check_revoked`).
         let rk = keys::revoked(&req.agent);
-        store::blocking(&self.fleet.store, move |s| {
-            s.update_state(&rk, &mut |cur| {
-                let Some(mut rec) = cur.and_then(|b| <v1::Pause as prost::Message>::decode(b).ok())
-                else {
-                    return (None, false);
-                };
-                if !rec.paused {
-                    return (None, false);
-                }
-                rec.paused = false;
-                (Some(prost::Message::encode_to_vec(&rec)), true)
-            })
-        })
-        .await
-        .map_err(store_status)?;
+        let reinstate: crate::store::StateUpdate = Box::new(|cur| {
+            let Some(mut rec) = cur.and_then(|b| <v1::Pause as prost::Message>::decode(b).ok())
+            else {
+                return Err("not revoked".into());
+            };
+            if !rec.paused {
+                return Err("not revoked".into());
+            }
+            rec.paused = false;
+            Ok(prost::Message::encode_to_vec(&rec))
+        });
+        // `Err` here only means there was no revocation to lift.
+        let _ = self
+            .fleet
+            .store
+            .update_state(&rk, reinstate)
+            .await
+            .map_err(store_status)?;
         // Labels assigned by the token are kept for the agent's sessions.
         let labels_key = keys::labels(&req.agent);
         let labels = serde_json::to_vec(&rec.labels).unwrap_or_default();
-        store::blocking(&self.fleet.store, move |s| {
-            s.put_state(&labels_key, &labels)
-        })
-        .await
-        .map_err(store_status)?;
+        self.fleet
+            .store
+            .put_state(&labels_key, &labels)
+            .await
+            .map_err(store_status)?;
         let detail = format!("token {id} (created by {})", rec.created_by);
         self.audit(
             &format!("agent/{}", req.agent),
@@ -307,7 +317,7 @@ impl Security {
     /// Labels a token assigned to an agent at enrollment.
     pub async fn assigned_labels(&self, agent: &str) -> std::collections::BTreeMap<String, String> {
         let key = keys::labels(agent);
-        match store::blocking(&self.fleet.store, move |s| s.get_state(&key)).await {
+        match self.fleet.store.get_state(&key).await {
             Ok(Some(b)) => serde_json::from_slice(&b).unwrap_or_default(),
             _ => Default::default(),
         }

@@ -8,7 +8,7 @@ use super::Security;
 use super::audit::CallCtx;
 use super::identity::{PeerIdentity, Role};
 use crate::fleet::store_status;
-use crate::store::{self, keys};
+use crate::store::keys;
 
 impl Security {
     /// Refuse an agent certificate issued before the agent was revoked.
@@ -17,7 +17,10 @@ impl Security {
             return Ok(());
         }
         let key = keys::revoked(&who.name);
-        let raw = store::blocking(&self.fleet.store, move |s| s.get_state(&key))
+        let raw = self
+            .fleet
+            .store
+            .get_state(&key)
             .await
             .map_err(store_status)?;
         let Some(raw) = raw else {
@@ -49,7 +52,10 @@ impl Security {
     /// Revoke an agent: record it, close its live session, fail its pending runs.
     pub async fn revoke(&self, ctx: &CallCtx, name: &str, note: &str) -> Result<v1::Agent, Status> {
         let n = name.to_string();
-        let agent = store::blocking(&self.fleet.store, move |s| s.get_agent(&n))
+        let agent = self
+            .fleet
+            .store
+            .get_agent(&n)
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found(format!("no agent named {name:?}")))?;
@@ -61,7 +67,9 @@ impl Security {
         };
         let key = keys::revoked(name);
         let body = prost::Message::encode_to_vec(&rec);
-        store::blocking(&self.fleet.store, move |s| s.put_state(&key, &body))
+        self.fleet
+            .store
+            .put_state(&key, &body)
             .await
             .map_err(store_status)?;
         self.fleet

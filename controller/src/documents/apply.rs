@@ -14,7 +14,7 @@ use crate::fleet::{Fleet, store_status};
 use crate::limits::{self, check_ident, echo};
 use crate::schedule::scheduler::Scheduler;
 use crate::schedule::trigger::Trigger;
-use crate::store::{self, StoredDocument, keys};
+use crate::store::{StoredDocument, keys};
 
 /// Normalize a kind given by a client ("sequence", "Schedules", ...).
 pub fn kind_of(kind: &str) -> Result<&'static str, Status> {
@@ -34,7 +34,9 @@ fn check_name(field: &str, value: &str) -> Result<(), Status> {
 }
 
 async fn stored_documents(fleet: &Fleet) -> Result<Vec<Document>, Status> {
-    let raw = store::blocking(&fleet.store, |s| s.list_documents(None))
+    let raw = fleet
+        .store
+        .list_documents(None)
         .await
         .map_err(store_status)?;
     raw.into_iter()
@@ -130,9 +132,7 @@ pub async fn apply(
             }
         }
     }
-    let agents = store::blocking(&fleet.store, |s| s.list_agents())
-        .await
-        .map_err(store_status)?;
+    let agents = fleet.store.list_agents().await.map_err(store_status)?;
     let survivors: Vec<Document> = if req.prune {
         Vec::new()
     } else {
@@ -212,7 +212,9 @@ pub async fn apply(
     let applied = !req.dry_run;
     if applied && (!upserts.is_empty() || !deletes.is_empty()) {
         let dels = deletes.clone();
-        store::blocking(&fleet.store, move |s| s.write_documents(&upserts, &dels))
+        fleet
+            .store
+            .write_documents(&upserts, &dels)
             .await
             .map_err(store_status)?;
         for (kind, name) in &deletes {
@@ -299,12 +301,11 @@ async fn forget_schedule(fleet: &Fleet, name: &str) -> Result<(), Status> {
     .collect();
     let schedule = name.to_string();
     let buffered = keys::buffered_prefix(name);
-    store::blocking(&fleet.store, move |s| {
-        s.commit_schedule_state(&schedule, &records, &[])?;
-        s.delete_state_prefix(&buffered)
-    })
-    .await
-    .map_err(store_status)
+    fleet
+        .store
+        .commit_schedule_state(&schedule, &records, &[], Some(&buffered))
+        .await
+        .map_err(store_status)
 }
 
 pub async fn get_documents(
@@ -313,7 +314,9 @@ pub async fn get_documents(
 ) -> Result<v1::GetDocumentsResponse, Status> {
     let kind = kind_of(&req.kind)?;
     check_name("name", &req.name)?;
-    let docs = store::blocking(&fleet.store, move |s| s.list_documents(Some(kind)))
+    let docs = fleet
+        .store
+        .list_documents(Some(kind))
         .await
         .map_err(store_status)?;
     let documents: Vec<v1::FleetDocument> = docs
@@ -369,7 +372,9 @@ pub async fn delete_document(
         }
     }
     let dels = vec![(kind.to_string(), req.name.clone())];
-    store::blocking(&fleet.store, move |s| s.write_documents(&[], &dels))
+    fleet
+        .store
+        .write_documents(&[], &dels)
         .await
         .map_err(store_status)?;
     if kind == "Schedule" {
@@ -387,7 +392,9 @@ pub(crate) async fn schedule_doc(
 ) -> Result<(ScheduleDoc, String), Status> {
     check_name("schedule", name)?;
     let n = name.to_string();
-    let docs = store::blocking(&fleet.store, move |s| s.list_documents(Some("Schedule")))
+    let docs = fleet
+        .store
+        .list_documents(Some("Schedule"))
         .await
         .map_err(store_status)?;
     let d = docs
@@ -424,7 +431,7 @@ mod tests {
         };
         for name in ["a", "ab"] {
             for k in keys(name) {
-                store.put_state(&k, b"1").unwrap();
+                store.put_state(&k, b"1").await.unwrap();
             }
         }
         let fleet = Fleet::new(
@@ -437,10 +444,10 @@ mod tests {
         );
         forget_schedule(&fleet, "a").await.unwrap();
         for k in keys("a") {
-            assert_eq!(store.get_state(&k).unwrap(), None, "{k}");
+            assert_eq!(store.get_state(&k).await.unwrap(), None, "{k}");
         }
         for k in keys("ab") {
-            assert!(store.get_state(&k).unwrap().is_some(), "{k} was kept");
+            assert!(store.get_state(&k).await.unwrap().is_some(), "{k} was kept");
         }
     }
 

@@ -7,7 +7,7 @@ use syncfleet_proto::time::to_millis;
 use syncfleet_proto::v1::{self, controller_message::Msg as CtrlMsg};
 
 use super::{Fleet, state_of};
-use crate::store;
+use crate::store::StoreError;
 
 /// Prefix of the command id of a `StartRun`; the rest is the run id.
 const START_COMMAND_PREFIX: &str = "start:";
@@ -77,8 +77,9 @@ impl Fleet {
     /// `CancelRun` for runs whose cancellation is still owed.
     pub async fn dispatch_for_agent(&self, agent: &str) {
         let name = agent.to_string();
-        let runs = match store::blocking(&self.store, move |s| {
-            s.runs_in_states(
+        let runs = match self
+            .store
+            .runs_in_states(
                 Some(&name),
                 &[
                     v1::RunState::Pending,
@@ -86,8 +87,7 @@ impl Fleet {
                     v1::RunState::Running,
                 ],
             )
-        })
-        .await
+            .await
         {
             Ok(r) => r,
             Err(e) => {
@@ -142,18 +142,21 @@ impl Fleet {
         if state_of(&run) == v1::RunState::Pending {
             let _guard = self.run_lock.lock().await;
             let id = run.id.clone();
-            let updated = store::blocking(&self.store, move |s| {
-                let Some(mut current) = s.get_run(&id)? else {
-                    return Ok(None);
-                };
-                if state_of(&current) != v1::RunState::Pending {
-                    return Ok(None);
+            let updated = {
+                let s = &self.store;
+                async move {
+                    let Some(mut current) = s.get_run(&id).await? else {
+                        return Ok::<_, StoreError>(None);
+                    };
+                    if state_of(&current) != v1::RunState::Pending {
+                        return Ok(None);
+                    }
+                    current.state = v1::RunState::Dispatched as i32;
+                    current.message.clear();
+                    s.put_runs(std::slice::from_ref(&current)).await?;
+                    Ok(Some(current))
                 }
-                current.state = v1::RunState::Dispatched as i32;
-                current.message.clear();
-                s.put_runs(std::slice::from_ref(&current))?;
-                Ok(Some(current))
-            })
+            }
             .await;
             match updated {
                 Ok(Some(r)) => self.publish(&r),
@@ -170,7 +173,7 @@ impl Fleet {
         }
         let name = agent.to_string();
         matches!(
-            store::blocking(&self.store, move |s| s.get_agent(&name)).await,
+            self.store.get_agent(&name).await,
             Ok(Some(a)) if a.agent.drain.as_ref().is_some_and(|d| d.paused)
         )
     }
@@ -178,7 +181,7 @@ impl Fleet {
     /// Dispatch a stored run now if it is still pending and due.
     pub async fn dispatch_run(&self, id: &str) {
         let id = id.to_string();
-        if let Ok(Some(run)) = store::blocking(&self.store, move |s| s.get_run(&id)).await
+        if let Ok(Some(run)) = self.store.get_run(&id).await
             && state_of(&run) == v1::RunState::Pending
         {
             self.send_start(run).await;

@@ -10,7 +10,7 @@ use syncfleet_proto::vocab;
 
 use super::dispatch::run_of_start_command;
 use super::{Fleet, state_of};
-use crate::store::{self, StoreError};
+use crate::store::StoreError;
 
 /// Apply one agent event to a run. Pure: the caller stores the result.
 pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
@@ -158,12 +158,13 @@ impl Fleet {
         }
         let _guard = self.run_lock.lock().await;
         let agent_name = agent.to_string();
-        let (seq, changed) = store::blocking(&self.store, move |s| {
+        let s = &self.store;
+        let (seq, changed) = async {
             let mut runs: HashMap<String, v1::Run> = HashMap::new();
             let mut order: Vec<String> = Vec::new();
             for ev in &fresh {
                 if !runs.contains_key(&ev.run_id) {
-                    match s.get_run(&ev.run_id)? {
+                    match s.get_run(&ev.run_id).await? {
                         Some(r) if r.agent == agent_name => {
                             order.push(r.id.clone());
                             runs.insert(r.id.clone(), r);
@@ -181,7 +182,7 @@ impl Fleet {
                                     ev.seq, r.agent
                                 ),
                                 ..Default::default()
-                            })?;
+                            }).await?;
                             continue;
                         }
                         None => {
@@ -195,9 +196,9 @@ impl Fleet {
                 }
             }
             let changed: Vec<v1::Run> = order.iter().filter_map(|id| runs.remove(id)).collect();
-            let seq = s.commit_agent_events(&agent_name, &fresh, &changed)?;
-            Ok((seq, changed))
-        })
+            let seq = s.commit_agent_events(&agent_name, &fresh, &changed).await?;
+            Ok::<_, StoreError>((seq, changed))
+        }
         .await?;
         for run in &changed {
             self.publish(run);
@@ -226,18 +227,21 @@ impl Fleet {
     ) -> Result<Option<v1::Run>, StoreError> {
         let _guard = self.run_lock.lock().await;
         let id = run_id.to_string();
-        let updated = store::blocking(&self.store, move |s| {
-            let Some(mut run) = s.get_run(&id)? else {
-                return Ok(None);
-            };
-            if state_of(&run).is_terminal() {
-                return Ok(None);
+        let updated = {
+            let s = &self.store;
+            async move {
+                let Some(mut run) = s.get_run(&id).await? else {
+                    return Ok::<_, StoreError>(None);
+                };
+                if state_of(&run).is_terminal() {
+                    return Ok(None);
+                }
+                run.message = message;
+                end_run(&mut run, state, "", now());
+                s.put_runs(std::slice::from_ref(&run)).await?;
+                Ok(Some(run))
             }
-            run.message = message;
-            end_run(&mut run, state, "", now());
-            s.put_runs(std::slice::from_ref(&run))?;
-            Ok(Some(run))
-        })
+        }
         .await?;
         if let Some(r) = &updated {
             self.publish(r);

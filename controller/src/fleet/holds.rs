@@ -8,7 +8,7 @@ use tonic::Status;
 
 use super::{Fleet, store_status};
 use crate::limits::echo;
-use crate::store::{self, StoreError, keys};
+use crate::store::{StoreError, keys};
 
 /// Why no new run may be created: the message says who paused what, why, and how to resume.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +83,7 @@ impl Fleet {
             return Ok(Some(RunBlocked::SchedulePaused(name.to_string(), p)));
         }
         let name = agent.to_string();
-        if let Some(stored) = store::blocking(&self.store, move |s| s.get_agent(&name)).await?
+        if let Some(stored) = self.store.get_agent(&name).await?
             && let Some(d) = stored.agent.drain.filter(|d| d.paused)
         {
             return Ok(Some(RunBlocked::AgentDraining(agent.to_string(), d)));
@@ -102,7 +102,7 @@ impl Fleet {
 
     pub(super) async fn get_pause(&self, key: &str) -> Result<Option<v1::Pause>, StoreError> {
         let k = key.to_string();
-        let raw = store::blocking(&self.store, move |s| s.get_state(&k)).await?;
+        let raw = self.store.get_state(&k).await?;
         raw.map(|b| {
             <v1::Pause as prost::Message>::decode(b.as_slice()).map_err(|e| StoreError::Corrupt {
                 what: key.to_string(),
@@ -116,7 +116,7 @@ impl Fleet {
     async fn put_pause(&self, key: &str, pause: &v1::Pause) -> Result<(), StoreError> {
         let k = key.to_string();
         let body = prost::Message::encode_to_vec(pause);
-        store::blocking(&self.store, move |s| s.put_state(&k, &body)).await
+        self.store.put_state(&k, &body).await
     }
 
     /// The fleet-wide maintenance pause, when on.
@@ -139,7 +139,7 @@ impl Fleet {
         schedule: &str,
     ) -> Result<Option<v1::Pause>, StoreError> {
         let k = keys::schedule_pause(schedule);
-        let raw = store::blocking(&self.store, move |s| s.get_state(&k)).await?;
+        let raw = self.store.get_state(&k).await?;
         Ok(raw.and_then(|b| <v1::Pause as prost::Message>::decode(b.as_slice()).ok()))
     }
 
@@ -159,14 +159,17 @@ impl Fleet {
     ) -> Result<Option<v1::Agent>, StoreError> {
         let _guard = self.run_lock.lock().await;
         let name = agent.to_string();
-        let updated = store::blocking(&self.store, move |s| {
-            let Some(mut stored) = s.get_agent(&name)? else {
-                return Ok(None);
-            };
-            stored.agent.drain = Some(drain);
-            s.put_agent(&stored.agent)?;
-            Ok(Some(stored.agent))
-        })
+        let updated = {
+            let s = &self.store;
+            async move {
+                let Some(mut stored) = s.get_agent(&name).await? else {
+                    return Ok::<_, StoreError>(None);
+                };
+                stored.agent.drain = Some(drain);
+                s.put_agent(&stored.agent).await?;
+                Ok(Some(stored.agent))
+            }
+        }
         .await?;
         Ok(updated.map(|a| self.agent_view(a)))
     }
@@ -196,7 +199,9 @@ pub async fn set_drain(
 
 pub async fn fleet_status(fleet: &Fleet) -> Result<v1::FleetStatus, Status> {
     let pause = fleet.fleet_pause().await.map_err(store_status)?;
-    let draining = store::blocking(&fleet.store, |s| s.list_agents())
+    let draining = fleet
+        .store
+        .list_agents()
         .await
         .map_err(store_status)?
         .into_iter()

@@ -19,9 +19,8 @@ use std::time::Duration;
 
 use syncfleet_proto::v1;
 use tokio::sync::broadcast;
-use tonic::Status;
 
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 mod dispatch;
 mod events;
@@ -70,14 +69,8 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Map a store error to a gRPC status (details stay in the controller's log).
-pub fn store_status(e: StoreError) -> Status {
-    tracing::error!(error = %e, "store error");
-    match e {
-        StoreError::BadPageToken => Status::invalid_argument(e.to_string()),
-        _ => Status::internal(format!("controller store error: {e}")),
-    }
-}
+/// Transitional: domain code still maps store errors itself; see [`crate::api::status`].
+pub use crate::api::status::store_status;
 
 fn state_of(run: &v1::Run) -> v1::RunState {
     v1::RunState::try_from(run.state).unwrap_or(v1::RunState::Unspecified)

@@ -14,7 +14,7 @@ use crate::documents::{
     model::{Document, SequenceDoc},
 };
 use crate::limits::echo;
-use crate::store::{self, StoreError, keys};
+use crate::store::{StoreError, keys};
 
 /// What a new run is made of (see [`Fleet::create_run`]).
 #[derive(Debug, Clone, Default)]
@@ -108,11 +108,11 @@ impl Fleet {
             return Err(Status::invalid_argument("a run needs at least one step"));
         }
         let name = new.agent.clone();
-        let stored = store::blocking(&self.store, move |s| s.get_agent(&name))
-            .await
-            .map_err(store_status)?;
+        let stored = self.store.get_agent(&name).await.map_err(store_status)?;
         let Some(stored) = stored else {
-            let known = store::blocking(&self.store, |s| s.list_agents())
+            let known = self
+                .store
+                .list_agents()
                 .await
                 .map_err(store_status)?
                 .into_iter()
@@ -178,26 +178,17 @@ impl Fleet {
         };
         // The run's root span; its traceparent is stored with the run and sent in StartRun.
         let (run, span) = crate::telemetry::open_run_span(run);
-        let inserted = store::blocking(&self.store, {
-            let run = run.clone();
-            move |s| s.insert_run(&run)
-        })
-        .await
-        .map_err(store_status)?;
+        let inserted = self.store.insert_run(&run).await.map_err(store_status)?;
         if !inserted {
             let id = run.id.clone();
-            let existing = store::blocking(&self.store, move |s| s.get_run(&id))
-                .await
-                .map_err(store_status)?;
+            let existing = self.store.get_run(&id).await.map_err(store_status)?;
             return Ok((existing.unwrap_or(run), false));
         }
         self.publish(&run);
         tracing::info!(parent: &span, run_id = %run.id, agent, steps = run.steps.len(), origin = %run.origin, "run created");
         tracing::Instrument::instrument(self.send_start(run.clone()), span).await;
         let id = run.id.clone();
-        let current = store::blocking(&self.store, move |s| s.get_run(&id))
-            .await
-            .map_err(store_status)?;
+        let current = self.store.get_run(&id).await.map_err(store_status)?;
         Ok((current.unwrap_or(run), true))
     }
 
@@ -205,7 +196,9 @@ impl Fleet {
     /// then the rest of the plan) and link the two.
     pub async fn approve_run(&self, id: &str, who: &str, note: &str) -> Result<v1::Run, Status> {
         let rid = id.to_string();
-        let held = store::blocking(&self.store, move |s| s.get_run(&rid))
+        let held = self
+            .store
+            .get_run(&rid)
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))?;
@@ -273,19 +266,22 @@ impl Fleet {
             let cont = run.id.clone();
             let who = who.to_string();
             let note = note.to_string();
-            let updated = store::blocking(&self.store, move |s| {
-                let Some(mut h) = s.get_run(&rid)? else {
-                    return Ok(None);
-                };
-                h.continued_in = cont;
-                h.approved_by = who;
-                h.approved_at = Some(now());
-                if !note.is_empty() {
-                    h.message = format!("{} (approved: {note})", h.message);
+            let updated = {
+                let s = &self.store;
+                async move {
+                    let Some(mut h) = s.get_run(&rid).await? else {
+                        return Ok::<_, StoreError>(None);
+                    };
+                    h.continued_in = cont;
+                    h.approved_by = who;
+                    h.approved_at = Some(now());
+                    if !note.is_empty() {
+                        h.message = format!("{} (approved: {note})", h.message);
+                    }
+                    s.put_runs(std::slice::from_ref(&h)).await?;
+                    Ok(Some(h))
                 }
-                s.put_runs(std::slice::from_ref(&h))?;
-                Ok(Some(h))
-            })
+            }
             .await
             .map_err(store_status)?;
             if let Some(h) = updated {
@@ -299,7 +295,9 @@ impl Fleet {
     /// agent (now, or when it reconnects).
     pub async fn cancel_run(&self, id: &str, reason: &str, who: &str) -> Result<v1::Run, Status> {
         let rid = id.to_string();
-        let run = store::blocking(&self.store, move |s| s.get_run(&rid))
+        let run = self
+            .store
+            .get_run(&rid)
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))?;
@@ -326,15 +324,18 @@ impl Fleet {
             let _guard = self.run_lock.lock().await;
             let rid = id.to_string();
             let msg = why.clone();
-            store::blocking(&self.store, move |s| {
-                let Some(mut run) = s.get_run(&rid)? else {
-                    return Ok(None);
-                };
-                run.cancel_requested = true;
-                run.message = msg;
-                s.put_runs(std::slice::from_ref(&run))?;
-                Ok(Some(run))
-            })
+            {
+                let s = &self.store;
+                async move {
+                    let Some(mut run) = s.get_run(&rid).await? else {
+                        return Ok::<_, StoreError>(None);
+                    };
+                    run.cancel_requested = true;
+                    run.message = msg;
+                    s.put_runs(std::slice::from_ref(&run)).await?;
+                    Ok(Some(run))
+                }
+            }
             .await
             .map_err(store_status)?
         };
@@ -379,10 +380,10 @@ impl Fleet {
     /// must not be sent to whatever enrols under its name later.
     pub async fn fail_pending_runs_of_revoked(&self, agent: &str) {
         let name = agent.to_string();
-        let runs = match store::blocking(&self.store, move |s| {
-            s.runs_in_states(Some(&name), &[v1::RunState::Pending])
-        })
-        .await
+        let runs = match self
+            .store
+            .runs_in_states(Some(&name), &[v1::RunState::Pending])
+            .await
         {
             Ok(r) => r,
             Err(e) => {
@@ -446,7 +447,9 @@ pub async fn start_sequence(
     who: &str,
 ) -> Result<v1::Run, Status> {
     let s = sequence.to_string();
-    let docs = store::blocking(&fleet.store, move |st| st.list_documents(Some("Sequence")))
+    let docs = fleet
+        .store
+        .list_documents(Some("Sequence"))
         .await
         .map_err(store_status)?;
     let doc = docs.into_iter().find(|d| d.name == s).ok_or_else(|| {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{Fleet, lock, store_status};
-use crate::store;
+use crate::store::StoreError;
 
 /// Outbound half of an agent's session stream.
 pub type SessionTx = mpsc::Sender<Result<v1::ControllerMessage, Status>>;
@@ -83,12 +83,7 @@ impl Fleet {
         tx: SessionTx,
     ) -> Result<(v1::Welcome, u64, u64), Status> {
         let name = hello.name.clone();
-        let stored = store::blocking(&self.store, {
-            let name = name.clone();
-            move |s| s.get_agent(&name)
-        })
-        .await
-        .map_err(store_status)?;
+        let stored = self.store.get_agent(&name).await.map_err(store_status)?;
         let last_seq = stored.as_ref().map_or(0, |s| s.last_event_seq);
         let now_ts = now();
         let agent = v1::Agent {
@@ -107,12 +102,7 @@ impl Fleet {
             runs_in_flight: hello.runs_in_flight.clone(),
             drain: stored.as_ref().and_then(|s| s.agent.drain.clone()),
         };
-        store::blocking(&self.store, {
-            let agent = agent.clone();
-            move |s| s.put_agent(&agent)
-        })
-        .await
-        .map_err(store_status)?;
+        self.store.put_agent(&agent).await.map_err(store_status)?;
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let session = Session {
             id,
@@ -159,16 +149,16 @@ impl Fleet {
     }
 
     pub(super) async fn set_agent_state(&self, agent: &str, state: v1::AgentState) {
-        let name = agent.to_string();
-        let result = store::blocking(&self.store, move |s| {
-            if let Some(mut stored) = s.get_agent(&name)? {
+        let store = &self.store;
+        let result: Result<(), StoreError> = async {
+            if let Some(mut stored) = store.get_agent(agent).await? {
                 stored.agent.state = state as i32;
                 stored.agent.state_since = Some(now());
                 stored.agent.runs_in_flight.clear();
-                s.put_agent(&stored.agent)?;
+                store.put_agent(&stored.agent).await?;
             }
             Ok(())
-        })
+        }
         .await;
         if let Err(e) = result {
             tracing::error!(agent, error = %e, "cannot store agent state");

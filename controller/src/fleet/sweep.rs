@@ -7,7 +7,6 @@ use syncfleet_proto::time::to_millis;
 use syncfleet_proto::v1;
 
 use super::Fleet;
-use crate::store;
 
 impl Fleet {
     /// Periodic housekeeping: fail runs pending past the deadline; mark long-disconnected
@@ -16,10 +15,10 @@ impl Fleet {
         let deadline_ms =
             i64::try_from(self.settings.pending_deadline.as_millis()).unwrap_or(i64::MAX);
         let now_ms = Utc::now().timestamp_millis();
-        match store::blocking(&self.store, |s| {
-            s.runs_in_states(None, &[v1::RunState::Pending])
-        })
-        .await
+        match self
+            .store
+            .runs_in_states(None, &[v1::RunState::Pending])
+            .await
         {
             Ok(runs) => {
                 for run in runs {
@@ -62,7 +61,7 @@ impl Fleet {
             Err(e) => tracing::error!(error = %e, "sweep: cannot list pending runs"),
         }
         let lost_ms = i64::try_from(self.settings.agent_lost_after.as_millis()).unwrap_or(i64::MAX);
-        match store::blocking(&self.store, |s| s.list_agents()).await {
+        match self.store.list_agents().await {
             Ok(agents) => {
                 for a in agents {
                     if a.state == v1::AgentState::Disconnected as i32 && !self.is_connected(&a.name)
@@ -84,13 +83,13 @@ impl Fleet {
     /// reported (if the agent returns with their events, those still apply).
     async fn orphan_runs(&self, agent: &str) {
         let name = agent.to_string();
-        let runs = match store::blocking(&self.store, move |s| {
-            s.runs_in_states(
+        let runs = match self
+            .store
+            .runs_in_states(
                 Some(&name),
                 &[v1::RunState::Dispatched, v1::RunState::Running],
             )
-        })
-        .await
+            .await
         {
             Ok(r) => r,
             Err(e) => {
@@ -115,7 +114,7 @@ impl Fleet {
     /// Mark every agent stored as connected by a previous controller process as disconnected
     /// (no session survives a restart).
     pub async fn reset_sessions_after_restart(&self) {
-        if let Ok(agents) = store::blocking(&self.store, |s| s.list_agents()).await {
+        if let Ok(agents) = self.store.list_agents().await {
             for a in agents {
                 if a.state == v1::AgentState::Connected as i32 {
                     self.set_agent_state(&a.name, v1::AgentState::Disconnected)
@@ -148,6 +147,7 @@ mod tests {
                 name: "a".into(),
                 ..Default::default()
             })
+            .await
             .unwrap();
         let fleet = Fleet::new(
             Arc::clone(&store),
@@ -160,7 +160,7 @@ mod tests {
         let mut r = run();
         r.state = v1::RunState::Pending as i32;
         r.created_at = Some(from_millis(Utc::now().timestamp_millis() - 10_000));
-        store.insert_run(&r).unwrap();
+        store.insert_run(&r).await.unwrap();
         let pause = v1::Pause {
             paused: true,
             note: "MIM hotfix".into(),
@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
         assert!(refused.message().contains("MIM hotfix"), "{refused:?}");
         fleet.sweep().await;
-        let r = store.get_run("r").unwrap().unwrap();
+        let r = store.get_run("r").await.unwrap().unwrap();
         assert_eq!(r.state, v1::RunState::Failed as i32);
         assert!(
             r.message

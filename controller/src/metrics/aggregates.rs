@@ -289,7 +289,7 @@ impl Aggregates {
 }
 
 /// Read every run of the store into fresh aggregates.
-pub(super) fn scan(store: &dyn Store) -> Result<Aggregates, StoreError> {
+pub(super) async fn scan(store: &dyn Store) -> Result<Aggregates, StoreError> {
     let snapshot_ms = chrono::Utc::now().timestamp_millis();
     let active_ids: HashSet<String> = store
         .runs_in_states(
@@ -299,18 +299,21 @@ pub(super) fn scan(store: &dyn Store) -> Result<Aggregates, StoreError> {
                 v1::RunState::Dispatched,
                 v1::RunState::Running,
             ],
-        )?
+        )
+        .await?
         .into_iter()
         .map(|r| r.id)
         .collect();
     let mut agg = Aggregates::default();
     let mut token: Option<String> = None;
     loop {
-        let page = store.list_runs(&RunQuery {
-            limit: 1000,
-            page_token: token.take(),
-            ..RunQuery::default()
-        })?;
+        let page = store
+            .list_runs(&RunQuery {
+                limit: 1000,
+                page_token: token.take(),
+                ..RunQuery::default()
+            })
+            .await?;
         for run in &page.runs {
             let created = run.created_at.as_ref().map_or(0, to_millis);
             let guard = active_ids.contains(&run.id) || created >= snapshot_ms - 60_000;

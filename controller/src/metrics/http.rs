@@ -7,7 +7,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::Metrics;
-use crate::store;
 
 /// `GET /metrics` and `GET /readyz` for the controller's HTTP router.
 pub fn routes(metrics: Arc<Metrics>) -> axum::Router {
@@ -44,10 +43,12 @@ async fn scrape(State(m): State<Arc<Metrics>>) -> Response {
 
 /// Ready when the store answers a read.
 async fn ready(State(m): State<Arc<Metrics>>) -> Response {
-    match store::blocking(&m.inner.fleet.store, |s| {
-        s.get_state(crate::store::keys::READYZ_PROBE)
-    })
-    .await
+    match m
+        .inner
+        .fleet
+        .store
+        .get_state(crate::store::keys::READYZ_PROBE)
+        .await
     {
         Ok(_) => "ready\n".into_response(),
         Err(e) => (

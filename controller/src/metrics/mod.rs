@@ -69,7 +69,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fleet::Fleet;
 use crate::schedule::saturation::saturation;
 use crate::schedule::scheduler::Scheduler;
-use crate::store::{self, RunQuery, StoreError};
+use crate::store::{RunQuery, StoreError};
 
 use aggregates::{Aggregates, scan, state_of};
 use collector::{AgentRow, FleetGauges, Inner, ScheduleRow};
@@ -203,7 +203,7 @@ impl Metrics {
         let started = Instant::now();
         let mut wait = Duration::from_millis(500);
         loop {
-            match store::blocking(&self.inner.fleet.store, scan).await {
+            match scan(self.inner.fleet.store.as_ref()).await {
                 Ok(agg) => {
                     let runs = agg.runs.values().sum::<u64>() + agg.active.len() as u64;
                     *lock(&self.inner.runs) = agg;
@@ -240,37 +240,43 @@ impl Metrics {
             return Ok(());
         }
         let fleet = &self.inner.fleet;
-        let (agents, schedules) = store::blocking(&fleet.store, |s| {
-            let agents = s.list_agents()?;
-            let mut schedules = Vec::new();
-            for d in s.list_documents(Some("Schedule"))? {
-                let counters = s.counters(&d.name)?;
-                let recent = s.list_runs(&RunQuery {
-                    schedule: Some(d.name.clone()),
-                    limit: 10,
-                    ..RunQuery::default()
-                })?;
-                let durations: Vec<i64> = recent
-                    .runs
-                    .iter()
-                    .filter_map(|r| {
-                        let (s, f) = (r.started_at.as_ref()?, r.finished_at.as_ref()?);
-                        Some(to_millis(f) - to_millis(s))
-                    })
-                    .filter(|d| *d > 0)
-                    .collect();
-                let pause = s
-                    .get_state(&crate::store::keys::schedule_pause(&d.name))?
-                    .and_then(|b| <v1::Pause as prost::Message>::decode(b.as_slice()).ok())
-                    .filter(|p| p.paused);
-                let doc = match crate::documents::from_json(&d.kind, &d.json) {
-                    Ok(crate::documents::model::Document::Schedule(doc)) => Some(doc),
-                    _ => None,
-                };
-                schedules.push((d.name, counters, durations, pause, doc));
+        let (agents, schedules) = {
+            let s = &fleet.store;
+            async move {
+                let agents = s.list_agents().await?;
+                let mut schedules = Vec::new();
+                for d in s.list_documents(Some("Schedule")).await? {
+                    let counters = s.counters(&d.name).await?;
+                    let recent = s
+                        .list_runs(&RunQuery {
+                            schedule: Some(d.name.clone()),
+                            limit: 10,
+                            ..RunQuery::default()
+                        })
+                        .await?;
+                    let durations: Vec<i64> = recent
+                        .runs
+                        .iter()
+                        .filter_map(|r| {
+                            let (s, f) = (r.started_at.as_ref()?, r.finished_at.as_ref()?);
+                            Some(to_millis(f) - to_millis(s))
+                        })
+                        .filter(|d| *d > 0)
+                        .collect();
+                    let pause = s
+                        .get_state(&crate::store::keys::schedule_pause(&d.name))
+                        .await?
+                        .and_then(|b| <v1::Pause as prost::Message>::decode(b.as_slice()).ok())
+                        .filter(|p| p.paused);
+                    let doc = match crate::documents::from_json(&d.kind, &d.json) {
+                        Ok(crate::documents::model::Document::Schedule(doc)) => Some(doc),
+                        _ => None,
+                    };
+                    schedules.push((d.name, counters, durations, pause, doc));
+                }
+                Ok::<_, StoreError>((agents, schedules))
             }
-            Ok((agents, schedules))
-        })
+        }
         .await?;
         let mut g = FleetGauges::default();
         {

@@ -14,7 +14,6 @@ use syncfleet_proto::v1;
 use super::records::{catchup_key, cursor_key, millis_value, parse_millis};
 use super::scheduler::{Scheduler, counters};
 use crate::schedule::trigger::Missed;
-use crate::store;
 
 /// How long a reconnected agent gets to replay its outbox before its runs are trusted.
 const REPLAY_SETTLE: Duration = Duration::from_secs(2);
@@ -142,7 +141,7 @@ impl Scheduler {
     /// evaluate it (it crashed while waiting for the agents, or just before).
     pub(super) async fn pending_catchup(&self, schedule: &str) -> Option<DateTime<Utc>> {
         let k = catchup_key(schedule);
-        match store::blocking(&self.fleet.store, move |s| s.get_state(&k)).await {
+        match self.fleet.store.get_state(&k).await {
             Ok(raw) => raw.as_deref().and_then(parse_millis),
             Err(e) => {
                 tracing::error!(schedule, error = %e, "cannot read the pending catch-up");
@@ -161,8 +160,10 @@ impl Scheduler {
     /// Whether the store holds a non-terminal run of this schedule on any agent.
     pub(super) async fn schedule_has_active_runs(&self, schedule: &str) -> bool {
         let s = schedule.to_string();
-        match store::blocking(&self.fleet.store, move |st| {
-            st.runs_in_states(
+        match self
+            .fleet
+            .store
+            .runs_in_states(
                 None,
                 &[
                     v1::RunState::Pending,
@@ -170,8 +171,7 @@ impl Scheduler {
                     v1::RunState::Running,
                 ],
             )
-        })
-        .await
+            .await
         {
             Ok(runs) => runs.iter().any(|r| r.schedule == s),
             Err(_) => true,
@@ -185,7 +185,7 @@ impl Scheduler {
         if pending.is_empty() {
             return;
         }
-        let agents = match store::blocking(&self.fleet.store, |s| s.list_agents()).await {
+        let agents = match self.fleet.store.list_agents().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list agents");
@@ -243,7 +243,7 @@ mod tests {
         fake_agents(&w, Duration::from_millis(500), false);
         let (_s, stop) = start_scheduler(&w, w.start);
         advance(Duration::from_secs(12)).await;
-        assert_eq!(runs(&w).len(), 2, "one fire at 10 s on both agents");
+        assert_eq!(runs(&w).await.len(), 2, "one fire at 10 s on both agents");
         // The controller dies; 45 s pass (fire times 20, 30, 40, 50 missed); a new one starts.
         stop.cancel();
         advance(Duration::from_millis(200)).await;
@@ -251,13 +251,13 @@ mod tests {
         let _s2 = start_scheduler(&w, restart_wall);
         advance(Duration::from_millis(500)).await;
         // Nothing of this schedule was in flight at the "crash": the catch-up runs at once.
-        let all = runs(&w);
+        let all = runs(&w).await;
         let catchups: Vec<&v1::Run> = all.iter().filter(|r| r.origin == "catch-up").collect();
         assert_eq!(catchups.len(), 2, "one catch-up per agent");
         for r in &catchups {
             assert_eq!(r.nominal_time.unwrap().seconds - w.start.timestamp(), 50);
         }
-        let c = counters(&w, "k");
+        let c = counters(&w, "k").await;
         // 20, 30, 40 are older than the window's reach or superseded: counted, not run.
         assert_eq!(c.get("missed_catchup"), Some(&3), "{c:?}");
         // A catch-up outside the window does not run at all.
@@ -280,14 +280,14 @@ mod tests {
         let _s2 = start_scheduler(&w, w.start + chrono::Duration::seconds(57));
         advance(Duration::from_secs(1)).await;
         assert!(
-            runs(&w).iter().all(|r| r.origin != "catch-up"),
+            runs(&w).await.iter().all(|r| r.origin != "catch-up"),
             "deferred while its agent has not reported"
         );
         // After the settle deadline (agent_lost_after = 5 s) the overlap policy decides: the
         // run from before the crash is still active, so the catch-up is skipped and counted.
         advance(Duration::from_secs(6)).await;
-        assert!(runs(&w).iter().all(|r| r.origin != "catch-up"));
-        let c = counters(&w, "f");
+        assert!(runs(&w).await.iter().all(|r| r.origin != "catch-up"));
+        let c = counters(&w, "f").await;
         assert!(c.get("skipped_overlap").copied().unwrap_or(0) >= 1, "{c:?}");
         w.shutdown.cancel();
     }
@@ -314,7 +314,7 @@ mod tests {
         let _s3 = start_scheduler(&w, w.start + chrono::Duration::seconds(58));
         // 60 is skipped (overlap); after the settle deadline the catch-up of 50 is too.
         advance(Duration::from_secs(8)).await;
-        let c = counters(&w, "f");
+        let c = counters(&w, "f").await;
         assert_eq!(c.get("missed_catchup"), Some(&3), "{c:?}");
         assert_eq!(
             c.get("skipped_overlap"),
@@ -324,6 +324,7 @@ mod tests {
         assert!(
             w.store
                 .get_state(&crate::store::keys::catchup("f"))
+                .await
                 .unwrap()
                 .is_none()
         );

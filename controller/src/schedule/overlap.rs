@@ -10,7 +10,6 @@ use syncfleet_proto::v1;
 use super::records::{buffered_key, buffered_prefix, millis_value, parse_millis};
 use super::scheduler::{Scheduler, blocked_counter, counters};
 use crate::documents::model::Overlap;
-use crate::store;
 
 impl Scheduler {
     /// Apply the schedule's overlap policy to a fire time on `agent`, where the schedule's runs
@@ -94,7 +93,7 @@ impl Scheduler {
         for name in names {
             let prefix = buffered_prefix(&name);
             let p = prefix.clone();
-            match store::blocking(&self.fleet.store, move |s| s.list_state(&p)).await {
+            match self.fleet.store.list_state(&p).await {
                 Ok(records) => {
                     for (key, raw) in records {
                         let (Some(agent), Some(nominal)) =
@@ -187,7 +186,7 @@ mod tests {
         fake_agents(&w, Duration::from_secs(25), false);
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(95)).await;
-        let all = runs(&w);
+        let all = runs(&w).await;
         // Fire times at 10, 20, ... 90: runs at 10 (to 35), 40 (to 65), 70 (to 95).
         assert_eq!(
             all.len(),
@@ -195,7 +194,7 @@ mod tests {
             "{:?}",
             all.iter().map(|r| r.nominal_time).collect::<Vec<_>>()
         );
-        let c = counters(&w, "slow");
+        let c = counters(&w, "slow").await;
         assert_eq!(c.get("skipped_overlap"), Some(&6), "{c:?}");
         // Never two active at once.
         let mut spans: Vec<(i64, i64)> = all
@@ -226,13 +225,13 @@ mod tests {
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(38)).await;
         // 10: run (to 35); 20: buffered; 30: dropped; 35: the buffered 20 starts.
-        let all = runs(&w);
+        let all = runs(&w).await;
         let nominal: Vec<i64> = all
             .iter()
             .map(|r| r.nominal_time.unwrap().seconds - w.start.timestamp())
             .collect();
         assert_eq!(nominal, [10, 20], "{nominal:?}");
-        let c = counters(&w, "b");
+        let c = counters(&w, "b").await;
         assert_eq!(c.get("buffer_dropped"), Some(&1), "{c:?}");
         assert_eq!(c.get("buffered"), Some(&1), "{c:?}");
         w.shutdown.cancel();
@@ -254,13 +253,14 @@ mod tests {
         let _s2 = start_scheduler(&w, w.start + chrono::Duration::milliseconds(22_200));
         advance(Duration::from_secs(16)).await;
         // 30: dropped (20 is still kept); 35: the restored 20 starts.
-        assert_eq!(nominal_secs(&w), [10, 20]);
-        let c = counters(&w, "b");
+        assert_eq!(nominal_secs(&w).await, [10, 20]);
+        let c = counters(&w, "b").await;
         assert_eq!(c.get("buffered"), Some(&1), "{c:?}");
         assert_eq!(c.get("buffer_dropped"), Some(&1), "{c:?}");
         assert!(
             w.store
                 .list_state(crate::store::keys::BUFFERED_ALL)
+                .await
                 .unwrap()
                 .is_empty(),
             "released, so no longer stored"
@@ -287,12 +287,13 @@ mod tests {
         w.fleet.set_fleet_pause(&pause).await.unwrap();
         // 30: skipped (paused); 35: the run ends, the buffered 20 is skipped, not started.
         advance(Duration::from_secs(16)).await;
-        assert_eq!(nominal_secs(&w), [10]);
-        let c = counters(&w, "b");
+        assert_eq!(nominal_secs(&w).await, [10]);
+        let c = counters(&w, "b").await;
         assert_eq!(c.get("skipped_paused"), Some(&2), "{c:?}");
         assert!(
             w.store
                 .list_state(crate::store::keys::BUFFERED_ALL)
+                .await
                 .unwrap()
                 .is_empty()
         );
@@ -302,7 +303,7 @@ mod tests {
             .await
             .unwrap();
         advance(Duration::from_secs(5)).await;
-        assert_eq!(nominal_secs(&w), [10, 40]);
+        assert_eq!(nominal_secs(&w).await, [10, 40]);
         w.shutdown.cancel();
     }
 
@@ -316,10 +317,10 @@ mod tests {
         fake_agents(&w, Duration::from_secs(25), false);
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(21)).await;
-        let all = runs(&w);
+        let all = runs(&w).await;
         assert_eq!(all.len(), 2);
         assert!(all[0].cancel_requested, "{:?}", all[0]);
-        assert_eq!(counters(&w, "c").get("cancelled_other"), Some(&1));
+        assert_eq!(counters(&w, "c").await.get("cancelled_other"), Some(&1));
         w.shutdown.cancel();
     }
 }

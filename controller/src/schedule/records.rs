@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 
 use super::scheduler::Scheduler;
-use crate::store::{self, StoreError};
+use crate::store::StoreError;
 
 // The record keys are built in one place, `store::keys`; the local names read better here.
 pub(super) use crate::store::keys::{
@@ -31,18 +31,14 @@ impl Scheduler {
             return;
         }
         let s = schedule.to_string();
-        if let Err(e) = store::blocking(&self.fleet.store, move |st| {
-            st.bump_counters(&s, &[(counter, by)])
-        })
-        .await
-        {
+        if let Err(e) = self.fleet.store.bump_counters(&s, &[(counter, by)]).await {
             tracing::error!(schedule, counter, error = %e, "cannot count");
         }
     }
 
     pub(super) async fn cursor(&self, schedule: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         let k = cursor_key(schedule);
-        let raw = store::blocking(&self.fleet.store, move |s| s.get_state(&k)).await?;
+        let raw = self.fleet.store.get_state(&k).await?;
         Ok(raw.as_deref().and_then(parse_millis))
     }
 
@@ -72,10 +68,11 @@ impl Scheduler {
     ) {
         deltas.retain(|(_, by)| *by > 0);
         let s = schedule.to_string();
-        if let Err(e) = store::blocking(&self.fleet.store, move |st| {
-            st.commit_schedule_state(&s, &records, &deltas)
-        })
-        .await
+        if let Err(e) = self
+            .fleet
+            .store
+            .commit_schedule_state(&s, &records, &deltas, None)
+            .await
         {
             tracing::error!(schedule, error = %e, "cannot store the schedule's state");
         }

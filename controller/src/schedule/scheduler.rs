@@ -46,7 +46,6 @@ use crate::documents;
 use crate::documents::model::{Document, ScheduleDoc, SequenceDoc};
 use crate::fleet::{Fleet, NewRun, RunBlocked, steps_of};
 use crate::schedule::trigger::Trigger;
-use crate::store;
 
 /// Where the scheduler reads the time. `Tokio` follows tokio's clock (paused in tests) from a
 /// fixed wall-clock origin; `System` is the real wall clock.
@@ -202,7 +201,7 @@ impl Scheduler {
     /// (Re)load documents. At startup, apply the catch-up policy to fire times missed while no
     /// controller ran.
     pub(super) async fn load(&self, startup: bool) {
-        let docs = match store::blocking(&self.fleet.store, |s| s.list_documents(None)).await {
+        let docs = match self.fleet.store.list_documents(None).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "scheduler cannot read documents");
@@ -397,7 +396,7 @@ impl Scheduler {
             tracing::error!(schedule = name, sequence = %doc.sequence, "sequence missing; fire time skipped");
             return;
         };
-        let agents = match store::blocking(&self.fleet.store, |s| s.list_agents()).await {
+        let agents = match self.fleet.store.list_agents().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list agents");
@@ -512,8 +511,10 @@ impl Scheduler {
 
     pub(super) async fn active_runs(&self, schedule: &str, agent: &str) -> Vec<v1::Run> {
         let a = agent.to_string();
-        match store::blocking(&self.fleet.store, move |s| {
-            s.runs_in_states(
+        match self
+            .fleet
+            .store
+            .runs_in_states(
                 Some(&a),
                 &[
                     v1::RunState::Pending,
@@ -521,8 +522,7 @@ impl Scheduler {
                     v1::RunState::Running,
                 ],
             )
-        })
-        .await
+            .await
         {
             Ok(runs) => runs
                 .into_iter()
@@ -610,7 +610,7 @@ mod tests {
         fake_agents(&w, Duration::from_millis(300), false);
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(20)).await;
-        let all = runs(&w);
+        let all = runs(&w).await;
         for agent in ["a1", "a2"] {
             let mine: Vec<&v1::Run> = all.iter().filter(|r| r.agent == agent).collect();
             assert!(
@@ -630,7 +630,7 @@ mod tests {
                 assert_eq!(r.origin, "schedule");
             }
         }
-        assert!(counters(&w, "fast")["fired"] >= 18);
+        assert!(counters(&w, "fast").await["fired"] >= 18);
         w.shutdown.cancel();
     }
 
@@ -646,15 +646,15 @@ mod tests {
         let (_s, stop) = start_scheduler(&w, w.start);
         advance(Duration::from_secs(55)).await;
         // 10, 30, 40 blacked out; 20 and 50 run.
-        assert_eq!(nominal_secs(&w), [20, 50]);
-        let c = counters(&w, "d");
+        assert_eq!(nominal_secs(&w).await, [20, 50]);
+        let c = counters(&w, "d").await;
         assert_eq!(c.get("skipped_blackout"), Some(&3), "{c:?}");
         // Down from 55 s to 95 s: 60, 70 and 90 were blacked out, 80 missed.
         stop.cancel();
         advance(Duration::from_millis(200)).await;
         let _s2 = start_scheduler(&w, w.start + chrono::Duration::seconds(95));
         advance(Duration::from_millis(500)).await;
-        let c = counters(&w, "d");
+        let c = counters(&w, "d").await;
         assert_eq!(c.get("skipped_blackout"), Some(&6), "{c:?}");
         assert_eq!(c.get("missed_catchup"), Some(&1), "{c:?}");
         assert_eq!(c.get("fired"), Some(&2), "{c:?}");
@@ -671,7 +671,7 @@ mod tests {
         fake_agents(&w, Duration::from_secs(1), true);
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(35)).await;
-        let all = runs(&w);
+        let all = runs(&w).await;
         assert_eq!(all.len(), 1, "nothing runs after the hold");
         let pause = w.fleet.schedule_pause("h").await.unwrap().unwrap();
         assert!(
@@ -684,7 +684,7 @@ mod tests {
             "{}",
             pause.note
         );
-        let c = counters(&w, "h");
+        let c = counters(&w, "h").await;
         assert_eq!(c.get("held"), Some(&1));
         assert_eq!(c.get("skipped_paused"), Some(&2), "{c:?}");
         w.shutdown.cancel();
@@ -700,7 +700,7 @@ mod tests {
         fake_agents(&w, Duration::from_millis(100), false);
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(60)).await;
-        let all = runs(&w);
+        let all = runs(&w).await;
         assert!(all.len() >= 10);
         assert!(
             all.iter().all(|r| r.jitter_ms < 4000),

@@ -10,7 +10,7 @@ use super::scheduler::Scheduler;
 use super::trigger::Trigger;
 use crate::documents::apply::schedule_doc;
 use crate::fleet::{Fleet, store_status};
-use crate::store::{self, RunQuery};
+use crate::store::RunQuery;
 
 pub async fn get_schedule(
     fleet: &Fleet,
@@ -26,15 +26,15 @@ pub async fn get_schedule(
         .await
         .map_err(store_status)?;
     let n = name.to_string();
-    let page = store::blocking(&fleet.store, move |s| {
-        s.list_runs(&RunQuery {
+    let page = fleet
+        .store
+        .list_runs(&RunQuery {
             schedule: Some(n),
             limit: 10,
             ..RunQuery::default()
         })
-    })
-    .await
-    .map_err(store_status)?;
+        .await
+        .map_err(store_status)?;
     let recent: Vec<v1::ScheduleRunSummary> = page
         .runs
         .iter()
@@ -70,13 +70,9 @@ pub async fn get_schedule(
     let sat = saturation(&durations, interval);
     let counters = {
         let n = name.to_string();
-        store::blocking(&fleet.store, move |s| s.counters(&n))
-            .await
-            .map_err(store_status)?
+        fleet.store.counters(&n).await.map_err(store_status)?
     };
-    let agents = store::blocking(&fleet.store, |s| s.list_agents())
-        .await
-        .map_err(store_status)?;
+    let agents = fleet.store.list_agents().await.map_err(store_status)?;
     let targets = agents
         .iter()
         .filter(|a| {

@@ -43,6 +43,7 @@ pub(super) async fn world(yaml: &str, agents: &[&str]) -> World {
                     .collect(),
                 ..Default::default()
             })
+            .await
             .unwrap();
     }
     let docs = documents::parse_str("test.yaml", yaml).unwrap();
@@ -54,7 +55,7 @@ pub(super) async fn world(yaml: &str, agents: &[&str]) -> World {
             json: documents::canonical_json(&d.doc),
         })
         .collect();
-    store.write_documents(&stored, &[]).unwrap();
+    store.write_documents(&stored, &[]).await.unwrap();
     let fleet = Fleet::new(
         Arc::clone(&store),
         Settings {
@@ -148,21 +149,22 @@ pub(super) fn fake_agents(w: &World, duration: Duration, held: bool) {
     });
 }
 
-pub(super) fn runs(w: &World) -> Vec<v1::Run> {
+pub(super) async fn runs(w: &World) -> Vec<v1::Run> {
     let mut r = w
         .store
         .list_runs(&RunQuery {
             limit: 1000,
             ..RunQuery::default()
         })
+        .await
         .unwrap()
         .runs;
     r.sort_by_key(|r| (r.agent.clone(), r.nominal_time.map(|t| t.seconds)));
     r
 }
 
-pub(super) fn counters(w: &World, s: &str) -> Map<String, u64> {
-    w.store.counters(s).unwrap().into_iter().collect()
+pub(super) async fn counters(w: &World, s: &str) -> Map<String, u64> {
+    w.store.counters(s).await.unwrap().into_iter().collect()
 }
 
 pub(super) async fn advance(d: Duration) {
@@ -185,8 +187,9 @@ pub(super) async fn advance(d: Duration) {
 pub(super) const SEQ: &str =
     "kind: Sequence\nname: s\nstages:\n  - steps: [{ma: AD, profile: Delta Import}]\n---\n";
 
-pub(super) fn nominal_secs(w: &World) -> Vec<i64> {
+pub(super) async fn nominal_secs(w: &World) -> Vec<i64> {
     runs(w)
+        .await
         .iter()
         .map(|r| r.nominal_time.unwrap().seconds - w.start.timestamp())
         .collect()

@@ -5,10 +5,7 @@
 //! as their protobuf encoding next to the few columns queries filter on, so a field added to
 //! the protocol is stored without a schema migration.
 //!
-//! The trait is synchronous: SQLite calls block, so async callers go through
-//! [`blocking`], which runs them on tokio's blocking pool.
-
-use std::sync::Arc;
+//! Every state key is built in [`keys`], so a reader finds the whole key space in one file.
 
 use syncfleet_proto::v1;
 
@@ -81,97 +78,137 @@ pub struct RunPage {
     pub next_page_token: Option<String>,
 }
 
-/// Durable controller state.
-pub trait Store: Send + Sync + 'static {
-    fn get_agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError>;
-    fn list_agents(&self) -> Result<Vec<v1::Agent>, StoreError>;
-    /// Insert or replace an agent's description (its event seq is kept).
-    fn put_agent(&self, agent: &v1::Agent) -> Result<(), StoreError>;
+/// One agent's share of [`Store::commit_event_batches`]: its new events and the runs they
+/// changed.
+#[derive(Debug, Clone, Default)]
+pub struct EventBatch {
+    pub agent: String,
+    pub events: Vec<v1::AgentEvent>,
+    pub runs: Vec<v1::Run>,
+}
 
-    /// Insert a new run. Returns false (and changes nothing) when the id exists already.
-    fn insert_run(&self, run: &v1::Run) -> Result<bool, StoreError>;
+/// What the function of [`Store::update_state`] decided: `Ok(new value)` is written, `Err(why)`
+/// leaves the record as it was and is handed back to the caller.
+pub type StateDecision = Result<Vec<u8>, String>;
+
+/// The read-modify-write function of [`Store::update_state`]: the current value in, the
+/// decision out. It runs inside the store's write transaction, so it must not block on
+/// anything but computation.
+pub type StateUpdate = Box<dyn FnOnce(Option<&[u8]>) -> StateDecision + Send + 'static>;
+
+/// Durable controller state.
+///
+/// The trait is async so that an implementation decides how calls reach its database: the
+/// embedded SQLite store runs them on tokio's blocking pool, a networked database would await
+/// its client. Writes that belong together have batch forms ([`Store::insert_runs`],
+/// [`Store::commit_event_batches`]) so that one fire time's runs, or many agents' events, cost
+/// one transaction rather than one each.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get_agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError>;
+    async fn list_agents(&self) -> Result<Vec<v1::Agent>, StoreError>;
+    /// Insert or replace an agent's description (its event seq is kept).
+    async fn put_agent(&self, agent: &v1::Agent) -> Result<(), StoreError>;
+
+    /// Insert new runs in one transaction. For each run, in order: false (and nothing changed
+    /// for it) when a run with its id exists already.
+    async fn insert_runs(&self, runs: &[v1::Run]) -> Result<Vec<bool>, StoreError>;
+    /// Insert one new run. Returns false (and changes nothing) when the id exists already.
+    async fn insert_run(&self, run: &v1::Run) -> Result<bool, StoreError> {
+        Ok(self
+            .insert_runs(std::slice::from_ref(run))
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
     /// Replace runs (by id) in one transaction.
-    fn put_runs(&self, runs: &[v1::Run]) -> Result<(), StoreError>;
-    fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError>;
+    async fn put_runs(&self, runs: &[v1::Run]) -> Result<(), StoreError>;
+    async fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError>;
     /// Ids of runs that start with `prefix`, in id order, at most `limit` of them.
-    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
-    fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError>;
+    async fn run_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError>;
     /// Every run in one of `states`, optionally of one agent, oldest first.
-    fn runs_in_states(
+    async fn runs_in_states(
         &self,
         agent: Option<&str>,
         states: &[v1::RunState],
     ) -> Result<Vec<v1::Run>, StoreError>;
 
-    /// Durably record a batch of an agent's events together with the runs they changed, in one
-    /// transaction, and advance the agent's stored event seq to the highest seq in `events`.
-    /// Events whose seq is not above the stored seq must have been filtered out by the caller.
-    fn commit_agent_events(
+    /// Durably record batches of agents' events together with the runs they changed, all in
+    /// one transaction, and advance each agent's stored event seq to the highest seq of its
+    /// events. Returns each batch's new stored seq, in order. Events whose seq is not above
+    /// the stored seq must have been filtered out by the caller.
+    async fn commit_event_batches(&self, batches: &[EventBatch]) -> Result<Vec<u64>, StoreError>;
+    /// [`Store::commit_event_batches`] for one agent.
+    async fn commit_agent_events(
         &self,
         agent: &str,
         events: &[v1::AgentEvent],
         runs: &[v1::Run],
-    ) -> Result<u64, StoreError>;
+    ) -> Result<u64, StoreError> {
+        let batch = EventBatch {
+            agent: agent.to_string(),
+            events: events.to_vec(),
+            runs: runs.to_vec(),
+        };
+        Ok(self
+            .commit_event_batches(std::slice::from_ref(&batch))
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(0))
+    }
 
     /// Fleet documents of one kind (all kinds when `None`), by kind then name.
-    fn list_documents(&self, kind: Option<&str>) -> Result<Vec<StoredDocument>, StoreError>;
+    async fn list_documents(&self, kind: Option<&str>) -> Result<Vec<StoredDocument>, StoreError>;
     /// Upsert and delete documents in one transaction (an apply is all or nothing).
-    fn write_documents(
+    async fn write_documents(
         &self,
         upserts: &[StoredDocument],
         deletes: &[(String, String)],
     ) -> Result<(), StoreError>;
 
-    /// Operational state records (pauses, drains, scheduler cursors), prost-encoded by the
-    /// caller, keyed like `pause/fleet`, `pause/schedule/NAME`, `cursor/NAME`.
-    fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
-    fn delete_state_prefix(&self, prefix: &str) -> Result<(), StoreError>;
+    /// Operational state records (pauses, drains, scheduler cursors), encoded by the caller,
+    /// under the keys of [`keys`].
+    async fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    async fn delete_state_prefix(&self, prefix: &str) -> Result<(), StoreError>;
 
     /// State records whose key starts with `prefix`, by key.
-    fn list_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
-    /// Write (`Some`) or delete (`None`) state records and add to a schedule's counters in one
-    /// transaction, so that a crash never leaves a fire time both kept and counted, or neither.
-    fn commit_schedule_state(
+    async fn list_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Write (`Some`) or delete (`None`) state records, delete every record under
+    /// `delete_prefix` (when given), and add to a schedule's counters, in one transaction, so
+    /// that a crash never leaves a fire time both kept and counted, or neither.
+    async fn commit_schedule_state(
         &self,
         schedule: &str,
         records: &[(String, Option<Vec<u8>>)],
         deltas: &[(&str, u64)],
+        delete_prefix: Option<&str>,
     ) -> Result<(), StoreError>;
 
     /// Add to named counters of a schedule (e.g. `fired`, `skipped_overlap`).
-    fn bump_counters(&self, schedule: &str, deltas: &[(&str, u64)]) -> Result<(), StoreError>;
-    fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError>;
+    async fn bump_counters(&self, schedule: &str, deltas: &[(&str, u64)])
+    -> Result<(), StoreError>;
+    async fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Append an audit entry (its `id` is assigned here); the log is never updated or pruned
     /// through this interface.
-    fn append_audit(&self, entry: &v1::AuditEntry) -> Result<u64, StoreError>;
+    async fn append_audit(&self, entry: &v1::AuditEntry) -> Result<u64, StoreError>;
     /// Audit entries, newest first.
-    fn list_audit(
+    async fn list_audit(
         &self,
         since_ms: Option<i64>,
         who: Option<&str>,
         limit: usize,
     ) -> Result<Vec<v1::AuditEntry>, StoreError>;
 
-    /// Atomically read-modify-write one state record: `f` gets the current value and returns
-    /// the new one (`None` = unchanged) plus a result. Used where a check and its update must
-    /// not race (consuming a one-time token).
-    fn update_state(&self, key: &str, f: StateUpdate<'_>) -> Result<bool, StoreError>;
-}
-
-/// The read-modify-write function of [`Store::update_state`]: current value in, new value
-/// (`None` = unchanged) and a result out.
-pub type StateUpdate<'a> = &'a mut dyn FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, bool);
-
-/// Run a store call on tokio's blocking pool.
-pub async fn blocking<T, F>(store: &Arc<dyn Store>, f: F) -> Result<T, StoreError>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-{
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(|e| StoreError::Worker(e.to_string()))?
+    /// Atomically read-modify-write one state record: `f` gets the current value and decides.
+    /// Used where a check and its update must not race (consuming a one-time token).
+    async fn update_state(&self, key: &str, f: StateUpdate) -> Result<StateDecision, StoreError>;
 }

@@ -3,15 +3,21 @@
 //! One connection writes and one reads, each behind a mutex: WAL lets reads proceed while a
 //! write transaction is open. Every write is one transaction, so a batch of agent events and
 //! the runs they change become durable together before the controller acknowledges them.
+//!
+//! SQLite calls block, so [`SqliteStore`] runs each on tokio's blocking pool; the synchronous
+//! database code is [`SqliteDb`].
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use syncfleet_proto::v1;
 
-use super::{RunPage, RunQuery, Store, StoreError, StoredAgent};
+use super::{
+    EventBatch, RunPage, RunQuery, StateDecision, StateUpdate, Store, StoreError, StoredAgent,
+    StoredDocument,
+};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS agents (
@@ -72,22 +78,37 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[(
     "ALTER TABLE runs ADD COLUMN schedule TEXT NOT NULL DEFAULT ''",
 )];
 
-/// SQLite-backed [`Store`].
+/// SQLite-backed [`Store`]: the calls of [`SqliteDb`] on tokio's blocking pool.
+#[derive(Debug, Clone)]
 pub struct SqliteStore {
+    db: Arc<SqliteDb>,
+}
+
+/// The synchronous SQLite database behind [`SqliteStore`].
+pub struct SqliteDb {
     path: PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
 }
 
-impl std::fmt::Debug for SqliteStore {
+impl std::fmt::Debug for SqliteDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
+        f.debug_struct("SqliteDb")
             .field("path", &self.path)
             .finish()
     }
 }
 
 impl SqliteStore {
+    /// Open the database file at `path` (see [`SqliteDb::open`]).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            db: Arc::new(SqliteDb::open(path)?),
+        })
+    }
+}
+
+impl SqliteDb {
     /// Open the database file at `path`, creating it (and its folder) when it does not exist.
     ///
     /// An existing file is checked first (`PRAGMA quick_check`) and refused with
@@ -250,8 +271,8 @@ fn upsert_run(conn: &Connection, run: &v1::Run) -> rusqlite::Result<usize> {
     )
 }
 
-impl Store for SqliteStore {
-    fn get_agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
+impl SqliteDb {
+    pub fn get_agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
         let conn = self.reader();
         let row: Option<(Vec<u8>, i64)> = conn
             .query_row(
@@ -270,7 +291,7 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    fn list_agents(&self) -> Result<Vec<v1::Agent>, StoreError> {
+    pub fn list_agents(&self) -> Result<Vec<v1::Agent>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached("SELECT name, body FROM agents ORDER BY name")
@@ -288,7 +309,7 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn put_agent(&self, agent: &v1::Agent) -> Result<(), StoreError> {
+    pub fn put_agent(&self, agent: &v1::Agent) -> Result<(), StoreError> {
         self.writer()
             .execute(
                 "INSERT INTO agents (name, body) VALUES (?1, ?2)
@@ -299,26 +320,36 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn insert_run(&self, run: &v1::Run) -> Result<bool, StoreError> {
-        let n = self
-            .writer()
-            .execute(
-                "INSERT OR IGNORE INTO runs (id, agent, state, created_at, body, schedule)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    run.id,
-                    run.agent,
-                    run_state_label(run),
-                    run_created_ms(run),
-                    run.encode_to_vec(),
-                    run.schedule
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(n == 1)
+    pub fn insert_runs(&self, runs: &[v1::Run]) -> Result<Vec<bool>, StoreError> {
+        let mut conn = self.writer();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let mut inserted = Vec::with_capacity(runs.len());
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO runs (id, agent, state, created_at, body, schedule)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(|e| self.err(e))?;
+            for run in runs {
+                let n = ins
+                    .execute(params![
+                        run.id,
+                        run.agent,
+                        run_state_label(run),
+                        run_created_ms(run),
+                        run.encode_to_vec(),
+                        run.schedule
+                    ])
+                    .map_err(|e| self.err(e))?;
+                inserted.push(n == 1);
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(inserted)
     }
 
-    fn put_runs(&self, runs: &[v1::Run]) -> Result<(), StoreError> {
+    pub fn put_runs(&self, runs: &[v1::Run]) -> Result<(), StoreError> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         for run in runs {
@@ -327,7 +358,7 @@ impl Store for SqliteStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError> {
+    pub fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError> {
         let conn = self.reader();
         let body: Option<Vec<u8>> = conn
             .query_row("SELECT body FROM runs WHERE id = ?1", [id], |r| r.get(0))
@@ -336,7 +367,11 @@ impl Store for SqliteStore {
         body.map(|b| decode(&format!("run {id}"), &b)).transpose()
     }
 
-    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    pub fn run_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
         // A range on the primary key (index seek), not LIKE: LIKE is case-insensitive and would
         // treat `_` and `%` in the prefix as wildcards.
         let conn = self.reader();
@@ -357,7 +392,7 @@ impl Store for SqliteStore {
         Ok(ids)
     }
 
-    fn list_runs(&self, q: &RunQuery) -> Result<RunPage, StoreError> {
+    pub fn list_runs(&self, q: &RunQuery) -> Result<RunPage, StoreError> {
         let mut sql = String::from("SELECT id, created_at, body FROM runs WHERE 1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(agent) = &q.agent {
@@ -421,7 +456,7 @@ impl Store for SqliteStore {
         Ok(page)
     }
 
-    fn runs_in_states(
+    pub fn runs_in_states(
         &self,
         agent: Option<&str>,
         states: &[v1::RunState],
@@ -456,14 +491,25 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn commit_agent_events(
+    pub fn commit_event_batches(&self, batches: &[EventBatch]) -> Result<Vec<u64>, StoreError> {
+        let mut conn = self.writer();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let mut seqs = Vec::with_capacity(batches.len());
+        for batch in batches {
+            seqs.push(self.commit_events_in(&tx, &batch.agent, &batch.events, &batch.runs)?);
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(seqs)
+    }
+
+    /// One agent's events and runs inside the transaction of [`Self::commit_event_batches`].
+    fn commit_events_in(
         &self,
+        tx: &rusqlite::Transaction<'_>,
         agent: &str,
         events: &[v1::AgentEvent],
         runs: &[v1::Run],
     ) -> Result<u64, StoreError> {
-        let mut conn = self.writer();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
         let mut max_seq: u64 = tx
             .query_row(
                 "SELECT last_event_seq FROM agents WHERE name = ?1",
@@ -494,24 +540,19 @@ impl Store for SqliteStore {
             }
         }
         for run in runs {
-            upsert_run(&tx, run).map_err(|e| self.err(e))?;
+            upsert_run(tx, run).map_err(|e| self.err(e))?;
         }
         tx.execute(
             "UPDATE agents SET last_event_seq = ?2 WHERE name = ?1",
             params![agent, i64::try_from(max_seq).unwrap_or(i64::MAX)],
         )
         .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))?;
         Ok(max_seq)
     }
 
-    fn list_documents(&self, kind: Option<&str>) -> Result<Vec<super::StoredDocument>, StoreError> {
-        self.list_documents_impl(kind)
-    }
-
-    fn write_documents(
+    pub fn write_documents(
         &self,
-        upserts: &[super::StoredDocument],
+        upserts: &[StoredDocument],
         deletes: &[(String, String)],
     ) -> Result<(), StoreError> {
         let now = chrono::Utc::now().timestamp_millis();
@@ -535,7 +576,7 @@ impl Store for SqliteStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.reader()
             .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
                 r.get(0)
@@ -544,7 +585,7 @@ impl Store for SqliteStore {
             .map_err(|e| self.err(e))
     }
 
-    fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    pub fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.writer()
             .execute(
                 "INSERT INTO state (key, value) VALUES (?1, ?2)
@@ -555,7 +596,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn delete_state_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+    pub fn delete_state_prefix(&self, prefix: &str) -> Result<(), StoreError> {
         self.writer()
             .execute(
                 "DELETE FROM state WHERE substr(key, 1, length(?1)) = ?1",
@@ -565,11 +606,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn bump_counters(&self, schedule: &str, deltas: &[(&str, u64)]) -> Result<(), StoreError> {
-        self.commit_schedule_state(schedule, &[], deltas)
+    pub fn bump_counters(&self, schedule: &str, deltas: &[(&str, u64)]) -> Result<(), StoreError> {
+        self.commit_schedule_state(schedule, &[], deltas, None)
     }
 
-    fn list_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    pub fn list_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
@@ -582,14 +623,22 @@ impl Store for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
-    fn commit_schedule_state(
+    pub fn commit_schedule_state(
         &self,
         schedule: &str,
         records: &[(String, Option<Vec<u8>>)],
         deltas: &[(&str, u64)],
+        delete_prefix: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
+        if let Some(prefix) = delete_prefix {
+            tx.execute(
+                "DELETE FROM state WHERE substr(key, 1, length(?1)) = ?1",
+                [prefix],
+            )
+            .map_err(|e| self.err(e))?;
+        }
         for (key, value) in records {
             match value {
                 Some(v) => tx.execute(
@@ -612,7 +661,7 @@ impl Store for SqliteStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    fn append_audit(&self, entry: &v1::AuditEntry) -> Result<u64, StoreError> {
+    pub fn append_audit(&self, entry: &v1::AuditEntry) -> Result<u64, StoreError> {
         let at = entry
             .at
             .as_ref()
@@ -627,7 +676,7 @@ impl Store for SqliteStore {
         Ok(u64::try_from(conn.last_insert_rowid()).unwrap_or(0))
     }
 
-    fn list_audit(
+    pub fn list_audit(
         &self,
         since_ms: Option<i64>,
         who: Option<&str>,
@@ -656,7 +705,7 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn update_state(&self, key: &str, f: super::StateUpdate<'_>) -> Result<bool, StoreError> {
+    pub fn update_state(&self, key: &str, f: StateUpdate) -> Result<StateDecision, StoreError> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let current: Option<Vec<u8>> = tx
@@ -665,8 +714,8 @@ impl Store for SqliteStore {
             })
             .optional()
             .map_err(|e| self.err(e))?;
-        let (new, result) = f(current.as_deref());
-        if let Some(v) = new {
+        let decision = f(current.as_deref());
+        if let Ok(v) = &decision {
             tx.execute(
                 "INSERT INTO state (key, value) VALUES (?1, ?2)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -675,10 +724,10 @@ impl Store for SqliteStore {
             .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
-        Ok(result)
+        Ok(decision)
     }
 
-    fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    pub fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
@@ -697,11 +746,8 @@ impl Store for SqliteStore {
     }
 }
 
-impl SqliteStore {
-    fn list_documents_impl(
-        &self,
-        kind: Option<&str>,
-    ) -> Result<Vec<super::StoredDocument>, StoreError> {
+impl SqliteDb {
+    pub fn list_documents(&self, kind: Option<&str>) -> Result<Vec<StoredDocument>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
@@ -710,7 +756,7 @@ impl SqliteStore {
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([kind], |r| {
-                Ok(super::StoredDocument {
+                Ok(StoredDocument {
                     kind: r.get(0)?,
                     name: r.get(1)?,
                     json: r.get(2)?,
@@ -718,6 +764,162 @@ impl SqliteStore {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+/// Run one [`SqliteDb`] call on tokio's blocking pool; the arguments must be owned.
+macro_rules! on_pool {
+    ($self:ident, |$db:ident| $call:expr) => {{
+        let $db = Arc::clone(&$self.db);
+        tokio::task::spawn_blocking(move || $call)
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?
+    }};
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn get_agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
+        let name = name.to_string();
+        on_pool!(self, |db| db.get_agent(&name))
+    }
+
+    async fn list_agents(&self) -> Result<Vec<v1::Agent>, StoreError> {
+        on_pool!(self, |db| db.list_agents())
+    }
+
+    async fn put_agent(&self, agent: &v1::Agent) -> Result<(), StoreError> {
+        let agent = agent.clone();
+        on_pool!(self, |db| db.put_agent(&agent))
+    }
+
+    async fn insert_runs(&self, runs: &[v1::Run]) -> Result<Vec<bool>, StoreError> {
+        let runs = runs.to_vec();
+        on_pool!(self, |db| db.insert_runs(&runs))
+    }
+
+    async fn put_runs(&self, runs: &[v1::Run]) -> Result<(), StoreError> {
+        let runs = runs.to_vec();
+        on_pool!(self, |db| db.put_runs(&runs))
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError> {
+        let id = id.to_string();
+        on_pool!(self, |db| db.get_run(&id))
+    }
+
+    async fn run_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let prefix = prefix.to_string();
+        on_pool!(self, |db| db.run_ids_with_prefix(&prefix, limit))
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        let query = query.clone();
+        on_pool!(self, |db| db.list_runs(&query))
+    }
+
+    async fn runs_in_states(
+        &self,
+        agent: Option<&str>,
+        states: &[v1::RunState],
+    ) -> Result<Vec<v1::Run>, StoreError> {
+        let agent = agent.map(str::to_string);
+        let states = states.to_vec();
+        on_pool!(self, |db| db.runs_in_states(agent.as_deref(), &states))
+    }
+
+    async fn commit_event_batches(&self, batches: &[EventBatch]) -> Result<Vec<u64>, StoreError> {
+        let batches = batches.to_vec();
+        on_pool!(self, |db| db.commit_event_batches(&batches))
+    }
+
+    async fn list_documents(&self, kind: Option<&str>) -> Result<Vec<StoredDocument>, StoreError> {
+        let kind = kind.map(str::to_string);
+        on_pool!(self, |db| db.list_documents(kind.as_deref()))
+    }
+
+    async fn write_documents(
+        &self,
+        upserts: &[StoredDocument],
+        deletes: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let (upserts, deletes) = (upserts.to_vec(), deletes.to_vec());
+        on_pool!(self, |db| db.write_documents(&upserts, &deletes))
+    }
+
+    async fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        on_pool!(self, |db| db.get_state(&key))
+    }
+
+    async fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        on_pool!(self, |db| db.put_state(&key, &value))
+    }
+
+    async fn delete_state_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        let prefix = prefix.to_string();
+        on_pool!(self, |db| db.delete_state_prefix(&prefix))
+    }
+
+    async fn list_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = prefix.to_string();
+        on_pool!(self, |db| db.list_state(&prefix))
+    }
+
+    async fn commit_schedule_state(
+        &self,
+        schedule: &str,
+        records: &[(String, Option<Vec<u8>>)],
+        deltas: &[(&str, u64)],
+        delete_prefix: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let schedule = schedule.to_string();
+        let records = records.to_vec();
+        let deltas: Vec<(String, u64)> = deltas.iter().map(|(c, n)| (c.to_string(), *n)).collect();
+        let delete_prefix = delete_prefix.map(str::to_string);
+        on_pool!(self, |db| {
+            let deltas: Vec<(&str, u64)> = deltas.iter().map(|(c, n)| (c.as_str(), *n)).collect();
+            db.commit_schedule_state(&schedule, &records, &deltas, delete_prefix.as_deref())
+        })
+    }
+
+    async fn bump_counters(
+        &self,
+        schedule: &str,
+        deltas: &[(&str, u64)],
+    ) -> Result<(), StoreError> {
+        self.commit_schedule_state(schedule, &[], deltas, None)
+            .await
+    }
+
+    async fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let schedule = schedule.to_string();
+        on_pool!(self, |db| db.counters(&schedule))
+    }
+
+    async fn append_audit(&self, entry: &v1::AuditEntry) -> Result<u64, StoreError> {
+        let entry = entry.clone();
+        on_pool!(self, |db| db.append_audit(&entry))
+    }
+
+    async fn list_audit(
+        &self,
+        since_ms: Option<i64>,
+        who: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<v1::AuditEntry>, StoreError> {
+        let who = who.map(str::to_string);
+        on_pool!(self, |db| db.list_audit(since_ms, who.as_deref(), limit))
+    }
+
+    async fn update_state(&self, key: &str, f: StateUpdate) -> Result<StateDecision, StoreError> {
+        let key = key.to_string();
+        on_pool!(self, |db| db.update_state(&key, f))
     }
 }
 
@@ -736,8 +938,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn runs_survive_reopen_and_page_newest_first() {
+    #[tokio::test]
+    async fn runs_survive_reopen_and_page_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller.db");
         {
@@ -745,11 +947,13 @@ mod tests {
             for i in 0..5 {
                 assert!(
                     s.insert_run(&run(&format!("r{i}"), "a", 1000 + i, v1::RunState::Pending))
+                        .await
                         .unwrap()
                 );
             }
             assert!(
                 !s.insert_run(&run("r0", "a", 1, v1::RunState::Failed))
+                    .await
                     .unwrap()
             );
         }
@@ -759,6 +963,7 @@ mod tests {
                 limit: 2,
                 ..Default::default()
             })
+            .await
             .unwrap();
         assert_eq!(
             p1.runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
@@ -770,6 +975,7 @@ mod tests {
                 page_token: p1.next_page_token.clone(),
                 ..Default::default()
             })
+            .await
             .unwrap();
         assert_eq!(
             p2.runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
@@ -781,11 +987,12 @@ mod tests {
                 page_token: p2.next_page_token.clone(),
                 ..Default::default()
             })
+            .await
             .unwrap();
         assert_eq!(p3.runs.len(), 1);
         assert!(p3.next_page_token.is_none());
         assert_eq!(
-            s.get_run("r0").unwrap().unwrap().state,
+            s.get_run("r0").await.unwrap().unwrap().state,
             v1::RunState::Pending as i32
         );
         assert!(matches!(
@@ -793,21 +1000,24 @@ mod tests {
                 limit: 2,
                 page_token: Some("garbage".into()),
                 ..Default::default()
-            }),
+            })
+            .await,
             Err(StoreError::BadPageToken)
         ));
     }
 
-    #[test]
-    fn events_commit_with_runs_and_advance_seq() {
+    #[tokio::test]
+    async fn events_commit_with_runs_and_advance_seq() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
         s.put_agent(&v1::Agent {
             name: "a".into(),
             ..Default::default()
         })
+        .await
         .unwrap();
         s.insert_run(&run("r", "a", 1, v1::RunState::Dispatched))
+            .await
             .unwrap();
         let ev = |seq| v1::AgentEvent {
             seq,
@@ -820,11 +1030,13 @@ mod tests {
                 &[ev(1), ev(2)],
                 &[run("r", "a", 1, v1::RunState::Running)],
             )
+            .await
             .unwrap();
         assert_eq!(seq, 2);
-        assert_eq!(s.get_agent("a").unwrap().unwrap().last_event_seq, 2);
+        assert_eq!(s.get_agent("a").await.unwrap().unwrap().last_event_seq, 2);
         let running = s
             .runs_in_states(Some("a"), &[v1::RunState::Running])
+            .await
             .unwrap();
         assert_eq!(running.len(), 1);
         // put_agent keeps the stored seq.
@@ -833,7 +1045,114 @@ mod tests {
             hostname: "h".into(),
             ..Default::default()
         })
+        .await
         .unwrap();
-        assert_eq!(s.get_agent("a").unwrap().unwrap().last_event_seq, 2);
+        assert_eq!(s.get_agent("a").await.unwrap().unwrap().last_event_seq, 2);
+    }
+
+    #[tokio::test]
+    async fn batches_commit_whole_in_one_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        for a in ["a", "b"] {
+            s.put_agent(&v1::Agent {
+                name: a.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        // One fire time's runs in one call; an id already taken is reported, not replaced.
+        let inserted = s
+            .insert_runs(&[
+                run("ra", "a", 1, v1::RunState::Pending),
+                run("rb", "b", 1, v1::RunState::Pending),
+                run("ra", "a", 2, v1::RunState::Failed),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(inserted, [true, true, false]);
+        assert_eq!(
+            s.get_run("ra").await.unwrap().unwrap().state,
+            v1::RunState::Pending as i32
+        );
+        // Two agents' events in one transaction, each agent's seq advanced on its own.
+        let ev = |seq, run_id: &str| v1::AgentEvent {
+            seq,
+            run_id: run_id.into(),
+            ..Default::default()
+        };
+        let seqs = s
+            .commit_event_batches(&[
+                EventBatch {
+                    agent: "a".into(),
+                    events: vec![ev(1, "ra"), ev(2, "ra")],
+                    runs: vec![run("ra", "a", 1, v1::RunState::Running)],
+                },
+                EventBatch {
+                    agent: "b".into(),
+                    events: vec![ev(7, "rb")],
+                    runs: vec![run("rb", "b", 1, v1::RunState::Running)],
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(seqs, [2, 7]);
+        assert_eq!(s.get_agent("b").await.unwrap().unwrap().last_event_seq, 7);
+        assert_eq!(
+            s.runs_in_states(None, &[v1::RunState::Running])
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        // Schedule state: records written and a key prefix cleared together.
+        s.put_state("buffered/k/1", b"x").await.unwrap();
+        s.put_state("buffered/k/2", b"y").await.unwrap();
+        s.commit_schedule_state(
+            "k",
+            &[("cursor/k".into(), Some(b"5".to_vec()))],
+            &[("fired", 1)],
+            Some("buffered/k/"),
+        )
+        .await
+        .unwrap();
+        assert!(s.list_state("buffered/k/").await.unwrap().is_empty());
+        assert_eq!(
+            s.get_state("cursor/k").await.unwrap().as_deref(),
+            Some(&b"5"[..])
+        );
+        assert_eq!(s.counters("k").await.unwrap(), [("fired".to_string(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn update_state_writes_only_what_the_function_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        s.put_state("token/t", b"fresh").await.unwrap();
+        let consume = |cur: Option<&[u8]>| match cur {
+            Some(b"fresh") => Ok(b"used".to_vec()),
+            Some(_) => Err("already used".to_string()),
+            None => Err("unknown".to_string()),
+        };
+        assert_eq!(
+            s.update_state("token/t", Box::new(consume)).await.unwrap(),
+            Ok(b"used".to_vec())
+        );
+        assert_eq!(
+            s.update_state("token/t", Box::new(consume)).await.unwrap(),
+            Err("already used".to_string())
+        );
+        assert_eq!(
+            s.update_state("token/none", Box::new(consume))
+                .await
+                .unwrap(),
+            Err("unknown".to_string())
+        );
+        assert_eq!(
+            s.get_state("token/t").await.unwrap().as_deref(),
+            Some(&b"used"[..])
+        );
+        assert_eq!(s.get_state("token/none").await.unwrap(), None);
     }
 }

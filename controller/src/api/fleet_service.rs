@@ -1,143 +1,20 @@
-//! gRPC services: `AgentService` (agents' session streams) and `FleetService` (operators).
-//!
-//! Every call is authenticated by the caller's client certificate (verified by TLS against the
-//! fleet CA); the identity comes from its `spiffe://<fleet>/<role>/<name>` SAN. Agents may only
-//! open sessions, operators may only use the fleet API.
+//! `FleetService`: the operators' API (agents, runs, documents, schedules, holds, access).
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use syncfleet_proto::v1::{
-    self, agent_service_server::AgentService, fleet_service_server::FleetService,
-};
+use syncfleet_proto::v1::{self, fleet_service_server::FleetService};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
-use crate::auth::{
-    CallCtx, PeerIdentity, Role, Security, caller, status_with_request_id, with_request_id,
-};
-use crate::fleet::{Fleet, session_protocol, store_status};
+use super::status::bad_input;
+use crate::auth::{CallCtx, Security, status_with_request_id, with_request_id};
+use crate::fleet::{Fleet, store_status};
 use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
 use crate::run_ids;
-use crate::store::{self, RunQuery};
-
-fn require(id: &PeerIdentity, role: Role) -> Result<(), Status> {
-    if id.role == role {
-        Ok(())
-    } else {
-        Err(Status::permission_denied(format!(
-            "{id} may not call this method (it is for {} identities)",
-            match role {
-                Role::Agent => "agent",
-                Role::Operator => "operator",
-            }
-        )))
-    }
-}
-
-/// `AgentService` implementation.
-#[derive(Debug, Clone)]
-pub struct AgentSvc {
-    pub fleet: Arc<Fleet>,
-    pub fleet_name: String,
-    pub security: Arc<Security>,
-}
-
-#[tonic::async_trait]
-impl AgentService for AgentSvc {
-    async fn renew(
-        &self,
-        request: Request<v1::RenewRequest>,
-    ) -> Result<Response<v1::CertificateResponse>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let id = match caller(&request, &self.fleet_name)
-            .and_then(|id| require(&id, Role::Agent).map(|()| id))
-        {
-            Ok(id) => id,
-            Err(status) => {
-                let request_id = uuid::Uuid::new_v4().to_string();
-                let who = caller(&request, &self.fleet_name)
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|_| "anonymous".into());
-                self.security
-                    .audit(
-                        &who,
-                        "Renew",
-                        "",
-                        "denied",
-                        status.message(),
-                        &request_id,
-                        &peer,
-                    )
-                    .await;
-                return Err(status_with_request_id(status, &request_id));
-            }
-        };
-        let resp = self
-            .security
-            .renew(&id, &peer, request.into_inner())
-            .await?;
-        Ok(Response::new(resp))
-    }
-
-    type SessionStream = session_protocol::Outbound;
-
-    async fn session(
-        &self,
-        request: Request<Streaming<v1::AgentMessage>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let id = match caller(&request, &self.fleet_name)
-            .and_then(|id| require(&id, Role::Agent).map(|()| id))
-        {
-            Ok(id) => id,
-            Err(status) => {
-                let who = caller(&request, &self.fleet_name)
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|_| "anonymous".into());
-                self.security
-                    .audit(&who, "Session", "", "denied", status.message(), "", &peer)
-                    .await;
-                return Err(status);
-            }
-        };
-        let outbound = session_protocol::open(
-            &self.fleet,
-            &self.security,
-            &id,
-            &peer,
-            request.into_inner(),
-        )
-        .await?;
-        Ok(Response::new(outbound))
-    }
-}
-
-/// `EnrollService`: the only syncfleet service callable without a client certificate.
-#[derive(Debug, Clone)]
-pub struct EnrollSvc {
-    pub security: Arc<Security>,
-}
-
-#[tonic::async_trait]
-impl syncfleet_proto::v1::enroll_service_server::EnrollService for EnrollSvc {
-    async fn enroll(
-        &self,
-        request: Request<v1::EnrollRequest>,
-    ) -> Result<Response<v1::CertificateResponse>, Status> {
-        let peer = request.remote_addr();
-        let resp = self.security.enroll(peer, request.into_inner()).await?;
-        Ok(Response::new(resp))
-    }
-}
+use crate::store::RunQuery;
 
 /// `FleetService` implementation.
 #[derive(Debug, Clone)]
@@ -258,13 +135,6 @@ impl FleetSvc {
     }
 }
 
-/// A request refused by an input limit: `INVALID_ARGUMENT` with the limit's message.
-fn bad_input(e: LimitError) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
-/// The input limits of `StartRun`: identifier lengths, at most [`limits::MAX_STEPS_PER_RUN`]
-/// steps, MA and run profile names of at most [`limits::MAX_ENGINE_NAME`] characters.
 fn check_start_run(req: &v1::StartRunRequest) -> Result<(), LimitError> {
     check_ident("agent", &req.agent)?;
     check_ident("sequence", &req.sequence)?;
@@ -319,19 +189,13 @@ fn apply_detail(req: &v1::ApplyRequest, resp: Option<&v1::ApplyResponse>) -> Str
     }
 }
 
-/// Attach the call's request id to its response or error.
 /// The full run id an operator's id or unique prefix names ([`run_ids`]), as a gRPC status on
 /// failure.
 async fn run_id(store: &Arc<dyn crate::store::Store>, typed: &str) -> Result<String, Status> {
-    run_ids::resolve(store, typed).await.map_err(|e| match e {
-        run_ids::RunIdError::NotFound(_) => Status::not_found(e.to_string()),
-        run_ids::RunIdError::Ambiguous { .. } | run_ids::RunIdError::TooLong(_) => {
-            Status::invalid_argument(e.to_string())
-        }
-        run_ids::RunIdError::Store(e) => store_status(e),
-    })
+    Ok(run_ids::resolve(store, typed).await?)
 }
 
+/// Attach the call's request id to its response or error.
 fn tag<T>(ctx: &CallCtx, result: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
     result
         .map(|r| with_request_id(r, &ctx.request_id))
@@ -348,7 +212,10 @@ impl FleetService for FleetSvc {
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
         let ctx = self.security.authorize(&request, "ListAgents", "").await?;
         let result: Result<_, Status> = async {
-            let agents = store::blocking(&self.fleet.store, |s| s.list_agents())
+            let agents = self
+                .fleet
+                .store
+                .list_agents()
                 .await
                 .map_err(store_status)?
                 .into_iter()
@@ -369,7 +236,10 @@ impl FleetService for FleetSvc {
             let name = request.into_inner().name;
             check_ident("agent", &name).map_err(bad_input)?;
             let n = name.clone();
-            let stored = store::blocking(&self.fleet.store, move |s| s.get_agent(&n))
+            let stored = self
+                .fleet
+                .store
+                .get_agent(&n)
                 .await
                 .map_err(store_status)?
                 .ok_or_else(|| Status::not_found(format!("no agent named {}", echo(&name))))?;
@@ -442,7 +312,9 @@ impl FleetService for FleetSvc {
             check_ident("run id", &typed).map_err(bad_input)?;
             let id = run_id(&self.fleet.store, &typed).await?;
             let i = id.clone();
-            store::blocking(&self.fleet.store, move |s| s.get_run(&i))
+            self.fleet
+                .store
+                .get_run(&i)
                 .await
                 .map_err(store_status)?
                 .map(Response::new)
@@ -480,7 +352,10 @@ impl FleetService for FleetSvc {
                 },
                 page_token: (!req.page_token.is_empty()).then_some(req.page_token),
             };
-            let page = store::blocking(&self.fleet.store, move |s| s.list_runs(&query))
+            let page = self
+                .fleet
+                .store
+                .list_runs(&query)
                 .await
                 .map_err(store_status)?;
             Ok(Response::new(v1::ListRunsResponse {
@@ -516,7 +391,9 @@ impl FleetService for FleetSvc {
             } else {
                 let id = req.run_id.clone();
                 Some(
-                    store::blocking(&fleet.store, move |s| s.get_run(&id))
+                    fleet
+                        .store
+                        .get_run(&id)
                         .await
                         .map_err(store_status)?
                         .ok_or_else(|| {
@@ -543,7 +420,7 @@ impl FleetService for FleetSvc {
                                 continue;
                             }
                             let id = req.run_id.clone();
-                            match store::blocking(&fleet.store, move |s| s.get_run(&id)).await {
+                            match fleet.store.get_run(&id).await {
                                 Ok(Some(r)) => r,
                                 _ => continue,
                             }
@@ -841,11 +718,12 @@ impl FleetService for FleetSvc {
         } else {
             req.limit.min(10_000) as usize
         };
-        let entries = store::blocking(&self.fleet.store, move |s| {
-            s.list_audit(since, who.as_deref(), limit)
-        })
-        .await
-        .map_err(store_status)?;
+        let entries = self
+            .fleet
+            .store
+            .list_audit(since, who.as_deref(), limit)
+            .await
+            .map_err(store_status)?;
         Ok(with_request_id(
             Response::new(v1::ListAuditResponse { entries }),
             &ctx.request_id,

@@ -1,0 +1,17 @@
+//! The gRPC edge: one file per service, and the only place where domain errors become
+//! `tonic::Status` ([`status`]).
+//!
+//! Every call is authenticated by the caller's client certificate (verified by TLS against the
+//! fleet CA); the identity comes from its `spiffe://<fleet>/<role>/<name>` SAN. Agents may only
+//! open sessions, operators may only use the fleet API, and which operator role may call which
+//! RPC is one table (`crate::auth::roles`), applied by `Security::authorize` at the top of
+//! every fleet handler.
+
+mod agent_service;
+mod enroll_service;
+mod fleet_service;
+pub mod status;
+
+pub use agent_service::AgentSvc;
+pub use enroll_service::EnrollSvc;
+pub use fleet_service::FleetSvc;
