@@ -24,8 +24,8 @@ use syncfleet_agent::config::{EngineConfig, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::init;
-use crate::cli::config::{Context, default_config_path, upsert_context};
 use crate::config::ControllerConfig;
+use crate::contexts::{Context, default_config_path, upsert_context};
 use crate::server::{self, ServeError};
 
 /// `dev`'s command-line arguments, shared by the `syncfleet` and `syncfleet-controller` binaries.
@@ -164,7 +164,7 @@ pub enum DevError {
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error(transparent)]
-    CliConfig(#[from] crate::cli::config::ConfigError),
+    CliConfig(#[from] crate::contexts::ConfigError),
     #[error("the controller stopped before it was ready")]
     NotReady,
     #[error("the built-in example fleet is invalid: {0}")]

@@ -7,6 +7,10 @@
     clippy::panic,
     reason = "tests fail loudly on unexpected values"
 )]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these tests wait for real child processes by polling with short blocking sleeps"
+)]
 
 mod common;
 

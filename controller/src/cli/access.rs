@@ -32,11 +32,11 @@ use syncfleet_proto::v1::{
     Role,
 };
 
-use super::config::{Context, upsert_context};
 use super::connect::Client;
 use super::output::{self, out};
 use super::table::{self, Table};
 use super::{CliError, EXIT_OK, OutputFormat, Session};
+use crate::contexts::{Context, upsert_context};
 
 /// `tokens ...`
 #[derive(Debug, Subcommand)]
@@ -536,7 +536,7 @@ impl Session<'_> {
                 CliError::Failed(format!(
                     "cannot write {}: {}",
                     path.display(),
-                    super::config::io_message(&e)
+                    crate::contexts::io_message(&e)
                 ))
             })
         };

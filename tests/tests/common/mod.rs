@@ -48,6 +48,10 @@ pub fn free_port() -> u16 {
 }
 
 /// Poll `f` until it returns Some, or fail after `timeout` naming `what`.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests poll real child processes from the test thread; the pause between polls blocks only it"
+)]
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
