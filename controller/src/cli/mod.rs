@@ -282,15 +282,10 @@ pub fn main() -> ExitCode {
     if let Command::Dev(args) = &cli.command {
         return crate::dev::main(args, cli.config.as_deref());
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // `process::runtime` ends with exit code 1 (`EXIT_FAILED`) when the runtime cannot start.
+    let rt = match syncfleet_proto::process::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+        Err(code) => return code,
     };
     rt.block_on(run_parsed(&cli))
 }
