@@ -17,11 +17,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[test]
 fn run_with_follow_stores_counters_that_survive_a_controller_restart() {
-    let mut fleet = Fleet::init(&["sync-01", "sync-02"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.start_agent("sync-02", 1, 0.01);
-    fleet.wait_connected(&["sync-01", "sync-02"]);
+    let mut fleet = Fleet::started(&["sync-01", "sync-02"], 0.01);
 
     // The inventory reaches the operator API.
     let agents = fleet.cli_json(&["agents", "list", "-o", "json"]);
@@ -114,10 +110,7 @@ fn run_with_follow_stores_counters_that_survive_a_controller_restart() {
 
 #[test]
 fn failed_step_exits_non_zero_and_unknown_profiles_are_refused() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 0.01);
     let out = fleet.cli(&["run", "sync-01", "--step", "AD:Delta Imprt"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -132,11 +125,8 @@ fn failed_step_exits_non_zero_and_unknown_profiles_are_refused() {
 
 #[test]
 fn agent_killed_mid_run_never_executes_it_twice() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
     // Slow engine: a full import takes tens of seconds.
-    fleet.start_agent("sync-01", 0, 1.0);
-    fleet.wait_connected(&["sync-01"]);
+    let mut fleet = Fleet::started(&["sync-01"], 1.0);
     let out = fleet.cli(&["run", "sync-01", "--step", "AD:Full Import"]);
     assert!(
         out.status.success(),
@@ -171,10 +161,7 @@ fn agent_killed_mid_run_never_executes_it_twice() {
 
 #[test]
 fn events_emitted_while_the_controller_is_down_arrive_after_it_returns() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.2);
-    fleet.wait_connected(&["sync-01"]);
+    let mut fleet = Fleet::started(&["sync-01"], 0.2);
     let out = fleet.cli(&[
         "run",
         "sync-01",

@@ -367,11 +367,7 @@ fn apply(fleet: &Fleet, yaml: &str) {
 
 #[test]
 fn runs_for_a_revoked_agent_are_refused_until_it_enrols_again() {
-    let mut fleet = Fleet::init(&["sync-01", "sync-02"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.start_agent("sync-02", 1, 0.01);
-    fleet.wait_connected(&["sync-01", "sync-02"]);
+    let mut fleet = Fleet::started(&["sync-01", "sync-02"], 0.01);
     // A run waits for sync-01 while it is away; the revocation fails it at once.
     fleet.agents.get_mut("sync-01").unwrap().kill9();
     let out = fleet.cli(&["run", "sync-01", "--step", "AD:Delta Import"]);

@@ -16,7 +16,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Fleet, bin, stdout, wait_for};
+use common::{Fleet, bin, foreign_pki, stdout, wait_for};
 use syncfleet_proto::v1::{ListAgentsRequest, fleet_service_client::FleetServiceClient};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -116,10 +116,7 @@ async fn list_agents(fleet: &Fleet, identity: Option<(Vec<u8>, Vec<u8>)>) -> Res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn strangers_and_revoked_agents_get_nothing_but_health_and_are_audited() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 0.01);
 
     // Health answers anyone with TLS.
     let ch = channel(&fleet, None).await.unwrap();
@@ -152,13 +149,7 @@ async fn strangers_and_revoked_agents_get_nothing_but_health_and_are_audited() {
     .unwrap_err();
     assert!(!err.is_empty());
     // A certificate from another CA.
-    let other = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("syncfleet-controller"))
-        .args(["init", "--fleet", "e2e", "--data-dir"])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let other = foreign_pki();
     let op = other.path().join("pki/operators");
     let foreign = (
         std::fs::read(op.join("admin.pem")).unwrap(),
@@ -308,10 +299,7 @@ fn tokens_are_single_use_bound_to_a_name_and_expire() {
 
 #[test]
 fn a_viewer_reads_but_cannot_run_and_the_denial_is_audited() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 0.01);
     let cfg = fleet.dir.path().join("alice").join("config.toml");
     let out = fleet.cli(&[
         "operators",

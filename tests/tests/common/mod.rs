@@ -48,21 +48,39 @@ pub fn free_port() -> u16 {
 }
 
 /// Poll `f` until it returns Some, or fail after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll(timeout, f).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Poll `f` until it returns Some; None once `timeout` has passed.
 #[allow(
     clippy::disallowed_methods,
     reason = "tests poll real child processes from the test thread; the pause between polls blocks only it"
 )]
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The PKI of another fleet (`syncfleet-controller init` in a fresh temporary folder): its
+/// certificates chain to a CA the test fleet does not trust.
+pub fn foreign_pki() -> tempfile::TempDir {
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("syncfleet-controller"))
+        .args(["init", "--fleet", "e2e", "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    other
 }
 
 /// Polls `syncfleet agents list -o json` through `cli` until `n` agents are connected; returns
@@ -194,6 +212,18 @@ impl Fleet {
             agents: HashMap::new(),
             cli_config,
         }
+    }
+
+    /// A running fleet: the controller and simulated agents `agents` (the i-th simulating
+    /// example server i, with durations scaled by `time_scale`), all connected.
+    pub fn started(agents: &[&str], time_scale: f64) -> Fleet {
+        let mut fleet = Fleet::init(agents);
+        fleet.start_controller();
+        for (i, a) in agents.iter().enumerate() {
+            fleet.start_agent(a, i, time_scale);
+        }
+        fleet.wait_connected(agents);
+        fleet
     }
 
     pub fn data_dir(&self) -> PathBuf {
