@@ -376,6 +376,44 @@ impl Session<'_> {
         }
     }
 
+    /// Prints what a call returned: `json` with `-o json`/`-o yaml`; in table mode `text` on
+    /// stdout, then `hint` (what happens next, how to undo it) on stderr when there is one, so
+    /// that stdout holds the result alone for scripts.
+    fn print_result(
+        &self,
+        json: &serde_json::Value,
+        text: &str,
+        hint: Option<&str>,
+    ) -> Result<u8, CliError> {
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => self.data(json)?,
+            OutputFormat::Table => {
+                output::out(text)?;
+                if let Some(hint) = hint {
+                    eprintln!("{hint}");
+                }
+            }
+        }
+        Ok(EXIT_OK)
+    }
+
+    /// Prints a list: `json` with `-o json`/`-o yaml`; in table mode the `table` of its rows, or
+    /// `none` on stderr when it `is_empty` (stdout then stays empty).
+    fn print_list(
+        &self,
+        json: &serde_json::Value,
+        is_empty: bool,
+        table: impl FnOnce() -> String,
+        none: &str,
+    ) -> Result<u8, CliError> {
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => self.data(json)?,
+            OutputFormat::Table if is_empty => eprintln!("{none}"),
+            OutputFormat::Table => output::out(&table())?,
+        }
+        Ok(EXIT_OK)
+    }
+
     fn rpc_err(&self, status: &tonic::Status) -> CliError {
         let mut line = connect::describe_status(status, &self.rc.context.controller);
         if let Some(id) = access::request_id(status) {
