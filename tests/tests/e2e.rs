@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fleet, stdout, wait_for};
+use common::{Fleet, run_followed, stdout, wait_for};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -36,24 +36,11 @@ fn run_with_follow_stores_counters_that_survive_a_controller_restart() {
     assert!(mas.contains(&"AD"), "{mas:?}");
     assert_eq!(a1["labels"]["env"], "e2e");
 
-    let out = fleet.cli(&[
-        "run",
+    let followed = run_followed(
+        |a| fleet.cli(a),
         "sync-01",
-        "--step",
-        "AD:Delta Import",
-        "--step",
-        "AD:Delta Sync",
-        "--follow",
-        "-o",
-        "json",
-    ]);
-    assert!(
-        out.status.success(),
-        "run --follow failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
+        &["AD:Delta Import", "AD:Delta Sync"],
     );
-    let followed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = followed["id"].as_str().unwrap().to_string();
 
     let run = fleet.run_json(&id).unwrap();

@@ -16,7 +16,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Fleet, bin, foreign_pki, stdout, wait_for};
+use common::{Fleet, bin, foreign_pki, run_followed, stdout, wait_for};
 use syncfleet_proto::v1::{ListAgentsRequest, fleet_service_client::FleetServiceClient};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -368,23 +368,11 @@ fn ten_second_certificates_renew_while_a_run_streams_without_dropping_the_sessio
         "[engine]\nkind = \"sim\"\ntime_scale = 0.6\n",
     );
     fleet.wait_connected(&["sync-05"]);
-    let out = fleet.cli(&[
-        "run",
+    let run = run_followed(
+        |a| fleet.cli(a),
         "sync-05",
-        "--step",
-        "AD:Full Import",
-        "--step",
-        "AD:Delta Sync",
-        "--follow",
-        "-o",
-        "json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["AD:Full Import", "AD:Delta Sync"],
     );
-    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["state"], "succeeded");
     // Every step's events arrived: both steps done with their counters.
     for s in run["steps"].as_array().unwrap() {

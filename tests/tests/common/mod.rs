@@ -70,6 +70,28 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
     }
 }
 
+/// `syncfleet run AGENT --step S... --follow -o json` through `cli`: asserts that the CLI
+/// succeeded (failing with its output) and returns the run it printed.
+pub fn run_followed(
+    cli: impl Fn(&[&str]) -> Output,
+    agent: &str,
+    steps: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["run", agent];
+    for s in steps {
+        args.extend(["--step", s]);
+    }
+    args.extend(["--follow", "-o", "json"]);
+    let out = cli(&args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The PKI of another fleet (`syncfleet-controller init` in a fresh temporary folder): its
 /// certificates chain to a CA the test fleet does not trust.
 pub fn foreign_pki() -> tempfile::TempDir {
