@@ -13,27 +13,17 @@ use std::process::Command;
 
 use common::{Fleet, bin, foreign_pki};
 use syncfleet_proto::v1::{ListAgentsRequest, fleet_service_client::FleetServiceClient};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
+/// [`Fleet::channel`] with the client certificate and key read from files.
 async fn channel(
     fleet: &Fleet,
     identity: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let ca = std::fs::read(fleet.pki().join("ca.pem")).unwrap();
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(
-            std::fs::read(cert).unwrap(),
-            std::fs::read(key).unwrap(),
-        ));
-    }
-    Endpoint::from_shared(format!("https://127.0.0.1:{}", fleet.grpc_port))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
+    fleet
+        .channel(
+            identity.map(|(cert, key)| (std::fs::read(cert).unwrap(), std::fs::read(key).unwrap())),
+        )
         .await
 }
 

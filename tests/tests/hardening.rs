@@ -176,18 +176,7 @@ async fn a_silent_connection_without_a_certificate_is_closed_and_health_still_an
 
 /// A gRPC channel without a client certificate.
 async fn anonymous_channel(fleet: &Fleet) -> tonic::transport::Channel {
-    let ca = std::fs::read(fleet.pki().join("ca.pem")).unwrap();
-    tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", fleet.grpc_port))
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    fleet.channel(None).await.unwrap()
 }
 
 /// Retry a call a few times: a channel whose connection was closed reconnects on the next call.

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use common::{Fleet, bin, foreign_pki, run_followed, stdout, wait_for};
 use syncfleet_proto::v1::{ListAgentsRequest, fleet_service_client::FleetServiceClient};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 fn audit(fleet: &Fleet) -> Vec<serde_json::Value> {
     fleet
@@ -84,27 +83,8 @@ fn start_enrolled(fleet: &mut Fleet, agent: &str, extra: &str) {
     );
 }
 
-async fn channel(
-    fleet: &Fleet,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-) -> Result<Channel, tonic::transport::Error> {
-    let ca = std::fs::read(fleet.pki().join("ca.pem")).unwrap();
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Endpoint::from_shared(format!("https://127.0.0.1:{}", fleet.grpc_port))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-}
-
 async fn list_agents(fleet: &Fleet, identity: Option<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
-    match channel(fleet, identity).await {
+    match fleet.channel(identity).await {
         Err(e) => Err(format!("connect: {e:?}")),
         Ok(ch) => FleetServiceClient::new(ch)
             .list_agents(ListAgentsRequest {})
@@ -119,7 +99,7 @@ async fn strangers_and_revoked_agents_get_nothing_but_health_and_are_audited() {
     let fleet = Fleet::started(&["sync-01"], 0.01);
 
     // Health answers anyone with TLS.
-    let ch = channel(&fleet, None).await.unwrap();
+    let ch = fleet.channel(None).await.unwrap();
     let health = tonic_health::pb::health_client::HealthClient::new(ch)
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
@@ -185,7 +165,7 @@ async fn strangers_and_revoked_agents_get_nothing_but_health_and_are_audited() {
         std::fs::read(ad.join("agent.pem")).unwrap(),
         std::fs::read(ad.join("agent.key")).unwrap(),
     );
-    let ch = channel(&fleet, Some(agent_cert)).await.unwrap();
+    let ch = fleet.channel(Some(agent_cert)).await.unwrap();
     let err = syncfleet_proto::v1::agent_service_client::AgentServiceClient::new(ch)
         .renew(syncfleet_proto::v1::RenewRequest {
             csr_pem: "x".into(),
@@ -432,14 +412,14 @@ async fn an_agent_cannot_speak_for_another_agent() {
         })),
     };
     // 1. Claiming to be sync-02 with sync-01's certificate.
-    let ch = channel(&fleet, Some(a_cert.clone())).await.unwrap();
+    let ch = fleet.channel(Some(a_cert.clone())).await.unwrap();
     let err = AgentServiceClient::new(ch)
         .session(tokio_stream::iter(vec![hello("sync-02")]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     // 2. Reporting sync-02's run as sync-01.
-    let ch = channel(&fleet, Some(a_cert)).await.unwrap();
+    let ch = fleet.channel(Some(a_cert)).await.unwrap();
     let forged = v1::AgentMessage {
         msg: Some(Msg::Event(v1::AgentEvent {
             seq: 1,
@@ -492,7 +472,7 @@ async fn renew_denials_are_audited() {
         csr_pem: "x".into(),
     };
     // Without a certificate.
-    let ch = channel(&fleet, None).await.unwrap();
+    let ch = fleet.channel(None).await.unwrap();
     let err = AgentServiceClient::new(ch)
         .renew(renew.clone())
         .await
@@ -505,7 +485,7 @@ async fn renew_denials_are_audited() {
         std::fs::read(op.join("admin.pem")).unwrap(),
         std::fs::read(op.join("admin.key")).unwrap(),
     );
-    let ch = channel(&fleet, Some(admin)).await.unwrap();
+    let ch = fleet.channel(Some(admin)).await.unwrap();
     let err = AgentServiceClient::new(ch).renew(renew).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 

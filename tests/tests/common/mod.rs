@@ -436,6 +436,28 @@ pub fn path_str(p: &Path) -> String {
 }
 
 impl Fleet {
+    /// A gRPC channel to the controller over TLS, verified against the fleet's CA; with
+    /// `identity` (certificate and key, PEM) as the client certificate, else without one.
+    pub async fn channel(
+        &self,
+        identity: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let ca = std::fs::read(self.pki().join("ca.pem")).unwrap();
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Endpoint::from_shared(format!("https://127.0.0.1:{}", self.grpc_port))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+    }
+
     /// Write a fleet file into the fleet's folder and return its path (for `apply -f`).
     pub fn fleet_file(&self, name: &str, yaml: &str) -> PathBuf {
         let path = self.dir.path().join(name);
