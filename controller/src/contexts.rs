@@ -1,5 +1,5 @@
 //! The CLI config file: named contexts, like a kubeconfig. Read by the `syncfleet` CLI
-//! ([`crate::cli`]) and written by `syncfleet dev` ([`crate::dev`]), so it stands apart from both.
+//! ([`crate::cli`]) and written by `syncfleet dev` (`crate::dev`), so it stands apart from both.
 //!
 //! ```toml
 //! current_context = "dev"

@@ -51,7 +51,7 @@
 //! [`crate::contexts`], shared with `syncfleet dev`.
 //! Dependencies point one way: command files use the shared modules, never each other (except
 //! `schedules` reading documents with [`documents::parse_documents`]); `connect` uses
-//! `contexts`, not the reverse. The CLI starts [`crate::dev`]; `dev` never uses the CLI.
+//! `contexts`, not the reverse. The CLI starts `crate::dev`; `dev` never uses the CLI.
 //!
 //! # Output contract
 //!
