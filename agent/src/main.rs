@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use syncfleet_agent::config::AgentConfig;
 use syncfleet_proto::config_layers::{AGENT_ENV, ConfigError, EXIT_CONFIG, Layers, process_env};
-use syncfleet_proto::telemetry;
+use syncfleet_proto::{process, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -110,17 +110,32 @@ fn layers(config: Option<&std::path::Path>) -> Result<Layers<AgentConfig>, Confi
         .env(&AGENT_ENV, process_env())
 }
 
-fn enroll_config(args: &EnrollArgs) -> Result<AgentConfig, ConfigError> {
-    let mut layers = layers(args.config.as_deref())?;
-    if let Some(v) = &args.name {
+/// `--name`, `--controller` and `--data-dir`, the flags `run` and `enroll` share, over `layers`.
+fn identity_flags(
+    mut layers: Layers<AgentConfig>,
+    name: Option<&String>,
+    controller: Option<&String>,
+    data_dir: Option<&PathBuf>,
+) -> Layers<AgentConfig> {
+    if let Some(v) = name {
         layers = layers.flag("name", v, "--name");
     }
-    if let Some(v) = &args.controller {
+    if let Some(v) = controller {
         layers = layers.flag("controller", v, "--controller");
     }
-    if let Some(v) = &args.data_dir {
+    if let Some(v) = data_dir {
         layers = layers.flag("data_dir", v.display(), "--data-dir");
     }
+    layers
+}
+
+fn enroll_config(args: &EnrollArgs) -> Result<AgentConfig, ConfigError> {
+    let mut layers = identity_flags(
+        layers(args.config.as_deref())?,
+        args.name.as_ref(),
+        args.controller.as_ref(),
+        args.data_dir.as_ref(),
+    );
     if let Some(v) = &args.tls_server_name {
         layers = layers.flag("tls.server_name", v, "--tls-server-name");
     }
@@ -132,20 +147,11 @@ fn enroll_config(args: &EnrollArgs) -> Result<AgentConfig, ConfigError> {
 fn enroll(args: &EnrollArgs) -> ExitCode {
     let cfg = match enroll_config(args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return process::config_error(&e),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match process::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outcome = rt.block_on(syncfleet_agent::identity::enroll::enroll(
         &cfg,
@@ -158,8 +164,7 @@ fn enroll(args: &EnrollArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e @ syncfleet_agent::identity::enroll::EnrollError::Usage(_)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_CONFIG)
+            process::config_error(&e)
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -176,25 +181,16 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 /// `--set KEY=VALUE`.
 fn parse_set(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!(
-            "{s:?} must look like KEY=VALUE with a dotted key, e.g. executor.watchdog=2h"
-        )),
-    }
+    process::parse_set(s, "executor.watchdog=2h")
 }
 
 fn effective(args: &RunArgs) -> Result<AgentConfig, ConfigError> {
-    let mut layers = layers(args.config.as_deref())?;
-    if let Some(v) = &args.name {
-        layers = layers.flag("name", v, "--name");
-    }
-    if let Some(v) = &args.controller {
-        layers = layers.flag("controller", v, "--controller");
-    }
-    if let Some(v) = &args.data_dir {
-        layers = layers.flag("data_dir", v.display(), "--data-dir");
-    }
+    let mut layers = identity_flags(
+        layers(args.config.as_deref())?,
+        args.name.as_ref(),
+        args.controller.as_ref(),
+        args.data_dir.as_ref(),
+    );
     if let Some(v) = args.sim_server {
         layers = layers.flag("engine.server", v, "--sim-server");
     }
@@ -279,47 +275,25 @@ fn run_details(file: &std::path::Path, output: &str) -> ExitCode {
 fn run(args: RunArgs) -> ExitCode {
     let cfg = match effective(&args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return process::config_error(&e),
     };
     if let Err(e) = telemetry::check_env() {
-        eprintln!("error: {e}");
-        return ExitCode::from(EXIT_CONFIG);
+        return process::config_error(&e);
     }
     if args.dump_config {
-        match toml::to_string_pretty(&cfg) {
-            Ok(s) => {
-                print!("{s}");
-                return ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("error: cannot print the configuration: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        return process::dump_config(&cfg);
     }
     // Flushes buffered spans when dropped at the end of `run`.
     let _telemetry = init_logging(&args.log_format, &cfg);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match process::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let shutdown = syncfleet_proto::shutdown::shutdown_on_signals();
         match syncfleet_agent::run(cfg, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e @ syncfleet_agent::AgentError::Config(_)) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
+            Err(e @ syncfleet_agent::AgentError::Config(_)) => process::config_error(&e),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE

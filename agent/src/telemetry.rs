@@ -258,16 +258,7 @@ async fn read_pending(engine: &Arc<dyn SyncEngine>) -> Option<Vec<v1::MaPending>
         if let Ok(p) = engine.pending(&ma.name).await {
             out.push(v1::MaPending {
                 ma: ma.name,
-                counters: Some(v1::PendingCounters {
-                    import_add: p.import_add,
-                    import_update: p.import_update,
-                    import_delete: p.import_delete,
-                    export_add: p.export_add,
-                    export_update: p.export_update,
-                    export_delete: p.export_delete,
-                    total_connectors: p.total_connectors,
-                    cs_objects: p.cs_objects,
-                }),
+                counters: Some(crate::executor::pending_to_proto(&p)),
             });
         }
     }

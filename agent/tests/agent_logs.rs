@@ -7,6 +7,10 @@
     clippy::panic,
     reason = "tests fail loudly on unexpected errors"
 )]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these tests wait for real child processes by polling with short blocking sleeps"
+)]
 
 use std::io::Write;
 use std::net::TcpListener;

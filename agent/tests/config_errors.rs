@@ -7,6 +7,8 @@
 
 use std::process::Command;
 
+use syncfleet_tests::daemon_config::{assert_dump_holds, dump_with_env as dump};
+
 fn agent() -> Command {
     Command::new(env!("CARGO_BIN_EXE_syncfleet-agent"))
 }
@@ -89,17 +91,7 @@ fn dump_config_shows_engine_and_labels() {
 /// `run --dump-config` with the given environment (and nothing inherited that starts with
 /// `SYNCFLEET_`).
 fn dump_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = agent();
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SYNCFLEET_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(["run", "--dump-config"])
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+    dump(agent(), "run", args, env)
 }
 
 #[test]
@@ -118,22 +110,20 @@ fn every_key_is_settable_from_the_environment() {
             ("SYNCFLEET_AGENT_RECONNECT_MAX_BACKOFF", "1m"),
         ],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    for want in [
-        "name = \"sync-07\"",
-        "controller = \"https://ctl.example.com:7443\"",
-        "watchdog = \"2h\"",
-        "run_mode = \"exclusive\"",
-        "server = 2",
-        "time_scale = 0.5",
-        "site = \"eu-west\"",
-        "server_name = \"ctl.internal\"",
-        "reconnect_max_backoff = \"1m\"",
-    ] {
-        assert!(text.contains(want), "{want} missing:\n{text}");
-    }
+    assert_dump_holds(
+        &out,
+        &[
+            "name = \"sync-07\"",
+            "controller = \"https://ctl.example.com:7443\"",
+            "watchdog = \"2h\"",
+            "run_mode = \"exclusive\"",
+            "server = 2",
+            "time_scale = 0.5",
+            "site = \"eu-west\"",
+            "server_name = \"ctl.internal\"",
+            "reconnect_max_backoff = \"1m\"",
+        ],
+    );
 }
 
 #[test]

@@ -24,8 +24,8 @@ use syncfleet_agent::config::{EngineConfig, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::init;
-use crate::cli::config::{Context, default_config_path, upsert_context};
 use crate::config::ControllerConfig;
+use crate::contexts::{Context, default_config_path, upsert_context};
 use crate::server::{self, ServeError};
 
 /// `dev`'s command-line arguments, shared by the `syncfleet` and `syncfleet-controller` binaries.
@@ -78,19 +78,12 @@ impl DevArgs {
 pub fn main(args: &DevArgs, default_cli_config: Option<&Path>) -> ExitCode {
     // `OTEL_*` settings the exporter cannot follow are configuration errors, like a bad key.
     if let Err(e) = syncfleet_proto::telemetry::check_env() {
-        eprintln!("error: {e}");
-        return ExitCode::from(crate::config::EXIT_CONFIG);
+        return syncfleet_proto::process::config_error(&e);
     }
     let _telemetry = crate::telemetry::init(&args.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match syncfleet_proto::process::runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async {
         let shutdown = syncfleet_proto::shutdown::shutdown_on_signals();
@@ -164,7 +157,7 @@ pub enum DevError {
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error(transparent)]
-    CliConfig(#[from] crate::cli::config::ConfigError),
+    CliConfig(#[from] crate::contexts::ConfigError),
     #[error("the controller stopped before it was ready")]
     NotReady,
     #[error("the built-in example fleet is invalid: {0}")]

@@ -18,12 +18,20 @@
 //!   startup and fed by run updates, so counts equal the store's runs across restarts and a
 //!   scrape never reads the runs table ([`metrics`]).
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::disallowed_methods,
+        reason = "unit tests may block their own thread, e.g. to let blocking store calls settle"
+    )
+)]
 
 pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod contexts;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod documents;

@@ -9,6 +9,10 @@
 use std::net::TcpListener;
 use std::process::Command;
 
+use syncfleet_tests::daemon_config::{
+    assert_dump_holds, dump_with_env as dump, without_syncfleet_env,
+};
+
 fn controller() -> Command {
     Command::new(env!("CARGO_BIN_EXE_syncfleet-controller"))
 }
@@ -111,17 +115,7 @@ fn serve_without_pki_says_to_run_init() {
 /// `--dump-config` of `serve` with the given environment (and nothing inherited that starts
 /// with `SYNCFLEET_`).
 fn dump_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = controller();
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SYNCFLEET_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(["serve", "--dump-config"])
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+    dump(controller(), "serve", args, env)
 }
 
 #[test]
@@ -136,19 +130,17 @@ fn every_key_is_settable_from_the_environment() {
             ("SYNCFLEET_FLEET", "prod"),
         ],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    for want in [
-        "agent_lost_after = \"30s\"",
-        "heartbeat_interval = \"5s\"",
-        "cert = \"/etc/syncfleet/controller.pem\"",
-        "\"ctl.example.com\"",
-        "\"10.0.0.5\"",
-        "fleet = \"prod\"",
-    ] {
-        assert!(text.contains(want), "{want} missing:\n{text}");
-    }
+    assert_dump_holds(
+        &out,
+        &[
+            "agent_lost_after = \"30s\"",
+            "heartbeat_interval = \"5s\"",
+            "cert = \"/etc/syncfleet/controller.pem\"",
+            "\"ctl.example.com\"",
+            "\"10.0.0.5\"",
+            "fleet = \"prod\"",
+        ],
+    );
 }
 
 #[test]
@@ -196,13 +188,7 @@ fn an_unknown_syncfleet_variable_is_refused_naming_the_closest_one() {
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = controller();
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SYNCFLEET_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd
+    let out = without_syncfleet_env(controller())
         .args(["serve", "--data-dir"])
         .arg(dir.path())
         .args(["--grpc-listen", &format!("127.0.0.1:{port}")])

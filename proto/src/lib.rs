@@ -16,11 +16,13 @@
 //!   which variables belong to which daemon.
 //! - [`telemetry`]: logs, OTLP trace export, W3C trace context.
 //! - [`shutdown`]: Ctrl-C / SIGTERM as a cancellation token.
+//! - [`process`]: `--set`, `--dump-config`, exit codes and the runtime of the binaries.
 #![forbid(unsafe_code)]
 
 pub mod config_layers;
 pub mod digest;
 pub mod names;
+pub mod process;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

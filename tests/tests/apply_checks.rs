@@ -31,12 +31,7 @@ trigger: {every: 1h}
 ";
 
 fn two_agents() -> Fleet {
-    let mut fleet = Fleet::init(&["sync-01", "sync-02"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 1.0);
-    fleet.start_agent("sync-02", 1, 1.0);
-    fleet.wait_connected(&["sync-01", "sync-02"]);
-    fleet
+    Fleet::started(&["sync-01", "sync-02"], 1.0)
 }
 
 #[test]

@@ -11,29 +11,19 @@ mod common;
 
 use std::process::Command;
 
-use common::{Fleet, bin};
+use common::{Fleet, bin, foreign_pki};
 use syncfleet_proto::v1::{ListAgentsRequest, fleet_service_client::FleetServiceClient};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
+/// [`Fleet::channel`] with the client certificate and key read from files.
 async fn channel(
     fleet: &Fleet,
     identity: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let ca = std::fs::read(fleet.pki().join("ca.pem")).unwrap();
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(
-            std::fs::read(cert).unwrap(),
-            std::fs::read(key).unwrap(),
-        ));
-    }
-    Endpoint::from_shared(format!("https://127.0.0.1:{}", fleet.grpc_port))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
+    fleet
+        .channel(
+            identity.map(|(cert, key)| (std::fs::read(cert).unwrap(), std::fs::read(key).unwrap())),
+        )
         .await
 }
 
@@ -62,13 +52,7 @@ async fn only_certificates_of_this_ca_with_the_right_role_get_in() {
     assert!(err.message().contains("client certificate"), "{err:?}");
 
     // A certificate from another CA: the handshake or the call fails.
-    let other = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("syncfleet-controller"))
-        .args(["init", "--fleet", "e2e", "--data-dir"])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let other = foreign_pki();
     let oop = other.path().join("pki/operators");
     let refused = match channel(
         &fleet,
@@ -100,13 +84,7 @@ async fn only_certificates_of_this_ca_with_the_right_role_get_in() {
 fn cli_with_a_foreign_certificate_fails_clearly() {
     let mut fleet = Fleet::init(&[]);
     fleet.start_controller();
-    let other = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("syncfleet-controller"))
-        .args(["init", "--fleet", "e2e", "--data-dir"])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let other = foreign_pki();
     let cfg = other.path().join("cli.toml");
     let pki = other.path().join("pki");
     std::fs::write(

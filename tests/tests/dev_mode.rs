@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Proc, bin, free_port, wait_agents_connected, wait_for};
+use common::{Proc, bin, free_port, run_followed, wait_agents_connected, wait_for};
 
 /// The 8-character id `run --follow` prints in its progress lines (`run 01a23390 ...`).
 fn short_id_in(progress: &str) -> Option<String> {
@@ -64,21 +64,7 @@ fn dev_mode_runs_a_fleet_the_cli_can_drive() {
             "{mas:?}"
         );
     }
-    let out = cli(&[
-        "run",
-        "sync-01",
-        "--step",
-        "AD:Delta Import",
-        "--follow",
-        "-o",
-        "json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = run_followed(cli, "sync-01", &["AD:Delta Import"]);
     let id = run["id"].as_str().unwrap();
     let out = cli(&["runs", "show", id, "-o", "json"]);
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

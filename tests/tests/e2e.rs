@@ -11,17 +11,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fleet, stdout, wait_for};
+use common::{Fleet, run_followed, stdout, wait_for};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[test]
 fn run_with_follow_stores_counters_that_survive_a_controller_restart() {
-    let mut fleet = Fleet::init(&["sync-01", "sync-02"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.start_agent("sync-02", 1, 0.01);
-    fleet.wait_connected(&["sync-01", "sync-02"]);
+    let mut fleet = Fleet::started(&["sync-01", "sync-02"], 0.01);
 
     // The inventory reaches the operator API.
     let agents = fleet.cli_json(&["agents", "list", "-o", "json"]);
@@ -40,24 +36,11 @@ fn run_with_follow_stores_counters_that_survive_a_controller_restart() {
     assert!(mas.contains(&"AD"), "{mas:?}");
     assert_eq!(a1["labels"]["env"], "e2e");
 
-    let out = fleet.cli(&[
-        "run",
+    let followed = run_followed(
+        |a| fleet.cli(a),
         "sync-01",
-        "--step",
-        "AD:Delta Import",
-        "--step",
-        "AD:Delta Sync",
-        "--follow",
-        "-o",
-        "json",
-    ]);
-    assert!(
-        out.status.success(),
-        "run --follow failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
+        &["AD:Delta Import", "AD:Delta Sync"],
     );
-    let followed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = followed["id"].as_str().unwrap().to_string();
 
     let run = fleet.run_json(&id).unwrap();
@@ -114,10 +97,7 @@ fn run_with_follow_stores_counters_that_survive_a_controller_restart() {
 
 #[test]
 fn failed_step_exits_non_zero_and_unknown_profiles_are_refused() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 0.01);
     let out = fleet.cli(&["run", "sync-01", "--step", "AD:Delta Imprt"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -132,11 +112,8 @@ fn failed_step_exits_non_zero_and_unknown_profiles_are_refused() {
 
 #[test]
 fn agent_killed_mid_run_never_executes_it_twice() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
     // Slow engine: a full import takes tens of seconds.
-    fleet.start_agent("sync-01", 0, 1.0);
-    fleet.wait_connected(&["sync-01"]);
+    let mut fleet = Fleet::started(&["sync-01"], 1.0);
     let out = fleet.cli(&["run", "sync-01", "--step", "AD:Full Import"]);
     assert!(
         out.status.success(),
@@ -171,10 +148,7 @@ fn agent_killed_mid_run_never_executes_it_twice() {
 
 #[test]
 fn events_emitted_while_the_controller_is_down_arrive_after_it_returns() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.2);
-    fleet.wait_connected(&["sync-01"]);
+    let mut fleet = Fleet::started(&["sync-01"], 0.2);
     let out = fleet.cli(&[
         "run",
         "sync-01",

@@ -176,18 +176,7 @@ async fn a_silent_connection_without_a_certificate_is_closed_and_health_still_an
 
 /// A gRPC channel without a client certificate.
 async fn anonymous_channel(fleet: &Fleet) -> tonic::transport::Channel {
-    let ca = std::fs::read(fleet.pki().join("ca.pem")).unwrap();
-    tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", fleet.grpc_port))
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    fleet.channel(None).await.unwrap()
 }
 
 /// Retry a call a few times: a channel whose connection was closed reconnects on the next call.
@@ -367,11 +356,7 @@ fn apply(fleet: &Fleet, yaml: &str) {
 
 #[test]
 fn runs_for_a_revoked_agent_are_refused_until_it_enrols_again() {
-    let mut fleet = Fleet::init(&["sync-01", "sync-02"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.start_agent("sync-02", 1, 0.01);
-    fleet.wait_connected(&["sync-01", "sync-02"]);
+    let mut fleet = Fleet::started(&["sync-01", "sync-02"], 0.01);
     // A run waits for sync-01 while it is away; the revocation fails it at once.
     fleet.agents.get_mut("sync-01").unwrap().kill9();
     let out = fleet.cli(&["run", "sync-01", "--step", "AD:Delta Import"]);

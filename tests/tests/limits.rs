@@ -51,10 +51,7 @@ fn ok(fleet: &Fleet, args: &[&str]) -> String {
 
 #[test]
 fn notes_and_reasons_over_the_limit_are_refused_by_every_call() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 1.0);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 1.0);
     let file = fleet.fleet_file("f.yaml", &format!("{SEQUENCE}{}", schedule("hourly", "")));
     ok(&fleet, &["apply", "-f", file.to_str().unwrap()]);
     let long = "n".repeat(2000);
@@ -178,10 +175,7 @@ fn errors_do_not_echo_huge_names() {
 
 #[test]
 fn the_audit_log_tells_dry_runs_from_applies_and_keeps_notes() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 1.0);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 1.0);
     let file = fleet.fleet_file("f.yaml", &format!("{SEQUENCE}{}", schedule("hourly", "")));
     let file = file.to_str().unwrap();
     ok(&fleet, &["apply", "-f", file, "--dry-run"]);

@@ -19,12 +19,11 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Fleet, Proc, bin, free_port, wait_for};
+use common::{Fleet, Proc, bin, free_port, poll, wait_for, workspace_root};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 const TERMINAL: &[&str] = &[
@@ -36,13 +35,6 @@ const TERMINAL: &[&str] = &[
     "unknown",
     "held",
 ];
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Plain HTTP/1.0 GET on loopback: (status, body), or None when nothing answers.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -161,7 +153,7 @@ fn runs_listed(fleet: &Fleet) -> BTreeMap<RunKey, u64> {
 /// asynchronously); fail with both views.
 fn assert_counts_match(fleet: &Fleet, what: &str) -> BTreeMap<RunKey, u64> {
     let mut last = (BTreeMap::new(), BTreeMap::new());
-    let matched = wait_for_opt(Duration::from_secs(60), || {
+    let matched = poll(Duration::from_secs(60), || {
         let listed = runs_listed(fleet);
         let counted = runs_total(&scrape(fleet));
         if listed == counted {
@@ -176,19 +168,6 @@ fn assert_counts_match(fleet: &Fleet, what: &str) -> BTreeMap<RunKey, u64> {
             last.0, last.1
         )
     })
-}
-
-fn wait_for_opt<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// SIGTERM, then wait (bounded) for a clean exit.
@@ -885,10 +864,7 @@ fn a_real_prometheus_scrapes_the_controller_and_loads_the_alert_rules() {
         found.as_ref().is_ok_and(|o| o.status.success()),
         "the `prometheus` binary is not on PATH: install it (Debian: `apt-get install -y prometheus`; .ci/run does) to run this test"
     );
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 0.01);
     let (_, ok) = run_follow(&fleet, "sync-01", &["AD:Delta Import"]);
     assert!(ok);
 
@@ -919,7 +895,7 @@ fn a_real_prometheus_scrapes_the_controller_and_loads_the_alert_rules() {
         let (status, body) = http_get(port, &format!("/api/v1/query?query={}", url_encode(q)))?;
         (status == 200).then(|| serde_json::from_str(&body).ok())?
     };
-    let up = wait_for_opt(Duration::from_secs(120), || {
+    let up = poll(Duration::from_secs(120), || {
         let v = query("up{job=\"syncfleet-controller\"}")?;
         let value = v["data"]["result"][0]["value"][1].as_str()?.to_string();
         (value == "1").then_some(value)
@@ -930,7 +906,7 @@ fn a_real_prometheus_scrapes_the_controller_and_loads_the_alert_rules() {
         prom.log_text()
     );
     // The scraped families are queryable by name.
-    let runs = wait_for_opt(Duration::from_secs(60), || {
+    let runs = poll(Duration::from_secs(60), || {
         let v = query("sum(syncfleet_runs_total{result=\"succeeded\"})")?;
         v["data"]["result"][0]["value"][1]
             .as_str()

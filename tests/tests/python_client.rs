@@ -80,10 +80,7 @@ print(json.dumps([
 #[test]
 fn python_grpcio_client_lists_agents() {
     let python = venv_python();
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 0.01);
 
     let stubs = fleet.dir.path().join("pystubs");
     std::fs::create_dir_all(&stubs).unwrap();

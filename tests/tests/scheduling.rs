@@ -7,6 +7,10 @@
     clippy::panic,
     reason = "tests fail loudly on unexpected values"
 )]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these tests wait for real child processes by polling with short blocking sleeps"
+)]
 
 mod common;
 
@@ -76,12 +80,7 @@ const ONE_STEP: &str =
 
 #[test]
 fn a_two_second_cron_fires_on_three_agents_with_lateness() {
-    let mut fleet = Fleet::init(&["sync-01", "sync-02", "sync-03"]);
-    fleet.start_controller();
-    for (i, a) in ["sync-01", "sync-02", "sync-03"].iter().enumerate() {
-        fleet.start_agent(a, i, 0.01);
-    }
-    fleet.wait_connected(&["sync-01", "sync-02", "sync-03"]);
+    let fleet = Fleet::started(&["sync-01", "sync-02", "sync-03"], 0.01);
     let diff = apply(
         &fleet,
         &format!(
@@ -129,11 +128,8 @@ fn a_two_second_cron_fires_on_three_agents_with_lateness() {
 
 #[test]
 fn a_sequence_longer_than_its_interval_never_overlaps_and_reports_saturation() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
     // A full import of 12,000 objects at 0.3× takes about 8 s; the schedule fires every 3 s.
-    fleet.start_agent("sync-01", 0, 0.3);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 0.3);
     apply(
         &fleet,
         "kind: Sequence\nname: long\nstages:\n  - steps: [{ma: HR, profile: Full Import}]\n---\nkind: Schedule\nname: tight\nsequence: long\ntargets: {agents: [sync-01]}\ntrigger: {every: 3s}\noverlap: skip\n",
@@ -182,11 +178,7 @@ fn a_sequence_longer_than_its_interval_never_overlaps_and_reports_saturation() {
 
 #[test]
 fn a_controller_killed_for_three_intervals_catches_up_once_within_the_window() {
-    let mut fleet = Fleet::init(&["sync-01", "sync-02"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.start_agent("sync-02", 1, 0.01);
-    fleet.wait_connected(&["sync-01", "sync-02"]);
+    let mut fleet = Fleet::started(&["sync-01", "sync-02"], 0.01);
     apply(
         &fleet,
         &format!(
@@ -448,10 +440,7 @@ fn apply_get_apply_round_trips_and_invalid_files_change_nothing() {
 
 #[test]
 fn pauses_and_drains_are_kept_across_restarts_with_who_and_when() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.wait_connected(&["sync-01"]);
+    let mut fleet = Fleet::started(&["sync-01"], 0.01);
     apply(
         &fleet,
         &format!(
@@ -609,16 +598,29 @@ fn counter(show: &serde_json::Value, name: &str) -> u64 {
     show["counters"][name].as_u64().unwrap_or(0)
 }
 
-#[test]
-fn a_buffered_fire_time_survives_a_controller_crash() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.5);
-    fleet.wait_connected(&["sync-01"]);
+/// `sync-01` at 0.5× running the [`LONG_BUFFERED`] schedule, once a fire time is buffered
+/// behind its first run.
+fn fleet_with_a_buffered_fire_time() -> Fleet {
+    let fleet = Fleet::started(&["sync-01"], 0.5);
     apply(&fleet, LONG_BUFFERED);
     wait_for("a buffered fire time", Duration::from_secs(60), || {
         (counter(&schedule_json(&fleet, "buffered"), "buffered") >= 1).then_some(())
     });
+    fleet
+}
+
+/// Waits until run `id` has ended (succeeded, completed with errors, failed or unknown).
+fn wait_ended(fleet: &Fleet, id: &str) -> serde_json::Value {
+    fleet.wait_run_state(
+        id,
+        &["succeeded", "completed_with_errors", "failed", "unknown"],
+        Duration::from_secs(60),
+    )
+}
+
+#[test]
+fn a_buffered_fire_time_survives_a_controller_crash() {
+    let mut fleet = fleet_with_a_buffered_fire_time();
     let runs = runs_of(&fleet, "buffered");
     assert_eq!(runs.len(), 1, "{runs:#?}");
     let first = ms(&runs[0]["nominal_time"]);
@@ -646,16 +648,8 @@ fn a_buffered_fire_time_survives_a_controller_crash() {
         .iter()
         .find(|r| ms(&r["nominal_time"]) == first)
         .unwrap();
-    let first_end = fleet.wait_run_state(
-        first_run["id"].as_str().unwrap(),
-        &["succeeded", "completed_with_errors", "failed", "unknown"],
-        Duration::from_secs(60),
-    );
-    let done = fleet.wait_run_state(
-        run["id"].as_str().unwrap(),
-        &["succeeded", "completed_with_errors", "failed", "unknown"],
-        Duration::from_secs(60),
-    );
+    let first_end = wait_ended(&fleet, first_run["id"].as_str().unwrap());
+    let done = wait_ended(&fleet, run["id"].as_str().unwrap());
     assert!(
         ms(&done["started_at"]) >= ms(&first_end["finished_at"]),
         "{first_end:#}\n{done:#}"
@@ -664,14 +658,7 @@ fn a_buffered_fire_time_survives_a_controller_crash() {
 
 #[test]
 fn a_paused_fleet_releases_no_buffered_run() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.5);
-    fleet.wait_connected(&["sync-01"]);
-    apply(&fleet, LONG_BUFFERED);
-    wait_for("a buffered fire time", Duration::from_secs(60), || {
-        (counter(&schedule_json(&fleet, "buffered"), "buffered") >= 1).then_some(())
-    });
+    let fleet = fleet_with_a_buffered_fire_time();
     let out = fleet.cli(&["fleet", "pause", "--note", "MIM hotfix"]);
     assert!(
         out.status.success(),
@@ -679,11 +666,7 @@ fn a_paused_fleet_releases_no_buffered_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     let first = runs_of(&fleet, "buffered").remove(0);
-    fleet.wait_run_state(
-        first["id"].as_str().unwrap(),
-        &["succeeded", "completed_with_errors", "failed", "unknown"],
-        Duration::from_secs(60),
-    );
+    wait_ended(&fleet, first["id"].as_str().unwrap());
     // Give a (wrong) release time to happen.
     std::thread::sleep(Duration::from_secs(3));
     let runs = runs_of(&fleet, "buffered");
@@ -701,10 +684,7 @@ fn a_paused_fleet_releases_no_buffered_run() {
 
 #[test]
 fn blacked_out_fire_times_are_counted() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 0.01);
     // Every 2 s; a 4 s blackout opens every 10 s: the fire times at :x0 and :x2 are blacked out.
     apply(
         &fleet,

@@ -6,15 +6,18 @@
     clippy::panic,
     reason = "tests fail loudly on unexpected values"
 )]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these tests wait for real child processes by polling with short blocking sleeps"
+)]
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Fleet, bin, stdout, wait_for};
+use common::{Fleet, bin, foreign_pki, run_followed, stdout, wait_for};
 use syncfleet_proto::v1::{ListAgentsRequest, fleet_service_client::FleetServiceClient};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 fn audit(fleet: &Fleet) -> Vec<serde_json::Value> {
     fleet
@@ -80,27 +83,8 @@ fn start_enrolled(fleet: &mut Fleet, agent: &str, extra: &str) {
     );
 }
 
-async fn channel(
-    fleet: &Fleet,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-) -> Result<Channel, tonic::transport::Error> {
-    let ca = std::fs::read(fleet.pki().join("ca.pem")).unwrap();
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Endpoint::from_shared(format!("https://127.0.0.1:{}", fleet.grpc_port))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-}
-
 async fn list_agents(fleet: &Fleet, identity: Option<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
-    match channel(fleet, identity).await {
+    match fleet.channel(identity).await {
         Err(e) => Err(format!("connect: {e:?}")),
         Ok(ch) => FleetServiceClient::new(ch)
             .list_agents(ListAgentsRequest {})
@@ -112,13 +96,10 @@ async fn list_agents(fleet: &Fleet, identity: Option<(Vec<u8>, Vec<u8>)>) -> Res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn strangers_and_revoked_agents_get_nothing_but_health_and_are_audited() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 0.01);
 
     // Health answers anyone with TLS.
-    let ch = channel(&fleet, None).await.unwrap();
+    let ch = fleet.channel(None).await.unwrap();
     let health = tonic_health::pb::health_client::HealthClient::new(ch)
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
@@ -148,13 +129,7 @@ async fn strangers_and_revoked_agents_get_nothing_but_health_and_are_audited() {
     .unwrap_err();
     assert!(!err.is_empty());
     // A certificate from another CA.
-    let other = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("syncfleet-controller"))
-        .args(["init", "--fleet", "e2e", "--data-dir"])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let other = foreign_pki();
     let op = other.path().join("pki/operators");
     let foreign = (
         std::fs::read(op.join("admin.pem")).unwrap(),
@@ -190,7 +165,7 @@ async fn strangers_and_revoked_agents_get_nothing_but_health_and_are_audited() {
         std::fs::read(ad.join("agent.pem")).unwrap(),
         std::fs::read(ad.join("agent.key")).unwrap(),
     );
-    let ch = channel(&fleet, Some(agent_cert)).await.unwrap();
+    let ch = fleet.channel(Some(agent_cert)).await.unwrap();
     let err = syncfleet_proto::v1::agent_service_client::AgentServiceClient::new(ch)
         .renew(syncfleet_proto::v1::RenewRequest {
             csr_pem: "x".into(),
@@ -304,10 +279,7 @@ fn tokens_are_single_use_bound_to_a_name_and_expire() {
 
 #[test]
 fn a_viewer_reads_but_cannot_run_and_the_denial_is_audited() {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
-    fleet.start_agent("sync-01", 0, 0.01);
-    fleet.wait_connected(&["sync-01"]);
+    let fleet = Fleet::started(&["sync-01"], 0.01);
     let cfg = fleet.dir.path().join("alice").join("config.toml");
     let out = fleet.cli(&[
         "operators",
@@ -376,23 +348,11 @@ fn ten_second_certificates_renew_while_a_run_streams_without_dropping_the_sessio
         "[engine]\nkind = \"sim\"\ntime_scale = 0.6\n",
     );
     fleet.wait_connected(&["sync-05"]);
-    let out = fleet.cli(&[
-        "run",
+    let run = run_followed(
+        |a| fleet.cli(a),
         "sync-05",
-        "--step",
-        "AD:Full Import",
-        "--step",
-        "AD:Delta Sync",
-        "--follow",
-        "-o",
-        "json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["AD:Full Import", "AD:Delta Sync"],
     );
-    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["state"], "succeeded");
     // Every step's events arrived: both steps done with their counters.
     for s in run["steps"].as_array().unwrap() {
@@ -452,14 +412,14 @@ async fn an_agent_cannot_speak_for_another_agent() {
         })),
     };
     // 1. Claiming to be sync-02 with sync-01's certificate.
-    let ch = channel(&fleet, Some(a_cert.clone())).await.unwrap();
+    let ch = fleet.channel(Some(a_cert.clone())).await.unwrap();
     let err = AgentServiceClient::new(ch)
         .session(tokio_stream::iter(vec![hello("sync-02")]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     // 2. Reporting sync-02's run as sync-01.
-    let ch = channel(&fleet, Some(a_cert)).await.unwrap();
+    let ch = fleet.channel(Some(a_cert)).await.unwrap();
     let forged = v1::AgentMessage {
         msg: Some(Msg::Event(v1::AgentEvent {
             seq: 1,
@@ -512,7 +472,7 @@ async fn renew_denials_are_audited() {
         csr_pem: "x".into(),
     };
     // Without a certificate.
-    let ch = channel(&fleet, None).await.unwrap();
+    let ch = fleet.channel(None).await.unwrap();
     let err = AgentServiceClient::new(ch)
         .renew(renew.clone())
         .await
@@ -525,7 +485,7 @@ async fn renew_denials_are_audited() {
         std::fs::read(op.join("admin.pem")).unwrap(),
         std::fs::read(op.join("admin.key")).unwrap(),
     );
-    let ch = channel(&fleet, Some(admin)).await.unwrap();
+    let ch = fleet.channel(Some(admin)).await.unwrap();
     let err = AgentServiceClient::new(ch).renew(renew).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 

@@ -1,10 +1,24 @@
-//! Run-history counters in the protocol's form.
+//! Run-history and pending counters in the protocol's form.
 
 use std::collections::BTreeMap;
 
 use syncfleet_proto::v1;
 
-use crate::engine::runhistory;
+use crate::engine::{PendingCounters, runhistory};
+
+/// An MA's pending counters as the protocol sends them (step start, heartbeats).
+pub fn pending_to_proto(p: &PendingCounters) -> v1::PendingCounters {
+    v1::PendingCounters {
+        import_add: p.import_add,
+        import_update: p.import_update,
+        import_delete: p.import_delete,
+        export_add: p.export_add,
+        export_update: p.export_update,
+        export_delete: p.export_delete,
+        total_connectors: p.total_connectors,
+        cs_objects: p.cs_objects,
+    }
+}
 
 /// Convert parsed run-history counters to the protocol's form.
 pub fn to_proto_counters(

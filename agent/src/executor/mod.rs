@@ -58,7 +58,7 @@ use crate::backlog::{JournalOp, JournalWriter};
 use crate::engine::{EngineHealth, MaInfo, SyncEngine};
 use crate::journal::Journal;
 
-pub use counters::to_proto_counters;
+pub use counters::{pending_to_proto, to_proto_counters};
 pub use locks::RunMode;
 pub use retry::RetryPolicy;
 

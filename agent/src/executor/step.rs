@@ -9,7 +9,7 @@ use syncfleet_proto::v1::{self, agent_event::Kind};
 use syncfleet_proto::vocab::{self, ResultClass};
 use tokio_util::sync::CancellationToken;
 
-use super::counters::summarize;
+use super::counters::{pending_to_proto, summarize};
 use super::guard;
 use super::locks::OursOn;
 use super::plan::{self, PlannedStep, RunMemory};
@@ -114,16 +114,7 @@ impl Executor {
                 .pending(&step.ma)
                 .await
                 .ok()
-                .map(|p| v1::PendingCounters {
-                    import_add: p.import_add,
-                    import_update: p.import_update,
-                    import_delete: p.import_delete,
-                    export_add: p.export_add,
-                    export_update: p.export_update,
-                    export_delete: p.export_delete,
-                    total_connectors: p.total_connectors,
-                    cs_objects: p.cs_objects,
-                });
+                .map(|p| pending_to_proto(&p));
             if let Err(outcome) = self.pre_check(run_id, ps, pending.as_ref(), memory) {
                 return outcome;
             }

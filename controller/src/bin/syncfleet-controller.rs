@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use syncfleet_controller::config::{self, ConfigError, ControllerConfig, EXIT_CONFIG};
+use syncfleet_proto::process;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -77,12 +78,7 @@ struct Common {
 
 /// `--set KEY=VALUE`.
 fn parse_set(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!(
-            "{s:?} must look like KEY=VALUE with a dotted key, e.g. agent_lost_after=5m"
-        )),
-    }
+    process::parse_set(s, "agent_lost_after=5m")
 }
 
 /// The file, `SYNCFLEET_*` variables and the flags, in rising precedence.
@@ -131,20 +127,7 @@ fn init_logging(format: &str) -> syncfleet_proto::telemetry::TelemetryGuard {
 fn check_telemetry() -> Result<(), ExitCode> {
     syncfleet_proto::telemetry::check_env()
         .map(drop)
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        })
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        })
+        .map_err(|e| process::config_error(&e))
 }
 
 fn main() -> ExitCode {
@@ -163,19 +146,16 @@ fn main() -> ExitCode {
         Command::Serve(common) => {
             let cfg = match effective(&common) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(e) => return process::config_error(&e),
             };
             if let Err(code) = check_telemetry() {
                 return code;
             }
             if common.dump_config {
-                return dump(&cfg);
+                return process::dump_config(&cfg);
             }
             let _telemetry = init_logging(&common.log_format);
-            let rt = match runtime() {
+            let rt = match process::runtime(true) {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
@@ -184,8 +164,7 @@ fn main() -> ExitCode {
                 match syncfleet_controller::server::serve(cfg, shutdown, None).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e @ syncfleet_controller::server::ServeError::Config(_)) => {
-                        eprintln!("error: {e}");
-                        ExitCode::from(EXIT_CONFIG)
+                        process::config_error(&e)
                     }
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -201,13 +180,10 @@ fn main() -> ExitCode {
         } => {
             let cfg = match effective(&common) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(e) => return process::config_error(&e),
             };
             if common.dump_config {
-                return dump(&cfg);
+                return process::dump_config(&cfg);
             }
             match syncfleet_controller::auth::init::init(&cfg, &operator).and_then(|(ca, out)| {
                 for name in &agents {
@@ -245,18 +221,5 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "dev")]
         Command::Dev(args) => syncfleet_controller::dev::main(&args, None),
-    }
-}
-
-fn dump(cfg: &ControllerConfig) -> ExitCode {
-    match toml::to_string_pretty(cfg) {
-        Ok(s) => {
-            print!("{s}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: cannot print the configuration: {e}");
-            ExitCode::FAILURE
-        }
     }
 }

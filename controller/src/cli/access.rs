@@ -32,11 +32,11 @@ use syncfleet_proto::v1::{
     Role,
 };
 
-use super::config::{Context, upsert_context};
 use super::connect::Client;
 use super::output::{self, out};
 use super::table::{self, Table};
 use super::{CliError, EXIT_OK, OutputFormat, Session};
+use crate::contexts::{Context, upsert_context};
 
 /// `tokens ...`
 #[derive(Debug, Subcommand)]
@@ -477,23 +477,20 @@ impl Session<'_> {
             .await
             .map_err(|e| self.rpc_err(&e))?
             .into_inner();
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&token_json(&t))?,
-            OutputFormat::Table => {
-                let ctx = &self.rc.context;
-                out(&token_block(
-                    &t,
-                    agent,
-                    &ctx.controller,
-                    ctx.tls_server_name.as_deref(),
-                    Utc::now(),
-                ))?;
-                eprintln!(
-                    "the token is shown only now and works once; run the enroll command on the sync server {agent} before it expires"
-                );
-            }
-        }
-        Ok(EXIT_OK)
+        let ctx = &self.rc.context;
+        self.print_result(
+            &token_json(&t),
+            &token_block(
+                &t,
+                agent,
+                &ctx.controller,
+                ctx.tls_server_name.as_deref(),
+                Utc::now(),
+            ),
+            Some(&format!(
+                "the token is shown only now and works once; run the enroll command on the sync server {agent} before it expires"
+            )),
+        )
     }
 
     pub(super) async fn operators_create(
@@ -536,7 +533,7 @@ impl Session<'_> {
                 CliError::Failed(format!(
                     "cannot write {}: {}",
                     path.display(),
-                    super::config::io_message(&e)
+                    crate::contexts::io_message(&e)
                 ))
             })
         };
@@ -620,17 +617,12 @@ impl Session<'_> {
             .map_err(|e| self.rpc_err(&e))?
             .into_inner()
             .entries;
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&audit_json(&entries))?,
-            OutputFormat::Table => {
-                if entries.is_empty() {
-                    eprintln!("no audit entries match");
-                } else {
-                    out(&audit_table(&entries))?;
-                }
-            }
-        }
-        Ok(EXIT_OK)
+        self.print_list(
+            &audit_json(&entries),
+            entries.is_empty(),
+            || audit_table(&entries),
+            "no audit entries match",
+        )
     }
 }
 

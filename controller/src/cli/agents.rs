@@ -84,20 +84,15 @@ impl Session<'_> {
             .into_inner()
             .agents;
         agents.sort_by(|a, b| a.name.cmp(&b.name));
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agents_json(&agents))?,
-            OutputFormat::Table => {
-                if agents.is_empty() {
-                    eprintln!(
-                        "no agents yet; an agent appears once syncfleet-agent has connected to {}",
-                        self.rc.context.controller
-                    );
-                } else {
-                    out(&agents_table(&agents, chrono::Utc::now()))?;
-                }
-            }
-        }
-        Ok(EXIT_OK)
+        self.print_list(
+            &output::agents_json(&agents),
+            agents.is_empty(),
+            || agents_table(&agents, chrono::Utc::now()),
+            &format!(
+                "no agents yet; an agent appears once syncfleet-agent has connected to {}",
+                self.rc.context.controller
+            ),
+        )
     }
 
     async fn agents_show(&self, client: &mut Client, name: &str) -> Result<u8, CliError> {
@@ -133,23 +128,21 @@ impl Session<'_> {
         }
         .map_err(|e| self.rpc_err(&e))?
         .into_inner();
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agent_json(&agent))?,
-            OutputFormat::Table => {
-                out(&format!(
-                    "agent {}: {}\n",
-                    agent.name,
-                    pause_brief(agent.drain.as_ref(), "draining", "not draining")
-                ))?;
-                if drain {
-                    eprintln!(
-                        "running runs on {} finish; nothing new starts there until 'syncfleet agents resume {}'",
-                        agent.name, agent.name
-                    );
-                }
-            }
-        }
-        Ok(EXIT_OK)
+        let hint = drain.then(|| {
+            format!(
+                "running runs on {} finish; nothing new starts there until 'syncfleet agents resume {}'",
+                agent.name, agent.name
+            )
+        });
+        self.print_result(
+            &output::agent_json(&agent),
+            &format!(
+                "agent {}: {}\n",
+                agent.name,
+                pause_brief(agent.drain.as_ref(), "draining", "not draining")
+            ),
+            hint.as_deref(),
+        )
     }
 
     pub(super) async fn agents_revoke(
@@ -166,17 +159,14 @@ impl Session<'_> {
             .await
             .map_err(|e| self.rpc_err(&e))?
             .into_inner();
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::agent_json(&agent))?,
-            OutputFormat::Table => {
-                out(&format!("agent {}: revoked\n", agent.name))?;
-                eprintln!(
-                    "its session is closed and its certificate refused from now on; it can come back only by enrolling with a new token ('syncfleet tokens create --agent {}')",
-                    agent.name
-                );
-            }
-        }
-        Ok(EXIT_OK)
+        self.print_result(
+            &output::agent_json(&agent),
+            &format!("agent {}: revoked\n", agent.name),
+            Some(&format!(
+                "its session is closed and its certificate refused from now on; it can come back only by enrolling with a new token ('syncfleet tokens create --agent {}')",
+                agent.name
+            )),
+        )
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use syncfleet_proto::v1::fleet_service_client::FleetServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::config::{ResolvedContext, io_message, strip_os_error};
+use crate::contexts::{ResolvedContext, io_message, strip_os_error};
 
 /// How long to wait for TCP + TLS before giving up on the controller.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

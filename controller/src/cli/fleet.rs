@@ -61,18 +61,13 @@ impl Session<'_> {
         }
         .map_err(|e| self.rpc_err(&e))?
         .into_inner();
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::fleet_status_json(&f))?,
-            OutputFormat::Table => {
-                out(&fleet_status(&f))?;
-                if pause {
-                    eprintln!(
-                        "no new runs start anywhere; running runs go on; resume with 'syncfleet fleet resume'"
-                    );
-                }
-            }
-        }
-        Ok(EXIT_OK)
+        self.print_result(
+            &output::fleet_status_json(&f),
+            &fleet_status(&f),
+            pause.then_some(
+                "no new runs start anywhere; running runs go on; resume with 'syncfleet fleet resume'",
+            ),
+        )
     }
 
     pub(super) async fn fleet_status(&self, client: &mut Client) -> Result<u8, CliError> {

@@ -37,7 +37,7 @@
 //! ids that progress lines and tables show).
 //!
 //! Global flags: `--config PATH` (env `SYNCFLEET_CONFIG`), `--context NAME` (env
-//! `SYNCFLEET_CONTEXT`), `-o/--output table|json|yaml`. See [`config`] for the config file.
+//! `SYNCFLEET_CONTEXT`), `-o/--output table|json|yaml`. See [`crate::contexts`] for the config file.
 //!
 //! # Layout
 //!
@@ -47,10 +47,11 @@
 //! [`agents`], [`runs`] (`run` and `runs`, with `--follow`), [`documents`] (`apply`, `get`,
 //! `delete`), [`schedules`], [`fleet`], [`access`] (`tokens`, `operators`, `audit`). They share
 //! [`table`] (the table type, times and durations), [`output`] (JSON shapes and the stdout
-//! writers), [`connect`] (the gRPC channel and error lines) and [`config`] (the contexts file).
+//! writers) and [`connect`] (the gRPC channel and error lines); the contexts file is
+//! [`crate::contexts`], shared with `syncfleet dev`.
 //! Dependencies point one way: command files use the shared modules, never each other (except
-//! `schedules` reading documents with [`documents::parse_documents`]); `connect` uses `config`,
-//! not the reverse.
+//! `schedules` reading documents with [`documents::parse_documents`]); `connect` uses
+//! `contexts`, not the reverse. The CLI starts `crate::dev`; `dev` never uses the CLI.
 //!
 //! # Output contract
 //!
@@ -106,7 +107,6 @@
 
 pub mod access;
 pub mod agents;
-pub mod config;
 pub mod connect;
 pub mod documents;
 pub mod fleet;
@@ -121,9 +121,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::contexts::{self, ConfigError, ResolvedContext};
 use access::{AuditCommand, OperatorsCommand, TokensCommand};
 use agents::AgentsCommand;
-use config::{ConfigError, ResolvedContext};
 use connect::ConnectError;
 use documents::{ApplyArgs, DocKind};
 use fleet::FleetCommand;
@@ -157,10 +157,10 @@ pub const EXIT_USAGE: u8 = 2;
 )]
 pub struct Cli {
     /// Config file with the contexts [default: ~/.config/syncfleet/config.toml]
-    #[arg(long, global = true, env = config::CONFIG_ENV, value_name = "PATH")]
+    #[arg(long, global = true, env = contexts::CONFIG_ENV, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Context (controller + credentials) to use [default: current_context of the config file]
-    #[arg(long, global = true, env = config::CONTEXT_ENV, value_name = "NAME")]
+    #[arg(long, global = true, env = contexts::CONTEXT_ENV, value_name = "NAME")]
     pub context: Option<String>,
     /// Output format: human tables, or one JSON (or YAML) document on stdout
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
@@ -282,15 +282,10 @@ pub fn main() -> ExitCode {
     if let Command::Dev(args) = &cli.command {
         return crate::dev::main(args, cli.config.as_deref());
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // `process::runtime` ends with exit code 1 (`EXIT_FAILED`) when the runtime cannot start.
+    let rt = match syncfleet_proto::process::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+        Err(code) => return code,
     };
     rt.block_on(run_parsed(&cli))
 }
@@ -339,7 +334,7 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Apply(a) => documents::prepare_apply(&a.files)?,
         _ => Vec::new(),
     };
-    let rc = config::load_context(cli.config.as_deref(), cli.context.as_deref())?;
+    let rc = contexts::load_context(cli.config.as_deref(), cli.context.as_deref())?;
     let mut client = connect::connect(&rc).await?;
     let s = Session {
         rc: &rc,
@@ -379,6 +374,44 @@ impl Session<'_> {
             OutputFormat::Yaml => output::out_yaml(v),
             OutputFormat::Json | OutputFormat::Table => output::out_json(v),
         }
+    }
+
+    /// Prints what a call returned: `json` with `-o json`/`-o yaml`; in table mode `text` on
+    /// stdout, then `hint` (what happens next, how to undo it) on stderr when there is one, so
+    /// that stdout holds the result alone for scripts.
+    fn print_result(
+        &self,
+        json: &serde_json::Value,
+        text: &str,
+        hint: Option<&str>,
+    ) -> Result<u8, CliError> {
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => self.data(json)?,
+            OutputFormat::Table => {
+                output::out(text)?;
+                if let Some(hint) = hint {
+                    eprintln!("{hint}");
+                }
+            }
+        }
+        Ok(EXIT_OK)
+    }
+
+    /// Prints a list: `json` with `-o json`/`-o yaml`; in table mode the `table` of its rows, or
+    /// `none` on stderr when it `is_empty` (stdout then stays empty).
+    fn print_list(
+        &self,
+        json: &serde_json::Value,
+        is_empty: bool,
+        table: impl FnOnce() -> String,
+        none: &str,
+    ) -> Result<u8, CliError> {
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => self.data(json)?,
+            OutputFormat::Table if is_empty => eprintln!("{none}"),
+            OutputFormat::Table => output::out(&table())?,
+        }
+        Ok(EXIT_OK)
     }
 
     fn rpc_err(&self, status: &tonic::Status) -> CliError {
@@ -788,7 +821,7 @@ mod tests {
         let rc = ResolvedContext {
             name: "dev".into(),
             config_path: PathBuf::from("/c.toml"),
-            context: config::Context {
+            context: contexts::Context {
                 controller: "https://h:1".into(),
                 ca_cert: "/ca.pem".into(),
                 client_cert: "/op.pem".into(),

@@ -311,17 +311,12 @@ impl Session<'_> {
             page_token = resp.next_page_token;
         }
         runs.truncate(limit_usize);
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::runs_json(&runs))?,
-            OutputFormat::Table => {
-                if runs.is_empty() {
-                    eprintln!("no runs match");
-                } else {
-                    out(&runs_table(&runs, chrono::Utc::now()))?;
-                }
-            }
-        }
-        Ok(EXIT_OK)
+        self.print_list(
+            &output::runs_json(&runs),
+            runs.is_empty(),
+            || runs_table(&runs, chrono::Utc::now()),
+            "no runs match",
+        )
     }
 
     async fn runs_show(&self, client: &mut Client, id: &str) -> Result<u8, CliError> {
@@ -391,14 +386,7 @@ impl Session<'_> {
     /// Prints a run that a call returned: the run object with `-o json`/`-o yaml`; in table mode
     /// its id alone on stdout (so `id=$(syncfleet run ...)` works) and `hint` on stderr.
     fn print_run_id(&self, run: &Run, hint: &str) -> Result<u8, CliError> {
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&output::run_json(run))?,
-            OutputFormat::Table => {
-                out(&format!("{}\n", run.id))?;
-                eprintln!("{hint}");
-            }
-        }
-        Ok(EXIT_OK)
+        self.print_result(&output::run_json(run), &format!("{}\n", run.id), Some(hint))
     }
 }
 

@@ -117,21 +117,16 @@ impl Session<'_> {
                 Err(status) => return Err(self.rpc_err(&status)),
             }
         }
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => self.data(&serde_json::Value::Array(
+        self.print_list(
+            &serde_json::Value::Array(
                 rows.iter()
                     .map(|r| output::schedule_status_json(&r.status))
                     .collect(),
-            ))?,
-            OutputFormat::Table => {
-                if rows.is_empty() {
-                    eprintln!("no schedules yet; create them with 'syncfleet apply -f FILE|DIR'");
-                } else {
-                    out(&schedules_table(&rows))?;
-                }
-            }
-        }
-        Ok(EXIT_OK)
+            ),
+            rows.is_empty(),
+            || schedules_table(&rows),
+            "no schedules yet; create them with 'syncfleet apply -f FILE|DIR'",
+        )
     }
 
     pub(super) async fn schedules_show(
@@ -173,24 +168,22 @@ impl Session<'_> {
         }
         .map_err(|e| self.rpc_err(&e))?
         .into_inner();
-        match self.format {
-            OutputFormat::Json | OutputFormat::Yaml => {
-                self.data(&output::schedule_status_json(&s))?;
-            }
-            OutputFormat::Table => {
-                out(&schedule_state_line(&s))?;
-                if pause {
-                    eprintln!(
-                        "running runs go on; no new runs until 'syncfleet schedules resume {}'",
-                        s.name
-                    );
-                } else if let Some(t) = s.next.first() {
-                    let tz = zone(&s.time_zone).unwrap_or(chrono_tz::Tz::UTC);
-                    eprintln!("next fire time: {}", zoned_rfc3339(Some(t), tz));
-                }
-            }
-        }
-        Ok(EXIT_OK)
+        let hint = if pause {
+            Some(format!(
+                "running runs go on; no new runs until 'syncfleet schedules resume {}'",
+                s.name
+            ))
+        } else {
+            s.next.first().map(|t| {
+                let tz = zone(&s.time_zone).unwrap_or(chrono_tz::Tz::UTC);
+                format!("next fire time: {}", zoned_rfc3339(Some(t), tz))
+            })
+        };
+        self.print_result(
+            &output::schedule_status_json(&s),
+            &schedule_state_line(&s),
+            hint.as_deref(),
+        )
     }
 }
 

@@ -48,17 +48,61 @@ pub fn free_port() -> u16 {
 }
 
 /// Poll `f` until it returns Some, or fail after `timeout` naming `what`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll(timeout, f).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Poll `f` until it returns Some; None once `timeout` has passed.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests poll real child processes from the test thread; the pause between polls blocks only it"
+)]
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `syncfleet run AGENT --step S... --follow -o json` through `cli`: asserts that the CLI
+/// succeeded (failing with its output) and returns the run it printed.
+pub fn run_followed(
+    cli: impl Fn(&[&str]) -> Output,
+    agent: &str,
+    steps: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["run", agent];
+    for s in steps {
+        args.extend(["--step", s]);
+    }
+    args.extend(["--follow", "-o", "json"]);
+    let out = cli(&args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The PKI of another fleet (`syncfleet-controller init` in a fresh temporary folder): its
+/// certificates chain to a CA the test fleet does not trust.
+pub fn foreign_pki() -> tempfile::TempDir {
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("syncfleet-controller"))
+        .args(["init", "--fleet", "e2e", "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    other
 }
 
 /// Polls `syncfleet agents list -o json` through `cli` until `n` agents are connected; returns
@@ -190,6 +234,18 @@ impl Fleet {
             agents: HashMap::new(),
             cli_config,
         }
+    }
+
+    /// A running fleet: the controller and simulated agents `agents` (the i-th simulating
+    /// example server i, with durations scaled by `time_scale`), all connected.
+    pub fn started(agents: &[&str], time_scale: f64) -> Fleet {
+        let mut fleet = Fleet::init(agents);
+        fleet.start_controller();
+        for (i, a) in agents.iter().enumerate() {
+            fleet.start_agent(a, i, time_scale);
+        }
+        fleet.wait_connected(agents);
+        fleet
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -380,6 +436,28 @@ pub fn path_str(p: &Path) -> String {
 }
 
 impl Fleet {
+    /// A gRPC channel to the controller over TLS, verified against the fleet's CA; with
+    /// `identity` (certificate and key, PEM) as the client certificate, else without one.
+    pub async fn channel(
+        &self,
+        identity: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let ca = std::fs::read(self.pki().join("ca.pem")).unwrap();
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Endpoint::from_shared(format!("https://127.0.0.1:{}", self.grpc_port))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+    }
+
     /// Write a fleet file into the fleet's folder and return its path (for `apply -f`).
     pub fn fleet_file(&self, name: &str, yaml: &str) -> PathBuf {
         let path = self.dir.path().join(name);

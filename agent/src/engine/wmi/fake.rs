@@ -312,6 +312,14 @@ pub(super) fn export_success_xml() -> String {
     )
 }
 
+/// `xml` (an export run of [`EXPORT_SAMPLE`], run 2590) renumbered as run `n`.
+pub(super) fn renumbered(xml: &str, n: u64) -> String {
+    xml.replace(
+        "<run-number>2590</run-number>",
+        &format!("<run-number>{n}</run-number>"),
+    )
+}
+
 pub(super) fn export_in_progress_xml(progress: &str) -> String {
     EXPORT_SAMPLE.replace(
         "<step-result>completed-export-errors</step-result>",

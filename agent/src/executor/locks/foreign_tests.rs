@@ -3,60 +3,40 @@
 
 use crate::engine::sim::{SimConfig, SimEngine};
 use crate::engine::{MaStatus, runhistory};
+use crate::executor::testkit::{self, Harness};
 use crate::executor::*;
 
 struct Setup {
-    _dir: tempfile::TempDir,
-    journal: Arc<Journal>,
-    exec: Arc<Executor>,
+    h: Harness,
     sim: Arc<SimEngine>,
 }
 
+/// A quiet server at realistic speed (time_scale 1) under `mode`.
 async fn setup(mode: RunMode) -> Setup {
     let mut cfg = SimConfig::example(1);
     cfg.time_scale = 1.0;
     for m in &mut cfg.mas {
         m.change_rate_per_hour = 0.0;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
-    let sim = Arc::new(SimEngine::new(cfg));
-    let engine: Arc<dyn SyncEngine> = sim.clone();
-    let exec = Arc::new(Executor::new(
-        engine,
-        Arc::clone(&journal),
-        Arc::new(Notify::new()),
+    let (h, sim) = testkit::build(
+        cfg,
         ExecutorOptions {
             run_mode: mode,
             stagger: Duration::from_millis(10),
             busy_poll: Duration::from_millis(500),
             ..ExecutorOptions::default()
         },
-    ));
-    exec.refresh_inventory().await.unwrap();
-    Setup {
-        _dir: dir,
-        journal,
-        exec,
-        sim,
-    }
+    )
+    .await;
+    Setup { h, sim }
 }
 
 fn start(s: &Setup, id: &str, ma: &str, profile: &str) {
-    let run = v1::StartRun {
-        run_id: id.into(),
-        steps: vec![v1::StepSpec {
-            ma: ma.into(),
-            profile: profile.into(),
-        }],
-        ..Default::default()
-    };
-    s.journal.accept_run(&run).unwrap();
-    s.exec.start(run);
+    testkit::start(&s.h, id, &[(ma, profile)]);
 }
 
 fn events(s: &Setup, id: &str) -> Vec<Kind> {
-    s.journal
+    s.h.journal
         .events_after(0, 100_000)
         .unwrap()
         .into_iter()
@@ -145,7 +125,7 @@ async fn a_foreign_sync_holds_back_an_import_in_supported_mode_and_cancel_is_pro
         "the import started beside a synchronization"
     );
     // Cancelling a waiting step ends the run at once, not when the foreign run ends.
-    assert!(s.exec.cancel("imp"));
+    assert!(s.h.exec.cancel("imp"));
     let took = until(Duration::from_secs(5), || {
         run_finished(&events(&s, "imp")).is_some()
     })

@@ -1,39 +1,26 @@
 //! Cancelling a step the engine does not stop (a frozen engine) ends the run after
 //! `stop_timeout`, not when the watchdog fires hours later.
 
-use crate::engine::sim::{FREEZE, ScriptedFailure, SimConfig, SimEngine};
+use crate::engine::sim::{FREEZE, ScriptedFailure, SimConfig};
+use crate::executor::testkit;
 use crate::executor::*;
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_step_the_engine_does_not_stop_is_abandoned_after_the_stop_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
     let mut cfg = SimConfig::example(1);
     cfg.time_scale = 1.0;
-    let sim = Arc::new(SimEngine::new(cfg));
-    sim.inject_failure(ScriptedFailure::new("AD", FREEZE))
-        .unwrap();
-    let engine: Arc<dyn SyncEngine> = sim.clone();
-    let exec = Arc::new(Executor::new(
-        engine,
-        Arc::clone(&journal),
-        Arc::new(Notify::new()),
+    let (h, sim) = testkit::build(
+        cfg,
         ExecutorOptions {
             stop_timeout: Duration::from_secs(30),
             ..ExecutorOptions::default()
         },
-    ));
-    exec.refresh_inventory().await.unwrap();
-    let run = v1::StartRun {
-        run_id: "r".into(),
-        steps: vec![v1::StepSpec {
-            ma: "AD".into(),
-            profile: "Delta Import".into(),
-        }],
-        ..Default::default()
-    };
-    journal.accept_run(&run).unwrap();
-    exec.start(run);
+    )
+    .await;
+    sim.inject_failure(ScriptedFailure::new("AD", FREEZE))
+        .unwrap();
+    let (journal, exec) = (&h.journal, &h.exec);
+    testkit::start(&h, "r", &[("AD", "Delta Import")]);
     let finished = || {
         journal
             .events_after(0, 1000)

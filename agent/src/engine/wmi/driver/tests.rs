@@ -150,10 +150,7 @@ async fn pending_counter_errors_name_the_string() {
 
 #[tokio::test]
 async fn run_details_of_last_and_older_runs() {
-    let older = EXPORT_SAMPLE.replace(
-        "<run-number>2590</run-number>",
-        "<run-number>2500</run-number>",
-    );
+    let older = renumbered(EXPORT_SAMPLE, 2500);
     let e = engine(FakeWmi::new().with_state(EXPORT_MA, |s| {
         s.run_number = "2590".into();
         s.details = EXPORT_SAMPLE.into();
@@ -178,10 +175,7 @@ async fn run_details_of_last_and_older_runs() {
 #[tokio::test]
 async fn run_details_falls_back_to_history_when_a_new_run_raced() {
     // RunNumber() said 2590 but RunDetails() already shows 2591.
-    let newer = EXPORT_SAMPLE.replace(
-        "<run-number>2590</run-number>",
-        "<run-number>2591</run-number>",
-    );
+    let newer = renumbered(EXPORT_SAMPLE, 2591);
     let e = engine(FakeWmi::new().with_state(EXPORT_MA, |s| {
         s.run_number = "2590".into();
         s.details = newer;

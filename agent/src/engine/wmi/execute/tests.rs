@@ -8,6 +8,16 @@ use crate::engine::wmi::fake::*;
 use crate::engine::wmi::*;
 use crate::engine::*;
 
+/// Runs `profile` of `ma` once on `e`, dropping its progress reports.
+async fn execute(
+    e: &WmiEngine<FakeWmi>,
+    ma: &str,
+    profile: &str,
+) -> Result<ExecuteOutcome, EngineError> {
+    let (tx, _rx) = sink();
+    e.execute(ma, profile, tx).await
+}
+
 #[tokio::test]
 async fn plain_success_gives_run_number_and_parsable_details() {
     let fake = FakeWmi::new()
@@ -17,8 +27,7 @@ async fn plain_success_gives_run_number_and_parsable_details() {
             ..ExecPlan::returns("success")
         });
     let e = engine(fake);
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Export", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Export").await.unwrap();
     assert_eq!(out.result, "success");
     assert_eq!(out.run_number, Some(2590));
 
@@ -41,8 +50,7 @@ async fn engine_result_string_is_kept_verbatim_with_the_sample_counters() {
             ..ExecPlan::returns("stopped-connectivity")
         });
     let e = engine(fake);
-    let (tx, _rx) = sink();
-    let out = e.execute(DS_MA, "DS_DELTAIMPORT", tx).await.unwrap();
+    let out = execute(&e, DS_MA, "DS_DELTAIMPORT").await.unwrap();
     assert_eq!(out.result, "stopped-connectivity");
     assert_eq!(out.run_number, Some(1879));
     let run = runhistory::parse_one(&e.run_details(DS_MA, 1879).await.unwrap()).unwrap();
@@ -68,8 +76,7 @@ async fn completing_result_is_polled_until_final() {
             ..ExecPlan::returns("completing-referential-updates")
         });
     let e = engine(fake);
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Delta Sync", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Delta Sync").await.unwrap();
     assert_eq!(out.result, "completed-sync-errors");
     assert_eq!(out.run_number, Some(8));
     assert!(e.api().calls("run_status") >= 4);
@@ -81,8 +88,7 @@ async fn completing_result_that_cannot_be_read_is_reported_raw() {
         .plan(ExecPlan::returns("completing-obsoletion"))
         .failing("run_status", WmiError::com(hresult::RPC_E_DISCONNECTED));
     let e = engine(fake);
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Full Import", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Full Import").await.unwrap();
     assert_eq!(out.result, "completing-obsoletion");
     assert_eq!(out.run_number, Some(1));
     assert_eq!(e.api().calls("run_status"), MAX_SETTLE_FAILURES as usize);
@@ -90,10 +96,7 @@ async fn completing_result_that_cannot_be_read_is_reported_raw() {
 
 #[tokio::test]
 async fn completing_settles_from_history_when_a_later_run_started() {
-    let final_xml = export_success_xml().replace(
-        "<run-number>2590</run-number>",
-        "<run-number>1</run-number>",
-    );
+    let final_xml = renumbered(&export_success_xml(), 1);
     let fake = FakeWmi::new().plan(ExecPlan {
         wait_for_gate: true,
         final_xml: Some(final_xml),
@@ -133,8 +136,7 @@ async fn concurrent_sync_com_error_is_busy() {
         hresult::CONCURRENT_SYNC,
     ))));
     let e = engine(fake);
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Delta Sync", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Delta Sync").await.unwrap();
     assert!(
         out.result.starts_with("call-failure: 0x8023063d"),
         "{}",
@@ -151,8 +153,7 @@ async fn concurrent_sync_in_a_message_or_string_is_busy() {
         "BAIL: MMS(3120): ..\\ma.cpp(3419): 0x8023063D (The operation cannot be performed)".into(),
     ))));
     let e = engine(fake);
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Delta Sync", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Delta Sync").await.unwrap();
     assert_eq!(vocab::classify(&out.result), ResultClass::Busy);
     assert!(out.result.contains("0x8023063d"));
     assert_eq!(out.run_number, None);
@@ -161,8 +162,7 @@ async fn concurrent_sync_in_a_message_or_string_is_busy() {
     let refusal = "call-failure: 0x8023063D other synchronization run profile is already running";
     let fake = FakeWmi::new().plan(ExecPlan::refused(Ok(refusal.into())));
     let e = engine(fake);
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Delta Sync", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Delta Sync").await.unwrap();
     assert_eq!(out.result, refusal);
     assert_eq!(vocab::classify(&out.result), ResultClass::Busy);
     assert_eq!(out.run_number, None);
@@ -172,8 +172,7 @@ async fn concurrent_sync_in_a_message_or_string_is_busy() {
 async fn provider_strings_pass_through_verbatim() {
     for s in [CALL_FAILURE, CONNECTION_FAILURE, ACCESS_DENIED] {
         let e = engine(FakeWmi::new().plan(ExecPlan::refused(Ok(s.into()))));
-        let (tx, _rx) = sink();
-        let out = e.execute(EXPORT_MA, "Export", tx).await.unwrap();
+        let out = execute(&e, EXPORT_MA, "Export").await.unwrap();
         assert_eq!(out.result, s);
         assert_eq!(out.run_number, None, "{s}");
     }
@@ -184,8 +183,7 @@ async fn other_com_errors_become_call_failure_with_the_hresult() {
     let e = engine(FakeWmi::new().plan(ExecPlan::refused(Err(WmiError::com(
         hresult::WBEM_E_ACCESS_DENIED,
     )))));
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Export", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Export").await.unwrap();
     assert!(
         out.result
             .starts_with("call-failure: 0x80041003 WBEM_E_ACCESS_DENIED"),
@@ -200,8 +198,7 @@ async fn lost_service_is_connection_failure() {
     let e = engine(FakeWmi::new().plan(ExecPlan::refused(Err(WmiError::com(
         hresult::RPC_S_SERVER_UNAVAILABLE,
     )))));
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Export", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Export").await.unwrap();
     assert_eq!(out.result, CONNECTION_FAILURE);
     assert_eq!(vocab::classify(&out.result), ResultClass::TransientExternal);
     assert_eq!(out.run_number, None);
@@ -214,8 +211,7 @@ async fn connection_lost_mid_run_follows_the_run_to_its_end() {
         statuses_after: vec!["in-progress".into(), "in-progress".into(), "success".into()],
         ..ExecPlan::returns("")
     }));
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Export", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Export").await.unwrap();
     assert_eq!(out.result, "success");
     assert_eq!(out.run_number, Some(1));
 }
@@ -231,16 +227,14 @@ async fn no_start_has_no_run_number_even_if_the_number_moved() {
             ..ExecPlan::refused(Ok("no-start-ma-already-running".into()))
         });
     let e = engine(fake);
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Export", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Export").await.unwrap();
     assert_eq!(out.result, "no-start-ma-already-running");
     assert_eq!(out.run_number, None);
 
     let e = engine(FakeWmi::new().plan(ExecPlan::refused(Ok(
         "no-start-unknown-profile-name".into(),
     ))));
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Nope", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Nope").await.unwrap();
     assert_eq!(out.run_number, None);
 }
 
@@ -248,9 +242,8 @@ async fn no_start_has_no_run_number_even_if_the_number_moved() {
 async fn run_number_detection() {
     // Never run (empty RunNumber) → the first run is 1.
     let e = engine(FakeWmi::new().plan(ExecPlan::returns("success")));
-    let (tx, _rx) = sink();
     assert_eq!(
-        e.execute(EXPORT_MA, "Export", tx).await.unwrap().run_number,
+        execute(&e, EXPORT_MA, "Export").await.unwrap().run_number,
         Some(1)
     );
 
@@ -260,25 +253,22 @@ async fn run_number_detection() {
             .with_state(EXPORT_MA, |s| s.run_number = "41".into())
             .plan(ExecPlan::refused(Ok("stopped-server".into()))),
     );
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Export", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Export").await.unwrap();
     assert_eq!(out.result, "stopped-server");
     assert_eq!(out.run_number, None);
 
     // RunNumber() itself answers with a provider string: no Execute, the string reported.
     let fake = FakeWmi::new().with_state(EXPORT_MA, |s| s.run_number = "connection-failure".into());
     let e = engine(fake);
-    let (tx, _rx) = sink();
-    let out = e.execute(EXPORT_MA, "Export", tx).await.unwrap();
+    let out = execute(&e, EXPORT_MA, "Export").await.unwrap();
     assert_eq!(out.result, CONNECTION_FAILURE);
     assert_eq!(out.run_number, None);
     assert_eq!(e.api().calls("execute"), 0);
 
     // Unknown MA.
     let e = engine(FakeWmi::new());
-    let (tx, _rx) = sink();
     assert!(matches!(
-        e.execute("No such MA", "Export", tx).await,
+        execute(&e, "No such MA", "Export").await,
         Err(EngineError::NoSuchMa(m)) if m == "No such MA"
     ));
 }

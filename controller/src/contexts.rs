@@ -1,4 +1,5 @@
-//! The CLI config file: named contexts, like a kubeconfig.
+//! The CLI config file: named contexts, like a kubeconfig. Read by the `syncfleet` CLI
+//! ([`crate::cli`]) and written by `syncfleet dev` (`crate::dev`), so it stands apart from both.
 //!
 //! ```toml
 //! current_context = "dev"
@@ -446,7 +447,7 @@ pub fn io_message(e: &std::io::Error) -> String {
 }
 
 /// `s` without a trailing " (os error N)", which only repeats the message as a number.
-pub(super) fn strip_os_error(s: &str) -> String {
+pub(crate) fn strip_os_error(s: &str) -> String {
     match s.find(" (os error ") {
         Some(i) if s.ends_with(')') => s[..i].to_string(),
         _ => s.to_string(),
