@@ -3,6 +3,8 @@
 use tonic::Status;
 
 use crate::auth::{PeerIdentity, Role};
+use crate::fleet::FleetError;
+use crate::fleet::session_protocol::OpenError;
 use crate::limits::LimitError;
 use crate::run_ids::RunIdError;
 use crate::store::StoreError;
@@ -62,6 +64,45 @@ impl From<LimitError> for Status {
 }
 
 // ---- fleet (crate::fleet::FleetError) ----
+
+impl From<FleetError> for Status {
+    fn from(e: FleetError) -> Self {
+        use FleetError as E;
+        let message = e.to_string();
+        match e {
+            E::Store(e) => store_status(e),
+            E::NoStepsRequested
+            | E::NoSteps
+            | E::UnknownMa { .. }
+            | E::UnknownProfile { .. }
+            | E::PauseWithoutNote
+            | E::NoHello => Status::invalid_argument(message),
+            E::UnknownAgent { .. } | E::NoSuchAgent(_) | E::NoSuchRun(_) | E::NoSuchSequence(_) => {
+                Status::not_found(message)
+            }
+            E::Revoked { .. }
+            | E::Blocked(_)
+            | E::NotHeld { .. }
+            | E::AlreadyApproved { .. }
+            | E::AlreadyEnded { .. } => Status::failed_precondition(message),
+            E::ChangedMeanwhile => Status::aborted(message),
+            E::UnreadableSequence(_) => Status::internal(message),
+            E::NameMismatch { .. } => Status::permission_denied(message),
+            E::SessionClosed(_) => Status::unauthenticated(message),
+            E::EventsNotStored => Status::unavailable(message),
+        }
+    }
+}
+
+/// A session that could not be opened: a failed inbound stream keeps its own status.
+impl From<OpenError<Status>> for Status {
+    fn from(e: OpenError<Status>) -> Self {
+        match e {
+            OpenError::Inbound(status) => status,
+            OpenError::Refused(e) => e.into(),
+        }
+    }
+}
 
 // ---- auth (crate::auth::AuthError) ----
 

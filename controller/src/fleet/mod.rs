@@ -23,6 +23,7 @@ use tokio::sync::broadcast;
 use crate::store::Store;
 
 mod dispatch;
+mod error;
 mod events;
 mod holds;
 mod runs;
@@ -30,6 +31,7 @@ pub mod session_protocol;
 mod sessions;
 mod sweep;
 
+pub use error::FleetError;
 pub use events::apply_event;
 pub use holds::{RunBlocked, fleet_status, set_drain, set_fleet_pause};
 pub use runs::{NewRun, start_sequence, steps_of};

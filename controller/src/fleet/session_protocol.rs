@@ -1,10 +1,13 @@
 //! The controller's half of an agent's session stream (`AgentService.Session`), once the
-//! caller's certificate has named an agent: independent of the gRPC handler, so it takes any
-//! stream of agent messages and returns the stream of controller messages.
+//! caller's certificate has named an agent that is not revoked: independent of the gRPC
+//! handler, so it takes any stream of agent messages (whatever its transport's error type) and
+//! returns the stream of controller messages, failing with [`FleetError`]s that the API maps to
+//! status codes. What it needs from the security layer above it (the audit log, the labels an
+//! enrollment token assigned) it asks through [`SessionAuthority`].
 //!
 //! The protocol:
-//! 1. A revoked agent is refused, and so is a first message that is not `Hello` or a `Hello`
-//!    naming another agent than the certificate; refusals are audited.
+//! 1. A first message that is not `Hello` is refused, and so is a `Hello` naming another agent
+//!    than the certificate; that refusal is audited.
 //! 2. The session is registered (replacing an older one of the same agent), `Welcome` is sent
 //!    with the highest event seq already stored, and every run owed to the agent is (re)sent.
 //! 3. Incoming messages are read in batches (what is already buffered, up to
@@ -15,6 +18,9 @@
 //! 4. When the stream ends or fails, the session is unregistered (unless a newer one replaced
 //!    it).
 
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -24,10 +30,8 @@ use syncfleet_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 
-use super::{Fleet, SessionTx};
-use crate::auth::{PeerIdentity, Security};
+use super::{Fleet, FleetError, SessionTx};
 
 /// Most events applied and stored in one transaction.
 pub const MAX_EVENT_BATCH: usize = 1000;
@@ -35,70 +39,89 @@ pub const MAX_EVENT_BATCH: usize = 1000;
 /// Messages queued for the agent before the session applies back-pressure.
 const OUTBOUND_QUEUE: usize = 1024;
 
-/// The controller's side of a session, as the gRPC handler returns it.
-pub type Outbound = ReceiverStream<Result<v1::ControllerMessage, Status>>;
+/// The controller's side of a session: controller messages, or the error that ends it.
+pub type Outbound = ReceiverStream<Result<v1::ControllerMessage, FleetError>>;
 
-/// Open the session of agent `id` (already authenticated by its client certificate) from
-/// `peer` over `inbound`, and serve it on a task of its own until `inbound` ends.
+/// The agent at the other end of a session, as its client certificate identifies it.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentPeer<'a> {
+    /// The agent name in the certificate.
+    pub name: &'a str,
+    /// The certificate's identity as the audit log records callers (`agent/<name>`).
+    pub who: &'a str,
+    /// The caller's network address, for the audit log.
+    pub address: &'a str,
+}
+
+/// What a session needs from the controller's security layer, which sits above the fleet and
+/// implements this.
+pub trait SessionAuthority: Send + Sync {
+    /// Record in the audit log that `peer`'s `Session` call on `target` was denied because of
+    /// `detail`. Never fails: an audit log that cannot be written is the implementor's to report.
+    fn audit_denied(
+        &self,
+        peer: AgentPeer<'_>,
+        target: &str,
+        detail: &str,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// The labels the enrollment token assigned to `agent`; they win over the agent's own.
+    fn assigned_labels(&self, agent: &str)
+    -> impl Future<Output = BTreeMap<String, String>> + Send;
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError<E> {
+    /// The agent's stream failed before its first message; the transport's own error.
+    #[error("{0}")]
+    Inbound(E),
+    /// The session was refused (see [`open`]) or could not be registered.
+    #[error(transparent)]
+    Refused(#[from] FleetError),
+}
+
+/// Open the session of the agent `peer` (authenticated by its client certificate, not revoked)
+/// over `inbound`, and serve it on a task of its own until `inbound` ends.
 ///
-/// Fails, before anything is registered, when the agent was revoked (its status from
-/// [`Security::check_revoked`]), with `INVALID_ARGUMENT` when the first message is not `Hello`,
-/// and with `PERMISSION_DENIED` when `Hello` names another agent than the certificate.
-pub async fn open<S>(
+/// Fails, before anything is registered, with [`FleetError::NoHello`] when the first message is
+/// not `Hello`, and with [`FleetError::NameMismatch`] (audited) when `Hello` names another agent
+/// than the certificate.
+pub async fn open<S, E>(
     fleet: &Arc<Fleet>,
-    security: &Security,
-    id: &PeerIdentity,
-    peer: &str,
+    authority: &impl SessionAuthority,
+    peer: AgentPeer<'_>,
     mut inbound: S,
-) -> Result<Outbound, Status>
+) -> Result<Outbound, OpenError<E>>
 where
-    S: Stream<Item = Result<v1::AgentMessage, Status>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<v1::AgentMessage, E>> + Send + Unpin + 'static,
+    E: Display + Send + 'static,
 {
-    if let Err(status) = security.check_revoked(id).await {
-        security
-            .audit(
-                &id.to_string(),
-                "Session",
-                &format!("agent/{}", id.name),
-                "denied",
-                status.message(),
-                "",
-                peer,
-            )
-            .await;
-        return Err(status);
-    }
-    let mut hello = match inbound.next().await.transpose()? {
+    let mut hello = match inbound
+        .next()
+        .await
+        .transpose()
+        .map_err(OpenError::Inbound)?
+    {
         Some(v1::AgentMessage {
             msg: Some(AgentMsg::Hello(h)),
         }) => h,
-        _ => {
-            return Err(Status::invalid_argument(
-                "the first message of a session must be Hello",
-            ));
-        }
+        _ => return Err(FleetError::NoHello.into()),
     };
-    if hello.name != id.name {
-        tracing::warn!(claimed = %hello.name, certificate = %id, "agent claimed another name");
-        let msg = format!(
-            "certificate identifies agent {:?} but Hello claims {:?}",
-            id.name, hello.name
-        );
-        security
-            .audit(
-                &id.to_string(),
-                "Session",
-                &format!("agent/{}", hello.name),
-                "denied",
-                &msg,
-                "",
-                peer,
-            )
+    if hello.name != peer.name {
+        tracing::warn!(claimed = %hello.name, certificate = %peer.who, "agent claimed another name");
+        let target = format!("agent/{}", hello.name);
+        let refused = FleetError::NameMismatch {
+            certificate: peer.name.to_string(),
+            claimed: hello.name,
+        };
+        authority
+            .audit_denied(peer, &target, &refused.to_string())
             .await;
-        return Err(Status::permission_denied(msg));
+        return Err(refused.into());
     }
     // Labels assigned by the enrollment token win over the agent's own.
-    for (k, v) in security.assigned_labels(&id.name).await {
+    for (k, v) in authority.assigned_labels(peer.name).await {
         hello.labels.insert(k, v);
     }
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
@@ -133,9 +156,10 @@ struct OpenSession {
 impl OpenSession {
     /// Send what the agent is owed, then handle its messages batch by batch until the stream
     /// ends, fails, or its events cannot be stored; then unregister the session.
-    async fn serve<S>(mut self, mut inbound: S)
+    async fn serve<S, E>(mut self, mut inbound: S)
     where
-        S: Stream<Item = Result<v1::AgentMessage, Status>> + Unpin,
+        S: Stream<Item = Result<v1::AgentMessage, E>> + Unpin,
+        E: Display,
     {
         self.fleet.dispatch_for_agent(&self.agent).await;
         while let Some(batch) = next_batch(&mut inbound).await {
@@ -148,7 +172,10 @@ impl OpenSession {
 
     /// Handle one batch of messages: heartbeats and acknowledgements in order, then the
     /// batch's events stored together and acknowledged. Breaks when the session must end.
-    async fn handle(&mut self, msgs: Vec<Result<v1::AgentMessage, Status>>) -> ControlFlow<()> {
+    async fn handle<E: Display>(
+        &mut self,
+        msgs: Vec<Result<v1::AgentMessage, E>>,
+    ) -> ControlFlow<()> {
         let fleet = &self.fleet;
         let name = &self.agent;
         let mut events = Vec::new();
@@ -168,8 +195,8 @@ impl OpenSession {
                     }
                 },
                 Ok(v1::AgentMessage { msg: None }) => {}
-                Err(status) => {
-                    failed = Some(status);
+                Err(e) => {
+                    failed = Some(e);
                     break;
                 }
             }
@@ -187,18 +214,13 @@ impl OpenSession {
                 Err(e) => {
                     // Not acknowledged: the agent keeps the events and replays them.
                     tracing::error!(agent = %name, error = %e, "cannot store agent events; closing the session");
-                    let _ = self
-                        .tx
-                        .send(Err(Status::unavailable(
-                            "controller store error; reconnect later",
-                        )))
-                        .await;
+                    let _ = self.tx.send(Err(FleetError::EventsNotStored)).await;
                     return ControlFlow::Break(());
                 }
             }
         }
-        if let Some(status) = failed {
-            tracing::info!(agent = %name, status = %status.message(), "session stream ended");
+        if let Some(e) = failed {
+            tracing::info!(agent = %name, status = %e, "session stream ended");
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
@@ -208,9 +230,9 @@ impl OpenSession {
 /// Wait for the next message, then take what is already buffered behind it (up to
 /// [`MAX_EVENT_BATCH`]) so that a burst of events is stored in one transaction. `None` when the
 /// stream has ended.
-async fn next_batch<S>(inbound: &mut S) -> Option<Vec<Result<v1::AgentMessage, Status>>>
+async fn next_batch<S, E>(inbound: &mut S) -> Option<Vec<Result<v1::AgentMessage, E>>>
 where
-    S: Stream<Item = Result<v1::AgentMessage, Status>> + Unpin,
+    S: Stream<Item = Result<v1::AgentMessage, E>> + Unpin,
 {
     let first = inbound.next().await?;
     let mut msgs = vec![first];

@@ -133,8 +133,8 @@ mod tests {
     use syncfleet_proto::time::from_millis;
 
     use super::*;
-    use crate::fleet::Settings;
     use crate::fleet::fixtures::run;
+    use crate::fleet::{FleetError, RunBlocked, Settings};
     use crate::store::Store;
 
     #[tokio::test]
@@ -181,8 +181,11 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-        assert!(refused.message().contains("MIM hotfix"), "{refused:?}");
+        assert!(
+            matches!(&refused, FleetError::Blocked(RunBlocked::FleetPaused(p)) if p.note == "MIM hotfix"),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().contains("MIM hotfix"), "{refused}");
         fleet.sweep().await;
         let r = store.get_run("r").await.unwrap().unwrap();
         assert_eq!(r.state, v1::RunState::Failed as i32);
