@@ -244,3 +244,142 @@ where
     }
     Some(msgs)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use futures::stream;
+
+    use super::*;
+    use crate::fleet::fixtures::fleet;
+
+    /// Records what the session asked of the security layer.
+    #[derive(Default)]
+    struct Recorder {
+        /// (who, target, detail, address) of each audited refusal.
+        denied: Mutex<Vec<(String, String, String, String)>>,
+        labels: BTreeMap<String, String>,
+    }
+
+    impl SessionAuthority for Recorder {
+        async fn audit_denied(&self, peer: AgentPeer<'_>, target: &str, detail: &str) {
+            self.denied.lock().unwrap().push((
+                peer.who.to_string(),
+                target.to_string(),
+                detail.to_string(),
+                peer.address.to_string(),
+            ));
+        }
+
+        async fn assigned_labels(&self, _agent: &str) -> BTreeMap<String, String> {
+            self.labels.clone()
+        }
+    }
+
+    const PEER: AgentPeer<'static> = AgentPeer {
+        name: "a",
+        who: "agent/a",
+        address: "127.0.0.1:5000",
+    };
+
+    fn hello(name: &str) -> v1::AgentMessage {
+        v1::AgentMessage {
+            msg: Some(AgentMsg::Hello(v1::Hello {
+                name: name.into(),
+                labels: [("site".to_string(), "own".to_string())].into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn event(seq: u64) -> v1::AgentMessage {
+        v1::AgentMessage {
+            msg: Some(AgentMsg::Event(v1::AgentEvent {
+                seq,
+                run_id: "unknown".into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hello_naming_another_agent_is_refused_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fleet, _) = fleet(dir.path()).await;
+        let authority = Recorder::default();
+        let inbound = stream::iter([Ok::<_, Infallible>(hello("b"))]);
+        let Err(OpenError::Refused(refused)) = open(&fleet, &authority, PEER, inbound).await else {
+            panic!("a Hello naming another agent must be refused");
+        };
+        assert!(
+            matches!(&refused, FleetError::NameMismatch { certificate, claimed } if certificate == "a" && claimed == "b"),
+            "{refused:?}"
+        );
+        let message = "certificate identifies agent \"a\" but Hello claims \"b\"";
+        assert_eq!(refused.to_string(), message);
+        assert_eq!(
+            *authority.denied.lock().unwrap(),
+            [(
+                "agent/a".to_string(),
+                "agent/b".to_string(),
+                message.to_string(),
+                "127.0.0.1:5000".to_string()
+            )]
+        );
+        assert!(!fleet.is_connected("a") && !fleet.is_connected("b"));
+    }
+
+    #[tokio::test]
+    async fn a_session_must_start_with_hello_and_a_failed_stream_keeps_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fleet, _) = fleet(dir.path()).await;
+        let authority = Recorder::default();
+        let inbound = stream::iter([Ok::<_, Infallible>(event(1))]);
+        let refused = open(&fleet, &authority, PEER, inbound).await.err();
+        assert!(
+            matches!(refused, Some(OpenError::Refused(FleetError::NoHello))),
+            "{refused:?}"
+        );
+        let inbound = stream::iter([Err::<v1::AgentMessage, _>("connection reset".to_string())]);
+        let failed = open(&fleet, &authority, PEER, inbound).await.err();
+        assert!(
+            matches!(&failed, Some(OpenError::Inbound(e)) if e == "connection reset"),
+            "{failed:?}"
+        );
+        assert!(authority.denied.lock().unwrap().is_empty());
+        assert!(!fleet.is_connected("a"));
+    }
+
+    #[tokio::test]
+    async fn buffered_events_are_stored_together_and_acknowledged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fleet, store) = fleet(dir.path()).await;
+        let authority = Recorder {
+            labels: [("site".to_string(), "assigned".to_string())].into(),
+            ..Default::default()
+        };
+        let inbound =
+            stream::iter([hello("a"), event(1), event(2), event(3)].map(Ok::<_, Infallible>));
+        let outbound = open(&fleet, &authority, PEER, inbound).await.unwrap();
+        let sent: Vec<CtrlMsg> = outbound.map(|m| m.unwrap().msg.unwrap()).collect().await;
+        assert!(
+            matches!(
+                sent.as_slice(),
+                [
+                    CtrlMsg::Welcome(_),
+                    CtrlMsg::EventAck(v1::EventAck { up_to_seq: 3 })
+                ]
+            ),
+            "{sent:?}"
+        );
+        let stored = store.get_agent("a").await.unwrap().unwrap();
+        assert_eq!(stored.last_event_seq, 3);
+        assert_eq!(stored.agent.labels["site"], "assigned");
+        assert!(
+            !fleet.is_connected("a"),
+            "the session ended with its stream"
+        );
+    }
+}
