@@ -89,8 +89,8 @@ impl Fleet {
         Ok(None)
     }
 
-    /// Fail with FAILED_PRECONDITION when the fleet is paused or the agent drains (manual runs
-    /// honour the same rules as scheduled ones).
+    /// Fail with [`FleetError::Blocked`] when the fleet is paused or the agent drains (manual
+    /// runs honour the same rules as scheduled ones).
     pub async fn check_not_paused(&self, agent: &str) -> Result<(), FleetError> {
         match self.run_blocked(agent, None).await? {
             Some(blocked) => Err(FleetError::Blocked(blocked)),

@@ -338,8 +338,8 @@ impl Fleet {
         self.get_pause(&keys::revoked(agent)).await
     }
 
-    /// Fail with FAILED_PRECONDITION when `agent` was revoked and has not enrolled again: its
-    /// runs could never be dispatched.
+    /// Fail with [`FleetError::Revoked`] when `agent` was revoked and has not enrolled again:
+    /// its runs could never be dispatched.
     pub async fn check_not_revoked(&self, agent: &str) -> Result<(), FleetError> {
         let Some(revocation) = self.revocation(agent).await? else {
             return Ok(());
