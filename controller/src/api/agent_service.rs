@@ -1,13 +1,16 @@
 //! `AgentService`: agents' session streams and certificate renewal.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use syncfleet_proto::v1::{self, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status::require;
 use crate::auth::{Role, Security, caller, status_with_request_id};
-use crate::fleet::{Fleet, session_protocol};
+use crate::fleet::session_protocol::{self, AgentPeer, SessionAuthority};
+use crate::fleet::{Fleet, FleetError};
 
 /// `AgentService` implementation.
 #[derive(Debug, Clone)]
@@ -57,7 +60,8 @@ impl AgentService for AgentSvc {
         Ok(Response::new(resp))
     }
 
-    type SessionStream = session_protocol::Outbound;
+    type SessionStream =
+        futures::stream::MapErr<session_protocol::Outbound, fn(FleetError) -> Status>;
 
     async fn session(
         &self,
@@ -81,14 +85,52 @@ impl AgentService for AgentSvc {
                 return Err(status);
             }
         };
-        let outbound = session_protocol::open(
-            &self.fleet,
-            &self.security,
-            &id,
-            &peer,
-            request.into_inner(),
+        if let Err(status) = self.security.check_revoked(&id).await {
+            self.security
+                .audit(
+                    &id.to_string(),
+                    "Session",
+                    &format!("agent/{}", id.name),
+                    "denied",
+                    status.message(),
+                    "",
+                    &peer,
+                )
+                .await;
+            return Err(status);
+        }
+        let who = id.to_string();
+        let agent = AgentPeer {
+            name: &id.name,
+            who: &who,
+            address: &peer,
+        };
+        let outbound =
+            session_protocol::open(&self.fleet, &*self.security, agent, request.into_inner())
+                .await?;
+        Ok(Response::new(
+            outbound.map_err(Status::from as fn(FleetError) -> Status),
+        ))
+    }
+}
+
+/// The session protocol audits its refusals and reads assigned labels through the security
+/// layer.
+impl SessionAuthority for Security {
+    async fn audit_denied(&self, peer: AgentPeer<'_>, target: &str, detail: &str) {
+        self.audit(
+            peer.who,
+            "Session",
+            target,
+            "denied",
+            detail,
+            "",
+            peer.address,
         )
-        .await?;
-        Ok(Response::new(outbound))
+        .await;
+    }
+
+    async fn assigned_labels(&self, agent: &str) -> BTreeMap<String, String> {
+        Security::assigned_labels(self, agent).await
     }
 }

@@ -75,6 +75,7 @@ impl FleetSvc {
                 crate::fleet::set_drain(&self.fleet, &req.name, draining, &req.note, &ctx.who())
                     .await
                     .map(Response::new)
+                    .map_err(Status::from)
             }
             Err(e) => Err(bad_input(e)),
         };
@@ -95,7 +96,8 @@ impl FleetSvc {
         let result = match check_text("note", &req.note) {
             Ok(()) => crate::fleet::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
                 .await
-                .map(Response::new),
+                .map(Response::new)
+                .map_err(Status::from),
             Err(e) => Err(bad_input(e)),
         };
         self.finish_with(&ctx, action, &target, &req.note, result)

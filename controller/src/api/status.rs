@@ -3,6 +3,8 @@
 use tonic::Status;
 
 use crate::auth::{PeerIdentity, Role};
+use crate::fleet::FleetError;
+use crate::fleet::session_protocol::OpenError;
 use crate::limits::LimitError;
 use crate::run_ids::RunIdError;
 use crate::store::StoreError;
@@ -62,6 +64,158 @@ impl From<LimitError> for Status {
 }
 
 // ---- fleet (crate::fleet::FleetError) ----
+
+impl From<FleetError> for Status {
+    fn from(e: FleetError) -> Self {
+        use FleetError as E;
+        let message = e.to_string();
+        match e {
+            E::Store(e) => store_status(e),
+            E::NoStepsRequested
+            | E::NoSteps
+            | E::UnknownMa { .. }
+            | E::UnknownProfile { .. }
+            | E::PauseWithoutNote
+            | E::NoHello => Status::invalid_argument(message),
+            E::UnknownAgent { .. } | E::NoSuchAgent(_) | E::NoSuchRun(_) | E::NoSuchSequence(_) => {
+                Status::not_found(message)
+            }
+            E::Revoked { .. }
+            | E::Blocked(_)
+            | E::NotHeld { .. }
+            | E::AlreadyApproved { .. }
+            | E::AlreadyEnded { .. } => Status::failed_precondition(message),
+            E::ChangedMeanwhile => Status::aborted(message),
+            E::UnreadableSequence(_) => Status::internal(message),
+            E::NameMismatch { .. } => Status::permission_denied(message),
+            E::SessionClosed(_) => Status::unauthenticated(message),
+            E::EventsNotStored => Status::unavailable(message),
+        }
+    }
+}
+
+/// A session that could not be opened: a failed inbound stream keeps its own status.
+impl From<OpenError<Status>> for Status {
+    fn from(e: OpenError<Status>) -> Self {
+        match e {
+            OpenError::Inbound(status) => status,
+            OpenError::Refused(e) => e.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod fleet_error_tests {
+    use syncfleet_proto::v1;
+    use tonic::{Code, Status};
+
+    use crate::fleet::session_protocol::OpenError;
+    use crate::fleet::{FleetError, RunBlocked};
+    use crate::store::StoreError;
+
+    /// The code and message each fleet refusal reaches the caller with; clients and the CLI
+    /// match on both.
+    #[test]
+    fn fleet_errors_keep_their_codes_and_messages() {
+        let pause = v1::Pause {
+            paused: true,
+            note: "patching".into(),
+            by: "operator/admin".into(),
+            at: None,
+        };
+        let cases = [
+            (
+                FleetError::NoStepsRequested,
+                Code::InvalidArgument,
+                "a run needs at least one step (MA and run profile)",
+            ),
+            (
+                FleetError::UnknownAgent {
+                    name: "x".into(),
+                    known: vec![],
+                },
+                Code::NotFound,
+                "no agent named \"x\"; known agents: none yet",
+            ),
+            (
+                FleetError::UnknownAgent {
+                    name: "x".into(),
+                    known: vec!["a".into(), "b".into()],
+                },
+                Code::NotFound,
+                "no agent named \"x\"; known agents: a, b",
+            ),
+            (
+                FleetError::NoSuchAgent("x".into()),
+                Code::NotFound,
+                "no agent named \"x\"",
+            ),
+            (
+                FleetError::Revoked {
+                    agent: "a".into(),
+                    revocation: pause.clone(),
+                },
+                Code::FailedPrecondition,
+                "agent a was revoked by operator/admin (patching); it takes no runs until it enrols again with a new token ('syncfleet tokens create --agent a', then 'syncfleet-agent enroll' on the server)",
+            ),
+            (
+                FleetError::Blocked(RunBlocked::FleetPaused(pause)),
+                Code::FailedPrecondition,
+                "the fleet is paused by operator/admin: patching; resume with 'syncfleet fleet resume'",
+            ),
+            (
+                FleetError::NotHeld {
+                    id: "r".into(),
+                    state: v1::RunState::Running,
+                },
+                Code::FailedPrecondition,
+                "run r is running, not held; only held runs can be approved",
+            ),
+            (
+                FleetError::ChangedMeanwhile,
+                Code::Aborted,
+                "the run changed state meanwhile; try again",
+            ),
+            (
+                FleetError::UnreadableSequence("s".into()),
+                Code::Internal,
+                "stored sequence s is unreadable",
+            ),
+            (
+                FleetError::NameMismatch {
+                    certificate: "a".into(),
+                    claimed: "b".into(),
+                },
+                Code::PermissionDenied,
+                "certificate identifies agent \"a\" but Hello claims \"b\"",
+            ),
+            (
+                FleetError::SessionClosed("agent a was revoked".into()),
+                Code::Unauthenticated,
+                "agent a was revoked",
+            ),
+            (
+                FleetError::EventsNotStored,
+                Code::Unavailable,
+                "controller store error; reconnect later",
+            ),
+            (
+                FleetError::Store(StoreError::BadPageToken),
+                Code::InvalidArgument,
+                &StoreError::BadPageToken.to_string(),
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = Status::from(error);
+            assert_eq!((status.code(), status.message()), (code, message));
+        }
+        let inbound = Status::from(OpenError::Inbound(Status::cancelled("gone")));
+        assert_eq!(
+            (inbound.code(), inbound.message()),
+            (Code::Cancelled, "gone")
+        );
+    }
+}
 
 // ---- auth (crate::auth::AuthError) ----
 

@@ -4,10 +4,8 @@
 
 use syncfleet_proto::time::now;
 use syncfleet_proto::v1;
-use tonic::Status;
 
-use super::{Fleet, store_status};
-use crate::limits::echo;
+use super::{Fleet, FleetError};
 use crate::store::{StoreError, keys};
 
 /// Why no new run may be created: the message says who paused what, why, and how to resume.
@@ -91,11 +89,11 @@ impl Fleet {
         Ok(None)
     }
 
-    /// Fail with FAILED_PRECONDITION when the fleet is paused or the agent drains (manual runs
-    /// honour the same rules as scheduled ones).
-    pub async fn check_not_paused(&self, agent: &str) -> Result<(), Status> {
-        match self.run_blocked(agent, None).await.map_err(store_status)? {
-            Some(blocked) => Err(Status::failed_precondition(blocked.to_string())),
+    /// Fail with [`FleetError::Blocked`] when the fleet is paused or the agent drains (manual
+    /// runs honour the same rules as scheduled ones).
+    pub async fn check_not_paused(&self, agent: &str) -> Result<(), FleetError> {
+        match self.run_blocked(agent, None).await? {
+            Some(blocked) => Err(FleetError::Blocked(blocked)),
             None => Ok(()),
         }
     }
@@ -181,7 +179,7 @@ pub async fn set_drain(
     draining: bool,
     note: &str,
     who: &str,
-) -> Result<v1::Agent, Status> {
+) -> Result<v1::Agent, FleetError> {
     let drain = v1::Pause {
         paused: draining,
         note: note.to_string(),
@@ -190,20 +188,18 @@ pub async fn set_drain(
     };
     let agent = fleet
         .set_drain(name, drain)
-        .await
-        .map_err(store_status)?
-        .ok_or_else(|| Status::not_found(format!("no agent named {}", echo(name))))?;
+        .await?
+        .ok_or_else(|| FleetError::NoSuchAgent(name.to_string()))?;
     tracing::info!(agent = name, draining, by = who, "agent drain changed");
     Ok(agent)
 }
 
-pub async fn fleet_status(fleet: &Fleet) -> Result<v1::FleetStatus, Status> {
-    let pause = fleet.fleet_pause().await.map_err(store_status)?;
+pub async fn fleet_status(fleet: &Fleet) -> Result<v1::FleetStatus, FleetError> {
+    let pause = fleet.fleet_pause().await?;
     let draining = fleet
         .store
         .list_agents()
-        .await
-        .map_err(store_status)?
+        .await?
         .into_iter()
         .filter(|a| a.drain.as_ref().is_some_and(|d| d.paused))
         .map(|a| a.name)
@@ -216,11 +212,9 @@ pub async fn set_fleet_pause(
     paused: bool,
     note: &str,
     who: &str,
-) -> Result<v1::FleetStatus, Status> {
+) -> Result<v1::FleetStatus, FleetError> {
     if paused && note.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "say why the fleet is paused: pass --note TEXT",
-        ));
+        return Err(FleetError::PauseWithoutNote);
     }
     let pause = v1::Pause {
         paused,
@@ -228,7 +222,7 @@ pub async fn set_fleet_pause(
         by: who.to_string(),
         at: Some(now()),
     };
-    fleet.set_fleet_pause(&pause).await.map_err(store_status)?;
+    fleet.set_fleet_pause(&pause).await?;
     tracing::info!(paused, by = who, note, "fleet pause changed");
     fleet_status(fleet).await
 }

@@ -23,6 +23,7 @@ use tokio::sync::broadcast;
 use crate::store::Store;
 
 mod dispatch;
+mod error;
 mod events;
 mod holds;
 mod runs;
@@ -30,6 +31,7 @@ pub mod session_protocol;
 mod sessions;
 mod sweep;
 
+pub use error::FleetError;
 pub use events::apply_event;
 pub use holds::{RunBlocked, fleet_status, set_drain, set_fleet_pause};
 pub use runs::{NewRun, start_sequence, steps_of};
@@ -104,7 +106,37 @@ impl Fleet {
 
 #[cfg(test)]
 mod fixtures {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use syncfleet_proto::v1;
+
+    use super::{Fleet, Settings};
+    use crate::store::Store;
+
+    /// A fleet on a new SQLite store in `dir` that knows agent `a` (never connected); runs wait
+    /// one second for their agent.
+    pub(super) async fn fleet(dir: &Path) -> (Arc<Fleet>, Arc<dyn Store>) {
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sqlite::SqliteStore::open(&dir.join("c.db")).unwrap());
+        store
+            .put_agent(&v1::Agent {
+                name: "a".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let fleet = Fleet::new(
+            Arc::clone(&store),
+            Settings {
+                heartbeat_interval: Duration::from_secs(1),
+                agent_lost_after: Duration::from_secs(60),
+                pending_deadline: Duration::from_secs(1),
+            },
+        );
+        (fleet, store)
+    }
 
     /// A dispatched run of agent `a` with two waiting steps.
     pub(super) fn run() -> v1::Run {

@@ -5,15 +5,13 @@ use std::sync::Arc;
 
 use syncfleet_proto::time::now;
 use syncfleet_proto::v1;
-use tonic::Status;
 
 use super::dispatch::cancel_command;
-use super::{Fleet, state_of, store_status};
+use super::{Fleet, FleetError, state_of};
 use crate::documents::{
     self,
     model::{Document, SequenceDoc},
 };
-use crate::limits::echo;
 use crate::store::{StoreError, keys};
 
 /// What a new run is made of (see [`Fleet::create_run`]).
@@ -64,11 +62,9 @@ impl Fleet {
         steps: Vec<v1::StepSpec>,
         origin: &str,
         requested_by: &str,
-    ) -> Result<v1::Run, Status> {
+    ) -> Result<v1::Run, FleetError> {
         if steps.is_empty() {
-            return Err(Status::invalid_argument(
-                "a run needs at least one step (MA and run profile)",
-            ));
+            return Err(FleetError::NoStepsRequested);
         }
         let steps = steps
             .into_iter()
@@ -103,37 +99,34 @@ impl Fleet {
     /// Store a new run (validated against the agent's inventory) and dispatch it when its time
     /// has come and the agent is connected. Returns the run and whether it was new: a run whose
     /// id exists already (a duplicate scheduled fire) is returned unchanged.
-    pub async fn create_run(&self, new: NewRun, validate: bool) -> Result<(v1::Run, bool), Status> {
+    pub async fn create_run(
+        &self,
+        new: NewRun,
+        validate: bool,
+    ) -> Result<(v1::Run, bool), FleetError> {
         if new.steps.is_empty() {
-            return Err(Status::invalid_argument("a run needs at least one step"));
+            return Err(FleetError::NoSteps);
         }
         let name = new.agent.clone();
-        let stored = self.store.get_agent(&name).await.map_err(store_status)?;
+        let stored = self.store.get_agent(&name).await?;
         let Some(stored) = stored else {
             let known = self
                 .store
                 .list_agents()
-                .await
-                .map_err(store_status)?
+                .await?
                 .into_iter()
                 .map(|a| a.name)
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(Status::not_found(format!(
-                "no agent named {:?}; known agents: {}",
-                new.agent,
-                if known.is_empty() { "none yet" } else { &known }
-            )));
+                .collect();
+            return Err(FleetError::UnknownAgent {
+                name: new.agent,
+                known,
+            });
         };
         self.check_not_revoked(&new.agent).await?;
         let schedule = (!new.schedule.is_empty() && new.continuation_of.is_empty())
             .then_some(new.schedule.as_str());
-        if let Some(blocked) = self
-            .run_blocked(&new.agent, schedule)
-            .await
-            .map_err(store_status)?
-        {
-            return Err(Status::failed_precondition(blocked.to_string()));
+        if let Some(blocked) = self.run_blocked(&new.agent, schedule).await? {
+            return Err(FleetError::Blocked(blocked));
         }
         if validate {
             let specs: Vec<v1::StepSpec> = new
@@ -178,41 +171,41 @@ impl Fleet {
         };
         // The run's root span; its traceparent is stored with the run and sent in StartRun.
         let (run, span) = crate::telemetry::open_run_span(run);
-        let inserted = self.store.insert_run(&run).await.map_err(store_status)?;
+        let inserted = self.store.insert_run(&run).await?;
         if !inserted {
             let id = run.id.clone();
-            let existing = self.store.get_run(&id).await.map_err(store_status)?;
+            let existing = self.store.get_run(&id).await?;
             return Ok((existing.unwrap_or(run), false));
         }
         self.publish(&run);
         tracing::info!(parent: &span, run_id = %run.id, agent, steps = run.steps.len(), origin = %run.origin, "run created");
         tracing::Instrument::instrument(self.send_start(run.clone()), span).await;
         let id = run.id.clone();
-        let current = self.store.get_run(&id).await.map_err(store_status)?;
+        let current = self.store.get_run(&id).await?;
         Ok((current.unwrap_or(run), true))
     }
 
     /// Approve a held run: create its continuation (the held step once with the guard lifted,
     /// then the rest of the plan) and link the two.
-    pub async fn approve_run(&self, id: &str, who: &str, note: &str) -> Result<v1::Run, Status> {
-        let rid = id.to_string();
-        let held = self
-            .store
-            .get_run(&rid)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))?;
+    pub async fn approve_run(
+        &self,
+        id: &str,
+        who: &str,
+        note: &str,
+    ) -> Result<v1::Run, FleetError> {
+        let held = self.stored_run(id).await?;
         if state_of(&held) != v1::RunState::Held {
-            return Err(Status::failed_precondition(format!(
-                "run {id} is {}, not held; only held runs can be approved",
-                state_of(&held).label()
-            )));
+            return Err(FleetError::NotHeld {
+                id: id.to_string(),
+                state: state_of(&held),
+            });
         }
         if !held.continued_in.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "run {id} was already approved by {}; its continuation is run {}",
-                held.approved_by, held.continued_in
-            )));
+            return Err(FleetError::AlreadyApproved {
+                id: id.to_string(),
+                by: held.approved_by,
+                continuation: held.continued_in,
+            });
         }
         let approved: Vec<u32> = held
             .steps
@@ -260,53 +253,34 @@ impl Fleet {
                 false,
             )
             .await?;
-        {
-            let _guard = self.run_lock.lock().await;
-            let rid = id.to_string();
-            let cont = run.id.clone();
-            let who = who.to_string();
-            let note = note.to_string();
-            let updated = {
-                let s = &self.store;
-                async move {
-                    let Some(mut h) = s.get_run(&rid).await? else {
-                        return Ok::<_, StoreError>(None);
-                    };
-                    h.continued_in = cont;
-                    h.approved_by = who;
-                    h.approved_at = Some(now());
-                    if !note.is_empty() {
-                        h.message = format!("{} (approved: {note})", h.message);
-                    }
-                    s.put_runs(std::slice::from_ref(&h)).await?;
-                    Ok(Some(h))
-                }
+        let continuation = run.id.clone();
+        self.update_stored_run(id, |h| {
+            h.continued_in = continuation;
+            h.approved_by = who.to_string();
+            h.approved_at = Some(now());
+            if !note.is_empty() {
+                h.message = format!("{} (approved: {note})", h.message);
             }
-            .await
-            .map_err(store_status)?;
-            if let Some(h) = updated {
-                self.publish(&h);
-            }
-        }
+        })
+        .await?;
         Ok(run)
     }
 
     /// Cancel a run. Pending runs end at once; dispatched or running runs are stopped by their
     /// agent (now, or when it reconnects).
-    pub async fn cancel_run(&self, id: &str, reason: &str, who: &str) -> Result<v1::Run, Status> {
-        let rid = id.to_string();
-        let run = self
-            .store
-            .get_run(&rid)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))?;
+    pub async fn cancel_run(
+        &self,
+        id: &str,
+        reason: &str,
+        who: &str,
+    ) -> Result<v1::Run, FleetError> {
+        let run = self.stored_run(id).await?;
         let state = state_of(&run);
         if state.is_terminal() {
-            return Err(Status::failed_precondition(format!(
-                "run {id} already ended ({}); nothing to cancel",
-                state.label()
-            )));
+            return Err(FleetError::AlreadyEnded {
+                id: id.to_string(),
+                state,
+            });
         }
         let why = if reason.is_empty() {
             format!("cancelled by {who}")
@@ -316,35 +290,47 @@ impl Fleet {
         if state == v1::RunState::Pending {
             return self
                 .finish_run_here(id, v1::RunState::Cancelled, why)
-                .await
-                .map_err(store_status)?
-                .ok_or_else(|| Status::aborted("the run changed state meanwhile; try again"));
+                .await?
+                .ok_or(FleetError::ChangedMeanwhile);
         }
-        let updated = {
-            let _guard = self.run_lock.lock().await;
-            let rid = id.to_string();
-            let msg = why.clone();
-            {
-                let s = &self.store;
-                async move {
-                    let Some(mut run) = s.get_run(&rid).await? else {
-                        return Ok::<_, StoreError>(None);
-                    };
-                    run.cancel_requested = true;
-                    run.message = msg;
-                    s.put_runs(std::slice::from_ref(&run)).await?;
-                    Ok(Some(run))
-                }
-            }
-            .await
-            .map_err(store_status)?
-        };
-        let run = updated.ok_or_else(|| Status::not_found(format!("no run with id {id:?}")))?;
-        self.publish(&run);
+        let msg = why.clone();
+        let run = self
+            .update_stored_run(id, |run| {
+                run.cancel_requested = true;
+                run.message = msg;
+            })
+            .await?
+            .ok_or_else(|| FleetError::NoSuchRun(id.to_string()))?;
         if let Some(tx) = self.session_tx(&run.agent) {
             let _ = tx.send(Ok(cancel_command(id, &why))).await;
         }
         Ok(run)
+    }
+
+    /// The stored run with (full) id `id`; `NoSuchRun` when there is none.
+    async fn stored_run(&self, id: &str) -> Result<v1::Run, FleetError> {
+        self.store
+            .get_run(id)
+            .await?
+            .ok_or_else(|| FleetError::NoSuchRun(id.to_string()))
+    }
+
+    /// Change the stored run `id` with `change` under the run lock (so agent events, cancels
+    /// and the sweeper never overwrite each other's changes), store it and publish it. `None`
+    /// when the run is gone.
+    async fn update_stored_run(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut v1::Run),
+    ) -> Result<Option<v1::Run>, StoreError> {
+        let _guard = self.run_lock.lock().await;
+        let Some(mut run) = self.store.get_run(id).await? else {
+            return Ok(None);
+        };
+        change(&mut run);
+        self.store.put_runs(std::slice::from_ref(&run)).await?;
+        self.publish(&run);
+        Ok(Some(run))
     }
 
     /// The revocation of `agent` when it was revoked and has not enrolled again since.
@@ -352,28 +338,16 @@ impl Fleet {
         self.get_pause(&keys::revoked(agent)).await
     }
 
-    /// Fail with FAILED_PRECONDITION when `agent` was revoked and has not enrolled again: its
-    /// runs could never be dispatched.
-    pub async fn check_not_revoked(&self, agent: &str) -> Result<(), Status> {
-        let Some(r) = self.revocation(agent).await.map_err(store_status)? else {
+    /// Fail with [`FleetError::Revoked`] when `agent` was revoked and has not enrolled again:
+    /// its runs could never be dispatched.
+    pub async fn check_not_revoked(&self, agent: &str) -> Result<(), FleetError> {
+        let Some(revocation) = self.revocation(agent).await? else {
             return Ok(());
         };
-        Err(Status::failed_precondition(format!(
-            "agent {agent} was revoked{}{}{}; it takes no runs until it enrols again with a new token ('syncfleet tokens create --agent {agent}', then 'syncfleet-agent enroll' on the server)",
-            r.at.as_ref()
-                .map(|at| format!(" at {}", syncfleet_proto::time::rfc3339(at)))
-                .unwrap_or_default(),
-            if r.by.is_empty() {
-                String::new()
-            } else {
-                format!(" by {}", r.by)
-            },
-            if r.note.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", r.note)
-            },
-        )))
+        Err(FleetError::Revoked {
+            agent: agent.to_string(),
+            revocation,
+        })
     }
 
     /// Fail the runs still pending for `agent` (just revoked): they could never be sent, and
@@ -407,33 +381,29 @@ impl Fleet {
 
 /// Refuse steps that name an MA or run profile missing from the agent's last inventory, with
 /// the names that do exist.
-fn check_steps(agent: &v1::Agent, steps: &[v1::StepSpec]) -> Result<(), Status> {
+fn check_steps(agent: &v1::Agent, steps: &[v1::StepSpec]) -> Result<(), FleetError> {
     if agent.management_agents.is_empty() {
         return Ok(());
     }
     for s in steps {
         let Some(ma) = agent.management_agents.iter().find(|m| m.name == s.ma) else {
-            let known: Vec<&str> = agent
-                .management_agents
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect();
-            return Err(Status::invalid_argument(format!(
-                "agent {} has no management agent {:?}; its MAs are: {}",
-                agent.name,
-                s.ma,
-                known.join(", ")
-            )));
+            return Err(FleetError::UnknownMa {
+                agent: agent.name.clone(),
+                ma: s.ma.clone(),
+                known: agent
+                    .management_agents
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .collect(),
+            });
         };
         if !ma.run_profiles.iter().any(|p| p.name == s.profile) {
-            let known: Vec<&str> = ma.run_profiles.iter().map(|p| p.name.as_str()).collect();
-            return Err(Status::invalid_argument(format!(
-                "management agent {:?} on {} has no run profile {:?}; its run profiles are: {}",
-                s.ma,
-                agent.name,
-                s.profile,
-                known.join(", ")
-            )));
+            return Err(FleetError::UnknownProfile {
+                agent: agent.name.clone(),
+                ma: s.ma.clone(),
+                profile: s.profile.clone(),
+                known: ma.run_profiles.iter().map(|p| p.name.clone()).collect(),
+            });
         }
     }
     Ok(())
@@ -445,26 +415,15 @@ pub async fn start_sequence(
     agent: &str,
     sequence: &str,
     who: &str,
-) -> Result<v1::Run, Status> {
-    let s = sequence.to_string();
-    let docs = fleet
-        .store
-        .list_documents(Some("Sequence"))
-        .await
-        .map_err(store_status)?;
-    let doc = docs.into_iter().find(|d| d.name == s).ok_or_else(|| {
-        Status::not_found(format!(
-            "no sequence named {}; see 'syncfleet get sequences'",
-            echo(sequence)
-        ))
-    })?;
+) -> Result<v1::Run, FleetError> {
+    let docs = fleet.store.list_documents(Some("Sequence")).await?;
+    let doc = docs
+        .into_iter()
+        .find(|d| d.name == sequence)
+        .ok_or_else(|| FleetError::NoSuchSequence(sequence.to_string()))?;
     let seq: SequenceDoc = match documents::from_json("Sequence", &doc.json) {
         Ok(Document::Sequence(s)) => s,
-        _ => {
-            return Err(Status::internal(format!(
-                "stored sequence {sequence} is unreadable"
-            )));
-        }
+        _ => return Err(FleetError::UnreadableSequence(sequence.to_string())),
     };
     fleet.check_not_paused(agent).await?;
     let (run, _) = fleet
@@ -507,16 +466,21 @@ mod tests {
             profile: "Delta Imprt".into(),
         }];
         let err = check_steps(&agent, &bad).unwrap_err();
-        assert!(err.message().contains("Delta Import"), "{}", err.message());
+        assert!(
+            matches!(&err, FleetError::UnknownProfile { known, .. } if known == &["Delta Import"]),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "management agent \"AD\" on sync-01 has no run profile \"Delta Imprt\"; its run profiles are: Delta Import"
+        );
         let bad = [v1::StepSpec {
             ma: "HR".into(),
             profile: "x".into(),
         }];
-        assert!(
-            check_steps(&agent, &bad)
-                .unwrap_err()
-                .message()
-                .contains("AD")
+        assert_eq!(
+            check_steps(&agent, &bad).unwrap_err().to_string(),
+            "agent sync-01 has no management agent \"HR\"; its MAs are: AD"
         );
     }
 }

@@ -9,13 +9,12 @@ use chrono::Utc;
 use syncfleet_proto::time::{from_millis, now, to_millis};
 use syncfleet_proto::v1;
 use tokio::sync::mpsc;
-use tonic::Status;
 
-use super::{Fleet, lock, store_status};
+use super::{Fleet, FleetError, lock};
 use crate::store::StoreError;
 
-/// Outbound half of an agent's session stream.
-pub type SessionTx = mpsc::Sender<Result<v1::ControllerMessage, Status>>;
+/// Outbound half of an agent's session stream; an error ends the stream with that error.
+pub type SessionTx = mpsc::Sender<Result<v1::ControllerMessage, FleetError>>;
 
 pub(super) struct Session {
     id: u64,
@@ -46,7 +45,7 @@ impl Fleet {
         let session = lock(&self.sessions).remove(agent);
         if let Some(s) = session {
             let _ =
-                s.tx.send(Err(Status::unauthenticated(reason.to_string())))
+                s.tx.send(Err(FleetError::SessionClosed(reason.to_string())))
                     .await;
             tracing::warn!(agent, reason, "agent session closed");
             self.set_agent_state(agent, v1::AgentState::Disconnected)
@@ -81,9 +80,9 @@ impl Fleet {
         &self,
         hello: &v1::Hello,
         tx: SessionTx,
-    ) -> Result<(v1::Welcome, u64, u64), Status> {
+    ) -> Result<(v1::Welcome, u64, u64), FleetError> {
         let name = hello.name.clone();
-        let stored = self.store.get_agent(&name).await.map_err(store_status)?;
+        let stored = self.store.get_agent(&name).await?;
         let last_seq = stored.as_ref().map_or(0, |s| s.last_event_seq);
         let now_ts = now();
         let agent = v1::Agent {
@@ -102,7 +101,7 @@ impl Fleet {
             runs_in_flight: hello.runs_in_flight.clone(),
             drain: stored.as_ref().and_then(|s| s.agent.drain.clone()),
         };
-        self.store.put_agent(&agent).await.map_err(store_status)?;
+        self.store.put_agent(&agent).await?;
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let session = Session {
             id,

@@ -127,36 +127,16 @@ impl Fleet {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
     use syncfleet_proto::time::from_millis;
 
     use super::*;
-    use crate::fleet::Settings;
-    use crate::fleet::fixtures::run;
-    use crate::store::Store;
+    use crate::fleet::fixtures::{fleet, run};
+    use crate::fleet::{FleetError, RunBlocked};
 
     #[tokio::test]
     async fn a_run_held_back_by_a_pause_past_the_deadline_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(crate::store::sqlite::SqliteStore::open(&dir.path().join("c.db")).unwrap());
-        store
-            .put_agent(&v1::Agent {
-                name: "a".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let fleet = Fleet::new(
-            Arc::clone(&store),
-            Settings {
-                heartbeat_interval: Duration::from_secs(1),
-                agent_lost_after: Duration::from_secs(60),
-                pending_deadline: Duration::from_secs(1),
-            },
-        );
+        let (fleet, store) = fleet(dir.path()).await;
         let mut r = run();
         r.state = v1::RunState::Pending as i32;
         r.created_at = Some(from_millis(Utc::now().timestamp_millis() - 10_000));
@@ -181,8 +161,11 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-        assert!(refused.message().contains("MIM hotfix"), "{refused:?}");
+        assert!(
+            matches!(&refused, FleetError::Blocked(RunBlocked::FleetPaused(p)) if p.note == "MIM hotfix"),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().contains("MIM hotfix"), "{refused}");
         fleet.sweep().await;
         let r = store.get_run("r").await.unwrap().unwrap();
         assert_eq!(r.state, v1::RunState::Failed as i32);

@@ -53,7 +53,7 @@ impl Scheduler {
                         )
                         .await
                     {
-                        tracing::warn!(run_id = %run.id, error = %e.message(), "cannot cancel the previous run");
+                        tracing::warn!(run_id = %run.id, error = %e, "cannot cancel the previous run");
                     }
                 }
                 self.bump(name, counters::CANCELLED_OTHER, active.len() as u64)

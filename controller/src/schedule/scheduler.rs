@@ -504,7 +504,7 @@ impl Scheduler {
                 tracing::debug!(schedule = name, agent, %nominal, "run for this fire time exists already");
             }
             Err(e) => {
-                tracing::error!(schedule = name, agent, error = %e.message(), "cannot create scheduled run")
+                tracing::error!(schedule = name, agent, error = %e, "cannot create scheduled run")
             }
         }
     }
