@@ -5,8 +5,7 @@
 //! `spiffe://<fleet>/operator/<name>`, plus a role URN (`urn:syncfleet:role:<role>`) for
 //! operators.
 
-use tonic::{Request, Status};
-
+use super::AuthError;
 use super::ca::check_name;
 use super::roles::OperatorRole;
 
@@ -89,19 +88,17 @@ pub fn identity_of(der: &[u8], fleet: &str) -> Option<PeerIdentity> {
     })
 }
 
-/// The verified identity of a caller, or `UNAUTHENTICATED` naming what is missing.
-pub fn caller<T>(req: &Request<T>, fleet: &str) -> Result<PeerIdentity, Status> {
-    let certs = req.peer_certs().ok_or_else(|| {
-        Status::unauthenticated(
-            "no client certificate: syncfleet requires mutual TLS; use a certificate issued by this controller's CA",
-        )
-    })?;
-    let leaf = certs
+/// The verified identity of a caller from its client certificate chain as TLS verified it
+/// (leaf first; `None` when it presented none), or the error naming what is missing.
+pub fn identify<C: AsRef<[u8]>>(
+    chain: Option<&[C]>,
+    fleet: &str,
+) -> Result<PeerIdentity, AuthError> {
+    let leaf = chain
+        .ok_or(AuthError::NoClientCertificate)?
         .first()
-        .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-    identity_of(leaf.as_ref(), fleet).ok_or_else(|| {
-        Status::unauthenticated(format!(
-            "client certificate carries no identity of fleet {fleet:?} (expected a SAN URI spiffe://{fleet}/agent/NAME or spiffe://{fleet}/operator/NAME)"
-        ))
+        .ok_or(AuthError::EmptyCertificateChain)?;
+    identity_of(leaf.as_ref(), fleet).ok_or_else(|| AuthError::NoFleetIdentity {
+        fleet: fleet.to_string(),
     })
 }
