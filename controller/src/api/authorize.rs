@@ -192,3 +192,51 @@ impl Security {
         Ok(self.ensure_not_revoked(who).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::auth::AuthError;
+
+    /// Each kind of auth failure keeps its gRPC code; the message is the error's text.
+    #[test]
+    fn auth_errors_keep_their_status_codes() {
+        let cases = [
+            (AuthError::NoClientCertificate, Code::Unauthenticated),
+            (
+                AuthError::Revoked {
+                    name: "a".into(),
+                    at: String::new(),
+                    by: String::new(),
+                    note: String::new(),
+                },
+                Code::Unauthenticated,
+            ),
+            (
+                AuthError::NotInPermissionTable { rpc: "X".into() },
+                Code::Internal,
+            ),
+            (AuthError::MalformedToken, Code::PermissionDenied),
+            (AuthError::TokenRefused("t".into()), Code::PermissionDenied),
+            (
+                AuthError::EnrollRateLimited { retry_in_secs: 1 },
+                Code::ResourceExhausted,
+            ),
+            (AuthError::NoRole, Code::InvalidArgument),
+            (AuthError::TooManyLabels, Code::InvalidArgument),
+            (AuthError::NoSuchAgent("a".into()), Code::NotFound),
+        ];
+        for (e, code) in cases {
+            let message = e.to_string();
+            let status = Status::from(e);
+            assert_eq!((status.code(), status.message()), (code, message.as_str()));
+        }
+        let tagged = status_with_request_id(Status::internal("x"), "abc");
+        assert_eq!(
+            tagged.metadata().get("x-request-id").map(|v| v.as_bytes()),
+            Some(&b"abc"[..])
+        );
+    }
+}

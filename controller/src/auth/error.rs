@@ -127,3 +127,34 @@ fn parenthesized(note: &str) -> String {
         format!(" ({note})")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocation_names_who_when_why_and_how_to_recover() {
+        let e = |note: &str| AuthError::Revoked {
+            name: "sync-01".into(),
+            at: "2026-01-02T03:04:05Z".into(),
+            by: "operator/ada".into(),
+            note: note.into(),
+        };
+        assert_eq!(
+            e("").to_string(),
+            "agent sync-01 was revoked at 2026-01-02T03:04:05Z by operator/ada; its certificates are refused: enroll it again with a new token ('syncfleet tokens create --agent sync-01')"
+        );
+        assert_eq!(
+            e("stolen").to_string(),
+            "agent sync-01 was revoked at 2026-01-02T03:04:05Z by operator/ada (stolen); its certificates are refused: enroll it again with a new token ('syncfleet tokens create --agent sync-01')"
+        );
+        assert_eq!(
+            AuthError::EnrollRateLimited { retry_in_secs: 7 }.to_string(),
+            "too many failed enrollment attempts from this address (10 in the last 1m); retry in 7 s"
+        );
+        assert_eq!(
+            AuthError::TokenTtlTooLong(Duration::from_secs(90_000)).to_string(),
+            "token lifetime 1day 1h is longer than the maximum 1day; enrollment tokens are meant to be used at once"
+        );
+    }
+}

@@ -102,3 +102,42 @@ pub fn identify<C: AsRef<[u8]>>(
         fleet: fleet.to_string(),
     })
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use crate::auth::ca::Ca;
+
+    /// The caller's identity is read from a plain certificate chain, and each way a chain can
+    /// lack one is named.
+    #[test]
+    fn identify_reads_the_leaf_and_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path(), "prod").unwrap();
+        let agent = ca
+            .issue_client(Role::Agent, "sync-01", std::time::Duration::from_secs(60))
+            .unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(agent.cert_pem.as_bytes()).unwrap();
+        let chain = [pem.contents];
+        let id = identify(Some(&chain[..]), "prod").unwrap();
+        assert_eq!(id.to_string(), "agent/sync-01");
+        assert_eq!(
+            identify::<Vec<u8>>(None, "prod").unwrap_err().to_string(),
+            "no client certificate: syncfleet requires mutual TLS; use a certificate issued by this controller's CA"
+        );
+        assert_eq!(
+            identify::<Vec<u8>>(Some(&[]), "prod")
+                .unwrap_err()
+                .to_string(),
+            "empty client certificate chain"
+        );
+        assert_eq!(
+            identify(Some(&chain[..]), "dev").unwrap_err().to_string(),
+            "client certificate carries no identity of fleet \"dev\" (expected a SAN URI spiffe://dev/agent/NAME or spiffe://dev/operator/NAME)"
+        );
+    }
+}

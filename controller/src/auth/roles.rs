@@ -197,4 +197,43 @@ mod tests {
         assert_eq!(operator_permission("Apply"), Some(Permission::Admin));
         assert_eq!(operator_permission("Enroll"), None);
     }
+
+    fn peer(role: Role, name: &str, operator_role: Option<OperatorRole>) -> PeerIdentity {
+        PeerIdentity {
+            role,
+            name: name.into(),
+            operator_role,
+            issued_ms: None,
+        }
+    }
+
+    /// Roles are cumulative, and each refusal names the permission the RPC needs.
+    #[test]
+    fn permits_follows_the_table_and_names_the_missing_permission() {
+        let viewer = peer(Role::Operator, "vic", Some(OperatorRole::Viewer));
+        let admin = peer(Role::Operator, "ada", Some(OperatorRole::Admin));
+        let agent = peer(Role::Agent, "sync-01", None);
+        assert!(permits(&viewer, "ListRuns").is_ok());
+        assert!(permits(&admin, "StartRun").is_ok());
+        assert!(permits(&admin, "RevokeAgent").is_ok());
+        let e = permits(&viewer, "StartRun").unwrap_err();
+        assert!(matches!(e, AuthError::RoleTooLow { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "operator/vic has role viewer; StartRun needs the 'operate' permission (role operator or higher)"
+        );
+        assert_eq!(
+            permits(&peer(Role::Operator, "x", None), "Apply")
+                .unwrap_err()
+                .to_string(),
+            "operator/x has role none; Apply needs the 'admin' permission (role admin or higher)"
+        );
+        assert_eq!(
+            permits(&agent, "ListAgents").unwrap_err().to_string(),
+            "agent/sync-01 is an agent; ListAgents is for operators ('read' permission)"
+        );
+        let e = permits(&admin, "Renew").unwrap_err();
+        assert!(matches!(e, AuthError::NotInPermissionTable { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "Renew has no entry in the permission table");
+    }
 }
