@@ -672,10 +672,11 @@ impl FleetService for FleetSvc {
             .and(check_text("note", &req.note))
             .map_err(bad_input);
         let result = match checked {
-            Ok(()) => Ok(self
+            Ok(()) => self
                 .security
                 .revoke(&ctx.who(), &req.name, &req.note)
-                .await?),
+                .await
+                .map_err(Status::from),
             Err(e) => Err(e),
         };
         self.security

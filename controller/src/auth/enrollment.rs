@@ -4,14 +4,15 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::identity::Role;
-use super::{AuthError, Security};
-use crate::store::keys;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use syncfleet_proto::digest::sha256_hex;
 use syncfleet_proto::time::from_millis;
 use syncfleet_proto::v1;
+
+use super::identity::Role;
+use super::{AuthError, Security};
+use crate::store::keys;
 
 /// A stored enrollment token (the secret only as a hash).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,7 +246,7 @@ impl Security {
             source,
         })?;
         // A revoked agent that enrolled again takes runs again. The revocation time stays, so
-        // certificates issued before it remain refused (`check_revoked`).
+        // certificates issued before it remain refused (`ensure_not_revoked`).
         let rk = keys::revoked(&req.agent);
         let reinstate: crate::store::StateUpdate = Box::new(|cur| {
             let Some(mut rec) = cur.and_then(|b| <v1::Pause as prost::Message>::decode(b).ok())
