@@ -110,7 +110,8 @@ pub trait Authorize {
 }
 
 impl Authorize for Security {
-    // The request is read before the returned future, which therefore holds no part of it.
+    // The request is read before the returned future, which therefore holds no part of it and
+    // is `Send` whatever the message type (streaming requests included).
     fn authorize<T>(
         &self,
         req: &Request<T>,
@@ -154,7 +155,8 @@ impl Authorize for Security {
         }
     }
 
-    // The outcome is read before the returned future, which therefore holds no part of it.
+    // The outcome is read before the returned future, which therefore holds no part of it and
+    // is `Send` whatever the response type.
     fn record<T>(
         &self,
         ctx: &CallCtx,
