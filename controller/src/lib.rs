@@ -9,7 +9,7 @@
 //!   `pending_deadline` passes; it then ends `failed` with a message saying why.
 //! - Client certificates are optional at the TLS layer (health checks need none) but every
 //!   syncfleet RPC requires one from the fleet CA, with a `spiffe://<fleet>/<role>/<name>`
-//!   identity ([`auth::caller`]); agents may only open sessions as themselves.
+//!   identity ([`api::authorize::caller`]); agents may only open sessions as themselves.
 //! - The run's result is the most severe step result (`syncfleet_proto::vocab`).
 //! - Observability: every run gets a root span and a W3C `traceparent` when
 //!   it is created, stored on the run and sent in every `StartRun`, so a run is one trace across

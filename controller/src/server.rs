@@ -244,7 +244,7 @@ pub async fn serve_with(
     let scheduler_task = tokio::spawn(Arc::clone(&scheduler).run(shutdown.clone()));
 
     // Client certificates are optional at the TLS layer so that health checks and enrollment
-    // work without one; every other syncfleet method requires one (auth::caller). A
+    // work without one; every other syncfleet method requires one (api::authorize::caller). A
     // certificate that is presented must chain to the fleet CA, or the handshake fails — and is
     // audited (see `accept_tls`).
     let tls = tls_server_config(&ca, &cert, &key)?;
@@ -415,7 +415,7 @@ fn reflection_guard(
     security: Arc<crate::auth::Security>,
     fleet: String,
 ) -> impl tonic::service::Interceptor + Clone {
-    move |req: tonic::Request<()>| match crate::auth::caller(&req, &fleet) {
+    move |req: tonic::Request<()>| match crate::api::authorize::caller(&req, &fleet) {
         Ok(_) => Ok(req),
         Err(status) => {
             let request_id = uuid::Uuid::new_v4().to_string();
@@ -436,7 +436,10 @@ fn reflection_guard(
                     )
                     .await;
             });
-            Err(crate::auth::status_with_request_id(status, &request_id))
+            Err(crate::api::authorize::status_with_request_id(
+                status,
+                &request_id,
+            ))
         }
     }
 }

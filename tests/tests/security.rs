@@ -552,3 +552,23 @@ fn enrollment_rate_limit_counts_failures_not_successes_and_says_when_to_retry() 
         "refusals are audited"
     );
 }
+
+/// Revoking an agent that does not exist is refused as `NOT_FOUND`, and the refused attempt is
+/// still in the audit log with the operator's note and the reason.
+#[test]
+fn revoking_an_unknown_agent_is_refused_and_audited() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    let out = fleet.cli(&["agents", "revoke", "ghost-9", "--note", "typo check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no agent named \"ghost-9\""), "{err}");
+    let entries = audit(&fleet);
+    assert!(
+        entries.iter().any(|e| e["action"] == "RevokeAgent"
+            && e["result"] == "error"
+            && e["target"] == "agent/ghost-9"
+            && e["detail"] == "typo check: no agent named \"ghost-9\""),
+        "{entries:#?}"
+    );
+}

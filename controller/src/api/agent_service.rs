@@ -7,8 +7,9 @@ use futures::TryStreamExt;
 use syncfleet_proto::v1::{self, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::authorize::{caller, deny, new_request_id, peer_of, status_with_request_id};
 use super::status::require;
-use crate::auth::{Role, Security, caller, status_with_request_id};
+use crate::auth::{AuthError, Role, Security};
 use crate::fleet::session_protocol::{self, AgentPeer, SessionAuthority};
 use crate::fleet::{Fleet, FleetError};
 
@@ -26,38 +27,64 @@ impl AgentService for AgentSvc {
         &self,
         request: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::CertificateResponse>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer = peer_of(&request);
+        let request_id = new_request_id();
         let id = match caller(&request, &self.fleet_name)
             .and_then(|id| require(&id, Role::Agent).map(|()| id))
         {
             Ok(id) => id,
             Err(status) => {
-                let request_id = uuid::Uuid::new_v4().to_string();
                 let who = caller(&request, &self.fleet_name)
                     .map(|i| i.to_string())
                     .unwrap_or_else(|_| "anonymous".into());
+                return Err(deny(
+                    &self.security,
+                    &who,
+                    "Renew",
+                    "",
+                    status,
+                    &request_id,
+                    &peer,
+                )
+                .await);
+            }
+        };
+        let who = id.to_string();
+        let target = format!("agent/{}", id.name);
+        match self.security.renew(&id, request.into_inner()).await {
+            Ok(resp) => {
+                self.security
+                    .audit(&who, "Renew", &target, "ok", "", &request_id, &peer)
+                    .await;
+                Ok(Response::new(resp))
+            }
+            // A CSR the CA refuses is the agent's error; anything else refuses the agent.
+            Err(e @ AuthError::Pki(_)) => {
+                let status = Status::from(e);
                 self.security
                     .audit(
                         &who,
                         "Renew",
-                        "",
-                        "denied",
+                        &target,
+                        "error",
                         status.message(),
                         &request_id,
                         &peer,
                     )
                     .await;
-                return Err(status_with_request_id(status, &request_id));
+                Err(status_with_request_id(status, &request_id))
             }
-        };
-        let resp = self
-            .security
-            .renew(&id, &peer, request.into_inner())
-            .await?;
-        Ok(Response::new(resp))
+            Err(e) => Err(deny(
+                &self.security,
+                &who,
+                "Renew",
+                &target,
+                e.into(),
+                &request_id,
+                &peer,
+            )
+            .await),
+        }
     }
 
     type SessionStream =
@@ -85,7 +112,12 @@ impl AgentService for AgentSvc {
                 return Err(status);
             }
         };
-        if let Err(status) = self.security.check_revoked(&id).await {
+        if let Err(status) = self
+            .security
+            .ensure_not_revoked(&id)
+            .await
+            .map_err(Status::from)
+        {
             self.security
                 .audit(
                     &id.to_string(),

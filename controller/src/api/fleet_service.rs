@@ -9,8 +9,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::authorize::{Authorize, CallCtx, status_with_request_id, with_request_id};
 use super::status::bad_input;
-use crate::auth::{CallCtx, Security, status_with_request_id, with_request_id};
+use crate::auth::Security;
 use crate::fleet::{Fleet, store_status};
 use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
 use crate::run_ids;
@@ -636,7 +637,11 @@ impl FleetService for FleetSvc {
             .security
             .authorize(&request, "CreateToken", &target)
             .await?;
-        let result = self.security.create_token(&ctx, request.into_inner()).await;
+        let result = self
+            .security
+            .create_token(&ctx.who(), request.into_inner())
+            .await
+            .map_err(Status::from);
         let detail = result
             .as_ref()
             .map(|r| {
@@ -666,10 +671,14 @@ impl FleetService for FleetSvc {
             .await?;
         let req = request.into_inner();
         let checked = check_ident("agent", &req.name)
-            .map_err(bad_input)
-            .and_then(|()| crate::auth::check_text("note", &req.note));
+            .and(check_text("note", &req.note))
+            .map_err(bad_input);
         let result = match checked {
-            Ok(()) => self.security.revoke(&ctx, &req.name, &req.note).await,
+            Ok(()) => self
+                .security
+                .revoke(&ctx.who(), &req.name, &req.note)
+                .await
+                .map_err(Status::from),
             Err(e) => Err(e),
         };
         self.security
@@ -690,7 +699,7 @@ impl FleetService for FleetSvc {
             .authorize(&request, "CreateOperator", &target)
             .await?;
         let req = request.into_inner();
-        let result = self.security.create_operator(&req);
+        let result = self.security.create_operator(&req).map_err(Status::from);
         let detail = format!(
             "role {}",
             v1::Role::try_from(req.role)

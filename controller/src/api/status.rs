@@ -219,4 +219,32 @@ mod fleet_error_tests {
 
 // ---- auth (crate::auth::AuthError) ----
 
+impl From<crate::auth::AuthError> for Status {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError as E;
+        let message = e.to_string();
+        match e {
+            E::Store(e) => store_status(e),
+            E::NoClientCertificate
+            | E::EmptyCertificateChain
+            | E::NoFleetIdentity { .. }
+            | E::Revoked { .. } => Status::unauthenticated(message),
+            E::RoleTooLow { .. }
+            | E::AgentNotOperator { .. }
+            | E::MalformedToken
+            | E::TokenRefused(_)
+            | E::CsrRefusedAfterConsume { .. } => Status::permission_denied(message),
+            E::EnrollRateLimited { .. } => Status::resource_exhausted(message),
+            E::Pki(_)
+            | E::NoRole
+            | E::TokenTtlTooLong(_)
+            | E::BadLabel { .. }
+            | E::TooManyLabels
+            | E::Limit(_) => Status::invalid_argument(message),
+            E::NoSuchAgent(_) => Status::not_found(message),
+            E::NotInPermissionTable { .. } | E::EncodeToken(_) => Status::internal(message),
+        }
+    }
+}
+
 // ---- documents and schedules (crate::documents::DocumentError, crate::schedule::ScheduleError) ----

@@ -9,12 +9,9 @@ use serde::{Deserialize, Serialize};
 use syncfleet_proto::digest::sha256_hex;
 use syncfleet_proto::time::from_millis;
 use syncfleet_proto::v1;
-use tonic::Status;
 
-use super::Security;
-use super::audit::{CallCtx, status_with_request_id};
 use super::identity::Role;
-use crate::fleet::store_status;
+use super::{AuthError, Security};
 use crate::store::keys;
 
 /// A stored enrollment token (the secret only as a hash).
@@ -41,13 +38,14 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(1800);
 
 impl Security {
-    /// Create a one-time enrollment token.
+    /// Create a one-time enrollment token on behalf of `created_by` (the operator, as the audit
+    /// log names callers).
     pub async fn create_token(
         &self,
-        ctx: &CallCtx,
+        created_by: &str,
         req: v1::CreateTokenRequest,
-    ) -> Result<v1::CreateTokenResponse, Status> {
-        super::ca::check_name(&req.agent).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    ) -> Result<v1::CreateTokenResponse, AuthError> {
+        super::ca::check_name(&req.agent)?;
         check_labels(&req.labels)?;
         let ttl = if req.ttl_seconds == 0 {
             DEFAULT_TOKEN_TTL
@@ -55,11 +53,7 @@ impl Security {
             Duration::from_secs(u64::from(req.ttl_seconds))
         };
         if ttl > MAX_TOKEN_TTL {
-            return Err(Status::invalid_argument(format!(
-                "token lifetime {} is longer than the maximum {}; enrollment tokens are meant to be used at once",
-                humantime::format_duration(ttl),
-                humantime::format_duration(MAX_TOKEN_TTL)
-            )));
+            return Err(AuthError::TokenTtlTooLong(ttl));
         }
         let id: String = (0..6)
             .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
@@ -77,16 +71,12 @@ impl Security {
             labels: req.labels.into_iter().collect(),
             secret_sha256: sha256_hex(secret.as_bytes()),
             expires_ms,
-            created_by: ctx.who(),
+            created_by: created_by.to_string(),
             used_ms: None,
         };
-        let body = serde_json::to_vec(&rec).map_err(|e| Status::internal(e.to_string()))?;
+        let body = serde_json::to_vec(&rec).map_err(AuthError::EncodeToken)?;
         let key = keys::token(&id);
-        self.fleet
-            .store
-            .put_state(&key, &body)
-            .await
-            .map_err(store_status)?;
+        self.fleet.store.put_state(&key, &body).await?;
         Ok(v1::CreateTokenResponse {
             token: format!("{id}.{secret}"),
             token_id: id,
@@ -133,63 +123,61 @@ impl Security {
         }
     }
 
-    /// Enroll an agent with a one-time token. Every outcome is audited (with the token id, never
-    /// the secret).
+    /// Enroll an agent with a one-time token. Every outcome but a store failure is audited
+    /// under `request_id` (with the token id, never the secret); refusals other than the rate
+    /// limit itself count as failures of `peer`'s address.
     pub async fn enroll(
         &self,
         peer: Option<std::net::SocketAddr>,
+        request_id: &str,
         req: v1::EnrollRequest,
-    ) -> Result<v1::CertificateResponse, Status> {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
+    ) -> Result<v1::CertificateResponse, AuthError> {
+        let ip = peer.map(|p| p.ip());
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
         let target = format!("agent/{}", req.agent);
-        let deny = |msg: String| {
-            let request_id = request_id.clone();
-            let peer_s = peer_s.clone();
-            let target = target.clone();
-            self.enroll_failed(peer.map(|p| p.ip()));
-            async move {
+        let result = self.enroll_unaudited(ip, req).await;
+        match &result {
+            Ok((_, detail)) => {
+                self.audit(&target, "Enroll", &target, "ok", detail, request_id, &peer)
+                    .await;
+            }
+            Err(AuthError::Store(_)) => {}
+            Err(e) => {
+                if !matches!(e, AuthError::EnrollRateLimited { .. }) {
+                    self.enroll_failed(ip);
+                }
+                let msg = e.to_string();
                 self.audit(
                     "anonymous",
                     "Enroll",
                     &target,
                     "denied",
                     &msg,
-                    &request_id,
-                    &peer_s,
+                    request_id,
+                    &peer,
                 )
                 .await;
-                Err(status_with_request_id(
-                    Status::permission_denied(msg),
-                    &request_id,
-                ))
             }
-        };
-        if let Some(wait) = self.enroll_retry_after(peer.map(|p| p.ip())) {
+        }
+        result.map(|(resp, _)| resp)
+    }
+
+    /// [`enroll`](Self::enroll) without the audit and the failure count: the certificate and
+    /// the audit detail of a success.
+    async fn enroll_unaudited(
+        &self,
+        ip: Option<IpAddr>,
+        req: v1::EnrollRequest,
+    ) -> Result<(v1::CertificateResponse, String), AuthError> {
+        if let Some(wait) = self.enroll_retry_after(ip) {
             // Whole seconds, rounded up: retrying after the given time succeeds.
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let msg = format!(
-                "too many failed enrollment attempts from this address ({ENROLL_FAILURES_PER_WINDOW} in the last {}); retry in {} s",
-                humantime::format_duration(ENROLL_WINDOW),
-                secs.max(1)
-            );
-            self.audit(
-                "anonymous",
-                "Enroll",
-                &target,
-                "denied",
-                &msg,
-                &request_id,
-                &peer_s,
-            )
-            .await;
-            return Err(status_with_request_id(
-                Status::resource_exhausted(msg),
-                &request_id,
-            ));
+            return Err(AuthError::EnrollRateLimited {
+                retry_in_secs: secs.max(1),
+            });
         }
         let Some((id, secret)) = req.token.trim().split_once('.') else {
-            return deny("malformed enrollment token: expected <id>.<secret> as printed by 'syncfleet tokens create'".into()).await;
+            return Err(AuthError::MalformedToken);
         };
         let id = id.to_string();
         let hash = sha256_hex(secret.as_bytes());
@@ -236,20 +224,16 @@ impl Security {
             rec.used_ms = Some(now_ms);
             serde_json::to_vec(&rec).map_err(|e| format!("cannot encode token record: {e}"))
         });
-        let outcome = self
+        let rec = self
             .fleet
             .store
             .update_state(&key, consume)
-            .await
-            .map_err(store_status)?
+            .await?
             .and_then(|body| {
                 serde_json::from_slice::<TokenRecord>(&body)
                     .map_err(|e| format!("cannot decode token record: {e}"))
-            });
-        let rec = match outcome {
-            Ok(r) => r,
-            Err(msg) => return deny(msg).await,
-        };
+            })
+            .map_err(AuthError::TokenRefused)?;
         let issued = self.ca.sign_csr(
             &req.csr_pem,
             Role::Agent,
@@ -257,14 +241,12 @@ impl Security {
             None,
             self.agent_cert_lifetime,
         );
-        let (cert_pem, not_after) = match issued {
-            Ok(x) => x,
-            Err(e) => {
-                return deny(format!("token {id} consumed, but the CSR was refused: {e}")).await;
-            }
-        };
+        let (cert_pem, not_after) = issued.map_err(|source| AuthError::CsrRefusedAfterConsume {
+            token_id: id.clone(),
+            source,
+        })?;
         // A revoked agent that enrolled again takes runs again. The revocation time stays, so
-        // certificates issued before it remain refused (`check_revoked`).
+        // certificates issued before it remain refused (`ensure_not_revoked`).
         let rk = keys::revoked(&req.agent);
         let reinstate: crate::store::StateUpdate = Box::new(|cur| {
             let Some(mut rec) = cur.and_then(|b| <v1::Pause as prost::Message>::decode(b).ok())
@@ -278,32 +260,13 @@ impl Security {
             Ok(prost::Message::encode_to_vec(&rec))
         });
         // `Err` here only means there was no revocation to lift.
-        let _ = self
-            .fleet
-            .store
-            .update_state(&rk, reinstate)
-            .await
-            .map_err(store_status)?;
+        let _ = self.fleet.store.update_state(&rk, reinstate).await?;
         // Labels assigned by the token are kept for the agent's sessions.
         let labels_key = keys::labels(&req.agent);
         let labels = serde_json::to_vec(&rec.labels).unwrap_or_default();
-        self.fleet
-            .store
-            .put_state(&labels_key, &labels)
-            .await
-            .map_err(store_status)?;
+        self.fleet.store.put_state(&labels_key, &labels).await?;
         let detail = format!("token {id} (created by {})", rec.created_by);
-        self.audit(
-            &format!("agent/{}", req.agent),
-            "Enroll",
-            &format!("agent/{}", req.agent),
-            "ok",
-            &detail,
-            &request_id,
-            &peer.map(|p| p.to_string()).unwrap_or_default(),
-        )
-        .await;
-        Ok(v1::CertificateResponse {
+        let resp = v1::CertificateResponse {
             cert_pem,
             ca_pem: self.ca.cert_pem().to_string(),
             not_after: Some(syncfleet_proto::time::from_millis(
@@ -311,7 +274,8 @@ impl Security {
             )),
             identity: format!("spiffe://{}/agent/{}", self.fleet_name, req.agent),
             labels: rec.labels.into_iter().collect(),
-        })
+        };
+        Ok((resp, detail))
     }
 
     /// Labels a token assigned to an agent at enrollment.
@@ -325,18 +289,17 @@ impl Security {
 }
 
 /// Refuse oversized labels.
-pub fn check_labels(labels: &HashMap<String, String>) -> Result<(), Status> {
+pub fn check_labels(labels: &HashMap<String, String>) -> Result<(), AuthError> {
     for (k, v) in labels {
         if k.is_empty() || k.len() > 63 || v.len() > 253 {
-            return Err(Status::invalid_argument(format!(
-                "label {}={}: keys must be 1-63 characters and values at most 253",
-                crate::limits::echo(k),
-                crate::limits::echo(v)
-            )));
+            return Err(AuthError::BadLabel {
+                key: crate::limits::echo(k),
+                value: crate::limits::echo(v),
+            });
         }
     }
     if labels.len() > 64 {
-        return Err(Status::invalid_argument("at most 64 labels"));
+        return Err(AuthError::TooManyLabels);
     }
     Ok(())
 }

@@ -5,8 +5,7 @@
 //! `spiffe://<fleet>/operator/<name>`, plus a role URN (`urn:syncfleet:role:<role>`) for
 //! operators.
 
-use tonic::{Request, Status};
-
+use super::AuthError;
 use super::ca::check_name;
 use super::roles::OperatorRole;
 
@@ -89,19 +88,56 @@ pub fn identity_of(der: &[u8], fleet: &str) -> Option<PeerIdentity> {
     })
 }
 
-/// The verified identity of a caller, or `UNAUTHENTICATED` naming what is missing.
-pub fn caller<T>(req: &Request<T>, fleet: &str) -> Result<PeerIdentity, Status> {
-    let certs = req.peer_certs().ok_or_else(|| {
-        Status::unauthenticated(
-            "no client certificate: syncfleet requires mutual TLS; use a certificate issued by this controller's CA",
-        )
-    })?;
-    let leaf = certs
+/// The verified identity of a caller from its client certificate chain as TLS verified it
+/// (leaf first; `None` when it presented none), or the error naming what is missing.
+pub fn identify<C: AsRef<[u8]>>(
+    chain: Option<&[C]>,
+    fleet: &str,
+) -> Result<PeerIdentity, AuthError> {
+    let leaf = chain
+        .ok_or(AuthError::NoClientCertificate)?
         .first()
-        .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-    identity_of(leaf.as_ref(), fleet).ok_or_else(|| {
-        Status::unauthenticated(format!(
-            "client certificate carries no identity of fleet {fleet:?} (expected a SAN URI spiffe://{fleet}/agent/NAME or spiffe://{fleet}/operator/NAME)"
-        ))
+        .ok_or(AuthError::EmptyCertificateChain)?;
+    identity_of(leaf.as_ref(), fleet).ok_or_else(|| AuthError::NoFleetIdentity {
+        fleet: fleet.to_string(),
     })
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use crate::auth::ca::Ca;
+
+    /// The caller's identity is read from a plain certificate chain, and each way a chain can
+    /// lack one is named.
+    #[test]
+    fn identify_reads_the_leaf_and_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path(), "prod").unwrap();
+        let agent = ca
+            .issue_client(Role::Agent, "sync-01", std::time::Duration::from_secs(60))
+            .unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(agent.cert_pem.as_bytes()).unwrap();
+        let chain = [pem.contents];
+        let id = identify(Some(&chain[..]), "prod").unwrap();
+        assert_eq!(id.to_string(), "agent/sync-01");
+        assert_eq!(
+            identify::<Vec<u8>>(None, "prod").unwrap_err().to_string(),
+            "no client certificate: syncfleet requires mutual TLS; use a certificate issued by this controller's CA"
+        );
+        assert_eq!(
+            identify::<Vec<u8>>(Some(&[]), "prod")
+                .unwrap_err()
+                .to_string(),
+            "empty client certificate chain"
+        );
+        assert_eq!(
+            identify(Some(&chain[..]), "dev").unwrap_err().to_string(),
+            "client certificate carries no identity of fleet \"dev\" (expected a SAN URI spiffe://dev/agent/NAME or spiffe://dev/operator/NAME)"
+        );
+    }
 }

@@ -2,17 +2,21 @@
 //!
 //! - **Authentication** ([`identity`]): the caller's client certificate, verified by TLS against
 //!   the fleet CA; its identity (`spiffe://<fleet>/<agent|operator>/<name>`, plus a role URN for
-//!   operators) is read by [`caller`]. A certificate issued before its agent was revoked is
-//!   refused ([`Security::check_revoked`], [`revocation`]).
+//!   operators) is read by [`identify`]. A certificate issued before its agent was revoked is
+//!   refused ([`Security::ensure_not_revoked`], [`revocation`]).
 //! - **Authorization** ([`roles`]): operator roles are cumulative: `viewer` reads everything,
 //!   `operator` also runs, cancels, approves, pauses, resumes and drains, `admin` also applies
 //!   and deletes fleet files, creates tokens and operators, and revokes agents. Which permission
-//!   each RPC needs is one table, [`roles::RPC_ACCESS`]. A denial names the missing permission
-//!   and is audited.
+//!   each RPC needs is one table, [`roles::RPC_ACCESS`], checked by [`permits`]. A denial
+//!   names the missing permission and is audited.
 //! - **Audit** ([`audit`]): every mutating call, every denial, enrollment, renewal and
 //!   revocation is appended to the store's audit log with who, what, target, when, result, peer
 //!   and a request id (also returned as `x-request-id` metadata and logged). Token secrets and
 //!   keys never appear in it.
+//!
+//! Nothing here knows gRPC: failures are [`AuthError`]s, and reading the caller's certificate
+//! from a request, authorizing and auditing each call and tagging it with its request id are
+//! the API's (`crate::api::authorize`).
 //! - **Enrollment** ([`enrollment`]): one-time tokens `<id>.<secret>` bound to an agent name,
 //!   with a TTL; only a SHA-256 of the secret is stored; consuming a token is atomic. Failed
 //!   `Enroll` calls are rate limited per peer address; successful ones do not count.
@@ -23,6 +27,7 @@
 pub mod audit;
 pub mod ca;
 pub mod enrollment;
+pub mod error;
 pub mod identity;
 pub mod init;
 pub mod renewal;
@@ -34,17 +39,15 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::Status;
-
 use crate::fleet::Fleet;
 
-pub use audit::{CallCtx, status_with_request_id, with_request_id};
 pub use ca::{Ca, CertifiedKey, PkiError, check_name, pin_of_pem, write_pair, write_public};
 pub use enrollment::{
     DEFAULT_TOKEN_TTL, ENROLL_FAILURES_PER_WINDOW, ENROLL_WINDOW, MAX_TOKEN_TTL, check_labels,
 };
-pub use identity::{PeerIdentity, Role, caller, identity_of};
-pub use roles::{Access, OperatorRole, Permission};
+pub use error::AuthError;
+pub use identity::{PeerIdentity, Role, identify, identity_of};
+pub use roles::{Access, OperatorRole, Permission, permits};
 
 /// Security state and services of one controller.
 pub struct Security {
@@ -82,9 +85,4 @@ impl Security {
             enroll_failures: Mutex::new(HashMap::new()),
         }
     }
-}
-
-/// Refuse an oversized free-text field.
-pub fn check_text(field: &str, value: &str) -> Result<(), Status> {
-    crate::limits::check_text(field, value).map_err(|e| Status::invalid_argument(e.to_string()))
 }

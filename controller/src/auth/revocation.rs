@@ -1,28 +1,20 @@
 //! Revocation: refusing a revoked agent's certificates, and revoking agents.
 
+use super::identity::{PeerIdentity, Role};
+use super::{AuthError, Security};
+use crate::store::keys;
 use syncfleet_proto::time::now;
 use syncfleet_proto::v1;
-use tonic::Status;
-
-use super::Security;
-use super::audit::CallCtx;
-use super::identity::{PeerIdentity, Role};
-use crate::fleet::store_status;
-use crate::store::keys;
 
 impl Security {
-    /// Refuse an agent certificate issued before the agent was revoked.
-    pub async fn check_revoked(&self, who: &PeerIdentity) -> Result<(), Status> {
+    /// Refuse an agent certificate issued before the agent was revoked
+    /// ([`AuthError::Revoked`]); operators are never revoked.
+    pub async fn ensure_not_revoked(&self, who: &PeerIdentity) -> Result<(), AuthError> {
         if who.role != Role::Agent {
             return Ok(());
         }
         let key = keys::revoked(&who.name);
-        let raw = self
-            .fleet
-            .store
-            .get_state(&key)
-            .await
-            .map_err(store_status)?;
+        let raw = self.fleet.store.get_state(&key).await?;
         let Some(raw) = raw else {
             return Ok(());
         };
@@ -33,45 +25,34 @@ impl Security {
             .map(syncfleet_proto::time::to_millis)
             .unwrap_or(i64::MAX);
         if who.issued_ms.is_none_or(|issued| issued <= revoked_ms) {
-            return Err(Status::unauthenticated(format!(
-                "agent {} was revoked at {} by {}{}; its certificates are refused: enroll it again with a new token ('syncfleet tokens create --agent {}')",
-                who.name,
-                syncfleet_proto::time::rfc3339(&rec.at.unwrap_or_default()),
-                rec.by,
-                if rec.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", rec.note)
-                },
-                who.name
-            )));
+            return Err(AuthError::Revoked {
+                name: who.name.clone(),
+                at: syncfleet_proto::time::rfc3339(&rec.at.unwrap_or_default()),
+                by: rec.by,
+                note: rec.note,
+            });
         }
         Ok(())
     }
 
-    /// Revoke an agent: record it, close its live session, fail its pending runs.
-    pub async fn revoke(&self, ctx: &CallCtx, name: &str, note: &str) -> Result<v1::Agent, Status> {
-        let n = name.to_string();
+    /// Revoke an agent on behalf of `by` (the revoking operator, as the audit log names
+    /// callers): record it, close its live session, fail its pending runs.
+    pub async fn revoke(&self, by: &str, name: &str, note: &str) -> Result<v1::Agent, AuthError> {
         let agent = self
             .fleet
             .store
-            .get_agent(&n)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("no agent named {name:?}")))?;
+            .get_agent(name)
+            .await?
+            .ok_or_else(|| AuthError::NoSuchAgent(name.to_string()))?;
         let rec = v1::Pause {
             paused: true,
             note: note.to_string(),
-            by: ctx.who(),
+            by: by.to_string(),
             at: Some(now()),
         };
         let key = keys::revoked(name);
         let body = prost::Message::encode_to_vec(&rec);
-        self.fleet
-            .store
-            .put_state(&key, &body)
-            .await
-            .map_err(store_status)?;
+        self.fleet.store.put_state(&key, &body).await?;
         self.fleet
             .close_session(
                 name,

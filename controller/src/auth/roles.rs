@@ -1,10 +1,7 @@
 //! Roles and permissions, and the one table saying what each RPC needs.
 
-use tonic::Status;
-
-use super::Security;
-use super::audit::{CallCtx, status_with_request_id};
-use super::identity::Role;
+use super::AuthError;
+use super::identity::{PeerIdentity, Role};
 
 /// What an operator may do (carried in the operator's certificate, so it cannot be changed
 /// without issuing a new one).
@@ -69,7 +66,7 @@ impl Permission {
 /// Who may call an RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Operators whose role grants this permission ([`Security::authorize`]).
+    /// Operators whose role grants this permission ([`permits`]).
     Operator(Permission),
     /// Agents, as themselves.
     Agent,
@@ -78,8 +75,8 @@ pub enum Access {
 }
 
 /// What every syncfleet RPC needs: `(service, method, access)`, services by their full proto
-/// name. Handlers pass only their method name to [`Security::authorize`], which reads the
-/// permission here, so the rules live in one place.
+/// name. Handlers pass only their method name to the API's authorization layer, which reads the
+/// permission here ([`permits`]), so the rules live in one place.
 pub const RPC_ACCESS: &[(&str, &str, Access)] = &[
     (FLEET, "ListAgents", Access::Operator(Permission::Read)),
     (FLEET, "GetAgent", Access::Operator(Permission::Read)),
@@ -132,96 +129,26 @@ pub fn operator_permission(rpc: &str) -> Option<Permission> {
         })
 }
 
-impl Security {
-    /// Authenticate and authorize an operator call to `FleetService` method `rpc`, with the
-    /// permission [`RPC_ACCESS`] gives it. Denials are audited and come back as
-    /// UNAUTHENTICATED / PERMISSION_DENIED naming the problem.
-    pub async fn authorize<T>(
-        &self,
-        req: &tonic::Request<T>,
-        rpc: &str,
-        target: &str,
-    ) -> Result<CallCtx, Status> {
-        let action = rpc;
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        let who = match super::identity::caller(req, &self.fleet_name) {
-            Ok(w) => w,
-            Err(status) => {
-                self.audit(
-                    "anonymous",
-                    action,
-                    target,
-                    "denied",
-                    status.message(),
-                    &request_id,
-                    &peer,
-                )
-                .await;
-                return Err(status_with_request_id(status, &request_id));
-            }
-        };
-        if let Err(status) = self.check_revoked(&who).await {
-            self.audit(
-                &who.to_string(),
-                action,
-                target,
-                "denied",
-                status.message(),
-                &request_id,
-                &peer,
-            )
-            .await;
-            return Err(status_with_request_id(status, &request_id));
-        }
-        let Some(perm) = operator_permission(rpc) else {
-            let msg = format!("{rpc} has no entry in the permission table");
-            self.audit(
-                &who.to_string(),
-                action,
-                target,
-                "denied",
-                &msg,
-                &request_id,
-                &peer,
-            )
-            .await;
-            return Err(status_with_request_id(Status::internal(msg), &request_id));
-        };
-        let denied = match (who.role, who.operator_role) {
-            (Role::Operator, Some(r)) if r >= perm.needs() => None,
-            (Role::Operator, r) => Some(format!(
-                "{who} has role {}; {action} needs the '{}' permission (role {} or higher)",
-                r.map_or("none", OperatorRole::as_str),
-                perm.as_str(),
-                perm.needs().as_str()
-            )),
-            (Role::Agent, _) => Some(format!(
-                "{who} is an agent; {action} is for operators ('{}' permission)",
-                perm.as_str()
-            )),
-        };
-        if let Some(msg) = denied {
-            self.audit(
-                &who.to_string(),
-                action,
-                target,
-                "denied",
-                &msg,
-                &request_id,
-                &peer,
-            )
-            .await;
-            return Err(status_with_request_id(
-                Status::permission_denied(msg),
-                &request_id,
-            ));
-        }
-        Ok(CallCtx {
-            who,
-            request_id,
-            peer,
-        })
+/// Whether `who` may call `FleetService` method `rpc`: an operator whose role grants the
+/// permission [`RPC_ACCESS`] gives it. The error names the missing permission (or, for a method
+/// without an operator entry, the gap in the table).
+pub fn permits(who: &PeerIdentity, rpc: &str) -> Result<(), AuthError> {
+    let permission = operator_permission(rpc).ok_or_else(|| AuthError::NotInPermissionTable {
+        rpc: rpc.to_string(),
+    })?;
+    match (who.role, who.operator_role) {
+        (Role::Operator, Some(r)) if r >= permission.needs() => Ok(()),
+        (Role::Operator, role) => Err(AuthError::RoleTooLow {
+            who: who.to_string(),
+            role,
+            rpc: rpc.to_string(),
+            permission,
+        }),
+        (Role::Agent, _) => Err(AuthError::AgentNotOperator {
+            who: who.to_string(),
+            rpc: rpc.to_string(),
+            permission,
+        }),
     }
 }
 
@@ -269,5 +196,44 @@ mod tests {
         assert_eq!(rpcs, table);
         assert_eq!(operator_permission("Apply"), Some(Permission::Admin));
         assert_eq!(operator_permission("Enroll"), None);
+    }
+
+    fn peer(role: Role, name: &str, operator_role: Option<OperatorRole>) -> PeerIdentity {
+        PeerIdentity {
+            role,
+            name: name.into(),
+            operator_role,
+            issued_ms: None,
+        }
+    }
+
+    /// Roles are cumulative, and each refusal names the permission the RPC needs.
+    #[test]
+    fn permits_follows_the_table_and_names_the_missing_permission() {
+        let viewer = peer(Role::Operator, "vic", Some(OperatorRole::Viewer));
+        let admin = peer(Role::Operator, "ada", Some(OperatorRole::Admin));
+        let agent = peer(Role::Agent, "sync-01", None);
+        assert!(permits(&viewer, "ListRuns").is_ok());
+        assert!(permits(&admin, "StartRun").is_ok());
+        assert!(permits(&admin, "RevokeAgent").is_ok());
+        let e = permits(&viewer, "StartRun").unwrap_err();
+        assert!(matches!(e, AuthError::RoleTooLow { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "operator/vic has role viewer; StartRun needs the 'operate' permission (role operator or higher)"
+        );
+        assert_eq!(
+            permits(&peer(Role::Operator, "x", None), "Apply")
+                .unwrap_err()
+                .to_string(),
+            "operator/x has role none; Apply needs the 'admin' permission (role admin or higher)"
+        );
+        assert_eq!(
+            permits(&agent, "ListAgents").unwrap_err().to_string(),
+            "agent/sync-01 is an agent; ListAgents is for operators ('read' permission)"
+        );
+        let e = permits(&admin, "Renew").unwrap_err();
+        assert!(matches!(e, AuthError::NotInPermissionTable { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "Renew has no entry in the permission table");
     }
 }
