@@ -20,13 +20,16 @@
 pub mod apply;
 pub mod codec;
 pub mod diff;
+mod error;
 pub mod load;
 pub mod messages;
 pub mod model;
+pub mod trigger;
 pub mod validate;
 
 pub use codec::{canonical_json, from_json, to_json_value, to_yaml};
 pub use diff::{Action, Change, diff};
+pub use error::DocumentError;
 pub use load::{Loaded, SourcedDoc, load_paths, load_paths_lenient, parse_str, parse_str_lenient};
 pub use messages::{FleetFileError, FleetFileErrors, describe_source};
 pub use validate::{

@@ -13,7 +13,7 @@ use syncfleet_proto::v1;
 
 use super::records::{catchup_key, cursor_key, millis_value, parse_millis};
 use super::scheduler::{Scheduler, counters};
-use crate::schedule::trigger::Missed;
+use crate::documents::trigger::Missed;
 
 /// How long a reconnected agent gets to replay its outbox before its runs are trusted.
 const REPLAY_SETTLE: Duration = Duration::from_secs(2);

@@ -44,8 +44,8 @@ use tokio_util::sync::CancellationToken;
 use super::catchup;
 use crate::documents;
 use crate::documents::model::{Document, ScheduleDoc, SequenceDoc};
+use crate::documents::trigger::Trigger;
 use crate::fleet::{Fleet, NewRun, RunBlocked, steps_of};
-use crate::schedule::trigger::Trigger;
 
 /// Where the scheduler reads the time. `Tokio` follows tokio's clock (paused in tests) from a
 /// fixed wall-clock origin; `System` is the real wall clock.

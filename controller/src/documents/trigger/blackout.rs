@@ -4,11 +4,11 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
+use super::super::model::BlackoutDoc;
 use super::cron::CronTimes;
 use super::{
     Fire, MISSED_WALK_LIMIT, SEARCH_MAX_CANDIDATES, Trigger, TriggerError, Window, just_before,
 };
-use crate::documents::model::BlackoutDoc;
 
 #[derive(Debug, Clone)]
 pub(super) struct Blackout {
@@ -144,7 +144,7 @@ impl Blackout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::trigger::testutil::*;
+    use crate::documents::trigger::testutil::*;
 
     // ---- blackouts, start and end --------------------------------------------------------
 

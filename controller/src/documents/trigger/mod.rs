@@ -133,7 +133,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
-use crate::documents::model::ScheduleDoc;
+use super::model::ScheduleDoc;
 
 use blackout::Blackout;
 use cron::CronTimes;

@@ -143,7 +143,7 @@ impl Trigger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::trigger::testutil::*;
+    use crate::documents::trigger::testutil::*;
 
     /// The arithmetic and the backward search agree with walking `next_after`, for intervals and
     /// cron, with blackouts in a DST zone, over spans crossing the fall-back night.
