@@ -3,6 +3,11 @@
 //! API on `metrics`; none of them on the gRPC transport. Checked on the source so that an import
 //! circle is caught when it is written, not when the modules are next split.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
