@@ -6,9 +6,7 @@ use chrono_tz::Tz;
 
 use super::super::model::BlackoutDoc;
 use super::cron::CronTimes;
-use super::{
-    Fire, MISSED_WALK_LIMIT, SEARCH_MAX_CANDIDATES, Trigger, TriggerError, Window, just_before,
-};
+use super::{Fire, MISSED_WALK_LIMIT, SEARCH_MAX_CANDIDATES, Trigger, TriggerError, Window};
 
 #[derive(Debug, Clone)]
 pub(super) struct Blackout {
@@ -27,19 +25,9 @@ impl Trigger {
         if self.blackouts.is_empty() {
             return 0;
         }
-        let mut lo = from;
-        if let Some(start) = self.start_at
-            && lo < start
-        {
-            lo = just_before(start);
-        }
-        let hi = match self.end_at {
-            Some(end) => to.min(end),
-            None => to,
-        };
-        if hi <= lo {
+        let Some((lo, hi)) = self.span_within(from, to) else {
             return 0;
-        }
+        };
         match &self.fire {
             Fire::Every(grid) => {
                 let (unblacked, cut) = self.grid_count_unblacked_to(grid, lo, hi);

@@ -15,19 +15,9 @@ impl Trigger {
             count: 0,
         };
         // Fire times are in (lo, hi].
-        let mut lo = from;
-        if let Some(start) = self.start_at
-            && lo < start
-        {
-            lo = just_before(start);
-        }
-        let hi = match self.end_at {
-            Some(end) => to.min(end),
-            None => to,
-        };
-        if hi <= lo {
+        let Some((lo, hi)) = self.span_within(from, to) else {
             return none;
-        }
+        };
         match &self.fire {
             Fire::Every(grid) => Missed {
                 latest: self.latest_in(lo, hi),
