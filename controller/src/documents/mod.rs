@@ -1,9 +1,13 @@
 //! Fleet documents: the declarative `Sequence` and `Schedule` documents ([`model`]) and
 //! loading ([`load`]), validating ([`validate`](mod@validate)), diffing ([`diff`](mod@diff)),
 //! storing and rendering ([`codec`]) them, with one message style for every problem
-//! ([`messages`]), and the operations behind `FleetService` that apply, get and delete them
-//! ([`apply`]). Used by both the `syncfleet` CLI (`apply`, `get`) and the controller's `Apply`
-//! RPC, so both sides report the same errors.
+//! ([`messages`]), when a schedule fires ([`trigger`]: compiling a schedule's trigger is how
+//! it is validated), and the operations behind `FleetService` that apply, get and delete them
+//! ([`apply`], refused with a [`DocumentError`]). Used by both the `syncfleet` CLI (`apply`,
+//! `get`) and the controller's `Apply` RPC, so both sides report the same errors.
+//!
+//! Depends only on the store, the input limits and the protocol: the scheduler and the fleet use
+//! these documents, so whoever applies them tells the scheduler (`schedule::documents`).
 //!
 //! Contracts:
 //! - **Pure**: nothing here does I/O except [`load_paths`], which reads the files it is given,
