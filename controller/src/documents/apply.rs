@@ -463,6 +463,108 @@ mod tests {
         );
     }
 
+    /// An apply of the documents in `yaml`, forced (no agent inventories here).
+    fn request(yaml: &str) -> v1::ApplyRequest {
+        let docs = crate::documents::parse_str("t.yaml", yaml).unwrap();
+        v1::ApplyRequest {
+            documents: docs
+                .iter()
+                .map(|d| v1::FleetDocument {
+                    kind: d.doc.kind().to_string(),
+                    name: d.doc.name().to_string(),
+                    json: documents::canonical_json(&d.doc),
+                    source: String::new(),
+                })
+                .collect(),
+            dry_run: false,
+            prune: false,
+            force: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn apply_get_and_delete_say_what_changed_and_why_they_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-03-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let yaml = "kind: Sequence\nname: s\nstages:\n  - steps: [{ma: AD, profile: Delta Import}]\n---\nkind: Schedule\nname: k\nsequence: s\ntargets: {agents: [a1]}\ntrigger: {every: 10m}\n";
+        let req = request(yaml);
+        let first = apply(&store, now, &req, "test").await.unwrap();
+        assert!(first.stored_changed);
+        assert_eq!(first.response.forecasts.len(), 1);
+        let again = apply(&store, now, &req, "test").await.unwrap();
+        assert!(!again.stored_changed, "nothing changed the second time");
+        let dry = v1::ApplyRequest {
+            dry_run: true,
+            ..req.clone()
+        };
+        assert!(
+            !apply(&store, now, &dry, "test")
+                .await
+                .unwrap()
+                .stored_changed
+        );
+
+        let missing = get_documents(
+            &store,
+            v1::GetDocumentsRequest {
+                kind: "sequences".into(),
+                name: "nope".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&missing, DocumentError::NotFound { what: "Sequence", name } if name == "nope")
+        );
+        assert_eq!(missing.to_string(), "no Sequence named \"nope\"");
+
+        let used = delete_document(
+            &store,
+            v1::DeleteDocumentRequest {
+                kind: "Sequence".into(),
+                name: "s".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            used.to_string(),
+            "sequence s is used by schedule(s) k; delete or change those first"
+        );
+        let bad_kind = get_documents(
+            &store,
+            v1::GetDocumentsRequest {
+                kind: "job".into(),
+                name: String::new(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            bad_kind.to_string(),
+            "unknown kind \"job\"; use Sequence or Schedule"
+        );
+        delete_document(
+            &store,
+            v1::DeleteDocumentRequest {
+                kind: "Schedule".into(),
+                name: "k".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            schedule_doc(&store, "k").await,
+            Err(DocumentError::NotFound {
+                what: "schedule",
+                ..
+            })
+        ));
+    }
+
     #[test]
     fn kinds_are_normalized() {
         assert_eq!(kind_of("sequences").unwrap(), "Sequence");
