@@ -125,3 +125,39 @@ pub async fn set_schedule_pause(
     );
     get_schedule(fleet, scheduler, name).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::*;
+    use crate::documents::DocumentError;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_needs_a_note_and_an_existing_schedule() {
+        let w = every_10s("k", &["a1"], "").await;
+        let (s, _stop) = start_scheduler(&w, w.start);
+        let e = set_schedule_pause(&w.fleet, &s, "k", true, " ", "operator/admin")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ScheduleError::PauseNeedsNote), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "say why the schedule is paused: pass --note TEXT"
+        );
+        let e = get_schedule(&w.fleet, &s, "nope").await.unwrap_err();
+        assert!(
+            matches!(e, ScheduleError::Document(DocumentError::NotFound { .. })),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "no schedule named \"nope\"");
+        let paused = set_schedule_pause(&w.fleet, &s, "k", true, "MIM hotfix", "operator/admin")
+            .await
+            .unwrap();
+        assert!(
+            paused
+                .pause
+                .is_some_and(|p| p.paused && p.note == "MIM hotfix")
+        );
+        w.shutdown.cancel();
+    }
+}
