@@ -230,7 +230,13 @@ pub async fn serve_with(
             // The example fleet is applied before any agent reconnects; problems are logged.
             force: true,
         };
-        match crate::documents::apply::apply(&fleet, &scheduler, &req, "syncfleet-controller").await
+        match crate::schedule::documents::apply_documents(
+            &fleet,
+            &scheduler,
+            &req,
+            "syncfleet-controller",
+        )
+        .await
         {
             Ok(r) => {
                 for w in &r.warnings {
@@ -238,7 +244,7 @@ pub async fn serve_with(
                 }
                 tracing::info!(changes = r.changes.len(), "example fleet documents applied");
             }
-            Err(e) => tracing::error!(error = %e.message(), "example fleet documents rejected"),
+            Err(e) => tracing::error!(error = %e, "example fleet documents rejected"),
         }
     }
     let scheduler_task = tokio::spawn(Arc::clone(&scheduler).run(shutdown.clone()));

@@ -50,7 +50,8 @@ impl FleetSvc {
                 &ctx.who(),
             )
             .await
-            .map(Response::new),
+            .map(Response::new)
+            .map_err(Status::from),
             Err(e) => Err(bad_input(e)),
         };
         self.finish_with(&ctx, action, &target, &req.note, result)
@@ -502,9 +503,15 @@ impl FleetService for FleetSvc {
         let target = format!("{} document(s)", request.get_ref().documents.len());
         let ctx = self.security.authorize(&request, "Apply", &target).await?;
         let req = request.into_inner();
-        let result = crate::documents::apply::apply(&self.fleet, &self.scheduler, &req, &ctx.who())
-            .await
-            .map(Response::new);
+        let result = crate::schedule::documents::apply_documents(
+            &self.fleet,
+            &self.scheduler,
+            &req,
+            &ctx.who(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from);
         let detail = apply_detail(&req, result.as_ref().ok().map(Response::get_ref));
         self.finish_with(&ctx, "Apply", &target, &detail, result)
             .await
@@ -520,7 +527,11 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             Ok(Response::new(
-                crate::documents::apply::get_documents(&self.fleet, request.into_inner()).await?,
+                crate::documents::apply::get_documents(
+                    self.fleet.store.as_ref(),
+                    request.into_inner(),
+                )
+                .await?,
             ))
         }
         .await;
@@ -542,7 +553,7 @@ impl FleetService for FleetSvc {
             .await?;
         let result: Result<_, Status> = async {
             Ok(Response::new(
-                crate::documents::apply::delete_document(
+                crate::schedule::documents::delete_document(
                     &self.fleet,
                     &self.scheduler,
                     request.into_inner(),

@@ -248,3 +248,34 @@ impl From<crate::auth::AuthError> for Status {
 }
 
 // ---- documents and schedules (crate::documents::DocumentError, crate::schedule::ScheduleError) ----
+
+impl From<crate::documents::DocumentError> for Status {
+    fn from(e: crate::documents::DocumentError) -> Self {
+        use crate::documents::DocumentError as E;
+        match e {
+            E::UnknownKind(_) | E::TooManyDocuments(_) | E::Invalid(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            E::Limit(e) => bad_input(e),
+            E::StoredScheduleOrphaned { .. }
+            | E::InventoryProblems(_)
+            | E::PruneWouldOrphan { .. }
+            | E::SequenceInUse { .. } => Status::failed_precondition(e.to_string()),
+            E::NotFound { .. } => Status::not_found(e.to_string()),
+            E::Unreadable { .. } => Status::internal(e.to_string()),
+            E::Store(e) => store_status(e),
+        }
+    }
+}
+
+impl From<crate::schedule::ScheduleError> for Status {
+    fn from(e: crate::schedule::ScheduleError) -> Self {
+        use crate::schedule::ScheduleError as E;
+        match e {
+            E::Document(e) => e.into(),
+            E::BadTrigger { .. } => Status::internal(e.to_string()),
+            E::PauseNeedsNote => Status::invalid_argument(e.to_string()),
+            E::Store(e) => store_status(e),
+        }
+    }
+}

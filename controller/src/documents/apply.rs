@@ -1,51 +1,51 @@
 //! The fleet-document operations behind `FleetService`: apply (validate, diff, check against the
 //! agents' inventories, store), get and delete, and reading a stored schedule. Kept apart from
-//! the gRPC glue so the rules read in one place.
+//! the gRPC glue so the rules read in one place. They work on the store alone and say what they
+//! changed; telling the scheduler is the caller's job (see `schedule::documents`), so this
+//! module depends on nothing that depends on it.
 
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Utc};
 use syncfleet_proto::time::to_proto;
 use syncfleet_proto::v1;
-use tonic::Status;
 
+use super::error::DocumentError;
 use super::model::{Document, ScheduleDoc};
+use super::trigger::Trigger;
 use crate::documents::{self, Action, SourcedDoc};
-use crate::fleet::{Fleet, store_status};
-use crate::limits::{self, check_ident, echo};
-use crate::schedule::scheduler::Scheduler;
-use crate::schedule::trigger::Trigger;
-use crate::store::{StoredDocument, keys};
+use crate::limits::{self, check_ident};
+use crate::store::{Store, StoredDocument, keys};
 
 /// Normalize a kind given by a client ("sequence", "Schedules", ...).
-pub fn kind_of(kind: &str) -> Result<&'static str, Status> {
+pub fn kind_of(kind: &str) -> Result<&'static str, DocumentError> {
     match kind.trim().to_ascii_lowercase().trim_end_matches('s') {
         "sequence" => Ok("Sequence"),
         "schedule" => Ok("Schedule"),
-        _ => Err(Status::invalid_argument(format!(
-            "unknown kind {}; use Sequence or Schedule",
-            echo(kind)
-        ))),
+        _ => Err(DocumentError::UnknownKind(kind.to_string())),
     }
 }
 
-/// `INVALID_ARGUMENT` for a name over [`limits::MAX_IDENT`] bytes.
-fn check_name(field: &str, value: &str) -> Result<(), Status> {
-    check_ident(field, value).map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-async fn stored_documents(fleet: &Fleet) -> Result<Vec<Document>, Status> {
-    let raw = fleet
-        .store
-        .list_documents(None)
-        .await
-        .map_err(store_status)?;
+async fn stored_documents(store: &dyn Store) -> Result<Vec<Document>, DocumentError> {
+    let raw = store.list_documents(None).await?;
     raw.into_iter()
         .map(|d| {
-            documents::from_json(&d.kind, &d.json).map_err(|e| {
-                Status::internal(format!("stored {} {} is unreadable: {e}", d.kind, d.name))
+            documents::from_json(&d.kind, &d.json).map_err(|e| DocumentError::Unreadable {
+                problem: format!(": {e}"),
+                kind: d.kind,
+                name: d.name,
             })
         })
         .collect()
+}
+
+/// What [`apply`] did: the response for the client, and whether stored documents changed (so
+/// the caller reloads the scheduler).
+#[derive(Debug)]
+pub struct Applied {
+    pub response: v1::ApplyResponse,
+    /// Documents were written or deleted (never on a dry run).
+    pub stored_changed: bool,
 }
 
 /// Validate, diff, check against the agents' inventories and (unless dry run) store a set of
@@ -54,13 +54,14 @@ async fn stored_documents(fleet: &Fleet) -> Result<Vec<Document>, Status> {
 /// Steps that name an MA or run profile a target agent lacks
 /// ([`documents::check_inventory`]) refuse the apply with `FAILED_PRECONDITION` listing every
 /// problem, unless `force` is set or it is a dry run; either way the problems come back as
-/// warnings, with what each schedule's targets resolve to now.
+/// warnings, with what each schedule's targets resolve to now. The forecasts of changed
+/// schedules are the fire times after `now`.
 pub async fn apply(
-    fleet: &Fleet,
-    scheduler: &Scheduler,
+    store: &dyn Store,
+    now: DateTime<Utc>,
     req: &v1::ApplyRequest,
     who: &str,
-) -> Result<v1::ApplyResponse, Status> {
+) -> Result<Applied, DocumentError> {
     limits::check_count(
         "documents",
         req.documents.len(),
@@ -68,7 +69,7 @@ pub async fn apply(
         limits::MAX_DOCUMENTS,
         "apply",
     )
-    .map_err(|e| Status::invalid_argument(format!("{e}; split the files into several applies")))?;
+    .map_err(DocumentError::TooManyDocuments)?;
     let mut incoming = Vec::new();
     let mut problems = Vec::new();
     for d in &req.documents {
@@ -80,7 +81,7 @@ pub async fn apply(
             d.source.clone()
         };
         match kind_of(&d.kind)
-            .map_err(|e| e.message().to_string())
+            .map_err(|e| e.to_string())
             .and_then(|k| documents::from_json(k, &d.json))
         {
             Ok(doc) => incoming.push(SourcedDoc { source, doc }),
@@ -88,11 +89,11 @@ pub async fn apply(
         }
     }
     if !problems.is_empty() {
-        return Err(Status::invalid_argument(limits::join_bounded(
+        return Err(DocumentError::Invalid(limits::join_bounded(
             &problems, "", "",
         )));
     }
-    let stored = stored_documents(fleet).await?;
+    let stored = stored_documents(store).await?;
     let incoming_docs: Vec<Document> = incoming.iter().map(|s| s.doc.clone()).collect();
     // Sequences that will exist after this apply (stored ones survive unless pruned).
     let known: BTreeSet<String> = if req.prune {
@@ -108,7 +109,7 @@ pub async fn apply(
     };
     documents::validate(&incoming, &known).map_err(|e| {
         let lines: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
-        Status::invalid_argument(limits::join_bounded(&lines, "", ""))
+        DocumentError::Invalid(limits::join_bounded(&lines, "", ""))
     })?;
     if !req.prune {
         // A stored schedule may not be left pointing at nothing (only possible with prune,
@@ -125,14 +126,14 @@ pub async fn apply(
             if let Document::Schedule(s) = d
                 && !seqs.contains(s.sequence.as_str())
             {
-                return Err(Status::failed_precondition(format!(
-                    "stored schedule {} uses sequence {} which does not exist",
-                    s.name, s.sequence
-                )));
+                return Err(DocumentError::StoredScheduleOrphaned {
+                    schedule: s.name.clone(),
+                    sequence: s.sequence.clone(),
+                });
             }
         }
     }
-    let agents = fleet.store.list_agents().await.map_err(store_status)?;
+    let agents = store.list_agents().await?;
     let survivors: Vec<Document> = if req.prune {
         Vec::new()
     } else {
@@ -151,7 +152,7 @@ pub async fn apply(
             .map(ToString::to_string)
             .chain(notes)
             .collect();
-        return Err(Status::failed_precondition(limits::join_bounded(
+        return Err(DocumentError::InventoryProblems(limits::join_bounded(
             &lines,
             "; 'apply --dry-run -o json' lists them all",
             &format!(
@@ -163,7 +164,6 @@ pub async fn apply(
     let mut upserts = Vec::new();
     let mut deletes = Vec::new();
     let mut forecasts = Vec::new();
-    let now_utc = scheduler.clock().now();
     for c in &changes {
         match c.action {
             Action::Created | Action::Changed => {
@@ -182,7 +182,7 @@ pub async fn apply(
                         forecasts.push(v1::ScheduleForecast {
                             name: s.name.clone(),
                             time_zone: t.time_zone_name().to_string(),
-                            next: t.upcoming(now_utc, 5).into_iter().map(to_proto).collect(),
+                            next: t.upcoming(now, 5).into_iter().map(to_proto).collect(),
                         });
                     }
                 }
@@ -203,23 +203,20 @@ pub async fn apply(
         if kind == "Sequence"
             && let Some(s) = remaining_schedules.iter().find(|s| &s.sequence == name)
         {
-            return Err(Status::failed_precondition(format!(
-                "--prune would delete sequence {name} which schedule {} uses",
-                s.name
-            )));
+            return Err(DocumentError::PruneWouldOrphan {
+                sequence: name.clone(),
+                schedule: s.name.clone(),
+            });
         }
     }
     let applied = !req.dry_run;
-    if applied && (!upserts.is_empty() || !deletes.is_empty()) {
+    let stored_changed = applied && (!upserts.is_empty() || !deletes.is_empty());
+    if stored_changed {
         let dels = deletes.clone();
-        fleet
-            .store
-            .write_documents(&upserts, &dels)
-            .await
-            .map_err(store_status)?;
+        store.write_documents(&upserts, &dels).await?;
         for (kind, name) in &deletes {
             if kind == "Schedule" {
-                forget_schedule(fleet, name).await?;
+                forget_schedule(store, name).await?;
             }
         }
         tracing::info!(
@@ -230,9 +227,8 @@ pub async fn apply(
                 .count(),
             "fleet documents applied"
         );
-        scheduler.reload();
     }
-    Ok(v1::ApplyResponse {
+    let response = v1::ApplyResponse {
         changes: changes
             .into_iter()
             .map(|c| v1::DocumentChange {
@@ -255,6 +251,10 @@ pub async fn apply(
                 unknown: t.unknown,
             })
             .collect(),
+    };
+    Ok(Applied {
+        response,
+        stored_changed,
     })
 }
 
@@ -290,7 +290,7 @@ fn bounded_warnings(mut warnings: Vec<documents::InventoryWarning>) -> Vec<v1::A
 /// Forget a deleted schedule's operational state: cursor, pause, pending catch-up and buffered
 /// fire times (exact keys, so that deleting `a` leaves schedule `ab` alone). A schedule created
 /// again under the same name starts afresh.
-async fn forget_schedule(fleet: &Fleet, name: &str) -> Result<(), Status> {
+async fn forget_schedule(store: &dyn Store, name: &str) -> Result<(), DocumentError> {
     let records: Vec<(String, Option<Vec<u8>>)> = [
         keys::cursor(name),
         keys::schedule_pause(name),
@@ -301,24 +301,19 @@ async fn forget_schedule(fleet: &Fleet, name: &str) -> Result<(), Status> {
     .collect();
     let schedule = name.to_string();
     let buffered = keys::buffered_prefix(name);
-    fleet
-        .store
+    store
         .commit_schedule_state(&schedule, &records, &[], Some(&buffered))
-        .await
-        .map_err(store_status)
+        .await?;
+    Ok(())
 }
 
 pub async fn get_documents(
-    fleet: &Fleet,
+    store: &dyn Store,
     req: v1::GetDocumentsRequest,
-) -> Result<v1::GetDocumentsResponse, Status> {
+) -> Result<v1::GetDocumentsResponse, DocumentError> {
     let kind = kind_of(&req.kind)?;
-    check_name("name", &req.name)?;
-    let docs = fleet
-        .store
-        .list_documents(Some(kind))
-        .await
-        .map_err(store_status)?;
+    check_ident("name", &req.name)?;
+    let docs = store.list_documents(Some(kind)).await?;
     let documents: Vec<v1::FleetDocument> = docs
         .into_iter()
         .filter(|d| req.name.is_empty() || d.name == req.name)
@@ -330,89 +325,83 @@ pub async fn get_documents(
         })
         .collect();
     if !req.name.is_empty() && documents.is_empty() {
-        return Err(Status::not_found(format!(
-            "no {kind} named {}",
-            echo(&req.name)
-        )));
+        return Err(DocumentError::NotFound {
+            what: kind,
+            name: req.name,
+        });
     }
     Ok(v1::GetDocumentsResponse { documents })
 }
 
+/// Delete one stored document (and a schedule's operational state). On success the stored
+/// documents changed: the caller reloads the scheduler.
 pub async fn delete_document(
-    fleet: &Fleet,
-    scheduler: &Scheduler,
+    store: &dyn Store,
     req: v1::DeleteDocumentRequest,
-) -> Result<v1::DeleteDocumentResponse, Status> {
+) -> Result<v1::DeleteDocumentResponse, DocumentError> {
     let kind = kind_of(&req.kind)?;
-    check_name("name", &req.name)?;
-    let stored = stored_documents(fleet).await?;
+    check_ident("name", &req.name)?;
+    let stored = stored_documents(store).await?;
     if !stored
         .iter()
         .any(|d| d.kind() == kind && d.name() == req.name)
     {
-        return Err(Status::not_found(format!(
-            "no {kind} named {}",
-            echo(&req.name)
-        )));
+        return Err(DocumentError::NotFound {
+            what: kind,
+            name: req.name,
+        });
     }
     if kind == "Sequence" {
-        let users: Vec<&str> = stored
+        let users: Vec<String> = stored
             .iter()
             .filter_map(|d| match d {
-                Document::Schedule(s) if s.sequence == req.name => Some(s.name.as_str()),
+                Document::Schedule(s) if s.sequence == req.name => Some(s.name.clone()),
                 _ => None,
             })
             .collect();
         if !users.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "sequence {} is used by schedule(s) {}; delete or change those first",
-                req.name,
-                users.join(", ")
-            )));
+            return Err(DocumentError::SequenceInUse {
+                sequence: req.name,
+                users,
+            });
         }
     }
     let dels = vec![(kind.to_string(), req.name.clone())];
-    fleet
-        .store
-        .write_documents(&[], &dels)
-        .await
-        .map_err(store_status)?;
+    store.write_documents(&[], &dels).await?;
     if kind == "Schedule" {
-        forget_schedule(fleet, &req.name).await?;
+        forget_schedule(store, &req.name).await?;
     }
-    scheduler.reload();
     Ok(v1::DeleteDocumentResponse { deleted: true })
 }
 
 /// The stored schedule named `name` and its canonical JSON: `NOT_FOUND` when there is none,
 /// `INTERNAL` when what is stored cannot be read back.
 pub(crate) async fn schedule_doc(
-    fleet: &Fleet,
+    store: &dyn Store,
     name: &str,
-) -> Result<(ScheduleDoc, String), Status> {
-    check_name("schedule", name)?;
-    let n = name.to_string();
-    let docs = fleet
-        .store
-        .list_documents(Some("Schedule"))
-        .await
-        .map_err(store_status)?;
+) -> Result<(ScheduleDoc, String), DocumentError> {
+    check_ident("schedule", name)?;
+    let docs = store.list_documents(Some("Schedule")).await?;
     let d = docs
         .into_iter()
-        .find(|d| d.name == n)
-        .ok_or_else(|| Status::not_found(format!("no schedule named {}", echo(name))))?;
+        .find(|d| d.name == name)
+        .ok_or_else(|| DocumentError::NotFound {
+            what: "schedule",
+            name: name.to_string(),
+        })?;
     match documents::from_json("Schedule", &d.json) {
         Ok(Document::Schedule(s)) => Ok((s, d.json)),
-        _ => Err(Status::internal(format!(
-            "stored schedule {name} is unreadable"
-        ))),
+        _ => Err(DocumentError::Unreadable {
+            kind: "schedule".to_string(),
+            name: name.to_string(),
+            problem: String::new(),
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use super::*;
 
@@ -434,15 +423,7 @@ mod tests {
                 store.put_state(&k, b"1").await.unwrap();
             }
         }
-        let fleet = Fleet::new(
-            Arc::clone(&store),
-            crate::fleet::Settings {
-                heartbeat_interval: Duration::from_secs(1),
-                agent_lost_after: Duration::from_secs(5),
-                pending_deadline: Duration::from_secs(60),
-            },
-        );
-        forget_schedule(&fleet, "a").await.unwrap();
+        forget_schedule(store.as_ref(), "a").await.unwrap();
         for k in keys("a") {
             assert_eq!(store.get_state(&k).await.unwrap(), None, "{k}");
         }
@@ -480,6 +461,108 @@ mod tests {
                 .iter()
                 .all(|x| x.blocking)
         );
+    }
+
+    /// An apply of the documents in `yaml`, forced (no agent inventories here).
+    fn request(yaml: &str) -> v1::ApplyRequest {
+        let docs = crate::documents::parse_str("t.yaml", yaml).unwrap();
+        v1::ApplyRequest {
+            documents: docs
+                .iter()
+                .map(|d| v1::FleetDocument {
+                    kind: d.doc.kind().to_string(),
+                    name: d.doc.name().to_string(),
+                    json: documents::canonical_json(&d.doc),
+                    source: String::new(),
+                })
+                .collect(),
+            dry_run: false,
+            prune: false,
+            force: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn apply_get_and_delete_say_what_changed_and_why_they_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-03-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let yaml = "kind: Sequence\nname: s\nstages:\n  - steps: [{ma: AD, profile: Delta Import}]\n---\nkind: Schedule\nname: k\nsequence: s\ntargets: {agents: [a1]}\ntrigger: {every: 10m}\n";
+        let req = request(yaml);
+        let first = apply(&store, now, &req, "test").await.unwrap();
+        assert!(first.stored_changed);
+        assert_eq!(first.response.forecasts.len(), 1);
+        let again = apply(&store, now, &req, "test").await.unwrap();
+        assert!(!again.stored_changed, "nothing changed the second time");
+        let dry = v1::ApplyRequest {
+            dry_run: true,
+            ..req.clone()
+        };
+        assert!(
+            !apply(&store, now, &dry, "test")
+                .await
+                .unwrap()
+                .stored_changed
+        );
+
+        let missing = get_documents(
+            &store,
+            v1::GetDocumentsRequest {
+                kind: "sequences".into(),
+                name: "nope".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&missing, DocumentError::NotFound { what: "Sequence", name } if name == "nope")
+        );
+        assert_eq!(missing.to_string(), "no Sequence named \"nope\"");
+
+        let used = delete_document(
+            &store,
+            v1::DeleteDocumentRequest {
+                kind: "Sequence".into(),
+                name: "s".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            used.to_string(),
+            "sequence s is used by schedule(s) k; delete or change those first"
+        );
+        let bad_kind = get_documents(
+            &store,
+            v1::GetDocumentsRequest {
+                kind: "job".into(),
+                name: String::new(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            bad_kind.to_string(),
+            "unknown kind \"job\"; use Sequence or Schedule"
+        );
+        delete_document(
+            &store,
+            v1::DeleteDocumentRequest {
+                kind: "Schedule".into(),
+                name: "k".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            schedule_doc(&store, "k").await,
+            Err(DocumentError::NotFound {
+                what: "schedule",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! Fleet documents: the declarative `Sequence` and `Schedule` documents ([`model`]) and
 //! loading ([`load`]), validating ([`validate`](mod@validate)), diffing ([`diff`](mod@diff)),
 //! storing and rendering ([`codec`]) them, with one message style for every problem
-//! ([`messages`]), and the operations behind `FleetService` that apply, get and delete them
-//! ([`apply`]). Used by both the `syncfleet` CLI (`apply`, `get`) and the controller's `Apply`
-//! RPC, so both sides report the same errors.
+//! ([`messages`]), when a schedule fires ([`trigger`]: compiling a schedule's trigger is how
+//! it is validated), and the operations behind `FleetService` that apply, get and delete them
+//! ([`apply`], refused with a [`DocumentError`]). Used by both the `syncfleet` CLI (`apply`,
+//! `get`) and the controller's `Apply` RPC, so both sides report the same errors.
+//!
+//! Depends only on the store, the input limits and the protocol: the scheduler and the fleet use
+//! these documents, so whoever applies them tells the scheduler (`schedule::documents`).
 //!
 //! Contracts:
 //! - **Pure**: nothing here does I/O except [`load_paths`], which reads the files it is given,
@@ -20,13 +24,16 @@
 pub mod apply;
 pub mod codec;
 pub mod diff;
+mod error;
 pub mod load;
 pub mod messages;
 pub mod model;
+pub mod trigger;
 pub mod validate;
 
 pub use codec::{canonical_json, from_json, to_json_value, to_yaml};
 pub use diff::{Action, Change, diff};
+pub use error::DocumentError;
 pub use load::{Loaded, SourcedDoc, load_paths, load_paths_lenient, parse_str, parse_str_lenient};
 pub use messages::{FleetFileError, FleetFileErrors, describe_source};
 pub use validate::{

@@ -8,11 +8,11 @@ use std::time::Duration;
 use super::load::SourcedDoc;
 use super::messages::{FleetFileErrors, closest, describe_source, err, near, suggestion};
 use super::model::{Document, Limit, ScheduleDoc, SequenceDoc};
+use super::trigger::Trigger;
 use crate::limits::{
     self, MAX_BLACKOUTS, MAX_CRON_ENTRIES, MAX_DOCUMENTS, MAX_SELECTOR_TERMS, MAX_STAGES,
     MAX_STEPS_PER_RUN, MAX_STEPS_PER_STAGE, MAX_TARGET_AGENTS, echo,
 };
-use crate::schedule::trigger::Trigger;
 
 /// The document kinds a fleet file may hold, as written in `kind:`.
 pub const KINDS: [&str; 2] = ["Sequence", "Schedule"];

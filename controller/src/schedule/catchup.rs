@@ -13,7 +13,7 @@ use syncfleet_proto::v1;
 
 use super::records::{catchup_key, cursor_key, millis_value, parse_millis};
 use super::scheduler::{Scheduler, counters};
-use crate::schedule::trigger::Missed;
+use crate::documents::trigger::Missed;
 
 /// How long a reconnected agent gets to replay its outbox before its runs are trusted.
 const REPLAY_SETTLE: Duration = Duration::from_secs(2);
@@ -235,20 +235,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn restart_catches_up_once_within_the_window_and_counts_the_rest() {
-        let w = world(
-            &format!("{SEQ}kind: Schedule\nname: k\nsequence: s\ntargets: {{agents: [a1, a2]}}\ntrigger: {{every: 10s}}\ncatchup_window: 15s\n"),
-            &["a1", "a2"],
-        )
-        .await;
+        let w = every_10s("k", &["a1", "a2"], "catchup_window: 15s\n").await;
         fake_agents(&w, Duration::from_millis(500), false);
         let (_s, stop) = start_scheduler(&w, w.start);
         advance(Duration::from_secs(12)).await;
         assert_eq!(runs(&w).await.len(), 2, "one fire at 10 s on both agents");
         // The controller dies; 45 s pass (fire times 20, 30, 40, 50 missed); a new one starts.
-        stop.cancel();
-        advance(Duration::from_millis(200)).await;
-        let restart_wall = w.start + chrono::Duration::seconds(57);
-        let _s2 = start_scheduler(&w, restart_wall);
+        let _s2 = restart(&w, &stop, w.start + chrono::Duration::seconds(57)).await;
         advance(Duration::from_millis(500)).await;
         // Nothing of this schedule was in flight at the "crash": the catch-up runs at once.
         let all = runs(&w).await;
@@ -266,18 +259,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn catch_up_waits_for_runs_in_flight_at_the_crash_then_honours_overlap() {
-        let w = world(
-            &format!("{SEQ}kind: Schedule\nname: f\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\ncatchup_window: 15s\n"),
-            &["a1"],
-        )
-        .await;
+        let w = every_10s("f", &["a1"], "catchup_window: 15s\n").await;
         // Runs never end here: the one started at 10 s is still in flight at the crash.
         fake_agents(&w, Duration::from_secs(1000), false);
         let (_s, stop) = start_scheduler(&w, w.start);
         advance(Duration::from_secs(12)).await;
-        stop.cancel();
-        advance(Duration::from_millis(200)).await;
-        let _s2 = start_scheduler(&w, w.start + chrono::Duration::seconds(57));
+        let _s2 = restart(&w, &stop, w.start + chrono::Duration::seconds(57)).await;
         advance(Duration::from_secs(1)).await;
         assert!(
             runs(&w).await.iter().all(|r| r.origin != "catch-up"),
@@ -294,24 +281,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_deferred_catch_up_survives_a_second_crash() {
-        let w = world(
-            &format!("{SEQ}kind: Schedule\nname: f\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\ncatchup_window: 30s\n"),
-            &["a1"],
-        )
-        .await;
+        let w = every_10s("f", &["a1"], "catchup_window: 30s\n").await;
         // The run started at 10 s never ends: every later fire time meets it.
         fake_agents(&w, Duration::from_secs(1000), false);
         let (_s, stop) = start_scheduler(&w, w.start);
         advance(Duration::from_secs(12)).await;
-        stop.cancel();
-        advance(Duration::from_millis(200)).await;
         // Restart at 57 s: 20, 30, 40 counted missed; the catch-up of 50 waits for the agent.
-        let (_s2, stop2) = start_scheduler(&w, w.start + chrono::Duration::seconds(57));
+        let (_s2, stop2) = restart(&w, &stop, w.start + chrono::Duration::seconds(57)).await;
         advance(Duration::from_millis(500)).await;
         // Crash again before it was evaluated; restart at 58 s.
-        stop2.cancel();
-        advance(Duration::from_millis(200)).await;
-        let _s3 = start_scheduler(&w, w.start + chrono::Duration::seconds(58));
+        let _s3 = restart(&w, &stop2, w.start + chrono::Duration::seconds(58)).await;
         // 60 is skipped (overlap); after the settle deadline the catch-up of 50 is too.
         advance(Duration::from_secs(8)).await;
         let c = counters(&w, "f").await;

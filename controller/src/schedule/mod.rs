@@ -1,9 +1,13 @@
-//! Scheduling: when schedules fire ([`trigger`]) and the loop that turns fire times into runs
+//! Scheduling: the loop that turns a schedule's fire times (computed by
+//! [`documents::trigger`](crate::documents::trigger)) into runs
 //! ([`scheduler`]), with its overlap policies (`overlap`), catch-up after downtime (`catchup`)
 //! and records in the store (`records`); how much of its interval a schedule's runs take
-//! ([`saturation`]).
+//! ([`saturation`]); applying and deleting documents, then reloading the scheduler
+//! ([`documents`](mod@documents)); a schedule's status and pause ([`status`]).
 
 mod catchup;
+pub mod documents;
+mod error;
 mod overlap;
 mod records;
 pub mod saturation;
@@ -11,4 +15,5 @@ pub mod scheduler;
 pub mod status;
 #[cfg(test)]
 mod testkit;
-pub mod trigger;
+
+pub use error::ScheduleError;

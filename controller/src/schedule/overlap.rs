@@ -178,11 +178,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn skip_never_overlaps_and_counts_skips() {
-        let w = world(
-            &format!("{SEQ}kind: Schedule\nname: slow\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\noverlap: skip\n"),
-            &["a1"],
-        )
-        .await;
+        let w = every_10s("slow", &["a1"], "overlap: skip\n").await;
         fake_agents(&w, Duration::from_secs(25), false);
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(95)).await;
@@ -216,11 +212,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn buffer_one_keeps_one_and_drops_the_rest() {
-        let w = world(
-            &format!("{SEQ}kind: Schedule\nname: b\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\noverlap: buffer_one\n"),
-            &["a1"],
-        )
-        .await;
+        let w = every_10s("b", &["a1"], "overlap: buffer_one\n").await;
         fake_agents(&w, Duration::from_secs(25), false);
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(38)).await;
@@ -239,18 +231,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_buffered_fire_time_survives_a_scheduler_restart() {
-        let w = world(
-            &format!("{SEQ}kind: Schedule\nname: b\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\noverlap: buffer_one\n"),
-            &["a1"],
-        )
-        .await;
+        let w = every_10s("b", &["a1"], "overlap: buffer_one\n").await;
         fake_agents(&w, Duration::from_secs(25), false);
         let (_s, stop) = start_scheduler(&w, w.start);
         // 10: run (to 35); 20: buffered. Then the controller dies and a new one starts.
         advance(Duration::from_secs(22)).await;
-        stop.cancel();
-        advance(Duration::from_millis(200)).await;
-        let _s2 = start_scheduler(&w, w.start + chrono::Duration::milliseconds(22_200));
+        let _s2 = restart(&w, &stop, w.start + chrono::Duration::milliseconds(22_200)).await;
         advance(Duration::from_secs(16)).await;
         // 30: dropped (20 is still kept); 35: the restored 20 starts.
         assert_eq!(nominal_secs(&w).await, [10, 20]);
@@ -270,11 +256,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_buffered_fire_time_is_not_released_into_a_pause() {
-        let w = world(
-            &format!("{SEQ}kind: Schedule\nname: b\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\noverlap: buffer_one\n"),
-            &["a1"],
-        )
-        .await;
+        let w = every_10s("b", &["a1"], "overlap: buffer_one\n").await;
         fake_agents(&w, Duration::from_secs(25), false);
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(22)).await;
@@ -309,11 +291,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cancel_other_asks_the_running_run_to_stop() {
-        let w = world(
-            &format!("{SEQ}kind: Schedule\nname: c\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\noverlap: cancel_other\n"),
-            &["a1"],
-        )
-        .await;
+        let w = every_10s("c", &["a1"], "overlap: cancel_other\n").await;
         fake_agents(&w, Duration::from_secs(25), false);
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(21)).await;

@@ -44,8 +44,8 @@ use tokio_util::sync::CancellationToken;
 use super::catchup;
 use crate::documents;
 use crate::documents::model::{Document, ScheduleDoc, SequenceDoc};
+use crate::documents::trigger::Trigger;
 use crate::fleet::{Fleet, NewRun, RunBlocked, steps_of};
-use crate::schedule::trigger::Trigger;
 
 /// Where the scheduler reads the time. `Tokio` follows tokio's clock (paused in tests) from a
 /// fixed wall-clock origin; `System` is the real wall clock.
@@ -637,9 +637,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn blacked_out_fire_times_are_counted_as_they_pass_and_across_a_restart() {
         // Windows [0 s, 15 s) and [30 s, 45 s) of every minute; fire times every 10 s.
-        let w = world(
-            &format!("{SEQ}kind: Schedule\nname: d\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\nblackout: [{{cron: \"*/30 * * * * *\", duration: 15s}}]\n"),
+        let w = every_10s(
+            "d",
             &["a1"],
+            "blackout: [{cron: \"*/30 * * * * *\", duration: 15s}]\n",
         )
         .await;
         fake_agents(&w, Duration::from_millis(500), false);
@@ -650,9 +651,7 @@ mod tests {
         let c = counters(&w, "d").await;
         assert_eq!(c.get("skipped_blackout"), Some(&3), "{c:?}");
         // Down from 55 s to 95 s: 60, 70 and 90 were blacked out, 80 missed.
-        stop.cancel();
-        advance(Duration::from_millis(200)).await;
-        let _s2 = start_scheduler(&w, w.start + chrono::Duration::seconds(95));
+        let _s2 = restart(&w, &stop, w.start + chrono::Duration::seconds(95)).await;
         advance(Duration::from_millis(500)).await;
         let c = counters(&w, "d").await;
         assert_eq!(c.get("skipped_blackout"), Some(&6), "{c:?}");
@@ -663,11 +662,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn held_run_pauses_its_schedule_with_a_note() {
-        let w = world(
-            &format!("{SEQ}kind: Schedule\nname: h\nsequence: s\ntargets: {{agents: [a1]}}\ntrigger: {{every: 10s}}\n"),
-            &["a1"],
-        )
-        .await;
+        let w = every_10s("h", &["a1"], "").await;
         fake_agents(&w, Duration::from_secs(1), true);
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(35)).await;
@@ -692,11 +687,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn jitter_stays_below_its_bound_and_the_interval() {
-        let w = world(
-            &format!("{SEQ}kind: Schedule\nname: j\nsequence: s\ntargets: {{agents: [a1, a2]}}\ntrigger: {{every: 10s}}\njitter: 4s\n"),
-            &["a1", "a2"],
-        )
-        .await;
+        let w = every_10s("j", &["a1", "a2"], "jitter: 4s\n").await;
         fake_agents(&w, Duration::from_millis(100), false);
         let _s = start_scheduler(&w, w.start);
         advance(Duration::from_secs(60)).await;

@@ -3,28 +3,27 @@
 
 use syncfleet_proto::time::{now, to_millis, to_proto};
 use syncfleet_proto::v1;
-use tonic::Status;
 
+use super::ScheduleError;
 use super::saturation::{saturation, saturation_warning};
 use super::scheduler::Scheduler;
-use super::trigger::Trigger;
 use crate::documents::apply::schedule_doc;
-use crate::fleet::{Fleet, store_status};
+use crate::documents::trigger::Trigger;
+use crate::fleet::Fleet;
 use crate::store::RunQuery;
 
 pub async fn get_schedule(
     fleet: &Fleet,
     scheduler: &Scheduler,
     name: &str,
-) -> Result<v1::ScheduleStatus, Status> {
-    let (doc, json) = schedule_doc(fleet, name).await?;
-    let trigger = Trigger::compile(&doc)
-        .map_err(|e| Status::internal(format!("stored schedule {name}: {e}")))?;
+) -> Result<v1::ScheduleStatus, ScheduleError> {
+    let (doc, json) = schedule_doc(fleet.store.as_ref(), name).await?;
+    let trigger = Trigger::compile(&doc).map_err(|source| ScheduleError::BadTrigger {
+        name: name.to_string(),
+        source,
+    })?;
     let now_utc = scheduler.clock().now();
-    let pause = fleet
-        .schedule_pause_record(name)
-        .await
-        .map_err(store_status)?;
+    let pause = fleet.schedule_pause_record(name).await?;
     let n = name.to_string();
     let page = fleet
         .store
@@ -33,8 +32,7 @@ pub async fn get_schedule(
             limit: 10,
             ..RunQuery::default()
         })
-        .await
-        .map_err(store_status)?;
+        .await?;
     let recent: Vec<v1::ScheduleRunSummary> = page
         .runs
         .iter()
@@ -70,9 +68,9 @@ pub async fn get_schedule(
     let sat = saturation(&durations, interval);
     let counters = {
         let n = name.to_string();
-        fleet.store.counters(&n).await.map_err(store_status)?
+        fleet.store.counters(&n).await?
     };
-    let agents = fleet.store.list_agents().await.map_err(store_status)?;
+    let agents = fleet.store.list_agents().await?;
     let targets = agents
         .iter()
         .filter(|a| {
@@ -106,12 +104,10 @@ pub async fn set_schedule_pause(
     paused: bool,
     note: &str,
     who: &str,
-) -> Result<v1::ScheduleStatus, Status> {
-    schedule_doc(fleet, name).await?;
+) -> Result<v1::ScheduleStatus, ScheduleError> {
+    schedule_doc(fleet.store.as_ref(), name).await?;
     if paused && note.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "say why the schedule is paused: pass --note TEXT",
-        ));
+        return Err(ScheduleError::PauseNeedsNote);
     }
     let pause = v1::Pause {
         paused,
@@ -119,10 +115,7 @@ pub async fn set_schedule_pause(
         by: who.to_string(),
         at: Some(now()),
     };
-    fleet
-        .set_schedule_pause(name, &pause)
-        .await
-        .map_err(store_status)?;
+    fleet.set_schedule_pause(name, &pause).await?;
     tracing::info!(
         schedule = name,
         paused,
@@ -131,4 +124,40 @@ pub async fn set_schedule_pause(
         "schedule pause changed"
     );
     get_schedule(fleet, scheduler, name).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::*;
+    use crate::documents::DocumentError;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_needs_a_note_and_an_existing_schedule() {
+        let w = every_10s("k", &["a1"], "").await;
+        let (s, _stop) = start_scheduler(&w, w.start);
+        let e = set_schedule_pause(&w.fleet, &s, "k", true, " ", "operator/admin")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ScheduleError::PauseNeedsNote), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "say why the schedule is paused: pass --note TEXT"
+        );
+        let e = get_schedule(&w.fleet, &s, "nope").await.unwrap_err();
+        assert!(
+            matches!(e, ScheduleError::Document(DocumentError::NotFound { .. })),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "no schedule named \"nope\"");
+        let paused = set_schedule_pause(&w.fleet, &s, "k", true, "MIM hotfix", "operator/admin")
+            .await
+            .unwrap();
+        assert!(
+            paused
+                .pause
+                .is_some_and(|p| p.paused && p.note == "MIM hotfix")
+        );
+        w.shutdown.cancel();
+    }
 }

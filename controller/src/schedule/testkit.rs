@@ -83,6 +83,28 @@ pub(super) fn start_scheduler(
     (s, stop)
 }
 
+/// A world holding the sequence [`SEQ`] and one schedule `name` of it that fires every 10 s on
+/// `agents`; `extra` is more lines of the schedule (`"overlap: skip\n"`).
+pub(super) async fn every_10s(name: &str, agents: &[&str], extra: &str) -> World {
+    let yaml = format!(
+        "{SEQ}kind: Schedule\nname: {name}\nsequence: s\ntargets: {{agents: [{}]}}\ntrigger: {{every: 10s}}\n{extra}",
+        agents.join(", ")
+    );
+    world(&yaml, agents).await
+}
+
+/// The controller dies (the scheduler behind `stop` stops) and a new one starts with its wall
+/// clock at `wall`.
+pub(super) async fn restart(
+    w: &World,
+    stop: &CancellationToken,
+    wall: DateTime<Utc>,
+) -> (Arc<Scheduler>, CancellationToken) {
+    stop.cancel();
+    advance(Duration::from_millis(200)).await;
+    start_scheduler(w, wall)
+}
+
 /// A stand-in agent: every new run of its agents starts at once and finishes after
 /// `duration` (tokio time), through the same event path real agents use. `final_state`
 /// decides how runs end.

@@ -4,11 +4,9 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
+use super::super::model::BlackoutDoc;
 use super::cron::CronTimes;
-use super::{
-    Fire, MISSED_WALK_LIMIT, SEARCH_MAX_CANDIDATES, Trigger, TriggerError, Window, just_before,
-};
-use crate::documents::model::BlackoutDoc;
+use super::{Fire, MISSED_WALK_LIMIT, SEARCH_MAX_CANDIDATES, Trigger, TriggerError, Window};
 
 #[derive(Debug, Clone)]
 pub(super) struct Blackout {
@@ -27,19 +25,9 @@ impl Trigger {
         if self.blackouts.is_empty() {
             return 0;
         }
-        let mut lo = from;
-        if let Some(start) = self.start_at
-            && lo < start
-        {
-            lo = just_before(start);
-        }
-        let hi = match self.end_at {
-            Some(end) => to.min(end),
-            None => to,
-        };
-        if hi <= lo {
+        let Some((lo, hi)) = self.span_within(from, to) else {
             return 0;
-        }
+        };
         match &self.fire {
             Fire::Every(grid) => {
                 let (unblacked, cut) = self.grid_count_unblacked_to(grid, lo, hi);
@@ -144,7 +132,7 @@ impl Blackout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::trigger::testutil::*;
+    use crate::documents::trigger::testutil::*;
 
     // ---- blackouts, start and end --------------------------------------------------------
 

@@ -15,19 +15,9 @@ impl Trigger {
             count: 0,
         };
         // Fire times are in (lo, hi].
-        let mut lo = from;
-        if let Some(start) = self.start_at
-            && lo < start
-        {
-            lo = just_before(start);
-        }
-        let hi = match self.end_at {
-            Some(end) => to.min(end),
-            None => to,
-        };
-        if hi <= lo {
+        let Some((lo, hi)) = self.span_within(from, to) else {
             return none;
-        }
+        };
         match &self.fire {
             Fire::Every(grid) => Missed {
                 latest: self.latest_in(lo, hi),
@@ -143,7 +133,7 @@ impl Trigger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::trigger::testutil::*;
+    use crate::documents::trigger::testutil::*;
 
     /// The arithmetic and the backward search agree with walking `next_after`, for intervals and
     /// cron, with blackouts in a DST zone, over spans crossing the fall-back night.

@@ -133,7 +133,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
-use crate::documents::model::ScheduleDoc;
+use super::model::ScheduleDoc;
 
 use blackout::Blackout;
 use cron::CronTimes;
@@ -281,15 +281,7 @@ impl Trigger {
 
     /// The first fire time strictly after `after` that is inside start/end and not blacked out.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut t = after;
-        if let Some(start) = self.start_at
-            && t < start
-        {
-            t = just_before(start);
-        }
-        let horizon = t
-            .checked_add_signed(TimeDelta::from_std(SEARCH_HORIZON).ok()?)
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let (mut t, horizon) = self.search_from(after)?;
         for _ in 0..SEARCH_MAX_CANDIDATES {
             let f = self.nominal_after(t)?;
             if f > horizon || self.end_at.is_some_and(|end| f > end) {
@@ -308,17 +300,42 @@ impl Trigger {
     /// most [`SEARCH_HORIZON`] ahead). The scheduler wakes at each one, to fire it or to count it
     /// as blacked out.
     pub fn next_candidate_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut t = after;
-        if let Some(start) = self.start_at
-            && t < start
-        {
-            t = just_before(start);
-        }
+        let (t, horizon) = self.search_from(after)?;
+        let f = self.nominal_after(t)?;
+        (f <= horizon && self.end_at.is_none_or(|end| f <= end)).then_some(f)
+    }
+
+    /// Where a search for the next fire time after `after` starts (just before `start_at` when
+    /// `after` is earlier) and the latest time it may return ([`SEARCH_HORIZON`] later).
+    fn search_from(&self, after: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let t = self.not_before_start(after);
         let horizon = t
             .checked_add_signed(TimeDelta::from_std(SEARCH_HORIZON).ok()?)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let f = self.nominal_after(t)?;
-        (f <= horizon && self.end_at.is_none_or(|end| f <= end)).then_some(f)
+        Some((t, horizon))
+    }
+
+    /// `t`, or just before `start_at` when `t` is earlier, so that fire times strictly after
+    /// it are inside the schedule's start.
+    fn not_before_start(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        match self.start_at {
+            Some(start) if t < start => just_before(start),
+            _ => t,
+        }
+    }
+
+    /// The part `(lo, hi]` of `(from, to]` inside start/end; `None` when nothing is left.
+    fn span_within(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let lo = self.not_before_start(from);
+        let hi = match self.end_at {
+            Some(end) => to.min(end),
+            None => to,
+        };
+        (lo < hi).then_some((lo, hi))
     }
 
     /// The next `n` fire times after `after`.
