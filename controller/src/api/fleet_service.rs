@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status};
 
 use super::authorize::{Authorize, CallCtx, status_with_request_id, with_request_id};
 use super::status::bad_input;
+use super::status::store_status;
 use crate::auth::Security;
-use crate::fleet::{Fleet, store_status};
+use crate::fleet::Fleet;
 use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
 use crate::run_ids;
 use crate::store::RunQuery;

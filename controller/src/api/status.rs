@@ -63,7 +63,7 @@ impl From<LimitError> for Status {
     }
 }
 
-// ---- fleet (crate::fleet::FleetError) ----
+// Fleet errors (`crate::fleet::FleetError`).
 
 impl From<FleetError> for Status {
     fn from(e: FleetError) -> Self {
@@ -100,6 +100,69 @@ impl From<OpenError<Status>> for Status {
         match e {
             OpenError::Inbound(status) => status,
             OpenError::Refused(e) => e.into(),
+        }
+    }
+}
+
+// Auth errors (`crate::auth::AuthError`).
+
+impl From<crate::auth::AuthError> for Status {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError as E;
+        let message = e.to_string();
+        match e {
+            E::Store(e) => store_status(e),
+            E::NoClientCertificate
+            | E::EmptyCertificateChain
+            | E::NoFleetIdentity { .. }
+            | E::Revoked { .. } => Status::unauthenticated(message),
+            E::RoleTooLow { .. }
+            | E::AgentNotOperator { .. }
+            | E::MalformedToken
+            | E::TokenRefused(_)
+            | E::CsrRefusedAfterConsume { .. } => Status::permission_denied(message),
+            E::EnrollRateLimited { .. } => Status::resource_exhausted(message),
+            E::Pki(_)
+            | E::NoRole
+            | E::TokenTtlTooLong(_)
+            | E::BadLabel { .. }
+            | E::TooManyLabels
+            | E::Limit(_) => Status::invalid_argument(message),
+            E::NoSuchAgent(_) => Status::not_found(message),
+            E::NotInPermissionTable { .. } | E::EncodeToken(_) => Status::internal(message),
+        }
+    }
+}
+
+// Document and schedule errors (`crate::documents::DocumentError`, `crate::schedule::ScheduleError`).
+
+impl From<crate::documents::DocumentError> for Status {
+    fn from(e: crate::documents::DocumentError) -> Self {
+        use crate::documents::DocumentError as E;
+        match e {
+            E::UnknownKind(_) | E::TooManyDocuments(_) | E::Invalid(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            E::Limit(e) => bad_input(e),
+            E::StoredScheduleOrphaned { .. }
+            | E::InventoryProblems(_)
+            | E::PruneWouldOrphan { .. }
+            | E::SequenceInUse { .. } => Status::failed_precondition(e.to_string()),
+            E::NotFound { .. } => Status::not_found(e.to_string()),
+            E::Unreadable { .. } => Status::internal(e.to_string()),
+            E::Store(e) => store_status(e),
+        }
+    }
+}
+
+impl From<crate::schedule::ScheduleError> for Status {
+    fn from(e: crate::schedule::ScheduleError) -> Self {
+        use crate::schedule::ScheduleError as E;
+        match e {
+            E::Document(e) => e.into(),
+            E::BadTrigger { .. } => Status::internal(e.to_string()),
+            E::PauseNeedsNote => Status::invalid_argument(e.to_string()),
+            E::Store(e) => store_status(e),
         }
     }
 }
@@ -214,68 +277,5 @@ mod fleet_error_tests {
             (inbound.code(), inbound.message()),
             (Code::Cancelled, "gone")
         );
-    }
-}
-
-// ---- auth (crate::auth::AuthError) ----
-
-impl From<crate::auth::AuthError> for Status {
-    fn from(e: crate::auth::AuthError) -> Self {
-        use crate::auth::AuthError as E;
-        let message = e.to_string();
-        match e {
-            E::Store(e) => store_status(e),
-            E::NoClientCertificate
-            | E::EmptyCertificateChain
-            | E::NoFleetIdentity { .. }
-            | E::Revoked { .. } => Status::unauthenticated(message),
-            E::RoleTooLow { .. }
-            | E::AgentNotOperator { .. }
-            | E::MalformedToken
-            | E::TokenRefused(_)
-            | E::CsrRefusedAfterConsume { .. } => Status::permission_denied(message),
-            E::EnrollRateLimited { .. } => Status::resource_exhausted(message),
-            E::Pki(_)
-            | E::NoRole
-            | E::TokenTtlTooLong(_)
-            | E::BadLabel { .. }
-            | E::TooManyLabels
-            | E::Limit(_) => Status::invalid_argument(message),
-            E::NoSuchAgent(_) => Status::not_found(message),
-            E::NotInPermissionTable { .. } | E::EncodeToken(_) => Status::internal(message),
-        }
-    }
-}
-
-// ---- documents and schedules (crate::documents::DocumentError, crate::schedule::ScheduleError) ----
-
-impl From<crate::documents::DocumentError> for Status {
-    fn from(e: crate::documents::DocumentError) -> Self {
-        use crate::documents::DocumentError as E;
-        match e {
-            E::UnknownKind(_) | E::TooManyDocuments(_) | E::Invalid(_) => {
-                Status::invalid_argument(e.to_string())
-            }
-            E::Limit(e) => bad_input(e),
-            E::StoredScheduleOrphaned { .. }
-            | E::InventoryProblems(_)
-            | E::PruneWouldOrphan { .. }
-            | E::SequenceInUse { .. } => Status::failed_precondition(e.to_string()),
-            E::NotFound { .. } => Status::not_found(e.to_string()),
-            E::Unreadable { .. } => Status::internal(e.to_string()),
-            E::Store(e) => store_status(e),
-        }
-    }
-}
-
-impl From<crate::schedule::ScheduleError> for Status {
-    fn from(e: crate::schedule::ScheduleError) -> Self {
-        use crate::schedule::ScheduleError as E;
-        match e {
-            E::Document(e) => e.into(),
-            E::BadTrigger { .. } => Status::internal(e.to_string()),
-            E::PauseNeedsNote => Status::invalid_argument(e.to_string()),
-            E::Store(e) => store_status(e),
-        }
     }
 }

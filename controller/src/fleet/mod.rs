@@ -71,9 +71,6 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Transitional: domain code still maps store errors itself; see [`crate::api::status`].
-pub use crate::api::status::store_status;
-
 fn state_of(run: &v1::Run) -> v1::RunState {
     v1::RunState::try_from(run.state).unwrap_or(v1::RunState::Unspecified)
 }
