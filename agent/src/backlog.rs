@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use syncfleet_proto::sync::lock;
 
 use syncfleet_proto::v1::agent_event::Kind;
 use tokio::sync::Notify;
@@ -82,12 +83,6 @@ pub struct JournalWriter {
     /// [`JournalWriter::problem`]'s answer, kept apart so that asking never waits for a write.
     problem: Mutex<Option<String>>,
     retry: Duration,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every update of the backlog is a single push, pop or assignment: a poisoned one is
-    // consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl JournalWriter {

@@ -25,6 +25,7 @@ pub mod names;
 pub mod process;
 pub mod shutdown;
 pub mod status;
+pub mod sync;
 pub mod telemetry;
 pub mod time;
 pub mod vocab;

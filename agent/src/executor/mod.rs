@@ -48,6 +48,7 @@ mod testkit;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use syncfleet_proto::sync::lock;
 
 use serde::{Deserialize, Serialize};
 use syncfleet_proto::v1::{self, agent_event::Kind};
@@ -138,12 +139,6 @@ impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Executor").finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // These mutexes guard plain values updated in single statements; a poisoned one is
-    // consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Executor {

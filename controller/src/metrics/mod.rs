@@ -59,6 +59,7 @@ mod http;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use syncfleet_proto::sync::lock;
 
 use prometheus_client::registry::Registry;
 use syncfleet_proto::time::to_millis;
@@ -78,10 +79,6 @@ pub use http::routes;
 
 /// How long agent and schedule gauges read from the store are reused between scrapes.
 pub const GAUGE_TTL: Duration = Duration::from_secs(5);
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The controller's metrics: in-memory run aggregates fed by the fleet's run updates, plus
 /// gauges read at scrape time.

@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use syncfleet_proto::sync::lock;
 
 use syncfleet_proto::vocab::{self, ResultClass};
 
@@ -46,10 +47,6 @@ pub struct WmiEngine<A: WmiApi> {
     /// Engine version from the last successful probe.
     version: Mutex<Option<String>>,
     outstanding: Arc<AtomicUsize>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<A: WmiApi> WmiEngine<A> {
