@@ -1,1 +1,4 @@
-//! End-to-end tests live in `tests/`; this library is empty.
+//! End-to-end tests live in `tests/`. This library holds test support shared with the
+//! controller's unit tests: [`postgres::TestPostgres`], a throwaway PostgreSQL server.
+
+pub mod postgres;
