@@ -48,6 +48,11 @@ struct Common {
     /// Data folder (store and PKI); overrides `data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where runs, schedules and the audit log are kept: `sqlite:PATH` or a
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` URL; overrides `store` (default
+    /// `<data_dir>/controller.db`).
+    #[arg(long, value_name = "sqlite:PATH|postgres://URL")]
+    store: Option<String>,
     /// gRPC listen address; overrides `grpc_listen`.
     #[arg(long)]
     grpc_listen: Option<SocketAddr>,
@@ -92,6 +97,9 @@ fn effective(c: &Common) -> Result<ControllerConfig, ConfigError> {
         .env(&config::CONTROLLER_ENV, config::process_env())?;
     if let Some(v) = &c.data_dir {
         layers = layers.flag("data_dir", v.display(), "--data-dir");
+    }
+    if let Some(v) = &c.store {
+        layers = layers.flag("store", v, "--store");
     }
     if let Some(v) = c.grpc_listen {
         layers = layers.flag("grpc_listen", v, "--grpc-listen");

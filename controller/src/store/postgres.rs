@@ -727,7 +727,120 @@ impl Store for PgStore {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        reason = "tests: a failed call fails the test with its error"
+    )]
     use super::*;
+    use syncfleet_tests::postgres::TestPostgres;
+
+    /// A connection refused at startup is an error naming the URL (without its password) and
+    /// what to check, within the connect timeout.
+    #[tokio::test]
+    async fn unreachable_server_is_a_clear_error_without_the_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://sf:hunter2@127.0.0.1:{port}/syncfleet");
+        let started = std::time::Instant::now();
+        let err = PgStore::connect(&url).await.unwrap_err();
+        assert!(started.elapsed() < CONNECT_TIMEOUT * 3, "{err}");
+        assert!(matches!(err, StoreError::PgConnect { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("postgres://sf:***@127.0.0.1:{port}/syncfleet")),
+            "{text}"
+        );
+        assert!(text.contains("check that PostgreSQL runs"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    /// A database that does not exist names the problem the server reported.
+    #[tokio::test]
+    async fn missing_database_is_a_clear_error() {
+        let pg = TestPostgres::shared();
+        let err = PgStore::connect(&pg.url("no_such_db")).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("no_such_db"), "{text}");
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(text.contains("the database must exist"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn sslmode_require_is_refused_with_the_reason() {
+        let err = PgStore::connect("postgres://sf:pw@127.0.0.1:1/x?sslmode=require")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::PgUrl { .. }), "{err:?}");
+        assert!(err.to_string().contains("sslmode=require"), "{err}");
+    }
+
+    /// Controllers starting together on a new database: the schema is created once, each
+    /// waits for the other's migration instead of failing on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_starts_migrate_once() {
+        let pg = TestPostgres::shared();
+        let url = pg.create_database("migrate");
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PgStore::connect(&url).await })
+            })
+            .collect();
+        for s in starts {
+            s.await.unwrap().unwrap();
+        }
+        let store = PgStore::connect(&url).await.unwrap();
+        let rows = store
+            .read(
+                "SELECT version, name FROM syncfleet_schema ORDER BY version",
+                &[],
+            )
+            .await
+            .unwrap();
+        let applied: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let known: Vec<(i32, String)> = MIGRATIONS
+            .iter()
+            .map(|(v, n, _)| (*v, n.to_string()))
+            .collect();
+        assert_eq!(applied, known);
+    }
+
+    /// A schema written by a newer controller is refused rather than used half-understood.
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let pg = TestPostgres::shared();
+        let url = pg.create_database("newer");
+        let store = PgStore::connect(&url).await.unwrap();
+        let conn = store.conn().await.unwrap();
+        conn.execute(
+            "INSERT INTO syncfleet_schema (version, name) VALUES (999, 'future')",
+            &[],
+        )
+        .await
+        .unwrap();
+        drop(conn);
+        let err = PgStore::connect(&url).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::PgSchemaTooNew { found: 999, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("newer than this controller"),
+            "{err}"
+        );
+    }
+
+    /// The harness's start time, printed for the record (`--no-capture` shows it).
+    #[test]
+    fn harness_start_time() {
+        let pg = TestPostgres::shared();
+        eprintln!("PostgreSQL test server started in {:?}", pg.started_in);
+        assert!(pg.port() > 0);
+    }
 
     #[test]
     fn passwords_are_redacted_from_urls() {
