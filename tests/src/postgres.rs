@@ -203,6 +203,17 @@ impl TestPostgres {
         self.url(&name)
     }
 
+    /// Run `sql` with `psql` on the database at `url`; its unaligned output, trimmed.
+    pub fn psql(&self, url: &str, sql: &str) -> String {
+        let out = self
+            .command("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, url])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run psql: {e}"));
+        assert!(out.status.success(), "psql {sql:?} failed: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// URL of database `db` on this server.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
