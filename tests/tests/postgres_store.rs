@@ -136,6 +136,25 @@ fn bad_or_unreachable_store_stops_the_controller_with_a_clear_error() {
     );
     assert!(!err.contains("hunter2"), "{err}");
 
+    // The effective configuration shows the store without its password.
+    let mut cmd = Command::new(bin("syncfleet-controller"));
+    let out = cmd
+        .args(["serve", "--dump-config", "--data-dir"])
+        .arg(fleet.data_dir())
+        .env(
+            "SYNCFLEET_STORE",
+            "postgres://sf:hunter2@db.example/syncfleet",
+        )
+        .output()
+        .unwrap();
+    let dumped = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        dumped.contains("store = \"postgres://sf:***@db.example/syncfleet\""),
+        "{dumped}"
+    );
+    assert!(!dumped.contains("hunter2"), "{dumped}");
+
     for (flag, env) in [
         (Some("mysql://sf:hunter2@db/x"), None),
         (None, Some("/var/lib/syncfleet/controller.db")),

@@ -256,8 +256,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Print the effective configuration; a password in a PostgreSQL `store` URL is shown as `***`.
 fn dump(cfg: &ControllerConfig) -> ExitCode {
-    match toml::to_string_pretty(cfg) {
+    let mut shown = cfg.clone();
+    shown.store = shown
+        .store
+        .map(|s| syncfleet_controller::store::postgres::redact_url(&s));
+    match toml::to_string_pretty(&shown) {
         Ok(s) => {
             print!("{s}");
             ExitCode::SUCCESS
