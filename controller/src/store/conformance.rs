@@ -465,7 +465,7 @@ async fn update_state_decisions(s: &dyn Store) {
 }
 
 /// Concurrent read-modify-writes of one key never lose an update, also when the key does not
-/// exist yet.
+/// exist yet (the first calls all start before any has written it).
 async fn update_state_is_atomic(s: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..16)
         .map(|_| {
@@ -474,6 +474,9 @@ async fn update_state_is_atomic(s: Arc<dyn Store>) {
                 s.update_state(
                     "counter/x",
                     Box::new(|cur| {
+                        // Holds the transaction open so that calls overlap: without the
+                        // store's locking, several would read the same value.
+                        std::thread::sleep(std::time::Duration::from_millis(20));
                         let n: u32 = cur
                             .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
                             .unwrap_or(0);
