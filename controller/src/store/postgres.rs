@@ -809,6 +809,35 @@ mod tests {
         assert_eq!(applied, known);
     }
 
+    /// Every pooled session is bounded by the store's timeouts; a URL's own `options` win.
+    #[tokio::test]
+    async fn sessions_carry_the_timeouts() {
+        let pg = TestPostgres::shared();
+        let url = pg.create_database("bounds");
+        let show = |store: PgStore, setting: &'static str| async move {
+            let rows = store.read(&format!("SHOW {setting}"), &[]).await.unwrap();
+            rows[0].get::<_, String>(0)
+        };
+        let store = PgStore::connect(&url).await.unwrap();
+        assert_eq!(show(store.clone(), "statement_timeout").await, "30s");
+        assert_eq!(show(store.clone(), "lock_timeout").await, "10s");
+        assert_eq!(
+            show(store.clone(), "idle_in_transaction_session_timeout").await,
+            "1min"
+        );
+        assert_eq!(
+            show(store, "application_name").await,
+            "syncfleet-controller"
+        );
+        let own = PgStore::connect(&format!(
+            "{url}?options=-c%20statement_timeout%3D5000&application_name=ctl-2"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(show(own.clone(), "statement_timeout").await, "5s");
+        assert_eq!(show(own, "application_name").await, "ctl-2");
+    }
+
     /// A schema written by a newer controller is refused rather than used half-understood.
     #[tokio::test]
     async fn newer_schema_is_refused() {
