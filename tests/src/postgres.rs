@@ -4,6 +4,9 @@
 //! refuses to run as root). It is stopped, and its folder removed, when the last
 //! [`Arc<TestPostgres>`] handed out by [`TestPostgres::shared`] is dropped.
 //!
+//! A server whose test process was killed before it could stop it is stopped by the next test
+//! process that starts one.
+//!
 //! When PostgreSQL is not installed, [`TestPostgres::shared`] panics with the command that
 //! installs it: tests that need it fail, they are never skipped.
 
@@ -50,6 +53,54 @@ fn find_bin() -> PathBuf {
     }
 }
 
+/// Prefix of the servers' temporary folders.
+const DIR_PREFIX: &str = "sf-pg";
+/// File in a server's folder holding the pid of the test process that started it.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Stop servers left running by test processes that were killed before they could stop them
+/// (a test timeout, SIGKILL), and remove their folders.
+fn stop_orphans(bin: &Path, run_as: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        let is_ours = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(DIR_PREFIX));
+        let Some(owner) = is_ours
+            .then(|| std::fs::read_to_string(dir.join(OWNER_FILE)).ok())
+            .flatten()
+        else {
+            continue;
+        };
+        if Path::new("/proc").join(owner.trim()).exists() {
+            continue;
+        }
+        let _ = pg_command(bin, run_as, "pg_ctl")
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// PostgreSQL's `program` from `bin`, run as `run_as` when given (through `runuser`: the test
+/// process is root, and PostgreSQL refuses to run as root).
+fn pg_command(bin: &Path, run_as: Option<&str>, program: &str) -> Command {
+    let path = bin.join(program);
+    match run_as {
+        Some(user) => {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", user, "--"]).arg(path);
+            cmd
+        }
+        None => Command::new(path),
+    }
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -88,11 +139,15 @@ impl TestPostgres {
     fn start() -> TestPostgres {
         let started = Instant::now();
         let bin = find_bin();
+        let run_as = is_root().then(|| "postgres".to_string());
+        stop_orphans(&bin, run_as.as_deref());
         let dir = tempfile::Builder::new()
-            .prefix("sf-pg")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temporary folder: {e}"));
-        let run_as = is_root().then(|| "postgres".to_string());
+        // Whose server this is, for `stop_orphans` of a later test process.
+        std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
+            .unwrap_or_else(|e| panic!("cannot write {OWNER_FILE}: {e}"));
         if let Some(user) = &run_as {
             let out = Command::new("chown")
                 .arg(format!("{user}:"))
@@ -169,15 +224,7 @@ impl TestPostgres {
 
     /// A PostgreSQL program, as the server's user.
     fn command(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
-        match &self.run_as {
-            Some(user) => {
-                let mut cmd = Command::new("runuser");
-                cmd.args(["-u", user, "--"]).arg(path);
-                cmd
-            }
-            None => Command::new(path),
-        }
+        pg_command(&self.bin, self.run_as.as_deref(), program)
     }
 
     /// The loopback TCP port.
