@@ -12,8 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::api::{AgentSvc, FleetSvc};
-use crate::config::ControllerConfig;
-use crate::config::StoreLocation;
+use crate::config::{ControllerConfig, StoreLocation};
 use crate::connections::{GuardedConn, LogLimiter};
 use crate::fleet::{Fleet, Settings};
 use crate::store::{Store, StoreError, postgres::PgStore, sqlite::SqliteStore};
