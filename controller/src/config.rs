@@ -30,12 +30,31 @@ pub struct TlsFiles {
     pub key: Option<PathBuf>,
 }
 
+/// Where the controller keeps its state: the `store` setting, parsed
+/// ([`ControllerConfig::store_location`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// An SQLite database file (the default: `<data_dir>/controller.db`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://` or `postgresql://` URL), which several controllers
+    /// can share.
+    Postgres(String),
+}
+
+/// The forms `store` accepts, for error messages.
+const STORE_FORMS: &str = "use sqlite:PATH (e.g. sqlite:/var/lib/syncfleet/controller.db) or a PostgreSQL URL postgres://USER:PASSWORD@HOST:5432/DATABASE (postgresql:// also works); leave it unset for <data_dir>/controller.db";
+
 /// Settings of `syncfleet-controller serve` (and the controller half of `dev`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerConfig {
     /// Folder for the store (`controller.db`) and the PKI (`pki/`).
     pub data_dir: PathBuf,
+    /// Where runs, schedules and the audit log are kept: `sqlite:PATH`, or a `postgres://` /
+    /// `postgresql://` URL. Unset: `<data_dir>/controller.db`. With PostgreSQL the data
+    /// directory still holds the PKI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     /// Fleet name; part of every identity (`spiffe://<fleet>/agent/<name>`).
     pub fleet: String,
     /// gRPC (TLS) listen address for agents and operators.
@@ -75,6 +94,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("syncfleet-data"),
+            store: None,
             fleet: "syncfleet".into(),
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
@@ -170,6 +190,7 @@ impl ControllerConfig {
                 fix: "use at least 1 and at most max_connections (default 100)".into(),
             });
         }
+        self.store_location()?;
         if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {
             return Err(ConfigError::Invalid {
                 key: "http_listen",
@@ -184,8 +205,48 @@ impl ControllerConfig {
         self.data_dir.join("pki")
     }
 
+    /// The default SQLite store file, `<data_dir>/controller.db`.
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("controller.db")
+    }
+
+    /// The `store` setting, checked: a PostgreSQL URL must parse (its password is never
+    /// repeated in the error).
+    pub fn store_location(&self) -> Result<StoreLocation, ConfigError> {
+        let invalid = |problem: String| ConfigError::Invalid {
+            key: "store",
+            problem,
+            fix: STORE_FORMS.into(),
+        };
+        let Some(value) = self.store.as_deref().map(str::trim) else {
+            return Ok(StoreLocation::Sqlite(self.store_path()));
+        };
+        if let Some(path) = value.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err(invalid("\"sqlite:\" names no file".into()));
+            }
+            return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+        }
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            value.parse::<tokio_postgres::Config>().map_err(|e| {
+                let cause = std::error::Error::source(&e)
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default();
+                invalid(format!(
+                    "{} is not a valid PostgreSQL URL: {e}{cause}",
+                    crate::store::postgres::redact_url(value)
+                ))
+            })?;
+            return Ok(StoreLocation::Postgres(value.to_string()));
+        }
+        let shown = if value.contains("://") {
+            crate::store::postgres::redact_url(value)
+        } else {
+            value.to_string()
+        };
+        Err(invalid(format!(
+            "{shown:?} is neither sqlite:PATH nor a postgres:// URL"
+        )))
     }
 
     pub fn ca_cert_path(&self) -> PathBuf {
@@ -236,6 +297,53 @@ mod tests {
             keys, listed,
             "update syncfleet_proto::config_layers::CONTROLLER_KEYS"
         );
+    }
+
+    #[test]
+    fn store_setting_selects_sqlite_or_postgres() {
+        let with = |store: Option<&str>| ControllerConfig {
+            data_dir: PathBuf::from("/data"),
+            store: store.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(
+            with(None).store_location().unwrap(),
+            StoreLocation::Sqlite(PathBuf::from("/data/controller.db"))
+        );
+        assert_eq!(
+            with(Some("sqlite:/srv/c.db")).store_location().unwrap(),
+            StoreLocation::Sqlite(PathBuf::from("/srv/c.db"))
+        );
+        for url in [
+            "postgres://sf:pw@db:5432/syncfleet",
+            "postgresql://sf@db/syncfleet?connect_timeout=5",
+        ] {
+            assert_eq!(
+                with(Some(url)).store_location().unwrap(),
+                StoreLocation::Postgres(url.into())
+            );
+        }
+        for (bad, says) in [
+            (
+                "mysql://u:hunter2@db/x",
+                "neither sqlite:PATH nor a postgres:// URL",
+            ),
+            ("/srv/c.db", "neither sqlite:PATH"),
+            ("sqlite:", "names no file"),
+            (
+                "postgres://u:hunter2@db:notaport/x",
+                "not a valid PostgreSQL URL",
+            ),
+        ] {
+            let err = with(Some(bad)).validate().unwrap_err().to_string();
+            assert!(err.contains("`store`"), "{err}");
+            assert!(err.contains(says), "{err}");
+            assert!(
+                err.contains("sqlite:PATH") && err.contains("postgres://USER"),
+                "{err}"
+            );
+            assert!(!err.contains("hunter2"), "the password leaks: {err}");
+        }
     }
 
     #[test]

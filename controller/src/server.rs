@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::api::{AgentSvc, FleetSvc};
-use crate::config::ControllerConfig;
+use crate::config::{ControllerConfig, StoreLocation};
 use crate::connections::{GuardedConn, LogLimiter};
 use crate::fleet::{Fleet, Settings};
-use crate::store::{Store, StoreError, sqlite::SqliteStore};
+use crate::store::{Store, StoreError, postgres::PgStore, sqlite::SqliteStore};
 
 /// Largest gRPC message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -202,7 +202,17 @@ pub async fn serve_with(
         http: http_listener.local_addr().map_err(ServeError::Http)?,
     };
 
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store_path())?);
+    let store: Arc<dyn Store> = match cfg.store_location()? {
+        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(&path)?),
+        StoreLocation::Postgres(url) => {
+            // Nothing yet stops a second controller on the same database from dispatching the
+            // same runs: that needs the leader lease.
+            tracing::warn!(
+                "the store is PostgreSQL: run one controller per database (several controllers on one database are not coordinated yet)"
+            );
+            Arc::new(PgStore::connect(&url).await?)
+        }
+    };
     let fleet = Fleet::new(
         store,
         Settings {

@@ -125,6 +125,7 @@ pub const RENAMED_VARIABLES: &[(&str, &str)] = &[
 /// tests check this list against its configuration struct.
 pub const CONTROLLER_KEYS: &[&str] = &[
     "data_dir",
+    "store",
     "fleet",
     "grpc_listen",
     "http_listen",

@@ -1,5 +1,7 @@
 //! End-to-end tests live in `tests/` (their harness: `tests/common/mod.rs`). This library holds
-//! the helpers that the daemons' own command-line tests share (`agent/tests`,
-//! `controller/tests`), so that it needs nothing but std and no crate of the workspace.
+//! test support shared with the daemons' own tests: the command-line test runner of
+//! `agent/tests` and `controller/tests` ([`daemon_config`]) and [`postgres::TestPostgres`], a
+//! throwaway PostgreSQL server for the controller's store tests and the end-to-end tests.
 
 pub mod daemon_config;
+pub mod postgres;

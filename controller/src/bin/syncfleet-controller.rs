@@ -49,6 +49,11 @@ struct Common {
     /// Data folder (store and PKI); overrides `data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where runs, schedules and the audit log are kept: `sqlite:PATH` or a
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` URL; overrides `store` (default
+    /// `<data_dir>/controller.db`).
+    #[arg(long, value_name = "sqlite:PATH|postgres://URL")]
+    store: Option<String>,
     /// gRPC listen address; overrides `grpc_listen`.
     #[arg(long)]
     grpc_listen: Option<SocketAddr>,
@@ -88,6 +93,9 @@ fn effective(c: &Common) -> Result<ControllerConfig, ConfigError> {
         .env(&config::CONTROLLER_ENV, config::process_env())?;
     if let Some(v) = &c.data_dir {
         layers = layers.flag("data_dir", v.display(), "--data-dir");
+    }
+    if let Some(v) = &c.store {
+        layers = layers.flag("store", v, "--store");
     }
     if let Some(v) = c.grpc_listen {
         layers = layers.flag("grpc_listen", v, "--grpc-listen");
@@ -152,7 +160,7 @@ fn main() -> ExitCode {
                 return code;
             }
             if common.dump_config {
-                return process::dump_config(&cfg);
+                return dump(&cfg);
             }
             let _telemetry = init_logging(&common.log_format);
             let rt = match process::runtime(true) {
@@ -183,7 +191,7 @@ fn main() -> ExitCode {
                 Err(e) => return process::config_error(&e),
             };
             if common.dump_config {
-                return process::dump_config(&cfg);
+                return dump(&cfg);
             }
             match syncfleet_controller::auth::init::init(&cfg, &operator).and_then(|(ca, out)| {
                 for name in &agents {
@@ -222,4 +230,13 @@ fn main() -> ExitCode {
         #[cfg(feature = "dev")]
         Command::Dev(args) => syncfleet_controller::dev::main(&args, None),
     }
+}
+
+/// Print the effective configuration; a password in a PostgreSQL `store` URL is shown as `***`.
+fn dump(cfg: &ControllerConfig) -> ExitCode {
+    let mut shown = cfg.clone();
+    shown.store = shown
+        .store
+        .map(|s| syncfleet_controller::store::postgres::redact_url(&s));
+    process::dump_config(&shown)
 }

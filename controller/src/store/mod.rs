@@ -1,15 +1,21 @@
 //! The controller's durable state behind one trait, so the embedded default can be replaced by
 //! another engine without touching the fleet logic.
 //!
-//! [`sqlite::SqliteStore`] is the embedded default (bundled SQLite in WAL mode). Records are kept
-//! as their protobuf encoding next to the few columns queries filter on, so a field added to
-//! the protocol is stored without a schema migration.
+//! [`sqlite::SqliteStore`] is the embedded default (bundled SQLite in WAL mode);
+//! [`postgres::PgStore`] keeps the same tables in a PostgreSQL database that several
+//! controllers can share. Which one a controller uses is its `store` setting
+//! ([`crate::config::StoreLocation`]). Records are kept as their protobuf encoding next to the
+//! few columns queries filter on, so a field added to the protocol is stored without a schema
+//! migration. Both implementations pass one conformance suite (`conformance`, tests only).
 //!
 //! Every state key is built in [`keys`], so a reader finds the whole key space in one file.
 
 use syncfleet_proto::v1;
 
+#[cfg(test)]
+mod conformance;
 pub mod keys;
+pub mod postgres;
 pub mod sqlite;
 
 /// Store failures. A store error on a request path becomes gRPC `INTERNAL`/`UNAVAILABLE`; it
@@ -38,6 +44,58 @@ pub enum StoreError {
     BadPageToken,
     #[error("the store worker stopped: {0}")]
     Worker(String),
+    #[error(
+        "invalid PostgreSQL store URL {url}: {problem}; use postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    PgUrl { url: String, problem: String },
+    #[error(
+        "cannot connect to the PostgreSQL store {url}: {detail}; check that PostgreSQL runs and accepts TCP connections at that host and port, that the user, password and database in the URL are right (the database must exist), and that pg_hba.conf admits this host"
+    )]
+    PgConnect { url: String, detail: String },
+    #[error("database error in the PostgreSQL store {url}: {detail}")]
+    Postgres { url: String, detail: String },
+    #[error(
+        "the PostgreSQL store {url} has schema version {found}, newer than this controller knows ({known}); a newer controller migrated it: run that version, or restore the database from a backup taken before the upgrade"
+    )]
+    PgSchemaTooNew { url: String, found: i32, known: i32 },
+}
+
+/// A stored protobuf record, or [`StoreError::Corrupt`] naming it.
+pub(crate) fn decode<M: prost::Message + Default>(
+    what: &str,
+    body: &[u8],
+) -> Result<M, StoreError> {
+    M::decode(body).map_err(|e| StoreError::Corrupt {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// The `created_at` column of a run (Unix ms; 0 when unset).
+pub(crate) fn run_created_ms(run: &v1::Run) -> i64 {
+    run.created_at
+        .as_ref()
+        .map(syncfleet_proto::time::to_millis)
+        .unwrap_or(0)
+}
+
+/// The `state` column of a run (its state's label).
+pub(crate) fn run_state_label(run: &v1::Run) -> &'static str {
+    v1::RunState::try_from(run.state)
+        .unwrap_or(v1::RunState::Unspecified)
+        .label()
+}
+
+/// The page token after `run` in [`Store::list_runs`]: `<created ms>_<id>`.
+pub(crate) fn page_token(created_ms: i64, id: &str) -> String {
+    format!("{created_ms}_{id}")
+}
+
+/// `(created ms, id)` of a page token of [`page_token`], or [`StoreError::BadPageToken`].
+pub(crate) fn parse_page_token(token: &str) -> Result<(i64, &str), StoreError> {
+    let (ms, id) = token.split_once('_').ok_or(StoreError::BadPageToken)?;
+    let ms: i64 = ms.parse().map_err(|_| StoreError::BadPageToken)?;
+    Ok((ms, id))
 }
 
 /// An agent as stored: its last known description plus the highest event seq stored for it.

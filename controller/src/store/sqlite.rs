@@ -16,7 +16,7 @@ use syncfleet_proto::v1;
 
 use super::{
     EventBatch, RunPage, RunQuery, StateDecision, StateUpdate, Store, StoreError, StoredAgent,
-    StoredDocument,
+    StoredDocument, decode, page_token, parse_page_token, run_created_ms, run_state_label,
 };
 
 const SCHEMA: &str = r#"
@@ -236,26 +236,6 @@ fn check_integrity(conn: &Connection) -> Result<(), String> {
     }
 }
 
-fn decode<M: Message + Default>(what: &str, body: &[u8]) -> Result<M, StoreError> {
-    M::decode(body).map_err(|e| StoreError::Corrupt {
-        what: what.to_string(),
-        detail: e.to_string(),
-    })
-}
-
-fn run_created_ms(run: &v1::Run) -> i64 {
-    run.created_at
-        .as_ref()
-        .map(syncfleet_proto::time::to_millis)
-        .unwrap_or(0)
-}
-
-fn run_state_label(run: &v1::Run) -> &'static str {
-    v1::RunState::try_from(run.state)
-        .unwrap_or(v1::RunState::Unspecified)
-        .label()
-}
-
 fn upsert_run(conn: &Connection, run: &v1::Run) -> rusqlite::Result<usize> {
     conn.execute(
         "INSERT INTO runs (id, agent, state, created_at, body, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -420,8 +400,7 @@ impl SqliteDb {
             args.push(until.into());
         }
         if let Some(token) = &q.page_token {
-            let (ms, id) = token.split_once('_').ok_or(StoreError::BadPageToken)?;
-            let ms: i64 = ms.parse().map_err(|_| StoreError::BadPageToken)?;
+            let (ms, id) = parse_page_token(token)?;
             sql.push_str(" AND (created_at < ? OR (created_at = ? AND id < ?))");
             args.push(ms.into());
             args.push(ms.into());
@@ -451,7 +430,7 @@ impl SqliteDb {
                 break;
             }
             page.runs.push(decode(&format!("run {id}"), &body)?);
-            last = Some(format!("{created}_{id}"));
+            last = Some(page_token(created, &id));
         }
         Ok(page)
     }
@@ -920,239 +899,5 @@ impl Store for SqliteStore {
     async fn update_state(&self, key: &str, f: StateUpdate) -> Result<StateDecision, StoreError> {
         let key = key.to_string();
         on_pool!(self, |db| db.update_state(&key, f))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use syncfleet_proto::time::from_millis;
-
-    fn run(id: &str, agent: &str, created: i64, state: v1::RunState) -> v1::Run {
-        v1::Run {
-            id: id.into(),
-            agent: agent.into(),
-            state: state as i32,
-            created_at: Some(from_millis(created)),
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn runs_survive_reopen_and_page_newest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("controller.db");
-        {
-            let s = SqliteStore::open(&path).unwrap();
-            for i in 0..5 {
-                assert!(
-                    s.insert_run(&run(&format!("r{i}"), "a", 1000 + i, v1::RunState::Pending))
-                        .await
-                        .unwrap()
-                );
-            }
-            assert!(
-                !s.insert_run(&run("r0", "a", 1, v1::RunState::Failed))
-                    .await
-                    .unwrap()
-            );
-        }
-        let s = SqliteStore::open(&path).unwrap();
-        let p1 = s
-            .list_runs(&RunQuery {
-                limit: 2,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            p1.runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["r4", "r3"]
-        );
-        let p2 = s
-            .list_runs(&RunQuery {
-                limit: 2,
-                page_token: p1.next_page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            p2.runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["r2", "r1"]
-        );
-        let p3 = s
-            .list_runs(&RunQuery {
-                limit: 2,
-                page_token: p2.next_page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(p3.runs.len(), 1);
-        assert!(p3.next_page_token.is_none());
-        assert_eq!(
-            s.get_run("r0").await.unwrap().unwrap().state,
-            v1::RunState::Pending as i32
-        );
-        assert!(matches!(
-            s.list_runs(&RunQuery {
-                limit: 2,
-                page_token: Some("garbage".into()),
-                ..Default::default()
-            })
-            .await,
-            Err(StoreError::BadPageToken)
-        ));
-    }
-
-    #[tokio::test]
-    async fn events_commit_with_runs_and_advance_seq() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
-        s.put_agent(&v1::Agent {
-            name: "a".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        s.insert_run(&run("r", "a", 1, v1::RunState::Dispatched))
-            .await
-            .unwrap();
-        let ev = |seq| v1::AgentEvent {
-            seq,
-            run_id: "r".into(),
-            ..Default::default()
-        };
-        let seq = s
-            .commit_agent_events(
-                "a",
-                &[ev(1), ev(2)],
-                &[run("r", "a", 1, v1::RunState::Running)],
-            )
-            .await
-            .unwrap();
-        assert_eq!(seq, 2);
-        assert_eq!(s.get_agent("a").await.unwrap().unwrap().last_event_seq, 2);
-        let running = s
-            .runs_in_states(Some("a"), &[v1::RunState::Running])
-            .await
-            .unwrap();
-        assert_eq!(running.len(), 1);
-        // put_agent keeps the stored seq.
-        s.put_agent(&v1::Agent {
-            name: "a".into(),
-            hostname: "h".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        assert_eq!(s.get_agent("a").await.unwrap().unwrap().last_event_seq, 2);
-    }
-
-    #[tokio::test]
-    async fn batches_commit_whole_in_one_call() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
-        for a in ["a", "b"] {
-            s.put_agent(&v1::Agent {
-                name: a.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        }
-        // One fire time's runs in one call; an id already taken is reported, not replaced.
-        let inserted = s
-            .insert_runs(&[
-                run("ra", "a", 1, v1::RunState::Pending),
-                run("rb", "b", 1, v1::RunState::Pending),
-                run("ra", "a", 2, v1::RunState::Failed),
-            ])
-            .await
-            .unwrap();
-        assert_eq!(inserted, [true, true, false]);
-        assert_eq!(
-            s.get_run("ra").await.unwrap().unwrap().state,
-            v1::RunState::Pending as i32
-        );
-        // Two agents' events in one transaction, each agent's seq advanced on its own.
-        let ev = |seq, run_id: &str| v1::AgentEvent {
-            seq,
-            run_id: run_id.into(),
-            ..Default::default()
-        };
-        let seqs = s
-            .commit_event_batches(&[
-                EventBatch {
-                    agent: "a".into(),
-                    events: vec![ev(1, "ra"), ev(2, "ra")],
-                    runs: vec![run("ra", "a", 1, v1::RunState::Running)],
-                },
-                EventBatch {
-                    agent: "b".into(),
-                    events: vec![ev(7, "rb")],
-                    runs: vec![run("rb", "b", 1, v1::RunState::Running)],
-                },
-            ])
-            .await
-            .unwrap();
-        assert_eq!(seqs, [2, 7]);
-        assert_eq!(s.get_agent("b").await.unwrap().unwrap().last_event_seq, 7);
-        assert_eq!(
-            s.runs_in_states(None, &[v1::RunState::Running])
-                .await
-                .unwrap()
-                .len(),
-            2
-        );
-        // Schedule state: records written and a key prefix cleared together.
-        s.put_state("buffered/k/1", b"x").await.unwrap();
-        s.put_state("buffered/k/2", b"y").await.unwrap();
-        s.commit_schedule_state(
-            "k",
-            &[("cursor/k".into(), Some(b"5".to_vec()))],
-            &[("fired", 1)],
-            Some("buffered/k/"),
-        )
-        .await
-        .unwrap();
-        assert!(s.list_state("buffered/k/").await.unwrap().is_empty());
-        assert_eq!(
-            s.get_state("cursor/k").await.unwrap().as_deref(),
-            Some(&b"5"[..])
-        );
-        assert_eq!(s.counters("k").await.unwrap(), [("fired".to_string(), 1)]);
-    }
-
-    #[tokio::test]
-    async fn update_state_writes_only_what_the_function_accepts() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
-        s.put_state("token/t", b"fresh").await.unwrap();
-        let consume = |cur: Option<&[u8]>| match cur {
-            Some(b"fresh") => Ok(b"used".to_vec()),
-            Some(_) => Err("already used".to_string()),
-            None => Err("unknown".to_string()),
-        };
-        assert_eq!(
-            s.update_state("token/t", Box::new(consume)).await.unwrap(),
-            Ok(b"used".to_vec())
-        );
-        assert_eq!(
-            s.update_state("token/t", Box::new(consume)).await.unwrap(),
-            Err("already used".to_string())
-        );
-        assert_eq!(
-            s.update_state("token/none", Box::new(consume))
-                .await
-                .unwrap(),
-            Err("unknown".to_string())
-        );
-        assert_eq!(
-            s.get_state("token/t").await.unwrap().as_deref(),
-            Some(&b"used"[..])
-        );
-        assert_eq!(s.get_state("token/none").await.unwrap(), None);
     }
 }

@@ -1,0 +1,647 @@
+//! One behaviour for every [`Store`]: each check below runs against the SQLite store (a
+//! temporary file) and the PostgreSQL store (a database of its own on a real server started by
+//! `syncfleet_tests::postgres`), as `store::conformance::{sqlite,postgres}::<check>`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed call fails the test with its error"
+)]
+
+use std::sync::Arc;
+
+use syncfleet_proto::time::from_millis;
+use syncfleet_proto::v1;
+
+use super::{EventBatch, RunQuery, Store, StoreError, StoredDocument};
+
+fn run(id: &str, agent: &str, created: i64, state: v1::RunState) -> v1::Run {
+    v1::Run {
+        id: id.into(),
+        agent: agent.into(),
+        state: state as i32,
+        created_at: Some(from_millis(created)),
+        ..Default::default()
+    }
+}
+
+fn agent(name: &str, hostname: &str) -> v1::Agent {
+    v1::Agent {
+        name: name.into(),
+        hostname: hostname.into(),
+        ..Default::default()
+    }
+}
+
+fn ids(runs: &[v1::Run]) -> Vec<&str> {
+    runs.iter().map(|r| r.id.as_str()).collect()
+}
+
+fn ev(seq: u64, run_id: &str) -> v1::AgentEvent {
+    v1::AgentEvent {
+        seq,
+        run_id: run_id.into(),
+        ..Default::default()
+    }
+}
+
+fn audit_entry(who: &str, at: i64, method: &str) -> v1::AuditEntry {
+    v1::AuditEntry {
+        who: who.into(),
+        at: Some(from_millis(at)),
+        action: method.into(),
+        ..Default::default()
+    }
+}
+
+/// Agents: insert, replace (keeping the event seq), list by name.
+async fn agents(s: &dyn Store) {
+    assert!(s.get_agent("b").await.unwrap().is_none());
+    s.put_agent(&agent("b", "h1")).await.unwrap();
+    s.put_agent(&agent("a", "h0")).await.unwrap();
+    s.commit_agent_events("b", &[ev(4, "r")], &[])
+        .await
+        .unwrap();
+    s.put_agent(&agent("b", "h2")).await.unwrap();
+    let b = s.get_agent("b").await.unwrap().unwrap();
+    assert_eq!(b.agent.hostname, "h2");
+    assert_eq!(b.last_event_seq, 4, "put_agent keeps the stored seq");
+    let names: Vec<String> = s
+        .list_agents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+}
+
+/// New runs are inserted or ignored (never replaced), pages are newest first with ties broken
+/// by id, page tokens continue exactly where the previous page ended.
+async fn runs_insert_and_page(s: &dyn Store) {
+    let inserted = s
+        .insert_runs(&[
+            run("r0", "a", 1000, v1::RunState::Pending),
+            run("r1", "a", 1001, v1::RunState::Pending),
+            run("r0", "a", 5, v1::RunState::Failed),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(inserted, [true, true, false]);
+    for i in 2..5 {
+        assert!(
+            s.insert_run(&run(&format!("r{i}"), "a", 1000 + i, v1::RunState::Pending))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        !s.insert_run(&run("r0", "a", 1, v1::RunState::Failed))
+            .await
+            .unwrap()
+    );
+    let r0 = s.get_run("r0").await.unwrap().unwrap();
+    assert_eq!(r0.state, v1::RunState::Pending as i32);
+    assert!(s.get_run("nope").await.unwrap().is_none());
+
+    let page = |token: Option<String>| RunQuery {
+        limit: 2,
+        page_token: token,
+        ..Default::default()
+    };
+    let p1 = s.list_runs(&page(None)).await.unwrap();
+    assert_eq!(ids(&p1.runs), ["r4", "r3"]);
+    assert_eq!(p1.next_page_token.as_deref(), Some("1003_r3"));
+    let p2 = s.list_runs(&page(p1.next_page_token)).await.unwrap();
+    assert_eq!(ids(&p2.runs), ["r2", "r1"]);
+    let p3 = s.list_runs(&page(p2.next_page_token)).await.unwrap();
+    assert_eq!(ids(&p3.runs), ["r0"]);
+    assert!(p3.next_page_token.is_none());
+    for bad in ["garbage", "x_r1", ""] {
+        assert!(
+            matches!(
+                s.list_runs(&page(Some(bad.into()))).await,
+                Err(StoreError::BadPageToken)
+            ),
+            "token {bad:?}"
+        );
+    }
+
+    // Runs created in the same millisecond page by id, descending, without loss or repeat.
+    for id in ["t-a", "t-b", "t-c"] {
+        s.insert_run(&run(id, "b", 2000, v1::RunState::Running))
+            .await
+            .unwrap();
+    }
+    let q = |token| RunQuery {
+        agent: Some("b".into()),
+        limit: 1,
+        page_token: token,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut token = None;
+    loop {
+        let p = s.list_runs(&q(token)).await.unwrap();
+        seen.extend(p.runs.into_iter().map(|r| r.id));
+        token = p.next_page_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, ["t-c", "t-b", "t-a"]);
+    // A limit is clamped to 1..=1000.
+    let all = s
+        .list_runs(&RunQuery {
+            limit: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.runs.len(), 1);
+}
+
+/// Filters of `list_runs` (agent, schedule, states, time range) and `runs_in_states`.
+async fn runs_filters(s: &dyn Store) {
+    let mut scheduled = run("s1", "a", 10, v1::RunState::Succeeded);
+    scheduled.schedule = "nightly".into();
+    s.insert_runs(&[
+        scheduled,
+        run("s2", "a", 20, v1::RunState::Running),
+        run("s3", "b", 30, v1::RunState::Pending),
+        run("s4", "b", 40, v1::RunState::Running),
+    ])
+    .await
+    .unwrap();
+    let list = |q: RunQuery| async move {
+        let q = RunQuery { limit: 100, ..q };
+        s.list_runs(&q)
+            .await
+            .unwrap()
+            .runs
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list(RunQuery {
+            agent: Some("a".into()),
+            ..Default::default()
+        })
+        .await,
+        ["s2", "s1"]
+    );
+    assert_eq!(
+        list(RunQuery {
+            schedule: Some("nightly".into()),
+            ..Default::default()
+        })
+        .await,
+        ["s1"]
+    );
+    assert_eq!(
+        list(RunQuery {
+            states: vec![v1::RunState::Running, v1::RunState::Pending],
+            ..Default::default()
+        })
+        .await,
+        ["s4", "s3", "s2"]
+    );
+    assert_eq!(
+        list(RunQuery {
+            since_ms: Some(20),
+            until_ms: Some(40),
+            ..Default::default()
+        })
+        .await,
+        ["s3", "s2"]
+    );
+    let running = s
+        .runs_in_states(None, &[v1::RunState::Running])
+        .await
+        .unwrap();
+    assert_eq!(ids(&running), ["s2", "s4"], "oldest first");
+    let running_b = s
+        .runs_in_states(Some("b"), &[v1::RunState::Running, v1::RunState::Pending])
+        .await
+        .unwrap();
+    assert_eq!(ids(&running_b), ["s3", "s4"]);
+    assert!(s.runs_in_states(None, &[]).await.unwrap().is_empty());
+
+    // put_runs replaces by id (state column included).
+    s.put_runs(&[
+        run("s2", "a", 20, v1::RunState::Failed),
+        run("s5", "c", 50, v1::RunState::Running),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_run("s2").await.unwrap().unwrap().state,
+        v1::RunState::Failed as i32
+    );
+    let running = s
+        .runs_in_states(None, &[v1::RunState::Running])
+        .await
+        .unwrap();
+    assert_eq!(ids(&running), ["s4", "s5"]);
+}
+
+/// `run_ids_with_prefix`: byte-order, case-sensitive, no wildcards, limited.
+async fn run_id_prefixes(s: &dyn Store) {
+    for id in ["ab_1", "ab_2", "abX", "ab%", "AB_3", "ab_0", "b"] {
+        s.insert_run(&run(id, "a", 1, v1::RunState::Pending))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.run_ids_with_prefix("ab_", 10).await.unwrap(),
+        ["ab_0", "ab_1", "ab_2"]
+    );
+    assert_eq!(
+        s.run_ids_with_prefix("ab_", 2).await.unwrap(),
+        ["ab_0", "ab_1"]
+    );
+    assert_eq!(
+        s.run_ids_with_prefix("ab", 10).await.unwrap(),
+        ["ab%", "abX", "ab_0", "ab_1", "ab_2"],
+        "byte order: % < X < _"
+    );
+    assert_eq!(s.run_ids_with_prefix("ab%", 10).await.unwrap(), ["ab%"]);
+    assert!(s.run_ids_with_prefix("zz", 10).await.unwrap().is_empty());
+}
+
+/// Event batches: one transaction for several agents, each agent's seq advanced on its own,
+/// the runs they changed written with them.
+async fn event_batches(s: &dyn Store) {
+    for a in ["a", "b"] {
+        s.put_agent(&agent(a, "")).await.unwrap();
+    }
+    s.insert_runs(&[
+        run("ra", "a", 1, v1::RunState::Dispatched),
+        run("rb", "b", 1, v1::RunState::Dispatched),
+    ])
+    .await
+    .unwrap();
+    let seq = s
+        .commit_agent_events(
+            "a",
+            &[ev(1, "ra"), ev(2, "ra")],
+            &[run("ra", "a", 1, v1::RunState::Running)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(seq, 2);
+    let seqs = s
+        .commit_event_batches(&[
+            EventBatch {
+                agent: "a".into(),
+                events: vec![ev(3, "ra")],
+                runs: vec![run("ra", "a", 1, v1::RunState::Succeeded)],
+            },
+            EventBatch {
+                agent: "b".into(),
+                events: vec![ev(7, "rb")],
+                runs: vec![run("rb", "b", 1, v1::RunState::Running)],
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(seqs, [3, 7]);
+    assert_eq!(s.get_agent("a").await.unwrap().unwrap().last_event_seq, 3);
+    assert_eq!(s.get_agent("b").await.unwrap().unwrap().last_event_seq, 7);
+    assert_eq!(
+        s.get_run("ra").await.unwrap().unwrap().state,
+        v1::RunState::Succeeded as i32
+    );
+    // An empty batch keeps the stored seq.
+    assert_eq!(s.commit_agent_events("b", &[], &[]).await.unwrap(), 7);
+    // A batch of an agent with no record stores its events and reports their seq.
+    assert_eq!(
+        s.commit_agent_events("ghost", &[ev(9, "x")], &[])
+            .await
+            .unwrap(),
+        9
+    );
+}
+
+/// Fleet documents: upserts and deletes together, listed by kind then name.
+async fn documents(s: &dyn Store) {
+    let doc = |kind: &str, name: &str, json: &str| StoredDocument {
+        kind: kind.into(),
+        name: name.into(),
+        json: json.into(),
+    };
+    s.write_documents(
+        &[
+            doc("Schedule", "b", "{}"),
+            doc("Schedule", "a", "{}"),
+            doc("Agent", "z", "{}"),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    s.write_documents(
+        &[doc("Schedule", "a", "{\"v\":2}")],
+        &[
+            ("Agent".into(), "z".into()),
+            ("Agent".into(), "none".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.list_documents(None).await.unwrap(),
+        [
+            doc("Schedule", "a", "{\"v\":2}"),
+            doc("Schedule", "b", "{}")
+        ]
+    );
+    assert!(s.list_documents(Some("Agent")).await.unwrap().is_empty());
+    assert_eq!(s.list_documents(Some("Schedule")).await.unwrap().len(), 2);
+}
+
+/// State records: get/put, prefixes that do not spill into longer names, deletes by prefix,
+/// schedule state and counters in one call.
+async fn state_and_counters(s: &dyn Store) {
+    assert!(s.get_state("pause/fleet").await.unwrap().is_none());
+    s.put_state("pause/fleet", b"1").await.unwrap();
+    s.put_state("pause/fleet", b"2").await.unwrap();
+    assert_eq!(
+        s.get_state("pause/fleet").await.unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+    for key in [
+        "buffered/k/b",
+        "buffered/k/a",
+        "buffered/k2/a",
+        "buffered_x",
+    ] {
+        s.put_state(key, key.as_bytes()).await.unwrap();
+    }
+    let keys = |v: Vec<(String, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(
+        keys(s.list_state("buffered/k/").await.unwrap()),
+        ["buffered/k/a", "buffered/k/b"]
+    );
+    assert_eq!(
+        keys(s.list_state("buffered/").await.unwrap()),
+        ["buffered/k/a", "buffered/k/b", "buffered/k2/a"]
+    );
+    s.delete_state_prefix("buffered/k/").await.unwrap();
+    assert_eq!(
+        keys(s.list_state("buffered").await.unwrap()),
+        ["buffered/k2/a", "buffered_x"]
+    );
+
+    s.put_state("catchup/k", b"c").await.unwrap();
+    s.put_state("buffered/k/z", b"z").await.unwrap();
+    s.commit_schedule_state(
+        "k",
+        &[
+            ("cursor/k".into(), Some(b"5".to_vec())),
+            ("catchup/k".into(), None),
+        ],
+        &[("fired", 1), ("skipped_overlap", 2)],
+        Some("buffered/k/"),
+    )
+    .await
+    .unwrap();
+    assert!(s.list_state("buffered/k/").await.unwrap().is_empty());
+    assert!(s.get_state("catchup/k").await.unwrap().is_none());
+    assert_eq!(
+        s.get_state("cursor/k").await.unwrap().as_deref(),
+        Some(&b"5"[..])
+    );
+    s.bump_counters("k", &[("fired", 2)]).await.unwrap();
+    s.bump_counters("other", &[("fired", 9)]).await.unwrap();
+    assert_eq!(
+        s.counters("k").await.unwrap(),
+        [("fired".to_string(), 3), ("skipped_overlap".to_string(), 2)]
+    );
+    assert!(s.counters("none").await.unwrap().is_empty());
+}
+
+/// `update_state` writes what the function accepts and nothing else.
+async fn update_state_decisions(s: &dyn Store) {
+    s.put_state("token/t", b"fresh").await.unwrap();
+    let consume = |cur: Option<&[u8]>| match cur {
+        Some(b"fresh") => Ok(b"used".to_vec()),
+        Some(_) => Err("already used".to_string()),
+        None => Err("unknown".to_string()),
+    };
+    assert_eq!(
+        s.update_state("token/t", Box::new(consume)).await.unwrap(),
+        Ok(b"used".to_vec())
+    );
+    assert_eq!(
+        s.update_state("token/t", Box::new(consume)).await.unwrap(),
+        Err("already used".to_string())
+    );
+    assert_eq!(
+        s.update_state("token/none", Box::new(consume))
+            .await
+            .unwrap(),
+        Err("unknown".to_string())
+    );
+    assert_eq!(
+        s.get_state("token/t").await.unwrap().as_deref(),
+        Some(&b"used"[..])
+    );
+    assert_eq!(s.get_state("token/none").await.unwrap(), None);
+    // A missing record can be created by the function.
+    assert_eq!(
+        s.update_state(
+            "token/new",
+            Box::new(|cur| Ok(cur.map_or(b"1".to_vec(), <[u8]>::to_vec)))
+        )
+        .await
+        .unwrap(),
+        Ok(b"1".to_vec())
+    );
+    assert_eq!(
+        s.get_state("token/new").await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+}
+
+/// Concurrent read-modify-writes of one key never lose an update, also when the key does not
+/// exist yet (the first calls all start before any has written it).
+async fn update_state_is_atomic(s: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                s.update_state(
+                    "counter/x",
+                    Box::new(|cur| {
+                        // Holds the transaction open so that calls overlap: without the
+                        // store's locking, several would read the same value.
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        let n: u32 = cur
+                            .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
+                            .unwrap_or(0);
+                        Ok((n + 1).to_string().into_bytes())
+                    }),
+                )
+                .await
+                .unwrap()
+                .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        s.get_state("counter/x").await.unwrap().as_deref(),
+        Some(&b"16"[..])
+    );
+}
+
+/// Audit: ids assigned in increasing order, listed newest first, filtered by time and caller.
+async fn audit(s: &dyn Store) {
+    let mut ids = Vec::new();
+    for (who, at, method) in [
+        ("op/a", 100, "M1"),
+        ("op/b", 200, "M2"),
+        ("op/a", 300, "M3"),
+        ("op/a", 400, "M4"),
+    ] {
+        ids.push(s.append_audit(&audit_entry(who, at, method)).await.unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let methods = |v: Vec<v1::AuditEntry>| v.into_iter().map(|e| e.action).collect::<Vec<_>>();
+    let all = s.list_audit(None, None, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        ids.iter().rev().copied().collect::<Vec<_>>()
+    );
+    assert_eq!(methods(all), ["M4", "M3", "M2", "M1"]);
+    assert_eq!(
+        methods(s.list_audit(Some(200), None, 100).await.unwrap()),
+        ["M4", "M3", "M2"]
+    );
+    assert_eq!(
+        methods(s.list_audit(None, Some("op/a"), 2).await.unwrap()),
+        ["M4", "M3"]
+    );
+    assert!(
+        s.list_audit(None, Some("nobody"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// What [`reopen_keeps_everything`] writes before the store is closed.
+async fn fill_before_reopen(s: &dyn Store) -> u64 {
+    s.put_agent(&agent("a", "h")).await.unwrap();
+    s.insert_run(&run("r", "a", 7, v1::RunState::Pending))
+        .await
+        .unwrap();
+    s.commit_agent_events(
+        "a",
+        &[ev(3, "r")],
+        &[run("r", "a", 7, v1::RunState::Running)],
+    )
+    .await
+    .unwrap();
+    s.put_state("pause/fleet", b"p").await.unwrap();
+    s.bump_counters("k", &[("fired", 1)]).await.unwrap();
+    s.append_audit(&audit_entry("op/a", 1, "M")).await.unwrap()
+}
+
+/// Everything committed is there after the store is closed and opened again; new audit ids
+/// continue after the old ones.
+async fn reopen_keeps_everything(s: &dyn Store, audit_id: u64) {
+    let a = s.get_agent("a").await.unwrap().unwrap();
+    assert_eq!((a.agent.hostname.as_str(), a.last_event_seq), ("h", 3));
+    assert_eq!(
+        s.get_run("r").await.unwrap().unwrap().state,
+        v1::RunState::Running as i32
+    );
+    assert_eq!(
+        s.get_state("pause/fleet").await.unwrap().as_deref(),
+        Some(&b"p"[..])
+    );
+    assert_eq!(s.counters("k").await.unwrap(), [("fired".to_string(), 1)]);
+    let audit = s.list_audit(None, None, 10).await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].id, audit_id);
+    assert!(s.append_audit(&audit_entry("op/a", 2, "N")).await.unwrap() > audit_id);
+}
+
+/// Each check as `sqlite::<check>` and `postgres::<check>`.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            use crate::store::sqlite::SqliteStore;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = SqliteStore::open(&dir.path().join("controller.db")).unwrap();
+                    super::$check(&store).await;
+                }
+            )*
+
+            #[tokio::test]
+            async fn update_state_is_atomic() {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteStore::open(&dir.path().join("controller.db")).unwrap();
+                super::update_state_is_atomic(std::sync::Arc::new(store)).await;
+            }
+
+            #[tokio::test]
+            async fn reopen_keeps_everything() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("controller.db");
+                let id = super::fill_before_reopen(&SqliteStore::open(&path).unwrap()).await;
+                super::reopen_keeps_everything(&SqliteStore::open(&path).unwrap(), id).await;
+            }
+        }
+
+        mod postgres {
+            use crate::store::postgres::PgStore;
+            use syncfleet_tests::postgres::TestPostgres;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let pg = TestPostgres::shared();
+                    let store = PgStore::connect(&pg.create_database("conformance")).await.unwrap();
+                    super::$check(&store).await;
+                }
+            )*
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn update_state_is_atomic() {
+                let pg = TestPostgres::shared();
+                let store = PgStore::connect(&pg.create_database("conformance")).await.unwrap();
+                super::update_state_is_atomic(std::sync::Arc::new(store)).await;
+            }
+
+            #[tokio::test]
+            async fn reopen_keeps_everything() {
+                let pg = TestPostgres::shared();
+                let url = pg.create_database("conformance");
+                let id = {
+                    let store = PgStore::connect(&url).await.unwrap();
+                    super::fill_before_reopen(&store).await
+                };
+                super::reopen_keeps_everything(&PgStore::connect(&url).await.unwrap(), id).await;
+            }
+        }
+    };
+}
+
+conformance!(
+    agents,
+    runs_insert_and_page,
+    runs_filters,
+    run_id_prefixes,
+    event_batches,
+    documents,
+    state_and_counters,
+    update_state_decisions,
+    audit,
+);

@@ -1,0 +1,886 @@
+//! PostgreSQL store: the tables of the SQLite store in a database that several controllers can
+//! share (`store = "postgres://…"`).
+//!
+//! Semantics follow [`super::sqlite`] call for call: the same orderings (text keys use the "C"
+//! collation, so ids and keys sort by bytes as in SQLite), the same page tokens, insert-or-ignore
+//! for new runs, one transaction per batch. Where SQLite relies on its single writer,
+//! PostgreSQL gets explicit row locks: [`Store::update_state`] and
+//! [`Store::commit_event_batches`] read with `SELECT … FOR UPDATE`, and `update_state` also
+//! takes a transaction-scoped advisory lock on its key, so two calls on a key that does not
+//! exist yet cannot both see it missing.
+//!
+//! Everything is bounded: the pool holds at most [`POOL_SIZE`] connections, a caller waits at
+//! most [`POOL_WAIT`] for one, connecting times out after [`CONNECT_TIMEOUT`], and every session
+//! runs with a `statement_timeout`, `lock_timeout` and `idle_in_transaction_session_timeout`
+//! (see [`SESSION_OPTIONS`]; a URL's own `options` come after ours and win).
+//!
+//! The schema is versioned: [`MIGRATIONS`] are embedded SQL files applied in order, in one
+//! transaction under an advisory lock, so controllers that start together do not race; the
+//! applied versions are rows of `syncfleet_schema`. A database migrated by a newer controller
+//! is refused ([`StoreError::PgSchemaTooNew`]).
+//!
+//! Every write begins with [`PgStore::begin_write`]: that one place is where a leader lease's
+//! epoch check will go, inside the write's own transaction.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use prost::Message;
+use syncfleet_proto::v1;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    EventBatch, RunPage, RunQuery, StateDecision, StateUpdate, Store, StoreError, StoredAgent,
+    StoredDocument, decode, page_token, parse_page_token, run_created_ms, run_state_label,
+};
+
+/// Schema migrations, in order: (version, name, SQL). Applied versions are recorded in
+/// `syncfleet_schema`; a migration is never edited once released, only followed by a new one.
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "initial", include_str!("postgres/0001_initial.sql"))];
+
+/// Most connections one controller opens.
+pub const POOL_SIZE: usize = 16;
+/// Longest wait for a free pooled connection before a call fails.
+pub const POOL_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait for a new connection (TCP, authentication).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Session settings of every connection: a statement may run 30 s, wait 10 s for a lock, and a
+/// transaction left idle (a controller stuck mid-write) is ended after 60 s.
+pub const SESSION_OPTIONS: &str =
+    "-c statement_timeout=30000 -c lock_timeout=10000 -c idle_in_transaction_session_timeout=60000";
+
+/// Key of the advisory lock held while migrating (any constant shared by every controller
+/// version; "syncflt" in ASCII).
+const MIGRATION_LOCK: i64 = 0x73_79_6e_63_66_6c_74;
+/// First key of the two-key advisory locks of [`Store::update_state`] (the second is a hash of
+/// the state key). Two-key and one-key advisory locks never conflict with each other.
+const STATE_LOCK_SPACE: i32 = 0x7366_7374;
+
+/// PostgreSQL-backed [`Store`].
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    /// The URL without its password, for messages.
+    url: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("url", &self.url).finish()
+    }
+}
+
+/// `url` with any password replaced by `***` (in the user part and in a `password=` parameter),
+/// so that it can be logged and shown in errors.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..]
+            .find(['/', '?'])
+            .map(|i| rest + i)
+            .unwrap_or(out.len());
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            let userinfo = &out[rest..rest + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest + colon + 1..rest + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
+
+/// An error and its causes, joined (tokio-postgres puts the server's message in the cause).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cur = c.source();
+    }
+    text
+}
+
+impl PgStore {
+    /// Connect to the database at `url` (`postgres://` or `postgresql://`), check that it
+    /// answers, and bring its schema up to date. Fails with [`StoreError::PgConnect`] (naming
+    /// the URL without its password and what to check) when the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let shown = redact_url(url);
+        let bad_url = |problem: String| StoreError::PgUrl {
+            url: shown.clone(),
+            problem,
+        };
+        let mut cfg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| bad_url(chain(&e)))?;
+        if matches!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Require) {
+            return Err(bad_url(
+                "sslmode=require is not supported: this controller has no TLS connector for PostgreSQL; reach the database over a trusted network or a unix socket with sslmode=disable or prefer".into(),
+            ));
+        }
+        let options = match cfg.get_options() {
+            Some(own) if !own.trim().is_empty() => format!("{SESSION_OPTIONS} {own}"),
+            _ => SESSION_OPTIONS.to_string(),
+        };
+        cfg.options(options);
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("syncfleet-controller");
+        }
+        cfg.connect_timeout(CONNECT_TIMEOUT);
+        let manager = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| bad_url(e.to_string()))?;
+        let store = Self { pool, url: shown };
+        let mut conn = store.pool.get().await.map_err(|e| StoreError::PgConnect {
+            url: store.url.clone(),
+            detail: chain(&e),
+        })?;
+        store.migrate(&mut conn).await?;
+        tracing::info!(url = %store.url, "PostgreSQL store ready");
+        Ok(store)
+    }
+
+    /// Apply the migrations this database lacks, in one transaction under
+    /// [`MIGRATION_LOCK`].
+    async fn migrate(&self, conn: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
+        let tx = conn.transaction().await.map_err(|e| self.err(&e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| self.err(&e))?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS syncfleet_schema (
+                 version INTEGER PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .map_err(|e| self.err(&e))?;
+        let current: i32 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM syncfleet_schema",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(&e))?
+            .get(0);
+        let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        if current > known {
+            return Err(StoreError::PgSchemaTooNew {
+                url: self.url.clone(),
+                found: current,
+                known,
+            });
+        }
+        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            tx.batch_execute(sql).await.map_err(|e| self.err(&e))?;
+            tx.execute(
+                "INSERT INTO syncfleet_schema (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+            tracing::info!(url = %self.url, version, name, "PostgreSQL store schema migrated");
+        }
+        tx.commit().await.map_err(|e| self.err(&e))
+    }
+
+    fn err(&self, e: &tokio_postgres::Error) -> StoreError {
+        StoreError::Postgres {
+            url: self.url.clone(),
+            detail: chain(e),
+        }
+    }
+
+    /// A pooled connection (waits at most [`POOL_WAIT`]).
+    async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Postgres {
+            url: self.url.clone(),
+            detail: chain(&e),
+        })
+    }
+
+    /// Begin a write transaction: every write of this store starts here.
+    async fn begin_write<'a>(
+        &self,
+        conn: &'a mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'a>, StoreError> {
+        conn.transaction().await.map_err(|e| self.err(&e))
+    }
+
+    /// Run a read query on a pooled connection.
+    async fn read(&self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let conn = self.conn().await?;
+        let stmt = conn.prepare_cached(sql).await.map_err(|e| self.err(&e))?;
+        conn.query(&stmt, args).await.map_err(|e| self.err(&e))
+    }
+
+    fn decode_runs(rows: &[Row]) -> Result<Vec<v1::Run>, StoreError> {
+        rows.iter()
+            .map(|r| {
+                let id: &str = r.get(0);
+                decode(&format!("run {id}"), r.get::<_, &[u8]>(1))
+            })
+            .collect()
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+const UPSERT_RUN: &str = "INSERT INTO runs (id, agent, state, created_at, body, schedule)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body";
+
+const INSERT_RUN: &str = "INSERT INTO runs (id, agent, state, created_at, body, schedule)
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING";
+
+const UPSERT_STATE: &str = "INSERT INTO state (key, value) VALUES ($1, $2)
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// Execute a run statement ([`UPSERT_RUN`], [`INSERT_RUN`]) for `run`; rows affected.
+async fn exec_run(
+    tx: &deadpool_postgres::Transaction<'_>,
+    stmt: &tokio_postgres::Statement,
+    run: &v1::Run,
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        stmt,
+        &[
+            &run.id,
+            &run.agent,
+            &run_state_label(run),
+            &run_created_ms(run),
+            &run.encode_to_vec(),
+            &run.schedule,
+        ],
+    )
+    .await
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn get_agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
+        let rows = self
+            .read(
+                "SELECT body, last_event_seq FROM agents WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+        rows.first()
+            .map(|r| {
+                Ok(StoredAgent {
+                    agent: decode(&format!("agent {name}"), r.get::<_, &[u8]>(0))?,
+                    last_event_seq: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                })
+            })
+            .transpose()
+    }
+
+    async fn list_agents(&self) -> Result<Vec<v1::Agent>, StoreError> {
+        let rows = self
+            .read("SELECT name, body FROM agents ORDER BY name", &[])
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let name: &str = r.get(0);
+                decode(&format!("agent {name}"), r.get::<_, &[u8]>(1))
+            })
+            .collect()
+    }
+
+    async fn put_agent(&self, agent: &v1::Agent) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = self.begin_write(&mut conn).await?;
+        tx.execute(
+            "INSERT INTO agents (name, body) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+            &[&agent.name, &agent.encode_to_vec()],
+        )
+        .await
+        .map_err(|e| self.err(&e))?;
+        tx.commit().await.map_err(|e| self.err(&e))
+    }
+
+    async fn insert_runs(&self, runs: &[v1::Run]) -> Result<Vec<bool>, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = self.begin_write(&mut conn).await?;
+        let stmt = tx
+            .prepare_cached(INSERT_RUN)
+            .await
+            .map_err(|e| self.err(&e))?;
+        let mut inserted = Vec::with_capacity(runs.len());
+        for run in runs {
+            let n = exec_run(&tx, &stmt, run).await.map_err(|e| self.err(&e))?;
+            inserted.push(n == 1);
+        }
+        tx.commit().await.map_err(|e| self.err(&e))?;
+        Ok(inserted)
+    }
+
+    async fn put_runs(&self, runs: &[v1::Run]) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = self.begin_write(&mut conn).await?;
+        let stmt = tx
+            .prepare_cached(UPSERT_RUN)
+            .await
+            .map_err(|e| self.err(&e))?;
+        for run in runs {
+            exec_run(&tx, &stmt, run).await.map_err(|e| self.err(&e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(&e))
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError> {
+        let rows = self
+            .read("SELECT id, body FROM runs WHERE id = $1", &[&id])
+            .await?;
+        Ok(Self::decode_runs(&rows)?.pop())
+    }
+
+    async fn run_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        // A range on the primary key (index seek) in byte order, as in SQLite; not LIKE, which
+        // would treat `_` and `%` in the prefix as wildcards.
+        let upper = format!("{prefix}\u{10FFFF}");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .read(
+                "SELECT id FROM runs WHERE id >= $1 AND id < $2 ORDER BY id LIMIT $3",
+                &[&prefix, &upper, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+
+    async fn list_runs(&self, q: &RunQuery) -> Result<RunPage, StoreError> {
+        let mut sql = String::from("SELECT id, created_at, body FROM runs WHERE TRUE");
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: Box<dyn ToSql + Sync + Send>| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(agent) = &q.agent {
+            arg(&mut sql, " AND agent = ?", Box::new(agent.clone()));
+        }
+        if let Some(schedule) = &q.schedule {
+            arg(&mut sql, " AND schedule = ?", Box::new(schedule.clone()));
+        }
+        if !q.states.is_empty() {
+            let states: Vec<String> = q.states.iter().map(|s| s.label().to_string()).collect();
+            arg(&mut sql, " AND state = ANY(?)", Box::new(states));
+        }
+        if let Some(since) = q.since_ms {
+            arg(&mut sql, " AND created_at >= ?", Box::new(since));
+        }
+        if let Some(until) = q.until_ms {
+            arg(&mut sql, " AND created_at < ?", Box::new(until));
+        }
+        if let Some(token) = &q.page_token {
+            let (ms, id) = parse_page_token(token)?;
+            arg(&mut sql, " AND (created_at < ?", Box::new(ms));
+            arg(&mut sql, " OR (created_at = ?", Box::new(ms));
+            arg(&mut sql, " AND id < ?))", Box::new(id.to_string()));
+        }
+        let limit = q.limit.clamp(1, 1000);
+        arg(
+            &mut sql,
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
+            Box::new(i64::try_from(limit + 1).unwrap_or(1001)),
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let rows = self.read(&sql, &refs).await?;
+        let mut page = RunPage::default();
+        let mut last = None;
+        for r in &rows {
+            let id: &str = r.get(0);
+            if page.runs.len() == limit {
+                page.next_page_token = last.take();
+                break;
+            }
+            page.runs
+                .push(decode(&format!("run {id}"), r.get::<_, &[u8]>(2))?);
+            last = Some(page_token(r.get(1), id));
+        }
+        Ok(page)
+    }
+
+    async fn runs_in_states(
+        &self,
+        agent: Option<&str>,
+        states: &[v1::RunState],
+    ) -> Result<Vec<v1::Run>, StoreError> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let states: Vec<String> = states.iter().map(|s| s.label().to_string()).collect();
+        let rows = self
+            .read(
+                "SELECT id, body FROM runs WHERE state = ANY($1)
+                 AND ($2::TEXT IS NULL OR agent = $2) ORDER BY created_at, id",
+                &[&states, &agent],
+            )
+            .await?;
+        Self::decode_runs(&rows)
+    }
+
+    async fn commit_event_batches(&self, batches: &[EventBatch]) -> Result<Vec<u64>, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = self.begin_write(&mut conn).await?;
+        let seq_of = tx
+            .prepare_cached("SELECT last_event_seq FROM agents WHERE name = $1 FOR UPDATE")
+            .await
+            .map_err(|e| self.err(&e))?;
+        let ins = tx
+            .prepare_cached(
+                "INSERT INTO run_events (agent, seq, run_id, at, body) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (agent, seq) DO NOTHING",
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        let upsert = tx
+            .prepare_cached(UPSERT_RUN)
+            .await
+            .map_err(|e| self.err(&e))?;
+        let mut seqs = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut max_seq: u64 = tx
+                .query_opt(&seq_of, &[&batch.agent])
+                .await
+                .map_err(|e| self.err(&e))?
+                .and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok())
+                .unwrap_or(0);
+            for ev in &batch.events {
+                let at = ev
+                    .at
+                    .as_ref()
+                    .map(syncfleet_proto::time::to_millis)
+                    .unwrap_or(0);
+                tx.execute(
+                    &ins,
+                    &[
+                        &batch.agent,
+                        &to_i64(ev.seq),
+                        &ev.run_id,
+                        &at,
+                        &ev.encode_to_vec(),
+                    ],
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+                max_seq = max_seq.max(ev.seq);
+            }
+            for run in &batch.runs {
+                exec_run(&tx, &upsert, run)
+                    .await
+                    .map_err(|e| self.err(&e))?;
+            }
+            tx.execute(
+                "UPDATE agents SET last_event_seq = $2 WHERE name = $1",
+                &[&batch.agent, &to_i64(max_seq)],
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+            seqs.push(max_seq);
+        }
+        tx.commit().await.map_err(|e| self.err(&e))?;
+        Ok(seqs)
+    }
+
+    async fn list_documents(&self, kind: Option<&str>) -> Result<Vec<StoredDocument>, StoreError> {
+        let rows = self
+            .read(
+                "SELECT kind, name, json FROM documents WHERE $1::TEXT IS NULL OR kind = $1
+                 ORDER BY kind, name",
+                &[&kind],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredDocument {
+                kind: r.get(0),
+                name: r.get(1),
+                json: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn write_documents(
+        &self,
+        upserts: &[StoredDocument],
+        deletes: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut conn = self.conn().await?;
+        let tx = self.begin_write(&mut conn).await?;
+        for d in upserts {
+            tx.execute(
+                "INSERT INTO documents (kind, name, json, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (kind, name) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at",
+                &[&d.kind, &d.name, &d.json, &now],
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        }
+        for (kind, name) in deletes {
+            tx.execute(
+                "DELETE FROM documents WHERE kind = $1 AND name = $2",
+                &[kind, name],
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(&e))
+    }
+
+    async fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let rows = self
+            .read("SELECT value FROM state WHERE key = $1", &[&key])
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    async fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.commit_schedule_state("", &[(key.to_string(), Some(value.to_vec()))], &[], None)
+            .await
+    }
+
+    async fn delete_state_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        self.commit_schedule_state("", &[], &[], Some(prefix)).await
+    }
+
+    async fn list_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = self
+            .read(
+                "SELECT key, value FROM state WHERE starts_with(key, $1) ORDER BY key",
+                &[&prefix],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn commit_schedule_state(
+        &self,
+        schedule: &str,
+        records: &[(String, Option<Vec<u8>>)],
+        deltas: &[(&str, u64)],
+        delete_prefix: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = self.begin_write(&mut conn).await?;
+        if let Some(prefix) = delete_prefix {
+            tx.execute("DELETE FROM state WHERE starts_with(key, $1)", &[&prefix])
+                .await
+                .map_err(|e| self.err(&e))?;
+        }
+        for (key, value) in records {
+            match value {
+                Some(v) => tx.execute(UPSERT_STATE, &[key, v]).await,
+                None => tx.execute("DELETE FROM state WHERE key = $1", &[key]).await,
+            }
+            .map_err(|e| self.err(&e))?;
+        }
+        for (counter, by) in deltas {
+            tx.execute(
+                "INSERT INTO schedule_counters (schedule, counter, value) VALUES ($1, $2, $3)
+                 ON CONFLICT (schedule, counter)
+                 DO UPDATE SET value = schedule_counters.value + excluded.value",
+                &[&schedule, counter, &to_i64(*by)],
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(&e))
+    }
+
+    async fn bump_counters(
+        &self,
+        schedule: &str,
+        deltas: &[(&str, u64)],
+    ) -> Result<(), StoreError> {
+        self.commit_schedule_state(schedule, &[], deltas, None)
+            .await
+    }
+
+    async fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self
+            .read(
+                "SELECT counter, value FROM schedule_counters WHERE schedule = $1 ORDER BY counter",
+                &[&schedule],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+            .collect())
+    }
+
+    async fn append_audit(&self, entry: &v1::AuditEntry) -> Result<u64, StoreError> {
+        let at = entry
+            .at
+            .as_ref()
+            .map(syncfleet_proto::time::to_millis)
+            .unwrap_or(0);
+        let mut conn = self.conn().await?;
+        let tx = self.begin_write(&mut conn).await?;
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO audit (at, who, body) VALUES ($1, $2, $3) RETURNING id",
+                &[&at, &entry.who, &entry.encode_to_vec()],
+            )
+            .await
+            .map_err(|e| self.err(&e))?
+            .get(0);
+        tx.commit().await.map_err(|e| self.err(&e))?;
+        Ok(u64::try_from(id).unwrap_or(0))
+    }
+
+    async fn list_audit(
+        &self,
+        since_ms: Option<i64>,
+        who: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<v1::AuditEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .read(
+                "SELECT id, body FROM audit
+                 WHERE ($1::BIGINT IS NULL OR at >= $1) AND ($2::TEXT IS NULL OR who = $2)
+                 ORDER BY id DESC LIMIT $3",
+                &[&since_ms, &who, &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.get(0);
+                let mut entry: v1::AuditEntry =
+                    decode(&format!("audit entry {id}"), r.get::<_, &[u8]>(1))?;
+                entry.id = u64::try_from(id).unwrap_or(0);
+                Ok(entry)
+            })
+            .collect()
+    }
+
+    async fn update_state(&self, key: &str, f: StateUpdate) -> Result<StateDecision, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = self.begin_write(&mut conn).await?;
+        // The advisory lock serialises calls on a key that has no row yet (FOR UPDATE locks
+        // only rows that exist).
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&STATE_LOCK_SPACE, &key],
+        )
+        .await
+        .map_err(|e| self.err(&e))?;
+        let current: Option<Vec<u8>> = tx
+            .query_opt("SELECT value FROM state WHERE key = $1 FOR UPDATE", &[&key])
+            .await
+            .map_err(|e| self.err(&e))?
+            .map(|r| r.get(0));
+        let decision = f(current.as_deref());
+        if let Ok(v) = &decision {
+            tx.execute(UPSERT_STATE, &[&key, v])
+                .await
+                .map_err(|e| self.err(&e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(&e))?;
+        Ok(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        reason = "tests: a failed call fails the test with its error"
+    )]
+    use super::*;
+    use syncfleet_tests::postgres::TestPostgres;
+
+    /// A connection refused at startup is an error naming the URL (without its password) and
+    /// what to check, within the connect timeout.
+    #[tokio::test]
+    async fn unreachable_server_is_a_clear_error_without_the_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://sf:hunter2@127.0.0.1:{port}/syncfleet");
+        let started = std::time::Instant::now();
+        let err = PgStore::connect(&url).await.unwrap_err();
+        assert!(started.elapsed() < CONNECT_TIMEOUT * 3, "{err}");
+        assert!(matches!(err, StoreError::PgConnect { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("postgres://sf:***@127.0.0.1:{port}/syncfleet")),
+            "{text}"
+        );
+        assert!(text.contains("check that PostgreSQL runs"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    /// A database that does not exist names the problem the server reported.
+    #[tokio::test]
+    async fn missing_database_is_a_clear_error() {
+        let pg = TestPostgres::shared();
+        let err = PgStore::connect(&pg.url("no_such_db")).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("no_such_db"), "{text}");
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(text.contains("the database must exist"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn sslmode_require_is_refused_with_the_reason() {
+        let err = PgStore::connect("postgres://sf:pw@127.0.0.1:1/x?sslmode=require")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::PgUrl { .. }), "{err:?}");
+        assert!(err.to_string().contains("sslmode=require"), "{err}");
+    }
+
+    /// Controllers starting together on a new database: the schema is created once, each
+    /// waits for the other's migration instead of failing on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_starts_migrate_once() {
+        let pg = TestPostgres::shared();
+        let url = pg.create_database("migrate");
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PgStore::connect(&url).await })
+            })
+            .collect();
+        for s in starts {
+            s.await.unwrap().unwrap();
+        }
+        let store = PgStore::connect(&url).await.unwrap();
+        let rows = store
+            .read(
+                "SELECT version, name FROM syncfleet_schema ORDER BY version",
+                &[],
+            )
+            .await
+            .unwrap();
+        let applied: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let known: Vec<(i32, String)> = MIGRATIONS
+            .iter()
+            .map(|(v, n, _)| (*v, n.to_string()))
+            .collect();
+        assert_eq!(applied, known);
+    }
+
+    /// Every pooled session is bounded by the store's timeouts; a URL's own `options` win.
+    #[tokio::test]
+    async fn sessions_carry_the_timeouts() {
+        let pg = TestPostgres::shared();
+        let url = pg.create_database("bounds");
+        let show = |store: PgStore, setting: &'static str| async move {
+            let rows = store.read(&format!("SHOW {setting}"), &[]).await.unwrap();
+            rows[0].get::<_, String>(0)
+        };
+        let store = PgStore::connect(&url).await.unwrap();
+        assert_eq!(show(store.clone(), "statement_timeout").await, "30s");
+        assert_eq!(show(store.clone(), "lock_timeout").await, "10s");
+        assert_eq!(
+            show(store.clone(), "idle_in_transaction_session_timeout").await,
+            "1min"
+        );
+        assert_eq!(
+            show(store, "application_name").await,
+            "syncfleet-controller"
+        );
+        let own = PgStore::connect(&format!(
+            "{url}?options=-c%20statement_timeout%3D5000&application_name=ctl-2"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(show(own.clone(), "statement_timeout").await, "5s");
+        assert_eq!(show(own, "application_name").await, "ctl-2");
+    }
+
+    /// A schema written by a newer controller is refused rather than used half-understood.
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let pg = TestPostgres::shared();
+        let url = pg.create_database("newer");
+        let store = PgStore::connect(&url).await.unwrap();
+        let conn = store.conn().await.unwrap();
+        conn.execute(
+            "INSERT INTO syncfleet_schema (version, name) VALUES (999, 'future')",
+            &[],
+        )
+        .await
+        .unwrap();
+        drop(conn);
+        let err = PgStore::connect(&url).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::PgSchemaTooNew { found: 999, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("newer than this controller"),
+            "{err}"
+        );
+    }
+
+    /// The harness's start time, printed for the record (`--no-capture` shows it).
+    #[test]
+    fn harness_start_time() {
+        let pg = TestPostgres::shared();
+        eprintln!("PostgreSQL test server started in {:?}", pg.started_in);
+        assert!(pg.port() > 0);
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://sf:s3cret@db.example:5432/syncfleet"),
+            "postgres://sf:***@db.example:5432/syncfleet"
+        );
+        assert_eq!(
+            redact_url("postgresql://sf@db/x?password=s3cret&sslmode=disable"),
+            "postgresql://sf@db/x?password=***&sslmode=disable"
+        );
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+    }
+}
