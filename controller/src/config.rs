@@ -88,6 +88,15 @@ pub struct ControllerConfig {
     pub max_connections: u32,
     /// Most gRPC connections open at once from one IP address.
     pub max_connections_per_address: u32,
+    /// Controllers sharing a PostgreSQL store: how long the leader lease lasts without renewal
+    /// (renewed every third of it). A follower takes over this long after the leader is gone.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// The URL agents use to reach this controller (`https://HOST:PORT`), stored in the leader
+    /// lease so that followers can send agents to the leader. Unset: `https://` + the first of
+    /// `server_names` + the port of `grpc_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -108,6 +117,8 @@ impl Default for ControllerConfig {
             unauthenticated_idle_timeout: Duration::from_secs(10),
             max_connections: 1000,
             max_connections_per_address: 100,
+            lease_ttl: Duration::from_secs(10),
+            advertise_url: None,
         }
     }
 }
@@ -191,6 +202,22 @@ impl ControllerConfig {
             });
         }
         self.store_location()?;
+        if self.lease_ttl < Duration::from_secs(1) || self.lease_ttl > Duration::from_secs(600) {
+            return Err(ConfigError::Invalid {
+                key: "lease_ttl",
+                problem: format!("{:?} is outside 1s..10m", self.lease_ttl),
+                fix: "use e.g. \"10s\" (the default)".into(),
+            });
+        }
+        if let Some(url) = &self.advertise_url
+            && (!url.starts_with("https://") || url.len() <= "https://".len())
+        {
+            return Err(ConfigError::Invalid {
+                key: "advertise_url",
+                problem: format!("{url:?} is not an https URL"),
+                fix: "set the address agents use to reach this controller, e.g. https://controller-2.example.com:7443".into(),
+            });
+        }
         if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {
             return Err(ConfigError::Invalid {
                 key: "http_listen",
@@ -199,6 +226,27 @@ impl ControllerConfig {
             });
         }
         Ok(())
+    }
+
+    /// The URL agents use to reach this controller: `advertise_url`, or `https://` + the first
+    /// of `server_names` (else `localhost`) + the port of `grpc_listen`.
+    pub fn advertise_url(&self) -> String {
+        match &self.advertise_url {
+            Some(url) => url.clone(),
+            None => {
+                let host = self
+                    .server_names
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("localhost");
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.to_string()
+                };
+                format!("https://{host}:{}", self.grpc_listen.port())
+            }
+        }
     }
 
     pub fn pki_dir(&self) -> PathBuf {

@@ -36,6 +36,7 @@ pub mod contexts;
 pub mod dev;
 pub mod documents;
 pub mod fleet;
+pub mod leader;
 pub mod limits;
 pub mod metrics;
 pub mod pending;

@@ -139,6 +139,8 @@ pub const CONTROLLER_KEYS: &[&str] = &[
     "unauthenticated_idle_timeout",
     "max_connections",
     "max_connections_per_address",
+    "lease_ttl",
+    "advertise_url",
 ];
 
 /// Top-level keys of the agent's configuration. The controller leaves `SYNCFLEET_AGENT_<KEY>` of

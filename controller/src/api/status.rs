@@ -35,6 +35,7 @@ pub fn store_status(e: StoreError) -> Status {
     tracing::error!(error = %e, "store error");
     match e {
         StoreError::BadPageToken => Status::invalid_argument(e.to_string()),
+        StoreError::Fenced { .. } => Status::unavailable(e.to_string()),
         _ => Status::internal(format!("controller store error: {e}")),
     }
 }

@@ -14,6 +14,7 @@ use syncfleet_proto::v1;
 
 #[cfg(test)]
 mod conformance;
+pub mod fence;
 pub mod keys;
 pub mod postgres;
 pub mod sqlite;
@@ -58,6 +59,10 @@ pub enum StoreError {
         "the PostgreSQL store {url} has schema version {found}, newer than this controller knows ({known}); a newer controller migrated it: run that version, or restore the database from a backup taken before the upgrade"
     )]
     PgSchemaTooNew { url: String, found: i32, known: i32 },
+    #[error(
+        "write refused: this controller's leader lease (epoch {mine}) was taken by another controller (epoch {current}); this controller steps down to follower"
+    )]
+    Fenced { mine: i64, current: i64 },
 }
 
 /// A stored protobuf record, or [`StoreError::Corrupt`] naming it.

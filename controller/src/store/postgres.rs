@@ -19,8 +19,17 @@
 //! applied versions are rows of `syncfleet_schema`. A database migrated by a newer controller
 //! is refused ([`StoreError::PgSchemaTooNew`]).
 //!
-//! Every write begins with [`PgStore::begin_write`]: that one place is where a leader lease's
-//! epoch check will go, inside the write's own transaction.
+//! Every write begins with [`PgStore::begin_write`]. Inside leader-only work (a task running
+//! under [`super::fence::with_epoch`]) it locks the leader lease row `FOR SHARE` and compares
+//! its epoch with the task's, in the write's own transaction: once another controller has taken
+//! the lease, the write is refused ([`StoreError::Fenced`]) and [`PgStore::fenced_out`]
+//! reports it so the controller steps down. Taking the lease updates that row, so it waits for
+//! writes in progress under the old epoch to end, and none can commit after it.
+//!
+//! The leader lease ([`PgStore::lease_acquire`], [`PgStore::lease_renew`],
+//! [`PgStore::lease_release`], [`PgStore::lease_read`]) is the row `leader` of `leases`, timed
+//! by the database's clock so that the controllers' clocks do not matter. Followers wake the
+//! leader with `NOTIFY` on [`LEADER_CHANNEL`] ([`PgStore::notify_leader`], [`PgStore::listen`]).
 
 use std::time::Duration;
 
@@ -37,8 +46,26 @@ use super::{
 
 /// Schema migrations, in order: (version, name, SQL). Applied versions are recorded in
 /// `syncfleet_schema`; a migration is never edited once released, only followed by a new one.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "initial", include_str!("postgres/0001_initial.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("postgres/0001_initial.sql")),
+    (2, "leases", include_str!("postgres/0002_leases.sql")),
+];
+
+/// The `NOTIFY` channel on which controllers wake the leader (see [`PgStore::notify_leader`]).
+pub const LEADER_CHANNEL: &str = "syncfleet_leader";
+
+/// The leader lease as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    /// The holding controller process (empty: never held).
+    pub holder: String,
+    /// Grows by one on every change of holder.
+    pub epoch: i64,
+    /// The holder's address for agents (`advertise_url`).
+    pub advertise_url: String,
+    /// Whether the lease is still within its TTL (database clock).
+    pub live: bool,
+}
 
 /// Most connections one controller opens.
 pub const POOL_SIZE: usize = 16;
@@ -64,6 +91,10 @@ pub struct PgStore {
     pool: Pool,
     /// The URL without its password, for messages.
     url: String,
+    /// The connection settings, for the dedicated `LISTEN` connection.
+    config: tokio_postgres::Config,
+    /// The highest epoch whose fenced write was refused (the lease had moved on), 0 if none.
+    fenced_out: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -146,7 +177,7 @@ impl PgStore {
         }
         cfg.connect_timeout(CONNECT_TIMEOUT);
         let manager = Manager::from_config(
-            cfg,
+            cfg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -160,7 +191,12 @@ impl PgStore {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| bad_url(e.to_string()))?;
-        let store = Self { pool, url: shown };
+        let store = Self {
+            pool,
+            url: shown,
+            config: cfg,
+            fenced_out: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+        };
         let mut conn = store.pool.get().await.map_err(|e| StoreError::PgConnect {
             url: store.url.clone(),
             detail: chain(&e),
@@ -230,12 +266,179 @@ impl PgStore {
         })
     }
 
-    /// Begin a write transaction: every write of this store starts here.
+    /// Begin a write transaction: every write of this store starts here. Within leader-only
+    /// work, the lease row is locked `FOR SHARE` and its epoch must still be the task's (see
+    /// the module documentation); otherwise the write is refused with [`StoreError::Fenced`].
     async fn begin_write<'a>(
         &self,
         conn: &'a mut deadpool_postgres::Object,
     ) -> Result<deadpool_postgres::Transaction<'a>, StoreError> {
-        conn.transaction().await.map_err(|e| self.err(&e))
+        let tx = conn.transaction().await.map_err(|e| self.err(&e))?;
+        if let Some(mine) = super::fence::current() {
+            let current: i64 = tx
+                .query_opt(
+                    "SELECT epoch FROM leases WHERE name = 'leader' FOR SHARE",
+                    &[],
+                )
+                .await
+                .map_err(|e| self.err(&e))?
+                .map(|r| r.get(0))
+                .unwrap_or(0);
+            if current != mine {
+                drop(tx);
+                self.fenced_out.send_if_modified(|refused| {
+                    let newer = mine > *refused;
+                    *refused = (*refused).max(mine);
+                    newer
+                });
+                return Err(StoreError::Fenced { mine, current });
+            }
+        }
+        Ok(tx)
+    }
+
+    /// The highest epoch whose fenced write was refused (0 if none), changing when a refusal
+    /// concerns a newer epoch than any before: the controller steps down if it is its own.
+    pub fn fenced_out(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.fenced_out.subscribe()
+    }
+
+    /// Take the leader lease for `holder` if it has expired (or was never held): a new epoch,
+    /// expiring `ttl` from now on the database's clock. `Some(epoch)` when taken, `None` when
+    /// another controller holds it.
+    pub async fn lease_acquire(
+        &self,
+        holder: &str,
+        advertise_url: &str,
+        ttl: Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        let ttl_ms = to_i64(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let rows = self
+            .read(
+                "UPDATE leases SET holder = $1, epoch = epoch + 1, advertise_url = $2,
+                     expires_at = now() + $3::BIGINT * interval '1 millisecond'
+                 WHERE name = 'leader' AND expires_at <= now() RETURNING epoch",
+                &[&holder, &advertise_url, &ttl_ms],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    /// Extend the lease `holder` holds with `epoch` to `ttl` from now. `false` when the lease
+    /// has another holder or epoch: it was lost.
+    pub async fn lease_renew(
+        &self,
+        holder: &str,
+        epoch: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let ttl_ms = to_i64(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let rows = self
+            .read(
+                "UPDATE leases SET expires_at = now() + $3::BIGINT * interval '1 millisecond'
+                 WHERE name = 'leader' AND holder = $1 AND epoch = $2 RETURNING epoch",
+                &[&holder, &epoch, &ttl_ms],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Let the lease `holder` holds with `epoch` expire now (a clean stop), so that another
+    /// controller takes it without waiting for the TTL.
+    pub async fn lease_release(&self, holder: &str, epoch: i64) -> Result<(), StoreError> {
+        self.read(
+            "UPDATE leases SET expires_at = now()
+             WHERE name = 'leader' AND holder = $1 AND epoch = $2 RETURNING epoch",
+            &[&holder, &epoch],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The leader lease as stored.
+    pub async fn lease_read(&self) -> Result<LeaseRow, StoreError> {
+        let rows = self
+            .read(
+                "SELECT holder, epoch, advertise_url, expires_at > now() FROM leases
+                 WHERE name = 'leader'",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| LeaseRow {
+                holder: r.get(0),
+                epoch: r.get(1),
+                advertise_url: r.get(2),
+                live: r.get(3),
+            })
+            .unwrap_or(LeaseRow {
+                holder: String::new(),
+                epoch: 0,
+                advertise_url: String::new(),
+                live: false,
+            }))
+    }
+
+    /// Wake the leader: `NOTIFY` [`LEADER_CHANNEL`] with `payload` (delivered to every
+    /// controller listening, see [`PgStore::listen`]).
+    pub async fn notify_leader(&self, payload: &str) -> Result<(), StoreError> {
+        self.read(
+            "SELECT pg_notify($1, $2)::TEXT",
+            &[&LEADER_CHANNEL, &payload],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A dedicated connection listening on [`LEADER_CHANNEL`]: the payloads, in order. The
+    /// receiver ends when the connection fails; listen again then.
+    pub async fn listen(&self) -> Result<tokio::sync::mpsc::Receiver<String>, StoreError> {
+        let (client, mut connection) =
+            self.config
+                .connect(NoTls)
+                .await
+                .map_err(|e| StoreError::PgConnect {
+                    url: self.url.clone(),
+                    detail: chain(&e),
+                })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = futures::StreamExt::next(&mut messages).await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_string()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(url = %url, error = %chain(&e), "the LISTEN connection failed");
+                        return;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {LEADER_CHANNEL}"))
+            .await
+            .map_err(|e| self.err(&e))?;
+        // The client must live as long as the connection is listened to: the task above ends
+        // when the connection closes, which dropping the client would cause.
+        let keep = rx;
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let _client = client;
+            let mut keep = keep;
+            while let Some(p) = keep.recv().await {
+                if out_tx.send(p).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(out_rx)
     }
 
     /// Run a read query on a pooled connection.
