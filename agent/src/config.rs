@@ -74,6 +74,11 @@ pub struct AgentConfig {
     pub name: String,
     /// Controller gRPC URL, `https://host:port`.
     pub controller: String,
+    /// Several controllers sharing one store (`https://host:port` each), instead of
+    /// `controller`: the agent connects to the leader, following a follower's pointer to it,
+    /// else trying them in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub controllers: Vec<String>,
     /// Folder for the journal (`agent.db`) and, by default, the TLS files.
     pub data_dir: PathBuf,
     /// Labels reported to the controller (e.g. `env = "prod"`).
@@ -92,6 +97,7 @@ impl Default for AgentConfig {
         Self {
             name: String::new(),
             controller: String::new(),
+            controllers: Vec::new(),
             data_dir: PathBuf::from("syncfleet-agent-data"),
             labels: BTreeMap::new(),
             tls: TlsFiles::default(),
@@ -103,6 +109,15 @@ impl Default for AgentConfig {
 }
 
 impl AgentConfig {
+    /// The controllers to try, in order: `controllers`, or the single `controller`.
+    pub fn controller_urls(&self) -> Vec<String> {
+        if self.controllers.is_empty() {
+            vec![self.controller.clone()]
+        } else {
+            self.controllers.clone()
+        }
+    }
+
     /// Check the settings; every error names the key and the fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !valid_name(&self.name) {
@@ -112,12 +127,33 @@ impl AgentConfig {
                 fix: "set `name` (or --name / SYNCFLEET_AGENT_NAME) to 1-63 characters from a-z, A-Z, 0-9, '.', '_', '-'".into(),
             });
         }
-        if !self.controller.starts_with("https://") || self.controller.len() <= "https://".len() {
-            return Err(ConfigError::Invalid {
-                key: "controller",
-                problem: format!("{:?} is not an https URL", self.controller),
-                fix: "set `controller` (or --controller / SYNCFLEET_AGENT_CONTROLLER) to the controller's gRPC address, e.g. https://controller.example.com:7443".into(),
-            });
+        let is_https = |url: &str| url.starts_with("https://") && url.len() > "https://".len();
+        if self.controllers.is_empty() {
+            if !is_https(&self.controller) {
+                return Err(ConfigError::Invalid {
+                    key: "controller",
+                    problem: format!("{:?} is not an https URL", self.controller),
+                    fix: "set `controller` (or --controller / SYNCFLEET_AGENT_CONTROLLER) to the controller's gRPC address, e.g. https://controller.example.com:7443, or `controllers` to several".into(),
+                });
+            }
+        } else {
+            if !self.controller.is_empty() && self.controllers != [self.controller.clone()] {
+                return Err(ConfigError::Invalid {
+                    key: "controllers",
+                    problem: format!(
+                        "both `controller` ({:?}) and `controllers` ({:?}) are set",
+                        self.controller, self.controllers
+                    ),
+                    fix: "set only one of them: `controllers` lists every controller, `controller` names a single one".into(),
+                });
+            }
+            if let Some(bad) = self.controllers.iter().find(|u| !is_https(u)) {
+                return Err(ConfigError::Invalid {
+                    key: "controllers",
+                    problem: format!("{bad:?} is not an https URL"),
+                    fix: "list the controllers' gRPC addresses, e.g. [\"https://controller-1.example.com:7443\", \"https://controller-2.example.com:7443\"]".into(),
+                });
+            }
         }
         if self.reconnect_max_backoff < Duration::from_millis(100) {
             return Err(ConfigError::Invalid {

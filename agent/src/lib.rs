@@ -105,11 +105,17 @@ pub async fn run_with_engine(
 }
 
 async fn run_agent(
-    cfg: AgentConfig,
+    mut cfg: AgentConfig,
     engine: Arc<dyn engine::SyncEngine>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     cfg.validate()?;
+    // With a `controllers` list, calls outside a session (renewal) start at its first entry.
+    if cfg.controller.is_empty()
+        && let Some(first) = cfg.controllers.first()
+    {
+        cfg.controller = first.clone();
+    }
     // Labels assigned at enrollment win over configured ones.
     let cfg = identity::enroll::with_enrolled_labels(cfg);
     // Finish an interrupted renewal, then keep the certificate renewed while the agent runs.

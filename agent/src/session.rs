@@ -93,6 +93,7 @@ impl std::fmt::Debug for SessionContext {
 /// Keep a session open until `shutdown`, reconnecting as needed.
 pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) {
     let mut attempt: u32 = 0;
+    let mut targets = Targets::new(ctx.cfg.controller_urls());
     while !shutdown.is_cancelled() {
         // An expired (or not yet valid) certificate cannot connect: say why, wait, check again.
         if let Some(msg) = unusable_reason(&ctx.cfg, chrono::Utc::now()) {
@@ -103,8 +104,9 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
             }
         }
         let welcomed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let target = targets.current();
         let result = tokio::select! {
-            r = run_session(&ctx, &shutdown, &welcomed) => r,
+            r = run_session(&ctx, &target, &shutdown, &welcomed) => r,
             () = shutdown.cancelled() => return,
         };
         // The connection is gone: renewals open their own until the next session.
@@ -118,10 +120,29 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
             tracing::error!("{msg}");
             attempt = attempt.max(16); // the longest wait: retrying sooner cannot help
         }
+        let leader = result
+            .as_ref()
+            .err()
+            .and_then(SessionError::refusal)
+            .and_then(leader_pointer);
         match result {
-            Ok(()) => tracing::warn!("controller closed the session; reconnecting"),
-            Err(e) => tracing::warn!(error = %e, "session ended; reconnecting"),
+            Ok(()) => {
+                tracing::warn!(controller = %target, "controller closed the session; reconnecting")
+            }
+            Err(e) => {
+                tracing::warn!(controller = %target, error = %e, "session ended; reconnecting")
+            }
         }
+        if let Some(leader) = leader {
+            // A follower named the leader: go there next, without backing off.
+            tracing::info!(follower = %target, leader = %leader, "going to the leader");
+            targets.redirect(leader);
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                () = shutdown.cancelled() => return,
+            }
+        }
+        targets.advance();
         attempt = attempt.saturating_add(1);
         let cap = ctx.cfg.reconnect_max_backoff;
         let base = Duration::from_millis(250).saturating_mul(1u32 << attempt.min(16));
@@ -135,12 +156,71 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
     }
 }
 
+/// Metadata key of a follower controller's `UNAVAILABLE` answer: the leader's address.
+pub const LEADER_METADATA: &str = "syncfleet-leader";
+
+/// The leader a follower's refusal names, if it is one.
+fn leader_pointer(status: &tonic::Status) -> Option<String> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let url = status.metadata().get(LEADER_METADATA)?.to_str().ok()?;
+    (url.starts_with("https://") && url.len() > "https://".len()).then(|| url.to_string())
+}
+
+/// The controller to dial next: a leader a follower pointed to, else the configured ones in
+/// turn.
+#[derive(Debug)]
+struct Targets {
+    urls: Vec<String>,
+    next: usize,
+    pointed: Option<String>,
+}
+
+impl Targets {
+    fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            next: 0,
+            pointed: None,
+        }
+    }
+
+    fn current(&self) -> String {
+        match &self.pointed {
+            Some(url) => url.clone(),
+            None => self
+                .urls
+                .get(self.next % self.urls.len().max(1))
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
+    fn redirect(&mut self, leader: String) {
+        self.pointed = Some(leader);
+    }
+
+    /// After a session with the current target ended: a pointed-to leader is tried once,
+    /// then the list goes on from where it was.
+    fn advance(&mut self) {
+        if self.pointed.take().is_none() {
+            self.next = (self.next + 1) % self.urls.len().max(1);
+        }
+    }
+}
+
 async fn run_session(
     ctx: &SessionContext,
+    controller: &str,
     shutdown: &CancellationToken,
     welcomed: &std::sync::atomic::AtomicBool,
 ) -> Result<(), SessionError> {
-    let channel = connect(&ctx.cfg).await?;
+    let target = crate::config::AgentConfig {
+        controller: controller.to_string(),
+        ..ctx.cfg.clone()
+    };
+    let channel = connect(&target).await?;
     let session_channel = channel.clone();
     let inventory = match ctx.executor.refresh_inventory().await {
         Ok(inv) => inv,
@@ -186,7 +266,7 @@ async fn run_session(
     };
     welcomed.store(true, std::sync::atomic::Ordering::Relaxed);
     set_live(&ctx.live, Some(session_channel.clone()));
-    tracing::info!(controller = %ctx.cfg.controller, acked = welcome.acked_event_seq, "session open");
+    tracing::info!(controller = %controller, acked = welcome.acked_event_seq, "session open");
     if let Err(e) = ctx.journal.ack(welcome.acked_event_seq) {
         tracing::warn!(error = %e, "cannot prune acknowledged events from the journal");
     }
@@ -374,4 +454,37 @@ fn hostname() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod controller_choice_tests {
+    use super::*;
+
+    #[test]
+    fn a_followers_pointer_is_tried_once_then_the_list_goes_on() {
+        let mut t = Targets::new(vec!["https://a:1".into(), "https://b:1".into()]);
+        assert_eq!(t.current(), "https://a:1");
+        t.advance();
+        assert_eq!(t.current(), "https://b:1");
+        t.redirect("https://c:1".into());
+        assert_eq!(t.current(), "https://c:1");
+        t.advance();
+        assert_eq!(t.current(), "https://b:1");
+        t.advance();
+        assert_eq!(t.current(), "https://a:1");
+    }
+
+    #[test]
+    fn only_unavailable_with_an_https_leader_is_a_pointer() {
+        let mut s = tonic::Status::unavailable("follower");
+        assert_eq!(leader_pointer(&s), None);
+        s.metadata_mut()
+            .insert(LEADER_METADATA, "https://lead:7443".parse().unwrap());
+        assert_eq!(leader_pointer(&s).as_deref(), Some("https://lead:7443"));
+        let mut other = tonic::Status::permission_denied("no");
+        other
+            .metadata_mut()
+            .insert(LEADER_METADATA, "https://lead:7443".parse().unwrap());
+        assert_eq!(leader_pointer(&other), None);
+    }
 }

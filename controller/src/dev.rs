@@ -244,6 +244,7 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
         let agent_cfg = AgentConfig {
             name: name.clone(),
             controller: url.clone(),
+            controllers: Vec::new(),
             data_dir: dir,
             labels,
             tls: TlsFiles::default(),

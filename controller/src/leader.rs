@@ -54,8 +54,9 @@ pub struct LeaseSettings {
 pub enum Wake {
     /// Re-read schedules (documents applied or deleted, a schedule paused or resumed).
     Reload,
-    /// Dispatch this pending run now (the sweeper would within a second anyway).
-    Dispatch(String),
+    /// Dispatch due pending runs now (a run started or approved on a follower; the leader's
+    /// sweeper would within a second anyway).
+    Dispatch,
     /// Send the cancel command of this run (its cancellation is stored).
     Cancel(String),
 }
@@ -65,7 +66,7 @@ impl Wake {
     pub fn payload(&self) -> String {
         match self {
             Wake::Reload => "reload".into(),
-            Wake::Dispatch(id) => format!("dispatch:{id}"),
+            Wake::Dispatch => "dispatch".into(),
             Wake::Cancel(id) => format!("cancel:{id}"),
         }
     }
@@ -74,7 +75,7 @@ impl Wake {
     pub fn parse(payload: &str) -> Option<Wake> {
         match payload.split_once(':') {
             None if payload == "reload" => Some(Wake::Reload),
-            Some(("dispatch", id)) if !id.is_empty() => Some(Wake::Dispatch(id.into())),
+            None if payload == "dispatch" => Some(Wake::Dispatch),
             Some(("cancel", id)) if !id.is_empty() => Some(Wake::Cancel(id.into())),
             _ => None,
         }
@@ -271,14 +272,10 @@ mod tests {
 
     #[test]
     fn wake_payloads_round_trip() {
-        for w in [
-            Wake::Reload,
-            Wake::Dispatch("r-1".into()),
-            Wake::Cancel("r:2".into()),
-        ] {
+        for w in [Wake::Reload, Wake::Dispatch, Wake::Cancel("r:2".into())] {
             assert_eq!(Wake::parse(&w.payload()), Some(w));
         }
-        assert_eq!(Wake::parse("dispatch:"), None);
+        assert_eq!(Wake::parse("cancel:"), None);
         assert_eq!(Wake::parse("nonsense"), None);
     }
 

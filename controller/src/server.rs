@@ -15,6 +15,9 @@ use crate::api::{AgentSvc, FleetSvc};
 use crate::config::{ControllerConfig, StoreLocation};
 use crate::connections::{GuardedConn, LogLimiter};
 use crate::fleet::{Fleet, Settings};
+use crate::leader::{Leadership, LeaseSettings, Wake};
+use crate::schedule::scheduler::Scheduler;
+use crate::store::fence;
 use crate::store::{Store, StoreError, postgres::PgStore, sqlite::SqliteStore};
 
 /// Largest gRPC message accepted.
@@ -202,15 +205,20 @@ pub async fn serve_with(
         http: http_listener.local_addr().map_err(ServeError::Http)?,
     };
 
-    let store: Arc<dyn Store> = match cfg.store_location()? {
-        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(&path)?),
+    let (store, leadership): (Arc<dyn Store>, Leadership) = match cfg.store_location()? {
+        StoreLocation::Sqlite(path) => (Arc::new(SqliteStore::open(&path)?), Leadership::single()),
         StoreLocation::Postgres(url) => {
-            // Nothing yet stops a second controller on the same database from dispatching the
-            // same runs: that needs the leader lease.
-            tracing::warn!(
-                "the store is PostgreSQL: run one controller per database (several controllers on one database are not coordinated yet)"
-            );
-            Arc::new(PgStore::connect(&url).await?)
+            // Controllers sharing the database compete for the leader lease; only the holder
+            // runs leader-only work (see `leader_work`).
+            let pg = PgStore::connect(&url).await?;
+            let advertise_url = cfg.advertise_url();
+            let settings = LeaseSettings {
+                holder: format!("{advertise_url} {}", uuid::Uuid::new_v4()),
+                advertise_url,
+                ttl: cfg.lease_ttl,
+            };
+            let leadership = Leadership::start(pg.clone(), settings, shutdown.clone());
+            (Arc::new(pg), leadership)
         }
     };
     let fleet = Fleet::new(
@@ -221,7 +229,6 @@ pub async fn serve_with(
             pending_deadline: cfg.pending_deadline,
         },
     );
-    fleet.reset_sessions_after_restart().await;
     let scheduler = crate::schedule::scheduler::Scheduler::new(
         Arc::clone(&fleet),
         crate::schedule::scheduler::Clock::System,
@@ -230,6 +237,7 @@ pub async fn serve_with(
     let metrics = crate::metrics::Metrics::start(
         Arc::clone(&fleet),
         Arc::clone(&scheduler),
+        leadership.clone(),
         shutdown.clone(),
     );
     if !seed.is_empty() {
@@ -257,7 +265,12 @@ pub async fn serve_with(
             Err(e) => tracing::error!(error = %e, "example fleet documents rejected"),
         }
     }
-    let scheduler_task = tokio::spawn(Arc::clone(&scheduler).run(shutdown.clone()));
+    let leader_task = tokio::spawn(leader_work(
+        Arc::clone(&fleet),
+        Arc::clone(&scheduler),
+        leadership.clone(),
+        shutdown.clone(),
+    ));
 
     // Client certificates are optional at the TLS layer so that health checks and enrollment
     // work without one; every other syncfleet method requires one (api::authorize::caller). A
@@ -299,6 +312,7 @@ pub async fn serve_with(
         fleet: Arc::clone(&fleet),
         fleet_name: cfg.fleet.clone(),
         security: Arc::clone(&security),
+        leadership: leadership.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let enroll_svc = syncfleet_proto::v1::enroll_service_server::EnrollServiceServer::new(
@@ -311,22 +325,9 @@ pub async fn serve_with(
         fleet: Arc::clone(&fleet),
         scheduler: Arc::clone(&scheduler),
         security: Arc::clone(&security),
+        leadership: leadership.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
-
-    let sweeper = {
-        let fleet = Arc::clone(&fleet);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => fleet.sweep().await,
-                    () = stop.cancelled() => return,
-                }
-            }
-        })
-    };
 
     let http = {
         let stop = shutdown.clone();
@@ -376,8 +377,7 @@ pub async fn serve_with(
         } => Ok(()),
     };
     shutdown.cancel();
-    sweeper.abort();
-    scheduler_task.abort();
+    leader_task.abort();
     match http.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),
         Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
@@ -386,6 +386,117 @@ pub async fn serve_with(
     result?;
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// Leader-only work for each term this controller leads, until `shutdown`: when leadership is
+/// gained, the term's work starts under its epoch ([`leader_term`]); when it is lost (another
+/// controller took the lease, a fenced write was refused), the work stops at once.
+async fn leader_work(
+    fleet: Arc<Fleet>,
+    scheduler: Arc<Scheduler>,
+    leadership: Leadership,
+    shutdown: CancellationToken,
+) {
+    let mut watch = leadership.subscribe();
+    loop {
+        let state = watch.borrow_and_update().clone();
+        if !state.leader {
+            tokio::select! {
+                r = watch.changed() => if r.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        let epoch = state.epoch;
+        tracing::info!(
+            epoch,
+            "leader: starting the scheduler, dispatch and the sweeper"
+        );
+        let term = shutdown.child_token();
+        let work = tokio::spawn(fence::with_epoch(
+            epoch,
+            leader_term(
+                Arc::clone(&fleet),
+                Arc::clone(&scheduler),
+                leadership.clone(),
+                term.clone(),
+            ),
+        ));
+        let stopping = loop {
+            tokio::select! {
+                r = watch.changed() => {
+                    if r.is_err() {
+                        break true;
+                    }
+                    let s = watch.borrow();
+                    if !s.leader || s.epoch != epoch {
+                        break false;
+                    }
+                }
+                () = shutdown.cancelled() => break true,
+            }
+        };
+        term.cancel();
+        work.abort();
+        let _ = work.await;
+        if stopping {
+            return;
+        }
+        tracing::warn!(
+            epoch,
+            "leadership lost: the scheduler, dispatch and the sweeper stopped"
+        );
+    }
+}
+
+/// One leadership term's work, run under its epoch (every write fenced): sessions left in the
+/// store by the previous leader reset, the scheduler (loading from the store, catching up fire
+/// times missed since), the sweeper (dispatch of due pending runs, deadlines, lost agents)
+/// each second, and the wake-ups of followers.
+async fn leader_term(
+    fleet: Arc<Fleet>,
+    scheduler: Arc<Scheduler>,
+    leadership: Leadership,
+    term: CancellationToken,
+) {
+    fleet.reset_sessions_after_restart().await;
+    let sweeper = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => fleet.sweep().await,
+                () = term.cancelled() => return,
+            }
+        }
+    };
+    let wakes = async {
+        let Some(pg) = leadership.shared_store() else {
+            return;
+        };
+        loop {
+            match pg.listen().await {
+                Ok(mut rx) => loop {
+                    let payload = tokio::select! {
+                        p = rx.recv() => p,
+                        () = term.cancelled() => return,
+                    };
+                    let Some(payload) = payload else { break };
+                    match Wake::parse(&payload) {
+                        Some(Wake::Reload) => scheduler.reload(),
+                        Some(Wake::Dispatch) => fleet.sweep().await,
+                        Some(Wake::Cancel(id)) => fleet.send_stored_cancel(&id).await,
+                        None => tracing::warn!(payload, "unknown wake-up notification ignored"),
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot listen for followers' wake-ups"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = term.cancelled() => return,
+            }
+        }
+    };
+    tokio::join!(Arc::clone(&scheduler).run(term.clone()), sweeper, wakes);
 }
 
 /// rustls server configuration: TLS 1.2 and 1.3 only (rustls has nothing older), HTTP/2, the

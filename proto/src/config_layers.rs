@@ -149,6 +149,7 @@ pub const CONTROLLER_KEYS: &[&str] = &[
 pub const AGENT_KEYS: &[&str] = &[
     "name",
     "controller",
+    "controllers",
     "data_dir",
     "labels",
     "tls",

@@ -17,13 +17,12 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Fleet, Proc, bin, free_port, poll, wait_for, workspace_root};
+use common::{Fleet, Proc, bin, free_port, http_get, poll, wait_for, workspace_root};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 const TERMINAL: &[&str] = &[
@@ -35,19 +34,6 @@ const TERMINAL: &[&str] = &[
     "unknown",
     "held",
 ];
-
-/// Plain HTTP/1.0 GET on loopback: (status, body), or None when nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
 
 /// One sample of the text format: name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
@@ -240,7 +226,11 @@ fn metrics_count_the_runs_in_the_store_also_after_a_restart() {
     fleet.wait_connected(&["sync-01", "sync-02"]);
 
     let (http_status, body) = http_get(fleet.http_port, "/readyz").unwrap();
-    assert_eq!((http_status, body.trim()), (200, "ready"));
+    // One controller on SQLite is always the leader, with epoch 1.
+    assert_eq!(
+        (http_status, body.trim()),
+        (200, "ready\nrole: leader\nepoch: 1")
+    );
     let (http_status, _) = http_get(fleet.http_port, "/healthz").unwrap();
     assert_eq!(http_status, 200);
 

@@ -3,15 +3,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use syncfleet_proto::v1::{self, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::authorize::{caller, deny, new_request_id, peer_of, status_with_request_id};
 use super::status::require;
 use crate::auth::{AuthError, Role, Security};
+use crate::fleet::Fleet;
 use crate::fleet::session_protocol::{self, AgentPeer, SessionAuthority};
-use crate::fleet::{Fleet, FleetError};
+use crate::leader::Leadership;
+
+/// Metadata key of a follower's `UNAVAILABLE` answer to `Session`: the leader's address
+/// (its `advertise_url`), where the agent goes next.
+pub const LEADER_METADATA: &str = "syncfleet-leader";
 
 /// `AgentService` implementation.
 #[derive(Debug, Clone)]
@@ -19,6 +24,25 @@ pub struct AgentSvc {
     pub fleet: Arc<Fleet>,
     pub fleet_name: String,
     pub security: Arc<Security>,
+    /// Only the leader serves sessions; followers send agents to it.
+    pub leadership: Leadership,
+}
+
+/// The `UNAVAILABLE` a follower answers `Session` with, naming the leader in
+/// [`LEADER_METADATA`] when one is known.
+fn follower_refusal(leader_url: &str) -> Status {
+    if leader_url.is_empty() {
+        return Status::unavailable(
+            "this controller is a follower and no leader is known yet; retry shortly or try another controller",
+        );
+    }
+    let mut status = Status::unavailable(format!(
+        "this controller is a follower; the leader is {leader_url}"
+    ));
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(leader_url) {
+        status.metadata_mut().insert(LEADER_METADATA, v);
+    }
+    status
 }
 
 #[tonic::async_trait]
@@ -87,8 +111,9 @@ impl AgentService for AgentSvc {
         }
     }
 
-    type SessionStream =
-        futures::stream::MapErr<session_protocol::Outbound, fn(FleetError) -> Status>;
+    type SessionStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<v1::ControllerMessage, Status>> + Send + 'static>,
+    >;
 
     async fn session(
         &self,
@@ -131,18 +156,31 @@ impl AgentService for AgentSvc {
                 .await;
             return Err(status);
         }
+        let leading = self.leadership.state();
+        if !leading.leader {
+            return Err(follower_refusal(&leading.leader_url));
+        }
         let who = id.to_string();
         let agent = AgentPeer {
             name: &id.name,
             who: &who,
             address: &peer,
         };
-        let outbound =
-            session_protocol::open(&self.fleet, &*self.security, agent, request.into_inner())
-                .await?;
-        Ok(Response::new(
-            outbound.map_err(Status::from as fn(FleetError) -> Status),
-        ))
+        // The session is leader-only work: its writes carry this term's epoch, and it ends
+        // when the term does (the agent reconnects, to the new leader).
+        let epoch = leading.epoch;
+        let outbound = crate::store::fence::with_epoch(
+            epoch,
+            session_protocol::open(&self.fleet, &*self.security, agent, request.into_inner()),
+        )
+        .await?;
+        let mut leadership = self.leadership.subscribe();
+        let term_over = async move {
+            let _ = leadership.wait_for(|s| !s.leader || s.epoch != epoch).await;
+        };
+        Ok(Response::new(Box::pin(
+            outbound.map_err(Status::from).take_until(term_over),
+        )))
     }
 }
 

@@ -24,6 +24,19 @@ pub struct FleetSvc {
     pub fleet: Arc<Fleet>,
     pub scheduler: Arc<crate::schedule::scheduler::Scheduler>,
     pub security: Arc<Security>,
+    /// On a follower, mutations are stored and the leader is woken to act on them.
+    pub leadership: crate::leader::Leadership,
+}
+
+/// What the leader must do after a follower stored the mutation `action`.
+fn wake_for(action: &str) -> Option<crate::leader::Wake> {
+    use crate::leader::Wake;
+    match action {
+        "Apply" | "DeleteDocument" | "PauseSchedule" | "ResumeSchedule" | "PauseFleet"
+        | "ResumeFleet" | "DrainAgent" | "ResumeAgent" => Some(Wake::Reload),
+        "StartRun" | "ApproveRun" => Some(Wake::Dispatch),
+        _ => None,
+    }
 }
 
 impl FleetSvc {
@@ -136,6 +149,11 @@ impl FleetSvc {
         self.security
             .record(ctx, action, target, &detail, &result)
             .await;
+        if result.is_ok()
+            && let Some(wake) = wake_for(action)
+        {
+            self.leadership.wake_leader(wake).await;
+        }
         tag(ctx, result)
     }
 }
@@ -467,6 +485,9 @@ impl FleetService for FleetSvc {
                 .map_err(bad_input)?;
             let id = run_id(&self.fleet.store, &req.id).await?;
             let run = self.fleet.cancel_run(&id, &req.reason, &ctx.who()).await?;
+            self.leadership
+                .wake_leader(crate::leader::Wake::Cancel(run.id.clone()))
+                .await;
             Ok(Response::new(run))
         }
         .await;

@@ -307,6 +307,25 @@ impl Fleet {
         Ok(run)
     }
 
+    /// Send the cancel command of run `id`, whose cancellation another controller stored, to
+    /// its agent if its session is here; nothing when the run has ended or is not cancelled.
+    pub async fn send_stored_cancel(&self, id: &str) {
+        let run = match self.store.get_run(id).await {
+            Ok(Some(run)) => run,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(run = id, error = %e, "cannot read a cancelled run");
+                return;
+            }
+        };
+        if run.cancel_requested
+            && !state_of(&run).is_terminal()
+            && let Some(tx) = self.session_tx(&run.agent)
+        {
+            let _ = tx.send(Ok(cancel_command(id, &run.message))).await;
+        }
+    }
+
     /// The stored run with (full) id `id`; `NoSuchRun` when there is none.
     async fn stored_run(&self, id: &str) -> Result<v1::Run, FleetError> {
         self.store

@@ -139,7 +139,8 @@ where
         stored_seq,
         tx,
     };
-    tokio::spawn(session.serve(inbound));
+    // The session's writes carry the opener's leader epoch (crate::store::fence).
+    tokio::spawn(crate::store::fence::inherit(session.serve(inbound)));
     Ok(ReceiverStream::new(rx))
 }
 

@@ -116,7 +116,8 @@ impl Fleet {
     pub async fn reset_sessions_after_restart(&self) {
         if let Ok(agents) = self.store.list_agents().await {
             for a in agents {
-                if a.state == v1::AgentState::Connected as i32 {
+                // Not one whose session this controller has already opened.
+                if a.state == v1::AgentState::Connected as i32 && !self.is_connected(&a.name) {
                     self.set_agent_state(&a.name, v1::AgentState::Disconnected)
                         .await;
                 }

@@ -41,7 +41,8 @@ async fn scrape(State(m): State<Arc<Metrics>>) -> Response {
     }
 }
 
-/// Ready when the store answers a read.
+/// Ready when the store answers a read, leader or follower alike (a follower serves the
+/// operator API); the body names the role and the lease epoch: `ready\nrole: leader\nepoch: 3\n`.
 async fn ready(State(m): State<Arc<Metrics>>) -> Response {
     match m
         .inner
@@ -50,7 +51,10 @@ async fn ready(State(m): State<Arc<Metrics>>) -> Response {
         .get_state(crate::store::keys::READYZ_PROBE)
         .await
     {
-        Ok(_) => "ready\n".into_response(),
+        Ok(_) => {
+            let s = m.leadership.state();
+            format!("ready\nrole: {}\nepoch: {}\n", s.role(), s.epoch).into_response()
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: the store does not answer: {e}\n"),

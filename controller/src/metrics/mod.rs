@@ -83,6 +83,8 @@ pub const GAUGE_TTL: Duration = Duration::from_secs(5);
 /// The controller's metrics: in-memory run aggregates fed by the fleet's run updates, plus
 /// gauges read at scrape time.
 pub struct Metrics {
+    /// This controller's role, for `/readyz` and the `syncfleet_leader` gauges.
+    pub(super) leadership: crate::leader::Leadership,
     inner: Arc<Inner>,
     scheduler: Arc<Scheduler>,
     registry: Registry,
@@ -110,6 +112,7 @@ impl Metrics {
     pub fn start(
         fleet: Arc<Fleet>,
         scheduler: Arc<Scheduler>,
+        leadership: crate::leader::Leadership,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let mut updates = fleet.subscribe();
@@ -120,7 +123,35 @@ impl Metrics {
         });
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Arc::clone(&inner)));
+        let leader_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        let epoch_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        registry.register(
+            "syncfleet_leader",
+            "1 while this controller holds the leader lease (runs the scheduler, dispatch and agent sessions), 0 as a follower",
+            leader_gauge.clone(),
+        );
+        registry.register(
+            "syncfleet_leader_epoch",
+            "Epoch of the leader lease as this controller last saw it (grows on every change of leader)",
+            epoch_gauge.clone(),
+        );
+        {
+            let mut watch = leadership.subscribe();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    let s = watch.borrow_and_update().clone();
+                    leader_gauge.set(i64::from(s.leader));
+                    epoch_gauge.set(s.epoch);
+                    tokio::select! {
+                        r = watch.changed() => if r.is_err() { return },
+                        () = stop.cancelled() => return,
+                    }
+                }
+            });
+        }
         let metrics = Arc::new(Self {
+            leadership,
             inner,
             scheduler,
             registry,

@@ -166,9 +166,12 @@ impl Scheduler {
         self.reload.notify_one();
     }
 
-    /// Run until `shutdown`.
+    /// Run until `shutdown`. Every run starts from the store alone (a controller that becomes
+    /// leader again must not keep fire times from its previous term): catch-up of the fire
+    /// times missed meanwhile happens here, once.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut updates = self.fleet.subscribe();
+        *self.state.lock().await = State::default();
         self.load(true).await;
         loop {
             let (next, deferred) = {
@@ -494,10 +497,10 @@ impl Scheduler {
                 let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                 if !wait.is_zero() {
                     let fleet = Arc::clone(&self.fleet);
-                    tokio::spawn(async move {
+                    tokio::spawn(crate::store::fence::inherit(async move {
                         tokio::time::sleep(wait).await;
                         fleet.dispatch_run(&run.id).await;
-                    });
+                    }));
                 }
             }
             Ok((_, false)) => {

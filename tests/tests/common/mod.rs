@@ -324,6 +324,19 @@ impl Fleet {
         self.agents.insert(name.to_string(), proc);
     }
 
+    /// Start an agent from a complete TOML configuration `toml` (name, controller or
+    /// controllers, data_dir, ...), written next to its log.
+    pub fn start_agent_toml(&mut self, name: &str, toml: &str) {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let cfg = self.dir.path().join(format!("agent-{name}-{n}.toml"));
+        std::fs::write(&cfg, toml).unwrap();
+        let log = self.dir.path().join(format!("agent-{name}-{n}.log"));
+        let mut cmd = Command::new(bin("syncfleet-agent"));
+        cmd.args(["run", "--config"]).arg(&cfg);
+        let proc = Proc::spawn(name, &mut cmd, log);
+        self.agents.insert(name.to_string(), proc);
+    }
+
     /// Run the `syncfleet` CLI against this fleet.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(bin("syncfleet"))
@@ -424,6 +437,20 @@ impl Fleet {
         .ok()
         .map(|f| f == 1)
     }
+}
+
+/// Plain HTTP/1.0 GET on loopback: (status, body), or None when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 /// Stdout of a CLI call as trimmed text.
