@@ -263,6 +263,34 @@ mod tests {
     }
 
     #[test]
+    fn a_controllers_list_replaces_controller_and_both_are_refused() {
+        let mut c = AgentConfig {
+            name: "sync-01".into(),
+            controllers: vec!["https://a:7443".into(), "https://b:7443".into()],
+            ..Default::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.controller_urls(), ["https://a:7443", "https://b:7443"]);
+        c.controller = "https://c:7443".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("`controllers`"), "{err}");
+        assert!(
+            err.contains("both `controller` (\"https://c:7443\") and `controllers`"),
+            "{err}"
+        );
+        c.controller.clear();
+        c.controllers.push("http://d:1".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("\"http://d:1\" is not an https URL"), "{err}");
+        let single = AgentConfig {
+            name: "sync-01".into(),
+            controller: "https://a:7443".into(),
+            ..Default::default()
+        };
+        assert_eq!(single.controller_urls(), ["https://a:7443"]);
+    }
+
+    #[test]
     fn misspelt_key_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.toml");

@@ -39,7 +39,12 @@ pub const CONTEXT_ENV: &str = "SYNCFLEET_CONTEXT";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Context {
     /// Controller gRPC URL; must be `https://HOST:PORT` (the CLI always uses mTLS).
+    #[serde(default)]
     pub controller: String,
+    /// Several controllers sharing one store, instead of `controller`: the CLI uses the first
+    /// that answers (every controller serves the operator API).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controllers: Vec<String>,
     /// PEM file of the CA that signed the controller's server certificate.
     pub ca_cert: PathBuf,
     /// PEM file of the operator's client certificate.
@@ -173,6 +178,17 @@ pub struct ResolvedContext {
     pub context: Context,
 }
 
+impl Context {
+    /// The controllers to try, in order: `controllers`, or the single `controller`.
+    pub fn urls(&self) -> Vec<String> {
+        if self.controllers.is_empty() {
+            vec![self.controller.clone()]
+        } else {
+            self.controllers.clone()
+        }
+    }
+}
+
 impl ConfigFile {
     /// Reads and parses `path`. A missing file is [`ConfigError::NotFound`] with a hint on how
     /// to get one.
@@ -255,7 +271,20 @@ impl ConfigFile {
                 one_line(e.message())
             ))
         })?;
-        validate_controller_url(&ctx.controller).map_err(invalid)?;
+        if ctx.controllers.is_empty() {
+            validate_controller_url(&ctx.controller).map_err(invalid)?;
+        } else {
+            if !ctx.controller.is_empty() && ctx.controllers != [ctx.controller.clone()] {
+                return Err(invalid(format!(
+                    "both controller (\"{}\") and controllers ({:?}) are set; keep only one: controllers lists every controller, controller names a single one",
+                    ctx.controller, ctx.controllers
+                )));
+            }
+            for url in &ctx.controllers {
+                validate_controller_url(url).map_err(invalid)?;
+            }
+            ctx.controller = ctx.controllers[0].clone();
+        }
         if let Some(sni) = &ctx.tls_server_name
             && sni.trim().is_empty()
         {
@@ -296,7 +325,7 @@ pub fn load_context(
 }
 
 /// Checks that `url` is an `https://HOST[:PORT]` URL; the error text says how to fix it.
-fn validate_controller_url(url: &str) -> Result<(), String> {
+pub(crate) fn validate_controller_url(url: &str) -> Result<(), String> {
     let fix = "set controller = \"https://HOST:PORT\"";
     if url.trim().is_empty() {
         return Err(format!("controller is empty; {fix}"));
@@ -563,6 +592,32 @@ tls_server_name = "syncfleet-controller"
     }
 
     #[test]
+    fn several_controllers_are_kept_in_order_and_both_keys_are_refused() {
+        let list = TWO.replace(
+            "controller = \"https://127.0.0.1:7443\"",
+            "controllers = [\"https://a:7443\", \"https://b:7443\"]",
+        );
+        let r = file(&list).resolve(None).unwrap();
+        assert_eq!(r.context.urls(), ["https://a:7443", "https://b:7443"]);
+        assert_eq!(r.context.controller, "https://a:7443");
+        let both = TWO.replace(
+            "controller = \"https://127.0.0.1:7443\"",
+            "controller = \"https://127.0.0.1:7443\"\ncontrollers = [\"https://a:7443\"]",
+        );
+        let err = file(&both).resolve(None).unwrap_err().to_string();
+        assert!(
+            err.contains("both controller (\"https://127.0.0.1:7443\") and controllers"),
+            "{err}"
+        );
+        let bad = TWO.replace(
+            "controller = \"https://127.0.0.1:7443\"",
+            "controllers = [\"https://a:7443\", \"http://b:7443\"]",
+        );
+        let err = file(&bad).resolve(None).unwrap_err().to_string();
+        assert!(err.contains("http://b:7443"), "{err}");
+    }
+
+    #[test]
     fn http_controller_is_rejected_with_a_fix() {
         let f = file(&TWO.replace("https://127.0.0.1:7443", "http://127.0.0.1:7443"));
         let err = f.resolve(None).unwrap_err().to_string();
@@ -601,6 +656,7 @@ tls_server_name = "syncfleet-controller"
     fn ctx(url: &str) -> Context {
         Context {
             controller: url.to_string(),
+            controllers: Vec::new(),
             ca_cert: "/d/ca.pem".into(),
             client_cert: "/d/op.pem".into(),
             client_key: "/d/op.key".into(),

@@ -272,6 +272,7 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
             "dev",
             &Context {
                 controller: url.clone(),
+                controllers: Vec::new(),
                 ca_cert: out.ca_cert.clone(),
                 client_cert: out.operator_cert.clone(),
                 client_key: out.operator_key.clone(),

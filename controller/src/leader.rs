@@ -154,6 +154,49 @@ impl Leadership {
     }
 }
 
+/// `syncfleet-controller status`: the store, the leader lease as stored, and this controller's
+/// role (it leads when the live lease carries its `advertise_url`). Read from the store, so it
+/// works whether or not this controller runs.
+pub async fn status_report(cfg: &crate::config::ControllerConfig) -> Result<String, StatusError> {
+    use crate::config::StoreLocation;
+    match cfg.store_location()? {
+        StoreLocation::Sqlite(path) => Ok(format!(
+            "store: sqlite:{}\nleader: this controller (epoch 1; a controller on SQLite is the only one)\nrole: leader\n",
+            path.display()
+        )),
+        StoreLocation::Postgres(url) => {
+            let store = PgStore::connect(&url).await?;
+            let row = store.lease_read().await?;
+            let me = cfg.advertise_url();
+            let leads = row.live && row.advertise_url == me;
+            let leader = if row.live {
+                format!("{} (epoch {})", row.advertise_url, row.epoch)
+            } else if row.epoch == 0 {
+                "none yet (no controller has held the lease)".to_string()
+            } else {
+                format!(
+                    "none (the lease of epoch {} expired; a running controller takes it within lease_ttl / 3)",
+                    row.epoch
+                )
+            };
+            Ok(format!(
+                "store: {}\nleader: {leader}\nthis controller: {me}\nrole: {}\n",
+                crate::store::postgres::redact_url(&url),
+                if leads { "leader" } else { "follower" }
+            ))
+        }
+    }
+}
+
+/// Why `syncfleet-controller status` could not tell.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 fn step_down(tx: &watch::Sender<LeaderState>, epoch: i64, reason: &str) {
     tracing::warn!(
         epoch,

@@ -495,6 +495,63 @@ fn a_follower_enrolls_an_agent_that_then_runs_on_the_leader() {
     a.wait_role("leader");
     b.start(&fleet, &store);
     b.wait_role("follower");
+    // `syncfleet-controller status` tells them apart, from the store.
+    for (ctl, role) in [(&a, "leader"), (&b, "follower")] {
+        let out = Command::new(bin("syncfleet-controller"))
+            .args(["status", "--store", &store, "--grpc-listen"])
+            .arg(format!("127.0.0.1:{}", ctl.grpc))
+            .args(["--set", &format!("advertise_url={}", ctl.url())])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(&format!("role: {role}\n")), "{text}");
+        assert!(
+            text.contains(&format!("leader: {} (epoch", a.url())),
+            "{text}"
+        );
+    }
+
+    // The CLI tries its addresses in order and uses the first that answers: a dead one, then
+    // the follower (which serves the operator API too).
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let listed = |extra: &[&str], config: &Path| {
+        let out = Command::new(bin("syncfleet"))
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .args(["agents", "list", "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    listed(
+        &["--controller", &dead, "--controller", &b.url()],
+        &fleet.cli_config,
+    );
+    let multi = fleet.dir.path().join("cli-multi.toml");
+    std::fs::write(
+        &multi,
+        std::fs::read_to_string(&fleet.cli_config).unwrap().replace(
+            &format!("controller = \"{}\"", a.url()),
+            &format!("controllers = [{dead:?}, {:?}]", b.url()),
+        ),
+    )
+    .unwrap();
+    assert!(
+        std::fs::read_to_string(&multi)
+            .unwrap()
+            .contains("controllers = [")
+    );
+    listed(&[], &multi);
 
     // The token is created through the follower (a store write), used through it too.
     let t = b.cli_json(&["tokens", "create", "--agent", "sync-09", "-o", "json"]);

@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Serve agents and operators.
     Serve(Common),
+    /// Tell whether this controller (its `advertise_url`) is the leader of its store, and name
+    /// the leader.
+    Status(Common),
     /// Create the CA, the controller's certificate and an admin operator credential.
     Init {
         #[command(flatten)]
@@ -180,6 +183,26 @@ fn main() -> ExitCode {
                     }
                 }
             })
+        }
+        Command::Status(common) => {
+            let cfg = match effective(&common) {
+                Ok(c) => c,
+                Err(e) => return process::config_error(&e),
+            };
+            let rt = match process::runtime(false) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(syncfleet_controller::leader::status_report(&cfg)) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Init {
             common,

@@ -542,8 +542,15 @@ impl Session<'_> {
         write(&files.ca, &resp.ca_pem, false)?;
         if let Some(cfg_path) = &files.config {
             let file_name = |p: &Path| PathBuf::from(p.file_name().unwrap_or(p.as_os_str()));
+            // The same controllers as this context: the list, or the single address.
+            let (controller, controllers) = if self.rc.context.controllers.is_empty() {
+                (self.rc.context.controller.clone(), Vec::new())
+            } else {
+                (String::new(), self.rc.context.controllers.clone())
+            };
             let ctx = Context {
-                controller: self.rc.context.controller.clone(),
+                controller,
+                controllers,
                 ca_cert: file_name(&files.ca),
                 client_cert: file_name(&files.cert),
                 client_key: file_name(&files.key),

@@ -86,8 +86,29 @@ pub enum ConnectError {
     },
 }
 
-/// Reads the context's credentials and connects, failing within about [`CONNECT_TIMEOUT`].
+/// Reads the context's credentials and connects to the first of its controllers that answers
+/// (several share one store; every one serves the operator API), failing within about
+/// [`CONNECT_TIMEOUT`] per controller. An unreachable controller moves on to the next; any
+/// other failure (credentials, TLS) is reported at once.
 pub async fn connect(rc: &ResolvedContext) -> Result<Client, ConnectError> {
+    let mut unreachable = None;
+    for url in rc.context.urls() {
+        match connect_to(rc, &url).await {
+            Ok(client) => return Ok(client),
+            Err(e @ (ConnectError::Unreachable { .. } | ConnectError::NotRunning { .. })) => {
+                unreachable = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match unreachable {
+        Some(e) => Err(e),
+        None => connect_to(rc, &rc.context.controller).await,
+    }
+}
+
+/// [`connect`] to the controller at `url`.
+async fn connect_to(rc: &ResolvedContext, url: &str) -> Result<Client, ConnectError> {
     let ctx = &rc.context;
     let read = |field: &'static str, path: &Path| {
         std::fs::read(path).map_err(|source| ConnectError::CredentialFile {
@@ -108,11 +129,10 @@ pub async fn connect(rc: &ResolvedContext) -> Result<Client, ConnectError> {
     let (ca, cert, key) = match files {
         Ok(files) => files,
         Err(ConnectError::CredentialFile { path, source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound
-                && !listening(&ctx.controller).await =>
+            if source.kind() == std::io::ErrorKind::NotFound && !listening(url).await =>
         {
             return Err(ConnectError::NotRunning {
-                url: ctx.controller.clone(),
+                url: url.to_string(),
                 context: rc.name.clone(),
                 missing: path,
             });
@@ -127,9 +147,9 @@ pub async fn connect(rc: &ResolvedContext) -> Result<Client, ConnectError> {
     if let Some(name) = &ctx.tls_server_name {
         tls = tls.domain_name(name.clone());
     }
-    let endpoint = Endpoint::from_shared(ctx.controller.clone())
+    let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| ConnectError::Url {
-            url: ctx.controller.clone(),
+            url: url.to_string(),
             context: rc.name.clone(),
             cause: cause_of(&e),
         })?
@@ -149,10 +169,10 @@ pub async fn connect(rc: &ResolvedContext) -> Result<Client, ConnectError> {
         tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), endpoint.connect()).await;
     let channel = match connected {
         Ok(Ok(ch)) => ch,
-        Ok(Err(e)) => return Err(classify(&ctx.controller, &rc.name, &e)),
+        Ok(Err(e)) => return Err(classify(url, &rc.name, &e)),
         Err(_) => {
             return Err(ConnectError::Unreachable {
-                url: ctx.controller.clone(),
+                url: url.to_string(),
                 context: rc.name.clone(),
                 cause: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
             });

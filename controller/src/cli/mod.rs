@@ -162,6 +162,10 @@ pub struct Cli {
     /// Context (controller + credentials) to use [default: current_context of the config file]
     #[arg(long, global = true, env = contexts::CONTEXT_ENV, value_name = "NAME")]
     pub context: Option<String>,
+    /// Controller URL to use instead of the context's; repeat for several controllers sharing
+    /// one store (the first that answers is used). The context's credentials still apply
+    #[arg(long = "controller", global = true, value_name = "URL")]
+    pub controllers: Vec<String>,
     /// Output format: human tables, or one JSON (or YAML) document on stdout
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -334,7 +338,20 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Apply(a) => documents::prepare_apply(&a.files)?,
         _ => Vec::new(),
     };
-    let rc = contexts::load_context(cli.config.as_deref(), cli.context.as_deref())?;
+    let mut rc = contexts::load_context(cli.config.as_deref(), cli.context.as_deref())?;
+    if let Some(first) = cli.controllers.first() {
+        for url in &cli.controllers {
+            contexts::validate_controller_url(url).map_err(|problem| {
+                CliError::Config(ConfigError::InvalidContext {
+                    path: rc.config_path.clone(),
+                    name: format!("{} (--controller)", rc.name),
+                    problem,
+                })
+            })?;
+        }
+        rc.context.controller = first.clone();
+        rc.context.controllers = cli.controllers.clone();
+    }
     let mut client = connect::connect(&rc).await?;
     let s = Session {
         rc: &rc,
@@ -823,6 +840,7 @@ mod tests {
             config_path: PathBuf::from("/c.toml"),
             context: contexts::Context {
                 controller: "https://h:1".into(),
+                controllers: Vec::new(),
                 ca_cert: "/ca.pem".into(),
                 client_cert: "/op.pem".into(),
                 client_key: "/op.key".into(),
