@@ -395,6 +395,42 @@ mod tests {
     }
 
     #[test]
+    fn lease_ttl_and_advertise_url_are_checked_and_defaulted() {
+        let c = ControllerConfig {
+            grpc_listen: "0.0.0.0:7443".parse().unwrap(),
+            server_names: vec!["ctl-1.example.com".into()],
+            ..Default::default()
+        };
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.advertise_url(), "https://ctl-1.example.com:7443");
+        let own = ControllerConfig {
+            advertise_url: Some("https://ctl-2.example.com:7443".into()),
+            ..c.clone()
+        };
+        own.validate().unwrap();
+        assert_eq!(own.advertise_url(), "https://ctl-2.example.com:7443");
+        let err = ControllerConfig {
+            advertise_url: Some("ctl-2:7443".into()),
+            ..c.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`advertise_url`") && err.contains("not an https URL"),
+            "{err}"
+        );
+        let err = ControllerConfig {
+            lease_ttl: Duration::from_millis(200),
+            ..c
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`lease_ttl`"), "{err}");
+    }
+
+    #[test]
     fn bad_duration_and_cross_field_rules_name_the_key() {
         let err = toml::from_str::<ControllerConfig>("pending_deadline = \"soon\"")
             .unwrap_err()
