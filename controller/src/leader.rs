@@ -421,6 +421,43 @@ mod tests {
         );
     }
 
+    /// A refused fenced write makes the leader step down at once, not at its next renewal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_write_steps_the_leader_down_at_once() {
+        let pg = TestPostgres::shared();
+        let url = pg.create_database("stepdown");
+        let store = PgStore::connect(&url).await.unwrap();
+        let stop = CancellationToken::new();
+        // A long TTL: the next renewal is 20 s away.
+        let leadership = Leadership::start(
+            store.clone(),
+            LeaseSettings {
+                holder: "a".into(),
+                advertise_url: "https://a:7443".into(),
+                ttl: Duration::from_secs(60),
+            },
+            stop.clone(),
+        );
+        let mut watch = leadership.subscribe();
+        let epoch = watch.wait_for(|s| s.leader).await.unwrap().epoch;
+        // Another controller took the lease (as after this one was paused past its TTL).
+        pg.psql(
+            &url,
+            "UPDATE leases SET holder = 'b', epoch = epoch + 1 WHERE name = 'leader'",
+        );
+        let err = fence::with_epoch(epoch, store.put_state("k", b"v"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err:?}");
+        let stepped = tokio::time::timeout(Duration::from_secs(5), watch.wait_for(|s| !s.leader))
+            .await
+            .expect("no step-down within 5 s of the refused write")
+            .unwrap()
+            .clone();
+        assert!(!stepped.leader && stepped.epoch >= epoch, "{stepped:?}");
+        stop.cancel();
+    }
+
     /// Two lease loops on one database: one leads; when it stops (releasing), the other takes
     /// over with the next epoch; the follower knows the leader's address.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
