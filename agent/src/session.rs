@@ -94,6 +94,7 @@ impl std::fmt::Debug for SessionContext {
 pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) {
     let mut attempt: u32 = 0;
     let mut targets = Targets::new(ctx.cfg.controller_urls());
+    let mut redirected = false;
     while !shutdown.is_cancelled() {
         // An expired (or not yet valid) certificate cannot connect: say why, wait, check again.
         if let Some(msg) = unusable_reason(&ctx.cfg, chrono::Utc::now()) {
@@ -113,6 +114,7 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
         set_live(&ctx.live, None);
         if welcomed.load(std::sync::atomic::Ordering::Relaxed) {
             attempt = 0;
+            redirected = false;
         }
         if let Err(e) = &result
             && let Some(msg) = e.refusal().and_then(|s| revoked_message(s, &ctx.cfg))
@@ -133,16 +135,25 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
                 tracing::warn!(controller = %target, error = %e, "session ended; reconnecting")
             }
         }
-        if let Some(leader) = leader {
-            // A follower named the leader: go there next, without backing off.
-            tracing::info!(follower = %target, leader = %leader, "going to the leader");
-            targets.redirect(leader);
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                () = shutdown.cancelled() => return,
+        match leader {
+            Some(leader) => {
+                // A follower named the leader: go there next, at once the first time (a pointer
+                // met right after following one waits like any other failure).
+                tracing::info!(follower = %target, leader = %leader, "going to the leader");
+                targets.redirect(leader);
+                if !redirected {
+                    redirected = true;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+            None => {
+                redirected = false;
+                targets.advance();
             }
         }
-        targets.advance();
         attempt = attempt.saturating_add(1);
         let cap = ctx.cfg.reconnect_max_backoff;
         let base = Duration::from_millis(250).saturating_mul(1u32 << attempt.min(16));

@@ -264,7 +264,9 @@ async fn lease_loop(
                 Ok(None) => match store.lease_read().await {
                     Ok(row) => {
                         tx.send_if_modified(|s| {
-                            let url = if row.live {
+                            // Never this controller itself (it stepped down while its
+                            // lease had not yet expired): agents would come straight back.
+                            let url = if row.live && row.holder != settings.holder {
                                 row.advertise_url.clone()
                             } else {
                                 String::new()
