@@ -47,48 +47,9 @@ use crate::documents::model::{Document, ScheduleDoc, SequenceDoc};
 use crate::documents::trigger::Trigger;
 use crate::fleet::{Fleet, NewRun, RunBlocked, steps_of};
 
-/// Where the scheduler reads the time. `Tokio` follows tokio's clock (paused in tests) from a
-/// fixed wall-clock origin; `System` is the real wall clock.
-#[derive(Debug, Clone, Copy)]
-pub enum Clock {
-    System,
-    Tokio {
-        wall: DateTime<Utc>,
-        mono: tokio::time::Instant,
-    },
-}
-
-impl Clock {
-    /// A clock following tokio time from now.
-    pub fn tokio_from(wall: DateTime<Utc>) -> Self {
-        Clock::Tokio {
-            wall,
-            mono: tokio::time::Instant::now(),
-        }
-    }
-
-    pub fn now(&self) -> DateTime<Utc> {
-        match self {
-            Clock::System => Utc::now(),
-            Clock::Tokio { wall, mono } => {
-                let elapsed = tokio::time::Instant::now().saturating_duration_since(*mono);
-                *wall + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::zero())
-            }
-        }
-    }
-
-    /// Time left until `t` (zero when past).
-    pub fn until(&self, t: DateTime<Utc>) -> Duration {
-        (t - self.now()).to_std().unwrap_or(Duration::ZERO)
-    }
-}
-
-/// Deterministic run id of a scheduled fire: the same (schedule, agent, nominal time) always
-/// gives the same id.
-pub fn run_id_for(schedule: &str, agent: &str, nominal: DateTime<Utc>) -> String {
-    let key = format!("{schedule}\u{0}{agent}\u{0}{}", nominal.timestamp_millis());
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, key.as_bytes()).to_string()
-}
+// The clock and the run-id derivation are shared with the agents, which fire schedules on their
+// own while no controller is reachable and must derive the same run ids.
+pub use syncfleet_proto::schedule_model::{Clock, run_id_for};
 
 pub(super) struct Entry {
     pub(super) doc: ScheduleDoc,
