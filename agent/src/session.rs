@@ -80,6 +80,8 @@ pub struct SessionContext {
     pub journal: Arc<Journal>,
     pub executor: Arc<Executor>,
     pub outbox: Arc<Notify>,
+    /// The controller's schedules, fired here while no controller is reachable.
+    pub autonomy: Arc<crate::autonomy::Autonomy>,
 }
 
 impl std::fmt::Debug for SessionContext {
@@ -109,6 +111,7 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
         };
         // The connection is gone: renewals open their own until the next session.
         set_live(&ctx.live, None);
+        ctx.autonomy.session_lost();
         if welcomed.load(std::sync::atomic::Ordering::Relaxed) {
             attempt = 0;
         }
@@ -150,6 +153,10 @@ async fn run_session(
         }
     };
     let info = ctx.engine.info();
+    // From here to the Welcome nothing fires on its own: the Hello's report of what the agent
+    // covered stays true until the controller has recorded it.
+    let handshake = ctx.autonomy.handshake().await;
+    let (autonomy, autonomous_since) = ctx.autonomy.reports();
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
     let hello = v1::Hello {
         name: ctx.cfg.name.clone(),
@@ -163,6 +170,10 @@ async fn run_session(
         runs_in_flight: ctx.executor.runs_in_flight(),
         last_event_seq: ctx.journal.last_seq()?,
         hostname: hostname(),
+        autonomy,
+        autonomous_since,
+        autonomy_after_seconds: ctx.cfg.autonomy_after.as_secs(),
+        schedule_set_version: ctx.autonomy.set_version(),
     };
     // The channel is empty and its receiver alive: this send cannot fail.
     let _ = tx
@@ -185,6 +196,9 @@ async fn run_session(
         _ => return Err(SessionError::NoWelcome),
     };
     welcomed.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The controller has recorded what the agent covered: the schedules are its own again.
+    ctx.autonomy.welcomed();
+    drop(handshake);
     set_live(&ctx.live, Some(session_channel.clone()));
     tracing::info!(controller = %ctx.cfg.controller, acked = welcome.acked_event_seq, "session open");
     if let Err(e) = ctx.journal.ack(welcome.acked_event_seq) {
@@ -199,8 +213,9 @@ async fn run_session(
         let journal = Arc::clone(&ctx.journal);
         let executor = Arc::clone(&ctx.executor);
         let outbox = Arc::clone(&ctx.outbox);
+        let autonomy = Arc::clone(&ctx.autonomy);
         async move {
-            let r = read_loop(&mut inbound, &tx, &journal, &executor, &outbox).await;
+            let r = read_loop(&mut inbound, &tx, &journal, &executor, &outbox, &autonomy).await;
             done.cancel();
             r
         }
@@ -219,6 +234,7 @@ async fn read_loop(
     journal: &Journal,
     executor: &Arc<Executor>,
     outbox: &Notify,
+    autonomy: &crate::autonomy::Autonomy,
 ) -> Result<(), SessionError> {
     while let Some(msg) = inbound.message().await.map_err(SessionError::Stream)? {
         match msg.msg {
@@ -242,6 +258,22 @@ async fn read_loop(
                 }
                 outbox.notify_one();
             }
+            Some(CtrlMsg::ScheduleSet(set)) => match autonomy.store_set(set) {
+                Ok(version) => {
+                    let ack = v1::ScheduleSetAck { version };
+                    if tx
+                        .send(v1::AgentMessage {
+                            msg: Some(AgentMsg::ScheduleSetAck(ack)),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                // Not acknowledged: the controller sends the set again with the next session.
+                Err(e) => tracing::warn!(error = %e, "cannot store the schedule set"),
+            },
             Some(CtrlMsg::Welcome(_)) | None => {}
         }
     }

@@ -152,6 +152,7 @@ pub const AGENT_KEYS: &[&str] = &[
     "tls",
     "engine",
     "reconnect_max_backoff",
+    "autonomy_after",
     "executor",
 ];
 

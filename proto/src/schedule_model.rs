@@ -312,6 +312,11 @@ pub struct ScheduleDoc {
     /// No fire times after this instant (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_at: Option<DateTime<Utc>>,
+    /// Whether the target agents fire this schedule themselves while no controller is
+    /// reachable (default true). `false` for schedules that must only run under a
+    /// controller's eye: a pause or drain issued during an outage cannot reach a cut-off agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autonomy: Option<bool>,
 }
 
 /// Any fleet document.

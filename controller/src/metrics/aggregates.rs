@@ -118,10 +118,15 @@ pub(super) static END_STATES: std::sync::LazyLock<Vec<&'static str>> =
             .collect()
     });
 
+/// The origin of runs an agent started on its own (`syncfleet_autonomous_runs_total`).
+pub(super) const AUTONOMOUS_ORIGIN: &str = "autonomous";
+
 /// The run-derived families.
 #[derive(Debug, Default)]
 pub(super) struct Aggregates {
     pub(super) runs: BTreeMap<(String, String, &'static str), u64>,
+    /// Ended runs an agent started on its own while no controller was reachable, per agent.
+    pub(super) autonomous: BTreeMap<String, u64>,
     /// (agent, sequence) pairs whose `syncfleet_runs_total` series exist for every end state.
     pub(super) known: HashSet<(String, String)>,
     pub(super) run_duration: BTreeMap<String, Hist>,
@@ -237,6 +242,9 @@ impl Aggregates {
             .runs
             .entry((run.agent.clone(), run.sequence.clone(), state.label()))
             .or_default() += 1;
+        if run.origin == AUTONOMOUS_ORIGIN {
+            *self.autonomous.entry(run.agent.clone()).or_default() += 1;
+        }
         if let Some(d) = secs_between(run.started_at.as_ref(), run.finished_at.as_ref()) {
             self.run_duration
                 .entry(run.sequence.clone())

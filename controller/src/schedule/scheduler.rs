@@ -130,6 +130,7 @@ impl Scheduler {
     /// Run until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut updates = self.fleet.subscribe();
+        let mut connected = self.fleet.subscribe_connected();
         self.load(true).await;
         loop {
             let (next, deferred) = {
@@ -147,6 +148,11 @@ impl Scheduler {
             tokio::select! {
                 () = tokio::time::sleep(sleep) => self.fire_due().await,
                 () = self.reload.notified() => self.load(false).await,
+                r = connected.recv() => match r {
+                    Ok(agent) => self.push_schedule_set(&agent).await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.push_schedule_sets().await,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
                 r = updates.recv() => match r {
                     Ok(run) => self.on_run_update(run).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -264,6 +270,8 @@ impl Scheduler {
             self.restore_buffered().await;
         }
         self.start_catchups(catchups).await;
+        // Whatever changed (documents, pauses, a drain) changes the agents' schedule sets.
+        self.push_schedule_sets().await;
     }
 
     pub(super) async fn rebuild_queue(&self) {
@@ -385,6 +393,14 @@ impl Scheduler {
             return self.bump(name, counters::SKIPPED_NO_TARGET, 1).await;
         }
         for agent in targets {
+            if let Some(covered) = self.fleet.covered_until(name, &agent.name)
+                && nominal <= covered
+            {
+                // The agent ran (or accounted for) this nominal time on its own while no
+                // controller was reachable, and handed it back when it reconnected.
+                tracing::debug!(schedule = name, agent = %agent.name, %nominal, "fire time covered by the agent's autonomy");
+                continue;
+            }
             match self.fleet.run_blocked(&agent.name, Some(name)).await {
                 Ok(Some(blocked)) => {
                     tracing::debug!(schedule = name, agent = %agent.name, %nominal, reason = %blocked, "fire time skipped");
@@ -532,6 +548,8 @@ impl Scheduler {
                     tracing::error!(error = %e, "cannot pause the schedule of a held run");
                 }
                 tracing::warn!(schedule = %run.schedule, run_id = %run.id, "guard rail held a run; schedule paused");
+                // The agents' schedule sets carry the pause.
+                self.reload();
                 self.bump(&run.schedule, counters::HELD, 1).await;
             }
         }

@@ -24,6 +24,7 @@ pub(super) fn schedule(trigger: TriggerDoc) -> ScheduleDoc {
         blackout: Vec::new(),
         start_at: None,
         end_at: None,
+        autonomy: None,
     }
 }
 
