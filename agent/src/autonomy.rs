@@ -552,3 +552,252 @@ fn bump(st: &mut State, schedule: &str, counter: &str) {
 pub fn report_time(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
     from_proto(ts)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::{DateTime, Utc};
+    use syncfleet_proto::schedule_model::{Clock, run_id_for};
+    use syncfleet_proto::v1;
+    use tokio::sync::Notify;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Autonomy, counters};
+    use crate::engine::sim::SimConfig;
+    use crate::executor::ExecutorOptions;
+    use crate::executor::testkit::{Harness, build};
+
+    /// A wall-clock origin on the 10 s grid.
+    fn t0() -> DateTime<Utc> {
+        "2026-06-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        t0() + chrono::Duration::seconds(secs)
+    }
+
+    fn schedule(name: &str, extra: serde_json::Value) -> v1::AgentSchedule {
+        let mut doc = serde_json::json!({
+            "name": name,
+            "sequence": "quick",
+            "targets": {"agents": ["sync-01"]},
+            "trigger": {"every": "10s"},
+        });
+        if let (Some(d), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
+            d.extend(e.clone());
+        }
+        v1::AgentSchedule {
+            schedule_json: doc.to_string(),
+            stages: vec![v1::PlanStage {
+                steps: vec![v1::PlanStep {
+                    ma: "AD".into(),
+                    profile: "Delta Import".into(),
+                    ..Default::default()
+                }],
+            }],
+            on_failure: v1::OnFailure::Stop as i32,
+            paused: false,
+        }
+    }
+
+    /// An agent (executor on a simulated server, journal) whose session is lost at t0, with
+    /// `autonomy_after` 20 s; runs take `time_scale` of the simulated durations.
+    async fn agent(time_scale: f64, set: v1::ScheduleSet) -> (Harness, std::sync::Arc<Autonomy>) {
+        let mut cfg = SimConfig::example(0);
+        cfg.time_scale = time_scale;
+        let opts = ExecutorOptions {
+            stagger: Duration::from_millis(1),
+            ..ExecutorOptions::default()
+        };
+        let (h, _sim) = build(cfg, opts).await;
+        let a = Autonomy::open(
+            "sync-01",
+            Duration::from_secs(20),
+            Clock::tokio_from(t0()),
+            std::sync::Arc::clone(&h.journal),
+            std::sync::Arc::clone(&h.exec),
+            std::sync::Arc::new(Notify::new()),
+        )
+        .unwrap();
+        a.store_set(set).unwrap();
+        (h, a)
+    }
+
+    fn set(schedules: Vec<v1::AgentSchedule>) -> v1::ScheduleSet {
+        v1::ScheduleSet {
+            version: 7,
+            schedules,
+            ..Default::default()
+        }
+    }
+
+    fn accepted(h: &Harness, schedule: &str, secs: i64) -> bool {
+        let probe = v1::StartRun {
+            run_id: run_id_for(schedule, "sync-01", at(secs)),
+            ..Default::default()
+        };
+        h.journal.accept_run(&probe).unwrap() == crate::journal::Accept::Duplicate
+    }
+
+    fn report(
+        a: &Autonomy,
+        schedule: &str,
+    ) -> (DateTime<Utc>, std::collections::HashMap<String, u64>) {
+        let (reports, _) = a.reports();
+        let r = reports
+            .into_iter()
+            .find(|r| r.schedule == schedule)
+            .unwrap();
+        (
+            super::report_time(r.last_nominal.as_ref().unwrap()).unwrap(),
+            r.counters,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_only_after_autonomy_after_with_the_controllers_run_ids() {
+        let (h, a) = agent(0.001, set(vec![schedule("s", serde_json::json!({}))])).await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(std::sync::Arc::clone(&a).run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert!(a.autonomous_since().is_none(), "not before autonomy_after");
+        assert!(h.exec.runs_in_flight().is_empty());
+        // At 20 s it becomes autonomous: 10 s passed unfired (counted), 20 s fires.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(a.autonomous_since(), Some(at(20)));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (last, counted) = report(&a, "s");
+        assert_eq!(last, at(30));
+        assert_eq!(counted.get(counters::AUTONOMOUS), Some(&2), "{counted:?}");
+        assert_eq!(
+            counted.get(counters::MISSED_CATCHUP),
+            Some(&1),
+            "{counted:?}"
+        );
+        // Journaled with the controller's derived ids (a second accept is a duplicate).
+        assert!(accepted(&h, "s", 20));
+        assert!(accepted(&h, "s", 30));
+        assert!(!accepted(&h, "s", 10), "10 s was counted, not run");
+        let (_, since) = a.reports();
+        assert_eq!(since.map(|t| t.seconds), Some(at(20).timestamp()));
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_handshake_stops_firing_and_the_welcome_hands_back() {
+        let (h, a) = agent(0.001, set(vec![schedule("s", serde_json::json!({}))])).await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(std::sync::Arc::clone(&a).run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(report(&a, "s").0, at(20));
+        // A session opens: from its Hello to its Welcome nothing fires.
+        let handshake = a.handshake().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            report(&a, "s").0,
+            at(20),
+            "30 s not fired during the handshake"
+        );
+        a.welcomed();
+        drop(handshake);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(
+            a.reports().0.is_empty(),
+            "handed back: nothing left to report"
+        );
+        assert!(a.autonomous_since().is_none());
+        assert!(
+            !accepted(&h, "s", 30) && !accepted(&h, "s", 40),
+            "the controller's again"
+        );
+        // Cut off again: the timer starts over.
+        a.session_lost();
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(a.autonomous_since().is_some());
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opted_out_paused_and_drained_schedules_do_not_run() {
+        let mut paused = schedule("paused", serde_json::json!({}));
+        paused.paused = true;
+        let (h, a) = agent(
+            0.001,
+            set(vec![
+                schedule("watched", serde_json::json!({"autonomy": false})),
+                paused,
+            ]),
+        )
+        .await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(std::sync::Arc::clone(&a).run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        assert!(
+            !a.reports().0.iter().any(|r| r.schedule == "watched"),
+            "autonomy: false is never fired"
+        );
+        assert!(!accepted(&h, "watched", 20));
+        let (_, counted) = report(&a, "paused");
+        assert_eq!(
+            counted.get(counters::SKIPPED_PAUSED),
+            Some(&2),
+            "{counted:?}"
+        );
+        assert!(!accepted(&h, "paused", 30));
+        // A drain from the controller: nothing fires either.
+        a.store_set(v1::ScheduleSet {
+            version: 8,
+            schedules: vec![schedule("s", serde_json::json!({}))],
+            drained: true,
+            ..Default::default()
+        })
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (_, counted) = report(&a, "s");
+        assert!(
+            counted.get(counters::SKIPPED_DRAINED).copied().unwrap_or(0) >= 1,
+            "{counted:?}"
+        );
+        assert_eq!(counted.get(counters::AUTONOMOUS), None, "{counted:?}");
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overlap_skips_behind_a_running_run_and_a_held_run_pauses_the_schedule() {
+        // Slowed-down simulated runs: a Delta Import outlasts the 10 s interval.
+        let (h, a) = agent(100.0, set(vec![schedule("s", serde_json::json!({}))])).await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(std::sync::Arc::clone(&a).run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(21)).await;
+        let first = run_id_for("s", "sync-01", at(20));
+        assert_eq!(h.exec.runs_in_flight(), vec![first.clone()]);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (_, counted) = report(&a, "s");
+        assert_eq!(
+            counted.get(counters::SKIPPED_OVERLAP),
+            Some(&1),
+            "{counted:?}"
+        );
+        // The run ends held by a guard rail: the schedule pauses here until the controller is
+        // back (its next set decides).
+        h.exec.cancel(&first);
+        a.run_ended(&first, v1::RunState::Held);
+        while !h.exec.runs_in_flight().is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let (_, counted) = report(&a, "s");
+        assert_eq!(counted.get(counters::HELD), Some(&1), "{counted:?}");
+        assert!(
+            counted.get(counters::SKIPPED_PAUSED).copied().unwrap_or(0) >= 1,
+            "{counted:?}"
+        );
+        assert!(h.exec.runs_in_flight().is_empty());
+        stop.cancel();
+        task.await.unwrap();
+    }
+}

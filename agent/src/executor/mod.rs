@@ -43,7 +43,7 @@ mod step;
 #[cfg(test)]
 mod journal_failure_tests;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
