@@ -767,6 +767,71 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_run_held_by_a_guard_rail_pauses_its_schedule_until_the_controller_decides() {
+        // 800 of 10,000 connectors deleted at the source: the synchronization would stage
+        // 8 % deletes, over the guard rail's 2 %.
+        let cfg = SimConfig::from_toml_str(
+            "seed = 11\ntime_scale = 0.001\n\
+             [[mas]]\nname = \"AD\"\nma_type = \"AD\"\nconnectors = 10000\nchange_rate_per_hour = 0.0\n\
+             source_events = [{at_secs = 0.0, delete = 800}]\n",
+        )
+        .unwrap();
+        let (h, _sim) = build(
+            cfg,
+            ExecutorOptions {
+                stagger: Duration::from_millis(1),
+                ..ExecutorOptions::default()
+            },
+        )
+        .await;
+        let a = Autonomy::open(
+            "sync-01",
+            Duration::from_secs(20),
+            Clock::tokio_from(t0()),
+            std::sync::Arc::clone(&h.journal),
+            std::sync::Arc::clone(&h.exec),
+            std::sync::Arc::new(Notify::new()),
+        )
+        .unwrap();
+        let mut guarded = schedule("guarded", serde_json::json!({}));
+        guarded.stages.push(v1::PlanStage {
+            steps: vec![v1::PlanStep {
+                ma: "AD".into(),
+                profile: "Delta Sync".into(),
+                guard: Some(v1::Guard {
+                    max_staged_deletes: Some(v1::Limit {
+                        kind: Some(v1::limit::Kind::Percent(2.0)),
+                    }),
+                    max_pending_deletes: None,
+                }),
+                ..Default::default()
+            }],
+        });
+        a.store_set(set(vec![guarded.clone()])).unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(std::sync::Arc::clone(&a).run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        let (_, counted) = report(&a, "guarded");
+        assert_eq!(counted.get(counters::AUTONOMOUS), Some(&1), "{counted:?}");
+        assert_eq!(counted.get(counters::HELD), Some(&1), "{counted:?}");
+        assert_eq!(
+            counted.get(counters::SKIPPED_PAUSED),
+            Some(&2),
+            "30 and 40: {counted:?}"
+        );
+        assert!(!accepted(&h, "guarded", 30));
+        // The controller's next set decides (it pauses the schedule for the operator, or not).
+        a.store_set(set(vec![guarded])).unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            accepted(&h, "guarded", 50),
+            "fires again once the controller decided"
+        );
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn overlap_skips_behind_a_running_run_and_a_held_run_pauses_the_schedule() {
         // Slowed-down simulated runs: a Delta Import outlasts the 10 s interval.
         let (h, a) = agent(100.0, set(vec![schedule("s", serde_json::json!({}))])).await;
