@@ -61,6 +61,7 @@ pub(super) fn autonomous_run(agent: &str, ev: &v1::AgentEvent) -> Option<v1::Run
     for (stage, st) in origin.stages.iter().enumerate() {
         for p in &st.steps {
             steps.push(v1::Step {
+                index: u32::try_from(steps.len()).unwrap_or(u32::MAX),
                 ma: p.ma.clone(),
                 profile: p.profile.clone(),
                 stage: u32::try_from(stage).unwrap_or(u32::MAX),
@@ -190,5 +191,128 @@ pub(super) fn overlay_autonomy(agent: &mut v1::Agent, connected: bool) {
         agent.autonomous = true;
         agent.autonomous_since = Some(syncfleet_proto::time::to_proto(expected));
         agent.autonomous_until = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use syncfleet_proto::time::{from_millis, to_proto};
+    use syncfleet_proto::v1::agent_event::Kind;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::fleet::fixtures::fleet;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_780_000_000 + secs, 0).unwrap()
+    }
+
+    fn scheduled(id: &str, nominal: DateTime<Utc>) -> v1::Run {
+        v1::Run {
+            id: id.into(),
+            agent: "a".into(),
+            state: v1::RunState::Pending as i32,
+            origin: "schedule".into(),
+            schedule: "s".into(),
+            nominal_time: Some(to_proto(nominal)),
+            created_at: Some(to_proto(nominal)),
+            steps: vec![v1::Step {
+                ma: "AD".into(),
+                profile: "Delta Import".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn started(seq: u64, run_id: &str, nominal: DateTime<Utc>) -> v1::AgentEvent {
+        v1::AgentEvent {
+            seq,
+            at: Some(from_millis(nominal.timestamp_millis() + 100)),
+            run_id: run_id.into(),
+            kind: Some(Kind::RunStarted(v1::RunStarted {
+                autonomous: Some(v1::AutonomousOrigin {
+                    schedule: "s".into(),
+                    sequence: "quick".into(),
+                    nominal_time: Some(to_proto(nominal)),
+                    stages: vec![v1::PlanStage {
+                        steps: vec![v1::PlanStep {
+                            ma: "AD".into(),
+                            profile: "Delta Import".into(),
+                            ..Default::default()
+                        }],
+                    }],
+                }),
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_hand_over_is_recorded_before_the_welcome_and_covered_runs_are_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fleet, store) = fleet(dir.path()).await;
+        let hello = v1::Hello {
+            name: "a".into(),
+            autonomy: vec![v1::AutonomyReport {
+                schedule: "s".into(),
+                last_nominal: Some(to_proto(at(20))),
+                counters: [("autonomous".to_string(), 2u64)].into_iter().collect(),
+            }],
+            autonomous_since: Some(to_proto(at(5))),
+            autonomy_after_seconds: 40,
+            ..Default::default()
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        fleet.on_connect(&hello, tx).await.unwrap();
+        assert_eq!(fleet.covered_until("s", "a"), Some(at(20)));
+        assert_eq!(fleet.covered_until("s", "b"), None);
+        assert_eq!(
+            store.counters("s").await.unwrap(),
+            vec![("autonomous".to_string(), 2)]
+        );
+        let agent = fleet.agent_view(store.get_agent("a").await.unwrap().unwrap().agent);
+        assert_eq!(agent.autonomous_since, Some(to_proto(at(5))));
+        assert!(agent.autonomous_until.is_some() && !agent.autonomous);
+
+        // A run the controller created for 20 s while the agent was away is not sent; 30 s is.
+        for (id, t) in [("r20", at(20)), ("r30", at(30))] {
+            store.insert_run(&scheduled(id, t)).await.unwrap();
+        }
+        fleet.dispatch_for_agent("a").await;
+        let mut sent = Vec::new();
+        while let Ok(Ok(m)) = rx.try_recv() {
+            if let Some(CtrlMsg::Command(c)) = m.msg
+                && let Some(v1::command::Kind::StartRun(s)) = c.kind
+            {
+                sent.push(s.run_id);
+            }
+        }
+        assert_eq!(sent, vec!["r30".to_string()]);
+
+        // The agent's events: its run of 20 s reports into the controller's record (now origin
+        // autonomous); its run of 10 s, unknown to the controller, is recorded from RunStarted.
+        fleet
+            .apply_events(
+                "a",
+                vec![started(1, "r20", at(20)), started(2, "r10", at(10))],
+                0,
+            )
+            .await
+            .unwrap();
+        let r20 = store.get_run("r20").await.unwrap().unwrap();
+        assert_eq!(r20.origin, AUTONOMOUS);
+        assert_eq!(r20.state, v1::RunState::Running as i32);
+        let r10 = store.get_run("r10").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                r10.agent.as_str(),
+                r10.origin.as_str(),
+                r10.schedule.as_str()
+            ),
+            ("a", AUTONOMOUS, "s")
+        );
+        assert_eq!(r10.nominal_time, Some(to_proto(at(10))));
+        assert_eq!(r10.steps.len(), 1);
+        assert_eq!(r10.state, v1::RunState::Running as i32);
     }
 }
