@@ -27,6 +27,10 @@ use tokio::sync::broadcast;
 
 use super::Fleet;
 
+/// How long a reconnected agent gets to replay its outbox before a pending run it covered
+/// without reporting it is taken as skipped.
+const REPLAY_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The origin of runs an agent started on its own.
 pub const AUTONOMOUS: &str = "autonomous";
 
@@ -138,6 +142,34 @@ impl Fleet {
             && self
                 .covered_until(&run.schedule, &run.agent)
                 .is_some_and(|c| nominal <= c)
+    }
+
+    /// A pending run the controller created for a nominal time its agent covered on its own
+    /// and did not report as run (it skipped it: overlap, pause, blackout): once the agent has
+    /// had [`REPLAY_SETTLE`] to replay its outbox, the run ends `skipped`, saying why. Returns
+    /// whether it ended (until then it is not dispatched, and the pending deadline applies).
+    pub(super) async fn end_covered(&self, run: &v1::Run) -> bool {
+        if self
+            .connected_for(&run.agent)
+            .is_none_or(|d| d < REPLAY_SETTLE)
+        {
+            return false;
+        }
+        let msg = format!(
+            "agent {} covered this fire time on its own while no controller was reachable and \
+             did not run it (see the schedule's counters); the run was never started",
+            run.agent
+        );
+        match self
+            .finish_run_here(&run.id, v1::RunState::Skipped, msg)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(run_id = %run.id, error = %e, "cannot end a run its agent covered");
+                false
+            }
+        }
     }
 
     /// Agents whose session just opened, to send their schedule sets to.
@@ -314,5 +346,42 @@ mod tests {
         assert_eq!(r10.nominal_time, Some(to_proto(at(10))));
         assert_eq!(r10.steps.len(), 1);
         assert_eq!(r10.state, v1::RunState::Running as i32);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_covered_run_the_agent_never_reported_ends_skipped_after_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fleet, store) = fleet(dir.path()).await;
+        // Ahead of the wall clock, so the pending deadline (1 s here) does not interfere.
+        let t = Utc::now() + chrono::Duration::seconds(60);
+        let hello = v1::Hello {
+            name: "a".into(),
+            autonomy: vec![v1::AutonomyReport {
+                schedule: "s".into(),
+                last_nominal: Some(to_proto(t)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (tx, _rx) = mpsc::channel(16);
+        fleet.on_connect(&hello, tx).await.unwrap();
+        store.insert_run(&scheduled("r20", t)).await.unwrap();
+        fleet.sweep().await;
+        let r = store.get_run("r20").await.unwrap().unwrap();
+        assert_eq!(
+            r.state,
+            v1::RunState::Pending as i32,
+            "the agent may still report it"
+        );
+        assert_eq!(fleet.covered_until("s", "a"), Some(t));
+        tokio::time::advance(REPLAY_SETTLE).await;
+        fleet.sweep().await;
+        let r = store.get_run("r20").await.unwrap().unwrap();
+        assert_eq!(r.state, v1::RunState::Skipped as i32);
+        assert!(
+            r.message.contains("covered this fire time on its own"),
+            "{}",
+            r.message
+        );
     }
 }
