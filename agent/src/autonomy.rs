@@ -686,6 +686,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_agent_restarted_while_cut_off_keeps_its_set_and_what_it_covered() {
+        let (h, a) = agent(0.001, set(vec![schedule("s", serde_json::json!({}))])).await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(std::sync::Arc::clone(&a).run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        stop.cancel();
+        task.await.unwrap();
+        let before = a.reports();
+        drop(a);
+        // The same journal, a new process.
+        let again = Autonomy::open(
+            "sync-01",
+            Duration::from_secs(20),
+            Clock::tokio_from(at(25)),
+            std::sync::Arc::clone(&h.journal),
+            std::sync::Arc::clone(&h.exec),
+            std::sync::Arc::new(Notify::new()),
+        )
+        .unwrap();
+        assert_eq!(again.set_version(), 7);
+        assert_eq!(again.reports(), before);
+        assert_eq!(again.autonomous_since(), Some(at(20)));
+        // It goes on from where it was: 30 s fires, 20 s is not fired again.
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(std::sync::Arc::clone(&again).run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (last, counted) = report(&again, "s");
+        assert_eq!(last, at(30));
+        assert_eq!(counted.get(counters::AUTONOMOUS), Some(&2), "{counted:?}");
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_handshake_stops_firing_and_the_welcome_hands_back() {
         let (h, a) = agent(0.001, set(vec![schedule("s", serde_json::json!({}))])).await;
         let stop = CancellationToken::new();
