@@ -25,6 +25,9 @@ use crate::identity::channel::{ChannelError, LiveChannel, connect, set_live};
 use crate::identity::files::{revoked_message, unusable_reason};
 use crate::journal::{Accept, Journal};
 
+/// Longest wait from the Hello to the controller's Welcome.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Largest gRPC message accepted or sent on the session.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -37,7 +40,7 @@ pub enum SessionError {
     Refused(tonic::Status),
     #[error("session stream failed: {0}")]
     Stream(tonic::Status),
-    #[error("controller closed the session before its Welcome")]
+    #[error("controller closed the session, or did not answer within 10 s, before its Welcome")]
     NoWelcome,
     #[error("agent journal: {0}")]
     Journal(#[from] crate::journal::JournalError),
@@ -184,17 +187,23 @@ async fn run_session(
     let mut client = AgentServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut inbound = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .map_err(SessionError::Refused)?
-        .into_inner();
-    let welcome = match inbound.message().await.map_err(SessionError::Stream)? {
-        Some(v1::ControllerMessage {
-            msg: Some(CtrlMsg::Welcome(w)),
-        }) => w,
-        _ => return Err(SessionError::NoWelcome),
-    };
+    // Bounded: firing waits for this handshake, so a controller that accepts connections but
+    // does not answer (stopped, overloaded) must not hold the agent's schedules for long.
+    let (mut inbound, welcome) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let mut inbound = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .map_err(SessionError::Refused)?
+            .into_inner();
+        match inbound.message().await.map_err(SessionError::Stream)? {
+            Some(v1::ControllerMessage {
+                msg: Some(CtrlMsg::Welcome(w)),
+            }) => Ok((inbound, w)),
+            _ => Err(SessionError::NoWelcome),
+        }
+    })
+    .await
+    .map_err(|_| SessionError::NoWelcome)??;
     welcomed.store(true, std::sync::atomic::Ordering::Relaxed);
     // The controller has recorded what the agent covered: the schedules are its own again.
     ctx.autonomy.welcomed();
