@@ -177,7 +177,7 @@ impl Fleet {
         self.autonomy.connected.subscribe()
     }
 
-    pub(super) fn announce_connected(&self, agent: &str) {
+    pub fn announce_connected(&self, agent: &str) {
         // Nobody listening (no scheduler) is fine.
         let _ = self.autonomy.connected.send(agent.to_string());
     }

@@ -116,3 +116,71 @@ fn version_of(set: &v1::ScheduleSet) -> u64 {
         .unwrap_or(1)
         .max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use syncfleet_proto::v1::controller_message::Msg;
+    use tokio::sync::mpsc;
+
+    use super::super::testkit::*;
+    use crate::fleet::FleetError;
+
+    async fn next_set(
+        rx: &mut mpsc::Receiver<Result<v1::ControllerMessage, FleetError>>,
+    ) -> v1::ScheduleSet {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a schedule set within 5 s")
+                .expect("session open")
+                .expect("no error");
+            if let Some(Msg::ScheduleSet(s)) = m.msg {
+                return s;
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn agents_get_their_schedule_set_on_connect_and_after_every_change() {
+        let w = every_10s("k", &["a1"], "overlap: buffer_one\n").await;
+        let (s, _stop) = start_scheduler(&w, w.start);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (tx, mut rx) = mpsc::channel(64);
+        let hello = v1::Hello {
+            name: "a1".into(),
+            ..Default::default()
+        };
+        w.fleet.on_connect(&hello, tx).await.unwrap();
+        w.fleet.announce_connected("a1");
+        let first = next_set(&mut rx).await;
+        assert_ne!(first.version, 0);
+        assert_eq!(first.schedules.len(), 1);
+        let doc: serde_json::Value =
+            serde_json::from_str(&first.schedules[0].schedule_json).unwrap();
+        assert_eq!(doc["name"], "k");
+        assert_eq!(doc["overlap"], "buffer_one");
+        assert!(!first.schedules[0].stages.is_empty(), "the sequence's plan");
+        assert!(!first.schedules[0].paused && !first.fleet_paused && !first.drained);
+        // A reload without a change: the same version.
+        s.reload();
+        assert_eq!(next_set(&mut rx).await.version, first.version);
+        // A schedule pause reaches the agent.
+        let pause = v1::Pause {
+            paused: true,
+            note: "maintenance".into(),
+            ..Default::default()
+        };
+        w.fleet.set_schedule_pause("k", &pause).await.unwrap();
+        s.reload();
+        let paused = next_set(&mut rx).await;
+        assert!(paused.schedules[0].paused);
+        assert_ne!(paused.version, first.version);
+        // So does a drain.
+        crate::fleet::set_drain(&w.fleet, "a1", true, "patching", "operator/o")
+            .await
+            .unwrap();
+        s.reload();
+        assert!(next_set(&mut rx).await.drained);
+        w.shutdown.cancel();
+    }
+}
