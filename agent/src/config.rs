@@ -90,6 +90,11 @@ pub struct AgentConfig {
     pub reconnect_max_backoff: Duration,
     /// Run mode, stagger, watchdog and retry policy.
     pub executor: ExecutorOptions,
+    /// How long the session must have been down before the agent fires the controller's
+    /// schedules itself (agent autonomy); `0s` turns autonomy off. Default: twice the
+    /// session's heartbeat (keep-alive) timeout, 40 s.
+    #[serde(with = "humantime_serde")]
+    pub autonomy_after: Duration,
 }
 
 impl Default for AgentConfig {
@@ -104,6 +109,7 @@ impl Default for AgentConfig {
             engine: EngineConfig::default(),
             reconnect_max_backoff: Duration::from_secs(30),
             executor: ExecutorOptions::default(),
+            autonomy_after: crate::identity::channel::KEEP_ALIVE_TIMEOUT * 2,
         }
     }
 }

@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS steps (
     result TEXT,
     PRIMARY KEY (run_id, step_index)
 );
+CREATE TABLE IF NOT EXISTS autonomy (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 "#;
 
 /// Journal failures.
@@ -149,6 +153,28 @@ impl Journal {
         } else {
             Accept::Duplicate
         })
+    }
+
+    /// A record of the agent's autonomy (the controller's schedule set, the hand-over state).
+    pub fn autonomy_record(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        self.conn()
+            .query_row("SELECT value FROM autonomy WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Store (replace) a record of the agent's autonomy.
+    pub fn set_autonomy_record(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
+        self.conn()
+            .execute(
+                "INSERT INTO autonomy (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     /// Mark a run as finished (its RunFinished event is in the outbox). Its step records are
@@ -436,7 +462,7 @@ mod tests {
     fn seqs_never_repeat_after_ack_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.db");
-        let kind = || v1::agent_event::Kind::RunStarted(v1::RunStarted {});
+        let kind = || v1::agent_event::Kind::RunStarted(v1::RunStarted::default());
         {
             let j = Journal::open(&path).unwrap();
             assert_eq!(j.append("r", kind()).unwrap().seq, 1);

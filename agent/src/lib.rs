@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+pub mod autonomy;
 pub mod backlog;
 pub mod config;
 pub mod engine;
@@ -139,6 +140,15 @@ async fn run_agent(
         );
     }
     tracing::info!(name = %cfg.name, controller = %cfg.controller, "agent starting");
+    let autonomy = autonomy::Autonomy::open(
+        &cfg.name,
+        cfg.autonomy_after,
+        syncfleet_proto::schedule_model::Clock::System,
+        Arc::clone(&journal),
+        Arc::clone(&executor),
+        Arc::clone(&outbox),
+    )?;
+    let autonomy_task = tokio::spawn(Arc::clone(&autonomy).run(shutdown.clone()));
     let ctx = Arc::new(session::SessionContext {
         cfg,
         live,
@@ -146,7 +156,10 @@ async fn run_agent(
         journal,
         executor,
         outbox,
+        autonomy,
     });
     session::run_forever(ctx, shutdown).await;
+    // The task ends with the shutdown; its outcome carries nothing.
+    let _ = autonomy_task.await;
     Ok(())
 }

@@ -25,6 +25,9 @@ use crate::identity::channel::{ChannelError, LiveChannel, connect, set_live};
 use crate::identity::files::{revoked_message, unusable_reason};
 use crate::journal::{Accept, Journal};
 
+/// Longest wait from the Hello to the controller's Welcome.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Largest gRPC message accepted or sent on the session.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -37,7 +40,7 @@ pub enum SessionError {
     Refused(tonic::Status),
     #[error("session stream failed: {0}")]
     Stream(tonic::Status),
-    #[error("controller closed the session before its Welcome")]
+    #[error("controller closed the session, or did not answer within 10 s, before its Welcome")]
     NoWelcome,
     #[error("agent journal: {0}")]
     Journal(#[from] crate::journal::JournalError),
@@ -80,6 +83,8 @@ pub struct SessionContext {
     pub journal: Arc<Journal>,
     pub executor: Arc<Executor>,
     pub outbox: Arc<Notify>,
+    /// The controller's schedules, fired here while no controller is reachable.
+    pub autonomy: Arc<crate::autonomy::Autonomy>,
 }
 
 impl std::fmt::Debug for SessionContext {
@@ -112,6 +117,7 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
         };
         // The connection is gone: renewals open their own until the next session.
         set_live(&ctx.live, None);
+        ctx.autonomy.session_lost();
         if welcomed.load(std::sync::atomic::Ordering::Relaxed) {
             attempt = 0;
             redirected = false;
@@ -241,6 +247,10 @@ async fn run_session(
         }
     };
     let info = ctx.engine.info();
+    // From here to the Welcome nothing fires on its own: the Hello's report of what the agent
+    // covered stays true until the controller has recorded it.
+    let handshake = ctx.autonomy.handshake().await;
+    let (autonomy, autonomous_since) = ctx.autonomy.reports();
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
     let hello = v1::Hello {
         name: ctx.cfg.name.clone(),
@@ -254,6 +264,10 @@ async fn run_session(
         runs_in_flight: ctx.executor.runs_in_flight(),
         last_event_seq: ctx.journal.last_seq()?,
         hostname: hostname(),
+        autonomy,
+        autonomous_since,
+        autonomy_after_seconds: ctx.cfg.autonomy_after.as_secs(),
+        schedule_set_version: ctx.autonomy.set_version(),
     };
     // The channel is empty and its receiver alive: this send cannot fail.
     let _ = tx
@@ -264,18 +278,27 @@ async fn run_session(
     let mut client = AgentServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut inbound = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .map_err(SessionError::Refused)?
-        .into_inner();
-    let welcome = match inbound.message().await.map_err(SessionError::Stream)? {
-        Some(v1::ControllerMessage {
-            msg: Some(CtrlMsg::Welcome(w)),
-        }) => w,
-        _ => return Err(SessionError::NoWelcome),
-    };
+    // Bounded: firing waits for this handshake, so a controller that accepts connections but
+    // does not answer (stopped, overloaded) must not hold the agent's schedules for long.
+    let (mut inbound, welcome) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let mut inbound = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .map_err(SessionError::Refused)?
+            .into_inner();
+        match inbound.message().await.map_err(SessionError::Stream)? {
+            Some(v1::ControllerMessage {
+                msg: Some(CtrlMsg::Welcome(w)),
+            }) => Ok((inbound, w)),
+            _ => Err(SessionError::NoWelcome),
+        }
+    })
+    .await
+    .map_err(|_| SessionError::NoWelcome)??;
     welcomed.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The controller has recorded what the agent covered: the schedules are its own again.
+    ctx.autonomy.welcomed();
+    drop(handshake);
     set_live(&ctx.live, Some(session_channel.clone()));
     tracing::info!(controller = %controller, acked = welcome.acked_event_seq, "session open");
     if let Err(e) = ctx.journal.ack(welcome.acked_event_seq) {
@@ -290,8 +313,9 @@ async fn run_session(
         let journal = Arc::clone(&ctx.journal);
         let executor = Arc::clone(&ctx.executor);
         let outbox = Arc::clone(&ctx.outbox);
+        let autonomy = Arc::clone(&ctx.autonomy);
         async move {
-            let r = read_loop(&mut inbound, &tx, &journal, &executor, &outbox).await;
+            let r = read_loop(&mut inbound, &tx, &journal, &executor, &outbox, &autonomy).await;
             done.cancel();
             r
         }
@@ -310,6 +334,7 @@ async fn read_loop(
     journal: &Journal,
     executor: &Arc<Executor>,
     outbox: &Notify,
+    autonomy: &crate::autonomy::Autonomy,
 ) -> Result<(), SessionError> {
     while let Some(msg) = inbound.message().await.map_err(SessionError::Stream)? {
         match msg.msg {
@@ -333,6 +358,22 @@ async fn read_loop(
                 }
                 outbox.notify_one();
             }
+            Some(CtrlMsg::ScheduleSet(set)) => match autonomy.store_set(set) {
+                Ok(version) => {
+                    let ack = v1::ScheduleSetAck { version };
+                    if tx
+                        .send(v1::AgentMessage {
+                            msg: Some(AgentMsg::ScheduleSetAck(ack)),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                // Not acknowledged: the controller sends the set again with the next session.
+                Err(e) => tracing::warn!(error = %e, "cannot store the schedule set"),
+            },
             Some(CtrlMsg::Welcome(_)) | None => {}
         }
     }

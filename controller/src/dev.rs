@@ -256,6 +256,8 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
             },
             reconnect_max_backoff: Duration::from_secs(5),
             executor: syncfleet_agent::executor::ExecutorOptions::default(),
+            // In-process agents share the controller's process: without it, nobody fires.
+            autonomy_after: Duration::ZERO,
         };
         let stop = shutdown.clone();
         agents.push(tokio::spawn(async move {

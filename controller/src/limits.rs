@@ -48,7 +48,7 @@ pub const MAX_ERROR_MESSAGE: usize = 4096;
 /// Most problems returned as warnings in one response.
 pub const MAX_WARNINGS: usize = 500;
 /// Characters of a client value quoted back in an error.
-pub const ECHO_CHARS: usize = 64;
+pub use syncfleet_proto::echo::ECHO_CHARS;
 
 /// A client value over a limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,33 +182,8 @@ pub fn join_bounded(lines: &[String], hint: &str, last: &str) -> String {
     out
 }
 
-/// A client value quoted for an error: `"sync-01"`, or for long values the first
-/// [`ECHO_CHARS`] characters and the size, `"xxxx…"… (100000 bytes)`. Control characters are
-/// escaped as in Rust's `{:?}`.
-pub fn echo(value: &str) -> String {
-    cut(value, true)
-}
-
-/// Like [`echo`] without the quotes, for places (file names, sources) shown as they are.
-pub fn clip(value: &str) -> String {
-    cut(value, false)
-}
-
-fn cut(value: &str, quoted: bool) -> String {
-    let mut chars = value.char_indices();
-    let end = chars.nth(ECHO_CHARS).map(|(i, _)| i);
-    let head = &value[..end.unwrap_or(value.len())];
-    let mut out = if quoted {
-        format!("{head:?}")
-    } else {
-        head.to_string()
-    };
-    if end.is_some() {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "… ({} bytes)", value.len());
-    }
-    out
-}
+// Quoting client input for errors is shared with the schedule model in `syncfleet-proto`.
+pub use syncfleet_proto::echo::{clip, echo};
 
 #[cfg(test)]
 #[allow(

@@ -155,6 +155,7 @@ pub const AGENT_KEYS: &[&str] = &[
     "tls",
     "engine",
     "reconnect_max_backoff",
+    "autonomy_after",
     "executor",
 ];
 

@@ -21,13 +21,16 @@
 
 pub mod config_layers;
 pub mod digest;
+pub mod echo;
 pub mod names;
 pub mod process;
+pub mod schedule_model;
 pub mod shutdown;
 pub mod status;
 pub mod sync;
 pub mod telemetry;
 pub mod time;
+pub mod trigger;
 pub mod vocab;
 
 /// Generated code for package `syncfleet.v1`.

@@ -43,7 +43,7 @@ mod step;
 #[cfg(test)]
 mod journal_failure_tests;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -133,6 +133,9 @@ pub struct Executor {
     executing: Arc<Mutex<HashSet<String>>>,
     /// Set when a step could not be stopped: the engine is considered frozen until it is idle.
     stuck: Arc<Mutex<Option<String>>>,
+    /// Every run that ends, with its state: the autonomy task pauses a schedule locally when
+    /// one of its runs ends `held`.
+    ended: tokio::sync::broadcast::Sender<(String, v1::RunState)>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -162,7 +165,13 @@ impl Executor {
             executing: Arc::new(Mutex::new(HashSet::new())),
             recovering: Mutex::new(HashMap::new()),
             stuck: Arc::new(Mutex::new(None)),
+            ended: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// Runs ending from now on, with their final state.
+    pub fn subscribe_ended(&self) -> tokio::sync::broadcast::Receiver<(String, v1::RunState)> {
+        self.ended.subscribe()
     }
 
     /// Refresh the engine inventory used to classify steps; returns it.

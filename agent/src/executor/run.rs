@@ -16,7 +16,12 @@ use crate::backlog::JournalOp;
 impl Executor {
     pub(super) async fn execute_run(&self, run: v1::StartRun, cancel: CancellationToken) {
         let run_id = run.run_id.clone();
-        self.emit(&run_id, Kind::RunStarted(v1::RunStarted {}));
+        self.emit(
+            &run_id,
+            Kind::RunStarted(v1::RunStarted {
+                autonomous: run.autonomous.clone(),
+            }),
+        );
         let plan = plan_of(&run);
         let total: usize = plan.iter().map(Vec::len).sum();
         let on_failure = v1::OnFailure::try_from(run.on_failure).unwrap_or_default();
@@ -115,6 +120,8 @@ impl Executor {
                 message,
             }),
         );
+        // Nobody listening (no autonomy task) is fine.
+        let _ = self.ended.send((run_id.clone(), state));
         self.writer.write(JournalOp::FinishRun(run_id));
     }
 

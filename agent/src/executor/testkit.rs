@@ -12,14 +12,14 @@ use crate::engine::SyncEngine;
 use crate::engine::sim::{SimConfig, SimEngine};
 use crate::journal::Journal;
 
-pub(super) struct Harness {
-    pub(super) _dir: tempfile::TempDir,
-    pub(super) journal: Arc<Journal>,
-    pub(super) exec: Arc<Executor>,
+pub(crate) struct Harness {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) journal: Arc<Journal>,
+    pub(crate) exec: Arc<Executor>,
 }
 
 /// An executor on a simulated server with its journal in a temporary folder.
-pub(super) async fn build(cfg: SimConfig, opts: ExecutorOptions) -> (Harness, Arc<SimEngine>) {
+pub(crate) async fn build(cfg: SimConfig, opts: ExecutorOptions) -> (Harness, Arc<SimEngine>) {
     let dir = tempfile::tempdir().unwrap();
     let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
     let sim = Arc::new(SimEngine::new(cfg));

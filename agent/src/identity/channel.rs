@@ -9,6 +9,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::config::AgentConfig;
 
+/// How long the session waits for an answer to its HTTP/2 keep-alive ping before it counts the
+/// controller as gone: the agent's heartbeat timeout.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Why no channel to the controller could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -61,7 +65,7 @@ pub async fn connect(cfg: &AgentConfig) -> Result<Channel, ChannelError> {
         .map_err(|e| ChannelError::BadUrl(cfg.controller.clone(), e.to_string()))?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
     endpoint
         .connect()

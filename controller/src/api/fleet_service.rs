@@ -88,10 +88,17 @@ impl FleetSvc {
         let req = request.into_inner();
         let result = match check_ident("agent", &req.name).and(check_text("note", &req.note)) {
             Ok(()) => {
-                crate::fleet::set_drain(&self.fleet, &req.name, draining, &req.note, &ctx.who())
-                    .await
-                    .map(Response::new)
-                    .map_err(Status::from)
+                let r = crate::fleet::set_drain(
+                    &self.fleet,
+                    &req.name,
+                    draining,
+                    &req.note,
+                    &ctx.who(),
+                )
+                .await;
+                // The agents' schedule sets carry the drain.
+                self.scheduler.reload();
+                r.map(Response::new).map_err(Status::from)
             }
             Err(e) => Err(bad_input(e)),
         };
@@ -110,10 +117,13 @@ impl FleetSvc {
         let ctx = self.security.authorize(&request, action, &target).await?;
         let req = request.into_inner();
         let result = match check_text("note", &req.note) {
-            Ok(()) => crate::fleet::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who())
-                .await
-                .map(Response::new)
-                .map_err(Status::from),
+            Ok(()) => {
+                let r =
+                    crate::fleet::set_fleet_pause(&self.fleet, paused, &req.note, &ctx.who()).await;
+                // The agents' schedule sets carry the fleet pause.
+                self.scheduler.reload();
+                r.map(Response::new).map_err(Status::from)
+            }
             Err(e) => Err(bad_input(e)),
         };
         self.finish_with(&ctx, action, &target, &req.note, result)

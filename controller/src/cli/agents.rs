@@ -232,6 +232,31 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
 }
 
 /// `agents show`: key/value lines, then each MA with its run profiles and their step types.
+/// Whether the agent fires its schedules on its own (no controller reachable), and since when;
+/// else its last autonomous period.
+pub fn autonomy_brief(a: &Agent, now: DateTime<Utc>) -> String {
+    let since = instant(a.autonomous_since.as_ref());
+    if a.autonomous && since.is_some() {
+        return format!(
+            "running autonomously since {} ({}): firing its schedules itself",
+            local_time(a.autonomous_since.as_ref()),
+            age(a.autonomous_since.as_ref(), now)
+        );
+    }
+    match (since, instant(a.autonomous_until.as_ref())) {
+        (Some(_), Some(_)) => format!(
+            "not autonomous; last ran autonomously from {} to {}",
+            local_time(a.autonomous_since.as_ref()),
+            local_time(a.autonomous_until.as_ref())
+        ),
+        _ if a.autonomy_after_seconds == 0 => "off".to_string(),
+        _ => format!(
+            "not autonomous (fires its schedules itself after {}s without a controller)",
+            a.autonomy_after_seconds
+        ),
+    }
+}
+
 pub fn agent_details(a: &Agent, now: DateTime<Utc>) -> String {
     let mut kv = Table::new(&["", ""]);
     let mut add = |k: &str, v: String| kv.row(vec![format!("{k}:"), v]);
@@ -280,6 +305,7 @@ pub fn agent_details(a: &Agent, now: DateTime<Utc>) -> String {
     );
     add("labels", or_dash(&labels_brief(&a.labels)).to_string());
     add("drain", pause_brief(a.drain.as_ref(), "draining", "no"));
+    add("autonomy", autonomy_brief(a, now));
     add(
         "runs in flight",
         if a.runs_in_flight.is_empty() {

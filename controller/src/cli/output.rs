@@ -275,6 +275,12 @@ pub fn agent_json(a: &Agent) -> Value {
         "agent_problem": a.agent_problem,
         "runs_in_flight": a.runs_in_flight,
         "drain": pause_json(a.drain.as_ref(), "draining"),
+        // Firing its schedules on its own (no controller reachable), since when; or the last
+        // such period (`autonomous_until` set once it handed its schedules back).
+        "autonomous": a.autonomous,
+        "autonomous_since": timestamp_json(a.autonomous_since.as_ref()),
+        "autonomous_until": timestamp_json(a.autonomous_until.as_ref()),
+        "autonomy_after_seconds": a.autonomy_after_seconds,
         "management_agents": a.management_agents.iter().map(management_agent_json).collect::<Vec<_>>(),
     })
 }
@@ -566,6 +572,10 @@ mod tests {
                 "agent_problem": "",
                 "runs_in_flight": ["r1"],
                 "drain": {"draining": false, "note": "", "by": "", "at": null},
+                "autonomous": false,
+                "autonomous_since": null,
+                "autonomous_until": null,
+                "autonomy_after_seconds": 0,
                 "management_agents": [{
                     "name": "CONTOSO AD",
                     "type": "AD",

@@ -147,6 +147,7 @@ pub(super) fn full_schedule() -> ScheduleDoc {
         ],
         start_at: Some("2025-01-01T00:00:00Z".parse().unwrap()),
         end_at: Some("2030-06-30T12:30:00Z".parse().unwrap()),
+        autonomy: None,
     }
 }
 
@@ -169,6 +170,7 @@ pub(super) fn minimal_schedule(name: &str, sequence: &str) -> ScheduleDoc {
         blackout: Vec::new(),
         start_at: None,
         end_at: None,
+        autonomy: None,
     }
 }
 

@@ -1136,4 +1136,21 @@ trigger: {every: 5m}
         .unwrap();
         assert_eq!(check_inventory(&fine, &[], &agents).warnings, []);
     }
+
+    #[test]
+    fn autonomy_is_a_boolean_and_misspellings_are_named() {
+        let base =
+            "kind: Schedule\nname: s\nsequence: q\ntargets: {agents: [x]}\ntrigger: {every: 3s}\n";
+        let ok = parse_str("f.yaml", &format!("{base}autonomy: false\n")).unwrap();
+        match &ok[0].doc {
+            crate::documents::model::Document::Schedule(s) => assert_eq!(s.autonomy, Some(false)),
+            other => panic!("{other:?}"),
+        }
+        let e = parse_str("f.yaml", &format!("{base}autonomy: maybe\n")).unwrap_err();
+        let m = messages(&e);
+        assert!(m[0].contains("autonomy"), "{m:#?}");
+        let e = parse_str("f.yaml", &format!("{base}autonomus: false\n")).unwrap_err();
+        let m = messages(&e);
+        assert!(m[0].contains("did you mean autonomy?"), "{m:#?}");
+    }
 }

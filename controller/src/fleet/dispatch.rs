@@ -55,6 +55,7 @@ fn start_command(run: &v1::Run) -> v1::ControllerMessage {
                 on_failure: run.on_failure,
                 approved_steps: run.approved_steps.clone(),
                 skip_steps: run.skip_steps.clone(),
+                autonomous: None,
             })),
         })),
     }
@@ -123,6 +124,12 @@ impl Fleet {
     /// Queue `StartRun` on the agent's session; a pending run becomes dispatched. A run whose
     /// dispatch time has not come is left pending (the sweeper and a timer send it later).
     pub async fn send_start(&self, run: v1::Run) {
+        if self.covered_by_agent(&run) {
+            // The agent ran this nominal time on its own with the same run id while no
+            // controller was reachable; its events report into this run.
+            tracing::info!(agent = %run.agent, run_id = %run.id, "run covered by the agent's autonomy; not dispatched");
+            return;
+        }
         let due = Self::dispatch_at_ms(&run);
         let now_ms = Utc::now().timestamp_millis();
         if due > now_ms && state_of(&run) == v1::RunState::Pending {

@@ -8,6 +8,7 @@ use syncfleet_proto::time::now;
 use syncfleet_proto::v1::{self, agent_event::Kind};
 use syncfleet_proto::vocab;
 
+use super::autonomy::{AUTONOMOUS, autonomous_run};
 use super::dispatch::run_of_start_command;
 use super::{Fleet, state_of};
 use crate::store::StoreError;
@@ -165,7 +166,14 @@ impl Fleet {
             for ev in &fresh {
                 if !runs.contains_key(&ev.run_id) {
                     match s.get_run(&ev.run_id).await? {
-                        Some(r) if r.agent == agent_name => {
+                        Some(mut r) if r.agent == agent_name => {
+                            // A run the controller created for a nominal time the agent ran
+                            // on its own: it was executed autonomously.
+                            if autonomous_run(&agent_name, ev).is_some()
+                                && !state_of(&r).is_terminal()
+                            {
+                                r.origin = AUTONOMOUS.to_string();
+                            }
                             order.push(r.id.clone());
                             runs.insert(r.id.clone(), r);
                         }
@@ -185,10 +193,17 @@ impl Fleet {
                             }).await?;
                             continue;
                         }
-                        None => {
-                            tracing::warn!(agent = %agent_name, run_id = %ev.run_id, "event about an unknown run ignored");
-                            continue;
-                        }
+                        None => match autonomous_run(&agent_name, ev) {
+                            Some(r) => {
+                                tracing::info!(agent = %agent_name, run_id = %ev.run_id, schedule = %r.schedule, "run the agent started on its own recorded");
+                                order.push(r.id.clone());
+                                runs.insert(r.id.clone(), r);
+                            }
+                            None => {
+                                tracing::warn!(agent = %agent_name, run_id = %ev.run_id, "event about an unknown run ignored");
+                                continue;
+                            }
+                        },
                     }
                 }
                 if let Some(run) = runs.get_mut(&ev.run_id) {
@@ -269,7 +284,7 @@ mod tests {
     #[test]
     fn events_drive_the_run_to_its_end() {
         let mut r = run();
-        apply_event(&mut r, &ev(Kind::RunStarted(v1::RunStarted {})));
+        apply_event(&mut r, &ev(Kind::RunStarted(v1::RunStarted::default())));
         assert_eq!(r.state, v1::RunState::Running as i32);
         apply_event(
             &mut r,
@@ -312,7 +327,7 @@ mod tests {
     #[test]
     fn an_interrupted_run_has_no_result_and_its_unfinished_steps_no_numbers() {
         let mut r = run();
-        apply_event(&mut r, &ev(Kind::RunStarted(v1::RunStarted {})));
+        apply_event(&mut r, &ev(Kind::RunStarted(v1::RunStarted::default())));
         apply_event(
             &mut r,
             &ev(Kind::StepFinished(v1::StepFinished {

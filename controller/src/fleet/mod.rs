@@ -23,6 +23,7 @@ use tokio::sync::broadcast;
 
 use crate::store::Store;
 
+mod autonomy;
 mod dispatch;
 mod error;
 mod events;
@@ -59,6 +60,9 @@ pub struct Fleet {
     next_session: AtomicU64,
     /// Pending export counters from the agents' heartbeats (for `/metrics`).
     pub pending_exports: crate::pending::HeartbeatPending,
+    /// Agent autonomy: nominal times agents covered on their own, connected agents to send
+    /// schedule sets to (`autonomy.rs`).
+    autonomy: autonomy::Handover,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -83,6 +87,7 @@ impl Fleet {
             run_lock: tokio::sync::Mutex::new(()),
             next_session: AtomicU64::new(1),
             pending_exports: crate::pending::HeartbeatPending::default(),
+            autonomy: autonomy::Handover::default(),
         })
     }
 

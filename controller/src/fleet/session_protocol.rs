@@ -163,6 +163,8 @@ impl OpenSession {
         E: Display,
     {
         self.fleet.dispatch_for_agent(&self.agent).await;
+        // After the Welcome: the scheduler sends the agent its schedule set.
+        self.fleet.announce_connected(&self.agent);
         while let Some(batch) = next_batch(&mut inbound).await {
             if self.handle(batch).await.is_break() {
                 break;
@@ -190,6 +192,9 @@ impl OpenSession {
                         if !ack.accepted {
                             fleet.command_refused(name, &ack).await;
                         }
+                    }
+                    AgentMsg::ScheduleSetAck(ack) => {
+                        fleet.schedule_set_acked(name, ack.version);
                     }
                     AgentMsg::Hello(_) => {
                         tracing::warn!(agent = %name, "duplicate Hello ignored");

@@ -71,6 +71,8 @@ impl Fleet {
                 agent.runs_in_flight.clone_from(&live.runs_in_flight);
             }
         }
+        let connected = self.is_connected(&agent.name);
+        super::autonomy::overlay_autonomy(&mut agent, connected);
         agent
     }
 
@@ -82,6 +84,8 @@ impl Fleet {
         tx: SessionTx,
     ) -> Result<(v1::Welcome, u64, u64), FleetError> {
         let name = hello.name.clone();
+        // What the agent covered on its own is recorded before anything is fired or sent to it.
+        self.record_handover(hello).await;
         let stored = self.store.get_agent(&name).await?;
         let last_seq = stored.as_ref().map_or(0, |s| s.last_event_seq);
         let now_ts = now();
@@ -100,6 +104,17 @@ impl Fleet {
             agent_problem: String::new(),
             runs_in_flight: hello.runs_in_flight.clone(),
             drain: stored.as_ref().and_then(|s| s.agent.drain.clone()),
+            autonomy_after_seconds: hello.autonomy_after_seconds,
+            autonomous: false,
+            // The last autonomous period: reported now, or kept from before.
+            autonomous_since: hello
+                .autonomous_since
+                .or_else(|| stored.as_ref().and_then(|s| s.agent.autonomous_since)),
+            autonomous_until: if hello.autonomous_since.is_some() {
+                Some(now_ts)
+            } else {
+                stored.as_ref().and_then(|s| s.agent.autonomous_until)
+            },
         };
         self.store.put_agent(&agent).await?;
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);

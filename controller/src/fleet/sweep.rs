@@ -22,6 +22,9 @@ impl Fleet {
         {
             Ok(runs) => {
                 for run in runs {
+                    if self.covered_by_agent(&run) && self.end_covered(&run).await {
+                        continue;
+                    }
                     let created = run
                         .created_at
                         .as_ref()

@@ -118,10 +118,15 @@ pub(super) static END_STATES: std::sync::LazyLock<Vec<&'static str>> =
             .collect()
     });
 
+/// The origin of runs an agent started on its own (`syncfleet_autonomous_runs_total`).
+pub(super) const AUTONOMOUS_ORIGIN: &str = "autonomous";
+
 /// The run-derived families.
 #[derive(Debug, Default)]
 pub(super) struct Aggregates {
     pub(super) runs: BTreeMap<(String, String, &'static str), u64>,
+    /// Ended runs an agent started on its own while no controller was reachable, per agent.
+    pub(super) autonomous: BTreeMap<String, u64>,
     /// (agent, sequence) pairs whose `syncfleet_runs_total` series exist for every end state.
     pub(super) known: HashSet<(String, String)>,
     pub(super) run_duration: BTreeMap<String, Hist>,
@@ -237,6 +242,9 @@ impl Aggregates {
             .runs
             .entry((run.agent.clone(), run.sequence.clone(), state.label()))
             .or_default() += 1;
+        if run.origin == AUTONOMOUS_ORIGIN {
+            *self.autonomous.entry(run.agent.clone()).or_default() += 1;
+        }
         if let Some(d) = secs_between(run.started_at.as_ref(), run.finished_at.as_ref()) {
             self.run_duration
                 .entry(run.sequence.clone())
@@ -269,6 +277,15 @@ impl Aggregates {
         let state = state_of(run);
         if state.is_terminal() {
             let Some(mut a) = self.active.remove(&run.id) else {
+                // A run an agent started on its own is first seen when it reports it, often
+                // already ended (its whole outbox arrives in one batch): count it once.
+                if run.origin == AUTONOMOUS_ORIGIN && !self.ended.contains(&run.id) {
+                    let mut a = Active::default();
+                    self.progress(run, &mut a);
+                    self.finish(run, state);
+                    self.ended.insert(&run.id);
+                    return true;
+                }
                 // Counted already (or ended before this process read the store).
                 return false;
             };
@@ -394,6 +411,19 @@ mod tests {
         assert!((a.step_duration[&amp].sum - 2.0).abs() < 1e-9);
         assert!((a.last_success[&amp] - 3.0).abs() < 1e-9);
         assert!((a.run_duration["delta"].sum - 3.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_autonomous_run_first_seen_ended_counts_once() {
+        let mut a = Aggregates::default();
+        let done = step(0, v1::StepState::Done, "success", 5);
+        let mut r = run("auto", v1::RunState::Succeeded, vec![done]);
+        r.origin = AUTONOMOUS_ORIGIN.to_string();
+        assert!(a.apply(&r), "counted when first seen, already ended");
+        assert!(!a.apply(&r), "and only once");
+        assert_eq!(a.autonomous["sync-01"], 1);
+        let key = ("sync-01".to_string(), "delta".to_string(), "succeeded");
+        assert_eq!(a.runs[&key], 1);
     }
 
     #[test]

@@ -164,6 +164,15 @@ impl Collector for Inner {
                     )
                 }),
             )?;
+            counter_family(
+                &mut enc,
+                "syncfleet_autonomous_runs",
+                "Runs that ended and that an agent started on its own while no controller was \
+                 reachable (origin autonomous), by agent.",
+                a.autonomous
+                    .iter()
+                    .map(|(agent, v)| ([("agent", agent.as_str())], *v)),
+            )?;
             let mut active: BTreeMap<&'static str, f64> = [
                 (v1::RunState::Pending.label(), 0.0),
                 (v1::RunState::Dispatched.label(), 0.0),

@@ -6,6 +6,7 @@
 //! | family | type | labels | what |
 //! |---|---|---|---|
 //! | `syncfleet_runs_total` | counter | agent, sequence, result | runs that ended, by end state, every state from 0 once the agent and sequence are known (`succeeded`, `completed_with_errors`, `failed`, `held`, `cancelled`, `skipped`, `unknown`: the labels of `syncfleet runs list`); `sequence=""` for ad-hoc runs |
+//! | `syncfleet_autonomous_runs_total` | counter | agent | runs that ended and that an agent started on its own while no controller was reachable (origin `autonomous`) |
 //! | `syncfleet_runs_active` | gauge | state | runs `pending`, `dispatched` or `running` now |
 //! | `syncfleet_run_duration_seconds` | histogram | sequence | agent start to end of runs that ended |
 //! | `syncfleet_step_duration_seconds` | histogram | agent, ma, profile | executed steps (engine start to result) |

@@ -95,7 +95,16 @@ impl Scheduler {
     /// before the crash still active.
     pub(super) async fn start_catchups(&self, catchups: Vec<(String, DateTime<Utc>)>) {
         for (name, nominal) in catchups {
-            if self.schedule_has_active_runs(&name).await {
+            // Agents may have fired the schedule on their own while no controller ran: what
+            // they covered is known only once they have reconnected (their Hello reports it).
+            let autonomous = self
+                .state
+                .lock()
+                .await
+                .entries
+                .get(&name)
+                .is_some_and(|e| e.doc.autonomy != Some(false));
+            if autonomous || self.schedule_has_active_runs(&name).await {
                 // A run of this schedule was in flight when the last controller stopped: whether
                 // it still runs is known only once its agent has reconnected and replayed its
                 // outbox. Wait for that (bounded), then apply the overlap policy to the
@@ -235,7 +244,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn restart_catches_up_once_within_the_window_and_counts_the_rest() {
-        let w = every_10s("k", &["a1", "a2"], "catchup_window: 15s\n").await;
+        // `autonomy: false`: no agent can have fired it on its own, nothing to wait for.
+        let w = every_10s("k", &["a1", "a2"], "catchup_window: 15s\nautonomy: false\n").await;
         fake_agents(&w, Duration::from_millis(500), false);
         let (_s, stop) = start_scheduler(&w, w.start);
         advance(Duration::from_secs(12)).await;
@@ -254,6 +264,43 @@ mod tests {
         // 20, 30, 40 are older than the window's reach or superseded: counted, not run.
         assert_eq!(c.get("missed_catchup"), Some(&3), "{c:?}");
         // A catch-up outside the window does not run at all.
+        w.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn catch_up_waits_for_the_agents_hand_over_and_skips_what_they_covered() {
+        let w = every_10s("k", &["a1", "a2"], "catchup_window: 15s\n").await;
+        fake_agents(&w, Duration::from_millis(500), false);
+        let (_s, stop) = start_scheduler(&w, w.start);
+        advance(Duration::from_secs(12)).await;
+        // The controller dies; 45 s pass; a1 fired 20..50 on its own, a2 did not.
+        let _s2 = restart(&w, &stop, w.start + chrono::Duration::seconds(57)).await;
+        advance(Duration::from_millis(500)).await;
+        assert!(
+            runs(&w).await.iter().all(|r| r.origin != "catch-up"),
+            "deferred until the agents have reported what they covered"
+        );
+        let covered = w.start + chrono::Duration::seconds(50);
+        w.fleet
+            .record_handover(&v1::Hello {
+                name: "a1".into(),
+                autonomy: vec![v1::AutonomyReport {
+                    schedule: "k".into(),
+                    last_nominal: Some(syncfleet_proto::time::to_proto(covered)),
+                    counters: [("autonomous".to_string(), 4u64)].into_iter().collect(),
+                }],
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(w.fleet.covered_until("k", "a1"), Some(covered));
+        // Past the settle deadline (agent_lost_after = 5 s): the catch-up of 50 runs on a2 only.
+        advance(Duration::from_secs(6)).await;
+        let all = runs(&w).await;
+        let catchups: Vec<&v1::Run> = all.iter().filter(|r| r.origin == "catch-up").collect();
+        assert_eq!(catchups.len(), 1, "{catchups:?}");
+        assert_eq!(catchups[0].agent, "a2");
+        let c = counters(&w, "k").await;
+        assert_eq!(c.get("autonomous"), Some(&4), "{c:?}");
         w.shutdown.cancel();
     }
 

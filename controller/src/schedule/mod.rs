@@ -5,6 +5,7 @@
 //! ([`saturation`]); applying and deleting documents, then reloading the scheduler
 //! ([`documents`](mod@documents)); a schedule's status and pause ([`status`]).
 
+mod autonomy;
 mod catchup;
 pub mod documents;
 mod error;

@@ -47,48 +47,9 @@ use crate::documents::model::{Document, ScheduleDoc, SequenceDoc};
 use crate::documents::trigger::Trigger;
 use crate::fleet::{Fleet, NewRun, RunBlocked, steps_of};
 
-/// Where the scheduler reads the time. `Tokio` follows tokio's clock (paused in tests) from a
-/// fixed wall-clock origin; `System` is the real wall clock.
-#[derive(Debug, Clone, Copy)]
-pub enum Clock {
-    System,
-    Tokio {
-        wall: DateTime<Utc>,
-        mono: tokio::time::Instant,
-    },
-}
-
-impl Clock {
-    /// A clock following tokio time from now.
-    pub fn tokio_from(wall: DateTime<Utc>) -> Self {
-        Clock::Tokio {
-            wall,
-            mono: tokio::time::Instant::now(),
-        }
-    }
-
-    pub fn now(&self) -> DateTime<Utc> {
-        match self {
-            Clock::System => Utc::now(),
-            Clock::Tokio { wall, mono } => {
-                let elapsed = tokio::time::Instant::now().saturating_duration_since(*mono);
-                *wall + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::zero())
-            }
-        }
-    }
-
-    /// Time left until `t` (zero when past).
-    pub fn until(&self, t: DateTime<Utc>) -> Duration {
-        (t - self.now()).to_std().unwrap_or(Duration::ZERO)
-    }
-}
-
-/// Deterministic run id of a scheduled fire: the same (schedule, agent, nominal time) always
-/// gives the same id.
-pub fn run_id_for(schedule: &str, agent: &str, nominal: DateTime<Utc>) -> String {
-    let key = format!("{schedule}\u{0}{agent}\u{0}{}", nominal.timestamp_millis());
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, key.as_bytes()).to_string()
-}
+// The clock and the run-id derivation are shared with the agents, which fire schedules on their
+// own while no controller is reachable and must derive the same run ids.
+pub use syncfleet_proto::schedule_model::{Clock, run_id_for};
 
 pub(super) struct Entry {
     pub(super) doc: ScheduleDoc,
@@ -172,6 +133,7 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut updates = self.fleet.subscribe();
         *self.state.lock().await = State::default();
+        let mut connected = self.fleet.subscribe_connected();
         self.load(true).await;
         loop {
             let (next, deferred) = {
@@ -189,6 +151,11 @@ impl Scheduler {
             tokio::select! {
                 () = tokio::time::sleep(sleep) => self.fire_due().await,
                 () = self.reload.notified() => self.load(false).await,
+                r = connected.recv() => match r {
+                    Ok(agent) => self.push_schedule_set(&agent).await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.push_schedule_sets().await,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
                 r = updates.recv() => match r {
                     Ok(run) => self.on_run_update(run).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -306,6 +273,8 @@ impl Scheduler {
             self.restore_buffered().await;
         }
         self.start_catchups(catchups).await;
+        // Whatever changed (documents, pauses, a drain) changes the agents' schedule sets.
+        self.push_schedule_sets().await;
     }
 
     pub(super) async fn rebuild_queue(&self) {
@@ -427,6 +396,14 @@ impl Scheduler {
             return self.bump(name, counters::SKIPPED_NO_TARGET, 1).await;
         }
         for agent in targets {
+            if let Some(covered) = self.fleet.covered_until(name, &agent.name)
+                && nominal <= covered
+            {
+                // The agent ran (or accounted for) this nominal time on its own while no
+                // controller was reachable, and handed it back when it reconnected.
+                tracing::debug!(schedule = name, agent = %agent.name, %nominal, "fire time covered by the agent's autonomy");
+                continue;
+            }
             match self.fleet.run_blocked(&agent.name, Some(name)).await {
                 Ok(Some(blocked)) => {
                     tracing::debug!(schedule = name, agent = %agent.name, %nominal, reason = %blocked, "fire time skipped");
@@ -574,6 +551,8 @@ impl Scheduler {
                     tracing::error!(error = %e, "cannot pause the schedule of a held run");
                 }
                 tracing::warn!(schedule = %run.schedule, run_id = %run.id, "guard rail held a run; schedule paused");
+                // The agents' schedule sets carry the pause.
+                self.reload();
                 self.bump(&run.schedule, counters::HELD, 1).await;
             }
         }

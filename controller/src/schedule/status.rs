@@ -116,6 +116,8 @@ pub async fn set_schedule_pause(
         at: Some(now()),
     };
     fleet.set_schedule_pause(name, &pause).await?;
+    // The agents' schedule sets carry the pause.
+    scheduler.reload();
     tracing::info!(
         schedule = name,
         paused,

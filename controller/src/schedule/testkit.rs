@@ -146,7 +146,7 @@ pub(super) fn fake_agents(w: &World, duration: Duration, held: bool) {
                             .unwrap();
                     }
                 };
-                send(Kind::RunStarted(v1::RunStarted {})).await;
+                send(Kind::RunStarted(v1::RunStarted::default())).await;
                 tokio::time::sleep(duration).await;
                 if held {
                     send(Kind::StepHeld(v1::StepHeld {

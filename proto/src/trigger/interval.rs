@@ -75,7 +75,7 @@ impl Grid {
 #[cfg(test)]
 mod tests {
     use super::super::Trigger;
-    use crate::documents::trigger::testutil::*;
+    use crate::trigger::testutil::*;
 
     #[test]
     fn every_with_phase_is_epoch_aligned() {

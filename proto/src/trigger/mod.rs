@@ -133,7 +133,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
-use super::model::ScheduleDoc;
+use crate::schedule_model::ScheduleDoc;
 
 use blackout::Blackout;
 use cron::CronTimes;
@@ -413,7 +413,7 @@ fn just_before(t: DateTime<Utc>) -> DateTime<Utc> {
 mod tests {
     use super::testutil::*;
     use super::*;
-    use crate::documents::model::TriggerDoc;
+    use crate::schedule_model::TriggerDoc;
 
     // ---- compile: validation and messages -------------------------------------------------
 

@@ -176,7 +176,7 @@ mod tests {
 
     use super::super::Trigger;
     use super::*;
-    use crate::documents::trigger::testutil::*;
+    use crate::trigger::testutil::*;
 
     #[test]
     fn six_fields_have_seconds_five_fields_fire_at_second_zero() {

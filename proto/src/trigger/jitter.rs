@@ -60,7 +60,7 @@ pub(super) fn splitmix64(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::documents::trigger::testutil::*;
+    use crate::trigger::testutil::*;
 
     #[test]
     fn jitter_is_deterministic_and_bounded_by_the_next_fire_time() {

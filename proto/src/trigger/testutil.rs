@@ -6,7 +6,7 @@ pub(super) use chrono::{DateTime, TimeDelta, Utc};
 pub(super) use chrono_tz::Tz;
 
 pub(super) use super::{Missed, Trigger};
-pub(super) use crate::documents::model::{BlackoutDoc, Overlap, ScheduleDoc, Targets, TriggerDoc};
+pub(super) use crate::schedule_model::{BlackoutDoc, Overlap, ScheduleDoc, Targets, TriggerDoc};
 
 pub(super) fn schedule(trigger: TriggerDoc) -> ScheduleDoc {
     ScheduleDoc {
@@ -24,6 +24,7 @@ pub(super) fn schedule(trigger: TriggerDoc) -> ScheduleDoc {
         blackout: Vec::new(),
         start_at: None,
         end_at: None,
+        autonomy: None,
     }
 }
 

@@ -4,9 +4,9 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
-use super::super::model::BlackoutDoc;
 use super::cron::CronTimes;
 use super::{Fire, MISSED_WALK_LIMIT, SEARCH_MAX_CANDIDATES, Trigger, TriggerError, Window};
+use crate::schedule_model::BlackoutDoc;
 
 #[derive(Debug, Clone)]
 pub(super) struct Blackout {
@@ -132,7 +132,7 @@ impl Blackout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::documents::trigger::testutil::*;
+    use crate::trigger::testutil::*;
 
     // ---- blackouts, start and end --------------------------------------------------------
 

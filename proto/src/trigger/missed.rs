@@ -133,7 +133,7 @@ impl Trigger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::documents::trigger::testutil::*;
+    use crate::trigger::testutil::*;
 
     /// The arithmetic and the backward search agree with walking `next_after`, for intervals and
     /// cron, with blackouts in a DST zone, over spans crossing the fall-back night.

@@ -1,0 +1,451 @@
+//! Fleet documents (shared by the controller and the agents, which fire schedules on their own
+//! while no controller is reachable): the declarative `Sequence` and `Schedule` kinds of fleet files, applied with
+//! `syncfleet apply -f` and read back unchanged with `syncfleet get`. These types are the single definition used by the YAML loader, the store
+//! (canonical JSON), `syncfleet get`, the scheduler and the agent plan.
+//!
+//! Field names and forms follow the fleet file format:
+//!
+//! ```yaml
+//! kind: Sequence
+//! name: delta-cycle
+//! stages:
+//!   - steps: [{ma: AD, profile: Delta Import}, {ma: HR, profile: Delta Import}]
+//!   - steps: [{ma: AD, profile: Export, only_if: pending_exports, guard: {max_pending_deletes: 500}}]
+//! on_failure: stop
+//! ---
+//! kind: Schedule
+//! name: delta-every-5m
+//! sequence: delta-cycle
+//! targets: {selector: "env=prod"}
+//! trigger: {every: 5m, phase: 30s}
+//! overlap: skip
+//! catchup_window: 10m
+//! jitter: 10s
+//! blackout: [{cron: "0 22 * * 6", duration: 4h}]
+//! ```
+
+use std::time::Duration;
+
+use crate::echo::echo;
+use crate::v1;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where the scheduler reads the time. `Tokio` follows tokio's clock (paused in tests) from a
+/// fixed wall-clock origin; `System` is the real wall clock.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    System,
+    Tokio {
+        wall: DateTime<Utc>,
+        mono: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    /// A clock following tokio time from now.
+    pub fn tokio_from(wall: DateTime<Utc>) -> Self {
+        Clock::Tokio {
+            wall,
+            mono: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        match self {
+            Clock::System => Utc::now(),
+            Clock::Tokio { wall, mono } => {
+                let elapsed = tokio::time::Instant::now().saturating_duration_since(*mono);
+                *wall + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::zero())
+            }
+        }
+    }
+
+    /// Time left until `t` (zero when past).
+    pub fn until(&self, t: DateTime<Utc>) -> Duration {
+        (t - self.now()).to_std().unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Deterministic run id of a scheduled fire: the same (schedule, agent, nominal time) always
+/// gives the same id.
+pub fn run_id_for(schedule: &str, agent: &str, nominal: DateTime<Utc>) -> String {
+    let key = format!("{schedule}\u{0}{agent}\u{0}{}", nominal.timestamp_millis());
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, key.as_bytes()).to_string()
+}
+
+/// What a failed step does to the rest of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    #[default]
+    Stop,
+    Continue,
+}
+
+/// When a step runs at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// The MA has staged changes (pending imports), from the engine or earlier steps.
+    StagedChanges,
+    /// The MA has pending exports.
+    PendingExports,
+    /// An earlier step of this run exported something on the MA (confirming import).
+    Exported,
+}
+
+/// A limit: a count of objects (`500`) or a percentage of the MA's connectors (`"2%"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    Count(u64),
+    Percent(f64),
+}
+
+impl Serialize for Limit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Limit::Count(n) => s.serialize_u64(*n),
+            Limit::Percent(p) => s.serialize_str(&format!("{p}%")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Count(n) => Ok(Limit::Count(n)),
+            Raw::Text(t) => parse_limit(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parse `"500"` or `"2%"` / `"2.5 %"`.
+pub fn parse_limit(t: &str) -> Result<Limit, String> {
+    let t = t.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        let v: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("{} is not a percentage; write e.g. \"2%\"", echo(t)))?;
+        if !(v.is_finite() && v > 0.0 && v <= 100.0) {
+            return Err(format!(
+                "{} must be a percentage above 0 and at most 100",
+                echo(t)
+            ));
+        }
+        Ok(Limit::Percent(v))
+    } else {
+        t.parse::<u64>().map(Limit::Count).map_err(|_| {
+            format!(
+                "{} is neither a count (500) nor a percentage (\"2%\")",
+                echo(t)
+            )
+        })
+    }
+}
+
+impl Limit {
+    pub fn to_proto(self) -> v1::Limit {
+        v1::Limit {
+            kind: Some(match self {
+                Limit::Count(n) => v1::limit::Kind::Count(n),
+                Limit::Percent(p) => v1::limit::Kind::Percent(p),
+            }),
+        }
+    }
+}
+
+/// Guard rails of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    /// Maximum pending export deletes an export may send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_deletes: Option<Limit>,
+    /// Maximum staged deletes a synchronization may apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staged_deletes: Option<Limit>,
+}
+
+/// One step of a sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDoc {
+    pub ma: String,
+    pub profile: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_if: Option<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guard>,
+}
+
+/// Steps that may run in parallel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageDoc {
+    pub steps: Vec<StepDoc>,
+}
+
+/// `kind: Sequence`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceDoc {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub stages: Vec<StageDoc>,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// Which agents a schedule runs on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    /// Agent names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<String>,
+    /// Label selector: comma-separated `key=value` (all must match), e.g. `env=prod,role=primary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+}
+
+/// When a schedule fires: a list of cron expressions in a time zone, or an interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerDoc {
+    /// Cron expressions: 5 fields (minute precision) or 6 (with seconds first). One string or a
+    /// list; the schedule fires at the earliest match of any.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub cron: Vec<String>,
+    /// IANA time zone of the cron expressions and blackout windows (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Fixed interval, aligned to the Unix epoch plus `phase`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub every: Option<Duration>,
+    /// Offset of interval fire times from the epoch-aligned grid.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub phase: Option<Duration>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(s) => vec![s],
+        Raw::Many(v) => v,
+    })
+}
+
+/// A window in which the schedule does not fire (patching, backups).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlackoutDoc {
+    /// Start of each window (cron, in the schedule's time zone).
+    pub cron: String,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+}
+
+/// What to do when a fire time comes while the previous run on that agent still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Skip this fire time (counted as `skipped_overlap`).
+    #[default]
+    Skip,
+    /// Keep one pending fire time, start it when the running run ends; later ones are dropped
+    /// (counted as `buffer_dropped`).
+    BufferOne,
+    /// Stop the running run through the engine, then start.
+    CancelOther,
+}
+
+/// `kind: Schedule`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleDoc {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub sequence: String,
+    pub targets: Targets,
+    pub trigger: TriggerDoc,
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// After controller downtime, at most one catch-up run for a fire time missed within this
+    /// window; 0 = never catch up.
+    #[serde(default, with = "humantime_serde")]
+    pub catchup_window: Option<Duration>,
+    /// Random delay added to each fire time, bounded by the gap to the next fire time.
+    #[serde(default, with = "humantime_serde")]
+    pub jitter: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blackout: Vec<BlackoutDoc>,
+    /// No fire times before this instant (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<DateTime<Utc>>,
+    /// No fire times after this instant (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_at: Option<DateTime<Utc>>,
+    /// Whether the target agents fire this schedule themselves while no controller is
+    /// reachable (default true). `false` for schedules that must only run under a
+    /// controller's eye: a pause or drain issued during an outage cannot reach a cut-off agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autonomy: Option<bool>,
+}
+
+/// Any fleet document.
+// Documents are few and short-lived; boxing the larger variant would only add noise to every
+// match on them.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "documents are few and short-lived; boxing would add noise to every match"
+)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum Document {
+    Sequence(SequenceDoc),
+    Schedule(ScheduleDoc),
+}
+
+impl Document {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Document::Sequence(_) => "Sequence",
+            Document::Schedule(_) => "Schedule",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Document::Sequence(s) => &s.name,
+            Document::Schedule(s) => &s.name,
+        }
+    }
+}
+
+impl SequenceDoc {
+    /// The agent plan of this sequence.
+    pub fn plan(&self) -> Vec<v1::PlanStage> {
+        self.stages
+            .iter()
+            .map(|st| v1::PlanStage {
+                steps: st
+                    .steps
+                    .iter()
+                    .map(|s| v1::PlanStep {
+                        ma: s.ma.clone(),
+                        profile: s.profile.clone(),
+                        only_if: match s.only_if {
+                            None => v1::Condition::Always,
+                            Some(Condition::StagedChanges) => v1::Condition::StagedChanges,
+                            Some(Condition::PendingExports) => v1::Condition::PendingExports,
+                            Some(Condition::Exported) => v1::Condition::Exported,
+                        } as i32,
+                        guard: s.guard.map(|g| v1::Guard {
+                            max_pending_deletes: g.max_pending_deletes.map(Limit::to_proto),
+                            max_staged_deletes: g.max_staged_deletes.map(Limit::to_proto),
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    pub fn on_failure_proto(&self) -> v1::OnFailure {
+        match self.on_failure {
+            OnFailure::Stop => v1::OnFailure::Stop,
+            OnFailure::Continue => v1::OnFailure::Continue,
+        }
+    }
+}
+
+impl Targets {
+    /// Parsed selector pairs; `Err` names the malformed part.
+    pub fn selector_pairs(&self) -> Result<Vec<(String, String)>, String> {
+        let Some(sel) = &self.selector else {
+            return Ok(Vec::new());
+        };
+        sel.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| {
+                p.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| format!("selector part {} must look like key=value", echo(p)))
+            })
+            .collect()
+    }
+
+    /// Whether an agent with this name and labels is targeted.
+    pub fn matches(&self, name: &str, labels: &std::collections::HashMap<String, String>) -> bool {
+        if self.agents.iter().any(|a| a == name) {
+            return true;
+        }
+        match self.selector_pairs() {
+            Ok(pairs) if !pairs.is_empty() => pairs
+                .iter()
+                .all(|(k, v)| labels.get(k).is_some_and(|l| l == v)),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_counts_and_percentages() {
+        assert_eq!(parse_limit("500"), Ok(Limit::Count(500)));
+        assert_eq!(parse_limit("2%"), Ok(Limit::Percent(2.0)));
+        assert!(parse_limit("2x").is_err());
+        assert!(parse_limit("0%").is_err());
+        let g: Guard =
+            serde_json::from_str(r#"{"max_pending_deletes": "2%", "max_staged_deletes": 10}"#)
+                .unwrap();
+        assert_eq!(g.max_pending_deletes, Some(Limit::Percent(2.0)));
+        assert_eq!(
+            serde_json::to_string(&g).unwrap(),
+            r#"{"max_pending_deletes":"2%","max_staged_deletes":10}"#
+        );
+    }
+
+    #[test]
+    fn selector_matches_all_pairs() {
+        let t = Targets {
+            agents: vec![],
+            selector: Some("env=prod, role=primary".into()),
+        };
+        let mut labels = std::collections::HashMap::new();
+        labels.insert("env".to_string(), "prod".to_string());
+        assert!(!t.matches("a", &labels));
+        labels.insert("role".to_string(), "primary".to_string());
+        assert!(t.matches("a", &labels));
+    }
+}
