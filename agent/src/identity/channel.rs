@@ -13,6 +13,12 @@ use crate::config::AgentConfig;
 /// controller as gone: the agent's heartbeat timeout.
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How often the session pings the controller. A controller that hangs (stopped process, lost
+/// host) without closing the connection is noticed after at most this plus
+/// [`KEEP_ALIVE_TIMEOUT`] (30 s), so the agent moves to the new leader, or starts firing on its
+/// own, without waiting for TCP to give up. A ping is a few bytes per agent.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Why no channel to the controller could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -64,7 +70,7 @@ pub async fn connect(cfg: &AgentConfig) -> Result<Channel, ChannelError> {
         .tls_config(tls)
         .map_err(|e| ChannelError::BadUrl(cfg.controller.clone(), e.to_string()))?
         .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
     endpoint
