@@ -93,12 +93,27 @@ fn pg_command(bin: &Path, run_as: Option<&str>, program: &str) -> Command {
     let path = bin.join(program);
     match run_as {
         Some(user) => {
-            let mut cmd = Command::new("runuser");
+            let mut cmd = Command::new(runuser());
             cmd.args(["-u", user, "--"]).arg(path);
             cmd
         }
         None => Command::new(path),
     }
+}
+
+/// `runuser` (util-linux) by its full path: it lives in `sbin`, which a root shell's `PATH`
+/// may not include (CI runners, `su` without `-`).
+fn runuser() -> PathBuf {
+    [
+        "/usr/sbin/runuser",
+        "/sbin/runuser",
+        "/usr/bin/runuser",
+        "/bin/runuser",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .unwrap_or_else(|| PathBuf::from("runuser"))
 }
 
 fn is_root() -> bool {
