@@ -17,10 +17,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Fleet, Proc, bin, wait_for};
+use common::{Fleet, wait_for};
 use syncfleet_proto::schedule_model::run_id_for;
 
 const AGENTS: [&str; 2] = ["sync-01", "sync-02"];
@@ -47,23 +46,14 @@ fn now_ms() -> i64 {
 /// Start an agent that becomes autonomous 2 s after losing its session and reconnects
 /// within 2 s.
 fn start_agent(fleet: &mut Fleet, name: &str, server: usize) {
-    let cfg = fleet.dir.path().join(format!("agent-{name}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "name = {name:?}\ncontroller = \"https://127.0.0.1:{}\"\ndata_dir = {:?}\n\
-             autonomy_after = \"2s\"\nreconnect_max_backoff = \"2s\"\n\
-             [labels]\nenv = \"e2e\"\n[engine]\nkind = \"sim\"\nserver = {server}\ntime_scale = 0.01\n",
-            fleet.grpc_port,
-            fleet.agent_dir(name)
-        ),
-    )
-    .unwrap();
-    let log = fleet.dir.path().join(format!("agent-{name}.log"));
-    let mut cmd = Command::new(bin("syncfleet-agent"));
-    cmd.args(["run", "--config"]).arg(&cfg);
-    let proc = Proc::spawn(name, &mut cmd, log);
-    fleet.agents.insert(name.to_string(), proc);
+    let toml = format!(
+        "name = {name:?}\ncontroller = \"https://127.0.0.1:{}\"\ndata_dir = {:?}\n\
+         autonomy_after = \"2s\"\nreconnect_max_backoff = \"2s\"\n\
+         [labels]\nenv = \"e2e\"\n[engine]\nkind = \"sim\"\nserver = {server}\ntime_scale = 0.01\n",
+        fleet.grpc_port,
+        fleet.agent_dir(name)
+    );
+    fleet.start_agent_toml(name, &toml);
 }
 
 fn runs_of(fleet: &Fleet, schedule: &str) -> Vec<serde_json::Value> {
