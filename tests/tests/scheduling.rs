@@ -179,10 +179,14 @@ fn a_sequence_longer_than_its_interval_never_overlaps_and_reports_saturation() {
 #[test]
 fn a_controller_killed_for_three_intervals_catches_up_once_within_the_window() {
     let mut fleet = Fleet::started(&["sync-01", "sync-02"], 0.01);
+    // `autonomy: false`: no agent fires these on its own while the controller is down, so the
+    // restarted controller has nothing to wait for and decides the catch-up at once, before the
+    // next regular fire time 1.2 s later (an autonomous schedule's catch-up waits for the agents'
+    // hand-over, which `tests/tests/autonomy.rs` covers).
     apply(
         &fleet,
         &format!(
-            "{ONE_STEP}---\nkind: Schedule\nname: wide\nsequence: quick\ntargets: {{selector: env=e2e}}\ntrigger: {{every: 4s}}\ncatchup_window: 30s\n---\nkind: Schedule\nname: narrow\nsequence: quick\ntargets: {{selector: env=e2e}}\ntrigger: {{every: 4s}}\ncatchup_window: 2s\n"
+            "{ONE_STEP}---\nkind: Schedule\nname: wide\nsequence: quick\ntargets: {{selector: env=e2e}}\ntrigger: {{every: 4s}}\ncatchup_window: 30s\nautonomy: false\n---\nkind: Schedule\nname: narrow\nsequence: quick\ntargets: {{selector: env=e2e}}\ntrigger: {{every: 4s}}\ncatchup_window: 2s\nautonomy: false\n"
         ),
     );
     // Let each schedule fire at least once.
