@@ -35,6 +35,7 @@ pub mod identity;
 pub mod inventory;
 pub mod journal;
 pub mod report;
+pub mod service;
 pub mod session;
 pub mod telemetry;
 

@@ -1,7 +1,9 @@
 //! End-to-end tests live in `tests/` (their harness: `tests/common/mod.rs`). This library holds
 //! test support shared with the daemons' own tests: the command-line test runner of
 //! `agent/tests` and `controller/tests` ([`daemon_config`]) and [`postgres::TestPostgres`], a
-//! throwaway PostgreSQL server for the controller's store tests and the end-to-end tests.
+//! throwaway PostgreSQL server for the controller's store tests and the end-to-end tests, and
+//! [`wine`], the Windows binaries built and run under Wine.
 
 pub mod daemon_config;
 pub mod postgres;
+pub mod wine;

@@ -286,9 +286,25 @@ impl Fleet {
     }
 
     pub fn start_agent(&mut self, name: &str, sim_server: usize, time_scale: f64) {
+        self.start_agent_program(
+            Command::new(bin("syncfleet-agent")),
+            name,
+            sim_server,
+            time_scale,
+        );
+    }
+
+    /// Like [`Fleet::start_agent`], with `cmd` as the agent program (e.g. the Windows agent
+    /// under Wine): `run` and the agent's settings are appended to it.
+    pub fn start_agent_program(
+        &mut self,
+        mut cmd: Command,
+        name: &str,
+        sim_server: usize,
+        time_scale: f64,
+    ) {
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
         let log = self.dir.path().join(format!("agent-{name}-{n}.log"));
-        let mut cmd = Command::new(bin("syncfleet-agent"));
         cmd.args(["run", "--name", name])
             .args([
                 "--controller",

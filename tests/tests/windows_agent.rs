@@ -1,0 +1,277 @@
+//! The Windows binaries, run under Wine: `syncfleet-agent.exe` (its version, run-history files
+//! as the engine writes them, and enrollment plus a run against a Linux controller over loopback
+//! mTLS) and `syncfleet.exe` (the operator CLI on a Windows admin box) against a Linux
+//! controller. The exes are the release build for `x86_64-pc-windows-gnu`
+//! (`syncfleet_tests::wine`); each test has its own fresh Wine prefix.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on unexpected values"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use common::{Fleet, bin, run_followed, stderr, stdout};
+use syncfleet_tests::wine::{WinePrefix, build_time, windows_exe};
+
+const DELTA: &str =
+    "HiltonGiesenow_PoShMon_Test-SPUPSSyncHealth.Tests_DS_DELTAIMPORT_stopped-connectivity.xml";
+const EXPORT: &str =
+    "HiltonGiesenow_PoShMon_Test-SPUPSSyncHealth.Tests_MOSS_EXPORT_completed-export-errors.xml";
+
+/// A run-history sample of the agent's tests (`agent/tests/data/run-history`).
+fn sample(name: &str) -> std::path::PathBuf {
+    common::workspace_root()
+        .join("agent/tests/data/run-history")
+        .join(name)
+}
+
+/// `text` as the engine's `RunDetails()` output saved on Windows: UTF-16LE with a byte order
+/// mark and CRLF line ends.
+fn utf16_windows_file(text: &str) -> Vec<u8> {
+    let crlf = text.replace("\r\n", "\n").replace('\n', "\r\n");
+    let mut bytes = vec![0xFF, 0xFE];
+    for u in crlf.encode_utf16() {
+        bytes.extend_from_slice(&u.to_le_bytes());
+    }
+    bytes
+}
+
+/// Fails with the exe's output unless it succeeded.
+fn assert_ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}): {}\n{}",
+        out.status,
+        stderr(out),
+        stdout(out)
+    );
+}
+
+/// Runs `exe` once in `prefix` and reports how long the prefix's first start took.
+fn first_start(prefix: &WinePrefix, exe: &Path) -> Output {
+    let start = Instant::now();
+    let out = prefix.output(exe, &["--version"]);
+    eprintln!(
+        "Windows build check: {:?}; first start of the Wine prefix with {}: {:?}",
+        build_time(),
+        exe.display(),
+        start.elapsed()
+    );
+    out
+}
+
+#[test]
+fn windows_agent_prints_its_version() {
+    let exe = windows_exe("syncfleet-agent");
+    let prefix = WinePrefix::new();
+    let out = first_start(&prefix, &exe);
+    assert_ok("syncfleet-agent.exe --version", &out);
+    assert_eq!(
+        stdout(&out),
+        format!("syncfleet-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+    // The same as the Linux build says.
+    let linux = Command::new(bin("syncfleet-agent"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), stdout(&linux));
+}
+
+#[test]
+fn windows_agent_reads_utf16_run_history_files_like_the_linux_agent() {
+    let exe = windows_exe("syncfleet-agent");
+    let prefix = WinePrefix::new();
+    assert_ok("first start", &first_start(&prefix, &exe));
+    let dir = tempfile::tempdir().unwrap();
+    for name in [DELTA, EXPORT] {
+        let text = std::fs::read_to_string(sample(name)).unwrap();
+        let utf16 = dir.path().join(name);
+        std::fs::write(&utf16, utf16_windows_file(&text)).unwrap();
+
+        let start = Instant::now();
+        let out = prefix.output(
+            &exe,
+            &["run-details", utf16.to_str().unwrap(), "-o", "json"],
+        );
+        eprintln!("run-details {name} under Wine: {:?}", start.elapsed());
+        assert_ok(&format!("syncfleet-agent.exe run-details {name}"), &out);
+        let windows: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stdout(&out)));
+
+        // The same run as the Linux agent reads from the UTF-8 original.
+        let linux = Command::new(bin("syncfleet-agent"))
+            .arg("run-details")
+            .arg(sample(name))
+            .args(["-o", "json"])
+            .output()
+            .unwrap();
+        assert_ok("syncfleet-agent run-details", &linux);
+        let linux: serde_json::Value = serde_json::from_slice(&linux.stdout).unwrap();
+        assert_eq!(windows, linux, "{name}");
+    }
+
+    // Spot checks of what both read, so that two equally wrong readings cannot pass.
+    let delta = dir.path().join(DELTA);
+    let out = prefix.output(
+        &exe,
+        &["run-details", delta.to_str().unwrap(), "-o", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ma"], "MOSSAD-company");
+    assert_eq!(v["run_number"], 1879);
+    assert_eq!(v["result"], "stopped-connectivity");
+    assert_eq!(v["steps"][0]["counters"]["stage-update"], 27);
+    assert_eq!(v["steps"][1]["connection_result"], "failed-search");
+
+    // A truncated file is one line of error and exit code 1, as on Linux.
+    let bad = dir.path().join("truncated.xml");
+    std::fs::write(
+        &bad,
+        utf16_windows_file("<run-history><run-details><ma-name>x</ma-na"),
+    )
+    .unwrap();
+    let out = prefix.output(&exe, &["run-details", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+}
+
+#[test]
+fn windows_agent_enrolls_with_a_linux_controller_and_its_run_reaches_runs_show() {
+    let exe = windows_exe("syncfleet-agent");
+    let prefix = WinePrefix::new();
+    assert_ok("first start", &first_start(&prefix, &exe));
+    let mut fleet = Fleet::init(&[]);
+    fleet.start_controller();
+
+    // A one-time token from the CLI, redeemed by the Windows agent over loopback TLS.
+    let token = fleet.cli_json(&[
+        "tokens",
+        "create",
+        "--agent",
+        "win-01",
+        "--labels",
+        "os=windows",
+        "-o",
+        "json",
+    ]);
+    let data_dir = fleet.agent_dir("win-01");
+    let controller = format!("https://127.0.0.1:{}", fleet.grpc_port);
+    let start = Instant::now();
+    let out = prefix.output(
+        &exe,
+        &[
+            "enroll",
+            "--controller",
+            &controller,
+            "--token",
+            token["token"].as_str().unwrap(),
+            "--ca-pin",
+            token["ca_pin"].as_str().unwrap(),
+            "--name",
+            "win-01",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+    );
+    eprintln!("enroll under Wine: {:?}", start.elapsed());
+    assert_ok("syncfleet-agent.exe enroll", &out);
+    for file in ["ca.pem", "agent.pem", "agent.key"] {
+        assert!(data_dir.join(file).exists(), "enroll wrote no {file}");
+    }
+
+    // The Windows agent on its simulated engine, with the enrolled identity (mTLS).
+    let start = Instant::now();
+    fleet.start_agent_program(prefix.command(&exe), "win-01", 0, 0.01);
+    fleet.wait_connected(&["win-01"]);
+    eprintln!("Windows agent connected after {:?}", start.elapsed());
+    let agent = fleet.cli_json(&["agents", "show", "win-01", "-o", "json"]);
+    assert_eq!(agent["labels"]["os"], "windows", "{agent:#}");
+
+    let start = Instant::now();
+    let followed = run_followed(
+        |a| fleet.cli(a),
+        "win-01",
+        &["AD:Delta Import", "AD:Delta Sync"],
+    );
+    eprintln!("run on the Windows agent: {:?}", start.elapsed());
+    let id = followed["id"].as_str().unwrap().to_string();
+    let run = fleet.run_json(&id).unwrap();
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["agent"], "win-01");
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{run:#}");
+    assert_eq!(steps[0]["profile"], "Delta Import");
+    for c in [
+        "stage-add",
+        "stage-update",
+        "stage-delete",
+        "stage-no-change",
+    ] {
+        assert!(
+            steps[0]["counters"][c].is_u64(),
+            "missing {c}: {:#}",
+            steps[0]
+        );
+    }
+    assert!(
+        steps[1]["counters"]["connector-flow"].is_u64(),
+        "{:#}",
+        steps[1]
+    );
+    // The Windows agent journaled the run before executing it, and finished it.
+    assert_eq!(fleet.journal_run("win-01", &id), Some(true));
+}
+
+#[test]
+fn windows_cli_drives_a_linux_controller() {
+    let cli = windows_exe("syncfleet");
+    let prefix = WinePrefix::new();
+    let out = first_start(&prefix, &cli);
+    assert_ok("syncfleet.exe --version", &out);
+    let linux = Command::new(bin("syncfleet"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), stdout(&linux));
+    assert!(stdout(&out).contains(env!("CARGO_PKG_VERSION")));
+
+    let fleet = Fleet::started(&["sync-01"], 0.01);
+    let windows_cli = |args: &[&str]| {
+        prefix
+            .command(&cli)
+            .arg("--config")
+            .arg(&fleet.cli_config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Reads over mTLS with the operator's certificate, as the Linux CLI reads them.
+    let start = Instant::now();
+    let out = windows_cli(&["agents", "list", "-o", "json"]);
+    eprintln!(
+        "syncfleet.exe agents list under Wine: {:?}",
+        start.elapsed()
+    );
+    assert_ok("syncfleet.exe agents list", &out);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "sync-01", "{listed:#}");
+    assert_eq!(listed[0]["state"], "connected", "{listed:#}");
+
+    // A run started from the Windows CLI, followed to its end, shows the same in both CLIs.
+    let followed = run_followed(windows_cli, "sync-01", &["AD:Delta Import"]);
+    let id = followed["id"].as_str().unwrap().to_string();
+    let out = windows_cli(&["runs", "show", &id, "-o", "json"]);
+    assert_ok("syncfleet.exe runs show", &out);
+    let windows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(windows["state"], "succeeded", "{windows:#}");
+    assert_eq!(Some(windows), fleet.run_json(&id));
+}
