@@ -38,6 +38,9 @@ pub enum EngineConfig {
     /// The real engine through WMI (Windows only); the section's other keys are the driver's
     /// settings (poll intervals, run profile declarations).
     MimWmi(crate::engine::wmi::WmiConfig),
+    /// Entra Connect Sync / Azure AD Connect through the ADSync PowerShell module; the section's
+    /// other keys are the driver's settings (PowerShell path, timeouts).
+    Adsync(crate::engine::adsync::AdsyncConfig),
 }
 
 impl Default for EngineConfig {
@@ -209,6 +212,15 @@ impl AgentConfig {
                 key: "executor.busy_poll",
                 problem: format!("{:?} would busy-poll the engine", e.busy_poll),
                 fix: "use at least 10ms (default 2s)".into(),
+            });
+        }
+        if let EngineConfig::Adsync(a) = &self.engine
+            && let Err(problem) = a.validate()
+        {
+            return Err(ConfigError::Invalid {
+                key: "engine",
+                problem,
+                fix: "correct the [engine] setting named above (docs/engine.md, \"Entra Connect Sync (ADSync)\")".into(),
             });
         }
         #[cfg(not(windows))]

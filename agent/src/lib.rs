@@ -52,6 +52,8 @@ pub enum AgentError {
     Tls(#[from] identity::channel::ChannelError),
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
+    #[error(transparent)]
+    Scheduler(#[from] engine::adsync::SchedulerError),
 }
 
 /// Build the engine driver named by the configuration.
@@ -73,6 +75,7 @@ pub fn build_engine(cfg: &AgentConfig) -> Result<Arc<dyn engine::SyncEngine>, Ag
             }
             Ok(Arc::new(engine::sim::SimEngine::try_new(sim_cfg)?))
         }
+        config::EngineConfig::Adsync(a) => Ok(engine::adsync::build(a.clone())?),
         #[cfg(windows)]
         config::EngineConfig::MimWmi(wmi) => Ok(engine::wmi::build(wmi.clone())?),
         #[cfg(not(windows))]
@@ -90,9 +93,20 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     telemetry::in_agent(&name, async move {
         cfg.validate()?;
         let engine = build_engine(&cfg)?;
+        take_over_engine(&cfg).await?;
         run_agent(cfg, engine, shutdown).await
     })
     .await
+}
+
+/// What the engine needs before the agent drives it: on Entra Connect, the built-in sync cycle
+/// is switched off (or the agent refuses to start).
+async fn take_over_engine(cfg: &AgentConfig) -> Result<(), AgentError> {
+    if let config::EngineConfig::Adsync(a) = &cfg.engine {
+        let runner = engine::adsync::ProcessRunner::new(a.clone());
+        engine::adsync::take_over_builtin_scheduler(&runner, a, &cfg.data_dir).await?;
+    }
+    Ok(())
 }
 
 /// Run the agent with a given engine driver (tests and `dev` mode use this with `sim`). Every

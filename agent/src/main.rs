@@ -37,6 +37,25 @@ enum Command {
         #[arg(short = 'o', long = "output", default_value = "text", value_parser = ["text", "json"])]
         output: String,
     },
+    /// Entra Connect Sync (engine kind "adsync").
+    Adsync {
+        #[command(subcommand)]
+        command: AdsyncCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdsyncCommand {
+    /// Switch the built-in sync cycle back on if syncfleet switched it off on this server
+    /// (recorded in adsync-scheduler.json in the data folder); does nothing otherwise.
+    RestoreScheduler {
+        /// Configuration file (TOML): data_dir and the engine settings are taken from it.
+        #[arg(long, env = "SYNCFLEET_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data folder (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -224,6 +243,39 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Enroll(args) => enroll(&args),
         Command::RunDetails { file, output } => run_details(&file, &output),
+        Command::Adsync {
+            command: AdsyncCommand::RestoreScheduler { config, data_dir },
+        } => restore_scheduler(config.as_deref(), data_dir.as_ref()),
+    }
+}
+
+fn restore_scheduler(config: Option<&std::path::Path>, data_dir: Option<&PathBuf>) -> ExitCode {
+    let cfg = match layers(config).and_then(|l| identity_flags(l, None, None, data_dir).extract()) {
+        Ok(c) => c,
+        Err(e) => return process::config_error(&e),
+    };
+    let rt = match process::runtime(false) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    use syncfleet_agent::engine::adsync::{Restore, restore_builtin_scheduler};
+    match rt.block_on(restore_builtin_scheduler(&cfg)) {
+        Ok(Restore::SwitchedOn) => {
+            println!("the Entra Connect built-in sync cycle is switched on again");
+            ExitCode::SUCCESS
+        }
+        Ok(Restore::NothingRecorded) => {
+            println!(
+                "nothing to restore: syncfleet did not switch the built-in sync cycle off here (no {} in {})",
+                syncfleet_agent::engine::adsync::STATE_FILE,
+                cfg.data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -54,6 +54,12 @@ pub const CONCURRENT_SYNC_HRESULT: &str = "0x8023063d";
 /// Result reported by syncfleet (not the engine) when a step's watchdog stopped it.
 pub const WATCHDOG_STOPPED: &str = "stopped-watchdog-timeout";
 
+/// Result reported by syncfleet's `adsync` driver (not the engine) when it refused to start a run
+/// profile with an export step, or with steps it cannot tell, on an Entra Connect server in
+/// staging mode (`docs/engine.md`, "Entra Connect Sync (ADSync)"). A guard rail: never retried,
+/// a person must leave staging mode or take the export out of the schedule.
+pub const STAGING_MODE_REFUSED: &str = "no-start-staging-mode";
+
 const SUCCESS: &[&str] = &["success", "completed-no-objects"];
 const WARNING: &[&str] = &[
     "completed-warnings",
@@ -79,6 +85,7 @@ const GUARD_RAIL: &[&str] = &[
     "stopped-deletion-limit",
     "stopped-deletion-threshold-exceeded",
     "stopped-error-limit",
+    STAGING_MODE_REFUSED,
 ];
 const CONFIG: &[&str] = &[
     "access-denied",
@@ -272,6 +279,7 @@ mod tests {
             ResultClass::Transitional
         );
         assert_eq!(classify("no-start-ma-already-running"), ResultClass::Busy);
+        assert_eq!(classify(STAGING_MODE_REFUSED), ResultClass::GuardRail);
         assert_eq!(
             classify(
                 "call-failure: 0x8023063D other synchronization run profile is already running"

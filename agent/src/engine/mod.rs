@@ -9,10 +9,12 @@
 //!
 //! - [`sim`]: a simulated MIM engine for Linux development, demos, tests and benchmarks.
 //! - `mim-wmi` (Windows only): the real engine through WMI.
+//! - [`adsync`]: Entra Connect Sync / Azure AD Connect through the ADSync PowerShell module.
 
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod adsync;
 pub mod runhistory;
 pub mod sim;
 pub mod wmi;

@@ -1,0 +1,63 @@
+# syncfleet ADSync host: started once by the agent's adsync driver, it imports the ADSync module
+# and then answers one JSON request per line on standard input with one JSON line on standard
+# output, until standard input closes.
+#   request:  {"id": 7, "command": "Get-ADSyncScheduler", "args": {"Name": "value"}}
+#   answer:   {"id": 7, "ok": [ ...the cmdlet's output objects... ]}
+#         or: {"id": 7, "error": "message", "category": "PowerShell error category"}
+# The first line written is {"ready": true, "version": "..."} once the module is loaded, or
+# {"error": "...", "category": "..."} (and exit code 3) when it cannot be loaded.
+# Only the cmdlets listed in $allowed are run; anything else is answered with an error.
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+$WarningPreference = 'SilentlyContinue'
+$InformationPreference = 'SilentlyContinue'
+$utf8 = New-Object System.Text.UTF8Encoding $false
+[Console]::InputEncoding = $utf8
+[Console]::OutputEncoding = $utf8
+$allowed = @(
+    'Get-ADSyncConnector',
+    'Get-ADSyncConnectorRunStatus',
+    'Get-ADSyncRunProfileResult',
+    'Invoke-ADSyncRunProfile',
+    'Stop-ADSyncRunProfile',
+    'Get-ADSyncScheduler',
+    'Set-ADSyncScheduler'
+)
+
+function Write-Answer($answer) {
+    [Console]::Out.WriteLine((ConvertTo-Json -InputObject $answer -Compress -Depth 6))
+    [Console]::Out.Flush()
+}
+
+try {
+    Import-Module ADSync -ErrorAction Stop
+    $module = Get-Module ADSync
+    Write-Answer @{ ready = $true; version = [string]$module.Version }
+} catch {
+    Write-Answer @{ error = $_.Exception.Message; category = [string]$_.CategoryInfo.Category }
+    exit 3
+}
+
+while ($true) {
+    $line = [Console]::In.ReadLine()
+    if ($null -eq $line) { break }
+    if ($line.Trim().Length -eq 0) { continue }
+    $id = $null
+    try {
+        $request = ConvertFrom-Json -InputObject $line
+        $id = $request.id
+        $command = [string]$request.command
+        if ($allowed -notcontains $command) {
+            throw "the syncfleet host does not run '$command'"
+        }
+        $params = @{}
+        if ($null -ne $request.args) {
+            foreach ($p in $request.args.PSObject.Properties) { $params[$p.Name] = $p.Value }
+        }
+        # Anything the cmdlet writes to the host or the pipeline is collected, never printed.
+        $output = @(& $command @params)
+        Write-Answer @{ id = $id; ok = $output }
+    } catch {
+        Write-Answer @{ id = $id; error = $_.Exception.Message; category = [string]$_.CategoryInfo.Category }
+    }
+}

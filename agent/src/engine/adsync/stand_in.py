@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Test stand-in for the adsync driver's PowerShell host (host.ps1): the same JSON-lines
+protocol, with scripted cmdlets, so that the process runner is tested against a real child
+process on any OS.
+
+Commands:
+  Get-ADSyncScheduler            -> one scheduler object
+  Get-ADSyncConnectorRunStatus   -> [] (idle)
+  Invoke-ADSyncRunProfile        -> sleeps RunProfileName seconds if it is a number, then
+                                    [{"Result": "success"}]
+  Test-Pid                       -> [pid]
+  Test-Sleep {"Seconds": s}      -> sleeps, then []
+  Test-Exit                      -> writes to stderr and exits with code 7
+  Test-Big {"Bytes": n}          -> one string of n characters
+  Test-Noise                     -> a non-JSON line, then []
+  anything else                  -> {"error": ..., "category": "ObjectNotFound"}
+Argument --fail-start: report that the module cannot be loaded, exit 3.
+"""
+import json
+import os
+import sys
+import time
+
+
+def answer(obj):
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def main():
+    if "--fail-start" in sys.argv:
+        answer({"error": "The specified module 'ADSync' was not loaded", "category": "ResourceUnavailable"})
+        return 3
+    # Host output a module could write before the first answer: must be skipped.
+    sys.stdout.write("WARNING: stand-in starting\n")
+    answer({"ready": True, "version": "stand-in"})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        rid, cmd, args = req.get("id"), req.get("command"), req.get("args") or {}
+        if cmd == "Get-ADSyncScheduler":
+            ok = [{"SyncCycleEnabled": True, "SyncCycleInProgress": False,
+                   "StagingModeEnabled": False, "SchedulerSuspended": False,
+                   "NextSyncCycleStartTimeInUTC": "/Date(1700000000000)/"}]
+        elif cmd == "Get-ADSyncConnectorRunStatus":
+            ok = []
+        elif cmd == "Invoke-ADSyncRunProfile":
+            try:
+                time.sleep(float(args.get("RunProfileName", "0")))
+            except ValueError:
+                pass
+            ok = [{"Result": "success"}]
+        elif cmd == "Test-Pid":
+            ok = [os.getpid()]
+        elif cmd == "Test-Sleep":
+            time.sleep(float(args.get("Seconds", 0)))
+            ok = []
+        elif cmd == "Test-Exit":
+            sys.stderr.write("stand-in: exiting on request\n")
+            sys.stderr.flush()
+            return 7
+        elif cmd == "Test-Big":
+            ok = ["x" * int(args.get("Bytes", 0))]
+        elif cmd == "Test-Noise":
+            sys.stdout.write("this line is not an answer\n")
+            ok = []
+        else:
+            answer({"id": rid, "error": f"The term '{cmd}' is not recognized", "category": "ObjectNotFound"})
+            continue
+        answer({"id": rid, "ok": ok})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
