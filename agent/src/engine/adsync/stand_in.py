@@ -4,7 +4,9 @@ protocol, with scripted cmdlets, so that the process runner is tested against a 
 process on any OS.
 
 Commands:
-  Get-ADSyncScheduler            -> one scheduler object
+  Get-ADSyncScheduler            -> one scheduler object; SyncCycleEnabled from the JSON file
+                                    named by STAND_IN_STATE (default true)
+  Set-ADSyncScheduler            -> stores SyncCycleEnabled in that file, then []
   Get-ADSyncConnectorRunStatus   -> [] (idle)
   Invoke-ADSyncRunProfile        -> sleeps RunProfileName seconds if it is a number, then
                                     [{"Result": "success"}]
@@ -15,6 +17,7 @@ Commands:
   Test-Noise                     -> a non-JSON line, then []
   anything else                  -> {"error": ..., "category": "ObjectNotFound"}
 Argument --fail-start: report that the module cannot be loaded, exit 3.
+Argument --deny-set: Set-ADSyncScheduler fails with "Access is denied".
 """
 import json
 import os
@@ -25,6 +28,21 @@ import time
 def answer(obj):
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
     sys.stdout.flush()
+
+
+def load_state():
+    path = os.environ.get("STAND_IN_STATE")
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"SyncCycleEnabled": True}
+
+
+def save_state(state):
+    path = os.environ.get("STAND_IN_STATE")
+    if path:
+        with open(path, "w") as f:
+            json.dump(state, f)
 
 
 def main():
@@ -40,9 +58,17 @@ def main():
         req = json.loads(line)
         rid, cmd, args = req.get("id"), req.get("command"), req.get("args") or {}
         if cmd == "Get-ADSyncScheduler":
-            ok = [{"SyncCycleEnabled": True, "SyncCycleInProgress": False,
+            ok = [{"SyncCycleEnabled": load_state()["SyncCycleEnabled"], "SyncCycleInProgress": False,
                    "StagingModeEnabled": False, "SchedulerSuspended": False,
                    "NextSyncCycleStartTimeInUTC": "/Date(1700000000000)/"}]
+        elif cmd == "Set-ADSyncScheduler":
+            if "--deny-set" in sys.argv:
+                answer({"id": rid, "error": "Access is denied.", "category": "PermissionDenied"})
+                continue
+            state = load_state()
+            state["SyncCycleEnabled"] = bool(args.get("SyncCycleEnabled"))
+            save_state(state)
+            ok = []
         elif cmd == "Get-ADSyncConnectorRunStatus":
             ok = []
         elif cmd == "Invoke-ADSyncRunProfile":
