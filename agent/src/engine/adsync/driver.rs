@@ -144,6 +144,50 @@ impl<R: PowerShellRunner> AdsyncEngine<R> {
     }
 }
 
+/// Consecutive failed status reads after which [`AdsyncEngine::follow`] gives up.
+pub const MAX_FOLLOW_FAILURES: u32 = 5;
+
+impl<R: PowerShellRunner> AdsyncEngine<R> {
+    /// After the process of a run was lost: wait until the connector is idle, then report the
+    /// result of the run that started after `before`; an error when no such run exists (it did
+    /// not start) or the engine cannot be read.
+    async fn follow(
+        &self,
+        ma: &str,
+        connector_id: &str,
+        before: u64,
+        seen: Option<u64>,
+    ) -> Result<ExecuteOutcome, EngineError> {
+        let mut failures = 0;
+        loop {
+            match self.status(ma).await {
+                Ok(MaStatus::Idle) => break,
+                Ok(MaStatus::InProgress { .. }) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if failures >= MAX_FOLLOW_FAILURES {
+                        return Err(e);
+                    }
+                }
+            }
+            tokio::time::sleep(self.cfg.poll_interval).await;
+        }
+        let run = self.last_run(connector_id).await?;
+        match run
+            .as_ref()
+            .and_then(|r| Some((number(r, "RunNumber")?, text(r, "Result")?)))
+        {
+            Some((n, result)) if n > before && seen.is_none_or(|s| s == n) => Ok(ExecuteOutcome {
+                result,
+                run_number: Some(n),
+            }),
+            _ => Err(EngineError::Unavailable(format!(
+                "the PowerShell process running {ma:?} was lost and the engine shows no run after run {before}"
+            ))),
+        }
+    }
+}
+
 /// `Get-ADSyncScheduler` through any runner.
 pub async fn read_scheduler<R: PowerShellRunner + ?Sized>(
     runner: &R,
@@ -263,6 +307,11 @@ impl<R: PowerShellRunner> SyncEngine for AdsyncEngine<R> {
                 // (0x8023063d inside still classifies as busy).
                 Err(AdsyncError::PowerShell { message, .. }) => {
                     format!("call-failure: {}", message.trim())
+                }
+                Err(e @ (AdsyncError::Died { .. } | AdsyncError::Protocol { .. })) => {
+                    // The engine may still run the profile: follow it to its end.
+                    tracing::warn!(ma, profile, error = %e, "lost the PowerShell process of a run; following the run through the engine");
+                    return self.follow(ma, &c.id, before, seen).await;
                 }
                 Err(e) => return Err(engine_error(INVOKE_RUN_PROFILE, &e)),
             };

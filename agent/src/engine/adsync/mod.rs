@@ -22,6 +22,9 @@
 //!   output is the engine's result string, reported verbatim. A cmdlet error during it becomes
 //!   `call-failure: <message>` (the WMI provider's string for an unexpected error; a message
 //!   with `0x8023063d` classifies as busy).
+//! - When the PowerShell process of a run dies (or breaks the protocol), the engine may still run
+//!   the profile: the driver waits until the connector is idle and reports the result of the run
+//!   that started after the snapshot; with no such run it reports the failure.
 //! - Run numbers: the connector's newest run (`Get-ADSyncRunProfileResult -ConnectorId
 //!   -NumberRequested 1`) is read before the run; while it executes the newest run is read every
 //!   [`AdsyncConfig::poll_interval`] and a greater run number is reported as progress (so the

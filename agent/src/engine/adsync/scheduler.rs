@@ -120,6 +120,13 @@ pub async fn take_over_builtin_scheduler<R: PowerShellRunner + ?Sized>(
     data_dir: &Path,
 ) -> Result<Takeover, SchedulerError> {
     let mut state = read_scheduler(runner).await?;
+    if state.staging_mode_enabled {
+        tracing::warn!(
+            "this Entra Connect server is in staging mode: run profiles with an export step are \
+             refused ({})",
+            syncfleet_proto::vocab::STAGING_MODE_REFUSED
+        );
+    }
     if !state.sync_cycle_enabled {
         return Ok(Takeover::AlreadyOff {
             recorded: read_record(data_dir)?.is_some(),

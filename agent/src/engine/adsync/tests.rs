@@ -438,6 +438,64 @@ async fn the_run_number_is_reported_while_the_run_executes() {
     assert_eq!(out.run_number, Some(42));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_powershell_process_died_is_followed_to_its_result() {
+    let fake = Arc::new(FakeRunner::new());
+    let e = engine(&fake);
+    fake.always(
+        "Get-ADSyncScheduler",
+        Ok(scheduler(false, false, false, false)),
+    )
+    .then(
+        "Get-ADSyncRunProfileResult",
+        Ok(run(41, "Export", true, "success")),
+    )
+    .then(
+        "Invoke-ADSyncRunProfile",
+        Err(AdsyncError::Died {
+            command: INVOKE_RUN_PROFILE.into(),
+            detail: "exit code 0xC000013A".into(),
+        }),
+    )
+    .then(
+        "Get-ADSyncConnectorRunStatus",
+        Ok(json!([{"ConnectorName": AD, "RunState": "Busy"}])),
+    )
+    .then(
+        "Get-ADSyncRunProfileResult",
+        Ok(run(42, "Export", false, "in-progress")),
+    )
+    .then("Get-ADSyncConnectorRunStatus", Ok(json!([])))
+    .then(
+        "Get-ADSyncRunProfileResult",
+        Ok(run(42, "Export", true, "completed-export-errors")),
+    );
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let out = e.execute(AD, "Export", tx.clone()).await.unwrap();
+    assert_eq!(out.result, "completed-export-errors");
+    assert_eq!(out.run_number, Some(42));
+
+    // No new run in the engine: the failure is reported, not invented as a result.
+    fake.then(
+        "Get-ADSyncRunProfileResult",
+        Ok(run(42, "Export", true, "success")),
+    )
+    .then(
+        "Invoke-ADSyncRunProfile",
+        Err(AdsyncError::Died {
+            command: INVOKE_RUN_PROFILE.into(),
+            detail: "exit code 1".into(),
+        }),
+    )
+    .then("Get-ADSyncConnectorRunStatus", Ok(json!([])))
+    .then(
+        "Get-ADSyncRunProfileResult",
+        Ok(run(42, "Export", true, "success")),
+    );
+    let err = e.execute(AD, "Export", tx).await.unwrap_err();
+    assert!(err.to_string().contains("no run after run 42"), "{err}");
+}
+
 #[tokio::test]
 async fn status_is_idle_on_an_empty_run_status_and_busy_with_the_running_profile() {
     let fake = Arc::new(FakeRunner::new());
