@@ -235,6 +235,7 @@ impl<R: PowerShellRunner> SyncEngine for AdsyncEngine<R> {
                     name: name.clone(),
                     guid: format!("{{{}}}", id.trim_matches(['{', '}']).to_ascii_uppercase()),
                     ma_type: text(c, "ConnectorTypeName")
+                        .filter(|t| !t.is_empty())
                         .or_else(|| text(c, "Type"))
                         .unwrap_or_default(),
                     run_profiles: profiles.iter().map(|(p, _)| p.clone()).collect(),

@@ -24,6 +24,32 @@ $allowed = @(
     'Set-ADSyncScheduler'
 )
 
+# A connector object carries its whole configuration (schema, partitions, parameters): only what
+# the driver reads is sent, as strings so that enumerations arrive by name on every PowerShell.
+function Select-Connector($c) {
+    [pscustomobject]@{
+        Name = [string]$c.Name
+        Identifier = [string]$c.Identifier
+        ConnectorTypeName = [string]$c.ConnectorTypeName
+        Type = [string]$c.Type
+        RunProfiles = @(foreach ($p in @($c.RunProfiles)) {
+            if ($null -eq $p) { continue }
+            [pscustomobject]@{
+                Name = [string]$p.Name
+                RunSteps = @(foreach ($s in @($p.RunSteps)) {
+                    if ($null -eq $s) { continue }
+                    [pscustomobject]@{
+                        Type = [string]$s.Type
+                        TaskType = [string]$s.TaskType
+                        StepType = [string]$s.StepType
+                        PartitionName = [string]$s.PartitionName
+                    }
+                })
+            }
+        })
+    }
+}
+
 function Write-Answer($answer) {
     [Console]::Out.WriteLine((ConvertTo-Json -InputObject $answer -Compress -Depth 6))
     [Console]::Out.Flush()
@@ -56,6 +82,9 @@ while ($true) {
         }
         # Anything the cmdlet writes to the host or the pipeline is collected, never printed.
         $output = @(& $command @params)
+        if ($command -eq 'Get-ADSyncConnector') {
+            $output = @(foreach ($c in $output) { Select-Connector $c })
+        }
         Write-Answer @{ id = $id; ok = $output }
     } catch {
         Write-Answer @{ id = $id; error = $_.Exception.Message; category = [string]$_.CategoryInfo.Category }

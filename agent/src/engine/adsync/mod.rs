@@ -53,7 +53,7 @@ mod tests;
 
 pub use config::*;
 pub use driver::*;
-pub use model::{SchedulerState, run_history_xml, step_of};
+pub use model::{STANDARD_PROFILES, SchedulerState, run_history_xml, step_of};
 pub use runner::*;
 pub use scheduler::*;
 

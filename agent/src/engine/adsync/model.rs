@@ -131,27 +131,47 @@ pub fn step_of(name: &str) -> Option<RunStepInfo> {
     })
 }
 
+/// The run profiles Entra Connect creates on every connector (names UNCONFIRMED), assumed when a
+/// connector object lists none.
+pub const STANDARD_PROFILES: [&str; 5] = [
+    "Full Import",
+    "Delta Import",
+    "Full Synchronization",
+    "Delta Synchronization",
+    "Export",
+];
+
+/// A non-empty string property (the host sends missing properties as `""`).
+fn non_empty(v: &Value, key: &str) -> Option<String> {
+    text(v, key).filter(|s| !s.trim().is_empty())
+}
+
 /// Run profiles of a `Get-ADSyncConnector` object: its `RunProfiles` items (`Name`, and steps
 /// in `RunSteps` with a `Type`/`TaskType`/`StepType`, shape UNCONFIRMED). A profile whose steps
 /// cannot be read gets the step its name implies (standard names), else no steps: `known` is
-/// then false and the driver treats it as possibly exporting.
+/// then false and the driver treats it as possibly exporting. A connector that lists no run
+/// profiles gets [`STANDARD_PROFILES`].
 pub fn run_profiles(connector: &Value) -> Vec<(RunProfileInfo, bool)> {
-    let Some(Value::Array(list)) = connector.get("RunProfiles") else {
-        return Vec::new();
+    let list = match connector.get("RunProfiles") {
+        Some(Value::Array(list)) if !list.is_empty() => list.clone(),
+        _ => STANDARD_PROFILES
+            .iter()
+            .map(|n| serde_json::json!({ "Name": n }))
+            .collect(),
     };
     list.iter()
         .filter_map(|p| {
-            let name = text(p, "Name")?;
+            let name = non_empty(p, "Name")?;
             let steps: Option<Vec<RunStepInfo>> = match p.get("RunSteps") {
                 Some(Value::Array(steps)) if !steps.is_empty() => steps
                     .iter()
                     .map(|s| {
                         ["Type", "TaskType", "StepType"]
                             .iter()
-                            .find_map(|k| text(s, k))
+                            .find_map(|k| non_empty(s, k))
                             .and_then(|t| step_of(&t))
                             .map(|mut step| {
-                                if let Some(part) = text(s, "PartitionName") {
+                                if let Some(part) = non_empty(s, "PartitionName") {
                                     step.partition = part;
                                 }
                                 step

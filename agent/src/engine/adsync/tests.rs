@@ -617,6 +617,38 @@ async fn inventory_lists_connectors_with_their_run_profiles_and_steps() {
 }
 
 #[tokio::test]
+async fn steps_are_read_from_any_step_property_and_a_connector_without_profiles_gets_the_standard_ones()
+ {
+    let fake = Arc::new(FakeRunner::new());
+    // As the host sends them: every property present, missing ones as "".
+    fake.always(
+        "Get-ADSyncConnector",
+        Ok(json!([
+            {"Name": AD, "Identifier": AD_ID, "ConnectorTypeName": "", "Type": "AD",
+             "RunProfiles": [{"Name": "Delta Import and Sync", "RunSteps": [
+                {"Type": "", "TaskType": "DeltaImport", "StepType": "", "PartitionName": "DC=contoso,DC=com"},
+                {"Type": "", "TaskType": "DeltaSynchronization", "StepType": "", "PartitionName": ""}
+             ]}]},
+            {"Name": "contoso.onmicrosoft.com - AAD", "Identifier": "b891884f-051e-4a83-95af-2544101c9083",
+             "ConnectorTypeName": "Extensible2", "Type": "", "RunProfiles": []}
+        ])),
+    );
+    let e = AdsyncEngine::new(Arc::clone(&fake), cfg()).unwrap();
+    let mas = e.inventory().await.unwrap();
+    let ad = mas.iter().find(|m| m.name == AD).unwrap();
+    assert_eq!(ad.ma_type, "AD");
+    let p = ad.profile("Delta Import and Sync").unwrap();
+    assert_eq!(p.steps.len(), 2);
+    assert_eq!(p.steps[0].step_type, "delta-import");
+    assert_eq!(p.steps[0].partition, "DC=contoso,DC=com");
+    assert_eq!(p.steps[1].subtype, "apply-pending");
+    let aad = mas.iter().find(|m| m.name != AD).unwrap();
+    let names: Vec<&str> = aad.run_profiles.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, STANDARD_PROFILES);
+    assert_eq!(aad.profile("Export").unwrap().steps[0].step_type, "export");
+}
+
+#[tokio::test]
 async fn run_details_become_run_history_xml_with_counters() {
     let fake = Arc::new(FakeRunner::new());
     let e = engine(&fake);
