@@ -50,8 +50,12 @@ function Select-Connector($c) {
     }
 }
 
+# Answers are pure ASCII (every other character as a JSON \uXXXX escape), so the console's code
+# page cannot garble them.
 function Write-Answer($answer) {
-    [Console]::Out.WriteLine((ConvertTo-Json -InputObject $answer -Compress -Depth 6))
+    $json = ConvertTo-Json -InputObject $answer -Compress -Depth 6
+    $json = [regex]::Replace($json, '[^\x00-\x7F]', { param($m) '\u{0:x4}' -f [int][char]$m.Value })
+    [Console]::Out.WriteLine($json)
     [Console]::Out.Flush()
 }
 

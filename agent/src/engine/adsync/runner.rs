@@ -96,6 +96,24 @@ pub trait PowerShellRunner: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Value, AdsyncError>>;
 }
 
+/// JSON text with every non-ASCII character written as `\uXXXX` (UTF-16 code units), so that a
+/// console code page other than UTF-8 cannot garble a request. Valid because in JSON text
+/// non-ASCII characters occur only inside strings.
+pub fn ascii_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
+}
+
 /// One PowerShell process speaking the host protocol.
 struct HostProcess {
     child: Child,
@@ -234,7 +252,8 @@ impl HostProcess {
         command: &str,
         args: &Value,
     ) -> Result<Value, AdsyncError> {
-        let mut line = json!({ "id": id, "command": command, "args": args }).to_string();
+        let mut line =
+            ascii_json(&json!({ "id": id, "command": command, "args": args }).to_string());
         line.push('\n');
         let written = async {
             self.stdin.write_all(line.as_bytes()).await?;

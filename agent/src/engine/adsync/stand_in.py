@@ -10,6 +10,7 @@ Commands:
   Get-ADSyncConnectorRunStatus   -> [] (idle)
   Invoke-ADSyncRunProfile        -> sleeps RunProfileName seconds if it is a number, then
                                     [{"Result": "success"}]
+  Test-Echo {"Text": t}          -> [t]
   Test-Pid                       -> [pid]
   Test-Sleep {"Seconds": s}      -> sleeps, then []
   Test-Exit                      -> writes to stderr and exits with code 7
@@ -26,7 +27,8 @@ import time
 
 
 def answer(obj):
-    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    # Pure ASCII, as host.ps1 writes it.
+    sys.stdout.write(json.dumps(obj, separators=(",", ":"), ensure_ascii=True) + "\n")
     sys.stdout.flush()
 
 
@@ -77,6 +79,8 @@ def main():
             except ValueError:
                 pass
             ok = [{"Result": "success"}]
+        elif cmd == "Test-Echo":
+            ok = [args.get("Text")]
         elif cmd == "Test-Pid":
             ok = [os.getpid()]
         elif cmd == "Test-Sleep":

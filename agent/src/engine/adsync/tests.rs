@@ -847,6 +847,23 @@ async fn a_run_has_no_call_timeout_and_does_not_block_control_calls() {
 }
 
 #[test]
+fn requests_are_ascii_and_decode_to_the_same_value() {
+    let v = json!({"ConnectorName": "Bücher AG – 東京 😀", "RunProfileName": "Export"});
+    let text = ascii_json(&v.to_string());
+    assert!(text.is_ascii(), "{text}");
+    assert!(text.contains("\\u00fc"), "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+}
+
+#[tokio::test]
+async fn non_ascii_connector_names_round_trip_through_a_real_process() {
+    let r = ProcessRunner::new(stand_in(&[]));
+    let name = "Bücher AG – 東京 😀";
+    let out = r.call("Test-Echo", json!({"Text": name})).await.unwrap();
+    assert_eq!(out, json!([name]));
+}
+
+#[test]
 fn the_host_script_is_passed_encoded_and_whitelists_the_cmdlets() {
     use base64::Engine as _;
     let args = AdsyncConfig::default().args(HOST_SCRIPT);
