@@ -26,6 +26,8 @@ pub const NOT_RUNNING: &str = "ma-not-running";
 #[derive(Debug, Clone)]
 struct Connector {
     id: String,
+    /// `ConnectorTypeName` (else `Type`), e.g. `AD`, `Extensible2`.
+    ma_type: String,
     /// Run profiles with whether their steps are known.
     profiles: Vec<(RunProfileInfo, bool)>,
 }
@@ -72,27 +74,34 @@ impl<R: PowerShellRunner> AdsyncEngine<R> {
         *lock(&self.staging)
     }
 
-    async fn connectors(&self) -> Result<HashMap<String, Connector>, EngineError> {
+    /// `Get-ADSyncConnector`, in the module's order; refreshes the cache.
+    async fn list(&self) -> Result<Vec<(String, Connector)>, EngineError> {
         let out = self
             .runner
             .call("Get-ADSyncConnector", json!({}))
             .await
             .map_err(|e| engine_error("list connectors", &e))?;
-        let mut found = HashMap::new();
+        let mut found = Vec::new();
         for c in items(&out) {
-            let Some(name) = text(c, "Name") else {
+            let Some(name) = text(c, "Name").filter(|n| !n.is_empty()) else {
                 continue;
             };
-            found.insert(
-                name,
-                Connector {
-                    id: text(c, "Identifier").unwrap_or_default(),
-                    profiles: model::run_profiles(c),
-                },
-            );
+            let connector = Connector {
+                id: text(c, "Identifier").unwrap_or_default(),
+                ma_type: text(c, "ConnectorTypeName")
+                    .filter(|t| !t.is_empty())
+                    .or_else(|| text(c, "Type"))
+                    .unwrap_or_default(),
+                profiles: model::run_profiles(c),
+            };
+            found.push((name, connector));
         }
-        *lock(&self.connectors) = found.clone();
+        *lock(&self.connectors) = found.iter().cloned().collect();
         Ok(found)
+    }
+
+    async fn connectors(&self) -> Result<HashMap<String, Connector>, EngineError> {
+        Ok(self.list().await?.into_iter().collect())
     }
 
     async fn connector(&self, ma: &str) -> Result<Connector, EngineError> {
@@ -218,32 +227,17 @@ impl<R: PowerShellRunner> SyncEngine for AdsyncEngine<R> {
 
     fn inventory(&self) -> BoxFuture<'_, Result<Vec<MaInfo>, EngineError>> {
         Box::pin(async move {
-            let out = self
-                .runner
-                .call("Get-ADSyncConnector", json!({}))
-                .await
-                .map_err(|e| engine_error("list connectors", &e))?;
-            let mut mas = Vec::new();
-            let mut cache = HashMap::new();
-            for c in items(&out) {
-                let Some(name) = text(c, "Name") else {
-                    continue;
-                };
-                let id = text(c, "Identifier").unwrap_or_default();
-                let profiles = model::run_profiles(c);
-                mas.push(MaInfo {
-                    name: name.clone(),
-                    guid: format!("{{{}}}", id.trim_matches(['{', '}']).to_ascii_uppercase()),
-                    ma_type: text(c, "ConnectorTypeName")
-                        .filter(|t| !t.is_empty())
-                        .or_else(|| text(c, "Type"))
-                        .unwrap_or_default(),
-                    run_profiles: profiles.iter().map(|(p, _)| p.clone()).collect(),
-                });
-                cache.insert(name, Connector { id, profiles });
-            }
-            *lock(&self.connectors) = cache;
-            Ok(mas)
+            Ok(self
+                .list()
+                .await?
+                .into_iter()
+                .map(|(name, c)| MaInfo {
+                    name,
+                    guid: format!("{{{}}}", c.id.trim_matches(['{', '}']).to_ascii_uppercase()),
+                    ma_type: c.ma_type,
+                    run_profiles: c.profiles.into_iter().map(|(p, _)| p).collect(),
+                })
+                .collect())
         })
     }
 
