@@ -100,9 +100,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
 }
 
 /// What the engine needs before the agent drives it: on Entra Connect, the built-in sync cycle
-/// is switched off (or the agent refuses to start).
+/// is switched off (or the agent refuses to start). An agent without its TLS files can never
+/// connect, so it stops before changing the engine.
 async fn take_over_engine(cfg: &AgentConfig) -> Result<(), AgentError> {
     if let config::EngineConfig::Adsync(a) = &cfg.engine {
+        identity::channel::client_tls(cfg)?;
         let runner = engine::adsync::ProcessRunner::new(a.clone());
         engine::adsync::take_over_builtin_scheduler(&runner, a, &cfg.data_dir).await?;
     }

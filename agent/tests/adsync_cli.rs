@@ -9,7 +9,8 @@
 )]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use syncfleet_tests::daemon_config::without_syncfleet_env;
 
@@ -35,6 +36,14 @@ fn config(dir: &Path, extra_arg: Option<&str>) -> std::path::PathBuf {
     path
 }
 
+/// TLS files that exist (the agent checks they can be read before it changes the engine; it
+/// then fails to connect to the unreachable controller and keeps retrying).
+fn tls_files(dir: &Path) {
+    for f in ["ca.pem", "agent.pem", "agent.key"] {
+        std::fs::write(dir.join("data").join(f), "not a certificate").unwrap();
+    }
+}
+
 fn agent(dir: &Path, args: &[&str]) -> Output {
     without_syncfleet_env(Command::new(env!("CARGO_BIN_EXE_syncfleet-agent")))
         .args(args)
@@ -53,6 +62,7 @@ fn cycle_enabled(dir: &Path) -> Option<bool> {
 fn the_agent_refuses_to_run_when_the_builtin_cycle_cannot_be_switched_off() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), Some("--deny-set"));
+    tls_files(dir.path());
     let out = agent(dir.path(), &["run", "--config", cfg.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -67,11 +77,34 @@ fn run_switches_the_builtin_cycle_off_and_restore_scheduler_switches_it_back_on(
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), None);
     let cfg = cfg.to_str().unwrap();
-    // The scheduler is taken over first; this agent then stops for lack of a certificate.
+    // Without its TLS files the agent stops before it changes the engine.
     let out = agent(dir.path(), &["run", "--config", cfg]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ca.pem"), "{err}");
-    assert_eq!(cycle_enabled(dir.path()), Some(false));
+    assert_eq!(cycle_enabled(dir.path()), None);
+    assert!(!dir.path().join("data/adsync-scheduler.json").exists());
+
+    // With them it records the cycle and switches it off, then runs (here: keeps retrying the
+    // unreachable controller until it is ended).
+    tls_files(dir.path());
+    let mut child = without_syncfleet_env(Command::new(env!("CARGO_BIN_EXE_syncfleet-agent")))
+        .args(["run", "--config", cfg])
+        .env("STAND_IN_STATE", dir.path().join("scheduler-state.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cycle_enabled(dir.path()) != Some(false) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not switch the cycle off"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the agent exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
     assert!(dir.path().join("data/adsync-scheduler.json").exists());
 
     let out = agent(
