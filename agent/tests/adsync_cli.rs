@@ -72,8 +72,8 @@ fn the_agent_refuses_to_run_when_the_builtin_cycle_cannot_be_switched_off() {
     assert!(!dir.path().join("data/adsync-scheduler.json").exists());
 }
 
-#[test]
-fn run_switches_the_builtin_cycle_off_and_restore_scheduler_switches_it_back_on() {
+#[tokio::test]
+async fn run_switches_the_builtin_cycle_off_and_restore_scheduler_switches_it_back_on() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), None);
     let cfg = cfg.to_str().unwrap();
@@ -101,7 +101,7 @@ fn run_switches_the_builtin_cycle_off_and_restore_scheduler_switches_it_back_on(
             "the agent did not switch the cycle off"
         );
         assert!(child.try_wait().unwrap().is_none(), "the agent exited");
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
