@@ -11,9 +11,17 @@ $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
 $WarningPreference = 'SilentlyContinue'
 $InformationPreference = 'SilentlyContinue'
-$utf8 = New-Object System.Text.UTF8Encoding $false
-[Console]::InputEncoding = $utf8
-[Console]::OutputEncoding = $utf8
+# The protocol is pure ASCII; UTF-8 console encodings are a courtesy that a process without a
+# console may refuse, which is harmless.
+try {
+    $utf8 = New-Object System.Text.UTF8Encoding $false
+    [Console]::InputEncoding = $utf8
+    [Console]::OutputEncoding = $utf8
+} catch {
+    $null = $_
+}
+# Windows PowerShell 5.1 otherwise writes some arrays as {"value": [...], "Count": n}.
+Remove-TypeData System.Array -ErrorAction SilentlyContinue
 $allowed = @(
     'Get-ADSyncConnector',
     'Get-ADSyncConnectorRunStatus',

@@ -283,6 +283,13 @@ impl HostProcess {
         }
         match answer.get("ok") {
             Some(Value::Array(items)) => Ok(Value::Array(items.clone())),
+            // Windows PowerShell 5.1's shape of an extended array.
+            Some(Value::Object(m)) if m.len() == 2 && m.contains_key("Count") => {
+                match m.get("value") {
+                    Some(Value::Array(items)) => Ok(Value::Array(items.clone())),
+                    _ => Ok(Value::Array(vec![Value::Object(m.clone())])),
+                }
+            }
             Some(Value::Null) | None => Ok(Value::Array(Vec::new())),
             Some(other) => Ok(Value::Array(vec![other.clone()])),
         }

@@ -11,6 +11,7 @@ Commands:
   Invoke-ADSyncRunProfile        -> sleeps RunProfileName seconds if it is a number, then
                                     [{"Result": "success"}]
   Test-Echo {"Text": t}          -> [t]
+  Test-Wrapped                   -> [1, 2] as {"value": [1, 2], "Count": 2}
   Test-Pid                       -> [pid]
   Test-Sleep {"Seconds": s}      -> sleeps, then []
   Test-Exit                      -> writes to stderr and exits with code 7
@@ -79,6 +80,10 @@ def main():
             except ValueError:
                 pass
             ok = [{"Result": "success"}]
+        elif cmd == "Test-Wrapped":
+            # Windows PowerShell 5.1's shape of an extended array.
+            answer({"id": rid, "ok": {"value": [1, 2], "Count": 2}})
+            continue
         elif cmd == "Test-Echo":
             ok = [args.get("Text")]
         elif cmd == "Test-Pid":

@@ -729,6 +729,10 @@ async fn the_process_runner_speaks_the_protocol_and_skips_host_output() {
     assert!(s.sync_cycle_enabled);
     assert!(!s.staging_mode_enabled);
     assert_eq!(r.call("Test-Noise", json!({})).await.unwrap(), json!([]));
+    assert_eq!(
+        r.call("Test-Wrapped", json!({})).await.unwrap(),
+        json!([1, 2])
+    );
     // The same process answers every control call.
     let first = pid(&r).await;
     assert_eq!(pid(&r).await, first);
