@@ -69,6 +69,7 @@ mod api;
 #[cfg(windows)]
 mod com;
 mod config;
+mod discovery;
 mod driver;
 mod execute;
 #[cfg(test)]
@@ -80,6 +81,7 @@ pub use api::*;
 #[cfg(windows)]
 pub use com::{ComWmi, build};
 pub use config::*;
+pub use discovery::*;
 pub use driver::*;
 pub use execute::MAX_SETTLE_FAILURES;
 pub use run_number::{parse_run_number, progress_of};
