@@ -196,6 +196,62 @@ pub fn parse_run_configuration(
     })
 }
 
+/// Database name when the registry has none (the engine's installer default).
+pub const DEFAULT_DATABASE: &str = "FIMSynchronizationService";
+
+/// Where the engine's database is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseLocation {
+    pub host: String,
+    pub instance: Option<String>,
+    pub port: Option<u16>,
+    pub database: String,
+}
+
+impl std::fmt::Display for DatabaseLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SQL Server {}", self.host)?;
+        if let Some(i) = &self.instance {
+            write!(f, "\\{i}")?;
+        }
+        if let Some(p) = self.port {
+            write!(f, ",{p}")?;
+        }
+        write!(f, ", database {}", self.database)
+    }
+}
+
+/// Parse `host`, `host\instance`, `host,port` (optionally prefixed `tcp:`); `.` and
+/// `(local)` mean `localhost`.
+pub fn parse_server(server: &str, database: String) -> Result<DatabaseLocation, String> {
+    let s = server.trim();
+    let s = s.strip_prefix("tcp:").unwrap_or(s);
+    let (rest, port) = match s.split_once(',') {
+        Some((h, p)) => (
+            h,
+            Some(p.trim().parse::<u16>().map_err(|_| {
+                format!("{server:?}: the port after ',' must be a number from 1 to 65535")
+            })?),
+        ),
+        None => (s, None),
+    };
+    let (host, instance) = match rest.split_once('\\') {
+        Some((h, i)) if !i.trim().is_empty() => (h.trim(), Some(i.trim().to_owned())),
+        Some((h, _)) => (h.trim(), None),
+        None => (rest.trim(), None),
+    };
+    let host = match host {
+        "" | "." | "(local)" => "localhost",
+        h => h,
+    };
+    Ok(DatabaseLocation {
+        host: host.to_owned(),
+        instance,
+        port,
+        database,
+    })
+}
+
 /// Where an MA's run profiles came from, for the log and [`super::WmiEngine::profile_origins`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProfileOrigin {

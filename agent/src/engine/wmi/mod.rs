@@ -75,6 +75,8 @@ mod execute;
 #[cfg(test)]
 mod fake;
 mod run_number;
+#[cfg(windows)]
+mod sql;
 mod status;
 
 pub use api::*;
@@ -85,4 +87,6 @@ pub use discovery::*;
 pub use driver::*;
 pub use execute::MAX_SETTLE_FAILURES;
 pub use run_number::{parse_run_number, progress_of};
+#[cfg(windows)]
+pub use sql::SqlProfiles;
 pub use status::*;

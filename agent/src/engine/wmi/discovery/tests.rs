@@ -339,3 +339,32 @@ fn without_discovery_declarations_then_standard_profiles() {
     );
     assert!(m.origin.to_string().contains("discovery is off"));
 }
+
+#[test]
+fn database_server_forms() {
+    let db = || DEFAULT_DATABASE.to_owned();
+    let l = parse_server("sql01\\MIM", db()).unwrap();
+    assert_eq!(
+        (l.host.as_str(), l.instance.as_deref(), l.port),
+        ("sql01", Some("MIM"), None)
+    );
+    assert_eq!(
+        l.to_string(),
+        "SQL Server sql01\\MIM, database FIMSynchronizationService"
+    );
+    let l = parse_server("tcp:sql01.contoso.com,14330", "FIMSync".into()).unwrap();
+    assert_eq!(
+        (l.host.as_str(), l.instance, l.port, l.database.as_str()),
+        ("sql01.contoso.com", None, Some(14330), "FIMSync")
+    );
+    for local in [".", "(local)", "", ".\\"] {
+        let l = parse_server(local, db()).unwrap();
+        assert_eq!(
+            (l.host.as_str(), l.instance),
+            ("localhost", None),
+            "{local:?}"
+        );
+    }
+    let e = parse_server("sql01,port", db()).unwrap_err();
+    assert!(e.contains("must be a number"), "{e}");
+}
