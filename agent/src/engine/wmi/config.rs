@@ -1,5 +1,6 @@
-//! Settings of the `mim-wmi` driver, and the run profiles declared in them because WMI cannot
-//! list run profiles or their steps.
+//! Settings of the `mim-wmi` driver, and the run profiles declared in them (overrides of the
+//! profiles discovered from the engine's database, or the profiles themselves when discovery is
+//! off or unavailable).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -31,8 +32,8 @@ pub const STEP_TYPES: [&str; 5] = [
 /// Smallest accepted [`WmiConfig::poll_interval`] / [`WmiConfig::completing_poll`].
 pub const MIN_POLL: Duration = Duration::from_millis(10);
 
-/// A run profile of one MA, declared in the agent configuration because WMI cannot list them
-/// (see the module documentation).
+/// A run profile of one MA, declared in the agent configuration: it overrides the discovered
+/// profile of the same MA and name (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileDecl {
