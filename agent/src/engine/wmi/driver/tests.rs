@@ -452,3 +452,26 @@ async fn discovery_off_never_reads_the_database() {
         ProfileOrigin::Standard { .. }
     ));
 }
+
+#[tokio::test]
+async fn the_executor_takes_the_sync_class_from_discovered_steps() {
+    use crate::executor::{Executor, ExecutorOptions};
+    use crate::journal::Journal;
+
+    let (e, _) = discovering(fast_config(), FakeProfiles::answering(Ok(engine_db())));
+    let dir = tempfile::tempdir().unwrap();
+    let exec = Executor::new(
+        Arc::new(e),
+        Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap()),
+        Arc::new(tokio::sync::Notify::new()),
+        ExecutorOptions::default(),
+    );
+    exec.refresh_inventory().await.unwrap();
+    // Its second step synchronizes, although its name says nothing about it and it is not one
+    // of the standard profiles.
+    assert!(exec.is_sync_class(DS_MA, "Delta Import Delta Sync"));
+    assert!(exec.is_sync_class(EXPORT_MA, "Delta Import and Delta Sync"));
+    assert!(!exec.is_sync_class(EXPORT_MA, "Export"));
+    // Not in the engine's database: not in the inventory.
+    assert!(!exec.is_sync_class(DS_MA, "Delta Sync"));
+}
