@@ -46,11 +46,12 @@ pub struct RunStepInfo {
 
 impl RunStepInfo {
     /// True when the step synchronizes (touches the metaverse): `apply-rules`, and imports
-    /// without the `to-cs` (stage only) sub-type, which are combined import+sync steps.
+    /// without the `to-cs` (stage only) sub-type, which are combined import+sync steps. Several
+    /// sub-types are joined with `,` (e.g. `to-file, to-cs` is still stage only).
     pub fn is_sync(&self) -> bool {
         match self.step_type.as_str() {
             "apply-rules" | "full-import-reevaluate-rules" => true,
-            "full-import" | "delta-import" => self.subtype != "to-cs",
+            "full-import" | "delta-import" => !self.subtype.split(',').any(|s| s.trim() == "to-cs"),
             _ => false,
         }
     }

@@ -360,7 +360,7 @@ pub fn parse_one(xml: &str) -> Result<RunDetails, ParseError> {
 /// Drop a UTF-8 BOM and the XML declaration (it claims `utf-16` for text that is
 /// UTF-8 by now; a strict parser rejects the mismatch and the declaration carries nothing else we
 /// need). Leading whitespace before the declaration (also invalid XML) is tolerated.
-fn strip_prolog(xml: &str) -> &str {
+pub(crate) fn strip_prolog(xml: &str) -> &str {
     let s = xml.strip_prefix('\u{feff}').unwrap_or(xml);
     let t = s.trim_start();
     if let Some(rest) = t.strip_prefix("<?xml") {

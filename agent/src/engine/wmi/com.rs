@@ -47,10 +47,18 @@ use crate::engine::{EngineError, SyncEngine};
 const CIMV2: &str = r"ROOT\CIMV2";
 
 /// Make the `mim-wmi` engine driver. Validates `config`; makes no WMI call (the first call
-/// happens on the first use, on a blocking thread).
+/// happens on the first use, on a blocking thread). With [`WmiConfig::discover`] its run
+/// profiles are read from the engine's database ([`super::SqlProfiles`]).
 pub fn build(config: WmiConfig) -> Result<Arc<dyn SyncEngine>, EngineError> {
     let api = ComWmi::new(config.service_name.clone());
-    Ok(Arc::new(WmiEngine::new(api, config)?))
+    let profiles = super::SqlProfiles::new(&config);
+    let discover = config.discover;
+    let engine = WmiEngine::new(api, config)?;
+    Ok(if discover {
+        Arc::new(engine.with_profile_source(Arc::new(profiles)))
+    } else {
+        Arc::new(engine)
+    })
 }
 
 impl From<WMIError> for WmiError {

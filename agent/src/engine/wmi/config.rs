@@ -1,5 +1,6 @@
-//! Settings of the `mim-wmi` driver, and the run profiles declared in them because WMI cannot
-//! list run profiles or their steps.
+//! Settings of the `mim-wmi` driver, and the run profiles declared in them (overrides of the
+//! profiles discovered from the engine's database, or the profiles themselves when discovery is
+//! off or unavailable).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -31,8 +32,8 @@ pub const STEP_TYPES: [&str; 5] = [
 /// Smallest accepted [`WmiConfig::poll_interval`] / [`WmiConfig::completing_poll`].
 pub const MIN_POLL: Duration = Duration::from_millis(10);
 
-/// A run profile of one MA, declared in the agent configuration because WMI cannot list them
-/// (see the module documentation).
+/// A run profile of one MA, declared in the agent configuration: it overrides the discovered
+/// profile of the same MA and name (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileDecl {
@@ -76,8 +77,24 @@ pub struct WmiConfig {
     /// Windows service of the engine, probed by health checks. Default
     /// `FIMSynchronizationService`.
     pub service_name: String,
-    /// Declared run profiles. An MA with none gets [`STANDARD_PROFILES`].
+    /// Declared run profiles. With discovery they override the engine's profile of the same
+    /// MA and name and add profiles the engine does not list; without discovery (off or
+    /// unavailable) they are the MA's profiles, and an MA with none gets
+    /// [`STANDARD_PROFILES`].
     pub profiles: Vec<ProfileDecl>,
+    /// Read the engine's run profiles and their steps from its SQL database (read-only, as
+    /// the agent's own Windows account, bounded by [`WmiConfig::blocking_timeout`]). When the
+    /// database cannot be read (unreachable, not permitted), the driver logs why and falls
+    /// back to the declarations and [`STANDARD_PROFILES`]. Default `true`.
+    pub discover: bool,
+    /// SQL Server of the engine's database, `host`, `host\instance` or `host,port`. Default:
+    /// the engine's registry values `Server` and `SQLInstance` under
+    /// `HKLM\SYSTEM\CurrentControlSet\Services\<service_name>\Parameters` (`localhost`
+    /// when absent). Set it only when that lookup fails.
+    pub database_server: Option<String>,
+    /// Name of the engine's database. Default: the registry value `DBName` (see
+    /// [`WmiConfig::database_server`]), else `FIMSynchronizationService`.
+    pub database_name: Option<String>,
 }
 
 impl Default for WmiConfig {
@@ -91,6 +108,9 @@ impl Default for WmiConfig {
             stop_timeout: Duration::from_secs(600),
             service_name: DEFAULT_SERVICE.to_owned(),
             profiles: Vec::new(),
+            discover: true,
+            database_server: None,
+            database_name: None,
         }
     }
 }
@@ -118,6 +138,16 @@ impl WmiConfig {
         }
         if self.service_name.trim().is_empty() {
             return cfg("service_name is empty".to_owned());
+        }
+        for (key, v) in [
+            ("database_server", &self.database_server),
+            ("database_name", &self.database_name),
+        ] {
+            if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return cfg(format!(
+                    "{key} is empty; leave it out to use the engine's registry settings"
+                ));
+            }
         }
         let mut seen = BTreeSet::new();
         for p in &self.profiles {
@@ -148,40 +178,47 @@ impl WmiConfig {
         Ok(())
     }
 
-    /// The run profiles of an MA: its declarations, or [`STANDARD_PROFILES`] when it has none.
-    pub fn profiles_for(&self, ma: &str) -> Result<Vec<RunProfileInfo>, EngineError> {
-        let declared: Vec<(&str, Vec<&str>)> = self
-            .profiles
+    /// The declared run profiles of an MA (possibly none).
+    pub fn declared_for(&self, ma: &str) -> Result<Vec<RunProfileInfo>, EngineError> {
+        self.profiles
             .iter()
             .filter(|p| p.ma == ma)
             .map(|p| {
-                (
-                    p.name.as_str(),
-                    p.step_types.iter().map(String::as_str).collect(),
-                )
-            })
-            .collect();
-        let profiles = if declared.is_empty() {
-            STANDARD_PROFILES
-                .iter()
-                .map(|(name, step)| (*name, vec![*step]))
-                .collect()
-        } else {
-            declared
-        };
-        profiles
-            .into_iter()
-            .map(|(name, steps)| {
                 Ok(RunProfileInfo {
-                    name: name.to_owned(),
-                    steps: steps
-                        .into_iter()
-                        .map(parse_step_spec)
+                    name: p.name.clone(),
+                    steps: p
+                        .step_types
+                        .iter()
+                        .map(|s| parse_step_spec(s))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(EngineError::Config)?,
                 })
             })
             .collect()
+    }
+
+    /// [`STANDARD_PROFILES`] as run profiles.
+    pub fn standard_profiles() -> Vec<RunProfileInfo> {
+        STANDARD_PROFILES
+            .iter()
+            .filter_map(|(name, step)| {
+                Some(RunProfileInfo {
+                    name: (*name).to_owned(),
+                    steps: vec![parse_step_spec(step).ok()?],
+                })
+            })
+            .collect()
+    }
+
+    /// The run profiles of an MA without discovery: its declarations, or
+    /// [`STANDARD_PROFILES`] when it has none.
+    pub fn profiles_for(&self, ma: &str) -> Result<Vec<RunProfileInfo>, EngineError> {
+        let declared = self.declared_for(ma)?;
+        Ok(if declared.is_empty() {
+            Self::standard_profiles()
+        } else {
+            declared
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! blocking thread, bounded in time and in number, so a frozen engine makes calls fail instead of
 //! piling up threads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +12,7 @@ use syncfleet_proto::vocab::{self, ResultClass};
 
 use super::api::{MaRecord, PendingCounter, WmiApi, WmiError, normalize_guid};
 use super::config::WmiConfig;
+use super::discovery::{EngineProfiles, ProfileOrigin, ProfileSource, merge_profiles};
 use super::run_number::parse_run_number;
 use super::status::{engine_error, is_provider_failure, parse_counter, provider_string_error};
 use crate::engine::runhistory;
@@ -27,6 +28,13 @@ pub const KIND: &str = "mim-wmi";
 /// out keep their blocking thread until WMI answers; past this many, the engine is treated as
 /// frozen and further calls fail at once instead of piling up threads.
 pub const MAX_OUTSTANDING_CALLS: usize = 16;
+
+/// How long one read of the engine's run profiles (or its failure) is reused: inventories are
+/// also taken for telemetry, and a profile edited in the engine shows within this time.
+pub const DISCOVERY_TTL: Duration = Duration::from_secs(60);
+
+/// The last read of the engine's run profiles: when, and its outcome (the failure as text).
+type DiscoveryCache = Option<(tokio::time::Instant, Result<Arc<EngineProfiles>, String>)>;
 
 /// Decrements the outstanding-call count when a blocking call ends (even if it panics).
 struct Outstanding(Arc<AtomicUsize>);
@@ -47,6 +55,14 @@ pub struct WmiEngine<A: WmiApi> {
     /// Engine version from the last successful probe.
     version: Mutex<Option<String>>,
     outstanding: Arc<AtomicUsize>,
+    /// Where the engine's run profiles are read from; `None`: declarations and standard
+    /// profiles only.
+    profile_source: Option<Arc<dyn ProfileSource>>,
+    discovery: Mutex<DiscoveryCache>,
+    /// MA name → where its run profiles came from in the last inventory.
+    origins: Mutex<HashMap<String, ProfileOrigin>>,
+    /// Discovery warnings already logged (each is logged once).
+    warned: Mutex<HashSet<String>>,
 }
 
 impl<A: WmiApi> WmiEngine<A> {
@@ -59,7 +75,79 @@ impl<A: WmiApi> WmiEngine<A> {
             guids: Mutex::new(HashMap::new()),
             version: Mutex::new(None),
             outstanding: Arc::new(AtomicUsize::new(0)),
+            profile_source: None,
+            discovery: Mutex::new(None),
+            origins: Mutex::new(HashMap::new()),
+            warned: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Read the engine's run profiles from `source` when [`WmiConfig::discover`] is on.
+    pub fn with_profile_source(mut self, source: Arc<dyn ProfileSource>) -> Self {
+        self.profile_source = Some(source);
+        self
+    }
+
+    /// MA name → where its run profiles came from in the last [`SyncEngine::inventory`].
+    pub fn profile_origins(&self) -> HashMap<String, ProfileOrigin> {
+        lock(&self.origins).clone()
+    }
+
+    /// Log `message` at warn level the first time `key` is seen.
+    fn warn_once(&self, key: String, f: impl FnOnce()) {
+        if lock(&self.warned).insert(key) {
+            f();
+        }
+    }
+
+    /// The engine's run profiles, or why they are not available (discovery off, no source, or
+    /// the source failed or did not answer within [`WmiConfig::blocking_timeout`]). A read is
+    /// reused for [`DISCOVERY_TTL`]; failures are logged once per distinct reason.
+    async fn discovered(&self) -> Result<Arc<EngineProfiles>, String> {
+        if !self.cfg.discover {
+            return Err("run profile discovery is off (discover = false)".to_owned());
+        }
+        let Some(source) = self.profile_source.clone() else {
+            return Err("run profile discovery is not available in this build".to_owned());
+        };
+        if let Some((at, cached)) = lock(&self.discovery).as_ref()
+            && at.elapsed() < DISCOVERY_TTL
+        {
+            return cached.clone();
+        }
+        let limit = self.cfg.blocking_timeout;
+        let read = match tokio::time::timeout(limit, source.read()).await {
+            Ok(Ok(profiles)) => Ok(Arc::new(profiles)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the sync engine's database ({}) did not answer within {limit:?}",
+                source.describe()
+            )),
+        };
+        match &read {
+            Ok(p) => {
+                if let Some(why) = &p.partitions_unresolved {
+                    self.warn_once(format!("partitions\0{why}"), || {
+                        tracing::warn!(
+                            reason = %why,
+                            "partition names of the engine's run profiles cannot be read; \
+                             steps keep the partition GUID the profile stores"
+                        );
+                    });
+                }
+            }
+            Err(why) => self.warn_once(format!("discovery\0{why}"), || {
+                tracing::warn!(
+                    source = %source.describe(),
+                    reason = %why,
+                    "run profiles cannot be discovered from the sync engine's database; \
+                     management agents use the declared profiles, or the five standard \
+                     single-step profiles when none are declared"
+                );
+            }),
+        }
+        *lock(&self.discovery) = Some((tokio::time::Instant::now(), read.clone()));
+        read
     }
 
     pub fn config(&self) -> &WmiConfig {
@@ -245,7 +333,8 @@ impl<A: WmiApi> SyncEngine for WmiEngine<A> {
         }
     }
 
-    /// MAs from `MIIS_ManagementAgent`; run profiles from the configuration (module docs).
+    /// MAs from `MIIS_ManagementAgent`; run profiles discovered from the engine's database,
+    /// with the configuration's declarations as overrides (module docs).
     fn inventory(&self) -> BoxFuture<'_, Result<Vec<MaInfo>, EngineError>> {
         Box::pin(async move {
             let mas = self.list().await?;
@@ -254,16 +343,46 @@ impl<A: WmiApi> SyncEngine for WmiEngine<A> {
                     tracing::warn!(ma = %p.ma, profile = %p.name, "declared profile of an unknown MA");
                 }
             }
-            mas.into_iter()
-                .map(|m| {
-                    Ok(MaInfo {
-                        run_profiles: self.cfg.profiles_for(&m.name)?,
-                        guid: normalize_guid(&m.guid),
-                        name: m.name,
-                        ma_type: m.ma_type,
-                    })
-                })
-                .collect()
+            let discovered = self.discovered().await;
+            let mut out = Vec::with_capacity(mas.len());
+            let mut origins = HashMap::with_capacity(mas.len());
+            for m in mas {
+                let merged = merge_profiles(
+                    &m.name,
+                    &m.guid,
+                    self.cfg.declared_for(&m.name)?,
+                    WmiConfig::standard_profiles,
+                    discovered.as_deref().map_err(String::as_str),
+                );
+                for u in &merged.undiscoverable {
+                    self.warn_once(
+                        format!("profile\0{}\0{}\0{}", m.name, u.profile, u.reason),
+                        || {
+                            tracing::warn!(
+                                ma = %m.name,
+                                profile = %u.profile,
+                                reason = %u.reason,
+                                "run profile cannot be discovered from the engine's database; \
+                                 it is left out of the inventory until it is declared in the \
+                                 configuration (profiles)"
+                            );
+                        },
+                    );
+                }
+                let previous = lock(&self.origins).get(&m.name).cloned();
+                if previous.as_ref() != Some(&merged.origin) {
+                    tracing::info!(ma = %m.name, source = %merged.origin, "run profiles of management agent");
+                }
+                origins.insert(m.name.clone(), merged.origin);
+                out.push(MaInfo {
+                    run_profiles: merged.profiles,
+                    guid: normalize_guid(&m.guid),
+                    name: m.name,
+                    ma_type: m.ma_type,
+                });
+            }
+            *lock(&self.origins) = origins;
+            Ok(out)
         })
     }
 

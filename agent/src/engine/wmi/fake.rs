@@ -326,3 +326,54 @@ pub(super) fn export_in_progress_xml(progress: &str) -> String {
         &format!("<step-result progress=\"{progress}\">in-progress</step-result>"),
     )
 }
+
+/// A scripted [`ProfileSource`]: answers with `answer` (or never, when `hang`), counting reads.
+pub(super) struct FakeProfiles {
+    pub(super) answer: Mutex<Result<EngineProfiles, DiscoveryError>>,
+    pub(super) reads: std::sync::atomic::AtomicUsize,
+    pub(super) hang: bool,
+}
+
+impl FakeProfiles {
+    pub(super) fn answering(answer: Result<EngineProfiles, DiscoveryError>) -> Self {
+        FakeProfiles {
+            answer: Mutex::new(answer),
+            reads: Default::default(),
+            hang: false,
+        }
+    }
+
+    pub(super) fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl ProfileSource for FakeProfiles {
+    fn read(&self) -> crate::engine::BoxFuture<'_, Result<EngineProfiles, DiscoveryError>> {
+        Box::pin(async move {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            self.answer.lock().unwrap().clone()
+        })
+    }
+
+    fn describe(&self) -> String {
+        "fake database".to_owned()
+    }
+}
+
+/// Run profile configuration XML in the engine's shape (`discovery/fixtures/`).
+pub(super) mod profile_xml {
+    pub(in crate::engine::wmi) const AD_DELTA: &str =
+        include_str!("discovery/fixtures/ad-delta-import-delta-sync.xml");
+    pub(in crate::engine::wmi) const FULL_SYNC: &str =
+        include_str!("discovery/fixtures/full-sync.xml");
+    pub(in crate::engine::wmi) const EXPORT_DROP: &str =
+        include_str!("discovery/fixtures/ecma2-export-drop-file.xml");
+    pub(in crate::engine::wmi) const FIM_DELTA_COMBINED: &str =
+        include_str!("discovery/fixtures/fim-delta-import-and-delta-sync.xml");
+    pub(in crate::engine::wmi) const MALFORMED: &str =
+        include_str!("discovery/fixtures/malformed-truncated.xml");
+}

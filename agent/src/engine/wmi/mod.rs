@@ -14,7 +14,8 @@
 //!   are bounded by [`WmiConfig::blocking_timeout`] (`Stop` by [`WmiConfig::stop_timeout`])
 //!   (`driver.rs`; `Execute` and its polling in `execute.rs`).
 //! - What the engine's answers mean (`status.rs`), run-number detection (`run_number.rs`), the
-//!   driver's settings and declared run profiles (`config.rs`).
+//!   driver's settings and declared run profiles (`config.rs`), run profile discovery
+//!   (`discovery.rs`, portable; `sql.rs`, the Windows database reader).
 //!
 //! # Rules implemented
 //!
@@ -47,9 +48,17 @@
 //!   the connection drops mid-run the engine may still be running the profile: the driver
 //!   then follows the run through `RunStatus()` like a `completing-*` result.
 //! - Run profiles: the WMI provider has no class or method that lists run profiles or their
-//!   steps (Lithnet reads them through the undocumented `GetMaData`). They come from the agent configuration ([`WmiConfig::profiles`]); an MA without
-//!   declarations gets the five standard single-step profiles ([`STANDARD_PROFILES`]). Declare
-//!   the real steps: the executor's synchronization lock relies on them.
+//!   steps. With [`WmiConfig::discover`] (the default) the driver reads them from the engine's
+//!   SQL database through a [`ProfileSource`] (on Windows `SqlProfiles`: the
+//!   `mms_run_profile.configuration_xml` of every profile, read-only, as the agent's own
+//!   account, bounded by [`WmiConfig::blocking_timeout`]) and parses the steps
+//!   ([`parse_run_configuration`], `discovery.rs`). Declarations ([`WmiConfig::profiles`])
+//!   override a discovered profile of the same MA and name and add others
+//!   ([`merge_profiles`]). The five standard single-step profiles ([`STANDARD_PROFILES`]) are
+//!   used only when discovery is off or unavailable, for MAs without declarations: the
+//!   executor's synchronization lock then relies on declared steps. Where each MA's profiles
+//!   came from is logged and kept ([`WmiEngine::profile_origins`]); a profile whose XML
+//!   cannot be parsed is left out with a warning (`docs/engine.md`, "Run profile discovery").
 //!
 //! # What is UNCONFIRMED about the real provider (verify on a server)
 //!
@@ -69,18 +78,24 @@ mod api;
 #[cfg(windows)]
 mod com;
 mod config;
+mod discovery;
 mod driver;
 mod execute;
 #[cfg(test)]
 mod fake;
 mod run_number;
+#[cfg(windows)]
+mod sql;
 mod status;
 
 pub use api::*;
 #[cfg(windows)]
 pub use com::{ComWmi, build};
 pub use config::*;
+pub use discovery::*;
 pub use driver::*;
 pub use execute::MAX_SETTLE_FAILURES;
 pub use run_number::{parse_run_number, progress_of};
+#[cfg(windows)]
+pub use sql::SqlProfiles;
 pub use status::*;

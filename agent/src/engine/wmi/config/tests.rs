@@ -105,3 +105,25 @@ fn step_specs() {
     assert!(parse_step_spec("Delta Import").is_err());
     assert!(parse_step_spec("").is_err());
 }
+
+#[test]
+fn discovery_settings() {
+    let c = WmiConfig::default();
+    assert!(c.discover, "discovery is on by default");
+    assert_eq!(c.database_server, None);
+    assert_eq!(c.database_name, None);
+
+    let c: WmiConfig = toml::from_str(
+        "discover = false\ndatabase_server = 'sql01\\MIM'\ndatabase_name = \"FIMSync\"\n",
+    )
+    .unwrap();
+    assert!(!c.discover);
+    assert_eq!(c.database_server.as_deref(), Some("sql01\\MIM"));
+    assert_eq!(c.database_name.as_deref(), Some("FIMSync"));
+    c.validate().unwrap();
+
+    let c: WmiConfig = toml::from_str("database_server = \" \"").unwrap();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("database_server is empty"), "{e}");
+    assert!(toml::from_str::<WmiConfig>("discovery = true").is_err());
+}

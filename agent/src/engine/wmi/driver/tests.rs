@@ -1,5 +1,6 @@
 //! The driver's other calls, inventory and health over a scripted WMI surface.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -273,4 +274,204 @@ async fn a_frozen_engine_is_unhealthy_and_calls_stop_piling_up() {
     e.outstanding
         .fetch_sub(MAX_OUTSTANDING_CALLS, Ordering::SeqCst);
     gate.send(()).unwrap();
+}
+
+const DS_GUID: &str = "85098734-66BC-4938-8122-C5F585F463D0";
+const CONTOSO_PARTITION: &str = "{18A58F00-7B2D-4D9F-BA97-C17C4FDD11C4}";
+
+/// What the engine's database holds for the fake's two MAs.
+fn engine_db() -> EngineProfiles {
+    let row = |ma_id: &str, ma: &str, name: &str, xml: &str| StoredProfile {
+        ma_id: ma_id.into(),
+        ma_name: ma.into(),
+        name: name.into(),
+        configuration_xml: xml.into(),
+    };
+    EngineProfiles {
+        profiles: vec![
+            row(
+                DS_GUID,
+                DS_MA,
+                "Delta Import Delta Sync",
+                profile_xml::AD_DELTA,
+            ),
+            row(DS_GUID, DS_MA, "Full Sync", profile_xml::FULL_SYNC),
+            row(DS_GUID, DS_MA, "Broken", profile_xml::MALFORMED),
+            row(EXPORT_GUID, EXPORT_MA, "Export", profile_xml::EXPORT_DROP),
+            row(
+                EXPORT_GUID,
+                EXPORT_MA,
+                "Delta Import and Delta Sync",
+                profile_xml::FIM_DELTA_COMBINED,
+            ),
+        ],
+        partitions: [(
+            CONTOSO_PARTITION.to_owned(),
+            "DC=ab,DC=company,DC=com".to_owned(),
+        )]
+        .into_iter()
+        .collect(),
+        partitions_unresolved: None,
+    }
+}
+
+fn discovering(cfg: WmiConfig, source: FakeProfiles) -> (WmiEngine<FakeWmi>, Arc<FakeProfiles>) {
+    let source = Arc::new(source);
+    let e = WmiEngine::new(FakeWmi::new(), cfg)
+        .unwrap()
+        .with_profile_source(Arc::clone(&source) as Arc<dyn ProfileSource>);
+    (e, source)
+}
+
+#[tokio::test]
+async fn inventory_returns_the_engines_profiles_with_their_steps() {
+    let mut cfg = fast_config();
+    // A declaration overrides the discovered profile of the same name.
+    cfg.profiles = vec![ProfileDecl {
+        ma: EXPORT_MA.into(),
+        name: "Export".into(),
+        step_types: vec!["export".into()],
+    }];
+    let (e, source) = discovering(cfg, FakeProfiles::answering(Ok(engine_db())));
+    let inv = e.inventory().await.unwrap();
+
+    let ds = inv.iter().find(|m| m.name == DS_MA).unwrap();
+    let names: Vec<&str> = ds.run_profiles.iter().map(|p| p.name.as_str()).collect();
+    // Not the standard profiles, and the broken one is left out.
+    assert_eq!(names, ["Delta Import Delta Sync", "Full Sync"]);
+    let steps = &ds.profile("Delta Import Delta Sync").unwrap().steps;
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0].step_type, "delta-import");
+    assert_eq!(steps[0].subtype, "to-cs");
+    assert_eq!(steps[0].partition, "DC=ab,DC=company,DC=com");
+    assert!(!steps[0].is_sync());
+    assert!(
+        steps[1].is_sync(),
+        "the delta sync step holds the sync lock"
+    );
+    assert!(ds.profile("Full Sync").unwrap().steps[0].is_sync());
+
+    let export = inv.iter().find(|m| m.name == EXPORT_MA).unwrap();
+    let names: Vec<&str> = export
+        .run_profiles
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["Export", "Delta Import and Delta Sync"]);
+    assert_eq!(export.profile("Export").unwrap().steps[0].subtype, "");
+    let combined = &export.profile("Delta Import and Delta Sync").unwrap().steps[0];
+    assert!(
+        combined.is_sync(),
+        "an import without to-cs also synchronizes"
+    );
+
+    let origins = e.profile_origins();
+    assert_eq!(
+        origins[DS_MA],
+        ProfileOrigin::Discovered {
+            discovered: 2,
+            declared: 0,
+            undiscoverable: 1
+        }
+    );
+    assert_eq!(
+        origins[EXPORT_MA],
+        ProfileOrigin::Discovered {
+            discovered: 2,
+            declared: 1,
+            undiscoverable: 0
+        }
+    );
+
+    // A second inventory within the reuse time does not read the database again.
+    e.inventory().await.unwrap();
+    assert_eq!(source.reads(), 1);
+}
+
+#[tokio::test]
+async fn inventory_falls_back_when_the_database_cannot_be_read() {
+    let mut cfg = fast_config();
+    cfg.profiles = vec![ProfileDecl {
+        ma: DS_MA.into(),
+        name: "DS_DELTAIMPORT".into(),
+        step_types: vec!["delta-import/to-cs".into()],
+    }];
+    let (e, _) = discovering(
+        cfg,
+        FakeProfiles::answering(Err(DiscoveryError::Denied(
+            "SELECT permission was denied on the object 'mms_run_profile' (229)".into(),
+        ))),
+    );
+    let inv = e.inventory().await.unwrap();
+    let ds = inv.iter().find(|m| m.name == DS_MA).unwrap();
+    assert_eq!(ds.run_profiles.len(), 1);
+    assert_eq!(ds.run_profiles[0].name, "DS_DELTAIMPORT");
+    let export = inv.iter().find(|m| m.name == EXPORT_MA).unwrap();
+    assert_eq!(export.run_profiles.len(), STANDARD_PROFILES.len());
+
+    let origins = e.profile_origins();
+    match &origins[DS_MA] {
+        ProfileOrigin::Declared { reason } => assert!(reason.contains("may not read"), "{reason}"),
+        o => panic!("{o:?}"),
+    }
+    match &origins[EXPORT_MA] {
+        ProfileOrigin::Standard { reason } => assert!(reason.contains("(229)"), "{reason}"),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_database_that_does_not_answer_is_bounded_by_the_blocking_timeout() {
+    let mut cfg = fast_config();
+    cfg.blocking_timeout = Duration::from_millis(200);
+    let mut source = FakeProfiles::answering(Ok(engine_db()));
+    source.hang = true;
+    let (e, _) = discovering(cfg, source);
+    let inv = e.inventory().await.unwrap();
+    let ds = inv.iter().find(|m| m.name == DS_MA).unwrap();
+    assert_eq!(ds.run_profiles.len(), STANDARD_PROFILES.len());
+    match &e.profile_origins()[DS_MA] {
+        ProfileOrigin::Standard { reason } => {
+            assert!(reason.contains("did not answer within"), "{reason}")
+        }
+        o => panic!("{o:?}"),
+    }
+}
+
+#[tokio::test]
+async fn discovery_off_never_reads_the_database() {
+    let mut cfg = fast_config();
+    cfg.discover = false;
+    let (e, source) = discovering(cfg, FakeProfiles::answering(Ok(engine_db())));
+    let inv = e.inventory().await.unwrap();
+    assert_eq!(source.reads(), 0);
+    let ds = inv.iter().find(|m| m.name == DS_MA).unwrap();
+    assert_eq!(ds.run_profiles.len(), STANDARD_PROFILES.len());
+    assert!(matches!(
+        e.profile_origins()[DS_MA],
+        ProfileOrigin::Standard { .. }
+    ));
+}
+
+#[tokio::test]
+async fn the_executor_takes_the_sync_class_from_discovered_steps() {
+    use crate::executor::{Executor, ExecutorOptions};
+    use crate::journal::Journal;
+
+    let (e, _) = discovering(fast_config(), FakeProfiles::answering(Ok(engine_db())));
+    let dir = tempfile::tempdir().unwrap();
+    let exec = Executor::new(
+        Arc::new(e),
+        Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap()),
+        Arc::new(tokio::sync::Notify::new()),
+        ExecutorOptions::default(),
+    );
+    exec.refresh_inventory().await.unwrap();
+    // Its second step synchronizes, although its name says nothing about it and it is not one
+    // of the standard profiles.
+    assert!(exec.is_sync_class(DS_MA, "Delta Import Delta Sync"));
+    assert!(exec.is_sync_class(EXPORT_MA, "Delta Import and Delta Sync"));
+    assert!(!exec.is_sync_class(EXPORT_MA, "Export"));
+    // Not in the engine's database: not in the inventory.
+    assert!(!exec.is_sync_class(DS_MA, "Delta Sync"));
 }
