@@ -129,4 +129,40 @@ mod tests {
         assert_eq!(config_file(None, Some(default), |_| false), None);
         assert_eq!(config_file(None, None, |_| true), None);
     }
+
+    /// The sample configuration shipped for Windows (`deploy/windows/agent.sample.toml`).
+    const SAMPLE: &str = include_str!("../../deploy/windows/agent.sample.toml");
+
+    #[test]
+    fn the_windows_sample_configuration_selects_the_wmi_engine_and_knows_every_key_it_shows() {
+        use crate::config::{AgentConfig, EngineConfig};
+        let as_shipped: AgentConfig = toml::from_str(SAMPLE).unwrap();
+        assert!(matches!(as_shipped.engine, EngineConfig::MimWmi(_)));
+        // Every setting shown commented out ("#key = ...") is a real key: the configuration
+        // refuses unknown keys, so parsing the sample with them all switched on proves it.
+        let all_on: String = SAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg: AgentConfig = toml::from_str(&all_on).unwrap_or_else(|e| panic!("{e}\n{all_on}"));
+        assert_eq!(cfg.name, "sync-01");
+        assert_eq!(
+            cfg.data_dir,
+            PathBuf::from(r"C:\ProgramData\syncfleet\agent")
+        );
+        match &cfg.engine {
+            EngineConfig::MimWmi(w) => {
+                assert_eq!(w.service_name, "FIMSynchronizationService");
+                assert_eq!(w.profiles.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cfg.executor.retry.attempts, 5);
+    }
 }
