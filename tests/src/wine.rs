@@ -230,39 +230,6 @@ impl WinePrefix {
     }
 }
 
-impl WinePrefix {
-    /// The DACL of `path` (a Unix path, seen as `Z:\...`) as SDDL, e.g. `D:P(A;;FA;;;SY)...`,
-    /// read with the test helper built from `tests/wine/show-dacl.c` (Wine's `icacls` and
-    /// `cacls` print nothing). `P` after `D:` means the DACL is protected (nothing inherited).
-    pub fn dacl(&self, path: &Path) -> String {
-        let exe = self.dir.path().join("dlls").join("show-dacl.exe");
-        if !exe.exists() {
-            let source = workspace_root().join("tests/wine/show-dacl.c");
-            let out = Command::new(MINGW_GCC)
-                .args(["-municode", "-O2", "-o"])
-                .arg(&exe)
-                .arg(&source)
-                .arg("-ladvapi32")
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run {MINGW_GCC}: {e}"));
-            assert!(
-                out.status.success(),
-                "building {} failed:\n{}",
-                source.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let out = self.output(&exe, &[&windows_path(path)]);
-        assert!(
-            out.status.success(),
-            "show-dacl.exe {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
 impl Default for WinePrefix {
     fn default() -> Self {
         Self::new()
