@@ -71,11 +71,12 @@ function Invoke-Agent([string[]] $Arguments) {
     }
 }
 
-# Runs icacls; stops when it fails.
+# Runs icacls; stops when it fails (its reason is printed above). Its standard error is not
+# redirected: Windows PowerShell would turn the first line into a terminating error.
 function Invoke-Icacls([string[]] $Arguments) {
-    $out = & icacls.exe @Arguments 2>&1
+    & icacls.exe @Arguments | Out-Null
     if ($LASTEXITCODE -ne 0) {
-        throw "icacls $($Arguments -join ' ') failed with exit code ${LASTEXITCODE}: $out"
+        throw "icacls $($Arguments -join ' ') failed with exit code $LASTEXITCODE (see the message above)"
     }
 }
 
