@@ -262,3 +262,43 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// `install.ps1` enrolls with flags and a variable the agent really has: a renamed flag would
+/// otherwise break the installer only on a customer's server (PowerShell cannot run here).
+#[test]
+fn install_ps1_enrolls_with_the_agents_own_flags() {
+    let script =
+        std::fs::read_to_string(workspace_root().join("deploy/windows/install.ps1")).unwrap();
+    let call = script
+        .lines()
+        .find(|l| l.contains("Invoke-Agent @('enroll'"))
+        .unwrap_or_else(|| panic!("install.ps1 does not call `syncfleet-agent.exe enroll`"));
+    let flags: Vec<&str> = call
+        .split('\'')
+        .filter(|part| part.starts_with("--"))
+        .collect();
+    assert_eq!(
+        flags,
+        ["--config", "--controller", "--ca-pin", "--name"],
+        "{call}"
+    );
+    // The token travels in the variable `enroll --token` reads.
+    assert!(
+        script.contains("$env:SYNCFLEET_ENROLL_TOKEN = $Token"),
+        "install.ps1 no longer passes the token through SYNCFLEET_ENROLL_TOKEN"
+    );
+    let out = Command::new(common::bin("syncfleet-agent"))
+        .args(["enroll", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = stdout(&out);
+    for flag in flags {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(flag) || l.contains(&format!(", {flag}"))),
+            "`syncfleet-agent enroll` has no {flag}:\n{help}"
+        );
+    }
+    assert!(help.contains("SYNCFLEET_ENROLL_TOKEN"), "{help}");
+}
