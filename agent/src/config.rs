@@ -82,7 +82,9 @@ pub struct AgentConfig {
     /// else trying them in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub controllers: Vec<String>,
-    /// Folder for the journal (`agent.db`) and, by default, the TLS files.
+    /// Folder for the journal (`agent.db`) and, by default, the TLS files. Default
+    /// `%ProgramData%\syncfleet\agent` on Windows, `syncfleet-agent-data` (relative to the
+    /// working directory) elsewhere ([`crate::paths`]).
     pub data_dir: PathBuf,
     /// Labels reported to the controller (e.g. `env = "prod"`).
     pub labels: BTreeMap<String, String>,
@@ -106,7 +108,7 @@ impl Default for AgentConfig {
             name: String::new(),
             controller: String::new(),
             controllers: Vec::new(),
-            data_dir: PathBuf::from("syncfleet-agent-data"),
+            data_dir: crate::paths::default_data_dir(),
             labels: BTreeMap::new(),
             tls: TlsFiles::default(),
             engine: EngineConfig::default(),

@@ -64,6 +64,8 @@ pub enum JournalError {
     },
     #[error("agent journal {path}: stored record is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Protect(#[from] crate::protect::ProtectError),
 }
 
 /// Outcome of [`Journal::accept_run`].
@@ -102,17 +104,25 @@ impl std::fmt::Debug for Journal {
 impl Journal {
     /// Open or create the journal file.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
-                path: dir.to_path_buf(),
-                source,
+        if let Some(dir) = path.parent() {
+            crate::protect::create_private_dir(dir).map_err(|e| match e {
+                crate::protect::CreateDirError::Io { path, source } => {
+                    JournalError::Io { path, source }
+                }
+                crate::protect::CreateDirError::Protect(p) => JournalError::Protect(p),
             })?;
         }
         let err = |source| JournalError::Sqlite {
             path: path.to_path_buf(),
             source,
         };
+        let created = !path.exists();
         let conn = Connection::open(path).map_err(err)?;
+        // A journal this call created is restricted on Windows like the key (an existing one
+        // keeps the access an administrator gave it).
+        if created {
+            crate::protect::on_windows(path, crate::protect::Kind::File)?;
+        }
         // Small cache: the agent must stay light (idle memory budget 10 MB).
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-512;

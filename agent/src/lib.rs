@@ -20,7 +20,8 @@
 //!
 //! Entry point: [`run`], used by the `syncfleet-agent` binary and by the controller's `dev`
 //! mode (in-process agents).
-#![forbid(unsafe_code)]
+#![cfg_attr(not(windows), forbid(unsafe_code))]
+#![cfg_attr(windows, deny(unsafe_code))]
 
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ pub mod executor;
 pub mod identity;
 pub mod inventory;
 pub mod journal;
+pub mod paths;
+pub mod protect;
 pub mod report;
 pub mod service;
 pub mod session;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use syncfleet_agent::config::AgentConfig;
+use syncfleet_agent::paths;
 use syncfleet_proto::config_layers::{AGENT_ENV, ConfigError, EXIT_CONFIG, Layers, process_env};
 use syncfleet_proto::{process, telemetry};
 
@@ -60,7 +61,8 @@ enum AdsyncCommand {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Configuration file (TOML).
+    /// Configuration file (TOML). Default on Windows:
+    /// %ProgramData%\syncfleet\agent\agent.toml when it exists.
     #[arg(long, env = "SYNCFLEET_AGENT_CONFIG")]
     config: Option<PathBuf>,
     /// Agent name (overrides `name`).
@@ -112,6 +114,7 @@ struct EnrollArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Configuration file (TOML): name, controller, data_dir and tls.* are taken from it.
+    /// Default on Windows: %ProgramData%\syncfleet\agent\agent.toml when it exists.
     #[arg(long, env = "SYNCFLEET_AGENT_CONFIG")]
     config: Option<PathBuf>,
     /// Name to verify in the controller's certificate (overrides `tls.server_name`; default:
@@ -120,12 +123,15 @@ struct EnrollArgs {
     tls_server_name: Option<String>,
 }
 
-/// The file, `SYNCFLEET_AGENT_*` variables and the flags, in rising precedence.
+/// The file, `SYNCFLEET_AGENT_*` variables and the flags, in rising precedence. Without
+/// `--config`, the file is the OS's default one when it exists (on Windows
+/// `%ProgramData%\syncfleet\agent\agent.toml`, see `syncfleet_agent::paths`).
 fn layers(config: Option<&std::path::Path>) -> Result<Layers<AgentConfig>, ConfigError> {
+    let config = paths::config_file(config, paths::default_config_file(), |p| p.is_file());
     Layers::new()
         // The engine table's tag, so that a variable or flag can set one of its keys alone.
         .base("engine.kind", "sim")
-        .file(config)?
+        .file(config.as_deref())?
         .env(&AGENT_ENV, process_env())
 }
 

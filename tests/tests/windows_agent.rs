@@ -187,6 +187,21 @@ fn windows_agent_enrolls_with_a_linux_controller_and_its_run_reaches_runs_show()
     for file in ["ca.pem", "agent.pem", "agent.key"] {
         assert!(data_dir.join(file).exists(), "enroll wrote no {file}");
     }
+    // The key is restricted to SYSTEM, Administrators and the account the agent runs as, and
+    // the message says so (an error setting the DACL fails the enrollment). Wine 8 accepts the
+    // DACL but keeps none (it maps it to Unix mode bits and reports a DACL made from them), so
+    // the DACL itself is checked by the unit tests of its composition, not here.
+    let report = stdout(&out);
+    let key_line = report
+        .lines()
+        .find(|l| l.contains("agent.key"))
+        .unwrap_or_else(|| panic!("no line about agent.key: {report}"));
+    eprintln!("enroll under Wine: {key_line}");
+    assert!(
+        key_line.contains("(private key, readable only by SYSTEM, Administrators and ")
+            && !key_line.contains("owner only"),
+        "{key_line}"
+    );
 
     // The Windows agent on its simulated engine, with the enrolled identity (mTLS).
     let start = Instant::now();
@@ -274,4 +289,74 @@ fn windows_cli_drives_a_linux_controller() {
     let windows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(windows["state"], "succeeded", "{windows:#}");
     assert_eq!(Some(windows), fleet.run_json(&id));
+}
+
+/// On Windows the agent's configuration and data live under `%ProgramData%\syncfleet\agent\`:
+/// without `--config`, `run` reads `agent.toml` there, and `data_dir` defaults to that folder
+/// (a service's working directory is System32, so a relative default would put the journal
+/// and key there).
+#[test]
+fn windows_agent_finds_its_configuration_and_data_under_program_data() {
+    let exe = windows_exe("syncfleet-agent");
+    let prefix = WinePrefix::new();
+    assert_ok("first start", &first_start(&prefix, &exe));
+
+    // No configuration file: flags only, the data folder is the default one.
+    let out = prefix.output(
+        &exe,
+        &[
+            "run",
+            "--name",
+            "win-flags",
+            "--controller",
+            "https://127.0.0.1:1",
+            "--dump-config",
+        ],
+    );
+    assert_ok("syncfleet-agent.exe run --dump-config", &out);
+    let dump = stdout(&out);
+    assert!(dump.contains("name = \"win-flags\""), "{dump}");
+    assert!(
+        dump.contains(r"data_dir = 'C:\ProgramData\syncfleet\agent'"),
+        "{dump}"
+    );
+
+    // The default configuration file is read without --config.
+    let folder = prefix.path().join("drive_c/ProgramData/syncfleet/agent");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("agent.toml"),
+        "name = \"win-cfg\"\ncontroller = \"https://127.0.0.1:2\"\n[labels]\nsite = \"hq\"\n",
+    )
+    .unwrap();
+    let out = prefix.output(&exe, &["run", "--dump-config"]);
+    assert_ok("syncfleet-agent.exe run --dump-config", &out);
+    let dump = stdout(&out);
+    assert!(dump.contains("name = \"win-cfg\""), "{dump}");
+    assert!(dump.contains("site = \"hq\""), "{dump}");
+    assert!(
+        dump.contains(r"data_dir = 'C:\ProgramData\syncfleet\agent'"),
+        "{dump}"
+    );
+    // --config still wins.
+    let other = tempfile::tempdir().unwrap();
+    let other_cfg = other.path().join("other.toml");
+    std::fs::write(
+        &other_cfg,
+        "name = \"win-other\"\ncontroller = \"https://127.0.0.1:3\"\n",
+    )
+    .unwrap();
+    let out = prefix.output(
+        &exe,
+        &[
+            "run",
+            "--config",
+            &syncfleet_tests::wine::windows_path(&other_cfg),
+            "--dump-config",
+        ],
+    );
+    assert_ok("syncfleet-agent.exe run --config --dump-config", &out);
+    let dump = stdout(&out);
+    assert!(dump.contains("name = \"win-other\""), "{dump}");
+    assert!(!dump.contains("site = \"hq\""), "{dump}");
 }

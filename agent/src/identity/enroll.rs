@@ -34,6 +34,7 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::config::AgentConfig;
 use crate::identity::files::{self, CertError, NewKey};
+use crate::protect::Protection;
 
 /// TCP + TLS deadline, and the deadline of the Enroll call.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -372,8 +373,9 @@ pub struct Enrolled {
     pub not_after: DateTime<Utc>,
     pub labels: BTreeMap<String, String>,
     pub ca_pin: String,
-    /// Files written, in order, with whether each is private.
-    pub files: Vec<(PathBuf, bool)>,
+    /// Files written, in order, with how each private one is restricted (`None` for a public
+    /// file).
+    pub files: Vec<(PathBuf, Option<Protection>)>,
 }
 
 impl Enrolled {
@@ -384,16 +386,11 @@ impl Enrolled {
             self.identity,
             files::rfc3339(self.not_after)
         );
-        for (path, private) in &self.files {
-            s.push_str(&format!(
-                "wrote {}{}\n",
-                path.display(),
-                if *private {
-                    " (private key, owner only)"
-                } else {
-                    ""
-                }
-            ));
+        for (path, protection) in &self.files {
+            match protection {
+                Some(p) => s.push_str(&format!("wrote {} (private key, {p})\n", path.display())),
+                None => s.push_str(&format!("wrote {}\n", path.display())),
+            }
         }
         if self.labels.is_empty() {
             s.push_str("labels assigned by the token: none\n");
@@ -467,8 +464,9 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, ca_pin: &str) -> Result<Enro
 
     let (ca_path, cert_path, key_path) = (cfg.ca_cert_path(), cfg.cert_path(), cfg.key_path());
     files::write_atomic(&ca_path, resp.ca_pem.as_bytes(), false).map_err(write_err(&ca_path))?;
-    files::install_pair(&cert_path, &key_path, &resp.cert_pem, &new_key.key_pem())
-        .map_err(write_err(&cert_path))?;
+    let key_protection =
+        files::install_pair(&cert_path, &key_path, &resp.cert_pem, &new_key.key_pem())
+            .map_err(write_err(&cert_path))?;
     let identity = if resp.identity.is_empty() {
         info.identity.clone().unwrap_or_default()
     } else {
@@ -498,10 +496,10 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, ca_pin: &str) -> Result<Enro
         labels,
         ca_pin: files::sha256_hex(&ca_der),
         files: vec![
-            (ca_path, false),
-            (cert_path, false),
-            (key_path, true),
-            (enrolled, false),
+            (ca_path, None),
+            (cert_path, None),
+            (key_path, key_protection),
+            (enrolled, None),
         ],
     })
 }
@@ -825,6 +823,19 @@ mod tests {
         );
         assert!(
             report.contains(&format!("wrote {}", cfg.key_path().display())),
+            "{report}"
+        );
+        // The message states what was done to the key on this OS.
+        #[cfg(unix)]
+        assert!(
+            report.contains(&format!(
+                "wrote {} (private key, mode 0600, owner only)\n",
+                cfg.key_path().display()
+            )),
+            "{report}"
+        );
+        assert!(
+            report.contains(&format!("wrote {}\n", cfg.cert_path().display())),
             "{report}"
         );
         assert!(!report.contains("abc.secret"));

@@ -3,7 +3,8 @@
 //! that does not match its certificate.
 //!
 //! Files (defaults under the data dir, see [`AgentConfig`]): `ca.pem`, `agent.pem`, `agent.key`
-//! (owner read-only on unix). A renewal writes `agent.key.new` and `agent.pem.new` first, then
+//! (mode 0600 on unix; on Windows readable only by SYSTEM, Administrators and the agent's
+//! account, see [`crate::protect`]). A renewal writes `agent.key.new` and `agent.pem.new` first, then
 //! renames the key and then the certificate ([`install_pair`]); [`recover_pair`] finishes or
 //! discards an interrupted renewal at startup, preferring a consistent pair.
 //!
@@ -18,6 +19,7 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::AgentConfig;
+use crate::protect::{CreateDirError, ProtectError, Protection};
 
 /// Problems with certificate or key files.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,10 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("{0}")]
     Mismatch(String),
+    #[error(transparent)]
+    Protect(#[from] ProtectError),
+    #[error(transparent)]
+    Folder(#[from] CreateDirError),
 }
 
 /// Serializes swaps of the agent's certificate and key against readers in this process (a
@@ -233,11 +239,18 @@ fn io_err<'a>(
     }
 }
 
-/// Writes `contents` to `path` (created or truncated), flushed to disk; `private` files are
-/// owner read/write only on unix.
-fn write_synced(path: &Path, contents: &[u8], private: bool) -> Result<(), CertError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io_err("create the folder of", path))?;
+/// Writes `contents` to `path` (created or truncated), flushed to disk. A `private` file is
+/// restricted before its contents are written ([`crate::protect`]: mode 0600 on unix, a
+/// protected DACL for SYSTEM, Administrators and the agent's account on Windows); what was done
+/// is returned for the messages. A missing folder is created restricted
+/// ([`crate::protect::create_private_dir`]).
+fn write_synced(
+    path: &Path,
+    contents: &[u8],
+    private: bool,
+) -> Result<Option<Protection>, CertError> {
+    if let Some(dir) = path.parent() {
+        crate::protect::create_private_dir(dir)?;
     }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -246,18 +259,16 @@ fn write_synced(path: &Path, contents: &[u8], private: bool) -> Result<(), CertE
         use std::os::unix::fs::OpenOptionsExt as _;
         opts.mode(if private { 0o600 } else { 0o644 });
     }
-    #[cfg(not(unix))]
-    let _ = private;
     let mut f = opts.open(path).map_err(io_err("write", path))?;
-    #[cfg(unix)]
-    if private {
-        // An existing file keeps its mode on open: make sure it is private.
-        use std::os::unix::fs::PermissionsExt as _;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io_err("write", path))?;
-    }
+    // An existing file keeps its mode or DACL on open: make sure it is private.
+    let protection = if private {
+        crate::protect::private_file(path)?
+    } else {
+        None
+    };
     f.write_all(contents).map_err(io_err("write", path))?;
-    f.sync_all().map_err(io_err("write", path))
+    f.sync_all().map_err(io_err("write", path))?;
+    Ok(protection)
 }
 
 fn sync_dir(path: &Path) {
@@ -271,35 +282,41 @@ fn sync_dir(path: &Path) {
     let _ = path;
 }
 
-/// Replaces `path` atomically: writes `<path>.tmp` and renames it over `path`.
-pub fn write_atomic(path: &Path, contents: &[u8], private: bool) -> Result<(), CertError> {
+/// Replaces `path` atomically: writes `<path>.tmp` and renames it over `path` (a rename keeps
+/// the restriction made on the temporary file); returns what [`write_synced`] did.
+pub fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    private: bool,
+) -> Result<Option<Protection>, CertError> {
     let tmp = sibling(path, ".tmp");
-    write_synced(&tmp, contents, private)?;
+    let protection = write_synced(&tmp, contents, private)?;
     std::fs::rename(&tmp, path).map_err(io_err("replace", path))?;
     sync_dir(path);
-    Ok(())
+    Ok(protection)
 }
 
 /// Installs a new certificate and key: both are written as `<file>.new` first, then the key is
 /// renamed into place and then the certificate. A crash before the first rename leaves the old
 /// pair; a crash between the renames leaves `agent.pem.new` matching `agent.key`, which
-/// [`recover_pair`] finishes at the next start.
+/// [`recover_pair`] finishes at the next start. Returns how the key is restricted (the rename
+/// keeps the restriction made on `agent.key.new`).
 pub fn install_pair(
     cert_path: &Path,
     key_path: &Path,
     cert_pem: &str,
     key_pem: &str,
-) -> Result<(), CertError> {
+) -> Result<Option<Protection>, CertError> {
     let key_new = sibling(key_path, ".new");
     let cert_new = sibling(cert_path, ".new");
-    write_synced(&key_new, key_pem.as_bytes(), true)?;
+    let protection = write_synced(&key_new, key_pem.as_bytes(), true)?;
     write_synced(&cert_new, cert_pem.as_bytes(), false)?;
     let _guard = files_lock();
     std::fs::rename(&key_new, key_path).map_err(io_err("replace", key_path))?;
     std::fs::rename(&cert_new, cert_path).map_err(io_err("replace", cert_path))?;
     sync_dir(key_path);
     sync_dir(cert_path);
-    Ok(())
+    Ok(protection)
 }
 
 /// What [`recover_pair`] did.
