@@ -30,6 +30,7 @@ pub mod autonomy;
 pub mod backlog;
 pub mod config;
 pub mod engine;
+pub mod event_ids;
 pub mod executor;
 pub mod identity;
 pub mod inventory;
@@ -140,7 +141,12 @@ async fn run_agent(
             "runs interrupted by the last restart reported as unknown"
         );
     }
-    tracing::info!(name = %cfg.name, controller = %cfg.controller, "agent starting");
+    tracing::info!(
+        event_id = event_ids::EventId::AgentStarted.code(),
+        name = %cfg.name,
+        controller = %cfg.controller,
+        "agent starting"
+    );
     let autonomy = autonomy::Autonomy::open(
         &cfg.name,
         cfg.autonomy_after,
@@ -162,5 +168,9 @@ async fn run_agent(
     session::run_forever(ctx, shutdown).await;
     // The task ends with the shutdown; its outcome carries nothing.
     let _ = autonomy_task.await;
+    tracing::info!(
+        event_id = event_ids::EventId::AgentStopped.code(),
+        "agent stopped"
+    );
     Ok(())
 }
