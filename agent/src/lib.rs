@@ -20,7 +20,8 @@
 //!
 //! Entry point: [`run`], used by the `syncfleet-agent` binary and by the controller's `dev`
 //! mode (in-process agents).
-#![forbid(unsafe_code)]
+#![cfg_attr(not(windows), forbid(unsafe_code))]
+#![cfg_attr(windows, deny(unsafe_code))]
 
 use std::sync::Arc;
 
@@ -31,12 +32,26 @@ pub mod backlog;
 pub mod config;
 pub mod engine;
 pub mod event_ids;
+pub mod eventlog;
+#[cfg(windows)]
+#[allow(
+    unsafe_code,
+    reason = "the Event Log API (RegisterEventSourceW, ReportEventW) is called through FFI"
+)]
+pub mod eventlog_win;
 pub mod executor;
 pub mod identity;
 pub mod inventory;
 pub mod journal;
 pub mod report;
 pub mod service;
+#[cfg(windows)]
+#[allow(
+    unsafe_code,
+    reason = "the SCM dispatcher's entry point (define_windows_service!) is an FFI callback"
+)]
+pub mod service_scm;
+pub mod service_setup;
 pub mod session;
 pub mod telemetry;
 
