@@ -46,11 +46,16 @@ static LOADER: Mutex<Option<Loader>> = Mutex::new(None);
 
 fn scm_error(action: &'static str, e: windows_service::Error) -> ServiceError {
     match e {
-        windows_service::Error::Winapi(io) => ServiceError::from_os(
-            action,
-            io.raw_os_error().unwrap_or_default(),
-            io.to_string(),
-        ),
+        windows_service::Error::Winapi(io) => {
+            let code = io.raw_os_error().unwrap_or_default();
+            // The system's text without std's " (os error N)" suffix: the code is shown once.
+            let text = io.to_string();
+            let text = text
+                .strip_suffix(&format!(" (os error {code})"))
+                .unwrap_or(&text)
+                .to_string();
+            ServiceError::from_os(action, code, text)
+        }
         other => ServiceError::Other {
             action,
             message: other.to_string(),
@@ -105,29 +110,52 @@ pub fn install(config: &std::path::Path, account: &Account) -> Result<String, Se
     };
     svc.set_description(DESCRIPTION)
         .map_err(|e| scm_error("setting the description", e))?;
-    svc.set_delayed_auto_start(true)
-        .map_err(|e| scm_error("setting the delayed automatic start", e))?;
-    svc.update_failure_actions(ServiceFailureActions {
-        reset_period: ServiceFailureResetPeriod::After(FAILURE_RESET),
-        reboot_msg: None,
-        command: None,
-        actions: Some(
-            RESTART_DELAYS
-                .iter()
-                .map(|delay| ServiceAction {
-                    action_type: ServiceActionType::Restart,
-                    delay: *delay,
-                })
-                .collect(),
-        ),
-    })
-    .map_err(|e| scm_error("setting the recovery actions", e))?;
+    let mut warnings = String::new();
+    let delayed = service_setup::optional_setting(
+        "the delayed automatic start",
+        svc.set_delayed_auto_start(true)
+            .map_err(|e| scm_error("setting the delayed automatic start", e)),
+    )?;
+    let actions = svc
+        .update_failure_actions(ServiceFailureActions {
+            reset_period: ServiceFailureResetPeriod::After(FAILURE_RESET),
+            reboot_msg: None,
+            command: None,
+            actions: Some(
+                RESTART_DELAYS
+                    .iter()
+                    .map(|delay| ServiceAction {
+                        action_type: ServiceActionType::Restart,
+                        delay: *delay,
+                    })
+                    .collect(),
+            ),
+        })
+        .map_err(|e| scm_error("setting the recovery actions", e));
+    let recovery = service_setup::optional_setting("the recovery actions", actions)?;
     // The agent stopping with an error exit code counts as a failure too, not only a crash.
-    svc.set_failure_actions_on_non_crash_failures(true)
-        .map_err(|e| scm_error("setting the recovery actions", e))?;
+    let non_crash = service_setup::optional_setting(
+        "recovery after an error exit code",
+        svc.set_failure_actions_on_non_crash_failures(true)
+            .map_err(|e| scm_error("setting the recovery actions", e)),
+    )?;
+    for warning in [&delayed, &recovery, &non_crash].into_iter().flatten() {
+        warnings.push_str(warning);
+        warnings.push('\n');
+    }
     eventlog_win::register_source()?;
     Ok(format!(
-        "{verb} service {SERVICE_NAME}: automatic (delayed) start, restart after 1, 2 and 5 minutes on failure, account {}, configuration {}; Event Log source {SERVICE_NAME} registered in the Application log\nstart it with 'syncfleet-agent service start'\n",
+        "{verb} service {SERVICE_NAME}: {} start{}, account {}, configuration {}; Event Log source {SERVICE_NAME} registered in the Application log\n{warnings}start it with 'syncfleet-agent service start'\n",
+        if delayed.is_none() {
+            "automatic (delayed)"
+        } else {
+            "automatic"
+        },
+        if recovery.is_none() {
+            ", restart after 1, 2 and 5 minutes on failure"
+        } else {
+            ""
+        },
         account.name,
         config.display()
     ))
@@ -173,7 +201,8 @@ fn wait_for(
 
 fn exit_code_of(code: &ServiceExitCode) -> Option<u32> {
     match *code {
-        ServiceExitCode::Win32(0) => None,
+        // NO_ERROR; ERROR_SERVICE_NEVER_STARTED
+        ServiceExitCode::Win32(0 | 1077) => None,
         ServiceExitCode::Win32(c) | ServiceExitCode::ServiceSpecific(c) => Some(c),
     }
 }

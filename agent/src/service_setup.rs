@@ -169,6 +169,31 @@ impl ServiceError {
     }
 }
 
+/// `ERROR_INVALID_LEVEL`: the Service Control Manager does not implement an information level
+/// of `ChangeServiceConfig2` (Windows has every level the agent sets since Windows Server 2008;
+/// Wine's service manager lacks some).
+pub const ERROR_INVALID_LEVEL: i32 = 124;
+
+/// The outcome of setting an optional part of the service's configuration (`what`): `None`
+/// when it is set; a warning when the Service Control Manager does not implement it
+/// ([`ERROR_INVALID_LEVEL`]), so the service is installed without it; any other error stays
+/// an error.
+pub fn optional_setting(
+    what: &str,
+    result: Result<(), ServiceError>,
+) -> Result<Option<String>, ServiceError> {
+    match result {
+        Ok(()) => Ok(None),
+        Err(ServiceError::Windows {
+            code: ERROR_INVALID_LEVEL,
+            ..
+        }) => Ok(Some(format!(
+            "warning: this Service Control Manager does not implement {what} (ERROR_INVALID_LEVEL); the service is installed without it"
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
 /// The account and password `service install` configures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -352,6 +377,27 @@ mod tests {
             other.to_string(),
             "start failed: The service is disabled. (Windows error 1058)"
         );
+    }
+
+    #[test]
+    fn only_a_service_manager_without_the_setting_makes_it_optional() {
+        assert_eq!(
+            optional_setting("the delayed automatic start", Ok(())).unwrap(),
+            None
+        );
+        let unsupported = ServiceError::from_os("setting", 124, "Invalid level.".into());
+        let warning = optional_setting("the delayed automatic start", Err(unsupported))
+            .unwrap()
+            .unwrap();
+        assert!(
+            warning.contains("does not implement the delayed automatic start"),
+            "{warning}"
+        );
+        let denied = ServiceError::from_os("setting", 5, "Access is denied.".into());
+        assert!(matches!(
+            optional_setting("the recovery actions", Err(denied)),
+            Err(ServiceError::NotElevated)
+        ));
     }
 
     #[test]
