@@ -221,7 +221,8 @@ impl WinePrefix {
         cmd
     }
 
-    /// Restarts the prefix's wineserver as persistent (until the prefix is dropped). Wine's
+    /// Restarts the prefix's wineserver as persistent (until the prefix is dropped, or 5
+    /// minutes after its last program if the test dies without dropping it). Wine's
     /// service manager (`services.exe`) starts the automatic services each time it starts,
     /// and it starts again with the wineserver, which otherwise exits 3 s after the prefix's
     /// last program: with a persistent one it boots once, like a Windows machine that is not
@@ -236,10 +237,10 @@ impl WinePrefix {
         };
         // A running wineserver does not take the option: stop it first.
         wineserver("-k");
-        let status = wineserver("-p");
+        let status = wineserver("-p300");
         assert!(
             status.success(),
-            "{WINESERVER64} -p failed ({status}) for {}",
+            "{WINESERVER64} -p300 failed ({status}) for {}",
             self.path().display()
         );
         // The prefix's system processes (services.exe, winedevice.exe) start with the first
