@@ -31,6 +31,14 @@ pub mod autonomy;
 pub mod backlog;
 pub mod config;
 pub mod engine;
+pub mod event_ids;
+pub mod eventlog;
+#[cfg(windows)]
+#[allow(
+    unsafe_code,
+    reason = "the Event Log API (RegisterEventSourceW, ReportEventW) is called through FFI"
+)]
+pub mod eventlog_win;
 pub mod executor;
 pub mod identity;
 pub mod inventory;
@@ -39,6 +47,13 @@ pub mod paths;
 pub mod protect;
 pub mod report;
 pub mod service;
+#[cfg(windows)]
+#[allow(
+    unsafe_code,
+    reason = "the SCM dispatcher's entry point (define_windows_service!) is an FFI callback"
+)]
+pub mod service_scm;
+pub mod service_setup;
 pub mod session;
 pub mod telemetry;
 
@@ -159,7 +174,12 @@ async fn run_agent(
             "runs interrupted by the last restart reported as unknown"
         );
     }
-    tracing::info!(name = %cfg.name, controller = %cfg.controller, "agent starting");
+    tracing::info!(
+        event_id = event_ids::EventId::AgentStarted.code(),
+        name = %cfg.name,
+        controller = %cfg.controller,
+        "agent starting"
+    );
     let autonomy = autonomy::Autonomy::open(
         &cfg.name,
         cfg.autonomy_after,
@@ -181,5 +201,9 @@ async fn run_agent(
     session::run_forever(ctx, shutdown).await;
     // The task ends with the shutdown; its outcome carries nothing.
     let _ = autonomy_task.await;
+    tracing::info!(
+        event_id = event_ids::EventId::AgentStopped.code(),
+        "agent stopped"
+    );
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use syncfleet_agent::config::AgentConfig;
 use syncfleet_agent::paths;
+use syncfleet_agent::service_setup::{self, ServiceCommand};
 use syncfleet_proto::config_layers::{AGENT_ENV, ConfigError, EXIT_CONFIG, Layers, process_env};
 use syncfleet_proto::{process, telemetry};
 
@@ -29,6 +30,12 @@ enum Command {
     /// certificate the controller issues (ca.pem, agent.pem, agent.key, enrolled.toml in the
     /// data folder). Exits 1 with the controller's reason when it refuses.
     Enroll(EnrollArgs),
+    /// The Windows service (Windows only): install (elevated; automatic delayed start, restart
+    /// on failure, Event Log source), uninstall, start, stop, status.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
     /// Print the normalized run of a run-history XML file (`RunDetails()` output or a saved
     /// history with `<execution-histories>`). Exits 1 with the reason on bad input.
     RunDetails {
@@ -248,6 +255,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Enroll(args) => enroll(&args),
+        Command::Service { command } => service(command),
         Command::RunDetails { file, output } => run_details(&file, &output),
         Command::Adsync {
             command: AdsyncCommand::RestoreScheduler { config, data_dir },
@@ -360,9 +368,120 @@ fn run(args: RunArgs) -> ExitCode {
     })
 }
 
+/// `syncfleet-agent service ...` off Windows: there is no such thing (exit code 2).
+#[cfg(not(windows))]
+fn service(_command: ServiceCommand) -> ExitCode {
+    eprintln!("{}", service_setup::NOT_WINDOWS);
+    ExitCode::from(2)
+}
+
+/// `syncfleet-agent service ...` on Windows.
+#[cfg(windows)]
+fn service(command: ServiceCommand) -> ExitCode {
+    use syncfleet_agent::service_scm;
+    let outcome = match command {
+        ServiceCommand::Install(args) => {
+            let account = match service_setup::account(&args, |v| std::env::var(v).ok()) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let config = service_config_path(args.config);
+            if !config.exists() {
+                eprintln!(
+                    "warning: {} does not exist yet; the service cannot start until it does",
+                    config.display()
+                );
+            }
+            service_scm::install(&config, &account)
+        }
+        ServiceCommand::Uninstall { config } => {
+            let cfg = effective(&file_args(service_config_path(config))).map_err(|e| e.to_string());
+            service_scm::uninstall(cfg)
+        }
+        ServiceCommand::Start => service_scm::start(),
+        ServiceCommand::Stop => service_scm::stop(),
+        ServiceCommand::Status => match service_scm::status() {
+            Ok(report) => Ok(report.to_string()),
+            Err(service_setup::ServiceError::NotInstalled) => {
+                println!("service {}: not installed", service_setup::SERVICE_NAME);
+                return ExitCode::from(service_setup::EXIT_NOT_INSTALLED);
+            }
+            Err(e) => Err(e),
+        },
+        ServiceCommand::Run { config } => return service_run(service_config_path(config)),
+    };
+    match outcome {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The service's configuration file: the one given (made absolute: the SCM starts the
+/// service in System32), else `%ProgramData%\syncfleet\agent\agent.toml`.
+#[cfg(windows)]
+fn service_config_path(config: Option<PathBuf>) -> PathBuf {
+    let path = config
+        .unwrap_or_else(|| service_setup::default_config_path(std::env::var_os("ProgramData")));
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+/// `run`'s arguments with only a configuration file.
+#[cfg(windows)]
+fn file_args(config: PathBuf) -> RunArgs {
+    RunArgs {
+        config: Some(config),
+        name: None,
+        controller: None,
+        data_dir: None,
+        sim_server: None,
+        sim_time_scale: None,
+        labels: Vec::new(),
+        sets: Vec::new(),
+        log_format: "text".into(),
+        dump_config: false,
+    }
+}
+
+/// `service run`: the agent under the Service Control Manager, its warnings and errors also
+/// in the Event Log.
+#[cfg(windows)]
+fn service_run(config: PathBuf) -> ExitCode {
+    let outcome = syncfleet_agent::service_scm::run(Box::new(move |layers| {
+        let cfg = effective(&file_args(config)).map_err(|e| e.to_string())?;
+        telemetry::check_env().map_err(|e| e.to_string())?;
+        let guard = init_logging_with("text", &cfg, layers);
+        Ok((cfg, Box::new(guard) as Box<dyn std::any::Any>))
+    }));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Logs (text or JSON) and, when `OTEL_*` asks for it, OTLP trace export with the agent's name
 /// and labels as resource attributes.
 fn init_logging(format: &str, cfg: &AgentConfig) -> telemetry::TelemetryGuard {
+    init_logging_with(format, cfg, Vec::new())
+}
+
+/// [`init_logging`] with `extra` layers (the Event Log writer of the Windows service).
+fn init_logging_with(
+    format: &str,
+    cfg: &AgentConfig,
+    extra: Vec<Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>>,
+) -> telemetry::TelemetryGuard {
     let mut attributes = vec![
         ("service.instance.id".to_string(), cfg.name.clone()),
         ("syncfleet.agent.name".to_string(), cfg.name.clone()),
@@ -370,10 +489,13 @@ fn init_logging(format: &str, cfg: &AgentConfig) -> telemetry::TelemetryGuard {
     for (k, v) in &cfg.labels {
         attributes.push((format!("syncfleet.agent.label.{k}"), v.clone()));
     }
-    telemetry::init(&telemetry::Setup {
-        service_name: "syncfleet-agent",
-        log_format: format.to_string(),
-        attributes,
-        agent: Some(cfg.name.clone()),
-    })
+    telemetry::init_with(
+        &telemetry::Setup {
+            service_name: "syncfleet-agent",
+            log_format: format.to_string(),
+            attributes,
+            agent: Some(cfg.name.clone()),
+        },
+        extra,
+    )
 }

@@ -100,6 +100,7 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
     let mut attempt: u32 = 0;
     let mut targets = Targets::new(ctx.cfg.controller_urls());
     let mut redirected = false;
+    let mut outage = Outage::new(tokio::time::Instant::now());
     while !shutdown.is_cancelled() {
         // An expired (or not yet valid) certificate cannot connect: say why, wait, check again.
         if let Some(msg) = unusable_reason(&ctx.cfg, chrono::Utc::now()) {
@@ -121,6 +122,7 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
         if welcomed.load(std::sync::atomic::Ordering::Relaxed) {
             attempt = 0;
             redirected = false;
+            outage = Outage::new(tokio::time::Instant::now());
         }
         if let Err(e) = &result
             && let Some(msg) = e.refusal().and_then(|s| revoked_message(s, &ctx.cfg))
@@ -160,6 +162,7 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
                 targets.advance();
             }
         }
+        outage.check(tokio::time::Instant::now(), &ctx.cfg.controller_urls());
         attempt = attempt.saturating_add(1);
         let cap = ctx.cfg.reconnect_max_backoff;
         let base = Duration::from_millis(250).saturating_mul(1u32 << attempt.min(16));
@@ -170,6 +173,42 @@ pub async fn run_forever(ctx: Arc<SessionContext>, shutdown: CancellationToken) 
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Since when no session has been open (the agent's start, or the end of the last session
+/// the controller welcomed), and whether that outage was reported.
+#[derive(Debug)]
+struct Outage {
+    since: tokio::time::Instant,
+    reported: bool,
+}
+
+impl Outage {
+    fn new(since: tokio::time::Instant) -> Self {
+        Self {
+            since,
+            reported: false,
+        }
+    }
+
+    /// After a failed attempt: once the outage has lasted
+    /// [`CONTROLLER_UNREACHABLE_AFTER`](crate::event_ids::CONTROLLER_UNREACHABLE_AFTER), say
+    /// so once as an error (event id
+    /// [`ControllerUnreachable`](crate::event_ids::EventId::ControllerUnreachable)).
+    fn check(&mut self, now: tokio::time::Instant, controllers: &[String]) {
+        let down = now.saturating_duration_since(self.since);
+        if self.reported || down < crate::event_ids::CONTROLLER_UNREACHABLE_AFTER {
+            return;
+        }
+        self.reported = true;
+        tracing::error!(
+            event_id = crate::event_ids::EventId::ControllerUnreachable.code(),
+            controllers = %controllers.join(", "),
+            down_secs = down.as_secs(),
+            "no controller reachable for {}; still retrying",
+            humantime::format_duration(Duration::from_secs(down.as_secs()))
+        );
     }
 }
 
@@ -538,5 +577,34 @@ mod controller_choice_tests {
             .metadata_mut()
             .insert(LEADER_METADATA, "https://lead:7443".parse().unwrap());
         assert_eq!(leader_pointer(&other), None);
+    }
+}
+
+#[cfg(test)]
+mod outage_tests {
+    use super::*;
+    use crate::event_ids::{EventId, capture};
+
+    #[test]
+    fn a_long_outage_is_reported_once_as_controller_unreachable() {
+        let (events, _guard) = capture::start();
+        let start = tokio::time::Instant::now();
+        let urls = vec![
+            "https://ctl-a:7443".to_string(),
+            "https://ctl-b:7443".to_string(),
+        ];
+        let mut outage = Outage::new(start);
+        outage.check(start + Duration::from_secs(299), &urls);
+        assert!(events.with_id(EventId::ControllerUnreachable).is_empty());
+        outage.check(start + Duration::from_secs(301), &urls);
+        outage.check(start + Duration::from_secs(900), &urls);
+        let seen = events.with_id(EventId::ControllerUnreachable);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].level, tracing::Level::ERROR);
+        assert!(seen[0].message.contains("for 5m 1s"), "{}", seen[0].message);
+        // A new outage (after a session was open) is reported again.
+        let mut outage = Outage::new(start + Duration::from_secs(1000));
+        outage.check(start + Duration::from_secs(1400), &urls);
+        assert_eq!(events.with_id(EventId::ControllerUnreachable).len(), 2);
     }
 }

@@ -24,6 +24,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::engine::SyncEngine;
+use crate::event_ids::EventId;
 
 tokio::task_local! {
     /// The name of the agent whose task this is, for the `agent` attribute of exported run and
@@ -192,7 +193,12 @@ pub fn on_event(run_id: &str, kind: &Kind) {
             if ok {
                 tracing::info!(run_id, state = state.label(), result = %f.result, "run finished");
             } else {
-                tracing::warn!(run_id, state = state.label(), result = %f.result, detail = %f.message, "run finished");
+                let event_id = match state {
+                    v1::RunState::Held => EventId::RunHeld,
+                    v1::RunState::Cancelled => EventId::Other,
+                    _ => EventId::RunFailed,
+                };
+                tracing::warn!(event_id = event_id.code(), run_id, state = state.label(), result = %f.result, detail = %f.message, "run finished");
             }
         }
         Kind::RunStarted(_) | Kind::StepProgress(_) | Kind::StepWaiting(_) => {}

@@ -205,6 +205,15 @@ fn use_colour(stderr_is_terminal: bool, no_color: Option<&str>) -> bool {
 /// Install the global `tracing` subscriber (logs, and trace export when requested). Call once,
 /// early in `main`; keep the guard until exit.
 pub fn init(setup: &Setup) -> TelemetryGuard {
+    init_with(setup, Vec::new())
+}
+
+/// [`init`] with `extra` layers next to the log and trace layers, each with its own filter
+/// (the agent's Windows Event Log writer, under the Service Control Manager).
+pub fn init_with(
+    setup: &Setup,
+    extra: Vec<Box<dyn Layer<Registry> + Send + Sync>>,
+) -> TelemetryGuard {
     let filter =
         EnvFilter::try_from_env("SYNCFLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let colour = use_colour(
@@ -220,6 +229,7 @@ pub fn init(setup: &Setup) -> TelemetryGuard {
         fmt.with_filter(filter).boxed()
     };
     let mut layers = vec![fmt];
+    layers.extend(extra);
     let mut guard = TelemetryGuard {
         provider: None,
         runtime: None,

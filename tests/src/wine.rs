@@ -221,6 +221,54 @@ impl WinePrefix {
         cmd
     }
 
+    /// Restarts the prefix's wineserver as persistent (until the prefix is dropped, or 5
+    /// minutes after its last program if the test dies without dropping it). Wine's
+    /// service manager (`services.exe`) starts the automatic services each time it starts,
+    /// and it starts again with the wineserver, which otherwise exits 3 s after the prefix's
+    /// last program: with a persistent one it boots once, like a Windows machine that is not
+    /// restarted during the test.
+    pub fn keep_running(&self) {
+        let wineserver = |arg: &str| {
+            Command::new(WINESERVER64)
+                .arg(arg)
+                .env("WINEPREFIX", self.path())
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run {WINESERVER64}: {e}"))
+        };
+        // A running wineserver does not take the option: stop it first.
+        wineserver("-k");
+        let status = wineserver("-p300");
+        assert!(
+            status.success(),
+            "{WINESERVER64} -p300 failed ({status}) for {}",
+            self.path().display()
+        );
+        // The prefix's system processes (services.exe, winedevice.exe) start with the first
+        // program and now outlive it: start them without the test's output pipes, which they
+        // would otherwise hold open (and a reader of that output would wait forever).
+        let status = self
+            .command(Path::new("wineboot.exe"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {WINE64}: {e}"));
+        assert!(status.success(), "wineboot.exe failed ({status})");
+    }
+
+    /// A copy of Windows program `exe` next to the `ProcessPrng` stand-in, for a program that
+    /// Wine's service manager starts: it gets the system's environment, without `WINEPATH`,
+    /// and finds the stand-in only in its own folder.
+    pub fn beside_stand_in(&self, exe: &Path) -> PathBuf {
+        let name = exe
+            .file_name()
+            .unwrap_or_else(|| panic!("{} names no file", exe.display()));
+        let copy = self.dir.path().join("dlls").join(name);
+        std::fs::copy(exe, &copy)
+            .unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", exe.display(), copy.display()));
+        copy
+    }
+
     /// Runs `exe` with `args` in this prefix and returns its output.
     pub fn output(&self, exe: &Path, args: &[&str]) -> Output {
         self.command(exe)

@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use common::{Fleet, bin, run_followed, stderr, stdout};
-use syncfleet_tests::wine::{WinePrefix, build_time, windows_exe};
+use syncfleet_tests::wine::{WinePrefix, build_time, windows_exe, windows_path};
 
 const DELTA: &str =
     "HiltonGiesenow_PoShMon_Test-SPUPSSyncHealth.Tests_DS_DELTAIMPORT_stopped-connectivity.xml";
@@ -359,4 +359,124 @@ fn windows_agent_finds_its_configuration_and_data_under_program_data() {
     let dump = stdout(&out);
     assert!(dump.contains("name = \"win-other\""), "{dump}");
     assert!(!dump.contains("site = \"hq\""), "{dump}");
+}
+
+/// `syncfleet-agent.exe service status` in `prefix`, and its exit code.
+fn service_status(prefix: &WinePrefix, exe: &Path) -> (Option<i32>, String) {
+    let out = prefix.output(exe, &["service", "status"]);
+    (
+        out.status.code(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+#[test]
+fn the_windows_service_installs_starts_stops_and_uninstalls_under_wine() {
+    let prefix = WinePrefix::new();
+    let exe = prefix.beside_stand_in(&windows_exe("syncfleet-agent"));
+    assert_ok("first start", &first_start(&prefix, &exe));
+    prefix.keep_running();
+    let mut fleet = Fleet::init(&["win-svc"]);
+    fleet.start_controller();
+
+    // The service starts in System32 (drive C:), so every path in its configuration is a
+    // Windows path.
+    let config = fleet.dir.path().join("agent-service.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"win-svc\"\ncontroller = \"https://127.0.0.1:{}\"\ndata_dir = '{}'\n[labels]\nos = \"windows\"\n[engine]\nkind = \"sim\"\nserver = 0\ntime_scale = 0.01\n",
+            fleet.grpc_port,
+            windows_path(&fleet.agent_dir("win-svc"))
+        ),
+    )
+    .unwrap();
+    let config = windows_path(&config);
+
+    let (code, text) = service_status(&prefix, &exe);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("not installed"), "{text}");
+
+    let out = prefix.output(&exe, &["service", "install", "--config", &config]);
+    assert_ok("service install", &out);
+    let installed = stdout(&out);
+    assert!(
+        installed.contains("installed service syncfleet-agent"),
+        "{installed}"
+    );
+    // Wine 8's service manager has no delayed automatic start (ChangeServiceConfig2 answers
+    // ERROR_INVALID_LEVEL): the service is installed with a plain automatic start, and the
+    // install says so.
+    assert!(
+        installed.contains("does not implement the delayed automatic start (ERROR_INVALID_LEVEL)"),
+        "{installed}"
+    );
+    let (code, text) = service_status(&prefix, &exe);
+    assert_eq!(code, Some(0), "{text}");
+    for line in [
+        "state:      stopped\n",
+        "start type: automatic\n",
+        "account:    NT SERVICE\\syncfleet-agent",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    assert!(
+        text.contains(&format!(
+            "syncfleet-agent.exe service run --config {config}"
+        )),
+        "{text}"
+    );
+
+    // Started by Wine's service manager, the agent connects to the controller.
+    let start = Instant::now();
+    let out = prefix.output(&exe, &["service", "start"]);
+    assert_ok("service start", &out);
+    eprintln!("service start under Wine: {:?}", start.elapsed());
+    let running = common::poll(std::time::Duration::from_secs(30), || {
+        let (_, text) = service_status(&prefix, &exe);
+        text.contains("state:      running").then_some(text)
+    });
+    assert!(running.is_some(), "{}", service_status(&prefix, &exe).1);
+    fleet.wait_connected(&["win-svc"]);
+    let agent = fleet.cli_json(&["agents", "show", "win-svc", "-o", "json"]);
+    assert_eq!(agent["labels"]["os"], "windows", "{agent:#}");
+
+    // A stop is the agent's graceful shutdown: it leaves the controller and reports STOPPED
+    // with exit code 0.
+    let out = prefix.output(&exe, &["service", "stop"]);
+    assert_ok("service stop", &out);
+    let stopped = common::poll(std::time::Duration::from_secs(60), || {
+        let (_, text) = service_status(&prefix, &exe);
+        text.contains("state:      stopped").then_some(text)
+    });
+    let stopped = stopped.unwrap_or_else(|| panic!("{}", service_status(&prefix, &exe).1));
+    assert!(!stopped.contains("exit code"), "{stopped}");
+    common::wait_for(
+        "the controller to see the agent gone",
+        std::time::Duration::from_secs(60),
+        || {
+            let states = fleet.agent_states()?;
+            (states.get("win-svc").map(String::as_str) != Some("connected")).then_some(())
+        },
+    );
+
+    // Installing again updates the installed service.
+    let out = prefix.output(&exe, &["service", "install", "--config", &config]);
+    assert_ok("service install (again)", &out);
+    assert!(
+        stdout(&out).contains("updated service syncfleet-agent"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = prefix.output(&exe, &["service", "uninstall", "--config", &config]);
+    assert_ok("service uninstall", &out);
+    assert!(
+        stdout(&out).contains("removed service syncfleet-agent"),
+        "{}",
+        stdout(&out)
+    );
+    let (code, text) = service_status(&prefix, &exe);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("not installed"), "{text}");
 }

@@ -302,3 +302,64 @@ fn install_ps1_enrolls_with_the_agents_own_flags() {
     }
     assert!(help.contains("SYNCFLEET_ENROLL_TOKEN"), "{help}");
 }
+
+/// Every `syncfleet-agent.exe` command line of `install.ps1` (enroll, service install, start,
+/// stop, uninstall) names a subcommand and flags the agent has: a renamed flag or subcommand
+/// fails here, not on a customer's server.
+#[test]
+fn install_ps1_calls_only_agent_subcommands_and_flags_that_exist() {
+    let script =
+        std::fs::read_to_string(workspace_root().join("deploy/windows/install.ps1")).unwrap();
+    let calls: Vec<&str> = script
+        .lines()
+        .filter(|l| l.contains("Invoke-Agent @("))
+        .collect();
+    assert!(calls.len() >= 4, "install.ps1 calls the agent {calls:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    for call in calls {
+        let words: Vec<&str> = call.split('\'').skip(1).step_by(2).collect();
+        let subcommand: Vec<&str> = words
+            .iter()
+            .copied()
+            .take_while(|w| !w.starts_with("--"))
+            .collect();
+        let flags: Vec<&str> = words
+            .iter()
+            .copied()
+            .filter(|w| w.starts_with("--"))
+            .collect();
+        assert!(!subcommand.is_empty(), "{call}");
+        let out = Command::new(common::bin("syncfleet-agent"))
+            .args(&subcommand)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "`syncfleet-agent {}` does not exist: {}",
+            subcommand.join(" "),
+            stderr(&out)
+        );
+        let help = stdout(&out);
+        for flag in flags {
+            assert!(
+                help.lines()
+                    .any(|l| l.trim_start().starts_with(flag) || l.contains(&format!(", {flag}"))),
+                "`syncfleet-agent {}` has no {flag}:\n{help}",
+                subcommand.join(" ")
+            );
+        }
+        seen.insert(subcommand.join(" "));
+    }
+    for expected in [
+        "enroll",
+        "service install",
+        "service start",
+        "service uninstall",
+    ] {
+        assert!(
+            seen.contains(expected),
+            "install.ps1 never calls `{expected}`: {seen:?}"
+        );
+    }
+}

@@ -133,6 +133,9 @@ pub struct Executor {
     executing: Arc<Mutex<HashSet<String>>>,
     /// Set when a step could not be stopped: the engine is considered frozen until it is idle.
     stuck: Arc<Mutex<Option<String>>>,
+    /// Whether the last [`Executor::health`] found the engine unhealthy: the change is logged
+    /// once each way, not at every probe.
+    unhealthy: std::sync::atomic::AtomicBool,
     /// Every run that ends, with its state: the autonomy task pauses a schedule locally when
     /// one of its runs ends `held`.
     ended: tokio::sync::broadcast::Sender<(String, v1::RunState)>,
@@ -165,6 +168,7 @@ impl Executor {
             executing: Arc::new(Mutex::new(HashSet::new())),
             recovering: Mutex::new(HashMap::new()),
             stuck: Arc::new(Mutex::new(None)),
+            unhealthy: std::sync::atomic::AtomicBool::new(false),
             ended: tokio::sync::broadcast::channel(256).0,
         }
     }
@@ -195,15 +199,30 @@ impl Executor {
     }
 
     /// Engine health as the agent sees it: the engine's own probe, overridden by a step the
-    /// watchdog could not stop.
+    /// watchdog could not stop. A change to unhealthy is logged as an error (event id
+    /// [`EngineUnhealthy`](crate::event_ids::EventId::EngineUnhealthy)), the way back once.
     pub async fn health(&self) -> EngineHealth {
-        if let Some(detail) = lock(&self.stuck).clone() {
-            return EngineHealth {
+        let stuck = lock(&self.stuck).clone();
+        let health = match stuck {
+            Some(detail) => EngineHealth {
                 healthy: false,
                 detail,
-            };
+            },
+            None => self.engine.health().await,
+        };
+        let was_unhealthy = self
+            .unhealthy
+            .swap(!health.healthy, std::sync::atomic::Ordering::Relaxed);
+        if !health.healthy && !was_unhealthy {
+            tracing::error!(
+                event_id = crate::event_ids::EventId::EngineUnhealthy.code(),
+                detail = %health.detail,
+                "sync engine unhealthy"
+            );
+        } else if health.healthy && was_unhealthy {
+            tracing::info!("sync engine healthy again");
         }
-        self.engine.health().await
+        health
     }
 
     /// Journal an event and wake the session sender. An event the journal refuses is held in

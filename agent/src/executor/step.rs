@@ -17,6 +17,7 @@ use super::{Executor, lock};
 use crate::backlog::JournalOp;
 use crate::engine::runhistory;
 use crate::engine::{EngineError, EngineProgress, ExecuteOutcome, MaStatus};
+use crate::event_ids::EventId;
 
 /// How one call of `Execute` ended.
 pub(super) enum Attempt {
@@ -370,7 +371,7 @@ impl Executor {
             return Err(StepOutcome::Skipped);
         }
         if let Some(reason) = guard::hold_reason(ps, pending) {
-            tracing::warn!(run_id, ma = %ps.spec.ma, %reason, "guard rail holds the run");
+            tracing::warn!(event_id = EventId::RunHeld.code(), run_id, ma = %ps.spec.ma, %reason, "guard rail holds the run");
             self.emit(
                 run_id,
                 Kind::StepHeld(v1::StepHeld {

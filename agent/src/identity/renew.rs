@@ -242,7 +242,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken, live: LiveChanne
         };
         if let Some(msg) = files::expiry_message(&cfg.cert_path(), &info, now, &cfg) {
             // Renewal needs a valid certificate; wait for a re-enrollment (or a fixed clock).
-            tracing::error!("{msg}");
+            tracing::error!(
+                event_id = crate::event_ids::EventId::CertificateNearExpiry.code(),
+                "{msg}"
+            );
             failures = 0;
             refused = false;
             if !sleep_until_replaced(MAX_BACKOFF, &cfg, &shutdown).await {
@@ -306,6 +309,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken, live: LiveChanne
                 let next = retry_delay(failures, secs(info.not_after - now));
                 if left < LOUD * lifetime {
                     tracing::error!(
+                        event_id = crate::event_ids::EventId::CertificateNearExpiry.code(),
                         error = %e,
                         attempts = failures,
                         retry_in_secs = next.as_secs(),
@@ -599,6 +603,56 @@ mod tests {
             other => panic!("expected a revoked refusal, got {other:?}"),
         }
         assert_eq!(std::fs::read_to_string(cfg.cert_path()).unwrap(), before);
+    }
+
+    /// A port nothing listens on.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn a_certificate_near_expiry_whose_renewal_fails_is_logged_with_its_event_id() {
+        use crate::event_ids::{EventId, capture};
+        let (events, _guard) = capture::start();
+        let ca = files::tests::test_ca("ca");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = AgentConfig {
+            name: "sync-01".into(),
+            controller: format!("https://127.0.0.1:{}", closed_port()),
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        // Obtained 940 s ago and valid for 1000 s: 6 % of its lifetime is left.
+        let key = NewKey::generate("sync-01").unwrap();
+        let from = time::OffsetDateTime::now_utc() - time::Duration::seconds(940);
+        let cert = files::tests::sign_agent(&ca, &key.csr_pem, "sync-01", from, 1000);
+        files::install_pair(&cfg.cert_path(), &cfg.key_path(), &cert, &key.key_pem()).unwrap();
+        std::fs::write(cfg.ca_cert_path(), &ca.pem).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(cfg.cert_path())
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(940))
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(cfg, shutdown.clone(), LiveChannel::default()));
+        for _ in 0..1000 {
+            if !events.with_id(EventId::CertificateNearExpiry).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        let seen = events.with_id(EventId::CertificateNearExpiry);
+        assert!(!seen.is_empty(), "{:?}", events.all());
+        assert_eq!(seen[0].level, tracing::Level::ERROR);
+        assert!(
+            seen[0].message.contains("renewal keeps failing"),
+            "{}",
+            seen[0].message
+        );
     }
 
     #[test]

@@ -43,3 +43,29 @@ async fn discovery_errors_stop_even_when_failures_continue() {
         .collect();
     assert_eq!(started, [0, 1]);
 }
+
+/// The change to unhealthy is logged once, as an error with the engine-unhealthy event id; the
+/// way back once, without it.
+#[tokio::test]
+async fn an_unhealthy_engine_is_logged_once_with_its_event_id() {
+    use crate::event_ids::{EventId, capture};
+    let (events, _guard) = capture::start();
+    let (h, _sim) = quiet().await;
+    assert!(h.exec.health().await.healthy);
+    assert!(events.with_id(EventId::EngineUnhealthy).is_empty());
+    *crate::executor::lock(&h.exec.stuck) = Some("a step could not be stopped".into());
+    assert!(!h.exec.health().await.healthy);
+    assert!(!h.exec.health().await.healthy);
+    let seen = events.with_id(EventId::EngineUnhealthy);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].level, tracing::Level::ERROR);
+    *crate::executor::lock(&h.exec.stuck) = None;
+    assert!(h.exec.health().await.healthy);
+    let back: Vec<_> = events
+        .all()
+        .into_iter()
+        .filter(|s| s.message == "sync engine healthy again")
+        .collect();
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(events.with_id(EventId::EngineUnhealthy).len(), 1);
+}
