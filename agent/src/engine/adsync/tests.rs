@@ -268,22 +268,29 @@ async fn takeover_waits_for_a_cycle_in_progress_only_so_long() {
 
 // ---------------------------------------------------------------- staging mode
 
-#[tokio::test]
-async fn staging_mode_refuses_exports_and_unknown_steps_but_runs_imports_and_syncs() {
+/// An engine whose scheduler reports `staging` mode, whose runs all succeed and whose last run
+/// result names `profile`.
+fn succeeding_engine(staging: bool, profile: &str) -> (Arc<FakeRunner>, AdsyncEngine<FakeRunner>) {
     let fake = Arc::new(FakeRunner::new());
     let e = engine(&fake);
     fake.always(
         "Get-ADSyncScheduler",
-        Ok(scheduler(false, false, false, true)),
+        Ok(scheduler(false, false, false, staging)),
     )
     .always(
         "Get-ADSyncRunProfileResult",
-        Ok(run(7, "Full Import", true, "success")),
+        Ok(run(7, profile, true, "success")),
     )
     .always(
         "Invoke-ADSyncRunProfile",
         Ok(json!([{"Result": "success"}])),
     );
+    (fake, e)
+}
+
+#[tokio::test]
+async fn staging_mode_refuses_exports_and_unknown_steps_but_runs_imports_and_syncs() {
+    let (fake, e) = succeeding_engine(true, "Full Import");
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     for refused in ["Export", "Import and Export", "Custom", "Not Listed"] {
         let out = e.execute(AD, refused, tx.clone()).await.unwrap();
@@ -305,20 +312,7 @@ async fn staging_mode_refuses_exports_and_unknown_steps_but_runs_imports_and_syn
 
 #[tokio::test]
 async fn without_staging_mode_exports_run() {
-    let fake = Arc::new(FakeRunner::new());
-    let e = engine(&fake);
-    fake.always(
-        "Get-ADSyncScheduler",
-        Ok(scheduler(false, false, false, false)),
-    )
-    .always(
-        "Get-ADSyncRunProfileResult",
-        Ok(run(7, "Export", true, "success")),
-    )
-    .always(
-        "Invoke-ADSyncRunProfile",
-        Ok(json!([{"Result": "success"}])),
-    );
+    let (fake, e) = succeeding_engine(false, "Export");
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let out = e.execute(AD, "Export", tx).await.unwrap();
     assert_eq!(out.result, "success");
