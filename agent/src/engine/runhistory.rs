@@ -313,9 +313,13 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<String, String> {
                 u16::from_be_bytes([c[0], c[1]])
             }
         });
-        char::decode_utf16(units)
-            .collect::<Result<String, _>>()
-            .map_err(|e| format!("invalid UTF-16 text: {e}"))
+        // Sized for the usual all-ASCII markup, so the one copy is not regrown (and briefly held
+        // twice) while decoding.
+        let mut text = String::with_capacity(body.len() / 2);
+        for c in char::decode_utf16(units) {
+            text.push(c.map_err(|e| format!("invalid UTF-16 text: {e}"))?);
+        }
+        Ok(text)
     };
     match bytes {
         [0xFF, 0xFE, ..] => utf16(true),
@@ -327,6 +331,22 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<String, String> {
             )
         }),
     }
+}
+
+/// [`decode_bytes`] for a buffer the caller gives up (a file just read): UTF-8 text keeps the
+/// buffer (no copy), UTF-16 is decoded into one new string and the buffer is freed, so reading a
+/// file costs its size once, not twice.
+pub fn decode_vec(bytes: Vec<u8>) -> Result<String, String> {
+    if bytes.len() > MAX_INPUT_BYTES * 2 || matches!(bytes[..], [0xFF, 0xFE, ..] | [0xFE, 0xFF, ..])
+    {
+        return decode_bytes(&bytes);
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 or UTF-16 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// Parse XML that must hold exactly one run (what `RunDetails()` of one run returns).
@@ -616,6 +636,26 @@ mod tests {
         // The 3,142-character stack trace is cut at the limit.
         assert_eq!(lit.chars().count(), MAX_LITERAL_CHARS + 1);
         assert!(lit.ends_with("UpdateWithProfileChange…"), "{lit}");
+    }
+
+    #[test]
+    fn decode_vec_matches_decode_bytes() {
+        let mut utf16le = vec![0xFF, 0xFE];
+        utf16le.extend(EXPORT.encode_utf16().flat_map(u16::to_le_bytes));
+        let mut utf16be = vec![0xFE, 0xFF];
+        utf16be.extend(EXPORT.encode_utf16().flat_map(u16::to_be_bytes));
+        let bom = format!("\u{feff}{EXPORT}").into_bytes();
+        for bytes in [
+            EXPORT.as_bytes().to_vec(),
+            bom,
+            utf16le,
+            utf16be,
+            vec![b'a', 0xC3],
+        ] {
+            assert_eq!(decode_vec(bytes.clone()), decode_bytes(&bytes));
+        }
+        assert_eq!(decode_vec(EXPORT.as_bytes().to_vec()).unwrap(), EXPORT);
+        assert!(decode_vec(vec![0xFF, 0xFE, 0x3C]).is_err());
     }
 
     #[test]
