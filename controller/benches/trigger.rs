@@ -111,6 +111,8 @@ fn bench(c: &mut Criterion) {
     assert!(triggers.iter().all(|t| t.next_after(now).is_some()));
 
     let mut group = c.benchmark_group("trigger");
+    // One iteration is tens of milliseconds: 20 samples keep a run under a minute.
+    group.sample_size(20);
     group.throughput(Throughput::Elements(SCHEDULES as u64));
     group.bench_function("next_fire_10k_schedules", |b| {
         b.iter(|| {
