@@ -6,7 +6,7 @@
 //! Run-history XML of a large run is tens of megabytes (5,000 errors with .NET stack traces, or
 //! hundreds of thousands of small elements). A DOM costs several times the input in memory and
 //! most of the parse time for the small-element shape; this parser keeps only the input, the
-//! values it returns and one small frame per open element, and reads at several hundred MB/s.
+//! values it returns and one small frame per open element.
 //!
 //! # Same results as a tree walk
 //!
