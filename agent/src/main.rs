@@ -304,7 +304,7 @@ fn run_details(file: &std::path::Path, output: &str) -> ExitCode {
         std::fs::read(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))
             .and_then(|bytes| {
-                syncfleet_agent::engine::runhistory::decode_bytes(&bytes)
+                syncfleet_agent::engine::runhistory::decode_vec(bytes)
                     .map_err(|e| format!("{}: {e}", file.display()))
             })
     };

@@ -484,7 +484,10 @@ fn service_main(_arguments: Vec<OsString>) {
         }
     };
     report(life.progress());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // One thread, as `syncfleet-agent run`: the agent's blocking work (WMI, SQLite, `Execute()`)
+    // already goes to tokio's blocking pool, so worker threads (one per CPU by default) would only
+    // add idle stacks, malloc arenas and wake-ups (`docs/agent-footprint.md`).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -31,16 +31,27 @@
 //!
 //! The input comes from a process we do not control and may be truncated (a run in progress) or
 //! hostile. Every failure is a [`ParseError`]; the parser never panics and runs in time linear in
-//! the input: input over [`MAX_INPUT_BYTES`] is refused before parsing, the DOM is capped at
-//! [`MAX_NODES`] nodes, and DTDs are refused (roxmltree's default, kept on purpose) so entity
-//! expansion ("billion laughs") cannot happen. roxmltree builds the tree iteratively and this module
-//! only walks fixed paths, so deep nesting cannot overflow the stack either.
+//! the input: input over [`MAX_INPUT_BYTES`] is refused before parsing, documents over
+//! [`MAX_NODES`] nodes are refused, and DTDs are refused so entity expansion ("billion laughs")
+//! cannot happen. Deep nesting cannot overflow the stack (no recursion).
+//!
+//! # Speed and memory
+//!
+//! The document is read in one streaming pass (`stream`, on `quick-xml`'s pull reader): no tree
+//! is built, values borrow from the input until they are kept. Memory is the input plus the
+//! returned runs (at most [`MAX_ERRORS_KEPT`] errors per step are kept, whatever the XML holds).
+//! Time is spent mostly per element (and on building the returned counters), so a file of many
+//! small elements parses several times slower per byte than one of long error texts;
+//! `cargo bench -p syncfleet-agent --bench runhistory` measures both shapes.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use roxmltree::Node;
 use serde::Serialize;
+
+#[cfg(test)]
+mod oracle;
+mod stream;
 
 /// Largest accepted input (64 MiB). A run with the engine's 5,000-error limit and full error
 /// details stays far below this.
@@ -108,16 +119,6 @@ pub enum ParseError {
     DuplicateStep { run_number: u64, step_number: u32 },
     #[error("run-history XML: expected exactly one <run-details>, found {0}")]
     NotExactlyOneRun(usize),
-}
-
-impl ParseError {
-    fn from_xml(e: roxmltree::Error) -> Self {
-        match e {
-            roxmltree::Error::NodesLimitReached => ParseError::TooManyNodes { limit: MAX_NODES },
-            roxmltree::Error::DtdDetected => ParseError::DtdRefused,
-            other => ParseError::Malformed(other.to_string()),
-        }
-    }
 }
 
 fn mib(bytes: usize) -> String {
@@ -286,27 +287,7 @@ pub fn parse(xml: &str) -> Result<Vec<RunDetails>, ParseError> {
             limit: MAX_INPUT_BYTES,
         });
     }
-    let body = strip_prolog(xml);
-    let options = roxmltree::ParsingOptions {
-        // Explicit although it is the default: DTDs are how entity-expansion attacks start.
-        allow_dtd: false,
-        nodes_limit: MAX_NODES,
-        ..roxmltree::ParsingOptions::default()
-    };
-    let doc =
-        roxmltree::Document::parse_with_options(body, options).map_err(ParseError::from_xml)?;
-    let root = doc.root_element();
-    let mut runs = Vec::new();
-    match root.tag_name().name() {
-        "run-history" => parse_history(root, &mut runs)?,
-        "execution-histories" => {
-            for history in elements(root, "run-history") {
-                parse_history(history, &mut runs)?;
-            }
-        }
-        other => return Err(ParseError::UnexpectedRoot(snippet(other))),
-    }
-    Ok(runs)
+    stream::parse_body(strip_prolog(xml))
 }
 
 /// Text of a run-history file as stored on disk: UTF-16 (LE or BE, with a byte-order mark, as
@@ -332,9 +313,13 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<String, String> {
                 u16::from_be_bytes([c[0], c[1]])
             }
         });
-        char::decode_utf16(units)
-            .collect::<Result<String, _>>()
-            .map_err(|e| format!("invalid UTF-16 text: {e}"))
+        // Sized for the usual all-ASCII markup, so the one copy is not regrown (and briefly held
+        // twice) while decoding.
+        let mut text = String::with_capacity(body.len() / 2);
+        for c in char::decode_utf16(units) {
+            text.push(c.map_err(|e| format!("invalid UTF-16 text: {e}"))?);
+        }
+        Ok(text)
     };
     match bytes {
         [0xFF, 0xFE, ..] => utf16(true),
@@ -346,6 +331,22 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<String, String> {
             )
         }),
     }
+}
+
+/// [`decode_bytes`] for a buffer the caller gives up (a file just read): UTF-8 text keeps the
+/// buffer (no copy), UTF-16 is decoded into one new string and the buffer is freed, so reading a
+/// file costs its size once, not twice.
+pub fn decode_vec(bytes: Vec<u8>) -> Result<String, String> {
+    if bytes.len() > MAX_INPUT_BYTES * 2 || matches!(bytes[..], [0xFF, 0xFE, ..] | [0xFE, 0xFF, ..])
+    {
+        return decode_bytes(&bytes);
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 or UTF-16 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// Parse XML that must hold exactly one run (what `RunDetails()` of one run returns).
@@ -374,269 +375,6 @@ pub(crate) fn strip_prolog(xml: &str) -> &str {
     s
 }
 
-fn parse_history(history: Node<'_, '_>, runs: &mut Vec<RunDetails>) -> Result<(), ParseError> {
-    for rd in elements(history, "run-details") {
-        runs.push(parse_run(rd)?);
-    }
-    Ok(())
-}
-
-fn parse_run(rd: Node<'_, '_>) -> Result<RunDetails, ParseError> {
-    const PARENT: &str = "run-details";
-    let ma_id = required_text(rd, "ma-id", PARENT)?;
-    let ma = required_text(rd, "ma-name", PARENT)?;
-    let run_number_text = required_text(rd, "run-number", PARENT)?;
-    let run_number = parse_uint::<u64>(&run_number_text).ok_or_else(|| ParseError::BadNumber {
-        field: "<run-number>",
-        value: snippet(&run_number_text),
-    })?;
-    let profile = required_text(rd, "run-profile-name", PARENT)?;
-    let security_id = child(rd, "security-id")
-        .map(trimmed_text)
-        .unwrap_or_default();
-
-    let mut steps = elements(rd, "step-details")
-        .map(parse_step)
-        .collect::<Result<Vec<_>, _>>()?;
-    steps.sort_by_key(|s| s.step_number);
-    if let Some(w) = steps
-        .windows(2)
-        .find(|w| w[0].step_number == w[1].step_number)
-    {
-        return Err(ParseError::DuplicateStep {
-            run_number,
-            step_number: w[0].step_number,
-        });
-    }
-    Ok(RunDetails {
-        ma_id,
-        ma,
-        run_number,
-        profile,
-        security_id,
-        steps,
-    })
-}
-
-fn parse_step(sd: Node<'_, '_>) -> Result<StepDetails, ParseError> {
-    const PARENT: &str = "step-details";
-    let step_number_text = sd
-        .attribute("step-number")
-        .ok_or(ParseError::MissingAttribute {
-            attribute: "step-number",
-            element: PARENT,
-        })?;
-    let step_number =
-        parse_uint::<u32>(step_number_text.trim()).ok_or_else(|| ParseError::BadNumber {
-            field: "step-number attribute",
-            value: snippet(step_number_text),
-        })?;
-    let step_id = sd
-        .attribute("step-id")
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-
-    let started_at = optional_timestamp(sd, "start-date")?;
-    let finished_at = optional_timestamp(sd, "end-date")?;
-    let result_node = child(sd, "step-result").ok_or(ParseError::MissingElement {
-        element: "step-result",
-        parent: PARENT,
-    })?;
-    let result = trimmed_text(result_node);
-    let progress = result_node
-        .attribute("progress")
-        .map(|p| p.trim().to_owned());
-
-    let (step_type, subtype, partition) = match child(sd, "step-description") {
-        Some(desc) => describe(desc),
-        None => Default::default(),
-    };
-
-    let (connection_result, connection_server, connection_incidents) =
-        match child(sd, "ma-connection") {
-            Some(conn) => connection(conn)?,
-            None => (None, None, Vec::new()),
-        };
-
-    let mut counters = BTreeMap::new();
-    for block in sd.children().filter(|n| {
-        n.is_element()
-            && matches!(
-                n.tag_name().name(),
-                "staging-counters"
-                    | "inbound-flow-counters"
-                    | "export-counters"
-                    | "ma-discovery-counters"
-            )
-    }) {
-        read_counters(block, &mut counters)?;
-    }
-
-    let mut outbound: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for block in elements(sd, "outbound-flow-counters") {
-        let target = block
-            .attribute("ma")
-            .ok_or(ParseError::MissingAttribute {
-                attribute: "ma",
-                element: "outbound-flow-counters",
-            })?
-            .trim()
-            .to_owned();
-        read_counters(block, outbound.entry(target).or_default())?;
-    }
-
-    let mut errors = ErrorSummary::default();
-    if let Some(block) = child(sd, "ma-discovery-errors") {
-        collect_errors(block, &[("ma-object-error", "discovery")], &mut errors);
-    }
-    if let Some(block) = child(sd, "synchronization-errors") {
-        collect_errors(
-            block,
-            &[("import-error", "import"), ("export-error", "export")],
-            &mut errors,
-        );
-    }
-    if let Some(block) = child(sd, "mv-retry-errors") {
-        collect_errors(block, &[("retry-error", "mv-retry")], &mut errors);
-    }
-
-    Ok(StepDetails {
-        step_number,
-        step_id,
-        step_type,
-        subtype,
-        partition,
-        started_at,
-        finished_at,
-        result,
-        progress,
-        connection_result,
-        connection_server,
-        connection_incidents,
-        counters,
-        outbound,
-        errors,
-    })
-}
-
-/// `(step_type, subtype, partition)` of a `step-description`.
-fn describe(desc: Node<'_, '_>) -> (String, String, String) {
-    let (step_type, subtype) = match child(desc, "step-type") {
-        Some(st) => {
-            let ty = st.attribute("type").unwrap_or_default().trim().to_owned();
-            let subtypes: Vec<String> = st
-                .children()
-                .filter(|n| n.is_element() && n.tag_name().name().ends_with("-subtype"))
-                .map(trimmed_text)
-                .filter(|s| !s.is_empty())
-                .collect();
-            (ty, subtypes.join(", "))
-        }
-        None => (String::new(), String::new()),
-    };
-    let partition = child(desc, "partition")
-        .map(trimmed_text)
-        .unwrap_or_default();
-    (step_type, subtype, partition)
-}
-
-type Connection = (Option<String>, Option<String>, Vec<Incident>);
-
-fn connection(conn: Node<'_, '_>) -> Result<Connection, ParseError> {
-    let result = child(conn, "connection-result").map(trimmed_text);
-    let server = child(conn, "server").map(trimmed_text);
-    let mut incidents = Vec::new();
-    for log in elements(conn, "connection-log") {
-        for incident in elements(log, "incident") {
-            let cd = child(incident, "cd-error");
-            incidents.push(Incident {
-                connection_result: child(incident, "connection-result")
-                    .map(trimmed_text)
-                    .unwrap_or_default(),
-                date: optional_timestamp(incident, "date")?,
-                server: child(incident, "server")
-                    .map(trimmed_text)
-                    .unwrap_or_default(),
-                error_code: cd.and_then(|c| child(c, "error-code")).map(trimmed_text),
-                error_literal: cd
-                    .and_then(|c| child(c, "error-literal"))
-                    .map(|n| literal(&text(n))),
-                server_error_detail: cd
-                    .and_then(|c| child(c, "server-error-detail"))
-                    .map(|n| literal(&text(n))),
-            });
-        }
-    }
-    Ok((result, server, incidents))
-}
-
-/// Add every element child of a counter block to `into` (summing repeated names: the schema
-/// allows several `inbound-flow-counters` blocks and several blocks for one outbound MA).
-fn read_counters(block: Node<'_, '_>, into: &mut BTreeMap<String, u64>) -> Result<(), ParseError> {
-    for counter in block.children().filter(Node::is_element) {
-        let name = counter.tag_name().name();
-        let value_text = text(counter);
-        let value_text = value_text.trim();
-        let value = parse_uint::<u64>(value_text).ok_or_else(|| ParseError::CounterNotANumber {
-            element: snippet(name),
-            value: snippet(value_text),
-        })?;
-        let slot = into.entry(name.to_owned()).or_insert(0);
-        *slot = slot
-            .checked_add(value)
-            .ok_or_else(|| ParseError::CounterOverflow {
-                element: snippet(name),
-            })?;
-    }
-    Ok(())
-}
-
-fn collect_errors(block: Node<'_, '_>, kinds: &[(&str, &str)], summary: &mut ErrorSummary) {
-    for node in block.children().filter(Node::is_element) {
-        let name = node.tag_name().name();
-        let Some((_, kind)) = kinds.iter().find(|(element, _)| *element == name) else {
-            continue;
-        };
-        summary.count = summary.count.saturating_add(1);
-        if summary.first.len() >= MAX_ERRORS_KEPT {
-            continue;
-        }
-        let cd = child(node, "cd-error");
-        let ext = child(node, "extension-error-info");
-        let dn = node
-            .attribute("dn")
-            .map(str::to_owned)
-            .or_else(|| child(node, "dn").map(trimmed_text))
-            .or_else(|| node.attribute("displayName").map(str::to_owned))
-            .unwrap_or_default();
-        let error_literal = cd
-            .and_then(|c| child(c, "error-literal"))
-            .or_else(|| {
-                ext.and_then(|e| {
-                    child(e, "call-stack")
-                        .filter(|n| !text(*n).trim().is_empty())
-                        .or_else(|| child(e, "extension-context"))
-                })
-            })
-            .map(|n| literal(&text(n)));
-        summary.first.push(SyncErrorInfo {
-            kind: (*kind).to_owned(),
-            cs_guid: node
-                .attribute("cs-guid")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-            dn,
-            error_type: child(node, "error-type")
-                .map(trimmed_text)
-                .unwrap_or_default(),
-            error_code: cd.and_then(|c| child(c, "error-code")).map(trimmed_text),
-            error_literal,
-        });
-    }
-}
-
 /// Trim and cut a free-text literal (stack traces can be huge) at [`MAX_LITERAL_CHARS`].
 fn literal(s: &str) -> String {
     let t = s.trim();
@@ -658,26 +396,6 @@ fn parse_uint<T: std::str::FromStr>(s: &str) -> Option<T> {
     s.parse().ok()
 }
 
-/// An optional timestamp child; absent or empty → `None`, unparsable → error.
-fn optional_timestamp(
-    parent: Node<'_, '_>,
-    element: &'static str,
-) -> Result<Option<DateTime<Utc>>, ParseError> {
-    let Some(node) = child(parent, element) else {
-        return Ok(None);
-    };
-    let value = trimmed_text(node);
-    if value.is_empty() {
-        return Ok(None);
-    }
-    parse_engine_timestamp(&value)
-        .map(Some)
-        .ok_or_else(|| ParseError::BadTimestamp {
-            element,
-            value: snippet(&value),
-        })
-}
-
 /// Parse the engine's UTC timestamp `yyyy-mm-dd hh:mm:ss[.fff]` (a `T` separator is accepted).
 pub fn parse_engine_timestamp(value: &str) -> Option<DateTime<Utc>> {
     let v = value.trim();
@@ -690,44 +408,6 @@ pub fn parse_engine_timestamp(value: &str) -> Option<DateTime<Utc>> {
 /// Format a UTC time the way the engine writes it (`yyyy-mm-dd hh:mm:ss.fff`).
 pub fn format_engine_timestamp(t: DateTime<Utc>) -> String {
     t.format(ENGINE_TIMESTAMP_FORMAT).to_string()
-}
-
-fn required_text(
-    parent: Node<'_, '_>,
-    element: &'static str,
-    parent_name: &'static str,
-) -> Result<String, ParseError> {
-    child(parent, element)
-        .map(trimmed_text)
-        .ok_or(ParseError::MissingElement {
-            element,
-            parent: parent_name,
-        })
-}
-
-fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
-    node.children()
-        .find(|n| n.is_element() && n.tag_name().name() == name)
-}
-
-fn elements<'a, 'i: 'a>(
-    node: Node<'a, 'i>,
-    name: &'a str,
-) -> impl Iterator<Item = Node<'a, 'i>> + 'a {
-    node.children()
-        .filter(move |n| n.is_element() && n.tag_name().name() == name)
-}
-
-/// All direct text of an element (text, CDATA and entity references may be split in nodes).
-fn text(node: Node<'_, '_>) -> String {
-    node.children()
-        .filter(Node::is_text)
-        .filter_map(|n| n.text())
-        .collect()
-}
-
-fn trimmed_text(node: Node<'_, '_>) -> String {
-    text(node).trim().to_owned()
 }
 
 #[cfg(test)]
@@ -956,6 +636,26 @@ mod tests {
         // The 3,142-character stack trace is cut at the limit.
         assert_eq!(lit.chars().count(), MAX_LITERAL_CHARS + 1);
         assert!(lit.ends_with("UpdateWithProfileChange…"), "{lit}");
+    }
+
+    #[test]
+    fn decode_vec_matches_decode_bytes() {
+        let mut utf16le = vec![0xFF, 0xFE];
+        utf16le.extend(EXPORT.encode_utf16().flat_map(u16::to_le_bytes));
+        let mut utf16be = vec![0xFE, 0xFF];
+        utf16be.extend(EXPORT.encode_utf16().flat_map(u16::to_be_bytes));
+        let bom = format!("\u{feff}{EXPORT}").into_bytes();
+        for bytes in [
+            EXPORT.as_bytes().to_vec(),
+            bom,
+            utf16le,
+            utf16be,
+            vec![b'a', 0xC3],
+        ] {
+            assert_eq!(decode_vec(bytes.clone()), decode_bytes(&bytes));
+        }
+        assert_eq!(decode_vec(EXPORT.as_bytes().to_vec()).unwrap(), EXPORT);
+        assert!(decode_vec(vec![0xFF, 0xFE, 0x3C]).is_err());
     }
 
     #[test]
