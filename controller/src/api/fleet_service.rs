@@ -335,6 +335,15 @@ impl FleetService for FleetSvc {
         self.finish(&ctx, "StartRun", &target, result).await
     }
 
+    async fn start_runs(
+        &self,
+        _request: Request<v1::StartRunsRequest>,
+    ) -> Result<Response<v1::StartRunsResponse>, Status> {
+        Err(Status::unimplemented(
+            "StartRuns is not served by this controller yet",
+        ))
+    }
+
     async fn get_run(
         &self,
         request: Request<v1::GetRunRequest>,
