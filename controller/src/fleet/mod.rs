@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 use crate::store::Store;
 
 mod autonomy;
+mod batch;
 mod dispatch;
 mod error;
 mod events;
@@ -33,6 +34,7 @@ pub mod session_protocol;
 mod sessions;
 mod sweep;
 
+pub use batch::Created;
 pub use error::FleetError;
 pub use events::apply_event;
 pub use holds::{RunBlocked, fleet_status, set_drain, set_fleet_pause};

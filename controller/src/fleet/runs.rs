@@ -140,37 +140,7 @@ impl Fleet {
             check_steps(&stored.agent, &specs)?;
         }
         let agent = new.agent.clone();
-        let run = v1::Run {
-            // Random (v4), not time-ordered (v7): the first 8 characters, which progress lines
-            // show and `runs show` accepts as a prefix, must differ between runs created
-            // together. Listings order by `created_at`.
-            id: new.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            agent: new.agent,
-            state: v1::RunState::Pending as i32,
-            origin: new.origin,
-            created_at: Some(now()),
-            steps: new.steps,
-            message: if self.is_connected(&agent) {
-                String::new()
-            } else {
-                format!(
-                    "agent {agent} is not connected; the run waits up to {} for it",
-                    humantime::format_duration(self.settings.pending_deadline)
-                )
-            },
-            requested_by: new.requested_by,
-            schedule: new.schedule,
-            sequence: new.sequence,
-            nominal_time: new.nominal_time,
-            on_failure: new.on_failure as i32,
-            continuation_of: new.continuation_of,
-            approved_steps: new.approved_steps,
-            skip_steps: new.skip_steps,
-            jitter_ms: new.jitter_ms,
-            ..Default::default()
-        };
-        // The run's root span; its traceparent is stored with the run and sent in StartRun.
-        let (run, span) = crate::telemetry::open_run_span(run);
+        let (run, span) = self.new_run_record(new, false);
         let inserted = self.store.insert_run(&run).await?;
         if !inserted {
             let id = run.id.clone();
@@ -355,6 +325,27 @@ impl Fleet {
     /// The revocation of `agent` when it was revoked and has not enrolled again since.
     pub async fn revocation(&self, agent: &str) -> Result<Option<v1::Pause>, StoreError> {
         self.get_pause(&keys::revoked(agent)).await
+    }
+
+    /// Every agent revoked and not enrolled again since, from one listing of the revocation
+    /// records.
+    pub async fn revoked_agents(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let prefix = keys::revoked_prefix();
+        let mut out = std::collections::HashSet::new();
+        for (key, raw) in self.store.list_state(&prefix).await? {
+            let pause = <v1::Pause as prost::Message>::decode(raw.as_slice()).map_err(|e| {
+                StoreError::Corrupt {
+                    what: key.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            if pause.paused
+                && let Some(agent) = key.strip_prefix(&prefix)
+            {
+                out.insert(agent.to_string());
+            }
+        }
+        Ok(out)
     }
 
     /// Fail with [`FleetError::Revoked`] when `agent` was revoked and has not enrolled again:
