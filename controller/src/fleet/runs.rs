@@ -8,10 +8,6 @@ use syncfleet_proto::v1;
 
 use super::dispatch::cancel_command;
 use super::{Fleet, FleetError, state_of};
-use crate::documents::{
-    self,
-    model::{Document, SequenceDoc},
-};
 use crate::store::{StoreError, keys};
 
 /// What a new run is made of (see [`Fleet::create_run`]).
@@ -55,45 +51,16 @@ pub fn steps_of(doc: &crate::documents::model::SequenceDoc) -> Vec<v1::Step> {
 }
 
 impl Fleet {
-    /// Create and store an ad-hoc run, then dispatch it if its agent is connected.
+    /// Create and store an ad-hoc run, then dispatch it if its agent is connected (the
+    /// `StartRuns` path with one agent, [`Fleet::start_one`]).
     pub async fn start_run(
-        &self,
+        self: &Arc<Self>,
         agent: &str,
         steps: Vec<v1::StepSpec>,
-        origin: &str,
         requested_by: &str,
     ) -> Result<v1::Run, FleetError> {
-        if steps.is_empty() {
-            return Err(FleetError::NoStepsRequested);
-        }
-        let steps = steps
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let i = u32::try_from(i).unwrap_or(u32::MAX);
-                v1::Step {
-                    index: i,
-                    stage: i,
-                    ma: s.ma,
-                    profile: s.profile,
-                    state: v1::StepState::Waiting as i32,
-                    ..Default::default()
-                }
-            })
-            .collect();
-        let (run, _) = self
-            .create_run(
-                NewRun {
-                    agent: agent.to_string(),
-                    steps,
-                    origin: origin.to_string(),
-                    requested_by: requested_by.to_string(),
-                    ..NewRun::default()
-                },
-                true,
-            )
-            .await?;
-        Ok(run)
+        self.start_one(agent, &super::fanout::Plan::Steps(steps), requested_by)
+            .await
     }
 
     /// Store a new run (validated against the agent's inventory) and dispatch it when its time
@@ -391,7 +358,7 @@ impl Fleet {
 
 /// Refuse steps that name an MA or run profile missing from the agent's last inventory, with
 /// the names that do exist.
-fn check_steps(agent: &v1::Agent, steps: &[v1::StepSpec]) -> Result<(), FleetError> {
+pub(super) fn check_steps(agent: &v1::Agent, steps: &[v1::StepSpec]) -> Result<(), FleetError> {
     if agent.management_agents.is_empty() {
         return Ok(());
     }
@@ -426,31 +393,13 @@ pub async fn start_sequence(
     sequence: &str,
     who: &str,
 ) -> Result<v1::Run, FleetError> {
-    let docs = fleet.store.list_documents(Some("Sequence")).await?;
-    let doc = docs
-        .into_iter()
-        .find(|d| d.name == sequence)
-        .ok_or_else(|| FleetError::NoSuchSequence(sequence.to_string()))?;
-    let seq: SequenceDoc = match documents::from_json("Sequence", &doc.json) {
-        Ok(Document::Sequence(s)) => s,
-        _ => return Err(FleetError::UnreadableSequence(sequence.to_string())),
-    };
-    fleet.check_not_paused(agent).await?;
-    let (run, _) = fleet
-        .create_run(
-            NewRun {
-                agent: agent.to_string(),
-                steps: steps_of(&seq),
-                origin: "manual".into(),
-                requested_by: who.to_string(),
-                sequence: seq.name.clone(),
-                on_failure: seq.on_failure_proto(),
-                ..NewRun::default()
-            },
-            true,
+    fleet
+        .start_one(
+            agent,
+            &super::fanout::Plan::Sequence(sequence.to_string()),
+            who,
         )
-        .await?;
-    Ok(run)
+        .await
 }
 
 #[cfg(test)]
