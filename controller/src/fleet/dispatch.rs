@@ -147,7 +147,7 @@ impl Fleet {
             return;
         }
         if state_of(&run) == v1::RunState::Pending {
-            let _guard = self.run_lock.lock().await;
+            let _guard = self.run_locks.lock(&run.id).await;
             let id = run.id.clone();
             let updated = {
                 let s = &self.store;

@@ -30,6 +30,7 @@ mod error;
 mod events;
 mod fanout;
 mod holds;
+mod locks;
 mod runs;
 pub mod session_protocol;
 mod sessions;
@@ -59,8 +60,9 @@ pub struct Fleet {
     sessions: std::sync::Mutex<HashMap<String, Session>>,
     live: std::sync::Mutex<HashMap<String, Live>>,
     updates: broadcast::Sender<v1::Run>,
-    /// Serializes read-modify-write of runs (agent events, cancels, the sweeper).
-    run_lock: tokio::sync::Mutex<()>,
+    /// Per-run locks for read-modify-write of runs (agent events, cancels, the sweeper,
+    /// dispatch); runs of different agents do not wait for each other (`locks.rs`).
+    run_locks: locks::RunLocks,
     next_session: AtomicU64,
     /// Pending export counters from the agents' heartbeats (for `/metrics`).
     pub pending_exports: crate::pending::HeartbeatPending,
@@ -88,7 +90,7 @@ impl Fleet {
             sessions: std::sync::Mutex::new(HashMap::new()),
             live: std::sync::Mutex::new(HashMap::new()),
             updates,
-            run_lock: tokio::sync::Mutex::new(()),
+            run_locks: locks::RunLocks::default(),
             next_session: AtomicU64::new(1),
             pending_exports: crate::pending::HeartbeatPending::default(),
             autonomy: autonomy::Handover::default(),

@@ -271,7 +271,7 @@ impl Fleet {
             .ok_or_else(|| FleetError::NoSuchRun(id.to_string()))
     }
 
-    /// Change the stored run `id` with `change` under the run lock (so agent events, cancels
+    /// Change the stored run `id` with `change` under the run's lock (so agent events, cancels
     /// and the sweeper never overwrite each other's changes), store it and publish it. `None`
     /// when the run is gone.
     async fn update_stored_run(
@@ -279,7 +279,7 @@ impl Fleet {
         id: &str,
         change: impl FnOnce(&mut v1::Run),
     ) -> Result<Option<v1::Run>, StoreError> {
-        let _guard = self.run_lock.lock().await;
+        let _guard = self.run_locks.lock(id).await;
         let Some(mut run) = self.store.get_run(id).await? else {
             return Ok(None);
         };
