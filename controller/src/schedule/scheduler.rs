@@ -68,6 +68,9 @@ pub(super) struct State {
     /// Catch-up fire times decided at startup, waiting for their agents to reconnect and report
     /// what ran while no controller listened (or for the deadline).
     pub(super) deferred: Vec<(String, DateTime<Utc>, tokio::time::Instant)>,
+    /// What the agents' schedule sets are cut from, as of the last load
+    /// (`autonomy.rs`, `SetParts`).
+    pub(super) set_parts: Option<Arc<super::autonomy::SetParts>>,
 }
 
 /// The scheduler of one controller.
@@ -274,6 +277,7 @@ impl Scheduler {
         }
         self.start_catchups(catchups).await;
         // Whatever changed (documents, pauses, a drain) changes the agents' schedule sets.
+        self.refresh_set_parts().await;
         self.push_schedule_sets().await;
     }
 
