@@ -15,7 +15,7 @@ use super::error::{BenchError, Result, wait_until};
 use super::fanout::start_one_each;
 use super::procfs;
 use super::report::{Budget, Report};
-use super::sim::{Control, RunMode, SimFleet};
+use super::sim::{Control, RunMode, SimFleet, now_us};
 
 pub async fn measure(
     op: &FleetServiceClient<Channel>,
@@ -57,10 +57,10 @@ pub async fn measure(
         })
         .await?;
         let done0 = shared.rounds_done.load(Ordering::SeqCst);
-        let acked0 = shared.events_acked.load(Ordering::SeqCst);
+        let acked0 = shared.round_events_acked.load(Ordering::SeqCst);
         let ctl0 = controller_pid.and_then(|p| procfs::sample(p).ok());
         let sim0 = procfs::own().ok();
-        let t = Instant::now();
+        let t = now_us();
         fleet.broadcast(Control::Emit);
         wait_until(
             format!(
@@ -74,8 +74,10 @@ pub async fn measure(
         .map_err(|e| {
             BenchError::Failed(format!("{e} (last session error: {})", shared.last_error()))
         })?;
-        timed += t.elapsed();
-        acked += shared.events_acked.load(Ordering::SeqCst) - acked0;
+        // The round ends with the last agent's acknowledgement, not when this poll saw it.
+        let end = shared.last_round_done_us.load(Ordering::SeqCst).max(t);
+        timed += Duration::from_micros(end - t);
+        acked += shared.round_events_acked.load(Ordering::SeqCst) - acked0;
         if let (Some(c0), Some(p)) = (ctl0, controller_pid) {
             controller_cpu += procfs::sample(p).map_or(0.0, |s| s.cpu_seconds) - c0.cpu_seconds;
         }
@@ -106,6 +108,10 @@ pub async fn measure(
         ),
     );
     report.check("events.rounds_without_run", json!(without));
+    report.check(
+        "events.round_events_sent",
+        json!(shared.round_events_sent.load(Ordering::SeqCst)),
+    );
     report.context(
         "events.cpu",
         json!({

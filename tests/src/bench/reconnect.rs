@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use super::error::{BenchError, Result, wait_until};
 use super::phase::Phase;
 use super::report::{Budget, Report};
-use super::sim::{Control, SimFleet};
+use super::sim::{Control, SimFleet, now_us};
 
 /// Agents of `names` that the controller lists as connected.
 pub async fn connected(op: &mut FleetServiceClient<Channel>, prefix: &str) -> Result<usize> {
@@ -39,6 +39,7 @@ pub async fn measure(
     let before = shared.welcomes.load(Ordering::SeqCst);
     let phase = Phase::begin(controller_pid);
     let t = Instant::now();
+    let t_us = now_us();
     fleet.broadcast(Control::Reconnect);
     let timeout = Duration::from_secs(120) + Duration::from_millis(20) * n as u32;
     wait_until(
@@ -50,7 +51,13 @@ pub async fn measure(
     .map_err(|e| {
         BenchError::Failed(format!("{e} (last session error: {})", shared.last_error()))
     })?;
-    let welcomed = t.elapsed();
+    // Until the last Welcome arrived, not until this poll saw it.
+    let welcomed = Duration::from_micros(
+        shared
+            .last_welcome_us
+            .load(Ordering::SeqCst)
+            .saturating_sub(t_us),
+    );
     let deadline = Instant::now() + timeout;
     let listed = loop {
         if connected(op, "sim-").await? >= n {

@@ -3,7 +3,7 @@
 //! the controller stored it). Fires cut short by the end of the measurement (the schedule is
 //! paused halfway between two fire times) are reported and left out of the figures.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::json;
@@ -109,11 +109,13 @@ pub async fn measure(
     .await
     .map_err(BenchError::rpc("PauseSchedule"))?;
 
-    // Wait until every run the schedule created has reached its agent, and no new one came
-    // for two seconds.
+    // Wait until every run the schedule created has reached its agent and every fire has its
+    // N runs (a fire under way when the schedule was paused still creates all of them), or, for
+    // a fire cut short, until no new run came for ten seconds.
     let timeout = Duration::from_secs(60) + Duration::from_millis(10) * n as u32;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_count = usize::MAX;
+    let mut stable_polls = 0;
     let (runs, accepted) = loop {
         let runs: Vec<v1::Run> = list_runs_since(op, applied as i64 - 1000)
             .await?
@@ -121,19 +123,26 @@ pub async fn measure(
             .filter(|r| r.schedule == SCHEDULE)
             .collect();
         let accepted = fleet.shared.accepted();
-        let by_id: HashMap<&str, usize> = accepted.iter().fold(HashMap::new(), |mut m, a| {
-            *m.entry(a.run_id.as_str()).or_default() += 1;
-            m
-        });
-        let all = runs.iter().all(|r| by_id.contains_key(r.id.as_str()));
-        if all && runs.len() == last_count {
+        let ids: HashSet<&str> = accepted.iter().map(|a| a.run_id.as_str()).collect();
+        let missing = runs.iter().filter(|r| !ids.contains(r.id.as_str())).count();
+        let mut per_nominal: HashMap<i64, usize> = HashMap::new();
+        for r in &runs {
+            let nominal = r
+                .nominal_time
+                .as_ref()
+                .map_or(0, syncfleet_proto::time::to_millis);
+            *per_nominal.entry(nominal).or_default() += 1;
+        }
+        stable_polls = if runs.len() == last_count {
+            stable_polls + 1
+        } else {
+            0
+        };
+        last_count = runs.len();
+        if missing == 0 && (per_nominal.values().all(|c| *c == n) || stable_polls >= 10) {
             break (runs, accepted);
         }
         if tokio::time::Instant::now() >= deadline {
-            let missing = runs
-                .iter()
-                .filter(|r| !by_id.contains_key(r.id.as_str()))
-                .count();
             return Err(BenchError::Timeout(
                 timeout,
                 format!(
@@ -143,8 +152,7 @@ pub async fn measure(
                 ),
             ));
         }
-        last_count = runs.len();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let cpu = phase.end();
     // Delete the schedule so that it fires no more, whatever is measured next.

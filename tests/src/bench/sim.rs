@@ -75,6 +75,9 @@ pub struct Shared {
     pub welcomes: AtomicU64,
     pub events_sent: AtomicU64,
     pub events_acked: AtomicU64,
+    /// Events sent by rounds of the events phase, and those of them acknowledged.
+    pub round_events_sent: AtomicU64,
+    pub round_events_acked: AtomicU64,
     /// Agents whose last emitted round is fully acknowledged.
     pub rounds_done: AtomicU64,
     /// Emit commands that found no held run.
@@ -84,6 +87,10 @@ pub struct Shared {
     /// Sessions that ended other than by a Reconnect or Stop, and failed connects.
     pub session_failures: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// When the latest Welcome arrived, Unix microseconds.
+    pub last_welcome_us: AtomicU64,
+    /// When the latest round of events was fully acknowledged at an agent, Unix microseconds.
+    pub last_round_done_us: AtomicU64,
     mode: AtomicU8,
 }
 
@@ -342,6 +349,9 @@ impl SimAgent {
         };
         drop(permit);
         self.on_ack(welcome.acked_event_seq);
+        self.shared
+            .last_welcome_us
+            .fetch_max(now_us(), Ordering::SeqCst);
         self.shared.welcomes.fetch_add(1, Ordering::SeqCst);
         // Replay what the controller has not stored.
         for ev in self.outbox.clone() {
@@ -407,6 +417,12 @@ impl SimAgent {
         }
         if self.round_target.is_some_and(|t| self.acked >= t) {
             self.round_target = None;
+            self.shared
+                .round_events_acked
+                .fetch_add(u64::from(self.events_per_run), Ordering::SeqCst);
+            self.shared
+                .last_round_done_us
+                .fetch_max(now_us(), Ordering::SeqCst);
             self.shared.rounds_done.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -535,6 +551,9 @@ impl SimAgent {
         self.event(&run, step_finished(0), tx).await?;
         self.event(&run, run_finished(), tx).await?;
         self.round_target = Some(self.next_seq - 1);
+        self.shared
+            .round_events_sent
+            .fetch_add(u64::from(self.events_per_run), Ordering::SeqCst);
         // Already acknowledged (cannot happen before the sends above, but keeps the count right).
         self.on_ack(self.acked);
         Ok(())
@@ -590,6 +609,13 @@ fn run_finished() -> Kind {
         result: "success".into(),
         message: String::new(),
     })
+}
+
+/// Wall-clock now, Unix microseconds.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Wall-clock now, Unix milliseconds with sub-millisecond precision.
