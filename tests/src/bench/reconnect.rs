@@ -58,16 +58,18 @@ pub async fn measure(
             .load(Ordering::SeqCst)
             .saturating_sub(t_us),
     );
-    let deadline = Instant::now() + timeout;
-    let listed = loop {
-        if connected(op, "sim-").await? >= n {
-            break t.elapsed();
+    // The controller's stored view: polled for a bounded time after the last Welcome. A
+    // shortfall is reported (an agent with a live session listed as not connected is a
+    // controller defect), not waited for.
+    let list_timeout = Duration::from_secs(30);
+    let deadline = Instant::now() + list_timeout;
+    let (listed, listed_connected) = loop {
+        let c = connected(op, "sim-").await?;
+        if c >= n {
+            break (Some(t.elapsed()), c);
         }
         if Instant::now() >= deadline {
-            return Err(BenchError::Timeout(
-                timeout,
-                format!("ListAgents to show {n} simulated agents connected after the storm"),
-            ));
+            break (None, c);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -82,12 +84,18 @@ pub async fn measure(
     report.add(
         "reconnect.all_listed_connected_s",
         "reconnect storm, ListAgents shows all connected",
-        Some(listed.as_secs_f64()),
+        listed.map(|d| d.as_secs_f64()),
         "s",
         Budget::None,
-        "polled every 50 ms",
+        match listed {
+            Some(_) => "polled every 50 ms".to_string(),
+            None => format!(
+                "after {list_timeout:?} ListAgents still listed only {listed_connected} of {n} as connected although all had their Welcome"
+            ),
+        },
     );
     report.check("reconnect.agents", json!(n));
+    report.check("reconnect.listed_connected", json!(listed_connected));
     report.context("reconnect.cpu", phase.end());
     Ok(())
 }

@@ -74,6 +74,40 @@ fn documents(every: Duration) -> Vec<v1::FleetDocument> {
     ]
 }
 
+/// The runs of the benchmark schedule created since `applied_ms`, and every StartRun the
+/// simulated agents received so far.
+async fn scheduled_runs(
+    op: &mut FleetServiceClient<Channel>,
+    fleet: &SimFleet,
+    applied_ms: f64,
+) -> Result<(Vec<v1::Run>, Vec<super::sim::Accepted>)> {
+    let runs = list_runs_since(op, applied_ms as i64 - 1000)
+        .await?
+        .into_iter()
+        .filter(|r| r.schedule == SCHEDULE)
+        .collect();
+    Ok((runs, fleet.shared.accepted()))
+}
+
+/// Fires (runs grouped by nominal time) whose `n` runs all reached their agents, and the
+/// other fires.
+fn fires(runs: &[v1::Run], accepted: &[super::sim::Accepted], n: usize) -> (usize, usize) {
+    let ids: HashSet<&str> = accepted.iter().map(|a| a.run_id.as_str()).collect();
+    let mut per_nominal: HashMap<i64, usize> = HashMap::new();
+    for r in runs {
+        let nominal = r
+            .nominal_time
+            .as_ref()
+            .map_or(0, syncfleet_proto::time::to_millis);
+        let entry = per_nominal.entry(nominal).or_default();
+        if ids.contains(r.id.as_str()) {
+            *entry += 1;
+        }
+    }
+    let complete = per_nominal.values().filter(|c| **c == n).count();
+    (complete, per_nominal.len() - complete)
+}
+
 /// Measures schedule lateness over `duration` (at least one fire).
 pub async fn measure(
     op: &mut FleetServiceClient<Channel>,
@@ -96,50 +130,41 @@ pub async fn measure(
     })
     .await
     .map_err(BenchError::rpc("Apply of the benchmark schedule"))?;
-    // Fire times are multiples of `every` since the Unix epoch; pause halfway between the last
-    // wanted fire and the next one.
-    let fires = (duration.as_millis() as f64 / every_ms).floor().max(1.0);
-    let first_fire = (applied / every_ms).floor() * every_ms + every_ms;
-    let pause_at = first_fire + (fires - 1.0) * every_ms + every_ms / 2.0;
-    tokio::time::sleep(Duration::from_millis((pause_at - now_ms()).max(0.0) as u64)).await;
+    // Wait for `fires` fires that reached every agent (a fire that is skipped on some agents
+    // because their previous run is still in flight, or cut by the pause, does not count), then
+    // pause the schedule and let what is under way arrive.
+    let wanted = (duration.as_millis() as f64 / every_ms).floor().max(1.0) as usize;
+    let timeout = Duration::from_secs(60) + Duration::from_millis(10) * n as u32;
+    let fires_deadline = tokio::time::Instant::now() + duration + every + timeout;
+    loop {
+        let (runs, accepted) = scheduled_runs(op, fleet, applied).await?;
+        let (complete, _) = fires(&runs, &accepted, n);
+        if complete >= wanted || tokio::time::Instant::now() >= fires_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     op.pause_schedule(v1::PauseScheduleRequest {
         name: SCHEDULE.into(),
         note: "fleet-bench: measurement over".into(),
     })
     .await
     .map_err(BenchError::rpc("PauseSchedule"))?;
-
-    // Wait until every run the schedule created has reached its agent and every fire has its
-    // N runs (a fire under way when the schedule was paused still creates all of them), or, for
-    // a fire cut short, until no new run came for ten seconds.
-    let timeout = Duration::from_secs(60) + Duration::from_millis(10) * n as u32;
+    // Every run created reaches its agent, and nothing new comes for five seconds.
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_count = usize::MAX;
     let mut stable_polls = 0;
     let (runs, accepted) = loop {
-        let runs: Vec<v1::Run> = list_runs_since(op, applied as i64 - 1000)
-            .await?
-            .into_iter()
-            .filter(|r| r.schedule == SCHEDULE)
-            .collect();
-        let accepted = fleet.shared.accepted();
+        let (runs, accepted) = scheduled_runs(op, fleet, applied).await?;
         let ids: HashSet<&str> = accepted.iter().map(|a| a.run_id.as_str()).collect();
         let missing = runs.iter().filter(|r| !ids.contains(r.id.as_str())).count();
-        let mut per_nominal: HashMap<i64, usize> = HashMap::new();
-        for r in &runs {
-            let nominal = r
-                .nominal_time
-                .as_ref()
-                .map_or(0, syncfleet_proto::time::to_millis);
-            *per_nominal.entry(nominal).or_default() += 1;
-        }
         stable_polls = if runs.len() == last_count {
             stable_polls + 1
         } else {
             0
         };
         last_count = runs.len();
-        if missing == 0 && (per_nominal.values().all(|c| *c == n) || stable_polls >= 10) {
+        if missing == 0 && stable_polls >= 5 {
             break (runs, accepted);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -207,7 +232,7 @@ pub async fn measure(
         .filter_map(|v| v.iter().copied().max_by(f64::total_cmp))
         .collect();
     let fires_note = format!(
-        "{} complete fires of {n} runs (every {}), {partial} cut short",
+        "{} complete fires of {n} runs (every {}); {partial} fires reached only some agents",
         complete.len(),
         humantime::format_duration(every)
     );
