@@ -156,7 +156,10 @@ impl Fleet {
         drain: v1::Pause,
     ) -> Result<Option<v1::Agent>, StoreError> {
         // The agent record's read-modify-write, under the lock of its key.
-        let _guard = self.run_locks.lock(&format!("agent/{agent}")).await;
+        let _guard = self
+            .run_locks
+            .lock(&super::sessions::agent_record_key(agent))
+            .await;
         let name = agent.to_string();
         let updated = {
             let s = &self.store;

@@ -39,6 +39,12 @@ pub(super) struct Live {
     runs_in_flight: Vec<String>,
 }
 
+/// The lock key of an agent's stored record (see `locks.rs`): every read-modify-write of it
+/// holds this lock.
+pub(super) fn agent_record_key(agent: &str) -> String {
+    format!("agent/{agent}")
+}
+
 impl Fleet {
     pub(super) fn session_tx(&self, agent: &str) -> Option<SessionTx> {
         lock(&self.sessions).get(agent).map(|s| s.tx.clone())
@@ -94,6 +100,11 @@ impl Fleet {
         let name = hello.name.clone();
         // What the agent covered on its own is recorded before anything is fired or sent to it.
         self.record_handover(hello).await;
+        // The agent record's read-modify-write and the session's registration happen under
+        // the record's lock, so an older session ending meanwhile (`set_agent_state`) either
+        // comes first or sees this session and leaves the record alone.
+        let record_lock = agent_record_key(&name);
+        let _record = self.run_locks.lock(&record_lock).await;
         let stored = self.store.get_agent(&name).await?;
         let last_seq = stored.as_ref().map_or(0, |s| s.last_event_seq);
         let now_ts = now();
@@ -171,6 +182,13 @@ impl Fleet {
     }
 
     pub(super) async fn set_agent_state(&self, agent: &str, state: v1::AgentState) {
+        let record_lock = agent_record_key(agent);
+        let _record = self.run_locks.lock(&record_lock).await;
+        if state != v1::AgentState::Connected && self.is_connected(agent) {
+            // A newer session registered (and stored the agent connected) since the caller
+            // decided: the agent is connected.
+            return;
+        }
         let store = &self.store;
         let result: Result<(), StoreError> = async {
             if let Some(mut stored) = store.get_agent(agent).await? {
@@ -217,5 +235,40 @@ mod tests {
             std::mem::size_of::<Live>()
         );
         assert!(slot > 0);
+    }
+
+    /// A reconnect whose new session opens while the old one is being closed: the agent is
+    /// connected, and its stored state must say so (listings, other controllers read it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_reconnect_racing_the_old_sessions_end_leaves_the_agent_stored_connected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fleet, store) = super::super::fixtures::fleet(dir.path()).await;
+        let hello = v1::Hello {
+            name: "a".into(),
+            ..Default::default()
+        };
+        let mut wrong = 0;
+        for _ in 0..100 {
+            let (tx1, _rx1) = mpsc::channel(8);
+            let (_, old, _) = fleet.on_connect(&hello, tx1).await.unwrap();
+            let (tx2, _rx2) = mpsc::channel(8);
+            let f1 = std::sync::Arc::clone(&fleet);
+            let f2 = std::sync::Arc::clone(&fleet);
+            let h = hello.clone();
+            let ends = tokio::spawn(async move { f1.on_disconnect("a", old).await });
+            let opens = tokio::spawn(async move { f2.on_connect(&h, tx2).await.map(|w| w.1) });
+            ends.await.unwrap();
+            let new = opens.await.unwrap().unwrap();
+            assert!(fleet.is_connected("a"));
+            let stored = store.get_agent("a").await.unwrap().unwrap();
+            if stored.agent.state != v1::AgentState::Connected as i32 {
+                wrong += 1;
+            }
+            fleet.on_disconnect("a", new).await;
+        }
+        assert_eq!(
+            wrong, 0,
+            "stored as not connected while connected, in {wrong} of 100"
+        );
     }
 }
