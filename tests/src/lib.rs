@@ -2,8 +2,10 @@
 //! test support shared with the daemons' own tests: the command-line test runner of
 //! `agent/tests` and `controller/tests` ([`daemon_config`]) and [`postgres::TestPostgres`], a
 //! throwaway PostgreSQL server for the controller's store tests and the end-to-end tests, and
-//! [`wine`], the Windows binaries built and run under Wine.
+//! [`wine`], the Windows binaries built and run under Wine; and [`bench`], the `fleet-bench`
+//! tool (src/bin/fleet-bench.rs) that measures the controller against the scale budgets.
 
+pub mod bench;
 pub mod daemon_config;
 pub mod postgres;
 pub mod wine;

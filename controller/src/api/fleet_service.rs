@@ -13,7 +13,7 @@ use super::authorize::{Authorize, CallCtx, status_with_request_id, with_request_
 use super::status::bad_input;
 use super::status::store_status;
 use crate::auth::Security;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, MAX_AGENTS_PER_CALL, Plan, Selection};
 use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
 use crate::run_ids;
 use crate::store::RunQuery;
@@ -34,7 +34,7 @@ fn wake_for(action: &str) -> Option<crate::leader::Wake> {
     match action {
         "Apply" | "DeleteDocument" | "PauseSchedule" | "ResumeSchedule" | "PauseFleet"
         | "ResumeFleet" | "DrainAgent" | "ResumeAgent" => Some(Wake::Reload),
-        "StartRun" | "ApproveRun" => Some(Wake::Dispatch),
+        "StartRun" | "StartRuns" | "ApproveRun" => Some(Wake::Dispatch),
         _ => None,
     }
 }
@@ -171,14 +171,55 @@ impl FleetSvc {
 fn check_start_run(req: &v1::StartRunRequest) -> Result<(), LimitError> {
     check_ident("agent", &req.agent)?;
     check_ident("sequence", &req.sequence)?;
+    check_steps_input(&req.steps)
+}
+
+/// The audit target of a `StartRuns` call: its selection, cut to a bounded length.
+fn start_runs_target(req: &v1::StartRunsRequest) -> String {
+    if req.all {
+        "agents/all".to_string()
+    } else if !req.selector.is_empty() {
+        format!("selector/{}", clip(&req.selector))
+    } else {
+        let mut names: Vec<&str> = req.agents.iter().take(5).map(String::as_str).collect();
+        let more = req.agents.len().saturating_sub(names.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        names.sort_unstable();
+        clip(&format!("agents/{}{more}", names.join(",")))
+    }
+}
+
+fn check_start_runs(req: &v1::StartRunsRequest) -> Result<(), LimitError> {
+    limits::check_count(
+        "agents",
+        req.agents.len(),
+        "agents",
+        MAX_AGENTS_PER_CALL,
+        "StartRuns call",
+    )?;
+    for (i, a) in req.agents.iter().enumerate() {
+        check_ident(&format!("agents[{i}]"), a)?;
+    }
+    check_text("selector", &req.selector)?;
+    check_ident("sequence", &req.sequence)?;
+    check_ident("idempotency_key", &req.idempotency_key)?;
+    check_steps_input(&req.steps)
+}
+
+/// Bounds of a request's ad-hoc steps.
+fn check_steps_input(steps: &[v1::StepSpec]) -> Result<(), LimitError> {
     limits::check_count(
         "steps",
-        req.steps.len(),
+        steps.len(),
         "steps",
         limits::MAX_STEPS_PER_RUN,
         "run",
     )?;
-    for (i, s) in req.steps.iter().enumerate() {
+    for (i, s) in steps.iter().enumerate() {
         limits::check_engine_name(&format!("steps[{i}].ma"), &s.ma)?;
         limits::check_engine_name(&format!("steps[{i}].profile"), &s.profile)?;
     }
@@ -294,45 +335,56 @@ impl FleetService for FleetSvc {
         let result: Result<_, Status> = async {
             let req = request.into_inner();
             check_start_run(&req).map_err(bad_input)?;
-            match (req.steps.is_empty(), req.sequence.is_empty()) {
-                (true, true) => {
-                    return Err(Status::invalid_argument(
-                        "give either steps (MA:PROFILE) or a sequence name",
-                    ));
-                }
-                (false, false) => {
-                    return Err(Status::invalid_argument(
-                        "give either steps or a sequence, not both",
-                    ));
-                }
-                (true, false) => {
-                    let run = crate::fleet::start_sequence(
-                        &self.fleet,
-                        &req.agent,
-                        &req.sequence,
-                        &ctx.who(),
-                    )
-                    .await?;
-                    return Ok(Response::new(run));
-                }
-                (false, true) => {}
-            }
-            for s in &req.steps {
-                if s.ma.trim().is_empty() || s.profile.trim().is_empty() {
-                    return Err(Status::invalid_argument(
-                        "every step needs an MA name and a run profile name",
-                    ));
-                }
-            }
-            self.fleet.check_not_paused(&req.agent).await?;
-            let run = self
-                .fleet
-                .start_run(&req.agent, req.steps, "manual", &ctx.who())
-                .await?;
+            let plan = Plan::from_request(req.steps, req.sequence)?;
+            let run = self.fleet.start_one(&req.agent, &plan, &ctx.who()).await?;
             Ok(Response::new(run))
         }
         .await;
         self.finish(&ctx, "StartRun", &target, result).await
+    }
+
+    async fn start_runs(
+        &self,
+        request: Request<v1::StartRunsRequest>,
+    ) -> Result<Response<v1::StartRunsResponse>, Status> {
+        let target = start_runs_target(request.get_ref());
+        let ctx = self
+            .security
+            .authorize(&request, "StartRuns", &target)
+            .await?;
+        let result: Result<_, Status> = async {
+            let req = request.into_inner();
+            check_start_runs(&req).map_err(bad_input)?;
+            let selection = Selection::from_request(req.agents, req.selector, req.all)?;
+            let plan = Plan::from_request(req.steps, req.sequence)?;
+            let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+            let out = self
+                .fleet
+                .start_runs(&selection, &plan, key, &ctx.who())
+                .await?;
+            Ok(Response::new(v1::StartRunsResponse {
+                runs: out.runs,
+                refused: out
+                    .refused
+                    .into_iter()
+                    .map(|r| v1::RunRefusal {
+                        agent: r.agent,
+                        reason: r.error.to_string(),
+                    })
+                    .collect(),
+            }))
+        }
+        .await;
+        let detail = match &result {
+            Ok(r) => format!(
+                "{} run(s) started, {} agent(s) refused",
+                r.get_ref().runs.len(),
+                r.get_ref().refused.len()
+            ),
+            Err(_) => String::new(),
+        };
+        self.finish_with(&ctx, "StartRuns", &target, &detail, result)
+            .await
     }
 
     async fn get_run(

@@ -77,15 +77,22 @@ impl From<FleetError> for Status {
             | E::UnknownMa { .. }
             | E::UnknownProfile { .. }
             | E::PauseWithoutNote
+            | E::BadSelector(_)
+            | E::TooManyAgents { .. }
+            | E::Selection(_)
+            | E::PlanChoice(_)
             | E::NoHello => Status::invalid_argument(message),
-            E::UnknownAgent { .. } | E::NoSuchAgent(_) | E::NoSuchRun(_) | E::NoSuchSequence(_) => {
-                Status::not_found(message)
-            }
+            E::UnknownAgent { .. }
+            | E::NoSuchAgent(_)
+            | E::NoSuchRun(_)
+            | E::NoSuchSequence(_)
+            | E::NothingSelected(_) => Status::not_found(message),
             E::Revoked { .. }
             | E::Blocked(_)
             | E::NotHeld { .. }
             | E::AlreadyApproved { .. }
-            | E::AlreadyEnded { .. } => Status::failed_precondition(message),
+            | E::AlreadyEnded { .. }
+            | E::Refused(_) => Status::failed_precondition(message),
             E::ChangedMeanwhile => Status::aborted(message),
             E::UnreadableSequence(_) => Status::internal(message),
             E::NameMismatch { .. } => Status::permission_denied(message),

@@ -81,6 +81,7 @@ pub const RPC_ACCESS: &[(&str, &str, Access)] = &[
     (FLEET, "ListAgents", Access::Operator(Permission::Read)),
     (FLEET, "GetAgent", Access::Operator(Permission::Read)),
     (FLEET, "StartRun", Access::Operator(Permission::Operate)),
+    (FLEET, "StartRuns", Access::Operator(Permission::Operate)),
     (FLEET, "GetRun", Access::Operator(Permission::Read)),
     (FLEET, "ListRuns", Access::Operator(Permission::Read)),
     (FLEET, "WatchRuns", Access::Operator(Permission::Read)),

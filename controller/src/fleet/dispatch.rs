@@ -25,7 +25,7 @@ pub(super) fn run_of_start_command(command_id: &str) -> Option<&str> {
     command_id.strip_prefix(START_COMMAND_PREFIX)
 }
 
-fn start_command(run: &v1::Run) -> v1::ControllerMessage {
+pub(super) fn start_command(run: &v1::Run) -> v1::ControllerMessage {
     // Steps carry their stage; consecutive steps of one stage form one plan stage.
     let mut stages: Vec<v1::PlanStage> = Vec::new();
     let mut current: Option<u32> = None;
@@ -147,7 +147,7 @@ impl Fleet {
             return;
         }
         if state_of(&run) == v1::RunState::Pending {
-            let _guard = self.run_lock.lock().await;
+            let _guard = self.run_locks.lock(&run.id).await;
             let id = run.id.clone();
             let updated = {
                 let s = &self.store;

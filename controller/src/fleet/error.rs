@@ -124,6 +124,33 @@ pub enum FleetError {
     #[error("{0}")]
     SessionClosed(String),
 
+    /// A label selector that does not parse.
+    #[error("bad label selector: {0}")]
+    BadSelector(String),
+
+    /// A fan-out whose selection matched no agent.
+    #[error("{} matches no agent; see 'syncfleet agents list'", echo(.0))]
+    NothingSelected(String),
+
+    /// A fan-out selecting more agents than one call may start.
+    #[error(
+        "the selection has {count} agents; one call starts runs on at most {max}: split it (e.g. by label selector)"
+    )]
+    TooManyAgents { count: usize, max: usize },
+
+    /// A fan-out that names no selection, or more than one.
+    #[error("select the agents in exactly one way: agent names, a label selector, or all ({0})")]
+    Selection(String),
+
+    /// A run request with both steps and a sequence, or neither.
+    #[error("{0}")]
+    PlanChoice(&'static str),
+
+    /// An agent refused by an earlier call with the same idempotency key; the reason is the
+    /// one given then.
+    #[error("{0}")]
+    Refused(String),
+
     /// The agent's events could not be stored: the session ends without acknowledging them,
     /// and the agent replays them after reconnecting.
     #[error("controller store error; reconnect later")]

@@ -157,7 +157,11 @@ impl Fleet {
         if fresh.is_empty() {
             return Ok(stored_seq);
         }
-        let _guard = self.run_lock.lock().await;
+        // The runs this batch touches, and only those, locked (in stripe order).
+        let _guards = self
+            .run_locks
+            .lock_many(fresh.iter().map(|e| e.run_id.as_str()))
+            .await;
         let agent_name = agent.to_string();
         let s = &self.store;
         let (seq, changed) = async {
@@ -240,7 +244,7 @@ impl Fleet {
         state: v1::RunState,
         message: String,
     ) -> Result<Option<v1::Run>, StoreError> {
-        let _guard = self.run_lock.lock().await;
+        let _guard = self.run_locks.lock(run_id).await;
         let id = run_id.to_string();
         let updated = {
             let s = &self.store;

@@ -155,7 +155,11 @@ impl Fleet {
         agent: &str,
         drain: v1::Pause,
     ) -> Result<Option<v1::Agent>, StoreError> {
-        let _guard = self.run_lock.lock().await;
+        // The agent record's read-modify-write, under the lock of its key.
+        let _guard = self
+            .run_locks
+            .lock(&super::sessions::agent_record_key(agent))
+            .await;
         let name = agent.to_string();
         let updated = {
             let s = &self.store;

@@ -24,17 +24,22 @@ use tokio::sync::broadcast;
 use crate::store::Store;
 
 mod autonomy;
+mod batch;
 mod dispatch;
 mod error;
 mod events;
+mod fanout;
 mod holds;
+mod locks;
 mod runs;
 pub mod session_protocol;
 mod sessions;
 mod sweep;
 
+pub use batch::Created;
 pub use error::FleetError;
 pub use events::apply_event;
+pub use fanout::{FanOut, MAX_AGENTS_PER_CALL, Plan, Refusal, Selection};
 pub use holds::{RunBlocked, fleet_status, set_drain, set_fleet_pause};
 pub use runs::{NewRun, start_sequence, steps_of};
 pub use sessions::SessionTx;
@@ -55,8 +60,9 @@ pub struct Fleet {
     sessions: std::sync::Mutex<HashMap<String, Session>>,
     live: std::sync::Mutex<HashMap<String, Live>>,
     updates: broadcast::Sender<v1::Run>,
-    /// Serializes read-modify-write of runs (agent events, cancels, the sweeper).
-    run_lock: tokio::sync::Mutex<()>,
+    /// Per-run locks for read-modify-write of runs (agent events, cancels, the sweeper,
+    /// dispatch); runs of different agents do not wait for each other (`locks.rs`).
+    run_locks: locks::RunLocks,
     next_session: AtomicU64,
     /// Pending export counters from the agents' heartbeats (for `/metrics`).
     pub pending_exports: crate::pending::HeartbeatPending,
@@ -84,7 +90,7 @@ impl Fleet {
             sessions: std::sync::Mutex::new(HashMap::new()),
             live: std::sync::Mutex::new(HashMap::new()),
             updates,
-            run_lock: tokio::sync::Mutex::new(()),
+            run_locks: locks::RunLocks::default(),
             next_session: AtomicU64::new(1),
             pending_exports: crate::pending::HeartbeatPending::default(),
             autonomy: autonomy::Handover::default(),

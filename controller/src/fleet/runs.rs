@@ -8,10 +8,6 @@ use syncfleet_proto::v1;
 
 use super::dispatch::cancel_command;
 use super::{Fleet, FleetError, state_of};
-use crate::documents::{
-    self,
-    model::{Document, SequenceDoc},
-};
 use crate::store::{StoreError, keys};
 
 /// What a new run is made of (see [`Fleet::create_run`]).
@@ -55,45 +51,16 @@ pub fn steps_of(doc: &crate::documents::model::SequenceDoc) -> Vec<v1::Step> {
 }
 
 impl Fleet {
-    /// Create and store an ad-hoc run, then dispatch it if its agent is connected.
+    /// Create and store an ad-hoc run, then dispatch it if its agent is connected (the
+    /// `StartRuns` path with one agent, [`Fleet::start_one`]).
     pub async fn start_run(
-        &self,
+        self: &Arc<Self>,
         agent: &str,
         steps: Vec<v1::StepSpec>,
-        origin: &str,
         requested_by: &str,
     ) -> Result<v1::Run, FleetError> {
-        if steps.is_empty() {
-            return Err(FleetError::NoStepsRequested);
-        }
-        let steps = steps
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let i = u32::try_from(i).unwrap_or(u32::MAX);
-                v1::Step {
-                    index: i,
-                    stage: i,
-                    ma: s.ma,
-                    profile: s.profile,
-                    state: v1::StepState::Waiting as i32,
-                    ..Default::default()
-                }
-            })
-            .collect();
-        let (run, _) = self
-            .create_run(
-                NewRun {
-                    agent: agent.to_string(),
-                    steps,
-                    origin: origin.to_string(),
-                    requested_by: requested_by.to_string(),
-                    ..NewRun::default()
-                },
-                true,
-            )
-            .await?;
-        Ok(run)
+        self.start_one(agent, &super::fanout::Plan::Steps(steps), requested_by)
+            .await
     }
 
     /// Store a new run (validated against the agent's inventory) and dispatch it when its time
@@ -140,37 +107,7 @@ impl Fleet {
             check_steps(&stored.agent, &specs)?;
         }
         let agent = new.agent.clone();
-        let run = v1::Run {
-            // Random (v4), not time-ordered (v7): the first 8 characters, which progress lines
-            // show and `runs show` accepts as a prefix, must differ between runs created
-            // together. Listings order by `created_at`.
-            id: new.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            agent: new.agent,
-            state: v1::RunState::Pending as i32,
-            origin: new.origin,
-            created_at: Some(now()),
-            steps: new.steps,
-            message: if self.is_connected(&agent) {
-                String::new()
-            } else {
-                format!(
-                    "agent {agent} is not connected; the run waits up to {} for it",
-                    humantime::format_duration(self.settings.pending_deadline)
-                )
-            },
-            requested_by: new.requested_by,
-            schedule: new.schedule,
-            sequence: new.sequence,
-            nominal_time: new.nominal_time,
-            on_failure: new.on_failure as i32,
-            continuation_of: new.continuation_of,
-            approved_steps: new.approved_steps,
-            skip_steps: new.skip_steps,
-            jitter_ms: new.jitter_ms,
-            ..Default::default()
-        };
-        // The run's root span; its traceparent is stored with the run and sent in StartRun.
-        let (run, span) = crate::telemetry::open_run_span(run);
+        let (run, span) = self.new_run_record(new, false);
         let inserted = self.store.insert_run(&run).await?;
         if !inserted {
             let id = run.id.clone();
@@ -334,7 +271,7 @@ impl Fleet {
             .ok_or_else(|| FleetError::NoSuchRun(id.to_string()))
     }
 
-    /// Change the stored run `id` with `change` under the run lock (so agent events, cancels
+    /// Change the stored run `id` with `change` under the run's lock (so agent events, cancels
     /// and the sweeper never overwrite each other's changes), store it and publish it. `None`
     /// when the run is gone.
     async fn update_stored_run(
@@ -342,7 +279,7 @@ impl Fleet {
         id: &str,
         change: impl FnOnce(&mut v1::Run),
     ) -> Result<Option<v1::Run>, StoreError> {
-        let _guard = self.run_lock.lock().await;
+        let _guard = self.run_locks.lock(id).await;
         let Some(mut run) = self.store.get_run(id).await? else {
             return Ok(None);
         };
@@ -355,6 +292,27 @@ impl Fleet {
     /// The revocation of `agent` when it was revoked and has not enrolled again since.
     pub async fn revocation(&self, agent: &str) -> Result<Option<v1::Pause>, StoreError> {
         self.get_pause(&keys::revoked(agent)).await
+    }
+
+    /// Every agent revoked and not enrolled again since, from one listing of the revocation
+    /// records.
+    pub async fn revoked_agents(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let prefix = keys::revoked_prefix();
+        let mut out = std::collections::HashSet::new();
+        for (key, raw) in self.store.list_state(&prefix).await? {
+            let pause = <v1::Pause as prost::Message>::decode(raw.as_slice()).map_err(|e| {
+                StoreError::Corrupt {
+                    what: key.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            if pause.paused
+                && let Some(agent) = key.strip_prefix(&prefix)
+            {
+                out.insert(agent.to_string());
+            }
+        }
+        Ok(out)
     }
 
     /// Fail with [`FleetError::Revoked`] when `agent` was revoked and has not enrolled again:
@@ -400,7 +358,7 @@ impl Fleet {
 
 /// Refuse steps that name an MA or run profile missing from the agent's last inventory, with
 /// the names that do exist.
-fn check_steps(agent: &v1::Agent, steps: &[v1::StepSpec]) -> Result<(), FleetError> {
+pub(super) fn check_steps(agent: &v1::Agent, steps: &[v1::StepSpec]) -> Result<(), FleetError> {
     if agent.management_agents.is_empty() {
         return Ok(());
     }
@@ -435,31 +393,13 @@ pub async fn start_sequence(
     sequence: &str,
     who: &str,
 ) -> Result<v1::Run, FleetError> {
-    let docs = fleet.store.list_documents(Some("Sequence")).await?;
-    let doc = docs
-        .into_iter()
-        .find(|d| d.name == sequence)
-        .ok_or_else(|| FleetError::NoSuchSequence(sequence.to_string()))?;
-    let seq: SequenceDoc = match documents::from_json("Sequence", &doc.json) {
-        Ok(Document::Sequence(s)) => s,
-        _ => return Err(FleetError::UnreadableSequence(sequence.to_string())),
-    };
-    fleet.check_not_paused(agent).await?;
-    let (run, _) = fleet
-        .create_run(
-            NewRun {
-                agent: agent.to_string(),
-                steps: steps_of(&seq),
-                origin: "manual".into(),
-                requested_by: who.to_string(),
-                sequence: seq.name.clone(),
-                on_failure: seq.on_failure_proto(),
-                ..NewRun::default()
-            },
-            true,
+    fleet
+        .start_one(
+            agent,
+            &super::fanout::Plan::Sequence(sequence.to_string()),
+            who,
         )
-        .await?;
-    Ok(run)
+        .await
 }
 
 #[cfg(test)]

@@ -160,7 +160,6 @@ mod tests {
                     ma: "AD".into(),
                     profile: "Delta Import".into(),
                 }],
-                "manual",
                 "operator/admin",
             )
             .await

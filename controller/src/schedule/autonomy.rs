@@ -5,17 +5,27 @@
 //! (apply, delete, schedule pause or resume, fleet pause, drain, a guard rail's pause).
 //! Its version is a digest of its content, so an unchanged set keeps its version.
 
+use std::sync::Arc;
+
 use syncfleet_proto::v1;
 
 use super::scheduler::Scheduler;
-use crate::fleet::RunBlocked;
+use crate::documents::model::Targets;
+
+/// What every agent's schedule set is cut from, built once per scheduler (re)load and shared:
+/// each schedule with its sequence's plan, its pause and its JSON already encoded, and the
+/// fleet pause. An agent's set is then its targets' entries plus its drain, without a store
+/// read or a JSON encoding per agent (a reconnect storm of thousands of agents costs one build).
+#[derive(Debug, Default)]
+pub(super) struct SetParts {
+    fleet_paused: bool,
+    /// By schedule name.
+    schedules: Vec<(Targets, v1::AgentSchedule)>,
+}
 
 impl Scheduler {
-    /// The schedule set of `agent`: every schedule targeting it whose sequence exists, with
-    /// the pauses and drain in force (schedules with `autonomy: false` included, so the agent
-    /// knows them; it never fires them).
-    pub async fn schedule_set_for(&self, agent: &v1::Agent) -> v1::ScheduleSet {
-        let labels = agent.labels.clone().into_iter().collect();
+    /// Build [`SetParts`] from the loaded schedules and the stored pauses, and keep it.
+    pub(super) async fn refresh_set_parts(&self) -> Arc<SetParts> {
         let mut chosen = Vec::new();
         {
             let st = self.state.lock().await;
@@ -25,24 +35,23 @@ impl Scheduler {
                 let Some(e) = st.entries.get(name) else {
                     continue;
                 };
-                if !e.doc.targets.matches(&agent.name, &labels) {
-                    continue;
-                }
                 let Some(seq) = st.sequences.get(&e.doc.sequence) else {
                     continue;
                 };
                 chosen.push((e.doc.clone(), seq.plan(), seq.on_failure_proto()));
             }
         }
-        let mut set = v1::ScheduleSet::default();
-        match self.fleet.run_blocked(&agent.name, None).await {
-            Ok(Some(RunBlocked::FleetPaused(_))) => set.fleet_paused = true,
-            Ok(Some(RunBlocked::AgentDraining(..))) => set.drained = true,
-            Ok(_) => {}
+        let fleet_paused = match self.fleet.fleet_pause().await {
+            Ok(p) => p.is_some(),
             Err(e) => {
-                tracing::error!(agent = %agent.name, error = %e, "cannot read pauses for the schedule set")
+                tracing::error!(error = %e, "cannot read the fleet pause for the schedule sets");
+                false
             }
-        }
+        };
+        let mut parts = SetParts {
+            fleet_paused,
+            schedules: Vec::with_capacity(chosen.len()),
+        };
         for (doc, stages, on_failure) in chosen {
             let paused = matches!(
                 self.fleet.schedule_pause(&doc.name).await,
@@ -55,12 +64,41 @@ impl Scheduler {
                     continue;
                 }
             };
-            set.schedules.push(v1::AgentSchedule {
-                schedule_json,
-                stages,
-                on_failure: on_failure as i32,
-                paused,
-            });
+            parts.schedules.push((
+                doc.targets.clone(),
+                v1::AgentSchedule {
+                    schedule_json,
+                    stages,
+                    on_failure: on_failure as i32,
+                    paused,
+                },
+            ));
+        }
+        let parts = Arc::new(parts);
+        self.state.lock().await.set_parts = Some(Arc::clone(&parts));
+        parts
+    }
+
+    /// The schedule set of `agent`: every schedule targeting it whose sequence exists, with
+    /// the pauses and drain in force (schedules with `autonomy: false` included, so the agent
+    /// knows them; it never fires them). Cut from the shared [`SetParts`] of the last load.
+    pub async fn schedule_set_for(&self, agent: &v1::Agent) -> v1::ScheduleSet {
+        let cached = self.state.lock().await.set_parts.clone();
+        let parts = match cached {
+            Some(p) => p,
+            None => self.refresh_set_parts().await,
+        };
+        let labels = agent.labels.clone().into_iter().collect();
+        let mut set = v1::ScheduleSet {
+            fleet_paused: parts.fleet_paused,
+            // A paused fleet says so first, as `Fleet::run_blocked` does.
+            drained: !parts.fleet_paused && agent.drain.as_ref().is_some_and(|d| d.paused),
+            ..Default::default()
+        };
+        for (targets, schedule) in &parts.schedules {
+            if targets.matches(&agent.name, &labels) {
+                set.schedules.push(schedule.clone());
+            }
         }
         set.version = version_of(&set);
         set

@@ -9,6 +9,7 @@ mod autonomy;
 mod catchup;
 pub mod documents;
 mod error;
+mod fire;
 mod overlap;
 mod records;
 pub mod saturation;

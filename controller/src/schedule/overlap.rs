@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use syncfleet_proto::v1;
 
+use super::fire::Deltas;
 use super::records::{buffered_key, buffered_prefix, millis_value, parse_millis};
 use super::scheduler::{Scheduler, blocked_counter, counters};
 use crate::documents::model::Overlap;
@@ -14,7 +15,9 @@ use crate::documents::model::Overlap;
 impl Scheduler {
     /// Apply the schedule's overlap policy to a fire time on `agent`, where the schedule's runs
     /// `active` have not ended. True when the fire time goes on to create its run
-    /// (`cancel_other`); false when it was skipped or buffered (and counted).
+    /// (`cancel_other`); false when it was skipped or buffered. The counter deltas are returned
+    /// for the fire to add with the rest of its counts (a buffered fire time is stored with its
+    /// counter here, in one transaction).
     pub(super) async fn overlap(
         &self,
         name: &str,
@@ -22,25 +25,26 @@ impl Scheduler {
         nominal: DateTime<Utc>,
         policy: Overlap,
         active: &[v1::Run],
-    ) -> bool {
+    ) -> (bool, Deltas) {
+        let mut deltas = Deltas::default();
         match policy {
             Overlap::Skip => {
                 tracing::info!(schedule = name, agent, %nominal, "previous run still active; fire time skipped");
-                self.bump(name, counters::SKIPPED_OVERLAP, 1).await;
-                false
+                deltas.add(counters::SKIPPED_OVERLAP, 1);
+                (false, deltas)
             }
             Overlap::BufferOne => {
                 let key = (name.to_string(), agent.to_string());
                 let occupied = self.state.lock().await.buffered.contains_key(&key);
                 if occupied {
-                    self.bump(name, counters::BUFFER_DROPPED, 1).await;
+                    deltas.add(counters::BUFFER_DROPPED, 1);
                 } else {
                     // Stored with its counter before anything else happens, so a crash
                     // from here on cannot lose it.
                     self.commit_buffered(name, agent, Some(nominal), vec![(counters::BUFFERED, 1)])
                         .await;
                 }
-                false
+                (false, deltas)
             }
             Overlap::CancelOther => {
                 for run in active {
@@ -56,9 +60,8 @@ impl Scheduler {
                         tracing::warn!(run_id = %run.id, error = %e, "cannot cancel the previous run");
                     }
                 }
-                self.bump(name, counters::CANCELLED_OTHER, active.len() as u64)
-                    .await;
-                true
+                deltas.add(counters::CANCELLED_OTHER, active.len() as u64);
+                (true, deltas)
             }
         }
     }

@@ -45,7 +45,7 @@ use super::catchup;
 use crate::documents;
 use crate::documents::model::{Document, ScheduleDoc, SequenceDoc};
 use crate::documents::trigger::Trigger;
-use crate::fleet::{Fleet, NewRun, RunBlocked, steps_of};
+use crate::fleet::{Fleet, RunBlocked};
 
 // The clock and the run-id derivation are shared with the agents, which fire schedules on their
 // own while no controller is reachable and must derive the same run ids.
@@ -68,6 +68,9 @@ pub(super) struct State {
     /// Catch-up fire times decided at startup, waiting for their agents to reconnect and report
     /// what ran while no controller listened (or for the deadline).
     pub(super) deferred: Vec<(String, DateTime<Utc>, tokio::time::Instant)>,
+    /// What the agents' schedule sets are cut from, as of the last load
+    /// (`autonomy.rs`, `SetParts`).
+    pub(super) set_parts: Option<Arc<super::autonomy::SetParts>>,
 }
 
 /// The scheduler of one controller.
@@ -274,6 +277,7 @@ impl Scheduler {
         }
         self.start_catchups(catchups).await;
         // Whatever changed (documents, pauses, a drain) changes the agents' schedule sets.
+        self.refresh_set_parts().await;
         self.push_schedule_sets().await;
     }
 
@@ -315,8 +319,9 @@ impl Scheduler {
                 self.advance_cursor(&name, nominal, vec![(counters::SKIPPED_BLACKOUT, 1)])
                     .await;
             } else {
-                self.fire(&name, nominal, "schedule").await;
-                self.set_cursor(&name, nominal).await;
+                // The fire's counters and the cursor in one transaction.
+                let deltas = self.fire_batch(&name, nominal, "schedule").await;
+                self.advance_cursor(&name, nominal, deltas.0).await;
             }
             let now = self.clock.now();
             let mut late = None;
@@ -351,84 +356,8 @@ impl Scheduler {
         }
     }
 
-    /// Evaluate one fire time of a schedule on every target agent.
-    pub(super) async fn fire(&self, name: &str, nominal: DateTime<Utc>, origin: &str) {
-        let (doc, seq, trigger) = {
-            let st = self.state.lock().await;
-            let Some(e) = st.entries.get(name) else {
-                return;
-            };
-            (
-                e.doc.clone(),
-                st.sequences.get(&e.doc.sequence).cloned(),
-                e.trigger.clone(),
-            )
-        };
-        let Some(seq) = seq else {
-            tracing::error!(schedule = name, sequence = %doc.sequence, "sequence missing; fire time skipped");
-            return;
-        };
-        let agents = match self.fleet.store.list_agents().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list agents");
-                return;
-            }
-        };
-        let mut targets: Vec<v1::Agent> = Vec::new();
-        for a in agents {
-            if !doc
-                .targets
-                .matches(&a.name, &a.labels.clone().into_iter().collect())
-            {
-                continue;
-            }
-            // A revoked agent is no target until it enrols again.
-            match self.fleet.revocation(&a.name).await {
-                Ok(None) => targets.push(a),
-                Ok(Some(_)) => {
-                    tracing::debug!(schedule = name, agent = %a.name, "agent revoked; not a target");
-                }
-                Err(e) => tracing::error!(error = %e, "cannot read the revocation of {}", a.name),
-            }
-        }
-        if targets.is_empty() {
-            return self.bump(name, counters::SKIPPED_NO_TARGET, 1).await;
-        }
-        for agent in targets {
-            if let Some(covered) = self.fleet.covered_until(name, &agent.name)
-                && nominal <= covered
-            {
-                // The agent ran (or accounted for) this nominal time on its own while no
-                // controller was reachable, and handed it back when it reconnected.
-                tracing::debug!(schedule = name, agent = %agent.name, %nominal, "fire time covered by the agent's autonomy");
-                continue;
-            }
-            match self.fleet.run_blocked(&agent.name, Some(name)).await {
-                Ok(Some(blocked)) => {
-                    tracing::debug!(schedule = name, agent = %agent.name, %nominal, reason = %blocked, "fire time skipped");
-                    self.bump(name, blocked_counter(&blocked), 1).await;
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(schedule = name, agent = %agent.name, error = %e, "cannot read pauses; fire time skipped");
-                    continue;
-                }
-            }
-            let active = self.active_runs(name, &agent.name).await;
-            if !active.is_empty()
-                && !self
-                    .overlap(name, &agent.name, nominal, doc.overlap, &active)
-                    .await
-            {
-                continue;
-            }
-            self.create(name, &doc, &seq, &trigger, &agent.name, nominal, origin)
-                .await;
-        }
-    }
-
+    /// Create the run of one fire time on one agent (decided already: a buffered fire time
+    /// released) and count it.
     #[allow(
         clippy::too_many_arguments,
         reason = "one fire: schedule, sequence, trigger, agent, nominal time and origin"
@@ -443,50 +372,18 @@ impl Scheduler {
         nominal: DateTime<Utc>,
         origin: &str,
     ) {
-        let jitter = doc
-            .jitter
-            .filter(|j| !j.is_zero())
-            .map(|j| trigger.jitter_for(nominal, j, &format!("{name}/{agent}")))
-            .unwrap_or(Duration::ZERO);
-        let jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
-        let new = NewRun {
-            id: Some(run_id_for(name, agent, nominal)),
-            agent: agent.to_string(),
-            steps: steps_of(seq),
-            origin: origin.to_string(),
-            requested_by: format!("schedule/{name}"),
-            schedule: name.to_string(),
-            sequence: seq.name.clone(),
-            nominal_time: Some(syncfleet_proto::time::to_proto(nominal)),
-            on_failure: seq.on_failure_proto(),
-            jitter_ms,
-            ..NewRun::default()
-        };
-        match self.fleet.create_run(new, false).await {
-            Ok((run, true)) => {
-                self.bump(name, counters::FIRED, 1).await;
-                if origin == "catch-up" {
-                    self.bump(name, counters::CATCHUP, 1).await;
-                }
-                // Wall clock, not the scheduler clock: dispatch compares with real time.
-                let due =
-                    nominal + chrono::Duration::milliseconds(i64::try_from(jitter_ms).unwrap_or(0));
-                let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                if !wait.is_zero() {
-                    let fleet = Arc::clone(&self.fleet);
-                    tokio::spawn(crate::store::fence::inherit(async move {
-                        tokio::time::sleep(wait).await;
-                        fleet.dispatch_run(&run.id).await;
-                    }));
-                }
-            }
-            Ok((_, false)) => {
-                tracing::debug!(schedule = name, agent, %nominal, "run for this fire time exists already");
-            }
-            Err(e) => {
-                tracing::error!(schedule = name, agent, error = %e, "cannot create scheduled run")
-            }
-        }
+        let deltas = self
+            .create_batch(
+                name,
+                doc,
+                seq,
+                trigger,
+                &[agent.to_string()],
+                nominal,
+                origin,
+            )
+            .await;
+        self.bump_all(name, deltas).await;
     }
 
     pub(super) async fn active_runs(&self, schedule: &str, agent: &str) -> Vec<v1::Run> {

@@ -54,3 +54,14 @@ pub fn revoked(agent: &str) -> String {
 pub fn labels(agent: &str) -> String {
     format!("labels/{agent}")
 }
+
+/// Prefix of every agent's revocation record ([`revoked`]), to read them all at once.
+pub fn revoked_prefix() -> String {
+    revoked("")
+}
+
+/// The runs a `StartRuns` call with idempotency key `key` from caller `who` created (so a
+/// retried call returns them instead of starting new ones).
+pub fn start_runs_idempotency(who: &str, key: &str) -> String {
+    format!("idempotency/start-runs/{who}/{key}")
+}
