@@ -16,6 +16,8 @@ use syncfleet_proto::v1;
 mod conformance;
 pub mod fence;
 pub mod keys;
+#[cfg(test)]
+mod measure;
 pub mod postgres;
 pub mod sqlite;
 
