@@ -1325,3 +1325,7 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+#[path = "sqlite_tests.rs"]
+mod tests;
