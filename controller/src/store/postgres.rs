@@ -1126,6 +1126,78 @@ mod tests {
     use super::*;
     use syncfleet_tests::postgres::TestPostgres;
 
+    /// A database written before run steps were stored apart (steps inside `runs.body`, the
+    /// indexes of then, schema version 2) is migrated when a controller connects: its runs
+    /// read back identical, with their steps in `run_steps`.
+    #[tokio::test]
+    async fn runs_stored_before_run_steps_read_back_identical() {
+        let pg = TestPostgres::shared();
+        let url = pg.create_database("oldsteps");
+        let runs: Vec<v1::Run> = (0..1500)
+            .map(|i| v1::Run {
+                id: format!("run-{i:05}"),
+                agent: "a".into(),
+                state: v1::RunState::Running as i32,
+                created_at: Some(syncfleet_proto::time::from_millis(1_000 + i)),
+                steps: (0..(i % 4) * 2)
+                    .map(|k| v1::Step {
+                        index: u32::try_from(k).unwrap(),
+                        profile: format!("Delta Import {k}"),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect();
+        {
+            let store = PgStore::connect(&url).await.unwrap();
+            let conn = store.conn().await.unwrap();
+            conn.batch_execute(
+                "DROP TABLE run_steps;
+                 DROP INDEX runs_by_agent_created; DROP INDEX runs_by_state_created;
+                 DROP INDEX runs_by_schedule_created;
+                 CREATE INDEX runs_by_agent ON runs (agent, created_at);
+                 CREATE INDEX runs_by_state ON runs (state);
+                 CREATE INDEX runs_by_schedule ON runs (schedule, created_at);
+                 DELETE FROM syncfleet_schema WHERE version = 3;",
+            )
+            .await
+            .unwrap();
+            for r in &runs {
+                conn.execute(
+                    "INSERT INTO runs (id, agent, state, created_at, body, schedule)
+                     VALUES ($1, $2, 'running', $3, $4, '')",
+                    &[&r.id, &r.agent, &run_created_ms(r), &r.encode_to_vec()],
+                )
+                .await
+                .unwrap();
+            }
+        }
+        let store = PgStore::connect(&url).await.unwrap();
+        for r in [&runs[0], &runs[1], &runs[3], &runs[1499]] {
+            assert_eq!(store.get_run(&r.id).await.unwrap().as_ref(), Some(r));
+        }
+        let all = store
+            .runs_in_states(Some("a"), &[v1::RunState::Running])
+            .await
+            .unwrap();
+        assert_eq!(all, runs);
+        let conn = store.conn().await.unwrap();
+        let with_steps = conn
+            .query("SELECT body FROM runs", &[])
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                !v1::Run::decode(r.get::<_, &[u8]>(0))
+                    .unwrap()
+                    .steps
+                    .is_empty()
+            })
+            .count();
+        assert_eq!(with_steps, 0, "no run record keeps its steps");
+    }
+
     /// A connection refused at startup is an error naming the URL (without its password) and
     /// what to check, within the connect timeout.
     #[tokio::test]

@@ -873,13 +873,21 @@ impl SqliteDb {
             common_args.push(ms.into());
             common_args.push(id.to_string().into());
         }
+        // With an agent or schedule, their index serves the page and the state is a filter
+        // (`+state` keeps SQLite off the state index): SQLite has no statistics telling it
+        // that one agent's runs are fewer than one state's.
+        let state_term = if q.agent.is_some() || q.schedule.is_some() {
+            " AND +state = ?"
+        } else {
+            " AND state = ?"
+        };
         let lim = i64::try_from(limit + 1).unwrap_or(1001);
         let order = " ORDER BY created_at DESC, id DESC LIMIT ";
         let mut args = Vec::new();
         let sql = if q.states.len() <= 1 {
             let mut sql = String::from("SELECT id, created_at, body FROM runs WHERE 1=1");
             if let Some(state) = q.states.first() {
-                sql.push_str(" AND state = ?");
+                sql.push_str(state_term);
                 args.push(state.label().to_string().into());
             }
             sql.push_str(&common);
@@ -895,7 +903,7 @@ impl SqliteDb {
                     args.push(label.to_string().into());
                     args.extend(common_args.iter().cloned());
                     format!(
-                        "SELECT * FROM (SELECT id, created_at, body FROM runs WHERE state = ?{common}{order}{lim})"
+                        "SELECT * FROM (SELECT id, created_at, body FROM runs WHERE 1=1{state_term}{common}{order}{lim})"
                     )
                 })
                 .collect();

@@ -395,6 +395,14 @@ fn list_runs_queries_use_an_index_in_page_order() {
             },
         ),
         (
+            "agent+state",
+            RunQuery {
+                agent: Some("a".into()),
+                states: vec![v1::RunState::Succeeded],
+                ..Default::default()
+            },
+        ),
+        (
             "since",
             RunQuery {
                 since_ms: Some(1),
@@ -466,5 +474,11 @@ fn list_runs_queries_use_an_index_in_page_order() {
             }
         }
         assert!(plan.contains("USING INDEX runs_by_"), "{name}: {plan}");
+        if q.agent.is_some() {
+            assert!(
+                plan.contains("runs_by_agent_created"),
+                "{name}: the agent's index: {plan}"
+            );
+        }
     }
 }
