@@ -215,9 +215,19 @@ impl SqliteStore {
             .send(op)
             .await
             .map_err(|_| StoreError::Worker("the store's writer thread has stopped".into()))?;
-        answer.await.map_err(|_| {
-            StoreError::Worker("the store's writer thread stopped before answering".into())
-        })?
+        let stopped =
+            || StoreError::Worker("the store's writer thread stopped before answering".into());
+        // Under tokio's test clock, a paused clock jumps ahead whenever every task waits and
+        // no blocking-pool task runs; the writer thread is invisible to it. In this crate's
+        // tests the wait therefore runs on the blocking pool, so that the clock stands still
+        // while a write is in flight, as it did when every store call ran there.
+        #[cfg(test)]
+        let answer = tokio::task::spawn_blocking(move || answer.blocking_recv())
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?;
+        #[cfg(not(test))]
+        let answer = answer.await;
+        answer.map_err(|_| stopped())?
     }
 }
 
