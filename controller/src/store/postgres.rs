@@ -456,39 +456,22 @@ impl PgStore {
         conn.query(&stmt, args).await.map_err(|e| self.err(&e))
     }
 
-    /// Runs from rows of `(id, header body, ...)`, each with its steps from `run_steps` (one
-    /// query for all of them).
-    async fn load_runs(&self, rows: &[Row]) -> Result<Vec<v1::Run>, StoreError> {
-        let mut runs: Vec<v1::Run> = rows
-            .iter()
+    /// Runs from rows of `(id, header body, ...)` with a [`STEPS_COLUMN`] column `steps`.
+    fn load_runs(rows: &[Row]) -> Result<Vec<v1::Run>, StoreError> {
+        rows.iter()
             .map(|r| {
                 let id: &str = r.get(0);
-                decode(&format!("run {id}"), r.get::<_, &[u8]>(1))
+                let mut run: v1::Run = decode(&format!("run {id}"), r.get::<_, &[u8]>(1))?;
+                let steps: Option<Vec<Vec<u8>>> = r.get("steps");
+                if let Some(steps) = steps {
+                    run.steps = steps
+                        .iter()
+                        .map(|b| decode(&format!("a step of run {id}"), b))
+                        .collect::<Result<_, _>>()?;
+                }
+                Ok(run)
             })
-            .collect::<Result<_, _>>()?;
-        if runs.is_empty() {
-            return Ok(runs);
-        }
-        let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
-        let step_rows = self
-            .read(
-                "SELECT run_id, body FROM run_steps WHERE run_id = ANY($1) ORDER BY run_id, idx",
-                &[&ids],
-            )
-            .await?;
-        let mut steps: std::collections::HashMap<String, Vec<v1::Step>> =
-            std::collections::HashMap::new();
-        for r in &step_rows {
-            let id: String = r.get(0);
-            let step = decode(&format!("a step of run {id}"), r.get::<_, &[u8]>(1))?;
-            steps.entry(id).or_default().push(step);
-        }
-        for run in &mut runs {
-            if let Some(s) = steps.remove(&run.id) {
-                run.steps = s;
-            }
-        }
-        Ok(runs)
+            .collect()
     }
 
     /// Move the steps of runs stored before `run_steps` existed out of their run's record,
@@ -595,6 +578,11 @@ impl RunColumns {
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
+
+/// A run's steps in order, as a column `steps` of a query on `runs` (one round trip for a
+/// page of runs with their steps).
+const STEPS_COLUMN: &str =
+    "(SELECT array_agg(s.body ORDER BY s.idx) FROM run_steps s WHERE s.run_id = runs.id) AS steps";
 
 /// Upsert run headers from column arrays (ids, agents, states, created, bodies, schedules).
 const UPSERT_RUNS: &str = "INSERT INTO runs (id, agent, state, created_at, body, schedule)
@@ -756,9 +744,12 @@ impl Store for PgStore {
 
     async fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError> {
         let rows = self
-            .read("SELECT id, body FROM runs WHERE id = $1", &[&id])
+            .read(
+                &format!("SELECT id, body, {STEPS_COLUMN} FROM runs WHERE id = $1"),
+                &[&id],
+            )
             .await?;
-        Ok(self.load_runs(&rows).await?.pop())
+        Ok(Self::load_runs(&rows)?.pop())
     }
 
     async fn run_ids_with_prefix(
@@ -780,7 +771,7 @@ impl Store for PgStore {
     }
 
     async fn list_runs(&self, q: &RunQuery) -> Result<RunPage, StoreError> {
-        let mut sql = String::from("SELECT id, body, created_at FROM runs WHERE TRUE");
+        let mut sql = format!("SELECT id, body, created_at, {STEPS_COLUMN} FROM runs WHERE TRUE");
         let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         let mut arg = |sql: &mut String, clause: &str, v: Box<dyn ToSql + Sync + Send>| {
             args.push(v);
@@ -824,7 +815,7 @@ impl Store for PgStore {
             rows.truncate(limit);
             page.next_page_token = rows.last().map(|r| page_token(r.get(2), r.get(0)));
         }
-        page.runs = self.load_runs(&rows).await?;
+        page.runs = Self::load_runs(&rows)?;
         Ok(page)
     }
 
@@ -839,12 +830,14 @@ impl Store for PgStore {
         let states: Vec<String> = states.iter().map(|s| s.label().to_string()).collect();
         let rows = self
             .read(
-                "SELECT id, body FROM runs WHERE state = ANY($1)
-                 AND ($2::TEXT IS NULL OR agent = $2) ORDER BY created_at, id",
+                &format!(
+                    "SELECT id, body, {STEPS_COLUMN} FROM runs WHERE state = ANY($1)
+                     AND ($2::TEXT IS NULL OR agent = $2) ORDER BY created_at, id"
+                ),
                 &[&states, &agent],
             )
             .await?;
-        self.load_runs(&rows).await
+        Self::load_runs(&rows)
     }
 
     async fn commit_event_batches(&self, batches: &[EventBatch]) -> Result<Vec<u64>, StoreError> {
