@@ -705,6 +705,12 @@ fn upsert_run(w: &Writer<'_>, mut run: v1::Run) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A read transaction on a reader connection, ended when dropped: a run's header and its steps
+/// are read in two statements, and must come from one snapshot (one commit of the writer).
+fn read_snapshot(conn: &Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.unchecked_transaction()
+}
+
 /// A stored run: its header's record with its steps from `run_steps`.
 fn load_run(conn: &Connection, id: &str, header: &[u8]) -> Result<v1::Run, StoreError> {
     let what = || format!("run {id}");
@@ -820,6 +826,7 @@ impl SqliteDb {
 
     pub fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError> {
         let conn = self.reader();
+        let _snapshot = read_snapshot(&conn).map_err(|e| self.err(e))?;
         let body: Option<Vec<u8>> = conn
             .query_row("SELECT body FROM runs WHERE id = ?1", [id], |r| r.get(0))
             .optional()
@@ -926,6 +933,7 @@ impl SqliteDb {
         let limit = q.limit.clamp(1, 1000);
         let (sql, args) = Self::list_runs_sql(q)?;
         let conn = self.reader();
+        let _snapshot = read_snapshot(&conn).map_err(|e| self.err(e))?;
         let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params_from_iter(args), |r| {
@@ -971,6 +979,7 @@ impl SqliteDb {
         }
         sql.push_str(" ORDER BY created_at, id");
         let conn = self.reader();
+        let _snapshot = read_snapshot(&conn).map_err(|e| self.err(e))?;
         let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params_from_iter(args), |r| {
