@@ -571,6 +571,62 @@ async fn reopen_keeps_everything(s: &dyn Store, audit_id: u64) {
     assert!(s.append_audit(&audit_entry("op/a", 2, "N")).await.unwrap() > audit_id);
 }
 
+fn with_steps(mut r: v1::Run, n: usize) -> v1::Run {
+    r.steps = (0..n)
+        .map(|i| v1::Step {
+            index: u32::try_from(i).unwrap(),
+            ma: "AD".into(),
+            profile: format!("Delta Import {i}"),
+            ..Default::default()
+        })
+        .collect();
+    r
+}
+
+/// Runs keep their steps, in order, through every write and read path: a step changed, steps
+/// added and removed, a run written twice in one call.
+async fn runs_keep_their_steps(s: &dyn Store) {
+    let a = with_steps(run("a", "x", 1, v1::RunState::Pending), 3);
+    let b = with_steps(run("b", "x", 2, v1::RunState::Pending), 0);
+    assert_eq!(
+        s.insert_runs(&[a.clone(), b.clone(), a.clone()])
+            .await
+            .unwrap(),
+        [true, true, false]
+    );
+    assert_eq!(s.get_run("a").await.unwrap().unwrap(), a);
+    let mut a2 = a.clone();
+    a2.steps[1].result = "success".into();
+    a2.state = v1::RunState::Running as i32;
+    let b2 = with_steps(b.clone(), 5);
+    s.put_agent(&agent("x", "h")).await.unwrap();
+    let batch = EventBatch {
+        agent: "x".into(),
+        events: vec![ev(1, "a")],
+        runs: vec![a.clone(), a2.clone(), b2.clone()],
+    };
+    assert_eq!(s.commit_event_batches(&[batch]).await.unwrap(), [1]);
+    assert_eq!(s.get_run("a").await.unwrap().unwrap(), a2);
+    assert_eq!(s.get_run("b").await.unwrap().unwrap(), b2);
+    let mut a3 = a2.clone();
+    a3.steps.truncate(1);
+    s.put_runs(&[a3.clone()]).await.unwrap();
+    let page = s
+        .list_runs(&RunQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.runs, [b2.clone(), a3.clone()]);
+    assert_eq!(
+        s.runs_in_states(Some("x"), &[v1::RunState::Running, v1::RunState::Pending])
+            .await
+            .unwrap(),
+        [a3, b2]
+    );
+}
+
 /// Each check as `sqlite::<check>` and `postgres::<check>`.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -644,4 +700,5 @@ conformance!(
     state_and_counters,
     update_state_decisions,
     audit,
+    runs_keep_their_steps,
 );

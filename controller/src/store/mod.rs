@@ -16,6 +16,8 @@ use syncfleet_proto::v1;
 mod conformance;
 pub mod fence;
 pub mod keys;
+#[cfg(test)]
+mod measure;
 pub mod postgres;
 pub mod sqlite;
 
@@ -162,8 +164,9 @@ pub type StateUpdate = Box<dyn FnOnce(Option<&[u8]>) -> StateDecision + Send + '
 /// Durable controller state.
 ///
 /// The trait is async so that an implementation decides how calls reach its database: the
-/// embedded SQLite store runs them on tokio's blocking pool, a networked database would await
-/// its client. Writes that belong together have batch forms ([`Store::insert_runs`],
+/// embedded SQLite store queues writes to its writer thread, which commits many callers'
+/// writes together, and runs reads on tokio's blocking pool; PostgreSQL awaits its client.
+/// Whatever the implementation, a write returns `Ok` only once it is durably committed. Writes that belong together have batch forms ([`Store::insert_runs`],
 /// [`Store::commit_event_batches`]) so that one fire time's runs, or many agents' events, cost
 /// one transaction rather than one each.
 #[async_trait::async_trait]

@@ -49,7 +49,12 @@ use super::{
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("postgres/0001_initial.sql")),
     (2, "leases", include_str!("postgres/0002_leases.sql")),
+    (3, "run_steps", include_str!("postgres/0003_run_steps.sql")),
 ];
+
+/// The migration after whose SQL the steps of runs stored before are moved to `run_steps`
+/// ([`split_run_steps`], in the migration's transaction).
+const RUN_STEPS_VERSION: i32 = 3;
 
 /// The `NOTIFY` channel on which controllers wake the leader (see [`PgStore::notify_leader`]).
 pub const LEADER_CHANNEL: &str = "syncfleet_leader";
@@ -240,6 +245,9 @@ impl PgStore {
         }
         for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
             tx.batch_execute(sql).await.map_err(|e| self.err(&e))?;
+            if *version == RUN_STEPS_VERSION {
+                self.split_run_steps(&tx).await?;
+            }
             tx.execute(
                 "INSERT INTO syncfleet_schema (version, name) VALUES ($1, $2)",
                 &[version, name],
@@ -448,13 +456,122 @@ impl PgStore {
         conn.query(&stmt, args).await.map_err(|e| self.err(&e))
     }
 
-    fn decode_runs(rows: &[Row]) -> Result<Vec<v1::Run>, StoreError> {
+    /// Runs from rows of `(id, header body, ...)` with a [`STEPS_COLUMN`] column `steps`.
+    fn load_runs(rows: &[Row]) -> Result<Vec<v1::Run>, StoreError> {
         rows.iter()
             .map(|r| {
                 let id: &str = r.get(0);
-                decode(&format!("run {id}"), r.get::<_, &[u8]>(1))
+                let mut run: v1::Run = decode(&format!("run {id}"), r.get::<_, &[u8]>(1))?;
+                let steps: Option<Vec<Vec<u8>>> = r.get("steps");
+                if let Some(steps) = steps {
+                    run.steps = steps
+                        .iter()
+                        .map(|b| decode(&format!("a step of run {id}"), b))
+                        .collect::<Result<_, _>>()?;
+                }
+                Ok(run)
             })
             .collect()
+    }
+
+    /// Move the steps of runs stored before `run_steps` existed out of their run's record,
+    /// inside the migration's transaction. A run whose record holds no steps is left alone.
+    async fn split_run_steps(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<(), StoreError> {
+        let mut after = String::new();
+        loop {
+            let rows = tx
+                .query(
+                    "SELECT id, body FROM runs WHERE id > $1 ORDER BY id LIMIT 1000",
+                    &[&after],
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+            let Some(last) = rows.last() else { break };
+            after = last.get(0);
+            let mut runs = Vec::new();
+            for r in &rows {
+                let id: &str = r.get(0);
+                let run: v1::Run = decode(&format!("run {id}"), r.get::<_, &[u8]>(1))?;
+                if !run.steps.is_empty() {
+                    runs.push(run);
+                }
+            }
+            if !runs.is_empty() {
+                let cols = RunColumns::of(runs);
+                tx.execute(
+                    "UPDATE runs SET body = n.body FROM unnest($1::TEXT[], $2::BYTEA[]) AS n(id, body)
+                     WHERE runs.id = n.id",
+                    &[&cols.ids, &cols.bodies],
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+                tx.execute(
+                    UPSERT_STEPS,
+                    &[&cols.step_run, &cols.step_idx, &cols.step_body],
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs as the column arrays of the multi-row statements (`unnest`): headers (the record
+/// without steps) and steps.
+#[derive(Default)]
+struct RunColumns {
+    ids: Vec<String>,
+    agents: Vec<String>,
+    states: Vec<String>,
+    created: Vec<i64>,
+    bodies: Vec<Vec<u8>>,
+    schedules: Vec<String>,
+    /// Steps per run, in the order of `ids`.
+    lens: Vec<i32>,
+    step_run: Vec<String>,
+    step_idx: Vec<i32>,
+    step_body: Vec<Vec<u8>>,
+}
+
+impl RunColumns {
+    fn of(runs: impl IntoIterator<Item = v1::Run>) -> Self {
+        let mut c = Self::default();
+        for mut run in runs {
+            let steps = std::mem::take(&mut run.steps);
+            for (idx, step) in steps.iter().enumerate() {
+                c.step_run.push(run.id.clone());
+                c.step_idx.push(i32::try_from(idx).unwrap_or(i32::MAX));
+                c.step_body.push(step.encode_to_vec());
+            }
+            c.lens.push(i32::try_from(steps.len()).unwrap_or(i32::MAX));
+            c.states.push(run_state_label(&run).to_string());
+            c.created.push(run_created_ms(&run));
+            c.bodies.push(run.encode_to_vec());
+            c.agents.push(run.agent);
+            c.schedules.push(run.schedule);
+            c.ids.push(run.id);
+        }
+        c
+    }
+
+    /// The last version of each run (by id): a multi-row upsert may touch a row once only.
+    fn of_latest(runs: impl IntoIterator<Item = v1::Run>) -> Self {
+        let mut latest: Vec<v1::Run> = Vec::new();
+        let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for run in runs {
+            match at.get(&run.id) {
+                Some(&i) => latest[i] = run,
+                None => {
+                    at.insert(run.id.clone(), latest.len());
+                    latest.push(run);
+                }
+            }
+        }
+        Self::of(latest)
     }
 }
 
@@ -462,34 +579,68 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-const UPSERT_RUN: &str = "INSERT INTO runs (id, agent, state, created_at, body, schedule)
-     VALUES ($1, $2, $3, $4, $5, $6)
+/// A run's steps in order, as a column `steps` of a query on `runs` (one round trip for a
+/// page of runs with their steps).
+const STEPS_COLUMN: &str =
+    "(SELECT array_agg(s.body ORDER BY s.idx) FROM run_steps s WHERE s.run_id = runs.id) AS steps";
+
+/// Upsert run headers from column arrays (ids, agents, states, created, bodies, schedules).
+const UPSERT_RUNS: &str = "INSERT INTO runs (id, agent, state, created_at, body, schedule)
+     SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BYTEA[], $6::TEXT[])
      ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body";
 
-const INSERT_RUN: &str = "INSERT INTO runs (id, agent, state, created_at, body, schedule)
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING";
+/// Insert new run headers from column arrays; the ids inserted.
+const INSERT_RUNS: &str = "INSERT INTO runs (id, agent, state, created_at, body, schedule)
+     SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BYTEA[], $6::TEXT[])
+     ON CONFLICT (id) DO NOTHING RETURNING id";
+
+/// Write steps (run ids, positions, bodies), skipping those whose stored body is the same.
+const UPSERT_STEPS: &str = "INSERT INTO run_steps (run_id, idx, body)
+     SELECT * FROM unnest($1::TEXT[], $2::INTEGER[], $3::BYTEA[])
+     ON CONFLICT (run_id, idx) DO UPDATE SET body = excluded.body
+     WHERE run_steps.body IS DISTINCT FROM excluded.body";
+
+/// Delete the steps past each run's last (run ids, step counts).
+const TRIM_STEPS: &str =
+    "DELETE FROM run_steps s USING unnest($1::TEXT[], $2::INTEGER[]) AS n(run_id, len)
+     WHERE s.run_id = n.run_id AND s.idx >= n.len";
 
 const UPSERT_STATE: &str = "INSERT INTO state (key, value) VALUES ($1, $2)
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
-/// Execute a run statement ([`UPSERT_RUN`], [`INSERT_RUN`]) for `run`; rows affected.
-async fn exec_run(
-    tx: &deadpool_postgres::Transaction<'_>,
-    stmt: &tokio_postgres::Statement,
-    run: &v1::Run,
-) -> Result<u64, tokio_postgres::Error> {
-    tx.execute(
-        stmt,
-        &[
-            &run.id,
-            &run.agent,
-            &run_state_label(run),
-            &run_created_ms(run),
-            &run.encode_to_vec(),
-            &run.schedule,
-        ],
-    )
-    .await
+impl PgStore {
+    /// Upsert `runs` (headers, changed steps, trimmed steps) in `tx`: three statements
+    /// whatever their number.
+    async fn upsert_runs(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        runs: RunColumns,
+    ) -> Result<(), StoreError> {
+        if runs.ids.is_empty() {
+            return Ok(());
+        }
+        let c = &runs;
+        tx.execute(
+            UPSERT_RUNS,
+            &[
+                &c.ids,
+                &c.agents,
+                &c.states,
+                &c.created,
+                &c.bodies,
+                &c.schedules,
+            ],
+        )
+        .await
+        .map_err(|e| self.err(&e))?;
+        tx.execute(UPSERT_STEPS, &[&c.step_run, &c.step_idx, &c.step_body])
+            .await
+            .map_err(|e| self.err(&e))?;
+        tx.execute(TRIM_STEPS, &[&c.ids, &c.lens])
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -539,37 +690,66 @@ impl Store for PgStore {
     async fn insert_runs(&self, runs: &[v1::Run]) -> Result<Vec<bool>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = self.begin_write(&mut conn).await?;
-        let stmt = tx
-            .prepare_cached(INSERT_RUN)
+        // A run listed twice is inserted once, as its first version (as one at a time would).
+        let mut seen = std::collections::HashSet::new();
+        let firsts: Vec<v1::Run> = runs
+            .iter()
+            .filter(|r| seen.insert(r.id.as_str()))
+            .cloned()
+            .collect();
+        let c = RunColumns::of(firsts);
+        let inserted: std::collections::HashSet<String> = tx
+            .query(
+                INSERT_RUNS,
+                &[
+                    &c.ids,
+                    &c.agents,
+                    &c.states,
+                    &c.created,
+                    &c.bodies,
+                    &c.schedules,
+                ],
+            )
+            .await
+            .map_err(|e| self.err(&e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let keep: Vec<usize> = (0..c.step_run.len())
+            .filter(|&i| inserted.contains(&c.step_run[i]))
+            .collect();
+        let pick = |v: &[String]| keep.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
+        let step_run = pick(&c.step_run);
+        let step_idx: Vec<i32> = keep.iter().map(|&i| c.step_idx[i]).collect();
+        let step_body: Vec<Vec<u8>> = keep.iter().map(|&i| c.step_body[i].clone()).collect();
+        tx.execute(UPSERT_STEPS, &[&step_run, &step_idx, &step_body])
             .await
             .map_err(|e| self.err(&e))?;
-        let mut inserted = Vec::with_capacity(runs.len());
-        for run in runs {
-            let n = exec_run(&tx, &stmt, run).await.map_err(|e| self.err(&e))?;
-            inserted.push(n == 1);
-        }
         tx.commit().await.map_err(|e| self.err(&e))?;
-        Ok(inserted)
+        // In order: true for the first occurrence of an id that was inserted.
+        let mut first = std::collections::HashSet::new();
+        Ok(runs
+            .iter()
+            .map(|r| first.insert(r.id.as_str()) && inserted.contains(&r.id))
+            .collect())
     }
 
     async fn put_runs(&self, runs: &[v1::Run]) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         let tx = self.begin_write(&mut conn).await?;
-        let stmt = tx
-            .prepare_cached(UPSERT_RUN)
-            .await
-            .map_err(|e| self.err(&e))?;
-        for run in runs {
-            exec_run(&tx, &stmt, run).await.map_err(|e| self.err(&e))?;
-        }
+        self.upsert_runs(&tx, RunColumns::of_latest(runs.iter().cloned()))
+            .await?;
         tx.commit().await.map_err(|e| self.err(&e))
     }
 
     async fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError> {
         let rows = self
-            .read("SELECT id, body FROM runs WHERE id = $1", &[&id])
+            .read(
+                &format!("SELECT id, body, {STEPS_COLUMN} FROM runs WHERE id = $1"),
+                &[&id],
+            )
             .await?;
-        Ok(Self::decode_runs(&rows)?.pop())
+        Ok(Self::load_runs(&rows)?.pop())
     }
 
     async fn run_ids_with_prefix(
@@ -591,7 +771,7 @@ impl Store for PgStore {
     }
 
     async fn list_runs(&self, q: &RunQuery) -> Result<RunPage, StoreError> {
-        let mut sql = String::from("SELECT id, created_at, body FROM runs WHERE TRUE");
+        let mut sql = format!("SELECT id, body, created_at, {STEPS_COLUMN} FROM runs WHERE TRUE");
         let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         let mut arg = |sql: &mut String, clause: &str, v: Box<dyn ToSql + Sync + Send>| {
             args.push(v);
@@ -615,9 +795,9 @@ impl Store for PgStore {
         }
         if let Some(token) = &q.page_token {
             let (ms, id) = parse_page_token(token)?;
-            arg(&mut sql, " AND (created_at < ?", Box::new(ms));
-            arg(&mut sql, " OR (created_at = ?", Box::new(ms));
-            arg(&mut sql, " AND id < ?))", Box::new(id.to_string()));
+            // A row-value comparison: an index range on (created_at, id).
+            arg(&mut sql, " AND (created_at, id) < (?", Box::new(ms));
+            arg(&mut sql, ", ?)", Box::new(id.to_string()));
         }
         let limit = q.limit.clamp(1, 1000);
         arg(
@@ -629,19 +809,13 @@ impl Store for PgStore {
             .iter()
             .map(|a| a.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        let rows = self.read(&sql, &refs).await?;
+        let mut rows = self.read(&sql, &refs).await?;
         let mut page = RunPage::default();
-        let mut last = None;
-        for r in &rows {
-            let id: &str = r.get(0);
-            if page.runs.len() == limit {
-                page.next_page_token = last.take();
-                break;
-            }
-            page.runs
-                .push(decode(&format!("run {id}"), r.get::<_, &[u8]>(2))?);
-            last = Some(page_token(r.get(1), id));
+        if rows.len() > limit {
+            rows.truncate(limit);
+            page.next_page_token = rows.last().map(|r| page_token(r.get(2), r.get(0)));
         }
+        page.runs = Self::load_runs(&rows)?;
         Ok(page)
     }
 
@@ -656,73 +830,80 @@ impl Store for PgStore {
         let states: Vec<String> = states.iter().map(|s| s.label().to_string()).collect();
         let rows = self
             .read(
-                "SELECT id, body FROM runs WHERE state = ANY($1)
-                 AND ($2::TEXT IS NULL OR agent = $2) ORDER BY created_at, id",
+                &format!(
+                    "SELECT id, body, {STEPS_COLUMN} FROM runs WHERE state = ANY($1)
+                     AND ($2::TEXT IS NULL OR agent = $2) ORDER BY created_at, id"
+                ),
                 &[&states, &agent],
             )
             .await?;
-        Self::decode_runs(&rows)
+        Self::load_runs(&rows)
     }
 
     async fn commit_event_batches(&self, batches: &[EventBatch]) -> Result<Vec<u64>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = self.begin_write(&mut conn).await?;
-        let seq_of = tx
-            .prepare_cached("SELECT last_event_seq FROM agents WHERE name = $1 FOR UPDATE")
-            .await
-            .map_err(|e| self.err(&e))?;
-        let ins = tx
-            .prepare_cached(
-                "INSERT INTO run_events (agent, seq, run_id, at, body) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (agent, seq) DO NOTHING",
+        // The agents' rows locked in name order (no deadlock between concurrent batches), the
+        // events and runs written with multi-row statements: a handful of round trips per
+        // call whatever the number of agents, events and runs.
+        let mut names: Vec<&str> = batches.iter().map(|b| b.agent.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut stored: std::collections::HashMap<String, u64> = tx
+            .query(
+                "SELECT name, last_event_seq FROM agents WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+                &[&names],
             )
             .await
-            .map_err(|e| self.err(&e))?;
-        let upsert = tx
-            .prepare_cached(UPSERT_RUN)
-            .await
-            .map_err(|e| self.err(&e))?;
+            .map_err(|e| self.err(&e))?
+            .iter()
+            .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+            .collect();
         let mut seqs = Vec::with_capacity(batches.len());
+        let (mut ev_agent, mut ev_seq, mut ev_run, mut ev_at, mut ev_body) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for batch in batches {
-            let mut max_seq: u64 = tx
-                .query_opt(&seq_of, &[&batch.agent])
-                .await
-                .map_err(|e| self.err(&e))?
-                .and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok())
-                .unwrap_or(0);
+            let mut max_seq = stored.get(&batch.agent).copied().unwrap_or(0);
             for ev in &batch.events {
-                let at = ev
-                    .at
-                    .as_ref()
-                    .map(syncfleet_proto::time::to_millis)
-                    .unwrap_or(0);
-                tx.execute(
-                    &ins,
-                    &[
-                        &batch.agent,
-                        &to_i64(ev.seq),
-                        &ev.run_id,
-                        &at,
-                        &ev.encode_to_vec(),
-                    ],
-                )
-                .await
-                .map_err(|e| self.err(&e))?;
+                ev_agent.push(batch.agent.clone());
+                ev_seq.push(to_i64(ev.seq));
+                ev_run.push(ev.run_id.clone());
+                ev_at.push(
+                    ev.at
+                        .as_ref()
+                        .map(syncfleet_proto::time::to_millis)
+                        .unwrap_or(0),
+                );
+                ev_body.push(ev.encode_to_vec());
                 max_seq = max_seq.max(ev.seq);
             }
-            for run in &batch.runs {
-                exec_run(&tx, &upsert, run)
-                    .await
-                    .map_err(|e| self.err(&e))?;
+            if let Some(s) = stored.get_mut(&batch.agent) {
+                *s = max_seq;
             }
-            tx.execute(
-                "UPDATE agents SET last_event_seq = $2 WHERE name = $1",
-                &[&batch.agent, &to_i64(max_seq)],
-            )
-            .await
-            .map_err(|e| self.err(&e))?;
             seqs.push(max_seq);
         }
+        tx.execute(
+            "INSERT INTO run_events (agent, seq, run_id, at, body)
+             SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BYTEA[])
+             ON CONFLICT (agent, seq) DO NOTHING",
+            &[&ev_agent, &ev_seq, &ev_run, &ev_at, &ev_body],
+        )
+        .await
+        .map_err(|e| self.err(&e))?;
+        self.upsert_runs(
+            &tx,
+            RunColumns::of_latest(batches.iter().flat_map(|b| b.runs.iter().cloned())),
+        )
+        .await?;
+        let (agents, agent_seqs): (Vec<String>, Vec<i64>) =
+            stored.into_iter().map(|(a, s)| (a, to_i64(s))).unzip();
+        tx.execute(
+            "UPDATE agents SET last_event_seq = n.seq
+             FROM unnest($1::TEXT[], $2::BIGINT[]) AS n(name, seq) WHERE agents.name = n.name",
+            &[&agents, &agent_seqs],
+        )
+        .await
+        .map_err(|e| self.err(&e))?;
         tx.commit().await.map_err(|e| self.err(&e))?;
         Ok(seqs)
     }
@@ -937,6 +1118,78 @@ mod tests {
     )]
     use super::*;
     use syncfleet_tests::postgres::TestPostgres;
+
+    /// A database written before run steps were stored apart (steps inside `runs.body`, the
+    /// indexes of then, schema version 2) is migrated when a controller connects: its runs
+    /// read back identical, with their steps in `run_steps`.
+    #[tokio::test]
+    async fn runs_stored_before_run_steps_read_back_identical() {
+        let pg = TestPostgres::shared();
+        let url = pg.create_database("oldsteps");
+        let runs: Vec<v1::Run> = (0..1500)
+            .map(|i| v1::Run {
+                id: format!("run-{i:05}"),
+                agent: "a".into(),
+                state: v1::RunState::Running as i32,
+                created_at: Some(syncfleet_proto::time::from_millis(1_000 + i)),
+                steps: (0..(i % 4) * 2)
+                    .map(|k| v1::Step {
+                        index: u32::try_from(k).unwrap(),
+                        profile: format!("Delta Import {k}"),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect();
+        {
+            let store = PgStore::connect(&url).await.unwrap();
+            let conn = store.conn().await.unwrap();
+            conn.batch_execute(
+                "DROP TABLE run_steps;
+                 DROP INDEX runs_by_agent_created; DROP INDEX runs_by_state_created;
+                 DROP INDEX runs_by_schedule_created;
+                 CREATE INDEX runs_by_agent ON runs (agent, created_at);
+                 CREATE INDEX runs_by_state ON runs (state);
+                 CREATE INDEX runs_by_schedule ON runs (schedule, created_at);
+                 DELETE FROM syncfleet_schema WHERE version = 3;",
+            )
+            .await
+            .unwrap();
+            for r in &runs {
+                conn.execute(
+                    "INSERT INTO runs (id, agent, state, created_at, body, schedule)
+                     VALUES ($1, $2, 'running', $3, $4, '')",
+                    &[&r.id, &r.agent, &run_created_ms(r), &r.encode_to_vec()],
+                )
+                .await
+                .unwrap();
+            }
+        }
+        let store = PgStore::connect(&url).await.unwrap();
+        for r in [&runs[0], &runs[1], &runs[3], &runs[1499]] {
+            assert_eq!(store.get_run(&r.id).await.unwrap().as_ref(), Some(r));
+        }
+        let all = store
+            .runs_in_states(Some("a"), &[v1::RunState::Running])
+            .await
+            .unwrap();
+        assert_eq!(all, runs);
+        let conn = store.conn().await.unwrap();
+        let with_steps = conn
+            .query("SELECT body FROM runs", &[])
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                !v1::Run::decode(r.get::<_, &[u8]>(0))
+                    .unwrap()
+                    .steps
+                    .is_empty()
+            })
+            .count();
+        assert_eq!(with_steps, 0, "no run record keeps its steps");
+    }
 
     /// A connection refused at startup is an error naming the URL (without its password) and
     /// what to check, within the connect timeout.
