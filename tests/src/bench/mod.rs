@@ -306,6 +306,7 @@ async fn fleet_rows(
         json!(shared.session_failures.load(SeqCst)),
     );
     report.context("simulator.cpu_s", json!(sim_end.cpu_seconds));
+    report.context("simulator.last_session_error", json!(shared.last_error()));
     fleet.stop().await;
     Ok(())
 }
