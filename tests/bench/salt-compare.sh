@@ -4,7 +4,7 @@
 #   - fleet-bench's ad-hoc row (a real syncfleet controller, N simulated agents over mTLS): time
 #     until every agent has received its run;
 #   - Salt's `salt '*' test.ping` to N local minions (master and minions on 127.0.0.1, each with
-#     its own config and PKI folders under target/salt-bench, no root paths): wall time of the
+#     its own root_dir (config, PKI, sockets, logs) under target/sb, no system paths): wall time of the
 #     command, which returns when every minion has answered.
 # for N = 20 and 50 (SALT_SIZES="20 50" by default). Salt is installed with pip into a
 # virtualenv under target/ the first time (it needs PyPI).
@@ -17,7 +17,9 @@ cd "$root"
 sizes="${SALT_SIZES:-20 50}"
 target="$root/target"
 venv="$target/salt-venv"
-work="$target/salt-bench"
+# Salt puts every path (PKI, cache, IPC sockets, logs) under root_dir, at its default place
+# below it; the path is kept short because a Unix socket path may have at most 107 bytes.
+work="$target/sb"
 
 echo "building fleet-bench and the daemons (release)..." >&2
 cargo build --release -q -p syncfleet-tests --bin fleet-bench -p syncfleet-controller -p syncfleet-agent --bins
@@ -55,16 +57,11 @@ interface: 127.0.0.1
 publish_port: $pub
 ret_port: $ret
 user: $user
-root_dir: $dir/master/root
-pki_dir: $dir/master/pki
-cachedir: $dir/master/cache
-sock_dir: $dir/master/sock
-pidfile: $dir/master/master.pid
-log_file: $dir/master/master.log
+root_dir: $dir/master
 auto_accept: True
 worker_threads: 2
 CFG
-    "$venv/bin/salt-master" -c "$dir/master" -l quiet &
+    "$venv/bin/salt-master" -c "$dir/master" -l quiet >"$dir/master.out" 2>&1 &
     pids+=("$!")
     for i in $(seq 1 "$n"); do
         local m="$dir/minion-$i"
@@ -75,31 +72,26 @@ master_port: $ret
 publish_port: $pub
 id: bench-minion-$i
 user: $user
-root_dir: $m/root
-pki_dir: $m/pki
-cachedir: $m/cache
-sock_dir: $m/sock
-pidfile: $m/minion.pid
-log_file: $m/minion.log
+root_dir: $m
 CFG
-        "$venv/bin/salt-minion" -c "$m" -l quiet &
+        "$venv/bin/salt-minion" -c "$m" -l quiet >"$m.out" 2>&1 &
         pids+=("$!")
     done
     # Wait (at most 5 minutes) until every minion answers.
     local deadline=$((SECONDS + 300)) answered=0
     while [ "$answered" -lt "$n" ]; do
         if [ "$SECONDS" -ge "$deadline" ]; then
-            echo "salt: only $answered of $n minions answered test.ping within 300 s; see $dir/*/*.log" >&2
+            echo "salt: only $answered of $n minions answered test.ping within 300 s; see the logs under $dir/*/var/log/salt/" >&2
             return 1
         fi
         answered="$("$venv/bin/salt" -c "$dir/master" --out=json --static -t 10 'bench-minion-*' test.ping 2>/dev/null \
             | python3 -c 'import json,sys; d=json.load(sys.stdin) if sys.stdin.readable() else {}; print(sum(1 for v in d.values() if v is True))' 2>/dev/null || echo 0)"
     done
     # The measured call, after a warm-up call.
-    "$venv/bin/salt" -c "$dir/master" --out=quiet -t 30 'bench-minion-*' test.ping >/dev/null
+    "$venv/bin/salt" -c "$dir/master" --out=json --static -t 30 'bench-minion-*' test.ping >/dev/null
     local t0 t1
     t0="$(date +%s.%N)"
-    "$venv/bin/salt" -c "$dir/master" --out=quiet -t 30 'bench-minion-*' test.ping >/dev/null
+    "$venv/bin/salt" -c "$dir/master" --out=json --static -t 30 'bench-minion-*' test.ping >/dev/null
     t1="$(date +%s.%N)"
     cleanup
     pids=()

@@ -1,5 +1,5 @@
 //! One ad-hoc run on each simulated agent: the `StartRuns` RPC when the controller serves it,
-//! else one `StartRun` call per agent, all concurrent.
+//! else one `StartRun` call per agent, many in flight at once.
 
 use futures::StreamExt;
 use syncfleet_proto::v1::{self, fleet_service_client::FleetServiceClient};
@@ -8,6 +8,11 @@ use tonic::transport::Channel;
 use super::enroll::LABEL;
 use super::error::{BenchError, Result};
 use super::sim::{MA, PROFILE};
+
+/// Most `StartRun` calls in flight at once on the operator's connection: the controller's
+/// HTTP/2 server sends GOAWAY (`ENHANCE_YOUR_CALM`, too many data frames) to a client with
+/// 10,000 calls in flight on one connection.
+const IN_FLIGHT: usize = 256;
 
 /// How the runs were started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +25,9 @@ impl Method {
     pub fn label(self) -> &'static str {
         match self {
             Method::StartRuns => "one StartRuns call",
-            Method::ConcurrentStartRun => "concurrent StartRun calls, one per agent",
+            Method::ConcurrentStartRun => {
+                "StartRun calls, one per agent, 256 in flight (StartRuns not served)"
+            }
         }
     }
 }
@@ -76,7 +83,7 @@ pub async fn start_one_each(
                 .map_err(BenchError::rpc(format!("StartRun on {agent}")))
             }
         })
-        .buffer_unordered(names.len().max(1))
+        .buffer_unordered(IN_FLIGHT)
         .collect()
         .await;
     let runs = results.into_iter().collect::<Result<Vec<_>>>()?;

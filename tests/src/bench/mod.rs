@@ -33,16 +33,26 @@ use options::{Options, Row};
 use procfs::mb;
 use report::{Budget, Report};
 
-/// The commit of the source tree fleet-bench was built from, when git knows it.
-fn git_commit() -> String {
+/// Output of `git ARGS` in the source tree fleet-bench was built from, when git answers.
+fn git(args: &[&str]) -> Option<String> {
     std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The commit of that source tree, with `+uncommitted` when files differ from it.
+fn git_commit() -> String {
+    let Some(head) = git(&["rev-parse", "HEAD"]) else {
+        return "unknown".into();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(changes) if !changes.is_empty() => format!("{head}+uncommitted"),
+        _ => head,
+    }
 }
 
 fn failed(report: &mut Report, errors: &mut Vec<String>, row: &str, e: &BenchError) {
@@ -306,6 +316,7 @@ async fn fleet_rows(
         json!(shared.session_failures.load(SeqCst)),
     );
     report.context("simulator.cpu_s", json!(sim_end.cpu_seconds));
+    report.context("simulator.last_session_error", json!(shared.last_error()));
     fleet.stop().await;
     Ok(())
 }

@@ -61,7 +61,7 @@ pub async fn measure(
     // The controller's stored view: polled for a bounded time after the last Welcome. A
     // shortfall is reported (an agent with a live session listed as not connected is a
     // controller defect), not waited for.
-    let list_timeout = Duration::from_secs(30);
+    let list_timeout = Duration::from_secs(10) + Duration::from_millis(2) * n as u32;
     let deadline = Instant::now() + list_timeout;
     let (listed, listed_connected) = loop {
         let c = connected(op, "sim-").await?;
