@@ -1,9 +1,14 @@
 //! Creating many runs at once: one fire time of a schedule on every target agent, or one ad-hoc
 //! request fanned out to a selection of agents (`StartRuns`). The caller has decided which
 //! agents get a run (revocation, pauses, drains, overlap, inventory); here the runs are stored
-//! in **one** store transaction ([`crate::store::Store::insert_runs`]) and then sent to their
-//! agents concurrently, so the cost of a fire grows with one transaction plus a channel send
-//! per agent, not with one transaction and a round of reads per agent.
+//! in at most **two** store transactions ([`crate::store::Store::insert_runs`]) and sent to
+//! their agents concurrently, so the cost of a fire grows with a transaction plus a channel send
+//! per agent, not with one transaction and a round of reads per agent. The first
+//! [`HEAD_RUNS`] runs of a large batch are committed and sent before the rest, so the first
+//! agents do not wait for the whole batch's commit. A crash between the two commits is a crash
+//! in the middle of a fire: the stored runs stay, the schedule's cursor has not moved, so at
+//! restart the fire time goes to the catch-up policy, and derived run ids keep any run from
+//! being created twice.
 //!
 //! A run whose agent is connected, whose dispatch time has come and which its agent did not
 //! cover on its own is inserted already `dispatched`: in the store `dispatched` means "sent or
@@ -27,6 +32,9 @@ use super::{Fleet, FleetError, state_of};
 /// One run of a batch as it came out: the run as stored now, and whether this batch created it
 /// (false: a run with its id existed already, e.g. a duplicate scheduled fire).
 pub type Created = (v1::Run, bool);
+
+/// Runs of a large batch committed ahead of the rest (see [`Fleet::create_runs`]).
+const HEAD_RUNS: usize = 32;
 
 impl Fleet {
     /// The stored form of a new run (not stored yet): id, state, message, root span.
@@ -84,7 +92,7 @@ impl Fleet {
             && self.is_connected(&run.agent)
     }
 
-    /// Store `news` in one transaction, publish the new runs and send the due ones to their
+    /// Store `news` (in one transaction, or two for a large batch), publish the new runs and send the due ones to their
     /// connected agents concurrently; runs due later are sent by one timer task. Returns one
     /// entry per input, in order; for an id that existed already, the stored run.
     pub async fn create_runs(
@@ -105,9 +113,39 @@ impl Fleet {
             runs.push(run);
             spans.push(span);
         }
-        let inserted = self.store.insert_runs(&runs).await?;
         let mut out = Vec::with_capacity(runs.len());
         let mut later = Vec::new();
+        // The first few runs are committed on their own, so their agents start without waiting
+        // for the whole batch's transaction; the rest follow in one more.
+        let head = if runs.len() > 2 * HEAD_RUNS {
+            HEAD_RUNS
+        } else {
+            runs.len()
+        };
+        let tail_runs = runs.split_off(head);
+        let tail_spans = spans.split_off(head);
+        for (runs, spans) in [(runs, spans), (tail_runs, tail_spans)] {
+            if runs.is_empty() {
+                continue;
+            }
+            self.insert_and_send(runs, spans, now_ms, &mut out, &mut later)
+                .await?;
+        }
+        self.dispatch_later(later);
+        Ok(out)
+    }
+
+    /// Store `runs` in one transaction, publish the new ones and send those stored
+    /// `dispatched`; runs due later are added to `later`, outcomes to `out` in order.
+    async fn insert_and_send(
+        &self,
+        runs: Vec<v1::Run>,
+        spans: Vec<tracing::Span>,
+        now_ms: i64,
+        out: &mut Vec<Created>,
+        later: &mut Vec<(i64, String)>,
+    ) -> Result<(), FleetError> {
+        let inserted = self.store.insert_runs(&runs).await?;
         for ((run, span), new) in runs.into_iter().zip(spans).zip(inserted) {
             if !new {
                 let id = run.id.clone();
@@ -127,8 +165,7 @@ impl Fleet {
             }
             out.push((run, true));
         }
-        self.dispatch_later(later);
-        Ok(out)
+        Ok(())
     }
 
     /// Queue `StartRun` for a run stored `dispatched` without waiting for a full session
@@ -166,5 +203,53 @@ impl Fleet {
                 fleet.dispatch_run(&id).await;
             }
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::fixtures::fleet;
+
+    fn new_run(i: usize) -> NewRun {
+        NewRun {
+            id: Some(format!("run-{i:03}")),
+            agent: "a".into(),
+            steps: vec![v1::Step {
+                ma: "AD".into(),
+                profile: "Delta Import".into(),
+                state: v1::StepState::Waiting as i32,
+                ..Default::default()
+            }],
+            origin: "schedule".into(),
+            ..NewRun::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_is_stored_whole_in_order_and_a_repeat_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fleet, store) = fleet(dir.path()).await;
+        let n = 2 * HEAD_RUNS + 7;
+        let created = fleet
+            .create_runs((0..n).map(new_run).collect())
+            .await
+            .unwrap();
+        let ids: Vec<&str> = created.iter().map(|(r, _)| r.id.as_str()).collect();
+        let want: Vec<String> = (0..n).map(|i| format!("run-{i:03}")).collect();
+        assert_eq!(ids, want, "one outcome per input, in order");
+        assert!(created.iter().all(|(_, new)| *new));
+        for id in &want {
+            let run = store.get_run(id).await.unwrap().unwrap();
+            // Agent `a` is not connected: stored pending, waiting for it.
+            assert_eq!(state_of(&run), v1::RunState::Pending, "{id}");
+        }
+        // The same ids again (a duplicate fire): nothing new, the stored runs come back.
+        let again = fleet
+            .create_runs((0..n).map(new_run).collect())
+            .await
+            .unwrap();
+        assert_eq!(again.len(), n);
+        assert!(again.iter().all(|(_, new)| !*new));
     }
 }

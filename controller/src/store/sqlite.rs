@@ -289,7 +289,7 @@ impl SqliteDb {
         writer
             .execute_batch(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
-                 PRAGMA busy_timeout=5000;",
+                 PRAGMA busy_timeout=5000; PRAGMA temp_store=MEMORY;",
             )
             .map_err(err)?;
         writer.execute_batch(SCHEMA).map_err(err)?;
