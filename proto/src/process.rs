@@ -41,11 +41,20 @@ pub fn dump_config(cfg: &impl serde::Serialize) -> ExitCode {
     }
 }
 
-/// The tokio runtime a binary runs on: multi-threaded for long-running servers, current-thread
-/// otherwise. When it cannot be built, prints why and returns exit code 1.
+/// Most threads of a server's blocking pool (tokio's default is 512). A server's blocking work
+/// is short calls into its store, which has a few connections anyway: a burst of them (10,000
+/// agents reconnecting at once) queues for a thread instead of starting hundreds, each with its
+/// stack and, with glibc, a malloc arena of its own.
+pub const MAX_BLOCKING_THREADS: usize = 32;
+
+/// The tokio runtime a binary runs on: multi-threaded for long-running servers (with at most
+/// [`MAX_BLOCKING_THREADS`] blocking threads), current-thread otherwise. When it cannot be built,
+/// prints why and returns exit code 1.
 pub fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
     let mut builder = if multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.max_blocking_threads(MAX_BLOCKING_THREADS);
+        b
     } else {
         tokio::runtime::Builder::new_current_thread()
     };
