@@ -371,16 +371,7 @@ impl Fleet {
             Some(Refusal {
                 error: FleetError::NoSuchAgent(name),
                 ..
-            }) => {
-                let known = self
-                    .store
-                    .list_agents()
-                    .await?
-                    .into_iter()
-                    .map(|a| a.name)
-                    .collect();
-                Err(FleetError::UnknownAgent { name, known })
-            }
+            }) => Err(self.unknown_agent(name).await?),
             Some(r) => Err(r.error),
             None => Err(FleetError::NothingSelected(selection.describe())),
         }

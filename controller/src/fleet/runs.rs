@@ -77,17 +77,7 @@ impl Fleet {
         let name = new.agent.clone();
         let stored = self.store.get_agent(&name).await?;
         let Some(stored) = stored else {
-            let known = self
-                .store
-                .list_agents()
-                .await?
-                .into_iter()
-                .map(|a| a.name)
-                .collect();
-            return Err(FleetError::UnknownAgent {
-                name: new.agent,
-                known,
-            });
+            return Err(self.unknown_agent(new.agent).await?);
         };
         self.check_not_revoked(&new.agent).await?;
         let schedule = (!new.schedule.is_empty() && new.continuation_of.is_empty())
@@ -261,6 +251,18 @@ impl Fleet {
         {
             let _ = tx.send(Ok(cancel_command(id, &run.message))).await;
         }
+    }
+
+    /// [`FleetError::UnknownAgent`] for `name`, listing the agents that do exist.
+    pub(super) async fn unknown_agent(&self, name: String) -> Result<FleetError, StoreError> {
+        let known = self
+            .store
+            .list_agents()
+            .await?
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        Ok(FleetError::UnknownAgent { name, known })
     }
 
     /// The stored run with (full) id `id`; `NoSuchRun` when there is none.
