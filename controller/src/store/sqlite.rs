@@ -626,26 +626,29 @@ fn run_bytes(runs: &[v1::Run]) -> usize {
     runs.iter().map(|r| r.encoded_len()).sum()
 }
 
+/// Run `sql` (an insert of a run's header row, `?1`..`?6` = id, agent, state, created_at,
+/// body without steps, schedule) for `run`; the number of rows it changed.
+fn write_run_header(conn: &Connection, sql: &str, run: &v1::Run) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params![
+        run.id,
+        run.agent,
+        run_state_label(run),
+        run_created_ms(run),
+        run.encode_to_vec(),
+        run.schedule
+    ])
+}
+
 /// Insert `run` (header and every step) unless its id exists; whether it was inserted.
 fn insert_run(w: &Writer<'_>, mut run: v1::Run) -> Result<bool, StoreError> {
     let steps = std::mem::take(&mut run.steps);
-    let n = w
-        .conn
-        .prepare_cached(
-            "INSERT OR IGNORE INTO runs (id, agent, state, created_at, body, schedule)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut st| {
-            st.execute(params![
-                run.id,
-                run.agent,
-                run_state_label(&run),
-                run_created_ms(&run),
-                run.encode_to_vec(),
-                run.schedule
-            ])
-        })
-        .map_err(|e| w.err(e))?;
+    let n = write_run_header(
+        w.conn,
+        "INSERT OR IGNORE INTO runs (id, agent, state, created_at, body, schedule)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        &run,
+    )
+    .map_err(|e| w.err(e))?;
     if n == 1 {
         for (idx, step) in steps.iter().enumerate() {
             put_step(w.conn, &run.id, idx, &step.encode_to_vec()).map_err(|e| w.err(e))?;
@@ -658,22 +661,13 @@ fn insert_run(w: &Writer<'_>, mut run: v1::Run) -> Result<bool, StoreError> {
 /// from the stored one (steps past its last are deleted).
 fn upsert_run(w: &Writer<'_>, mut run: v1::Run) -> Result<(), StoreError> {
     let steps = std::mem::take(&mut run.steps);
-    w.conn
-        .prepare_cached(
-            "INSERT INTO runs (id, agent, state, created_at, body, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
-        )
-        .and_then(|mut st| {
-            st.execute(params![
-                run.id,
-                run.agent,
-                run_state_label(&run),
-                run_created_ms(&run),
-                run.encode_to_vec(),
-                run.schedule
-            ])
-        })
-        .map_err(|e| w.err(e))?;
+    write_run_header(
+        w.conn,
+        "INSERT INTO runs (id, agent, state, created_at, body, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
+        &run,
+    )
+    .map_err(|e| w.err(e))?;
     let stored: Vec<(i64, Vec<u8>)> = w
         .conn
         .prepare_cached("SELECT idx, body FROM run_steps WHERE run_id = ?1 ORDER BY idx")
