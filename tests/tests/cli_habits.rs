@@ -474,3 +474,41 @@ fn a_revoked_operator_is_refused_on_every_call_and_audited() {
     assert_eq!(fleet.cli(&["agents", "list"]).status.code(), Some(1));
     assert!(as_op(&carol, &["agents", "list"]).status.success());
 }
+
+#[test]
+fn wide_lists_add_columns_and_no_headers_leaves_rows_only() {
+    let fleet = Fleet::started(&["sync-01"], 0.01);
+    let plain = stdout(&fleet.cli(&["agents", "list"]));
+    let wide = stdout(&fleet.cli(&["agents", "list", "-o", "wide"]));
+    assert!(!plain.contains("HOSTNAME"), "{plain}");
+    let header = wide.lines().next().unwrap();
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(columns[0], "NAME", "{wide}");
+    assert_eq!(
+        columns[columns.len() - 3..],
+        ["HOSTNAME", "VERSION", "IN-FLIGHT"],
+        "{wide}"
+    );
+    let agent = fleet.cli_json(&["agents", "show", "sync-01", "-o", "json"]);
+    let version = agent["agent_version"].as_str().unwrap();
+    assert!(!version.is_empty());
+    assert!(wide.lines().nth(1).unwrap().contains(version), "{wide}");
+    let bare = stdout(&fleet.cli(&["agents", "list", "--no-headers"]));
+    assert_eq!(bare.lines().count(), 1, "{bare}");
+    assert!(bare.starts_with("sync-01 "), "{bare}");
+
+    let out = fleet.cli(&["run", "sync-01", "--step", "AD:Delta Import", "--follow"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runs = stdout(&fleet.cli(&["runs", "list", "-o", "wide"]));
+    let mut lines = runs.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header[header.len() - 4..],
+        ["SCHEDULE", "REQUESTED-BY", "STARTED", "FINISHED"],
+        "{runs}"
+    );
+    assert!(lines.next().unwrap().contains("operator/admin"), "{runs}");
+    let bare = stdout(&fleet.cli(&["runs", "list", "--no-headers"]));
+    assert_eq!(bare.lines().count(), 1, "{bare}");
+    assert!(!bare.contains("AGENT"), "{bare}");
+}

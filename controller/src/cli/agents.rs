@@ -202,7 +202,7 @@ fn agent_state_brief(a: &Agent) -> String {
 }
 
 /// `agents list` table: NAME STATE DRAIN ENGINE MAS LAST-SEEN LABELS (DRAIN is `draining` or
-/// `-`).
+/// `-`); `-o wide` adds HOSTNAME VERSION IN-FLIGHT (runs in flight).
 pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
     let mut t = Table::new(&[
         "NAME",
@@ -212,7 +212,8 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
         "MAS",
         "LAST-SEEN",
         "LABELS",
-    ]);
+    ])
+    .wide(&["HOSTNAME", "VERSION", "IN-FLIGHT"]);
     for a in agents {
         t.row(vec![
             a.name.clone(),
@@ -226,6 +227,9 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
             a.management_agents.len().to_string(),
             age(a.last_seen.as_ref(), now),
             or_dash(&labels_brief(&a.labels)).to_string(),
+            or_dash(&a.hostname).to_string(),
+            or_dash(&a.agent_version).to_string(),
+            a.runs_in_flight.len().to_string(),
         ]);
     }
     t.render()

@@ -481,11 +481,12 @@ pub fn origin_brief(r: &Run) -> String {
 }
 
 /// `runs list` table: ID AGENT ORIGIN SEQUENCE STATE RESULT CREATED DURATION STEPS
-/// (SEQUENCE is `-` for ad-hoc runs).
+/// (SEQUENCE is `-` for ad-hoc runs); `-o wide` adds SCHEDULE REQUESTED-BY STARTED FINISHED.
 pub fn runs_table(runs: &[Run], now: DateTime<Utc>) -> String {
     let mut t = Table::new(&[
         "ID", "AGENT", "ORIGIN", "SEQUENCE", "STATE", "RESULT", "CREATED", "DURATION", "STEPS",
-    ]);
+    ])
+    .wide(&["SCHEDULE", "REQUESTED-BY", "STARTED", "FINISHED"]);
     for r in runs {
         t.row(vec![
             r.id.clone(),
@@ -497,6 +498,10 @@ pub fn runs_table(runs: &[Run], now: DateTime<Utc>) -> String {
             local_time(r.created_at.as_ref()),
             elapsed(r.started_at.as_ref(), r.finished_at.as_ref(), now),
             steps_brief(r),
+            or_dash(&r.schedule).to_string(),
+            or_dash(&r.requested_by).to_string(),
+            local_time(r.started_at.as_ref()),
+            local_time(r.finished_at.as_ref()),
         ]);
     }
     t.render()
