@@ -7,9 +7,9 @@
 //!   certificates are recorded and operators revoked in [`operators`].
 //! - **Authorization** ([`roles`]): operator roles are cumulative: `viewer` reads everything,
 //!   `operator` also runs, cancels, approves, pauses, resumes and drains, `admin` also applies
-//!   and deletes fleet files, creates tokens and operators, and revokes agents. Which permission
-//!   each RPC needs is one table, [`roles::RPC_ACCESS`], checked by [`permits`]. A denial
-//!   names the missing permission and is audited.
+//!   and deletes fleet files, creates tokens and operators, and revokes agents and operators.
+//!   Which permission each RPC needs is one table, [`roles::RPC_ACCESS`], checked by
+//!   [`permits`]. A denial names the missing permission and is audited.
 //! - **Audit** ([`audit`]): every mutating call, every denial, enrollment, renewal and
 //!   revocation is appended to the store's audit log with who, what, target, when, result, peer
 //!   and a request id (also returned as `x-request-id` metadata and logged). Token secrets and

@@ -11,7 +11,7 @@ pub enum OperatorRole {
     Viewer,
     /// Also run, cancel, approve, pause, resume and drain.
     Operator,
-    /// Also apply and delete fleet files, create tokens and operators, revoke agents.
+    /// Also apply and delete fleet files, create tokens and operators, revoke agents and operators.
     Admin,
 }
 

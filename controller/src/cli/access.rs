@@ -78,7 +78,7 @@ pub enum OperatorsCommand {
         name: String,
         /// What the operator may do: viewer reads; operator also runs, cancels, approves,
         /// pauses, resumes and drains; admin also applies fleet files, creates tokens and
-        /// operators and revokes agents
+        /// operators and revokes agents and operators
         #[arg(long, value_enum)]
         role: RoleArg,
         /// Certificate lifetime, e.g. 90d [default: the controller's, 90 days]
