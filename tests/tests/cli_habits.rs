@@ -512,3 +512,33 @@ fn wide_lists_add_columns_and_no_headers_leaves_rows_only() {
     assert_eq!(bare.lines().count(), 1, "{bare}");
     assert!(!bare.contains("AGENT"), "{bare}");
 }
+
+#[test]
+fn the_operator_of_a_dev_fleet_is_listed_and_the_version_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli_config = dir.path().join("cli.toml");
+    let (grpc, http) = (common::free_port(), common::free_port());
+    let mut cmd = Command::new(bin("syncfleet-controller"));
+    cmd.args(["dev", "--agents", "1"])
+        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .arg("--cli-config")
+        .arg(&cli_config);
+    let _dev = common::Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));
+    let config = path_str(&cli_config);
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        cli_in(dir.path(), &[], &all)
+    };
+    common::wait_agents_connected(cli, 1);
+    assert_eq!(stdout(&cli(&["config", "current-context"])), "dev");
+    let list = json_of(&cli(&["operators", "list", "-o", "json"]));
+    let certs = list.as_array().unwrap();
+    assert_eq!(certs.len(), 1, "{list:#}");
+    assert_eq!(certs[0]["name"], "dev-admin");
+    assert_eq!(certs[0]["role"], "admin");
+    assert_eq!(certs[0]["state"], "valid");
+    let j = json_of(&cli(&["version", "-o", "json"]));
+    assert_eq!(j["server"]["version"], env!("CARGO_PKG_VERSION"));
+}
