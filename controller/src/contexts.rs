@@ -488,7 +488,12 @@ pub fn resolve_connection(
             config_path: origin,
             context: Context {
                 controller: merged.controllers[0].clone(),
-                controllers: merged.controllers.clone(),
+                // One URL is a single controller, as a context file would say it.
+                controllers: if merged.controllers.len() > 1 {
+                    merged.controllers.clone()
+                } else {
+                    Vec::new()
+                },
                 ca_cert: abs(merged.ca_cert),
                 client_cert: abs(merged.client_cert),
                 client_key: abs(merged.client_key),

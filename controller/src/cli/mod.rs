@@ -302,7 +302,7 @@ pub enum Command {
     /// One-time enrollment tokens for new agents
     #[command(subcommand)]
     Tokens(TokensCommand),
-    /// Operator credentials (client certificates with a role)
+    /// Operator credentials (client certificates with a role): create, list, revoke
     #[command(subcommand)]
     Operators(OperatorsCommand),
     /// The audit log: every change, denial, enrollment, renewal and revocation
