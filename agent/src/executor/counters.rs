@@ -211,4 +211,52 @@ mod tests {
             21
         );
     }
+
+    /// The executor sends a simulated export's errors with its `StepFinished`, counted and
+    /// listed; a step without errors sends empty lists.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_finished_export_step_carries_its_object_errors() {
+        use crate::engine::sim::ScriptedFailure;
+        use crate::executor::testkit::*;
+        let (h, sim) = quiet().await;
+        sim.inject_failure(
+            ScriptedFailure::new("AD", "completed-export-errors").with_profile("Export"),
+        )
+        .unwrap();
+        start_plan(
+            &h,
+            "r1",
+            vec![
+                vec![step("AD", "Export", v1::Condition::Always, None)],
+                vec![step("HR", "Delta Import", v1::Condition::Always, None)],
+            ],
+            |r| r.on_failure = v1::OnFailure::Continue as i32,
+        );
+        let events = wait_all(&h).await;
+        let export = step_finished(&events, "r1", 0);
+        assert_eq!(export.result, "completed-export-errors");
+        assert!(export.error_count > 0, "{export:?}");
+        assert_eq!(
+            export.object_errors.len() as u64 + export.object_errors_omitted,
+            export.error_count
+        );
+        for e in &export.object_errors {
+            assert_eq!(e.kind, "export");
+            assert_eq!(e.error_type, "permission-issue");
+            assert_eq!(e.error_code, "0x80070005");
+            assert!(!e.dn.is_empty() && !e.cs_guid.is_empty(), "{e:?}");
+        }
+        // The export connected to its directory: its successful incident is sent too.
+        assert!(
+            export
+                .connection_incidents
+                .iter()
+                .all(|i| i.connection_result == "success"),
+            "{export:?}"
+        );
+        let import = step_finished(&events, "r1", 1);
+        assert_eq!(import.error_count, 0);
+        assert!(import.object_errors.is_empty());
+        assert_eq!(import.object_errors_omitted, 0);
+    }
 }
