@@ -130,6 +130,7 @@ pub mod connect;
 pub mod documents;
 pub mod fleet;
 pub mod output;
+pub mod run_errors;
 pub mod runs;
 pub mod schedules;
 pub mod table;

@@ -86,6 +86,10 @@ pub enum RunsCommand {
     Show {
         /// Run id
         id: String,
+        /// Also list the object errors and connection incidents the engine reported for each
+        /// step (`-o json` always has them)
+        #[arg(long)]
+        errors: bool,
     },
     /// Cancel a run (a pending run ends at once; a running one is stopped on its agent)
     Cancel {
@@ -147,7 +151,7 @@ impl Session<'_> {
                 self.runs_list(client, agent.as_deref(), states, *limit)
                     .await
             }
-            RunsCommand::Show { id } => self.runs_show(client, id).await,
+            RunsCommand::Show { id, errors } => self.runs_show(client, id, *errors).await,
             RunsCommand::Cancel { id, reason } => self.runs_cancel(client, id, reason).await,
             RunsCommand::Approve { id, note } => self.runs_approve(client, id, note).await,
         }
@@ -319,7 +323,7 @@ impl Session<'_> {
         )
     }
 
-    async fn runs_show(&self, client: &mut Client, id: &str) -> Result<u8, CliError> {
+    async fn runs_show(&self, client: &mut Client, id: &str, errors: bool) -> Result<u8, CliError> {
         let run = client
             .get_run(GetRunRequest { id: id.to_string() })
             .await
@@ -328,6 +332,9 @@ impl Session<'_> {
         match self.format {
             OutputFormat::Json | OutputFormat::Yaml => self.data(&output::run_json(&run))?,
             OutputFormat::Table => out(&run_details(&run, chrono::Utc::now()))?,
+        }
+        if errors && self.format == OutputFormat::Table {
+            out(&super::run_errors::errors_section(&run))?;
         }
         Ok(EXIT_OK)
     }
@@ -710,13 +717,11 @@ pub fn step_notes(s: &Step, approved: bool) -> Vec<String> {
         }
     }
     if let Some(g) = &s.guard {
-        let parts: Vec<String> = [
-            ("max_pending_deletes", g.max_pending_deletes.as_ref()),
-            ("max_staged_deletes", g.max_staged_deletes.as_ref()),
-        ]
-        .into_iter()
-        .filter_map(|(k, l)| limit_brief(l).map(|v| format!("{k}={v}")))
-        .collect();
+        let parts: Vec<String> = g
+            .limits()
+            .into_iter()
+            .filter_map(|(k, l)| limit_brief(l).map(|v| format!("{k}={v}")))
+            .collect();
         if !parts.is_empty() {
             let lifted = if approved {
                 " (lifted once by approval)"
@@ -996,7 +1001,7 @@ pub(super) mod tests {
                 max_pending_deletes: Some(syncfleet_proto::v1::Limit {
                     kind: Some(limit::Kind::Count(500)),
                 }),
-                max_staged_deletes: None,
+                ..Default::default()
             }),
             detail: "700 pending export deletes exceed max_pending_deletes 500".into(),
             pending_before: Some(PendingCounters {
