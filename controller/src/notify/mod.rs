@@ -1,0 +1,553 @@
+//! Notifications: `Notifier` fleet documents send the fleet's problems (held runs, failed runs,
+//! lost agents, unhealthy engines, saturated schedules) to a webhook or by e-mail.
+//!
+//! Contracts:
+//! - **Nothing missed**: the problems are read from the store and the live fleet view on every
+//!   evaluation ([`problems::current`]); run updates of [`Fleet::subscribe`] only trigger an
+//!   evaluation sooner, so a dropped update delays a message by at most [`RECONCILE_EVERY`].
+//! - **One message per problem until it clears** (deduplication): each problem a notifier has
+//!   seen is a record in the store (`keys::notifier_problem`), written after its delivery, so
+//!   neither a second evaluation nor a controller restart or leader change sends it again. A
+//!   crash between a delivery and its record can send it once more (at least once). When the
+//!   problem clears the record goes, after a "resolved" message when the notifier asks for one;
+//!   a new occurrence is a new problem. Failed runs never clear: their records go when the run
+//!   leaves [`problems::FAILED_WINDOW`]. Failed runs that ended before a notifier was first
+//!   seen are not sent (no flood of history when a notifier is applied).
+//! - **Retried with backoff**: a failed attempt is retried after [`RETRY_FIRST`], doubling up
+//!   to [`RETRY_MAX`], at most [`MAX_ATTEMPTS`] times, then given up (counted). Every outcome is
+//!   counted in the notifier's status record (`keys::notifier_status`), which
+//!   `syncfleet notifiers list|show` and `syncfleet_notifications_total` read.
+//! - **Leader only**: [`Notifier::run`] is part of the leader's term (`server::leader_term`),
+//!   under its epoch, so followers never send and a fenced old leader cannot write records.
+
+pub mod deliver;
+pub mod problems;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use syncfleet_proto::time::to_proto;
+use syncfleet_proto::v1;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::documents::model::{Document, NotifierDoc, NotifyOn};
+use crate::fleet::Fleet;
+use crate::limits::echo;
+use crate::schedule::scheduler::Scheduler;
+use crate::store::{Store, StoreError, keys};
+use deliver::Outgoing;
+use problems::Problem;
+
+/// Longest time between two evaluations.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// First retry delay after a failed delivery.
+pub const RETRY_FIRST: Duration = Duration::from_secs(2);
+/// Longest retry delay.
+pub const RETRY_MAX: Duration = Duration::from_secs(600);
+/// Delivery attempts per message before it is given up.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Most problems one notifier sends per evaluation (the rest wait for the next one, so a
+/// storm of failures cannot hold the loop for long).
+const MAX_SENDS_PER_EVALUATION: usize = 50;
+
+/// Why a notifier operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// `NOT_FOUND`.
+    #[error("no notifier named {}; see them with 'syncfleet notifiers list'", echo(.0))]
+    NotFound(String),
+    /// `INTERNAL`.
+    #[error("stored notifier {name} is unreadable: {problem}")]
+    Unreadable { name: String, problem: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A notifier's counts and last outcome, kept in the store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusRecord {
+    /// When the notifier was first evaluated (failed runs that ended before are not sent).
+    pub since_ms: i64,
+    pub sent: u64,
+    pub resolved: u64,
+    pub failed: u64,
+    pub given_up: u64,
+    pub last_delivery_ms: Option<i64>,
+    pub last_error_ms: Option<i64>,
+    pub last_error: String,
+}
+
+/// One problem a notifier knows about, kept in the store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProblemRecord {
+    pub title: String,
+    pub since_ms: i64,
+    /// The message about the problem was delivered.
+    pub delivered: bool,
+    /// The problem cleared and the "resolved" message is still to be delivered.
+    #[serde(default)]
+    pub clearing: bool,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub last_error: String,
+    /// No more attempts.
+    #[serde(default)]
+    pub given_up: bool,
+    /// The text of the problem, for the "resolved" message.
+    #[serde(default)]
+    pub kind: String,
+}
+
+fn decode<T: for<'de> Deserialize<'de> + Default>(b: &[u8]) -> T {
+    serde_json::from_slice(b).unwrap_or_default()
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn backoff(attempts: u32) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(16);
+    RETRY_FIRST.saturating_mul(factor).min(RETRY_MAX)
+}
+
+/// The leader's notifier loop and evaluations.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    fleet: Arc<Fleet>,
+    scheduler: Arc<Scheduler>,
+}
+
+impl Notifier {
+    pub fn new(fleet: Arc<Fleet>, scheduler: Arc<Scheduler>) -> Self {
+        Self { fleet, scheduler }
+    }
+
+    /// Evaluate on every run update that may be a problem (soon after it) and every
+    /// [`RECONCILE_EVERY`], until `term` is cancelled.
+    pub async fn run(self, term: CancellationToken) {
+        let mut updates = self.fleet.subscribe();
+        let mut tick = tokio::time::interval(RECONCILE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = updates.recv() => match r {
+                    Ok(run) if !is_problem_update(&run) => continue,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Let the rest of a burst arrive, then evaluate once.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        while updates.try_recv().is_ok() {}
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = term.cancelled() => return,
+            }
+            if let Err(e) = self.evaluate(Utc::now()).await {
+                tracing::warn!(error = %e, "notifications: evaluation failed; retrying on the next one");
+            }
+        }
+    }
+
+    /// One evaluation: read the problems, send what is new (and what cleared, when asked),
+    /// retry what is due, and record it all.
+    pub async fn evaluate(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let docs = problems::notifier_docs(&self.fleet).await?;
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let mut wanted: Vec<NotifyOn> = docs.iter().flat_map(|d| d.on.iter().copied()).collect();
+        wanted.sort();
+        wanted.dedup();
+        let (all, labels) = problems::current(&self.fleet, &self.scheduler, now, &wanted).await?;
+        let store = Arc::clone(&self.fleet.store);
+        let jobs = docs.into_iter().map(|doc| {
+            let store = Arc::clone(&store);
+            let mine: Vec<&Problem> = all
+                .iter()
+                .filter(|p| problems::wants(&doc, p, &labels))
+                .collect();
+            async move { evaluate_one(store.as_ref(), &doc, &mine, now).await }
+        });
+        for r in futures::future::join_all(jobs).await {
+            r?;
+        }
+        Ok(())
+    }
+}
+
+fn is_problem_update(run: &v1::Run) -> bool {
+    matches!(
+        v1::RunState::try_from(run.state).unwrap_or(v1::RunState::Unspecified),
+        v1::RunState::Held
+            | v1::RunState::Failed
+            | v1::RunState::CompletedWithErrors
+            | v1::RunState::Unknown
+    )
+}
+
+async fn evaluate_one(
+    store: &dyn Store,
+    doc: &NotifierDoc,
+    current: &[&Problem],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let now_ms = now.timestamp_millis();
+    let status_key = keys::notifier_status(&doc.name);
+    let mut status: StatusRecord = match store.get_state(&status_key).await? {
+        Some(b) => decode(&b),
+        None => StatusRecord {
+            since_ms: now_ms,
+            ..StatusRecord::default()
+        },
+    };
+    let status_before = encode(&status);
+    let prefix = keys::notifier_problems(&doc.name);
+    let mut stored: BTreeMap<String, ProblemRecord> = store
+        .list_state(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), decode(&v))))
+        .collect();
+    let mut sends = 0usize;
+    let mut seen = std::collections::HashSet::new();
+    for p in current {
+        if p.kind == NotifyOn::Failed
+            && p.ended_at
+                .is_some_and(|t| t.timestamp_millis() < status.since_ms)
+        {
+            continue;
+        }
+        seen.insert(p.key.clone());
+        let mut rec = stored.remove(&p.key).unwrap_or_else(|| ProblemRecord {
+            title: p.title.clone(),
+            since_ms: now_ms,
+            kind: p.kind.as_str().to_string(),
+            ..ProblemRecord::default()
+        });
+        let before = encode(&rec);
+        if rec.clearing {
+            // Back before its "resolved" message went out: it is the same open problem.
+            rec.clearing = false;
+            rec.attempts = 0;
+            rec.given_up = !rec.delivered && rec.given_up;
+        }
+        if !rec.delivered
+            && !rec.given_up
+            && rec.next_attempt_ms <= now_ms
+            && sends < MAX_SENDS_PER_EVALUATION
+        {
+            sends += 1;
+            let msg = outgoing(doc, p, false, now);
+            attempt(doc, &msg, &mut rec, &mut status, now_ms, false).await;
+        }
+        if encode(&rec) != before {
+            store
+                .put_state(&keys::notifier_problem(&doc.name, &p.key), &encode(&rec))
+                .await?;
+        }
+    }
+    // Problems that cleared.
+    for (key, mut rec) in stored {
+        let send_resolved = doc.resolved == Some(true)
+            && rec.delivered
+            && rec.kind != NotifyOn::Failed.as_str()
+            && !rec.given_up;
+        if send_resolved && sends < MAX_SENDS_PER_EVALUATION {
+            if !rec.clearing {
+                rec.clearing = true;
+                rec.attempts = 0;
+                rec.next_attempt_ms = 0;
+                rec.last_error.clear();
+            }
+            if rec.next_attempt_ms <= now_ms {
+                sends += 1;
+                let p = resolved_problem(&key, &rec);
+                let msg = outgoing(doc, &p, true, now);
+                attempt(doc, &msg, &mut rec, &mut status, now_ms, true).await;
+            }
+            if rec.clearing && !rec.given_up {
+                store
+                    .put_state(&keys::notifier_problem(&doc.name, &key), &encode(&rec))
+                    .await?;
+                continue;
+            }
+        } else if send_resolved {
+            continue;
+        }
+        // `/` ends the key, so the prefix deletes this record only.
+        store
+            .delete_state_prefix(&keys::notifier_problem(&doc.name, &key))
+            .await?;
+    }
+    if encode(&status) != status_before {
+        store.put_state(&status_key, &encode(&status)).await?;
+    }
+    Ok(())
+}
+
+/// One delivery attempt; the record and the counts say how it went.
+async fn attempt(
+    doc: &NotifierDoc,
+    msg: &Outgoing,
+    rec: &mut ProblemRecord,
+    status: &mut StatusRecord,
+    now_ms: i64,
+    resolved: bool,
+) {
+    let result = match (&doc.webhook, &doc.email) {
+        (Some(w), _) => deliver::webhook(w, msg).await,
+        (None, Some(e)) => deliver::email(e, msg).await,
+        (None, None) => Err(deliver::DeliveryError::Message(
+            "the notifier has no transport".to_string(),
+        )),
+    };
+    rec.attempts += 1;
+    match result {
+        Ok(()) => {
+            if resolved {
+                status.resolved += 1;
+                rec.clearing = false;
+                rec.given_up = true; // done: the caller deletes it
+            } else {
+                status.sent += 1;
+                rec.delivered = true;
+            }
+            rec.last_error.clear();
+            status.last_delivery_ms = Some(now_ms);
+            tracing::info!(notifier = %doc.name, title = %msg.subject, resolved, "notification delivered");
+        }
+        Err(e) => {
+            let text = crate::limits::clip(&e.to_string());
+            status.failed += 1;
+            status.last_error = text.clone();
+            status.last_error_ms = Some(now_ms);
+            rec.last_error = text;
+            if rec.attempts >= MAX_ATTEMPTS {
+                rec.given_up = true;
+                status.given_up += 1;
+                tracing::error!(notifier = %doc.name, title = %msg.subject, error = %e, "notification given up after {MAX_ATTEMPTS} attempts");
+            } else {
+                let wait = backoff(rec.attempts);
+                rec.next_attempt_ms = now_ms + wait.as_millis() as i64;
+                tracing::warn!(notifier = %doc.name, title = %msg.subject, error = %e, retry_in = ?wait, "notification failed; retrying");
+            }
+        }
+    }
+}
+
+fn resolved_problem(key: &str, rec: &ProblemRecord) -> Problem {
+    let (kind, subject) = key.split_once('/').unwrap_or((key, ""));
+    let kind = match kind {
+        "held" => NotifyOn::Held,
+        "agent_lost" => NotifyOn::AgentLost,
+        "engine_unhealthy" => NotifyOn::EngineUnhealthy,
+        "schedule_saturated" => NotifyOn::ScheduleSaturated,
+        _ => NotifyOn::Failed,
+    };
+    let (agent, run_id, schedule) = match kind {
+        NotifyOn::Held => (String::new(), subject.to_string(), String::new()),
+        NotifyOn::ScheduleSaturated => (String::new(), String::new(), subject.to_string()),
+        _ => (subject.to_string(), String::new(), String::new()),
+    };
+    Problem {
+        kind,
+        key: key.to_string(),
+        agent,
+        schedule,
+        sequence: String::new(),
+        run_id,
+        title: format!(
+            "[syncfleet] resolved: {}",
+            rec.title.trim_start_matches("[syncfleet] ")
+        ),
+        text: format!(
+            "Resolved: {} (open since {}).",
+            rec.title.trim_start_matches("[syncfleet] "),
+            DateTime::<Utc>::from_timestamp_millis(rec.since_ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default()
+        ),
+        approve_command: String::new(),
+        ended_at: None,
+    }
+}
+
+/// The message of `p` for `doc`: e-mail subject and text, and the webhook JSON, whose `text`
+/// is what Slack and Teams incoming webhooks show and whose `syncfleet` object carries the
+/// fields for generic receivers.
+pub fn outgoing(doc: &NotifierDoc, p: &Problem, resolved: bool, now: DateTime<Utc>) -> Outgoing {
+    let text = deliver::bounded(&p.text);
+    let json = serde_json::json!({
+        "text": format!("**{}**\n\n{}", p.title, text),
+        "title": p.title,
+        "syncfleet": {
+            "notifier": doc.name,
+            "status": if resolved { "resolved" } else { "firing" },
+            "kind": p.kind.as_str(),
+            "key": p.key,
+            "agent": p.agent,
+            "run_id": p.run_id,
+            "schedule": p.schedule,
+            "sequence": p.sequence,
+            "approve_command": p.approve_command,
+            "message": text,
+            "at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    });
+    Outgoing {
+        subject: p.title.clone(),
+        text,
+        json,
+    }
+}
+
+fn ts(ms: Option<i64>) -> Option<prost_types::Timestamp> {
+    ms.and_then(DateTime::<Utc>::from_timestamp_millis)
+        .map(to_proto)
+}
+
+fn destination(doc: &NotifierDoc) -> (String, String) {
+    match (&doc.webhook, &doc.email) {
+        (Some(w), _) => {
+            let shown = reqwest::Url::parse(&w.url)
+                .ok()
+                .map(|u| {
+                    format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""))
+                        + &u.port().map(|p| format!(":{p}")).unwrap_or_default()
+                })
+                .unwrap_or_default();
+            ("webhook".to_string(), shown)
+        }
+        (None, Some(e)) => (
+            "email".to_string(),
+            format!("smtp {} → {}", e.server, e.to.join(", ")),
+        ),
+        (None, None) => (String::new(), String::new()),
+    }
+}
+
+/// The status of one stored notifier document, with its problems when `with_problems`.
+async fn status_of(
+    store: &dyn Store,
+    doc: &NotifierDoc,
+    with_problems: bool,
+) -> Result<v1::NotifierStatus, StoreError> {
+    let status: StatusRecord = store
+        .get_state(&keys::notifier_status(&doc.name))
+        .await?
+        .map(|b| decode(&b))
+        .unwrap_or_default();
+    let prefix = keys::notifier_problems(&doc.name);
+    let recs: Vec<(String, ProblemRecord)> = store
+        .list_state(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), decode(&v))))
+        .collect();
+    let (transport, destination) = destination(doc);
+    let open = recs.iter().filter(|(_, r)| !r.clearing).count();
+    let undelivered = recs
+        .iter()
+        .filter(|(_, r)| !r.clearing && !r.delivered)
+        .count();
+    Ok(v1::NotifierStatus {
+        name: doc.name.clone(),
+        transport,
+        destination,
+        on: doc.on.iter().map(|k| k.as_str().to_string()).collect(),
+        sent: status.sent,
+        resolved: status.resolved,
+        failed: status.failed,
+        given_up: status.given_up,
+        last_delivery: ts(status.last_delivery_ms),
+        last_error_at: ts(status.last_error_ms),
+        last_error: status.last_error,
+        open_problems: u32::try_from(open).unwrap_or(u32::MAX),
+        undelivered: u32::try_from(undelivered).unwrap_or(u32::MAX),
+        since: ts((status.since_ms > 0).then_some(status.since_ms)),
+        problems: if with_problems {
+            recs.into_iter()
+                .map(|(key, r)| v1::NotifierProblem {
+                    key,
+                    title: r.title,
+                    since: ts(Some(r.since_ms)),
+                    delivered: r.delivered,
+                    attempts: r.attempts,
+                    last_error: r.last_error,
+                    next_attempt: ts((!r.delivered && !r.given_up && r.next_attempt_ms > 0)
+                        .then_some(r.next_attempt_ms)),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+fn parse_doc(name: &str, kind: &str, json: &str) -> Result<NotifierDoc, NotifyError> {
+    match crate::documents::from_json(kind, json) {
+        Ok(Document::Notifier(n)) => Ok(n),
+        Ok(_) => Err(NotifyError::NotFound(name.to_string())),
+        Err(problem) => Err(NotifyError::Unreadable {
+            name: name.to_string(),
+            problem,
+        }),
+    }
+}
+
+/// Every notifier with its counts (behind `ListNotifiers`), by name.
+pub async fn list(store: &dyn Store) -> Result<Vec<v1::NotifierStatus>, NotifyError> {
+    let mut out = Vec::new();
+    for d in store.list_documents(Some("Notifier")).await? {
+        let doc = parse_doc(&d.name, &d.kind, &d.json)?;
+        out.push(status_of(store, &doc, false).await?);
+    }
+    Ok(out)
+}
+
+/// One notifier with its counts and open problems (behind `GetNotifier`).
+pub async fn get(store: &dyn Store, name: &str) -> Result<v1::NotifierStatus, NotifyError> {
+    let found = store
+        .list_documents(Some("Notifier"))
+        .await?
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| NotifyError::NotFound(name.to_string()))?;
+    let doc = parse_doc(&found.name, &found.kind, &found.json)?;
+    Ok(status_of(store, &doc, true).await?)
+}
+
+/// `(notifier, outcome, count)` for `syncfleet_notifications_total`: outcomes `sent`,
+/// `resolved`, `failed` (attempts) and `given_up`, from the status records.
+pub async fn outcome_counts(
+    store: &dyn Store,
+) -> Result<Vec<(String, &'static str, u64)>, StoreError> {
+    let mut out = Vec::new();
+    let mut by_name: HashMap<String, StatusRecord> = HashMap::new();
+    for d in store.list_documents(Some("Notifier")).await? {
+        let s = store
+            .get_state(&keys::notifier_status(&d.name))
+            .await?
+            .map(|b| decode(&b))
+            .unwrap_or_default();
+        by_name.insert(d.name, s);
+    }
+    let mut names: Vec<_> = by_name.into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, s) in names {
+        for (outcome, v) in [
+            ("sent", s.sent),
+            ("resolved", s.resolved),
+            ("failed", s.failed),
+            ("given_up", s.given_up),
+        ] {
+            out.push((name.clone(), outcome, v));
+        }
+    }
+    Ok(out)
+}
