@@ -249,7 +249,10 @@ mod tests {
         let p =
             problems("kind: Notifier\nname: t\non: [hled]\nwebhook: {url: \"https://e.com/\"}\n");
         assert!(p[0].contains("on[0]: unknown value \"hled\""), "{p:?}");
-        assert!(p[0].contains("did you mean held?"), "{p:?}");
+        assert!(
+            p[0].contains("use held, failed, agent_lost, engine_unhealthy or schedule_saturated"),
+            "{p:?}"
+        );
         let p = problems("kind: Notifer\nname: t\n");
         assert!(p[0].contains("did you mean Notifier?"), "{p:?}");
     }

@@ -110,21 +110,26 @@ pub fn bounded(text: &str) -> String {
 /// POST the message's JSON to the webhook; any 2xx is delivered. Redirects are not followed
 /// (a receiver's URL carries its secret, which must not travel to another host).
 pub async fn webhook(w: &WebhookDoc, msg: &Outgoing) -> Result<(), DeliveryError> {
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .timeout(w.timeout.unwrap_or(WEBHOOK_TIMEOUT))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("syncfleet/", env!("CARGO_PKG_VERSION")));
-    if w.url.starts_with("https:") {
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| DeliveryError::Tls(e.to_string()))?
-        .with_root_certificates(roots(w.ca_file.as_deref())?)
-        .with_no_client_auth();
-        builder = builder.use_preconfigured_tls(config);
-    }
+    // reqwest's client always carries a TLS configuration (it needs one even for http://):
+    // ours, with the ring provider; the roots matter only for https.
+    let roots = if w.url.starts_with("https:") {
+        roots(w.ca_file.as_deref())?
+    } else {
+        rustls::RootCertStore::empty()
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| DeliveryError::Tls(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let client = builder
+        .use_preconfigured_tls(config)
         .build()
         .map_err(|e| DeliveryError::Http(e.to_string()))?;
     let body = serde_json::to_vec(&msg.json).map_err(|e| DeliveryError::Http(e.to_string()))?;
