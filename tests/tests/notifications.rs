@@ -3,7 +3,8 @@
 //! child process). A held run posts one webhook and sends one e-mail naming the approve
 //! command; later evaluations and a controller restart send nothing more; approving clears
 //! it (a "resolved" post); a new problem (a failed run) notifies again; a failing receiver is
-//! retried and its failures show in `syncfleet notifiers show` and `/metrics`.
+//! retried and its failures show in `syncfleet notifiers show` and `/metrics`. The
+//! Alertmanager example (`deploy/prometheus/alertmanager.yml`) is checked with `amtool`.
 
 #![allow(
     clippy::unwrap_used,
@@ -23,7 +24,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Fleet, Proc, free_port, http_get, py_venv_with, stderr, wait_for};
+use common::{Fleet, Proc, free_port, http_get, py_venv_with, stderr, wait_for, workspace_root};
 
 /// What the webhook receiver got: (path, JSON body).
 type Posts = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
@@ -323,4 +324,63 @@ fn notifiers_show_of_an_unknown_name_says_how_to_list_them() {
     );
     let none = fleet.cli_json(&["notifiers", "list", "-o", "json"]);
     assert_eq!(none, serde_json::json!([]));
+}
+
+fn amtool(args: &[&str]) -> String {
+    let out = Command::new("amtool")
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run amtool ({e}): install the Debian package `prometheus-alertmanager` (scripts/test does)"
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "amtool {args:?} failed:\n{text}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_alertmanager_example_is_valid_and_routes_held_runs_to_chat_and_email() {
+    let config = "deploy/prometheus/alertmanager.yml";
+    let checked = amtool(&["check-config", config]);
+    assert!(checked.contains("SUCCESS"), "{checked}");
+    let file = format!("--config.file={config}");
+    let route = |labels: &[&str]| {
+        let mut args = vec!["config", "routes", "test", file.as_str()];
+        args.extend_from_slice(labels);
+        amtool(&args)
+    };
+    assert_eq!(
+        route(&[
+            "alertname=SyncfleetRunHeld",
+            "severity=warning",
+            "agent=sync-01"
+        ]),
+        "identity-ops-chat,identity-ops-email"
+    );
+    assert_eq!(
+        route(&[
+            "alertname=SyncfleetAgentLost",
+            "severity=critical",
+            "agent=sync-01"
+        ]),
+        "identity-ops-oncall,identity-ops-email"
+    );
+    assert_eq!(
+        route(&["alertname=SyncfleetScheduleSaturated", "severity=warning"]),
+        "identity-ops-email"
+    );
+    assert_eq!(
+        route(&[
+            "alertname=SyncfleetPendingExportDeletesHigh",
+            "severity=info"
+        ]),
+        "blackhole"
+    );
 }

@@ -94,7 +94,7 @@ pub fn notifier_json(n: &NotifierStatus) -> Value {
 /// `notifiers list`: one line per notifier.
 pub fn notifiers_table(ns: &[NotifierStatus]) -> String {
     if ns.is_empty() {
-        return "no notifiers; apply a fleet file with kind: Notifier (see deploy/examples/notifiers.yaml)\n".to_string();
+        return "no notifiers; apply a fleet file with kind: Notifier (see deploy/notifications/notifiers.yaml)\n".to_string();
     }
     let mut t = Table::new(&[
         "NAME",

@@ -238,6 +238,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_notifiers_are_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/notifications/notifiers.yaml");
+        let docs = crate::documents::load_paths(&[path]).unwrap();
+        assert_eq!(docs.len(), 2);
+        validate(&docs, &BTreeSet::new()).unwrap();
+    }
+
+    #[test]
     fn misspelt_fields_and_values_get_a_did_you_mean() {
         let p =
             problems("kind: Notifier\nname: t\non: [held]\nwebhok: {url: \"https://e.com/\"}\n");

@@ -551,3 +551,314 @@ pub async fn outcome_counts(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use crate::documents::model::{Targets, WebhookDoc};
+    use crate::store::sqlite::SqliteStore;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU16, Ordering};
+
+    /// A webhook receiver on loopback answering `status` (changeable) and keeping the bodies.
+    struct Receiver {
+        url: String,
+        bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+        status: Arc<AtomicU16>,
+    }
+
+    async fn receiver() -> Receiver {
+        let bodies: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let status = Arc::new(AtomicU16::new(200));
+        let (b, s) = (Arc::clone(&bodies), Arc::clone(&status));
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                let code = s.load(Ordering::SeqCst);
+                if code == 200 {
+                    b.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap());
+                }
+                axum::http::StatusCode::from_u16(code).unwrap()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            bodies,
+            status,
+        }
+    }
+
+    fn notifier(url: &str, on: Vec<NotifyOn>, resolved: bool) -> NotifierDoc {
+        NotifierDoc {
+            name: "ops".into(),
+            description: String::new(),
+            on,
+            targets: None,
+            schedules: Vec::new(),
+            resolved: Some(resolved),
+            webhook: Some(WebhookDoc {
+                url: url.into(),
+                ca_file: None,
+                timeout: None,
+            }),
+            email: None,
+        }
+    }
+
+    fn held_run(id: &str) -> Problem {
+        let run = v1::Run {
+            id: id.into(),
+            agent: "sync-01".into(),
+            state: v1::RunState::Held as i32,
+            schedule: "nightly".into(),
+            steps: vec![v1::Step {
+                index: 1,
+                ma: "AD".into(),
+                profile: "Export".into(),
+                state: v1::StepState::Held as i32,
+                detail: "612 pending export deletes, more than 2% of 10000".into(),
+                ..v1::Step::default()
+            }],
+            ..v1::Run::default()
+        };
+        problems::held(&run)
+    }
+
+    fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
+        (dir, s)
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    async fn status(store: &dyn Store) -> StatusRecord {
+        decode(
+            &store
+                .get_state(&keys::notifier_status("ops"))
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_problem_is_sent_once_until_it_clears_then_resolved_then_again() {
+        let r = receiver().await;
+        let (_dir, store) = store();
+        let doc = notifier(&r.url, vec![NotifyOn::Held], true);
+        let p = held_run("run-1");
+        evaluate_one(store.as_ref(), &doc, &[&p], at(0))
+            .await
+            .unwrap();
+        evaluate_one(store.as_ref(), &doc, &[&p], at(5))
+            .await
+            .unwrap();
+        evaluate_one(store.as_ref(), &doc, &[&p], at(10))
+            .await
+            .unwrap();
+        {
+            let b = r.bodies.lock().unwrap();
+            assert_eq!(b.len(), 1, "{b:#?}");
+            assert_eq!(b[0]["syncfleet"]["status"], "firing");
+            assert_eq!(
+                b[0]["syncfleet"]["approve_command"],
+                "syncfleet runs approve run-1 --note \"why this is expected\""
+            );
+            let text = b[0]["text"].as_str().unwrap();
+            assert!(
+                text.contains("held before step 2 AD: Export, because its guard rail tripped: 612 pending export deletes"),
+                "{text}"
+            );
+        }
+        // Cleared: one "resolved" message, and the record is gone.
+        evaluate_one(store.as_ref(), &doc, &[], at(15))
+            .await
+            .unwrap();
+        evaluate_one(store.as_ref(), &doc, &[], at(20))
+            .await
+            .unwrap();
+        assert_eq!(r.bodies.lock().unwrap().len(), 2);
+        assert_eq!(
+            r.bodies.lock().unwrap()[1]["syncfleet"]["status"],
+            "resolved"
+        );
+        assert!(
+            store
+                .list_state(&keys::notifier_problems("ops"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The same key again is a new problem.
+        evaluate_one(store.as_ref(), &doc, &[&p], at(25))
+            .await
+            .unwrap();
+        assert_eq!(r.bodies.lock().unwrap().len(), 3);
+        let s = status(store.as_ref()).await;
+        assert_eq!((s.sent, s.resolved, s.failed), (2, 1, 0));
+    }
+
+    #[tokio::test]
+    async fn failures_are_retried_with_backoff_then_given_up_and_counted() {
+        let r = receiver().await;
+        r.status.store(503, Ordering::SeqCst);
+        let (_dir, store) = store();
+        let doc = notifier(&r.url, vec![NotifyOn::Held], false);
+        let p = held_run("run-2");
+        let key = keys::notifier_problem("ops", "held/run-2");
+        let rec = |store: Arc<dyn Store>| {
+            let key = key.clone();
+            async move {
+                let b = store.get_state(&key).await.unwrap().unwrap();
+                decode::<ProblemRecord>(&b)
+            }
+        };
+        evaluate_one(store.as_ref(), &doc, &[&p], at(0))
+            .await
+            .unwrap();
+        let first = rec(Arc::clone(&store)).await;
+        assert_eq!((first.attempts, first.delivered), (1, false));
+        assert_eq!(first.next_attempt_ms, at(2).timestamp_millis());
+        assert!(
+            first.last_error.contains("HTTP 503"),
+            "{}",
+            first.last_error
+        );
+        // Not due yet: no attempt.
+        evaluate_one(store.as_ref(), &doc, &[&p], at(1))
+            .await
+            .unwrap();
+        assert_eq!(rec(Arc::clone(&store)).await.attempts, 1);
+        // Due: the second attempt, then the wait doubles.
+        evaluate_one(store.as_ref(), &doc, &[&p], at(2))
+            .await
+            .unwrap();
+        let second = rec(Arc::clone(&store)).await;
+        assert_eq!(second.attempts, 2);
+        assert_eq!(second.next_attempt_ms, at(6).timestamp_millis());
+        // Every later attempt when due, until the last one.
+        let mut t = 6;
+        for _ in 2..MAX_ATTEMPTS {
+            evaluate_one(store.as_ref(), &doc, &[&p], at(t))
+                .await
+                .unwrap();
+            t += RETRY_MAX.as_secs() as i64;
+        }
+        let last = rec(Arc::clone(&store)).await;
+        assert_eq!((last.attempts, last.given_up), (MAX_ATTEMPTS, true));
+        let s = status(store.as_ref()).await;
+        assert_eq!(
+            (s.sent, s.failed, s.given_up),
+            (0, u64::from(MAX_ATTEMPTS), 1)
+        );
+        // Given up: the receiver is back, but the message is not tried again.
+        r.status.store(200, Ordering::SeqCst);
+        evaluate_one(store.as_ref(), &doc, &[&p], at(t + 3600))
+            .await
+            .unwrap();
+        assert!(r.bodies.lock().unwrap().is_empty());
+        // The status the CLI shows.
+        let shown = status_of(store.as_ref(), &doc, true).await.unwrap();
+        assert_eq!(shown.failed, u64::from(MAX_ATTEMPTS));
+        assert!(
+            shown.last_error.contains("HTTP 503"),
+            "{}",
+            shown.last_error
+        );
+        assert_eq!(shown.undelivered, 1);
+        assert_eq!(
+            shown.destination,
+            format!(
+                "http://127.0.0.1:{}",
+                reqwest::Url::parse(&r.url).unwrap().port().unwrap()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_runs_that_ended_before_the_notifier_existed_are_not_sent() {
+        let r = receiver().await;
+        let (_dir, store) = store();
+        let doc = notifier(&r.url, vec![NotifyOn::Failed], true);
+        let old = Problem {
+            ended_at: Some(at(-60)),
+            ..held_run("old")
+        };
+        let old = Problem {
+            kind: NotifyOn::Failed,
+            key: "failed/old".into(),
+            ..old
+        };
+        let new = Problem {
+            kind: NotifyOn::Failed,
+            key: "failed/new".into(),
+            ended_at: Some(at(10)),
+            ..held_run("new")
+        };
+        evaluate_one(store.as_ref(), &doc, &[&old], at(0))
+            .await
+            .unwrap();
+        evaluate_one(store.as_ref(), &doc, &[&old, &new], at(10))
+            .await
+            .unwrap();
+        let b = r.bodies.lock().unwrap().clone();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0]["syncfleet"]["key"], "failed/new");
+        // A failed run leaving the window is no "resolved" message.
+        drop(b);
+        evaluate_one(store.as_ref(), &doc, &[], at(20))
+            .await
+            .unwrap();
+        assert_eq!(r.bodies.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn filters_select_by_kind_agent_labels_and_schedule() {
+        let mut doc = notifier("http://x/", vec![NotifyOn::Held], false);
+        let p = held_run("r");
+        let mut labels = HashMap::new();
+        labels.insert(
+            "sync-01".to_string(),
+            HashMap::from([("env".to_string(), "prod".to_string())]),
+        );
+        assert!(problems::wants(&doc, &p, &labels));
+        doc.on = vec![NotifyOn::Failed];
+        assert!(!problems::wants(&doc, &p, &labels));
+        doc.on = vec![NotifyOn::Held];
+        doc.targets = Some(Targets {
+            agents: Vec::new(),
+            selector: Some("env=test".into()),
+        });
+        assert!(!problems::wants(&doc, &p, &labels));
+        doc.targets = Some(Targets {
+            agents: Vec::new(),
+            selector: Some("env=prod".into()),
+        });
+        assert!(problems::wants(&doc, &p, &labels));
+        doc.schedules = vec!["hourly".into()];
+        assert!(!problems::wants(&doc, &p, &labels));
+        doc.schedules = vec!["nightly".into()];
+        assert!(problems::wants(&doc, &p, &labels));
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_first_delay_up_to_the_longest() {
+        assert_eq!(backoff(1), RETRY_FIRST);
+        assert_eq!(backoff(2), RETRY_FIRST * 2);
+        assert_eq!(backoff(3), RETRY_FIRST * 4);
+        assert_eq!(backoff(30), RETRY_MAX);
+    }
+}
