@@ -102,19 +102,49 @@ fn unfold(mail: &str) -> String {
         .replace("=3D", "=")
 }
 
-fn start_smtp_sink(dir: &Path, port: u16) -> Proc {
+/// An SMTP sink storing mails in the Maildir `dir/<name>`; with `tls` (certificate and key
+/// files) it offers and requires STARTTLS.
+fn start_smtp_sink(dir: &Path, name: &str, port: u16, tls: Option<(&Path, &Path)>) -> Proc {
     let python = py_venv_with(&["aiosmtpd"], ".aiosmtpd-ready");
-    let maildir = dir.join("maildir");
+    let maildir = dir.join(name);
     let mut cmd = Command::new(python);
     cmd.args(["-m", "aiosmtpd", "-n", "-l"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["-c", "aiosmtpd.handlers.Mailbox"])
-        .arg(&maildir);
-    let proc = Proc::spawn("smtp-sink", &mut cmd, dir.join("smtp-sink.log"));
+        .arg(format!("127.0.0.1:{port}"));
+    if let Some((cert, key)) = tls {
+        cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
+    }
+    cmd.args(["-c", "aiosmtpd.handlers.Mailbox"]).arg(&maildir);
+    let proc = Proc::spawn(name, &mut cmd, dir.join(format!("{name}.log")));
     wait_for("the SMTP sink", Duration::from_secs(30), || {
         TcpStream::connect(("127.0.0.1", port)).ok()
     });
     proc
+}
+
+/// A CA of the test's own and a certificate for `localhost` signed by it: (CA PEM file,
+/// certificate file, key file).
+fn test_ca(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "notifications test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let paths = (
+        dir.join("smtp-ca.pem"),
+        dir.join("smtp.pem"),
+        dir.join("smtp.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
 }
 
 #[test]
@@ -125,8 +155,18 @@ fn a_held_run_notifies_once_by_webhook_and_email_until_it_clears_and_failures_ar
 
     let mut fleet = Fleet::init(&["sync-01"]);
     let smtp_port = free_port();
-    let _sink = start_smtp_sink(fleet.dir.path(), smtp_port);
+    let _sink = start_smtp_sink(fleet.dir.path(), "maildir", smtp_port, None);
     let maildir = fleet.dir.path().join("maildir");
+    // A second sink that requires STARTTLS, with a certificate from a CA of the test's own.
+    let (ca_pem, cert, key) = test_ca(fleet.dir.path());
+    let tls_port = free_port();
+    let _tls_sink = start_smtp_sink(
+        fleet.dir.path(),
+        "maildir-tls",
+        tls_port,
+        Some((&cert, &key)),
+    );
+    let maildir_tls = fleet.dir.path().join("maildir-tls");
     fleet.start_controller();
     let server = fleet.dir.path().join("server.toml");
     std::fs::write(
@@ -152,7 +192,10 @@ fn a_held_run_notifies_once_by_webhook_and_email_until_it_clears_and_failures_ar
              ---\nkind: Notifier\nname: ops-webhook\non: [held, failed]\nresolved: true\nwebhook: {{url: \"http://127.0.0.1:{hook_port}/hook\"}}\n\
              ---\nkind: Notifier\nname: ops-mail\non: [held]\nemail: {{server: 127.0.0.1, port: {smtp_port}, tls: none, from: syncfleet@example.com, to: [ops@example.com]}}\n\
              ---\nkind: Notifier\nname: flaky\non: [held]\ntargets: {{selector: \"env=nowhere\"}}\nwebhook: {{url: \"http://127.0.0.1:{hook_port}/flaky\"}}\n\
-             ---\nkind: Notifier\nname: flaky-all\non: [held]\nwebhook: {{url: \"http://127.0.0.1:{hook_port}/flaky\"}}\n"
+             ---\nkind: Notifier\nname: flaky-all\non: [held]\nwebhook: {{url: \"http://127.0.0.1:{hook_port}/flaky\"}}\n\
+             ---\nkind: Notifier\nname: mail-tls\non: [held]\nemail: {{server: localhost, port: {tls_port}, tls: starttls, ca_file: {ca:?}, from: syncfleet@example.com, to: [ops@example.com]}}\n\
+             ---\nkind: Notifier\nname: mail-untrusted\non: [held]\nemail: {{server: localhost, port: {tls_port}, tls: starttls, from: syncfleet@example.com, to: [ops@example.com]}}\n",
+            ca = ca_pem.to_str().unwrap(),
         ),
     );
     let out = fleet.cli(&["apply", "-f", file.to_str().unwrap()]);
@@ -164,7 +207,22 @@ fn a_held_run_notifies_once_by_webhook_and_email_until_it_clears_and_failures_ar
         .iter()
         .map(|n| n["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["flaky", "flaky-all", "ops-mail", "ops-webhook"]);
+    assert_eq!(
+        names,
+        vec![
+            "flaky",
+            "flaky-all",
+            "mail-tls",
+            "mail-untrusted",
+            "ops-mail",
+            "ops-webhook"
+        ]
+    );
+    // They read back as fleet documents.
+    let got = fleet.cli(&["get", "notifiers", "ops-mail", "-o", "yaml"]);
+    let got = String::from_utf8_lossy(&got.stdout).to_string();
+    assert!(got.starts_with("kind: Notifier\nname: ops-mail\n"), "{got}");
+    assert!(got.contains("tls: none"), "{got}");
 
     // A held run: one webhook post and one e-mail, both naming the approve command.
     let run = fleet.cli_json(&["run", "sync-01", "--sequence", "guarded", "-o", "json"]);
@@ -211,6 +269,32 @@ fn a_held_run_notifies_once_by_webhook_and_email_until_it_clears_and_failures_ar
     );
     assert!(body.contains(&approve), "{body}");
 
+    // Over STARTTLS with the configured CA: delivered. Without it (system roots), the
+    // server's certificate is refused and the error is visible.
+    let tls_mail = wait_for("the STARTTLS e-mail", Duration::from_secs(60), || {
+        let m = mails(&maildir_tls);
+        (!m.is_empty()).then_some(m)
+    });
+    assert_eq!(tls_mail.len(), 1);
+    assert!(unfold(&tls_mail[0]).contains(&approve));
+    let untrusted = wait_for(
+        "the untrusted server's error",
+        Duration::from_secs(60),
+        || {
+            let s = fleet.cli_json(&["notifiers", "show", "mail-untrusted", "-o", "json"]);
+            (s["failed"].as_u64().unwrap() >= 1).then_some(s)
+        },
+    );
+    assert_eq!(untrusted["sent"], 0, "{untrusted:#}");
+    assert!(
+        untrusted["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("certificate"),
+        "{untrusted:#}"
+    );
+    assert_eq!(untrusted["undelivered"], 1, "{untrusted:#}");
+
     // The failing receiver: two 500s, then delivered on a retry; the failures are visible.
     let flaky = wait_for(
         "the flaky receiver's delivery",
@@ -256,6 +340,7 @@ fn a_held_run_notifies_once_by_webhook_and_email_until_it_clears_and_failures_ar
     assert_eq!(posts_to(&posts, "/hook").len(), 1);
     assert_eq!(posts_to(&posts, "/flaky").len(), 1);
     assert_eq!(mails(&maildir).len(), 1);
+    assert_eq!(mails(&maildir_tls).len(), 1);
 
     // Approving clears the problem: ops-webhook asked for a "resolved" message, ops-mail did not.
     let out = fleet.cli(&["runs", "approve", &id, "--note", "expected: leavers"]);

@@ -322,7 +322,7 @@ async fn attempt(
             tracing::info!(notifier = %doc.name, title = %msg.subject, resolved, "notification delivered");
         }
         Err(e) => {
-            let text = crate::limits::clip(&e.to_string());
+            let text = bounded_error(&e.to_string());
             status.failed += 1;
             status.last_error = text.clone();
             status.last_error_ms = Some(now_ms);
@@ -338,6 +338,17 @@ async fn attempt(
             }
         }
     }
+}
+
+/// Longest delivery error kept (characters).
+const MAX_ERROR_CHARS: usize = 1000;
+
+fn bounded_error(e: &str) -> String {
+    if e.chars().count() <= MAX_ERROR_CHARS {
+        return e.to_string();
+    }
+    let cut: String = e.chars().take(MAX_ERROR_CHARS).collect();
+    format!("{cut}…")
 }
 
 fn resolved_problem(key: &str, rec: &ProblemRecord) -> Problem {
