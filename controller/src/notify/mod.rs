@@ -157,6 +157,7 @@ impl Notifier {
     /// retry what is due, and record it all.
     pub async fn evaluate(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
         let docs = problems::notifier_docs(&self.fleet).await?;
+        forget_deleted(self.fleet.store.as_ref(), &docs).await?;
         if docs.is_empty() {
             return Ok(());
         }
@@ -178,6 +179,28 @@ impl Notifier {
         }
         Ok(())
     }
+}
+
+/// Drop the records of notifiers whose document was deleted (a notifier applied again later
+/// starts afresh).
+async fn forget_deleted(store: &dyn Store, docs: &[NotifierDoc]) -> Result<(), StoreError> {
+    let live: std::collections::HashSet<&str> = docs.iter().map(|d| d.name.as_str()).collect();
+    let mut gone = std::collections::BTreeSet::new();
+    for (key, _) in store.list_state(keys::NOTIFIERS_ALL).await? {
+        if let Some(name) = key
+            .strip_prefix(keys::NOTIFIERS_ALL)
+            .and_then(|rest| rest.split('/').next())
+            && !live.contains(name)
+        {
+            gone.insert(name.to_string());
+        }
+    }
+    for name in gone {
+        store
+            .delete_state_prefix(&keys::notifier_prefix(&name))
+            .await?;
+    }
+    Ok(())
 }
 
 fn is_problem_update(run: &v1::Run) -> bool {
@@ -834,6 +857,43 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.bodies.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn records_of_deleted_notifiers_are_dropped_and_others_kept() {
+        let r = receiver().await;
+        let (_dir, store) = store();
+        let doc = notifier(&r.url, vec![NotifyOn::Held], false);
+        let other = NotifierDoc {
+            name: "ops2".into(),
+            ..doc.clone()
+        };
+        let p = held_run("run-3");
+        evaluate_one(store.as_ref(), &doc, &[&p], at(0))
+            .await
+            .unwrap();
+        evaluate_one(store.as_ref(), &other, &[&p], at(0))
+            .await
+            .unwrap();
+        forget_deleted(store.as_ref(), std::slice::from_ref(&other))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .list_state(&keys::notifier_prefix("ops"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .list_state(&keys::notifier_prefix("ops2"))
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "status and one problem"
+        );
     }
 
     #[test]

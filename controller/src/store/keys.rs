@@ -66,6 +66,9 @@ pub fn start_runs_idempotency(who: &str, key: &str) -> String {
     format!("idempotency/start-runs/{who}/{key}")
 }
 
+/// Prefix of all notifiers' records.
+pub const NOTIFIERS_ALL: &str = "notify/";
+
 /// Prefix of every notifier's records ([`notifier_status`], [`notifier_problem`]).
 pub fn notifier_prefix(notifier: &str) -> String {
     format!("notify/{notifier}/")
