@@ -227,3 +227,129 @@ pub async fn email(e: &EmailDoc, msg: &Outgoing) -> Result<(), DeliveryError> {
         .map_err(|x| DeliveryError::Smtp(error_chain(&x)))?;
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// An HTTPS receiver on loopback with a certificate for `localhost` from a CA of its own;
+    /// answers 204 to one request per connection and hands the request's body over.
+    async fn https_receiver(
+        dir: &std::path::Path,
+    ) -> (u16, String, tokio::sync::mpsc::Receiver<Vec<u8>>) {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    // A refused handshake (the client did not trust us) ends here.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let body = loop {
+                        let n = tls.read(&mut chunk).await.unwrap();
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len: usize = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap())
+                                })
+                                .unwrap();
+                            if buf.len() >= end + 4 + len {
+                                break buf[end + 4..end + 4 + len].to_vec();
+                            }
+                        }
+                    };
+                    tls.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                        .await
+                        .unwrap();
+                    tls.shutdown().await.ok();
+                    tx.send(body).await.unwrap();
+                });
+            }
+        });
+        (port, ca_file.to_str().unwrap().to_string(), rx)
+    }
+
+    fn message() -> Outgoing {
+        Outgoing {
+            subject: "s".into(),
+            text: "t".into(),
+            json: serde_json::json!({"text": "run held"}),
+        }
+    }
+
+    #[tokio::test]
+    async fn https_webhooks_trust_the_configured_ca_and_refuse_an_unknown_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, ca_file, mut bodies) = https_receiver(dir.path()).await;
+        let mut w = WebhookDoc {
+            url: format!("https://localhost:{port}/hook"),
+            ca_file: Some(ca_file),
+            timeout: Some(Duration::from_secs(10)),
+        };
+        webhook(&w, &message()).await.unwrap();
+        let body = bodies.recv().await.unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"text": "run held"})
+        );
+        // With the system's roots the receiver's private CA is not trusted.
+        w.ca_file = None;
+        let e = webhook(&w, &message()).await.unwrap_err().to_string();
+        assert!(e.contains("certificate"), "{e}");
+        // A CA file that is not there says so.
+        w.ca_file = Some(dir.path().join("nope.pem").to_str().unwrap().to_string());
+        let e = webhook(&w, &message()).await.unwrap_err().to_string();
+        assert!(e.starts_with("cannot read CA file"), "{e}");
+    }
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_TEXT_BYTES);
+        let cut = bounded(&long);
+        assert!(cut.len() < MAX_TEXT_BYTES + 64);
+        assert!(cut.ends_with("[cut: the message was longer]"));
+        assert_eq!(bounded("short"), "short");
+    }
+}
