@@ -469,3 +469,57 @@ fn the_alertmanager_example_is_valid_and_routes_held_runs_to_chat_and_email() {
         "blackhole"
     );
 }
+
+#[test]
+fn a_lost_agent_notifies_once_and_its_return_is_sent_as_resolved() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hook_port = free_port();
+    let posts = webhook_receiver(&rt, hook_port, 0);
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller_with(&[
+        "--set",
+        "heartbeat_interval=1s",
+        "--set",
+        "agent_lost_after=2s",
+    ]);
+    fleet.start_agent("sync-01", 0, 0.01);
+    fleet.wait_connected(&["sync-01"]);
+    let file = fleet.fleet_file(
+        "notifiers.yaml",
+        &format!(
+            "kind: Notifier\nname: lost\non: [agent_lost, engine_unhealthy]\nresolved: true\nwebhook: {{url: \"http://127.0.0.1:{hook_port}/hook\"}}\n"
+        ),
+    );
+    let out = fleet.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "apply: {}", stderr(&out));
+
+    fleet.agents.get_mut("sync-01").unwrap().kill9();
+    let lost = wait_for("the lost agent's post", Duration::from_secs(60), || {
+        let p = posts_to(&posts, "/hook");
+        (!p.is_empty()).then_some(p)
+    });
+    assert_eq!(lost[0]["syncfleet"]["kind"], "agent_lost");
+    assert_eq!(lost[0]["syncfleet"]["agent"], "sync-01");
+    assert_eq!(lost[0]["syncfleet"]["status"], "firing");
+    let shown = fleet.cli_json(&["notifiers", "show", "lost", "-o", "json"]);
+    assert_eq!(
+        shown["problems"][0]["key"], "agent_lost/sync-01",
+        "{shown:#}"
+    );
+
+    fleet.start_agent("sync-01", 0, 0.01);
+    fleet.wait_connected(&["sync-01"]);
+    let back = wait_for("the resolved post", Duration::from_secs(60), || {
+        let p = posts_to(&posts, "/hook");
+        (p.len() >= 2).then_some(p)
+    });
+    assert_eq!(back.len(), 2, "{back:#?}");
+    assert_eq!(back[1]["syncfleet"]["status"], "resolved");
+    assert_eq!(back[1]["syncfleet"]["key"], "agent_lost/sync-01");
+    let shown = fleet.cli_json(&["notifiers", "show", "lost", "-o", "json"]);
+    assert_eq!(
+        (shown["sent"].as_u64(), shown["resolved"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(shown["open_problems"], 0, "{shown:#}");
+}
