@@ -115,16 +115,26 @@ fn backoff(attempts: u32) -> Duration {
     RETRY_FIRST.saturating_mul(factor).min(RETRY_MAX)
 }
 
+/// How long saturated schedules found by an evaluation are reused: saturation is the median of
+/// a schedule's last runs and moves slowly, and finding it reads each schedule's recent runs.
+pub const SATURATION_EVERY: Duration = Duration::from_secs(60);
+
 /// The leader's notifier loop and evaluations.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Notifier {
     fleet: Arc<Fleet>,
     scheduler: Arc<Scheduler>,
+    /// Saturated schedules of the last look and when it was taken.
+    saturated: tokio::sync::Mutex<Option<(tokio::time::Instant, Vec<Problem>)>>,
 }
 
 impl Notifier {
     pub fn new(fleet: Arc<Fleet>, scheduler: Arc<Scheduler>) -> Self {
-        Self { fleet, scheduler }
+        Self {
+            fleet,
+            scheduler,
+            saturated: tokio::sync::Mutex::new(None),
+        }
     }
 
     /// Evaluate on every run update that may be a problem (soon after it) and every
@@ -164,7 +174,29 @@ impl Notifier {
         let mut wanted: Vec<NotifyOn> = docs.iter().flat_map(|d| d.on.iter().copied()).collect();
         wanted.sort();
         wanted.dedup();
-        let (all, labels) = problems::current(&self.fleet, &self.scheduler, now, &wanted).await?;
+        let mut saturated = self.saturated.lock().await;
+        let reuse = wanted.contains(&NotifyOn::ScheduleSaturated)
+            && saturated
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < SATURATION_EVERY);
+        if reuse {
+            wanted.retain(|k| *k != NotifyOn::ScheduleSaturated);
+        }
+        let (mut all, labels) =
+            problems::current(&self.fleet, &self.scheduler, now, &wanted).await?;
+        if reuse {
+            if let Some((_, cached)) = saturated.as_ref() {
+                all.extend(cached.iter().cloned());
+            }
+        } else if wanted.contains(&NotifyOn::ScheduleSaturated) {
+            let found = all
+                .iter()
+                .filter(|p| p.kind == NotifyOn::ScheduleSaturated)
+                .cloned()
+                .collect();
+            *saturated = Some((tokio::time::Instant::now(), found));
+        }
+        drop(saturated);
         let store = Arc::clone(&self.fleet.store);
         let jobs = docs.into_iter().map(|doc| {
             let store = Arc::clone(&store);
@@ -893,6 +925,82 @@ mod tests {
                 .len(),
             2,
             "status and one problem"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_schedule_whose_runs_take_most_of_its_interval_is_a_saturation_problem() {
+        let (_dir, store) = store();
+        let docs = crate::documents::parse_str(
+            "t.yaml",
+            "kind: Sequence\nname: q\nstages: [{steps: [{ma: AD, profile: Delta Import}]}]\n---\nkind: Schedule\nname: busy\nsequence: q\ntargets: {agents: [a1]}\ntrigger: {every: 10m}\nstart_at: \"2099-01-01T00:00:00Z\"\n",
+        )
+        .unwrap();
+        let stored: Vec<crate::store::StoredDocument> = docs
+            .iter()
+            .map(|d| crate::store::StoredDocument {
+                kind: d.doc.kind().to_string(),
+                name: d.doc.name().to_string(),
+                json: crate::documents::canonical_json(&d.doc),
+            })
+            .collect();
+        store.write_documents(&stored, &[]).await.unwrap();
+        // Three runs of 9 minutes each: 90 % of the interval.
+        let runs: Vec<v1::Run> = (0..3)
+            .map(|i| {
+                let start = at(i * 600);
+                v1::Run {
+                    id: format!("busy-{i}"),
+                    agent: "a1".into(),
+                    schedule: "busy".into(),
+                    sequence: "q".into(),
+                    state: v1::RunState::Succeeded as i32,
+                    created_at: Some(to_proto(start)),
+                    started_at: Some(to_proto(start)),
+                    finished_at: Some(to_proto(start + chrono::Duration::minutes(9))),
+                    ..v1::Run::default()
+                }
+            })
+            .collect();
+        store.insert_runs(&runs).await.unwrap();
+        let fleet = Fleet::new(
+            Arc::clone(&store),
+            crate::fleet::Settings {
+                heartbeat_interval: Duration::from_secs(1),
+                agent_lost_after: Duration::from_secs(5),
+                pending_deadline: Duration::from_secs(3600),
+            },
+        );
+        let scheduler = Scheduler::new(
+            Arc::clone(&fleet),
+            crate::schedule::scheduler::Clock::System,
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(&scheduler).run(stop.clone()));
+        for _ in 0..500 {
+            if scheduler.interval("busy").await.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (found, _) = problems::current(
+            &fleet,
+            &scheduler,
+            Utc::now(),
+            &[NotifyOn::ScheduleSaturated],
+        )
+        .await
+        .unwrap();
+        stop.cancel();
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].key, "schedule_saturated/busy");
+        assert_eq!(found[0].title, "[syncfleet] schedule busy saturated (90 %)");
+        assert!(
+            found[0].text.contains(
+                "runs take 9m0s of a 10m0s interval: lengthen the interval or split the sequence"
+            ),
+            "{}",
+            found[0].text
         );
     }
 
