@@ -449,7 +449,7 @@ fn resolved_problem(key: &str, rec: &ProblemRecord) -> Problem {
 pub fn outgoing(doc: &NotifierDoc, p: &Problem, resolved: bool, now: DateTime<Utc>) -> Outgoing {
     let text = deliver::bounded(&p.text);
     let json = serde_json::json!({
-        "text": format!("**{}**\n\n{}", p.title, text),
+        "text": format!("{}\n\n{}", p.title, text),
         "title": p.title,
         "syncfleet": {
             "notifier": doc.name,
