@@ -179,3 +179,64 @@ pub fn notifier_details(n: &NotifierStatus) -> String {
     }
     s
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use syncfleet_proto::v1::NotifierProblem;
+
+    fn sample() -> NotifierStatus {
+        NotifierStatus {
+            name: "ops-teams".into(),
+            transport: "webhook".into(),
+            destination: "https://example.webhook.office.com".into(),
+            on: vec!["held".into(), "failed".into()],
+            sent: 3,
+            resolved: 1,
+            failed: 2,
+            last_error: "webhook answered HTTP 503: busy".into(),
+            open_problems: 1,
+            problems: vec![NotifierProblem {
+                key: "held/3f2a1b9c".into(),
+                title: "[syncfleet] run 3f2a1b9c on sync-01 held".into(),
+                delivered: true,
+                attempts: 3,
+                ..NotifierProblem::default()
+            }],
+            ..NotifierStatus::default()
+        }
+    }
+
+    #[test]
+    fn list_and_show_name_the_counts_and_the_last_error() {
+        let table = notifiers_table(&[sample()]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("NAME"), "{table}");
+        assert!(lines[1].starts_with("ops-teams"), "{table}");
+        assert!(lines[1].contains("held,failed"), "{table}");
+        assert!(
+            lines[1].contains("webhook answered HTTP 503: busy"),
+            "{table}"
+        );
+        let details = notifier_details(&sample());
+        for want in [
+            "transport:",
+            "webhook https://example.webhook.office.com",
+            "3 sent, 1 resolved; 2 failed attempts, 0 given up",
+            "webhook answered HTTP 503: busy",
+            "1 (0 not delivered yet)",
+            "held/3f2a1b9c",
+        ] {
+            assert!(details.contains(want), "{want} in\n{details}");
+        }
+        assert!(notifiers_table(&[]).starts_with("no notifiers;"));
+        let j = notifier_json(&sample());
+        assert_eq!(j["problems"][0]["attempts"], 3);
+        assert_eq!(j["last_delivery"], serde_json::Value::Null);
+    }
+}
