@@ -39,6 +39,7 @@ pub mod fleet;
 pub mod leader;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod pending;
 pub mod run_ids;
 pub mod schedule;

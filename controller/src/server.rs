@@ -467,7 +467,7 @@ async fn leader_work(
 /// One leadership term's work, run under its epoch (every write fenced): sessions left in the
 /// store by the previous leader reset, the scheduler (loading from the store, catching up fire
 /// times missed since), the sweeper (dispatch of due pending runs, deadlines, lost agents)
-/// each second, and the wake-ups of followers.
+/// each second, the wake-ups of followers, and the notifications (`notify::Notifier::run`).
 async fn leader_term(
     fleet: Arc<Fleet>,
     scheduler: Arc<Scheduler>,
@@ -511,7 +511,14 @@ async fn leader_term(
             }
         }
     };
-    tokio::join!(Arc::clone(&scheduler).run(term.clone()), sweeper, wakes);
+    let notifier =
+        crate::notify::Notifier::new(Arc::clone(&fleet), Arc::clone(&scheduler)).run(term.clone());
+    tokio::join!(
+        Arc::clone(&scheduler).run(term.clone()),
+        sweeper,
+        wakes,
+        notifier
+    );
 }
 
 /// rustls server configuration: TLS 1.2 and 1.3 only (rustls has nothing older), HTTP/2, the

@@ -394,6 +394,131 @@ pub struct ScheduleDoc {
     pub autonomy: Option<bool>,
 }
 
+/// `kind: Notifier`: who hears about problems of the fleet, and through which transport. Read
+/// by the controller's notifier (`controller/src/notify/`); agents never see it.
+///
+/// ```yaml
+/// kind: Notifier
+/// name: ops-teams
+/// on: [held, failed, agent_lost, engine_unhealthy, schedule_saturated]
+/// targets: {selector: "env=prod"}      # agents whose problems count (all when left out)
+/// schedules: [delta-every-5m]         # runs and saturation of these schedules only
+/// resolved: true                      # also say when a problem cleared
+/// webhook: {url: "https://example.webhook.office.com/...", timeout: 10s}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierDoc {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The kinds of problem that are sent; at least one.
+    pub on: Vec<NotifyOn>,
+    /// Agents whose problems are sent: every agent when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Targets>,
+    /// Schedules whose runs and saturation are sent: runs of any schedule (and manual runs)
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<String>,
+    /// Also send a message when a problem clears (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<bool>,
+    /// HTTP POST of a JSON body; exactly one of `webhook` and `email`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookDoc>,
+    /// SMTP e-mail; exactly one of `webhook` and `email`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailDoc>,
+}
+
+/// A kind of problem a notifier sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    /// A run stopped before a step whose guard rail tripped, waiting for an approval.
+    Held,
+    /// A run ended failed, completed with errors, or with an unknown outcome.
+    Failed,
+    /// An agent without a session for longer than `agent_lost_after`.
+    AgentLost,
+    /// An agent's engine did not answer its health probe.
+    EngineUnhealthy,
+    /// A schedule whose runs take longer than its interval allows.
+    ScheduleSaturated,
+}
+
+impl NotifyOn {
+    /// The name used in fleet files and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyOn::Held => "held",
+            NotifyOn::Failed => "failed",
+            NotifyOn::AgentLost => "agent_lost",
+            NotifyOn::EngineUnhealthy => "engine_unhealthy",
+            NotifyOn::ScheduleSaturated => "schedule_saturated",
+        }
+    }
+}
+
+/// A notifier's webhook: `POST url` with a JSON body (`text` for Slack and Teams incoming
+/// webhooks, plus structured fields for generic receivers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDoc {
+    /// `https://` (or `http://` for a receiver on a trusted network).
+    pub url: String,
+    /// PEM file of the CA certificates that sign the receiver's certificate, instead of the
+    /// system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Limit of one delivery attempt (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// A notifier's e-mail transport. The password is never in the document: `password_env` names
+/// the controller's environment variable holding it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailDoc {
+    /// SMTP server host name (also the name its certificate must carry).
+    pub server: String,
+    /// Default: 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    pub from: String,
+    pub to: Vec<String>,
+    /// SMTP AUTH user; needs `password_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Environment variable of the controller that holds the SMTP password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// PEM file of the CA certificates that sign the server's certificate, instead of the
+    /// system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Limit of one delivery attempt (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which is required (submission, port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS: only for a relay on the same host or a trusted network.
+    None,
+}
+
 /// Any fleet document.
 // Documents are few and short-lived; boxing the larger variant would only add noise to every
 // match on them.
@@ -406,6 +531,7 @@ pub struct ScheduleDoc {
 pub enum Document {
     Sequence(SequenceDoc),
     Schedule(ScheduleDoc),
+    Notifier(NotifierDoc),
 }
 
 impl Document {
@@ -413,6 +539,7 @@ impl Document {
         match self {
             Document::Sequence(_) => "Sequence",
             Document::Schedule(_) => "Schedule",
+            Document::Notifier(_) => "Notifier",
         }
     }
 
@@ -420,6 +547,7 @@ impl Document {
         match self {
             Document::Sequence(s) => &s.name,
             Document::Schedule(s) => &s.name,
+            Document::Notifier(n) => &n.name,
         }
     }
 }

@@ -723,6 +723,42 @@ impl FleetService for FleetSvc {
         tag(&ctx, result)
     }
 
+    async fn list_notifiers(
+        &self,
+        request: Request<v1::ListNotifiersRequest>,
+    ) -> Result<Response<v1::ListNotifiersResponse>, Status> {
+        let ctx = self
+            .security
+            .authorize(&request, "ListNotifiers", "")
+            .await?;
+        let result: Result<_, Status> = async {
+            let notifiers = crate::notify::list(self.fleet.store.as_ref()).await?;
+            Ok(Response::new(v1::ListNotifiersResponse { notifiers }))
+        }
+        .await;
+        tag(&ctx, result)
+    }
+
+    async fn get_notifier(
+        &self,
+        request: Request<v1::GetNotifierRequest>,
+    ) -> Result<Response<v1::NotifierStatus>, Status> {
+        let name = request.get_ref().name.clone();
+        let target = format!("notifier/{}", clip(&name));
+        let ctx = self
+            .security
+            .authorize(&request, "GetNotifier", &target)
+            .await?;
+        let result: Result<_, Status> = async {
+            check_ident("name", &name).map_err(bad_input)?;
+            Ok(Response::new(
+                crate::notify::get(self.fleet.store.as_ref(), &name).await?,
+            ))
+        }
+        .await;
+        tag(&ctx, result)
+    }
+
     async fn create_token(
         &self,
         request: Request<v1::CreateTokenRequest>,

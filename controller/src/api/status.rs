@@ -165,6 +165,17 @@ impl From<crate::documents::DocumentError> for Status {
     }
 }
 
+impl From<crate::notify::NotifyError> for Status {
+    fn from(e: crate::notify::NotifyError) -> Self {
+        use crate::notify::NotifyError as E;
+        match e {
+            E::NotFound(_) => Status::not_found(e.to_string()),
+            E::Unreadable { .. } => Status::internal(e.to_string()),
+            E::Store(e) => store_status(e),
+        }
+    }
+}
+
 impl From<crate::schedule::ScheduleError> for Status {
     fn from(e: crate::schedule::ScheduleError) -> Self {
         use crate::schedule::ScheduleError as E;

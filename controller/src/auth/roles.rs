@@ -106,6 +106,8 @@ pub const RPC_ACCESS: &[(&str, &str, Access)] = &[
     (FLEET, "PauseFleet", Access::Operator(Permission::Operate)),
     (FLEET, "ResumeFleet", Access::Operator(Permission::Operate)),
     (FLEET, "GetFleetStatus", Access::Operator(Permission::Read)),
+    (FLEET, "ListNotifiers", Access::Operator(Permission::Read)),
+    (FLEET, "GetNotifier", Access::Operator(Permission::Read)),
     (FLEET, "CreateToken", Access::Operator(Permission::Admin)),
     (FLEET, "RevokeAgent", Access::Operator(Permission::Admin)),
     (FLEET, "CreateOperator", Access::Operator(Permission::Admin)),

@@ -31,6 +31,9 @@ pub enum DocKind {
     /// Schedules
     #[value(name = "schedules", aliases = ["schedule", "sched"])]
     Schedules,
+    /// Notifiers (webhook and e-mail notifications)
+    #[value(name = "notifiers", aliases = ["notifier"])]
+    Notifiers,
 }
 
 impl DocKind {
@@ -39,6 +42,7 @@ impl DocKind {
         match self {
             DocKind::Sequences => "Sequence",
             DocKind::Schedules => "Schedule",
+            DocKind::Notifiers => "Notifier",
         }
     }
 }
@@ -86,7 +90,7 @@ pub fn external_sequences(docs: &[SourcedDoc]) -> BTreeSet<String> {
         .iter()
         .filter_map(|d| match &d.doc {
             Document::Sequence(s) => Some(s.name.as_str()),
-            Document::Schedule(_) => None,
+            Document::Schedule(_) | Document::Notifier(_) => None,
         })
         .collect();
     docs.iter()

@@ -129,6 +129,7 @@ pub mod config;
 pub mod connect;
 pub mod documents;
 pub mod fleet;
+pub mod notifiers;
 pub mod output;
 pub mod run_errors;
 pub mod runs;
@@ -150,6 +151,7 @@ use config::ConfigCommand;
 use connect::ConnectError;
 use documents::{ApplyArgs, DocKind};
 use fleet::FleetCommand;
+use notifiers::NotifiersCommand;
 use runs::{RunArgs, RunsCommand};
 use schedules::SchedulesCommand;
 
@@ -300,6 +302,9 @@ pub enum Command {
     /// The whole fleet: pause or resume all new runs, status
     #[command(subcommand)]
     Fleet(FleetCommand),
+    /// Notifiers: where held runs, failures and lost agents are sent, and how delivery went
+    #[command(subcommand)]
+    Notifiers(NotifiersCommand),
     /// One-time enrollment tokens for new agents
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -462,6 +467,7 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Delete { kind, name } => s.delete(client, *kind, name).await,
         Command::Schedules(c) => s.schedules(client, c).await,
         Command::Fleet(c) => s.fleet(client, c).await,
+        Command::Notifiers(c) => s.notifiers(client, c).await,
         Command::Tokens(c) => s.tokens(client, c).await,
         Command::Operators(c) => s.operators(client, c).await,
         Command::Audit(c) => s.audit(client, c).await,

@@ -468,7 +468,7 @@ mod tests {
         let s = status();
         let doc = match crate::documents::from_json("Schedule", &s.json).unwrap() {
             crate::documents::model::Document::Schedule(d) => d,
-            crate::documents::model::Document::Sequence(_) => panic!("not a schedule"),
+            _ => panic!("not a schedule"),
         };
         let text = schedule_details(&s, Some(&doc));
         assert!(
@@ -509,7 +509,7 @@ mod tests {
         let s = status();
         let doc = match crate::documents::from_json("Schedule", &s.json).unwrap() {
             crate::documents::model::Document::Schedule(d) => d,
-            crate::documents::model::Document::Sequence(_) => panic!("not a schedule"),
+            _ => panic!("not a schedule"),
         };
         let mut active = s.clone();
         active.pause = None;

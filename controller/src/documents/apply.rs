@@ -22,6 +22,7 @@ pub fn kind_of(kind: &str) -> Result<&'static str, DocumentError> {
     match kind.trim().to_ascii_lowercase().trim_end_matches('s') {
         "sequence" => Ok("Sequence"),
         "schedule" => Ok("Schedule"),
+        "notifier" => Ok("Notifier"),
         _ => Err(DocumentError::UnknownKind(kind.to_string())),
     }
 }
@@ -103,7 +104,7 @@ pub async fn apply(
             .iter()
             .filter_map(|d| match d {
                 Document::Sequence(s) => Some(s.name.clone()),
-                Document::Schedule(_) => None,
+                Document::Schedule(_) | Document::Notifier(_) => None,
             })
             .collect()
     };
@@ -119,7 +120,7 @@ pub async fn apply(
             .chain(stored.iter())
             .filter_map(|d| match d {
                 Document::Sequence(s) => Some(s.name.as_str()),
-                Document::Schedule(_) => None,
+                Document::Schedule(_) | Document::Notifier(_) => None,
             })
             .collect();
         for d in &stored {
@@ -196,7 +197,7 @@ pub async fn apply(
         .iter()
         .filter_map(|d| match d {
             Document::Schedule(s) => Some(s),
-            Document::Sequence(_) => None,
+            Document::Sequence(_) | Document::Notifier(_) => None,
         })
         .collect();
     for (kind, name) in &deletes {
@@ -545,7 +546,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             bad_kind.to_string(),
-            "unknown kind \"job\"; use Sequence or Schedule"
+            "unknown kind \"job\"; use Sequence, Schedule or Notifier"
         );
         delete_document(
             &store,

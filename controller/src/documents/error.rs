@@ -9,7 +9,7 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum DocumentError {
     /// A kind that is neither a sequence nor a schedule. `INVALID_ARGUMENT`.
-    #[error("unknown kind {}; use Sequence or Schedule", echo(.0))]
+    #[error("unknown kind {}; use Sequence, Schedule or Notifier", echo(.0))]
     UnknownKind(String),
     /// A request field over its limit (a name too long). `INVALID_ARGUMENT`.
     #[error(transparent)]

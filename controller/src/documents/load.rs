@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 use super::messages::{
     FleetFileError, FleetFileErrors, closest, err, or_list, readable_yaml_error,
 };
-use super::model::{Document, ScheduleDoc, SequenceDoc};
+use super::model::{Document, NotifierDoc, ScheduleDoc, SequenceDoc};
 use super::validate::KINDS;
 use crate::limits::echo;
 
@@ -190,7 +190,7 @@ pub fn parse_str_lenient(file: &str, text: &str) -> Loaded {
                 errors.push(err(
                     format!("{file} document {n}"),
                     format!(
-                        "kind: expected Sequence or Schedule, found {}",
+                        "kind: expected Sequence, Schedule or Notifier, found {}",
                         value_kind(other)
                     ),
                 ));
@@ -229,10 +229,10 @@ pub fn parse_str_lenient(file: &str, text: &str) -> Loaded {
             inner: typed_de,
             key: "kind",
         };
-        let parsed = if kind == "Sequence" {
-            SequenceDoc::deserialize(without_kind).map(Document::Sequence)
-        } else {
-            ScheduleDoc::deserialize(without_kind).map(Document::Schedule)
+        let parsed = match kind.as_str() {
+            "Sequence" => SequenceDoc::deserialize(without_kind).map(Document::Sequence),
+            "Notifier" => NotifierDoc::deserialize(without_kind).map(Document::Notifier),
+            _ => ScheduleDoc::deserialize(without_kind).map(Document::Schedule),
         };
         match parsed {
             Ok(doc) => docs.push(SourcedDoc {

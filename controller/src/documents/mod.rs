@@ -1,4 +1,5 @@
-//! Fleet documents: the declarative `Sequence` and `Schedule` documents ([`model`]) and
+//! Fleet documents: the declarative `Sequence`, `Schedule` and `Notifier` documents ([`model`];
+//! notifiers are checked by [`notifier`]) and
 //! loading ([`load`]), validating ([`validate`](mod@validate)), diffing ([`diff`](mod@diff)),
 //! storing and rendering ([`codec`]) them, with one message style for every problem
 //! ([`messages`]), when a schedule fires ([`trigger`]: compiling a schedule's trigger is how
@@ -28,6 +29,7 @@ mod error;
 pub mod load;
 pub mod messages;
 pub mod model;
+pub mod notifier;
 pub mod trigger;
 pub mod validate;
 

@@ -15,7 +15,7 @@ use crate::limits::{
 };
 
 /// The document kinds a fleet file may hold, as written in `kind:`.
-pub const KINDS: [&str; 2] = ["Sequence", "Schedule"];
+pub const KINDS: [&str; 3] = ["Sequence", "Schedule", "Notifier"];
 
 /// Longest sequence or schedule name.
 pub const MAX_NAME_LEN: usize = syncfleet_proto::names::MAX_NAME_LEN;
@@ -59,7 +59,7 @@ pub fn validate(
         .iter()
         .filter_map(|d| match &d.doc {
             Document::Sequence(s) => Some(s.name.as_str()),
-            Document::Schedule(_) => None,
+            Document::Schedule(_) | Document::Notifier(_) => None,
         })
         .collect();
     for d in docs {
@@ -91,6 +91,7 @@ pub fn validate(
             Document::Schedule(s) => {
                 check_schedule(s, &defined, known_sequences, &mut bad);
             }
+            Document::Notifier(n) => super::notifier::check_notifier(n, &mut bad),
         }
     }
     FleetFileErrors::check(errors)
@@ -722,7 +723,7 @@ stages: [{steps: [{ma: AD, profile: Export, only_if: staged, guard: {max_pending
         assert!(m[1].ends_with("(line 11)"), "{}", m[1]);
         assert_eq!(
             m[2],
-            "f.yaml document 4 (Sequnce c): kind: unknown kind \"Sequnce\" (did you mean Sequence?); use Sequence or Schedule"
+            "f.yaml document 4 (Sequnce c): kind: unknown kind \"Sequnce\" (did you mean Sequence?); use Sequence, Schedule or Notifier"
         );
         assert_eq!(
             m[3],

@@ -40,6 +40,8 @@ pub(super) struct ScheduleRow {
 pub(super) struct FleetGauges {
     pub(super) agents: Vec<AgentRow>,
     pub(super) schedules: Vec<ScheduleRow>,
+    /// `(notifier, outcome, count)` of `syncfleet_notifications_total`.
+    pub(super) notifications: Vec<(String, &'static str, u64)>,
 }
 
 /// The `reason` label of a schedule counter that counts fire times not run.
@@ -325,6 +327,15 @@ impl Collector for Inner {
                 a.engine_healthy
                     .map(|h| ([("agent", a.name.as_str())], if h { 1.0 } else { 0.0 }))
             }),
+        )?;
+        // Notifications: delivery outcomes per notifier, from the notifiers' status records.
+        counter_family(
+            &mut enc,
+            "syncfleet_notifications",
+            "Notification deliveries per notifier: sent (new problems), resolved (cleared problems), failed (attempts), given_up (messages abandoned after the last retry).",
+            g.notifications
+                .iter()
+                .map(|(n, o, v)| ([("notifier", n.as_str()), ("outcome", *o)], *v)),
         )?;
         let pending = self.fleet.pending_exports.snapshot();
         let mut rows: Vec<(String, String, &'static str, u64)> = Vec::new();

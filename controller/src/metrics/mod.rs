@@ -269,7 +269,7 @@ impl Metrics {
             return Ok(());
         }
         let fleet = &self.inner.fleet;
-        let (agents, schedules) = {
+        let (agents, schedules, notifications) = {
             let s = &fleet.store;
             async move {
                 let agents = s.list_agents().await?;
@@ -303,11 +303,15 @@ impl Metrics {
                     };
                     schedules.push((d.name, counters, durations, pause, doc));
                 }
-                Ok::<_, StoreError>((agents, schedules))
+                let notifications = crate::notify::outcome_counts(s.as_ref()).await?;
+                Ok::<_, StoreError>((agents, schedules, notifications))
             }
         }
         .await?;
-        let mut g = FleetGauges::default();
+        let mut g = FleetGauges {
+            notifications,
+            ..FleetGauges::default()
+        };
         {
             // Series from 0 for what may happen next: ad-hoc runs of every agent, the runs of
             // every schedule on the agents it targets, the object counters of every MA.

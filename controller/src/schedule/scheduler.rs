@@ -189,6 +189,7 @@ impl Scheduler {
                 Ok(Document::Sequence(s)) => {
                     sequences.insert(s.name.clone(), s);
                 }
+                Ok(Document::Notifier(_)) => {}
                 Err(e) => {
                     tracing::error!(kind = %d.kind, name = %d.name, error = %e, "stored document unreadable")
                 }

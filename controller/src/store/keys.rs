@@ -87,3 +87,28 @@ pub fn revoked_prefix() -> String {
 pub fn start_runs_idempotency(who: &str, key: &str) -> String {
     format!("idempotency/start-runs/{who}/{key}")
 }
+
+/// Prefix of all notifiers' records.
+pub const NOTIFIERS_ALL: &str = "notify/";
+
+/// Prefix of every notifier's records ([`notifier_status`], [`notifier_problem`]).
+pub fn notifier_prefix(notifier: &str) -> String {
+    format!("notify/{notifier}/")
+}
+
+/// A notifier's delivery counts and last error (JSON, `notify::records`).
+pub fn notifier_status(notifier: &str) -> String {
+    format!("notify/{notifier}/status")
+}
+
+/// Prefix of the problems a notifier knows about.
+pub fn notifier_problems(notifier: &str) -> String {
+    format!("notify/{notifier}/problem/")
+}
+
+/// One problem a notifier knows about (JSON, `notify::records`): deduplication, so a problem
+/// is sent once until it clears, also across controller restarts. `problem` is
+/// `kind/subject` (`held/<run id>`).
+pub fn notifier_problem(notifier: &str, problem: &str) -> String {
+    format!("notify/{notifier}/problem/{problem}")
+}

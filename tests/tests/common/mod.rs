@@ -513,3 +513,45 @@ impl Fleet {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
+
+/// The Python of the tests' virtualenv `target/py-venv` with `packages` installed from PyPI
+/// (once: `marker` in the venv records that they are). Fails, with what to install, when
+/// `python3` or its `venv` module is missing (`scripts/test` installs them).
+pub fn py_venv_with(packages: &[&str], marker: &str) -> PathBuf {
+    let target = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let venv = target.join("py-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join(marker);
+    if !ready.exists() {
+        if !python.exists() {
+            let st = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3 is needed for this test (Debian: apt-get install python3-venv)");
+            assert!(
+                st.success(),
+                "python3 -m venv failed (install python3-venv)"
+            );
+        }
+        let st = Command::new(&python)
+            .args(["-m", "pip", "install", "-q"])
+            .args(packages)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "pip install {packages:?} failed (PyPI needed)"
+        );
+        std::fs::write(&ready, "").unwrap();
+    }
+    python
+}
