@@ -40,6 +40,7 @@ pub mod leader;
 pub mod limits;
 pub mod metrics;
 pub mod pending;
+pub mod retention;
 pub mod run_ids;
 pub mod schedule;
 pub mod server;

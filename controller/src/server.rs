@@ -269,6 +269,7 @@ pub async fn serve_with(
         Arc::clone(&fleet),
         Arc::clone(&scheduler),
         leadership.clone(),
+        cfg.retention.clone(),
         shutdown.clone(),
     ));
 
@@ -395,6 +396,7 @@ async fn leader_work(
     fleet: Arc<Fleet>,
     scheduler: Arc<Scheduler>,
     leadership: Leadership,
+    retention: crate::config::RetentionSettings,
     shutdown: CancellationToken,
 ) {
     let mut watch = leadership.subscribe();
@@ -419,6 +421,7 @@ async fn leader_work(
                 Arc::clone(&fleet),
                 Arc::clone(&scheduler),
                 leadership.clone(),
+                retention.clone(),
                 term.clone(),
             ),
         ));
@@ -452,11 +455,12 @@ async fn leader_work(
 /// One leadership term's work, run under its epoch (every write fenced): sessions left in the
 /// store by the previous leader reset, the scheduler (loading from the store, catching up fire
 /// times missed since), the sweeper (dispatch of due pending runs, deadlines, lost agents)
-/// each second, and the wake-ups of followers.
+/// each second, the wake-ups of followers, and store retention (`crate::retention`).
 async fn leader_term(
     fleet: Arc<Fleet>,
     scheduler: Arc<Scheduler>,
     leadership: Leadership,
+    retention: crate::config::RetentionSettings,
     term: CancellationToken,
 ) {
     fleet.reset_sessions_after_restart().await;
@@ -496,7 +500,18 @@ async fn leader_term(
             }
         }
     };
-    tokio::join!(Arc::clone(&scheduler).run(term.clone()), sweeper, wakes);
+    let pruner = crate::retention::run(
+        Arc::clone(&fleet.store),
+        retention,
+        &fleet.retention,
+        term.clone(),
+    );
+    tokio::join!(
+        Arc::clone(&scheduler).run(term.clone()),
+        sweeper,
+        wakes,
+        pruner
+    );
 }
 
 /// rustls server configuration: TLS 1.2 and 1.3 only (rustls has nothing older), HTTP/2, the

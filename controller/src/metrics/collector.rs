@@ -354,6 +354,23 @@ impl Collector for Inner {
                 )
             }),
         )?;
+        // Store retention (`crate::retention`).
+        let pruned = self.fleet.retention.snapshot();
+        counter_family(
+            &mut enc,
+            "syncfleet_retention_pruned_rows",
+            "Rows deleted by store retention since this controller started, by kind (runs, events, audit).",
+            pruned.iter().map(|(k, s)| ([("kind", k.name())], s.pruned)),
+        )?;
+        gauge_family(
+            &mut enc,
+            "syncfleet_retention_last_prune_timestamp_seconds",
+            "When this controller last finished pruning a kind (Unix seconds; absent until it has, and on followers).",
+            pruned
+                .iter()
+                .filter(|(_, s)| s.last_prune_ms > 0)
+                .map(|(k, s)| ([("kind", k.name())], s.last_prune_ms as f64 / 1000.0)),
+        )?;
         Ok(())
     }
 }
