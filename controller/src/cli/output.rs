@@ -361,6 +361,33 @@ pub fn schedule_status_json(s: &ScheduleStatus) -> Value {
         "counters": counters,
         "saturation": s.saturation,
         "warning": s.warning,
+        "advice": s.advice.as_ref().map(interval_advice_json),
+        "servers": s.servers.iter().map(server_advice_json).collect::<Vec<_>>(),
+    })
+}
+
+/// A schedule's interval advice (`schedules show -o json`, `advice`).
+pub fn interval_advice_json(a: &syncfleet_proto::v1::IntervalAdvice) -> Value {
+    json!({
+        "runs_measured": a.runs_measured,
+        "runs_needed": a.runs_needed,
+        "p95_duration_ms": a.p95_duration_ms,
+        "interval_ms": a.interval_ms,
+        "saturation_p95": a.saturation_p95,
+        "shortest_interval_ms": a.shortest_interval_ms,
+        "summary": a.summary,
+    })
+}
+
+/// One server of a schedule's advice (`schedules show -o json`, `servers`).
+pub fn server_advice_json(s: &syncfleet_proto::v1::ServerAdvice) -> Value {
+    json!({
+        "agent": s.agent,
+        "load_p95": s.load_p95,
+        "competing": s.competing,
+        "unmeasured": s.unmeasured,
+        "shortest_interval_ms": s.shortest_interval_ms,
+        "summary": s.summary,
     })
 }
 
