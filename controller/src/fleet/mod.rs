@@ -42,7 +42,7 @@ pub use events::apply_event;
 pub use fanout::{FanOut, MAX_AGENTS_PER_CALL, Plan, Refusal, Selection};
 pub use holds::{RunBlocked, fleet_status, set_drain, set_fleet_pause};
 pub use runs::{NewRun, start_sequence, steps_of};
-pub use sessions::SessionTx;
+pub use sessions::{Housekeeping, SessionTx};
 use sessions::{Live, Session};
 
 /// Timing settings the fleet logic needs.
