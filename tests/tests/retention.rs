@@ -1,5 +1,7 @@
 //! Retention end to end: the real controller prunes back-dated runs, events and audit entries
-//! of its SQLite store in batches while an operator starts runs, and reports it in /metrics.
+//! of its SQLite store in batches while an operator starts runs, and reports it in /metrics;
+//! a real agent clears its simulated engine's run history once the controller has stored the
+//! runs, and the controller's /metrics shows it.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,8 +20,13 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// A labelled sample `name{kind="KIND"}` of the controller's /metrics.
 fn metric(fleet: &Fleet, name: &str, kind: &str) -> Option<f64> {
+    labelled(fleet, name, "kind", kind)
+}
+
+/// A sample `name{label="value"}` of the controller's /metrics.
+fn labelled(fleet: &Fleet, name: &str, label: &str, value: &str) -> Option<f64> {
     let (_, body) = http_get(fleet.http_port, "/metrics")?;
-    let prefix = format!("{name}{{kind=\"{kind}\"}} ");
+    let prefix = format!("{name}{{{label}=\"{value}\"}} ");
     body.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
@@ -171,4 +178,74 @@ fn chrono_now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Run-history entries of `ma` in the simulated engine's state file.
+fn sim_history(path: &std::path::Path, ma: &str) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    Some(v["mas"][ma]["history"].as_object()?.len())
+}
+
+#[test]
+fn the_agent_clears_engine_run_history_after_the_controller_stored_the_runs() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller();
+    let state = fleet.dir.path().join("sim-state.json");
+    fleet.start_agent_with(
+        "sync-01",
+        &format!(
+            "[engine]\nkind = \"sim\"\ntime_scale = 0.01\nclear_runs_older_than = \"5s\"\nclear_runs_every = \"1s\"\n[engine.sim]\nstate_file = {state:?}\n"
+        ),
+    );
+    fleet.wait_connected(&["sync-01"]);
+    let ids: Vec<String> = (0..2).map(|_| start_run(&fleet)).collect();
+    let mut finished_ms = 0;
+    for id in &ids {
+        let run = fleet.wait_run_state(id, &["succeeded"], RUN_TIMEOUT);
+        let at = chrono::DateTime::parse_from_rfc3339(run["finished_at"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+        finished_ms = finished_ms.max(at);
+    }
+    // Younger than 5 s: still in the engine's history.
+    assert_eq!(sim_history(&state, "AD"), Some(2));
+
+    // Stored by the controller and older than 5 s: cleared, and reported.
+    wait_for(
+        "the engine's run history to be cleared",
+        RUN_TIMEOUT,
+        || (sim_history(&state, "AD") == Some(0)).then_some(()),
+    );
+    let before = wait_for("the clearing to reach /metrics", RUN_TIMEOUT, || {
+        labelled(
+            &fleet,
+            "syncfleet_engine_runs_cleared_before_timestamp_seconds",
+            "agent",
+            "sync-01",
+        )
+        .filter(|s| *s * 1000.0 >= finished_ms as f64)
+    });
+    assert!(before * 1000.0 >= finished_ms as f64);
+    let calls = labelled(
+        &fleet,
+        "syncfleet_engine_clear_runs_total",
+        "agent",
+        "sync-01",
+    )
+    .unwrap();
+    assert!(calls >= 1.0, "{calls}");
+    assert_eq!(
+        labelled(
+            &fleet,
+            "syncfleet_engine_clear_runs_failing",
+            "agent",
+            "sync-01"
+        ),
+        Some(0.0)
+    );
+    // What the controller stored is untouched: the runs keep their engine statistics.
+    for id in &ids {
+        let run = fleet.run_json(id).unwrap();
+        assert!(run["steps"][0]["counters"].is_object(), "{run:#}");
+    }
 }
