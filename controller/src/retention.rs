@@ -216,4 +216,38 @@ mod tests {
         assert!(snap[0].1.last_prune_ms > 0);
         assert_eq!(snap[2].1, KindStats::default());
     }
+
+    /// On a shared PostgreSQL store, a leader whose lease was taken over prunes nothing: its
+    /// batch is refused inside its own transaction; the new leader's pass deletes the row.
+    #[tokio::test]
+    async fn a_deposed_leader_prunes_nothing() {
+        use crate::store::fence;
+        use crate::store::postgres::PgStore;
+        let pg = syncfleet_tests::postgres::TestPostgres::shared();
+        let store = PgStore::connect(&pg.create_database("retention"))
+            .await
+            .unwrap();
+        let now = 1_000 * DAY_MS;
+        store
+            .insert_runs(&[run("old", now - 100 * DAY_MS)])
+            .await
+            .unwrap();
+        let ttl = Duration::from_millis(500);
+        let epoch = store.lease_acquire("a", "", ttl).await.unwrap().unwrap();
+        tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+        let newer = store.lease_acquire("b", "", ttl).await.unwrap().unwrap();
+        let settings = RetentionSettings::default();
+        let stats = RetentionStats::default();
+        let err = fence::with_epoch(epoch, prune_once(&store, &settings, now, &stats))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err:?}");
+        assert!(store.get_run("old").await.unwrap().is_some());
+        assert_eq!(stats.snapshot()[0].1, KindStats::default());
+        let done = fence::with_epoch(newer, prune_once(&store, &settings, now, &stats))
+            .await
+            .unwrap();
+        assert_eq!(done.get(&PruneKind::Runs), Some(&1));
+        assert!(store.get_run("old").await.unwrap().is_none());
+    }
 }

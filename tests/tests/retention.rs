@@ -243,6 +243,14 @@ fn the_agent_clears_engine_run_history_after_the_controller_stored_the_runs() {
         ),
         Some(0.0)
     );
+    // `agents show` reports it too.
+    let agent = fleet.cli_json(&["agents", "show", "sync-01", "-o", "json"]);
+    assert!(
+        agent["clear_runs_total"].as_u64().unwrap() >= 1,
+        "{agent:#}"
+    );
+    assert_eq!(agent["clear_runs_problem"], "");
+    assert!(agent["runs_cleared_before"].is_string(), "{agent:#}");
     // What the controller stored is untouched: the runs keep their engine statistics.
     for id in &ids {
         let run = fleet.run_json(id).unwrap();

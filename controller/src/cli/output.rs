@@ -281,6 +281,10 @@ pub fn agent_json(a: &Agent) -> Value {
         "autonomous_since": timestamp_json(a.autonomous_since.as_ref()),
         "autonomous_until": timestamp_json(a.autonomous_until.as_ref()),
         "autonomy_after_seconds": a.autonomy_after_seconds,
+        // Engine run-history housekeeping (`engine.clear_runs_older_than`), from heartbeats.
+        "runs_cleared_before": timestamp_json(a.runs_cleared_before.as_ref()),
+        "clear_runs_total": a.clear_runs_total,
+        "clear_runs_problem": a.clear_runs_problem,
         "management_agents": a.management_agents.iter().map(management_agent_json).collect::<Vec<_>>(),
     })
 }
@@ -603,6 +607,9 @@ mod tests {
                 "autonomous_since": null,
                 "autonomous_until": null,
                 "autonomy_after_seconds": 0,
+                "runs_cleared_before": null,
+                "clear_runs_total": 0,
+                "clear_runs_problem": "",
                 "management_agents": [{
                     "name": "CONTOSO AD",
                     "type": "AD",

@@ -1203,7 +1203,8 @@ mod tests {
                  CREATE INDEX runs_by_agent ON runs (agent, created_at);
                  CREATE INDEX runs_by_state ON runs (state);
                  CREATE INDEX runs_by_schedule ON runs (schedule, created_at);
-                 DELETE FROM syncfleet_schema WHERE version = 3;",
+                 DROP INDEX run_events_by_at;
+                 DELETE FROM syncfleet_schema WHERE version >= 3;",
             )
             .await
             .unwrap();
