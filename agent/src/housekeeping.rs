@@ -48,6 +48,33 @@ pub fn cutoff(
     }
 }
 
+/// Most history one ClearRuns removes after the first: the cutoff advances by at most this
+/// from the previous one, because clearing very many runs at once can make Sync Service
+/// Manager unresponsive (`docs/engine.md`). After a controller outage held the cutoff back,
+/// the agent catches up in steps, [`CATCH_UP_PAUSE`] apart.
+pub const MAX_STEP: TimeDelta = TimeDelta::hours(6);
+/// Pause between two catch-up steps.
+pub const CATCH_UP_PAUSE: Duration = Duration::from_secs(10);
+
+/// The cutoff of the next call: `target`, but at most [`MAX_STEP`] past the previous
+/// successful cutoff (the first call goes to `target` at once: how old the oldest run is, is
+/// not known without enumerating the history, which is slow).
+pub fn next_step(previous: Option<DateTime<Utc>>, target: DateTime<Utc>) -> DateTime<Utc> {
+    match previous {
+        Some(p) if target - p > MAX_STEP => p + MAX_STEP,
+        _ => target,
+    }
+}
+
+/// A successful ClearRuns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cleared {
+    /// Its cutoff.
+    pub before: DateTime<Utc>,
+    /// Whether [`MAX_STEP`] held it back from the cutoff wanted (more is left to clear).
+    pub capped: bool,
+}
+
 /// The housekeeping task of one agent.
 pub struct Housekeeping {
     engine: Arc<dyn SyncEngine>,
@@ -98,9 +125,9 @@ impl Housekeeping {
             .unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
-    /// One ClearRuns with the cutoff of now; returns the cutoff when the engine answered
-    /// `success`.
-    pub async fn clear_once(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    /// One ClearRuns with the cutoff of now (capped by [`next_step`]); returns what was
+    /// cleared when the engine answered `success`.
+    pub async fn clear_once(&self, now: DateTime<Utc>) -> Option<Cleared> {
         let older_than = self.older_than?;
         let oldest = match self.journal.oldest_unstored_run_ms() {
             Ok(o) => o,
@@ -112,11 +139,13 @@ impl Housekeeping {
                 return None;
             }
         };
-        let before = cutoff(now, older_than, oldest);
-        if self.status().cleared_before.is_some_and(|c| c >= before) {
+        let previous = self.status().cleared_before;
+        let target = cutoff(now, older_than, oldest);
+        if previous.is_some_and(|c| c >= target) {
             // Nothing new can have ended before the same cutoff.
             return None;
         }
+        let before = next_step(previous, target);
         match self.engine.clear_runs(before).await {
             Ok(answer) if answer == "success" => {
                 tracing::info!(ending_before = %before, "engine run history cleared");
@@ -125,7 +154,10 @@ impl Housekeeping {
                     s.total += 1;
                     s.problem.clear();
                 });
-                Some(before)
+                Some(Cleared {
+                    before,
+                    capped: before < target,
+                })
             }
             Ok(answer) => {
                 let problem = format!("ClearRuns answered {answer:?}");
@@ -148,12 +180,17 @@ impl Housekeeping {
         if self.older_than.is_none() {
             return;
         }
+        let mut wait = self.every;
         loop {
             tokio::select! {
-                () = tokio::time::sleep(self.every) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => return,
             }
-            self.clear_once(Utc::now()).await;
+            // A capped step leaves more to clear: the next step follows soon.
+            wait = match self.clear_once(Utc::now()).await {
+                Some(c) if c.capped => CATCH_UP_PAUSE.min(self.every),
+                _ => self.every,
+            };
         }
     }
 }
@@ -188,6 +225,22 @@ mod tests {
         assert_eq!(
             cutoff(now, 7 * day, Some(recent)),
             t("2026-06-03T12:00:00Z")
+        );
+    }
+
+    #[test]
+    fn after_the_first_call_the_cutoff_advances_in_bounded_steps() {
+        let target = t("2026-06-10T12:00:00Z");
+        assert_eq!(next_step(None, target), target);
+        assert_eq!(
+            next_step(Some(t("2026-06-10T09:00:00Z")), target),
+            target,
+            "within a step"
+        );
+        // Three days behind (a controller outage held the cutoff back): six hours at a time.
+        assert_eq!(
+            next_step(Some(t("2026-06-07T12:00:00Z")), target),
+            t("2026-06-07T18:00:00Z")
         );
     }
 
@@ -226,9 +279,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         // Not acknowledged: the cutoff stays before the run was accepted; its history stays.
-        let before = hk.clear_once(Utc::now()).await.unwrap();
+        let first = hk.clear_once(Utc::now()).await.unwrap();
+        assert!(!first.capped);
         assert!(engine.run_details("HR", n).await.is_ok());
-        assert!(before.timestamp_millis() < journal.oldest_unstored_run_ms().unwrap().unwrap());
+        assert!(
+            first.before.timestamp_millis() < journal.oldest_unstored_run_ms().unwrap().unwrap()
+        );
         assert_eq!(hk.status().total, 1);
 
         // Acknowledged: the next call clears it.

@@ -262,7 +262,11 @@ impl Fleet {
             entry.housekeeping = Housekeeping {
                 runs_cleared_before_ms: hb.runs_cleared_before.as_ref().map_or(0, to_millis),
                 clear_runs_total: hb.clear_runs_total,
-                clear_runs_problem: hb.clear_runs_problem.clone(),
+                clear_runs_problem: crate::limits::cut_to(
+                    &hb.clear_runs_problem,
+                    crate::limits::MAX_TEXT,
+                )
+                .to_string(),
             };
             self.pending_exports.record(agent, hb);
         }
