@@ -34,6 +34,20 @@ pub enum EngineConfig {
         /// A server file (TOML) describing the simulated server; wins over `server`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sim_file: Option<PathBuf>,
+        /// Clear the simulated run history older than this ([`crate::housekeeping`]).
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        clear_runs_older_than: Option<Duration>,
+        /// How often to clear it (default 1 h).
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        clear_runs_every: Option<Duration>,
     },
     /// The real engine through WMI (Windows only); the section's other keys are the driver's
     /// settings (poll intervals, run profile declarations).
@@ -50,7 +64,32 @@ impl Default for EngineConfig {
             time_scale: None,
             sim: None,
             sim_file: None,
+            clear_runs_older_than: None,
+            clear_runs_every: None,
         }
+    }
+}
+
+/// How often run history is cleared when `engine.clear_runs_every` is not set.
+pub const DEFAULT_CLEAR_RUNS_EVERY: Duration = Duration::from_secs(3600);
+
+impl EngineConfig {
+    /// `engine.clear_runs_older_than` (`None`: off, the default) and how often to clear
+    /// (`engine.clear_runs_every`), for [`crate::housekeeping`].
+    pub fn clear_runs(&self) -> (Option<Duration>, Duration) {
+        let (older, every) = match self {
+            EngineConfig::Sim {
+                clear_runs_older_than,
+                clear_runs_every,
+                ..
+            } => (*clear_runs_older_than, *clear_runs_every),
+            EngineConfig::MimWmi(w) => (w.clear_runs_older_than, w.clear_runs_every),
+            EngineConfig::Adsync(_) => (None, None),
+        };
+        (
+            older.filter(|d| !d.is_zero()),
+            every.unwrap_or(DEFAULT_CLEAR_RUNS_EVERY),
+        )
     }
 }
 
@@ -192,6 +231,14 @@ impl AgentConfig {
                 key: "engine.time_scale",
                 problem: format!("{t} is not a positive number"),
                 fix: "use e.g. 1.0 for realistic durations or 0.05 for a fast demo".into(),
+            });
+        }
+        let (_, every) = self.engine.clear_runs();
+        if every < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "engine.clear_runs_every",
+                problem: format!("{every:?} would call ClearRuns continuously"),
+                fix: "use at least 1s (default 1h)".into(),
             });
         }
         if let Some(r) = self.executor.retry.forbidden_entry() {
@@ -373,6 +420,8 @@ mod tests {
                 time_scale: Some(0.5),
                 sim: None,
                 sim_file: None,
+                clear_runs_older_than: None,
+                clear_runs_every: None,
             }
         );
         let back: AgentConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();

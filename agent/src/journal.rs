@@ -431,6 +431,53 @@ impl Journal {
         Ok(())
     }
 
+    /// When the oldest run accepted here whose details the controller may not have stored yet
+    /// was accepted (Unix ms): a run not finished, or one with events still in the outbox
+    /// (not acknowledged). `None` when every accepted run is finished and acknowledged. Engine
+    /// runs of such a run started after this time, so run history that ended before it can be
+    /// cleared without losing anything the controller still needs.
+    pub fn oldest_unstored_run_ms(&self) -> Result<Option<i64>, JournalError> {
+        let conn = self.conn();
+        let mut run_ids = std::collections::BTreeSet::new();
+        {
+            let mut stmt = conn
+                .prepare_cached("SELECT body FROM outbox ORDER BY seq")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                let body = row.map_err(|e| self.err(e))?;
+                let event =
+                    v1::AgentEvent::decode(body.as_slice()).map_err(|e| JournalError::Corrupt {
+                        path: self.path.clone(),
+                        detail: e.to_string(),
+                    })?;
+                run_ids.insert(event.run_id);
+            }
+        }
+        let mut oldest: Option<i64> = conn
+            .query_row(
+                "SELECT MIN(accepted_at) FROM runs WHERE finished = 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare_cached("SELECT accepted_at FROM runs WHERE run_id = ?1")
+            .map_err(|e| self.err(e))?;
+        for id in &run_ids {
+            let at: Option<i64> = stmt
+                .query_row([id], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.err(e))?;
+            if let Some(at) = at {
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            }
+        }
+        Ok(oldest)
+    }
+
     /// Number of events waiting for acknowledgement.
     pub fn outbox_len(&self) -> Result<u64, JournalError> {
         let n: i64 = self
@@ -466,6 +513,45 @@ mod tests {
         assert_eq!(j.unfinished_runs().unwrap().len(), 1);
         j.finish_run("r1").unwrap();
         assert!(j.unfinished_runs().unwrap().is_empty());
+    }
+
+    /// The oldest run whose details are not stored: unfinished, or with unacknowledged events;
+    /// none once everything is finished and acknowledged.
+    #[test]
+    fn oldest_unstored_run_is_unfinished_or_unacknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("agent.db")).unwrap();
+        assert_eq!(j.oldest_unstored_run_ms().unwrap(), None);
+        j.accept_run(&start("old")).unwrap();
+        j.accept_run(&start("new")).unwrap();
+        let at = |id: &str| -> i64 {
+            j.conn()
+                .query_row(
+                    "SELECT accepted_at FROM runs WHERE run_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        // Make the order of acceptance unambiguous.
+        j.conn()
+            .execute(
+                "UPDATE runs SET accepted_at = accepted_at - 1000 WHERE run_id = 'old'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(j.oldest_unstored_run_ms().unwrap(), Some(at("old")));
+        let kind = || v1::agent_event::Kind::RunFinished(v1::RunFinished::default());
+        let e1 = j.append("old", kind()).unwrap();
+        j.finish_run("old").unwrap();
+        // Finished, but its event is not acknowledged: still the oldest.
+        assert_eq!(j.oldest_unstored_run_ms().unwrap(), Some(at("old")));
+        j.ack(e1.seq).unwrap();
+        assert_eq!(j.oldest_unstored_run_ms().unwrap(), Some(at("new")));
+        let e2 = j.append("new", kind()).unwrap();
+        j.finish_run("new").unwrap();
+        j.ack(e2.seq).unwrap();
+        assert_eq!(j.oldest_unstored_run_ms().unwrap(), None);
     }
 
     #[test]

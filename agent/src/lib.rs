@@ -40,6 +40,7 @@ pub mod eventlog;
 )]
 pub mod eventlog_win;
 pub mod executor;
+pub mod housekeeping;
 pub mod identity;
 pub mod inventory;
 pub mod journal;
@@ -82,6 +83,7 @@ pub fn build_engine(cfg: &AgentConfig) -> Result<Arc<dyn engine::SyncEngine>, Ag
             time_scale,
             sim,
             sim_file,
+            ..
         } => {
             let mut sim_cfg = match (sim_file, sim) {
                 (Some(path), _) => engine::sim::SimConfig::from_toml_file(path)?,
@@ -189,6 +191,14 @@ async fn run_agent(
         Arc::clone(&outbox),
     )?;
     let autonomy_task = tokio::spawn(Arc::clone(&autonomy).run(shutdown.clone()));
+    let (older_than, every) = cfg.engine.clear_runs();
+    let housekeeping = housekeeping::Housekeeping::new(
+        Arc::clone(&engine),
+        Arc::clone(&journal),
+        older_than,
+        every,
+    );
+    let housekeeping_task = tokio::spawn(Arc::clone(&housekeeping).run(shutdown.clone()));
     let ctx = Arc::new(session::SessionContext {
         cfg,
         live,
@@ -197,10 +207,12 @@ async fn run_agent(
         executor,
         outbox,
         autonomy,
+        housekeeping,
     });
     session::run_forever(ctx, shutdown).await;
-    // The task ends with the shutdown; its outcome carries nothing.
+    // The tasks end with the shutdown; their outcomes carry nothing.
     let _ = autonomy_task.await;
+    let _ = housekeeping_task.await;
     tracing::info!(
         event_id = event_ids::EventId::AgentStopped.code(),
         "agent stopped"

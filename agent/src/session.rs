@@ -85,6 +85,8 @@ pub struct SessionContext {
     pub outbox: Arc<Notify>,
     /// The controller's schedules, fired here while no controller is reachable.
     pub autonomy: Arc<crate::autonomy::Autonomy>,
+    /// Engine run-history housekeeping, reported in heartbeats.
+    pub housekeeping: Arc<crate::housekeeping::Housekeeping>,
 }
 
 impl std::fmt::Debug for SessionContext {
@@ -518,6 +520,7 @@ async fn write_loop(
             () = ctx.outbox.notified() => {}
             _ = tick.tick() => {
                 let health = ctx.executor.health().await;
+                let hk = ctx.housekeeping.status();
                 let hb = v1::Heartbeat {
                     sent_at: Some(syncfleet_proto::time::now()),
                     engine_healthy: health.healthy,
@@ -525,6 +528,9 @@ async fn write_loop(
                     runs_in_flight: ctx.executor.runs_in_flight(),
                     pending: pending.snapshot(&ctx.engine),
                     agent_problem: ctx.executor.journal_problem().unwrap_or_default(),
+                    runs_cleared_before: hk.cleared_before.map(syncfleet_proto::time::to_proto),
+                    clear_runs_total: hk.total,
+                    clear_runs_problem: hk.problem,
                 };
                 if tx.send(v1::AgentMessage { msg: Some(AgentMsg::Heartbeat(hb)) }).await.is_err() {
                     return Ok(());

@@ -30,6 +30,41 @@ pub struct TlsFiles {
     pub key: Option<PathBuf>,
 }
 
+/// How long the store keeps what grows without bound (`retention.*`); `0s` keeps a kind
+/// forever. The leader deletes older rows in batches (`crate::retention`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Ended runs (not held ones) with their steps, by creation time. Default 90 days.
+    #[serde(with = "humantime_serde")]
+    pub runs: Duration,
+    /// The agents' events as stored on arrival, by event time. Default 30 days.
+    #[serde(with = "humantime_serde")]
+    pub events: Duration,
+    /// Audit entries. Default 400 days.
+    #[serde(with = "humantime_serde")]
+    pub audit: Duration,
+    /// How often the leader prunes (the first pass is about a second after it becomes
+    /// leader). Default 1 hour.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Most rows deleted in one transaction. Default 500.
+    pub batch: usize,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            runs: Duration::from_secs(90 * DAY),
+            events: Duration::from_secs(30 * DAY),
+            audit: Duration::from_secs(400 * DAY),
+            interval: Duration::from_secs(3600),
+            batch: 500,
+        }
+    }
+}
+
 /// Where the controller keeps its state: the `store` setting, parsed
 /// ([`ControllerConfig::store_location`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +132,9 @@ pub struct ControllerConfig {
     /// `server_names` + the port of `grpc_listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_url: Option<String>,
+    /// Store retention: `retention.runs`, `retention.events`, `retention.audit`,
+    /// `retention.interval`, `retention.batch`.
+    pub retention: RetentionSettings,
 }
 
 impl Default for ControllerConfig {
@@ -119,6 +157,7 @@ impl Default for ControllerConfig {
             max_connections_per_address: 100,
             lease_ttl: Duration::from_secs(10),
             advertise_url: None,
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -216,6 +255,36 @@ impl ControllerConfig {
                 key: "advertise_url",
                 problem: format!("{url:?} is not an https URL"),
                 fix: "set the address agents use to reach this controller, e.g. https://controller-2.example.com:7443".into(),
+            });
+        }
+        for (key, value) in [
+            ("retention.runs", self.retention.runs),
+            ("retention.events", self.retention.events),
+            ("retention.audit", self.retention.audit),
+        ] {
+            if !value.is_zero() && value < Duration::from_secs(60) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!("{value:?} is shorter than 1m"),
+                    fix: "use a duration of at least 1m (e.g. \"90d\"), or \"0s\" to keep forever"
+                        .into(),
+                });
+            }
+        }
+        if self.retention.interval < Duration::from_secs(1)
+            || self.retention.interval > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(ConfigError::Invalid {
+                key: "retention.interval",
+                problem: format!("{:?} is outside 1s..7d", self.retention.interval),
+                fix: "use e.g. \"1h\" (the default)".into(),
+            });
+        }
+        if !(1..=10_000).contains(&self.retention.batch) {
+            return Err(ConfigError::Invalid {
+                key: "retention.batch",
+                problem: format!("{} is outside 1..=10000", self.retention.batch),
+                fix: "use e.g. 500 (the default): rows deleted per transaction".into(),
             });
         }
         if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {
@@ -446,5 +515,26 @@ mod tests {
                 .to_string()
                 .contains("`agent_lost_after`")
         );
+    }
+
+    #[test]
+    fn retention_settings_parse_default_and_are_checked() {
+        let c: ControllerConfig =
+            toml::from_str("[retention]\nruns = \"7d\"\naudit = \"0s\"").unwrap();
+        assert_eq!(c.retention.runs, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.retention.events, Duration::from_secs(30 * 24 * 3600));
+        assert!(c.retention.audit.is_zero());
+        c.validate().unwrap();
+        let mut bad = c.clone();
+        bad.retention.events = Duration::from_secs(5);
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("`retention.events`") && err.contains("1m"),
+            "{err}"
+        );
+        let mut bad = c;
+        bad.retention.batch = 0;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("`retention.batch`"), "{err}");
     }
 }

@@ -253,6 +253,8 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
                 time_scale: Some(opts.time_scale),
                 sim: None,
                 sim_file: None,
+                clear_runs_older_than: None,
+                clear_runs_every: None,
             },
             reconnect_max_backoff: Duration::from_secs(5),
             executor: syncfleet_agent::executor::ExecutorOptions::default(),

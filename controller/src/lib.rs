@@ -41,6 +41,7 @@ pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod pending;
+pub mod retention;
 pub mod run_ids;
 pub mod schedule;
 pub mod server;

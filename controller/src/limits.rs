@@ -79,6 +79,19 @@ pub enum LimitError {
 
 /// Refuse free text longer than [`MAX_TEXT`] bytes. `field` names it as the client wrote it
 /// (`note`, `reason`).
+/// `value` cut to at most `max` bytes at a character boundary: for text agents report (kept in
+/// memory and shown to operators) that has no reason to be long.
+pub fn cut_to(value: &str, max: usize) -> &str {
+    if value.len() <= max {
+        return value;
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
 pub fn check_text(field: &str, value: &str) -> Result<(), LimitError> {
     if value.len() > MAX_TEXT {
         return Err(LimitError::TooLong {
@@ -255,5 +268,14 @@ mod tests {
             "steps: 300 steps; at most 256 steps per run"
         );
         assert!(check_count("steps", 256, "steps", MAX_STEPS_PER_RUN, "run").is_ok());
+    }
+
+    #[test]
+    fn cut_to_keeps_whole_characters() {
+        assert_eq!(cut_to("access-denied", 64), "access-denied");
+        assert_eq!(cut_to("abcdef", 3), "abc");
+        // "é" is two bytes: a cut inside it keeps the character out.
+        assert_eq!(cut_to("aé", 2), "a");
+        assert_eq!(cut_to(&"x".repeat(5000), MAX_TEXT).len(), MAX_TEXT);
     }
 }

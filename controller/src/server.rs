@@ -269,6 +269,7 @@ pub async fn serve_with(
         Arc::clone(&fleet),
         Arc::clone(&scheduler),
         leadership.clone(),
+        cfg.retention.clone(),
         shutdown.clone(),
     ));
 
@@ -410,6 +411,7 @@ async fn leader_work(
     fleet: Arc<Fleet>,
     scheduler: Arc<Scheduler>,
     leadership: Leadership,
+    retention: crate::config::RetentionSettings,
     shutdown: CancellationToken,
 ) {
     let mut watch = leadership.subscribe();
@@ -434,6 +436,7 @@ async fn leader_work(
                 Arc::clone(&fleet),
                 Arc::clone(&scheduler),
                 leadership.clone(),
+                retention.clone(),
                 term.clone(),
             ),
         ));
@@ -467,11 +470,13 @@ async fn leader_work(
 /// One leadership term's work, run under its epoch (every write fenced): sessions left in the
 /// store by the previous leader reset, the scheduler (loading from the store, catching up fire
 /// times missed since), the sweeper (dispatch of due pending runs, deadlines, lost agents)
-/// each second, the wake-ups of followers, and the notifications (`notify::Notifier::run`).
+/// each second, the wake-ups of followers, the notifications (`notify::Notifier::run`) and store
+/// retention (`crate::retention`).
 async fn leader_term(
     fleet: Arc<Fleet>,
     scheduler: Arc<Scheduler>,
     leadership: Leadership,
+    retention: crate::config::RetentionSettings,
     term: CancellationToken,
 ) {
     fleet.reset_sessions_after_restart().await;
@@ -513,11 +518,18 @@ async fn leader_term(
     };
     let notifier =
         crate::notify::Notifier::new(Arc::clone(&fleet), Arc::clone(&scheduler)).run(term.clone());
+    let pruner = crate::retention::run(
+        Arc::clone(&fleet.store),
+        retention,
+        &fleet.retention,
+        term.clone(),
+    );
     tokio::join!(
         Arc::clone(&scheduler).run(term.clone()),
         sweeper,
         wakes,
-        notifier
+        notifier,
+        pruner
     );
 }
 

@@ -146,6 +146,7 @@ pub const CONTROLLER_KEYS: &[&str] = &[
     "max_connections_per_address",
     "lease_ttl",
     "advertise_url",
+    "retention",
 ];
 
 /// Top-level keys of the agent's configuration. The controller leaves `SYNCFLEET_AGENT_<KEY>` of

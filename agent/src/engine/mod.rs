@@ -194,4 +194,21 @@ pub trait SyncEngine: Send + Sync + 'static {
 
     /// Probe the engine.
     fn health(&self) -> BoxFuture<'_, EngineHealth>;
+
+    /// Remove from the engine's run history every run that ended at or before `ending_before`
+    /// (`MIIS_Server.ClearRuns(EndingBefore)`, `docs/engine.md`). Returns the engine's string
+    /// (`success`, `access-denied`, ...); removal is permanent. Drivers that cannot clear run
+    /// history return [`EngineError::Config`] saying so.
+    fn clear_runs(
+        &self,
+        ending_before: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<String, EngineError>> {
+        let _ = ending_before;
+        let kind = self.info().kind;
+        Box::pin(async move {
+            Err(EngineError::Config(format!(
+                "the {kind} engine driver cannot clear run history; unset engine.clear_runs_older_than"
+            )))
+        })
+    }
 }

@@ -287,6 +287,10 @@ pub fn agent_json(a: &Agent) -> Value {
         "autonomous_since": timestamp_json(a.autonomous_since.as_ref()),
         "autonomous_until": timestamp_json(a.autonomous_until.as_ref()),
         "autonomy_after_seconds": a.autonomy_after_seconds,
+        // Engine run-history housekeeping (`engine.clear_runs_older_than`), from heartbeats.
+        "runs_cleared_before": timestamp_json(a.runs_cleared_before.as_ref()),
+        "clear_runs_total": a.clear_runs_total,
+        "clear_runs_problem": a.clear_runs_problem,
         "management_agents": a.management_agents.iter().map(management_agent_json).collect::<Vec<_>>(),
     })
 }
@@ -367,6 +371,33 @@ pub fn schedule_status_json(s: &ScheduleStatus) -> Value {
         "counters": counters,
         "saturation": s.saturation,
         "warning": s.warning,
+        "advice": s.advice.as_ref().map(interval_advice_json),
+        "servers": s.servers.iter().map(server_advice_json).collect::<Vec<_>>(),
+    })
+}
+
+/// A schedule's interval advice (`schedules show -o json`, `advice`).
+pub fn interval_advice_json(a: &syncfleet_proto::v1::IntervalAdvice) -> Value {
+    json!({
+        "runs_measured": a.runs_measured,
+        "runs_needed": a.runs_needed,
+        "p95_duration_ms": a.p95_duration_ms,
+        "interval_ms": a.interval_ms,
+        "saturation_p95": a.saturation_p95,
+        "shortest_interval_ms": a.shortest_interval_ms,
+        "summary": a.summary,
+    })
+}
+
+/// One server of a schedule's advice (`schedules show -o json`, `servers`).
+pub fn server_advice_json(s: &syncfleet_proto::v1::ServerAdvice) -> Value {
+    json!({
+        "agent": s.agent,
+        "load_p95": s.load_p95,
+        "competing": s.competing,
+        "unmeasured": s.unmeasured,
+        "shortest_interval_ms": s.shortest_interval_ms,
+        "summary": s.summary,
     })
 }
 
@@ -582,6 +613,9 @@ mod tests {
                 "autonomous_since": null,
                 "autonomous_until": null,
                 "autonomy_after_seconds": 0,
+                "runs_cleared_before": null,
+                "clear_runs_total": 0,
+                "clear_runs_problem": "",
                 "management_agents": [{
                     "name": "CONTOSO AD",
                     "type": "AD",

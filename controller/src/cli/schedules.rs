@@ -335,9 +335,43 @@ pub fn schedule_details(s: &ScheduleStatus, doc: Option<&ScheduleDoc>) -> String
             "unknown".to_string()
         },
     );
+    if let Some(a) = &s.advice {
+        add("advice", a.summary.clone());
+    }
     add("counters", schedule_counters_brief(&s.counters));
     let rendered = kv.render();
     out.extend(rendered.lines().skip(1).map(|l| format!("{l}\n")));
+    if !s.servers.is_empty() {
+        out.push_str(&format!(
+            "servers (load: p95 run duration / interval, summed over the schedules targeting each; keep it under {}):\n",
+            crate::schedule::advice::TARGET
+        ));
+        let mut t = Table::new(&[
+            "SERVER",
+            "LOAD",
+            "SHORTEST",
+            "COMPETES WITH",
+            "NOT MEASURED",
+        ]);
+        for v in &s.servers {
+            t.row(vec![
+                v.agent.clone(),
+                format!("{:.2}", v.load_p95),
+                shortest_brief(v.shortest_interval_ms),
+                if v.competing.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.competing.join(", ")
+                },
+                if v.unmeasured.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.unmeasured.join(", ")
+                },
+            ]);
+        }
+        out.push_str(&t.render_indented("  "));
+    }
 
     out.push_str(&format!("next fire times ({tz_label}):\n"));
     if s.next.is_empty() {
@@ -385,6 +419,34 @@ pub fn schedule_details(s: &ScheduleStatus, doc: Option<&ScheduleDoc>) -> String
     out
 }
 
+/// A shortest interval for a table cell: `1m38s`, or `-` when there is none.
+fn shortest_brief(ms: i64) -> String {
+    if ms > 0 {
+        duration(chrono::TimeDelta::milliseconds(ms))
+    } else {
+        "-".to_string()
+    }
+}
+
+/// The `MIN INTERVAL` cell of `schedules list`: the shortest advised interval over the
+/// schedule's servers (the schedule's own when it targets none), or how many runs are missing.
+fn min_interval_cell(s: &ScheduleStatus) -> String {
+    let Some(a) = &s.advice else {
+        return "-".to_string();
+    };
+    if a.runs_measured < a.runs_needed {
+        return format!("needs {} runs", a.runs_needed - a.runs_measured);
+    }
+    if s.servers.is_empty() {
+        return shortest_brief(a.shortest_interval_ms);
+    }
+    // The busiest server sets the limit; on a server the others already saturate there is none.
+    match s.servers.iter().map(|v| v.shortest_interval_ms).max() {
+        Some(ms) if s.servers.iter().all(|v| v.shortest_interval_ms > 0) => shortest_brief(ms),
+        _ => "none (server full)".to_string(),
+    }
+}
+
 /// One `schedules list` row's worth of data.
 #[derive(Debug, Clone)]
 pub struct ScheduleRow {
@@ -394,10 +456,19 @@ pub struct ScheduleRow {
     pub status: ScheduleStatus,
 }
 
-/// `schedules list` table: NAME SEQUENCE STATE TRIGGER TARGETS NEXT (`paused` or `active`;
-/// the next fire time in the schedule's zone, RFC 3339 with offset).
+/// `schedules list` table: NAME SEQUENCE STATE TRIGGER TARGETS NEXT MIN INTERVAL (`paused` or
+/// `active`; the next fire time in the schedule's zone, RFC 3339 with offset; the shortest
+/// advised interval, see [`min_interval_cell`]).
 pub fn schedules_table(rows: &[ScheduleRow]) -> String {
-    let mut t = Table::new(&["NAME", "SEQUENCE", "STATE", "TRIGGER", "TARGETS", "NEXT"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "SEQUENCE",
+        "STATE",
+        "TRIGGER",
+        "TARGETS",
+        "NEXT",
+        "MIN INTERVAL",
+    ]);
     for r in rows {
         let s = &r.status;
         let state = if s.pause.as_ref().is_some_and(|p| p.paused) {
@@ -416,6 +487,7 @@ pub fn schedules_table(rows: &[ScheduleRow]) -> String {
             trigger_brief(&r.doc.trigger),
             targets_brief(&r.doc.targets),
             next,
+            min_interval_cell(s),
         ]);
     }
     t.render()
@@ -523,6 +595,12 @@ mod tests {
             time_zone: Some("Europe/Oslo".into()),
             ..Default::default()
         };
+        let mut s = s;
+        s.advice = Some(syncfleet_proto::v1::IntervalAdvice {
+            runs_measured: 3,
+            runs_needed: 5,
+            ..Default::default()
+        });
         let text = schedules_table(&[
             ScheduleRow { doc, status: s },
             ScheduleRow {
@@ -532,9 +610,49 @@ mod tests {
         ]);
         assert_eq!(
             text,
-            "NAME            SEQUENCE     STATE   TRIGGER                         TARGETS            NEXT\n\
-             delta-every-5m  delta-cycle  paused  every 5m, phase 30s             selector env=prod  2024-01-15T10:00:30+01:00\n\
-             nightly         delta-cycle  active  cron \"0 2 * * *\" (Europe/Oslo)  agents sync01      -\n"
+            "NAME            SEQUENCE     STATE   TRIGGER                         TARGETS            NEXT                       MIN INTERVAL\n\
+             delta-every-5m  delta-cycle  paused  every 5m, phase 30s             selector env=prod  2024-01-15T10:00:30+01:00  needs 2 runs\n\
+             nightly         delta-cycle  active  cron \"0 2 * * *\" (Europe/Oslo)  agents sync01      -                          -\n"
         );
+    }
+
+    #[test]
+    fn advice_and_servers_are_shown_and_the_busiest_server_sets_the_min_interval() {
+        let mut s = status();
+        s.advice = Some(syncfleet_proto::v1::IntervalAdvice {
+            runs_measured: 20,
+            runs_needed: 5,
+            shortest_interval_ms: 98_000,
+            summary: "p95 run duration 1m18s over 20 runs".into(),
+            ..Default::default()
+        });
+        s.servers = vec![
+            syncfleet_proto::v1::ServerAdvice {
+                agent: "sync01".into(),
+                load_p95: 0.625,
+                competing: vec!["full".into(), "nightly".into()],
+                unmeasured: vec!["nightly".into()],
+                shortest_interval_ms: 156_000,
+                summary: String::new(),
+            },
+            syncfleet_proto::v1::ServerAdvice {
+                agent: "sync02".into(),
+                load_p95: 0.3,
+                shortest_interval_ms: 98_000,
+                ..Default::default()
+            },
+        ];
+        let text = schedule_details(&s, status_doc(&s).as_ref());
+        for want in [
+            "advice:        p95 run duration 1m18s over 20 runs\n",
+            "  SERVER  LOAD  SHORTEST  COMPETES WITH  NOT MEASURED\n",
+            "  sync01  0.62  2m36s     full, nightly  nightly\n",
+            "  sync02  0.30  1m38s     -              -\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert_eq!(min_interval_cell(&s), "2m36s");
+        s.servers[0].shortest_interval_ms = 0;
+        assert_eq!(min_interval_cell(&s), "none (server full)");
     }
 }

@@ -42,7 +42,7 @@ pub use events::apply_event;
 pub use fanout::{FanOut, MAX_AGENTS_PER_CALL, Plan, Refusal, Selection};
 pub use holds::{RunBlocked, fleet_status, set_drain, set_fleet_pause};
 pub use runs::{NewRun, start_sequence, steps_of};
-pub use sessions::SessionTx;
+pub use sessions::{Housekeeping, SessionTx};
 use sessions::{Live, Session};
 
 /// Timing settings the fleet logic needs.
@@ -66,6 +66,8 @@ pub struct Fleet {
     next_session: AtomicU64,
     /// Pending export counters from the agents' heartbeats (for `/metrics`).
     pub pending_exports: crate::pending::HeartbeatPending,
+    /// What store retention pruned (for `/metrics`; `crate::retention`).
+    pub retention: crate::retention::RetentionStats,
     /// Agent autonomy: nominal times agents covered on their own, connected agents to send
     /// schedule sets to (`autonomy.rs`).
     autonomy: autonomy::Handover,
@@ -93,6 +95,7 @@ impl Fleet {
             run_locks: locks::RunLocks::default(),
             next_session: AtomicU64::new(1),
             pending_exports: crate::pending::HeartbeatPending::default(),
+            retention: crate::retention::RetentionStats::default(),
             autonomy: autonomy::Handover::default(),
         })
     }

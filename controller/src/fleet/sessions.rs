@@ -37,6 +37,19 @@ pub(super) struct Live {
     engine_detail: String,
     agent_problem: String,
     runs_in_flight: Vec<String>,
+    /// Engine run-history housekeeping from the last heartbeat (kept after a disconnect).
+    housekeeping: Housekeeping,
+}
+
+/// An agent's engine run-history housekeeping as its last heartbeat reported it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Housekeeping {
+    /// Cutoff of the last successful ClearRuns (Unix ms; 0: none yet).
+    pub runs_cleared_before_ms: i64,
+    /// Successful ClearRuns calls since the agent started.
+    pub clear_runs_total: u64,
+    /// Why the last ClearRuns failed; empty after a success.
+    pub clear_runs_problem: String,
 }
 
 /// The lock key of an agent's stored record (see `locks.rs`): every read-modify-write of it
@@ -85,9 +98,27 @@ impl Fleet {
                 agent.runs_in_flight.clone_from(&live.runs_in_flight);
             }
         }
+        if let Some(live) = lock(&self.live).get(&agent.name) {
+            let h = &live.housekeeping;
+            agent.runs_cleared_before =
+                (h.runs_cleared_before_ms > 0).then(|| from_millis(h.runs_cleared_before_ms));
+            agent.clear_runs_total = h.clear_runs_total;
+            agent.clear_runs_problem.clone_from(&h.clear_runs_problem);
+        }
         let connected = self.is_connected(&agent.name);
         super::autonomy::overlay_autonomy(&mut agent, connected);
         agent
+    }
+
+    /// Every agent's engine run-history housekeeping from its last heartbeat, by name (for
+    /// `/metrics`).
+    pub fn housekeeping(&self) -> Vec<(String, Housekeeping)> {
+        let mut out: Vec<(String, Housekeeping)> = lock(&self.live)
+            .iter()
+            .map(|(name, live)| (name.clone(), live.housekeeping.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Register a session for `hello`, store the agent as connected, and return the Welcome
@@ -134,6 +165,10 @@ impl Fleet {
             } else {
                 stored.as_ref().and_then(|s| s.agent.autonomous_until)
             },
+            // From heartbeats (`agent_view`).
+            runs_cleared_before: None,
+            clear_runs_total: 0,
+            clear_runs_problem: String::new(),
         };
         self.store.put_agent(&agent).await?;
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
@@ -145,16 +180,25 @@ impl Fleet {
         if let Some(old) = lock(&self.sessions).insert(name.clone(), session) {
             tracing::warn!(agent = %name, old_session = old.id, "agent reconnected; replacing its previous session");
         }
-        lock(&self.live).insert(
-            name.clone(),
-            Live {
-                last_seen_ms: to_millis(&now_ts),
-                engine_healthy: true,
-                engine_detail: String::new(),
-                agent_problem: String::new(),
-                runs_in_flight: hello.runs_in_flight.clone(),
-            },
-        );
+        {
+            let mut live = lock(&self.live);
+            // Housekeeping figures are kept until the new session's first heartbeat.
+            let housekeeping = live
+                .get(&name)
+                .map(|l| l.housekeeping.clone())
+                .unwrap_or_default();
+            live.insert(
+                name.clone(),
+                Live {
+                    last_seen_ms: to_millis(&now_ts),
+                    engine_healthy: true,
+                    engine_detail: String::new(),
+                    agent_problem: String::new(),
+                    runs_in_flight: hello.runs_in_flight.clone(),
+                    housekeeping,
+                },
+            );
+        }
         tracing::info!(agent = %name, last_seq, agent_last_seq = hello.last_event_seq, "agent connected");
         let welcome = v1::Welcome {
             acked_event_seq: last_seq,
@@ -215,6 +259,15 @@ impl Fleet {
             entry.engine_detail.clone_from(&hb.engine_detail);
             entry.agent_problem.clone_from(&hb.agent_problem);
             entry.runs_in_flight.clone_from(&hb.runs_in_flight);
+            entry.housekeeping = Housekeeping {
+                runs_cleared_before_ms: hb.runs_cleared_before.as_ref().map_or(0, to_millis),
+                clear_runs_total: hb.clear_runs_total,
+                clear_runs_problem: crate::limits::cut_to(
+                    &hb.clear_runs_problem,
+                    crate::limits::MAX_TEXT,
+                )
+                .to_string(),
+            };
             self.pending_exports.record(agent, hb);
         }
     }

@@ -365,6 +365,62 @@ impl Collector for Inner {
                 )
             }),
         )?;
+        // Engine run-history housekeeping reported by the agents.
+        let housekeeping = self.fleet.housekeeping();
+        counter_family(
+            &mut enc,
+            "syncfleet_engine_clear_runs",
+            "Successful ClearRuns calls on each agent's engine since the agent started (engine.clear_runs_older_than).",
+            housekeeping
+                .iter()
+                .map(|(a, h)| ([("agent", a.as_str())], h.clear_runs_total)),
+        )?;
+        gauge_family(
+            &mut enc,
+            "syncfleet_engine_runs_cleared_before_timestamp_seconds",
+            "Cutoff of each agent's last successful ClearRuns: the engine's run history holds no run that ended before it (Unix seconds).",
+            housekeeping
+                .iter()
+                .filter(|(_, h)| h.runs_cleared_before_ms > 0)
+                .map(|(a, h)| {
+                    (
+                        [("agent", a.as_str())],
+                        h.runs_cleared_before_ms as f64 / 1000.0,
+                    )
+                }),
+        )?;
+        gauge_family(
+            &mut enc,
+            "syncfleet_engine_clear_runs_failing",
+            "1 when an agent's last ClearRuns failed (see its log and `agents show`), else 0.",
+            housekeeping.iter().map(|(a, h)| {
+                (
+                    [("agent", a.as_str())],
+                    if h.clear_runs_problem.is_empty() {
+                        0.0
+                    } else {
+                        1.0
+                    },
+                )
+            }),
+        )?;
+        // Store retention (`crate::retention`).
+        let pruned = self.fleet.retention.snapshot();
+        counter_family(
+            &mut enc,
+            "syncfleet_retention_pruned_rows",
+            "Rows deleted by store retention since this controller started, by kind (runs, events, audit).",
+            pruned.iter().map(|(k, s)| ([("kind", k.name())], s.pruned)),
+        )?;
+        gauge_family(
+            &mut enc,
+            "syncfleet_retention_last_prune_timestamp_seconds",
+            "When this controller last finished pruning a kind (Unix seconds; absent until it has, and on followers).",
+            pruned
+                .iter()
+                .filter(|(_, s)| s.last_prune_ms > 0)
+                .map(|(k, s)| ([("kind", k.name())], s.last_prune_ms as f64 / 1000.0)),
+        )?;
         Ok(())
     }
 }

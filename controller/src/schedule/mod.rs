@@ -2,9 +2,10 @@
 //! [`documents::trigger`](crate::documents::trigger)) into runs
 //! ([`scheduler`]), with its overlap policies (`overlap`), catch-up after downtime (`catchup`)
 //! and records in the store (`records`); how much of its interval a schedule's runs take
-//! ([`saturation`]); applying and deleting documents, then reloading the scheduler
+//! ([`saturation`]) and the interval advice drawn from it ([`advice`]); applying and deleting documents, then reloading the scheduler
 //! ([`documents`](mod@documents)); a schedule's status and pause ([`status`]).
 
+pub mod advice;
 mod autonomy;
 mod catchup;
 pub mod documents;

@@ -22,7 +22,8 @@ pub fn saturation(durations_ms: &[i64], interval: Option<Duration>) -> f64 {
     median / interval.as_millis() as f64
 }
 
-fn human(ms: f64) -> String {
+/// A duration for people: `1h5m`, `2m30s`, `8.5s`.
+pub(crate) fn human(ms: f64) -> String {
     let d = Duration::from_millis(ms.max(0.0) as u64);
     let secs = d.as_secs();
     if secs >= 3600 {

@@ -1,16 +1,114 @@
 //! The status of one schedule for `syncfleet schedules show` (next fire times, recent runs,
-//! saturation, resolved targets) and pausing or resuming a schedule.
+//! saturation, interval advice per schedule and per server, resolved targets) and pausing or
+//! resuming a schedule.
 
 use syncfleet_proto::time::{now, to_millis, to_proto};
 use syncfleet_proto::v1;
 
+use std::collections::HashMap;
+
 use super::ScheduleError;
+use super::advice::{self, Measured};
 use super::saturation::{saturation, saturation_warning};
 use super::scheduler::Scheduler;
 use crate::documents::apply::schedule_doc;
+use crate::documents::model::{Document, ScheduleDoc};
 use crate::documents::trigger::Trigger;
 use crate::fleet::Fleet;
-use crate::store::RunQuery;
+use crate::store::{RunQuery, Store, StoreError};
+
+/// Durations (ms) of a schedule's newest finished runs, at most [`advice::RUNS_MEASURED`].
+async fn measured_durations(store: &dyn Store, schedule: &str) -> Result<Vec<i64>, StoreError> {
+    let page = store
+        .list_runs(&RunQuery {
+            schedule: Some(schedule.to_string()),
+            states: vec![
+                v1::RunState::Succeeded,
+                v1::RunState::CompletedWithErrors,
+                v1::RunState::Failed,
+            ],
+            limit: advice::RUNS_MEASURED,
+            ..RunQuery::default()
+        })
+        .await?;
+    Ok(page
+        .runs
+        .iter()
+        .filter_map(|r| {
+            let s = to_millis(r.started_at.as_ref()?);
+            let f = to_millis(r.finished_at.as_ref()?);
+            (f > s).then_some(f - s)
+        })
+        .collect())
+}
+
+/// Interval advice for `doc` alone and on each server it targets now, with every other
+/// schedule that targets the same server measured too.
+async fn interval_advice(
+    store: &dyn Store,
+    doc: &ScheduleDoc,
+    interval: Option<std::time::Duration>,
+    targets: &[(String, HashMap<String, String>)],
+    now_utc: chrono::DateTime<chrono::Utc>,
+) -> Result<(v1::IntervalAdvice, Vec<v1::ServerAdvice>), StoreError> {
+    let this = Measured {
+        name: doc.name.clone(),
+        durations_ms: measured_durations(store, &doc.name).await?,
+        interval,
+    };
+    let schedule = advice::schedule_advice(&this);
+    // The other schedules, each measured once, and which of this schedule's servers they
+    // target.
+    let mut others: Vec<(Measured, Vec<usize>)> = Vec::new();
+    for stored in store.list_documents(Some("Schedule")).await? {
+        if stored.name == doc.name {
+            continue;
+        }
+        let Ok(Document::Schedule(other)) = crate::documents::from_json("Schedule", &stored.json)
+        else {
+            continue;
+        };
+        let shared: Vec<usize> = targets
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, labels))| other.targets.matches(name, labels))
+            .map(|(i, _)| i)
+            .collect();
+        if shared.is_empty() {
+            continue;
+        }
+        let interval = Trigger::compile(&other)
+            .ok()
+            .and_then(|t| t.interval_hint(now_utc));
+        others.push((
+            Measured {
+                name: other.name.clone(),
+                durations_ms: measured_durations(store, &other.name).await?,
+                interval,
+            },
+            shared,
+        ));
+    }
+    let mut servers: Vec<v1::ServerAdvice> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let on_it: Vec<&Measured> = others
+                .iter()
+                .filter(|(_, shared)| shared.contains(&i))
+                .map(|(m, _)| m)
+                .collect();
+            advice::server_advice(name, &this, &on_it)
+        })
+        .collect();
+    servers.sort_by(|a, b| {
+        b.load_p95
+            .total_cmp(&a.load_p95)
+            .then_with(|| a.agent.cmp(&b.agent))
+    });
+    servers.truncate(advice::MAX_SERVERS);
+    Ok((schedule, servers))
+}
 
 pub async fn get_schedule(
     fleet: &Fleet,
@@ -71,14 +169,14 @@ pub async fn get_schedule(
         fleet.store.counters(&n).await?
     };
     let agents = fleet.store.list_agents().await?;
-    let targets = agents
+    let targeted: Vec<(String, HashMap<String, String>)> = agents
         .iter()
-        .filter(|a| {
-            doc.targets
-                .matches(&a.name, &a.labels.clone().into_iter().collect())
-        })
-        .map(|a| a.name.clone())
+        .map(|a| (a.name.clone(), a.labels.clone().into_iter().collect()))
+        .filter(|(name, labels)| doc.targets.matches(name, labels))
         .collect();
+    let targets = targeted.iter().map(|(name, _)| name.clone()).collect();
+    let (advice, servers) =
+        interval_advice(fleet.store.as_ref(), &doc, interval, &targeted, now_utc).await?;
     Ok(v1::ScheduleStatus {
         name: name.to_string(),
         json,
@@ -94,6 +192,8 @@ pub async fn get_schedule(
         saturation: sat,
         warning: saturation_warning(sat, interval),
         targets,
+        advice: Some(advice),
+        servers,
     })
 }
 

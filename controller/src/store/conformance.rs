@@ -12,7 +12,7 @@ use std::sync::Arc;
 use syncfleet_proto::time::from_millis;
 use syncfleet_proto::v1;
 
-use super::{EventBatch, RunQuery, Store, StoreError, StoredDocument};
+use super::{EventBatch, PruneKind, RunQuery, Store, StoreError, StoredDocument};
 
 fn run(id: &str, agent: &str, created: i64, state: v1::RunState) -> v1::Run {
     v1::Run {
@@ -627,6 +627,77 @@ async fn runs_keep_their_steps(s: &dyn Store) {
     );
 }
 
+/// Pruning: ended runs (with their steps), events and audit entries older than the cutoff go,
+/// in batches of at most `limit`; newer rows, runs not ended and held runs stay.
+async fn prune_by_age(s: &dyn Store) {
+    s.put_agent(&agent("a", "")).await.unwrap();
+    let old = [
+        run("old-1", "a", 100, v1::RunState::Succeeded),
+        run("old-2", "a", 200, v1::RunState::Failed),
+        run("old-3", "a", 300, v1::RunState::Cancelled),
+        with_steps(run("old-4", "a", 400, v1::RunState::CompletedWithErrors), 3),
+        run("old-running", "a", 100, v1::RunState::Running),
+        run("old-pending", "a", 100, v1::RunState::Pending),
+        run("old-held", "a", 100, v1::RunState::Held),
+    ];
+    s.insert_runs(&old).await.unwrap();
+    s.insert_runs(&[run("new", "a", 5_000, v1::RunState::Succeeded)])
+        .await
+        .unwrap();
+    let at = |mut e: v1::AgentEvent, ms: i64| {
+        e.at = Some(from_millis(ms));
+        e
+    };
+    s.commit_agent_events(
+        "a",
+        &[
+            at(ev(1, "old-1"), 100),
+            at(ev(2, "old-1"), 200),
+            at(ev(3, "old-2"), 300),
+            at(ev(4, "new"), 5_000),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    for (who, ms) in [("x", 100), ("y", 200), ("z", 5_000)] {
+        s.append_audit(&audit_entry(who, ms, "/m")).await.unwrap();
+    }
+
+    // Runs: a batch of 3, then the last one, then nothing.
+    assert_eq!(s.prune(PruneKind::Runs, 1_000, 3).await.unwrap(), 3);
+    assert_eq!(s.prune(PruneKind::Runs, 1_000, 3).await.unwrap(), 1);
+    assert_eq!(s.prune(PruneKind::Runs, 1_000, 3).await.unwrap(), 0);
+    for gone in ["old-1", "old-2", "old-3", "old-4"] {
+        assert!(s.get_run(gone).await.unwrap().is_none(), "{gone}");
+    }
+    for kept in ["old-running", "old-pending", "old-held", "new"] {
+        assert!(s.get_run(kept).await.unwrap().is_some(), "{kept}");
+    }
+    // A new run under a pruned id starts with no steps of the old one.
+    s.insert_runs(&[run("old-4", "a", 6_000, v1::RunState::Pending)])
+        .await
+        .unwrap();
+    assert!(s.get_run("old-4").await.unwrap().unwrap().steps.is_empty());
+
+    // Events: by the event's time; the agent's stored seq is kept.
+    assert_eq!(s.prune(PruneKind::Events, 1_000, 2).await.unwrap(), 2);
+    assert_eq!(s.prune(PruneKind::Events, 1_000, 2).await.unwrap(), 1);
+    assert_eq!(s.prune(PruneKind::Events, 1_000, 2).await.unwrap(), 0);
+    assert_eq!(s.get_agent("a").await.unwrap().unwrap().last_event_seq, 4);
+
+    // Audit: the old entries go, the newer one stays.
+    assert_eq!(s.prune(PruneKind::Audit, 1_000, 10).await.unwrap(), 2);
+    let left: Vec<String> = s
+        .list_audit(None, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.who)
+        .collect();
+    assert_eq!(left, ["z"]);
+}
+
 /// Each check as `sqlite::<check>` and `postgres::<check>`.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -701,4 +772,5 @@ conformance!(
     update_state_decisions,
     audit,
     runs_keep_their_steps,
+    prune_by_age,
 );

@@ -143,6 +143,44 @@ pub struct RunPage {
     pub next_page_token: Option<String>,
 }
 
+/// What [`Store::prune`] deletes: the three kinds of rows that grow without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PruneKind {
+    /// Ended runs (with their steps) created before the cutoff. Runs that have not ended and
+    /// runs `held` by a guard rail (they wait for an operator's decision) are never pruned.
+    Runs,
+    /// The agents' events as stored on arrival (`run_events`), by the agent's event time.
+    /// Runs keep their own state; the events are the raw record of how they got there.
+    Events,
+    /// Audit entries, by their time.
+    Audit,
+}
+
+impl PruneKind {
+    /// Every kind, in the order the pruner visits them.
+    pub const ALL: [PruneKind; 3] = [PruneKind::Runs, PruneKind::Events, PruneKind::Audit];
+
+    /// The name used in settings (`retention.<name>`) and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            PruneKind::Runs => "runs",
+            PruneKind::Events => "events",
+            PruneKind::Audit => "audit",
+        }
+    }
+}
+
+/// The run states whose runs [`Store::prune`] may delete: ended, and not waiting for an
+/// operator (`held` is left alone).
+pub(crate) const PRUNABLE_RUN_STATES: [v1::RunState; 6] = [
+    v1::RunState::Succeeded,
+    v1::RunState::CompletedWithErrors,
+    v1::RunState::Failed,
+    v1::RunState::Skipped,
+    v1::RunState::Cancelled,
+    v1::RunState::Unknown,
+];
+
 /// One agent's share of [`Store::commit_event_batches`]: its new events and the runs they
 /// changed.
 #[derive(Debug, Clone, Default)]
@@ -263,8 +301,8 @@ pub trait Store: Send + Sync + 'static {
     -> Result<(), StoreError>;
     async fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError>;
 
-    /// Append an audit entry (its `id` is assigned here); the log is never updated or pruned
-    /// through this interface.
+    /// Append an audit entry (its `id` is assigned here); the log is never updated through
+    /// this interface, and only [`Store::prune`] deletes old entries.
     async fn append_audit(&self, entry: &v1::AuditEntry) -> Result<u64, StoreError>;
     /// Audit entries, newest first.
     async fn list_audit(
@@ -273,6 +311,13 @@ pub trait Store: Send + Sync + 'static {
         who: Option<&str>,
         limit: usize,
     ) -> Result<Vec<v1::AuditEntry>, StoreError>;
+
+    /// Delete at most `limit` rows of `kind` older than `before_ms` (Unix ms) in one short
+    /// transaction and return how many were deleted (fewer than `limit`: nothing older is
+    /// left). Callers prune in small batches so that writers never wait for more than one
+    /// batch; see `crate::retention`.
+    async fn prune(&self, kind: PruneKind, before_ms: i64, limit: usize)
+    -> Result<u64, StoreError>;
 
     /// Atomically read-modify-write one state record: `f` gets the current value and decides.
     /// Used where a check and its update must not race (consuming a one-time token).

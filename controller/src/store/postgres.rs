@@ -40,8 +40,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    EventBatch, RunPage, RunQuery, StateDecision, StateUpdate, Store, StoreError, StoredAgent,
-    StoredDocument, decode, page_token, parse_page_token, run_created_ms, run_state_label,
+    EventBatch, PRUNABLE_RUN_STATES, PruneKind, RunPage, RunQuery, StateDecision, StateUpdate,
+    Store, StoreError, StoredAgent, StoredDocument, decode, page_token, parse_page_token,
+    run_created_ms, run_state_label,
 };
 
 /// Schema migrations, in order: (version, name, SQL). Applied versions are recorded in
@@ -50,6 +51,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("postgres/0001_initial.sql")),
     (2, "leases", include_str!("postgres/0002_leases.sql")),
     (3, "run_steps", include_str!("postgres/0003_run_steps.sql")),
+    (4, "retention", include_str!("postgres/0004_retention.sql")),
 ];
 
 /// The migration after whose SQL the steps of runs stored before are moved to `run_steps`
@@ -1082,6 +1084,55 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn prune(
+        &self,
+        kind: PruneKind,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut conn = self.conn().await?;
+        // Fenced like every leader write; rows another transaction holds are skipped (`SKIP
+        // LOCKED`), so a prune never waits for a writer and a writer waits for no more than
+        // the rows of one batch.
+        let tx = self.begin_write(&mut conn).await?;
+        let deleted = match kind {
+            PruneKind::Runs => {
+                let states: Vec<&str> = PRUNABLE_RUN_STATES.iter().map(|s| s.label()).collect();
+                tx.execute(
+                    "WITH doomed AS (
+                         SELECT id FROM runs WHERE state = ANY($1) AND created_at < $2
+                         ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED),
+                     steps AS (DELETE FROM run_steps WHERE run_id IN (SELECT id FROM doomed))
+                     DELETE FROM runs WHERE id IN (SELECT id FROM doomed)",
+                    &[&states, &before_ms, &limit],
+                )
+                .await
+            }
+            PruneKind::Events => {
+                tx.execute(
+                    "DELETE FROM run_events WHERE ctid IN (
+                         SELECT ctid FROM run_events WHERE at < $1
+                         ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    &[&before_ms, &limit],
+                )
+                .await
+            }
+            PruneKind::Audit => {
+                tx.execute(
+                    "DELETE FROM audit WHERE id IN (
+                         SELECT id FROM audit WHERE at < $1
+                         ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    &[&before_ms, &limit],
+                )
+                .await
+            }
+        }
+        .map_err(|e| self.err(&e))?;
+        tx.commit().await.map_err(|e| self.err(&e))?;
+        Ok(deleted)
+    }
+
     async fn update_state(&self, key: &str, f: StateUpdate) -> Result<StateDecision, StoreError> {
         let mut conn = self.conn().await?;
         let tx = self.begin_write(&mut conn).await?;
@@ -1152,7 +1203,8 @@ mod tests {
                  CREATE INDEX runs_by_agent ON runs (agent, created_at);
                  CREATE INDEX runs_by_state ON runs (state);
                  CREATE INDEX runs_by_schedule ON runs (schedule, created_at);
-                 DELETE FROM syncfleet_schema WHERE version = 3;",
+                 DROP INDEX run_events_by_at;
+                 DELETE FROM syncfleet_schema WHERE version >= 3;",
             )
             .await
             .unwrap();

@@ -32,8 +32,9 @@ use syncfleet_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    EventBatch, RunPage, RunQuery, StateDecision, StateUpdate, Store, StoreError, StoredAgent,
-    StoredDocument, decode, page_token, parse_page_token, run_created_ms, run_state_label,
+    EventBatch, PRUNABLE_RUN_STATES, PruneKind, RunPage, RunQuery, StateDecision, StateUpdate,
+    Store, StoreError, StoredAgent, StoredDocument, decode, page_token, parse_page_token,
+    run_created_ms, run_state_label,
 };
 
 const SCHEMA: &str = r#"
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS run_events (
     PRIMARY KEY (agent, seq)
 );
 CREATE INDEX IF NOT EXISTS run_events_by_run ON run_events (run_id, seq);
+CREATE INDEX IF NOT EXISTS run_events_by_at ON run_events (at);
 CREATE TABLE IF NOT EXISTS documents (
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -1327,6 +1329,73 @@ impl Store for SqliteStore {
     ) -> Result<Vec<v1::AuditEntry>, StoreError> {
         let who = who.map(str::to_string);
         on_pool!(self, |db| db.list_audit(since_ms, who.as_deref(), limit))
+    }
+
+    async fn prune(
+        &self,
+        kind: PruneKind,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // One operation on the writer's queue: the batch shares a group commit with other
+        // writers' operations and delays them by at most one bounded batch.
+        self.write(0, move |w| {
+            let deleted = match kind {
+                PruneKind::Runs => {
+                    let mut ids: Vec<String> = Vec::new();
+                    // One index range per state (`runs_by_state_created`), stopping at `limit`.
+                    for state in PRUNABLE_RUN_STATES {
+                        let left = limit - i64::try_from(ids.len()).unwrap_or(i64::MAX);
+                        if left <= 0 {
+                            break;
+                        }
+                        let mut st = w
+                            .conn
+                            .prepare_cached(
+                                "SELECT id FROM runs WHERE state = ?1 AND created_at < ?2
+                                 ORDER BY created_at, id LIMIT ?3",
+                            )
+                            .map_err(|e| w.err(e))?;
+                        let rows = st
+                            .query_map(params![state.label(), before_ms, left], |r| r.get(0))
+                            .map_err(|e| w.err(e))?;
+                        for id in rows {
+                            ids.push(id.map_err(|e| w.err(e))?);
+                        }
+                    }
+                    for id in &ids {
+                        w.conn
+                            .prepare_cached("DELETE FROM run_steps WHERE run_id = ?1")
+                            .and_then(|mut st| st.execute([id]))
+                            .map_err(|e| w.err(e))?;
+                        w.conn
+                            .prepare_cached("DELETE FROM runs WHERE id = ?1")
+                            .and_then(|mut st| st.execute([id]))
+                            .map_err(|e| w.err(e))?;
+                    }
+                    ids.len()
+                }
+                PruneKind::Events => w
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM run_events WHERE rowid IN
+                         (SELECT rowid FROM run_events WHERE at < ?1 ORDER BY at LIMIT ?2)",
+                    )
+                    .and_then(|mut st| st.execute(params![before_ms, limit]))
+                    .map_err(|e| w.err(e))?,
+                PruneKind::Audit => w
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM audit WHERE id IN
+                         (SELECT id FROM audit WHERE at < ?1 ORDER BY at LIMIT ?2)",
+                    )
+                    .and_then(|mut st| st.execute(params![before_ms, limit]))
+                    .map_err(|e| w.err(e))?,
+            };
+            Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
+        })
+        .await
     }
 
     async fn update_state(&self, key: &str, f: StateUpdate) -> Result<StateDecision, StoreError> {

@@ -858,6 +858,19 @@ struct PersistedMa {
     history: std::collections::BTreeMap<u64, String>,
 }
 
+/// When a run in run-history XML ended: its latest `end-date`; `None` while a step has none
+/// (in progress).
+fn run_ended(xml: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if xml.matches("<end-date>").count() < xml.matches("<step-details").count() {
+        return None;
+    }
+    xml.split("<end-date>")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("</end-date>"))
+        .filter_map(|(value, _)| crate::engine::runhistory::parse_engine_timestamp(value))
+        .max()
+}
+
 /// Read a state file; `None` when it does not exist yet.
 fn load_state(path: &std::path::Path) -> Result<Option<Persisted>, EngineError> {
     let text = match std::fs::read_to_string(path) {
@@ -1265,6 +1278,34 @@ impl SyncEngine for SimEngine {
                     ma: ma.to_owned(),
                     run_number,
                 })
+        })
+    }
+
+    /// Like `MIIS_Server.ClearRuns`: every MA's runs whose last `end-date` is at or before
+    /// `ending_before` leave the run history (runs in progress have none and stay); the state
+    /// file is rewritten. Always `success`.
+    fn clear_runs(
+        &self,
+        ending_before: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<String, EngineError>> {
+        Box::pin(async move {
+            self.ensure_scheduler();
+            let removed = {
+                let mut st = self.inner.lock();
+                let mut removed = 0usize;
+                for m in &mut st.mas {
+                    let before = m.history.len();
+                    m.history
+                        .retain(|_, xml| run_ended(xml).is_none_or(|end| end > ending_before));
+                    removed += before - m.history.len();
+                }
+                removed
+            };
+            if removed > 0 {
+                self.inner.persist();
+            }
+            tracing::debug!(removed, %ending_before, "sim: ClearRuns");
+            Ok("success".to_string())
         })
     }
 

@@ -877,3 +877,28 @@ async fn run_history_and_run_numbers_outlive_the_process_with_a_state_file() {
         "{err}"
     );
 }
+
+/// ClearRuns removes the runs that ended at or before the cutoff from every MA's history
+/// (their details are gone), keeps later ones, and answers `success`.
+#[tokio::test]
+async fn clear_runs_removes_runs_that_ended_by_the_cutoff() {
+    let e = SimEngine::new(quiet(1e-4));
+    let (first, _) = exec(&e, "HR", "Delta Import").await;
+    let (second, _) = exec(&e, "AD", "Delta Import").await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (third, _) = exec(&e, "HR", "Delta Import").await;
+    assert_eq!(e.clear_runs(between).await.unwrap(), "success");
+    for (ma, run) in [("HR", &first), ("AD", &second)] {
+        let gone = e
+            .run_details(ma, run.run_number.unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(gone, EngineError::NoSuchRun { .. }), "{gone:?}");
+    }
+    let third = third.run_number.unwrap();
+    assert!(e.run_details("HR", third).await.is_ok());
+    // Nothing left before the cutoff: a second call changes nothing.
+    assert_eq!(e.clear_runs(between).await.unwrap(), "success");
+    assert!(e.run_details("HR", third).await.is_ok());
+}

@@ -15,6 +15,17 @@ pub const MA_CLASS: &str = "MIIS_ManagementAgent";
 /// Class of stored runs; key property `Key` = MA GUID followed by run number.
 pub const RUN_HISTORY_CLASS: &str = "MIIS_RunHistory";
 
+/// The engine's server object: `MIIS_Server.Name="MIIS_Server1"` (always that name), whose
+/// `ClearRuns(EndingBefore)` removes run history.
+pub const SERVER_PATH: &str = r#"MIIS_Server.Name="MIIS_Server1""#;
+/// Class of [`SERVER_PATH`].
+pub const SERVER_CLASS: &str = "MIIS_Server";
+
+/// `EndingBefore` of `ClearRuns`: UTC `yyyy-MM-dd HH:mm:ss.fff`.
+pub fn clear_runs_argument(ending_before: chrono::DateTime<chrono::Utc>) -> String {
+    ending_before.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
 /// Windows service of FIM 2010 / MIM 2016.
 pub const DEFAULT_SERVICE: &str = "FIMSynchronizationService";
 
@@ -259,6 +270,9 @@ pub trait WmiApi: Send + Sync + 'static {
     fn service_running(&self) -> Result<bool, WmiError>;
     /// Product and build of the engine, e.g. `FIMSynchronizationService 4.6.607.0`.
     fn engine_version(&self) -> Result<String, WmiError>;
+    /// `MIIS_Server.ClearRuns(EndingBefore)` with the argument as
+    /// [`clear_runs_argument`] writes it: `success`, `access-denied`, ...
+    fn clear_runs(&self, ending_before: &str) -> Result<String, WmiError>;
 }
 
 /// A string literal for a WMI object path key or a WQL `WHERE` clause: double quotes, with `\`

@@ -307,6 +307,18 @@ impl WmiApi for ComWmi {
         })
     }
 
+    fn clear_runs(&self, ending_before: &str) -> Result<String, WmiError> {
+        with_connection(Namespace::Miis, |conn| {
+            call_method(
+                conn,
+                api::SERVER_PATH,
+                api::SERVER_CLASS,
+                "ClearRuns",
+                &[("EndingBefore", ending_before)],
+            )
+        })
+    }
+
     fn engine_version(&self) -> Result<String, WmiError> {
         let Some(mut row) = self.service_row()? else {
             return Err(WmiError::Other(format!(

@@ -95,6 +95,13 @@ pub struct WmiConfig {
     /// Name of the engine's database. Default: the registry value `DBName` (see
     /// [`WmiConfig::database_server`]), else `FIMSynchronizationService`.
     pub database_name: Option<String>,
+    /// Clear the engine's run history older than this with `MIIS_Server.ClearRuns`, once the
+    /// controller has stored the runs' details (`crate::housekeeping`). Unset (default): never.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub clear_runs_older_than: Option<Duration>,
+    /// How often to clear (default 1 h).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub clear_runs_every: Option<Duration>,
 }
 
 impl Default for WmiConfig {
@@ -110,6 +117,8 @@ impl Default for WmiConfig {
             profiles: Vec::new(),
             discover: true,
             database_server: None,
+            clear_runs_older_than: None,
+            clear_runs_every: None,
             database_name: None,
         }
     }

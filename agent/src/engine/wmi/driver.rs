@@ -471,6 +471,22 @@ impl<A: WmiApi> SyncEngine for WmiEngine<A> {
     fn health(&self) -> BoxFuture<'_, EngineHealth> {
         Box::pin(self.probe())
     }
+
+    /// `MIIS_Server.ClearRuns(EndingBefore)`, bounded by [`WmiConfig::stop_timeout`] (clearing
+    /// many runs can take minutes); the engine's string is returned verbatim.
+    fn clear_runs(
+        &self,
+        ending_before: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<String, EngineError>> {
+        Box::pin(async move {
+            let arg = super::api::clear_runs_argument(ending_before);
+            self.blocking("ClearRuns", self.cfg.stop_timeout, move |a| {
+                a.clear_runs(&arg)
+            })
+            .await?
+            .map_err(|e| engine_error(None, "ClearRuns", &e))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -76,6 +76,8 @@ pub(super) struct Inner {
     pub(super) failing: HashMap<&'static str, WmiError>,
     pub(super) service_running: bool,
     pub(super) calls: Vec<String>,
+    /// What `ClearRuns` answers (`success` when unset).
+    pub(super) clear_runs_answer: Option<String>,
 }
 
 /// A scripted WMI surface.
@@ -274,6 +276,15 @@ impl WmiApi for FakeWmi {
     fn service_running(&self) -> Result<bool, WmiError> {
         self.enter("service_running", "")?;
         Ok(self.inner.lock().unwrap().service_running)
+    }
+
+    fn clear_runs(&self, ending_before: &str) -> Result<String, WmiError> {
+        self.enter("clear_runs", "")?;
+        let mut i = self.inner.lock().unwrap();
+        i.calls.push(format!("ClearRuns({ending_before})"));
+        Ok(i.clear_runs_answer
+            .clone()
+            .unwrap_or_else(|| "success".into()))
     }
 
     fn engine_version(&self) -> Result<String, WmiError> {

@@ -475,3 +475,23 @@ async fn the_executor_takes_the_sync_class_from_discovered_steps() {
     // Not in the engine's database: not in the inventory.
     assert!(!exec.is_sync_class(DS_MA, "Delta Sync"));
 }
+
+#[tokio::test]
+async fn clear_runs_calls_miis_server_with_the_engine_time_format() {
+    let e = engine(FakeWmi::new());
+    let t = chrono::DateTime::parse_from_rfc3339("2026-03-01T10:20:30.456Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    assert_eq!(e.clear_runs(t).await.unwrap(), "success");
+    assert!(
+        e.api()
+            .inner
+            .lock()
+            .unwrap()
+            .calls
+            .contains(&"ClearRuns(2026-03-01 10:20:30.456)".to_string())
+    );
+    // The engine's refusal comes back verbatim.
+    e.api().inner.lock().unwrap().clear_runs_answer = Some("access-denied".into());
+    assert_eq!(e.clear_runs(t).await.unwrap(), "access-denied");
+}
