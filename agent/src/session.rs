@@ -6,6 +6,7 @@
 //! The reader (commands, acknowledgements) and the writer (events, heartbeats) run as separate
 //! tasks so a slow direction never stalls the other.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -493,6 +494,8 @@ async fn write_loop(
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let pending = crate::telemetry::PendingCache::new();
+    // When each run the engine executes without us was first seen, by (MA, run number).
+    let mut engine_runs_seen: HashMap<(String, u64), prost_types::Timestamp> = HashMap::new();
     loop {
         // Replay / stream everything not yet sent on this session, in seq order.
         loop {
@@ -518,7 +521,13 @@ async fn write_loop(
             () = ctx.outbox.notified() => {}
             _ = tick.tick() => {
                 let health = ctx.executor.health().await;
+                let engine_runs = engine_runs_now(
+                    ctx.executor.foreign_runs().await,
+                    &mut engine_runs_seen,
+                    syncfleet_proto::time::now(),
+                );
                 let hb = v1::Heartbeat {
+                    engine_runs,
                     sent_at: Some(syncfleet_proto::time::now()),
                     engine_healthy: health.healthy,
                     engine_detail: health.detail,
@@ -533,6 +542,33 @@ async fn write_loop(
             () = done.cancelled() => return Ok(()),
         }
     }
+}
+
+/// The heartbeat's `engine_runs` from the MAs' runs in progress that this process did not
+/// start; `seen` keeps when each was first seen (entries of runs no longer running are dropped).
+fn engine_runs_now(
+    now_running: Vec<(String, String, u64, String)>,
+    seen: &mut HashMap<(String, u64), prost_types::Timestamp>,
+    now: prost_types::Timestamp,
+) -> Vec<v1::EngineRun> {
+    let keys: Vec<(String, u64)> = now_running
+        .iter()
+        .map(|(ma, _, n, _)| (ma.clone(), *n))
+        .collect();
+    seen.retain(|k, _| keys.contains(k));
+    now_running
+        .into_iter()
+        .map(|(ma, profile, run_number, origin)| {
+            let since = *seen.entry((ma.clone(), run_number)).or_insert(now);
+            v1::EngineRun {
+                ma,
+                profile,
+                run_number,
+                origin,
+                seen_since: Some(since),
+            }
+        })
+        .collect()
 }
 
 fn hostname() -> String {

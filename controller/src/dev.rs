@@ -234,12 +234,15 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
         let dir = data_dir.join("agents").join(&name);
         init::issue_agent_files(&ca, &name, &dir, Duration::from_secs(30 * 86_400))?;
         let mut labels = std::collections::BTreeMap::new();
-        labels.insert("env".to_string(), "dev".to_string());
         let role = if opts.agents > 1 && i + 1 == opts.agents {
             "staging"
         } else {
             "primary"
         };
+        // Primaries stand for production servers, the last one for staging: `-l env=prod`
+        // selects the primaries, as on a real fleet.
+        let env = if role == "primary" { "prod" } else { "staging" };
+        labels.insert("env".to_string(), env.to_string());
         labels.insert("role".to_string(), role.to_string());
         let agent_cfg = AgentConfig {
             name: name.clone(),

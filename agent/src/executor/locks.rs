@@ -175,6 +175,46 @@ impl Executor {
         Ok(None)
     }
 
+    /// Runs in progress in the engine that this process did not start, one per MA of the
+    /// inventory (the heartbeat reports them, so the controller can show what a server runs
+    /// now, including runs started in Sync Service Manager or by a script). An MA whose status
+    /// cannot be read is left out (logged at debug level: the heartbeat must not fail for it).
+    pub async fn foreign_runs(&self) -> Vec<(String, String, u64, String)> {
+        let names: Vec<String> = lock(&self.inventory)
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        let mut out = Vec::new();
+        for ma in names {
+            if lock(&self.executing).contains(&ma) {
+                continue;
+            }
+            match self.engine.status(&ma).await {
+                Ok(MaStatus::InProgress {
+                    profile,
+                    run_number,
+                }) => {
+                    // Re-check: a step of ours may have started while the status was read.
+                    if lock(&self.executing).contains(&ma) {
+                        continue;
+                    }
+                    let origin = match lock(&self.recovering).get(&(ma.clone(), run_number)) {
+                        Some(run_id) => {
+                            format!("syncfleet run {run_id} before the agent restarted")
+                        }
+                        None => "outside syncfleet".to_string(),
+                    };
+                    out.push((ma, profile, run_number, origin));
+                }
+                Ok(MaStatus::Idle) => {}
+                Err(e) => {
+                    tracing::debug!(ma = %ma, error = %e, "cannot read the status of a management agent");
+                }
+            }
+        }
+        out
+    }
+
     /// A MIM Service MA import that is sync-class only by that rule (for wording reasons).
     pub(super) fn mim_service_import(&self, ma: &str, profile: &str) -> bool {
         let inv = lock(&self.inventory);

@@ -13,7 +13,11 @@
 //! syncfleet agents resume NAME [--note TEXT]
 //! syncfleet agents revoke NAME [--note TEXT]    close its session, refuse it from now on
 //! syncfleet run AGENT (--step "MA:PROFILE" [--step ...] | --sequence NAME) [--follow]
-//! syncfleet runs list [--agent NAME] [--state S]... [--limit N]
+//! syncfleet run (AGENT... | -l SELECTOR | --all) (--step ... | --sequence NAME) [--follow]
+//!               [--max-parallel N] [--idempotency-key KEY]     one run per agent (StartRuns)
+//! syncfleet runs list [--agent NAME] [-l SELECTOR] [--state S]... [--schedule NAME]
+//!                     [--since 2h|RFC3339] [--limit N] [--watch]
+//! syncfleet timeline [--since 6h|RFC3339] [-l SELECTOR] [--width N]
 //! syncfleet runs show ID
 //! syncfleet runs cancel ID [--reason TEXT]
 //! syncfleet runs approve ID [--note TEXT]       run a held step once, as a new run
@@ -111,9 +115,11 @@ pub mod connect;
 pub mod documents;
 pub mod fleet;
 pub mod output;
+pub mod run;
 pub mod runs;
 pub mod schedules;
 pub mod table;
+pub mod timeline;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -127,7 +133,8 @@ use agents::AgentsCommand;
 use connect::ConnectError;
 use documents::{ApplyArgs, DocKind};
 use fleet::FleetCommand;
-use runs::{RunArgs, RunsCommand};
+use run::RunArgs;
+use runs::RunsCommand;
 use schedules::SchedulesCommand;
 
 /// Exit code: the request succeeded (for `run --follow`: the run succeeded).
@@ -190,11 +197,15 @@ pub enum Command {
     /// Sync servers (agents) known to the controller
     #[command(subcommand)]
     Agents(AgentsCommand),
-    /// Start an ad-hoc run of run profiles on one agent
+    /// Start an ad-hoc run of run profiles on one agent, several, those matching a label
+    /// selector (-l) or all (--all)
     Run(RunArgs),
-    /// Runs: list, show, cancel, approve
+    /// Runs: list (and watch), show, cancel, approve
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Per server, the steps of recent runs as bars on a time axis: synchronizations marked,
+    /// overlaps and waits highlighted
+    Timeline(timeline::TimelineArgs),
     /// Create or change sequences and schedules from fleet files (diff first; --prune deletes
     /// stored ones not in the files)
     Apply(ApplyArgs),
@@ -362,6 +373,7 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Agents(c) => s.agents(client, c).await,
         Command::Run(args) => s.run(client, args).await,
         Command::Runs(c) => s.runs(client, c).await,
+        Command::Timeline(a) => s.timeline(client, a).await,
         Command::Apply(a) => s.apply(client, a, prepared).await,
         Command::Get { kind, name } => s.get(client, *kind, name.as_deref()).await,
         Command::Delete { kind, name } => s.delete(client, *kind, name).await,
@@ -501,7 +513,9 @@ mod tests {
                 .unwrap_or_else(|e| panic!("help example {line:?} does not parse: {e}"));
             match &cli.command {
                 Command::Run(args) => {
-                    assert!(dev_agent(&args.agent), "{line}: no agent {}", args.agent);
+                    for agent in &args.agents {
+                        assert!(dev_agent(agent), "{line}: no agent {agent}");
+                    }
                     if let Some(seq) = &args.sequence {
                         assert!(has("Sequence", seq), "{line}: no sequence {seq}");
                     }

@@ -30,12 +30,14 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
             if let Some(i) = step_mut(run, w.index) {
                 run.steps[i].state = v1::StepState::Waiting as i32;
                 run.steps[i].detail.clone_from(&w.reason);
+                note_wait(&mut run.steps[i], &w.reason, at);
             }
         }
         Some(Kind::StepStarted(s)) => {
             if let Some(i) = step_mut(run, s.index) {
                 let step = &mut run.steps[i];
                 step.state = v1::StepState::Running as i32;
+                end_wait(step, at);
                 step.started_at = Some(at);
                 step.detail.clear();
                 if s.run_number != 0 {
@@ -106,6 +108,27 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
 /// run has no result (its outcome was not observed; the steps that finished keep theirs). A
 /// step that is `not_run` has no start, end, counters or progress: whatever it showed while it
 /// ran was never confirmed, and a start without an end would read as a growing duration.
+/// Records that a step waits for `reason` from `at` (the first wait's time is kept; the reason
+/// is the latest), so that it stays visible after the step starts (`detail` is cleared then).
+fn note_wait(step: &mut v1::Step, reason: &str, at: prost_types::Timestamp) {
+    if reason.is_empty() {
+        return;
+    }
+    if step.waiting_since.is_none() {
+        step.waiting_since = Some(at);
+    }
+    step.wait_reason = reason.to_string();
+}
+
+/// A step that waited starts at `at`: how long it waited.
+fn end_wait(step: &mut v1::Step, at: prost_types::Timestamp) {
+    if let Some(since) = &step.waiting_since {
+        let ms = syncfleet_proto::time::to_millis(&at)
+            .saturating_sub(syncfleet_proto::time::to_millis(since));
+        step.waited_ms = u64::try_from(ms).unwrap_or(0);
+    }
+}
+
 fn end_run(run: &mut v1::Run, state: v1::RunState, result: &str, at: prost_types::Timestamp) {
     run.state = state as i32;
     run.finished_at = Some(at);

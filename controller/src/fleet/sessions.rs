@@ -37,7 +37,13 @@ pub(super) struct Live {
     engine_detail: String,
     agent_problem: String,
     runs_in_flight: Vec<String>,
+    /// Runs the engine executes that the agent did not start (last heartbeat).
+    engine_runs: Vec<v1::EngineRun>,
 }
+
+/// The most engine runs of one heartbeat kept (one per MA is all an engine can run; the rest
+/// of a larger list is dropped rather than held).
+const MAX_ENGINE_RUNS: usize = 256;
 
 /// The lock key of an agent's stored record (see `locks.rs`): every read-modify-write of it
 /// holds this lock.
@@ -83,6 +89,7 @@ impl Fleet {
                 agent.engine_detail.clone_from(&live.engine_detail);
                 agent.agent_problem.clone_from(&live.agent_problem);
                 agent.runs_in_flight.clone_from(&live.runs_in_flight);
+                agent.engine_runs.clone_from(&live.engine_runs);
             }
         }
         let connected = self.is_connected(&agent.name);
@@ -122,6 +129,7 @@ impl Fleet {
             engine_detail: String::new(),
             agent_problem: String::new(),
             runs_in_flight: hello.runs_in_flight.clone(),
+            engine_runs: Vec::new(),
             drain: stored.as_ref().and_then(|s| s.agent.drain.clone()),
             autonomy_after_seconds: hello.autonomy_after_seconds,
             autonomous: false,
@@ -153,6 +161,7 @@ impl Fleet {
                 engine_detail: String::new(),
                 agent_problem: String::new(),
                 runs_in_flight: hello.runs_in_flight.clone(),
+                engine_runs: Vec::new(),
             },
         );
         tracing::info!(agent = %name, last_seq, agent_last_seq = hello.last_event_seq, "agent connected");
@@ -215,6 +224,12 @@ impl Fleet {
             entry.engine_detail.clone_from(&hb.engine_detail);
             entry.agent_problem.clone_from(&hb.agent_problem);
             entry.runs_in_flight.clone_from(&hb.runs_in_flight);
+            entry.engine_runs = hb
+                .engine_runs
+                .iter()
+                .take(MAX_ENGINE_RUNS)
+                .cloned()
+                .collect();
             self.pending_exports.record(agent, hb);
         }
     }
