@@ -584,6 +584,39 @@ fn hostname() -> String {
 }
 
 #[cfg(test)]
+mod engine_runs_tests {
+    use super::*;
+    use syncfleet_proto::time::from_millis;
+
+    #[test]
+    fn engine_runs_keep_when_first_seen_and_forget_ended_ones() {
+        let mut seen = HashMap::new();
+        let full_sync = || {
+            (
+                "AD".to_string(),
+                "Full Sync".to_string(),
+                12,
+                "outside syncfleet".to_string(),
+            )
+        };
+        let first = engine_runs_now(vec![full_sync()], &mut seen, from_millis(1_000));
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].ma, "AD");
+        assert_eq!(first[0].run_number, 12);
+        assert_eq!(first[0].seen_since, Some(from_millis(1_000)));
+        let again = engine_runs_now(vec![full_sync()], &mut seen, from_millis(6_000));
+        assert_eq!(again[0].seen_since, Some(from_millis(1_000)));
+        assert!(engine_runs_now(Vec::new(), &mut seen, from_millis(9_000)).is_empty());
+        assert!(seen.is_empty());
+        // The same MA's next run is a new one.
+        let mut next = full_sync();
+        next.2 = 13;
+        let later = engine_runs_now(vec![next], &mut seen, from_millis(12_000));
+        assert_eq!(later[0].seen_since, Some(from_millis(12_000)));
+    }
+}
+
+#[cfg(test)]
 mod controller_choice_tests {
     use super::*;
 

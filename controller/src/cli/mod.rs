@@ -67,6 +67,11 @@
 //!   `applied N change(s)` line, and errors, which are one line starting with `error: `. Lists
 //!   of problems in fleet files (found locally or by the controller) are printed first, one per
 //!   line, verbatim, followed by one `error: ` line.
+//! - `run` on several agents (`AGENT...`, `-l`, `--all`) prints a table `AGENT RUN STATE`
+//!   (with `--follow` or `--max-parallel`, once every run has ended, with result and duration)
+//!   and each refused agent with its reason on stderr; `-o json` is `{idempotency_key, runs,
+//!   refused}` (plus `failed` when followed). `runs list --watch` prints the list, then one line
+//!   per change (`-o json`: one JSON object per line) until interrupted.
 //! - `run` without `--follow` prints just the new run's id (table mode), so
 //!   `id=$(syncfleet run sync-01 --step "AD:Delta Import")` works; with `--follow` it prints the
 //!   final run (summary, or the run object with `-o json`) once the run has ended. `runs
@@ -78,6 +83,7 @@
 //! |---|---|
 //! | 0 | the request succeeded (`apply --dry-run`: the documents are valid and every step fits its target agents' inventories, or `--force` was given); for `run --follow`, the run ended `succeeded` (which includes engine results such as `completed-warnings`) |
 //! | 1 | the thing asked for failed: invalid fleet files (nothing is sent), config file or context problem, cannot reach or authenticate to the controller, the controller refused the request (gRPC status, e.g. `INVALID_ARGUMENT` for documents, `NOT_FOUND`), `delete` of something that does not exist, or `run --follow` ended `held`, `completed_with_errors`, `failed`, `cancelled`, `skipped` or `unknown`, or the watch was lost for longer than ~30 s |
+//! | 1 (fan-out) | `run` on several agents: some agent of the selection was refused, or (followed) some run did not succeed; each is named on stderr with its agent, run id, state and result |
 //! | 2 | usage error (unknown flag, bad `--step`, bad `--state`, `--step` with `--sequence`, `pause` without `--note`), reported by clap |
 //!
 //! A failed call whose response carried an `x-request-id` ends its `error:` line with

@@ -763,6 +763,58 @@ mod tests {
         );
     }
 
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        use clap::Parser as _;
+        let cli = super::super::Cli::try_parse_from(
+            std::iter::once("syncfleet").chain(args.iter().copied()),
+        )?;
+        match cli.command {
+            super::super::Command::Run(a) => Ok(a),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_agent_keeps_the_single_run_path_and_targets_exclude_each_other() {
+        let a = parse(&["run", "sync-01", "--sequence", "delta-cycle"]).unwrap();
+        assert_eq!(a.single_agent(), Some("sync-01"));
+        // A key or --max-parallel makes even one agent a fan-out (StartRuns has the key).
+        let a = parse(&[
+            "run",
+            "sync-01",
+            "--sequence",
+            "s",
+            "--idempotency-key",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!(a.single_agent(), None);
+        let a = parse(&["run", "sync-01", "sync-02", "-s", "AD:Delta Import"]).unwrap();
+        assert_eq!(a.single_agent(), None);
+        assert_eq!(a.request("k").agents, vec!["sync-01", "sync-02"]);
+        let a = parse(&[
+            "run",
+            "-l",
+            "env=prod",
+            "--sequence",
+            "s",
+            "--max-parallel",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(a.max_parallel, Some(2));
+        assert_eq!(a.request("k").selector, "env=prod");
+        for bad in [
+            &["run", "sync-01", "-l", "env=prod", "--sequence", "s"][..],
+            &["run", "--all", "-l", "env=prod", "--sequence", "s"],
+            &["run", "--sequence", "s"],
+            &["run", "--all", "--sequence", "s", "--max-parallel", "0"],
+        ] {
+            let e = parse(bad).err().unwrap_or_else(|| panic!("{bad:?} parsed"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+    }
+
     #[test]
     fn selectors_must_be_key_value_pairs() {
         assert!(selector_targets("env=prod").is_ok());

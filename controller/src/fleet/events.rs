@@ -308,6 +308,53 @@ mod tests {
         }
     }
 
+    fn ev_at(ms: i64, kind: Kind) -> v1::AgentEvent {
+        v1::AgentEvent {
+            at: Some(from_millis(ms)),
+            ..ev(kind)
+        }
+    }
+
+    #[test]
+    fn a_step_keeps_when_and_why_it_waited_after_it_starts() {
+        let mut r = run();
+        apply_event(
+            &mut r,
+            &ev_at(1_000, Kind::RunStarted(v1::RunStarted::default())),
+        );
+        let wait = |reason: &str| {
+            Kind::StepWaiting(v1::StepWaiting {
+                index: 0,
+                reason: reason.into(),
+            })
+        };
+        apply_event(
+            &mut r,
+            &ev_at(2_000, wait("MA AD is running \"Full Sync\"")),
+        );
+        apply_event(&mut r, &ev_at(5_000, wait("MA AD is running \"Export\"")));
+        assert_eq!(r.steps[0].waiting_since, Some(from_millis(2_000)));
+        assert_eq!(r.steps[0].waited_ms, 0, "still waiting");
+        apply_event(
+            &mut r,
+            &ev_at(
+                9_500,
+                Kind::StepStarted(v1::StepStarted {
+                    index: 0,
+                    ..Default::default()
+                }),
+            ),
+        );
+        let s = &r.steps[0];
+        assert_eq!(s.detail, "", "the live detail is cleared");
+        assert_eq!(s.wait_reason, "MA AD is running \"Export\"");
+        assert_eq!(s.waiting_since, Some(from_millis(2_000)));
+        assert_eq!(s.waited_ms, 7_500);
+        // A step that never waited has no wait.
+        assert_eq!(r.steps[1].waiting_since, None);
+        assert_eq!(r.steps[1].waited_ms, 0);
+    }
+
     #[test]
     fn events_drive_the_run_to_its_end() {
         let mut r = run();
