@@ -496,6 +496,8 @@ async fn write_loop(
     let pending = crate::telemetry::PendingCache::new();
     // When each run the engine executes without us was first seen, by (MA, run number).
     let mut engine_runs_seen: HashMap<(String, u64), prost_types::Timestamp> = HashMap::new();
+    // The last list read, sent again when the engine is unhealthy or too slow to answer.
+    let mut engine_runs_last: Vec<v1::EngineRun> = Vec::new();
     loop {
         // Replay / stream everything not yet sent on this session, in seq order.
         loop {
@@ -521,11 +523,19 @@ async fn write_loop(
             () = ctx.outbox.notified() => {}
             _ = tick.tick() => {
                 let health = ctx.executor.health().await;
-                let engine_runs = engine_runs_now(
-                    ctx.executor.foreign_runs().await,
-                    &mut engine_runs_seen,
-                    syncfleet_proto::time::now(),
-                );
+                // The heartbeat must not wait on a frozen engine: its status is read only
+                // while it is healthy, and for at most ENGINE_RUNS_WAIT.
+                if health.healthy
+                    && let Ok(running) =
+                        tokio::time::timeout(ENGINE_RUNS_WAIT, ctx.executor.foreign_runs()).await
+                {
+                    engine_runs_last = engine_runs_now(
+                        running,
+                        &mut engine_runs_seen,
+                        syncfleet_proto::time::now(),
+                    );
+                }
+                let engine_runs = engine_runs_last.clone();
                 let hb = v1::Heartbeat {
                     engine_runs,
                     sent_at: Some(syncfleet_proto::time::now()),
@@ -543,6 +553,10 @@ async fn write_loop(
         }
     }
 }
+
+/// How long a heartbeat waits for the engine's MA statuses (runs it did not start) before it
+/// goes out with the list read last.
+const ENGINE_RUNS_WAIT: Duration = Duration::from_secs(5);
 
 /// The heartbeat's `engine_runs` from the MAs' runs in progress that this process did not
 /// start; `seen` keeps when each was first seen (entries of runs no longer running are dropped).

@@ -228,6 +228,11 @@ fn fan_out_by_selector_follows_every_run_and_fails_naming_the_failed_one() {
         stderr(&out)
     );
 
+    // A selector matching no agent is an error naming it.
+    let out = fleet.cli(&["run", "-l", "env=nowhere", "--step", "AD:Delta Import"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("env=nowhere"), "{}", stderr(&out));
+
     // The timeline shows the runs started above, per server, with their steps.
     let tl = fleet.cli_json(&["timeline", "--since", "10m", "-o", "json"]);
     let servers = tl["servers"].as_array().unwrap();
