@@ -185,4 +185,47 @@ fn agents_list_shows_an_outside_run_and_a_step_waits_for_it_visibly() {
             v[0]["engine_runs"].as_array()?.is_empty().then_some(())
         },
     );
+
+    // Two syncfleet runs synchronizing on one server: never at once; the later one waits for
+    // the synchronization gate and says so, and the timeline shows no two synchronizations
+    // at once.
+    let start = |step: &str| {
+        let out = fleet.cli(&["run", "sync-01", "--step", step]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        common::stdout(&out)
+    };
+    let ids = [start("HR:Delta Sync"), start("MIM Service:Delta Sync")];
+    let runs: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            fleet.wait_run_state(
+                id,
+                &["succeeded", "failed", "cancelled", "unknown"],
+                Duration::from_secs(60),
+            )
+        })
+        .collect();
+    for r in &runs {
+        assert_eq!(r["state"], "succeeded", "{r:#}");
+    }
+    let waited: Vec<&Value> = runs
+        .iter()
+        .map(|r| &r["steps"][0])
+        .filter(|s| s["waited_ms"].as_u64().unwrap() > 0)
+        .collect();
+    assert_eq!(waited.len(), 1, "{runs:#?}");
+    assert!(
+        waited[0]["wait_reason"]
+            .as_str()
+            .unwrap()
+            .contains("syncfleet run"),
+        "{:#}",
+        waited[0]
+    );
+    let tl = fleet.cli_json(&["timeline", "--since", "10m", "-o", "json"]);
+    let overlaps = tl["servers"][0]["overlaps"].as_array().unwrap();
+    assert!(
+        overlaps.iter().all(|o| o["synchronizations"] == false),
+        "{tl:#}"
+    );
 }

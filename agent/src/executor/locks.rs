@@ -244,6 +244,29 @@ impl Executor {
         }
     }
 
+    /// The gate without waiting, or `None` with the reason it is taken: the step then says
+    /// what it waits for before it queues for the gate (a wait behind another step of ours is
+    /// as visible as one behind a run started outside syncfleet).
+    pub(super) fn try_gate(&self, sync_class: bool) -> Result<Gate<'_>, &'static str> {
+        match (self.opts.run_mode, sync_class) {
+            (RunMode::Exclusive, _) => self.gate.try_write().map(Gate::Write).map_err(|_| {
+                "another step is running on this server (run_mode exclusive: one step at a time); waiting for it to end"
+            }),
+            (RunMode::Supported, true) => self.gate.try_write().map(Gate::Write).map_err(|_| {
+                "steps of other syncfleet runs are running on this server and a synchronization runs alone; waiting for them to end"
+            }),
+            (RunMode::Supported, false) => self.gate.try_read().map(Gate::Read).map_err(|_| {
+                "a synchronization of another syncfleet run is running on this server; waiting for it to end"
+            }),
+            (RunMode::Unsupported, true) => {
+                self.sync_only.try_lock().map(Gate::Sync).map_err(|_| {
+                    "a synchronization of another syncfleet run is running on this server; waiting for it to end"
+                })
+            }
+            (RunMode::Unsupported, false) => Ok(Gate::Open),
+        }
+    }
+
     pub(super) async fn stagger(&self) {
         let mut last = self.last_start.lock().await;
         if let Some(t) = *last {
