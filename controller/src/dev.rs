@@ -333,7 +333,7 @@ fn banner(
     }
     text.push_str(&cli_hint());
     text.push_str(
-        "try (in another terminal):\n  syncfleet agents list\n  syncfleet agents show sync-01\n  syncfleet run sync-01 --step \"AD:Delta Import\" --step \"AD:Delta Sync\" --follow\n  syncfleet runs list\n  syncfleet schedules list\n  syncfleet schedules show delta-every-3m\n  syncfleet run sync-02 --sequence delta-cycle --follow\n",
+        "try (in another terminal):\n  syncfleet agents list\n  syncfleet agents show sync-01\n  syncfleet run sync-01 --step \"AD:Delta Import\" --step \"AD:Delta Sync\" --follow\n  syncfleet runs list\n  syncfleet schedules list\n  syncfleet schedules show delta-every-3m\n  syncfleet run sync-02 --sequence delta-cycle --follow\n  syncfleet run -l env=prod --sequence delta-cycle --follow\n  syncfleet timeline --since 10m\n",
     );
     text.push_str("Ctrl-C stops the fleet");
     if temporary {

@@ -7,10 +7,12 @@
 //! step running then ([`Kind`]), or `.` while a step waited for something in its way (the
 //! reason reported by the agent). Under each server an `overlap` row marks the slices where
 //! steps of different runs ran at once (`^`) and where two synchronizations did (`!`, which the
-//! agent's sync gate should never allow). `-o json` gives the same facts: per server its runs
+//! agent's sync gate should never allow). On a terminal (unless `NO_COLOR` is set) these are
+//! coloured too. `-o json` gives the same facts: per server its runs
 //! with their steps (kind, times, wait) and the overlaps as intervals.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal as _;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::Args;
@@ -312,7 +314,9 @@ impl Session<'_> {
                         .and_then(|c| c.trim().parse::<u16>().ok())
                         .map_or(80, |c| c.saturating_sub(LABEL + 1).max(40))
                 }));
-                match render(&placed, now, width) {
+                let color = std::io::stdout().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+                match render(&placed, now, width, color) {
                     Some(text) => out(&text)?,
                     None => eprintln!(
                         "no steps ran since {}",
@@ -335,6 +339,7 @@ pub fn render(
     placed: &BTreeMap<String, Vec<(&Run, Vec<Bar>)>>,
     now: DateTime<Utc>,
     width: usize,
+    color: bool,
 ) -> Option<String> {
     let all: Vec<&Bar> = placed
         .values()
@@ -380,7 +385,10 @@ pub fn render(
             let mut tag = format!("  {} {name}", short_id(&run.id));
             tag.truncate(label - 1);
             let refs: Vec<&Bar> = b.iter().collect();
-            text.push_str(&format!("{tag:label$}{}\n", row(&refs, &axis)));
+            text.push_str(&format!(
+                "{tag:label$}{}\n",
+                paint(&row(&refs, &axis), color)
+            ));
             bars.extend(b.iter().cloned());
             for s in &run.steps {
                 if let Some(w) = wait_note(s) {
@@ -391,7 +399,7 @@ pub fn render(
         let found = overlaps(&bars);
         let o = overlap_row(&found, &axis);
         if !o.is_empty() {
-            text.push_str(&format!("{:label$}{o}\n", "  overlap"));
+            text.push_str(&format!("{:label$}{}\n", "  overlap", paint(&o, color)));
         }
     }
     text.push_str(
@@ -405,6 +413,29 @@ pub fn render(
         }
     }
     Some(text)
+}
+
+/// A row with its highlights as ANSI colours (for a terminal): synchronizations bold, waits
+/// dim, overlaps yellow, two synchronizations at once red. Unchanged when `color` is false.
+fn paint(row: &str, color: bool) -> String {
+    if !color {
+        return row.to_string();
+    }
+    let mut out = String::new();
+    for c in row.chars() {
+        let code = match c {
+            '#' => Some("1"),
+            '.' => Some("2"),
+            '^' => Some("33;1"),
+            '!' => Some("31;1;7"),
+            _ => None,
+        };
+        match code {
+            Some(code) => out.push_str(&format!("\x1b[{code}m{c}\x1b[0m")),
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 /// "step 2 AD: Delta Sync waited 12s: REASON" for a step that reported a wait.
@@ -603,7 +634,10 @@ mod tests {
         )]
         .into_iter()
         .collect();
-        let text = render(&placed, t(100), 40).unwrap();
+        let text = render(&placed, t(100), 40, false).unwrap();
+        let colored = render(&placed, t(100), 40, true).unwrap();
+        assert!(colored.contains("\x1b[1m#\x1b[0m"), "{colored:?}");
+        assert!(colored.contains("\x1b[33;1m^\x1b[0m"), "{colored:?}");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[1], "sync-01");
         assert_eq!(
