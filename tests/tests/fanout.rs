@@ -13,7 +13,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Fleet, stderr, workspace_root};
+use std::process::Command;
+
+use common::{Fleet, Proc, bin, free_port, stderr, wait_agents_connected, workspace_root};
 use serde_json::Value;
 
 const AGENTS: [&str; 5] = ["sync-01", "sync-02", "sync-03", "sync-04", "sync-05"];
@@ -277,4 +279,65 @@ fn fan_out_by_selector_follows_every_run_and_fails_naming_the_failed_one() {
         text.contains("legend: = import  # synchronization"),
         "{text}"
     );
+}
+
+/// The dev fleet labels its primaries `env=prod` and its last server `env=staging`, so the
+/// fan-out by selector works on it as on a real fleet.
+#[test]
+fn dev_fleet_of_five_runs_the_delta_cycle_on_its_production_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli_config = dir.path().join("cli.toml");
+    let mut cmd = Command::new(bin("syncfleet-controller"));
+    cmd.args(["dev", "--agents", "5", "--time-scale", "0.01"])
+        .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--cli-config")
+        .arg(&cli_config);
+    let _dev = Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));
+    let cli = |args: &[&str]| {
+        Command::new(bin("syncfleet"))
+            .args(args)
+            .env("SYNCFLEET_CONFIG", &cli_config)
+            .output()
+            .unwrap()
+    };
+    let agents = wait_agents_connected(cli, 5);
+    let env_of = |name: &str| -> String {
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .map(|a| a["labels"]["env"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(env_of("sync-01"), "prod");
+    assert_eq!(env_of("sync-05"), "staging");
+    let out = cli(&[
+        "run",
+        "-l",
+        "env=prod",
+        "--sequence",
+        "delta-cycle",
+        "--follow",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_of(&out);
+    let expected: BTreeSet<String> = AGENTS[..4].iter().map(|s| s.to_string()).collect();
+    assert_eq!(agents_of(&v["runs"]), expected, "{v:#}");
+    let out = cli(&["timeline", "--since", "10m", "-l", "env=prod", "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tl = json_of(&out);
+    for r in v["runs"].as_array().unwrap() {
+        let shown = tl["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["agent"] == r["agent"])
+            .flat_map(|s| s["runs"].as_array().unwrap().iter())
+            .any(|t| t["id"] == r["id"]);
+        assert!(shown, "run {} missing from the timeline: {tl:#}", r["id"]);
+    }
 }
