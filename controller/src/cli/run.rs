@@ -132,6 +132,11 @@ impl Session<'_> {
             let resp = self.start_runs(client, args.request(&key)).await?;
             return self.print_started(&key, &resp.runs, &resp.refused);
         }
+        eprintln!(
+            "following the runs until they end (Ctrl-C stops watching, not the runs){}",
+            args.max_parallel
+                .map_or(String::new(), |n| format!("; at most {n} at once"))
+        );
         let mut tracker = Tracker::new();
         // Opened before the first start, so no run can end unseen.
         let mut watch = Watch::open(self, client).await?;
