@@ -836,7 +836,7 @@ mod tests {
                     max_staged_deletes: Some(v1::Limit {
                         kind: Some(v1::limit::Kind::Percent(2.0)),
                     }),
-                    max_pending_deletes: None,
+                    ..Default::default()
                 }),
                 ..Default::default()
             }],

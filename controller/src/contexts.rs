@@ -16,6 +16,9 @@
 //!   `<config dir>/syncfleet/config.toml` (`~/.config/syncfleet/config.toml` on Linux), see
 //!   [`default_config_path`].
 //! - **Context choice**: `--context NAME` (or `$SYNCFLEET_CONTEXT`), else `current_context`.
+//! - **Without a config file**: `SYNCFLEET_ADDR`, `SYNCFLEET_CACERT`, `SYNCFLEET_CERT` and
+//!   `SYNCFLEET_KEY` together take the place of a context; flags (`--controller`, `--cacert`,
+//!   `--cert`, `--key`) beat them, and they beat the context ([`resolve_connection`]).
 //! - **Paths**: relative certificate paths are resolved against the folder of the config file
 //!   (so a dev fleet's folder can be moved as a whole); a leading `~/` means the home directory.
 //! - **Errors** name the file, the context, what is wrong and how to fix it, because the operator
@@ -34,6 +37,18 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_ENV: &str = "SYNCFLEET_CONFIG";
 /// Environment variable naming the context to use (overridden by `--context`).
 pub const CONTEXT_ENV: &str = "SYNCFLEET_CONTEXT";
+/// Controller URL(s) without a config file (comma-separated for several controllers).
+pub const ADDR_ENV: &str = "SYNCFLEET_ADDR";
+/// PEM file of the fleet CA without a config file.
+pub const CACERT_ENV: &str = "SYNCFLEET_CACERT";
+/// PEM file of the operator certificate without a config file.
+pub const CERT_ENV: &str = "SYNCFLEET_CERT";
+/// PEM file of the operator key without a config file.
+pub const KEY_ENV: &str = "SYNCFLEET_KEY";
+/// The four connection variables, in the order error messages list them.
+pub const CONNECTION_ENVS: [&str; 4] = [ADDR_ENV, CACERT_ENV, CERT_ENV, KEY_ENV];
+/// The name a connection from the environment or the flags goes by in messages.
+pub const ENV_CONTEXT: &str = "(environment)";
 
 /// How to reach one controller: its URL and the mTLS material of one operator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,7 +83,7 @@ pub enum ConfigError {
     NoConfigPath,
     /// The config file does not exist.
     #[error(
-        "config file {} not found; start a dev fleet with 'syncfleet-controller dev' (it writes this file) or pass --config PATH",
+        "config file {} not found; start a dev fleet with 'syncfleet-controller dev' (it writes this file), pass --config PATH, or set SYNCFLEET_ADDR, SYNCFLEET_CACERT, SYNCFLEET_CERT and SYNCFLEET_KEY",
         path.display()
     )]
     NotFound { path: PathBuf },
@@ -113,6 +128,28 @@ pub enum ConfigError {
         path: PathBuf,
         name: String,
         problem: String,
+    },
+    /// Some of the connection variables are set, not all (and the flags do not complete
+    /// them).
+    #[error(
+        "{} set but {} not; set all four ({}) to connect without a config file, or unset {} to use the context of the config file",
+        .set.join(", "),
+        .missing.join(", "),
+        CONNECTION_ENVS.join(", "),
+        if .set.len() == 1 { "it" } else { "them" }
+    )]
+    PartialEnv {
+        set: Vec<&'static str>,
+        missing: Vec<&'static str>,
+    },
+    /// `current-context` asked of a file that names none.
+    #[error(
+        "no current context in {} (contexts: {}); choose one with 'syncfleet config use-context NAME'",
+        path.display(), if .available.is_empty() { "none".to_string() } else { .available.join(", ") }
+    )]
+    NoCurrent {
+        path: PathBuf,
+        available: Vec<String>,
     },
     /// Writing the file (or creating its folder) failed.
     #[error("cannot write config file {}: {}", path.display(), io_message(source))]
@@ -312,16 +349,252 @@ impl ConfigFile {
 }
 
 /// Loads the config file (`path`, else [`default_config_path`]) and resolves a context (`name`,
-/// else `current_context`): what every CLI command does first.
+/// else `current_context`).
 pub fn load_context(
     path: Option<&Path>,
     name: Option<&str>,
 ) -> Result<ResolvedContext, ConfigError> {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => default_config_path().ok_or(ConfigError::NoConfigPath)?,
+    ConfigFile::load(&config_path(path)?)?.resolve(name)
+}
+
+/// The config file to use: `path` (`--config`, which clap fills from `$SYNCFLEET_CONFIG`), else
+/// [`default_config_path`].
+pub fn config_path(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    match path {
+        Some(p) => Ok(p.to_path_buf()),
+        None => default_config_path().ok_or(ConfigError::NoConfigPath),
+    }
+}
+
+/// Connection settings given outside the config file: by flags (`--controller`, `--cacert`,
+/// `--cert`, `--key`) or by the `SYNCFLEET_ADDR`/`_CACERT`/`_CERT`/`_KEY` variables.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Connection {
+    /// Controller URLs, the first that answers is used.
+    pub controllers: Vec<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl Connection {
+    /// The connection variables of this process (empty values count as unset).
+    pub fn from_env() -> Self {
+        Self::from_vars(|k| std::env::var_os(k))
+    }
+
+    /// [`Connection::from_env`] with `get` reading the variables, so it is testable without
+    /// touching the process environment.
+    pub fn from_vars(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Self {
+        let path = |k: &str| get(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        Self {
+            controllers: get(ADDR_ENV)
+                .map(|v| {
+                    v.to_string_lossy()
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            ca_cert: path(CACERT_ENV),
+            client_cert: path(CERT_ENV),
+            client_key: path(KEY_ENV),
+        }
+    }
+
+    /// Which of the four settings are given, in [`CONNECTION_ENVS`] order.
+    fn given(&self) -> [bool; 4] {
+        [
+            !self.controllers.is_empty(),
+            self.ca_cert.is_some(),
+            self.client_cert.is_some(),
+            self.client_key.is_some(),
+        ]
+    }
+
+    /// `self`, with every setting `over` gives replacing this one's.
+    fn overridden_by(&self, over: &Connection) -> Connection {
+        Connection {
+            controllers: if over.controllers.is_empty() {
+                self.controllers.clone()
+            } else {
+                over.controllers.clone()
+            },
+            ca_cert: over.ca_cert.clone().or_else(|| self.ca_cert.clone()),
+            client_cert: over
+                .client_cert
+                .clone()
+                .or_else(|| self.client_cert.clone()),
+            client_key: over.client_key.clone().or_else(|| self.client_key.clone()),
+        }
+    }
+}
+
+/// Resolves how to reach the controller, with the precedence flags > environment > context:
+///
+/// - When any of the four connection variables is set, all four must be (a flag may stand in
+///   for a missing one), else [`ConfigError::PartialEnv`] names what is missing. They are used
+///   without reading the config file.
+/// - When no variable is set and the flags give all four settings, the config file is not read
+///   either.
+/// - Otherwise the context (`context`, else `current_context`) of the config file (`config`)
+///   is used, each setting a flag gives replacing the context's.
+///
+/// Relative certificate paths from flags or variables are taken from the current folder.
+pub fn resolve_connection(
+    config: Option<&Path>,
+    context: Option<&str>,
+    flags: &Connection,
+    env: &Connection,
+) -> Result<ResolvedContext, ConfigError> {
+    let env_given = env.given();
+    let merged = env.overridden_by(flags);
+    let origin = PathBuf::from(format!(
+        "the {} variables and flags",
+        CONNECTION_ENVS.join("/")
+    ));
+    let invalid = |path: &Path, name: &str, problem: String| ConfigError::InvalidContext {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        problem,
     };
-    ConfigFile::load(&path)?.resolve(name)
+    let check_urls = |urls: &[String], path: &Path, name: &str| {
+        urls.iter()
+            .try_for_each(|u| validate_controller_url(u).map_err(|p| invalid(path, name, p)))
+    };
+    if env_given.contains(&true) || !merged.given().contains(&false) {
+        let merged_given = merged.given();
+        if merged_given.contains(&false) {
+            let pick = |want: bool, given: [bool; 4]| {
+                CONNECTION_ENVS
+                    .iter()
+                    .zip(given)
+                    .filter(|(_, g)| *g == want)
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+            };
+            return Err(ConfigError::PartialEnv {
+                set: pick(true, env_given),
+                missing: pick(false, merged_given),
+            });
+        }
+        check_urls(&merged.controllers, &origin, ENV_CONTEXT)?;
+        let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let abs = |p: Option<PathBuf>| absolutize(&base, &p.unwrap_or_default());
+        return Ok(ResolvedContext {
+            name: ENV_CONTEXT.to_string(),
+            config_path: origin,
+            context: Context {
+                controller: merged.controllers[0].clone(),
+                // One URL is a single controller, as a context file would say it.
+                controllers: if merged.controllers.len() > 1 {
+                    merged.controllers.clone()
+                } else {
+                    Vec::new()
+                },
+                ca_cert: abs(merged.ca_cert),
+                client_cert: abs(merged.client_cert),
+                client_key: abs(merged.client_key),
+                tls_server_name: None,
+            },
+        });
+    }
+    let mut rc = load_context(config, context)?;
+    if !flags.controllers.is_empty() {
+        let name = format!("{} (--controller)", rc.name);
+        check_urls(&flags.controllers, &rc.config_path, &name)?;
+        rc.context.controller = flags.controllers[0].clone();
+        rc.context.controllers = flags.controllers.clone();
+    }
+    let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    for (flag, field) in [
+        (&flags.ca_cert, &mut rc.context.ca_cert),
+        (&flags.client_cert, &mut rc.context.client_cert),
+        (&flags.client_key, &mut rc.context.client_key),
+    ] {
+        if let Some(p) = flag {
+            *field = absolutize(&base, p);
+        }
+    }
+    Ok(rc)
+}
+
+/// One context of the config file as `config get-contexts` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextSummary {
+    pub name: String,
+    /// It is the file's `current_context`.
+    pub current: bool,
+    /// Its settings, paths made absolute; `None` when the context is invalid.
+    pub context: Option<Context>,
+    /// Why the context cannot be used, when it cannot.
+    pub problem: Option<String>,
+}
+
+impl ConfigFile {
+    /// Every context, sorted by name, each resolved on its own so one broken context does not
+    /// hide the others.
+    pub fn summaries(&self) -> Vec<ContextSummary> {
+        self.context_names()
+            .into_iter()
+            .map(|name| {
+                let current = self.current_context.as_deref() == Some(name.as_str());
+                match self.resolve(Some(&name)) {
+                    Ok(rc) => ContextSummary {
+                        name,
+                        current,
+                        context: Some(rc.context),
+                        problem: None,
+                    },
+                    Err(e) => ContextSummary {
+                        name,
+                        current,
+                        context: None,
+                        problem: Some(e.to_string()),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// The file's `current_context`, or [`ConfigError::NoCurrent`] naming the contexts to
+    /// choose from.
+    pub fn current(&self) -> Result<&str, ConfigError> {
+        self.current_context
+            .as_deref()
+            .ok_or_else(|| ConfigError::NoCurrent {
+                path: self.path.clone(),
+                available: self.context_names(),
+            })
+    }
+}
+
+/// Makes `name` the `current_context` of the config file at `path`, which must hold a context
+/// of that name ([`ConfigError::UnknownContext`] lists the ones it has). Everything else in the
+/// file is kept; it is written like [`upsert_context`] writes.
+pub fn use_context(path: &Path, name: &str) -> Result<(), ConfigError> {
+    let file = ConfigFile::load(path)?;
+    let available = file.context_names();
+    if available.is_empty() {
+        return Err(ConfigError::NoContexts {
+            path: path.to_path_buf(),
+        });
+    }
+    if !available.iter().any(|n| n == name) {
+        return Err(ConfigError::UnknownContext {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            available,
+        });
+    }
+    let mut doc = read_doc(path)?;
+    doc.insert(
+        "current_context".to_string(),
+        toml::Value::String(name.to_string()),
+    );
+    write_doc(path, &doc)
 }
 
 /// Checks that `url` is an `https://HOST[:PORT]` URL; the error text says how to fix it.
@@ -381,26 +654,7 @@ pub fn upsert_context(
     ctx: &Context,
     make_current: bool,
 ) -> Result<(), ConfigError> {
-    let write_err = |source| ConfigError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut doc: toml::Table = match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: format!(
-                "{} (refusing to overwrite it; fix or remove the file)",
-                one_line(&e.to_string())
-            ),
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
-        Err(source) => {
-            return Err(ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
+    let mut doc = read_doc(path)?;
 
     let new_ctx = match toml::Value::try_from(ctx) {
         Ok(toml::Value::Table(t)) => t,
@@ -441,7 +695,36 @@ pub fn upsert_context(
             toml::Value::String(name.to_string()),
         );
     }
-    let text = toml::to_string(&doc).map_err(|e| ConfigError::Write {
+    write_doc(path, &doc)
+}
+
+/// The config file at `path` as a TOML table (empty when it does not exist); a file that is
+/// not valid TOML is refused rather than overwritten.
+fn read_doc(path: &Path) -> Result<toml::Table, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: format!(
+                "{} (refusing to overwrite it; fix or remove the file)",
+                one_line(&e.to_string())
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(toml::Table::new()),
+        Err(source) => Err(ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Writes `doc` to `path` through a temporary file in the same folder and a rename, private to
+/// its owner (0600 on unix).
+fn write_doc(path: &Path, doc: &toml::Table) -> Result<(), ConfigError> {
+    let write_err = |source| ConfigError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = toml::to_string(doc).map_err(|e| ConfigError::Write {
         path: path.to_path_buf(),
         source: std::io::Error::other(e),
     })?;
@@ -647,7 +930,8 @@ tls_server_name = "syncfleet-controller"
             err,
             format!(
                 "config file {} not found; start a dev fleet with 'syncfleet-controller dev' \
-                 (it writes this file) or pass --config PATH",
+                 (it writes this file), pass --config PATH, or set SYNCFLEET_ADDR, \
+                 SYNCFLEET_CACERT, SYNCFLEET_CERT and SYNCFLEET_KEY",
                 p.display()
             )
         );
@@ -733,6 +1017,121 @@ tls_server_name = "syncfleet-controller"
         let err = upsert_context(&p, "dev", &ctx("https://h:1"), true).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "this is = = not toml");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Connection {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        Connection::from_vars(|k| {
+            vars.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        })
+    }
+
+    #[test]
+    fn a_partial_environment_names_what_is_missing() {
+        let e = env(&[(ADDR_ENV, "https://h:7443"), (CERT_ENV, "/c.pem")]);
+        let err = resolve_connection(
+            Some(Path::new("/none.toml")),
+            None,
+            &Connection::default(),
+            &e,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "SYNCFLEET_ADDR, SYNCFLEET_CERT set but SYNCFLEET_CACERT, SYNCFLEET_KEY not; set all four (SYNCFLEET_ADDR, SYNCFLEET_CACERT, SYNCFLEET_CERT, SYNCFLEET_KEY) to connect without a config file, or unset them to use the context of the config file"
+        );
+        // A flag completes the set.
+        let flags = Connection {
+            ca_cert: Some("/ca.pem".into()),
+            client_key: Some("/k.pem".into()),
+            ..Default::default()
+        };
+        let rc = resolve_connection(Some(Path::new("/none.toml")), None, &flags, &e).unwrap();
+        assert_eq!(rc.name, ENV_CONTEXT);
+        assert_eq!(rc.context.controller, "https://h:7443");
+        assert_eq!(rc.context.ca_cert, PathBuf::from("/ca.pem"));
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, TWO).unwrap();
+        let none = Connection::default();
+        // No variables: the context, with single settings replaced by flags.
+        let flags = Connection {
+            client_cert: Some("/flag.pem".into()),
+            ..Default::default()
+        };
+        let rc = resolve_connection(Some(&p), None, &flags, &none).unwrap();
+        assert_eq!(rc.name, "dev");
+        assert_eq!(rc.context.client_cert, PathBuf::from("/flag.pem"));
+        assert_eq!(rc.context.ca_cert, PathBuf::from("/abs/ca.pem"));
+        // All four variables: the config file is not read (it may not exist).
+        let e = env(&[
+            (ADDR_ENV, "https://a:1, https://b:2"),
+            (CACERT_ENV, "/e/ca.pem"),
+            (CERT_ENV, "/e/op.pem"),
+            (KEY_ENV, "/e/op.key"),
+        ]);
+        let rc = resolve_connection(Some(&dir.path().join("none.toml")), None, &flags, &e).unwrap();
+        assert_eq!(rc.context.urls(), ["https://a:1", "https://b:2"]);
+        assert_eq!(rc.context.ca_cert, PathBuf::from("/e/ca.pem"));
+        assert_eq!(rc.context.client_cert, PathBuf::from("/flag.pem"));
+        // A bad URL in the variable is named.
+        let bad = env(&[
+            (ADDR_ENV, "http://a:1"),
+            (CACERT_ENV, "/e/ca.pem"),
+            (CERT_ENV, "/e/op.pem"),
+            (KEY_ENV, "/e/op.key"),
+        ]);
+        let err = resolve_connection(Some(&p), None, &none, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("http://a:1") && err.contains("SYNCFLEET_ADDR"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn use_context_switches_and_names_the_contexts_that_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, format!("{TWO}\n[plugins]\nfoo = 1\n")).unwrap();
+        use_context(&p, "prod").unwrap();
+        let f = ConfigFile::load(&p).unwrap();
+        assert_eq!(f.current().unwrap(), "prod");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("foo = 1"), "{text}");
+        let err = use_context(&p, "staging").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "no context \"staging\" in {} (contexts: dev, prod); pass --context dev or add [contexts.staging]",
+                p.display()
+            )
+        );
+        let summaries = f.summaries();
+        assert_eq!(summaries.len(), 2);
+        assert!(summaries[1].current && !summaries[0].current);
+        let broken = file(&TWO.replace("ca_cert = \"/abs/ca.pem\"", ""));
+        let s = broken.summaries();
+        assert!(s[0].context.is_none() && s[0].problem.is_some());
+        assert!(s[1].context.is_some());
+        let none = file(&TWO.replace("current_context = \"dev\"", ""));
+        assert!(
+            none.current()
+                .unwrap_err()
+                .to_string()
+                .contains("use-context NAME")
+        );
     }
 
     #[test]

@@ -301,6 +301,21 @@ pub async fn serve_with(
         cfg.fleet.clone(),
         cfg.agent_cert_lifetime,
     ));
+    // `init` and `dev` write the admin credential without the store: record it now, so that
+    // `operators list` shows it and it can be revoked like any other.
+    match security
+        .import_operator_files(&cfg.pki_dir().join("operators"))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            count = n,
+            "recorded operator certificates of the PKI folder"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record the operator certificates of the PKI folder")
+        }
+    }
     let reflection_guard = reflection_guard(Arc::clone(&security), cfg.fleet.clone());
     let reflection_v1 = tonic::service::interceptor::InterceptedService::new(
         reflection_v1,

@@ -227,6 +227,10 @@ fn variables_of_the_cli_and_the_agent_are_not_refused() {
         &[
             ("SYNCFLEET_CONFIG", "/home/op/.config/syncfleet/config.toml"),
             ("SYNCFLEET_CONTEXT", "prod"),
+            ("SYNCFLEET_ADDR", "https://ctl.example.com:7443"),
+            ("SYNCFLEET_CACERT", "/home/op/ca.pem"),
+            ("SYNCFLEET_CERT", "/home/op/op.pem"),
+            ("SYNCFLEET_KEY", "/home/op/op.key"),
             ("SYNCFLEET_LOG", "debug"),
             ("SYNCFLEET_LOG_FORMAT", "json"),
             ("SYNCFLEET_AGENT_NAME", "sync-01"),

@@ -97,12 +97,17 @@ pub const AGENT_ENV_PREFIX: &str = "SYNCFLEET_AGENT_";
 pub const ENV_NESTING: &str = "__";
 
 /// `SYNCFLEET_*` variables that are not daemon settings, read by the `syncfleet` CLI
-/// (`SYNCFLEET_CONFIG`, `SYNCFLEET_CONTEXT`), by the daemons' own flags (log filter and format,
-/// config file locations) and by `syncfleet-agent enroll` (the token). Never refused, never read
-/// as settings.
+/// (`SYNCFLEET_CONFIG`, `SYNCFLEET_CONTEXT`, and `SYNCFLEET_ADDR`, `SYNCFLEET_CACERT`,
+/// `SYNCFLEET_CERT`, `SYNCFLEET_KEY` to connect without a config file), by the daemons' own
+/// flags (log filter and format, config file locations) and by `syncfleet-agent enroll` (the
+/// token). Never refused, never read as settings.
 pub const NON_SETTING_VARIABLES: &[&str] = &[
     "SYNCFLEET_CONFIG",
     "SYNCFLEET_CONTEXT",
+    "SYNCFLEET_ADDR",
+    "SYNCFLEET_CACERT",
+    "SYNCFLEET_CERT",
+    "SYNCFLEET_KEY",
     "SYNCFLEET_LOG",
     "SYNCFLEET_LOG_FORMAT",
     "SYNCFLEET_CONTROLLER_CONFIG",

@@ -10,6 +10,8 @@
 //! - [`names`]: the name rule of agents, fleets, sequences and schedules.
 //! - [`status`]: the request id on gRPC responses.
 //! - [`digest`]: SHA-256 as hex (CA pins, token hashes).
+//! - [`step_errors`]: the bounds on object errors and connection incidents sent and stored
+//!   with a step.
 //!
 //! Shared by the two daemons:
 //! - [`config_layers`]: configuration read from a TOML file, `SYNCFLEET_*` variables and flags;
@@ -27,6 +29,7 @@ pub mod process;
 pub mod schedule_model;
 pub mod shutdown;
 pub mod status;
+pub mod step_errors;
 pub mod sync;
 pub mod telemetry;
 pub mod time;

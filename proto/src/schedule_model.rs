@@ -162,16 +162,91 @@ impl Limit {
     }
 }
 
-/// Guard rails of a step.
+/// Guard rails of a step: limits on the MA's pending counters, checked by the agent just before
+/// the step runs (a step holds when a counter is above its limit). Each is a count or a
+/// percentage of the MA's connectors (`NumTotalConnectors`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Guard {
-    /// Maximum pending export deletes an export may send.
+    /// Maximum pending export deletes (`NumExportDelete`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pending_deletes: Option<Limit>,
-    /// Maximum staged deletes a synchronization may apply.
+    /// Maximum staged deletes (`NumImportDelete`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_staged_deletes: Option<Limit>,
+    /// Maximum staged adds (`NumImportAdd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staged_adds: Option<Limit>,
+    /// Maximum staged updates (`NumImportUpdate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staged_updates: Option<Limit>,
+    /// Maximum staged renames. The engine has no pending-rename counter, so this limits the
+    /// renames that earlier steps of the same run staged on the MA (their `stage-rename`
+    /// counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staged_renames: Option<Limit>,
+    /// Maximum pending export adds (`NumExportAdd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_adds: Option<Limit>,
+    /// Maximum pending export updates (`NumExportUpdate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_updates: Option<Limit>,
+}
+
+impl Guard {
+    /// The field names, in the order fleet files and tables show them.
+    pub const FIELDS: [&'static str; 7] = [
+        "max_pending_deletes",
+        "max_staged_deletes",
+        "max_staged_adds",
+        "max_staged_updates",
+        "max_staged_renames",
+        "max_pending_adds",
+        "max_pending_updates",
+    ];
+
+    /// Every limit with its field name, in [`Guard::FIELDS`] order.
+    pub fn limits(&self) -> [(&'static str, Option<Limit>); 7] {
+        let [a, b, c, d, e, f, g] = Self::FIELDS;
+        [
+            (a, self.max_pending_deletes),
+            (b, self.max_staged_deletes),
+            (c, self.max_staged_adds),
+            (d, self.max_staged_updates),
+            (e, self.max_staged_renames),
+            (f, self.max_pending_adds),
+            (g, self.max_pending_updates),
+        ]
+    }
+
+    /// The agent's form.
+    pub fn to_proto(self) -> v1::Guard {
+        v1::Guard {
+            max_pending_deletes: self.max_pending_deletes.map(Limit::to_proto),
+            max_staged_deletes: self.max_staged_deletes.map(Limit::to_proto),
+            max_staged_adds: self.max_staged_adds.map(Limit::to_proto),
+            max_staged_updates: self.max_staged_updates.map(Limit::to_proto),
+            max_staged_renames: self.max_staged_renames.map(Limit::to_proto),
+            max_pending_adds: self.max_pending_adds.map(Limit::to_proto),
+            max_pending_updates: self.max_pending_updates.map(Limit::to_proto),
+        }
+    }
+}
+
+impl v1::Guard {
+    /// Every limit with its field name, in [`Guard::FIELDS`] order (unset ones `None`).
+    pub fn limits(&self) -> [(&'static str, Option<&v1::Limit>); 7] {
+        let [a, b, c, d, e, f, g] = Guard::FIELDS;
+        [
+            (a, self.max_pending_deletes.as_ref()),
+            (b, self.max_staged_deletes.as_ref()),
+            (c, self.max_staged_adds.as_ref()),
+            (d, self.max_staged_updates.as_ref()),
+            (e, self.max_staged_renames.as_ref()),
+            (f, self.max_pending_adds.as_ref()),
+            (g, self.max_pending_updates.as_ref()),
+        ]
+    }
 }
 
 /// One step of a sequence.
@@ -367,10 +442,7 @@ impl SequenceDoc {
                             Some(Condition::PendingExports) => v1::Condition::PendingExports,
                             Some(Condition::Exported) => v1::Condition::Exported,
                         } as i32,
-                        guard: s.guard.map(|g| v1::Guard {
-                            max_pending_deletes: g.max_pending_deletes.map(Limit::to_proto),
-                            max_staged_deletes: g.max_staged_deletes.map(Limit::to_proto),
-                        }),
+                        guard: s.guard.map(Guard::to_proto),
                     })
                     .collect(),
             })
@@ -433,6 +505,53 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&g).unwrap(),
             r#"{"max_pending_deletes":"2%","max_staged_deletes":10}"#
+        );
+    }
+
+    #[test]
+    fn guards_on_adds_updates_and_renames_parse_and_reach_the_plan() {
+        let g: Guard = serde_json::from_str(
+            r#"{"max_staged_adds": 100, "max_staged_updates": "5%", "max_staged_renames": 0,
+                "max_pending_adds": "0.5%", "max_pending_updates": 2000}"#,
+        )
+        .unwrap();
+        assert_eq!(g.max_staged_adds, Some(Limit::Count(100)));
+        assert_eq!(g.max_staged_updates, Some(Limit::Percent(5.0)));
+        assert_eq!(g.max_staged_renames, Some(Limit::Count(0)));
+        assert_eq!(g.max_pending_adds, Some(Limit::Percent(0.5)));
+        assert_eq!(g.max_pending_updates, Some(Limit::Count(2000)));
+        assert_eq!(g.max_pending_deletes, None);
+        // Written back in the same form, unset limits left out.
+        assert_eq!(
+            serde_json::to_string(&g).unwrap(),
+            r#"{"max_staged_adds":100,"max_staged_updates":"5%","max_staged_renames":0,"max_pending_adds":"0.5%","max_pending_updates":2000}"#
+        );
+        let p = g.to_proto();
+        let names: Vec<&str> = p
+            .limits()
+            .iter()
+            .filter(|(_, l)| l.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "max_staged_adds",
+                "max_staged_updates",
+                "max_staged_renames",
+                "max_pending_adds",
+                "max_pending_updates"
+            ]
+        );
+        assert_eq!(
+            p.max_staged_updates.unwrap().kind,
+            Some(v1::limit::Kind::Percent(5.0))
+        );
+        // A misspelt limit is refused, not ignored.
+        let e = serde_json::from_str::<Guard>(r#"{"max_staged_add": 1}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown field `max_staged_add`"),
+            "{e}"
         );
     }
 

@@ -1,5 +1,10 @@
-//! Guard rails: a step whose MA has more pending export deletes or staged deletes than its
-//! guard allows (a count, or a percentage of the MA's connectors) is held until approved.
+//! Guard rails: a step whose MA has more staged or pending changes than its guard allows (a
+//! count, or a percentage of the MA's connectors) is held until approved.
+//!
+//! Each limit reads one of the engine's pending counters (`NumImportAdd/Update/Delete`,
+//! `NumExportAdd/Update/Delete`, read under the engine locks just before the step runs). The
+//! engine has no pending-rename counter, so `max_staged_renames` limits the renames the earlier
+//! steps of the same run staged on the MA (their run-history `stage-rename` counters).
 
 use syncfleet_proto::v1;
 
@@ -16,37 +21,67 @@ fn limit_objects(limit: &v1::Limit, connectors: u64) -> Option<(u64, String)> {
     }
 }
 
-/// Why a guard rail holds the step, if it does: more pending export deletes than its
-/// `max_pending_deletes`, or more staged deletes than its `max_staged_deletes` (each a count or
-/// a percentage of the MA's connectors).
-fn guard_trips(guard: &v1::Guard, pending: &v1::PendingCounters) -> Option<String> {
-    if let Some(l) = &guard.max_pending_deletes
-        && let Some((max, text)) = limit_objects(l, pending.total_connectors)
-        && pending.export_delete > max
-    {
-        return Some(format!(
-            "{} pending export deletes exceed max_pending_deletes {text}",
-            pending.export_delete
-        ));
-    }
-    if let Some(l) = &guard.max_staged_deletes
-        && let Some((max, text)) = limit_objects(l, pending.total_connectors)
-        && pending.import_delete > max
-    {
-        return Some(format!(
-            "{} staged deletes exceed max_staged_deletes {text}",
-            pending.import_delete
-        ));
-    }
-    None
+/// What a guard field limits: how the held reason names it, the engine counter it reads, and
+/// its value now.
+fn measured(
+    field: &str,
+    pending: &v1::PendingCounters,
+    staged_renames: u64,
+) -> Option<(&'static str, &'static str, u64)> {
+    Some(match field {
+        "max_pending_deletes" => (
+            "pending export deletes",
+            "NumExportDelete",
+            pending.export_delete,
+        ),
+        "max_staged_deletes" => ("staged deletes", "NumImportDelete", pending.import_delete),
+        "max_staged_adds" => ("staged adds", "NumImportAdd", pending.import_add),
+        "max_staged_updates" => ("staged updates", "NumImportUpdate", pending.import_update),
+        "max_staged_renames" => (
+            "staged renames",
+            "stage-rename of the earlier steps of this run",
+            staged_renames,
+        ),
+        "max_pending_adds" => ("pending export adds", "NumExportAdd", pending.export_add),
+        "max_pending_updates" => (
+            "pending export updates",
+            "NumExportUpdate",
+            pending.export_update,
+        ),
+        _ => return None,
+    })
+}
+
+/// Why a guard rail holds the step, if it does: every limit whose counter is above it, as
+/// `812 pending export deletes on AD (NumExportDelete) exceed max_pending_deletes 500`, joined
+/// with `; `.
+fn guard_trips(
+    guard: &v1::Guard,
+    ma: &str,
+    pending: &v1::PendingCounters,
+    staged_renames: u64,
+) -> Option<String> {
+    let reasons: Vec<String> = guard
+        .limits()
+        .into_iter()
+        .filter_map(|(field, limit)| {
+            let (max, text) = limit_objects(limit?, pending.total_connectors)?;
+            let (what, counter, value) = measured(field, pending, staged_renames)?;
+            (value > max)
+                .then(|| format!("{value} {what} on {ma} ({counter}) exceed {field} {text}"))
+        })
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
 /// Why the step's guard rail holds it, or `None` when it may run: it has no guard, it was
-/// approved, or its MA's pending counters are within the limits. Guard rails fail closed: when
-/// the counters could not be read (`pending` is `None`) nothing proves the step is safe.
+/// approved, or its MA's counters are within the limits. `staged_renames` are the renames the
+/// run's earlier steps staged on the MA. Guard rails fail closed: when the pending counters
+/// could not be read (`pending` is `None`) nothing proves the step is safe.
 pub(super) fn hold_reason(
     ps: &PlannedStep,
     pending: Option<&v1::PendingCounters>,
+    staged_renames: u64,
 ) -> Option<String> {
     let guard = ps.guard.as_ref()?;
     if ps.approved {
@@ -57,7 +92,7 @@ pub(super) fn hold_reason(
             "the pending counters of {} could not be read, so its guard rail cannot be checked",
             ps.spec.ma
         )),
-        Some(p) => guard_trips(guard, p),
+        Some(p) => guard_trips(guard, &ps.spec.ma, p, staged_renames),
     }
 }
 

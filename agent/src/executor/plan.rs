@@ -61,11 +61,14 @@ pub(super) fn plan_of(run: &v1::StartRun) -> Vec<Vec<PlannedStep>> {
     }
 }
 
-/// What earlier steps of a run did, per MA (for `only_if` conditions).
+/// What earlier steps of a run did, per MA (for `only_if` conditions and the staged-renames
+/// guard rail).
 #[derive(Default)]
 pub(super) struct RunMemory {
     staged: HashMap<String, bool>,
     exported: HashMap<String, bool>,
+    /// Sum of the `stage-rename` counters of the steps that finished on the MA.
+    renames: HashMap<String, u64>,
 }
 
 fn counter_sum(c: &v1::StepCounters, names: &[&str]) -> u64 {
@@ -99,6 +102,17 @@ impl RunMemory {
         if counter_sum(counters, EXPORTED) > 0 {
             self.exported.insert(ma.to_string(), true);
         }
+        let renames = counter_sum(counters, &["stage-rename"]);
+        if renames > 0 {
+            let n = self.renames.entry(ma.to_string()).or_default();
+            *n = n.saturating_add(renames);
+        }
+    }
+
+    /// Renames staged on `ma` by the steps of this run that finished so far (the engine has no
+    /// pending-rename counter; this is what the staged-renames guard rail limits).
+    pub(super) fn staged_renames(&self, ma: &str) -> u64 {
+        self.renames.get(ma).copied().unwrap_or(0)
     }
 }
 

@@ -118,8 +118,11 @@ impl Executor {
                 tokio::time::sleep(self.opts.busy_poll).await;
             }
         }
-        let (counters, connection_result, error_count, detail, settled) =
-            self.details(&step.ma, Some(n)).await;
+        let super::step::Details {
+            summary,
+            detail,
+            settled,
+        } = self.details(&step.ma, Some(n)).await;
         let result = settled
             .filter(|r| vocab::classify(r) != ResultClass::Transitional && r != "in-progress");
         let Some(result) = result else {
@@ -134,20 +137,20 @@ impl Executor {
             note.push_str("; ");
             note.push_str(&detail);
         }
-        self.emit(
-            run_id,
-            Kind::StepFinished(v1::StepFinished {
-                index: step.index,
-                result: result.clone(),
-                started_at: None,
-                finished_at: Some(syncfleet_proto::time::now()),
-                counters: Some(counters),
-                run_number: n,
-                connection_result,
-                error_count,
-                detail: note,
-            }),
-        );
+        let mut finished = v1::StepFinished {
+            index: step.index,
+            result: result.clone(),
+            started_at: None,
+            finished_at: Some(syncfleet_proto::time::now()),
+            counters: Some(summary.counters),
+            run_number: n,
+            connection_result: summary.connection.unwrap_or_default(),
+            error_count: summary.error_count,
+            detail: note,
+            ..Default::default()
+        };
+        summary.errors.send_in(&mut finished);
+        self.emit(run_id, Kind::StepFinished(finished));
         Some(result)
     }
 

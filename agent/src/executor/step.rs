@@ -9,7 +9,7 @@ use syncfleet_proto::v1::{self, agent_event::Kind};
 use syncfleet_proto::vocab::{self, ResultClass};
 use tokio_util::sync::CancellationToken;
 
-use super::counters::{pending_to_proto, summarize};
+use super::counters::{Summary, pending_to_proto, summarize};
 use super::guard;
 use super::locks::OursOn;
 use super::plan::{self, PlannedStep, RunMemory};
@@ -32,6 +32,16 @@ pub(super) enum Attempt {
     /// Cancelled, and the engine did not end the step within `stop_timeout` of `Stop`: the
     /// step is given up (the engine is marked unhealthy) instead of keeping the run open.
     Abandoned,
+}
+
+/// What the engine's run history says about one execution (see [`Executor::details`]).
+#[derive(Debug, Default)]
+pub(super) struct Details {
+    pub(super) summary: Summary,
+    /// Why the history could not be used; empty when it could.
+    pub(super) detail: String,
+    /// The run's result as the history has it (settles a `completing-*` result).
+    pub(super) settled: Option<String>,
 }
 
 pub(super) enum StepOutcome {
@@ -230,8 +240,12 @@ impl Executor {
                 })
                 .await;
             }
-            let (counters, connection_result, error_count, detail, settled) =
-                self.details(&step.ma, outcome.run_number).await;
+            let Details {
+                summary,
+                detail,
+                settled,
+            } = self.details(&step.ma, outcome.run_number).await;
+            let counters = summary.counters;
             if vocab::classify(&result) == ResultClass::Transitional
                 && let Some(r) = settled
             {
@@ -274,20 +288,20 @@ impl Executor {
                 }
                 d
             };
-            self.emit(
-                run_id,
-                Kind::StepFinished(v1::StepFinished {
-                    index,
-                    result: result.clone(),
-                    started_at: Some(started_at),
-                    finished_at: Some(syncfleet_proto::time::now()),
-                    counters: Some(counters.clone()),
-                    run_number: outcome.run_number.unwrap_or(0),
-                    connection_result,
-                    error_count,
-                    detail,
-                }),
-            );
+            let mut finished = v1::StepFinished {
+                index,
+                result: result.clone(),
+                started_at: Some(started_at),
+                finished_at: Some(syncfleet_proto::time::now()),
+                counters: Some(counters.clone()),
+                run_number: outcome.run_number.unwrap_or(0),
+                connection_result: summary.connection.unwrap_or_default(),
+                error_count: summary.error_count,
+                detail,
+                ..Default::default()
+            };
+            summary.errors.send_in(&mut finished);
+            self.emit(run_id, Kind::StepFinished(finished));
             drop((gate, ma_guard));
             return StepOutcome::Finished(result, Some(counters));
         }
@@ -394,7 +408,8 @@ impl Executor {
             );
             return Err(StepOutcome::Skipped);
         }
-        if let Some(reason) = guard::hold_reason(ps, pending) {
+        let staged_renames = lock(memory).staged_renames(&ps.spec.ma);
+        if let Some(reason) = guard::hold_reason(ps, pending, staged_renames) {
             tracing::warn!(event_id = EventId::RunHeld.code(), run_id, ma = %ps.spec.ma, %reason, "guard rail holds the run");
             self.emit(
                 run_id,
@@ -457,43 +472,28 @@ impl Executor {
         }));
     }
 
-    /// Counters of a finished execution from its run history.
-    pub(super) async fn details(
-        &self,
-        ma: &str,
-        run_number: Option<u64>,
-    ) -> (v1::StepCounters, String, u64, String, Option<String>) {
+    /// What the engine's run history says about run `run_number` of `ma`: its counters, errors
+    /// and settled result; `detail` says why when the history is unavailable or unreadable.
+    pub(super) async fn details(&self, ma: &str, run_number: Option<u64>) -> Details {
         let Some(n) = run_number else {
-            return (
-                v1::StepCounters::default(),
-                String::new(),
-                0,
-                String::new(),
-                None,
-            );
+            return Details::default();
         };
         match self.engine.run_details(ma, n).await {
             Ok(xml) => match runhistory::parse_one(&xml) {
-                Ok(d) => {
-                    let (c, conn, errs) = summarize(&d);
-                    let settled = d.result().map(str::to_string);
-                    (c, conn.unwrap_or_default(), errs, String::new(), settled)
-                }
-                Err(e) => (
-                    v1::StepCounters::default(),
-                    String::new(),
-                    0,
-                    format!("run history of run {n} unreadable: {e}"),
-                    None,
-                ),
+                Ok(d) => Details {
+                    settled: d.result().map(str::to_string),
+                    summary: summarize(&d),
+                    detail: String::new(),
+                },
+                Err(e) => Details {
+                    detail: format!("run history of run {n} unreadable: {e}"),
+                    ..Details::default()
+                },
             },
-            Err(e) => (
-                v1::StepCounters::default(),
-                String::new(),
-                0,
-                format!("run history of run {n} unavailable: {e}"),
-                None,
-            ),
+            Err(e) => Details {
+                detail: format!("run history of run {n} unavailable: {e}"),
+                ..Details::default()
+            },
         }
     }
 
@@ -518,6 +518,7 @@ impl Executor {
                 connection_result: String::new(),
                 error_count: 0,
                 detail,
+                ..Default::default()
             }),
         );
         StepOutcome::Finished(result, None)
@@ -541,7 +542,7 @@ impl Executor {
                 .details_xml
                 .as_deref()
                 .and_then(|x| runhistory::parse_one(x).ok())
-                .map(|d| summarize(&d).0);
+                .map(|d| summarize(&d).counters);
             self.emit(
                 run_id,
                 Kind::StepProgress(v1::StepProgress {

@@ -795,7 +795,17 @@ impl FleetService for FleetSvc {
             .authorize(&request, "CreateOperator", &target)
             .await?;
         let req = request.into_inner();
-        let result = self.security.create_operator(&req).map_err(Status::from);
+        // A certificate is handed out only once it is recorded, so `ListOperators` shows every
+        // certificate that can be in use.
+        let result = match self.security.create_operator(&req) {
+            Ok(resp) => self
+                .security
+                .record_operator(&resp.cert_pem, &ctx.who())
+                .await
+                .map(|()| resp),
+            Err(e) => Err(e),
+        }
+        .map_err(Status::from);
         let detail = format!(
             "role {}",
             v1::Role::try_from(req.role)
@@ -810,6 +820,68 @@ impl FleetService for FleetSvc {
         result
             .map(|r| with_request_id(Response::new(r), &ctx.request_id))
             .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
+
+    async fn list_operators(
+        &self,
+        request: Request<v1::ListOperatorsRequest>,
+    ) -> Result<Response<v1::ListOperatorsResponse>, Status> {
+        let ctx = self
+            .security
+            .authorize(&request, "ListOperators", "")
+            .await?;
+        let certificates = self
+            .security
+            .list_operators()
+            .await
+            .map_err(|e| status_with_request_id(Status::from(e), &ctx.request_id))?;
+        Ok(with_request_id(
+            Response::new(v1::ListOperatorsResponse { certificates }),
+            &ctx.request_id,
+        ))
+    }
+
+    async fn revoke_operator(
+        &self,
+        request: Request<v1::RevokeOperatorRequest>,
+    ) -> Result<Response<v1::RevokeOperatorResponse>, Status> {
+        let target = format!("operator/{}", clip(&request.get_ref().name));
+        let ctx = self
+            .security
+            .authorize(&request, "RevokeOperator", &target)
+            .await?;
+        let req = request.into_inner();
+        let checked = check_ident("operator", &req.name)
+            .and(check_text("note", &req.note))
+            .map_err(bad_input);
+        let result = match checked {
+            Ok(()) => self
+                .security
+                .revoke_operator(&ctx.who, &req.name, &req.note)
+                .await
+                .map(|certificates| v1::RevokeOperatorResponse { certificates })
+                .map_err(Status::from),
+            Err(e) => Err(e),
+        };
+        self.security
+            .record(&ctx, "RevokeOperator", &target, &req.note, &result)
+            .await;
+        result
+            .map(|r| with_request_id(Response::new(r), &ctx.request_id))
+            .map_err(|e| status_with_request_id(e, &ctx.request_id))
+    }
+
+    async fn get_version(
+        &self,
+        request: Request<v1::GetVersionRequest>,
+    ) -> Result<Response<v1::GetVersionResponse>, Status> {
+        let ctx = self.security.authorize(&request, "GetVersion", "").await?;
+        Ok(with_request_id(
+            Response::new(v1::GetVersionResponse {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+            &ctx.request_id,
+        ))
     }
 
     async fn list_audit(

@@ -123,7 +123,8 @@ impl From<crate::auth::AuthError> for Status {
             E::NoClientCertificate
             | E::EmptyCertificateChain
             | E::NoFleetIdentity { .. }
-            | E::Revoked { .. } => Status::unauthenticated(message),
+            | E::Revoked { .. }
+            | E::OperatorRevoked { .. } => Status::unauthenticated(message),
             E::RoleTooLow { .. }
             | E::AgentNotOperator { .. }
             | E::MalformedToken
@@ -136,7 +137,8 @@ impl From<crate::auth::AuthError> for Status {
             | E::BadLabel { .. }
             | E::TooManyLabels
             | E::Limit(_) => Status::invalid_argument(message),
-            E::NoSuchAgent(_) => Status::not_found(message),
+            E::NoSuchAgent(_) | E::NoSuchOperator { .. } => Status::not_found(message),
+            E::LastAdmin { .. } => Status::failed_precondition(message),
             E::NotInPermissionTable { .. } | E::EncodeToken(_) => Status::internal(message),
         }
     }

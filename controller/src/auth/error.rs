@@ -39,6 +39,30 @@ pub enum AuthError {
         by: String,
         note: String,
     },
+    /// The operator's certificate was issued before the operator was revoked
+    /// (`UNAUTHENTICATED`).
+    #[error(
+        "operator {name} was revoked at {at} by {by}{}; its certificates are refused: ask an admin for a new credential ('syncfleet operators create {name} --role ...')",
+        parenthesized(.note)
+    )]
+    OperatorRevoked {
+        name: String,
+        at: String,
+        by: String,
+        note: String,
+    },
+    /// No certificate was ever recorded for this operator name (`NOT_FOUND`).
+    #[error(
+        "no operator named {name:?} has a recorded certificate (operators: {}); see 'syncfleet operators list'",
+        if .known.is_empty() { "none".to_string() } else { .known.join(", ") }
+    )]
+    NoSuchOperator { name: String, known: Vec<String> },
+    /// Revoking the caller's own credential while no other operator holds a valid admin
+    /// certificate (`FAILED_PRECONDITION`).
+    #[error(
+        "refusing to revoke operator {name}: it is your own credential and no other operator holds a valid admin certificate, so nobody could administer the fleet afterwards; issue another admin first ('syncfleet operators create NAME --role admin')"
+    )]
+    LastAdmin { name: String },
     /// The permission table has no operator entry for this RPC: a controller bug (`INTERNAL`).
     #[error("{rpc} has no entry in the permission table")]
     NotInPermissionTable { rpc: String },

@@ -2,13 +2,14 @@
 //!
 //! - **Authentication** ([`identity`]): the caller's client certificate, verified by TLS against
 //!   the fleet CA; its identity (`spiffe://<fleet>/<agent|operator>/<name>`, plus a role URN for
-//!   operators) is read by [`identify`]. A certificate issued before its agent was revoked is
-//!   refused ([`Security::ensure_not_revoked`], [`revocation`]).
+//!   operators) is read by [`identify`]. A certificate issued before its agent or operator was
+//!   revoked is refused ([`Security::ensure_not_revoked`], [`revocation`]); operator
+//!   certificates are recorded and operators revoked in [`operators`].
 //! - **Authorization** ([`roles`]): operator roles are cumulative: `viewer` reads everything,
 //!   `operator` also runs, cancels, approves, pauses, resumes and drains, `admin` also applies
-//!   and deletes fleet files, creates tokens and operators, and revokes agents. Which permission
-//!   each RPC needs is one table, [`roles::RPC_ACCESS`], checked by [`permits`]. A denial
-//!   names the missing permission and is audited.
+//!   and deletes fleet files, creates tokens and operators, and revokes agents and operators.
+//!   Which permission each RPC needs is one table, [`roles::RPC_ACCESS`], checked by
+//!   [`permits`]. A denial names the missing permission and is audited.
 //! - **Audit** ([`audit`]): every mutating call, every denial, enrollment, renewal and
 //!   revocation is appended to the store's audit log with who, what, target, when, result, peer
 //!   and a request id (also returned as `x-request-id` metadata and logged). Token secrets and
@@ -30,6 +31,7 @@ pub mod enrollment;
 pub mod error;
 pub mod identity;
 pub mod init;
+pub mod operators;
 pub mod renewal;
 pub mod revocation;
 pub mod roles;

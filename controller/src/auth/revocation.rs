@@ -1,4 +1,5 @@
-//! Revocation: refusing a revoked agent's certificates, and revoking agents.
+//! Revocation: refusing the certificates of revoked agents and operators, and revoking agents
+//! (operators are revoked in `operators.rs`).
 
 use super::identity::{PeerIdentity, Role};
 use super::{AuthError, Security};
@@ -7,11 +8,12 @@ use syncfleet_proto::time::now;
 use syncfleet_proto::v1;
 
 impl Security {
-    /// Refuse an agent certificate issued before the agent was revoked
-    /// ([`AuthError::Revoked`]); operators are never revoked.
+    /// Refuse a certificate issued before its agent ([`AuthError::Revoked`]) or operator
+    /// ([`AuthError::OperatorRevoked`]) was revoked. Every authorized call asks this, so a
+    /// revoked operator is refused on every RPC.
     pub async fn ensure_not_revoked(&self, who: &PeerIdentity) -> Result<(), AuthError> {
-        if who.role != Role::Agent {
-            return Ok(());
+        if who.role == Role::Operator {
+            return self.ensure_operator_not_revoked(who).await;
         }
         let key = keys::revoked(&who.name);
         let raw = self.fleet.store.get_state(&key).await?;
@@ -26,6 +28,33 @@ impl Security {
             .unwrap_or(i64::MAX);
         if who.issued_ms.is_none_or(|issued| issued <= revoked_ms) {
             return Err(AuthError::Revoked {
+                name: who.name.clone(),
+                at: syncfleet_proto::time::rfc3339(&rec.at.unwrap_or_default()),
+                by: rec.by,
+                note: rec.note,
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Security::ensure_not_revoked`] for an operator certificate.
+    async fn ensure_operator_not_revoked(&self, who: &PeerIdentity) -> Result<(), AuthError> {
+        let raw = self
+            .fleet
+            .store
+            .get_state(&keys::operator_revoked(&who.name))
+            .await?;
+        let Some(raw) = raw else {
+            return Ok(());
+        };
+        let rec = <v1::Pause as prost::Message>::decode(raw.as_slice()).unwrap_or_default();
+        let revoked_ms = rec
+            .at
+            .as_ref()
+            .map(syncfleet_proto::time::to_millis)
+            .unwrap_or(i64::MAX);
+        if who.issued_ms.is_none_or(|issued| issued <= revoked_ms) {
+            return Err(AuthError::OperatorRevoked {
                 name: who.name.clone(),
                 at: syncfleet_proto::time::rfc3339(&rec.at.unwrap_or_default()),
                 by: rec.by,

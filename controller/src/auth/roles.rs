@@ -11,7 +11,7 @@ pub enum OperatorRole {
     Viewer,
     /// Also run, cancel, approve, pause, resume and drain.
     Operator,
-    /// Also apply and delete fleet files, create tokens and operators, revoke agents.
+    /// Also apply and delete fleet files, create tokens and operators, revoke agents and operators.
     Admin,
 }
 
@@ -109,6 +109,9 @@ pub const RPC_ACCESS: &[(&str, &str, Access)] = &[
     (FLEET, "CreateToken", Access::Operator(Permission::Admin)),
     (FLEET, "RevokeAgent", Access::Operator(Permission::Admin)),
     (FLEET, "CreateOperator", Access::Operator(Permission::Admin)),
+    (FLEET, "ListOperators", Access::Operator(Permission::Read)),
+    (FLEET, "RevokeOperator", Access::Operator(Permission::Admin)),
+    (FLEET, "GetVersion", Access::Operator(Permission::Read)),
     (FLEET, "ListAudit", Access::Operator(Permission::Read)),
     (AGENT, "Session", Access::Agent),
     (AGENT, "Renew", Access::Agent),

@@ -4,6 +4,8 @@
 //! ```text
 //! syncfleet tokens create --agent NAME [--labels k=v,...] [--ttl 30m]
 //! syncfleet operators create NAME --role viewer|operator|admin [--ttl 90d] [--out FILE]
+//! syncfleet operators list
+//! syncfleet operators revoke NAME --note TEXT
 //! syncfleet audit list [--since 1h|RFC3339] [--who IDENTITY] [--limit N]
 //! ```
 //!
@@ -16,8 +18,17 @@
 //!   and `tls_server_name` of the current context), so `SYNCFLEET_CONFIG=FILE syncfleet ...`
 //!   acts as that operator. Existing credentials and config files are never overwritten; an
 //!   existing different `ca.pem` is kept and the CA goes to `NAME-ca.pem` instead.
-//! - `audit list` prints `AT WHO ACTION TARGET RESULT REQUEST-ID DETAIL`, newest first;
-//!   `-o json` an array of entries with RFC 3339 `at`.
+//! - `operators list` prints every operator certificate the controller issued:
+//!   `NAME ROLE STATE SERIAL ISSUED EXPIRES` (`STATE` is `valid`, `revoked` or `expired`;
+//!   `-o wide` adds `FINGERPRINT ISSUED-BY REVOKED-BY NOTE`); `-o json` an array of
+//!   certificates (see [`operator_json`]).
+//! - `operators revoke NAME --note TEXT` refuses every certificate issued to NAME so far, on
+//!   every call from then on (a new credential can be issued with `operators create`). The
+//!   controller refuses to revoke the caller's own credential while nobody else holds a valid
+//!   admin certificate. Prints the revoked certificates' serials (`-o json`: `{name,
+//!   certificates}`).
+//! - `audit list` prints `AT WHO ACTION TARGET RESULT REQUEST-ID DETAIL` (`-o wide` adds
+//!   `PEER`), newest first; `-o json` an array of entries with RFC 3339 `at`.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -29,7 +40,7 @@ use clap::{Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use syncfleet_proto::v1::{
     AuditEntry, CreateOperatorRequest, CreateTokenRequest, CreateTokenResponse, ListAuditRequest,
-    Role,
+    ListOperatorsRequest, OperatorCertificate, RevokeOperatorRequest, Role,
 };
 
 use super::connect::Client;
@@ -67,7 +78,7 @@ pub enum OperatorsCommand {
         name: String,
         /// What the operator may do: viewer reads; operator also runs, cancels, approves,
         /// pauses, resumes and drains; admin also applies fleet files, creates tokens and
-        /// operators and revokes agents
+        /// operators and revokes agents and operators
         #[arg(long, value_enum)]
         role: RoleArg,
         /// Certificate lifetime, e.g. 90d [default: the controller's, 90 days]
@@ -76,6 +87,18 @@ pub enum OperatorsCommand {
         /// Write a CLI config file with one context for this operator (credentials next to it)
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// Every operator certificate the controller issued, with its state
+    #[command(visible_alias = "ls")]
+    List,
+    /// Revoke an operator: every certificate issued to NAME so far is refused from now on
+    Revoke {
+        /// Operator name
+        #[arg(value_parser = parse_name)]
+        name: String,
+        /// Why (kept with the revocation and in the audit log)
+        #[arg(long, value_parser = super::non_blank)]
+        note: String,
     },
 }
 
@@ -284,7 +307,7 @@ fn dash(s: &str) -> String {
     }
 }
 
-/// `AT WHO ACTION TARGET RESULT REQUEST-ID DETAIL`.
+/// `AT WHO ACTION TARGET RESULT REQUEST-ID DETAIL`, wide: `PEER`.
 pub fn audit_table(entries: &[AuditEntry]) -> String {
     let mut t = Table::new(&[
         "AT",
@@ -294,7 +317,8 @@ pub fn audit_table(entries: &[AuditEntry]) -> String {
         "RESULT",
         "REQUEST-ID",
         "DETAIL",
-    ]);
+    ])
+    .wide(&["PEER"]);
     for e in entries {
         t.row(vec![
             table::local_time(e.at.as_ref()),
@@ -305,6 +329,76 @@ pub fn audit_table(entries: &[AuditEntry]) -> String {
             dash(&e.request_id),
             // One line per entry, whatever the detail holds.
             dash(&e.detail.split_whitespace().collect::<Vec<_>>().join(" ")),
+            dash(&e.peer),
+        ]);
+    }
+    t.render()
+}
+
+/// `viewer`, `operator`, `admin` (`-` when unset).
+fn role_label(role: i32) -> &'static str {
+    match Role::try_from(role).unwrap_or(Role::Unspecified) {
+        Role::Viewer => "viewer",
+        Role::Operator => "operator",
+        Role::Admin => "admin",
+        Role::Unspecified => "-",
+    }
+}
+
+/// `valid`, `revoked` or `expired` (at `now`).
+pub fn operator_state(c: &OperatorCertificate, now: DateTime<Utc>) -> &'static str {
+    if c.revoked {
+        "revoked"
+    } else if table::instant(c.not_after.as_ref()).is_some_and(|t| t <= now) {
+        "expired"
+    } else {
+        "valid"
+    }
+}
+
+/// One operator certificate as JSON (`state` as [`operator_state`] at `now`).
+pub fn operator_json(c: &OperatorCertificate, now: DateTime<Utc>) -> Value {
+    json!({
+        "name": c.name,
+        "role": role_label(c.role),
+        "state": operator_state(c, now),
+        "serial": c.serial,
+        "fingerprint": c.fingerprint,
+        "issued_at": output::timestamp_json(c.issued_at.as_ref()),
+        "not_after": output::timestamp_json(c.not_after.as_ref()),
+        "issued_by": c.issued_by,
+        "revoked": c.revoked,
+        "revoked_at": output::timestamp_json(c.revoked_at.as_ref()),
+        "revoked_by": c.revoked_by,
+        "revoke_note": c.revoke_note,
+    })
+}
+
+/// `NAME ROLE STATE SERIAL ISSUED EXPIRES`, wide: `FINGERPRINT ISSUED-BY REVOKED-BY NOTE`.
+pub fn operators_table(certs: &[OperatorCertificate], now: DateTime<Utc>) -> String {
+    let mut t = Table::new(&["NAME", "ROLE", "STATE", "SERIAL", "ISSUED", "EXPIRES"]).wide(&[
+        "FINGERPRINT",
+        "ISSUED-BY",
+        "REVOKED-BY",
+        "NOTE",
+    ]);
+    for c in certs {
+        t.row(vec![
+            c.name.clone(),
+            role_label(c.role).to_string(),
+            operator_state(c, now).to_string(),
+            c.serial.clone(),
+            table::local_time(c.issued_at.as_ref()),
+            table::local_time(c.not_after.as_ref()),
+            dash(&c.fingerprint),
+            dash(&c.issued_by),
+            dash(&c.revoked_by),
+            dash(
+                &c.revoke_note
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
         ]);
     }
     t.render()
@@ -439,14 +533,74 @@ impl Session<'_> {
         client: &mut Client,
         cmd: &OperatorsCommand,
     ) -> Result<u8, CliError> {
-        let OperatorsCommand::Create {
-            name,
-            role,
-            ttl,
-            out,
-        } = cmd;
-        self.operators_create(client, name, *role, *ttl, out.as_deref())
+        match cmd {
+            OperatorsCommand::Create {
+                name,
+                role,
+                ttl,
+                out,
+            } => {
+                self.operators_create(client, name, *role, *ttl, out.as_deref())
+                    .await
+            }
+            OperatorsCommand::List => self.operators_list(client).await,
+            OperatorsCommand::Revoke { name, note } => {
+                self.operators_revoke(client, name, note).await
+            }
+        }
+    }
+
+    async fn operators_list(&self, client: &mut Client) -> Result<u8, CliError> {
+        let certs = client
+            .list_operators(ListOperatorsRequest {})
             .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner()
+            .certificates;
+        let now = Utc::now();
+        self.print_list(
+            &Value::Array(certs.iter().map(|c| operator_json(c, now)).collect()),
+            certs.is_empty(),
+            || operators_table(&certs, now),
+            "no operator certificates recorded",
+        )
+    }
+
+    async fn operators_revoke(
+        &self,
+        client: &mut Client,
+        name: &str,
+        note: &str,
+    ) -> Result<u8, CliError> {
+        let certs = client
+            .revoke_operator(RevokeOperatorRequest {
+                name: name.to_string(),
+                note: note.to_string(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner()
+            .certificates;
+        let now = Utc::now();
+        let serials: Vec<&str> = certs.iter().map(|c| c.serial.as_str()).collect();
+        self.print_result(
+            &json!({
+                "name": name,
+                "certificates": certs.iter().map(|c| operator_json(c, now)).collect::<Vec<_>>(),
+            }),
+            &format!(
+                "revoked operator {name}: {} certificate(s) refused from now on{}\n",
+                certs.len(),
+                if serials.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", serials.join(", "))
+                }
+            ),
+            Some(&format!(
+                "a new credential for {name} can be issued with 'syncfleet operators create {name} --role ...'"
+            )),
+        )
     }
 
     /// Runs `audit list`.

@@ -233,7 +233,8 @@ fn agent_state_brief(a: &Agent) -> String {
 }
 
 /// `agents list` table: NAME STATE DRAIN ENGINE MAS LAST-SEEN LABELS (DRAIN is `draining` or
-/// `-`).
+/// `-`; RUNNING is what the server runs now, see [`running_brief`]); `-o wide` adds HOSTNAME
+/// VERSION IN-FLIGHT (runs in flight).
 pub fn agents_table(
     agents: &[Agent],
     running: &HashMap<String, Vec<Run>>,
@@ -248,7 +249,8 @@ pub fn agents_table(
         "LAST-SEEN",
         "LABELS",
         "RUNNING",
-    ]);
+    ])
+    .wide(&["HOSTNAME", "VERSION", "IN-FLIGHT"]);
     for a in agents {
         t.row(vec![
             a.name.clone(),
@@ -263,6 +265,9 @@ pub fn agents_table(
             age(a.last_seen.as_ref(), now),
             or_dash(&labels_brief(&a.labels)).to_string(),
             running_brief(a, running.get(&a.name).map_or(&[][..], Vec::as_slice)),
+            or_dash(&a.hostname).to_string(),
+            or_dash(&a.agent_version).to_string(),
+            a.runs_in_flight.len().to_string(),
         ]);
     }
     t.render()

@@ -33,7 +33,13 @@
 //! syncfleet fleet status
 //! syncfleet tokens create --agent NAME [--labels k=v,...] [--ttl 30m]
 //! syncfleet operators create NAME --role viewer|operator|admin [--ttl 90d] [--out FILE]
+//! syncfleet operators list                     NAME ROLE STATE SERIAL ISSUED EXPIRES
+//! syncfleet operators revoke NAME --note TEXT   refuse every certificate of NAME from now on
 //! syncfleet audit list [--since 1h|RFC3339] [--who IDENTITY] [--limit N]
+//! syncfleet completion bash|zsh|fish|powershell shell completion script
+//! syncfleet docs man DIR                        one man page per command and subcommand
+//! syncfleet config get-contexts|use-context NAME|current-context
+//! syncfleet version                             client and controller versions
 //! syncfleet dev [--agents N] [--data-dir DIR]      a whole fleet on this machine (see crate::dev)
 //! ```
 //!
@@ -41,7 +47,18 @@
 //! ids that progress lines and tables show).
 //!
 //! Global flags: `--config PATH` (env `SYNCFLEET_CONFIG`), `--context NAME` (env
-//! `SYNCFLEET_CONTEXT`), `-o/--output table|json|yaml`. See [`crate::contexts`] for the config file.
+//! `SYNCFLEET_CONTEXT`), `--controller URL`, `--cacert`/`--cert`/`--key PATH`,
+//! `-o/--output table|wide|json|yaml`, `--no-headers`. See [`crate::contexts`] for the config
+//! file. Without one, `SYNCFLEET_ADDR`, `SYNCFLEET_CACERT`, `SYNCFLEET_CERT` and
+//! `SYNCFLEET_KEY` say how to connect; precedence is flags > those variables > the context
+//! ([`contexts::resolve_connection`]), and a partial set of variables is an error naming the
+//! missing ones.
+//!
+//! `-o wide` shows the extra columns list tables mark wide ([`table::Table::wide`]);
+//! `--no-headers` leaves out their header row. Both apply to every list printed through
+//! `Session::print_list` ([`table::with_view`]).
+//!
+//! `completion`, `docs`, `config` and `version` (its client line) work without a controller.
 //!
 //! # Layout
 //!
@@ -117,15 +134,19 @@
 
 pub mod access;
 pub mod agents;
+pub mod completion;
+pub mod config;
 pub mod connect;
 pub mod documents;
 pub mod fleet;
 pub mod output;
 pub mod run;
+pub mod run_errors;
 pub mod runs;
 pub mod schedules;
 pub mod table;
 pub mod timeline;
+pub mod version;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -136,6 +157,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::contexts::{self, ConfigError, ResolvedContext};
 use access::{AuditCommand, OperatorsCommand, TokensCommand};
 use agents::AgentsCommand;
+use completion::{CompletionShell, DocsCommand};
+use config::ConfigCommand;
 use connect::ConnectError;
 use documents::{ApplyArgs, DocKind};
 use fleet::FleetCommand;
@@ -175,13 +198,27 @@ pub struct Cli {
     /// Context (controller + credentials) to use [default: current_context of the config file]
     #[arg(long, global = true, env = contexts::CONTEXT_ENV, value_name = "NAME")]
     pub context: Option<String>,
-    /// Controller URL to use instead of the context's; repeat for several controllers sharing
-    /// one store (the first that answers is used). The context's credentials still apply
+    /// Controller URL to use instead of the context's (or SYNCFLEET_ADDR); repeat for several
+    /// controllers sharing one store (the first that answers is used)
     #[arg(long = "controller", global = true, value_name = "URL")]
     pub controllers: Vec<String>,
-    /// Output format: human tables, or one JSON (or YAML) document on stdout
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    /// CA certificate (PEM) to verify the controller with, instead of the context's (or
+    /// SYNCFLEET_CACERT)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cacert: Option<PathBuf>,
+    /// Operator client certificate (PEM), instead of the context's (or SYNCFLEET_CERT)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cert: Option<PathBuf>,
+    /// Private key of --cert (PEM), instead of the context's (or SYNCFLEET_KEY)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+    /// Output format: human tables (wide: with extra columns), or one JSON (or YAML) document
+    /// on stdout
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputArg::Table)]
+    pub output: OutputArg,
+    /// Print tables without their header row
+    #[arg(long, global = true)]
+    pub no_headers: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -195,6 +232,50 @@ pub enum OutputFormat {
     Json,
     /// The JSON document's shape as YAML; for `get`, fleet documents ready for `apply -f`.
     Yaml,
+}
+
+/// `-o` values as typed; [`OutputArg::format`] is what commands see, `wide` being a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputArg {
+    /// Aligned columns / key-value lines for humans.
+    Table,
+    /// Tables with their extra columns (for lists that have them).
+    Wide,
+    /// One JSON document on stdout, for scripts.
+    Json,
+    /// The JSON document's shape as YAML; for `get`, fleet documents ready for `apply -f`.
+    Yaml,
+}
+
+impl OutputArg {
+    /// The format commands print in.
+    pub fn format(self) -> OutputFormat {
+        match self {
+            OutputArg::Table | OutputArg::Wide => OutputFormat::Table,
+            OutputArg::Json => OutputFormat::Json,
+            OutputArg::Yaml => OutputFormat::Yaml,
+        }
+    }
+}
+
+impl Cli {
+    /// How list tables are printed (`-o wide`, `--no-headers`).
+    pub fn view(&self) -> table::View {
+        table::View {
+            wide: self.output == OutputArg::Wide,
+            no_headers: self.no_headers,
+        }
+    }
+
+    /// The connection settings the flags give.
+    pub fn connection_flags(&self) -> contexts::Connection {
+        contexts::Connection {
+            controllers: self.controllers.clone(),
+            ca_cert: self.cacert.clone(),
+            client_cert: self.cert.clone(),
+            client_key: self.key.clone(),
+        }
+    }
 }
 
 /// Top-level commands.
@@ -239,12 +320,26 @@ pub enum Command {
     /// One-time enrollment tokens for new agents
     #[command(subcommand)]
     Tokens(TokensCommand),
-    /// Operator credentials (client certificates with a role)
+    /// Operator credentials (client certificates with a role): create, list, revoke
     #[command(subcommand)]
     Operators(OperatorsCommand),
     /// The audit log: every change, denial, enrollment, renewal and revocation
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print a shell completion script (bash, zsh, fish, powershell)
+    Completion {
+        /// The shell to complete in
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Generated documentation: man pages
+    #[command(subcommand)]
+    Docs(DocsCommand),
+    /// The CLI config file's contexts: list, switch, show the current one
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print this CLI's version and the controller's
+    Version,
     /// Run a whole fleet on this machine: a controller, simulated sync servers and the example
     /// fleet; writes a `dev` context into the CLI config so a second terminal can drive it
     #[cfg(feature = "dev")]
@@ -355,24 +450,24 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Apply(a) => documents::prepare_apply(&a.files)?,
         _ => Vec::new(),
     };
-    let mut rc = contexts::load_context(cli.config.as_deref(), cli.context.as_deref())?;
-    if let Some(first) = cli.controllers.first() {
-        for url in &cli.controllers {
-            contexts::validate_controller_url(url).map_err(|problem| {
-                CliError::Config(ConfigError::InvalidContext {
-                    path: rc.config_path.clone(),
-                    name: format!("{} (--controller)", rc.name),
-                    problem,
-                })
-            })?;
-        }
-        rc.context.controller = first.clone();
-        rc.context.controllers = cli.controllers.clone();
+    let printer = Printer {
+        format: cli.output.format(),
+        view: cli.view(),
+    };
+    // Commands that need no controller (or, for `version`, print before asking one).
+    match &cli.command {
+        Command::Completion { shell } => return completion::completion(*shell),
+        Command::Docs(c) => return completion::docs(c),
+        Command::Config(c) => return printer.config(cli.config.as_deref(), c),
+        Command::Version => return version::version(cli, &printer).await,
+        _ => {}
     }
+    let rc = resolve(cli)?;
     let mut client = connect::connect(&rc).await?;
     let s = Session {
         rc: &rc,
-        format: cli.output,
+        format: printer.format,
+        view: printer.view,
     };
     let client = &mut client;
     match &cli.command {
@@ -388,6 +483,11 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Tokens(c) => s.tokens(client, c).await,
         Command::Operators(c) => s.operators(client, c).await,
         Command::Audit(c) => s.audit(client, c).await,
+        Command::Completion { .. } | Command::Docs(_) | Command::Config(_) | Command::Version => {
+            Err(CliError::Failed(
+                "this command runs without a controller and was handled above".to_string(),
+            ))
+        }
         #[cfg(feature = "dev")]
         Command::Dev(_) => Err(CliError::Failed(
             "`dev` runs as its own process: start it with `syncfleet dev`".to_string(),
@@ -395,13 +495,34 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
     }
 }
 
+/// How to reach the controller for this invocation: flags, then the `SYNCFLEET_ADDR`/`_CACERT`/
+/// `_CERT`/`_KEY` variables, then the context ([`contexts::resolve_connection`]).
+fn resolve(cli: &Cli) -> Result<ResolvedContext, CliError> {
+    Ok(contexts::resolve_connection(
+        cli.config.as_deref(),
+        cli.context.as_deref(),
+        &cli.connection_flags(),
+        &contexts::Connection::from_env(),
+    )?)
+}
+
 /// Per-invocation state shared by the commands; each command file adds its handlers as methods.
 struct Session<'a> {
     rc: &'a ResolvedContext,
     format: OutputFormat,
+    /// `-o wide` and `--no-headers`, applied to lists by [`Session::print_list`].
+    view: table::View,
 }
 
-impl Session<'_> {
+/// Printing in the chosen format, for commands with or without a controller ([`Session`]
+/// prints through it).
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    format: OutputFormat,
+    view: table::View,
+}
+
+impl Printer {
     /// Prints a machine-readable document in the chosen format (`-o yaml` as YAML, otherwise
     /// JSON).
     fn data(&self, v: &serde_json::Value) -> Result<(), CliError> {
@@ -432,8 +553,9 @@ impl Session<'_> {
         Ok(EXIT_OK)
     }
 
-    /// Prints a list: `json` with `-o json`/`-o yaml`; in table mode the `table` of its rows, or
-    /// `none` on stderr when it `is_empty` (stdout then stays empty).
+    /// Prints a list: `json` with `-o json`/`-o yaml`; in table mode the `table` of its rows
+    /// (rendered under the `-o wide`/`--no-headers` view), or `none` on stderr when it
+    /// `is_empty` (stdout then stays empty).
     fn print_list(
         &self,
         json: &serde_json::Value,
@@ -444,9 +566,44 @@ impl Session<'_> {
         match self.format {
             OutputFormat::Json | OutputFormat::Yaml => self.data(json)?,
             OutputFormat::Table if is_empty => eprintln!("{none}"),
-            OutputFormat::Table => output::out(&table())?,
+            OutputFormat::Table => output::out(&table::with_view(self.view, table))?,
         }
         Ok(EXIT_OK)
+    }
+}
+
+impl Session<'_> {
+    fn printer(&self) -> Printer {
+        Printer {
+            format: self.format,
+            view: self.view,
+        }
+    }
+
+    /// [`Printer::data`].
+    fn data(&self, v: &serde_json::Value) -> Result<(), CliError> {
+        self.printer().data(v)
+    }
+
+    /// [`Printer::print_result`].
+    fn print_result(
+        &self,
+        json: &serde_json::Value,
+        text: &str,
+        hint: Option<&str>,
+    ) -> Result<u8, CliError> {
+        self.printer().print_result(json, text, hint)
+    }
+
+    /// [`Printer::print_list`].
+    fn print_list(
+        &self,
+        json: &serde_json::Value,
+        is_empty: bool,
+        table: impl FnOnce() -> String,
+        none: &str,
+    ) -> Result<u8, CliError> {
+        self.printer().print_list(json, is_empty, table, none)
     }
 
     fn rpc_err(&self, status: &tonic::Status) -> CliError {
@@ -555,7 +712,7 @@ mod tests {
             "json",
         ])
         .unwrap();
-        assert_eq!(cli.output, OutputFormat::Json);
+        assert_eq!(cli.output.format(), OutputFormat::Json);
         let Command::Run(args) = cli.command else {
             panic!("not run")
         };
@@ -663,7 +820,7 @@ mod tests {
     #[test]
     fn parses_get_and_delete_with_singular_or_plural_kinds() {
         let cli = parse(&["get", "schedules", "-o", "yaml"]);
-        assert_eq!(cli.output, OutputFormat::Yaml);
+        assert_eq!(cli.output.format(), OutputFormat::Yaml);
         assert!(matches!(
             cli.command,
             Command::Get {
@@ -870,6 +1027,7 @@ mod tests {
         let s = Session {
             rc: &rc,
             format: OutputFormat::Table,
+            view: table::View::default(),
         };
         let mut status = tonic::Status::permission_denied(
             "operator/alice (viewer) lacks permission run:operate",

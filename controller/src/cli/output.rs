@@ -114,6 +114,10 @@ pub fn step_json(s: &Step) -> Value {
         "stage": s.stage,
         "only_if": condition_label(s.only_if()),
         "guard": s.guard.as_ref().map_or(Value::Null, guard_json),
+        "object_errors": super::run_errors::object_errors_json(s),
+        "object_errors_omitted": s.object_errors_omitted,
+        "connection_incidents": super::run_errors::incidents_json(s),
+        "connection_incidents_omitted": s.connection_incidents_omitted,
         "waiting_since": timestamp_json(s.waiting_since.as_ref()),
         "wait_reason": s.wait_reason,
         "waited_ms": s.waited_ms,
@@ -149,13 +153,15 @@ pub fn limit_json(l: Option<&Limit>) -> Value {
     }
 }
 
-/// A step's guard rails: `{"max_pending_deletes": 500, "max_staged_deletes": "2%"}`, unset
-/// limits `null`.
+/// A step's guard rails: `{"max_pending_deletes": 500, "max_staged_deletes": "2%",
+/// "max_staged_adds": null, ...}`, every limit of the guard, unset ones `null`.
 pub fn guard_json(g: &Guard) -> Value {
-    json!({
-        "max_pending_deletes": limit_json(g.max_pending_deletes.as_ref()),
-        "max_staged_deletes": limit_json(g.max_staged_deletes.as_ref()),
-    })
+    Value::Object(
+        g.limits()
+            .into_iter()
+            .map(|(field, limit)| (field.to_string(), limit_json(limit)))
+            .collect(),
+    )
 }
 
 /// Milliseconds from `nominal` to `started` (negative when it started early), `None` when
@@ -655,6 +661,10 @@ mod tests {
             max_staged_deletes: Some(Limit {
                 kind: Some(limit::Kind::Count(500)),
             }),
+            max_staged_adds: Some(Limit {
+                kind: Some(limit::Kind::Count(1000)),
+            }),
+            ..Default::default()
         });
         r.steps[1].attempts = 2;
         r.steps[1].pending_before = Some(syncfleet_proto::v1::PendingCounters {
@@ -668,7 +678,9 @@ mod tests {
         assert_eq!(s["only_if"], "pending_exports");
         assert_eq!(
             s["guard"],
-            json!({"max_pending_deletes": "2%", "max_staged_deletes": 500})
+            json!({"max_pending_deletes": "2%", "max_staged_deletes": 500, "max_staged_adds": 1000,
+                "max_staged_updates": null, "max_staged_renames": null, "max_pending_adds": null,
+                "max_pending_updates": null})
         );
         assert_eq!(s["attempts"], 2);
         assert_eq!(s["pending_before"]["export_delete"], 700);
@@ -679,14 +691,16 @@ mod tests {
         assert_eq!(first["pending_before"], Value::Null);
         assert_eq!(first["stage"], 0);
         let half = Guard {
-            max_pending_deletes: None,
             max_staged_deletes: Some(Limit {
                 kind: Some(limit::Kind::Count(5)),
             }),
+            ..Default::default()
         };
         assert_eq!(
             guard_json(&half),
-            json!({"max_pending_deletes": null, "max_staged_deletes": 5})
+            json!({"max_pending_deletes": null, "max_staged_deletes": 5, "max_staged_adds": null,
+                "max_staged_updates": null, "max_staged_renames": null, "max_pending_adds": null,
+                "max_pending_updates": null})
         );
     }
 

@@ -82,6 +82,10 @@ pub enum RunsCommand {
     Show {
         /// Run id
         id: String,
+        /// Also list the object errors and connection incidents the engine reported for each
+        /// step (`-o json` always has them)
+        #[arg(long)]
+        errors: bool,
     },
     /// Cancel a run (a pending run ends at once; a running one is stopped on its agent)
     Cancel {
@@ -156,7 +160,7 @@ impl Session<'_> {
                 };
                 self.runs_list(client, &filter, *limit, *watch).await
             }
-            RunsCommand::Show { id } => self.runs_show(client, id).await,
+            RunsCommand::Show { id, errors } => self.runs_show(client, id, *errors).await,
             RunsCommand::Cancel { id, reason } => self.runs_cancel(client, id, reason).await,
             RunsCommand::Approve { id, note } => self.runs_approve(client, id, note).await,
         }
@@ -469,7 +473,7 @@ impl Session<'_> {
         }
     }
 
-    async fn runs_show(&self, client: &mut Client, id: &str) -> Result<u8, CliError> {
+    async fn runs_show(&self, client: &mut Client, id: &str, errors: bool) -> Result<u8, CliError> {
         let run = client
             .get_run(GetRunRequest { id: id.to_string() })
             .await
@@ -478,6 +482,9 @@ impl Session<'_> {
         match self.format {
             OutputFormat::Json | OutputFormat::Yaml => self.data(&output::run_json(&run))?,
             OutputFormat::Table => out(&run_details(&run, chrono::Utc::now()))?,
+        }
+        if errors && self.format == OutputFormat::Table {
+            out(&super::run_errors::errors_section(&run))?;
         }
         Ok(EXIT_OK)
     }
@@ -692,11 +699,12 @@ pub fn origin_brief(r: &Run) -> String {
 }
 
 /// `runs list` table: ID AGENT ORIGIN SEQUENCE STATE RESULT CREATED DURATION STEPS
-/// (SEQUENCE is `-` for ad-hoc runs).
+/// (SEQUENCE is `-` for ad-hoc runs); `-o wide` adds SCHEDULE REQUESTED-BY STARTED FINISHED.
 pub fn runs_table(runs: &[Run], now: DateTime<Utc>) -> String {
     let mut t = Table::new(&[
         "ID", "AGENT", "ORIGIN", "SEQUENCE", "STATE", "RESULT", "CREATED", "DURATION", "STEPS",
-    ]);
+    ])
+    .wide(&["SCHEDULE", "REQUESTED-BY", "STARTED", "FINISHED"]);
     for r in runs {
         t.row(vec![
             r.id.clone(),
@@ -708,6 +716,10 @@ pub fn runs_table(runs: &[Run], now: DateTime<Utc>) -> String {
             local_time(r.created_at.as_ref()),
             elapsed(r.started_at.as_ref(), r.finished_at.as_ref(), now),
             steps_brief(r),
+            or_dash(&r.schedule).to_string(),
+            or_dash(&r.requested_by).to_string(),
+            local_time(r.started_at.as_ref()),
+            local_time(r.finished_at.as_ref()),
         ]);
     }
     t.render()
@@ -916,13 +928,11 @@ pub fn step_notes(s: &Step, approved: bool) -> Vec<String> {
         }
     }
     if let Some(g) = &s.guard {
-        let parts: Vec<String> = [
-            ("max_pending_deletes", g.max_pending_deletes.as_ref()),
-            ("max_staged_deletes", g.max_staged_deletes.as_ref()),
-        ]
-        .into_iter()
-        .filter_map(|(k, l)| limit_brief(l).map(|v| format!("{k}={v}")))
-        .collect();
+        let parts: Vec<String> = g
+            .limits()
+            .into_iter()
+            .filter_map(|(k, l)| limit_brief(l).map(|v| format!("{k}={v}")))
+            .collect();
         if !parts.is_empty() {
             let lifted = if approved {
                 " (lifted once by approval)"
@@ -1202,7 +1212,7 @@ pub(super) mod tests {
                 max_pending_deletes: Some(syncfleet_proto::v1::Limit {
                     kind: Some(limit::Kind::Count(500)),
                 }),
-                max_staged_deletes: None,
+                ..Default::default()
             }),
             detail: "700 pending export deletes exceed max_pending_deletes 500".into(),
             pending_before: Some(PendingCounters {

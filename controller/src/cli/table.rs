@@ -11,12 +11,47 @@ use chrono_tz::Tz;
 use prost_types::Timestamp;
 use syncfleet_proto::v1::Pause;
 
+/// How list tables are printed: `-o wide` shows the columns a table marks as wide
+/// ([`Table::wide`]), `--no-headers` leaves out the header row (for `awk`, `cut`, `while read`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct View {
+    /// Show the wide-only columns too.
+    pub wide: bool,
+    /// Leave out the header row.
+    pub no_headers: bool,
+}
+
+thread_local! {
+    /// The view tables rendered on this thread use; [`View::default`] outside [`with_view`].
+    static VIEW: std::cell::Cell<View> = const {
+        std::cell::Cell::new(View {
+            wide: false,
+            no_headers: false,
+        })
+    };
+}
+
+/// Runs `f` (which renders tables) with `view` as the view of every [`Table::render`] inside
+/// it. `Session::print_list` renders every list through it, so a list command gets `-o wide`
+/// and `--no-headers` by building its table with [`Table::new`] (and [`Table::wide`] for the
+/// extra columns) and printing it with `print_list`. Key-value blocks and tables nested in
+/// `show` output are rendered outside it and keep their layout.
+pub fn with_view<T>(view: View, f: impl FnOnce() -> T) -> T {
+    let previous = VIEW.with(|v| v.replace(view));
+    let result = f();
+    VIEW.with(|v| v.set(previous));
+    result
+}
+
 /// A table with a header row; columns are separated by two spaces and padded to the widest
-/// cell. The last column is not padded, so lines carry no trailing spaces.
+/// cell. The last column is not padded, so lines carry no trailing spaces. Columns added with
+/// [`Table::wide`] are shown only with `-o wide`.
 #[derive(Debug, Default)]
 pub struct Table {
     headers: Vec<String>,
     rows: Vec<Vec<String>>,
+    /// Index of the first wide-only column (`headers.len()` when there is none).
+    wide_from: Option<usize>,
 }
 
 impl Table {
@@ -25,7 +60,17 @@ impl Table {
         Self {
             headers: headers.iter().map(|h| (*h).to_string()).collect(),
             rows: Vec::new(),
+            wide_from: None,
         }
+    }
+
+    /// Appends columns shown only with `-o wide` (as kubectl does: details that make lines too
+    /// long for every day). Rows give their cells after the normal ones.
+    pub fn wide(mut self, headers: &[&str]) -> Self {
+        self.wide_from.get_or_insert(self.headers.len());
+        self.headers
+            .extend(headers.iter().map(|h| (*h).to_string()));
+        self
     }
 
     /// Appends a row; missing cells are empty, extra cells are ignored.
@@ -33,22 +78,41 @@ impl Table {
         self.rows.push(cells);
     }
 
-    /// The rendered table, one `\n`-terminated line per row, header first.
+    /// The rendered table, one `\n`-terminated line per row, header first (unless the
+    /// current [`View`] says `no_headers`), wide columns only in a wide view.
     pub fn render(&self) -> String {
-        self.render_indented("")
+        self.render_view("", VIEW.with(std::cell::Cell::get))
     }
 
     /// Like [`render`](Self::render) with `indent` before every line.
     pub fn render_indented(&self, indent: &str) -> String {
-        let n = self.headers.len();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        self.render_view(indent, VIEW.with(std::cell::Cell::get))
+    }
+
+    /// The table as `view` shows it, with `indent` before every line.
+    pub fn render_view(&self, indent: &str, view: View) -> String {
+        let n = match self.wide_from {
+            Some(w) if !view.wide => w,
+            _ => self.headers.len(),
+        };
+        let mut widths: Vec<usize> = self.headers[..n]
+            .iter()
+            .map(|h| {
+                if view.no_headers {
+                    0
+                } else {
+                    h.chars().count()
+                }
+            })
+            .collect();
         for row in &self.rows {
             for (i, w) in widths.iter_mut().enumerate() {
                 *w = (*w).max(cell(row, i).chars().count());
             }
         }
+        let header = (!view.no_headers).then_some(&self.headers);
         let mut out = String::new();
-        for row in std::iter::once(&self.headers).chain(self.rows.iter()) {
+        for row in header.into_iter().chain(self.rows.iter()) {
             let mut line = String::from(indent);
             for (i, width) in widths.iter().enumerate() {
                 let c = cell(row, i);
@@ -234,6 +298,32 @@ pub(super) mod tests {
             t.render(),
             "NAME    STATE      X\nsync01  connected\na       lost       1\n"
         );
+    }
+
+    #[test]
+    fn wide_columns_and_headers_follow_the_view() {
+        let mut t = Table::new(&["NAME", "STATE"]).wide(&["PEER"]);
+        t.row(vec!["sync01".into(), "connected".into(), "10.0.0.1".into()]);
+        assert_eq!(t.render(), "NAME    STATE\nsync01  connected\n");
+        let wide = View {
+            wide: true,
+            no_headers: false,
+        };
+        assert_eq!(
+            with_view(wide, || t.render()),
+            "NAME    STATE      PEER\nsync01  connected  10.0.0.1\n"
+        );
+        let bare = View {
+            wide: true,
+            no_headers: true,
+        };
+        // Without headers the columns are as wide as their cells only.
+        assert_eq!(
+            with_view(bare, || t.render()),
+            "sync01  connected  10.0.0.1\n"
+        );
+        // Outside `with_view` the default view is back.
+        assert_eq!(t.render(), "NAME    STATE\nsync01  connected\n");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::load::is_syntax_error;
-use super::model::{Document, Limit};
+use super::model::{Document, Guard, Limit};
 use crate::limits::{self, echo};
 
 /// One problem in a fleet file or document.
@@ -126,7 +126,7 @@ pub(super) fn refine_path(doc: &serde_norway::Value, path: &str) -> Option<Strin
             format!("{path}.{k}")
         }
     };
-    for key in ["max_pending_deletes", "max_staged_deletes"] {
+    for key in Guard::FIELDS {
         if let Some(v) = map.get(key)
             && serde_norway::from_value::<Limit>(v.clone()).is_err()
         {
@@ -195,10 +195,10 @@ pub(super) fn readable_serde_message(path: Option<&str>, msg: &str) -> String {
     }
     if msg.starts_with("data did not match any variant of untagged enum") {
         return match last {
-            "max_pending_deletes" | "max_staged_deletes" => {
+            "cron" => "expected a cron expression or a list of them".to_string(),
+            guard if Guard::FIELDS.contains(&guard) => {
                 "expected a count (500) or a percentage (\"2%\")".to_string()
             }
-            "cron" => "expected a cron expression or a list of them".to_string(),
             _ => msg.to_string(),
         };
     }

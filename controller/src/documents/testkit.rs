@@ -84,8 +84,9 @@ pub(super) fn full_sequence() -> SequenceDoc {
                         profile: "Full Import: weekly".into(),
                         only_if: Some(Condition::StagedChanges),
                         guard: Some(Guard {
-                            max_pending_deletes: None,
                             max_staged_deletes: Some(Limit::Count(10)),
+                            max_staged_adds: Some(Limit::Count(1000)),
+                            ..Default::default()
                         }),
                     },
                 ],
@@ -98,6 +99,8 @@ pub(super) fn full_sequence() -> SequenceDoc {
                     guard: Some(Guard {
                         max_pending_deletes: Some(Limit::Count(500)),
                         max_staged_deletes: Some(Limit::Percent(2.0)),
+                        max_pending_updates: Some(Limit::Percent(10.0)),
+                        ..Default::default()
                     }),
                 }],
             },
@@ -108,7 +111,7 @@ pub(super) fn full_sequence() -> SequenceDoc {
                     only_if: Some(Condition::Exported),
                     guard: Some(Guard {
                         max_pending_deletes: Some(Limit::Percent(2.5)),
-                        max_staged_deletes: None,
+                        ..Default::default()
                     }),
                 }],
             },

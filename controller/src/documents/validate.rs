@@ -34,8 +34,9 @@ pub use syncfleet_proto::names::valid_name;
 /// - `description` at most 1024 characters;
 /// - sequences: at least one stage, each with at least one step; every step names an MA and a
 ///   run profile (non-blank, at most 256 characters); one MA at most once per stage (an MA runs
-///   one profile at a time; compared case-insensitively like the engine does); guard limits are
-///   finite percentages in (0, 100];
+///   one profile at a time; compared case-insensitively like the engine does); guard limits
+///   (on pending export deletes, adds and updates and on staged deletes, adds, updates and
+///   renames) are counts or finite percentages in (0, 100];
 /// - schedules: `sequence` names a sequence in `docs` or in `known_sequences` (the controller's
 ///   stored ones); targets name at least one agent or a selector, agent names are non-blank and
 ///   the selector is `key=value[,key=value…]`; the trigger compiles ([`Trigger::compile`], its
@@ -206,16 +207,9 @@ fn check_sequence(s: &SequenceDoc, bad: &mut impl FnMut(String)) {
                 }
             }
             if let Some(g) = step.guard {
-                check_limit(
-                    &format!("{at}.guard.max_pending_deletes"),
-                    g.max_pending_deletes,
-                    bad,
-                );
-                check_limit(
-                    &format!("{at}.guard.max_staged_deletes"),
-                    g.max_staged_deletes,
-                    bad,
-                );
+                for (field, limit) in g.limits() {
+                    check_limit(&format!("{at}.guard.{field}"), limit, bad);
+                }
             }
         }
     }
@@ -765,7 +759,9 @@ stages: [{steps: [{ma: AD, profile: Export, only_if: staged, guard: {max_pending
         bad.stages.push(StageDoc { steps: vec![] });
         bad.stages[1].steps[0].guard = Some(Guard {
             max_pending_deletes: Some(Limit::Percent(f64::NAN)),
-            max_staged_deletes: None,
+            max_staged_adds: Some(Limit::Percent(150.0)),
+            max_staged_renames: Some(Limit::Percent(0.0)),
+            ..Default::default()
         });
         let empty = SequenceDoc {
             name: "empty".into(),
@@ -785,6 +781,8 @@ stages: [{steps: [{ma: AD, profile: Export, only_if: staged, guard: {max_pending
             "f.yaml document 1 (Sequence Delta Cycle): stages[0].steps[1].ma: MA \" contoso ad \" already runs in this stage (steps[0]); an MA runs one profile at a time, so put these steps in separate stages",
             "f.yaml document 1 (Sequence Delta Cycle): stages[1].steps[0].profile: empty;",
             "f.yaml document 1 (Sequence Delta Cycle): stages[1].steps[0].guard.max_pending_deletes: NaN% is not a percentage",
+            "f.yaml document 1 (Sequence Delta Cycle): stages[1].steps[0].guard.max_staged_adds: 150% is not a percentage above 0 and at most 100",
+            "f.yaml document 1 (Sequence Delta Cycle): stages[1].steps[0].guard.max_staged_renames: 0% is not a percentage above 0 and at most 100",
             "f.yaml document 1 (Sequence Delta Cycle): stages[2].steps[0].ma: longer than 256 characters",
             "f.yaml document 1 (Sequence Delta Cycle): stages[3].steps: empty; give the stage at least one step or remove it",
             "f.yaml document 2 (Sequence empty): stages: empty; a sequence needs at least one stage",

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use syncfleet_proto::step_errors::StepErrors;
 use syncfleet_proto::time::now;
 use syncfleet_proto::v1::{self, agent_event::Kind};
 use syncfleet_proto::vocab;
@@ -71,6 +72,9 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
                 step.error_count = f.error_count;
                 step.detail.clone_from(&f.detail);
                 step.progress.clear();
+                // Bounded again here: the agent is on the network, and what is stored here is
+                // returned by every GetRun and ListRuns.
+                StepErrors::of_finished(f).bounded().store_in(step);
             }
         }
         Some(Kind::StepSkipped(k)) => {
@@ -470,5 +474,72 @@ mod tests {
             })),
         );
         assert_eq!(r.result, "completed-warnings");
+    }
+
+    /// Object errors and incidents are stored with the step, bounded even when an agent sends
+    /// more than the limits; an agent that sends none (an older version) leaves them empty.
+    #[test]
+    fn step_errors_are_stored_bounded_and_absent_from_older_agents() {
+        use syncfleet_proto::step_errors::{MAX_LITERAL_CHARS, MAX_OBJECT_ERRORS};
+        let mut r = run();
+        apply_event(&mut r, &ev(Kind::RunStarted(v1::RunStarted::default())));
+        let error = |i: usize| v1::ObjectError {
+            kind: "export".into(),
+            dn: format!("CN=u{i},DC=contoso,DC=com"),
+            error_type: "permission-issue".into(),
+            error_code: "0x80070005".into(),
+            error_literal: "x".repeat(100_000),
+            ..Default::default()
+        };
+        apply_event(
+            &mut r,
+            &ev(Kind::StepFinished(v1::StepFinished {
+                index: 0,
+                result: "completed-export-errors".into(),
+                error_count: 5000,
+                object_errors: (0..500).map(error).collect(),
+                object_errors_omitted: 4500,
+                connection_incidents: vec![v1::ConnectionIncident {
+                    connection_result: "dropped-connection".into(),
+                    server: "dc01:389".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        );
+        let s = &r.steps[0];
+        assert_eq!(s.error_count, 5000);
+        assert!(!s.object_errors.is_empty() && s.object_errors.len() <= MAX_OBJECT_ERRORS);
+        assert_eq!(s.object_errors.len() as u64 + s.object_errors_omitted, 5000);
+        assert_eq!(s.object_errors[0].dn, "CN=u0,DC=contoso,DC=com");
+        assert!(
+            s.object_errors.iter().all(
+                |e| e.literal_truncated && e.error_literal.chars().count() == MAX_LITERAL_CHARS
+            )
+        );
+        assert_eq!(s.connection_incidents.len(), 1);
+        assert!(
+            StepErrors::of_finished(&v1::StepFinished {
+                object_errors: s.object_errors.clone(),
+                connection_incidents: s.connection_incidents.clone(),
+                ..Default::default()
+            })
+            .encoded_len()
+                <= syncfleet_proto::step_errors::MAX_STEP_ERRORS_BYTES
+        );
+        // An older agent: a count, no details.
+        apply_event(
+            &mut r,
+            &ev(Kind::StepFinished(v1::StepFinished {
+                index: 1,
+                result: "completed-sync-errors".into(),
+                error_count: 21,
+                ..Default::default()
+            })),
+        );
+        let s = &r.steps[1];
+        assert_eq!(s.error_count, 21);
+        assert!(s.object_errors.is_empty() && s.connection_incidents.is_empty());
+        assert_eq!(s.object_errors_omitted, 0);
     }
 }

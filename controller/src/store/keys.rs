@@ -50,6 +50,28 @@ pub fn revoked(agent: &str) -> String {
     format!("revoked/{agent}")
 }
 
+/// An operator's revocation record (a `Pause`: `at` = when revoked; every certificate of that
+/// name issued until then is refused).
+pub fn operator_revoked(operator: &str) -> String {
+    format!("revoked-operator/{operator}")
+}
+
+/// Prefix of every operator's revocation record ([`operator_revoked`]).
+pub fn operator_revoked_prefix() -> String {
+    operator_revoked("")
+}
+
+/// The record of one operator certificate the controller issued (an `OperatorCertificate`),
+/// keyed by name and serial so that listing one operator's certificates is a prefix read.
+pub fn operator_cert(operator: &str, serial: &str) -> String {
+    format!("{}{operator}/{serial}", operator_certs_prefix())
+}
+
+/// Prefix of every operator certificate record ([`operator_cert`]).
+pub fn operator_certs_prefix() -> String {
+    "operator-cert/".to_string()
+}
+
 /// The labels an enrollment token assigned to an agent.
 pub fn labels(agent: &str) -> String {
     format!("labels/{agent}")

@@ -600,6 +600,7 @@ fn step_finished(index: u32) -> Kind {
         connection_result: "success".into(),
         error_count: 0,
         detail: String::new(),
+        ..Default::default()
     })
 }
 

@@ -2,7 +2,142 @@
 
 use syncfleet_proto::v1::{self, agent_event::Kind};
 
+use crate::executor::plan::{PlannedStep, RunMemory};
 use crate::executor::testkit::*;
+
+fn count(n: u64) -> Option<v1::Limit> {
+    Some(v1::Limit {
+        kind: Some(v1::limit::Kind::Count(n)),
+    })
+}
+
+fn percent(p: f64) -> Option<v1::Limit> {
+    Some(v1::Limit {
+        kind: Some(v1::limit::Kind::Percent(p)),
+    })
+}
+
+fn guarded(guard: v1::Guard, approved: bool) -> PlannedStep {
+    PlannedStep {
+        index: 1,
+        spec: v1::StepSpec {
+            ma: "HR".into(),
+            profile: "Delta Sync".into(),
+        },
+        only_if: v1::Condition::Always,
+        guard: Some(guard),
+        approved,
+    }
+}
+
+/// Staged adds, updates and renames and pending export adds and updates hold a step like
+/// deletes do; the reason names each counter above its limit, its value and the limit.
+#[test]
+fn guard_rails_on_adds_updates_and_renames_name_counter_value_and_limit() {
+    let guard = v1::Guard {
+        max_staged_adds: count(100),
+        max_staged_updates: percent(5.0),
+        max_staged_renames: count(10),
+        max_pending_adds: count(50),
+        max_pending_updates: percent(1.0),
+        ..Default::default()
+    };
+    let pending = v1::PendingCounters {
+        import_add: 101,
+        import_update: 500,
+        export_add: 50,
+        export_update: 201,
+        total_connectors: 20_000,
+        ..Default::default()
+    };
+    let why = super::hold_reason(&guarded(guard, false), Some(&pending), 11).unwrap();
+    assert_eq!(
+        why,
+        "101 staged adds on HR (NumImportAdd) exceed max_staged_adds 100; \
+         11 staged renames on HR (stage-rename of the earlier steps of this run) exceed max_staged_renames 10; \
+         201 pending export updates on HR (NumExportUpdate) exceed max_pending_updates 1% of 20000 connectors = 200"
+    );
+    // At the limits nothing holds: a limit is the most that may pass.
+    let at_limits = v1::PendingCounters {
+        import_add: 100,
+        import_update: 1000,
+        export_add: 50,
+        export_update: 200,
+        total_connectors: 20_000,
+        ..Default::default()
+    };
+    assert_eq!(
+        super::hold_reason(&guarded(guard, false), Some(&at_limits), 10),
+        None
+    );
+    // An approval lifts the guard once; unreadable counters hold (fail closed).
+    assert_eq!(
+        super::hold_reason(&guarded(guard, true), Some(&pending), 11),
+        None
+    );
+    let unread = super::hold_reason(&guarded(guard, false), None, 0).unwrap();
+    assert!(unread.contains("could not be read"), "{unread}");
+}
+
+/// The staged-renames guard counts the renames the run's earlier steps staged, per MA.
+#[test]
+fn run_memory_sums_staged_renames_per_ma() {
+    let mut m = RunMemory::default();
+    let staged = |n: u64| v1::StepCounters {
+        counters: [
+            ("stage-rename".to_string(), n),
+            ("stage-add".to_string(), 4),
+        ]
+        .into_iter()
+        .collect(),
+        outbound: Default::default(),
+    };
+    m.record("AD", &staged(7));
+    m.record("AD", &staged(5));
+    m.record("HR", &staged(0));
+    assert_eq!(m.staged_renames("AD"), 12);
+    assert_eq!(m.staged_renames("HR"), 0);
+    assert_eq!(m.staged_renames("MIM Service"), 0);
+}
+
+/// A guard on staged adds holds the synchronization after an import staged too many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_adds_over_the_limit_hold_the_sync() {
+    let (h, sim) = quiet().await;
+    use v1::Condition as C;
+    sim.inject_source_changes("HR", 40, 0, 0).unwrap();
+    let guard = v1::Guard {
+        max_staged_adds: count(25),
+        ..Default::default()
+    };
+    start_plan(
+        &h,
+        "adds",
+        vec![
+            vec![step("HR", "Delta Import", C::Always, None)],
+            vec![step("HR", "Delta Sync", C::Always, Some(guard))],
+        ],
+        |_| {},
+    );
+    let events = wait_all(&h).await;
+    let f = finished(&events, "adds");
+    assert_eq!(f.state, v1::RunState::Held as i32, "{f:?}");
+    let held = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(Kind::StepHeld(s)) => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(held.index, 1);
+    assert!(
+        held.reason
+            .starts_with("40 staged adds on HR (NumImportAdd) exceed max_staged_adds 25"),
+        "{}",
+        held.reason
+    );
+    assert_eq!(held.pending.unwrap().import_add, 40);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guard_rail_holds_and_approval_lets_the_step_through_once() {
@@ -10,10 +145,10 @@ async fn guard_rail_holds_and_approval_lets_the_step_through_once() {
     use v1::Condition as C;
     sim.inject_source_changes("AD", 0, 0, 100).unwrap();
     let guard = v1::Guard {
-        max_pending_deletes: None,
         max_staged_deletes: Some(v1::Limit {
             kind: Some(v1::limit::Kind::Count(10)),
         }),
+        ..Default::default()
     };
     let plan = || {
         vec![
@@ -69,10 +204,10 @@ async fn held_and_failed_runs_are_logged_with_their_event_ids() {
     use v1::Condition as C;
     sim.inject_source_changes("AD", 0, 0, 100).unwrap();
     let guard = v1::Guard {
-        max_pending_deletes: None,
         max_staged_deletes: Some(v1::Limit {
             kind: Some(v1::limit::Kind::Count(10)),
         }),
+        ..Default::default()
     };
     start_plan(
         &h,
