@@ -6,6 +6,7 @@
 //! The reader (commands, acknowledgements) and the writer (events, heartbeats) run as separate
 //! tasks so a slow direction never stalls the other.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -495,6 +496,10 @@ async fn write_loop(
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let pending = crate::telemetry::PendingCache::new();
+    // When each run the engine executes without us was first seen, by (MA, run number).
+    let mut engine_runs_seen: HashMap<(String, u64), prost_types::Timestamp> = HashMap::new();
+    // The last list read, sent again when the engine is unhealthy or too slow to answer.
+    let mut engine_runs_last: Vec<v1::EngineRun> = Vec::new();
     loop {
         // Replay / stream everything not yet sent on this session, in seq order.
         loop {
@@ -520,8 +525,22 @@ async fn write_loop(
             () = ctx.outbox.notified() => {}
             _ = tick.tick() => {
                 let health = ctx.executor.health().await;
+                // The heartbeat must not wait on a frozen engine: its status is read only
+                // while it is healthy, and for at most ENGINE_RUNS_WAIT.
+                if health.healthy
+                    && let Ok(running) =
+                        tokio::time::timeout(ENGINE_RUNS_WAIT, ctx.executor.foreign_runs()).await
+                {
+                    engine_runs_last = engine_runs_now(
+                        running,
+                        &mut engine_runs_seen,
+                        syncfleet_proto::time::now(),
+                    );
+                }
+                let engine_runs = engine_runs_last.clone();
                 let hk = ctx.housekeeping.status();
                 let hb = v1::Heartbeat {
+                    engine_runs,
                     sent_at: Some(syncfleet_proto::time::now()),
                     engine_healthy: health.healthy,
                     engine_detail: health.detail,
@@ -541,6 +560,37 @@ async fn write_loop(
     }
 }
 
+/// How long a heartbeat waits for the engine's MA statuses (runs it did not start) before it
+/// goes out with the list read last.
+const ENGINE_RUNS_WAIT: Duration = Duration::from_secs(5);
+
+/// The heartbeat's `engine_runs` from the MAs' runs in progress that this process did not
+/// start; `seen` keeps when each was first seen (entries of runs no longer running are dropped).
+fn engine_runs_now(
+    now_running: Vec<(String, String, u64, String)>,
+    seen: &mut HashMap<(String, u64), prost_types::Timestamp>,
+    now: prost_types::Timestamp,
+) -> Vec<v1::EngineRun> {
+    let keys: Vec<(String, u64)> = now_running
+        .iter()
+        .map(|(ma, _, n, _)| (ma.clone(), *n))
+        .collect();
+    seen.retain(|k, _| keys.contains(k));
+    now_running
+        .into_iter()
+        .map(|(ma, profile, run_number, origin)| {
+            let since = *seen.entry((ma.clone(), run_number)).or_insert(now);
+            v1::EngineRun {
+                ma,
+                profile,
+                run_number,
+                origin,
+                seen_since: Some(since),
+            }
+        })
+        .collect()
+}
+
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .or_else(|_| std::env::var("COMPUTERNAME"))
@@ -551,6 +601,39 @@ fn hostname() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod engine_runs_tests {
+    use super::*;
+    use syncfleet_proto::time::from_millis;
+
+    #[test]
+    fn engine_runs_keep_when_first_seen_and_forget_ended_ones() {
+        let mut seen = HashMap::new();
+        let full_sync = || {
+            (
+                "AD".to_string(),
+                "Full Sync".to_string(),
+                12,
+                "outside syncfleet".to_string(),
+            )
+        };
+        let first = engine_runs_now(vec![full_sync()], &mut seen, from_millis(1_000));
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].ma, "AD");
+        assert_eq!(first[0].run_number, 12);
+        assert_eq!(first[0].seen_since, Some(from_millis(1_000)));
+        let again = engine_runs_now(vec![full_sync()], &mut seen, from_millis(6_000));
+        assert_eq!(again[0].seen_since, Some(from_millis(1_000)));
+        assert!(engine_runs_now(Vec::new(), &mut seen, from_millis(9_000)).is_empty());
+        assert!(seen.is_empty());
+        // The same MA's next run is a new one.
+        let mut next = full_sync();
+        next.2 = 13;
+        let later = engine_runs_now(vec![next], &mut seen, from_millis(12_000));
+        assert_eq!(later[0].seen_since, Some(from_millis(12_000)));
+    }
 }
 
 #[cfg(test)]

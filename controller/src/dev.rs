@@ -234,12 +234,15 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
         let dir = data_dir.join("agents").join(&name);
         init::issue_agent_files(&ca, &name, &dir, Duration::from_secs(30 * 86_400))?;
         let mut labels = std::collections::BTreeMap::new();
-        labels.insert("env".to_string(), "dev".to_string());
         let role = if opts.agents > 1 && i + 1 == opts.agents {
             "staging"
         } else {
             "primary"
         };
+        // Primaries stand for production servers, the last one for staging: `-l env=prod`
+        // selects the primaries, as on a real fleet.
+        let env = if role == "primary" { "prod" } else { "staging" };
+        labels.insert("env".to_string(), env.to_string());
         labels.insert("role".to_string(), role.to_string());
         let agent_cfg = AgentConfig {
             name: name.clone(),
@@ -332,7 +335,7 @@ fn banner(
     }
     text.push_str(&cli_hint());
     text.push_str(
-        "try (in another terminal):\n  syncfleet agents list\n  syncfleet agents show sync-01\n  syncfleet run sync-01 --step \"AD:Delta Import\" --step \"AD:Delta Sync\" --follow\n  syncfleet runs list\n  syncfleet schedules list\n  syncfleet schedules show delta-every-3m\n  syncfleet run sync-02 --sequence delta-cycle --follow\n",
+        "try (in another terminal):\n  syncfleet agents list\n  syncfleet agents show sync-01\n  syncfleet run sync-01 --step \"AD:Delta Import\" --step \"AD:Delta Sync\" --follow\n  syncfleet runs list\n  syncfleet schedules list\n  syncfleet schedules show delta-every-3m\n  syncfleet run sync-02 --sequence delta-cycle --follow\n  syncfleet run -l env=prod --sequence delta-cycle --follow\n  syncfleet timeline --since 10m\n",
     );
     text.push_str("Ctrl-C stops the fleet");
     if temporary {

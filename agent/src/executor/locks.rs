@@ -175,6 +175,46 @@ impl Executor {
         Ok(None)
     }
 
+    /// Runs in progress in the engine that this process did not start, one per MA of the
+    /// inventory (the heartbeat reports them, so the controller can show what a server runs
+    /// now, including runs started in Sync Service Manager or by a script). An MA whose status
+    /// cannot be read is left out (logged at debug level: the heartbeat must not fail for it).
+    pub async fn foreign_runs(&self) -> Vec<(String, String, u64, String)> {
+        let names: Vec<String> = lock(&self.inventory)
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        let mut out = Vec::new();
+        for ma in names {
+            if lock(&self.executing).contains(&ma) {
+                continue;
+            }
+            match self.engine.status(&ma).await {
+                Ok(MaStatus::InProgress {
+                    profile,
+                    run_number,
+                }) => {
+                    // Re-check: a step of ours may have started while the status was read.
+                    if lock(&self.executing).contains(&ma) {
+                        continue;
+                    }
+                    let origin = match lock(&self.recovering).get(&(ma.clone(), run_number)) {
+                        Some(run_id) => {
+                            format!("syncfleet run {run_id} before the agent restarted")
+                        }
+                        None => "outside syncfleet".to_string(),
+                    };
+                    out.push((ma, profile, run_number, origin));
+                }
+                Ok(MaStatus::Idle) => {}
+                Err(e) => {
+                    tracing::debug!(ma = %ma, error = %e, "cannot read the status of a management agent");
+                }
+            }
+        }
+        out
+    }
+
     /// A MIM Service MA import that is sync-class only by that rule (for wording reasons).
     pub(super) fn mim_service_import(&self, ma: &str, profile: &str) -> bool {
         let inv = lock(&self.inventory);
@@ -201,6 +241,29 @@ impl Executor {
             (RunMode::Supported, false) => Gate::Read(self.gate.read().await),
             (RunMode::Unsupported, true) => Gate::Sync(self.sync_only.lock().await),
             (RunMode::Unsupported, false) => Gate::Open,
+        }
+    }
+
+    /// The gate without waiting, or `None` with the reason it is taken: the step then says
+    /// what it waits for before it queues for the gate (a wait behind another step of ours is
+    /// as visible as one behind a run started outside syncfleet).
+    pub(super) fn try_gate(&self, sync_class: bool) -> Result<Gate<'_>, &'static str> {
+        match (self.opts.run_mode, sync_class) {
+            (RunMode::Exclusive, _) => self.gate.try_write().map(Gate::Write).map_err(|_| {
+                "another step is running on this server (run_mode exclusive: one step at a time); waiting for it to end"
+            }),
+            (RunMode::Supported, true) => self.gate.try_write().map(Gate::Write).map_err(|_| {
+                "steps of other syncfleet runs are running on this server and a synchronization runs alone; waiting for them to end"
+            }),
+            (RunMode::Supported, false) => self.gate.try_read().map(Gate::Read).map_err(|_| {
+                "a synchronization of another syncfleet run is running on this server; waiting for it to end"
+            }),
+            (RunMode::Unsupported, true) => {
+                self.sync_only.try_lock().map(Gate::Sync).map_err(|_| {
+                    "a synchronization of another syncfleet run is running on this server; waiting for it to end"
+                })
+            }
+            (RunMode::Unsupported, false) => Ok(Gate::Open),
         }
     }
 

@@ -74,13 +74,37 @@ impl Executor {
         loop {
             // Per-MA exclusivity first, then the server-wide gate (always in this order, so two
             // runs can never wait on each other).
-            let ma_guard = tokio::select! {
-                g = ma_lock.lock() => g,
-                () = cancel.cancelled() => return StepOutcome::Cancelled,
+            // A lock held by another step of ours is waited for like a foreign run: the step
+            // says why first.
+            let ma_guard = match ma_lock.try_lock() {
+                Ok(g) => g,
+                Err(_) => {
+                    let reason = format!(
+                        "MA {} is running a step of another syncfleet run; waiting for it to end",
+                        step.ma
+                    );
+                    if last_reason.as_deref() != Some(reason.as_str()) {
+                        self.waiting(run_id, index, reason.clone());
+                        last_reason = Some(reason);
+                    }
+                    tokio::select! {
+                        g = ma_lock.lock() => g,
+                        () = cancel.cancelled() => return StepOutcome::Cancelled,
+                    }
+                }
             };
-            let gate = tokio::select! {
-                g = self.gate(sync_class) => g,
-                () = cancel.cancelled() => return StepOutcome::Cancelled,
+            let gate = match self.try_gate(sync_class) {
+                Ok(g) => g,
+                Err(reason) => {
+                    if last_reason.as_deref() != Some(reason) {
+                        self.waiting(run_id, index, reason.to_string());
+                        last_reason = Some(reason.to_string());
+                    }
+                    tokio::select! {
+                        g = self.gate(sync_class) => g,
+                        () = cancel.cancelled() => return StepOutcome::Cancelled,
+                    }
+                }
             };
             // A run started outside syncfleet (Sync Service Manager, a script, a run of an
             // earlier agent process) holds the same locks as one of ours.

@@ -416,6 +416,7 @@ impl FleetService for FleetSvc {
         let ctx = self.security.authorize(&request, "ListRuns", "").await?;
         let result: Result<_, Status> = async {
             let req = request.into_inner();
+            check_ident("schedule", &req.schedule).map_err(bad_input)?;
             let states = req
                 .states
                 .iter()
@@ -426,7 +427,7 @@ impl FleetService for FleetSvc {
                 .collect::<Result<Vec<_>, _>>()?;
             let query = RunQuery {
                 agent: (!req.agent.is_empty()).then_some(req.agent),
-                schedule: None,
+                schedule: (!req.schedule.is_empty()).then_some(req.schedule),
                 states,
                 since_ms: req.since.as_ref().map(syncfleet_proto::time::to_millis),
                 until_ms: req.until.as_ref().map(syncfleet_proto::time::to_millis),

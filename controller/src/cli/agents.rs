@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use syncfleet_proto::v1::{
-    Agent, AgentState, DrainAgentRequest, GetAgentRequest, ListAgentsRequest, RevokeAgentRequest,
+    Agent, AgentState, DrainAgentRequest, GetAgentRequest, ListAgentsRequest, ListRunsRequest,
+    RevokeAgentRequest, Run, RunState, StepState,
 };
 
 use super::connect::Client;
 use super::output::{self, out};
-use super::table::{Table, age, instant, local_time, or_dash, pause_brief};
+use super::table::{Table, age, instant, local_time, or_dash, pause_brief, short_id};
 use super::{CliError, EXIT_OK, OutputFormat, Session};
 
 /// `agents ...`
@@ -84,15 +85,45 @@ impl Session<'_> {
             .into_inner()
             .agents;
         agents.sort_by(|a, b| a.name.cmp(&b.name));
+        let running = self.running_runs(client).await?;
+        let mut json = output::agents_json(&agents);
+        if let Some(list) = json.as_array_mut() {
+            for (v, a) in list.iter_mut().zip(&agents) {
+                v["running"] =
+                    output::runs_json(running.get(&a.name).map_or(&[][..], Vec::as_slice));
+            }
+        }
         self.print_list(
-            &output::agents_json(&agents),
+            &json,
             agents.is_empty(),
-            || agents_table(&agents, chrono::Utc::now()),
+            || agents_table(&agents, &running, chrono::Utc::now()),
             &format!(
                 "no agents yet; an agent appears once syncfleet-agent has connected to {}",
                 self.rc.context.controller
             ),
         )
+    }
+
+    /// The runs dispatched to or running on each agent now, by agent.
+    async fn running_runs(
+        &self,
+        client: &mut Client,
+    ) -> Result<HashMap<String, Vec<Run>>, CliError> {
+        let runs = client
+            .list_runs(ListRunsRequest {
+                states: vec![RunState::Dispatched as i32, RunState::Running as i32],
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner()
+            .runs;
+        let mut by_agent: HashMap<String, Vec<Run>> = HashMap::new();
+        for r in runs {
+            by_agent.entry(r.agent.clone()).or_default().push(r);
+        }
+        Ok(by_agent)
     }
 
     async fn agents_show(&self, client: &mut Client, name: &str) -> Result<u8, CliError> {
@@ -202,8 +233,13 @@ fn agent_state_brief(a: &Agent) -> String {
 }
 
 /// `agents list` table: NAME STATE DRAIN ENGINE MAS LAST-SEEN LABELS (DRAIN is `draining` or
-/// `-`); `-o wide` adds HOSTNAME VERSION IN-FLIGHT (runs in flight).
-pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
+/// `-`; RUNNING is what the server runs now, see [`running_brief`]); `-o wide` adds HOSTNAME
+/// VERSION IN-FLIGHT (runs in flight).
+pub fn agents_table(
+    agents: &[Agent],
+    running: &HashMap<String, Vec<Run>>,
+    now: DateTime<Utc>,
+) -> String {
     let mut t = Table::new(&[
         "NAME",
         "STATE",
@@ -212,6 +248,7 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
         "MAS",
         "LAST-SEEN",
         "LABELS",
+        "RUNNING",
     ])
     .wide(&["HOSTNAME", "VERSION", "IN-FLIGHT"]);
     for a in agents {
@@ -227,12 +264,49 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
             a.management_agents.len().to_string(),
             age(a.last_seen.as_ref(), now),
             or_dash(&labels_brief(&a.labels)).to_string(),
+            running_brief(a, running.get(&a.name).map_or(&[][..], Vec::as_slice)),
             or_dash(&a.hostname).to_string(),
             or_dash(&a.agent_version).to_string(),
             a.runs_in_flight.len().to_string(),
         ]);
     }
     t.render()
+}
+
+/// What a server runs now: each syncfleet run with its current step(s), then each run the
+/// engine executes that syncfleet did not start; `-` when idle.
+pub fn running_brief(a: &Agent, runs: &[Run]) -> String {
+    let mut parts: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            let what = if r.sequence.is_empty() {
+                "ad-hoc".to_string()
+            } else {
+                r.sequence.clone()
+            };
+            let steps: Vec<String> = r
+                .steps
+                .iter()
+                .filter(|s| s.state() == StepState::Running)
+                .map(|s| format!("{}: {}", s.ma, s.profile))
+                .collect();
+            if steps.is_empty() {
+                format!("{} {what} ({})", short_id(&r.id), r.state().label())
+            } else {
+                format!("{} {what} ({})", short_id(&r.id), steps.join(", "))
+            }
+        })
+        .collect();
+    parts.extend(
+        a.engine_runs
+            .iter()
+            .map(|e| format!("{}: {} #{} ({})", e.ma, e.profile, e.run_number, e.origin)),
+    );
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join("; ")
+    }
 }
 
 /// `agents show`: key/value lines, then each MA with its run profiles and their step types.
@@ -318,6 +392,14 @@ pub fn agent_details(a: &Agent, now: DateTime<Utc>) -> String {
             a.runs_in_flight.join(", ")
         },
     );
+    add("engine runs", {
+        let outside = running_brief(a, &[]);
+        if outside == "-" {
+            "none started outside syncfleet".to_string()
+        } else {
+            outside
+        }
+    });
     // The header row of the key/value table is empty; drop it.
     let rendered = kv.render();
     let mut out: String = rendered.lines().skip(1).map(|l| format!("{l}\n")).collect();
@@ -370,14 +452,14 @@ mod tests {
             name: "sync01".into(),
             ..Default::default()
         };
-        let text = agents_table(std::slice::from_ref(&a), Utc::now());
+        let text = agents_table(std::slice::from_ref(&a), &HashMap::new(), Utc::now());
         assert!(
             text.starts_with("NAME    STATE        DRAIN  ENGINE"),
             "{text}"
         );
         assert!(agent_details(&a, Utc::now()).contains("drain:           no\n"));
         a.drain = Some(pause("patching"));
-        let text = agents_table(std::slice::from_ref(&a), Utc::now());
+        let text = agents_table(std::slice::from_ref(&a), &HashMap::new(), Utc::now());
         assert!(text.contains("  draining  "), "{text}");
         let text = agent_details(&a, Utc::now());
         assert!(

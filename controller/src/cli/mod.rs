@@ -13,7 +13,11 @@
 //! syncfleet agents resume NAME [--note TEXT]
 //! syncfleet agents revoke NAME [--note TEXT]    close its session, refuse it from now on
 //! syncfleet run AGENT (--step "MA:PROFILE" [--step ...] | --sequence NAME) [--follow]
-//! syncfleet runs list [--agent NAME] [--state S]... [--limit N]
+//! syncfleet run (AGENT... | -l SELECTOR | --all) (--step ... | --sequence NAME) [--follow]
+//!               [--max-parallel N] [--idempotency-key KEY]     one run per agent (StartRuns)
+//! syncfleet runs list [--agent NAME] [-l SELECTOR] [--state S]... [--schedule NAME]
+//!                     [--since 2h|RFC3339] [--limit N] [--watch]
+//! syncfleet timeline [--since 6h|RFC3339] [-l SELECTOR] [--width N]
 //! syncfleet runs show ID
 //! syncfleet runs cancel ID [--reason TEXT]
 //! syncfleet runs approve ID [--note TEXT]       run a held step once, as a new run
@@ -80,6 +84,11 @@
 //!   `applied N change(s)` line, and errors, which are one line starting with `error: `. Lists
 //!   of problems in fleet files (found locally or by the controller) are printed first, one per
 //!   line, verbatim, followed by one `error: ` line.
+//! - `run` on several agents (`AGENT...`, `-l`, `--all`) prints a table `AGENT RUN STATE`
+//!   (with `--follow` or `--max-parallel`, once every run has ended, with result and duration)
+//!   and each refused agent with its reason on stderr; `-o json` is `{idempotency_key, runs,
+//!   refused}` (plus `failed` when followed). `runs list --watch` prints the list, then one line
+//!   per change (`-o json`: one JSON object per line) until interrupted.
 //! - `run` without `--follow` prints just the new run's id (table mode), so
 //!   `id=$(syncfleet run sync-01 --step "AD:Delta Import")` works; with `--follow` it prints the
 //!   final run (summary, or the run object with `-o json`) once the run has ended. `runs
@@ -91,6 +100,7 @@
 //! |---|---|
 //! | 0 | the request succeeded (`apply --dry-run`: the documents are valid and every step fits its target agents' inventories, or `--force` was given); for `run --follow`, the run ended `succeeded` (which includes engine results such as `completed-warnings`) |
 //! | 1 | the thing asked for failed: invalid fleet files (nothing is sent), config file or context problem, cannot reach or authenticate to the controller, the controller refused the request (gRPC status, e.g. `INVALID_ARGUMENT` for documents, `NOT_FOUND`), `delete` of something that does not exist, or `run --follow` ended `held`, `completed_with_errors`, `failed`, `cancelled`, `skipped` or `unknown`, or the watch was lost for longer than ~30 s |
+//! | 1 (fan-out) | `run` on several agents: some agent of the selection was refused, or (followed) some run did not succeed; each is named on stderr with its agent, run id, state and result |
 //! | 2 | usage error (unknown flag, bad `--step`, bad `--state`, `--step` with `--sequence`, `pause` without `--note`), reported by clap |
 //!
 //! A failed call whose response carried an `x-request-id` ends its `error:` line with
@@ -131,10 +141,12 @@ pub mod documents;
 pub mod fleet;
 pub mod notifiers;
 pub mod output;
+pub mod run;
 pub mod run_errors;
 pub mod runs;
 pub mod schedules;
 pub mod table;
+pub mod timeline;
 pub mod version;
 
 use std::ffi::OsString;
@@ -152,7 +164,8 @@ use connect::ConnectError;
 use documents::{ApplyArgs, DocKind};
 use fleet::FleetCommand;
 use notifiers::NotifiersCommand;
-use runs::{RunArgs, RunsCommand};
+use run::RunArgs;
+use runs::RunsCommand;
 use schedules::SchedulesCommand;
 
 /// Exit code: the request succeeded (for `run --follow`: the run succeeded).
@@ -273,11 +286,15 @@ pub enum Command {
     /// Sync servers (agents) known to the controller
     #[command(subcommand)]
     Agents(AgentsCommand),
-    /// Start an ad-hoc run of run profiles on one agent
+    /// Start an ad-hoc run of run profiles on one agent, several, those matching a label
+    /// selector (-l) or all (--all)
     Run(RunArgs),
-    /// Runs: list, show, cancel, approve
+    /// Runs: list (and watch), show, cancel, approve
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Per server, the steps of recent runs as bars on a time axis: synchronizations marked,
+    /// overlaps and waits highlighted
+    Timeline(timeline::TimelineArgs),
     /// Create or change sequences and schedules from fleet files (diff first; --prune deletes
     /// stored ones not in the files)
     Apply(ApplyArgs),
@@ -462,6 +479,7 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Agents(c) => s.agents(client, c).await,
         Command::Run(args) => s.run(client, args).await,
         Command::Runs(c) => s.runs(client, c).await,
+        Command::Timeline(a) => s.timeline(client, a).await,
         Command::Apply(a) => s.apply(client, a, prepared).await,
         Command::Get { kind, name } => s.get(client, *kind, name.as_deref()).await,
         Command::Delete { kind, name } => s.delete(client, *kind, name).await,
@@ -664,7 +682,9 @@ mod tests {
                 .unwrap_or_else(|e| panic!("help example {line:?} does not parse: {e}"));
             match &cli.command {
                 Command::Run(args) => {
-                    assert!(dev_agent(&args.agent), "{line}: no agent {}", args.agent);
+                    for agent in &args.agents {
+                        assert!(dev_agent(agent), "{line}: no agent {agent}");
+                    }
                     if let Some(seq) = &args.sequence {
                         assert!(has("Sequence", seq), "{line}: no sequence {seq}");
                     }

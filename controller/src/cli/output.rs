@@ -118,6 +118,9 @@ pub fn step_json(s: &Step) -> Value {
         "object_errors_omitted": s.object_errors_omitted,
         "connection_incidents": super::run_errors::incidents_json(s),
         "connection_incidents_omitted": s.connection_incidents_omitted,
+        "waiting_since": timestamp_json(s.waiting_since.as_ref()),
+        "wait_reason": s.wait_reason,
+        "waited_ms": s.waited_ms,
     })
 }
 
@@ -280,6 +283,14 @@ pub fn agent_json(a: &Agent) -> Value {
         "engine_detail": a.engine_detail,
         "agent_problem": a.agent_problem,
         "runs_in_flight": a.runs_in_flight,
+        // Runs the engine executes that syncfleet did not start (Sync Service Manager, scripts).
+        "engine_runs": a.engine_runs.iter().map(|r| json!({
+            "ma": r.ma,
+            "profile": r.profile,
+            "run_number": r.run_number,
+            "origin": r.origin,
+            "seen_since": timestamp_json(r.seen_since.as_ref()),
+        })).collect::<Vec<_>>(),
         "drain": pause_json(a.drain.as_ref(), "draining"),
         // Firing its schedules on its own (no controller reachable), since when; or the last
         // such period (`autonomous_until` set once it handed its schedules back).
@@ -608,6 +619,7 @@ mod tests {
                 "engine_detail": "",
                 "agent_problem": "",
                 "runs_in_flight": ["r1"],
+                "engine_runs": [],
                 "drain": {"draining": false, "note": "", "by": "", "at": null},
                 "autonomous": false,
                 "autonomous_since": null,

@@ -11,13 +11,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use clap::Subcommand;
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
-use clap::{ArgGroup, Args, Subcommand};
 use syncfleet_proto::v1::{
     ApproveRunRequest, CancelRunRequest, GetRunRequest, ListRunsRequest, PendingCounters, Run,
     RunState, StartRunRequest, Step, StepCounters, StepSpec, StepState, WatchRunsRequest, limit,
 };
 
+use super::access::{Since, parse_since};
 use super::connect::{self, Client};
 use super::output::{self, out};
 use super::table::{
@@ -42,24 +43,6 @@ const STATE_LABELS: [&str; 10] = [
     "held",
 ];
 
-/// `run AGENT (--step MA:PROFILE ... | --sequence NAME)`
-#[derive(Debug, Args)]
-#[command(group(ArgGroup::new("plan").required(true).args(["steps", "sequence"])))]
-pub struct RunArgs {
-    /// Agent (sync server) name
-    pub agent: String,
-    /// A step "MA:PROFILE", e.g. "AD:Delta Import"; repeat for more steps, run in order. Split
-    /// at the first ':' (profile names may contain ':' and spaces)
-    #[arg(long = "step", short = 's', value_name = "MA:PROFILE", value_parser = parse_step)]
-    pub steps: Vec<StepSpec>,
-    /// Run a stored sequence instead of ad-hoc steps
-    #[arg(long, value_name = "NAME")]
-    pub sequence: Option<String>,
-    /// Watch the run until it ends; exit 0 only if it succeeded
-    #[arg(long, short = 'f')]
-    pub follow: bool,
-}
-
 /// `runs ...`
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
@@ -81,6 +64,19 @@ pub enum RunsCommand {
         /// Show at most this many runs
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
+        /// Only runs created since: a duration before now (2h, 30m, 7d) or an RFC 3339 time
+        #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since)]
+        since: Option<Since>,
+        /// Only runs of agents whose labels match, e.g. env=prod,site=eu
+        #[arg(long, short = 'l', value_name = "SELECTOR")]
+        selector: Option<String>,
+        /// Only runs created by this schedule
+        #[arg(long, value_name = "NAME")]
+        schedule: Option<String>,
+        /// After the list, keep printing runs as they change (one line each; -o json: one JSON
+        /// object per line) until interrupted
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// Show one run with its steps and counters
     Show {
@@ -147,9 +143,22 @@ impl Session<'_> {
                 agent,
                 states,
                 limit,
+                since,
+                selector,
+                schedule,
+                watch,
             } => {
-                self.runs_list(client, agent.as_deref(), states, *limit)
-                    .await
+                let filter = ListFilter {
+                    agent: agent.clone(),
+                    states: states.clone(),
+                    since: *since,
+                    agents: match selector {
+                        Some(sel) => Some(self.selected_agents(client, sel).await?),
+                        None => None,
+                    },
+                    schedule: schedule.clone(),
+                };
+                self.runs_list(client, &filter, *limit, *watch).await
             }
             RunsCommand::Show { id, errors } => self.runs_show(client, id, *errors).await,
             RunsCommand::Cancel { id, reason } => self.runs_cancel(client, id, reason).await,
@@ -157,17 +166,26 @@ impl Session<'_> {
         }
     }
 
-    pub(super) async fn run(&self, client: &mut Client, args: &RunArgs) -> Result<u8, CliError> {
+    /// `run AGENT ...` on one agent: `StartRun`, then the id (or, with `follow`, the run
+    /// watched to its end).
+    pub(super) async fn run_one(
+        &self,
+        client: &mut Client,
+        agent: &str,
+        steps: &[StepSpec],
+        sequence: Option<&str>,
+        follow: bool,
+    ) -> Result<u8, CliError> {
         let run = client
             .start_run(StartRunRequest {
-                sequence: args.sequence.clone().unwrap_or_default(),
-                agent: args.agent.clone(),
-                steps: args.steps.clone(),
+                sequence: sequence.unwrap_or_default().to_string(),
+                agent: agent.to_string(),
+                steps: steps.to_vec(),
             })
             .await
             .map_err(|e| self.rpc_err(&e))?
             .into_inner();
-        if !args.follow {
+        if !follow {
             let mut hint = format!(
                 "run {} is {} on agent {}",
                 run.id,
@@ -284,43 +302,175 @@ impl Session<'_> {
     async fn runs_list(
         &self,
         client: &mut Client,
-        agent: Option<&str>,
-        states: &[RunState],
+        filter: &ListFilter,
         limit: u32,
+        watch: bool,
     ) -> Result<u8, CliError> {
         let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut runs: Vec<Run> = Vec::new();
         let mut page_token = String::new();
+        let mut scanned = 0usize;
+        // With a selector the agents are filtered here, page by page.
+        let page_cap = if filter.agents.is_some() { 1000 } else { 0 };
+        // Opened before the list is read, so no change falls between the two.
+        let stream = if watch {
+            Some(self.open_runs_watch(client, filter).await?)
+        } else {
+            None
+        };
         loop {
             let remaining = limit_usize.saturating_sub(runs.len());
-            let page_size = u32::try_from(remaining).unwrap_or(u32::MAX).min(1000);
+            let page_size = u32::try_from(remaining)
+                .unwrap_or(u32::MAX)
+                .min(1000)
+                .max(page_cap);
             let resp = client
                 .list_runs(ListRunsRequest {
-                    agent: agent.unwrap_or_default().to_string(),
-                    states: states.iter().map(|s| *s as i32).collect(),
-                    since: None,
+                    agent: filter.agent.clone().unwrap_or_default(),
+                    states: filter.states.iter().map(|s| *s as i32).collect(),
+                    since: filter
+                        .since
+                        .map(|s| syncfleet_proto::time::to_proto(s.resolve(Utc::now()))),
                     until: None,
                     page_size,
                     page_token: page_token.clone(),
+                    schedule: filter.schedule.clone().unwrap_or_default(),
                 })
                 .await
                 .map_err(|e| self.rpc_err(&e))?
                 .into_inner();
             let got = resp.runs.len();
-            runs.extend(resp.runs);
+            scanned += got;
+            runs.extend(resp.runs.into_iter().filter(|r| filter.agent_matches(r)));
             // An empty page with a token would loop forever on a misbehaving server; stop.
             if runs.len() >= limit_usize || resp.next_page_token.is_empty() || got == 0 {
+                break;
+            }
+            if scanned >= MAX_SCANNED {
+                eprintln!(
+                    "note: stopped after reading {scanned} runs; narrow the list with --since"
+                );
                 break;
             }
             page_token = resp.next_page_token;
         }
         runs.truncate(limit_usize);
-        self.print_list(
-            &output::runs_json(&runs),
-            runs.is_empty(),
-            || runs_table(&runs, chrono::Utc::now()),
-            "no runs match",
-        )
+        let Some(stream) = stream else {
+            return self.print_list(
+                &output::runs_json(&runs),
+                runs.is_empty(),
+                || runs_table(&runs, chrono::Utc::now()),
+                "no runs match",
+            );
+        };
+        // The list, oldest first, then every change, one line each.
+        let mut watcher = ListWatcher::default();
+        for r in runs.iter().rev() {
+            self.print_watched(&mut watcher, r)?;
+        }
+        self.watch_list(client, filter, stream, &mut watcher).await
+    }
+
+    /// The names of the agents whose labels match `selector`.
+    async fn selected_agents(
+        &self,
+        client: &mut Client,
+        selector: &str,
+    ) -> Result<Vec<String>, CliError> {
+        let targets = super::run::selector_targets(selector)?;
+        let agents = client
+            .list_agents(syncfleet_proto::v1::ListAgentsRequest {})
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner()
+            .agents;
+        let names: Vec<String> = agents
+            .into_iter()
+            .filter(|a| targets.matches(&a.name, &a.labels.clone().into_iter().collect()))
+            .map(|a| a.name)
+            .collect();
+        if names.is_empty() {
+            eprintln!("note: no agent matches selector {selector:?}");
+        }
+        Ok(names)
+    }
+
+    async fn open_runs_watch(
+        &self,
+        client: &mut Client,
+        filter: &ListFilter,
+    ) -> Result<tonic::Streaming<syncfleet_proto::v1::RunUpdate>, CliError> {
+        Ok(client
+            .watch_runs(WatchRunsRequest {
+                run_id: String::new(),
+                agent: filter.agent.clone().unwrap_or_default(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner())
+    }
+
+    /// `runs list --watch` after the list: prints each change of a matching run until the
+    /// process is interrupted; a broken stream is re-opened like `run --follow`'s.
+    async fn watch_list(
+        &self,
+        client: &mut Client,
+        filter: &ListFilter,
+        mut stream: tonic::Streaming<syncfleet_proto::v1::RunUpdate>,
+        watcher: &mut ListWatcher,
+    ) -> Result<u8, CliError> {
+        let mut last_ok = Instant::now();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let cause = loop {
+                match stream.message().await {
+                    Ok(Some(update)) => {
+                        last_ok = Instant::now();
+                        backoff = Duration::from_millis(500);
+                        if let Some(r) = update.run
+                            && filter.matches(&r)
+                        {
+                            self.print_watched(watcher, &r)?;
+                        }
+                    }
+                    Ok(None) => break "the controller closed the watch stream".to_string(),
+                    Err(status) if is_permanent(&status) => return Err(self.rpc_err(&status)),
+                    Err(status) => break connect::brief_status(&status),
+                }
+            };
+            loop {
+                if last_ok.elapsed() >= WATCH_GIVE_UP {
+                    return Err(CliError::Failed(format!(
+                        "lost the watch for {}s: {cause}",
+                        WATCH_GIVE_UP.as_secs()
+                    )));
+                }
+                eprintln!("watch interrupted: {cause}; reconnecting");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                if let Ok(s) = self.open_runs_watch(client, filter).await {
+                    stream = s;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One line for a run seen by `runs list --watch`, unless nothing shown changed.
+    fn print_watched(&self, watcher: &mut ListWatcher, r: &Run) -> Result<(), CliError> {
+        let key = format!("{}|{}|{}", r.state, steps_brief(r), r.message);
+        if watcher.last.get(&r.id) == Some(&key) {
+            return Ok(());
+        }
+        watcher.last.insert(r.id.clone(), key);
+        match self.format {
+            OutputFormat::Json | OutputFormat::Yaml => {
+                let line = serde_json::to_string(&output::run_json(r))
+                    .map_err(|e| CliError::Failed(format!("cannot encode a run as JSON: {e}")))?;
+                out(&format!("{line}\n"))
+            }
+            OutputFormat::Table => out(&format!("{}\n", watch_line(r))),
+        }
     }
 
     async fn runs_show(&self, client: &mut Client, id: &str, errors: bool) -> Result<u8, CliError> {
@@ -397,6 +547,67 @@ impl Session<'_> {
     }
 }
 
+/// How many runs `runs list` reads at most while filtering by selector.
+const MAX_SCANNED: usize = 100_000;
+
+/// What `runs list` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub agent: Option<String>,
+    pub states: Vec<RunState>,
+    pub since: Option<Since>,
+    /// The agents of `-l SELECTOR` (None: every agent).
+    pub agents: Option<Vec<String>>,
+    pub schedule: Option<String>,
+}
+
+impl ListFilter {
+    fn agent_matches(&self, r: &Run) -> bool {
+        self.agents.as_ref().is_none_or(|a| a.contains(&r.agent))
+    }
+
+    /// Whether a run seen on the watch stream belongs to the list (the stream is filtered by
+    /// agent only).
+    fn matches(&self, r: &Run) -> bool {
+        self.agent_matches(r)
+            && self.agent.as_ref().is_none_or(|a| a == &r.agent)
+            && self.schedule.as_ref().is_none_or(|s| s == &r.schedule)
+            && (self.states.is_empty() || self.states.contains(&r.state()))
+    }
+}
+
+/// What `runs list --watch` printed last per run.
+#[derive(Debug, Default)]
+struct ListWatcher {
+    last: HashMap<String, String>,
+}
+
+/// One `runs list --watch` line: time, short id, agent, state, origin, steps.
+fn watch_line(r: &Run) -> String {
+    let origin = if r.schedule.is_empty() {
+        r.origin.clone()
+    } else {
+        format!("{}/{}", r.origin, r.schedule)
+    };
+    let mut l = format!(
+        "[{}] {} {} {} {} {} steps {}",
+        chrono::Local::now().format("%H:%M:%S"),
+        short_id(&r.id),
+        r.agent,
+        r.state().label(),
+        or_dash(&origin),
+        or_dash(&r.sequence),
+        steps_brief(r)
+    );
+    if !r.result.is_empty() {
+        l.push_str(&format!(" {}", r.result));
+    }
+    if !r.message.is_empty() {
+        l.push_str(&format!(": {}", r.message));
+    }
+    l
+}
+
 /// The stderr line for a run that ended held: which step, why, and how to approve it.
 pub fn held_hint(run: &Run) -> String {
     let held = run
@@ -424,7 +635,7 @@ pub fn held_hint(run: &Run) -> String {
 }
 
 /// Watch errors that re-opening the stream cannot fix.
-fn is_permanent(status: &tonic::Status) -> bool {
+pub(super) fn is_permanent(status: &tonic::Status) -> bool {
     use tonic::Code;
     matches!(
         status.code(),

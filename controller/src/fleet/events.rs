@@ -31,12 +31,14 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
             if let Some(i) = step_mut(run, w.index) {
                 run.steps[i].state = v1::StepState::Waiting as i32;
                 run.steps[i].detail.clone_from(&w.reason);
+                note_wait(&mut run.steps[i], &w.reason, at);
             }
         }
         Some(Kind::StepStarted(s)) => {
             if let Some(i) = step_mut(run, s.index) {
                 let step = &mut run.steps[i];
                 step.state = v1::StepState::Running as i32;
+                end_wait(step, at);
                 step.started_at = Some(at);
                 step.detail.clear();
                 if s.run_number != 0 {
@@ -110,6 +112,27 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
 /// run has no result (its outcome was not observed; the steps that finished keep theirs). A
 /// step that is `not_run` has no start, end, counters or progress: whatever it showed while it
 /// ran was never confirmed, and a start without an end would read as a growing duration.
+/// Records that a step waits for `reason` from `at` (the first wait's time is kept; the reason
+/// is the latest), so that it stays visible after the step starts (`detail` is cleared then).
+fn note_wait(step: &mut v1::Step, reason: &str, at: prost_types::Timestamp) {
+    if reason.is_empty() {
+        return;
+    }
+    if step.waiting_since.is_none() {
+        step.waiting_since = Some(at);
+    }
+    step.wait_reason = reason.to_string();
+}
+
+/// A step that waited starts at `at`: how long it waited.
+fn end_wait(step: &mut v1::Step, at: prost_types::Timestamp) {
+    if let Some(since) = &step.waiting_since {
+        let ms = syncfleet_proto::time::to_millis(&at)
+            .saturating_sub(syncfleet_proto::time::to_millis(since));
+        step.waited_ms = u64::try_from(ms).unwrap_or(0);
+    }
+}
+
 fn end_run(run: &mut v1::Run, state: v1::RunState, result: &str, at: prost_types::Timestamp) {
     run.state = state as i32;
     run.finished_at = Some(at);
@@ -287,6 +310,53 @@ mod tests {
             run_id: "r".into(),
             kind: Some(kind),
         }
+    }
+
+    fn ev_at(ms: i64, kind: Kind) -> v1::AgentEvent {
+        v1::AgentEvent {
+            at: Some(from_millis(ms)),
+            ..ev(kind)
+        }
+    }
+
+    #[test]
+    fn a_step_keeps_when_and_why_it_waited_after_it_starts() {
+        let mut r = run();
+        apply_event(
+            &mut r,
+            &ev_at(1_000, Kind::RunStarted(v1::RunStarted::default())),
+        );
+        let wait = |reason: &str| {
+            Kind::StepWaiting(v1::StepWaiting {
+                index: 0,
+                reason: reason.into(),
+            })
+        };
+        apply_event(
+            &mut r,
+            &ev_at(2_000, wait("MA AD is running \"Full Sync\"")),
+        );
+        apply_event(&mut r, &ev_at(5_000, wait("MA AD is running \"Export\"")));
+        assert_eq!(r.steps[0].waiting_since, Some(from_millis(2_000)));
+        assert_eq!(r.steps[0].waited_ms, 0, "still waiting");
+        apply_event(
+            &mut r,
+            &ev_at(
+                9_500,
+                Kind::StepStarted(v1::StepStarted {
+                    index: 0,
+                    ..Default::default()
+                }),
+            ),
+        );
+        let s = &r.steps[0];
+        assert_eq!(s.detail, "", "the live detail is cleared");
+        assert_eq!(s.wait_reason, "MA AD is running \"Export\"");
+        assert_eq!(s.waiting_since, Some(from_millis(2_000)));
+        assert_eq!(s.waited_ms, 7_500);
+        // A step that never waited has no wait.
+        assert_eq!(r.steps[1].waiting_since, None);
+        assert_eq!(r.steps[1].waited_ms, 0);
     }
 
     #[test]

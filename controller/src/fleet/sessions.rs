@@ -37,6 +37,8 @@ pub(super) struct Live {
     engine_detail: String,
     agent_problem: String,
     runs_in_flight: Vec<String>,
+    /// Runs the engine executes that the agent did not start (last heartbeat).
+    engine_runs: Vec<v1::EngineRun>,
     /// Engine run-history housekeeping from the last heartbeat (kept after a disconnect).
     housekeeping: Housekeeping,
 }
@@ -51,6 +53,10 @@ pub struct Housekeeping {
     /// Why the last ClearRuns failed; empty after a success.
     pub clear_runs_problem: String,
 }
+
+/// The most engine runs of one heartbeat kept (one per MA is all an engine can run; the rest
+/// of a larger list is dropped rather than held).
+const MAX_ENGINE_RUNS: usize = 256;
 
 /// The lock key of an agent's stored record (see `locks.rs`): every read-modify-write of it
 /// holds this lock.
@@ -96,6 +102,7 @@ impl Fleet {
                 agent.engine_detail.clone_from(&live.engine_detail);
                 agent.agent_problem.clone_from(&live.agent_problem);
                 agent.runs_in_flight.clone_from(&live.runs_in_flight);
+                agent.engine_runs.clone_from(&live.engine_runs);
             }
         }
         if let Some(live) = lock(&self.live).get(&agent.name) {
@@ -153,6 +160,7 @@ impl Fleet {
             engine_detail: String::new(),
             agent_problem: String::new(),
             runs_in_flight: hello.runs_in_flight.clone(),
+            engine_runs: Vec::new(),
             drain: stored.as_ref().and_then(|s| s.agent.drain.clone()),
             autonomy_after_seconds: hello.autonomy_after_seconds,
             autonomous: false,
@@ -196,6 +204,7 @@ impl Fleet {
                     agent_problem: String::new(),
                     runs_in_flight: hello.runs_in_flight.clone(),
                     housekeeping,
+                    engine_runs: Vec::new(),
                 },
             );
         }
@@ -268,6 +277,12 @@ impl Fleet {
                 )
                 .to_string(),
             };
+            entry.engine_runs = hb
+                .engine_runs
+                .iter()
+                .take(MAX_ENGINE_RUNS)
+                .cloned()
+                .collect();
             self.pending_exports.record(agent, hb);
         }
     }
