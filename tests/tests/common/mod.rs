@@ -493,8 +493,12 @@ impl Fleet {
         if let Some((cert, key)) = identity {
             tls = tls.identity(Identity::from_pem(cert, key));
         }
+        // Bounded, so a connection the controller never answers fails the test instead of
+        // hanging it.
         Endpoint::from_shared(format!("https://127.0.0.1:{}", self.grpc_port))
             .unwrap()
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(60))
             .tls_config(tls)
             .unwrap()
             .connect()
