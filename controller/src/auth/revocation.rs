@@ -12,12 +12,13 @@ impl Security {
     /// ([`AuthError::OperatorRevoked`]) was revoked. Every authorized call asks this, so a
     /// revoked operator is refused on every RPC.
     pub async fn ensure_not_revoked(&self, who: &PeerIdentity) -> Result<(), AuthError> {
-        if who.role == Role::Operator {
-            return self.ensure_operator_not_revoked(who).await;
-        }
-        let key = keys::revoked(&who.name);
-        let raw = self.fleet.store.get_state(&key).await?;
-        let Some(raw) = raw else {
+        let operator = who.role == Role::Operator;
+        let key = if operator {
+            keys::operator_revoked(&who.name)
+        } else {
+            keys::revoked(&who.name)
+        };
+        let Some(raw) = self.fleet.store.get_state(&key).await? else {
             return Ok(());
         };
         let rec = <v1::Pause as prost::Message>::decode(raw.as_slice()).unwrap_or_default();
@@ -26,42 +27,22 @@ impl Security {
             .as_ref()
             .map(syncfleet_proto::time::to_millis)
             .unwrap_or(i64::MAX);
-        if who.issued_ms.is_none_or(|issued| issued <= revoked_ms) {
-            return Err(AuthError::Revoked {
-                name: who.name.clone(),
-                at: syncfleet_proto::time::rfc3339(&rec.at.unwrap_or_default()),
-                by: rec.by,
-                note: rec.note,
-            });
-        }
-        Ok(())
-    }
-
-    /// [`Security::ensure_not_revoked`] for an operator certificate.
-    async fn ensure_operator_not_revoked(&self, who: &PeerIdentity) -> Result<(), AuthError> {
-        let raw = self
-            .fleet
-            .store
-            .get_state(&keys::operator_revoked(&who.name))
-            .await?;
-        let Some(raw) = raw else {
+        // A certificate issued after the revocation (a re-enrolled agent, a re-issued operator
+        // credential) is valid again.
+        if who.issued_ms.is_some_and(|issued| issued > revoked_ms) {
             return Ok(());
-        };
-        let rec = <v1::Pause as prost::Message>::decode(raw.as_slice()).unwrap_or_default();
-        let revoked_ms = rec
-            .at
-            .as_ref()
-            .map(syncfleet_proto::time::to_millis)
-            .unwrap_or(i64::MAX);
-        if who.issued_ms.is_none_or(|issued| issued <= revoked_ms) {
-            return Err(AuthError::OperatorRevoked {
-                name: who.name.clone(),
-                at: syncfleet_proto::time::rfc3339(&rec.at.unwrap_or_default()),
-                by: rec.by,
-                note: rec.note,
-            });
         }
-        Ok(())
+        let (name, at, by, note) = (
+            who.name.clone(),
+            syncfleet_proto::time::rfc3339(&rec.at.unwrap_or_default()),
+            rec.by,
+            rec.note,
+        );
+        Err(if operator {
+            AuthError::OperatorRevoked { name, at, by, note }
+        } else {
+            AuthError::Revoked { name, at, by, note }
+        })
     }
 
     /// Revoke an agent on behalf of `by` (the revoking operator, as the audit log names

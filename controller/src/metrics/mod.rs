@@ -63,7 +63,6 @@ use std::time::{Duration, Instant};
 use syncfleet_proto::sync::lock;
 
 use prometheus_client::registry::Registry;
-use syncfleet_proto::time::to_millis;
 use syncfleet_proto::v1;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -71,7 +70,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fleet::Fleet;
 use crate::schedule::saturation::saturation;
 use crate::schedule::scheduler::Scheduler;
-use crate::store::{RunQuery, StoreError};
+use crate::store::StoreError;
 
 use aggregates::{Aggregates, scan, state_of};
 use collector::{AgentRow, FleetGauges, Inner, ScheduleRow};
@@ -276,22 +275,8 @@ impl Metrics {
                 let mut schedules = Vec::new();
                 for d in s.list_documents(Some("Schedule")).await? {
                     let counters = s.counters(&d.name).await?;
-                    let recent = s
-                        .list_runs(&RunQuery {
-                            schedule: Some(d.name.clone()),
-                            limit: 10,
-                            ..RunQuery::default()
-                        })
-                        .await?;
-                    let durations: Vec<i64> = recent
-                        .runs
-                        .iter()
-                        .filter_map(|r| {
-                            let (s, f) = (r.started_at.as_ref()?, r.finished_at.as_ref()?);
-                            Some(to_millis(f) - to_millis(s))
-                        })
-                        .filter(|d| *d > 0)
-                        .collect();
+                    let durations =
+                        crate::schedule::saturation::recent_durations(s.as_ref(), &d.name).await?;
                     let pause = s
                         .get_state(&crate::store::keys::schedule_pause(&d.name))
                         .await?

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use syncfleet_proto::time::{from_proto, to_millis};
+use syncfleet_proto::time::from_proto;
 use syncfleet_proto::v1;
 
 use crate::documents::model::{Document, NotifierDoc, NotifyOn};
 use crate::fleet::Fleet;
-use crate::schedule::saturation::{saturation, saturation_warning};
+use crate::schedule::saturation::{recent_durations, saturation, saturation_warning};
 use crate::schedule::scheduler::Scheduler;
 use crate::store::{RunQuery, StoreError};
 
@@ -116,21 +116,7 @@ pub async fn current(
     }
     if wanted.contains(&NotifyOn::ScheduleSaturated) {
         for d in store.list_documents(Some("Schedule")).await? {
-            let recent = store
-                .list_runs(&RunQuery {
-                    schedule: Some(d.name.clone()),
-                    limit: 10,
-                    ..RunQuery::default()
-                })
-                .await?;
-            let durations: Vec<i64> = recent
-                .runs
-                .iter()
-                .filter_map(|r| {
-                    Some(to_millis(r.finished_at.as_ref()?) - to_millis(r.started_at.as_ref()?))
-                })
-                .filter(|d| *d > 0)
-                .collect();
+            let durations = recent_durations(store.as_ref(), &d.name).await?;
             let interval = scheduler.interval(&d.name).await;
             let sat = saturation(&durations, interval);
             if sat > SATURATED_ABOVE {

@@ -4,6 +4,33 @@
 
 use std::time::Duration;
 
+use syncfleet_proto::time::to_millis;
+
+use crate::store::{RunQuery, Store, StoreError};
+
+/// How many of a schedule's newest runs its saturation is measured on.
+pub const SATURATION_RUNS: usize = 10;
+
+/// Durations (ms) of the schedule's newest [`SATURATION_RUNS`] runs that have both a start and
+/// an end: the input of [`saturation`], read the same way by the metrics and the notifications.
+pub async fn recent_durations(store: &dyn Store, schedule: &str) -> Result<Vec<i64>, StoreError> {
+    let page = store
+        .list_runs(&RunQuery {
+            schedule: Some(schedule.to_string()),
+            limit: SATURATION_RUNS,
+            ..RunQuery::default()
+        })
+        .await?;
+    Ok(page
+        .runs
+        .iter()
+        .filter_map(|r| {
+            Some(to_millis(r.finished_at.as_ref()?) - to_millis(r.started_at.as_ref()?))
+        })
+        .filter(|d| *d > 0)
+        .collect())
+}
+
 /// Saturation: median run duration ÷ interval, from finished runs.
 pub fn saturation(durations_ms: &[i64], interval: Option<Duration>) -> f64 {
     let Some(interval) = interval.filter(|i| !i.is_zero()) else {
