@@ -17,6 +17,7 @@ use std::io::IsTerminal as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::Args;
 use serde_json::{Value, json};
+use syncfleet_proto::time::to_millis;
 use syncfleet_proto::v1::{Agent, ListAgentsRequest, ListRunsRequest, Run, Step};
 
 use super::access::{Since, parse_since};
@@ -391,7 +392,7 @@ pub fn render(
             ));
             bars.extend(b.iter().cloned());
             for s in &run.steps {
-                if let Some(w) = wait_note(s) {
+                if let Some(w) = wait_note(run, s) {
                     waits.push(format!("  {agent} {} {w}", short_id(&run.id)));
                 }
             }
@@ -438,8 +439,9 @@ fn paint(row: &str, color: bool) -> String {
     out
 }
 
-/// "step 2 AD: Delta Sync waited 12s: REASON" for a step that reported a wait.
-fn wait_note(s: &Step) -> Option<String> {
+/// "step 2 AD: Delta Sync waited 12s: REASON" for a step that reported a wait. A step that never
+/// started in a run that has ended (cancelled, failed elsewhere) waited until the run's end.
+fn wait_note(run: &Run, s: &Step) -> Option<String> {
     if s.waiting_since.is_none() || s.wait_reason.is_empty() {
         return None;
     }
@@ -449,6 +451,14 @@ fn wait_note(s: &Step) -> Option<String> {
             duration(TimeDelta::milliseconds(
                 i64::try_from(s.waited_ms).unwrap_or(i64::MAX)
             ))
+        )
+    } else if let (Some(since), Some(end)) = (&s.waiting_since, &run.finished_at) {
+        format!(
+            "waited {} until the run ended ({})",
+            duration(TimeDelta::milliseconds(
+                (to_millis(end) - to_millis(since)).max(0)
+            )),
+            run.state().label()
         )
     } else {
         "is waiting".to_string()
@@ -519,7 +529,7 @@ pub fn timeline_json(
 mod tests {
     use super::*;
     use syncfleet_proto::time::to_proto;
-    use syncfleet_proto::v1::{ManagementAgent, RunProfile, StepState};
+    use syncfleet_proto::v1::{ManagementAgent, RunProfile, RunState, StepState};
 
     fn t(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
@@ -600,6 +610,33 @@ mod tests {
         );
         // Steps of one run never count as an overlap.
         assert!(overlaps(&bars_of(&r1, Some(&a), t(100))).is_empty());
+    }
+
+    #[test]
+    fn a_wait_cut_short_by_the_run_ending_says_so() {
+        let mut waiting = step(2, "MIM Service", "Full Import", 0, 0);
+        waiting.started_at = None;
+        waiting.finished_at = None;
+        waiting.state = StepState::NotRun as i32;
+        waiting.waiting_since = Some(to_proto(t(10)));
+        waiting.wait_reason = "a synchronization runs alone".into();
+        let mut run = Run {
+            id: "cccccccc-3".into(),
+            agent: "sync-01".into(),
+            steps: vec![waiting.clone()],
+            state: RunState::Running as i32,
+            ..Default::default()
+        };
+        assert_eq!(
+            wait_note(&run, &waiting).unwrap(),
+            "step 3 MIM Service: Full Import is waiting: a synchronization runs alone"
+        );
+        run.state = RunState::Cancelled as i32;
+        run.finished_at = Some(to_proto(t(13)));
+        assert_eq!(
+            wait_note(&run, &waiting).unwrap(),
+            "step 3 MIM Service: Full Import waited 3s until the run ended (cancelled): a synchronization runs alone"
+        );
     }
 
     #[test]
