@@ -11,46 +11,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use common::Fleet;
+use common::{Fleet, py_venv_with, workspace_root};
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
+/// The venv's Python with the gRPC client and its stub generator.
 fn venv_python() -> PathBuf {
-    let target = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let venv = target.join("py-venv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(".grpc-ready");
-    if !ready.exists() {
-        let st = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 is needed for this test");
-        assert!(st.success(), "python3 -m venv failed");
-        let st = Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "grpcio", "grpcio-tools"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "pip install grpcio grpcio-tools failed");
-        std::fs::write(&ready, "").unwrap();
-    }
-    python
+    py_venv_with(&["grpcio", "grpcio-tools"], ".grpc-ready")
 }
 
 const CLIENT: &str = r#"
