@@ -1,6 +1,7 @@
 // One EventSource on /api/events for the whole page: run updates (and agent changes, when the
 // server sends them) are handed to the current page; `lagged` (the stream fell behind) makes
-// the page re-read. The browser reconnects on its own; the status line says so.
+// the page re-read; `signed_out` ends the session in the page. The browser reconnects on its
+// own; the status line says so.
 
 const handlers = { run: new Set(), agent: new Set(), resync: new Set() };
 let source = null;
@@ -61,6 +62,11 @@ export function start(el) {
     dispatch('agent', agent);
   });
   source.addEventListener('lagged', () => dispatch('resync', null));
+  // The server ends the stream of a session that expired or was signed out.
+  source.addEventListener('signed_out', () => {
+    stop();
+    window.dispatchEvent(new CustomEvent('syncfleet:signedout', { detail: null }));
+  });
 }
 
 /** Closes the stream (signed out). */

@@ -65,10 +65,14 @@ const PENDING_OF = {
 
 /** What tripped a held step: one row per guard limit with the counter, its % and the limit. */
 function heldView(run, st) {
-  const p = st.pending_before || {};
+  // The API's `held` (step, reason, guard, pending_before) when given, else the step's own.
+  const held = run.held && typeof run.held === 'object' ? run.held : {};
+  const guard = held.guard || st.guard || {};
+  const reason = held.reason || st.detail;
+  const p = held.pending_before || st.pending_before || {};
   const total = p.total_connectors || 0;
   const rows = [];
-  for (const [field, limit] of Object.entries(st.guard || {})) {
+  for (const [field, limit] of Object.entries(guard)) {
     if (limit === null || limit === undefined) continue;
     const [key, what] = PENDING_OF[field] || [null, field];
     const value = key && p[key] !== undefined ? p[key] : null;
@@ -84,16 +88,14 @@ function heldView(run, st) {
       h('td', { class: 'num' }, String(limit), limitCount !== null && typeof limit === 'string' ? h('div', { class: 'small' }, `= ${limitCount} of ${total}`) : null),
       h('td', {}, over ? h('span', { class: 'badge bad' }, '✗ over the limit') : h('span', { class: 'badge ok' }, '✓ within'))));
   }
-  const extra = run.held && typeof run.held === 'object' ? dl(Object.entries(run.held).map(([k, v]) => [label(k), typeof v === 'object' ? JSON.stringify(v) : String(v)])) : null;
   return h('section', { class: 'held-box', 'data-testid': 'held-reason', 'aria-labelledby': 'held-title' },
     h('h2', { id: 'held-title' }, '‖ Held by a guard rail at step ', String(st.index + 1), `: ${st.ma}: ${st.profile}`),
-    h('p', { class: 'reason' }, st.detail || 'Its guard rail tripped.'),
+    h('p', { class: 'reason' }, reason || 'Its guard rail tripped.'),
     rows.length ? h('div', { class: 'scroll' }, h('table', { class: 'grid guard' },
       h('caption', {}, `What tripped (${total} connectors in ${st.ma} before the step)`),
       h('thead', {}, h('tr', {}, ['Limit', 'Count', '% of connectors', 'Limit value', ''].map((t) => h('th', { scope: 'col' }, t)))),
       h('tbody', {}, rows))) : null,
-    extra,
-    h('p', { class: 'small' }, 'Approving runs the held step once with its guard rail lifted, then the rest of the plan, as a new run. Rejecting leaves it held: nothing is exported.'));
+    h('p', { class: 'small' }, 'Approving runs the held step once with its guard rail lifted, then the rest of the plan, as a new run. Until then nothing after the held step runs.'));
 }
 
 function listTable(caption, cols, items, cell) {
@@ -221,8 +223,11 @@ export function render(el, route, ctx) {
       if (acts.approve) {
         buttons.push(actionButton('Approve…', 'approve-button', () => act('approve', `Approve run ${r.id.slice(0, 8)}`,
           `The held step${held ? ` ${held.ma}: ${held.profile}` : ''} runs once with its guard rail lifted on ${r.agent}, then the rest of the plan.`, 'Approve'), 'primary'));
+      }
+      // Rejection is offered only when the server says the role may reject.
+      if (acts.reject) {
         buttons.push(actionButton('Reject…', 'reject-button', () => act('reject', `Reject run ${r.id.slice(0, 8)}`,
-          'The run stays held and is not continued; nothing is exported.', 'Reject'), 'danger'));
+          'The run is not continued; nothing after the held step runs.', 'Reject'), 'danger'));
       }
     }
     if (!isTerminal(r.state) && acts.cancel && !r.cancel_requested) {
