@@ -147,6 +147,7 @@ pub mod runs;
 pub mod schedules;
 pub mod table;
 pub mod timeline;
+pub mod ui;
 pub mod version;
 
 use std::ffi::OsString;
@@ -343,6 +344,9 @@ pub enum Command {
     /// The CLI config file's contexts: list, switch, show the current one
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a one-time sign-in link to the controller's web console for this CLI's operator
+    /// (--open: also open it in the browser)
+    Ui(ui::UiArgs),
     /// Print this CLI's version and the controller's
     Version,
     /// Run a whole fleet on this machine: a controller, simulated sync servers and the example
@@ -480,6 +484,7 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Run(args) => s.run(client, args).await,
         Command::Runs(c) => s.runs(client, c).await,
         Command::Timeline(a) => s.timeline(client, a).await,
+        Command::Ui(a) => s.ui(client, a).await,
         Command::Apply(a) => s.apply(client, a, prepared).await,
         Command::Get { kind, name } => s.get(client, *kind, name.as_deref()).await,
         Command::Delete { kind, name } => s.delete(client, *kind, name).await,

@@ -277,33 +277,7 @@ impl Session<'_> {
         if truncated {
             eprintln!("note: only the newest {MAX_RUNS} runs are shown; use a shorter --since");
         }
-        let by_name: HashMap<&str, &Agent> = agents.iter().map(|a| (a.name.as_str(), a)).collect();
-        let mut servers: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
-        for r in &runs {
-            servers.entry(r.agent.clone()).or_default().push(r);
-        }
-        for list in servers.values_mut() {
-            list.sort_by_key(|r| {
-                r.steps
-                    .iter()
-                    .filter_map(|s| instant(s.started_at.as_ref()))
-                    .min()
-                    .unwrap_or(now)
-            });
-        }
-        let placed: BTreeMap<String, Vec<(&Run, Vec<Bar>)>> = servers
-            .iter()
-            .map(|(agent, list)| {
-                let a = by_name.get(agent.as_str()).copied();
-                (
-                    agent.clone(),
-                    list.iter()
-                        .map(|r| (*r, bars_of(r, a, now)))
-                        .filter(|(_, b)| !b.is_empty())
-                        .collect(),
-                )
-            })
-            .collect();
+        let placed = place(&agents, &runs, now);
         match self.format {
             OutputFormat::Json | OutputFormat::Yaml => {
                 self.data(&timeline_json(since, now, &placed))?;
@@ -330,6 +304,42 @@ impl Session<'_> {
         }
         Ok(EXIT_OK)
     }
+}
+
+/// Each server's runs with their bars, servers by name, runs by their first step's start
+/// (runs without a step in the window left out): what [`render`] and [`timeline_json`] draw.
+pub fn place<'a>(
+    agents: &[Agent],
+    runs: &'a [Run],
+    now: DateTime<Utc>,
+) -> BTreeMap<String, Vec<(&'a Run, Vec<Bar>)>> {
+    let by_name: HashMap<&str, &Agent> = agents.iter().map(|a| (a.name.as_str(), a)).collect();
+    let mut servers: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
+    for r in runs {
+        servers.entry(r.agent.clone()).or_default().push(r);
+    }
+    for list in servers.values_mut() {
+        list.sort_by_key(|r| {
+            r.steps
+                .iter()
+                .filter_map(|s| instant(s.started_at.as_ref()))
+                .min()
+                .unwrap_or(now)
+        });
+    }
+    servers
+        .iter()
+        .map(|(agent, list)| {
+            let a = by_name.get(agent.as_str()).copied();
+            (
+                agent.clone(),
+                list.iter()
+                    .map(|r| (*r, bars_of(r, a, now)))
+                    .filter(|(_, b)| !b.is_empty())
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 /// Width of the row labels (`  0190a0b0 delta-cycle `).

@@ -1,0 +1,268 @@
+//! Browser sessions: a random id in an HttpOnly, Secure, SameSite=Strict cookie; the store keeps
+//! only its SHA-256 with the operator identity, the CSRF token and the expiry (store key
+//! `console-session/<hash>`), so any controller sharing the store knows the session and a copy
+//! of the store holds no usable cookie.
+//!
+//! The identity in a session is the operator's certificate identity (name, role, issue time);
+//! it is never trusted alone: every API call goes through `Authorize::authorize`, which checks
+//! the operator's revocation (by the certificate's issue time) and the role table again.
+
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use super::error::ConsoleError;
+use crate::auth::{OperatorRole, PeerIdentity, Role};
+use crate::store::{Store, keys};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "syncfleet_session";
+
+/// An operator identity as a session or sign-in link stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredIdentity {
+    /// Operator name (`operator/<name>` in the audit log).
+    pub name: String,
+    /// `viewer`, `operator` or `admin`; empty for a certificate without a role.
+    pub role: String,
+    /// When the operator's certificate was issued (Unix ms), for the revocation check.
+    pub issued_ms: Option<i64>,
+}
+
+impl StoredIdentity {
+    /// The identity of an operator; `None` for an agent (agents have no console).
+    pub fn of(who: &PeerIdentity) -> Option<Self> {
+        (who.role == Role::Operator).then(|| Self {
+            name: who.name.clone(),
+            role: who
+                .operator_role
+                .map(OperatorRole::as_str)
+                .unwrap_or("")
+                .to_string(),
+            issued_ms: who.issued_ms,
+        })
+    }
+
+    /// Back to the identity `authorize` checks.
+    pub fn identity(&self) -> PeerIdentity {
+        PeerIdentity {
+            role: Role::Operator,
+            name: self.name.clone(),
+            operator_role: OperatorRole::parse(&self.role),
+            issued_ms: self.issued_ms,
+        }
+    }
+}
+
+/// A session as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub who: StoredIdentity,
+    /// The token every mutating request must carry in `X-CSRF-Token`.
+    pub csrf: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// A signed-in request's session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// SHA-256 (hex) of the cookie value: the session's store key.
+    pub hash: String,
+    pub record: SessionRecord,
+}
+
+impl Session {
+    pub fn who(&self) -> PeerIdentity {
+        self.record.who.identity()
+    }
+}
+
+/// 32 random bytes, base64url without padding (43 characters): sign-in secrets, session ids and
+/// CSRF tokens.
+pub fn random_token() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The stored form of a secret: SHA-256, lower-case hex.
+pub fn hash_token(token: &str) -> String {
+    syncfleet_proto::digest::sha256_hex(token.as_bytes())
+}
+
+/// The `Set-Cookie` value of a new session: only sent over HTTPS, invisible to scripts, never
+/// sent with a request another site starts, for the whole console, for `max_age_secs`.
+pub fn session_cookie(value: &str, max_age_secs: u64) -> String {
+    format!("{COOKIE}={value}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age_secs}")
+}
+
+/// The `Set-Cookie` value that deletes the session cookie (sign-out).
+pub fn cleared_cookie() -> String {
+    session_cookie("", 0)
+}
+
+/// The session cookie's value among the request's `Cookie` headers.
+pub fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// A new session for `who`, stored; returns the cookie value (the only copy of the id) and
+/// the record.
+pub async fn create(
+    store: &dyn Store,
+    who: StoredIdentity,
+    lifetime: std::time::Duration,
+    now_ms: i64,
+) -> Result<(String, SessionRecord), ConsoleError> {
+    let id = random_token();
+    let record = SessionRecord {
+        who,
+        csrf: random_token(),
+        created_ms: now_ms,
+        expires_ms: now_ms.saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX)),
+    };
+    let json = serde_json::to_vec(&record)
+        .map_err(|e| ConsoleError::BadRequest(format!("cannot encode the session: {e}")))?;
+    store
+        .put_state(&keys::console_session(&hash_token(&id)), &json)
+        .await?;
+    Ok((id, record))
+}
+
+/// The request's session: its cookie names a stored session that has not expired. An expired
+/// one is deleted when met.
+pub async fn of_request(
+    store: &dyn Store,
+    headers: &HeaderMap,
+    now_ms: i64,
+) -> Result<Session, ConsoleError> {
+    let Some(value) = cookie_value(headers) else {
+        return Err(ConsoleError::NoSession(
+            "not signed in: open a sign-in link (run `syncfleet ui` for one)".into(),
+        ));
+    };
+    let hash = hash_token(&value);
+    let key = keys::console_session(&hash);
+    let record = store
+        .get_state(&key)
+        .await?
+        .and_then(|raw| serde_json::from_slice::<SessionRecord>(&raw).ok());
+    let Some(record) = record else {
+        return Err(ConsoleError::NoSession(
+            "this console session has ended (signed out, expired or unknown): run `syncfleet ui` for a new sign-in link".into(),
+        ));
+    };
+    if record.expires_ms <= now_ms {
+        store.delete_state_prefix(&key).await?;
+        return Err(ConsoleError::NoSession(
+            "this console session has expired: run `syncfleet ui` for a new sign-in link".into(),
+        ));
+    }
+    Ok(Session { hash, record })
+}
+
+/// End a session (sign-out).
+pub async fn delete(store: &dyn Store, session: &Session) -> Result<(), ConsoleError> {
+    store
+        .delete_state_prefix(&keys::console_session(&session.hash))
+        .await?;
+    Ok(())
+}
+
+/// Delete expired sessions; returns how many.
+pub async fn sweep(store: &dyn Store, now_ms: i64) -> Result<usize, ConsoleError> {
+    let mut n = 0;
+    for (key, raw) in store.list_state(keys::CONSOLE_SESSIONS_ALL).await? {
+        let expired = serde_json::from_slice::<SessionRecord>(&raw)
+            .map(|r| r.expires_ms <= now_ms)
+            .unwrap_or(true);
+        if expired {
+            store.delete_state_prefix(&key).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_cookie_is_http_only_secure_strict_for_the_whole_console() {
+        assert_eq!(
+            session_cookie("abc", 3600),
+            "syncfleet_session=abc; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=3600"
+        );
+        assert!(cleared_cookie().ends_with("Max-Age=0"));
+    }
+
+    #[test]
+    fn tokens_are_random_base64url_and_stored_hashed() {
+        let a = random_token();
+        let b = random_token();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "{a}"
+        );
+        let h = hash_token(&a);
+        assert_eq!(h.len(), 64);
+        assert_ne!(h, a);
+        assert_eq!(h, hash_token(&a));
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            "a=1; syncfleet_session=xyz ; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie_value(&h).as_deref(), Some("xyz"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            "syncfleet_sessionx=1".parse().unwrap(),
+        );
+        assert_eq!(cookie_value(&h), None);
+        assert_eq!(cookie_value(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_stored_identity_round_trips() {
+        let who = PeerIdentity {
+            role: Role::Operator,
+            name: "vic".into(),
+            operator_role: Some(OperatorRole::Viewer),
+            issued_ms: Some(42),
+        };
+        let s = StoredIdentity::of(&who).unwrap();
+        assert_eq!(s.role, "viewer");
+        assert_eq!(s.identity(), who);
+        let agent = PeerIdentity {
+            role: Role::Agent,
+            operator_role: None,
+            ..who
+        };
+        assert_eq!(StoredIdentity::of(&agent), None);
+    }
+}
