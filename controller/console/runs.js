@@ -61,14 +61,29 @@ export function render(el, route, _ctx) {
 
   let runs = [];
   let disposed = false;
-  const rows = new Map();
+  const rows = new Map(); // id -> { json, tr }: unchanged runs keep their row (and focus)
   function draw() {
-    tbody.replaceChildren();
-    rows.clear();
+    const seen = new Set();
+    let prev = null;
     for (const r of runs) {
-      const tr = runRow(r);
-      rows.set(r.id, tr);
-      tbody.appendChild(tr);
+      seen.add(r.id);
+      const json = JSON.stringify(r);
+      let entry = rows.get(r.id);
+      if (!entry || entry.json !== json) {
+        const tr = runRow(r);
+        if (entry) entry.tr.replaceWith(tr);
+        entry = { json, tr };
+        rows.set(r.id, entry);
+      }
+      const want = prev ? prev.nextSibling : tbody.firstChild;
+      if (want !== entry.tr) tbody.insertBefore(entry.tr, want);
+      prev = entry.tr;
+    }
+    for (const [id, entry] of rows) {
+      if (!seen.has(id)) {
+        entry.tr.remove();
+        rows.delete(id);
+      }
     }
     const active = runs.filter((r) => ['pending', 'dispatched', 'running'].includes(r.state)).length;
     const held = runs.filter((r) => r.state === 'held').length;
@@ -94,10 +109,6 @@ export function render(el, route, _ctx) {
       const i = runs.findIndex((x) => x.id === r.id);
       if (i >= 0) {
         runs[i] = r;
-        const tr = runRow(r);
-        const old = rows.get(r.id);
-        if (old) old.replaceWith(tr);
-        rows.set(r.id, tr);
         draw();
       } else if (matches(r, f)) {
         runs.unshift(r);

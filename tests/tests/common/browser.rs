@@ -291,16 +291,30 @@ impl Browser {
         })
     }
 
-    /// Clicks the first element matching `css` (waiting for it to exist).
+    /// Clicks the first element matching `css`, waiting for it to exist; a live page may
+    /// replace the element between finding and clicking it, so a stale element is found again.
     pub fn click(&self, css: &str) {
-        self.wait_count(&format!("an element {css} to click"), css, 1);
-        let el = self
-            .rt
-            .block_on(self.c().find(Locator::Css(css)))
-            .unwrap_or_else(|e| panic!("cannot find {css}: {e}"));
-        self.rt
-            .block_on(el.click())
-            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+        let mut last = String::new();
+        let clicked = poll(WAIT, || {
+            let res = self.rt.block_on(async {
+                let el = self.c().find(Locator::Css(css)).await?;
+                el.click().await
+            });
+            match res {
+                Ok(()) => Some(()),
+                Err(e) => {
+                    last = e.to_string();
+                    None
+                }
+            }
+        });
+        if clicked.is_none() {
+            panic!(
+                "could not click {css} within {WAIT:?}: {last}\nat {}\npage text:\n{}",
+                self.current_url(),
+                self.page_text()
+            );
+        }
     }
 
     /// Types `text` into the first element matching `css` (waiting for it to exist).
