@@ -110,7 +110,7 @@ async function boot() {
     live.start(document.getElementById('live'));
     route();
   } catch (e) {
-    if (e.status === 401) signedOut(e.message && !e.message.startsWith('HTTP') ? `Not signed in: ${e.message}` : null);
+    if (e.status === 401) signedOut(e.message && !e.message.startsWith('HTTP') ? `The controller says: ${e.message}` : null);
     else {
       main().replaceChildren(h('h1', {}, 'The console cannot start'));
       errorBanner(e, 'Reading the session');

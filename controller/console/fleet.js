@@ -75,8 +75,11 @@ function runningCell(a) {
       `${er.ma}: ${er.profile}`, er.run_number ? ` #${er.run_number}` : '',
       h('div', { class: 'small' }, er.origin ? `${er.origin}, ` : '', 'seen since ', timeEl(er.seen_since))));
   }
-  if (!items.length && (a.runs_in_flight || []).length) {
-    for (const id of a.runs_in_flight) items.push(h('li', {}, runLink(id), ' in flight'));
+  // Runs the agent reported in flight that the controller does not list as running yet (its
+  // heartbeat can lag the run's end: the last run is left out).
+  const known = new Set([...(a.running || []).map((r) => r.id), a.last_run ? a.last_run.id : '']);
+  for (const id of a.runs_in_flight || []) {
+    if (!known.has(id)) items.push(h('li', {}, runLink(id), ' in flight on the agent'));
   }
   if (!items.length) return h('span', { class: 'muted' }, 'idle');
   return h('ul', { class: 'plain' }, items);
@@ -140,7 +143,9 @@ export function render(el, _route, ctx) {
       ['Server', 'State', 'Engine', 'Labels', 'Running now', 'Last run', 'Pending exports', canAct ? 'Actions' : null]
         .filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
     tbody);
-  el.append(h('h1', {}, 'Fleet'), summary, pauseNote, h('div', { class: 'scroll' }, table));
+  el.append(h('h1', {}, 'Fleet'), summary, pauseNote, h('div', { class: 'scroll' }, table),
+    h('p', { class: 'small' }, 'Pending exports are as syncfleet last read them: before the newest step of each MA in the server\'s last run. ',
+      '“Outside syncfleet” runs are ones the engine runs that syncfleet did not start (Synchronization Service Manager, scripts).'));
 
   const rows = new Map(); // name -> { json, tr }
   let agents = [];

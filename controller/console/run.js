@@ -8,7 +8,7 @@ import { get, post, seg } from './api.js';
 import * as live from './live.js';
 import {
   h, stateBadge, timeEl, runLink, runOrigin, span, dur, errorBanner, infoBanner,
-  confirmAction, actionButton, dl, isTerminal, resultText, label,
+  confirmAction, actionButton, dl, isTerminal, resultText, label, put,
 } from './ui.js';
 
 const STAGING = ['stage-add', 'stage-update', 'stage-rename', 'stage-delete', 'stage-delete-add', 'stage-no-change', 'stage-failure'];
@@ -193,7 +193,7 @@ export function render(el, route, ctx) {
     const trace = r.trace_id
       ? (traceTpl ? h('a', { href: traceTpl.replace('{trace_id}', encodeURIComponent(r.trace_id)), rel: 'noopener noreferrer', target: '_blank', class: 'mono', 'data-testid': 'trace-link' }, r.trace_id) : h('code', {}, r.trace_id))
       : null;
-    head.replaceChildren(
+    put(head,
       h('h1', {}, 'Run ', h('span', { class: 'mono' }, r.id.slice(0, 8)), ' on ', r.agent, ' ', stateBadge(r.state)),
       r.message ? h('p', { class: 'message' }, r.message) : null);
     meta.replaceChildren(dl([

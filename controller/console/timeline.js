@@ -16,7 +16,7 @@ const KIND_LETTER = { import: 'I', sync: 'S', export: 'E', other: '·' };
 const KIND_NAME = { import: 'import', sync: 'synchronization', export: 'export', other: 'other step' };
 const LANE = 36;
 const AXIS = 22;
-const TICKS = [60e3, 5 * 60e3, 10 * 60e3, 15 * 60e3, 30 * 60e3, 3600e3, 2 * 3600e3, 3 * 3600e3, 6 * 3600e3];
+const TICKS = [1e3, 2e3, 5e3, 10e3, 15e3, 30e3, 60e3, 2 * 60e3, 5 * 60e3, 10 * 60e3, 15 * 60e3, 30 * 60e3, 3600e3, 2 * 3600e3, 3 * 3600e3, 6 * 3600e3];
 
 /** The patterns the bars refer to, once per page (url(#…) works across inline SVGs). */
 function defs() {

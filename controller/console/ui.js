@@ -16,6 +16,13 @@ export function h(tag, attrs, ...children) {
   return el;
 }
 
+/** Replaces an element's children; null, undefined and false children are left out. */
+export function put(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
 function append(el, children) {
   for (const c of children) {
     if (c === null || c === undefined || c === false) continue;

@@ -7,8 +7,10 @@
 //! over the page's event stream, no reload), open its detail, see the timeline draw it,
 //! approve a run a guard rail held and see it continue; then a viewer's session shows no
 //! action buttons, and POSTs forged from its page (with its CSRF token, and without one) are
-//! refused with 403 and audited as denied. Screenshots of the fleet page and the timeline go
-//! to `target/console-screenshots/`.
+//! refused with 403 and audited as denied, and signing out ends the session. On the way an
+//! operator pauses a schedule with a note, and the page is checked at a 400 px wide window.
+//! Screenshots (fleet, timeline, a run's detail, a held run, the fleet at 400 px) go to
+//! `target/console-screenshots/`.
 
 #![allow(
     clippy::unwrap_used,
@@ -208,7 +210,6 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
     // A second use of the link is refused: it works once.
     let (status, body) = page_fetch(&admin, "GET", &fleet.login_url, json!({}), "");
     assert_eq!(status, 401, "{body}");
-    let fleet_png = admin.screenshot("fleet");
 
     // A run started from the CLI shows up in the open runs page and its steps advance in the
     // open detail page, pushed by the event stream: the page is never reloaded (the marker
@@ -261,6 +262,7 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
         steps_text.contains("→ "),
         "outbound counters per MA: {steps_text}"
     );
+    let detail_png = admin.screenshot("run-detail");
 
     // The timeline draws the run: a bar per step, its synchronizations marked.
     admin.goto(&format!(
@@ -271,7 +273,6 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
     admin.wait_count("the run's bars on the timeline", &bars, 10);
     let syncs = admin.count(&format!("{bars}[data-kind=sync]"));
     assert_eq!(syncs, 3, "delta-cycle has three synchronizations");
-    let timeline_png = admin.screenshot("timeline");
 
     // A guard rail holds a run; the page shows what tripped; approving it continues it.
     let file = fleet.dir.path().join("guarded.yaml");
@@ -298,6 +299,7 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
         "exceed max_staged_updates 5",
     );
     assert!(reason.contains("over the limit"), "{reason}");
+    let held_png = admin.screenshot("run-held");
     let t = Instant::now();
     admin.click("[data-testid=approve-button]");
     admin.fill("[data-testid=confirm-note]", "checked the HR feed");
@@ -327,6 +329,45 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
                 .contains("checked the HR feed")),
         "the approval is audited with its note: {audit:#}"
     );
+
+    // Pausing a schedule from the page, with its note, as the CLI would.
+    admin.goto(&format!("{}/#/schedules", fleet.origin()));
+    let pause = "[data-schedule=\"delta-every-3m\"] [data-testid=pause-schedule-button]";
+    admin.click(pause);
+    admin.fill("[data-testid=confirm-note]", "AD maintenance");
+    admin.click("[data-testid=confirm-ok]");
+    admin.wait_count(
+        "the schedule shown paused",
+        "[data-schedule=\"delta-every-3m\"][data-paused=true]",
+        1,
+    );
+    let sc = fleet.cli_json(&["schedules", "show", "delta-every-3m", "-o", "json"]);
+    assert_eq!(sc["pause"]["paused"], true, "{sc:#}");
+    assert_eq!(sc["pause"]["note"], "AD maintenance", "{sc:#}");
+    assert_eq!(sc["pause"]["by"], "operator/dev-admin", "{sc:#}");
+
+    // The fleet with a run in progress, and the timeline with the runs so far.
+    let out = fleet.cli(&["run", "sync-03", "--sequence", "delta-cycle"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let busy = stdout(&out);
+    admin.goto(&format!("{}/#/fleet", fleet.origin()));
+    admin.wait_count(
+        "the run in progress on sync-03's row",
+        &format!("[data-agent=\"sync-03\"] [data-testid=agent-running-run][data-run=\"{busy}\"]"),
+        1,
+    );
+    let fleet_png = admin.screenshot("fleet");
+    fleet.wait_run(&busy, &["succeeded"]);
+    admin.goto(&format!(
+        "{}/#/timeline?since=1h&zoom=activity",
+        fleet.origin()
+    ));
+    admin.wait_count(
+        "the last run's bars on the timeline",
+        &format!("[data-testid=timeline-bar][data-run=\"{busy}\"]"),
+        10,
+    );
+    let timeline_png = admin.screenshot("timeline");
 
     // The console at a narrow window still lists every agent.
     admin.set_size(400, 900);
@@ -424,17 +465,29 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
         "both forged POSTs audited as denied: {audit:#}"
     );
 
+    // Signing out ends the session: the page says how to sign in again, the API refuses.
+    viewer.click("[data-testid=logout]");
+    viewer.wait_text(
+        "the signed-out page",
+        "[data-testid=signed-out]",
+        "syncfleet ui",
+    );
+    let (status, body) = page_fetch(&viewer, "GET", "/api/fleet", json!({}), "");
+    assert_eq!(status, 401, "{body}");
+
     println!(
         "console browser test: {} agents; sign-in to fleet page {sign_in:?}; run row pushed \
          {run_row_after:?} after start; its 10 steps seen in {} distinct states, all done \
          {live_updates:?} after start; approval to continued run succeeded {approve_to_done:?}; \
-         {} denied forged POSTs audited; whole test {:?}; screenshots: {}, {}, {}",
+         {} denied forged POSTs audited; whole test {:?}; screenshots: {}, {}, {}, {}, {}",
         AGENTS.len(),
         seen.len(),
         denied.len(),
         started.elapsed(),
         fleet_png.display(),
         timeline_png.display(),
+        detail_png.display(),
+        held_png.display(),
         narrow_png.display(),
     );
 }
