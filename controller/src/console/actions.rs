@@ -20,8 +20,8 @@ use super::csrf;
 use super::error::{ConsoleError, Refusal};
 use super::session::{self, Session};
 use super::{ClientAddr, Console};
-use crate::cli::output::agent_json;
 use crate::limits::clip;
+use crate::views::json::agent_json;
 
 /// The body of every action: an optional note (the reason recorded with it).
 #[derive(Debug, Default, Deserialize)]

@@ -278,7 +278,7 @@ pub async fn serve(
                 if let Err(e) = session::sweep(store.as_ref(), now).await {
                     tracing::warn!(error = %e, "cannot delete expired console sessions");
                 }
-                if let Err(e) = login::sweep(store.as_ref(), now).await {
+                if let Err(e) = crate::auth::console_login::sweep(store.as_ref(), now).await {
                     tracing::warn!(error = %e, "cannot delete expired console sign-in links");
                 }
             }
