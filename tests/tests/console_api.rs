@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Fleet, bin, stderr, stdout};
+use common::{Fleet, Proc, bin, free_port, stderr, stdout};
 use serde_json::{Value, json};
 
 const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -77,10 +77,18 @@ impl Answer {
 
 impl Browser {
     fn new(fleet: &Fleet) -> Browser {
+        Browser::of(
+            &fleet.pki().join("ca.pem"),
+            &format!("https://127.0.0.1:{}", fleet.console_port),
+        )
+    }
+
+    /// A browser of the console at `base` that trusts the CA of `ca_pem`.
+    fn of(ca_pem: &Path, base: &str) -> Browser {
         Browser {
             rt: tokio::runtime::Runtime::new().unwrap(),
-            http: client(&fleet.pki().join("ca.pem")),
-            base: format!("https://127.0.0.1:{}", fleet.console_port),
+            http: client(ca_pem),
+            base: base.to_string(),
             cookie: None,
             csrf: String::new(),
         }
@@ -235,6 +243,27 @@ fn a_sign_in_link_works_once_and_opens_a_strict_short_session() {
     assert!(
         url.starts_with(&format!("{}/login?token=", browser.base)),
         "{url}"
+    );
+    // --open with no opener on the PATH: a warning, and the link all the same.
+    let out = Command::new(bin("syncfleet"))
+        .arg("--config")
+        .arg(&fleet.cli_config)
+        .args(["ui", "--open"])
+        .env("PATH", fleet.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("/login?token="), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("warning: cannot start xdg-open to open the browser"),
+        "{}",
+        stderr(&out)
+    );
+    // The help says what the browser must trust.
+    let help = stdout(&fleet.cli(&["ui", "--help"]));
+    assert!(
+        help.contains("fleet CA") && help.contains("ca.pem"),
+        "{help}"
     );
     let expires = chrono::DateTime::parse_from_rfc3339(&expires_at).unwrap();
     let left = expires.signed_duration_since(chrono::Utc::now());
@@ -685,5 +714,60 @@ fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
         again.json()["error"].as_str().unwrap().contains(&cont_id),
         "{}",
         again.body
+    );
+}
+
+/// `dev`'s banner carries a sign-in link for its admin, valid for an hour, that works once.
+#[test]
+fn the_dev_banner_prints_a_working_sign_in_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let console_port = free_port();
+    let mut cmd = Command::new(bin("syncfleet"));
+    cmd.args(["dev", "--agents", "1", "--time-scale", "0.01"])
+        .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--console-listen", &format!("127.0.0.1:{console_port}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--cli-config")
+        .arg(dir.path().join("cli.toml"));
+    let banner = dir.path().join("dev.stdout");
+    let _dev = Proc::spawn_with_stdout(
+        "dev",
+        &mut cmd,
+        dir.path().join("dev.log"),
+        std::fs::File::create(&banner).unwrap(),
+    );
+    let line = common::wait_for("the dev banner", Duration::from_secs(60), || {
+        std::fs::read_to_string(&banner)
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with("console: "))
+            .map(str::to_string)
+    });
+    let base = format!("https://127.0.0.1:{console_port}");
+    assert!(
+        line.starts_with(&format!("console: {base}/login?token=")),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("(sign-in link valid 1 h, one-time; or run `syncfleet ui` for a new link)"),
+        "{line}"
+    );
+    let url = line.split_whitespace().nth(1).unwrap();
+    let mut browser = Browser::of(&data.join("pki").join("ca.pem"), &base);
+    browser.sign_in(url);
+    let s = browser.get("/api/session").json();
+    assert_eq!(
+        (s["operator"].as_str(), s["role"].as_str()),
+        (Some("dev-admin"), Some("admin"))
+    );
+    assert_eq!(s["fleet"], "dev");
+    assert_eq!(
+        Browser::of(&data.join("pki").join("ca.pem"), &base)
+            .get(url)
+            .status,
+        401
     );
 }

@@ -177,4 +177,38 @@ mod tests {
         assert_eq!(cookie_value(&h), None);
         assert_eq!(cookie_value(&HeaderMap::new()), None);
     }
+
+    /// A stored session is found by its cookie, refused (and deleted) once expired, and swept.
+    #[tokio::test]
+    async fn sessions_are_found_by_cookie_and_end_when_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("db")).unwrap();
+        let who = StoredIdentity {
+            name: "ada".into(),
+            role: "admin".into(),
+            issued_ms: Some(1),
+        };
+        let now = 1_000_000;
+        let (cookie, record) = create(&store, who.clone(), std::time::Duration::from_secs(60), now)
+            .await
+            .unwrap();
+        assert_eq!(record.expires_ms, now + 60_000);
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            format!("{COOKIE}={cookie}").parse().unwrap(),
+        );
+        let s = of_request(&store, &h, now + 1).await.unwrap();
+        assert_eq!(s.record.who, who);
+        assert_eq!(s.record.csrf.len(), 43);
+        let e = of_request(&store, &h, now + 60_000).await.unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+        let e = of_request(&store, &h, now + 1).await.unwrap_err();
+        assert!(e.to_string().contains("has ended"), "{e}");
+        let (_, _) = create(&store, who, std::time::Duration::from_secs(60), now)
+            .await
+            .unwrap();
+        assert_eq!(sweep(&store, now + 1).await.unwrap(), 0);
+        assert_eq!(sweep(&store, now + 60_000).await.unwrap(), 1);
+    }
 }
