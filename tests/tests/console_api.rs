@@ -529,6 +529,9 @@ fn refused_actions_are_403_and_audited_like_the_grpc_api() {
     let a = admin.post("/api/agents/sync-01/resume", &json!({}));
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.json()["drain"]["draining"], false);
+    // A body over 64 KiB is refused before it is read whole.
+    let big = json!({"note": "x".repeat(70 * 1024)});
+    assert_eq!(admin.post(drain, &big).status, 413);
     // A body that is not the action's: 400 naming the shape.
     let a = admin.post(drain, &json!({"reason": 1}));
     assert_eq!(a.status, 400, "{}", a.body);
@@ -595,7 +598,7 @@ fn refused_actions_are_403_and_audited_like_the_grpc_api() {
 #[test]
 fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
     let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller();
+    fleet.start_controller_with(&["--set", "console.max_event_streams=1"]);
     let server = fleet.dir.path().join("server.toml");
     std::fs::write(
         &server,
@@ -638,6 +641,14 @@ fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
         );
         resp
     });
+    // console.max_event_streams = 1: a second stream is refused while the first is open.
+    let second = admin.get("/api/events");
+    assert_eq!(second.status, 503, "{}", second.body);
+    assert!(
+        second.body.contains("console.max_event_streams"),
+        "{}",
+        second.body
+    );
     let out = fleet.cli(&["run", "sync-01", "--sequence", "hr-cycle"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let id = stdout(&out).trim().to_string();

@@ -75,15 +75,13 @@ async fn login_inner(
         Ok(who) => who,
         Err(why) => {
             console
-                .security
-                .audit(
+                .audit_refusal(
                     "anonymous",
                     "ConsoleSignIn",
                     "console",
-                    "denied",
                     &format!("sign-in link {}", why.label()),
                     "",
-                    &peer.to_string(),
+                    peer,
                 )
                 .await;
             return Ok(refused(why));
@@ -106,7 +104,11 @@ async fn login_inner(
     let mut resp = Html(page(
         "Signed in",
         "<meta http-equiv=\"refresh\" content=\"0; url=/\">",
-        "<p>Opening the console… <a href=\"/\">Continue to the console</a>.</p>",
+        &format!(
+            "<p>Signed in as {} ({}). Opening the console… <a href=\"/\">Continue to the console</a>.</p>",
+            html_escape(&who.identity().to_string()),
+            html_escape(&who.role)
+        ),
     ))
     .into_response();
     let headers = resp.headers_mut();
