@@ -782,3 +782,20 @@ fn the_dev_banner_prints_a_working_sign_in_link() {
         401
     );
 }
+
+/// With `console.enabled = false` nothing listens on the console's port and `syncfleet ui`
+/// says the console is off and which setting turns it on.
+#[test]
+fn a_disabled_console_mints_no_links() {
+    let mut fleet = Fleet::init(&[]);
+    fleet.start_controller_with(&["--set", "console.enabled=false"]);
+    let out = fleet.cli(&["ui"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out)
+            .contains("the web console is disabled on this controller (console.enabled = false)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", fleet.console_port)).is_err());
+}
