@@ -670,4 +670,53 @@ mod tests {
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("`retention.batch`"), "{err}");
     }
+
+    #[test]
+    fn console_settings_parse_default_and_are_checked() {
+        let c: ControllerConfig = toml::from_str(
+            "[console]\nlisten = \"127.0.0.1:9444\"\nsession_lifetime = \"30m\"\ntrace_url = \"http://jaeger:16686/trace/{trace_id}\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.console.session_lifetime, Duration::from_secs(1800));
+        assert!(c.console.enabled);
+        let d = ConsoleSettings::default();
+        assert_eq!(d.listen, SocketAddr::from(([0, 0, 0, 0], 7444)));
+        assert_eq!(d.session_lifetime, Duration::from_secs(3600));
+        assert_eq!((d.max_event_streams, d.max_connections), (64, 256));
+        assert!(!d.ephemeral_if_taken && d.url.is_none() && d.trace_url.is_none());
+
+        let err = |f: &dyn Fn(&mut ControllerConfig)| {
+            let mut c = ControllerConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        let e = err(&|c| c.console.session_lifetime = Duration::from_secs(5));
+        assert!(
+            e.contains("`console.session_lifetime`") && e.contains("1m..24h"),
+            "{e}"
+        );
+        let e = err(&|c| c.console.url = Some("http://ctl:7444".into()));
+        assert!(e.contains("`console.url`") && e.contains("https://"), "{e}");
+        let e = err(&|c| c.console.url = Some("https://ctl:7444/console".into()));
+        assert!(e.contains("has a path"), "{e}");
+        let e = err(&|c| c.console.trace_url = Some("http://jaeger/trace".into()));
+        assert!(
+            e.contains("`console.trace_url`") && e.contains("{trace_id}"),
+            "{e}"
+        );
+        let e = err(&|c| c.console.max_event_streams = 0);
+        assert!(e.contains("`console.max_event_streams`"), "{e}");
+        let e = err(&|c| c.console.listen = c.grpc_listen);
+        assert!(
+            e.contains("`console.listen`") && e.contains("grpc_listen"),
+            "{e}"
+        );
+        // A disabled console is not checked.
+        let mut off = ControllerConfig::default();
+        off.console.enabled = false;
+        off.console.listen = off.grpc_listen;
+        off.validate().unwrap();
+        assert_eq!(check_console_url("https://ctl.example:7444/"), Ok(()));
+    }
 }

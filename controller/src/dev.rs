@@ -23,7 +23,7 @@ use syncfleet_agent::AgentConfig;
 use syncfleet_agent::config::{EngineConfig, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::init;
+use crate::auth::{console_login, init};
 use crate::config::ControllerConfig;
 use crate::contexts::{Context, default_config_path, upsert_context};
 use crate::server::{self, ServeError};
@@ -343,13 +343,14 @@ async fn dev_console_line(
             .ok_or("no certificate in the admin credential")?
             .map_err(|e| e.to_string())?;
         let who = crate::auth::identity_of(&der, fleet)
-            .and_then(|w| crate::console::session::StoredIdentity::of(&w))
+            .and_then(|w| console_login::StoredIdentity::of(&w))
             .ok_or("the admin credential is not an operator certificate of this fleet")?;
-        crate::console::login::mint(
+        console_login::mint(
             console.store.as_ref(),
             &console.base_url,
             who,
-            crate::console::login::DEV_LOGIN_TTL,
+            console_login::DEV_LOGIN_TTL,
+            chrono::Utc::now().timestamp_millis(),
         )
         .await
         .map_err(|e| e.to_string())

@@ -49,3 +49,4 @@ pub mod server;
 
 pub mod store;
 pub mod telemetry;
+pub mod views;

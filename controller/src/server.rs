@@ -383,6 +383,7 @@ pub async fn serve_with(
                 streams: Arc::new(tokio::sync::Semaphore::new(
                     usize::try_from(cfg.console.max_event_streams).unwrap_or(64),
                 )),
+                anonymous_audits: Default::default(),
             });
             bound.console = Some(crate::console::ConsoleHandle {
                 addr,

@@ -13,6 +13,7 @@ use super::authorize::{Authorize, CallCtx, status_with_request_id, with_request_
 use super::status::bad_input;
 use super::status::store_status;
 use crate::auth::Security;
+use crate::auth::console_login;
 use crate::fleet::{Fleet, MAX_AGENTS_PER_CALL, Plan, Selection};
 use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
 use crate::run_ids;
@@ -963,17 +964,17 @@ impl FleetService for FleetSvc {
                     "the web console is disabled on this controller (console.enabled = false)",
                 ));
             };
-            let who = crate::console::session::StoredIdentity::of(&ctx.who).ok_or_else(|| {
+            let who = console_login::StoredIdentity::of(&ctx.who).ok_or_else(|| {
                 Status::permission_denied(format!("{} is not an operator", ctx.who))
             })?;
-            let minted = crate::console::login::mint(
+            let minted = console_login::mint(
                 self.fleet.store.as_ref(),
                 base,
                 who,
-                crate::console::login::LOGIN_TTL,
+                console_login::LOGIN_TTL,
+                chrono::Utc::now().timestamp_millis(),
             )
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .await?;
             Ok(Response::new(v1::ConsoleLogin {
                 url: minted.url,
                 expires_at: Some(syncfleet_proto::time::from_millis(minted.expires_ms)),

@@ -20,8 +20,8 @@ use super::csrf;
 use super::error::{ConsoleError, Refusal};
 use super::session::{self, Session};
 use super::{ClientAddr, Console};
-use crate::cli::output::agent_json;
 use crate::limits::clip;
+use crate::views::json::agent_json;
 
 /// The body of every action: an optional note (the reason recorded with it).
 #[derive(Debug, Default, Deserialize)]
@@ -31,7 +31,8 @@ pub struct NoteBody {
     pub note: String,
 }
 
-/// Audit a refused mutating request and answer 401/403 with its request id.
+/// Audit a refused mutating request and answer 401/403 with its request id (anonymous ones
+/// within [`super::budget`]).
 async fn deny(
     console: &Console,
     session: Option<&Session>,
@@ -43,16 +44,7 @@ async fn deny(
     let who = session.map_or_else(|| "anonymous".to_string(), |s| s.who().to_string());
     let request_id = crate::api::authorize::new_request_id();
     console
-        .security
-        .audit(
-            &who,
-            rpc,
-            target,
-            "denied",
-            &error.to_string(),
-            &request_id,
-            &peer.0.to_string(),
-        )
+        .audit_refusal(&who, rpc, target, &error.to_string(), &request_id, peer.0)
         .await;
     Refusal {
         error,

@@ -1,6 +1,6 @@
 //! The console's reads: each calls `FleetSvc`'s own `FleetService` methods as the session's
 //! operator, and answers the JSON shapes `syncfleet … -o json` prints for the same data
-//! (`crate::cli::output`, `cli::timeline`), wrapped as the console's API describes.
+//! (`crate::views`), wrapped as the console's API describes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use super::error::ConsoleError;
 use super::session::Session;
 use super::{ClientAddr, Console};
 use crate::auth::permits;
-use crate::cli::output::{
+use crate::views::json::{
     agent_json, fleet_status_json, guard_json, run_json, schedule_status_json,
 };
 
@@ -24,7 +24,7 @@ use crate::cli::output::{
 pub const MAX_RUNS: u32 = 1000;
 
 /// Most runs the timeline reads (the CLI's limit).
-const MAX_TIMELINE_RUNS: usize = crate::cli::timeline::MAX_RUNS;
+const MAX_TIMELINE_RUNS: usize = crate::views::timeline::MAX_RUNS;
 
 type ApiResult = Result<Json<Value>, ConsoleError>;
 
@@ -277,7 +277,7 @@ pub fn held_json(run: &v1::Run) -> Value {
                 "profile": s.profile,
                 "reason": s.detail,
                 "guard": s.guard.as_ref().map_or(Value::Null, guard_json),
-                "pending_before": s.pending_before.as_ref().map(crate::cli::output::pending_json),
+                "pending_before": s.pending_before.as_ref().map(crate::views::json::pending_json),
             })
         })
 }
@@ -368,8 +368,8 @@ pub async fn timeline(
         }
         page_token = resp.next_page_token;
     }
-    let placed = crate::cli::timeline::place(&agents, &runs, now);
-    Ok(Json(crate::cli::timeline::timeline_json(
+    let placed = crate::views::timeline::place(&agents, &runs, now);
+    Ok(Json(crate::views::timeline::timeline_json(
         since, now, &placed,
     )))
 }

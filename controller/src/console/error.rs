@@ -36,6 +36,12 @@ pub enum ConsoleError {
     Store(#[from] StoreError),
 }
 
+impl From<crate::auth::AuthError> for ConsoleError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        ConsoleError::Rpc(tonic::Status::from(e))
+    }
+}
+
 impl From<tonic::Status> for ConsoleError {
     fn from(s: tonic::Status) -> Self {
         ConsoleError::Rpc(s)

@@ -21,7 +21,7 @@ use super::api::Caller;
 use super::error::ConsoleError;
 use super::{ClientAddr, Console, now_ms, session};
 use crate::api::authorize::Authorize as _;
-use crate::cli::output::run_json;
+use crate::views::json::run_json;
 
 /// Comment lines at least this often.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);

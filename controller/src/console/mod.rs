@@ -17,6 +17,7 @@
 pub mod actions;
 pub mod api;
 pub mod assets;
+pub mod budget;
 pub mod csrf;
 pub mod error;
 pub mod events;
@@ -68,6 +69,8 @@ pub struct Console {
     pub fleet_name: String,
     /// Open live-update streams, at most `console.max_event_streams`.
     pub streams: Arc<Semaphore>,
+    /// Audit entries of anonymous refusals, per address per minute.
+    pub anonymous_audits: budget::AnonymousAudits,
 }
 
 impl std::fmt::Debug for Console {
@@ -95,6 +98,37 @@ impl Console {
         headers: &axum::http::HeaderMap,
     ) -> Result<Session, error::ConsoleError> {
         session::of_request(self.store.as_ref(), headers, now_ms()).await
+    }
+
+    /// Write the audit entry of a refused request (`who` = `anonymous` is limited per address
+    /// per minute, see [`budget`]).
+    pub async fn audit_refusal(
+        &self,
+        who: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+        request_id: &str,
+        peer: SocketAddr,
+    ) {
+        if who == "anonymous"
+            && !self
+                .anonymous_audits
+                .admit(peer.ip(), chrono::Utc::now().timestamp() / 60)
+        {
+            return;
+        }
+        self.security
+            .audit(
+                who,
+                action,
+                target,
+                "denied",
+                detail,
+                request_id,
+                &peer.to_string(),
+            )
+            .await;
     }
 
     /// The console's own origin (`https://host:port`), which `Origin` headers must match.
@@ -278,7 +312,7 @@ pub async fn serve(
                 if let Err(e) = session::sweep(store.as_ref(), now).await {
                     tracing::warn!(error = %e, "cannot delete expired console sessions");
                 }
-                if let Err(e) = login::sweep(store.as_ref(), now).await {
+                if let Err(e) = crate::auth::console_login::sweep(store.as_ref(), now).await {
                     tracing::warn!(error = %e, "cannot delete expired console sign-in links");
                 }
             }

@@ -11,47 +11,12 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::error::ConsoleError;
-use crate::auth::{OperatorRole, PeerIdentity, Role};
+use crate::auth::PeerIdentity;
+use crate::auth::console_login::{StoredIdentity, expiry, hash_token, random_token};
 use crate::store::{Store, keys};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "syncfleet_session";
-
-/// An operator identity as a session or sign-in link stores it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredIdentity {
-    /// Operator name (`operator/<name>` in the audit log).
-    pub name: String,
-    /// `viewer`, `operator` or `admin`; empty for a certificate without a role.
-    pub role: String,
-    /// When the operator's certificate was issued (Unix ms), for the revocation check.
-    pub issued_ms: Option<i64>,
-}
-
-impl StoredIdentity {
-    /// The identity of an operator; `None` for an agent (agents have no console).
-    pub fn of(who: &PeerIdentity) -> Option<Self> {
-        (who.role == Role::Operator).then(|| Self {
-            name: who.name.clone(),
-            role: who
-                .operator_role
-                .map(OperatorRole::as_str)
-                .unwrap_or("")
-                .to_string(),
-            issued_ms: who.issued_ms,
-        })
-    }
-
-    /// Back to the identity `authorize` checks.
-    pub fn identity(&self) -> PeerIdentity {
-        PeerIdentity {
-            role: Role::Operator,
-            name: self.name.clone(),
-            operator_role: OperatorRole::parse(&self.role),
-            issued_ms: self.issued_ms,
-        }
-    }
-}
 
 /// A session as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,19 +40,6 @@ impl Session {
     pub fn who(&self) -> PeerIdentity {
         self.record.who.identity()
     }
-}
-
-/// 32 random bytes, base64url without padding (43 characters): sign-in secrets, session ids and
-/// CSRF tokens.
-pub fn random_token() -> String {
-    use base64::Engine as _;
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// The stored form of a secret: SHA-256, lower-case hex.
-pub fn hash_token(token: &str) -> String {
-    syncfleet_proto::digest::sha256_hex(token.as_bytes())
 }
 
 /// The `Set-Cookie` value of a new session: only sent over HTTPS, invisible to scripts, never
@@ -127,7 +79,7 @@ pub async fn create(
         who,
         csrf: random_token(),
         created_ms: now_ms,
-        expires_ms: now_ms.saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX)),
+        expires_ms: expiry(now_ms, lifetime),
     };
     let json = serde_json::to_vec(&record)
         .map_err(|e| ConsoleError::BadRequest(format!("cannot encode the session: {e}")))?;
@@ -210,27 +162,6 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_random_base64url_and_stored_hashed() {
-        let a = random_token();
-        let b = random_token();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 43);
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-            "{a}"
-        );
-        let h = hash_token(&a);
-        assert_eq!(h.len(), 64);
-        assert_ne!(h, a);
-        assert_eq!(h, hash_token(&a));
-        assert_eq!(
-            hash_token("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-
-    #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -247,22 +178,37 @@ mod tests {
         assert_eq!(cookie_value(&HeaderMap::new()), None);
     }
 
-    #[test]
-    fn a_stored_identity_round_trips() {
-        let who = PeerIdentity {
-            role: Role::Operator,
-            name: "vic".into(),
-            operator_role: Some(OperatorRole::Viewer),
-            issued_ms: Some(42),
+    /// A stored session is found by its cookie, refused (and deleted) once expired, and swept.
+    #[tokio::test]
+    async fn sessions_are_found_by_cookie_and_end_when_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("db")).unwrap();
+        let who = StoredIdentity {
+            name: "ada".into(),
+            role: "admin".into(),
+            issued_ms: Some(1),
         };
-        let s = StoredIdentity::of(&who).unwrap();
-        assert_eq!(s.role, "viewer");
-        assert_eq!(s.identity(), who);
-        let agent = PeerIdentity {
-            role: Role::Agent,
-            operator_role: None,
-            ..who
-        };
-        assert_eq!(StoredIdentity::of(&agent), None);
+        let now = 1_000_000;
+        let (cookie, record) = create(&store, who.clone(), std::time::Duration::from_secs(60), now)
+            .await
+            .unwrap();
+        assert_eq!(record.expires_ms, now + 60_000);
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            format!("{COOKIE}={cookie}").parse().unwrap(),
+        );
+        let s = of_request(&store, &h, now + 1).await.unwrap();
+        assert_eq!(s.record.who, who);
+        assert_eq!(s.record.csrf.len(), 43);
+        let e = of_request(&store, &h, now + 60_000).await.unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+        let e = of_request(&store, &h, now + 1).await.unwrap_err();
+        assert!(e.to_string().contains("has ended"), "{e}");
+        let (_, _) = create(&store, who, std::time::Duration::from_secs(60), now)
+            .await
+            .unwrap();
+        assert_eq!(sweep(&store, now + 1).await.unwrap(), 0);
+        assert_eq!(sweep(&store, now + 60_000).await.unwrap(), 1);
     }
 }
