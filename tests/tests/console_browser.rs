@@ -333,6 +333,19 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
     // Pausing a schedule from the page, with its note, as the CLI would.
     admin.goto(&format!("{}/#/schedules", fleet.origin()));
     let pause = "[data-schedule=\"delta-every-3m\"] [data-testid=pause-schedule-button]";
+    // A refusal shows the controller's own message: a note of 400 three-byte characters fits
+    // the field (1024 characters) but not the controller's limit (1024 bytes).
+    admin.click(pause);
+    admin.fill("[data-testid=confirm-note]", &"€".repeat(400));
+    admin.click("[data-testid=confirm-ok]");
+    let banner = admin.wait_text(
+        "the refusal's banner",
+        "[data-testid=error-banner]",
+        "note is 1200 bytes; the limit is 1024 bytes, shorten it",
+    );
+    assert!(banner.contains("400"), "the HTTP status is shown: {banner}");
+    let sc = fleet.cli_json(&["schedules", "show", "delta-every-3m", "-o", "json"]);
+    assert_eq!(sc["pause"]["paused"], false, "{sc:#}");
     admin.click(pause);
     admin.fill("[data-testid=confirm-note]", "AD maintenance");
     admin.click("[data-testid=confirm-ok]");
