@@ -14,6 +14,7 @@ import * as schedules from './schedules.js';
 const ctx = { session: null };
 let current = null; // { dispose }
 let expiryTimer = null;
+let lastPage = null;
 
 function main() {
   return document.getElementById('main');
@@ -50,6 +51,11 @@ function route() {
     return;
   }
   current = mod.render(el, { id: parts[1], params }, ctx) || null;
+  // Moving to another page puts the keyboard focus at its start (as a page load would);
+  // changing a filter of the same page leaves it where it is.
+  const where = `${page}/${parts[1] || ''}`;
+  if (lastPage !== null && lastPage !== where) el.focus({ preventScroll: false });
+  lastPage = where;
 }
 
 function signedOut(reason) {

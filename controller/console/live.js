@@ -69,6 +69,12 @@ export function start(el) {
   });
 }
 
+// A tab coming back into view re-reads what it shows: the stream carries run updates, not
+// every change of an agent's connection while the tab was hidden.
+document.addEventListener('visibilitychange', () => {
+  if (source && document.visibilityState === 'visible') dispatch('resync', null);
+});
+
 /** Closes the stream (signed out). */
 export function stop() {
   if (source) source.close();

@@ -8,7 +8,9 @@
 //! approve a run a guard rail held and see it continue; then a viewer's session shows no
 //! action buttons, and POSTs forged from its page (with its CSRF token, and without one) are
 //! refused with 403 and audited as denied, and signing out ends the session. On the way an
-//! operator pauses a schedule with a note, and the page is checked at a 400 px wide window.
+//! operator pauses a schedule with a note (and first meets the controller's refusal of an
+//! over-long one), opens and dismisses a confirmation with the keyboard, and the page is
+//! checked at a 400 px wide window.
 //! Screenshots (fleet, timeline, a run's detail, a held run, the fleet at 400 px) go to
 //! `target/console-screenshots/`.
 
@@ -27,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use browser::{Browser, spki_pin};
+use browser::{Browser, Key, spki_pin};
 use common::{Proc, bin, free_port, path_str, stderr, stdout, wait_agents_connected, wait_for};
 use serde_json::{Value, json};
 
@@ -300,6 +302,17 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
     );
     assert!(reason.contains("over the limit"), "{reason}");
     let held_png = admin.screenshot("run-held");
+    // Keyboard: Enter on the focused button opens the confirmation with the note field
+    // focused; Escape backs out and nothing is approved.
+    admin.focus("[data-testid=approve-button]");
+    admin.press(Key::Enter);
+    admin.wait_count("the confirmation dialog", "dialog#confirm[open]", 1);
+    assert_eq!(admin.focused_id(), "confirm-note");
+    admin.press(Key::Escape);
+    admin.wait("the dialog to close", browser::WAIT, |b| {
+        (b.count("dialog#confirm[open]") == 0).then_some(())
+    });
+    assert_eq!(fleet.run_state(&held)["continued_in"], "");
     let t = Instant::now();
     admin.click("[data-testid=approve-button]");
     admin.fill("[data-testid=confirm-note]", "checked the HR feed");

@@ -25,6 +25,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
+pub use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -327,6 +328,37 @@ impl Browser {
         self.rt
             .block_on(el.send_keys(text))
             .unwrap_or_else(|e| panic!("cannot type into {css}: {e}"));
+    }
+
+    /// Moves the keyboard focus to the first element matching `css` (waiting for it).
+    pub fn focus(&self, css: &str) {
+        self.wait_count(&format!("an element {css} to focus"), css, 1);
+        self.execute(
+            "document.querySelector(arguments[0]).focus(); return null",
+            vec![json!(css)],
+        );
+    }
+
+    /// Presses a key in the element that has the keyboard focus.
+    pub fn press(&self, key: Key) {
+        let keys = char::from(key).to_string();
+        self.rt
+            .block_on(async {
+                let el = self.c().active_element().await?;
+                el.send_keys(&keys).await
+            })
+            .unwrap_or_else(|e| panic!("cannot press {key:?}: {e}"));
+    }
+
+    /// The `id` of the element that has the keyboard focus (empty when it has none).
+    pub fn focused_id(&self) -> String {
+        self.execute(
+            "return document.activeElement ? document.activeElement.id : ''",
+            vec![],
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
     }
 
     /// Writes a PNG of the viewport to `target/console-screenshots/<name>.png`; returns its path.
