@@ -9,8 +9,8 @@
 //! action buttons, and POSTs forged from its page (with its CSRF token, and without one) are
 //! refused with 403 and audited as denied, and signing out ends the session. On the way an
 //! operator pauses a schedule with a note (and first meets the controller's refusal of an
-//! over-long one), opens and dismisses a confirmation with the keyboard, and the page is
-//! checked at a 400 px wide window.
+//! over-long one), cancels a run, drains and resumes a server, opens and dismisses a
+//! confirmation with the keyboard, and the page is checked at a 400 px wide window.
 //! Screenshots (fleet, timeline, a run's detail, a held run, the fleet at 400 px) go to
 //! `target/console-screenshots/`.
 
@@ -37,8 +37,9 @@ const AGENTS: [&str; 3] = ["sync-01", "sync-02", "sync-03"];
 
 /// A `syncfleet dev` fleet in a temporary folder, its CLI config and its console sign-in link.
 struct DevFleet {
-    dir: tempfile::TempDir,
+    /// Declared first so it is dropped (killed) before its folder is deleted.
     _dev: Proc,
+    dir: tempfile::TempDir,
     cli_config: PathBuf,
     login_url: String,
 }
@@ -77,8 +78,8 @@ impl DevFleet {
             },
         );
         DevFleet {
-            dir,
             _dev: dev,
+            dir,
             cli_config,
             login_url,
         }
@@ -371,6 +372,43 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
     assert_eq!(sc["pause"]["paused"], true, "{sc:#}");
     assert_eq!(sc["pause"]["note"], "AD maintenance", "{sc:#}");
     assert_eq!(sc["pause"]["by"], "operator/dev-admin", "{sc:#}");
+
+    // Cancelling a run from its page.
+    let out = fleet.cli(&["run", "sync-01", "--sequence", "delta-cycle"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doomed = stdout(&out);
+    admin.goto(&format!("{}/#/runs/{doomed}", fleet.origin()));
+    admin.click("[data-testid=cancel-button]");
+    admin.fill("[data-testid=confirm-note]", "wrong server");
+    admin.click("[data-testid=confirm-ok]");
+    admin.wait_text("the run shown cancelled", "h1", "cancelled");
+    assert_eq!(
+        fleet.wait_run(&doomed, &["cancelled"])["state"],
+        "cancelled"
+    );
+
+    // Draining a server from the fleet page, then resuming it.
+    admin.goto(&format!("{}/#/fleet", fleet.origin()));
+    admin.click("[data-agent=\"sync-02\"] [data-testid=drain-agent-button]");
+    admin.fill("[data-testid=confirm-note]", "patching");
+    admin.click("[data-testid=confirm-ok]");
+    admin.wait_text(
+        "sync-02 shown draining with its note",
+        "[data-agent=\"sync-02\"]",
+        "“patching”",
+    );
+    let a = fleet.cli_json(&["agents", "show", "sync-02", "-o", "json"]);
+    assert_eq!(a["drain"]["draining"], true, "{a:#}");
+    assert_eq!(a["drain"]["note"], "patching", "{a:#}");
+    admin.click("[data-agent=\"sync-02\"] [data-testid=resume-agent-button]");
+    admin.click("[data-testid=confirm-ok]");
+    admin.wait_count(
+        "sync-02 with a drain button again",
+        "[data-agent=\"sync-02\"] [data-testid=drain-agent-button]",
+        1,
+    );
+    let a = fleet.cli_json(&["agents", "show", "sync-02", "-o", "json"]);
+    assert_eq!(a["drain"]["draining"], false, "{a:#}");
 
     // The fleet with a run in progress, and the timeline with the runs so far.
     let out = fleet.cli(&["run", "sync-03", "--sequence", "delta-cycle"]);
