@@ -145,6 +145,44 @@ impl Browser {
     }
 }
 
+/// The events of an open `/api/events` response.
+struct EventStream {
+    response: reqwest::Response,
+    buffered: String,
+}
+
+impl EventStream {
+    /// The next event (keep-alive comments skipped): its name and its data as JSON. Fails the
+    /// test when none comes within a minute or the stream ends.
+    async fn next(&mut self) -> (String, Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            // Complete events end with a blank line.
+            while let Some(end) = self.buffered.find("\n\n") {
+                let event: String = self.buffered.drain(..end + 2).collect();
+                let mut name = String::new();
+                let mut data = String::new();
+                for line in event.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        name = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if !name.is_empty() {
+                    return (name, serde_json::from_str(&data).unwrap());
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("an event arrives within a minute")
+                .unwrap()
+                .expect("the event stream stays open");
+            self.buffered.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
 /// `syncfleet ui -o json` with the CLI config `cfg`: the link and its expiry.
 fn ui_link(cfg: &Path) -> (String, String) {
     let out = as_operator(cfg, &["ui", "-o", "json"]);
@@ -626,7 +664,7 @@ fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
     admin.sign_in(&ui_link(&fleet.cli_config).0);
 
     // The live stream is open before the run starts; the run's updates arrive on it.
-    let mut events = admin.rt.block_on(async {
+    let events = admin.rt.block_on(async {
         let resp = admin
             .http
             .get(format!("{}/api/events", admin.base))
@@ -652,31 +690,17 @@ fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
     let out = fleet.cli(&["run", "sync-01", "--sequence", "hr-cycle"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let id = stdout(&out).trim().to_string();
-    let mut seen = String::new();
-    let states: Vec<String> = admin.rt.block_on(async {
-        let mut states = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !states.iter().any(|s| s == "held") {
-            let chunk = tokio::time::timeout_at(deadline, events.chunk())
-                .await
-                .expect("the run's updates arrive as events within a minute")
-                .unwrap()
-                .expect("the event stream stays open");
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-            // Complete events end with a blank line.
-            while let Some(end) = seen.find("\n\n") {
-                let event: String = seen.drain(..end + 2).collect();
-                let Some(data) = event.strip_prefix("event: run\ndata: ") else {
-                    continue;
-                };
-                let run: Value = serde_json::from_str(data.trim()).unwrap();
-                if run["id"] == id.as_str() {
-                    states.push(run["state"].as_str().unwrap().to_string());
-                }
-            }
+    let mut stream = EventStream {
+        response: events,
+        buffered: String::new(),
+    };
+    let mut states: Vec<String> = Vec::new();
+    while !states.iter().any(|s| s == "held") {
+        let (kind, data) = admin.rt.block_on(stream.next());
+        if kind == "run" && data["id"] == id.as_str() {
+            states.push(data["state"].as_str().unwrap().to_string());
         }
-        states
-    });
+    }
     assert!(states.len() >= 2, "{states:?}");
     assert_eq!(states.last().unwrap(), "held", "{states:?}");
 
@@ -693,6 +717,19 @@ fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
     assert_eq!(detail["held"]["pending_before"]["import_add"], 300);
     let held = admin.get("/api/runs?state=held").json();
     assert_eq!(held["runs"][0]["id"], id.as_str(), "{held:#}");
+
+    // An agent's change (drained with the CLI) arrives as an `agent` event.
+    let out = fleet.cli(&["agents", "drain", "sync-01", "--note", "patching"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    loop {
+        let (kind, data) = admin.rt.block_on(stream.next());
+        if kind == "agent" && data["name"] == "sync-01" && data["drain"]["draining"] == true {
+            assert_eq!(data["drain"]["note"], "patching");
+            break;
+        }
+    }
+    let out = fleet.cli(&["agents", "resume", "sync-01"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // Approved from the console: it continues and succeeds, audited `ok` as the admin.
     let a = admin.post(

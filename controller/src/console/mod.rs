@@ -11,7 +11,9 @@
 //!   (`api::authorize::ConsoleCaller`), so the role table, the revocation check and the audit
 //!   entries are exactly those of the gRPC API; statuses become HTTP answers in [`error`].
 //! - Every mutating request carries the session's CSRF token and, when the browser sends one,
-//!   the console's own `Origin` ([`csrf`]); refusals are audited.
+//!   the console's own `Origin` ([`csrf`]); refusals are audited (anonymous ones within
+//!   [`budget`]).
+//! - The front end's files are embedded in the binary ([`assets`]).
 //! - Every response carries the security headers of [`security_headers`].
 
 pub mod actions;
