@@ -9,8 +9,9 @@
 //! action buttons, and POSTs forged from its page (with its CSRF token, and without one) are
 //! refused with 403 and audited as denied, and signing out ends the session. On the way an
 //! operator pauses a schedule with a note (and first meets the controller's refusal of an
-//! over-long one), cancels a run, drains and resumes a server, opens and dismisses a
-//! confirmation with the keyboard, and the page is checked at a 400 px wide window.
+//! over-long one), cancels a run, drains and resumes a server (and sees a drain made with the
+//! CLI arrive in the open page), opens and dismisses a confirmation with the keyboard, and the
+//! page is checked at a 400 px wide window.
 //! Screenshots (fleet, timeline, a run's detail, a held run, the fleet at 400 px) go to
 //! `target/console-screenshots/`.
 
@@ -409,6 +410,27 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
     );
     let a = fleet.cli_json(&["agents", "show", "sync-02", "-o", "json"]);
     assert_eq!(a["drain"]["draining"], false, "{a:#}");
+    // A change made elsewhere (here the CLI) reaches the open page by itself.
+    admin.execute("window.__notReloaded = true; return null", vec![]);
+    let out = fleet.cli(&["agents", "drain", "sync-03", "--note", "from the CLI"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    admin.wait_text(
+        "sync-03's drain pushed to the open fleet page",
+        "[data-agent=\"sync-03\"]",
+        "“from the CLI”",
+    );
+    let out = fleet.cli(&["agents", "resume", "sync-03"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    admin.wait_count(
+        "sync-03's resume pushed to the open fleet page",
+        "[data-agent=\"sync-03\"] [data-testid=drain-agent-button]",
+        1,
+    );
+    assert_eq!(
+        admin.execute("return window.__notReloaded === true", vec![]),
+        json!(true),
+        "the fleet page was reloaded"
+    );
 
     // The fleet with a run in progress, and the timeline with the runs so far.
     let out = fleet.cli(&["run", "sync-03", "--sequence", "delta-cycle"]);
