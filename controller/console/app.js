@@ -14,6 +14,7 @@ import * as schedules from './schedules.js';
 const ctx = { session: null };
 let current = null; // { dispose }
 let expiryTimer = null;
+let warnTimer = null;
 let lastPage = null;
 
 function main() {
@@ -64,6 +65,7 @@ function signedOut(reason) {
   if (current && current.dispose) current.dispose();
   current = null;
   if (expiryTimer) clearTimeout(expiryTimer);
+  if (warnTimer) clearTimeout(warnTimer);
   document.getElementById('nav').hidden = true;
   document.getElementById('who').replaceChildren();
   clearBanners();
@@ -101,9 +103,19 @@ function showSession(sess) {
       },
     }, 'Sign out'));
   if (expiryTimer) clearTimeout(expiryTimer);
+  if (warnTimer) clearTimeout(warnTimer);
   const left = Date.parse(sess.expires_at) - Date.now();
   if (left > 0 && left < 2 ** 31) {
     expiryTimer = setTimeout(() => signedOut('Your console session expired.'), left + 1000);
+    // Five minutes ahead, a notice: the session cannot be extended, only replaced.
+    const warnIn = left - 5 * 60 * 1000;
+    if (warnIn > 0) {
+      warnTimer = setTimeout(() => {
+        // In the header, not a banner: it stays when the page changes.
+        who.appendChild(h('span', { class: 'expiry', role: 'status', 'data-testid': 'expiry-notice' },
+          ` ‖ session ends at ${new Date(sess.expires_at).toLocaleTimeString()}: run `, h('code', {}, 'syncfleet ui'), ' for a new link'));
+      }, warnIn);
+    }
   }
 }
 

@@ -153,7 +153,8 @@ export function render(el, _route, ctx) {
 
   function row(a) {
     const cells = [
-      h('th', { scope: 'row', 'data-label': 'Server' }, h('span', { class: 'name' }, a.name),
+      h('th', { scope: 'row', 'data-label': 'Server' },
+        h('a', { href: `#/runs?since=24h&agent=${encodeURIComponent(a.name)}`, class: 'name', title: `Runs on ${a.name}` }, a.name),
         h('div', { class: 'small' }, a.hostname || '', a.agent_version ? ` · agent ${a.agent_version}` : '')),
       h('td', { 'data-label': 'State' }, stateCell(a)),
       h('td', { 'data-label': 'Engine' }, engineCell(a)),

@@ -198,7 +198,7 @@ export function render(el, route, ctx) {
       r.message ? h('p', { class: 'message' }, r.message) : null);
     meta.replaceChildren(dl([
       ['Run id', h('code', {}, r.id)],
-      ['Server', r.agent],
+      ['Server', h('a', { href: `#/runs?since=24h&agent=${encodeURIComponent(r.agent)}` }, r.agent)],
       ['Result', resultText(r.result)],
       ['Sequence', r.sequence || null],
       ['Origin', runOrigin(r)],
