@@ -114,7 +114,8 @@ function serverChart(server, t0, t1, width) {
     g.appendChild(s('rect', { x: rx, y: y + 13, width: rw, height: 18, class: 'run-extent' }));
     // A label only where it does not run into the previous one of its lane (10px font: about
     // 6px a character); the run's <title> and the lists below name every run anyway.
-    const full = `${shortId(r.id)} ${r.sequence || ''} ${label(r.state)}`.trim();
+    const what = r.sequence || (r.steps.length === 1 ? `${r.steps[0].ma}: ${r.steps[0].profile}` : `${r.steps.length} steps`);
+    const full = `${shortId(r.id)} ${what} ${label(r.state)}`;
     const lx = Math.min(rx, width - full.length * 6);
     for (const text of [full, shortId(r.id)]) {
       const w = text.length * 6;

@@ -5,7 +5,7 @@
 //! One scenario, as an operator meets it: sign in with the dev banner's one-time link, see
 //! every agent, start a run from the CLI and watch its steps change in the open page (pushed
 //! over the page's event stream, no reload), open its detail, see the timeline draw it,
-//! approve a run a guard rail held and see it continue; then a viewer's session shows no
+//! approve a run a guard rail held and see it continue, see two runs' overlap drawn; then a viewer's session shows no
 //! action buttons, and POSTs forged from its page (with its CSRF token, and without one) are
 //! refused with 403 and audited as denied, and signing out ends the session. On the way an
 //! operator pauses a schedule with a note (and first meets the controller's refusal of an
@@ -51,7 +51,7 @@ impl DevFleet {
         let cli_config = dir.path().join("cli.toml");
         let banner = dir.path().join("banner.txt");
         let mut cmd = Command::new(bin("syncfleet"));
-        cmd.args(["dev", "--agents", "3", "--time-scale", "0.02"])
+        cmd.args(["dev", "--agents", "3", "--time-scale", "0.05"])
             .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
             .args(["--console-listen", &format!("127.0.0.1:{}", free_port())])
@@ -432,6 +432,18 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
         "the fleet page was reloaded"
     );
 
+    // Two runs at once on one server (imports may share it; a synchronization runs alone):
+    // the timeline draws their overlap and names both runs.
+    let mut pair = Vec::new();
+    for step in ["AD:Full Import", "HR:Full Import"] {
+        let out = fleet.cli(&["run", "sync-02", "--step", step]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        pair.push(stdout(&out));
+    }
+    for id in &pair {
+        fleet.wait_run(id, &["succeeded"]);
+    }
+
     // The fleet with a run in progress, and the timeline with the runs so far.
     let out = fleet.cli(&["run", "sync-03", "--sequence", "delta-cycle"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -452,6 +464,18 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
         "the last run's bars on the timeline",
         &format!("[data-testid=timeline-bar][data-run=\"{busy}\"]"),
         10,
+    );
+    let overlap = admin.wait_text(
+        "the overlap of the two imports on sync-02",
+        "[data-agent=\"sync-02\"] [data-testid=timeline-overlap-note]",
+        "overlap",
+    );
+    for id in &pair {
+        assert!(overlap.contains(&id[..8]), "{overlap}");
+    }
+    assert!(
+        admin.count("[data-agent=\"sync-02\"] [data-testid=timeline-overlap]") >= 1,
+        "the overlap is drawn"
     );
     let timeline_png = admin.screenshot("timeline");
 
