@@ -75,11 +75,14 @@ function runningCell(a) {
       `${er.ma}: ${er.profile}`, er.run_number ? ` #${er.run_number}` : '',
       h('div', { class: 'small' }, er.origin ? `${er.origin}, ` : '', 'seen since ', timeEl(er.seen_since))));
   }
-  // Runs the agent reported in flight that the controller does not list as running yet (its
-  // heartbeat can lag the run's end: the last run is left out).
-  const known = new Set([...(a.running || []).map((r) => r.id), a.last_run ? a.last_run.id : '']);
-  for (const id of a.runs_in_flight || []) {
-    if (!known.has(id)) items.push(h('li', {}, runLink(id), ' in flight on the agent'));
+  // While an agent fires its own schedules (no controller reachable) its own list of runs in
+  // flight is the news; otherwise the controller's runs are, and the agent's list (sent with
+  // heartbeats) can lag a run's end.
+  if (a.autonomous) {
+    const known = new Set((a.running || []).map((r) => r.id));
+    for (const id of a.runs_in_flight || []) {
+      if (!known.has(id)) items.push(h('li', {}, runLink(id), ' in flight on the agent (autonomous)'));
+    }
   }
   if (!items.length) return h('span', { class: 'muted' }, 'idle');
   return h('ul', { class: 'plain' }, items);
