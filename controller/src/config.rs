@@ -65,6 +65,116 @@ impl Default for RetentionSettings {
     }
 }
 
+/// The web console (`console.*`): its own HTTPS listener with the controller's certificate
+/// (`crate::console`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSettings {
+    /// Serve the console. Default true.
+    pub enabled: bool,
+    /// HTTPS listen address. Default `0.0.0.0:7444`.
+    pub listen: SocketAddr,
+    /// The base URL browsers use (`https://HOST:PORT`), printed in sign-in links and the
+    /// console's own origin for the CSRF check. Unset: `https://` + the first of
+    /// `server_names` (else `localhost`) + the port bound for `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// How long a browser session lasts after sign-in. Default 1 hour (1m..24h).
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    /// Link of a run's trace in a trace UI: a URL containing `{trace_id}`, e.g.
+    /// `http://jaeger:16686/trace/{trace_id}`. Unset: trace ids are shown without a link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_url: Option<String>,
+    /// Most live-update streams (`/api/events`) open at once; more are answered 503.
+    pub max_event_streams: u32,
+    /// Most console connections open at once; further ones are closed at once.
+    pub max_connections: u32,
+    /// When `listen` is taken, bind an ephemeral port instead of failing (`dev`, whose default
+    /// port may be used by another dev fleet). Not a configuration key.
+    #[serde(skip)]
+    pub ephemeral_if_taken: bool,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 7444)),
+            url: None,
+            session_lifetime: Duration::from_secs(3600),
+            trace_url: None,
+            max_event_streams: 64,
+            max_connections: 256,
+            ephemeral_if_taken: false,
+        }
+    }
+}
+
+impl ConsoleSettings {
+    /// Check the console's keys; every error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.session_lifetime < Duration::from_secs(60)
+            || self.session_lifetime > Duration::from_secs(24 * 3600)
+        {
+            return Err(ConfigError::Invalid {
+                key: "console.session_lifetime",
+                problem: format!(
+                    "{} is outside 1m..24h",
+                    humantime::format_duration(self.session_lifetime)
+                ),
+                fix: "use e.g. \"1h\" (the default); a console session is a bearer credential, keep it short".into(),
+            });
+        }
+        if let Some(url) = &self.url {
+            check_console_url(url).map_err(|problem| ConfigError::Invalid {
+                key: "console.url",
+                problem,
+                fix: "set the base URL browsers use, e.g. https://controller.example.com:7444 (no path); its host must be one of the certificate's names".into(),
+            })?;
+        }
+        if let Some(t) = &self.trace_url {
+            let scheme_ok = t.starts_with("http://") || t.starts_with("https://");
+            if !scheme_ok || !t.contains("{trace_id}") {
+                return Err(ConfigError::Invalid {
+                    key: "console.trace_url",
+                    problem: format!("{t:?} is not an http(s) URL containing {{trace_id}}"),
+                    fix: "use e.g. http://jaeger:16686/trace/{trace_id}, or leave it unset".into(),
+                });
+            }
+        }
+        for (key, value, default) in [
+            ("console.max_event_streams", self.max_event_streams, 64),
+            ("console.max_connections", self.max_connections, 256),
+        ] {
+            if !(1..=100_000).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!("{value} is outside 1..=100000"),
+                    fix: format!("use e.g. {default} (the default)"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why `url` cannot be the console's base URL: it must be `https://HOST[:PORT]` with nothing
+/// after it but an optional `/`.
+pub fn check_console_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return Err(format!("{url:?} does not start with https://"));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() {
+        return Err(format!("{url:?} names no host"));
+    }
+    if authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!("{url:?} has a path, query or user part"));
+    }
+    Ok(())
+}
+
 /// Where the controller keeps its state: the `store` setting, parsed
 /// ([`ControllerConfig::store_location`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +245,10 @@ pub struct ControllerConfig {
     /// Store retention: `retention.runs`, `retention.events`, `retention.audit`,
     /// `retention.interval`, `retention.batch`.
     pub retention: RetentionSettings,
+    /// The web console: `console.enabled`, `console.listen`, `console.url`,
+    /// `console.session_lifetime`, `console.trace_url`, `console.max_event_streams`,
+    /// `console.max_connections`.
+    pub console: ConsoleSettings,
 }
 
 impl Default for ControllerConfig {
@@ -158,6 +272,7 @@ impl Default for ControllerConfig {
             lease_ttl: Duration::from_secs(10),
             advertise_url: None,
             retention: RetentionSettings::default(),
+            console: ConsoleSettings::default(),
         }
     }
 }
@@ -286,6 +401,24 @@ impl ControllerConfig {
                 problem: format!("{} is outside 1..=10000", self.retention.batch),
                 fix: "use e.g. 500 (the default): rows deleted per transaction".into(),
             });
+        }
+        if self.console.enabled {
+            self.console.validate()?;
+            for (other, addr) in [
+                ("grpc_listen", self.grpc_listen),
+                ("http_listen", self.http_listen),
+            ] {
+                if self.console.listen.port() != 0 && self.console.listen.port() == addr.port() {
+                    return Err(ConfigError::Invalid {
+                        key: "console.listen",
+                        problem: format!(
+                            "{} uses the port of {other} ({addr})",
+                            self.console.listen
+                        ),
+                        fix: "give the console its own port (default 7444), or set console.enabled = false".into(),
+                    });
+                }
+            }
         }
         if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {
             return Err(ConfigError::Invalid {
@@ -536,5 +669,54 @@ mod tests {
         bad.retention.batch = 0;
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("`retention.batch`"), "{err}");
+    }
+
+    #[test]
+    fn console_settings_parse_default_and_are_checked() {
+        let c: ControllerConfig = toml::from_str(
+            "[console]\nlisten = \"127.0.0.1:9444\"\nsession_lifetime = \"30m\"\ntrace_url = \"http://jaeger:16686/trace/{trace_id}\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.console.session_lifetime, Duration::from_secs(1800));
+        assert!(c.console.enabled);
+        let d = ConsoleSettings::default();
+        assert_eq!(d.listen, SocketAddr::from(([0, 0, 0, 0], 7444)));
+        assert_eq!(d.session_lifetime, Duration::from_secs(3600));
+        assert_eq!((d.max_event_streams, d.max_connections), (64, 256));
+        assert!(!d.ephemeral_if_taken && d.url.is_none() && d.trace_url.is_none());
+
+        let err = |f: &dyn Fn(&mut ControllerConfig)| {
+            let mut c = ControllerConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        let e = err(&|c| c.console.session_lifetime = Duration::from_secs(5));
+        assert!(
+            e.contains("`console.session_lifetime`") && e.contains("1m..24h"),
+            "{e}"
+        );
+        let e = err(&|c| c.console.url = Some("http://ctl:7444".into()));
+        assert!(e.contains("`console.url`") && e.contains("https://"), "{e}");
+        let e = err(&|c| c.console.url = Some("https://ctl:7444/console".into()));
+        assert!(e.contains("has a path"), "{e}");
+        let e = err(&|c| c.console.trace_url = Some("http://jaeger/trace".into()));
+        assert!(
+            e.contains("`console.trace_url`") && e.contains("{trace_id}"),
+            "{e}"
+        );
+        let e = err(&|c| c.console.max_event_streams = 0);
+        assert!(e.contains("`console.max_event_streams`"), "{e}");
+        let e = err(&|c| c.console.listen = c.grpc_listen);
+        assert!(
+            e.contains("`console.listen`") && e.contains("grpc_listen"),
+            "{e}"
+        );
+        // A disabled console is not checked.
+        let mut off = ControllerConfig::default();
+        off.console.enabled = false;
+        off.console.listen = off.grpc_listen;
+        off.validate().unwrap();
+        assert_eq!(check_console_url("https://ctl.example:7444/"), Ok(()));
     }
 }

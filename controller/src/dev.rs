@@ -23,7 +23,7 @@ use syncfleet_agent::AgentConfig;
 use syncfleet_agent::config::{EngineConfig, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::init;
+use crate::auth::{console_login, init};
 use crate::config::ControllerConfig;
 use crate::contexts::{Context, default_config_path, upsert_context};
 use crate::server::{self, ServeError};
@@ -41,6 +41,10 @@ pub struct DevArgs {
     pub grpc_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:7080")]
     pub http_listen: SocketAddr,
+    /// The web console's HTTPS address; when its port is taken (another dev fleet), an
+    /// ephemeral port is used instead
+    #[arg(long, default_value = "127.0.0.1:7444")]
+    pub console_listen: SocketAddr,
     /// CLI config file to write the `dev` context into (default: the CLI's own default).
     #[arg(long)]
     pub cli_config: Option<PathBuf>,
@@ -63,6 +67,7 @@ impl DevArgs {
             data_dir: self.data_dir.clone(),
             grpc_listen: self.grpc_listen,
             http_listen: self.http_listen,
+            console_listen: self.console_listen,
             cli_config: self
                 .cli_config
                 .clone()
@@ -104,6 +109,8 @@ pub struct DevOptions {
     pub data_dir: Option<PathBuf>,
     pub grpc_listen: SocketAddr,
     pub http_listen: SocketAddr,
+    /// The web console's address (an ephemeral port when it is taken).
+    pub console_listen: SocketAddr,
     /// CLI config file to write the `dev` context into; default: the CLI's default path.
     pub cli_config: Option<PathBuf>,
     /// Simulated engine duration multiplier.
@@ -138,6 +145,7 @@ impl Default for DevOptions {
             data_dir: None,
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            console_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
             cli_config: None,
             time_scale: 0.05,
             example_fleet: true,
@@ -192,6 +200,11 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
         heartbeat_interval: Duration::from_secs(5),
         agent_lost_after: Duration::from_secs(60),
         pending_deadline: Duration::from_secs(600),
+        console: crate::config::ConsoleSettings {
+            listen: opts.console_listen,
+            ephemeral_if_taken: true,
+            ..Default::default()
+        },
         ..ControllerConfig::default()
     };
     // Locked before `init` writes credentials into it: a data directory another controller
@@ -288,6 +301,10 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
             true,
         )?;
     }
+    let console_line = match &bound.console {
+        Some(console) => Some(dev_console_line(console, &out.operator_cert, &cfg.fleet).await),
+        None => None,
+    };
     println!(
         "{}",
         banner(
@@ -296,7 +313,8 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
             opts.agents,
             &data_dir,
             cli_path.as_deref(),
-            temp.is_some()
+            temp.is_some(),
+            console_line.as_deref(),
         )
     );
 
@@ -312,6 +330,44 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
     }
 }
 
+/// The banner's console line: a one-time sign-in link for the dev admin, valid for an hour.
+async fn dev_console_line(
+    console: &crate::console::ConsoleHandle,
+    admin_cert: &Path,
+    fleet: &str,
+) -> String {
+    let minted = async {
+        let pem = std::fs::read(admin_cert).map_err(|e| e.to_string())?;
+        let der = rustls_pemfile::certs(&mut &pem[..])
+            .next()
+            .ok_or("no certificate in the admin credential")?
+            .map_err(|e| e.to_string())?;
+        let who = crate::auth::identity_of(&der, fleet)
+            .and_then(|w| console_login::StoredIdentity::of(&w))
+            .ok_or("the admin credential is not an operator certificate of this fleet")?;
+        console_login::mint(
+            console.store.as_ref(),
+            &console.base_url,
+            who,
+            console_login::DEV_LOGIN_TTL,
+            chrono::Utc::now().timestamp_millis(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+    .await;
+    match minted {
+        Ok(m) => format!(
+            "console: {} (sign-in link valid 1 h, one-time; or run `syncfleet ui` for a new link)\n",
+            m.url
+        ),
+        Err(e) => format!(
+            "console: {} (no sign-in link: {e}; run `syncfleet ui` for one)\n",
+            console.base_url
+        ),
+    }
+}
+
 /// What `dev` prints once the fleet is up: where it is, how to reach it with the CLI, what to
 /// try. The CLI hint names the `syncfleet` binary found beside the running executable (the same
 /// one under `cargo run`), so "put that folder on your PATH" is advice that works.
@@ -322,11 +378,15 @@ fn banner(
     data_dir: &Path,
     cli_config: Option<&Path>,
     temporary: bool,
+    console_line: Option<&str>,
 ) -> String {
     let mut text = format!(
         "syncfleet dev fleet is up: controller {url} (http://{http}), {agents} simulated agents, data in {}\n",
         data_dir.display()
     );
+    if let Some(line) = console_line {
+        text.push_str(line);
+    }
     if let Some(path) = cli_config {
         text.push_str(&format!(
             "CLI context \"dev\" written to {}\n",

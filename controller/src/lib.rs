@@ -31,6 +31,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod contexts;
 #[cfg(feature = "dev")]
 pub mod dev;
@@ -48,3 +49,4 @@ pub mod server;
 
 pub mod store;
 pub mod telemetry;
+pub mod views;

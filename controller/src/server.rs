@@ -138,10 +138,12 @@ impl DataDirLock {
 }
 
 /// Addresses actually bound (useful with port 0).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Bound {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The web console, when enabled: its address, base URL and store (to mint sign-in links).
+    pub console: Option<crate::console::ConsoleHandle>,
 }
 
 fn read(
@@ -200,9 +202,28 @@ pub async fn serve_with(
                 addr: cfg.http_listen,
                 source,
             })?;
-    let bound = Bound {
+    let console_listener = if cfg.console.enabled {
+        Some(
+            crate::console::bind(&cfg.console)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: "console.listen",
+                    addr: cfg.console.listen,
+                    source,
+                })?,
+        )
+    } else {
+        None
+    };
+    let console_addr = match &console_listener {
+        Some(l) => Some(l.local_addr().map_err(ServeError::Http)?),
+        None => None,
+    };
+    let console_url = console_addr.map(|a| crate::console::base_url(&cfg, a));
+    let mut bound = Bound {
         grpc: grpc_listener.local_addr().map_err(ServeError::Http)?,
         http: http_listener.local_addr().map_err(ServeError::Http)?,
+        console: None,
     };
 
     let (store, leadership): (Arc<dyn Store>, Leadership) = match cfg.store_location()? {
@@ -337,13 +358,49 @@ pub async fn serve_with(
         },
     )
     .max_decoding_message_size(64 * 1024);
-    let fleet_svc = FleetServiceServer::new(FleetSvc {
+    let fleet_svc_impl = FleetSvc {
         fleet: Arc::clone(&fleet),
         scheduler: Arc::clone(&scheduler),
         security: Arc::clone(&security),
         leadership: leadership.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        console_url: console_url.clone(),
+    };
+    let fleet_svc = FleetServiceServer::new(fleet_svc_impl.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    // The web console: its own HTTPS listener, server-only TLS with the controller's
+    // certificate, the operators' API behind sessions (crate::console).
+    let console_task = match (console_listener, console_addr, console_url) {
+        (Some(listener), Some(addr), Some(base_url)) => {
+            let console_tls = crate::console::tls_config(&cert, &key).map_err(ServeError::Tls2)?;
+            let console = Arc::new(crate::console::Console {
+                svc: fleet_svc_impl,
+                store: Arc::clone(&fleet.store),
+                security: Arc::clone(&security),
+                settings: cfg.console.clone(),
+                base_url: base_url.clone(),
+                fleet_name: cfg.fleet.clone(),
+                streams: Arc::new(tokio::sync::Semaphore::new(
+                    usize::try_from(cfg.console.max_event_streams).unwrap_or(64),
+                )),
+                anonymous_audits: Default::default(),
+            });
+            bound.console = Some(crate::console::ConsoleHandle {
+                addr,
+                base_url: base_url.clone(),
+                store: Arc::clone(&fleet.store),
+            });
+            tracing::info!(console = %base_url, listen = %addr, "web console listening");
+            Some(tokio::spawn(crate::console::serve(
+                listener,
+                console_tls,
+                console,
+                cfg.tls_handshake_timeout,
+                shutdown.clone(),
+            )))
+        }
+        _ => None,
+    };
 
     let http = {
         let stop = shutdown.clone();
@@ -394,6 +451,9 @@ pub async fn serve_with(
     };
     shutdown.cancel();
     leader_task.abort();
+    if let Some(t) = console_task {
+        let _ = t.await;
+    }
     match http.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),
         Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),

@@ -147,6 +147,7 @@ pub const CONTROLLER_KEYS: &[&str] = &[
     "lease_ttl",
     "advertise_url",
     "retention",
+    "console",
 ];
 
 /// Top-level keys of the agent's configuration. The controller leaves `SYNCFLEET_AGENT_<KEY>` of

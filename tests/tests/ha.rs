@@ -103,6 +103,7 @@ impl Controller {
             .arg(&self.data)
             .args(["--grpc-listen", &format!("127.0.0.1:{}", self.grpc)])
             .args(["--http-listen", &format!("127.0.0.1:{}", self.http)])
+            .args(["--set", "console.listen=127.0.0.1:0"])
             .args(["--store", store])
             .args(["--set", &format!("lease_ttl={LEASE_TTL}")])
             .args(["--set", &format!("advertise_url={}", self.url())]);

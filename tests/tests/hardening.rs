@@ -37,6 +37,7 @@ fn serve_must_exit(fleet: &Fleet, args: &[&str]) -> (Option<i32>, String) {
         .arg(fleet.data_dir())
         .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--set", "console.listen=127.0.0.1:0"])
         .args(args);
     must_exit(Proc::spawn("controller", &mut cmd, log))
 }

@@ -550,6 +550,7 @@ fn start_controller_traced(fleet: &mut Fleet, endpoint: &str, env: &[(&str, &str
         .arg(fleet.data_dir())
         .args(["--grpc-listen", &format!("127.0.0.1:{}", fleet.grpc_port)])
         .args(["--http-listen", &format!("127.0.0.1:{}", fleet.http_port)])
+        .args(["--set", "console.listen=127.0.0.1:0"])
         .args(["--log-format", "json"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .envs(OTEL_ENV.iter().copied())

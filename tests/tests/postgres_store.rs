@@ -111,7 +111,8 @@ fn bad_or_unreachable_store_stops_the_controller_with_a_clear_error() {
         cmd.args(["serve", "--fleet", "e2e", "--data-dir"])
             .arg(fleet.data_dir())
             .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
-            .args(["--http-listen", &format!("127.0.0.1:{}", free_port())]);
+            .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--set", "console.listen=127.0.0.1:0"]);
         if let Some(s) = store_flag {
             cmd.args(["--store", s]);
         }

@@ -31,13 +31,33 @@ pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// The operator behind a web console request, put in the request's extensions by the console
+/// (`crate::console`) when it calls a `FleetService` method for a signed-in browser. Extensions
+/// exist only inside the process (nothing on the wire sets them), so a gRPC client cannot
+/// claim one; with it, the call is authorized, revocation-checked and audited exactly as the
+/// operator's own gRPC call would be, with the browser's address as the audit peer.
+#[derive(Debug, Clone)]
+pub struct ConsoleCaller {
+    /// The operator the console session was created for.
+    pub who: PeerIdentity,
+    /// The browser's address.
+    pub peer: std::net::SocketAddr,
+}
+
 /// The caller's network address as the audit log records it (empty when unknown).
 pub fn peer_of<T>(req: &Request<T>) -> String {
+    if let Some(c) = req.extensions().get::<ConsoleCaller>() {
+        return c.peer.to_string();
+    }
     req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
 }
 
-/// The verified identity of a caller, or `UNAUTHENTICATED` naming what is missing.
+/// The verified identity of a caller (a console session's operator, else the client
+/// certificate), or `UNAUTHENTICATED` naming what is missing.
 pub fn caller<T>(req: &Request<T>, fleet: &str) -> Result<PeerIdentity, Status> {
+    if let Some(c) = req.extensions().get::<ConsoleCaller>() {
+        return Ok(c.who.clone());
+    }
     let certs = req.peer_certs();
     Ok(identify(certs.as_deref().map(Vec::as_slice), fleet)?)
 }

@@ -13,6 +13,7 @@ use super::authorize::{Authorize, CallCtx, status_with_request_id, with_request_
 use super::status::bad_input;
 use super::status::store_status;
 use crate::auth::Security;
+use crate::auth::console_login;
 use crate::fleet::{Fleet, MAX_AGENTS_PER_CALL, Plan, Selection};
 use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
 use crate::run_ids;
@@ -26,6 +27,9 @@ pub struct FleetSvc {
     pub security: Arc<Security>,
     /// On a follower, mutations are stored and the leader is woken to act on them.
     pub leadership: crate::leader::Leadership,
+    /// The web console's base URL (`https://host:7444`) for sign-in links; `None` when the
+    /// console is disabled.
+    pub console_url: Option<String>,
 }
 
 /// What the leader must do after a follower stored the mutation `action`.
@@ -943,6 +947,50 @@ impl FleetService for FleetSvc {
             Response::new(v1::ListAuditResponse { entries }),
             &ctx.request_id,
         ))
+    }
+
+    async fn create_console_login(
+        &self,
+        request: Request<v1::CreateConsoleLoginRequest>,
+    ) -> Result<Response<v1::ConsoleLogin>, Status> {
+        let target = "console".to_string();
+        let ctx = self
+            .security
+            .authorize(&request, "CreateConsoleLogin", &target)
+            .await?;
+        let result: Result<_, Status> = async {
+            let Some(base) = &self.console_url else {
+                return Err(Status::failed_precondition(
+                    "the web console is disabled on this controller (console.enabled = false)",
+                ));
+            };
+            let who = console_login::StoredIdentity::of(&ctx.who).ok_or_else(|| {
+                Status::permission_denied(format!("{} is not an operator", ctx.who))
+            })?;
+            let minted = console_login::mint(
+                self.fleet.store.as_ref(),
+                base,
+                who,
+                console_login::LOGIN_TTL,
+                chrono::Utc::now().timestamp_millis(),
+            )
+            .await?;
+            Ok(Response::new(v1::ConsoleLogin {
+                url: minted.url,
+                expires_at: Some(syncfleet_proto::time::from_millis(minted.expires_ms)),
+            }))
+        }
+        .await;
+        // The link is a credential: who asked for one is recorded (never the link itself).
+        let detail = match &result {
+            Ok(r) => format!(
+                "sign-in link valid until {}",
+                syncfleet_proto::time::rfc3339(&r.get_ref().expires_at.unwrap_or_default())
+            ),
+            Err(_) => String::new(),
+        };
+        self.finish_with(&ctx, "CreateConsoleLogin", &target, &detail, result)
+            .await
     }
 }
 

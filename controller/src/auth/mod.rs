@@ -24,9 +24,12 @@
 //! - **Renewal** ([`renewal`]): agents renew their own certificates; operators get credentials
 //!   for CSRs.
 //! - **The fleet CA** ([`ca`]) issues every identity; [`init`] creates it.
+//! - **Web console sign-in** ([`console_login`]): one-time links minted for an authenticated
+//!   operator, stored hashed, redeemed once for a browser session.
 
 pub mod audit;
 pub mod ca;
+pub mod console_login;
 pub mod enrollment;
 pub mod error;
 pub mod identity;

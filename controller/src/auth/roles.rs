@@ -115,6 +115,11 @@ pub const RPC_ACCESS: &[(&str, &str, Access)] = &[
     (FLEET, "RevokeOperator", Access::Operator(Permission::Admin)),
     (FLEET, "GetVersion", Access::Operator(Permission::Read)),
     (FLEET, "ListAudit", Access::Operator(Permission::Read)),
+    (
+        FLEET,
+        "CreateConsoleLogin",
+        Access::Operator(Permission::Read),
+    ),
     (AGENT, "Session", Access::Agent),
     (AGENT, "Renew", Access::Agent),
     (ENROLL, "Enroll", Access::Anyone),

@@ -40,6 +40,7 @@
 //! syncfleet docs man DIR                        one man page per command and subcommand
 //! syncfleet config get-contexts|use-context NAME|current-context
 //! syncfleet version                             client and controller versions
+//! syncfleet ui [--open]                         one-time sign-in link to the web console
 //! syncfleet dev [--agents N] [--data-dir DIR]      a whole fleet on this machine (see crate::dev)
 //! ```
 //!
@@ -67,9 +68,10 @@
 //! its handlers (methods of the per-invocation `Session`) and its human rendering:
 //! [`agents`], [`runs`] (`run` and `runs`, with `--follow`), [`documents`] (`apply`, `get`,
 //! `delete`), [`schedules`], [`fleet`], [`access`] (`tokens`, `operators`, `audit`). They share
-//! [`table`] (the table type, times and durations), [`output`] (JSON shapes and the stdout
-//! writers) and [`connect`] (the gRPC channel and error lines); the contexts file is
-//! [`crate::contexts`], shared with `syncfleet dev`.
+//! [`table`] (the table type, times and durations), [`output`] (the stdout writers, and the
+//! JSON shapes of `crate::views`, which the web console serves too) and [`connect`] (the gRPC
+//! channel and error lines); the contexts file is [`crate::contexts`], shared with `syncfleet
+//! dev`.
 //! Dependencies point one way: command files use the shared modules, never each other (except
 //! `schedules` reading documents with [`documents::parse_documents`]); `connect` uses
 //! `contexts`, not the reverse. The CLI starts `crate::dev`; `dev` never uses the CLI.
@@ -147,6 +149,7 @@ pub mod runs;
 pub mod schedules;
 pub mod table;
 pub mod timeline;
+pub mod ui;
 pub mod version;
 
 use std::ffi::OsString;
@@ -343,6 +346,9 @@ pub enum Command {
     /// The CLI config file's contexts: list, switch, show the current one
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a one-time sign-in link to the controller's web console for this CLI's operator
+    /// (--open: also open it in the browser)
+    Ui(ui::UiArgs),
     /// Print this CLI's version and the controller's
     Version,
     /// Run a whole fleet on this machine: a controller, simulated sync servers and the example
@@ -480,6 +486,7 @@ pub async fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Run(args) => s.run(client, args).await,
         Command::Runs(c) => s.runs(client, c).await,
         Command::Timeline(a) => s.timeline(client, a).await,
+        Command::Ui(a) => s.ui(client, a).await,
         Command::Apply(a) => s.apply(client, a, prepared).await,
         Command::Get { kind, name } => s.get(client, *kind, name.as_deref()).await,
         Command::Delete { kind, name } => s.delete(client, *kind, name).await,

@@ -8,54 +8,14 @@
 //! Steps reported by agents that do not send errors have an error count and no list; the table
 //! says so instead of showing an empty list as "no errors".
 
-use serde_json::{Value, json};
 use syncfleet_proto::v1::{Run, Step};
 
-use super::output::timestamp_json;
 use super::table::{Table, local_time, or_dash};
+pub use crate::views::json::{incidents_json, object_errors_json};
 
 /// Longest literal shown in a table cell, in characters (`-o json` has the whole literal the
 /// controller stored).
 const LITERAL_CELL_CHARS: usize = 120;
-
-/// A step's object errors as JSON, in the engine's order.
-pub fn object_errors_json(s: &Step) -> Value {
-    Value::Array(
-        s.object_errors
-            .iter()
-            .map(|e| {
-                json!({
-                    "kind": e.kind,
-                    "dn": e.dn,
-                    "cs_guid": e.cs_guid,
-                    "error_type": e.error_type,
-                    "error_code": e.error_code,
-                    "error_literal": e.error_literal,
-                    "literal_truncated": e.literal_truncated,
-                })
-            })
-            .collect(),
-    )
-}
-
-/// A step's connection incidents as JSON, in the engine's order.
-pub fn incidents_json(s: &Step) -> Value {
-    Value::Array(
-        s.connection_incidents
-            .iter()
-            .map(|i| {
-                json!({
-                    "connection_result": i.connection_result,
-                    "date": timestamp_json(i.date.as_ref()),
-                    "server": i.server,
-                    "error_code": i.error_code,
-                    "error_literal": i.error_literal,
-                    "server_error_detail": i.server_error_detail,
-                })
-            })
-            .collect(),
-    )
-}
 
 /// The `--errors` block printed after the run's details: per step with errors, a table of its
 /// object errors and what was left out; per step with a failed connection, its incidents.
@@ -193,6 +153,7 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
     use syncfleet_proto::v1::{ConnectionIncident, ObjectError, StepState};
 
     fn export_with_errors() -> Run {

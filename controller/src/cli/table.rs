@@ -136,11 +136,7 @@ fn cell(row: &[String], i: usize) -> &str {
     row.get(i).map(String::as_str).unwrap_or("")
 }
 
-/// A set timestamp as a UTC instant (`None` when unset, zero or out of range).
-pub fn instant(t: Option<&Timestamp>) -> Option<DateTime<Utc>> {
-    t.filter(|t| t.seconds != 0 || t.nanos != 0)
-        .and_then(syncfleet_proto::time::from_proto)
-}
+pub use crate::views::instant;
 
 /// Local wall-clock time, `-` when unset.
 pub fn local_time(t: Option<&Timestamp>) -> String {

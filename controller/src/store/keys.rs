@@ -112,3 +112,21 @@ pub fn notifier_problems(notifier: &str) -> String {
 pub fn notifier_problem(notifier: &str, problem: &str) -> String {
     format!("notify/{notifier}/problem/{problem}")
 }
+
+/// Prefix of every web console sign-in link's record ([`console_login`]).
+pub const CONSOLE_LOGINS_ALL: &str = "console-login/";
+
+/// A web console sign-in link's record (JSON, `console::login`), by the SHA-256 (hex) of its
+/// secret: the secret itself is never stored.
+pub fn console_login(hash: &str) -> String {
+    format!("{CONSOLE_LOGINS_ALL}{hash}")
+}
+
+/// Prefix of every web console session's record ([`console_session`]).
+pub const CONSOLE_SESSIONS_ALL: &str = "console-session/";
+
+/// A web console session's record (JSON, `console::session`), by the SHA-256 (hex) of the
+/// session cookie's value.
+pub fn console_session(hash: &str) -> String {
+    format!("{CONSOLE_SESSIONS_ALL}{hash}")
+}

@@ -161,6 +161,7 @@ impl ControllerProc {
             .arg(data)
             .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
             .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["--set", "console.listen=127.0.0.1:0"])
             .args(["--set", &format!("max_connections={limit}")])
             .args(["--set", &format!("max_connections_per_address={limit}")])
             .args(extra)

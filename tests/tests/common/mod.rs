@@ -190,6 +190,8 @@ pub struct Fleet {
     pub dir: tempfile::TempDir,
     pub grpc_port: u16,
     pub http_port: u16,
+    /// The web console's HTTPS port.
+    pub console_port: u16,
     pub controller: Option<Proc>,
     pub agents: HashMap<String, Proc>,
     pub cli_config: PathBuf,
@@ -214,6 +216,7 @@ impl Fleet {
         );
         let grpc_port = free_port();
         let http_port = free_port();
+        let console_port = free_port();
         let cli_config = dir.path().join("cli.toml");
         let pki = data.join("pki");
         std::fs::write(
@@ -230,6 +233,7 @@ impl Fleet {
             dir,
             grpc_port,
             http_port,
+            console_port,
             controller: None,
             agents: HashMap::new(),
             cli_config,
@@ -272,6 +276,10 @@ impl Fleet {
             .arg(self.data_dir())
             .args(["--grpc-listen", &format!("127.0.0.1:{}", self.grpc_port)])
             .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
+            .args([
+                "--set",
+                &format!("console.listen=127.0.0.1:{}", self.console_port),
+            ])
             .args(extra);
         let proc = Proc::spawn("controller", &mut cmd, log);
         let port = self.grpc_port;
