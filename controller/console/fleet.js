@@ -19,8 +19,9 @@ export function agentStates(a) {
 }
 
 /**
- * Exports pending per MA as last read by syncfleet (the `pending_before` counters of the
- * newest step of each MA in the agent's last run): {ma: {add, update, delete}}.
+ * Exports pending per MA: the server's last heartbeat reading when the controller has it, else
+ * the `pending_before` counters of the newest step of each MA in the agent's last run:
+ * {ma: {add, update, delete}}.
  */
 export function pendingExports(a) {
   if (a.pending_exports) return a.pending_exports;
@@ -147,7 +148,7 @@ export function render(el, _route, ctx) {
         .filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
     tbody);
   el.append(h('h1', {}, 'Fleet'), summary, pauseNote, h('div', { class: 'scroll' }, table),
-    h('p', { class: 'small' }, 'Pending exports are as syncfleet last read them: before the newest step of each MA in the server\'s last run. ',
+    h('p', { class: 'small' }, 'Pending exports are the engine\'s counters from the server\'s last heartbeat (on a controller without its session: before the newest step of each MA in its last run). ',
       '“Outside syncfleet” runs are ones the engine runs that syncfleet did not start (Synchronization Service Manager, scripts).'));
 
   const rows = new Map(); // name -> { json, tr }

@@ -199,7 +199,7 @@ export function render(el, route, ctx) {
     meta.replaceChildren(dl([
       ['Run id', h('code', {}, r.id)],
       ['Server', h('a', { href: `#/runs?since=24h&agent=${encodeURIComponent(r.agent)}` }, r.agent)],
-      ['Result', resultText(r.result)],
+      ['Result', r.state === 'held' && r.result ? [resultText(r.result), ' (of the steps before the hold)'] : resultText(r.result)],
       ['Sequence', r.sequence || null],
       ['Origin', runOrigin(r)],
       ['Schedule', r.schedule ? h('a', { href: '#/schedules' }, r.schedule) : null],

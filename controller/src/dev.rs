@@ -302,7 +302,9 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
         )?;
     }
     let console_line = match &bound.console {
-        Some(console) => Some(dev_console_line(console, &out.operator_cert, &cfg.fleet).await),
+        Some(console) => {
+            Some(dev_console_line(console, &out.operator_cert, &out.ca_cert, &cfg.fleet).await)
+        }
         None => None,
     };
     println!(
@@ -330,10 +332,12 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
     }
 }
 
-/// The banner's console line: a one-time sign-in link for the dev admin, valid for an hour.
+/// The banner's console lines: a one-time sign-in link for the dev admin, valid for an hour,
+/// and which CA the browser must trust (the dev fleet's own, which no browser knows).
 async fn dev_console_line(
     console: &crate::console::ConsoleHandle,
     admin_cert: &Path,
+    ca_cert: &Path,
     fleet: &str,
 ) -> String {
     let minted = async {
@@ -356,7 +360,7 @@ async fn dev_console_line(
         .map_err(|e| e.to_string())
     }
     .await;
-    match minted {
+    let link = match minted {
         Ok(m) => format!(
             "console: {} (sign-in link valid 1 h, one-time; or run `syncfleet ui` for a new link)\n",
             m.url
@@ -365,7 +369,11 @@ async fn dev_console_line(
             "console: {} (no sign-in link: {e}; run `syncfleet ui` for one)\n",
             console.base_url
         ),
-    }
+    };
+    format!(
+        "{link}  its certificate is signed by this dev fleet's own CA, {}: import that into the browser's trust store, or accept the browser's warning for this dev fleet\n",
+        ca_cert.display()
+    )
 }
 
 /// What `dev` prints once the fleet is up: where it is, how to reach it with the CLI, what to

@@ -132,6 +132,9 @@ pub async fn fleet(
     .iter()
     .map(|s| *s as i32)
     .collect();
+    // Pending exports per MA from the agents' last heartbeats (held by the controller that has
+    // their sessions; absent elsewhere, and the page then reads them from the last run).
+    let heartbeat_pending = console.svc.fleet.pending_exports.snapshot();
     let mut out = Vec::with_capacity(agents.len());
     for a in &agents {
         let last = console
@@ -164,6 +167,9 @@ pub async fn fleet(
                 "last_run".into(),
                 last.first().map_or(Value::Null, run_json),
             );
+            if let Some(mas) = heartbeat_pending.get(&a.name) {
+                m.insert("pending_exports".into(), pending_exports_json(mas));
+            }
         }
         out.push(j);
     }
@@ -171,6 +177,20 @@ pub async fn fleet(
         "status": fleet_status_json(&status),
         "agents": out,
     })))
+}
+
+/// `{"<MA>": {"add": n, "update": n, "delete": n}}`: exports pending per management agent.
+fn pending_exports_json(mas: &crate::pending::MaExports) -> Value {
+    Value::Object(
+        mas.iter()
+            .map(|(ma, [add, update, delete])| {
+                (
+                    ma.clone(),
+                    json!({"add": add, "update": update, "delete": delete}),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// `GET /api/agents/{name}`.
