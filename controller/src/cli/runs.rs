@@ -566,19 +566,7 @@ impl Session<'_> {
             .await
             .map_err(|e| self.rpc_err(&e))?
             .into_inner();
-        let schedule = if run.schedule.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; schedule {} stays paused: resume it with 'syncfleet schedules resume {}' once the cause is fixed",
-                run.schedule, run.schedule
-            )
-        };
-        let hint = format!(
-            "held run {} on agent {} rejected; it stays held and nothing of it runs{schedule}",
-            run.id, run.agent
-        );
-        self.print_run_id(&run, &hint)
+        self.print_run_id(&run, &reject_hint(&run))
     }
 
     /// Prints a run that a call returned: the run object with `-o json`/`-o yaml`; in table mode
@@ -647,6 +635,23 @@ fn watch_line(r: &Run) -> String {
         l.push_str(&format!(": {}", r.message));
     }
     l
+}
+
+/// The stderr line of `runs reject`: the run stays held, and the schedule its hold paused stays
+/// paused (resuming it is a separate decision).
+pub fn reject_hint(run: &Run) -> String {
+    let schedule = if run.schedule.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; schedule {} stays paused: resume it with 'syncfleet schedules resume {}' once the cause is fixed",
+            run.schedule, run.schedule
+        )
+    };
+    format!(
+        "held run {} on agent {} rejected; it stays held and nothing of it runs{schedule}",
+        run.id, run.agent
+    )
 }
 
 /// The stderr line for a run that ended held: which step, why, and how to approve it.
@@ -1293,6 +1298,24 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn the_reject_hint_says_the_schedule_stays_paused() {
+        let mut r = Run {
+            id: "r1".into(),
+            agent: "sync-01".into(),
+            ..Run::default()
+        };
+        assert_eq!(
+            reject_hint(&r),
+            "held run r1 on agent sync-01 rejected; it stays held and nothing of it runs"
+        );
+        r.schedule = "nightly".into();
+        assert_eq!(
+            reject_hint(&r),
+            "held run r1 on agent sync-01 rejected; it stays held and nothing of it runs; schedule nightly stays paused: resume it with 'syncfleet schedules resume nightly' once the cause is fixed"
+        );
+    }
+
+    #[test]
     fn run_details_show_schedule_fields_reasons_and_the_approve_hint() {
         let r = held_run();
         let text = run_details(&r, instant(Some(&from_millis(1_700_000_100_000))).unwrap());
@@ -1326,6 +1349,25 @@ pub(super) mod tests {
         assert!(text.contains("continued in:  r2\n"), "{text}");
         assert!(
             text.contains("held: approved; continued in run r2\n"),
+            "{text}"
+        );
+        assert!(!text.contains("approve with"), "{text}");
+        let mut rejected = r.clone();
+        rejected.rejected_by = "operator/bob".into();
+        rejected.rejected_at = Some(from_millis(1_700_000_100_000));
+        rejected.reject_note = "wrong HR feed".into();
+        let text = run_details(&rejected, Utc::now());
+        let at = local_time(rejected.rejected_at.as_ref());
+        assert!(
+            text.contains(&format!(
+                "rejected:      by operator/bob at {at}: wrong HR feed\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "held: rejected by operator/bob at {at}: wrong HR feed\n"
+            )),
             "{text}"
         );
         assert!(!text.contains("approve with"), "{text}");

@@ -178,6 +178,26 @@ fn is_undecided(r: &v1::Run) -> bool {
     r.continued_in.is_empty() && r.rejected_by.is_empty() && r.rejected_at.is_none()
 }
 
+/// What an operator decided about a held run, for the "resolved" message: "rejected by WHO at
+/// WHEN: NOTE" or "approved by WHO; it continues as run ID"; `None` while undecided.
+pub fn held_decision(r: &v1::Run) -> Option<String> {
+    if !r.rejected_by.is_empty() || r.rejected_at.is_some() {
+        Some(format!(
+            "rejected by {} at {}: {}",
+            r.rejected_by,
+            when(r.rejected_at.as_ref()),
+            r.reject_note
+        ))
+    } else if !r.continued_in.is_empty() {
+        Some(format!(
+            "approved by {}; it continues as run {}",
+            r.approved_by, r.continued_in
+        ))
+    } else {
+        None
+    }
+}
+
 /// The message of a held run: which step, what tripped, and the approve and reject commands.
 pub fn held(r: &v1::Run) -> Problem {
     let step = r.steps.iter().find(|s| s.state() == v1::StepState::Held);
