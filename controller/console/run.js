@@ -95,7 +95,20 @@ function heldView(run, st) {
       h('caption', {}, `What tripped (${total} connectors in ${st.ma} before the step)`),
       h('thead', {}, h('tr', {}, ['Limit', 'Count', '% of connectors', 'Limit value', ''].map((t) => h('th', { scope: 'col' }, t)))),
       h('tbody', {}, rows))) : null,
-    h('p', { class: 'small' }, 'Approving runs the held step once with its guard rail lifted, then the rest of the plan, as a new run. Until then nothing after the held step runs.'));
+    decisionLine(run));
+}
+
+/** What was decided about a held run, or what approving and rejecting would do. */
+function decisionLine(run) {
+  if (run.rejected_by) {
+    return h('p', { class: 'decision', 'data-testid': 'held-decision' }, '✗ Rejected by ', run.rejected_by, ' at ', timeEl(run.rejected_at),
+      run.reject_note ? `: ${run.reject_note}` : '', '. The run stays held; nothing after the held step runs.');
+  }
+  if (run.continued_in) {
+    return h('p', { class: 'decision', 'data-testid': 'held-decision' }, '✓ Approved by ', run.approved_by || 'an operator',
+      run.approved_at ? [' at ', timeEl(run.approved_at)] : '', '; it continues as run ', runLink(run.continued_in), '.');
+  }
+  return h('p', { class: 'small' }, 'Approving runs the held step once with its guard rail lifted, then the rest of the plan, as a new run. Rejecting records that it must not continue. Until one of them, nothing after the held step runs.');
 }
 
 function listTable(caption, cols, items, cell) {
@@ -167,7 +180,7 @@ export function render(el, route, ctx) {
   const acts = (ctx.session && ctx.session.actions) || {};
 
   async function act(verb, title, text, okLabel) {
-    const note = await confirmAction(title, text, okLabel);
+    const note = await confirmAction(title, text, okLabel, verb === 'reject');
     if (note === null) return;
     try {
       const r = await post(`/api/runs/${seg(id)}/${verb}`, { note });
@@ -213,13 +226,14 @@ export function render(el, route, ctx) {
       ['Continues', r.continuation_of ? runLink(r.continuation_of, `held run ${r.continuation_of.slice(0, 8)}`) : null],
       ['Continued in', r.continued_in ? runLink(r.continued_in) : null],
       ['Approved by', r.approved_by ? [r.approved_by, ' at ', timeEl(r.approved_at)] : null],
+      ['Rejected by', r.rejected_by ? [r.rejected_by, ' at ', timeEl(r.rejected_at), r.reject_note ? `: ${r.reject_note}` : ''] : null],
       ['Cancel', r.cancel_requested ? 'requested' : null],
       ['Trace', trace],
     ], 'kv meta'));
     const held = (r.steps || []).find((st) => st.state === 'held');
     heldBox.replaceChildren(r.state === 'held' && held ? heldView(r, held) : '');
     const buttons = [];
-    if (r.state === 'held' && !r.continued_in) {
+    if (r.state === 'held' && !r.continued_in && !r.approved_by && !r.rejected_by) {
       if (acts.approve) {
         buttons.push(actionButton('Approve…', 'approve-button', () => act('approve', `Approve run ${r.id.slice(0, 8)}`,
           `The held step${held ? ` ${held.ma}: ${held.profile}` : ''} runs once with its guard rail lifted on ${r.agent}, then the rest of the plan.`, 'Approve'), 'primary'));
@@ -227,7 +241,7 @@ export function render(el, route, ctx) {
       // Rejection is offered only when the server says the role may reject.
       if (acts.reject) {
         buttons.push(actionButton('Reject…', 'reject-button', () => act('reject', `Reject run ${r.id.slice(0, 8)}`,
-          'The run is not continued; nothing after the held step runs.', 'Reject'), 'danger'));
+          'The run stays held and is not continued: nothing after the held step runs. A schedule its hold paused stays paused until you resume it. Say why in the note (required).', 'Reject'), 'danger'));
       }
     }
     if (!isTerminal(r.state) && acts.cancel && !r.cancel_requested) {

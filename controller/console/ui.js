@@ -226,7 +226,7 @@ export function clearBanners() {
  * The confirmation step of an action: a modal dialog naming what will happen, with a note for
  * the audit log. Resolves to the note, or null when the operator backs out.
  */
-export function confirmAction(title, text, okLabel) {
+export function confirmAction(title, text, okLabel, noteRequired) {
   const dlg = document.getElementById('confirm');
   const form = document.getElementById('confirm-form');
   const note = document.getElementById('confirm-note');
@@ -234,6 +234,8 @@ export function confirmAction(title, text, okLabel) {
   document.getElementById('confirm-text').textContent = text;
   document.getElementById('confirm-ok').textContent = okLabel || 'Confirm';
   note.value = '';
+  // A rejection must say why: the browser will not submit the form without a note.
+  note.required = Boolean(noteRequired);
   return new Promise((resolve) => {
     let done = false;
     const finish = (v) => {

@@ -381,7 +381,7 @@ fn a_sign_in_link_works_once_and_opens_a_strict_short_session() {
     assert_eq!(s["fleet"], "e2e");
     assert_eq!(
         s["actions"],
-        json!({"approve": true, "cancel": true, "pause_schedule": true, "drain_agent": true, "start_run": true})
+        json!({"approve": true, "reject": true, "cancel": true, "pause_schedule": true, "drain_agent": true, "start_run": true})
     );
     assert_eq!(s["csrf_token"].as_str().unwrap().len(), 43);
     let ends = chrono::DateTime::parse_from_rfc3339(s["expires_at"].as_str().unwrap()).unwrap();
@@ -403,6 +403,30 @@ fn a_sign_in_link_works_once_and_opens_a_strict_short_session() {
     assert_eq!(agent["running"], json!([]));
     assert_eq!(agent["last_run"]["steps"][0]["profile"], "Delta Import");
     assert_eq!(f["status"]["pause"]["paused"], false);
+    // Pending exports per MA come from the agent's heartbeats: the same readings as the
+    // `syncfleet_pending_exports` series of /metrics.
+    common::wait_for(
+        "pending exports of sync-01 on /api/fleet equal to /metrics",
+        Duration::from_secs(90),
+        || {
+            let f = browser.get("/api/fleet").json();
+            let ad = f["agents"][0]["pending_exports"]["AD"].clone();
+            let (_, metrics) = common::http_get(fleet.http_port, "/metrics")?;
+            let sample = |kind: &str| {
+                let prefix = format!(
+                    "syncfleet_pending_exports{{agent=\"sync-01\",ma=\"AD\",kind=\"{kind}\"}} "
+                );
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(prefix.as_str()))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            };
+            ["add", "update", "delete"]
+                .iter()
+                .all(|k| ad[*k].as_f64().is_some() && ad[*k].as_f64() == sample(k))
+                .then_some(())
+        },
+    );
     let cli_agent = fleet.cli_json(&["agents", "show", "sync-01", "-o", "json"]);
     let a = browser.get("/api/agents/sync-01").json();
     assert_eq!(a["name"], cli_agent["name"]);
@@ -583,7 +607,7 @@ fn refused_actions_are_403_and_audited_like_the_grpc_api() {
     assert_eq!(s["role"], "viewer");
     assert_eq!(
         s["actions"],
-        json!({"approve": false, "cancel": false, "pause_schedule": false, "drain_agent": false, "start_run": false})
+        json!({"approve": false, "reject": false, "cancel": false, "pause_schedule": false, "drain_agent": false, "start_run": false})
     );
     assert_eq!(viewer.get("/api/fleet").status, 200);
     let a = viewer.post(drain, &json!({"note": "forged"}));
@@ -633,10 +657,12 @@ fn refused_actions_are_403_and_audited_like_the_grpc_api() {
     assert_eq!(a.status, 401, "{}", a.body);
 }
 
-#[test]
-fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
+/// A fleet (controller started with `controller_args`) whose agent `sync-01` imports 300 adds
+/// into HR (2000 connectors), and the sequence `hr-cycle` whose sync allows at most 5 % staged
+/// adds: each run of it ends held.
+fn fleet_with_a_guarded_sequence(controller_args: &[&str]) -> Fleet {
     let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller_with(&["--set", "console.max_event_streams=1"]);
+    fleet.start_controller_with(controller_args);
     let server = fleet.dir.path().join("server.toml");
     std::fs::write(
         &server,
@@ -659,7 +685,12 @@ fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
     );
     let out = fleet.cli(&["apply", "-f", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+    fleet
+}
 
+#[test]
+fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
+    let fleet = fleet_with_a_guarded_sequence(&["--set", "console.max_event_streams=1"]);
     let mut admin = Browser::new(&fleet);
     admin.sign_in(&ui_link(&fleet.cli_config).0);
 
@@ -763,6 +794,128 @@ fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
         "{}",
         again.body
     );
+}
+
+#[test]
+fn a_held_run_rejected_from_the_console_is_recorded_audited_and_final() {
+    let fleet = fleet_with_a_guarded_sequence(&[]);
+    let out = fleet.cli(&["run", "sync-01", "--sequence", "hr-cycle"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let run = fleet.wait_run_state(
+        &id,
+        &["held", "succeeded", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(run["state"], "held", "{run:#}");
+    let reject = format!("/api/runs/{id}/reject");
+    let note = json!({"note": "HR feed doubled the joiners"});
+
+    let mut admin = Browser::new(&fleet);
+    admin.sign_in(&ui_link(&fleet.cli_config).0);
+    assert_eq!(admin.get("/api/session").json()["actions"]["reject"], true);
+    assert_eq!(
+        admin.get(&format!("/api/runs/{id}")).json()["held"]["decision"],
+        Value::Null
+    );
+
+    // Without the session's CSRF token: 403, audited as a denied RejectRun, nothing decided.
+    let a = admin.send(
+        admin
+            .http
+            .post(format!("{}{reject}", admin.base))
+            .header("content-type", "application/json")
+            .body(note.to_string()),
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    let e = audit_entry(&fleet, a.json()["request_id"].as_str().unwrap());
+    assert_eq!(
+        (&e["action"], &e["result"]),
+        (&json!("RejectRun"), &json!("denied")),
+        "{e}"
+    );
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no X-CSRF-Token header"),
+        "{e}"
+    );
+
+    // A viewer's session: no reject action, and a forged POST is refused and audited.
+    let vic = operator(&fleet, "vic", "viewer");
+    let mut viewer = Browser::new(&fleet);
+    viewer.sign_in(&ui_link(&vic).0);
+    assert_eq!(
+        viewer.get("/api/session").json()["actions"]["reject"],
+        false
+    );
+    let a = viewer.post(&reject, &note);
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(a.json()["code"], "permission_denied");
+    let e = audit_entry(&fleet, a.json()["request_id"].as_str().unwrap());
+    assert_eq!(e["who"], "operator/vic");
+    assert_eq!(
+        (&e["action"], &e["result"]),
+        (&json!("RejectRun"), &json!("denied")),
+        "{e}"
+    );
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("has role viewer; RejectRun needs the 'operate' permission"),
+        "{e}"
+    );
+
+    // A rejection says why: an empty note is refused naming --note.
+    let a = admin.post(&reject, &json!({"note": ""}));
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(
+        a.json()["error"].as_str().unwrap().contains("--note"),
+        "{}",
+        a.body
+    );
+    assert_eq!(fleet.run_json(&id).unwrap()["rejected_by"], "");
+
+    // Rejected: still held, the decision recorded and shown with what tripped.
+    let a = admin.post(&reject, &note);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let run = a.json();
+    assert_eq!(run["id"], id.as_str(), "{run:#}");
+    assert_eq!(run["state"], "held");
+    assert_eq!(run["rejected_by"], "operator/admin");
+    assert_eq!(run["reject_note"], "HR feed doubled the joiners");
+    assert_eq!(run["held"]["decision"]["kind"], "rejected", "{run:#}");
+    assert_eq!(run["held"]["decision"]["by"], "operator/admin");
+    assert_eq!(
+        run["held"]["decision"]["note"],
+        "HR feed doubled the joiners"
+    );
+    assert_eq!(run["held"]["decision"]["at"], run["rejected_at"]);
+    let e = audit(&fleet)
+        .into_iter()
+        .find(|e| e["action"] == "RejectRun" && e["result"] == "ok")
+        .unwrap();
+    assert_eq!(e["who"], "operator/admin");
+    assert_eq!(e["target"], format!("run/{id}"));
+    assert_eq!(e["detail"], "HR feed doubled the joiners");
+
+    // Final: an approval is refused as over gRPC, 409 naming the rejection.
+    let a = admin.post(
+        &format!("/api/runs/{id}/approve"),
+        &json!({"note": "fine after all"}),
+    );
+    assert_eq!(a.status, 409, "{}", a.body);
+    let err = a.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        err.contains(&format!(
+            "run {id} was already rejected by operator/admin at "
+        )) && err.contains("HR feed doubled the joiners"),
+        "{err}"
+    );
+    let runs = fleet.cli_json(&["runs", "list", "-o", "json"]);
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs:#}");
 }
 
 /// `dev`'s banner carries a sign-in link for its admin, valid for an hour, that works once.

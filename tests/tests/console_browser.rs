@@ -169,7 +169,7 @@ fn step_states(b: &Browser) -> Vec<String> {
 }
 
 #[test]
-fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_act() {
+fn operator_signs_in_watches_a_run_live_approves_and_rejects_held_runs_viewer_cannot_act() {
     let started = Instant::now();
     let fleet = DevFleet::start();
     let cli = |args: &[&str]| fleet.cli(args);
@@ -574,6 +574,65 @@ fn operator_signs_in_watches_a_run_live_and_approves_a_held_run_viewer_cannot_ac
         denied.len() >= 2,
         "both forged POSTs audited as denied: {audit:#}"
     );
+
+    // An operator rejects that held run instead: the dialog will not submit without a note, the
+    // decision is shown on the page, recorded on the run and audited; no button is left.
+    let out = fleet.cli(&["ui", "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let admin_url = serde_json::from_slice::<Value>(&out.stdout).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let admin = Browser::start("admin-again", &fleet.pins(), logs);
+    admin.goto(&admin_url);
+    admin.wait_count(
+        "the fleet page after a second sign-in",
+        "[data-testid=agent-row]",
+        AGENTS.len(),
+    );
+    admin.goto(&format!("{}/#/runs/{second_held}", fleet.origin()));
+    admin.wait_count("the reject button", "[data-testid=reject-button]", 1);
+    admin.click("[data-testid=reject-button]");
+    admin.wait_count("the confirmation dialog", "dialog#confirm[open]", 1);
+    admin.click("[data-testid=confirm-ok]");
+    assert_eq!(
+        admin.count("dialog#confirm[open]"),
+        1,
+        "a rejection without a note is not sent"
+    );
+    assert_eq!(fleet.run_state(&second_held)["rejected_by"], "");
+    admin.fill(
+        "[data-testid=confirm-note]",
+        "HR feed sent a wrong department",
+    );
+    admin.click("[data-testid=confirm-ok]");
+    let decision = admin.wait_text(
+        "the rejection on the held run's page",
+        "[data-testid=held-decision]",
+        "Rejected by",
+    );
+    assert!(
+        decision.contains("HR feed sent a wrong department"),
+        "{decision}"
+    );
+    assert_eq!(admin.count("[data-testid=reject-button]"), 0);
+    assert_eq!(admin.count("[data-testid=approve-button]"), 0);
+    let r = fleet.run_state(&second_held);
+    assert_eq!(r["state"], "held", "{r:#}");
+    assert_eq!(r["rejected_by"], "operator/dev-admin", "{r:#}");
+    assert_eq!(r["continued_in"], "", "{r:#}");
+    let audit = fleet.cli_json(&["audit", "list", "--limit", "1000", "-o", "json"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "RejectRun"
+                && e["result"] == "ok"
+                && e["who"] == "operator/dev-admin"),
+        "the rejection is audited: {audit:#}"
+    );
+    drop(admin);
 
     // Signing out ends the session: the page says how to sign in again, the API refuses.
     viewer.click("[data-testid=logout]");

@@ -585,6 +585,29 @@ impl FleetService for FleetSvc {
             .await
     }
 
+    async fn reject_run(
+        &self,
+        request: Request<v1::RejectRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let target = format!("run/{}", clip(&request.get_ref().id));
+        let ctx = self
+            .security
+            .authorize(&request, "RejectRun", &target)
+            .await?;
+        let req = request.into_inner();
+        let result: Result<_, Status> = async {
+            check_ident("run id", &req.id)
+                .and(check_text("note", &req.note))
+                .map_err(bad_input)?;
+            let id = run_id(&self.fleet.store, &req.id).await?;
+            let run = self.fleet.reject_run(&id, &ctx.who(), &req.note).await?;
+            Ok(Response::new(run))
+        }
+        .await;
+        self.finish_with(&ctx, "RejectRun", &target, &req.note, result)
+            .await
+    }
+
     async fn apply(
         &self,
         request: Request<v1::ApplyRequest>,

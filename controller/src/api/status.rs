@@ -81,7 +81,8 @@ impl From<FleetError> for Status {
             | E::TooManyAgents { .. }
             | E::Selection(_)
             | E::PlanChoice(_)
-            | E::NoHello => Status::invalid_argument(message),
+            | E::NoHello
+            | E::RejectNeedsNote => Status::invalid_argument(message),
             E::UnknownAgent { .. }
             | E::NoSuchAgent(_)
             | E::NoSuchRun(_)
@@ -91,6 +92,9 @@ impl From<FleetError> for Status {
             | E::Blocked(_)
             | E::NotHeld { .. }
             | E::AlreadyApproved { .. }
+            | E::AlreadyRejected { .. }
+            | E::ApprovedBeforeReject { .. }
+            | E::NotHeldToReject { .. }
             | E::AlreadyEnded { .. }
             | E::Refused(_) => Status::failed_precondition(message),
             E::ChangedMeanwhile => Status::aborted(message),

@@ -87,6 +87,7 @@ pub const RPC_ACCESS: &[(&str, &str, Access)] = &[
     (FLEET, "WatchRuns", Access::Operator(Permission::Read)),
     (FLEET, "CancelRun", Access::Operator(Permission::Operate)),
     (FLEET, "ApproveRun", Access::Operator(Permission::Operate)),
+    (FLEET, "RejectRun", Access::Operator(Permission::Operate)),
     (FLEET, "Apply", Access::Operator(Permission::Admin)),
     (FLEET, "GetDocuments", Access::Operator(Permission::Read)),
     (FLEET, "DeleteDocument", Access::Operator(Permission::Admin)),

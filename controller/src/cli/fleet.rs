@@ -158,7 +158,7 @@ mod tests {
         hint_run.id = "r9".into();
         assert_eq!(
             crate::cli::runs::held_hint(&hint_run),
-            "run r9 is held at step 3 AD: Export (700 pending export deletes exceed max_pending_deletes 500); approve with 'syncfleet runs approve r9'"
+            "run r9 is held at step 3 AD: Export (700 pending export deletes exceed max_pending_deletes 500); approve with 'syncfleet runs approve r9 --note ...' or reject with 'syncfleet runs reject r9 --note ...'"
         );
     }
 }

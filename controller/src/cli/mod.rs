@@ -21,6 +21,7 @@
 //! syncfleet runs show ID
 //! syncfleet runs cancel ID [--reason TEXT]
 //! syncfleet runs approve ID [--note TEXT]       run a held step once, as a new run
+//! syncfleet runs reject ID --note TEXT         record that a held change must not go through
 //! syncfleet apply -f FILE|DIR [-f ...] [--dry-run] [--prune] [--force]
 //! syncfleet get sequences|schedules [NAME]      YAML fleet documents (-o json: an array)
 //! syncfleet delete sequence|schedule NAME
@@ -292,7 +293,7 @@ pub enum Command {
     /// Start an ad-hoc run of run profiles on one agent, several, those matching a label
     /// selector (-l) or all (--all)
     Run(RunArgs),
-    /// Runs: list (and watch), show, cancel, approve
+    /// Runs: list (and watch), show, cancel, approve, reject
     #[command(subcommand)]
     Runs(RunsCommand),
     /// Per server, the steps of recent runs as bars on a time axis: synchronizations marked,
@@ -916,6 +917,12 @@ mod tests {
             panic!("not approve")
         };
         assert_eq!((id.as_str(), note.as_str()), ("r1", "expected deletes"));
+        let Command::Runs(RunsCommand::Reject { id, note }) =
+            parse(&["runs", "reject", "r1", "--note", "wrong feed"]).command
+        else {
+            panic!("not reject")
+        };
+        assert_eq!((id.as_str(), note.as_str()), ("r1", "wrong feed"));
         let Command::Runs(RunsCommand::List { states, .. }) =
             parse(&["runs", "list", "--state", "held"]).command
         else {

@@ -1,7 +1,7 @@
-//! `run` and `runs list|show|cancel|approve`: starting ad-hoc runs, watching them with
+//! `run` and `runs list|show|cancel|approve|reject`: starting ad-hoc runs, watching them with
 //! `--follow`, and the run tables and blocks.
 //!
-//! Table mode: `run` (without `--follow`), `runs cancel` and `runs approve` print just the run's
+//! Table mode: `run` (without `--follow`), `runs cancel`, `runs approve` and `runs reject` print just the run's
 //! id on stdout and a hint on stderr (`Session::print_run_id`); `run --follow` prints progress
 //! lines on stderr ([`Follower`]) and the final run on stdout, and exits 0 only if the run
 //! succeeded. Counters are shown with the engine's own names, zero values left out to keep lines
@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use syncfleet_proto::v1::{
-    ApproveRunRequest, CancelRunRequest, GetRunRequest, ListRunsRequest, PendingCounters, Run,
-    RunState, StartRunRequest, Step, StepCounters, StepSpec, StepState, WatchRunsRequest, limit,
+    ApproveRunRequest, CancelRunRequest, GetRunRequest, ListRunsRequest, PendingCounters,
+    RejectRunRequest, Run, RunState, StartRunRequest, Step, StepCounters, StepSpec, StepState,
+    WatchRunsRequest, limit,
 };
 
 use super::access::{Since, parse_since};
@@ -104,6 +105,16 @@ pub enum RunsCommand {
         #[arg(long, value_name = "TEXT", default_value = "")]
         note: String,
     },
+    /// Reject a held run: record that its held change must not go through. The run stays held
+    /// and nothing of it runs; the schedule its guard rail paused stays paused (resume it with
+    /// 'syncfleet schedules resume NAME' once the cause is fixed)
+    Reject {
+        /// Id of the held run
+        id: String,
+        /// Why the change is wrong (required)
+        #[arg(long, required = true, value_name = "TEXT", value_parser = super::non_blank)]
+        note: String,
+    },
 }
 
 /// Parses `--step "MA:PROFILE"`, splitting at the first `:` (MA names contain no colon, profile
@@ -163,6 +174,7 @@ impl Session<'_> {
             RunsCommand::Show { id, errors } => self.runs_show(client, id, *errors).await,
             RunsCommand::Cancel { id, reason } => self.runs_cancel(client, id, reason).await,
             RunsCommand::Approve { id, note } => self.runs_approve(client, id, note).await,
+            RunsCommand::Reject { id, note } => self.runs_reject(client, id, note).await,
         }
     }
 
@@ -540,6 +552,23 @@ impl Session<'_> {
         self.print_run_id(&run, &hint)
     }
 
+    pub(super) async fn runs_reject(
+        &self,
+        client: &mut Client,
+        id: &str,
+        note: &str,
+    ) -> Result<u8, CliError> {
+        let run = client
+            .reject_run(RejectRunRequest {
+                id: id.to_string(),
+                note: note.to_string(),
+            })
+            .await
+            .map_err(|e| self.rpc_err(&e))?
+            .into_inner();
+        self.print_run_id(&run, &reject_hint(&run))
+    }
+
     /// Prints a run that a call returned: the run object with `-o json`/`-o yaml`; in table mode
     /// its id alone on stdout (so `id=$(syncfleet run ...)` works) and `hint` on stderr.
     fn print_run_id(&self, run: &Run, hint: &str) -> Result<u8, CliError> {
@@ -608,6 +637,23 @@ fn watch_line(r: &Run) -> String {
     l
 }
 
+/// The stderr line of `runs reject`: the run stays held, and the schedule its hold paused stays
+/// paused (resuming it is a separate decision).
+pub fn reject_hint(run: &Run) -> String {
+    let schedule = if run.schedule.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; schedule {} stays paused: resume it with 'syncfleet schedules resume {}' once the cause is fixed",
+            run.schedule, run.schedule
+        )
+    };
+    format!(
+        "held run {} on agent {} rejected; it stays held and nothing of it runs{schedule}",
+        run.id, run.agent
+    )
+}
+
 /// The stderr line for a run that ended held: which step, why, and how to approve it.
 pub fn held_hint(run: &Run) -> String {
     let held = run
@@ -629,8 +675,8 @@ pub fn held_hint(run: &Run) -> String {
         None => String::new(),
     };
     format!(
-        "run {} is held{what}; approve with 'syncfleet runs approve {}'",
-        run.id, run.id
+        "run {} is held{what}; approve with 'syncfleet runs approve {} --note ...' or reject with 'syncfleet runs reject {} --note ...'",
+        run.id, run.id, run.id
     )
 }
 
@@ -800,6 +846,17 @@ pub fn run_details(r: &Run, now: DateTime<Utc>) -> String {
     if !r.continued_in.is_empty() {
         add("continued in", r.continued_in.clone());
     }
+    if !r.rejected_by.is_empty() || instant(r.rejected_at.as_ref()).is_some() {
+        add(
+            "rejected",
+            format!(
+                "by {} at {}: {}",
+                or_dash(&r.rejected_by),
+                local_time(r.rejected_at.as_ref()),
+                or_dash(&r.reject_note)
+            ),
+        );
+    }
     if !r.message.is_empty() {
         add("message", r.message.clone());
     }
@@ -855,10 +912,17 @@ pub fn run_details(r: &Run, now: DateTime<Utc>) -> String {
         }
     }
     if r.state() == RunState::Held {
-        if r.continued_in.is_empty() {
+        if !r.rejected_by.is_empty() || instant(r.rejected_at.as_ref()).is_some() {
             out.push_str(&format!(
-                "held: approve with 'syncfleet runs approve {}'\n",
-                r.id
+                "held: rejected by {} at {}: {}\n",
+                or_dash(&r.rejected_by),
+                local_time(r.rejected_at.as_ref()),
+                or_dash(&r.reject_note)
+            ));
+        } else if r.continued_in.is_empty() {
+            out.push_str(&format!(
+                "held: approve with 'syncfleet runs approve {} --note ...' or reject with 'syncfleet runs reject {} --note ...'\n",
+                r.id, r.id
             ));
         } else {
             out.push_str(&format!(
@@ -1234,6 +1298,24 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn the_reject_hint_says_the_schedule_stays_paused() {
+        let mut r = Run {
+            id: "r1".into(),
+            agent: "sync-01".into(),
+            ..Run::default()
+        };
+        assert_eq!(
+            reject_hint(&r),
+            "held run r1 on agent sync-01 rejected; it stays held and nothing of it runs"
+        );
+        r.schedule = "nightly".into();
+        assert_eq!(
+            reject_hint(&r),
+            "held run r1 on agent sync-01 rejected; it stays held and nothing of it runs; schedule nightly stays paused: resume it with 'syncfleet schedules resume nightly' once the cause is fixed"
+        );
+    }
+
+    #[test]
     fn run_details_show_schedule_fields_reasons_and_the_approve_hint() {
         let r = held_run();
         let text = run_details(&r, instant(Some(&from_millis(1_700_000_100_000))).unwrap());
@@ -1247,7 +1329,7 @@ pub(super) mod tests {
             "step 1/3 AD: Delta Import: 2 attempts\n",
             "step 2/3 AD: Delta Sync: skipped: only_if staged_changes was false\n",
             "step 3/3 AD: Export: HELD: 700 pending export deletes exceed max_pending_deletes 500; pending before: export_delete=700 total_connectors=30000; guard max_pending_deletes=500\n",
-            "held: approve with 'syncfleet runs approve 0190a0b0-0000-7000-8000-000000000001'\n",
+            "held: approve with 'syncfleet runs approve 0190a0b0-0000-7000-8000-000000000001 --note ...' or reject with 'syncfleet runs reject 0190a0b0-0000-7000-8000-000000000001 --note ...'\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
@@ -1267,6 +1349,25 @@ pub(super) mod tests {
         assert!(text.contains("continued in:  r2\n"), "{text}");
         assert!(
             text.contains("held: approved; continued in run r2\n"),
+            "{text}"
+        );
+        assert!(!text.contains("approve with"), "{text}");
+        let mut rejected = r.clone();
+        rejected.rejected_by = "operator/bob".into();
+        rejected.rejected_at = Some(from_millis(1_700_000_100_000));
+        rejected.reject_note = "wrong HR feed".into();
+        let text = run_details(&rejected, Utc::now());
+        let at = local_time(rejected.rejected_at.as_ref());
+        assert!(
+            text.contains(&format!(
+                "rejected:      by operator/bob at {at}: wrong HR feed\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "held: rejected by operator/bob at {at}: wrong HR feed\n"
+            )),
             "{text}"
         );
         assert!(!text.contains("approve with"), "{text}");

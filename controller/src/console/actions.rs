@@ -1,4 +1,4 @@
-//! The console's actions: approve or cancel a run, pause or resume a schedule, drain or resume
+//! The console's actions: approve, reject or cancel a run, pause or resume a schedule, drain or resume
 //! an agent, and sign-out. Each passes the checks of [`super::csrf`] first (a refusal is
 //! audited as `denied` under the RPC it would have called, naming the problem), then calls the
 //! `FleetService` method the CLI calls, as the session's operator: the role table, the
@@ -133,6 +133,26 @@ pub async fn approve_run(
     let run = console
         .svc
         .approve_run(c.req(&console, v1::ApproveRunRequest { id, note: b.note }))
+        .await
+        .map_err(rpc_err)?
+        .into_inner();
+    Ok(Json(run_detail_json(&run)))
+}
+
+/// `POST /api/runs/{id}/reject` `{"note"}`: `RejectRun` (the note is required); answers the
+/// rejected run, still held, with the decision recorded.
+pub async fn reject_run(
+    State(console): State<Arc<Console>>,
+    axum::Extension(peer): axum::Extension<ClientAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ActionResult {
+    let target = format!("run/{}", clip(&id));
+    let (c, b) = checked(&console, &headers, peer, "RejectRun", &target, &body).await?;
+    let run = console
+        .svc
+        .reject_run(c.req(&console, v1::RejectRunRequest { id, note: b.note }))
         .await
         .map_err(rpc_err)?
         .into_inner();

@@ -74,6 +74,7 @@ pub async fn session(
         "expires_at": rfc3339_ms(record.expires_ms),
         "actions": {
             "approve": may("ApproveRun"),
+            "reject": may("RejectRun"),
             "cancel": may("CancelRun"),
             "pause_schedule": may("PauseSchedule"),
             "drain_agent": may("DrainAgent"),
@@ -298,8 +299,32 @@ pub fn held_json(run: &v1::Run) -> Value {
                 "reason": s.detail,
                 "guard": s.guard.as_ref().map_or(Value::Null, guard_json),
                 "pending_before": s.pending_before.as_ref().map(crate::views::json::pending_json),
+                "decision": decision_json(run),
             })
         })
+}
+
+/// What an operator decided about a held run: `{"kind": "approved", by, at, continued_in}`,
+/// `{"kind": "rejected", by, at, note}`, or `null` while it waits for a decision.
+fn decision_json(run: &v1::Run) -> Value {
+    use crate::views::json::timestamp_json;
+    if !run.rejected_by.is_empty() || run.rejected_at.is_some() {
+        json!({
+            "kind": "rejected",
+            "by": run.rejected_by,
+            "at": timestamp_json(run.rejected_at.as_ref()),
+            "note": run.reject_note,
+        })
+    } else if !run.continued_in.is_empty() {
+        json!({
+            "kind": "approved",
+            "by": run.approved_by,
+            "at": timestamp_json(run.approved_at.as_ref()),
+            "continued_in": run.continued_in,
+        })
+    } else {
+        Value::Null
+    }
 }
 
 /// `GET /api/runs/{id}`: the run (`runs show -o json`, object errors and incidents per step

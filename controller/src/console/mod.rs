@@ -212,6 +212,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{id}", get(api::run))
         .route("/api/runs/{id}/approve", post(actions::approve_run))
+        .route("/api/runs/{id}/reject", post(actions::reject_run))
         .route("/api/runs/{id}/cancel", post(actions::cancel_run))
         .route("/api/timeline", get(api::timeline))
         .route("/api/schedules", get(api::schedules))

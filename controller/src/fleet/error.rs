@@ -66,6 +66,39 @@ pub enum FleetError {
         continuation: String,
     },
 
+    /// Approval or rejection of a held run that was rejected before.
+    #[error(
+        "run {id} was already rejected by {by} at {at}: {note}; the decision is final (start a new run if the change turns out to be expected)"
+    )]
+    AlreadyRejected {
+        id: String,
+        by: String,
+        at: String,
+        note: String,
+    },
+
+    /// Rejection of a held run that was approved before: its continuation already exists.
+    #[error(
+        "run {id} was already approved by {by} at {at}; its continuation is run {continuation}, so it can no longer be rejected (cancel the continuation if it still runs)"
+    )]
+    ApprovedBeforeReject {
+        id: String,
+        by: String,
+        at: String,
+        continuation: String,
+    },
+
+    /// Rejection of a run that is not held.
+    #[error(
+        "run {id} is {}, not held; only held runs can be rejected",
+        .state.label()
+    )]
+    NotHeldToReject { id: String, state: v1::RunState },
+
+    /// Rejection without a note.
+    #[error("a rejection needs a note saying why: pass --note TEXT")]
+    RejectNeedsNote,
+
     /// Cancellation of a run that has ended.
     #[error("run {id} already ended ({}); nothing to cancel", .state.label())]
     AlreadyEnded { id: String, state: v1::RunState },

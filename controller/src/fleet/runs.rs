@@ -113,27 +113,40 @@ impl Fleet {
     }
 
     /// Approve a held run: create its continuation (the held step once with the guard lifted,
-    /// then the rest of the plan) and link the two.
+    /// then the rest of the plan) and link the two. A rejected run is refused. The decision is
+    /// claimed under the run's lock (approver and time stored first), so a concurrent rejection
+    /// or second approval is refused rather than also succeeding; the claim is withdrawn when
+    /// the continuation cannot be created.
     pub async fn approve_run(
         &self,
         id: &str,
         who: &str,
         note: &str,
     ) -> Result<v1::Run, FleetError> {
-        let held = self.stored_run(id).await?;
-        if state_of(&held) != v1::RunState::Held {
-            return Err(FleetError::NotHeld {
-                id: id.to_string(),
-                state: state_of(&held),
-            });
-        }
-        if !held.continued_in.is_empty() {
-            return Err(FleetError::AlreadyApproved {
-                id: id.to_string(),
-                by: held.approved_by,
-                continuation: held.continued_in,
-            });
-        }
+        let held = {
+            let _guard = self.run_locks.lock(id).await;
+            let mut held = self.stored_run(id).await?;
+            if state_of(&held) != v1::RunState::Held {
+                return Err(FleetError::NotHeld {
+                    id: id.to_string(),
+                    state: state_of(&held),
+                });
+            }
+            if !held.continued_in.is_empty() || !held.approved_by.is_empty() {
+                return Err(FleetError::AlreadyApproved {
+                    id: id.to_string(),
+                    by: held.approved_by,
+                    continuation: held.continued_in,
+                });
+            }
+            if let Some(e) = rejected_error(&held) {
+                return Err(e);
+            }
+            held.approved_by = who.to_string();
+            held.approved_at = Some(now());
+            self.store.put_runs(std::slice::from_ref(&held)).await?;
+            held
+        };
         let approved: Vec<u32> = held
             .steps
             .iter()
@@ -162,7 +175,7 @@ impl Fleet {
                 ..Default::default()
             })
             .collect();
-        let (run, _) = self
+        let created = self
             .create_run(
                 NewRun {
                     agent: held.agent.clone(),
@@ -179,7 +192,19 @@ impl Fleet {
                 },
                 false,
             )
-            .await?;
+            .await;
+        let run = match created {
+            Ok((run, _)) => run,
+            Err(e) => {
+                // Withdraw the claim: the run is undecided again.
+                self.update_stored_run(id, |h| {
+                    h.approved_by.clear();
+                    h.approved_at = None;
+                })
+                .await?;
+                return Err(e);
+            }
+        };
         let continuation = run.id.clone();
         self.update_stored_run(id, |h| {
             h.continued_in = continuation;
@@ -190,6 +215,33 @@ impl Fleet {
             }
         })
         .await?;
+        Ok(run)
+    }
+
+    /// Reject a held run: record who decided, when and why (`note`, required), and append
+    /// "(rejected: NOTE)" to its message. The run stays `held` (it has ended; the rejection is
+    /// a decision on it), is no longer reported as waiting for approval, and can no longer be
+    /// approved. The schedule its guard rail paused stays paused: resuming it is a separate
+    /// decision. Checked and stored under the run's lock, so it cannot race an approval.
+    pub async fn reject_run(&self, id: &str, who: &str, note: &str) -> Result<v1::Run, FleetError> {
+        let note = note.trim();
+        if note.is_empty() {
+            return Err(FleetError::RejectNeedsNote);
+        }
+        let _guard = self.run_locks.lock(id).await;
+        let mut run = self.stored_run(id).await?;
+        check_rejectable(&run)?;
+        run.rejected_by = who.to_string();
+        run.rejected_at = Some(now());
+        run.reject_note = note.to_string();
+        run.message = if run.message.is_empty() {
+            format!("(rejected: {note})")
+        } else {
+            format!("{} (rejected: {note})", run.message)
+        };
+        self.store.put_runs(std::slice::from_ref(&run)).await?;
+        self.publish(&run);
+        tracing::info!(run_id = %run.id, agent = %run.agent, by = who, "held run rejected");
         Ok(run)
     }
 
@@ -404,9 +456,105 @@ pub async fn start_sequence(
         .await
 }
 
+/// `AlreadyRejected` when `run` was rejected.
+fn rejected_error(run: &v1::Run) -> Option<FleetError> {
+    (!run.rejected_by.is_empty() || run.rejected_at.is_some()).then(|| {
+        FleetError::AlreadyRejected {
+            id: run.id.clone(),
+            by: run.rejected_by.clone(),
+            at: decided_at(run.rejected_at.as_ref()),
+            note: run.reject_note.clone(),
+        }
+    })
+}
+
+/// When a decision was recorded, RFC 3339 (UTC), for refusal messages.
+fn decided_at(t: Option<&prost_types::Timestamp>) -> String {
+    t.map_or_else(
+        || "an unknown time".to_string(),
+        syncfleet_proto::time::rfc3339,
+    )
+}
+
+/// Whether `run` may be rejected: held, neither approved nor rejected yet.
+fn check_rejectable(run: &v1::Run) -> Result<(), FleetError> {
+    let state = state_of(run);
+    if state != v1::RunState::Held {
+        return Err(FleetError::NotHeldToReject {
+            id: run.id.clone(),
+            state,
+        });
+    }
+    if !run.continued_in.is_empty() || !run.approved_by.is_empty() {
+        return Err(FleetError::ApprovedBeforeReject {
+            id: run.id.clone(),
+            by: run.approved_by.clone(),
+            at: decided_at(run.approved_at.as_ref()),
+            continuation: run.continued_in.clone(),
+        });
+    }
+    match rejected_error(run) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn held_run() -> v1::Run {
+        v1::Run {
+            id: "r1".into(),
+            state: v1::RunState::Held as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_an_undecided_held_run_can_be_rejected() {
+        assert!(check_rejectable(&held_run()).is_ok());
+
+        let mut running = held_run();
+        running.state = v1::RunState::Running as i32;
+        assert_eq!(
+            check_rejectable(&running).unwrap_err().to_string(),
+            "run r1 is running, not held; only held runs can be rejected"
+        );
+
+        let mut approved = held_run();
+        approved.approved_by = "alice".into();
+        approved.approved_at = Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        });
+        approved.continued_in = "r2".into();
+        let msg = check_rejectable(&approved).unwrap_err().to_string();
+        assert!(
+            msg.contains("already approved by alice at 2023-11-14T22:13:20")
+                && msg.contains("continuation is run r2"),
+            "{msg}"
+        );
+
+        let mut rejected = held_run();
+        rejected.rejected_by = "bob".into();
+        rejected.rejected_at = Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        });
+        rejected.reject_note = "wrong HR feed".into();
+        let msg = check_rejectable(&rejected).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("run r1 was already rejected by bob at 2023-11-14T22:13:20")
+                && msg.contains(": wrong HR feed;"),
+            "{msg}"
+        );
+        assert!(matches!(
+            rejected_error(&rejected),
+            Some(FleetError::AlreadyRejected { .. })
+        ));
+        assert!(rejected_error(&held_run()).is_none());
+    }
 
     #[test]
     fn unknown_steps_are_refused_with_the_known_names() {

@@ -321,7 +321,19 @@ async fn evaluate_one(
             }
             if rec.next_attempt_ms <= now_ms {
                 sends += 1;
-                let p = resolved_problem(&key, &rec);
+                // A held run's decision (who approved or rejected it) goes into the message; a
+                // store error only leaves it out.
+                let decision = match key.strip_prefix("held/") {
+                    Some(id) => store
+                        .get_run(id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .as_ref()
+                        .and_then(problems::held_decision),
+                    None => None,
+                };
+                let p = resolved_problem(&key, &rec, decision.as_deref());
                 let msg = outgoing(doc, &p, true, now);
                 attempt(doc, &msg, &mut rec, &mut status, now_ms, true).await;
             }
@@ -406,7 +418,7 @@ fn bounded_error(e: &str) -> String {
     format!("{cut}…")
 }
 
-fn resolved_problem(key: &str, rec: &ProblemRecord) -> Problem {
+fn resolved_problem(key: &str, rec: &ProblemRecord, decision: Option<&str>) -> Problem {
     let (kind, subject) = key.split_once('/').unwrap_or((key, ""));
     let kind = match kind {
         "held" => NotifyOn::Held,
@@ -432,11 +444,12 @@ fn resolved_problem(key: &str, rec: &ProblemRecord) -> Problem {
             rec.title.trim_start_matches("[syncfleet] ")
         ),
         text: format!(
-            "Resolved: {} (open since {}).",
+            "Resolved: {} (open since {}).{}",
             rec.title.trim_start_matches("[syncfleet] "),
             DateTime::<Utc>::from_timestamp_millis(rec.since_ms)
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            decision.map_or_else(String::new, |d| format!(" The run was {d}."))
         ),
         approve_command: String::new(),
         ended_at: None,
@@ -775,6 +788,40 @@ mod tests {
         assert_eq!(r.bodies.lock().unwrap().len(), 3);
         let s = status(store.as_ref()).await;
         assert_eq!((s.sent, s.resolved, s.failed), (2, 1, 0));
+    }
+
+    #[tokio::test]
+    async fn the_resolved_message_of_a_rejected_held_run_says_who_rejected_it() {
+        let r = receiver().await;
+        let (_dir, store) = store();
+        let doc = notifier(&r.url, vec![NotifyOn::Held], true);
+        let p = held_run("run-1");
+        evaluate_one(store.as_ref(), &doc, &[&p], at(0))
+            .await
+            .unwrap();
+        let run = v1::Run {
+            id: "run-1".into(),
+            agent: "sync-01".into(),
+            state: v1::RunState::Held as i32,
+            rejected_by: "operator/bob".into(),
+            rejected_at: Some(to_proto(at(3))),
+            reject_note: "wrong HR feed".into(),
+            ..v1::Run::default()
+        };
+        store.insert_runs(&[run]).await.unwrap();
+        evaluate_one(store.as_ref(), &doc, &[], at(5))
+            .await
+            .unwrap();
+        let b = r.bodies.lock().unwrap();
+        assert_eq!(b.len(), 2, "{b:#?}");
+        assert_eq!(b[1]["syncfleet"]["status"], "resolved");
+        let text = b[1]["text"].as_str().unwrap();
+        assert!(
+            text.contains(
+                "The run was rejected by operator/bob at 2027-01-15T08:00:03Z: wrong HR feed."
+            ),
+            "{text}"
+        );
     }
 
     #[tokio::test]

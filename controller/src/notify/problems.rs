@@ -58,7 +58,8 @@ pub async fn current(
         .collect();
     if wanted.contains(&NotifyOn::Held) {
         for r in store.runs_in_states(None, &[v1::RunState::Held]).await? {
-            if r.continued_in.is_empty() {
+            // Approved (continued) or rejected: decided, so no longer waiting for anyone.
+            if is_undecided(&r) {
                 out.push(held(&r));
             }
         }
@@ -172,7 +173,32 @@ fn origin(r: &v1::Run) -> String {
     }
 }
 
-/// The message of a held run: which step, what tripped, and the approve command.
+/// Whether a held run still waits for an operator: neither approved nor rejected.
+fn is_undecided(r: &v1::Run) -> bool {
+    r.continued_in.is_empty() && r.rejected_by.is_empty() && r.rejected_at.is_none()
+}
+
+/// What an operator decided about a held run, for the "resolved" message: "rejected by WHO at
+/// WHEN: NOTE" or "approved by WHO; it continues as run ID"; `None` while undecided.
+pub fn held_decision(r: &v1::Run) -> Option<String> {
+    if !r.rejected_by.is_empty() || r.rejected_at.is_some() {
+        Some(format!(
+            "rejected by {} at {}: {}",
+            r.rejected_by,
+            when(r.rejected_at.as_ref()),
+            r.reject_note
+        ))
+    } else if !r.continued_in.is_empty() {
+        Some(format!(
+            "approved by {}; it continues as run {}",
+            r.approved_by, r.continued_in
+        ))
+    } else {
+        None
+    }
+}
+
+/// The message of a held run: which step, what tripped, and the approve and reject commands.
 pub fn held(r: &v1::Run) -> Problem {
     let step = r.steps.iter().find(|s| s.state() == v1::StepState::Held);
     let what = match step {
@@ -191,6 +217,10 @@ pub fn held(r: &v1::Run) -> Problem {
         "syncfleet runs approve {} --note \"why this is expected\"",
         r.id
     );
+    let reject = format!(
+        "syncfleet runs reject {} --note \"why this change is wrong\"",
+        r.id
+    );
     Problem {
         key: format!("held/{}", r.id),
         agent: r.agent.clone(),
@@ -199,7 +229,7 @@ pub fn held(r: &v1::Run) -> Problem {
         run_id: r.id.clone(),
         title: format!("[syncfleet] run {} on {} held", short(&r.id), r.agent),
         text: format!(
-            "Run {} on agent {}{} is held{what}. Nothing of that step ran. If the change is expected, approve it (the held step runs once with the guard rail lifted, then the rest of the run):\n\n    {approve}\n\nOtherwise leave it held and find out why. Details: syncfleet runs show {}",
+            "Run {} on agent {}{} is held{what}. Nothing of that step ran. If the change is expected, approve it (the held step runs once with the guard rail lifted, then the rest of the run):\n\n    {approve}\n\nIf the change is wrong, reject it (the run stays held and nothing of it runs; its schedule stays paused until resumed):\n\n    {reject}\n\nDetails: syncfleet runs show {}",
             r.id,
             r.agent,
             origin(r),
@@ -309,4 +339,115 @@ pub async fn notifier_docs(fleet: &Fleet) -> Result<Vec<NotifierDoc>, StoreError
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::Store;
+    use crate::store::sqlite::SqliteStore;
+
+    fn held_run(id: &str) -> v1::Run {
+        v1::Run {
+            id: id.into(),
+            agent: "sync-01".into(),
+            state: v1::RunState::Held as i32,
+            steps: vec![v1::Step {
+                index: 0,
+                ma: "AD".into(),
+                profile: "Export".into(),
+                state: v1::StepState::Held as i32,
+                detail: "612 pending export deletes, more than 2% of 10000".into(),
+                ..v1::Step::default()
+            }],
+            ..v1::Run::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rejected_or_approved_held_run_is_not_a_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
+        let mut approved = held_run("approved");
+        approved.continued_in = "cont".into();
+        approved.approved_by = "operator/alice".into();
+        store
+            .insert_runs(&[held_run("waiting"), held_run("rejected"), approved])
+            .await
+            .unwrap();
+        let fleet = Fleet::new(
+            Arc::clone(&store),
+            crate::fleet::Settings {
+                heartbeat_interval: Duration::from_secs(1),
+                agent_lost_after: Duration::from_secs(5),
+                pending_deadline: Duration::from_secs(3600),
+            },
+        );
+        let scheduler = Scheduler::new(
+            Arc::clone(&fleet),
+            crate::schedule::scheduler::Clock::System,
+        );
+        let keys = |found: &[Problem]| {
+            let mut k: Vec<String> = found.iter().map(|p| p.key.clone()).collect();
+            k.sort();
+            k
+        };
+        let (found, _) = current(&fleet, &scheduler, Utc::now(), &[NotifyOn::Held])
+            .await
+            .unwrap();
+        assert_eq!(keys(&found), ["held/rejected", "held/waiting"]);
+        let text = &found[0].text;
+        assert!(
+            text.contains("syncfleet runs approve rejected --note")
+                && text.contains("syncfleet runs reject rejected --note"),
+            "{text}"
+        );
+
+        let run = fleet
+            .reject_run("rejected", "operator/bob", "  wrong HR feed ")
+            .await
+            .unwrap();
+        assert_eq!(run.state(), v1::RunState::Held);
+        assert_eq!(run.rejected_by, "operator/bob");
+        assert_eq!(run.reject_note, "wrong HR feed");
+        assert!(run.rejected_at.is_some());
+        assert!(
+            run.message.ends_with("(rejected: wrong HR feed)"),
+            "{}",
+            run.message
+        );
+        let (found, _) = current(&fleet, &scheduler, Utc::now(), &[NotifyOn::Held])
+            .await
+            .unwrap();
+        assert_eq!(keys(&found), ["held/waiting"]);
+
+        // The decision is final either way, and a rejection needs a reason.
+        let err = fleet
+            .approve_run("rejected", "operator/alice", "")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, crate::fleet::FleetError::AlreadyRejected { ref by, .. } if by == "operator/bob"),
+            "{err:?}"
+        );
+        let err = fleet
+            .reject_run("approved", "operator/bob", "too late")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("already approved by operator/alice"),
+            "{err}"
+        );
+        let err = fleet
+            .reject_run("waiting", "operator/bob", " ")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("--note"), "{err}");
+        let stored = store.get_run("waiting").await.unwrap().unwrap();
+        assert!(stored.rejected_by.is_empty() && stored.rejected_at.is_none());
+    }
 }

@@ -428,13 +428,14 @@ impl Scheduler {
                     .find(|s| s.state == v1::StepState::Held as i32);
                 let note = match held {
                     Some(s) => format!(
-                        "run {} on {} held before step {} ({}: {}): {}; approve it with 'syncfleet runs approve {}' or resume the schedule",
+                        "run {} on {} held before step {} ({}: {}): {}; approve it with 'syncfleet runs approve {}', or reject it with 'syncfleet runs reject {} --note ...' and resume the schedule when the cause is fixed",
                         run.id,
                         run.agent,
                         s.index + 1,
                         s.ma,
                         s.profile,
                         s.detail,
+                        run.id,
                         run.id
                     ),
                     None => format!("run {} on {} held by a guard rail", run.id, run.agent),

@@ -210,6 +210,9 @@ pub fn run_json(r: &Run) -> Value {
         "approved_by": r.approved_by,
         "approved_at": timestamp_json(r.approved_at.as_ref()),
         "approved_steps": r.approved_steps,
+        "rejected_by": r.rejected_by,
+        "rejected_at": timestamp_json(r.rejected_at.as_ref()),
+        "reject_note": r.reject_note,
         "skip_steps": r.skip_steps,
         "steps": r.steps.iter().map(step_json).collect::<Vec<_>>(),
     })
@@ -680,6 +683,16 @@ mod tests {
         assert_eq!(v["approved_by"], "alice");
         assert_eq!(v["approved_at"], "2023-11-14T22:15:00.000Z");
         assert_eq!(v["approved_steps"], json!([3]));
+        assert_eq!(v["rejected_by"], "");
+        assert_eq!(v["rejected_at"], Value::Null);
+        assert_eq!(v["reject_note"], "");
+        r.rejected_by = "bob".into();
+        r.rejected_at = Some(from_millis(1_700_000_100_000));
+        r.reject_note = "wrong feed".into();
+        let v = run_json(&r);
+        assert_eq!(v["rejected_by"], "bob");
+        assert_eq!(v["rejected_at"], "2023-11-14T22:15:00.000Z");
+        assert_eq!(v["reject_note"], "wrong feed");
         assert_eq!(v["skip_steps"], json!([]));
 
         // Manual runs: no nominal time, so no lateness.
