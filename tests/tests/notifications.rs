@@ -383,15 +383,25 @@ fn a_held_run_notifies_once_by_webhook_and_email_until_it_clears_and_failures_ar
     );
     assert_eq!(mails(&maildir).len(), 1, "ops-mail sends held runs only");
 
-    // The counts are metrics too.
-    let (_, metrics) = http_get(fleet.http_port, "/metrics").unwrap();
-    for line in [
+    // The counts are metrics too. A delivery is counted after the receiver has answered, so
+    // the last post can be in the receiver's hands a moment before its count is written.
+    let lines = [
         "syncfleet_notifications_total{notifier=\"ops-webhook\",outcome=\"sent\"} 2",
         "syncfleet_notifications_total{notifier=\"ops-webhook\",outcome=\"resolved\"} 1",
         "syncfleet_notifications_total{notifier=\"flaky-all\",outcome=\"failed\"} 2",
         "syncfleet_notifications_total{notifier=\"ops-mail\",outcome=\"sent\"} 1",
-    ] {
-        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http_get(fleet.http_port, "/metrics").unwrap_or_default();
+        if lines.iter().all(|l| metrics.contains(l)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{lines:#?} in /metrics within 30 s:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
