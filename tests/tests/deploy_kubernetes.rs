@@ -211,6 +211,12 @@ fn manifests_match_the_real_controller() {
         "the Containerfile does not EXPOSE {grpc} {http} {console}"
     );
     assert!(containerfile.contains(&format!("USER {IMAGE_USER}:{IMAGE_USER}")));
+    assert!(
+        containerfile.contains(&format!(
+            "CMD [\"serve\", \"--data-dir\", \"/data\", \"--http-listen\", \"0.0.0.0:{http}\"]"
+        )),
+        "the image's serve command does not listen for HTTP on 0.0.0.0:{http}"
+    );
 
     // A real controller answers the probe and scrape paths the manifests use.
     let mut fleet = Fleet::init(&[]);
