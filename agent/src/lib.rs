@@ -114,7 +114,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         cfg.validate()?;
         let engine = build_engine(&cfg)?;
         take_over_engine(&cfg).await?;
-        run_agent(cfg, engine, shutdown).await
+        run_agent(cfg, engine, shutdown, true).await
     })
     .await
 }
@@ -139,13 +139,20 @@ pub async fn run_with_engine(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let name = cfg.name.clone();
-    telemetry::in_agent(&name, run_agent(cfg, engine, shutdown)).await
+    telemetry::in_agent(&name, run_agent(cfg, engine, shutdown, false)).await
 }
 
+/// With `notify_service_manager`, the agent tells systemd (`Type=notify`) it is ready when its
+/// journal is open, interrupted runs are recovered and autonomy and housekeeping run, just
+/// before its first session attempt; and that it is stopping at shutdown. Readiness does not
+/// wait for the controller: the agent does its work without one (autonomy), so a controller
+/// that is down must neither hold up nor fail the agent's start. Only the `run` of the
+/// `syncfleet-agent` process sends them; several agents in one process (`dev`, tests) do not.
 async fn run_agent(
     mut cfg: AgentConfig,
     engine: Arc<dyn engine::SyncEngine>,
     shutdown: CancellationToken,
+    notify_service_manager: bool,
 ) -> Result<(), AgentError> {
     cfg.validate()?;
     // With a `controllers` list, calls outside a session (renewal) start at its first entry.
@@ -209,6 +216,14 @@ async fn run_agent(
         autonomy,
         housekeeping,
     });
+    if notify_service_manager {
+        syncfleet_proto::service_manager::stopping_on(&shutdown, "stopping");
+        syncfleet_proto::service_manager::ready(&format!(
+            "running: journal {}, connecting to {}",
+            ctx.cfg.journal_path().display(),
+            ctx.cfg.controller
+        ));
+    }
     session::run_forever(ctx, shutdown).await;
     // The tasks end with the shutdown; their outcomes carry nothing.
     let _ = autonomy_task.await;

@@ -45,6 +45,11 @@ pub struct DevArgs {
     /// ephemeral port is used instead
     #[arg(long, default_value = "127.0.0.1:7444")]
     pub console_listen: SocketAddr,
+    /// The console's link to a run's trace: a URL containing `{trace_id}`, e.g.
+    /// `http://127.0.0.1:16686/trace/{trace_id}` (Jaeger); the same setting as a controller's
+    /// `console.trace_url`
+    #[arg(long, env = "SYNCFLEET_CONSOLE__TRACE_URL")]
+    pub console_trace_url: Option<String>,
     /// CLI config file to write the `dev` context into (default: the CLI's own default).
     #[arg(long)]
     pub cli_config: Option<PathBuf>,
@@ -68,6 +73,7 @@ impl DevArgs {
             grpc_listen: self.grpc_listen,
             http_listen: self.http_listen,
             console_listen: self.console_listen,
+            console_trace_url: self.console_trace_url.clone(),
             cli_config: self
                 .cli_config
                 .clone()
@@ -111,6 +117,8 @@ pub struct DevOptions {
     pub http_listen: SocketAddr,
     /// The web console's address (an ephemeral port when it is taken).
     pub console_listen: SocketAddr,
+    /// The console's trace link template (`console.trace_url`).
+    pub console_trace_url: Option<String>,
     /// CLI config file to write the `dev` context into; default: the CLI's default path.
     pub cli_config: Option<PathBuf>,
     /// Simulated engine duration multiplier.
@@ -146,6 +154,7 @@ impl Default for DevOptions {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
             console_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            console_trace_url: None,
             cli_config: None,
             time_scale: 0.05,
             example_fleet: true,
@@ -202,6 +211,7 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
         pending_deadline: Duration::from_secs(600),
         console: crate::config::ConsoleSettings {
             listen: opts.console_listen,
+            trace_url: opts.console_trace_url.clone(),
             ephemeral_if_taken: true,
             ..Default::default()
         },

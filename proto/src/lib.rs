@@ -27,6 +27,7 @@ pub mod echo;
 pub mod names;
 pub mod process;
 pub mod schedule_model;
+pub mod service_manager;
 pub mod shutdown;
 pub mod status;
 pub mod step_errors;

@@ -45,6 +45,9 @@ struct DevFleet {
     login_url: String,
 }
 
+/// The trace UI the dev fleet's console links runs to.
+const TRACE_URL: &str = "http://127.0.0.1:16686/trace/{trace_id}";
+
 impl DevFleet {
     fn start() -> DevFleet {
         let dir = tempfile::tempdir().unwrap();
@@ -55,6 +58,7 @@ impl DevFleet {
             .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
             .args(["--console-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--console-trace-url", TRACE_URL])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--cli-config")
@@ -265,6 +269,21 @@ fn operator_signs_in_watches_a_run_live_approves_and_rejects_held_runs_viewer_ca
     assert!(
         steps_text.contains("→ "),
         "outbound counters per MA: {steps_text}"
+    );
+    // The trace id links to the trace UI the console was given.
+    let trace_id = fleet.run_state(&run_id)["trace_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        trace_id.len(),
+        32,
+        "a run started by the CLI has a trace id"
+    );
+    assert_eq!(
+        admin.attr("[data-testid=trace-link]", "href").as_deref(),
+        Some(TRACE_URL.replace("{trace_id}", &trace_id).as_str()),
+        "the trace link"
     );
     let detail_png = admin.screenshot("run-detail");
 

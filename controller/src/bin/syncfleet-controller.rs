@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use syncfleet_controller::config::{self, ConfigError, ControllerConfig, EXIT_CONFIG};
-use syncfleet_proto::process;
+use syncfleet_proto::{process, service_manager};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -137,6 +137,22 @@ fn effective(c: &Common) -> Result<ControllerConfig, ConfigError> {
     Ok(cfg)
 }
 
+/// `READY=1` to systemd once `serve` reports its addresses: by then the store is open (and
+/// migrated), the data directory locked, and the gRPC, HTTP (`/readyz`) and console listeners
+/// bound, so a unit ordered after this one finds the controller answering. Nothing is sent when
+/// `serve` fails before that (systemd sees the exit instead).
+async fn notify_when_bound(
+    bound: tokio::sync::oneshot::Receiver<syncfleet_controller::server::Bound>,
+    fleet: String,
+) {
+    if let Ok(b) = bound.await {
+        service_manager::ready(&format!(
+            "serving fleet {fleet}: gRPC {}, HTTP {}",
+            b.grpc, b.http
+        ));
+    }
+}
+
 /// Logs (text or JSON) and, when `OTEL_*` asks for it, OTLP trace export. The guard flushes
 /// buffered spans when dropped at exit.
 fn init_logging(format: &str) -> syncfleet_proto::telemetry::TelemetryGuard {
@@ -181,12 +197,17 @@ fn main() -> ExitCode {
             };
             rt.block_on(async {
                 let shutdown = syncfleet_proto::shutdown::shutdown_on_signals();
-                match syncfleet_controller::server::serve(cfg, shutdown, None).await {
+                let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(notify_when_bound(bound_rx, cfg.fleet.clone()));
+                service_manager::stopping_on(&shutdown, "stopping: closing agent sessions");
+                match syncfleet_controller::server::serve(cfg, shutdown, Some(bound_tx)).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e @ syncfleet_controller::server::ServeError::Config(_)) => {
+                        service_manager::status(&format!("failed: {e}"));
                         process::config_error(&e)
                     }
                     Err(e) => {
+                        service_manager::status(&format!("failed: {e}"));
                         eprintln!("error: {e}");
                         ExitCode::FAILURE
                     }
