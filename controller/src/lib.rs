@@ -37,6 +37,7 @@ pub mod contexts;
 pub mod dev;
 pub mod documents;
 pub mod fleet;
+pub mod healthcheck;
 pub mod leader;
 pub mod limits;
 pub mod metrics;

@@ -35,7 +35,7 @@ pub const WINESERVER64: &str = "/usr/lib/wine/wineserver64";
 pub const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
 
 /// Cargo's `target` folder of the running test (`target/<profile>/deps/<test>`).
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let exe =
         std::env::current_exe().unwrap_or_else(|e| panic!("cannot find the test executable: {e}"));
     exe.ancestors()
@@ -95,34 +95,45 @@ fn built() -> &'static (PathBuf, Duration) {
     static BUILT: OnceLock<(PathBuf, Duration)> = OnceLock::new();
     BUILT.get_or_init(|| {
         require_mingw();
-        let target = target_dir();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let start = Instant::now();
-        let mut cmd = Command::new(&cargo);
-        // The variables cargo and nextest set for this test's own crate are not the build's:
-        // build scripts watch some of them (ring's `CARGO_MANIFEST_DIR`), and passing them on
-        // would make every build here and in `scripts/test` redo the other's work.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if TEST_ONLY_VARS.iter().any(|p| key.starts_with(p)) {
-                cmd.env_remove(key.as_ref());
-            }
-        }
-        let out = cmd
-            .args(build_args())
-            .arg("--target-dir")
-            .arg(&target)
-            .current_dir(workspace_root())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run cargo ({cargo:?}): {e}"));
-        assert!(
-            out.status.success(),
-            "building the Windows binaries failed (`cargo {}`); the Rust target is installed with `rustup target add {TARGET}` and MinGW with `apt-get install gcc-mingw-w64-x86-64`:\n{}",
-            build_args().join(" "),
-            String::from_utf8_lossy(&out.stderr)
+        let took = cargo_build(
+            &build_args(),
+            &format!("the Rust target is installed with `rustup target add {TARGET}` and MinGW with `apt-get install gcc-mingw-w64-x86-64`"),
         );
-        (target.join(TARGET).join("release"), start.elapsed())
+        (target_dir().join(TARGET).join("release"), took)
     })
+}
+
+/// Runs `cargo ARGS` in the workspace with the running test's target folder, and returns how long
+/// it took; fails the test with cargo's output and `hint` (what to install). An up-to-date build
+/// is a no-op, and cargo's own lock serialises test processes.
+pub fn cargo_build(args: &[&str], hint: &str) -> Duration {
+    let target = target_dir();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let start = Instant::now();
+    let mut cmd = Command::new(&cargo);
+    // The variables cargo and nextest set for this test's own crate are not the build's:
+    // build scripts watch some of them (ring's `CARGO_MANIFEST_DIR`), and passing them on
+    // would make every build here and in `scripts/test` redo the other's work.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if TEST_ONLY_VARS.iter().any(|p| key.starts_with(p)) {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let out = cmd
+        .args(args)
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo ({cargo:?}): {e}"));
+    assert!(
+        out.status.success(),
+        "`cargo {}` failed; {hint}:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed()
 }
 
 /// Path of the Windows build of workspace binary `name` (`syncfleet-agent`, `syncfleet`), built

@@ -26,6 +26,15 @@ enum Command {
     /// Tell whether this controller (its `advertise_url`) is the leader of its store, and name
     /// the leader.
     Status(Common),
+    /// Exit 0 when the controller of this configuration answers `GET /readyz` with 200 on its
+    /// `http_listen` port (on loopback), 1 otherwise: a health check for images without curl.
+    Healthcheck {
+        #[command(flatten)]
+        common: Common,
+        /// Give up after this long, e.g. "5s".
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Create the CA, the controller's certificate and an admin operator credential.
     Init {
         #[command(flatten)]
@@ -221,6 +230,25 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Healthcheck { common, timeout } => {
+            let cfg = match effective(&common) {
+                Ok(c) => c,
+                Err(e) => return process::config_error(&e),
+            };
+            if common.dump_config {
+                return dump(&cfg);
+            }
+            match syncfleet_controller::healthcheck::check(cfg.http_listen, timeout) {
+                Ok(body) => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("not ready: {e}");
                     ExitCode::FAILURE
                 }
             }
