@@ -100,17 +100,30 @@ fn probe_podman(binary: &Path) -> Result<String, String> {
     }
 }
 
+/// coreutils' `chroot`: on the `PATH`, else in `/usr/sbin` (a root shell's `PATH` may lack the
+/// sbin folders, e.g. under `env -i` or in a CI job).
+fn chroot_program() -> std::path::PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join("chroot"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "chroot".into())
+}
+
 /// `chroot --userspec=65532:65532 ROOT /syncfleet-controller ARGS`.
 fn in_root(root: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new("chroot");
+    let mut cmd = Command::new(chroot_program());
     cmd.arg(format!("--userspec={UID}:{UID}"))
         .arg(root)
         .arg("/syncfleet-controller")
         .args(args)
-        // Nothing of the test's environment reaches the controller but PATH, which finds
-        // `chroot` (and means nothing inside the empty root).
+        // Nothing of the test's environment reaches the controller (a PATH would mean nothing
+        // inside the empty root).
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .stdin(Stdio::null());
     cmd
 }
