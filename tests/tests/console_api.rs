@@ -657,40 +657,9 @@ fn refused_actions_are_403_and_audited_like_the_grpc_api() {
     assert_eq!(a.status, 401, "{}", a.body);
 }
 
-/// A fleet (controller started with `controller_args`) whose agent `sync-01` imports 300 adds
-/// into HR (2000 connectors), and the sequence `hr-cycle` whose sync allows at most 5 % staged
-/// adds: each run of it ends held.
-fn fleet_with_a_guarded_sequence(controller_args: &[&str]) -> Fleet {
-    let mut fleet = Fleet::init(&["sync-01"]);
-    fleet.start_controller_with(controller_args);
-    let server = fleet.dir.path().join("server.toml");
-    std::fs::write(
-        &server,
-        "seed = 3\ntime_scale = 0.01\n\
-         [[mas]]\nname = \"HR\"\nma_type = \"MSSQL\"\nconnectors = 2000\nchange_rate_per_hour = 0.0\n\
-         receives_exports = false\nsource_events = [{at_secs = 0.0, add = 300}]\n\
-         [[mas]]\nname = \"AD\"\nma_type = \"AD\"\nconnectors = 2000\nchange_rate_per_hour = 0.0\n",
-    )
-    .unwrap();
-    fleet.start_agent_with(
-        "sync-01",
-        &format!(
-            "[engine]\nkind = \"sim\"\nsim_file = {server:?}\n[executor]\nstagger = \"10ms\"\n"
-        ),
-    );
-    fleet.wait_connected(&["sync-01"]);
-    let file = fleet.fleet_file(
-        "hr.yaml",
-        "kind: Sequence\nname: hr-cycle\nstages:\n  - steps: [{ma: HR, profile: Delta Import}]\n  - steps: [{ma: HR, profile: Delta Sync, guard: {max_staged_adds: \"5%\"}}]\n",
-    );
-    let out = fleet.cli(&["apply", "-f", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    fleet
-}
-
 #[test]
 fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
-    let fleet = fleet_with_a_guarded_sequence(&["--set", "console.max_event_streams=1"]);
+    let fleet = Fleet::with_a_guarded_sequence(&["--set", "console.max_event_streams=1"]);
     let mut admin = Browser::new(&fleet);
     admin.sign_in(&ui_link(&fleet.cli_config).0);
 
@@ -798,7 +767,7 @@ fn an_admin_approves_a_held_run_and_live_updates_arrive_as_events() {
 
 #[test]
 fn a_held_run_rejected_from_the_console_is_recorded_audited_and_final() {
-    let fleet = fleet_with_a_guarded_sequence(&[]);
+    let fleet = Fleet::with_a_guarded_sequence(&[]);
     let out = fleet.cli(&["run", "sync-01", "--sequence", "hr-cycle"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let id = stdout(&out).trim().to_string();

@@ -43,7 +43,50 @@ fn wake_for(action: &str) -> Option<crate::leader::Wake> {
     }
 }
 
+/// The decision an operator takes on a run a guard rail held.
+#[derive(Clone, Copy)]
+enum Verdict {
+    Approve,
+    Reject,
+}
+
+impl Verdict {
+    /// The RPC name, which is also the audited action and the role table's key.
+    fn action(self) -> &'static str {
+        match self {
+            Verdict::Approve => "ApproveRun",
+            Verdict::Reject => "RejectRun",
+        }
+    }
+}
+
 impl FleetSvc {
+    /// ApproveRun / RejectRun: the same request shape (a held run's id and a note), the same
+    /// checks and the same audit; only the decision taken on the run differs.
+    async fn decide_held_run(
+        &self,
+        request: Request<(String, String)>,
+        verdict: Verdict,
+    ) -> Result<Response<v1::Run>, Status> {
+        let action = verdict.action();
+        let target = format!("run/{}", clip(&request.get_ref().0));
+        let ctx = self.security.authorize(&request, action, &target).await?;
+        let (id, note) = request.into_inner();
+        let result: Result<_, Status> = async {
+            check_ident("run id", &id)
+                .and(check_text("note", &note))
+                .map_err(bad_input)?;
+            let id = run_id(&self.fleet.store, &id).await?;
+            let run = match verdict {
+                Verdict::Approve => self.fleet.approve_run(&id, &ctx.who(), &note).await?,
+                Verdict::Reject => self.fleet.reject_run(&id, &ctx.who(), &note).await?,
+            };
+            Ok(Response::new(run))
+        }
+        .await;
+        self.finish_with(&ctx, action, &target, &note, result).await
+    }
+
     /// PauseSchedule / ResumeSchedule.
     async fn schedule_pause(
         &self,
@@ -566,22 +609,7 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::ApproveRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let target = format!("run/{}", clip(&request.get_ref().id));
-        let ctx = self
-            .security
-            .authorize(&request, "ApproveRun", &target)
-            .await?;
-        let req = request.into_inner();
-        let result: Result<_, Status> = async {
-            check_ident("run id", &req.id)
-                .and(check_text("note", &req.note))
-                .map_err(bad_input)?;
-            let id = run_id(&self.fleet.store, &req.id).await?;
-            let run = self.fleet.approve_run(&id, &ctx.who(), &req.note).await?;
-            Ok(Response::new(run))
-        }
-        .await;
-        self.finish_with(&ctx, "ApproveRun", &target, &req.note, result)
+        self.decide_held_run(request.map(|r| (r.id, r.note)), Verdict::Approve)
             .await
     }
 
@@ -589,22 +617,7 @@ impl FleetService for FleetSvc {
         &self,
         request: Request<v1::RejectRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
-        let target = format!("run/{}", clip(&request.get_ref().id));
-        let ctx = self
-            .security
-            .authorize(&request, "RejectRun", &target)
-            .await?;
-        let req = request.into_inner();
-        let result: Result<_, Status> = async {
-            check_ident("run id", &req.id)
-                .and(check_text("note", &req.note))
-                .map_err(bad_input)?;
-            let id = run_id(&self.fleet.store, &req.id).await?;
-            let run = self.fleet.reject_run(&id, &ctx.who(), &req.note).await?;
-            Ok(Response::new(run))
-        }
-        .await;
-        self.finish_with(&ctx, "RejectRun", &target, &req.note, result)
+        self.decide_held_run(request.map(|r| (r.id, r.note)), Verdict::Reject)
             .await
     }
 

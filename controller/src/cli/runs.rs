@@ -507,66 +507,44 @@ impl Session<'_> {
         id: &str,
         reason: &str,
     ) -> Result<u8, CliError> {
-        let run = client
-            .cancel_run(CancelRunRequest {
-                id: id.to_string(),
-                reason: reason.to_string(),
-            })
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner();
-        let hint = format!(
-            "run {} is {}{}",
-            run.id,
-            run.state().label(),
-            if run.state().is_terminal() {
-                ""
-            } else {
-                " (the agent is stopping it)"
-            }
-        );
-        self.print_run_id(&run, &hint)
+        let call = client.cancel_run(CancelRunRequest {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        });
+        self.print_changed_run(call, cancel_hint).await
     }
 
-    pub(super) async fn runs_approve(
+    async fn runs_approve(
         &self,
         client: &mut Client,
         id: &str,
         note: &str,
     ) -> Result<u8, CliError> {
-        let run = client
-            .approve_run(ApproveRunRequest {
-                id: id.to_string(),
-                note: note.to_string(),
-            })
+        let call = client.approve_run(ApproveRunRequest {
+            id: id.to_string(),
+            note: note.to_string(),
+        });
+        self.print_changed_run(call, |run| approve_hint(id, run))
             .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner();
-        let hint = format!(
-            "held run {id} approved: it continues as run {} on agent {} ({}); see it with 'syncfleet runs show {}'",
-            run.id,
-            run.agent,
-            run.state().label(),
-            run.id
-        );
-        self.print_run_id(&run, &hint)
     }
 
-    pub(super) async fn runs_reject(
+    async fn runs_reject(&self, client: &mut Client, id: &str, note: &str) -> Result<u8, CliError> {
+        let call = client.reject_run(RejectRunRequest {
+            id: id.to_string(),
+            note: note.to_string(),
+        });
+        self.print_changed_run(call, reject_hint).await
+    }
+
+    /// Awaits a call that changes a run (cancel, approve, reject) and prints the run it returns
+    /// with `hint(run)` on stderr, as [`Self::print_run_id`] does.
+    async fn print_changed_run(
         &self,
-        client: &mut Client,
-        id: &str,
-        note: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<Run>, tonic::Status>>,
+        hint: impl FnOnce(&Run) -> String,
     ) -> Result<u8, CliError> {
-        let run = client
-            .reject_run(RejectRunRequest {
-                id: id.to_string(),
-                note: note.to_string(),
-            })
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner();
-        self.print_run_id(&run, &reject_hint(&run))
+        let run = call.await.map_err(|e| self.rpc_err(&e))?.into_inner();
+        self.print_run_id(&run, &hint(&run))
     }
 
     /// Prints a run that a call returned: the run object with `-o json`/`-o yaml`; in table mode
@@ -635,6 +613,31 @@ fn watch_line(r: &Run) -> String {
         l.push_str(&format!(": {}", r.message));
     }
     l
+}
+
+/// The stderr line of `runs cancel`: a run that has not ended yet is being stopped by its agent.
+fn cancel_hint(run: &Run) -> String {
+    format!(
+        "run {} is {}{}",
+        run.id,
+        run.state().label(),
+        if run.state().is_terminal() {
+            ""
+        } else {
+            " (the agent is stopping it)"
+        }
+    )
+}
+
+/// The stderr line of `runs approve`: the held run `id` continues as a new run.
+fn approve_hint(id: &str, run: &Run) -> String {
+    format!(
+        "held run {id} approved: it continues as run {} on agent {} ({}); see it with 'syncfleet runs show {}'",
+        run.id,
+        run.agent,
+        run.state().label(),
+        run.id
+    )
 }
 
 /// The stderr line of `runs reject`: the run stays held, and the schedule its hold paused stays

@@ -131,17 +131,7 @@ pub async fn delete(store: &dyn Store, session: &Session) -> Result<(), ConsoleE
 
 /// Delete expired sessions; returns how many.
 pub async fn sweep(store: &dyn Store, now_ms: i64) -> Result<usize, ConsoleError> {
-    let mut n = 0;
-    for (key, raw) in store.list_state(keys::CONSOLE_SESSIONS_ALL).await? {
-        let expired = serde_json::from_slice::<SessionRecord>(&raw)
-            .map(|r| r.expires_ms <= now_ms)
-            .unwrap_or(true);
-        if expired {
-            store.delete_state_prefix(&key).await?;
-            n += 1;
-        }
-    }
-    Ok(n)
+    Ok(crate::store::expiring::sweep_expired(store, keys::CONSOLE_SESSIONS_ALL, now_ms).await?)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use syncfleet_proto::v1;
 
 #[cfg(test)]
 mod conformance;
+pub mod expiring;
 pub mod fence;
 pub mod keys;
 #[cfg(test)]

@@ -519,6 +519,37 @@ impl Fleet {
         std::fs::write(&path, yaml).unwrap();
         path
     }
+
+    /// A fleet (controller started with `controller_args`) whose agent `sync-01` imports 300
+    /// adds into HR (2000 connectors), and the applied sequence `hr-cycle` whose sync allows at
+    /// most 5 % staged adds: each run of it ends held.
+    pub fn with_a_guarded_sequence(controller_args: &[&str]) -> Fleet {
+        let mut fleet = Fleet::init(&["sync-01"]);
+        fleet.start_controller_with(controller_args);
+        let server = fleet.dir.path().join("server.toml");
+        std::fs::write(
+            &server,
+            "seed = 3\ntime_scale = 0.01\n\
+             [[mas]]\nname = \"HR\"\nma_type = \"MSSQL\"\nconnectors = 2000\nchange_rate_per_hour = 0.0\n\
+             receives_exports = false\nsource_events = [{at_secs = 0.0, add = 300}]\n\
+             [[mas]]\nname = \"AD\"\nma_type = \"AD\"\nconnectors = 2000\nchange_rate_per_hour = 0.0\n",
+        )
+        .unwrap();
+        fleet.start_agent_with(
+            "sync-01",
+            &format!(
+                "[engine]\nkind = \"sim\"\nsim_file = {server:?}\n[executor]\nstagger = \"10ms\"\n"
+            ),
+        );
+        fleet.wait_connected(&["sync-01"]);
+        let file = fleet.fleet_file(
+            "hr.yaml",
+            "kind: Sequence\nname: hr-cycle\nstages:\n  - steps: [{ma: HR, profile: Delta Import}]\n  - steps: [{ma: HR, profile: Delta Sync, guard: {max_staged_adds: \"5%\", max_staged_updates: 1000}}]\n",
+        );
+        let out = fleet.cli(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        fleet
+    }
 }
 
 /// Stderr of a CLI call as text.
