@@ -1,9 +1,10 @@
 //! Running the Windows binaries (`syncfleet-agent.exe`, `syncfleet.exe`) under Wine.
 //!
-//! - [`windows_exe`] builds the Windows binaries with `cargo build --release --target
+//! - [`windows_exe`] builds the Windows binaries with `cargo build --profile agent --target
 //!   x86_64-pc-windows-gnu` (once per test process; cargo's own lock serialises test processes,
-//!   and an up-to-date build is a no-op), so a test never runs a stale exe. Release, because that
-//!   is the exe that ships: CI builds it once, and the tests exercise that very file.
+//!   and an up-to-date build is a no-op), so a test never runs a stale exe. The `agent` profile,
+//!   because that is the exe that ships (`scripts/release` runs the same command): CI builds it
+//!   once, and the tests exercise that very file.
 //!   `scripts/test` builds them before the tests start, so the build time is not spent inside a
 //!   test's time limit.
 //! - [`WinePrefix`] is a fresh Wine prefix in a temporary folder for one test, run with Debian's
@@ -26,6 +27,9 @@ use std::time::{Duration, Instant};
 
 /// The Rust target of the Windows binaries.
 pub const TARGET: &str = "x86_64-pc-windows-gnu";
+/// The cargo profile of the Windows binaries: the size-optimised one they ship with (root
+/// `Cargo.toml`).
+pub const PROFILE: &str = "agent";
 
 /// Debian's 64-bit Wine loader (package `wine64`).
 pub const WINE64: &str = "/usr/lib/wine/wine64";
@@ -59,7 +63,8 @@ pub fn build_args() -> Vec<&'static str> {
     vec![
         "build",
         "--locked",
-        "--release",
+        "--profile",
+        PROFILE,
         "--target",
         TARGET,
         "-p",
@@ -99,7 +104,7 @@ fn built() -> &'static (PathBuf, Duration) {
             &build_args(),
             &format!("the Rust target is installed with `rustup target add {TARGET}` and MinGW with `apt-get install gcc-mingw-w64-x86-64`"),
         );
-        (target_dir().join(TARGET).join("release"), took)
+        (target_dir().join(TARGET).join(PROFILE), took)
     })
 }
 

@@ -3,8 +3,8 @@
 //!
 //! Containers cannot always run where the tests run (CI's sandbox: `podman build` works, but
 //! `podman run` fails because crun can set neither the rlimits nor cgroups there). So the test
-//! builds the very binary the Containerfile builds (the same cargo arguments, debug profile to
-//! keep CI short) and runs it the way the image does: alone in an otherwise empty root
+//! builds the binary the Containerfile builds (its cargo arguments, with the other static
+//! binaries of `scripts/release`, so the binary tested is the binary released) and runs it the way the image does: alone in an otherwise empty root
 //! (`chroot`), as uid/gid 65532. Whether `podman run` works here is probed and printed, so the
 //! log says which path ran and why. In the empty root: `init` initialises the data folder,
 //! `healthcheck` fails while nothing serves, `serve` answers `/readyz`, `healthcheck` then
@@ -31,11 +31,13 @@ const MUSL: &str = "x86_64-unknown-linux-musl";
 /// The image's runtime user and group (`USER` of the Containerfile).
 const UID: &str = "65532";
 
-/// The cargo arguments of the Containerfile's build, in the debug profile.
+/// The cargo arguments of `scripts/release`'s static Linux build: the Containerfile's, plus the
+/// CLI and the Linux agent built with it (so their dependencies are compiled once).
 fn build_args() -> Vec<&'static str> {
     vec![
         "build",
         "--locked",
+        "--release",
         "--target",
         MUSL,
         "-p",
@@ -43,6 +45,12 @@ fn build_args() -> Vec<&'static str> {
         "--no-default-features",
         "--bin",
         "syncfleet-controller",
+        "--bin",
+        "syncfleet",
+        "-p",
+        "syncfleet-agent",
+        "--bin",
+        "syncfleet-agent",
     ]
 }
 
@@ -143,10 +151,10 @@ fn static_controller_initialises_and_serves_from_an_empty_root_as_uid_65532() {
             "add the target with `rustup target add {MUSL}` and install musl-gcc with `apt-get install musl-tools`"
         ),
     );
-    let binary: PathBuf = target_dir().join(MUSL).join("debug/syncfleet-controller");
+    let binary: PathBuf = target_dir().join(MUSL).join("release/syncfleet-controller");
     let size = std::fs::metadata(&binary).unwrap().len();
     println!(
-        "static controller {}: {:.1} MB (debug, unstripped), cargo took {took:.1?}",
+        "static controller {}: {:.1} MB (release, stripped), cargo took {took:.1?}",
         binary.display(),
         size as f64 / 1e6
     );
@@ -155,7 +163,7 @@ fn static_controller_initialises_and_serves_from_an_empty_root_as_uid_65532() {
     let containerfile =
         std::fs::read_to_string(workspace_root().join("deploy/container/Containerfile")).unwrap();
     for needed in [
-        format!("--target {MUSL}"),
+        format!("--release --target {MUSL}"),
         "-p syncfleet-controller --no-default-features --bin syncfleet-controller".to_string(),
         format!("USER {UID}:{UID}"),
         "FROM scratch".to_string(),

@@ -1,7 +1,7 @@
 //! The Windows binaries, run under Wine: `syncfleet-agent.exe` (its version, run-history files
 //! as the engine writes them, and enrollment plus a run against a Linux controller over loopback
 //! mTLS) and `syncfleet.exe` (the operator CLI on a Windows admin box) against a Linux
-//! controller. The exes are the release build for `x86_64-pc-windows-gnu`
+//! controller. The exes are the shipped build (`agent` profile) for `x86_64-pc-windows-gnu`
 //! (`syncfleet_tests::wine`); each test has its own fresh Wine prefix.
 #![allow(
     clippy::unwrap_used,

@@ -1,6 +1,6 @@
 //! The Windows packages of the agent (`scripts/windows-package`): the zip and the MSI hold the
-//! release `syncfleet-agent.exe`, `agent.sample.toml` and `install.ps1` from `deploy/windows/`,
-//! named and versioned after the crate. The zip is read with python3's zipfile, the MSI with
+//! shipped `syncfleet-agent.exe` (the `agent` profile), `agent.sample.toml` and `install.ps1`
+//! from `deploy/windows/`, named and versioned after the crate. The zip is read with python3's zipfile, the MSI with
 //! msitools (`msiinfo`, `msiextract`), as an administrator's tools would see them.
 #![allow(
     clippy::unwrap_used,
@@ -34,7 +34,7 @@ fn require(tool: &str, package: &str) {
     );
 }
 
-/// What each shipped file must contain: the release exe and the files of `deploy/windows/`.
+/// What each shipped file must contain: the shipped exe and the files of `deploy/windows/`.
 fn sources(exe: &Path) -> BTreeMap<String, Vec<u8>> {
     let deploy = workspace_root().join("deploy/windows");
     SHIPPED
