@@ -31,6 +31,7 @@ mod events;
 mod fanout;
 mod holds;
 mod locks;
+mod outcomes;
 mod runs;
 pub mod session_protocol;
 mod sessions;
@@ -41,6 +42,7 @@ pub use error::FleetError;
 pub use events::apply_event;
 pub use fanout::{FanOut, MAX_AGENTS_PER_CALL, Plan, Refusal, Selection};
 pub use holds::{RunBlocked, fleet_status, set_drain, set_fleet_pause};
+pub use outcomes::Outcomes;
 pub use runs::{NewRun, start_sequence, steps_of};
 pub use sessions::{Housekeeping, SessionTx};
 use sessions::{Live, Session};
@@ -71,6 +73,8 @@ pub struct Fleet {
     /// Agent autonomy: nominal times agents covered on their own, connected agents to send
     /// schedule sets to (`autonomy.rs`).
     autonomy: autonomy::Handover,
+    /// Ended scheduled runs, kept until the scheduler acts on them (`outcomes.rs`).
+    outcomes: Outcomes,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -97,6 +101,7 @@ impl Fleet {
             pending_exports: crate::pending::HeartbeatPending::default(),
             retention: crate::retention::RetentionStats::default(),
             autonomy: autonomy::Handover::default(),
+            outcomes: Outcomes::default(),
         })
     }
 
@@ -105,9 +110,19 @@ impl Fleet {
         self.updates.subscribe()
     }
 
-    fn publish(&self, run: &v1::Run) {
+    /// Every change of a run is published here, as the run is now (stored first): to the
+    /// broadcast (watchers, metrics, notifications; a reader that falls behind is told how
+    /// many it missed) and, for an ended scheduled run, to the scheduler's [`Outcomes`], which
+    /// loses nothing.
+    pub(crate) fn publish(&self, run: &v1::Run) {
+        self.outcomes.record(run);
         // No subscribers is fine.
         let _ = self.updates.send(run.clone());
+    }
+
+    /// Ended scheduled runs for the scheduler (`outcomes.rs`).
+    pub fn outcomes(&self) -> &Outcomes {
+        &self.outcomes
     }
 }
 

@@ -41,11 +41,16 @@ use syncfleet_proto::v1;
 use tokio::sync::{Mutex, Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
+use futures::StreamExt as _;
+
 use super::catchup;
 use crate::documents;
 use crate::documents::model::{Document, ScheduleDoc, SequenceDoc};
 use crate::documents::trigger::Trigger;
 use crate::fleet::{Fleet, RunBlocked};
+
+/// Ended runs acted on at once (see [`Scheduler::on_outcomes`]).
+const OUTCOME_CONCURRENCY: usize = 64;
 
 // The clock and the run-id derivation are shared with the agents, which fire schedules on their
 // own while no controller is reachable and must derive the same run ids.
@@ -134,7 +139,6 @@ impl Scheduler {
     /// leader again must not keep fire times from its previous term): catch-up of the fire
     /// times missed meanwhile happens here, once.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut updates = self.fleet.subscribe();
         *self.state.lock().await = State::default();
         let mut connected = self.fleet.subscribe_connected();
         self.load(true).await;
@@ -159,13 +163,9 @@ impl Scheduler {
                     Err(broadcast::error::RecvError::Lagged(_)) => self.push_schedule_sets().await,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                r = updates.recv() => match r {
-                    Ok(run) => self.on_run_update(run).await,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(skipped = n, "scheduler missed run updates");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
+                () = self.fleet.outcomes().ready() => {
+                    self.on_outcomes(self.fleet.outcomes().take()).await;
+                }
                 () = shutdown.cancelled() => return,
             }
         }
@@ -413,7 +413,24 @@ impl Scheduler {
         }
     }
 
-    /// React to a run that ended: start a buffered fire time; pause the schedule of a held run.
+    /// React to the scheduled runs that ended since the last call (one per schedule and agent):
+    /// holds first, one by one, so that the schedules they pause stay paused for the rest;
+    /// then the others, [`OUTCOME_CONCURRENCY`] at once, so that releasing thousands of kept
+    /// fire times costs group commits of the store rather than one commit each.
+    async fn on_outcomes(&self, runs: Vec<v1::Run>) {
+        let (holds, ended): (Vec<v1::Run>, Vec<v1::Run>) = runs
+            .into_iter()
+            .partition(|r| r.state == v1::RunState::Held as i32 && r.continued_in.is_empty());
+        for run in holds {
+            self.on_run_update(run).await;
+        }
+        futures::stream::iter(ended)
+            .for_each_concurrent(OUTCOME_CONCURRENCY, |run| self.on_run_update(run))
+            .await;
+    }
+
+    /// React to a scheduled run that ended (taken from the fleet's `Outcomes`, which loses none):
+    /// start a buffered fire time; pause the schedule of a held run.
     pub(super) async fn on_run_update(&self, run: v1::Run) {
         let state = v1::RunState::try_from(run.state).unwrap_or(v1::RunState::Unspecified);
         if run.schedule.is_empty() || !state.is_terminal() {
@@ -563,6 +580,81 @@ mod tests {
         let c = counters(&w, "h").await;
         assert_eq!(c.get("held"), Some(&1));
         assert_eq!(c.get("skipped_paused"), Some(&2), "{c:?}");
+        w.shutdown.cancel();
+    }
+
+    /// Schedule `name` of [`SEQ`] every 10 s on 5,000 agents (`extra`: more lines of it).
+    async fn on_5000_agents(name: &str, extra: &str) -> (World, Vec<String>) {
+        let agents = many_agents(5000);
+        let names: Vec<&str> = agents.iter().map(String::as_str).collect();
+        let yaml = format!(
+            "{SEQ}kind: Schedule\nname: {name}\nsequence: s\ntargets: {{selector: env=prod}}\ntrigger: {{every: 10s}}\n{extra}"
+        );
+        (world(&yaml, &names).await, agents)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_among_5000_runs_ending_at_once_pauses_its_schedule() {
+        let (w, agents) = on_5000_agents("g", "").await;
+        let _s = start_scheduler(&w, w.start);
+        advance(Duration::from_millis(10_500)).await;
+        assert_eq!(runs(&w).await.len(), 5000);
+        // Far more run updates at once than any in-memory buffer of them holds.
+        let held = &agents[2500];
+        assert_eq!(finish_all(&w, Some(held)).await, 5000);
+        advance(Duration::from_secs(1)).await;
+        let pause = w.fleet.schedule_pause("g").await.unwrap();
+        let pause = pause.expect("the hold paused the schedule");
+        assert!(pause.note.contains(held.as_str()), "{}", pause.note);
+        assert_eq!(counters(&w, "g").await.get("held"), Some(&1));
+        w.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_is_acted_on_however_many_run_updates_follow_it() {
+        let w = every_10s("h", &["a1"], "").await;
+        let _s = start_scheduler(&w, w.start);
+        advance(Duration::from_millis(100)).await;
+        let held = v1::Run {
+            id: "held-1".into(),
+            agent: "a1".into(),
+            schedule: "h".into(),
+            state: v1::RunState::Held as i32,
+            ..Default::default()
+        };
+        // Published back to back, before the scheduler can look: the hold first, then 10,000
+        // updates of other schedules' runs.
+        w.fleet.publish(&held);
+        for i in 0..10_000 {
+            w.fleet.publish(&v1::Run {
+                id: format!("other-{i}"),
+                agent: format!("b{i}"),
+                schedule: "other".into(),
+                state: v1::RunState::Succeeded as i32,
+                ..Default::default()
+            });
+        }
+        advance(Duration::from_millis(500)).await;
+        let pause = w.fleet.schedule_pause("h").await.unwrap();
+        assert!(pause.is_some(), "the hold paused its schedule");
+        assert_eq!(counters(&w, "h").await.get("held"), Some(&1));
+        w.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn buffer_one_releases_every_buffered_run_when_5000_runs_end_at_once() {
+        let (w, _) = on_5000_agents("b", "overlap: buffer_one\n").await;
+        let _s = start_scheduler(&w, w.start);
+        // 10: a run on every agent; 20: each agent's fire time is kept (its run is active).
+        advance(Duration::from_millis(20_500)).await;
+        assert_eq!(counters(&w, "b").await.get("buffered"), Some(&5000));
+        assert_eq!(finish_all(&w, None).await, 5000);
+        advance(Duration::from_secs(1)).await;
+        let released = nominal_secs(&w).await.iter().filter(|t| **t == 20).count();
+        assert_eq!(
+            released, 5000,
+            "every agent's kept fire time runs once its run ended"
+        );
         w.shutdown.cancel();
     }
 

@@ -34,18 +34,23 @@ pub(super) fn t0() -> DateTime<Utc> {
 pub(super) async fn world(yaml: &str, agents: &[&str]) -> World {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
-    for a in agents {
-        store
-            .put_agent(&v1::Agent {
-                name: (*a).to_string(),
-                labels: [("env".to_string(), "prod".to_string())]
-                    .into_iter()
-                    .collect(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    // Concurrently, so that the store commits them in a few groups (thousands of agents).
+    futures::future::join_all(agents.iter().map(|a| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .put_agent(&v1::Agent {
+                    name: (*a).to_string(),
+                    labels: [("env".to_string(), "prod".to_string())]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    }))
+    .await;
     let docs = documents::parse_str("test.yaml", yaml).unwrap();
     let stored: Vec<StoredDocument> = docs
         .iter()
@@ -171,18 +176,95 @@ pub(super) fn fake_agents(w: &World, duration: Duration, held: bool) {
     });
 }
 
-pub(super) async fn runs(w: &World) -> Vec<v1::Run> {
-    let mut r = w
-        .store
-        .list_runs(&RunQuery {
-            limit: 1000,
-            ..RunQuery::default()
-        })
+/// Every run not ended yet starts and ends now, all agents reporting at once through the
+/// fleet's event path (as a large fleet's sessions do): the run of `held_agent` ends held by a
+/// guard rail, the others succeed. Each agent must have had no events before (one run each).
+/// Returns how many runs ended.
+pub(super) async fn finish_all(w: &World, held_agent: Option<&str>) -> usize {
+    let open: Vec<v1::Run> = all_runs(w)
         .await
-        .unwrap()
-        .runs;
+        .into_iter()
+        .filter(|r| {
+            !v1::RunState::try_from(r.state)
+                .unwrap_or(v1::RunState::Unspecified)
+                .is_terminal()
+        })
+        .collect();
+    let n = open.len();
+    futures::future::join_all(open.into_iter().map(|run| {
+        let fleet = Arc::clone(&w.fleet);
+        let held = held_agent == Some(run.agent.as_str());
+        async move {
+            let at = Some(syncfleet_proto::time::now());
+            let event = |seq: u64, kind: Kind| v1::AgentEvent {
+                seq,
+                at,
+                run_id: run.id.clone(),
+                kind: Some(kind),
+            };
+            let mut events = vec![event(1, Kind::RunStarted(v1::RunStarted::default()))];
+            if held {
+                events.push(event(
+                    2,
+                    Kind::StepHeld(v1::StepHeld {
+                        index: 0,
+                        reason: "812 pending export deletes exceed max_pending_deletes 500".into(),
+                        pending: None,
+                    }),
+                ));
+            }
+            let state = if held {
+                v1::RunState::Held
+            } else {
+                v1::RunState::Succeeded
+            };
+            events.push(event(
+                events.len() as u64 + 1,
+                Kind::RunFinished(v1::RunFinished {
+                    state: state as i32,
+                    result: String::new(),
+                    message: String::new(),
+                }),
+            ));
+            // Each agent's first events: nothing of it is stored yet.
+            fleet.apply_events(&run.agent, events, 0).await.unwrap();
+        }
+    }))
+    .await;
+    n
+}
+
+/// `n` agent names, `a0000`, `a0001`, ...
+pub(super) fn many_agents(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("a{i:04}")).collect()
+}
+
+/// Every stored run, sorted by agent and nominal time (read page by page).
+pub(super) async fn runs(w: &World) -> Vec<v1::Run> {
+    let mut r = all_runs(w).await;
     r.sort_by_key(|r| (r.agent.clone(), r.nominal_time.map(|t| t.seconds)));
     r
+}
+
+async fn all_runs(w: &World) -> Vec<v1::Run> {
+    let mut all = Vec::new();
+    let mut page_token = None;
+    loop {
+        let page = w
+            .store
+            .list_runs(&RunQuery {
+                limit: 1000,
+                page_token,
+                ..RunQuery::default()
+            })
+            .await
+            .unwrap();
+        all.extend(page.runs);
+        match page.next_page_token {
+            Some(t) => page_token = Some(t),
+            None => return all,
+        }
+    }
 }
 
 pub(super) async fn counters(w: &World, s: &str) -> Map<String, u64> {
