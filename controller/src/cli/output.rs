@@ -31,7 +31,9 @@ pub fn out_json(v: &Value) -> Result<(), CliError> {
 
 /// A JSON (or YAML) array written to stdout element by element, as a paged listing's pages
 /// arrive: the bytes are those [`out_json`] (or [`out_yaml`]) prints for the whole array, but
-/// nothing waits for the last page and only one page is held in memory.
+/// nothing waits for the last page and only one page is held in memory. When a later page
+/// fails, the command fails (non-zero exit, the error on stderr) with the array left unclosed,
+/// so a reader never mistakes a part for the whole list.
 pub struct ArrayOut {
     yaml: bool,
     count: usize,
