@@ -38,14 +38,14 @@ async fn only_certificates_of_this_ca_with_the_right_role_get_in() {
         .await
         .unwrap();
     FleetServiceClient::new(ch)
-        .list_agents(ListAgentsRequest {})
+        .list_agents(ListAgentsRequest::default())
         .await
         .unwrap();
 
     // No client certificate: TLS is set up, but every syncfleet call is refused.
     let ch = channel(&fleet, None).await.unwrap();
     let err = FleetServiceClient::new(ch)
-        .list_agents(ListAgentsRequest {})
+        .list_agents(ListAgentsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
@@ -62,7 +62,7 @@ async fn only_certificates_of_this_ca_with_the_right_role_get_in() {
     {
         Err(_) => true,
         Ok(ch) => FleetServiceClient::new(ch)
-            .list_agents(ListAgentsRequest {})
+            .list_agents(ListAgentsRequest::default())
             .await
             .is_err(),
     };
@@ -74,7 +74,7 @@ async fn only_certificates_of_this_ca_with_the_right_role_get_in() {
         .await
         .unwrap();
     let err = FleetServiceClient::new(ch)
-        .list_agents(ListAgentsRequest {})
+        .list_agents(ListAgentsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");

@@ -87,7 +87,7 @@ async fn list_agents(fleet: &Fleet, identity: Option<(Vec<u8>, Vec<u8>)>) -> Res
     match fleet.channel(identity).await {
         Err(e) => Err(format!("connect: {e:?}")),
         Ok(ch) => FleetServiceClient::new(ch)
-            .list_agents(ListAgentsRequest {})
+            .list_agents(ListAgentsRequest::default())
             .await
             .map(|_| ())
             .map_err(|s| format!("{:?}: {}", s.code(), s.message())),

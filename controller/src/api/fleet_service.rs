@@ -17,7 +17,7 @@ use crate::auth::console_login;
 use crate::fleet::{Fleet, MAX_AGENTS_PER_CALL, Plan, Selection};
 use crate::limits::{self, LimitError, check_ident, check_text, clip, echo};
 use crate::run_ids;
-use crate::store::RunQuery;
+use crate::store::{AuditQuery, Listing, MAX_AUDIT_PAGE, MAX_PAGE, PAGE_BYTES, RunQuery};
 
 /// `FleetService` implementation.
 #[derive(Debug, Clone)]
@@ -333,16 +333,28 @@ impl FleetService for FleetSvc {
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
         let ctx = self.security.authorize(&request, "ListAgents", "").await?;
         let result: Result<_, Status> = async {
-            let agents = self
+            let req = request.into_inner();
+            // Bounded even for clients older than paging (they send no page size): their
+            // first page plus a token they ignore, never a reply past their decode limit.
+            let size = match req.page_size {
+                0 => 500,
+                n => usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
+            };
+            let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+            let mut page = self
                 .fleet
                 .store
-                .list_agents()
+                .list_agents_page(token, size)
                 .await
                 .map_err(store_status)?
-                .into_iter()
-                .map(|a| self.fleet.agent_view(a))
-                .collect();
-            Ok(Response::new(v1::ListAgentsResponse { agents }))
+                .map(|a| self.fleet.agent_view(a));
+            page.fit(PAGE_BYTES, prost::Message::encoded_len, |a| {
+                Listing::Agents.token(&a.name)
+            });
+            Ok(Response::new(v1::ListAgentsResponse {
+                agents: page.items,
+                next_page_token: page.next_page_token.unwrap_or_default(),
+            }))
         }
         .await;
         tag(&ctx, result)
@@ -965,24 +977,38 @@ impl FleetService for FleetSvc {
         request: Request<v1::ListAuditRequest>,
     ) -> Result<Response<v1::ListAuditResponse>, Status> {
         let ctx = self.security.authorize(&request, "ListAudit", "").await?;
-        let req = request.into_inner();
-        let since = req.since.as_ref().map(syncfleet_proto::time::to_millis);
-        let who = (!req.who.is_empty()).then_some(req.who);
-        let limit = if req.limit == 0 {
-            100
-        } else {
-            req.limit.min(10_000) as usize
-        };
-        let entries = self
-            .fleet
-            .store
-            .list_audit(since, who.as_deref(), limit)
-            .await
-            .map_err(store_status)?;
-        Ok(with_request_id(
-            Response::new(v1::ListAuditResponse { entries }),
-            &ctx.request_id,
-        ))
+        let result: Result<_, Status> = async {
+            let req = request.into_inner();
+            // `limit` is the page size of clients older than `page_size`, with its old bound.
+            let limit = match (req.page_size, req.limit) {
+                (0, 0) => 100,
+                (0, n) => usize::try_from(n)
+                    .unwrap_or(MAX_AUDIT_PAGE)
+                    .min(MAX_AUDIT_PAGE),
+                (n, _) => usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
+            };
+            let query = AuditQuery {
+                since_ms: req.since.as_ref().map(syncfleet_proto::time::to_millis),
+                who: (!req.who.is_empty()).then_some(req.who),
+                limit,
+                page_token: (!req.page_token.is_empty()).then_some(req.page_token),
+            };
+            let mut page = self
+                .fleet
+                .store
+                .list_audit_page(&query)
+                .await
+                .map_err(store_status)?;
+            page.fit(PAGE_BYTES, prost::Message::encoded_len, |e| {
+                Listing::Audit.token(&e.id.to_string())
+            });
+            Ok(Response::new(v1::ListAuditResponse {
+                entries: page.items,
+                next_page_token: page.next_page_token.unwrap_or_default(),
+            }))
+        }
+        .await;
+        tag(&ctx, result)
     }
 
     async fn create_console_login(

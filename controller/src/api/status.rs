@@ -34,7 +34,7 @@ pub(super) fn bad_input(e: LimitError) -> Status {
 pub fn store_status(e: StoreError) -> Status {
     tracing::error!(error = %e, "store error");
     match e {
-        StoreError::BadPageToken => Status::invalid_argument(e.to_string()),
+        StoreError::BadPageToken { .. } => Status::invalid_argument(e.to_string()),
         StoreError::Fenced { .. } => Status::unavailable(e.to_string()),
         _ => Status::internal(format!("controller store error: {e}")),
     }
@@ -288,9 +288,9 @@ mod fleet_error_tests {
                 "controller store error; reconnect later",
             ),
             (
-                FleetError::Store(StoreError::BadPageToken),
+                FleetError::Store(StoreError::BadPageToken { token: "x".into() }),
                 Code::InvalidArgument,
-                &StoreError::BadPageToken.to_string(),
+                "invalid page token \"x\"; pass the next_page_token of the previous response unchanged, or no token for the first page",
             ),
         ];
         for (error, code, message) in cases {

@@ -44,10 +44,13 @@ use syncfleet_proto::v1::{
 };
 
 use super::connect::Client;
-use super::output::{self, out};
+use super::output::{self, ArrayOut, out};
 use super::table::{self, Table};
 use super::{CliError, EXIT_OK, OutputFormat, Session};
 use crate::contexts::{Context, upsert_context};
+
+/// Audit entries asked for in one `ListAudit` page (the controller's maximum).
+const AUDIT_PAGE: u32 = 1000;
 
 /// `tokens ...`
 #[derive(Debug, Subcommand)]
@@ -114,7 +117,7 @@ pub enum AuditCommand {
         /// Only entries of this identity, e.g. operator/alice or agent/sync-01
         #[arg(long, value_name = "IDENTITY")]
         who: Option<String>,
-        /// At most this many entries [default: the controller's, 100]
+        /// At most this many entries, the newest [default: 100]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
     },
@@ -761,6 +764,9 @@ impl Session<'_> {
         Ok(EXIT_OK)
     }
 
+    /// `audit list`: the newest `limit` (default 100) matching entries, `ListAudit` page
+    /// after page; with `-o json`/`-o yaml` each page is printed as it arrives (one array in
+    /// all).
     pub(super) async fn audit_list(
         &self,
         client: &mut Client,
@@ -768,16 +774,48 @@ impl Session<'_> {
         who: Option<&str>,
         limit: Option<u32>,
     ) -> Result<u8, CliError> {
-        let entries = client
-            .list_audit(ListAuditRequest {
-                since: since.map(|s| syncfleet_proto::time::to_proto(s.resolve(Utc::now()))),
-                who: who.unwrap_or_default().to_string(),
-                limit: limit.unwrap_or(0),
-            })
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner()
-            .entries;
+        let limit = limit.unwrap_or(100);
+        // Resolved once, so every page has the same bound.
+        let since = since.map(|s| syncfleet_proto::time::to_proto(s.resolve(Utc::now())));
+        let mut stream = (self.format != OutputFormat::Table)
+            .then(|| ArrayOut::new(self.format == OutputFormat::Yaml));
+        let mut entries = Vec::new();
+        let mut shown = 0u32;
+        let mut page_token = String::new();
+        while shown < limit {
+            let resp = client
+                .list_audit(ListAuditRequest {
+                    since,
+                    who: who.unwrap_or_default().to_string(),
+                    limit: 0,
+                    page_size: (limit - shown).min(AUDIT_PAGE),
+                    page_token,
+                })
+                .await
+                .map_err(|e| self.rpc_err(&e))?
+                .into_inner();
+            let got = resp.entries.len();
+            for e in resp
+                .entries
+                .into_iter()
+                .take(usize::try_from(limit - shown).unwrap_or(usize::MAX))
+            {
+                shown += 1;
+                match &mut stream {
+                    Some(array) => array.push(&audit_entry_json(&e))?,
+                    None => entries.push(e),
+                }
+            }
+            // An empty page with a token would loop forever on a misbehaving server; stop.
+            if resp.next_page_token.is_empty() || got == 0 {
+                break;
+            }
+            page_token = resp.next_page_token;
+        }
+        if let Some(array) = stream {
+            array.finish()?;
+            return Ok(EXIT_OK);
+        }
         self.print_list(
             &audit_json(&entries),
             entries.is_empty(),

@@ -19,6 +19,9 @@ use super::output::{self, out};
 use super::table::{Table, age, instant, local_time, or_dash, pause_brief, short_id};
 use super::{CliError, EXIT_OK, OutputFormat, Session};
 
+/// Agents asked for in one `ListAgents` page (the controller's maximum).
+const AGENT_PAGE: u32 = 1000;
+
 /// `agents ...`
 #[derive(Debug, Subcommand)]
 pub enum AgentsCommand {
@@ -77,24 +80,64 @@ impl Session<'_> {
         }
     }
 
-    async fn agents_list(&self, client: &mut Client) -> Result<u8, CliError> {
-        let mut agents = client
-            .list_agents(ListAgentsRequest {})
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner()
-            .agents;
-        agents.sort_by(|a, b| a.name.cmp(&b.name));
-        let running = self.running_runs(client).await?;
-        let mut json = output::agents_json(&agents);
-        if let Some(list) = json.as_array_mut() {
-            for (v, a) in list.iter_mut().zip(&agents) {
-                v["running"] =
-                    output::runs_json(running.get(&a.name).map_or(&[][..], Vec::as_slice));
+    /// Every agent, by name: `ListAgents` page after page.
+    pub(super) async fn all_agents(&self, client: &mut Client) -> Result<Vec<Agent>, CliError> {
+        let mut agents = Vec::new();
+        self.agent_pages(client, |page| {
+            agents.extend(page);
+            Ok(())
+        })
+        .await?;
+        Ok(agents)
+    }
+
+    /// Hands each page of `ListAgents` (by name) to `each` as it arrives.
+    async fn agent_pages(
+        &self,
+        client: &mut Client,
+        mut each: impl FnMut(Vec<Agent>) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
+        let mut page_token = String::new();
+        loop {
+            let resp = client
+                .list_agents(ListAgentsRequest {
+                    page_size: AGENT_PAGE,
+                    page_token,
+                })
+                .await
+                .map_err(|e| self.rpc_err(&e))?
+                .into_inner();
+            let got = resp.agents.len();
+            each(resp.agents)?;
+            // An empty page with a token would loop forever on a misbehaving server; stop.
+            if resp.next_page_token.is_empty() || got == 0 {
+                return Ok(());
             }
+            page_token = resp.next_page_token;
         }
+    }
+
+    /// `agents list`: with `-o json`/`-o yaml` each page is printed as it arrives (one array
+    /// in all); the table waits for the last page to size its columns.
+    async fn agents_list(&self, client: &mut Client) -> Result<u8, CliError> {
+        let running = self.running_runs(client).await?;
+        let agent_json = |a: &Agent| {
+            let mut v = output::agent_json(a);
+            v["running"] = output::runs_json(running.get(&a.name).map_or(&[][..], Vec::as_slice));
+            v
+        };
+        if self.format != OutputFormat::Table {
+            let mut array = output::ArrayOut::new(self.format == OutputFormat::Yaml);
+            self.agent_pages(client, |page| {
+                page.iter().try_for_each(|a| array.push(&agent_json(a)))
+            })
+            .await?;
+            array.finish()?;
+            return Ok(EXIT_OK);
+        }
+        let agents = self.all_agents(client).await?;
         self.print_list(
-            &json,
+            &serde_json::Value::Null,
             agents.is_empty(),
             || agents_table(&agents, &running, chrono::Utc::now()),
             &format!(

@@ -237,6 +237,9 @@ pub fn documents_json(docs: &[Document]) -> serde_json::Value {
     serde_json::Value::Array(docs.iter().map(documents::to_json_value).collect())
 }
 
+/// Documents asked for in one `GetDocuments` page (the controller's maximum).
+const DOCUMENT_PAGE: u32 = 1000;
+
 impl Session<'_> {
     pub(super) async fn apply(
         &self,
@@ -297,22 +300,82 @@ impl Session<'_> {
         Ok(EXIT_OK)
     }
 
+    /// Every stored document of `kind`, by name: `GetDocuments` page after page.
+    pub(super) async fn all_documents(
+        &self,
+        client: &mut Client,
+        kind: &str,
+    ) -> Result<Vec<Document>, CliError> {
+        let mut all = Vec::new();
+        self.document_pages(client, kind, |docs| {
+            all.extend(docs);
+            Ok(())
+        })
+        .await?;
+        Ok(all)
+    }
+
+    /// Hands each page of `GetDocuments` for `kind` (by name), parsed, to `each` as it arrives.
+    async fn document_pages(
+        &self,
+        client: &mut Client,
+        kind: &str,
+        mut each: impl FnMut(Vec<Document>) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
+        let mut page_token = String::new();
+        loop {
+            let resp = client
+                .get_documents(GetDocumentsRequest {
+                    kind: kind.to_string(),
+                    name: String::new(),
+                    page_size: DOCUMENT_PAGE,
+                    page_token,
+                })
+                .await
+                .map_err(|e| self.rpc_err(&e))?
+                .into_inner();
+            let got = resp.documents.len();
+            each(parse_documents(kind, &resp.documents).map_err(CliError::Failed)?)?;
+            // An empty page with a token would loop forever on a misbehaving server; stop.
+            if resp.next_page_token.is_empty() || got == 0 {
+                return Ok(());
+            }
+            page_token = resp.next_page_token;
+        }
+    }
+
     pub(super) async fn get(
         &self,
         client: &mut Client,
         kind: DocKind,
         name: Option<&str>,
     ) -> Result<u8, CliError> {
-        let resp = client
-            .get_documents(GetDocumentsRequest {
-                kind: kind.kind().to_string(),
-                name: name.unwrap_or_default().to_string(),
-            })
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner();
-        let docs = parse_documents(kind.kind(), &resp.documents).map_err(CliError::Failed)?;
         let noun = kind.kind().to_lowercase();
+        if name.is_none() && self.format == OutputFormat::Json {
+            // Printed page by page as they arrive, one array in all.
+            let mut array = output::ArrayOut::new(false);
+            self.document_pages(client, kind.kind(), |docs| {
+                docs.iter()
+                    .try_for_each(|d| array.push(&documents::to_json_value(d)))
+            })
+            .await?;
+            return array.finish().map(|()| EXIT_OK);
+        }
+        let docs = match name {
+            Some(n) => {
+                let resp = client
+                    .get_documents(GetDocumentsRequest {
+                        kind: kind.kind().to_string(),
+                        name: n.to_string(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| self.rpc_err(&e))?
+                    .into_inner();
+                parse_documents(kind.kind(), &resp.documents).map_err(CliError::Failed)?
+            }
+            None => self.all_documents(client, kind.kind()).await?,
+        };
         if docs.is_empty()
             && let Some(n) = name
         {

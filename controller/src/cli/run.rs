@@ -30,8 +30,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use syncfleet_proto::schedule_model::Targets;
 use syncfleet_proto::v1::{
-    GetRunRequest, ListAgentsRequest, Run, RunRefusal, RunState, RunUpdate, StartRunsRequest,
-    StartRunsResponse, StepSpec, StepState, WatchRunsRequest,
+    GetRunRequest, Run, RunRefusal, RunState, RunUpdate, StartRunsRequest, StartRunsResponse,
+    StepSpec, StepState, WatchRunsRequest,
 };
 
 use super::connect::{self, Client};
@@ -225,12 +225,7 @@ impl Session<'_> {
             }
             return Ok(names);
         }
-        let agents = client
-            .list_agents(ListAgentsRequest {})
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner()
-            .agents;
+        let agents = self.all_agents(client).await?;
         let mut names: Vec<String> = match &args.selector {
             Some(sel) => {
                 let targets = selector_targets(sel)?;

@@ -390,12 +390,7 @@ impl Session<'_> {
         selector: &str,
     ) -> Result<Vec<String>, CliError> {
         let targets = super::run::selector_targets(selector)?;
-        let agents = client
-            .list_agents(syncfleet_proto::v1::ListAgentsRequest {})
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner()
-            .agents;
+        let agents = self.all_agents(client).await?;
         let names: Vec<String> = agents
             .into_iter()
             .filter(|a| targets.matches(&a.name, &a.labels.clone().into_iter().collect()))

@@ -9,12 +9,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use clap::Subcommand;
-use syncfleet_proto::v1::{
-    GetDocumentsRequest, GetScheduleRequest, PauseScheduleRequest, ScheduleStatus,
-};
+use syncfleet_proto::v1::{GetScheduleRequest, PauseScheduleRequest, ScheduleStatus};
 
 use super::connect::Client;
-use super::documents::parse_documents;
 use super::output::{self, out};
 use super::table::{
     Table, display_zone, duration, instant, or_dash, pause_brief, signed_duration, zone,
@@ -90,15 +87,7 @@ impl Session<'_> {
     }
 
     pub(super) async fn schedules_list(&self, client: &mut Client) -> Result<u8, CliError> {
-        let resp = client
-            .get_documents(GetDocumentsRequest {
-                kind: "Schedule".to_string(),
-                name: String::new(),
-            })
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner();
-        let docs = parse_documents("Schedule", &resp.documents).map_err(CliError::Failed)?;
+        let docs = self.all_documents(client, "Schedule").await?;
         let mut rows = Vec::new();
         for d in docs {
             let Document::Schedule(doc) = d else { continue };

@@ -17,7 +17,7 @@ use std::io::IsTerminal as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::Args;
 use syncfleet_proto::time::to_millis;
-use syncfleet_proto::v1::{ListAgentsRequest, ListRunsRequest, Run, Step};
+use syncfleet_proto::v1::{ListRunsRequest, Run, Step};
 
 use super::access::{Since, parse_since};
 use super::connect::Client;
@@ -108,12 +108,7 @@ impl Session<'_> {
     ) -> Result<u8, CliError> {
         let now = Utc::now();
         let since = args.since.resolve(now);
-        let agents = client
-            .list_agents(ListAgentsRequest {})
-            .await
-            .map_err(|e| self.rpc_err(&e))?
-            .into_inner()
-            .agents;
+        let agents = self.all_agents(client).await?;
         let targets = match &args.selector {
             Some(sel) => Some(super::run::selector_targets(sel)?),
             None => None,

@@ -23,6 +23,9 @@ use crate::views::json::{
 /// Most runs `/api/runs` returns.
 pub const MAX_RUNS: u32 = 1000;
 
+/// Page size of the agent and document listings the console follows (their maximum).
+const PAGE_SIZE: u32 = 1000;
+
 /// Most runs the timeline reads (the CLI's limit).
 const MAX_TIMELINE_RUNS: usize = crate::views::timeline::MAX_RUNS;
 
@@ -48,6 +51,63 @@ impl Caller {
 
     pub fn req<T>(&self, console: &Console, msg: T) -> tonic::Request<T> {
         console.request(&self.session, self.peer, msg)
+    }
+}
+
+/// Every agent, by name: `ListAgents` page after page (the console shows the whole fleet).
+async fn all_agents(console: &Console, c: &Caller) -> Result<Vec<v1::Agent>, ConsoleError> {
+    let mut agents = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let resp = console
+            .svc
+            .list_agents(c.req(
+                console,
+                v1::ListAgentsRequest {
+                    page_size: PAGE_SIZE,
+                    page_token,
+                },
+            ))
+            .await?
+            .into_inner();
+        let got = resp.agents.len();
+        agents.extend(resp.agents);
+        // An empty page with a token would loop forever; the last page has no token.
+        if resp.next_page_token.is_empty() || got == 0 {
+            return Ok(agents);
+        }
+        page_token = resp.next_page_token;
+    }
+}
+
+/// Every stored document of `kind`, by name: `GetDocuments` page after page.
+async fn all_documents(
+    console: &Console,
+    c: &Caller,
+    kind: &str,
+) -> Result<Vec<v1::FleetDocument>, ConsoleError> {
+    let mut docs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let resp = console
+            .svc
+            .get_documents(c.req(
+                console,
+                v1::GetDocumentsRequest {
+                    kind: kind.to_string(),
+                    name: String::new(),
+                    page_size: PAGE_SIZE,
+                    page_token,
+                },
+            ))
+            .await?
+            .into_inner();
+        let got = resp.documents.len();
+        docs.extend(resp.documents);
+        if resp.next_page_token.is_empty() || got == 0 {
+            return Ok(docs);
+        }
+        page_token = resp.next_page_token;
     }
 }
 
@@ -97,12 +157,7 @@ pub async fn fleet(
         .get_fleet_status(c.req(&console, v1::GetFleetStatusRequest {}))
         .await?
         .into_inner();
-    let agents = console
-        .svc
-        .list_agents(c.req(&console, v1::ListAgentsRequest {}))
-        .await?
-        .into_inner()
-        .agents;
+    let agents = all_agents(&console, &c).await?;
     let active = [
         v1::RunState::Pending,
         v1::RunState::Dispatched,
@@ -380,12 +435,7 @@ pub async fn timeline(
     };
     let now = chrono::Utc::now();
     let since = now - chrono::Duration::hours(hours);
-    let agents = console
-        .svc
-        .list_agents(c.req(&console, v1::ListAgentsRequest {}))
-        .await?
-        .into_inner()
-        .agents;
+    let agents = all_agents(&console, &c).await?;
     let mut runs: Vec<v1::Run> = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -448,18 +498,7 @@ pub async fn schedules(
     headers: HeaderMap,
 ) -> ApiResult {
     let c = Caller::of(&console, &headers, peer).await?;
-    let docs = console
-        .svc
-        .get_documents(c.req(
-            &console,
-            v1::GetDocumentsRequest {
-                kind: "Schedule".into(),
-                name: String::new(),
-            },
-        ))
-        .await?
-        .into_inner()
-        .documents;
+    let docs = all_documents(&console, &c, "Schedule").await?;
     let mut by_name = BTreeMap::new();
     for d in docs {
         match console

@@ -15,7 +15,7 @@ use super::model::{Document, ScheduleDoc};
 use super::trigger::Trigger;
 use crate::documents::{self, Action, SourcedDoc};
 use crate::limits::{self, check_ident};
-use crate::store::{Store, StoredDocument, keys};
+use crate::store::{Listing, MAX_PAGE, PAGE_BYTES, Store, StoredDocument, keys};
 
 /// Normalize a kind given by a client ("sequence", "Schedules", ...).
 pub fn kind_of(kind: &str) -> Result<&'static str, DocumentError> {
@@ -308,12 +308,37 @@ async fn forget_schedule(store: &dyn Store, name: &str) -> Result<(), DocumentEr
     Ok(())
 }
 
+/// Documents of one kind in a page when no name is given (page size 0 = 100, at most 1000,
+/// and at most about [`crate::store::PAGE_BYTES`]), or the one document named.
 pub async fn get_documents(
     store: &dyn Store,
     req: v1::GetDocumentsRequest,
 ) -> Result<v1::GetDocumentsResponse, DocumentError> {
     let kind = kind_of(&req.kind)?;
     check_ident("name", &req.name)?;
+    if req.name.is_empty() {
+        let size = match req.page_size {
+            0 => 100,
+            n => usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
+        };
+        let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+        let mut page = store
+            .list_documents_page(kind, token, size)
+            .await?
+            .map(|d| v1::FleetDocument {
+                kind: d.kind,
+                name: d.name,
+                json: d.json,
+                source: String::new(),
+            });
+        page.fit(PAGE_BYTES, prost::Message::encoded_len, |d| {
+            Listing::Documents.token(&d.name)
+        });
+        return Ok(v1::GetDocumentsResponse {
+            documents: page.items,
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        });
+    }
     let docs = store.list_documents(Some(kind)).await?;
     let documents: Vec<v1::FleetDocument> = docs
         .into_iter()
@@ -331,7 +356,10 @@ pub async fn get_documents(
             name: req.name,
         });
     }
-    Ok(v1::GetDocumentsResponse { documents })
+    Ok(v1::GetDocumentsResponse {
+        documents,
+        next_page_token: String::new(),
+    })
 }
 
 /// Delete one stored document (and a schedule's operational state). On success the stored
@@ -513,6 +541,7 @@ mod tests {
             v1::GetDocumentsRequest {
                 kind: "sequences".into(),
                 name: "nope".into(),
+                ..Default::default()
             },
         )
         .await
@@ -540,6 +569,7 @@ mod tests {
             v1::GetDocumentsRequest {
                 kind: "job".into(),
                 name: String::new(),
+                ..Default::default()
             },
         )
         .await

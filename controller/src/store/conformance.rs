@@ -12,7 +12,9 @@ use std::sync::Arc;
 use syncfleet_proto::time::from_millis;
 use syncfleet_proto::v1;
 
-use super::{EventBatch, PruneKind, RunQuery, Store, StoreError, StoredDocument};
+use super::{
+    AuditQuery, EventBatch, Listing, PruneKind, RunQuery, Store, StoreError, StoredDocument,
+};
 
 fn run(id: &str, agent: &str, created: i64, state: v1::RunState) -> v1::Run {
     v1::Run {
@@ -120,7 +122,7 @@ async fn runs_insert_and_page(s: &dyn Store) {
         assert!(
             matches!(
                 s.list_runs(&page(Some(bad.into()))).await,
-                Err(StoreError::BadPageToken)
+                Err(StoreError::BadPageToken { .. })
             ),
             "token {bad:?}"
         );
@@ -698,6 +700,154 @@ async fn prune_by_age(s: &dyn Store) {
     assert_eq!(left, ["z"]);
 }
 
+/// Agents page by name: every agent exactly once across pages, agents added meanwhile before
+/// the current position are not seen and those after it are, and bad tokens are refused.
+async fn agents_page(s: &dyn Store) {
+    for i in (0..7).rev() {
+        s.put_agent(&agent(&format!("ag-{i:02}"), "h"))
+            .await
+            .unwrap();
+    }
+    let names = |p: &super::Page<v1::Agent>| -> Vec<String> {
+        p.items.iter().map(|a| a.name.clone()).collect()
+    };
+    let p1 = s.list_agents_page(None, 3).await.unwrap();
+    assert_eq!(names(&p1), ["ag-00", "ag-01", "ag-02"]);
+    assert_eq!(p1.next_page_token.as_deref(), Some("agent:ag-02"));
+    // Added between pages: one before the position (not in a later page), one after it.
+    s.put_agent(&agent("ag-01a", "h")).await.unwrap();
+    s.put_agent(&agent("ag-03a", "h")).await.unwrap();
+    let p2 = s
+        .list_agents_page(p1.next_page_token.as_deref(), 3)
+        .await
+        .unwrap();
+    assert_eq!(names(&p2), ["ag-03", "ag-03a", "ag-04"]);
+    let p3 = s
+        .list_agents_page(p2.next_page_token.as_deref(), 3)
+        .await
+        .unwrap();
+    assert_eq!(names(&p3), ["ag-05", "ag-06"]);
+    assert!(p3.next_page_token.is_none(), "the last page has no token");
+    // A page that ends exactly at the last agent has no token either.
+    let all = s.list_agents_page(None, 9).await.unwrap();
+    assert_eq!(all.items.len(), 9);
+    assert!(all.next_page_token.is_none());
+    // A limit above the maximum is clamped, 0 reads one.
+    assert_eq!(s.list_agents_page(None, 0).await.unwrap().items.len(), 1);
+    assert_eq!(
+        s.list_agents_page(None, 1_000_000)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        9
+    );
+    for bad in [
+        "",
+        "agent:",
+        "ag-02",
+        "document:ag-02",
+        "audit:5",
+        "agent:\u{7}",
+    ] {
+        match s.list_agents_page(Some(bad), 3).await {
+            Err(StoreError::BadPageToken { token }) => assert_eq!(token, bad),
+            other => panic!("token {bad:?}: {other:?}"),
+        }
+    }
+}
+
+/// Documents page by name within their kind; tokens of another listing are refused.
+async fn documents_page(s: &dyn Store) {
+    let doc = |kind: &str, name: &str| StoredDocument {
+        kind: kind.into(),
+        name: name.into(),
+        json: format!("{{\"name\":\"{name}\"}}"),
+    };
+    let upserts: Vec<StoredDocument> = ["d", "a", "c", "b", "e"]
+        .iter()
+        .map(|n| doc("Schedule", n))
+        .chain([doc("Sequence", "a0"), doc("Sequence", "z")])
+        .collect();
+    s.write_documents(&upserts, &[]).await.unwrap();
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let p = s
+            .list_documents_page("Schedule", token.as_deref(), 2)
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(p.items.iter().all(|d| d.kind == "Schedule"));
+        seen.extend(p.items.into_iter().map(|d| d.name));
+        match p.next_page_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a", "b", "c", "d", "e"]);
+    assert_eq!(pages, 3);
+    let seq = s.list_documents_page("Sequence", None, 100).await.unwrap();
+    assert_eq!(seq.items.len(), 2);
+    assert!(seq.next_page_token.is_none());
+    assert!(matches!(
+        s.list_documents_page("Schedule", Some("agent:a"), 2).await,
+        Err(StoreError::BadPageToken { .. })
+    ));
+}
+
+/// The audit log pages newest first by id; entries appended between pages are not seen by
+/// later pages (they are newer than the first), and the filters apply to every page.
+async fn audit_page(s: &dyn Store) {
+    for i in 0..7 {
+        let who = if i % 2 == 0 { "op/even" } else { "op/odd" };
+        s.append_audit(&audit_entry(who, 100 + i, &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let actions = |p: &super::Page<v1::AuditEntry>| -> Vec<String> {
+        p.items.iter().map(|e| e.action.clone()).collect()
+    };
+    let q = |token: Option<String>| AuditQuery {
+        limit: 3,
+        page_token: token,
+        ..Default::default()
+    };
+    let p1 = s.list_audit_page(&q(None)).await.unwrap();
+    assert_eq!(actions(&p1), ["m6", "m5", "m4"]);
+    s.append_audit(&audit_entry("op/odd", 200, "late"))
+        .await
+        .unwrap();
+    let p2 = s.list_audit_page(&q(p1.next_page_token)).await.unwrap();
+    assert_eq!(actions(&p2), ["m3", "m2", "m1"]);
+    let p3 = s.list_audit_page(&q(p2.next_page_token)).await.unwrap();
+    assert_eq!(actions(&p3), ["m0"]);
+    assert!(p3.next_page_token.is_none());
+    // Filtered: only op/even entries at or after 102, two to a page.
+    let fq = |token: Option<String>| AuditQuery {
+        since_ms: Some(102),
+        who: Some("op/even".into()),
+        limit: 2,
+        page_token: token,
+    };
+    let f1 = s.list_audit_page(&fq(None)).await.unwrap();
+    assert_eq!(actions(&f1), ["m6", "m4"]);
+    let f2 = s.list_audit_page(&fq(f1.next_page_token)).await.unwrap();
+    assert_eq!(actions(&f2), ["m2"]);
+    assert!(f2.next_page_token.is_none());
+    for bad in ["audit:x", "audit:-1", "audit:0", "agent:5", "5"] {
+        assert!(
+            matches!(
+                s.list_audit_page(&q(Some(bad.into()))).await,
+                Err(StoreError::BadPageToken { .. })
+            ),
+            "token {bad:?}"
+        );
+    }
+    assert_eq!(Listing::audit_id("audit:42").unwrap(), 42);
+}
+
 /// Each check as `sqlite::<check>` and `postgres::<check>`.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -771,6 +921,9 @@ conformance!(
     state_and_counters,
     update_state_decisions,
     audit,
+    agents_page,
+    documents_page,
+    audit_page,
     runs_keep_their_steps,
     prune_by_age,
 );

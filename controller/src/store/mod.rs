@@ -44,8 +44,10 @@ pub enum StoreError {
     Damaged { path: String, problem: String },
     #[error("stored record {what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
-    #[error("invalid page token; pass the next_page_token of the previous response unchanged")]
-    BadPageToken,
+    #[error(
+        "invalid page token {token:?}; pass the next_page_token of the previous response unchanged, or no token for the first page"
+    )]
+    BadPageToken { token: String },
     #[error("the store worker stopped: {0}")]
     Worker(String),
     #[error(
@@ -101,9 +103,133 @@ pub(crate) fn page_token(created_ms: i64, id: &str) -> String {
 
 /// `(created ms, id)` of a page token of [`page_token`], or [`StoreError::BadPageToken`].
 pub(crate) fn parse_page_token(token: &str) -> Result<(i64, &str), StoreError> {
-    let (ms, id) = token.split_once('_').ok_or(StoreError::BadPageToken)?;
-    let ms: i64 = ms.parse().map_err(|_| StoreError::BadPageToken)?;
+    let (ms, id) = token.split_once('_').ok_or_else(|| bad_page_token(token))?;
+    let ms: i64 = ms.parse().map_err(|_| bad_page_token(token))?;
     Ok((ms, id))
+}
+
+/// [`StoreError::BadPageToken`] quoting (at most 80 characters of) the token.
+fn bad_page_token(token: &str) -> StoreError {
+    StoreError::BadPageToken {
+        token: token.chars().take(80).collect(),
+    }
+}
+
+/// The most agents or documents one page of [`Store::list_agents_page`] or
+/// [`Store::list_documents_page`] holds.
+pub const MAX_PAGE: usize = 1000;
+/// The most entries one page of [`Store::list_audit_page`] holds (the audit log's `limit` of
+/// clients older than paging allowed this many in one reply).
+pub const MAX_AUDIT_PAGE: usize = 10_000;
+
+/// What a page token of a keyset listing continues after: the token names its listing so that
+/// a token of another listing is refused rather than silently read as a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    Agents,
+    Documents,
+    Audit,
+}
+
+impl Listing {
+    fn prefix(self) -> &'static str {
+        match self {
+            Listing::Agents => "agent:",
+            Listing::Documents => "document:",
+            Listing::Audit => "audit:",
+        }
+    }
+
+    /// The page token after the entry with `key` (an agent or document name, an audit id).
+    pub fn token(self, key: &str) -> String {
+        format!("{}{key}", self.prefix())
+    }
+
+    /// The key a token of [`Listing::token`] continues after, or
+    /// [`StoreError::BadPageToken`] when `token` is not one of this listing's tokens.
+    pub fn key(self, token: &str) -> Result<&str, StoreError> {
+        match token.strip_prefix(self.prefix()) {
+            Some(key) if !key.is_empty() && !key.chars().any(char::is_control) => Ok(key),
+            _ => Err(bad_page_token(token)),
+        }
+    }
+
+    /// The audit id a token continues after (entries with lower ids follow).
+    pub fn audit_id(token: &str) -> Result<i64, StoreError> {
+        Listing::Audit
+            .key(token)?
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| bad_page_token(token))
+    }
+}
+
+/// One page of a keyset listing ([`Store::list_agents_page`], [`Store::list_documents_page`],
+/// [`Store::list_audit_page`]): at most the asked-for number of items, in the listing's order,
+/// and the token of the next page (`None` on the last page).
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page from up to `limit + 1` rows read in order: the extra row only tells that a next
+    /// page exists, which then starts after the last kept item's key.
+    pub(crate) fn from_rows(mut rows: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Self {
+        let next_page_token = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(key)
+        } else {
+            None
+        };
+        Page {
+            items: rows,
+            next_page_token,
+        }
+    }
+}
+
+/// About how many bytes one page of a listing reply holds at most (see [`Page::fit`]): half
+/// of a gRPC client's default 4 MiB decode limit, leaving room for the envelope.
+pub const PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+impl<T> Page<T> {
+    /// The page with each item converted; the token is kept.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next_page_token: self.next_page_token,
+        }
+    }
+
+    /// Ends the page early once its items' `size` passes `budget` bytes (keeping at least one
+    /// item), so that a reply built from it stays under a client's message size limit
+    /// however large single items are; the next page then starts after the last item kept.
+    pub fn fit(&mut self, budget: usize, size: impl Fn(&T) -> usize, key: impl Fn(&T) -> String) {
+        let mut total = 0usize;
+        for (i, item) in self.items.iter().enumerate() {
+            total = total.saturating_add(size(item));
+            if total > budget && i > 0 {
+                self.items.truncate(i);
+                self.next_page_token = self.items.last().map(key);
+                return;
+            }
+        }
+    }
+}
+
+/// Filter and page of [`Store::list_audit_page`].
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Entries at or after (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Entries of this identity.
+    pub who: Option<String>,
+    /// 1..=[`MAX_AUDIT_PAGE`].
+    pub limit: usize,
+    pub page_token: Option<String>,
 }
 
 /// An agent as stored: its last known description plus the highest event seq stored for it.
@@ -211,7 +337,17 @@ pub type StateUpdate = Box<dyn FnOnce(Option<&[u8]>) -> StateDecision + Send + '
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn get_agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError>;
+    /// Every agent, by name. For the controller's own fleet-wide work (scheduler, sweeper,
+    /// metrics); an operator's listing goes through [`Store::list_agents_page`].
     async fn list_agents(&self) -> Result<Vec<v1::Agent>, StoreError>;
+    /// At most `limit` (1..=[`MAX_PAGE`]) agents by name, after the agent a token of
+    /// [`Listing::Agents`] names (from the first when `None`). The query itself is bounded
+    /// (`name > after ORDER BY name LIMIT n`), so a page costs the same at any fleet size.
+    async fn list_agents_page(
+        &self,
+        page_token: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<v1::Agent>, StoreError>;
     /// Insert or replace an agent's description (its event seq is kept).
     async fn put_agent(&self, agent: &v1::Agent) -> Result<(), StoreError>;
 
@@ -271,6 +407,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Fleet documents of one kind (all kinds when `None`), by kind then name.
     async fn list_documents(&self, kind: Option<&str>) -> Result<Vec<StoredDocument>, StoreError>;
+    /// At most `limit` (1..=[`MAX_PAGE`]) documents of `kind` by name, after the document a
+    /// token of [`Listing::Documents`] names (from the first when `None`).
+    async fn list_documents_page(
+        &self,
+        kind: &str,
+        page_token: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<StoredDocument>, StoreError>;
     /// Upsert and delete documents in one transaction (an apply is all or nothing).
     async fn write_documents(
         &self,
@@ -305,13 +449,26 @@ pub trait Store: Send + Sync + 'static {
     /// Append an audit entry (its `id` is assigned here); the log is never updated through
     /// this interface, and only [`Store::prune`] deletes old entries.
     async fn append_audit(&self, entry: &v1::AuditEntry) -> Result<u64, StoreError>;
-    /// Audit entries, newest first.
+    /// The newest `limit` audit entries, newest first: the first page of
+    /// [`Store::list_audit_page`].
     async fn list_audit(
         &self,
         since_ms: Option<i64>,
         who: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<v1::AuditEntry>, StoreError>;
+    ) -> Result<Vec<v1::AuditEntry>, StoreError> {
+        let query = AuditQuery {
+            since_ms,
+            who: who.map(str::to_string),
+            limit,
+            page_token: None,
+        };
+        Ok(self.list_audit_page(&query).await?.items)
+    }
+    /// One page of audit entries, newest first (by id: ids grow with time, so entries
+    /// appended meanwhile land before the first page and never shift a later one).
+    async fn list_audit_page(&self, query: &AuditQuery)
+    -> Result<Page<v1::AuditEntry>, StoreError>;
 
     /// Delete at most `limit` rows of `kind` older than `before_ms` (Unix ms) in one short
     /// transaction and return how many were deleted (fewer than `limit`: nothing older is
@@ -323,4 +480,62 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically read-modify-write one state record: `f` gets the current value and decides.
     /// Used where a check and its update must not race (consuming a one-time token).
     async fn update_state(&self, key: &str, f: StateUpdate) -> Result<StateDecision, StoreError>;
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod page_tests {
+    use super::*;
+
+    fn page(sizes: &[usize]) -> Page<(String, usize)> {
+        let items = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("i{i}"), *n))
+            .collect();
+        Page {
+            items,
+            next_page_token: Some("agent:end".into()),
+        }
+    }
+
+    #[test]
+    fn a_page_ends_early_at_its_byte_budget_and_continues_after_the_last_item_kept() {
+        let key = |item: &(String, usize)| Listing::Agents.token(&item.0);
+        let mut p = page(&[40, 40, 40, 40]);
+        p.fit(100, |item| item.1, key);
+        assert_eq!(p.items.len(), 2);
+        assert_eq!(p.next_page_token.as_deref(), Some("agent:i1"));
+        // Under the budget: unchanged, its own token kept.
+        let mut p = page(&[40, 40]);
+        p.fit(100, |item| item.1, key);
+        assert_eq!(
+            (p.items.len(), p.next_page_token.as_deref()),
+            (2, Some("agent:end"))
+        );
+        // One item larger than the budget still makes a page, so paging always advances.
+        let mut p = page(&[500, 1]);
+        p.fit(100, |item| item.1, key);
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.next_page_token.as_deref(), Some("agent:i0"));
+    }
+
+    #[test]
+    fn page_tokens_name_their_listing_and_bad_ones_are_quoted() {
+        assert_eq!(Listing::Agents.key("agent:sync-01").unwrap(), "sync-01");
+        let e = Listing::Agents.key("document:sync-01").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid page token \"document:sync-01\"; pass the next_page_token of the previous response unchanged, or no token for the first page"
+        );
+        let long = "x".repeat(500);
+        match Listing::Documents.key(&long).unwrap_err() {
+            StoreError::BadPageToken { token } => assert_eq!(token.len(), 80),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -40,9 +40,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    EventBatch, PRUNABLE_RUN_STATES, PruneKind, RunPage, RunQuery, StateDecision, StateUpdate,
-    Store, StoreError, StoredAgent, StoredDocument, decode, page_token, parse_page_token,
-    run_created_ms, run_state_label,
+    AuditQuery, EventBatch, Listing, MAX_AUDIT_PAGE, MAX_PAGE, PRUNABLE_RUN_STATES, Page,
+    PruneKind, RunPage, RunQuery, StateDecision, StateUpdate, Store, StoreError, StoredAgent,
+    StoredDocument, decode, page_token, parse_page_token, run_created_ms, run_state_label,
 };
 
 /// Schema migrations, in order: (version, name, SQL). Applied versions are recorded in
@@ -676,6 +676,36 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn list_agents_page(
+        &self,
+        page_token: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<v1::Agent>, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        // Every name is non-empty, so "" starts at the first; `name` is COLLATE "C", so the
+        // order is byte order, as in SQLite.
+        let after = page_token.map(|t| Listing::Agents.key(t)).transpose()?;
+        let rows = self
+            .read(
+                "SELECT name, body FROM agents WHERE name > $1 ORDER BY name LIMIT $2",
+                &[
+                    &after.unwrap_or(""),
+                    &i64::try_from(limit + 1).unwrap_or(i64::MAX),
+                ],
+            )
+            .await?;
+        let agents = rows
+            .iter()
+            .map(|r| {
+                let name: &str = r.get(0);
+                decode(&format!("agent {name}"), r.get::<_, &[u8]>(1))
+            })
+            .collect::<Result<Vec<v1::Agent>, _>>()?;
+        Ok(Page::from_rows(agents, limit, |a| {
+            Listing::Agents.token(&a.name)
+        }))
+    }
+
     async fn put_agent(&self, agent: &v1::Agent) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         let tx = self.begin_write(&mut conn).await?;
@@ -928,6 +958,38 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn list_documents_page(
+        &self,
+        kind: &str,
+        page_token: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<StoredDocument>, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let after = page_token.map(|t| Listing::Documents.key(t)).transpose()?;
+        let rows = self
+            .read(
+                "SELECT kind, name, json FROM documents WHERE kind = $1 AND name > $2
+                 ORDER BY name LIMIT $3",
+                &[
+                    &kind,
+                    &after.unwrap_or(""),
+                    &i64::try_from(limit + 1).unwrap_or(i64::MAX),
+                ],
+            )
+            .await?;
+        let docs = rows
+            .iter()
+            .map(|r| StoredDocument {
+                kind: r.get(0),
+                name: r.get(1),
+                json: r.get(2),
+            })
+            .collect();
+        Ok(Page::from_rows(docs, limit, |d| {
+            Listing::Documents.token(&d.name)
+        }))
+    }
+
     async fn write_documents(
         &self,
         upserts: &[StoredDocument],
@@ -1058,22 +1120,29 @@ impl Store for PgStore {
         Ok(u64::try_from(id).unwrap_or(0))
     }
 
-    async fn list_audit(
-        &self,
-        since_ms: Option<i64>,
-        who: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<v1::AuditEntry>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    async fn list_audit_page(&self, q: &AuditQuery) -> Result<Page<v1::AuditEntry>, StoreError> {
+        let limit = q.limit.clamp(1, MAX_AUDIT_PAGE);
+        let before = q
+            .page_token
+            .as_deref()
+            .map(Listing::audit_id)
+            .transpose()?
+            .unwrap_or(i64::MAX);
         let rows = self
             .read(
                 "SELECT id, body FROM audit
-                 WHERE ($1::BIGINT IS NULL OR at >= $1) AND ($2::TEXT IS NULL OR who = $2)
-                 ORDER BY id DESC LIMIT $3",
-                &[&since_ms, &who, &limit],
+                 WHERE id < $1 AND ($2::BIGINT IS NULL OR at >= $2) AND ($3::TEXT IS NULL OR who = $3)
+                 ORDER BY id DESC LIMIT $4",
+                &[
+                    &before,
+                    &q.since_ms,
+                    &q.who,
+                    &i64::try_from(limit + 1).unwrap_or(i64::MAX),
+                ],
             )
             .await?;
-        rows.iter()
+        let entries = rows
+            .iter()
             .map(|r| {
                 let id: i64 = r.get(0);
                 let mut entry: v1::AuditEntry =
@@ -1081,7 +1150,10 @@ impl Store for PgStore {
                 entry.id = u64::try_from(id).unwrap_or(0);
                 Ok(entry)
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Page::from_rows(entries, limit, |e| {
+            Listing::Audit.token(&e.id.to_string())
+        }))
     }
 
     async fn prune(

@@ -32,9 +32,9 @@ use syncfleet_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    EventBatch, PRUNABLE_RUN_STATES, PruneKind, RunPage, RunQuery, StateDecision, StateUpdate,
-    Store, StoreError, StoredAgent, StoredDocument, decode, page_token, parse_page_token,
-    run_created_ms, run_state_label,
+    AuditQuery, EventBatch, Listing, MAX_AUDIT_PAGE, MAX_PAGE, PRUNABLE_RUN_STATES, Page,
+    PruneKind, RunPage, RunQuery, StateDecision, StateUpdate, Store, StoreError, StoredAgent,
+    StoredDocument, decode, page_token, parse_page_token, run_created_ms, run_state_label,
 };
 
 const SCHEMA: &str = r#"
@@ -820,6 +820,78 @@ impl SqliteDb {
         Ok(out)
     }
 
+    /// One page of agents by name: a range on the primary key, read in order and stopped
+    /// after `limit + 1` rows (the extra row tells that a next page exists).
+    pub fn list_agents_page(
+        &self,
+        page_token: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<v1::Agent>, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        // Every name is non-empty, so "" starts at the first.
+        let after = page_token.map(|t| Listing::Agents.key(t)).transpose()?;
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached("SELECT name, body FROM agents WHERE name > ?1 ORDER BY name LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    after.unwrap_or(""),
+                    i64::try_from(limit + 1).unwrap_or(i64::MAX)
+                ],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        let mut out: Vec<v1::Agent> = Vec::new();
+        for row in rows {
+            let (name, body) = row.map_err(|e| self.err(e))?;
+            out.push(decode(&format!("agent {name}"), &body)?);
+        }
+        Ok(Page::from_rows(out, limit, |a| {
+            Listing::Agents.token(&a.name)
+        }))
+    }
+
+    /// One page of one kind's documents by name (a range on the `(kind, name)` key).
+    pub fn list_documents_page(
+        &self,
+        kind: &str,
+        page_token: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<StoredDocument>, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let after = page_token.map(|t| Listing::Documents.key(t)).transpose()?;
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT kind, name, json FROM documents WHERE kind = ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    kind,
+                    after.unwrap_or(""),
+                    i64::try_from(limit + 1).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok(StoredDocument {
+                        kind: r.get(0)?,
+                        name: r.get(1)?,
+                        json: r.get(2)?,
+                    })
+                },
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(Page::from_rows(rows, limit, |d| {
+            Listing::Documents.token(&d.name)
+        }))
+    }
+
     pub fn get_run(&self, id: &str) -> Result<Option<v1::Run>, StoreError> {
         let conn = self.reader();
         let _snapshot = read_snapshot(&conn).map_err(|e| self.err(e))?;
@@ -1012,22 +1084,31 @@ impl SqliteDb {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
-    pub fn list_audit(
-        &self,
-        since_ms: Option<i64>,
-        who: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<v1::AuditEntry>, StoreError> {
+    /// One page of the audit log, newest first: a range on the id (the rowid), read
+    /// backwards and stopped after `limit + 1` rows.
+    pub fn list_audit_page(&self, q: &AuditQuery) -> Result<Page<v1::AuditEntry>, StoreError> {
+        let limit = q.limit.clamp(1, MAX_AUDIT_PAGE);
+        let before = q
+            .page_token
+            .as_deref()
+            .map(Listing::audit_id)
+            .transpose()?
+            .unwrap_or(i64::MAX);
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT id, body FROM audit WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR who = ?2)
-                 ORDER BY id DESC LIMIT ?3",
+                "SELECT id, body FROM audit WHERE id < ?1 AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR who = ?3)
+                 ORDER BY id DESC LIMIT ?4",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(
-                params![since_ms, who, i64::try_from(limit).unwrap_or(i64::MAX)],
+                params![
+                    before,
+                    q.since_ms,
+                    q.who,
+                    i64::try_from(limit + 1).unwrap_or(i64::MAX)
+                ],
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
             )
             .map_err(|e| self.err(e))?;
@@ -1038,7 +1119,9 @@ impl SqliteDb {
             entry.id = u64::try_from(id).unwrap_or(0);
             out.push(entry);
         }
-        Ok(out)
+        Ok(Page::from_rows(out, limit, |e| {
+            Listing::Audit.token(&e.id.to_string())
+        }))
     }
 
     pub fn counters(&self, schedule: &str) -> Result<Vec<(String, u64)>, StoreError> {
@@ -1098,6 +1181,15 @@ impl Store for SqliteStore {
 
     async fn list_agents(&self) -> Result<Vec<v1::Agent>, StoreError> {
         on_pool!(self, |db| db.list_agents())
+    }
+
+    async fn list_agents_page(
+        &self,
+        page_token: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<v1::Agent>, StoreError> {
+        let token = page_token.map(str::to_string);
+        on_pool!(self, |db| db.list_agents_page(token.as_deref(), limit))
     }
 
     async fn put_agent(&self, agent: &v1::Agent) -> Result<(), StoreError> {
@@ -1178,6 +1270,20 @@ impl Store for SqliteStore {
     async fn list_documents(&self, kind: Option<&str>) -> Result<Vec<StoredDocument>, StoreError> {
         let kind = kind.map(str::to_string);
         on_pool!(self, |db| db.list_documents(kind.as_deref()))
+    }
+
+    async fn list_documents_page(
+        &self,
+        kind: &str,
+        page_token: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<StoredDocument>, StoreError> {
+        let (kind, token) = (kind.to_string(), page_token.map(str::to_string));
+        on_pool!(self, |db| db.list_documents_page(
+            &kind,
+            token.as_deref(),
+            limit
+        ))
     }
 
     async fn write_documents(
@@ -1321,14 +1427,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_audit(
+    async fn list_audit_page(
         &self,
-        since_ms: Option<i64>,
-        who: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<v1::AuditEntry>, StoreError> {
-        let who = who.map(str::to_string);
-        on_pool!(self, |db| db.list_audit(since_ms, who.as_deref(), limit))
+        query: &AuditQuery,
+    ) -> Result<Page<v1::AuditEntry>, StoreError> {
+        let query = query.clone();
+        on_pool!(self, |db| db.list_audit_page(&query))
     }
 
     async fn prune(

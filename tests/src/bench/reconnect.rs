@@ -16,16 +16,28 @@ use super::sim::{Control, SimFleet, now_us};
 
 /// Agents of `names` that the controller lists as connected.
 pub async fn connected(op: &mut FleetServiceClient<Channel>, prefix: &str) -> Result<usize> {
-    let agents = op
-        .list_agents(v1::ListAgentsRequest {})
-        .await
-        .map_err(BenchError::rpc("ListAgents"))?
-        .into_inner()
-        .agents;
-    Ok(agents
-        .iter()
-        .filter(|a| a.name.starts_with(prefix) && a.state == v1::AgentState::Connected as i32)
-        .count())
+    // ListAgents pages: every page is counted.
+    let mut count = 0;
+    let mut page_token = String::new();
+    loop {
+        let resp = op
+            .list_agents(v1::ListAgentsRequest {
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .map_err(BenchError::rpc("ListAgents"))?
+            .into_inner();
+        count += resp
+            .agents
+            .iter()
+            .filter(|a| a.name.starts_with(prefix) && a.state == v1::AgentState::Connected as i32)
+            .count();
+        if resp.next_page_token.is_empty() || resp.agents.is_empty() {
+            return Ok(count);
+        }
+        page_token = resp.next_page_token;
+    }
 }
 
 pub async fn measure(
