@@ -10,8 +10,9 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
-use common::{Fleet, bin, foreign_pki};
+use common::{Fleet, bin, foreign_pki, wait_for};
 use syncfleet_proto::v1::{ListAgentsRequest, fleet_service_client::FleetServiceClient};
 use tonic::transport::Channel;
 
@@ -158,19 +159,31 @@ async fn server_reflection_needs_a_certificate_of_this_ca() {
         );
     }
 
-    let out = Command::new(bin("syncfleet"))
-        .arg("--config")
-        .arg(&fleet.cli_config)
-        .args(["audit", "list", "-o", "json"])
-        .output()
-        .unwrap();
-    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        entries.as_array().unwrap().iter().any(|e| e["action"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("ServerReflection")
-            && e["result"] == "denied"),
-        "{entries:#}"
+    // The refusal is audited by a task of its own (the reflection guard cannot wait for the
+    // store), so the entry may land just after the answer.
+    wait_for(
+        "the audited reflection refusal",
+        Duration::from_secs(10),
+        || {
+            let out = Command::new(bin("syncfleet"))
+                .arg("--config")
+                .arg(&fleet.cli_config)
+                .args(["audit", "list", "-o", "json"])
+                .output()
+                .unwrap();
+            let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            entries
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| {
+                    e["action"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("ServerReflection")
+                        && e["result"] == "denied"
+                })
+                .then_some(())
+        },
     );
 }
