@@ -31,6 +31,7 @@ mod events;
 mod fanout;
 mod holds;
 mod locks;
+mod lost_watch;
 mod outcomes;
 mod runs;
 pub mod session_protocol;
@@ -75,6 +76,8 @@ pub struct Fleet {
     autonomy: autonomy::Handover,
     /// Ended scheduled runs, kept until the scheduler acts on them (`outcomes.rs`).
     outcomes: Outcomes,
+    /// Agents stored disconnected, in the order they become lost (`lost_watch.rs`).
+    lost_watch: lost_watch::LostWatch,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -102,6 +105,7 @@ impl Fleet {
             retention: crate::retention::RetentionStats::default(),
             autonomy: autonomy::Handover::default(),
             outcomes: Outcomes::default(),
+            lost_watch: lost_watch::LostWatch::default(),
         })
     }
 

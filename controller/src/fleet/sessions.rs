@@ -179,6 +179,7 @@ impl Fleet {
             clear_runs_problem: String::new(),
         };
         self.store.put_agent(&agent).await?;
+        self.lost_watch.forget(&name);
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let session = Session {
             id,
@@ -245,10 +246,16 @@ impl Fleet {
         let store = &self.store;
         let result: Result<(), StoreError> = async {
             if let Some(mut stored) = store.get_agent(agent).await? {
+                let since = now();
                 stored.agent.state = state as i32;
-                stored.agent.state_since = Some(now());
+                stored.agent.state_since = Some(since);
                 stored.agent.runs_in_flight.clear();
                 store.put_agent(&stored.agent).await?;
+                if state == v1::AgentState::Disconnected {
+                    self.lost_watch.disconnected(agent, to_millis(&since));
+                } else {
+                    self.lost_watch.forget(agent);
+                }
             }
             Ok(())
         }

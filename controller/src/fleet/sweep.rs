@@ -3,10 +3,15 @@
 //! session state a previous controller process left behind.
 
 use chrono::Utc;
+use futures::StreamExt as _;
 use syncfleet_proto::time::to_millis;
 use syncfleet_proto::v1;
 
 use super::Fleet;
+
+/// Agent records reset at once at the start of a term (see
+/// [`Fleet::reset_sessions_after_restart`]).
+const RESET_CONCURRENCY: usize = 256;
 
 impl Fleet {
     /// Periodic housekeeping: fail runs pending past the deadline; mark long-disconnected
@@ -63,22 +68,15 @@ impl Fleet {
             }
             Err(e) => tracing::error!(error = %e, "sweep: cannot list pending runs"),
         }
+        // Only the agents whose time has come (`lost_watch.rs`): an idle sweep reads no agent.
         let lost_ms = i64::try_from(self.settings.agent_lost_after.as_millis()).unwrap_or(i64::MAX);
-        match self.store.list_agents().await {
-            Ok(agents) => {
-                for a in agents {
-                    if a.state == v1::AgentState::Disconnected as i32 && !self.is_connected(&a.name)
-                    {
-                        let since = a.state_since.as_ref().map_or(0, to_millis);
-                        if now_ms - since >= lost_ms {
-                            tracing::warn!(agent = %a.name, "agent lost");
-                            self.set_agent_state(&a.name, v1::AgentState::Lost).await;
-                            self.orphan_runs(&a.name).await;
-                        }
-                    }
-                }
+        for agent in self.lost_watch.due(now_ms, lost_ms) {
+            if self.is_connected(&agent) {
+                continue;
             }
-            Err(e) => tracing::error!(error = %e, "sweep: cannot list agents"),
+            tracing::warn!(agent = %agent, "agent lost");
+            self.set_agent_state(&agent, v1::AgentState::Lost).await;
+            self.orphan_runs(&agent).await;
         }
     }
 
@@ -114,18 +112,36 @@ impl Fleet {
         }
     }
 
-    /// Mark every agent stored as connected by a previous controller process as disconnected
-    /// (no session survives a restart).
+    /// At the start of a leadership term: mark every agent stored as connected by a previous
+    /// controller process as disconnected (no session survives a restart), and watch every
+    /// disconnected agent for when it becomes lost. One read of the agents; the writes go to
+    /// the store [`RESET_CONCURRENCY`] at a time, so that it commits them in groups (10,000
+    /// agents in a few transactions, not 10,000).
     pub async fn reset_sessions_after_restart(&self) {
-        if let Ok(agents) = self.store.list_agents().await {
-            for a in agents {
+        self.lost_watch.clear();
+        let agents = match self.store.list_agents().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the agents to reset their sessions; agents left connected by a previous controller are not watched until they reconnect");
+                return;
+            }
+        };
+        let mut stale = Vec::new();
+        for a in agents {
+            if a.state == v1::AgentState::Disconnected as i32 {
+                let since = a.state_since.as_ref().map_or(0, to_millis);
+                self.lost_watch.disconnected(&a.name, since);
+            } else if a.state == v1::AgentState::Connected as i32 && !self.is_connected(&a.name) {
                 // Not one whose session this controller has already opened.
-                if a.state == v1::AgentState::Connected as i32 && !self.is_connected(&a.name) {
-                    self.set_agent_state(&a.name, v1::AgentState::Disconnected)
-                        .await;
-                }
+                stale.push(a.name);
             }
         }
+        futures::stream::iter(stale)
+            .for_each_concurrent(RESET_CONCURRENCY, |name| async move {
+                self.set_agent_state(&name, v1::AgentState::Disconnected)
+                    .await;
+            })
+            .await;
     }
 }
 
@@ -136,6 +152,111 @@ mod tests {
     use super::*;
     use crate::fleet::fixtures::{fleet, run};
     use crate::fleet::{FleetError, RunBlocked};
+
+    async fn stored_state(store: &dyn crate::store::Store, agent: &str) -> v1::AgentState {
+        let a = store.get_agent(agent).await.unwrap().unwrap().agent;
+        v1::AgentState::try_from(a.state).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_term_resets_left_over_sessions_and_watches_disconnected_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fleet, store) = fleet(dir.path()).await;
+        // "a" (the fixture's): disconnected two hours ago; "b": stored connected by a previous
+        // controller; "c": lost already; plus 10,000 more left connected.
+        let mut a = store.get_agent("a").await.unwrap().unwrap().agent;
+        a.state = v1::AgentState::Disconnected as i32;
+        a.state_since = Some(from_millis(Utc::now().timestamp_millis() - 7_200_000));
+        store.put_agent(&a).await.unwrap();
+        let agent = |name: &str, state: v1::AgentState| v1::Agent {
+            name: name.into(),
+            state: state as i32,
+            state_since: Some(syncfleet_proto::time::now()),
+            ..Default::default()
+        };
+        store
+            .put_agent(&agent("b", v1::AgentState::Connected))
+            .await
+            .unwrap();
+        store
+            .put_agent(&agent("c", v1::AgentState::Lost))
+            .await
+            .unwrap();
+        futures::future::join_all((0..10_000).map(|i| {
+            let store = std::sync::Arc::clone(&store);
+            async move {
+                store
+                    .put_agent(&agent(&format!("x{i:05}"), v1::AgentState::Connected))
+                    .await
+                    .unwrap();
+            }
+        }))
+        .await;
+
+        fleet.reset_sessions_after_restart().await;
+        assert_eq!(
+            stored_state(store.as_ref(), "b").await,
+            v1::AgentState::Disconnected
+        );
+        assert_eq!(
+            stored_state(store.as_ref(), "x09999").await,
+            v1::AgentState::Disconnected
+        );
+        assert_eq!(fleet.lost_watch.len(), 10_002, "a, b and the 10,000");
+
+        // The sweep declares lost only the agent disconnected for longer than 60 s.
+        fleet.sweep().await;
+        assert_eq!(
+            stored_state(store.as_ref(), "a").await,
+            v1::AgentState::Lost
+        );
+        assert_eq!(
+            stored_state(store.as_ref(), "b").await,
+            v1::AgentState::Disconnected
+        );
+        assert_eq!(
+            stored_state(store.as_ref(), "c").await,
+            v1::AgentState::Lost
+        );
+        assert_eq!(fleet.lost_watch.len(), 10_001);
+    }
+
+    #[tokio::test]
+    async fn an_agent_whose_session_ended_is_lost_after_agent_lost_after_unless_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("c.db")).unwrap(),
+        );
+        let fleet = Fleet::new(
+            std::sync::Arc::clone(&store),
+            crate::fleet::Settings {
+                heartbeat_interval: std::time::Duration::from_secs(1),
+                agent_lost_after: std::time::Duration::ZERO,
+                pending_deadline: std::time::Duration::from_secs(60),
+            },
+        );
+        let hello = |name: &str| v1::Hello {
+            name: name.into(),
+            ..Default::default()
+        };
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        let (_, gone, _) = fleet.on_connect(&hello("gone"), tx).await.unwrap();
+        let (tx, _rx2) = tokio::sync::mpsc::channel(8);
+        let (_, back, _) = fleet.on_connect(&hello("back"), tx).await.unwrap();
+        fleet.on_disconnect("gone", gone).await;
+        fleet.on_disconnect("back", back).await;
+        let (tx, _rx3) = tokio::sync::mpsc::channel(8);
+        fleet.on_connect(&hello("back"), tx).await.unwrap();
+        fleet.sweep().await;
+        assert_eq!(
+            stored_state(store.as_ref(), "gone").await,
+            v1::AgentState::Lost
+        );
+        assert_eq!(
+            stored_state(store.as_ref(), "back").await,
+            v1::AgentState::Connected
+        );
+    }
 
     #[tokio::test]
     async fn a_run_held_back_by_a_pause_past_the_deadline_says_so() {
