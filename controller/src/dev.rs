@@ -31,7 +31,7 @@ use crate::server::{self, ServeError};
 /// `dev`'s command-line arguments, shared by the `syncfleet` and `syncfleet-controller` binaries.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
-    /// Number of simulated agents (sync servers).
+    /// Number of simulated agents (sync servers), 1 to 5000.
     #[arg(long, default_value_t = 3)]
     pub agents: usize,
     /// Keep the store and credentials here instead of a temporary folder.
@@ -162,11 +162,17 @@ impl Default for DevOptions {
     }
 }
 
+/// Most in-process agents `dev` starts: each is a few tasks on the shared runtime, a journal and
+/// a connection (about 8 open files, `open_files.rs`); 5,000 try a large fleet on a laptop.
+pub const MAX_AGENTS: usize = 5000;
+
 /// `dev` failures.
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
-    #[error("--agents must be between 1 and 50 (got {0})")]
+    #[error("--agents must be between 1 and {max} (got {0})", max = MAX_AGENTS)]
     Agents(usize),
+    #[error(transparent)]
+    OpenFiles(#[from] crate::open_files::TooFewFiles),
     #[error("cannot create a temporary data directory: {0}")]
     TempDir(std::io::Error),
     #[error(transparent)]
@@ -183,9 +189,10 @@ pub enum DevError {
 
 /// Run a dev fleet until `shutdown`.
 pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<(), DevError> {
-    if opts.agents == 0 || opts.agents > 50 {
+    if opts.agents == 0 || opts.agents > MAX_AGENTS {
         return Err(DevError::Agents(opts.agents));
     }
+    crate::open_files::ensure_for(opts.agents)?;
     let temp = match &opts.data_dir {
         Some(_) => None,
         None => Some(
@@ -209,6 +216,9 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
         heartbeat_interval: Duration::from_secs(5),
         agent_lost_after: Duration::from_secs(60),
         pending_deadline: Duration::from_secs(600),
+        // Every in-process agent connects from this machine.
+        max_connections: u32::try_from(opts.agents + 1000).unwrap_or(u32::MAX),
+        max_connections_per_address: u32::try_from(opts.agents + 100).unwrap_or(u32::MAX),
         console: crate::config::ConsoleSettings {
             listen: opts.console_listen,
             trace_url: opts.console_trace_url.clone(),

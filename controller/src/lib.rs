@@ -42,6 +42,8 @@ pub mod leader;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+#[cfg(feature = "dev")]
+pub mod open_files;
 pub mod pending;
 pub mod retention;
 pub mod run_ids;

@@ -119,3 +119,63 @@ fn dev_mode_runs_a_fleet_the_cli_can_drive() {
     assert!(err.contains("is not running"), "{err}");
     assert!(err.contains("syncfleet dev"), "{err}");
 }
+
+#[test]
+fn dev_mode_runs_thousands_of_agents_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli_config = dir.path().join("cli.toml");
+    let (grpc, http, console) = (free_port(), free_port(), free_port());
+    let cli = |args: &[&str]| {
+        Command::new(bin("syncfleet"))
+            .args(args)
+            .env("SYNCFLEET_CONFIG", &cli_config)
+            .output()
+            .unwrap()
+    };
+
+    // Beyond the maximum: refused before anything starts, naming the bound.
+    let out = Command::new(bin("syncfleet-controller"))
+        .args(["dev", "--agents", "5001", "--no-example-fleet"])
+        .arg("--cli-config")
+        .arg(&cli_config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("between 1 and 5000 (got 5001)"), "{err}");
+
+    let mut cmd = Command::new(bin("syncfleet-controller"));
+    cmd.args(["dev", "--agents", "2000", "--no-example-fleet"])
+        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--console-listen", &format!("127.0.0.1:{console}")])
+        .args(["--log-format", "json"])
+        .arg("--cli-config")
+        .arg(&cli_config);
+    let _dev = Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));
+    // Every agent connected (the connection caps and the open-file limit follow --agents).
+    let agents = wait_for("2000 connected agents", Duration::from_secs(240), || {
+        let out = cli(&["agents", "list", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let connected = v
+            .as_array()?
+            .iter()
+            .filter(|a| a["state"] == "connected")
+            .count();
+        (connected == 2000).then_some(v)
+    });
+    let names: std::collections::BTreeSet<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2000);
+    assert!(
+        names.contains("sync-01") && names.contains("sync-2000"),
+        "{names:?}"
+    );
+    // And they work: a run on the last one.
+    let run = run_followed(cli, "sync-2000", &["AD:Delta Import"]);
+    assert_eq!(run["agent"], "sync-2000", "{run:#}");
+}
