@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use syncfleet_proto::v1::{self, fleet_service_server::FleetService};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -528,7 +528,7 @@ impl FleetService for FleetSvc {
                 req.run_id = run_id(&self.fleet.store, &req.run_id).await?;
             }
             // Subscribe before reading the snapshot, so no change falls between the two.
-            let mut rx = self.fleet.subscribe();
+            let rx = self.fleet.subscribe();
             let fleet = Arc::clone(&self.fleet);
             let (tx, out) = mpsc::channel(256);
             let snapshot = if req.run_id.is_empty() {
@@ -546,43 +546,13 @@ impl FleetService for FleetSvc {
                         })?,
                 )
             };
-            tokio::spawn(async move {
-                let terminal = |r: &v1::Run| {
-                    v1::RunState::try_from(r.state).is_ok_and(v1::RunState::is_terminal)
-                };
-                if let Some(run) = snapshot {
-                    let done = terminal(&run);
-                    if tx.send(Ok(v1::RunUpdate { run: Some(run) })).await.is_err() || done {
-                        return;
-                    }
-                }
-                loop {
-                    let run = match rx.recv().await {
-                        Ok(r) => r,
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(skipped = n, "run watcher fell behind");
-                            if req.run_id.is_empty() {
-                                continue;
-                            }
-                            let id = req.run_id.clone();
-                            match fleet.store.get_run(&id).await {
-                                Ok(Some(r)) => r,
-                                _ => continue,
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    };
-                    if (!req.run_id.is_empty() && run.id != req.run_id)
-                        || (!req.agent.is_empty() && run.agent != req.agent)
-                    {
-                        continue;
-                    }
-                    let done = !req.run_id.is_empty() && terminal(&run);
-                    if tx.send(Ok(v1::RunUpdate { run: Some(run) })).await.is_err() || done {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(super::watch_runs::forward(
+                rx,
+                Arc::clone(&fleet.store),
+                req,
+                snapshot,
+                tx,
+            ));
             Ok(Response::new(
                 Box::pin(ReceiverStream::new(out)) as Self::WatchRunsStream
             ))

@@ -12,6 +12,7 @@ pub mod authorize;
 mod enroll_service;
 mod fleet_service;
 pub mod status;
+mod watch_runs;
 
 pub use agent_service::AgentSvc;
 pub use enroll_service::EnrollSvc;

@@ -260,9 +260,14 @@ impl Session<'_> {
         if let Some(stream) = watch.stream.as_mut() {
             tokio::select! {
                 msg = stream.message() => match msg {
-                    Ok(Some(RunUpdate { run: Some(r) })) => {
+                    Ok(Some(RunUpdate { run: Some(r), .. })) => {
                         watch.last_ok = Instant::now();
                         tracker.update(r);
+                    }
+                    Ok(Some(RunUpdate { missed, .. })) if missed > 0 => {
+                        // Updates were dropped for this watch: read the runs again.
+                        watch.last_ok = Instant::now();
+                        self.refresh(client, tracker).await?;
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => watch.broken("the controller closed the watch stream".into()),

@@ -434,6 +434,12 @@ impl Session<'_> {
                     Ok(Some(update)) => {
                         last_ok = Instant::now();
                         backoff = Duration::from_millis(500);
+                        if update.missed > 0 {
+                            eprintln!(
+                                "note: the watch fell behind and missed {} updates; 'syncfleet runs list' shows every run as it is now",
+                                update.missed
+                            );
+                        }
                         if let Some(r) = update.run
                             && filter.matches(&r)
                         {
