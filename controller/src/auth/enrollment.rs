@@ -1,6 +1,7 @@
-//! Enrollment: one-time tokens, enrolling agents with them, and the rate limit on failures.
+//! Enrollment: one-time tokens, and enrolling agents with them (failed attempts are limited per
+//! address by `failure_window.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -26,12 +27,6 @@ struct TokenRecord {
     used_ms: Option<i64>,
 }
 
-/// Failed enrollments allowed per peer address within [`ENROLL_WINDOW`]; then the address
-/// waits until the oldest failure leaves the window. Successes are not counted: provisioning
-/// many agents from one host must not be slowed by a few mistyped tokens.
-pub const ENROLL_FAILURES_PER_WINDOW: usize = 10;
-/// The sliding window of [`ENROLL_FAILURES_PER_WINDOW`].
-pub const ENROLL_WINDOW: Duration = Duration::from_secs(60);
 /// Longest allowed token lifetime.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 /// Default token lifetime.
@@ -85,41 +80,14 @@ impl Security {
         })
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, VecDeque<Instant>>> {
-        self.enroll_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// How long `ip` must wait before its next enrollment attempt, when it has failed
-    /// [`ENROLL_FAILURES_PER_WINDOW`] times within [`ENROLL_WINDOW`].
+    /// How long `ip` must wait before its next enrollment attempt (`failure_window.rs`).
     fn enroll_retry_after(&self, ip: Option<IpAddr>) -> Option<Duration> {
-        let ip = ip?;
-        let now = Instant::now();
-        let mut map = self.failures();
-        map.retain(|_, q| {
-            while q
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= ENROLL_WINDOW)
-            {
-                q.pop_front();
-            }
-            !q.is_empty()
-        });
-        let q = map.get(&ip)?;
-        if q.len() < ENROLL_FAILURES_PER_WINDOW {
-            return None;
-        }
-        q.front()
-            .map(|oldest| ENROLL_WINDOW.saturating_sub(now.duration_since(*oldest)))
+        self.enroll_failures.retry_after(ip?, Instant::now())
     }
 
     fn enroll_failed(&self, ip: Option<IpAddr>) {
         if let Some(ip) = ip {
-            self.failures()
-                .entry(ip)
-                .or_default()
-                .push_back(Instant::now());
+            self.enroll_failures.failed(ip, Instant::now());
         }
     }
 

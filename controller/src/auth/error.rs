@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use super::ca::PkiError;
-use super::enrollment::{ENROLL_FAILURES_PER_WINDOW, ENROLL_WINDOW, MAX_TOKEN_TTL};
+use super::enrollment::MAX_TOKEN_TTL;
+use super::failure_window::{ENROLL_FAILURES_PER_WINDOW, ENROLL_WINDOW};
 use super::roles::{OperatorRole, Permission};
 use crate::limits::LimitError;
 use crate::store::StoreError;

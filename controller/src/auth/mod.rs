@@ -32,6 +32,7 @@ pub mod ca;
 pub mod console_login;
 pub mod enrollment;
 pub mod error;
+pub mod failure_window;
 pub mod identity;
 pub mod init;
 pub mod operators;
@@ -39,18 +40,15 @@ pub mod renewal;
 pub mod revocation;
 pub mod roles;
 
-use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::fleet::Fleet;
 
 pub use ca::{Ca, CertifiedKey, PkiError, check_name, pin_of_pem, write_pair, write_public};
-pub use enrollment::{
-    DEFAULT_TOKEN_TTL, ENROLL_FAILURES_PER_WINDOW, ENROLL_WINDOW, MAX_TOKEN_TTL, check_labels,
-};
+pub use enrollment::{DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, check_labels};
 pub use error::AuthError;
+pub use failure_window::{ENROLL_FAILURES_PER_WINDOW, ENROLL_WINDOW};
 pub use identity::{PeerIdentity, Role, identify, identity_of};
 pub use roles::{Access, OperatorRole, Permission, permits};
 
@@ -61,7 +59,7 @@ pub struct Security {
     pub fleet_name: String,
     pub agent_cert_lifetime: Duration,
     /// Failed enrollments per peer address within the last [`ENROLL_WINDOW`].
-    enroll_failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    enroll_failures: failure_window::FailureWindow,
 }
 
 impl std::fmt::Debug for Security {
@@ -87,7 +85,7 @@ impl Security {
             ca,
             fleet_name,
             agent_cert_lifetime,
-            enroll_failures: Mutex::new(HashMap::new()),
+            enroll_failures: failure_window::FailureWindow::default(),
         }
     }
 }
