@@ -11,7 +11,10 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Proc, bin, free_port, run_followed, wait_agents_connected, wait_for};
+use common::{
+    Proc, bin, free_port, run_followed, wait_agents_connected, wait_agents_connected_within,
+    wait_for,
+};
 
 /// The 8-character id `run --follow` prints in its progress lines (`run 01a23390 ...`).
 fn short_id_in(progress: &str) -> Option<String> {
@@ -154,16 +157,7 @@ fn dev_mode_runs_thousands_of_agents_in_one_process() {
         .arg(&cli_config);
     let _dev = Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));
     // Every agent connected (the connection caps and the open-file limit follow --agents).
-    let agents = wait_for("2000 connected agents", Duration::from_secs(240), || {
-        let out = cli(&["agents", "list", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let connected = v
-            .as_array()?
-            .iter()
-            .filter(|a| a["state"] == "connected")
-            .count();
-        (connected == 2000).then_some(v)
-    });
+    let agents = wait_agents_connected_within(cli, 2000, Duration::from_secs(240));
     let names: std::collections::BTreeSet<&str> = agents
         .as_array()
         .unwrap()

@@ -108,20 +108,25 @@ pub fn foreign_pki() -> tempfile::TempDir {
 /// Polls `syncfleet agents list -o json` through `cli` until `n` agents are connected; returns
 /// the list.
 pub fn wait_agents_connected(cli: impl Fn(&[&str]) -> Output, n: usize) -> serde_json::Value {
-    wait_for(
-        &format!("{n} connected agents"),
-        Duration::from_secs(90),
-        || {
-            let out = cli(&["agents", "list", "-o", "json"]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let connected = v
-                .as_array()?
-                .iter()
-                .filter(|a| a["state"] == "connected")
-                .count();
-            (connected == n).then_some(v)
-        },
-    )
+    wait_agents_connected_within(cli, n, Duration::from_secs(90))
+}
+
+/// [`wait_agents_connected`] with its own time limit (large fleets take longer to connect).
+pub fn wait_agents_connected_within(
+    cli: impl Fn(&[&str]) -> Output,
+    n: usize,
+    timeout: Duration,
+) -> serde_json::Value {
+    wait_for(&format!("{n} connected agents"), timeout, || {
+        let out = cli(&["agents", "list", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let connected = v
+            .as_array()?
+            .iter()
+            .filter(|a| a["state"] == "connected")
+            .count();
+        (connected == n).then_some(v)
+    })
 }
 
 /// A child process whose stderr goes to a log file; killed on drop.
