@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Proc, bin, free_port, run_followed, wait_agents_connected, wait_agents_connected_within,
-    wait_for,
+    Proc, bin, cli_with_config, free_port, run_followed, wait_agents_connected,
+    wait_agents_connected_within, wait_for,
 };
 
 /// The 8-character id `run --follow` prints in its progress lines (`run 01a23390 ...`).
@@ -46,13 +46,7 @@ fn dev_mode_runs_a_fleet_the_cli_can_drive() {
         dir.path().join("dev.log"),
         std::fs::File::create(&banner).unwrap(),
     );
-    let cli = |args: &[&str]| {
-        Command::new(bin("syncfleet"))
-            .args(args)
-            .env("SYNCFLEET_CONFIG", &cli_config)
-            .output()
-            .unwrap()
-    };
+    let cli = cli_with_config(&cli_config);
     // From "a second shell": the dev context written by `dev` is all the CLI needs.
     let agents = wait_agents_connected(cli, 3);
     for a in agents.as_array().unwrap() {
@@ -128,13 +122,7 @@ fn dev_mode_runs_thousands_of_agents_in_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let cli_config = dir.path().join("cli.toml");
     let (grpc, http, console) = (free_port(), free_port(), free_port());
-    let cli = |args: &[&str]| {
-        Command::new(bin("syncfleet"))
-            .args(args)
-            .env("SYNCFLEET_CONFIG", &cli_config)
-            .output()
-            .unwrap()
-    };
+    let cli = cli_with_config(&cli_config);
 
     // Beyond the maximum: refused before anything starts, naming the bound.
     let out = Command::new(bin("syncfleet-controller"))

@@ -15,7 +15,9 @@ use std::collections::BTreeSet;
 
 use std::process::Command;
 
-use common::{Fleet, Proc, bin, free_port, stderr, wait_agents_connected, workspace_root};
+use common::{
+    Fleet, Proc, bin, cli_with_config, free_port, stderr, wait_agents_connected, workspace_root,
+};
 use serde_json::Value;
 
 const AGENTS: [&str; 5] = ["sync-01", "sync-02", "sync-03", "sync-04", "sync-05"];
@@ -294,13 +296,7 @@ fn dev_fleet_of_five_runs_the_delta_cycle_on_its_production_servers() {
         .arg("--cli-config")
         .arg(&cli_config);
     let _dev = Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));
-    let cli = |args: &[&str]| {
-        Command::new(bin("syncfleet"))
-            .args(args)
-            .env("SYNCFLEET_CONFIG", &cli_config)
-            .output()
-            .unwrap()
-    };
+    let cli = cli_with_config(&cli_config);
     let agents = wait_agents_connected(cli, 5);
     let env_of = |name: &str| -> String {
         agents

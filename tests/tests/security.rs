@@ -16,7 +16,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Fleet, bin, foreign_pki, run_followed, stdout, wait_for};
+use common::{Fleet, bin, cli_with_config, foreign_pki, run_followed, stdout, wait_for};
 use syncfleet_proto::v1::{ListAgentsRequest, fleet_service_client::FleetServiceClient};
 
 fn audit(fleet: &Fleet) -> Vec<serde_json::Value> {
@@ -295,13 +295,7 @@ fn a_viewer_reads_but_cannot_run_and_the_denial_is_audited() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let as_alice = |args: &[&str]| {
-        Command::new(bin("syncfleet"))
-            .args(args)
-            .env("SYNCFLEET_CONFIG", &cfg)
-            .output()
-            .unwrap()
-    };
+    let as_alice = cli_with_config(&cfg);
     let out = as_alice(&["agents", "list", "-o", "json"]);
     assert!(
         out.status.success(),

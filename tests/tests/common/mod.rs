@@ -105,6 +105,18 @@ pub fn foreign_pki() -> tempfile::TempDir {
     other
 }
 
+/// The `syncfleet` CLI with the contexts file `config` (`SYNCFLEET_CONFIG`): `cli(&["agents",
+/// "list"])` runs it and returns its output.
+pub fn cli_with_config(config: &Path) -> impl Fn(&[&str]) -> Output + Copy + '_ {
+    move |args: &[&str]| {
+        Command::new(bin("syncfleet"))
+            .args(args)
+            .env("SYNCFLEET_CONFIG", config)
+            .output()
+            .unwrap()
+    }
+}
+
 /// Polls `syncfleet agents list -o json` through `cli` until `n` agents are connected; returns
 /// the list.
 pub fn wait_agents_connected(cli: impl Fn(&[&str]) -> Output, n: usize) -> serde_json::Value {
