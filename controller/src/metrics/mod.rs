@@ -53,8 +53,9 @@
 //! not of runs (10,000 agents with years of history scrape as fast as a fresh fleet).
 //! `/metrics` answers 503 until the startup pass is done.
 //!
-//! After a restart the families are rebuilt from the store, so `syncfleet_runs_total` equals the
-//! runs `syncfleet runs list` shows in each end state, and counters only move forward across a
+//! After a restart the families are rebuilt from the store, so `syncfleet_runs_total` (per
+//! sequence) and `syncfleet_agent_runs_total` (per agent) equal the runs `syncfleet runs list`
+//! shows in each end state, and counters only move forward across a
 //! restart (the store keeps every run), which is what `increase()` expects. One difference is
 //! accepted until the next restart: a run that ended `unknown` (its agent was lost) and is later
 //! reported by the returning agent with its real outcome stays counted as `unknown`.
