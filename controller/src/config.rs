@@ -65,6 +65,21 @@ impl Default for RetentionSettings {
     }
 }
 
+/// What `/metrics` exposes (`metrics.*`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Add the `agent` label to the fleet-wide run and step families
+    /// (`syncfleet_runs_total`, `syncfleet_step_duration_seconds`,
+    /// `syncfleet_step_objects_total`) and the run profile to
+    /// `syncfleet_last_success_timestamp_seconds`. Default false: those families grow with
+    /// distinct sequences, MAs and run profiles, not with agents, and each agent has a bounded
+    /// number of series (`crate::metrics`). On, each agent costs about 17 more series per MA ×
+    /// run profile it runs, 9 per MA and 7 per sequence: ~170 more per agent with 4 MAs of 2
+    /// run profiles and one sequence, ~1.7 M series at 10,000 agents.
+    pub per_agent_detail: bool,
+}
+
 /// The web console (`console.*`): its own HTTPS listener with the controller's certificate
 /// (`crate::console`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -249,6 +264,8 @@ pub struct ControllerConfig {
     /// `console.session_lifetime`, `console.trace_url`, `console.max_event_streams`,
     /// `console.max_connections`.
     pub console: ConsoleSettings,
+    /// What `/metrics` exposes: `metrics.per_agent_detail`.
+    pub metrics: MetricsSettings,
 }
 
 impl Default for ControllerConfig {
@@ -273,6 +290,7 @@ impl Default for ControllerConfig {
             advertise_url: None,
             retention: RetentionSettings::default(),
             console: ConsoleSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -718,5 +736,36 @@ mod tests {
         off.console.listen = off.grpc_listen;
         off.validate().unwrap();
         assert_eq!(check_console_url("https://ctl.example:7444/"), Ok(()));
+    }
+
+    #[test]
+    fn metrics_detail_is_off_by_default_and_layered_like_other_keys() {
+        assert!(!ControllerConfig::default().metrics.per_agent_detail);
+        let c: ControllerConfig = toml::from_str("[metrics]\nper_agent_detail = true\n").unwrap();
+        assert!(c.metrics.per_agent_detail);
+        let env = vec![(
+            "SYNCFLEET_METRICS__PER_AGENT_DETAIL".to_string(),
+            "true".to_string(),
+        )];
+        let c: ControllerConfig = Layers::new()
+            .env(&CONTROLLER_ENV, env.clone())
+            .unwrap()
+            .extract()
+            .unwrap();
+        assert!(c.metrics.per_agent_detail);
+        let c: ControllerConfig = Layers::new()
+            .env(&CONTROLLER_ENV, env)
+            .unwrap()
+            .sets(&[("metrics.per_agent_detail".into(), "false".into())])
+            .extract()
+            .unwrap();
+        assert!(
+            !c.metrics.per_agent_detail,
+            "--set wins over the environment"
+        );
+        let err = toml::from_str::<ControllerConfig>("[metrics]\nper_agent_details = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("per_agent_details"), "{err}");
     }
 }

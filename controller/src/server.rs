@@ -259,6 +259,7 @@ pub async fn serve_with(
         Arc::clone(&fleet),
         Arc::clone(&scheduler),
         leadership.clone(),
+        &cfg.metrics,
         shutdown.clone(),
     );
     if !seed.is_empty() {

@@ -148,6 +148,7 @@ pub const CONTROLLER_KEYS: &[&str] = &[
     "advertise_url",
     "retention",
     "console",
+    "metrics",
 ];
 
 /// Top-level keys of the agent's configuration. The controller leaves `SYNCFLEET_AGENT_<KEY>` of

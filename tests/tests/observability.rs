@@ -96,22 +96,30 @@ fn scrape(fleet: &Fleet) -> Vec<Sample> {
     parse_metrics(&body)
 }
 
+/// `(by, value, result)`: `by` is `agent` (the agent's runs) or `sequence` (the runs of a
+/// sequence on every agent).
 type RunKey = (String, String, String);
 
-/// `syncfleet_runs_total` as (agent, sequence, result) -> count, without the series still at 0.
+/// `syncfleet_agent_runs_total` by agent and `syncfleet_runs_total` by sequence, as
+/// [`RunKey`] -> count, without the series still at 0.
 fn runs_total(samples: &[Sample]) -> BTreeMap<RunKey, u64> {
     samples
         .iter()
-        .filter(|(n, _, v)| n == "syncfleet_runs_total" && *v > 0.0)
-        .map(|(_, l, v)| {
-            (
+        .filter(|(_, _, v)| *v > 0.0)
+        .filter_map(|(n, l, v)| {
+            let by = match n.as_str() {
+                "syncfleet_agent_runs_total" => "agent",
+                "syncfleet_runs_total" => "sequence",
+                _ => return None,
+            };
+            Some((
                 (
-                    l["agent"].clone(),
-                    l.get("sequence").cloned().unwrap_or_default(),
+                    by.to_string(),
+                    l.get(by).cloned().unwrap_or_default(),
                     l["result"].clone(),
                 ),
                 *v as u64,
-            )
+            ))
         })
         .collect()
 }
@@ -125,12 +133,14 @@ fn runs_listed(fleet: &Fleet) -> BTreeMap<RunKey, u64> {
         if !TERMINAL.contains(&state) {
             continue;
         }
-        let key = (
-            r["agent"].as_str().unwrap().to_string(),
-            r["sequence"].as_str().unwrap_or_default().to_string(),
-            state.to_string(),
-        );
-        *out.entry(key).or_insert(0) += 1;
+        for by in ["agent", "sequence"] {
+            let key = (
+                by.to_string(),
+                r[by].as_str().unwrap_or_default().to_string(),
+                state.to_string(),
+            );
+            *out.entry(key).or_insert(0) += 1;
+        }
     }
     out
 }
@@ -246,14 +256,14 @@ fn metrics_count_the_runs_in_the_store_also_after_a_restart() {
                 .all(|a| {
                     sample(
                         &s,
-                        "syncfleet_runs_total",
-                        &[("agent", a), ("sequence", ""), ("result", "held")],
+                        "syncfleet_agent_runs_total",
+                        &[("agent", a), ("result", "held")],
                     )
                     .is_some()
                         && sample(
                             &s,
-                            "syncfleet_step_objects_total",
-                            &[("agent", a), ("ma", "AD"), ("counter", "errors")],
+                            "syncfleet_agent_object_errors_total",
+                            &[("agent", a), ("ma", "AD")],
                         )
                         .is_some_and(|s| s.2 == 0.0)
                 })
@@ -263,11 +273,25 @@ fn metrics_count_the_runs_in_the_store_also_after_a_restart() {
     for state in TERMINAL {
         let s = sample(
             &zeros,
-            "syncfleet_runs_total",
-            &[("agent", "sync-01"), ("sequence", ""), ("result", state)],
+            "syncfleet_agent_runs_total",
+            &[("agent", "sync-01"), ("result", state)],
         );
         assert_eq!(s.map(|s| s.2), Some(0.0), "{state}");
+        let s = sample(
+            &zeros,
+            "syncfleet_runs_total",
+            &[("sequence", ""), ("result", state)],
+        );
+        assert_eq!(s.map(|s| s.2), Some(0.0), "ad-hoc {state}");
     }
+    assert!(
+        sample(
+            &zeros,
+            "syncfleet_step_objects_total",
+            &[("ma", "AD"), ("counter", "errors")]
+        )
+        .is_some_and(|s| s.2 == 0.0)
+    );
 
     for _ in 0..2 {
         let (_, ok) = run_follow(&fleet, "sync-01", &["AD:Delta Import", "AD:Delta Sync"]);
@@ -280,34 +304,49 @@ fn metrics_count_the_runs_in_the_store_also_after_a_restart() {
     assert!(ok, "the script fails one execution only");
 
     let counted = assert_counts_match(&fleet, "before the restart");
-    let key = |a: &str, s: &str| (a.to_string(), String::new(), s.to_string());
+    let key = |a: &str, s: &str| ("agent".to_string(), a.to_string(), s.to_string());
     assert_eq!(counted.get(&key("sync-01", "succeeded")), Some(&2));
     assert_eq!(counted.get(&key("sync-02", "failed")), Some(&1));
     assert_eq!(counted.get(&key("sync-02", "succeeded")), Some(&1));
+    let ad_hoc = |s: &str| ("sequence".to_string(), String::new(), s.to_string());
+    assert_eq!(counted.get(&ad_hoc("succeeded")), Some(&3));
+    assert_eq!(counted.get(&ad_hoc("failed")), Some(&1));
 
     let samples = scrape(&fleet);
-    // Step families: durations, objects changed and the last success per MA and profile.
+    // By default the fleet-wide families carry no agent label: their series do not grow with
+    // the fleet.
+    for family in [
+        "syncfleet_runs_total",
+        "syncfleet_step_duration_seconds_count",
+        "syncfleet_step_objects_total",
+    ] {
+        assert!(
+            samples
+                .iter()
+                .filter(|(n, _, _)| n == family)
+                .all(|(_, l, _)| !l.contains_key("agent")),
+            "{family} has an agent label"
+        );
+    }
+    // Step families: durations and objects changed per MA and profile across the fleet, the
+    // last success per agent, MA and step type.
     assert!(
         sample(
             &samples,
             "syncfleet_step_duration_seconds_count",
-            &[
-                ("agent", "sync-01"),
-                ("ma", "AD"),
-                ("profile", "Delta Sync")
-            ]
+            &[("ma", "AD"), ("profile", "Delta Sync")]
         )
         .is_some_and(|s| s.2 == 2.0),
-        "step durations of sync-01 AD Delta Sync"
+        "step durations of AD Delta Sync"
     );
     let stage_adds = sample(
         &samples,
         "syncfleet_step_objects_total",
-        &[("agent", "sync-01"), ("ma", "AD"), ("counter", "stage-add")],
+        &[("ma", "AD"), ("counter", "stage-add")],
     )
-    .expect("staged adds of sync-01 AD");
+    .expect("staged adds of AD");
     let listed_adds: u64 = fleet
-        .cli_json(&["runs", "list", "--agent", "sync-01", "-o", "json"])
+        .cli_json(&["runs", "list", "-o", "json"])
         .as_array()
         .unwrap()
         .iter()
@@ -319,17 +358,30 @@ fn metrics_count_the_runs_in_the_store_also_after_a_restart() {
         stage_adds.2 as u64, listed_adds,
         "stage-add equals the runs' counters"
     );
+    for step_type in ["import", "sync"] {
+        assert!(
+            sample(
+                &samples,
+                "syncfleet_last_success_timestamp_seconds",
+                &[("agent", "sync-01"), ("ma", "AD"), ("step_type", step_type)]
+            )
+            .is_some_and(|s| s.2 > 1.0e9),
+            "last {step_type} success of sync-01 AD"
+        );
+    }
+    // An agent's series stay within 13 + 8 per MA.
+    let own: Vec<&Sample> = samples
+        .iter()
+        .filter(|(_, l, _)| l.get("agent").map(String::as_str) == Some("sync-01"))
+        .collect();
+    let mas: std::collections::BTreeSet<&String> =
+        own.iter().filter_map(|(_, l, _)| l.get("ma")).collect();
+    assert!(!mas.is_empty());
     assert!(
-        sample(
-            &samples,
-            "syncfleet_last_success_timestamp_seconds",
-            &[
-                ("agent", "sync-01"),
-                ("ma", "AD"),
-                ("profile", "Delta Import")
-            ]
-        )
-        .is_some_and(|s| s.2 > 1.0e9)
+        own.len() <= 13 + 8 * mas.len(),
+        "{} series of sync-01 with {} MAs",
+        own.len(),
+        mas.len()
     );
     assert!(
         sample(
@@ -381,6 +433,77 @@ fn metrics_count_the_runs_in_the_store_also_after_a_restart() {
     assert!(ok);
     let last = assert_counts_match(&fleet, "after a run following the restart");
     assert_eq!(last.get(&key("sync-01", "succeeded")), Some(&3));
+}
+
+/// `metrics.per_agent_detail = true` puts the agent back on the fleet-wide run and step
+/// families and the run profile on the last success; the per-agent families stay as by default.
+#[test]
+fn per_agent_detail_labels_the_fleet_wide_families_by_agent() {
+    let mut fleet = Fleet::init(&["sync-01"]);
+    fleet.start_controller_with(&["--set", "metrics.per_agent_detail=true"]);
+    fleet.start_agent("sync-01", 0, 0.01);
+    fleet.wait_connected(&["sync-01"]);
+    let (_, ok) = run_follow(&fleet, "sync-01", &["AD:Delta Import", "AD:Delta Sync"]);
+    assert!(ok, "the run on sync-01 succeeds");
+    let samples = wait_for(
+        "the run counted per agent in /metrics",
+        Duration::from_secs(60),
+        || {
+            let s = scrape(&fleet);
+            sample(
+                &s,
+                "syncfleet_runs_total",
+                &[
+                    ("agent", "sync-01"),
+                    ("sequence", ""),
+                    ("result", "succeeded"),
+                ],
+            )
+            .is_some_and(|v| v.2 == 1.0)
+            .then_some(s)
+        },
+    );
+    assert!(
+        sample(
+            &samples,
+            "syncfleet_step_duration_seconds_count",
+            &[
+                ("agent", "sync-01"),
+                ("ma", "AD"),
+                ("profile", "Delta Sync")
+            ]
+        )
+        .is_some_and(|s| s.2 == 1.0)
+    );
+    assert!(
+        sample(
+            &samples,
+            "syncfleet_step_objects_total",
+            &[("agent", "sync-01"), ("ma", "AD"), ("counter", "stage-add")]
+        )
+        .is_some()
+    );
+    assert!(
+        sample(
+            &samples,
+            "syncfleet_last_success_timestamp_seconds",
+            &[
+                ("agent", "sync-01"),
+                ("ma", "AD"),
+                ("step_type", "sync"),
+                ("profile", "Delta Sync")
+            ]
+        )
+        .is_some_and(|s| s.2 > 1.0e9)
+    );
+    assert!(
+        sample(
+            &samples,
+            "syncfleet_agent_runs_total",
+            &[("agent", "sync-01"), ("result", "succeeded")]
+        )
+        .is_some_and(|s| s.2 == 1.0)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

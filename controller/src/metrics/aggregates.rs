@@ -106,7 +106,12 @@ impl Ended {
     }
 }
 
+/// `(agent, ma, profile)`; the agent is `""` unless per-agent detail is on.
 pub(super) type AgentMaProfile = (String, String, String);
+
+/// `(agent, ma, step_type, profile)` of `syncfleet_last_success_timestamp_seconds`; the
+/// profile is `""` unless per-agent detail is on.
+pub(super) type LastSuccessKey = (String, String, &'static str, String);
 
 /// The `result` labels of `syncfleet_runs_total`: every end state of a run.
 pub(super) static END_STATES: std::sync::LazyLock<Vec<&'static str>> =
@@ -121,18 +126,51 @@ pub(super) static END_STATES: std::sync::LazyLock<Vec<&'static str>> =
 /// The origin of runs an agent started on its own (`syncfleet_autonomous_runs_total`).
 pub(super) const AUTONOMOUS_ORIGIN: &str = "autonomous";
 
+/// The `step_type` label of a run profile, from its name (run profiles are named by the
+/// operator; the engine's UI names them after their step type): `sync` when the name says
+/// sync or synchronization (combined "Import and Delta Sync" steps included), else `import`,
+/// else `export`, else `other`. Four values at most, so the per-agent last-success series
+/// stay bounded however many run profiles an MA has.
+pub(super) fn step_type(profile: &str) -> &'static str {
+    let p = profile.to_ascii_lowercase();
+    if p.contains("sync") {
+        "sync"
+    } else if p.contains("import") {
+        "import"
+    } else if p.contains("export") {
+        "export"
+    } else {
+        "other"
+    }
+}
+
 /// The run-derived families.
+///
+/// Without per-agent detail (the default) the fleet-wide families are keyed with an empty
+/// agent, so their series grow with distinct sequences, MAs and run profiles, not with
+/// agents; the per-agent families (`agent_runs`, `agent_errors`, `last_success` by step type,
+/// `autonomous`) hold a bounded number of series per agent and MA.
 #[derive(Debug, Default)]
 pub(super) struct Aggregates {
+    /// `metrics.per_agent_detail`: keep the agent in the fleet-wide families (and the run
+    /// profile in `last_success`).
+    pub(super) detail: bool,
+    /// `syncfleet_runs_total`: (agent or "", sequence, end state).
     pub(super) runs: BTreeMap<(String, String, &'static str), u64>,
+    /// `syncfleet_agent_runs_total`: (agent, end state).
+    pub(super) agent_runs: BTreeMap<(String, &'static str), u64>,
     /// Ended runs an agent started on its own while no controller was reachable, per agent.
     pub(super) autonomous: BTreeMap<String, u64>,
-    /// (agent, sequence) pairs whose `syncfleet_runs_total` series exist for every end state.
+    /// (agent, sequence) pairs whose run series exist for every end state.
     pub(super) known: HashSet<(String, String)>,
     pub(super) run_duration: BTreeMap<String, Hist>,
     pub(super) step_duration: BTreeMap<AgentMaProfile, Hist>,
+    /// `syncfleet_step_objects_total`: (agent or "", ma, counter).
     pub(super) step_objects: BTreeMap<(String, String, &'static str), u64>,
-    pub(super) last_success: BTreeMap<AgentMaProfile, f64>,
+    /// `syncfleet_agent_object_errors_total`: (agent, ma) -> errors + stage-failure +
+    /// export-failure.
+    pub(super) agent_errors: BTreeMap<(String, String), u64>,
+    pub(super) last_success: BTreeMap<LastSuccessKey, f64>,
     pub(super) lateness: BTreeMap<String, Hist>,
     pub(super) active: HashMap<String, Active>,
     pub(super) ended: Ended,
@@ -151,6 +189,23 @@ pub(super) fn secs_between(
 }
 
 impl Aggregates {
+    /// Empty aggregates; `detail`: `metrics.per_agent_detail`.
+    pub(super) fn new(detail: bool) -> Self {
+        Self {
+            detail,
+            ..Self::default()
+        }
+    }
+
+    /// The agent as the fleet-wide families key it: itself with per-agent detail, else "".
+    fn who(&self, agent: &str) -> String {
+        if self.detail {
+            agent.to_string()
+        } else {
+            String::new()
+        }
+    }
+
     /// Make the `syncfleet_runs_total` series of an agent and sequence exist, at 0 for every
     /// end state not counted yet. A counter series that appears only at its first increment
     /// loses that increment to `increase()`/`rate()` (nothing to compare it with), so series
@@ -164,9 +219,13 @@ impl Aggregates {
             return;
         }
         self.known.insert((agent.to_string(), sequence.to_string()));
+        let who = self.who(agent);
         for state in END_STATES.iter() {
             self.runs
-                .entry((agent.to_string(), sequence.to_string(), state))
+                .entry((who.clone(), sequence.to_string(), state))
+                .or_insert(0);
+            self.agent_runs
+                .entry((agent.to_string(), state))
                 .or_insert(0);
         }
     }
@@ -174,11 +233,15 @@ impl Aggregates {
     /// Make the `syncfleet_step_objects_total` series of an agent's MA exist (0 until its
     /// first step), for the same reason as [`Aggregates::know`].
     pub(super) fn know_ma(&mut self, agent: &str, ma: &str) {
+        let who = self.who(agent);
         for name in OBJECT_COUNTERS.iter().chain([&ERRORS]) {
             self.step_objects
-                .entry((agent.to_string(), ma.to_string(), name))
+                .entry((who.clone(), ma.to_string(), name))
                 .or_insert(0);
         }
+        self.agent_errors
+            .entry((agent.to_string(), ma.to_string()))
+            .or_insert(0);
     }
 
     /// Record what a run did so far that was not recorded yet (its start, steps now done).
@@ -207,31 +270,50 @@ impl Aggregates {
     }
 
     pub(super) fn step_done(&mut self, agent: &str, step: &v1::Step) {
-        let key = (agent.to_string(), step.ma.clone(), step.profile.clone());
+        let who = self.who(agent);
         if let Some(d) = secs_between(step.started_at.as_ref(), step.finished_at.as_ref()) {
             self.step_duration
-                .entry(key.clone())
+                .entry((who.clone(), step.ma.clone(), step.profile.clone()))
                 .or_insert_with(|| Hist::new(STEP_DURATION_BUCKETS))
                 .observe(STEP_DURATION_BUCKETS, d);
         }
         let counters = step.counters.as_ref().map(|c| &c.counters);
+        let mut failures = step.error_count;
         for name in OBJECT_COUNTERS {
             let v = counters.and_then(|c| c.get(*name)).copied().unwrap_or(0);
+            if name.ends_with("-failure") {
+                failures += v;
+            }
             *self
                 .step_objects
-                .entry((agent.to_string(), step.ma.clone(), *name))
+                .entry((who.clone(), step.ma.clone(), *name))
                 .or_default() += v;
         }
         *self
             .step_objects
-            .entry((agent.to_string(), step.ma.clone(), ERRORS))
+            .entry((who, step.ma.clone(), ERRORS))
             .or_default() += step.error_count;
+        *self
+            .agent_errors
+            .entry((agent.to_string(), step.ma.clone()))
+            .or_default() += failures;
         if matches!(
             vocab::classify(&step.result),
             ResultClass::Success | ResultClass::Warning
         ) && let Some(end) = step.finished_at.as_ref()
         {
             let t = to_millis(end) as f64 / 1000.0;
+            let profile = if self.detail {
+                step.profile.clone()
+            } else {
+                String::new()
+            };
+            let key = (
+                agent.to_string(),
+                step.ma.clone(),
+                step_type(&step.profile),
+                profile,
+            );
             let e = self.last_success.entry(key).or_insert(t);
             *e = e.max(t);
         }
@@ -240,7 +322,11 @@ impl Aggregates {
     pub(super) fn finish(&mut self, run: &v1::Run, state: v1::RunState) {
         *self
             .runs
-            .entry((run.agent.clone(), run.sequence.clone(), state.label()))
+            .entry((self.who(&run.agent), run.sequence.clone(), state.label()))
+            .or_default() += 1;
+        *self
+            .agent_runs
+            .entry((run.agent.clone(), state.label()))
             .or_default() += 1;
         if run.origin == AUTONOMOUS_ORIGIN {
             *self.autonomous.entry(run.agent.clone()).or_default() += 1;
@@ -306,7 +392,7 @@ impl Aggregates {
 }
 
 /// Read every run of the store into fresh aggregates.
-pub(super) async fn scan(store: &dyn Store) -> Result<Aggregates, StoreError> {
+pub(super) async fn scan(store: &dyn Store, detail: bool) -> Result<Aggregates, StoreError> {
     let snapshot_ms = chrono::Utc::now().timestamp_millis();
     let active_ids: HashSet<String> = store
         .runs_in_states(
@@ -321,7 +407,7 @@ pub(super) async fn scan(store: &dyn Store) -> Result<Aggregates, StoreError> {
         .into_iter()
         .map(|r| r.id)
         .collect();
-    let mut agg = Aggregates::default();
+    let mut agg = Aggregates::new(detail);
     let mut token: Option<String> = None;
     loop {
         let page = store
@@ -395,21 +481,29 @@ mod tests {
         assert!(!a.apply(&run("r1", v1::RunState::Succeeded, vec![done.clone()])));
         assert!(!a.apply(&run("r1", v1::RunState::Running, vec![done.clone()])));
         assert!(a.active.is_empty());
-        let key = ("sync-01".to_string(), "delta".to_string(), "succeeded");
+        // Fleet-wide families carry no agent by default; the per-agent ones do.
+        let key = (String::new(), "delta".to_string(), "succeeded");
         assert_eq!(a.runs[&key], 1);
-        let objects = ("sync-01".to_string(), "AD".to_string(), "stage-add");
+        assert_eq!(a.agent_runs[&("sync-01".to_string(), "succeeded")], 1);
+        let objects = (String::new(), "AD".to_string(), "stage-add");
         assert_eq!(a.step_objects[&objects], 5);
-        let errors = ("sync-01".to_string(), "AD".to_string(), ERRORS);
+        let errors = (String::new(), "AD".to_string(), ERRORS);
         assert_eq!(a.step_objects[&errors], 1);
+        assert_eq!(
+            a.agent_errors[&("sync-01".to_string(), "AD".to_string())],
+            1
+        );
         assert_eq!(a.lateness["every-5m"].count, 1);
-        let amp = (
+        let mp = (String::new(), "AD".to_string(), "Delta Import".to_string());
+        assert_eq!(a.step_duration[&mp].count, 1);
+        assert!((a.step_duration[&mp].sum - 2.0).abs() < 1e-9);
+        let last = (
             "sync-01".to_string(),
             "AD".to_string(),
-            "Delta Import".to_string(),
+            "import",
+            String::new(),
         );
-        assert_eq!(a.step_duration[&amp].count, 1);
-        assert!((a.step_duration[&amp].sum - 2.0).abs() < 1e-9);
-        assert!((a.last_success[&amp] - 3.0).abs() < 1e-9);
+        assert!((a.last_success[&last] - 3.0).abs() < 1e-9);
         assert!((a.run_duration["delta"].sum - 3.5).abs() < 1e-9);
     }
 
@@ -422,7 +516,7 @@ mod tests {
         assert!(a.apply(&r), "counted when first seen, already ended");
         assert!(!a.apply(&r), "and only once");
         assert_eq!(a.autonomous["sync-01"], 1);
-        let key = ("sync-01".to_string(), "delta".to_string(), "succeeded");
+        let key = (String::new(), "delta".to_string(), "succeeded");
         assert_eq!(a.runs[&key], 1);
     }
 
@@ -439,11 +533,11 @@ mod tests {
         assert!(!a.apply(&run("old", v1::RunState::Running, vec![done.clone()])));
         assert!(!a.apply(&run("old", v1::RunState::Failed, vec![done.clone()])));
         assert!(a.apply(&run("live", v1::RunState::Held, vec![done.clone()])));
-        let failed = ("sync-01".to_string(), "delta".to_string(), "failed");
-        let held = ("sync-01".to_string(), "delta".to_string(), "held");
+        let failed = (String::new(), "delta".to_string(), "failed");
+        let held = (String::new(), "delta".to_string(), "held");
         assert_eq!((a.runs[&failed], a.runs[&held]), (1, 1));
         // The live run's step was recorded by the pass, not again at its end.
-        let objects = ("sync-01".to_string(), "AD".to_string(), "stage-add");
+        let objects = (String::new(), "AD".to_string(), "stage-add");
         assert_eq!(a.step_objects[&objects], 4);
         // Not a success: no last-success time.
         assert!(a.last_success.is_empty());
@@ -465,14 +559,13 @@ mod tests {
         );
     }
 
-    /// Every `syncfleet ...` command an alert annotation tells operators to run parses with
-    /// the CLI's own definition.
     #[test]
     fn known_agents_and_sequences_have_every_end_state_at_zero() {
-        let mut a = Aggregates::default();
+        let mut a = Aggregates::new(true);
         a.know("sync-02", "");
         let held = ("sync-02".to_string(), String::new(), "held");
         assert_eq!(a.runs.get(&held), Some(&0));
+        assert_eq!(a.agent_runs.get(&("sync-02".to_string(), "held")), Some(&0));
         // A run's agent and sequence are known from its first update, before it ends.
         a.apply(&run("r1", v1::RunState::Pending, vec![]));
         for state in [
@@ -496,10 +589,58 @@ mod tests {
             let key = ("sync-02".to_string(), "HR".to_string(), c);
             assert_eq!(a.step_objects.get(&key), Some(&0), "{c}");
         }
-        // The same from the store pass.
+        let errors = ("sync-02".to_string(), "HR".to_string());
+        assert_eq!(a.agent_errors.get(&errors), Some(&0));
+        // The same from the store pass, and without per-agent detail.
         let mut b = Aggregates::default();
         b.load(&run("r2", v1::RunState::Succeeded, vec![]), true);
-        let key = ("sync-01".to_string(), "delta".to_string(), "failed");
+        let key = (String::new(), "delta".to_string(), "failed");
         assert_eq!(b.runs.get(&key), Some(&0));
+        assert_eq!(
+            b.agent_runs.get(&("sync-01".to_string(), "failed")),
+            Some(&0)
+        );
+    }
+
+    #[test]
+    fn run_profiles_map_to_a_few_step_types() {
+        for (profile, t) in [
+            ("Delta Sync", "sync"),
+            ("Full Synchronization", "sync"),
+            ("Delta Import and Delta Synchronization", "sync"),
+            ("DI", "other"),
+            ("Full Import", "import"),
+            ("delta import (stage only)", "import"),
+            ("Export", "export"),
+            ("Nightly", "other"),
+        ] {
+            assert_eq!(step_type(profile), t, "{profile}");
+        }
+    }
+
+    #[test]
+    fn per_agent_detail_keeps_the_agent_and_the_profile() {
+        let mut a = Aggregates::new(true);
+        let mut done = step(0, v1::StepState::Done, "success", 5);
+        done.profile = "Delta Sync".into();
+        a.apply(&run("r1", v1::RunState::Running, vec![]));
+        assert!(a.apply(&run("r1", v1::RunState::Succeeded, vec![done])));
+        let key = ("sync-01".to_string(), "delta".to_string(), "succeeded");
+        assert_eq!(a.runs[&key], 1);
+        let amp = (
+            "sync-01".to_string(),
+            "AD".to_string(),
+            "Delta Sync".to_string(),
+        );
+        assert_eq!(a.step_duration[&amp].count, 1);
+        let objects = ("sync-01".to_string(), "AD".to_string(), "stage-add");
+        assert_eq!(a.step_objects[&objects], 5);
+        let last = (
+            "sync-01".to_string(),
+            "AD".to_string(),
+            "sync",
+            "Delta Sync".to_string(),
+        );
+        assert!(a.last_success.contains_key(&last));
     }
 }

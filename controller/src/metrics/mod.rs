@@ -5,13 +5,15 @@
 //!
 //! | family | type | labels | what |
 //! |---|---|---|---|
-//! | `syncfleet_runs_total` | counter | agent, sequence, result | runs that ended, by end state, every state from 0 once the agent and sequence are known (`succeeded`, `completed_with_errors`, `failed`, `held`, `cancelled`, `skipped`, `unknown`: the labels of `syncfleet runs list`); `sequence=""` for ad-hoc runs |
+//! | `syncfleet_runs_total` | counter | sequence, result | runs that ended, by end state, every state from 0 once the sequence is known (`succeeded`, `completed_with_errors`, `failed`, `held`, `cancelled`, `skipped`, `unknown`: the labels of `syncfleet runs list`); `sequence=""` for ad-hoc runs; summed across agents (`agent` too with `metrics.per_agent_detail`) |
+//! | `syncfleet_agent_runs_total` | counter | agent, result | runs that ended, per agent and end state (every state from 0 once the agent is known) |
 //! | `syncfleet_autonomous_runs_total` | counter | agent | runs that ended and that an agent started on its own while no controller was reachable (origin `autonomous`) |
 //! | `syncfleet_runs_active` | gauge | state | runs `pending`, `dispatched` or `running` now |
 //! | `syncfleet_run_duration_seconds` | histogram | sequence | agent start to end of runs that ended |
-//! | `syncfleet_step_duration_seconds` | histogram | agent, ma, profile | executed steps (engine start to result) |
-//! | `syncfleet_step_objects_total` | counter | agent, ma, counter | objects changed by executed steps (every counter from 0 for the MAs of an agent's inventory): `counter` is the engine's run-history name (`stage-add`, `stage-update`, `stage-delete`, `stage-failure`, `export-add`, `export-update`, `export-delete`, `export-failure`) or `errors` (synchronization/import/export errors the engine listed) |
-//! | `syncfleet_last_success_timestamp_seconds` | gauge | agent, ma, profile | end of the last step with a success-class result (`success`, `completed-no-objects`, `completed-warnings`, ...) |
+//! | `syncfleet_step_duration_seconds` | histogram | ma, profile | executed steps (engine start to result), summed across agents (`agent` too with `metrics.per_agent_detail`) |
+//! | `syncfleet_step_objects_total` | counter | ma, counter | objects changed by executed steps, summed across agents (`agent` too with `metrics.per_agent_detail`; every counter from 0 for the MAs of the agents' inventories): `counter` is the engine's run-history name (`stage-add`, `stage-update`, `stage-delete`, `stage-failure`, `export-add`, `export-update`, `export-delete`, `export-failure`) or `errors` (synchronization/import/export errors the engine listed) |
+//! | `syncfleet_agent_object_errors_total` | counter | agent, ma | object-level errors of executed steps per agent and MA: `errors` + `stage-failure` + `export-failure` of `syncfleet_step_objects_total` (from 0 for the MAs of an agent's inventory) |
+//! | `syncfleet_last_success_timestamp_seconds` | gauge | agent, ma, step_type | end of the last step with a success-class result (`success`, `completed-no-objects`, `completed-warnings`, ...) per agent, MA and step type: `sync` (profile names containing "sync", combined import-and-sync steps included), `import`, `export`, `other`, from the run profile's name (`profile` too with `metrics.per_agent_detail`) |
 //! | `syncfleet_schedule_lateness_seconds` | histogram | schedule | nominal fire time to agent start of scheduled runs (jitter included) |
 //! | `syncfleet_schedule_fires_total` | counter | schedule | fire times that created runs (`fired`) |
 //! | `syncfleet_schedule_skipped_total` | counter | schedule, reason | fire times not run: `overlap`, `buffer_dropped`, `missed_catchup`, `paused`, `drained`, `no_target`, ... (the schedule's counters in `syncfleet schedules show`); every known reason from 0 |
@@ -21,9 +23,25 @@
 //! | `syncfleet_agent_state` | gauge | agent, state | 1 for each agent's current state |
 //! | `syncfleet_agent_engine_healthy` | gauge | agent | connected agents: 1 when the engine answered its last probe |
 //! | `syncfleet_pending_exports` | gauge | agent, ma, kind | connected agents' pending exports per MA (`add`, `update`, `delete`) from their heartbeats |
+//! | `syncfleet_engine_clear_runs_total`, `syncfleet_engine_runs_cleared_before_timestamp_seconds`, `syncfleet_engine_clear_runs_failing` | counter, gauge, gauge | agent | each agent's engine run-history housekeeping |
 //!
-//! Cardinality: no run ids, no result strings, no free text; the largest families grow with
-//! agents × MAs × run profiles (step histograms: ~10 series per MA profile × buckets).
+//! # Cardinality
+//!
+//! No run ids, no result strings, no free text. By default each agent has at most
+//! **13 + 8 per MA** series, however many run profiles and sequences it runs: 13 fixed
+//! (`agent_state` 1, `agent_engine_healthy` 1, `agent_runs_total` 7, `autonomous_runs_total`
+//! 1, engine housekeeping 3) and per MA 8 (`pending_exports` 3, `agent_object_errors_total` 1,
+//! `last_success_timestamp_seconds` up to 4 step types): 45 for an agent with 4 MAs, ~450,000
+//! series for 10,000 such agents. The fleet-wide families (`runs_total`, `step_duration_seconds`,
+//! `step_objects_total`, `run_duration_seconds`, the schedule families) grow with distinct
+//! sequences, MAs, run profiles and schedules, not with agents: 16 series per MA × profile
+//! (step histogram), 9 per MA, 7 per sequence.
+//!
+//! `metrics.per_agent_detail = true` puts the agent back into the fleet-wide families and the
+//! run profile into the last success: each agent then costs about **17 more series per MA ×
+//! run profile**, 9 more per MA and 7 more per sequence it runs (282 instead of 40 for an agent
+//! running 4 MAs × 3 profiles in 2 sequences). Queries that aggregate with `sum by`/`max by`
+//! over the default labels (the shipped alerts and dashboard) give the same results either way.
 //!
 //! # Design: counts equal the store, scrapes stay cheap
 //!
@@ -35,8 +53,9 @@
 //! not of runs (10,000 agents with years of history scrape as fast as a fresh fleet).
 //! `/metrics` answers 503 until the startup pass is done.
 //!
-//! After a restart the families are rebuilt from the store, so `syncfleet_runs_total` equals the
-//! runs `syncfleet runs list` shows in each end state, and counters only move forward across a
+//! After a restart the families are rebuilt from the store, so `syncfleet_runs_total` (per
+//! sequence) and `syncfleet_agent_runs_total` (per agent) equal the runs `syncfleet runs list`
+//! shows in each end state, and counters only move forward across a
 //! restart (the store keeps every run), which is what `increase()` expects. One difference is
 //! accepted until the next restart: a run that ended `unknown` (its agent was lost) and is later
 //! reported by the returning agent with its real outcome stays counted as `unknown`.
@@ -113,12 +132,14 @@ impl Metrics {
         fleet: Arc<Fleet>,
         scheduler: Arc<Scheduler>,
         leadership: crate::leader::Leadership,
+        settings: &crate::config::MetricsSettings,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let mut updates = fleet.subscribe();
+        let detail = settings.per_agent_detail;
         let inner = Arc::new(Inner {
             fleet: Arc::clone(&fleet),
-            runs: std::sync::Mutex::new(Aggregates::default()),
+            runs: std::sync::Mutex::new(Aggregates::new(detail)),
             gauges: std::sync::Mutex::new(FleetGauges::default()),
         });
         let mut registry = Registry::default();
@@ -231,9 +252,10 @@ impl Metrics {
         let started = Instant::now();
         let mut wait = Duration::from_millis(500);
         loop {
-            match scan(self.inner.fleet.store.as_ref()).await {
+            let detail = lock(&self.inner.runs).detail;
+            match scan(self.inner.fleet.store.as_ref(), detail).await {
                 Ok(agg) => {
-                    let runs = agg.runs.values().sum::<u64>() + agg.active.len() as u64;
+                    let runs = agg.agent_runs.values().sum::<u64>() + agg.active.len() as u64;
                     *lock(&self.inner.runs) = agg;
                     self.loaded.store(true, Ordering::Relaxed);
                     tracing::info!(
