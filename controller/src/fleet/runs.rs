@@ -286,21 +286,37 @@ impl Fleet {
         Ok(run)
     }
 
-    /// Send the cancel command of run `id`, whose cancellation another controller stored, to
-    /// its agent if its session is here; nothing when the run has ended or is not cancelled.
+    /// Send the cancel command of run `id`, whose cancellation another controller (a follower,
+    /// which then woke this one) stored, to its agent if its session is here; nothing when the
+    /// run has ended. The cancellation is stored again under the run's lock first: the
+    /// follower's write is not under this controller's lock, so a batch of the agent's events
+    /// read before it and stored after it can have dropped it, and the run would end without
+    /// saying that it was cancelled on request.
     pub async fn send_stored_cancel(&self, id: &str) {
-        let run = match self.store.get_run(id).await {
-            Ok(Some(run)) => run,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(run = id, error = %e, "cannot read a cancelled run");
+        let run = {
+            let _guard = self.run_locks.lock(id).await;
+            let mut run = match self.store.get_run(id).await {
+                Ok(Some(run)) => run,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(run = id, error = %e, "cannot read a cancelled run");
+                    return;
+                }
+            };
+            if state_of(&run).is_terminal() {
                 return;
             }
+            if !run.cancel_requested {
+                run.cancel_requested = true;
+                if let Err(e) = self.store.put_runs(std::slice::from_ref(&run)).await {
+                    tracing::error!(run = id, error = %e, "cannot store a run's cancellation");
+                    return;
+                }
+                self.publish(&run);
+            }
+            run
         };
-        if run.cancel_requested
-            && !state_of(&run).is_terminal()
-            && let Some(tx) = self.session_tx(&run.agent)
-        {
+        if let Some(tx) = self.session_tx(&run.agent) {
             let _ = tx.send(Ok(cancel_command(id, &run.message))).await;
         }
     }
@@ -509,6 +525,45 @@ mod tests {
             state: v1::RunState::Held as i32,
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_cancellation_dropped_by_a_concurrent_write_is_stored_again_and_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fleet, store) = super::super::fixtures::fleet(dir.path()).await;
+        let (tx, mut agent) = tokio::sync::mpsc::channel(8);
+        let hello = v1::Hello {
+            name: "a".into(),
+            ..Default::default()
+        };
+        fleet.on_connect(&hello, tx).await.unwrap();
+        // A follower stored the cancellation; a batch of the agent's events read before it was
+        // stored after it, so the stored run no longer says so.
+        let mut run = super::super::fixtures::run();
+        run.state = v1::RunState::Running as i32;
+        run.message = "cancelled by operator/admin: through the follower".into();
+        store.insert_run(&run).await.unwrap();
+
+        fleet.send_stored_cancel("r").await;
+        let stored = store.get_run("r").await.unwrap().unwrap();
+        assert!(stored.cancel_requested, "the cancellation is stored again");
+        let sent = agent.recv().await.unwrap().unwrap();
+        let Some(v1::controller_message::Msg::Command(cmd)) = sent.msg else {
+            panic!("{sent:?}");
+        };
+        assert!(
+            matches!(cmd.kind, Some(v1::command::Kind::CancelRun(ref c)) if c.run_id == "r"),
+            "{cmd:?}"
+        );
+
+        // A run that has ended is left alone.
+        let mut ended = stored;
+        ended.state = v1::RunState::Succeeded as i32;
+        ended.cancel_requested = false;
+        store.put_runs(std::slice::from_ref(&ended)).await.unwrap();
+        fleet.send_stored_cancel("r").await;
+        assert!(!store.get_run("r").await.unwrap().unwrap().cancel_requested);
+        assert!(agent.try_recv().is_err());
     }
 
     #[test]
