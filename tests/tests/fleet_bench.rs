@@ -52,6 +52,8 @@ fn fleet_bench_short_mode_measures_every_row_with_consistent_counts() {
 
     let figures = v["figures"].as_array().unwrap();
     for key in [
+        "idle.controller_core_pct",
+        "idle.controller_wakeups_per_s",
         "schedule.lateness_p50_ms",
         "schedule.lateness_p99_ms",
         "schedule.first_run_p99_ms",
@@ -62,7 +64,12 @@ fn fleet_bench_short_mode_measures_every_row_with_consistent_counts() {
         "memory.idle_pss_mb",
         "memory.after_runs_rss_mb",
         "memory.after_runs_pss_mb",
+        "metrics.series",
+        "metrics.scrape_mb",
+        "metrics.scrape_p50_ms",
         "reconnect.all_welcomed_s",
+        "restart.ready_s",
+        "restart.all_welcomed_s",
         "simulator.rss_mb",
         "agent.rss_mb",
         "agent.pss_mb",
@@ -101,6 +108,8 @@ fn fleet_bench_short_mode_measures_every_row_with_consistent_counts() {
     // after the new session's start); the report says so and `reconnect.listed_connected`
     // counts them.
     assert_eq!(n("reconnect.agents"), agents);
+    // Every agent came back to the killed and restarted controller.
+    assert_eq!(n("restart.agents"), agents);
     // The ad-hoc command reached every agent.
     assert_eq!(n("adhoc.runs_created"), agents);
     assert_eq!(n("adhoc.runs_accepted"), agents);

@@ -137,6 +137,11 @@ pub struct ControllerProc {
     pub pid: u32,
     pub access: Access,
     pub log: PathBuf,
+    /// `http://127.0.0.1:PORT`, the controller's HTTP listener (`/metrics`, `/readyz`).
+    pub http_url: String,
+    /// The command line it was started with, to start it again on the same ports.
+    command: Vec<std::ffi::OsString>,
+    exe: PathBuf,
 }
 
 impl ControllerProc {
@@ -151,26 +156,32 @@ impl ControllerProc {
         let exe = bin_dir.join("syncfleet-controller");
         let grpc = free_port()?;
         let http = free_port()?;
-        let log = data.join(format!("controller-{grpc}.log"));
-        let log_file =
-            std::fs::File::create(&log).map_err(BenchError::io("cannot create the log"))?;
         // Every simulated agent holds one connection, and all come from 127.0.0.1.
         let limit = (agents + 100).max(1000);
-        let child = tokio::process::Command::new(&exe)
-            .args(["serve", "--fleet", FLEET, "--data-dir"])
-            .arg(data)
-            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .args(["--set", "console.listen=127.0.0.1:0"])
-            .args(["--set", &format!("max_connections={limit}")])
-            .args(["--set", &format!("max_connections_per_address={limit}")])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(BenchError::io(format!("cannot start {}", exe.display())))?;
+        let mut command: Vec<std::ffi::OsString> = ["serve", "--fleet", FLEET, "--data-dir"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        command.push(data.as_os_str().to_owned());
+        for arg in [
+            "--grpc-listen".to_string(),
+            format!("127.0.0.1:{grpc}"),
+            "--http-listen".into(),
+            format!("127.0.0.1:{http}"),
+            "--set".into(),
+            "console.listen=127.0.0.1:0".into(),
+            "--set".into(),
+            format!("max_connections={limit}"),
+            "--set".into(),
+            format!("max_connections_per_address={limit}"),
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        {
+            command.push(arg.into());
+        }
+        let log = data.join(format!("controller-{grpc}.log"));
+        let child = spawn(&exe, &command, &log)?;
         let pid = child
             .id()
             .ok_or_else(|| BenchError::Failed("the controller exited at once".into()))?;
@@ -179,19 +190,45 @@ impl ControllerProc {
             pid,
             access: Access::from_data_dir(data, grpc)?,
             log,
+            http_url: format!("http://127.0.0.1:{http}"),
+            command,
+            exe,
         };
+        proc.wait_listening(grpc).await?;
+        Ok(proc)
+    }
+
+    /// Kills the controller (SIGKILL, as a crash or an OOM kill would) and starts it again on
+    /// the same ports and data folder; returns once it listens.
+    pub async fn crash_and_restart(&mut self) -> Result<()> {
+        let _ = self.child.kill().await;
+        self.child = spawn(&self.exe, &self.command, &self.log)?;
+        self.pid = self
+            .child
+            .id()
+            .ok_or_else(|| BenchError::Failed("the controller exited at once".into()))?;
+        let grpc = self
+            .access
+            .url
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .ok_or_else(|| BenchError::Failed(format!("no port in {}", self.access.url)))?;
+        self.wait_listening(grpc).await
+    }
+
+    async fn wait_listening(&mut self, grpc: u16) -> Result<()> {
         let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
         loop {
             if tokio::net::TcpStream::connect(("127.0.0.1", grpc))
                 .await
                 .is_ok()
             {
-                return Ok(proc);
+                return Ok(());
             }
-            if let Ok(Some(status)) = proc.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(BenchError::Failed(format!(
                     "the controller exited ({status}) before listening: {}",
-                    std::fs::read_to_string(&proc.log).unwrap_or_default()
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
                 )));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -208,4 +245,21 @@ impl ControllerProc {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// Starts `exe command...` with its log appended to `log`.
+fn spawn(exe: &Path, command: &[std::ffi::OsString], log: &Path) -> Result<tokio::process::Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(BenchError::io("cannot open the controller's log"))?;
+    tokio::process::Command::new(exe)
+        .args(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(BenchError::io(format!("cannot start {}", exe.display())))
 }

@@ -11,14 +11,18 @@ pub mod error;
 pub mod events;
 pub mod fanout;
 pub mod footprint;
+pub mod http;
+pub mod idle;
 pub mod options;
 pub mod parse;
 pub mod phase;
 pub mod procfs;
 pub mod reconnect;
 pub mod report;
+pub mod restart;
 pub mod runs_list;
 pub mod schedule;
+pub mod scrape;
 pub mod sim;
 pub mod stats;
 pub mod xmlgen;
@@ -78,6 +82,7 @@ pub async fn run(opts: &Options) -> Result<(Report, Vec<String>)> {
         "options",
         json!({
             "agents": opts.agents,
+            "idle_s": opts.idle.as_secs_f64(),
             "duration_s": opts.duration.as_secs_f64(),
             "schedule_every_s": opts.schedule_every.as_secs_f64(),
             "events_per_run": opts.events_per_run,
@@ -119,10 +124,8 @@ pub async fn run(opts: &Options) -> Result<(Report, Vec<String>)> {
         started = Some(proc);
         Some(access)
     };
-    let pid = started.as_ref().map(|p| p.pid);
-
     if let (Some(access), true) = (&access, opts.wants_fleet()) {
-        fleet_rows(opts, access, pid, &mut report, &mut errors).await?;
+        fleet_rows(opts, access, started.as_mut(), &mut report, &mut errors).await?;
     }
     if let (Some(access), true) = (&access, opts.wants(Row::Agent)) {
         let mut op = access.operator().await?;
@@ -169,11 +172,12 @@ pub async fn run(opts: &Options) -> Result<(Report, Vec<String>)> {
 async fn fleet_rows(
     opts: &Options,
     access: &Access,
-    pid: Option<u32>,
+    started: Option<&mut ControllerProc>,
     report: &mut Report,
     errors: &mut Vec<String>,
 ) -> Result<()> {
     let n = opts.agents;
+    let pid = started.as_ref().map(|p| p.pid);
     let mut op = access.operator().await?;
     let names: Vec<String> = (0..n).map(enroll::agent_name).collect();
     let (ids, cost) = enroll::enroll_all(access, names, opts.enroll_parallelism).await?;
@@ -225,6 +229,19 @@ async fn fleet_rows(
             json!("the controller is not a child of fleet-bench"),
         );
     }
+    if opts.wants(Row::Idle) {
+        match pid {
+            Some(pid) => {
+                if let Err(e) = idle::measure(pid, n, opts.idle, report).await {
+                    failed(report, errors, "idle", &e);
+                }
+            }
+            None => report.context(
+                "idle.skipped",
+                json!("the controller is not a child of fleet-bench"),
+            ),
+        }
+    }
     if opts.wants(Row::Schedule)
         && let Err(e) = schedule::measure(
             &mut op,
@@ -268,10 +285,40 @@ async fn fleet_rows(
             "smaps_rollup Pss",
         );
     }
+    if opts.wants(Row::Metrics) {
+        let url = match (&started, &opts.metrics_url) {
+            (Some(p), _) => Some(format!("{}/metrics", p.http_url)),
+            (None, url) => url.clone(),
+        };
+        match url {
+            Some(url) => {
+                if let Err(e) = scrape::measure(&url, n, report).await {
+                    failed(report, errors, "metrics", &e);
+                }
+            }
+            None => report.context(
+                "metrics.skipped",
+                json!("no --metrics-url for the running controller"),
+            ),
+        }
+    }
     if opts.wants(Row::Reconnect)
         && let Err(e) = reconnect::measure(&mut op, &fleet, pid, report).await
     {
         failed(report, errors, "reconnect", &e);
+    }
+    if opts.wants(Row::Restart) {
+        match started {
+            Some(proc) => {
+                if let Err(e) = restart::measure(proc, access, &fleet, report).await {
+                    failed(report, errors, "restart", &e);
+                }
+            }
+            None => report.context(
+                "restart.skipped",
+                json!("the controller is not a child of fleet-bench"),
+            ),
+        }
     }
     // Let the last acknowledgements arrive, then compare what was sent and stored.
     let shared = std::sync::Arc::clone(&fleet.shared);

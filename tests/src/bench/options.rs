@@ -47,6 +47,9 @@ pub struct Options {
     /// Runs in the store of the `runs list` measurement.
     #[arg(long, default_value_t = 1_000_000)]
     pub store_runs: u64,
+    /// How long the controller is watched idle (every agent connected, nothing running).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle: Duration,
     /// How long the real agent idles for its footprint.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub agent_idle: Duration,
@@ -54,8 +57,8 @@ pub struct Options {
     /// of it).
     #[arg(long, default_value_t = 50)]
     pub parse_mb: u64,
-    /// Measure only these rows (comma list of: schedule, adhoc, events, memory, reconnect,
-    /// agent, parse, runs-list).
+    /// Measure only these rows (comma list of: idle, schedule, adhoc, events, memory, metrics,
+    /// reconnect, restart, agent, parse, runs-list).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Row>,
     /// Extra argument passed to `syncfleet-controller serve` (repeatable), e.g.
@@ -64,9 +67,12 @@ pub struct Options {
     pub controller_arg: Vec<String>,
     /// Use a running controller at this URL instead of starting one (needs --ca, --cert, --key
     /// of an operator). Rows that need the controller's process (memory, runs-list) are left
-    /// out.
+    /// out, and so are idle (it reads the controller's CPU) and restart.
     #[arg(long, requires_all = ["ca", "cert", "key"])]
     pub controller: Option<String>,
+    /// `/metrics` URL of the running controller (the metrics row is left out without it).
+    #[arg(long, requires = "controller")]
+    pub metrics_url: Option<String>,
     /// CA certificate (PEM) of the running controller's fleet.
     #[arg(long)]
     pub ca: Option<PathBuf>,
@@ -94,11 +100,14 @@ pub struct Options {
 /// One row of the budget table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Row {
+    Idle,
     Schedule,
     Adhoc,
     Events,
     Memory,
+    Metrics,
     Reconnect,
+    Restart,
     Agent,
     Parse,
     RunsList,
@@ -113,11 +122,14 @@ impl Options {
     /// Whether any row needs the simulated fleet.
     pub fn wants_fleet(&self) -> bool {
         [
+            Row::Idle,
             Row::Schedule,
             Row::Adhoc,
             Row::Events,
             Row::Memory,
+            Row::Metrics,
             Row::Reconnect,
+            Row::Restart,
         ]
         .iter()
         .any(|r| self.wants(*r))

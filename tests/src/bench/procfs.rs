@@ -50,11 +50,7 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let voluntary = status
-        .lines()
-        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let voluntary = voluntary_switches(pid, &status);
     Ok(ProcSample {
         rss: kb_field(&status, "VmRSS").unwrap_or(0),
         hwm: kb_field(&status, "VmHWM").unwrap_or(0),
@@ -62,6 +58,26 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
         cpu_seconds: (ticks(14) + ticks(15)) as f64 / CLOCK_TICKS,
         voluntary_switches: voluntary,
     })
+}
+
+/// Voluntary context switches of every thread of `pid` (`/proc/PID/status` counts only the
+/// main thread; a multi-threaded runtime sleeps and wakes on its worker threads). Falls back to
+/// the main thread's count when the task list cannot be read.
+fn voluntary_switches(pid: u32, main_status: &str) -> u64 {
+    let field = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks
+            .filter_map(|t| t.ok())
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .map(|s| field(&s))
+            .sum(),
+        Err(_) => field(main_status),
+    }
 }
 
 /// The footprint of this process.
