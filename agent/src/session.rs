@@ -550,6 +550,7 @@ async fn write_loop(
                     runs_cleared_before: hk.cleared_before.map(syncfleet_proto::time::to_proto),
                     clear_runs_total: hk.total,
                     clear_runs_problem: hk.problem,
+                    change_sources: Vec::new(),
                 };
                 if tx.send(v1::AgentMessage { msg: Some(AgentMsg::Heartbeat(hb)) }).await.is_err() {
                     return Ok(());

@@ -201,6 +201,9 @@ pub fn on_event(run_id: &str, kind: &Kind) {
                 tracing::warn!(event_id = event_id.code(), run_id, state = state.label(), result = %f.result, detail = %f.message, "run finished");
             }
         }
+        Kind::ChangeDetected(c) => {
+            tracing::info!(schedule = %c.schedule, source = %c.source, changes = c.changes, cursor = %c.cursor, "change detected");
+        }
         Kind::RunStarted(_) | Kind::StepProgress(_) | Kind::StepWaiting(_) => {}
     }
 }

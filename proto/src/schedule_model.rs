@@ -321,6 +321,237 @@ pub struct TriggerDoc {
         with = "humantime_serde"
     )]
     pub phase: Option<Duration>,
+    /// Run when a connected system changes, as the target agents detect it. With `cron` or
+    /// `every` as well, those fire as usual: a fallback ("at least every 6 h") for changes a
+    /// source cannot see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_change: Option<OnChangeDoc>,
+}
+
+/// `trigger.on_change`: change detection on the target agents. Each agent polls the sources
+/// next to it with its own credentials and reports what changed; the controller decides when to
+/// run (after `quiet_for` without changes, at least `min_interval` after the previous run), so a
+/// storm of changes gives one run that says how many it coalesced.
+///
+/// ```yaml
+/// trigger:
+///   every: 6h                      # fallback: at least every 6 h
+///   on_change:
+///     quiet_for: 10s
+///     min_interval: 1m
+///     sources:
+///       - name: people
+///         poll: 5s
+///         ldap:
+///           url: ldaps://dc01.corp.example:636
+///           base: OU=People,DC=corp,DC=example
+///           object_classes: [user]
+///           credential: corp-ldap         # [credentials.corp-ldap] in the agent's config
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnChangeDoc {
+    /// What is watched; at least one, names unique within the schedule.
+    pub sources: Vec<ChangeSourceDoc>,
+    /// A run starts only once no change was seen for this long (default 10 s).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub quiet_for: Option<Duration>,
+    /// At least this long between the starts of two change-triggered runs on one agent
+    /// (default 1 min).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub min_interval: Option<Duration>,
+}
+
+impl OnChangeDoc {
+    /// Default of `quiet_for`.
+    pub const QUIET_FOR: Duration = Duration::from_secs(10);
+    /// Default of `min_interval`.
+    pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+
+    pub fn quiet_for(&self) -> Duration {
+        self.quiet_for.unwrap_or(Self::QUIET_FOR)
+    }
+
+    pub fn min_interval(&self) -> Duration {
+        self.min_interval.unwrap_or(Self::MIN_INTERVAL)
+    }
+}
+
+/// One watched system; exactly one of `ldap`, `sql` and `http`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeSourceDoc {
+    /// Name within the schedule (letters, digits, `-`, `_`, `.`), shown by `schedules show`.
+    pub name: String,
+    /// How often the agent asks the source (default 5 s for LDAP, 30 s for SQL and HTTP).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub poll: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldap: Option<LdapSourceDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<SqlSourceDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSourceDoc>,
+}
+
+impl ChangeSourceDoc {
+    /// The poll interval, with the default of the source's kind.
+    pub fn poll(&self) -> Duration {
+        self.poll.unwrap_or(if self.ldap.is_some() {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(30)
+        })
+    }
+
+    /// `ldap`, `sql` or `http` (the first given), for messages and metrics.
+    pub fn kind(&self) -> &'static str {
+        if self.ldap.is_some() {
+            "ldap"
+        } else if self.sql.is_some() {
+            "sql"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// Attributes whose changes never trigger a run unless a source says otherwise: they change on
+/// every logon or failed password and would start a sync for nothing.
+pub const DEFAULT_IGNORED_ATTRIBUTES: &[&str] = &[
+    "lastLogon",
+    "lastLogonTimestamp",
+    "lastLogoff",
+    "logonCount",
+    "badPwdCount",
+    "badPasswordTime",
+    "msDS-LastSuccessfulInteractiveLogonTime",
+    "msDS-LastFailedInteractiveLogonTime",
+    "msDS-FailedInteractiveLogonCount",
+    "msDS-FailedInteractiveLogonCountAtLastSuccessfulLogon",
+    "pwdFailureTime",
+    "authTimestamp",
+    // Operational attributes that move with any write, watched or not.
+    "uSNChanged",
+    "whenChanged",
+    "modifyTimestamp",
+    "entryCSN",
+    "modifiersName",
+    "dSCorePropagationData",
+    "replPropertyMetaData",
+];
+
+/// Scope of an LDAP search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LdapScope {
+    /// The base entry only.
+    Base,
+    /// Its direct children.
+    One,
+    /// The whole subtree (default).
+    #[default]
+    Sub,
+}
+
+/// How the agent finds changed entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeStamp {
+    /// `usn` on Active Directory and AD LDS (the root DSE has `highestCommittedUSN`),
+    /// `modify_timestamp` elsewhere.
+    #[default]
+    Auto,
+    /// `uSNChanged` (Active Directory, AD LDS): exact, per domain controller.
+    Usn,
+    /// `modifyTimestamp` (any LDAPv3 directory; one-second resolution, so the last second is
+    /// read again and repeated entries are recognised by their content).
+    ModifyTimestamp,
+}
+
+/// `ldap` source: entries under `base` of the given classes, compared by the attributes that
+/// are not ignored. Adds, deletes and renames count as changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSourceDoc {
+    /// `ldap://host[:port]` or `ldaps://host[:port]`.
+    pub url: String,
+    /// Upgrade an `ldap://` connection with StartTLS (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_tls: Option<bool>,
+    /// Where to look, e.g. `OU=People,DC=corp,DC=example`.
+    pub base: String,
+    #[serde(default)]
+    pub scope: LdapScope,
+    /// Only entries of these object classes (any of them; all entries when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub object_classes: Vec<String>,
+    /// An extra LDAP filter ANDed with the object classes, e.g. `(!(isCriticalSystemObject=TRUE))`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Attributes whose changes are ignored, in addition to [`DEFAULT_IGNORED_ATTRIBUTES`]
+    /// (case-insensitive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_attributes: Vec<String>,
+    /// Attributes of the defaults that should count after all (e.g. `logonCount`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_attributes: Vec<String>,
+    #[serde(default)]
+    pub change_stamp: ChangeStamp,
+    /// A credential of the agent's configuration (`[credentials.NAME]`): bind DN and password
+    /// file, or a client certificate for SASL EXTERNAL. Anonymous when left out. Secrets never
+    /// leave the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Database of an `sql` source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlDriver {
+    Postgres,
+    SqlServer,
+}
+
+/// `sql` source: a query returning one value, the watermark (`SELECT max(updated_at) FROM
+/// person`); a change is the watermark moving.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSourceDoc {
+    pub driver: SqlDriver,
+    /// Connection without secrets: a `postgres://user@host/db` URL or key-value string, or an
+    /// ADO.NET string for SQL Server (`Server=tcp:db01,1433;Database=HR;...`). Without a
+    /// credential SQL Server uses the agent's own Windows account.
+    pub connection: String,
+    /// Returns one row with one column (text, number or timestamp).
+    pub query: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// `http` source: a URL answering JSON, and a JSON pointer (RFC 6901) to the watermark in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceDoc {
+    /// `https://` (or `http://` on loopback).
+    pub url: String,
+    /// e.g. `/lastModified` or `/value/0/changeNumber`.
+    pub pointer: String,
+    /// Bearer token or basic credentials from the agent's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

@@ -23,6 +23,7 @@
 //!   [`from_json`] of [`canonical_json`] too; equal documents give equal canonical JSON.
 
 pub mod apply;
+pub mod change_sources;
 pub mod codec;
 pub mod diff;
 mod error;

@@ -134,6 +134,7 @@ pub(super) fn full_schedule() -> ScheduleDoc {
             time_zone: Some("Europe/Oslo".into()),
             every: Some(Duration::from_secs(300)),
             phase: Some(Duration::from_secs(30)),
+            on_change: None,
         },
         overlap: Overlap::CancelOther,
         catchup_window: Some(Duration::from_secs(4 * 3600)),

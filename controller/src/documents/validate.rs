@@ -337,6 +337,9 @@ fn check_schedule(
             ));
         }
     }
+    if let Some(c) = &s.trigger.on_change {
+        super::change_sources::check(c, bad);
+    }
     match Trigger::compile(s) {
         Err(e) => bad(format!("{}: {}", e.field, e.problem)),
         Ok(_) => {
@@ -873,6 +876,7 @@ stages: [{steps: [{ma: AD, profile: Export, only_if: staged, guard: {max_pending
             time_zone: Some("Mars/Olympus".into()),
             every: None,
             phase: None,
+            on_change: None,
         };
         let e = validate(
             &sourced(vec![Document::Schedule(s)]),

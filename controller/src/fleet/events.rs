@@ -100,7 +100,8 @@ pub fn apply_event(run: &mut v1::Run, ev: &v1::AgentEvent) {
             run.message.clone_from(&f.message);
             end_run(run, f.state(), &f.result, at);
         }
-        None => {}
+        // Not about a run: recorded by the change tracking of `apply_events`.
+        Some(Kind::ChangeDetected(_)) | None => {}
     }
 }
 

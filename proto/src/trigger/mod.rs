@@ -5,7 +5,10 @@
 //! # Cron or interval
 //!
 //! A trigger is either a list of cron expressions (`trigger.cron`) or an interval
-//! (`trigger.every`, optionally `trigger.phase`). Exactly one of the two must be given.
+//! (`trigger.every`, optionally `trigger.phase`). At most one of the two may be given, and one
+//! must be unless `trigger.on_change` is: a change-only schedule has no fire times (its runs are
+//! decided from the agents' change reports), and with `on_change` the cron or interval is the
+//! fallback that fires whatever the sources say.
 //!
 //! **Cron.** The field count is checked, never guessed (Nomad #23753: a 7-field expression read
 //! as seconds fired every few seconds for an hour):
@@ -225,11 +228,22 @@ impl Trigger {
                     "give either trigger.cron or trigger.every, not both",
                 ));
             }
+            (true, None) if t.on_change.is_some() => {
+                if t.phase.is_some() {
+                    return Err(TriggerError::new(
+                        "trigger.phase",
+                        "phase only applies to trigger.every; remove it or use every",
+                    ));
+                }
+                // Runs only when a change is reported: no fire times (an empty union of cron
+                // expressions has none).
+                Fire::Cron(Vec::new())
+            }
             (true, None) => {
                 return Err(TriggerError::new(
                     "trigger",
-                    "give trigger.cron (cron expressions, e.g. \"0 2 * * *\") or trigger.every \
-                     (an interval, e.g. 5m)",
+                    "give trigger.cron (cron expressions, e.g. \"0 2 * * *\"), trigger.every \
+                     (an interval, e.g. 5m) or trigger.on_change (change detection)",
                 ));
             }
             (false, None) => {
@@ -477,6 +491,38 @@ mod tests {
         let e = err(&neither);
         assert!(e.starts_with("trigger: give trigger.cron"), "{e}");
         assert!(e.contains("trigger.every"), "{e}");
+    }
+
+    #[test]
+    fn a_change_only_trigger_has_no_fire_times_and_a_fallback_fires_as_usual() {
+        let doc: crate::schedule_model::ScheduleDoc = serde_json::from_value(serde_json::json!({
+            "name": "s", "sequence": "q", "targets": {"agents": ["a"]},
+            "trigger": {"on_change": {"sources": [{"name": "people",
+                "ldap": {"url": "ldap://dc01", "base": "ou=People,dc=example,dc=org"}}]}}
+        }))
+        .unwrap();
+        let t = Trigger::compile(&doc).unwrap();
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(t.next_after(now), None);
+        assert!(t.upcoming(now, 3).is_empty());
+        assert_eq!(
+            t.missed_between(now - chrono::Duration::days(1), now).count,
+            0
+        );
+        assert_eq!(t.interval_hint(now), None);
+        let mut fallback = doc.clone();
+        fallback.trigger.every = Some(Duration::from_secs(6 * 3600));
+        let t = Trigger::compile(&fallback).unwrap();
+        assert_eq!(
+            t.next_after(now),
+            DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 21_600 + 21_600, 0)
+        );
+        let mut phased = doc;
+        phased.trigger.phase = Some(Duration::from_secs(30));
+        assert_eq!(
+            err(&phased),
+            "trigger.phase: phase only applies to trigger.every; remove it or use every"
+        );
     }
 
     #[test]
