@@ -795,6 +795,16 @@ pub fn run_details(r: &Run, now: DateTime<Utc>) -> String {
         or_dash(super::output::run_result(r.state(), &r.result)).to_string(),
     );
     add("origin", or_dash(&r.origin).to_string());
+    if r.coalesced_changes > 0 {
+        add(
+            "changes",
+            format!(
+                "{} coalesced from {}",
+                r.coalesced_changes,
+                r.change_sources.join(", ")
+            ),
+        );
+    }
     if !r.schedule.is_empty() {
         add("schedule", r.schedule.clone());
     }

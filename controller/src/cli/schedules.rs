@@ -190,6 +190,25 @@ pub fn trigger_brief(t: &TriggerDoc) -> String {
         }
         parts.push(s);
     }
+    if let Some(c) = &t.on_change {
+        let sources: Vec<String> = c
+            .sources
+            .iter()
+            .map(|s| format!("{} ({})", s.name, s.kind()))
+            .collect();
+        let on = format!(
+            "on change of {}, quiet for {}, at most every {}",
+            sources.join(", "),
+            humantime::format_duration(c.quiet_for()),
+            humantime::format_duration(c.min_interval())
+        );
+        if parts.is_empty() {
+            parts.push(on);
+        } else {
+            // The cron or interval is the fallback.
+            parts = vec![format!("{on}; fallback {}", parts.join("; "))];
+        }
+    }
     let mut out = parts.join("; ");
     if let Some(z) = &t.time_zone {
         out.push_str(&format!(" ({z})"));
@@ -362,6 +381,64 @@ pub fn schedule_details(s: &ScheduleStatus, doc: Option<&ScheduleDoc>) -> String
         out.push_str(&t.render_indented("  "));
     }
 
+    if !s.change_sources.is_empty() {
+        out.push_str(&format!(
+            "change sources (per agent; times in {tz_label}):\n"
+        ));
+        let mut t = Table::new(&[
+            "AGENT",
+            "SOURCE",
+            "CURSOR",
+            "LAST CHANGE",
+            "PENDING",
+            "LAST RUN",
+            "COALESCED",
+            "ERROR",
+        ]);
+        for v in &s.change_sources {
+            let status = v.status.as_ref();
+            let cursor = status
+                .map(|st| st.cursor.clone())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| v.reported_cursor.clone());
+            let last_change = status
+                .and_then(|st| st.last_change.as_ref())
+                .or(v.last_reported.as_ref());
+            let error = match status {
+                Some(st) if !st.error.is_empty() => format!(
+                    "{} ({} in a row since {})",
+                    st.error,
+                    st.consecutive_errors,
+                    zoned_time(st.error_since.as_ref(), tz)
+                ),
+                Some(_) => "-".to_string(),
+                None => "not reported by the agent yet".to_string(),
+            };
+            t.row(vec![
+                v.agent.clone(),
+                v.source.clone(),
+                or_dash(&cursor).to_string(),
+                zoned_time(last_change, tz),
+                v.pending_changes.to_string(),
+                if v.last_run_id.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!(
+                        "{} at {}",
+                        v.last_run_id,
+                        zoned_time(v.last_run_at.as_ref(), tz)
+                    )
+                },
+                if v.last_run_id.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.last_run_changes.to_string()
+                },
+                error,
+            ]);
+        }
+        out.push_str(&t.render_indented("  "));
+    }
     out.push_str(&format!("next fire times ({tz_label}):\n"));
     if s.next.is_empty() {
         out.push_str("  none\n");
@@ -384,7 +461,11 @@ pub fn schedule_details(s: &ScheduleStatus, doc: Option<&ScheduleDoc>) -> String
             t.row(vec![
                 r.run_id.clone(),
                 r.agent.clone(),
-                or_dash(&r.origin).to_string(),
+                if r.coalesced_changes > 0 {
+                    format!("{} ({} changes)", r.origin, r.coalesced_changes)
+                } else {
+                    or_dash(&r.origin).to_string()
+                },
                 zoned_time(r.nominal_time.as_ref(), tz),
                 zoned_time(r.started_at.as_ref(), tz),
                 if started {
@@ -512,6 +593,7 @@ mod tests {
                 state: RunState::Succeeded as i32,
                 result: "success".into(),
                 origin: "schedule".into(),
+                coalesced_changes: 0,
             }],
             saturation: 0.85,
             warning: "runs take 85% of the 5m interval; expect skipped fire times".into(),

@@ -77,6 +77,8 @@ impl Fleet {
             approved_steps: new.approved_steps,
             skip_steps: new.skip_steps,
             jitter_ms: new.jitter_ms,
+            coalesced_changes: new.coalesced_changes,
+            change_sources: new.change_sources,
             ..Default::default()
         };
         // The run's root span; its traceparent is stored with the run and sent in StartRun.

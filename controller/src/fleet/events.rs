@@ -185,17 +185,29 @@ impl Fleet {
         if fresh.is_empty() {
             return Ok(stored_seq);
         }
-        // The runs this batch touches, and only those, locked (in stripe order).
+        // The runs and change records this batch touches, and only those, locked (in stripe
+        // order).
+        let change_keys = super::changes::change_keys(agent, &fresh);
         let _guards = self
             .run_locks
-            .lock_many(fresh.iter().map(|e| e.run_id.as_str()))
+            .lock_many(
+                fresh
+                    .iter()
+                    .filter(|e| !e.run_id.is_empty())
+                    .map(|e| e.run_id.as_str())
+                    .chain(change_keys.iter().map(String::as_str)),
+            )
             .await;
         let agent_name = agent.to_string();
         let s = &self.store;
-        let (seq, changed) = async {
+        let (seq, changed, moved) = async {
             let mut runs: HashMap<String, v1::Run> = HashMap::new();
             let mut order: Vec<String> = Vec::new();
+            let changes = self.change_records(&agent_name, &fresh).await?;
             for ev in &fresh {
+                if matches!(ev.kind, Some(Kind::ChangeDetected(_))) {
+                    continue;
+                }
                 if !runs.contains_key(&ev.run_id) {
                     match s.get_run(&ev.run_id).await? {
                         Some(mut r) if r.agent == agent_name => {
@@ -243,13 +255,26 @@ impl Fleet {
                 }
             }
             let changed: Vec<v1::Run> = order.iter().filter_map(|id| runs.remove(id)).collect();
-            let seq = s.commit_agent_events(&agent_name, &fresh, &changed).await?;
-            Ok::<_, StoreError>((seq, changed))
+            let batch = crate::store::EventBatch {
+                agent: agent_name.clone(),
+                events: fresh.clone(),
+                runs: changed.clone(),
+                states: changes.states,
+                counters: changes.counters,
+            };
+            let seq = s
+                .commit_event_batches(std::slice::from_ref(&batch))
+                .await?
+                .first()
+                .copied()
+                .unwrap_or(stored_seq);
+            Ok::<_, StoreError>((seq, changed, changes.moved))
         }
         .await?;
         for run in &changed {
             self.publish(run);
         }
+        self.changes_moved(&moved);
         Ok(seq)
     }
 

@@ -25,6 +25,7 @@ use crate::store::Store;
 
 mod autonomy;
 mod batch;
+pub mod changes;
 mod dispatch;
 mod error;
 mod events;
@@ -78,6 +79,8 @@ pub struct Fleet {
     outcomes: Outcomes,
     /// Agents stored disconnected, in the order they become lost (`lost_watch.rs`).
     lost_watch: lost_watch::LostWatch,
+    /// Change records that moved, for the scheduler (`changes.rs`).
+    changes: changes::ChangeReports,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -106,6 +109,7 @@ impl Fleet {
             autonomy: autonomy::Handover::default(),
             outcomes: Outcomes::default(),
             lost_watch: lost_watch::LostWatch::default(),
+            changes: changes::ChangeReports::default(),
         })
     }
 

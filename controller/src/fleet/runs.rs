@@ -28,6 +28,9 @@ pub struct NewRun {
     pub approved_steps: Vec<u32>,
     pub skip_steps: Vec<u32>,
     pub jitter_ms: u64,
+    /// Runs started by changes: how many changes, from which sources.
+    pub coalesced_changes: u64,
+    pub change_sources: Vec<String>,
 }
 
 /// The steps of a run of a sequence: the plan flattened, each step knowing its stage.

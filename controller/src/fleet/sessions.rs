@@ -41,6 +41,9 @@ pub(super) struct Live {
     engine_runs: Vec<v1::EngineRun>,
     /// Engine run-history housekeeping from the last heartbeat (kept after a disconnect).
     housekeeping: Housekeeping,
+    /// The agent's change sources as its last heartbeat described them (kept after a
+    /// disconnect: the last word on them).
+    change_sources: Vec<v1::ChangeSourceStatus>,
 }
 
 /// An agent's engine run-history housekeeping as its last heartbeat reported it.
@@ -57,6 +60,25 @@ pub struct Housekeeping {
 /// The most engine runs of one heartbeat kept (one per MA is all an engine can run; the rest
 /// of a larger list is dropped rather than held).
 const MAX_ENGINE_RUNS: usize = 256;
+
+/// The most change source statuses of one heartbeat kept (16 sources per schedule; the rest of
+/// a larger list is dropped rather than held).
+const MAX_CHANGE_SOURCES: usize = 256;
+
+/// A change source status with its texts cut to a bounded length (it comes from the network
+/// and is shown by `schedules show`).
+fn bounded_source_status(s: &v1::ChangeSourceStatus) -> v1::ChangeSourceStatus {
+    let cut = |t: &str| crate::limits::cut_to(t, crate::limits::MAX_TEXT).to_string();
+    v1::ChangeSourceStatus {
+        schedule: cut(&s.schedule),
+        source: cut(&s.source),
+        kind: cut(&s.kind),
+        target: cut(&s.target),
+        cursor: cut(&s.cursor),
+        error: cut(&s.error),
+        ..s.clone()
+    }
+}
 
 /// The lock key of an agent's stored record (see `locks.rs`): every read-modify-write of it
 /// holds this lock.
@@ -115,6 +137,42 @@ impl Fleet {
         let connected = self.is_connected(&agent.name);
         super::autonomy::overlay_autonomy(&mut agent, connected);
         agent
+    }
+
+    /// The change sources of `schedule` on every agent, as their last heartbeats described
+    /// them: `(agent, status)`, by agent and source.
+    pub fn change_source_status(&self, schedule: &str) -> Vec<(String, v1::ChangeSourceStatus)> {
+        let mut out: Vec<(String, v1::ChangeSourceStatus)> = lock(&self.live)
+            .iter()
+            .flat_map(|(agent, live)| {
+                live.change_sources
+                    .iter()
+                    .filter(|s| s.schedule == schedule)
+                    .map(move |s| (agent.clone(), s.clone()))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1.source).cmp(&(&b.0, &b.1.source)));
+        out
+    }
+
+    /// Every change source of every agent in error: `(schedule, source, agents)` (for
+    /// `/metrics`).
+    pub fn change_source_errors(&self) -> Vec<(String, String, u64)> {
+        let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        for live in lock(&self.live).values() {
+            for s in &live.change_sources {
+                let n = counts
+                    .entry((s.schedule.clone(), s.source.clone()))
+                    .or_default();
+                if !s.error.is_empty() {
+                    *n += 1;
+                }
+            }
+        }
+        counts
+            .into_iter()
+            .map(|((s, src), n)| (s, src, n))
+            .collect()
     }
 
     /// Every agent's engine run-history housekeeping from its last heartbeat, by name (for
@@ -192,9 +250,9 @@ impl Fleet {
         {
             let mut live = lock(&self.live);
             // Housekeeping figures are kept until the new session's first heartbeat.
-            let housekeeping = live
+            let (housekeeping, change_sources) = live
                 .get(&name)
-                .map(|l| l.housekeeping.clone())
+                .map(|l| (l.housekeeping.clone(), l.change_sources.clone()))
                 .unwrap_or_default();
             live.insert(
                 name.clone(),
@@ -206,6 +264,7 @@ impl Fleet {
                     runs_in_flight: hello.runs_in_flight.clone(),
                     housekeeping,
                     engine_runs: Vec::new(),
+                    change_sources,
                 },
             );
         }
@@ -289,6 +348,12 @@ impl Fleet {
                 .iter()
                 .take(MAX_ENGINE_RUNS)
                 .cloned()
+                .collect();
+            entry.change_sources = hb
+                .change_sources
+                .iter()
+                .take(MAX_CHANGE_SOURCES)
+                .map(bounded_source_status)
                 .collect();
             self.pending_exports.record(agent, hb);
         }

@@ -34,6 +34,8 @@ pub(super) struct ScheduleRow {
     pub(super) counters: Vec<(String, u64)>,
     pub(super) saturation: f64,
     pub(super) paused_by: Option<&'static str>,
+    /// The schedule has `trigger.on_change`.
+    pub(super) on_change: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -412,6 +414,43 @@ impl Collector for Inner {
                     .into_iter()
                     .map(|(r, v)| ([("schedule", s.name.as_str()), ("reason", r)], v))
             }),
+        )?;
+        let counter_of = |s: &ScheduleRow, name: &str| {
+            s.counters
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or(0, |(_, v)| *v)
+        };
+        counter_family(
+            &mut enc,
+            "syncfleet_changes_detected",
+            "Changes the agents' change sources reported for a schedule (trigger.on_change).",
+            g.schedules.iter().filter(|s| s.on_change).map(|s| {
+                (
+                    [("schedule", s.name.as_str())],
+                    counter_of(s, crate::fleet::changes::CHANGES_DETECTED),
+                )
+            }),
+        )?;
+        counter_family(
+            &mut enc,
+            "syncfleet_change_runs",
+            "Runs changes started for a schedule, each coalescing every change reported before it.",
+            g.schedules.iter().filter(|s| s.on_change).map(|s| {
+                (
+                    [("schedule", s.name.as_str())],
+                    counter_of(s, crate::fleet::changes::CHANGE_RUNS),
+                )
+            }),
+        )?;
+        gauge_family(
+            &mut enc,
+            "syncfleet_change_source_errors",
+            "Agents whose change source of a schedule failed its last poll (see `schedules show`).",
+            self.fleet
+                .change_source_errors()
+                .into_iter()
+                .map(|(s, src, n)| ([("schedule", s), ("source", src)], n as f64)),
         )?;
         gauge_family(
             &mut enc,

@@ -345,9 +345,10 @@ impl Metrics {
                 state: state.label(),
             });
         }
-        for (name, counters, durations, pause, _) in schedules {
+        for (name, counters, durations, pause, doc) in schedules {
             let interval = self.scheduler.interval(&name).await;
             g.schedules.push(ScheduleRow {
+                on_change: doc.is_some_and(|d| d.trigger.on_change.is_some()),
                 saturation: saturation(&durations, interval),
                 paused_by: pause.map(|p| {
                     if p.by.contains("guard rail") {

@@ -197,7 +197,7 @@ impl Scheduler {
     }
 
     /// Read once what [`decide`] needs for a fire of `schedule`.
-    async fn fire_view(&self, schedule: &str) -> Result<FireView, StoreError> {
+    pub(super) async fn fire_view(&self, schedule: &str) -> Result<FireView, StoreError> {
         let fleet_pause = self.fleet.fleet_pause().await?;
         let schedule_pause = self.fleet.schedule_pause(schedule).await?;
         let revoked = self.fleet.revoked_agents().await?;

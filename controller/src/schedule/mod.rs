@@ -11,6 +11,7 @@ mod catchup;
 pub mod documents;
 mod error;
 mod fire;
+pub mod on_change;
 mod overlap;
 mod records;
 pub mod saturation;

@@ -76,6 +76,9 @@ pub(super) struct State {
     /// What the agents' schedule sets are cut from, as of the last load
     /// (`autonomy.rs`, `SetParts`).
     pub(super) set_parts: Option<Arc<super::autonomy::SetParts>>,
+    /// Change records waiting for their time (quiet period, spacing, or held back), by
+    /// (schedule, agent) (`on_change.rs`).
+    pub(super) change_due: HashMap<(String, String), DateTime<Utc>>,
 }
 
 /// The scheduler of one controller.
@@ -118,6 +121,8 @@ pub mod counters {
 
 impl Scheduler {
     pub fn new(fleet: Arc<Fleet>, clock: Clock) -> Arc<Self> {
+        // Change reports are stamped with the time the scheduler compares them to.
+        fleet.change_reports().use_clock(clock);
         Arc::new(Self {
             fleet,
             clock,
@@ -145,7 +150,12 @@ impl Scheduler {
         loop {
             let (next, deferred) = {
                 let st = self.state.lock().await;
-                (st.queue.first().map(|(t, _)| *t), !st.deferred.is_empty())
+                let fire = st.queue.first().map(|(t, _)| *t);
+                let change = st.change_due.values().min().copied();
+                (
+                    fire.into_iter().chain(change).min(),
+                    !st.deferred.is_empty(),
+                )
             };
             let mut sleep = match next {
                 Some(t) => self.clock.until(t),
@@ -156,7 +166,13 @@ impl Scheduler {
                 self.fire_deferred().await;
             }
             tokio::select! {
-                () = tokio::time::sleep(sleep) => self.fire_due().await,
+                () = tokio::time::sleep(sleep) => {
+                    self.fire_due().await;
+                    self.fire_due_changes().await;
+                }
+                () = self.fleet.change_reports().ready() => {
+                    self.on_change_reports(self.fleet.change_reports().take()).await;
+                }
                 () = self.reload.notified() => self.load(false).await,
                 r = connected.recv() => match r {
                     Ok(agent) => self.push_schedule_set(&agent).await,
@@ -277,6 +293,8 @@ impl Scheduler {
             self.restore_buffered().await;
         }
         self.start_catchups(catchups).await;
+        // Pauses lifted, schedules changed: held-back changes are looked at again.
+        self.load_changes().await;
         // Whatever changed (documents, pauses, a drain) changes the agents' schedule sets.
         self.refresh_set_parts().await;
         self.push_schedule_sets().await;
@@ -473,6 +491,7 @@ impl Scheduler {
             }
         }
         self.release_buffered(&run.schedule, &run.agent).await;
+        self.change_run_ended(&run.schedule, &run.agent).await;
     }
 
     /// Next `n` fire times of a stored schedule.

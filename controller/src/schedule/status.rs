@@ -154,6 +154,7 @@ pub async fn get_schedule(
                 state: r.state,
                 result: r.result.clone(),
                 origin: r.origin.clone(),
+                coalesced_changes: r.coalesced_changes,
             }
         })
         .collect();
@@ -177,7 +178,12 @@ pub async fn get_schedule(
     let targets = targeted.iter().map(|(name, _)| name.clone()).collect();
     let (advice, servers) =
         interval_advice(fleet.store.as_ref(), &doc, interval, &targeted, now_utc).await?;
+    let change_sources = match &doc.trigger.on_change {
+        Some(on_change) => change_views(fleet, &doc.name, on_change, &targeted).await?,
+        None => Vec::new(),
+    };
     Ok(v1::ScheduleStatus {
+        change_sources,
         name: name.to_string(),
         json,
         pause,
@@ -195,6 +201,49 @@ pub async fn get_schedule(
         advice: Some(advice),
         servers,
     })
+}
+
+/// One view per target agent and source of `on_change`: the agent's own description (from
+/// heartbeats) beside what the controller received and started.
+async fn change_views(
+    fleet: &Fleet,
+    schedule: &str,
+    on_change: &syncfleet_proto::schedule_model::OnChangeDoc,
+    targeted: &[(String, HashMap<String, String>)],
+) -> Result<Vec<v1::ChangeSourceView>, StoreError> {
+    let records: HashMap<String, crate::fleet::changes::PendingChanges> = fleet
+        .all_changes(Some(schedule))
+        .await?
+        .into_iter()
+        .map(|(_, agent, r)| (agent, r))
+        .collect();
+    let statuses: HashMap<(String, String), v1::ChangeSourceStatus> = fleet
+        .change_source_status(schedule)
+        .into_iter()
+        .map(|(agent, s)| ((agent, s.source.clone()), s))
+        .collect();
+    let ts = |ms: i64| (ms > 0).then(|| syncfleet_proto::time::from_millis(ms));
+    let mut out = Vec::new();
+    for (agent, _) in targeted.iter().take(advice::MAX_SERVERS) {
+        let record = records.get(agent);
+        for source in &on_change.sources {
+            let seen = record.and_then(|r| r.seen.get(&source.name));
+            let last_run = record.and_then(|r| r.last_run.as_ref());
+            out.push(v1::ChangeSourceView {
+                agent: agent.clone(),
+                status: statuses.get(&(agent.clone(), source.name.clone())).cloned(),
+                source: source.name.clone(),
+                last_reported: seen.and_then(|s| ts(s.at_ms)),
+                reported_cursor: seen.map(|s| s.cursor.clone()).unwrap_or_default(),
+                examples: seen.map(|s| s.examples.clone()).unwrap_or_default(),
+                pending_changes: record.map_or(0, |r| r.changes),
+                last_run_id: last_run.map(|r| r.run_id.clone()).unwrap_or_default(),
+                last_run_at: last_run.and_then(|r| ts(r.nominal_ms)),
+                last_run_changes: last_run.map_or(0, |r| r.changes),
+            });
+        }
+    }
+    Ok(out)
 }
 
 pub async fn set_schedule_pause(

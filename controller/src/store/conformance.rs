@@ -298,16 +298,30 @@ async fn event_batches(s: &dyn Store) {
                 agent: "a".into(),
                 events: vec![ev(3, "ra")],
                 runs: vec![run("ra", "a", 1, v1::RunState::Succeeded)],
+                ..EventBatch::default()
             },
             EventBatch {
                 agent: "b".into(),
                 events: vec![ev(7, "rb")],
                 runs: vec![run("rb", "b", 1, v1::RunState::Running)],
+                states: vec![("changes/s/b".into(), b"{\"changes\":3}".to_vec())],
+                counters: vec![("s".into(), "changes_detected".into(), 3)],
             },
         ])
         .await
         .unwrap();
     assert_eq!(seqs, [3, 7]);
+    // What the events decided is committed with them.
+    assert_eq!(
+        s.get_state("changes/s/b").await.unwrap(),
+        Some(b"{\"changes\":3}".to_vec())
+    );
+    assert!(
+        s.counters("s")
+            .await
+            .unwrap()
+            .contains(&("changes_detected".to_string(), 3))
+    );
     assert_eq!(s.get_agent("a").await.unwrap().unwrap().last_event_seq, 3);
     assert_eq!(s.get_agent("b").await.unwrap().unwrap().last_event_seq, 7);
     assert_eq!(
@@ -606,6 +620,7 @@ async fn runs_keep_their_steps(s: &dyn Store) {
         agent: "x".into(),
         events: vec![ev(1, "a")],
         runs: vec![a.clone(), a2.clone(), b2.clone()],
+        ..EventBatch::default()
     };
     assert_eq!(s.commit_event_batches(&[batch]).await.unwrap(), [1]);
     assert_eq!(s.get_run("a").await.unwrap().unwrap(), a2);

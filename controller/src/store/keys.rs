@@ -39,6 +39,20 @@ pub fn buffered(schedule: &str, agent: &str) -> String {
     format!("{}{agent}", buffered_prefix(schedule))
 }
 
+/// Prefix of every change record ([`changes`]).
+pub const CHANGES_ALL: &str = "changes/";
+
+/// The changes agent `agent` reported for `schedule` and no run has taken yet (a
+/// `PendingChanges`, JSON), with the schedule's last change-triggered run on the agent.
+pub fn changes(schedule: &str, agent: &str) -> String {
+    format!("{CHANGES_ALL}{schedule}/{agent}")
+}
+
+/// The schedule and agent of a [`changes`] key.
+pub fn changes_of(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(CHANGES_ALL)?.split_once('/')
+}
+
 /// An enrollment token's record.
 pub fn token(id: &str) -> String {
     format!("token/{id}")

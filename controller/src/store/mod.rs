@@ -308,13 +308,18 @@ pub(crate) const PRUNABLE_RUN_STATES: [v1::RunState; 6] = [
     v1::RunState::Unknown,
 ];
 
-/// One agent's share of [`Store::commit_event_batches`]: its new events and the runs they
-/// changed.
+/// One agent's share of [`Store::commit_event_batches`]: its new events, the runs they
+/// changed, and what else the events decided (change records, schedule counters), committed
+/// with them so that an acknowledged event has had all of its effect.
 #[derive(Debug, Clone, Default)]
 pub struct EventBatch {
     pub agent: String,
     pub events: Vec<v1::AgentEvent>,
     pub runs: Vec<v1::Run>,
+    /// State records written (upserted) in the same transaction.
+    pub states: Vec<(String, Vec<u8>)>,
+    /// `(schedule, counter, by)` added to schedule counters in the same transaction.
+    pub counters: Vec<(String, String, u64)>,
 }
 
 /// What the function of [`Store::update_state`] decided: `Ok(new value)` is written, `Err(why)`
@@ -396,6 +401,7 @@ pub trait Store: Send + Sync + 'static {
             agent: agent.to_string(),
             events: events.to_vec(),
             runs: runs.to_vec(),
+            ..EventBatch::default()
         };
         Ok(self
             .commit_event_batches(std::slice::from_ref(&batch))

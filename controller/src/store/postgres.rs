@@ -607,6 +607,12 @@ const TRIM_STEPS: &str =
     "DELETE FROM run_steps s USING unnest($1::TEXT[], $2::INTEGER[]) AS n(run_id, len)
      WHERE s.run_id = n.run_id AND s.idx >= n.len";
 
+/// Adds `$3` to counter `$2` of schedule `$1`.
+const BUMP_COUNTER: &str =
+    "INSERT INTO schedule_counters (schedule, counter, value) VALUES ($1, $2, $3)
+     ON CONFLICT (schedule, counter)
+     DO UPDATE SET value = schedule_counters.value + excluded.value";
+
 const UPSERT_STATE: &str = "INSERT INTO state (key, value) VALUES ($1, $2)
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
@@ -927,6 +933,18 @@ impl Store for PgStore {
             RunColumns::of_latest(batches.iter().flat_map(|b| b.runs.iter().cloned())),
         )
         .await?;
+        for batch in batches {
+            for (key, value) in &batch.states {
+                tx.execute(UPSERT_STATE, &[key, value])
+                    .await
+                    .map_err(|e| self.err(&e))?;
+            }
+            for (schedule, counter, by) in &batch.counters {
+                tx.execute(BUMP_COUNTER, &[schedule, counter, &to_i64(*by)])
+                    .await
+                    .map_err(|e| self.err(&e))?;
+            }
+        }
         let (agents, agent_seqs): (Vec<String>, Vec<i64>) =
             stored.into_iter().map(|(a, s)| (a, to_i64(s))).unzip();
         tx.execute(
@@ -1066,14 +1084,9 @@ impl Store for PgStore {
             .map_err(|e| self.err(&e))?;
         }
         for (counter, by) in deltas {
-            tx.execute(
-                "INSERT INTO schedule_counters (schedule, counter, value) VALUES ($1, $2, $3)
-                 ON CONFLICT (schedule, counter)
-                 DO UPDATE SET value = schedule_counters.value + excluded.value",
-                &[&schedule, counter, &to_i64(*by)],
-            )
-            .await
-            .map_err(|e| self.err(&e))?;
+            tx.execute(BUMP_COUNTER, &[&schedule, counter, &to_i64(*by)])
+                .await
+                .map_err(|e| self.err(&e))?;
         }
         tx.commit().await.map_err(|e| self.err(&e))
     }

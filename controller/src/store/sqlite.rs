@@ -733,6 +733,8 @@ fn commit_events_in(w: &Writer<'_>, batch: EventBatch) -> Result<u64, StoreError
         agent,
         events,
         runs,
+        states,
+        counters,
     } = batch;
     let mut max_seq: u64 = w
         .conn
@@ -764,11 +766,35 @@ fn commit_events_in(w: &Writer<'_>, batch: EventBatch) -> Result<u64, StoreError
     for run in runs {
         upsert_run(w, run)?;
     }
+    for (key, value) in &states {
+        upsert_state(w, key, value)?;
+    }
+    for (schedule, counter, by) in &counters {
+        bump_counter(w, schedule, counter, *by)?;
+    }
     w.conn
         .prepare_cached("UPDATE agents SET last_event_seq = ?2 WHERE name = ?1")
         .and_then(|mut st| st.execute(params![agent, i64::try_from(max_seq).unwrap_or(i64::MAX)]))
         .map_err(|e| w.err(e))?;
     Ok(max_seq)
+}
+
+/// Adds `by` to a schedule's counter.
+fn bump_counter(w: &Writer<'_>, schedule: &str, counter: &str, by: u64) -> Result<(), StoreError> {
+    w.conn
+        .prepare_cached(
+            "INSERT INTO schedule_counters (schedule, counter, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT(schedule, counter) DO UPDATE SET value = value + excluded.value",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                schedule,
+                counter,
+                i64::try_from(by).unwrap_or(i64::MAX)
+            ])
+        })
+        .map_err(|e| w.err(e))?;
+    Ok(())
 }
 
 fn upsert_state(w: &Writer<'_>, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -1377,19 +1403,7 @@ impl Store for SqliteStore {
                 }
             }
             for (counter, by) in &deltas {
-                w.conn
-                    .prepare_cached(
-                        "INSERT INTO schedule_counters (schedule, counter, value) VALUES (?1, ?2, ?3)
-                         ON CONFLICT(schedule, counter) DO UPDATE SET value = value + excluded.value",
-                    )
-                    .and_then(|mut st| {
-                        st.execute(params![
-                            schedule,
-                            counter,
-                            i64::try_from(*by).unwrap_or(i64::MAX)
-                        ])
-                    })
-                    .map_err(|e| w.err(e))?;
+                bump_counter(w, &schedule, counter, *by)?;
             }
             Ok(())
         })

@@ -191,6 +191,8 @@ pub fn run_json(r: &Run) -> Value {
         "state": r.state().label(),
         "result": run_result(r.state(), &r.result),
         "origin": r.origin,
+        "coalesced_changes": r.coalesced_changes,
+        "change_sources": r.change_sources,
         "message": r.message,
         "requested_by": r.requested_by,
         "cancel_requested": r.cancel_requested,
@@ -327,6 +329,36 @@ pub fn schedule_run_json(r: &ScheduleRunSummary) -> Value {
         "duration_ms": r.duration_ms,
         "state": r.state().label(),
         "result": run_result(r.state(), &r.result),
+        "coalesced_changes": r.coalesced_changes,
+    })
+}
+
+/// One change source of a schedule on one agent (`schedules show -o json`, `change_sources`).
+pub fn change_source_json(v: &syncfleet_proto::v1::ChangeSourceView) -> Value {
+    let status = v.status.as_ref().map(|s| {
+        json!({
+            "kind": s.kind,
+            "target": s.target,
+            "cursor": s.cursor,
+            "last_poll": timestamp_json(s.last_poll.as_ref()),
+            "last_change": timestamp_json(s.last_change.as_ref()),
+            "changes_total": s.changes_total,
+            "error": s.error,
+            "error_since": timestamp_json(s.error_since.as_ref()),
+            "consecutive_errors": s.consecutive_errors,
+        })
+    });
+    json!({
+        "agent": v.agent,
+        "source": v.source,
+        "status": status,
+        "last_reported": timestamp_json(v.last_reported.as_ref()),
+        "reported_cursor": v.reported_cursor,
+        "examples": v.examples,
+        "pending_changes": v.pending_changes,
+        "last_run_id": v.last_run_id,
+        "last_run_at": timestamp_json(v.last_run_at.as_ref()),
+        "last_run_changes": v.last_run_changes,
     })
 }
 
@@ -355,6 +387,7 @@ pub fn schedule_status_json(s: &ScheduleStatus) -> Value {
         "warning": s.warning,
         "advice": s.advice.as_ref().map(interval_advice_json),
         "servers": s.servers.iter().map(server_advice_json).collect::<Vec<_>>(),
+        "change_sources": s.change_sources.iter().map(change_source_json).collect::<Vec<_>>(),
     })
 }
 
@@ -809,6 +842,7 @@ mod tests {
                     state: RunState::Pending as i32,
                     result: String::new(),
                     origin: "schedule".into(),
+                    coalesced_changes: 0,
                 },
                 ScheduleRunSummary {
                     run_id: "r1".into(),
@@ -820,6 +854,7 @@ mod tests {
                     state: RunState::Succeeded as i32,
                     result: "success".into(),
                     origin: "schedule".into(),
+                    coalesced_changes: 0,
                 },
             ],
             saturation: 0.41,
