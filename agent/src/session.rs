@@ -88,6 +88,8 @@ pub struct SessionContext {
     pub autonomy: Arc<crate::autonomy::Autonomy>,
     /// Engine run-history housekeeping, reported in heartbeats.
     pub housekeeping: Arc<crate::housekeeping::Housekeeping>,
+    /// The change sources of the schedules (`trigger.on_change`), reported in heartbeats.
+    pub changes: Arc<crate::change::Watcher>,
 }
 
 impl std::fmt::Debug for SessionContext {
@@ -550,7 +552,7 @@ async fn write_loop(
                     runs_cleared_before: hk.cleared_before.map(syncfleet_proto::time::to_proto),
                     clear_runs_total: hk.total,
                     clear_runs_problem: hk.problem,
-                    change_sources: Vec::new(),
+                    change_sources: ctx.changes.statuses(),
                 };
                 if tx.send(v1::AgentMessage { msg: Some(AgentMsg::Heartbeat(hb)) }).await.is_err() {
                     return Ok(());
