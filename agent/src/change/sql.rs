@@ -39,6 +39,11 @@ impl SqlSource {
     /// numbers and timestamps alike), and take the first column of the first row.
     async fn postgres(&self) -> Result<String, SourceError> {
         let err = |what: &str, e: &dyn std::fmt::Display| SourceError::Sql(format!("{what}: {e}"));
+        // tokio-postgres displays a server error as "db error"; the server's message says what.
+        let pg_err = |what: &str, e: &tokio_postgres::Error| match e.as_db_error() {
+            Some(db) => SourceError::Sql(format!("{what}: {}: {}", db.severity(), db.message())),
+            None => SourceError::Sql(format!("{what}: {e}")),
+        };
         let mut config: tokio_postgres::Config = self
             .doc
             .connection
@@ -55,12 +60,12 @@ impl SqlSource {
             tokio::time::timeout(TIMEOUT, config.connect(tokio_postgres::NoTls))
                 .await
                 .map_err(|_| SourceError::Sql(format!("connect: no answer within {TIMEOUT:?}")))?
-                .map_err(|e| err("connect", &e))?;
+                .map_err(|e| pg_err("connect", &e))?;
         let conn_task = tokio::spawn(connection);
         let rows = tokio::time::timeout(TIMEOUT, client.simple_query(&self.doc.query))
             .await
             .map_err(|_| SourceError::Sql(format!("query: no answer within {TIMEOUT:?}")))?
-            .map_err(|e| err("query", &e));
+            .map_err(|e| pg_err("query", &e));
         drop(client);
         conn_task.abort();
         let rows = rows?;
