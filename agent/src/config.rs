@@ -347,6 +347,35 @@ mod tests {
     use super::*;
     use syncfleet_proto::config_layers::{AGENT_KEYS, load_toml, top_level_keys};
 
+    #[test]
+    fn credentials_sections_parse_and_a_misspelt_key_is_refused() {
+        let cfg: AgentConfig = toml::from_str(
+            r#"
+            name = "sync-01"
+            [credentials.corp-ldap]
+            username = "CN=svc,DC=corp"
+            password_file = "/etc/syncfleet/corp-ldap.pw"
+            ca_file = "/etc/syncfleet/ca.pem"
+            [credentials.graph]
+            token_file = "/etc/syncfleet/graph.token"
+            "#,
+        )
+        .unwrap();
+        let ldap = &cfg.credentials["corp-ldap"];
+        assert_eq!(ldap.username.as_deref(), Some("CN=svc,DC=corp"));
+        assert_eq!(
+            ldap.password_file.as_deref(),
+            Some(std::path::Path::new("/etc/syncfleet/corp-ldap.pw"))
+        );
+        assert!(cfg.credentials["graph"].token_file.is_some());
+        let err = toml::from_str::<AgentConfig>(
+            "[credentials.x]\npassword = \"inline secrets are not accepted\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `password`"), "{err}");
+    }
+
     /// The controller leaves `SYNCFLEET_AGENT_<KEY>` of these keys to the agent: the shared list
     /// must follow this struct.
     #[test]
