@@ -120,6 +120,9 @@ pub struct Autonomy {
     /// Held by the session from its Hello to the Welcome (or failure), and by a firing: the
     /// Hello's reports are final until the controller answers.
     firing: tokio::sync::Mutex<()>,
+    /// The whole set as stored (every schedule, also those not fired autonomously), for the
+    /// change watcher ([`crate::change::Watcher`]).
+    set_tx: tokio::sync::watch::Sender<v1::ScheduleSet>,
 }
 
 impl std::fmt::Debug for Autonomy {
@@ -199,7 +202,9 @@ impl Autonomy {
         if state.persisted.down_since.is_none() {
             state.persisted.down_since = Some(millis(clock.now()));
         }
+        let set_tx = tokio::sync::watch::Sender::new(state.set.clone());
         Ok(Arc::new(Self {
+            set_tx,
             agent: agent.to_string(),
             after,
             clock,
@@ -233,12 +238,18 @@ impl Autonomy {
         let version = set.version;
         let mut st = lock(&self.state);
         st.schedules = compile(&set);
+        self.set_tx.send_replace(set.clone());
         st.set = set;
         st.persisted.held.clear();
         self.persist(&st);
         drop(st);
         self.changed.notify_one();
         Ok(version)
+    }
+
+    /// The stored schedule set, now and whenever the controller replaces it.
+    pub fn subscribe_set(&self) -> tokio::sync::watch::Receiver<v1::ScheduleSet> {
+        self.set_tx.subscribe()
     }
 
     /// Version of the stored set (0 when none).

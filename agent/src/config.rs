@@ -139,6 +139,38 @@ pub struct AgentConfig {
     /// session's heartbeat (keep-alive) timeout, 40 s.
     #[serde(with = "humantime_serde")]
     pub autonomy_after: Duration,
+    /// Credentials the change sources of schedules (`trigger.on_change`) name
+    /// (`[credentials.NAME]`). Schedules carry only the name: secrets stay on the agent, read
+    /// from their files when a poller starts, never logged and never sent.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials: BTreeMap<String, Credential>,
+}
+
+/// One `[credentials.NAME]` section: what a change source uses to authenticate. Which keys
+/// count depends on the source: LDAP binds with `username` (a DN) + `password_file`, or with
+/// `client_cert` + `client_key` (SASL EXTERNAL); SQL uses `username` + `password_file`; HTTP
+/// sends `token_file` as a bearer token, else `username` + `password_file` as basic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Credential {
+    /// Bind DN, SQL user or HTTP basic user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password (trailing line breaks are ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// File holding an HTTP bearer token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Client certificate (PEM) for LDAP SASL EXTERNAL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for LDAPS, StartTLS and HTTPS besides the system roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -154,6 +186,7 @@ impl Default for AgentConfig {
             reconnect_max_backoff: Duration::from_secs(30),
             executor: ExecutorOptions::default(),
             autonomy_after: crate::identity::channel::KEEP_ALIVE_TIMEOUT * 2,
+            credentials: BTreeMap::new(),
         }
     }
 }
@@ -313,6 +346,35 @@ impl AgentConfig {
 mod tests {
     use super::*;
     use syncfleet_proto::config_layers::{AGENT_KEYS, load_toml, top_level_keys};
+
+    #[test]
+    fn credentials_sections_parse_and_a_misspelt_key_is_refused() {
+        let cfg: AgentConfig = toml::from_str(
+            r#"
+            name = "sync-01"
+            [credentials.corp-ldap]
+            username = "CN=svc,DC=corp"
+            password_file = "/etc/syncfleet/corp-ldap.pw"
+            ca_file = "/etc/syncfleet/ca.pem"
+            [credentials.graph]
+            token_file = "/etc/syncfleet/graph.token"
+            "#,
+        )
+        .unwrap();
+        let ldap = &cfg.credentials["corp-ldap"];
+        assert_eq!(ldap.username.as_deref(), Some("CN=svc,DC=corp"));
+        assert_eq!(
+            ldap.password_file.as_deref(),
+            Some(std::path::Path::new("/etc/syncfleet/corp-ldap.pw"))
+        );
+        assert!(cfg.credentials["graph"].token_file.is_some());
+        let err = toml::from_str::<AgentConfig>(
+            "[credentials.x]\npassword = \"inline secrets are not accepted\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `password`"), "{err}");
+    }
 
     /// The controller leaves `SYNCFLEET_AGENT_<KEY>` of these keys to the agent: the shared list
     /// must follow this struct.

@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS autonomy (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS change_state (
+    schedule TEXT NOT NULL,
+    source TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    cursor TEXT NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (schedule, source)
+);
 "#;
 
 /// Journal failures.
@@ -87,6 +95,15 @@ pub struct StepRecord {
     pub run_number: u64,
     /// `None` while the step runs; `Some("")` for a skipped step; else the engine's result.
     pub result: Option<String>,
+}
+
+/// What a change source stored after its last poll ([`Journal::change_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeState {
+    /// The source's cursor (a USN, a generalized time, a watermark), as it displays it.
+    pub cursor: String,
+    /// What the source compares entries with (LDAP: DN to hash of the watched attributes).
+    pub state: Vec<u8>,
 }
 
 /// The durable journal. Cheap calls; safe to share between tasks.
@@ -240,9 +257,92 @@ impl Journal {
         kind: v1::agent_event::Kind,
         at: prost_types::Timestamp,
     ) -> Result<v1::AgentEvent, JournalError> {
-        use v1::agent_event::Kind;
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let event = self.append_in(&tx, run_id, kind, at)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(event)
+    }
+
+    /// The state a change source stored for (`schedule`, `source`), if it was stored for the
+    /// same definition (`digest`): a changed definition starts from a new baseline.
+    pub fn change_state(
+        &self,
+        schedule: &str,
+        source: &str,
+        digest: &str,
+    ) -> Result<Option<ChangeState>, JournalError> {
+        self.conn()
+            .query_row(
+                "SELECT cursor, state FROM change_state
+                 WHERE schedule = ?1 AND source = ?2 AND digest = ?3",
+                params![schedule, source, digest],
+                |r| {
+                    Ok(ChangeState {
+                        cursor: r.get(0)?,
+                        state: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Store a change source's new cursor and state and, when it saw changes, append its
+    /// `ChangeDetected` event to the outbox, in ONE transaction: after a restart the source
+    /// resumes from exactly the state whose changes were reported, so none is missed or
+    /// reported twice. Returns the event as stored.
+    pub fn store_change(
+        &self,
+        schedule: &str,
+        source: &str,
+        digest: &str,
+        state: &ChangeState,
+        detected: Option<v1::ChangeDetected>,
+    ) -> Result<Option<v1::AgentEvent>, JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO change_state (schedule, source, digest, cursor, state)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (schedule, source) DO UPDATE SET digest = excluded.digest,
+               cursor = excluded.cursor, state = excluded.state",
+            params![schedule, source, digest, state.cursor, state.state],
+        )
+        .map_err(|e| self.err(e))?;
+        let event = match detected {
+            Some(d) => Some(self.append_in(
+                &tx,
+                "",
+                v1::agent_event::Kind::ChangeDetected(d),
+                syncfleet_proto::time::now(),
+            )?),
+            None => None,
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(event)
+    }
+
+    /// Forget the state of a source no schedule has any more.
+    pub fn forget_change_state(&self, schedule: &str, source: &str) -> Result<(), JournalError> {
+        self.conn()
+            .execute(
+                "DELETE FROM change_state WHERE schedule = ?1 AND source = ?2",
+                params![schedule, source],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Append an event within `tx` (see [`append_at`](Self::append_at)).
+    fn append_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        run_id: &str,
+        kind: v1::agent_event::Kind,
+        at: prost_types::Timestamp,
+    ) -> Result<v1::AgentEvent, JournalError> {
+        use v1::agent_event::Kind;
         let last: i64 = tx
             .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
                 r.get(0)
@@ -289,7 +389,6 @@ impl Journal {
             [seq],
         )
         .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))?;
         Ok(event)
     }
 
@@ -497,6 +596,73 @@ mod tests {
             run_id: id.into(),
             ..Default::default()
         }
+    }
+
+    fn detected(changes: u64) -> v1::ChangeDetected {
+        v1::ChangeDetected {
+            schedule: "people-sync".into(),
+            source: "people".into(),
+            changes,
+            cursor: "20".into(),
+            examples: vec!["uid=a,ou=people".into()],
+        }
+    }
+
+    #[test]
+    fn a_change_state_and_its_event_are_stored_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let base = ChangeState {
+            cursor: "10".into(),
+            state: b"baseline".to_vec(),
+        };
+        // Large enough to need new pages, which a full disk refuses.
+        let next = ChangeState {
+            cursor: "20".into(),
+            state: vec![7; 256 * 1024],
+        };
+        {
+            let j = Journal::open(&path).unwrap();
+            assert_eq!(
+                j.store_change("people-sync", "people", "d1", &base, None)
+                    .unwrap(),
+                None
+            );
+            assert_eq!(j.last_seq().unwrap(), 0, "a baseline queues no event");
+            // The disk is full: neither the state nor the event is written.
+            j.fill_disk();
+            assert!(
+                j.store_change("people-sync", "people", "d1", &next, Some(detected(3)))
+                    .is_err()
+            );
+            j.free_disk();
+            assert_eq!(
+                j.change_state("people-sync", "people", "d1").unwrap(),
+                Some(base.clone())
+            );
+            assert!(j.events_after(0, 10).unwrap().is_empty());
+            let ev = j
+                .store_change("people-sync", "people", "d1", &next, Some(detected(3)))
+                .unwrap()
+                .unwrap();
+            assert_eq!((ev.seq, ev.run_id.as_str()), (1, ""));
+        }
+        // Reopened (an agent restart): the state and the event are both there.
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(
+            j.change_state("people-sync", "people", "d1").unwrap(),
+            Some(next)
+        );
+        let events = j.events_after(0, 10).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].kind,
+            Some(v1::agent_event::Kind::ChangeDetected(detected(3)))
+        );
+        // Another definition of the source starts from no state; forgetting removes it.
+        assert_eq!(j.change_state("people-sync", "people", "d2").unwrap(), None);
+        j.forget_change_state("people-sync", "people").unwrap();
+        assert_eq!(j.change_state("people-sync", "people", "d1").unwrap(), None);
     }
 
     #[test]

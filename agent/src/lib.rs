@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod autonomy;
 pub mod backlog;
+pub mod change;
 pub mod config;
 pub mod engine;
 pub mod event_ids;
@@ -198,6 +199,13 @@ async fn run_agent(
         Arc::clone(&outbox),
     )?;
     let autonomy_task = tokio::spawn(Arc::clone(&autonomy).run(shutdown.clone()));
+    let changes = change::Watcher::new(
+        Arc::clone(&journal),
+        Arc::clone(&outbox),
+        cfg.credentials.clone(),
+    );
+    let changes_task =
+        tokio::spawn(Arc::clone(&changes).run(autonomy.subscribe_set(), shutdown.clone()));
     let (older_than, every) = cfg.engine.clear_runs();
     let housekeeping = housekeeping::Housekeeping::new(
         Arc::clone(&engine),
@@ -215,6 +223,7 @@ async fn run_agent(
         outbox,
         autonomy,
         housekeeping,
+        changes,
     });
     if notify_service_manager {
         syncfleet_proto::service_manager::stopping_on(&shutdown, "stopping");
@@ -228,6 +237,7 @@ async fn run_agent(
     // The tasks end with the shutdown; their outcomes carry nothing.
     let _ = autonomy_task.await;
     let _ = housekeeping_task.await;
+    let _ = changes_task.await;
     tracing::info!(
         event_id = event_ids::EventId::AgentStopped.code(),
         "agent stopped"

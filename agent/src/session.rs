@@ -88,6 +88,8 @@ pub struct SessionContext {
     pub autonomy: Arc<crate::autonomy::Autonomy>,
     /// Engine run-history housekeeping, reported in heartbeats.
     pub housekeeping: Arc<crate::housekeeping::Housekeeping>,
+    /// The change sources of the schedules (`trigger.on_change`), reported in heartbeats.
+    pub changes: Arc<crate::change::Watcher>,
 }
 
 impl std::fmt::Debug for SessionContext {
@@ -550,7 +552,7 @@ async fn write_loop(
                     runs_cleared_before: hk.cleared_before.map(syncfleet_proto::time::to_proto),
                     clear_runs_total: hk.total,
                     clear_runs_problem: hk.problem,
-                    change_sources: Vec::new(),
+                    change_sources: ctx.changes.statuses(),
                 };
                 if tx.send(v1::AgentMessage { msg: Some(AgentMsg::Heartbeat(hb)) }).await.is_err() {
                     return Ok(());
@@ -696,5 +698,130 @@ mod outage_tests {
         let mut outage = Outage::new(start + Duration::from_secs(1000));
         outage.check(start + Duration::from_secs(1400), &urls);
         assert_eq!(events.with_id(EventId::ControllerUnreachable).len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod change_source_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use syncfleet_proto::v1;
+    use tokio::sync::{Notify, mpsc};
+    use tokio_util::sync::CancellationToken;
+
+    use super::{AgentMsg, SessionContext, write_loop};
+    use crate::engine::SyncEngine;
+    use crate::engine::sim::SimConfig;
+    use crate::executor::ExecutorOptions;
+    use crate::executor::testkit::build;
+
+    /// A schedule set stored from the controller starts its change sources' pollers, and the
+    /// next heartbeat carries their status (here a source whose server refuses connections).
+    #[tokio::test]
+    async fn a_stored_schedule_sets_sources_are_polled_and_reported_in_heartbeats() {
+        let (h, sim) = build(SimConfig::example(0), ExecutorOptions::default()).await;
+        let engine: Arc<dyn SyncEngine> = sim;
+        let outbox = Arc::new(Notify::new());
+        let autonomy = crate::autonomy::Autonomy::open(
+            "sync-01",
+            Duration::ZERO,
+            syncfleet_proto::schedule_model::Clock::System,
+            Arc::clone(&h.journal),
+            Arc::clone(&h.exec),
+            Arc::clone(&outbox),
+        )
+        .unwrap();
+        let changes = crate::change::Watcher::new(
+            Arc::clone(&h.journal),
+            Arc::clone(&outbox),
+            Default::default(),
+        );
+        let shutdown = CancellationToken::new();
+        let watcher_task =
+            tokio::spawn(Arc::clone(&changes).run(autonomy.subscribe_set(), shutdown.clone()));
+        // A loopback port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let doc = serde_json::json!({
+            "name": "hr-sync",
+            "sequence": "quick",
+            "targets": {"agents": ["sync-01"]},
+            "trigger": {"on_change": {"sources": [{
+                "name": "hr",
+                "poll": "1h",
+                "http": {"url": format!("http://127.0.0.1:{port}/watermark"), "pointer": "/v"},
+            }]}},
+        });
+        autonomy
+            .store_set(v1::ScheduleSet {
+                version: 3,
+                schedules: vec![v1::AgentSchedule {
+                    schedule_json: doc.to_string(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .unwrap();
+        let ctx = SessionContext {
+            cfg: crate::AgentConfig::default(),
+            live: Default::default(),
+            engine: Arc::clone(&engine),
+            journal: Arc::clone(&h.journal),
+            executor: Arc::clone(&h.exec),
+            outbox,
+            autonomy,
+            housekeeping: crate::housekeeping::Housekeeping::new(
+                engine,
+                Arc::clone(&h.journal),
+                None,
+                Duration::from_secs(3600),
+            ),
+            changes,
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let done = CancellationToken::new();
+        let writer = write_loop(&ctx, &tx, 0, Duration::from_millis(50), &done);
+        let reader = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no heartbeat with the source's failed poll"
+                );
+                let Some(v1::AgentMessage {
+                    msg: Some(AgentMsg::Heartbeat(hb)),
+                }) = rx.recv().await
+                else {
+                    continue;
+                };
+                if let Some(s) = hb.change_sources.first()
+                    && s.consecutive_errors > 0
+                {
+                    done.cancel();
+                    return hb.change_sources;
+                }
+            }
+        };
+        let (w, sources) = tokio::join!(writer, reader);
+        w.unwrap();
+        assert_eq!(sources.len(), 1);
+        let s = &sources[0];
+        assert_eq!(
+            (s.schedule.as_str(), s.source.as_str(), s.kind.as_str()),
+            ("hr-sync", "hr", "http")
+        );
+        assert!(
+            s.target.contains(&format!("127.0.0.1:{port}")),
+            "{}",
+            s.target
+        );
+        assert!(s.error.contains("GET http://127.0.0.1"), "{}", s.error);
+        assert!(s.error_since.is_some() && s.last_poll.is_some());
+        shutdown.cancel();
+        watcher_task.await.unwrap();
     }
 }

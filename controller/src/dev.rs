@@ -296,6 +296,7 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
             executor: syncfleet_agent::executor::ExecutorOptions::default(),
             // In-process agents share the controller's process: without it, nobody fires.
             autonomy_after: Duration::ZERO,
+            credentials: Default::default(),
         };
         let stop = shutdown.clone();
         agents.push(tokio::spawn(async move {

@@ -165,6 +165,7 @@ pub const AGENT_KEYS: &[&str] = &[
     "reconnect_max_backoff",
     "autonomy_after",
     "executor",
+    "credentials",
 ];
 
 /// How one daemon names its settings in the environment, and which settings of the other daemon
