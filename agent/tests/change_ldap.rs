@@ -342,3 +342,68 @@ async fn wait_for(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// LDAPS and StartTLS, trusting the directory's CA through the credential's `ca_file`; without
+/// it the certificate is refused and the status says why.
+#[tokio::test]
+async fn ldaps_and_start_tls_trust_the_credentials_ca_file() {
+    let slapd = TestSlapd::start_with_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
+    let mut creds = credentials(dir.path(), ROOT_PASSWORD);
+    let mut trusted = creds["directory"].clone();
+    trusted.ca_file = Some(slapd.ca_file());
+    creds.insert("trusted".to_string(), trusted);
+    let ldaps = |credential: &str, start_tls: bool| {
+        let url = if start_tls {
+            slapd.url()
+        } else {
+            slapd.ldaps_url()
+        };
+        let mut doc = source(&slapd, |l| {
+            l.url = url;
+            l.start_tls = Some(start_tls);
+            l.credential = Some(credential.to_string());
+        });
+        doc.name = format!("{credential}-{start_tls}");
+        doc
+    };
+    let mut over_ldaps = Poller::new(
+        Arc::clone(&journal),
+        Arc::new(Notify::new()),
+        creds.clone(),
+        "people-sync",
+        ldaps("trusted", false),
+    )
+    .unwrap();
+    let mut over_start_tls = Poller::new(
+        Arc::clone(&journal),
+        Arc::new(Notify::new()),
+        creds.clone(),
+        "people-sync",
+        ldaps("trusted", true),
+    )
+    .unwrap();
+    assert_eq!(detected(over_ldaps.poll_once().await.unwrap()), None);
+    assert_eq!(detected(over_start_tls.poll_once().await.unwrap()), None);
+    let ivan = slapd.add_person(PEOPLE, "ivan");
+    for p in [&mut over_ldaps, &mut over_start_tls] {
+        let d = detected(p.poll_once().await.unwrap()).expect("the add is seen");
+        assert_eq!((d.changes, d.examples.clone()), (1, vec![ivan.clone()]));
+    }
+
+    // Without the CA, both refuse the server's certificate (so StartTLS did upgrade).
+    for start_tls in [false, true] {
+        let mut untrusted = Poller::new(
+            Arc::clone(&journal),
+            Arc::new(Notify::new()),
+            creds.clone(),
+            "people-sync",
+            ldaps("directory", start_tls),
+        )
+        .unwrap();
+        let err = untrusted.poll_once().await.unwrap_err().to_string();
+        assert!(err.contains("connect to ldap"), "{err}");
+        assert!(err.to_lowercase().contains("certificate"), "{err}");
+    }
+}
