@@ -322,11 +322,51 @@ async fn the_watcher_runs_the_sources_of_the_schedule_set() {
     assert_eq!((d.changes, d.examples), (1, vec![henry]));
     assert_eq!(watcher.statuses()[0].changes_total, 1);
 
+    // A changed definition restarts the poller from a new baseline (which reports nothing).
+    let changed = serde_json::json!({
+        "name": "people-sync",
+        "sequence": "delta",
+        "targets": {"agents": ["sync01"]},
+        "trigger": {"on_change": {"sources": [source(&f.slapd, |l| {
+            l.ignore_attributes = vec!["mail".to_string()];
+        })]}},
+    });
     tx.send_replace(v1::ScheduleSet {
         version: 2,
+        schedules: vec![v1::AgentSchedule {
+            schedule_json: changed.to_string(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    wait_for(|| {
+        watcher
+            .statuses()
+            .first()
+            .is_some_and(|s| s.changes_total == 0 && s.last_poll.is_some())
+    })
+    .await;
+    let iris = f.slapd.add_person(PEOPLE, "iris");
+    wait_for(|| f.journal.events_after(0, 10).unwrap().len() == 2).await;
+    let events = f.journal.events_after(1, 10).unwrap();
+    let d = detected(events.into_iter().next()).unwrap();
+    assert_eq!((d.changes, d.examples), (1, vec![iris]));
+
+    tx.send_replace(v1::ScheduleSet {
+        version: 3,
         ..Default::default()
     });
     wait_for(|| watcher.statuses().is_empty()).await;
+    // The removed source's state is forgotten.
+    let digest = syncfleet_agent::change::definition_digest(&source(&f.slapd, |l| {
+        l.ignore_attributes = vec!["mail".to_string()];
+    }));
+    assert_eq!(
+        f.journal
+            .change_state("people-sync", "people", &digest)
+            .unwrap(),
+        None
+    );
     shutdown.cancel();
     task.await.unwrap();
 }
