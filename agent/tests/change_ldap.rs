@@ -447,3 +447,30 @@ async fn ldaps_and_start_tls_trust_the_credentials_ca_file() {
         assert!(err.to_lowercase().contains("certificate"), "{err}");
     }
 }
+
+/// Baseline and DN listing read every page of a directory larger than one page (500 entries):
+/// a deletion on the last page is one change, and nothing else is taken for deleted.
+#[tokio::test]
+async fn searches_read_every_page_of_a_large_directory() {
+    let f = Fixture::new();
+    let ldif: String = (0..1200)
+        .map(|i| {
+            format!(
+                "dn: uid=bulk{i},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: bulk{i}\ncn: bulk{i}\nsn: bulk{i}\n\n"
+            )
+        })
+        .collect();
+    f.slapd.add(&ldif);
+    let mut p = f.poller(source(&f.slapd, |_| {}));
+    assert_eq!(detected(p.poll_once().await.unwrap()), None, "baseline");
+    let last = format!("uid=bulk1199,{PEOPLE}");
+    f.slapd.delete(&last);
+    let mut total = 0;
+    for _ in 0..LISTING_EVERY {
+        if let Some(d) = detected(p.poll_once().await.unwrap()) {
+            assert_eq!(d.examples, vec![last.to_ascii_lowercase()]);
+            total += d.changes;
+        }
+    }
+    assert_eq!(total, 1);
+}
