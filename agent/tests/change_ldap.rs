@@ -322,11 +322,51 @@ async fn the_watcher_runs_the_sources_of_the_schedule_set() {
     assert_eq!((d.changes, d.examples), (1, vec![henry]));
     assert_eq!(watcher.statuses()[0].changes_total, 1);
 
+    // A changed definition restarts the poller from a new baseline (which reports nothing).
+    let changed = serde_json::json!({
+        "name": "people-sync",
+        "sequence": "delta",
+        "targets": {"agents": ["sync01"]},
+        "trigger": {"on_change": {"sources": [source(&f.slapd, |l| {
+            l.ignore_attributes = vec!["mail".to_string()];
+        })]}},
+    });
     tx.send_replace(v1::ScheduleSet {
         version: 2,
+        schedules: vec![v1::AgentSchedule {
+            schedule_json: changed.to_string(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    wait_for(|| {
+        watcher
+            .statuses()
+            .first()
+            .is_some_and(|s| s.changes_total == 0 && s.last_poll.is_some())
+    })
+    .await;
+    let iris = f.slapd.add_person(PEOPLE, "iris");
+    wait_for(|| f.journal.events_after(0, 10).unwrap().len() == 2).await;
+    let events = f.journal.events_after(1, 10).unwrap();
+    let d = detected(events.into_iter().next()).unwrap();
+    assert_eq!((d.changes, d.examples), (1, vec![iris]));
+
+    tx.send_replace(v1::ScheduleSet {
+        version: 3,
         ..Default::default()
     });
     wait_for(|| watcher.statuses().is_empty()).await;
+    // The removed source's state is forgotten.
+    let digest = syncfleet_agent::change::definition_digest(&source(&f.slapd, |l| {
+        l.ignore_attributes = vec!["mail".to_string()];
+    }));
+    assert_eq!(
+        f.journal
+            .change_state("people-sync", "people", &digest)
+            .unwrap(),
+        None
+    );
     shutdown.cancel();
     task.await.unwrap();
 }
@@ -341,4 +381,96 @@ async fn wait_for(cond: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// LDAPS and StartTLS, trusting the directory's CA through the credential's `ca_file`; without
+/// it the certificate is refused and the status says why.
+#[tokio::test]
+async fn ldaps_and_start_tls_trust_the_credentials_ca_file() {
+    let slapd = TestSlapd::start_with_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Journal::open(&dir.path().join("agent.db")).unwrap());
+    let mut creds = credentials(dir.path(), ROOT_PASSWORD);
+    let mut trusted = creds["directory"].clone();
+    trusted.ca_file = Some(slapd.ca_file());
+    creds.insert("trusted".to_string(), trusted);
+    let ldaps = |credential: &str, start_tls: bool| {
+        let url = if start_tls {
+            slapd.url()
+        } else {
+            slapd.ldaps_url()
+        };
+        let mut doc = source(&slapd, |l| {
+            l.url = url;
+            l.start_tls = Some(start_tls);
+            l.credential = Some(credential.to_string());
+        });
+        doc.name = format!("{credential}-{start_tls}");
+        doc
+    };
+    let mut over_ldaps = Poller::new(
+        Arc::clone(&journal),
+        Arc::new(Notify::new()),
+        creds.clone(),
+        "people-sync",
+        ldaps("trusted", false),
+    )
+    .unwrap();
+    let mut over_start_tls = Poller::new(
+        Arc::clone(&journal),
+        Arc::new(Notify::new()),
+        creds.clone(),
+        "people-sync",
+        ldaps("trusted", true),
+    )
+    .unwrap();
+    assert_eq!(detected(over_ldaps.poll_once().await.unwrap()), None);
+    assert_eq!(detected(over_start_tls.poll_once().await.unwrap()), None);
+    let ivan = slapd.add_person(PEOPLE, "ivan");
+    for p in [&mut over_ldaps, &mut over_start_tls] {
+        let d = detected(p.poll_once().await.unwrap()).expect("the add is seen");
+        assert_eq!((d.changes, d.examples.clone()), (1, vec![ivan.clone()]));
+    }
+
+    // Without the CA, both refuse the server's certificate (so StartTLS did upgrade).
+    for start_tls in [false, true] {
+        let mut untrusted = Poller::new(
+            Arc::clone(&journal),
+            Arc::new(Notify::new()),
+            creds.clone(),
+            "people-sync",
+            ldaps("directory", start_tls),
+        )
+        .unwrap();
+        let err = untrusted.poll_once().await.unwrap_err().to_string();
+        assert!(err.contains("connect to ldap"), "{err}");
+        assert!(err.to_lowercase().contains("certificate"), "{err}");
+    }
+}
+
+/// Baseline and DN listing read every page of a directory larger than one page (500 entries):
+/// a deletion on the last page is one change, and nothing else is taken for deleted.
+#[tokio::test]
+async fn searches_read_every_page_of_a_large_directory() {
+    let f = Fixture::new();
+    let ldif: String = (0..1200)
+        .map(|i| {
+            format!(
+                "dn: uid=bulk{i},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: bulk{i}\ncn: bulk{i}\nsn: bulk{i}\n\n"
+            )
+        })
+        .collect();
+    f.slapd.add(&ldif);
+    let mut p = f.poller(source(&f.slapd, |_| {}));
+    assert_eq!(detected(p.poll_once().await.unwrap()), None, "baseline");
+    let last = format!("uid=bulk1199,{PEOPLE}");
+    f.slapd.delete(&last);
+    let mut total = 0;
+    for _ in 0..LISTING_EVERY {
+        if let Some(d) = detected(p.poll_once().await.unwrap()) {
+            assert_eq!(d.examples, vec![last.to_ascii_lowercase()]);
+            total += d.changes;
+        }
+    }
+    assert_eq!(total, 1);
 }

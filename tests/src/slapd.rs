@@ -6,11 +6,14 @@
 //! when the [`TestSlapd`] is dropped. Entries are written with `ldapadd`, `ldapmodify` and
 //! `ldapdelete` (package `ldap-utils`).
 //!
+//! [`TestSlapd::start_with_tls`] also listens for LDAPS and accepts StartTLS, with a server
+//! certificate for `127.0.0.1` from a CA of its own ([`TestSlapd::ca_file`]).
+//!
 //! When slapd or ldap-utils are not installed, [`TestSlapd::start`] panics with the command
 //! that installs them: tests that need them fail, they are never skipped.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,7 +37,9 @@ const INSTALL: &str =
 pub struct TestSlapd {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    /// The LDAPS port, when started with TLS.
+    tls_port: Option<u16>,
+    dir: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -44,10 +49,45 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
 }
 
-fn config(dir: &Path) -> String {
+/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it (`server.pem`,
+/// `server.key`), written to `dir`.
+fn write_tls_files(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let fail = |e: rcgen::Error| -> ! { panic!("cannot make the test TLS certificates: {e}") };
+    let ca_key = KeyPair::generate().unwrap_or_else(|e| fail(e));
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| fail(e));
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap_or_else(|e| fail(e));
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap_or_else(|e| fail(e));
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap_or_else(|e| fail(e));
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).unwrap_or_else(|e| fail(e));
+    for (name, pem) in [
+        ("ca.pem", ca_cert.pem()),
+        ("server.pem", cert.pem()),
+        ("server.key", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap_or_else(|e| panic!("cannot write {name}: {e}"));
+    }
+}
+
+fn config(dir: &Path, tls: bool) -> String {
     let d = dir.display();
+    let tls = if tls {
+        format!(
+            "TLSCACertificateFile {d}/ca.pem\nTLSCertificateFile {d}/server.pem\nTLSCertificateKeyFile {d}/server.key\n"
+        )
+    } else {
+        String::new()
+    };
     format!(
-        r#"include /etc/ldap/schema/core.schema
+        r#"{tls}include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/nis.schema
@@ -70,6 +110,16 @@ index objectClass eq
 impl TestSlapd {
     /// Start a server of its own (each caller gets a fresh, empty directory).
     pub fn start() -> TestSlapd {
+        Self::start_inner(false)
+    }
+
+    /// [`start`](Self::start), also listening for LDAPS ([`ldaps_url`](Self::ldaps_url)) and
+    /// accepting StartTLS on [`url`](Self::url).
+    pub fn start_with_tls() -> TestSlapd {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> TestSlapd {
         assert!(
             Path::new(SLAPD).exists(),
             "slapd is not installed ({SLAPD} is missing): the LDAP change source tests need a real directory server; {INSTALL}"
@@ -81,20 +131,28 @@ impl TestSlapd {
         std::fs::create_dir(dir.path().join("db"))
             .unwrap_or_else(|e| panic!("cannot create the slapd database folder: {e}"));
         let conf = dir.path().join("slapd.conf");
-        std::fs::write(&conf, config(dir.path()))
+        if tls {
+            write_tls_files(dir.path());
+        }
+        std::fs::write(&conf, config(dir.path(), tls))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
         let log = dir.path().join("slapd.log");
         // A port found free may be taken before the server binds it: try a few.
         let mut last = String::new();
         for _ in 0..3 {
             let port = free_port();
+            let tls_port = tls.then(free_port);
+            let mut urls = format!("ldap://127.0.0.1:{port}/");
+            if let Some(p) = tls_port {
+                urls.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
+            }
             let log_file = std::fs::File::create(&log)
                 .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
             // `-d 0`: stay in the foreground (killed on drop), log nothing but errors.
             let mut child = Command::new(SLAPD)
                 .arg("-f")
                 .arg(&conf)
-                .args(["-h", &format!("ldap://127.0.0.1:{port}/"), "-d", "0"])
+                .args(["-h", &urls, "-d", "0"])
                 .stdout(Stdio::null())
                 .stderr(log_file)
                 .spawn()
@@ -108,11 +166,13 @@ impl TestSlapd {
                     );
                     break;
                 }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let listening = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+                if listening(port) && tls_port.is_none_or(listening) {
                     let slapd = TestSlapd {
                         child,
                         port,
-                        _dir: dir,
+                        tls_port,
+                        dir,
                     };
                     slapd.add(&format!(
                         "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n\
@@ -143,6 +203,19 @@ impl TestSlapd {
     /// `ldap://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// `ldaps://127.0.0.1:<port>` of a server started with [`start_with_tls`](Self::start_with_tls).
+    pub fn ldaps_url(&self) -> String {
+        match self.tls_port {
+            Some(p) => format!("ldaps://127.0.0.1:{p}"),
+            None => panic!("this slapd was started without TLS: use TestSlapd::start_with_tls"),
+        }
+    }
+
+    /// The CA certificate (PEM) the server's certificate chains to.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// Run an ldap-utils tool as the root DN with `input` on stdin; panics with its output

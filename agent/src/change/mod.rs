@@ -18,6 +18,8 @@ pub mod credentials;
 pub mod http;
 pub mod ldap;
 pub mod sql;
+#[cfg(windows)]
+mod sql_server;
 pub mod status;
 pub mod watcher;
 

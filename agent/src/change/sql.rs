@@ -1,6 +1,6 @@
 //! `sql` source: a query returning one value (the watermark); a change is the value moving.
-//! PostgreSQL through tokio-postgres; SQL Server is not supported by this agent build yet
-//! (its poll reports so in the status).
+//! PostgreSQL through tokio-postgres; SQL Server through tiberius on Windows agents (elsewhere
+//! its poll reports that it needs one).
 
 use std::time::Duration;
 
@@ -26,13 +26,29 @@ impl SqlSource {
     pub async fn poll(&mut self, prior: Option<&ChangeState>) -> Result<PollOutcome, SourceError> {
         let value = match self.doc.driver {
             SqlDriver::Postgres => self.postgres().await?,
-            SqlDriver::SqlServer => {
-                return Err(SourceError::Sql(
-                    "SQL Server change sources are not supported by this agent build; use a postgres or http source".to_string(),
-                ));
-            }
+            SqlDriver::SqlServer => self.sql_server().await?,
         };
         Ok(watermark_outcome(prior, value))
+    }
+
+    #[cfg(windows)]
+    async fn sql_server(&self) -> Result<String, SourceError> {
+        super::sql_server::watermark(
+            &self.doc.connection,
+            &self.doc.query,
+            &self.secrets,
+            TIMEOUT,
+        )
+        .await
+    }
+
+    /// SQL Server is reached with tiberius, which this agent builds on Windows only (where a
+    /// source without a credential logs in as the agent's Windows account).
+    #[cfg(not(windows))]
+    async fn sql_server(&self) -> Result<String, SourceError> {
+        Err(SourceError::Sql(
+            "SQL Server change sources run on Windows agents only; target this schedule at a Windows agent, or use a postgres or http source".to_string(),
+        ))
     }
 
     /// Run the query with the simple query protocol, which returns every value as text (text,

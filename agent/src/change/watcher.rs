@@ -182,7 +182,14 @@ impl Poller {
     pub async fn run(mut self, cancel: CancellationToken) {
         let poll = self.doc.poll();
         loop {
-            let wait = match self.poll_once().await {
+            // A cancelled poller stops mid-poll too: its journal write is synchronous, so it
+            // happens whole or not at all, and a replaced definition's poller cannot store
+            // its state after the new one has started.
+            let polled = tokio::select! {
+                r = self.poll_once() => r,
+                () = cancel.cancelled() => return,
+            };
+            let wait = match polled {
                 Ok(_) => poll,
                 Err(e) => {
                     let n = self.status.snapshot().consecutive_errors;
