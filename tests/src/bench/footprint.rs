@@ -12,28 +12,10 @@ use tonic::transport::Channel;
 
 use super::controller::Access;
 use super::error::{BenchError, Result};
-use super::procfs::{self, ProcSample, mb};
+use super::procfs::{self, mb};
 use super::report::{Budget, Report};
 
 const AGENT: &str = "bench-real-agent";
-
-/// The footprint of `pid` summed over its threads (switches) with its memory.
-fn sample_all_threads(pid: u32) -> Result<ProcSample> {
-    let mut s = procfs::sample(pid)?;
-    let dir = format!("/proc/{pid}/task");
-    let mut switches = 0;
-    for t in std::fs::read_dir(&dir).map_err(BenchError::io(format!("cannot list {dir}")))? {
-        let Ok(t) = t else { continue };
-        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        switches += status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    s.voluntary_switches = switches;
-    Ok(s)
-}
 
 pub async fn measure(
     access: &Access,
@@ -123,9 +105,9 @@ pub async fn measure(
     }
     // Let start-up work (inventory, first heartbeat) settle before the idle period.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let s0 = sample_all_threads(pid)?;
+    let s0 = procfs::sample(pid)?;
     tokio::time::sleep(idle).await;
-    let s1 = sample_all_threads(pid)?;
+    let s1 = procfs::sample(pid)?;
     let _ = child.kill().await;
     let secs = idle.as_secs_f64();
     let note = format!(

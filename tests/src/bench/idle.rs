@@ -35,10 +35,10 @@ pub async fn measure(pid: u32, agents: usize, idle: Duration, report: &mut Repor
     report.add(
         "idle.controller_wakeups_per_s",
         &format!("controller wake-ups, {agents} agents connected, idle"),
-        Some(((s1.voluntary_switches - s0.voluntary_switches) as f64 / secs).round()),
+        Some((s1.voluntary_switches.saturating_sub(s0.voluntary_switches) as f64 / secs).round()),
         "/s",
         Budget::None,
-        "voluntary context switches, all threads",
+        "voluntary context switches of the threads alive at the end",
     );
     report.context("idle.seconds", json!(secs));
     Ok(())

@@ -60,9 +60,10 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
-/// Voluntary context switches of every thread of `pid` (`/proc/PID/status` counts only the
-/// main thread; a multi-threaded runtime sleeps and wakes on its worker threads). Falls back to
-/// the main thread's count when the task list cannot be read.
+/// Voluntary context switches of every live thread of `pid` (`/proc/PID/status` counts only the
+/// main thread; a multi-threaded runtime sleeps and wakes on its worker threads). A thread that
+/// exits takes its count with it, so the sum can go down between two samples: subtract with
+/// `saturating_sub`. Falls back to the main thread's count when the task list cannot be read.
 fn voluntary_switches(pid: u32, main_status: &str) -> u64 {
     let field = |text: &str| {
         text.lines()

@@ -120,6 +120,8 @@ struct HostProcess {
     stdin: ChildStdin,
     lines: FramedRead<ChildStdout, LinesCodec>,
     stderr: Arc<Mutex<VecDeque<String>>>,
+    /// The task reading standard error; it ends when the process's standard error closes.
+    stderr_reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl HostProcess {
@@ -146,7 +148,7 @@ impl HostProcess {
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let sink = Arc::clone(&tail);
         let max = cfg.max_line_bytes;
-        tokio::spawn(async move {
+        let stderr_reader = tokio::spawn(async move {
             let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(max));
             while let Some(line) = lines.next().await {
                 let Ok(line) = line else { break };
@@ -162,6 +164,7 @@ impl HostProcess {
             stdin,
             lines: FramedRead::new(stdout, LinesCodec::new_with_max_length(cfg.max_line_bytes)),
             stderr: tail,
+            stderr_reader: Some(stderr_reader),
         };
         let ready = tokio::time::timeout(cfg.start_timeout, host.answer("start", None)).await;
         match ready {
@@ -184,8 +187,13 @@ impl HostProcess {
         }
     }
 
-    /// Why the process is gone: its exit status and the last lines of its standard error.
-    fn death(&mut self) -> String {
+    /// Why the process is gone: its exit status and the last lines of its standard error. The
+    /// exit status can be collected before the reader has taken the last lines from the pipe:
+    /// the reader is given a moment to reach the end of standard error first.
+    async fn death(&mut self) -> String {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+        }
         let status = match self.child.try_wait() {
             Ok(Some(s)) => s.to_string(),
             _ => "still running, standard output closed".into(),
@@ -224,7 +232,7 @@ impl HostProcess {
                     let _ = tokio::time::timeout(Duration::from_secs(1), self.child.wait()).await;
                     return Err(AdsyncError::Died {
                         command: command.to_owned(),
-                        detail: self.death(),
+                        detail: self.death().await,
                     });
                 }
             };
@@ -264,7 +272,7 @@ impl HostProcess {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.child.wait()).await;
             return Err(AdsyncError::Died {
                 command: command.to_owned(),
-                detail: format!("writing the request: {e}; {}", self.death()),
+                detail: format!("writing the request: {e}; {}", self.death().await),
             });
         }
         let answer = self.answer(command, Some(id)).await?;
