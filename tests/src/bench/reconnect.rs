@@ -40,6 +40,67 @@ pub async fn connected(op: &mut FleetServiceClient<Channel>, prefix: &str) -> Re
     }
 }
 
+/// How a fleet came back after its sessions were cut (a reconnect storm, a controller restart).
+pub struct Rejoined {
+    /// From the cut until the last Welcome arrived (not until a poll saw it).
+    pub welcomed: Duration,
+    /// From the cut until `ListAgents` listed every agent connected; `None` if it did not
+    /// within `list_timeout`.
+    pub listed: Option<Duration>,
+    pub listed_connected: usize,
+    pub list_timeout: Duration,
+}
+
+/// Waits until every agent of `fleet` has had a Welcome since `before` Welcomes were counted
+/// (cut at `t` / `t_us`; `what` says how, for the timeout message), then polls the controller's
+/// stored view for a bounded time: a shortfall is reported (an agent with a live session listed
+/// as not connected is a controller defect), not waited for.
+pub async fn rejoined(
+    op: &mut FleetServiceClient<Channel>,
+    fleet: &SimFleet,
+    before: u64,
+    t: Instant,
+    t_us: u64,
+    what: &str,
+) -> Result<Rejoined> {
+    let n = fleet.len();
+    let shared = &fleet.shared;
+    let timeout = Duration::from_secs(120) + Duration::from_millis(20) * n as u32;
+    wait_until(
+        format!("{n} agents to be welcomed again {what}"),
+        timeout,
+        || (shared.welcomes.load(Ordering::SeqCst) >= before + n as u64).then_some(()),
+    )
+    .await
+    .map_err(|e| {
+        BenchError::Failed(format!("{e} (last session error: {})", shared.last_error()))
+    })?;
+    let welcomed = Duration::from_micros(
+        shared
+            .last_welcome_us
+            .load(Ordering::SeqCst)
+            .saturating_sub(t_us),
+    );
+    let list_timeout = Duration::from_secs(10) + Duration::from_millis(2) * n as u32;
+    let deadline = Instant::now() + list_timeout;
+    let (listed, listed_connected) = loop {
+        let c = connected(op, "sim-").await?;
+        if c >= n {
+            break (Some(t.elapsed()), c);
+        }
+        if Instant::now() >= deadline {
+            break (None, c);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Ok(Rejoined {
+        welcomed,
+        listed,
+        listed_connected,
+        list_timeout,
+    })
+}
+
 pub async fn measure(
     op: &mut FleetServiceClient<Channel>,
     fleet: &SimFleet,
@@ -53,38 +114,13 @@ pub async fn measure(
     let t = Instant::now();
     let t_us = now_us();
     fleet.broadcast(Control::Reconnect);
-    let timeout = Duration::from_secs(120) + Duration::from_millis(20) * n as u32;
-    wait_until(
-        format!("{n} agents to be welcomed again after dropping their sessions"),
-        timeout,
-        || (shared.welcomes.load(Ordering::SeqCst) >= before + n as u64).then_some(()),
-    )
-    .await
-    .map_err(|e| {
-        BenchError::Failed(format!("{e} (last session error: {})", shared.last_error()))
-    })?;
-    // Until the last Welcome arrived, not until this poll saw it.
-    let welcomed = Duration::from_micros(
-        shared
-            .last_welcome_us
-            .load(Ordering::SeqCst)
-            .saturating_sub(t_us),
+    let rejoined = rejoined(op, fleet, before, t, t_us, "after dropping their sessions").await?;
+    let (welcomed, listed, listed_connected, list_timeout) = (
+        rejoined.welcomed,
+        rejoined.listed,
+        rejoined.listed_connected,
+        rejoined.list_timeout,
     );
-    // The controller's stored view: polled for a bounded time after the last Welcome. A
-    // shortfall is reported (an agent with a live session listed as not connected is a
-    // controller defect), not waited for.
-    let list_timeout = Duration::from_secs(10) + Duration::from_millis(2) * n as u32;
-    let deadline = Instant::now() + list_timeout;
-    let (listed, listed_connected) = loop {
-        let c = connected(op, "sim-").await?;
-        if c >= n {
-            break (Some(t.elapsed()), c);
-        }
-        if Instant::now() >= deadline {
-            break (None, c);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
     report.add(
         "reconnect.all_welcomed_s",
         &format!("reconnect storm, {n} agents, all Welcomes received"),

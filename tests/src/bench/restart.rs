@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::controller::{Access, ControllerProc};
-use super::error::{BenchError, Result, wait_until};
-use super::reconnect::connected;
+use super::error::{BenchError, Result};
+use super::reconnect::rejoined;
 use super::report::{Budget, Report};
 use super::sim::{SimFleet, now_us};
 
@@ -48,34 +48,22 @@ pub async fn measure(
     let timeout = Duration::from_secs(120) + Duration::from_millis(20) * n as u32;
     wait_ready(&format!("{}/readyz", proc.http_url), timeout).await?;
     let ready = t.elapsed();
-    wait_until(
-        format!("{n} agents to be welcomed by the restarted controller"),
-        timeout,
-        || (shared.welcomes.load(Ordering::SeqCst) >= before + n as u64).then_some(()),
-    )
-    .await
-    .map_err(|e| {
-        BenchError::Failed(format!("{e} (last session error: {})", shared.last_error()))
-    })?;
-    let welcomed = Duration::from_micros(
-        shared
-            .last_welcome_us
-            .load(Ordering::SeqCst)
-            .saturating_sub(t_us),
-    );
     let mut op = access.operator().await?;
-    let list_timeout = Duration::from_secs(10) + Duration::from_millis(2) * n as u32;
-    let deadline = Instant::now() + list_timeout;
-    let (listed, listed_connected) = loop {
-        let c = connected(&mut op, "sim-").await?;
-        if c >= n {
-            break (Some(t.elapsed()), c);
-        }
-        if Instant::now() >= deadline {
-            break (None, c);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let rejoined = rejoined(
+        &mut op,
+        fleet,
+        before,
+        t,
+        t_us,
+        "by the restarted controller",
+    )
+    .await?;
+    let (welcomed, listed, listed_connected, list_timeout) = (
+        rejoined.welcomed,
+        rejoined.listed,
+        rejoined.listed_connected,
+        rejoined.list_timeout,
+    );
     report.add(
         "restart.ready_s",
         &format!("controller killed and restarted, {n} agents stored as connected: /readyz"),
