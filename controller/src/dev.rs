@@ -20,12 +20,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use syncfleet_agent::AgentConfig;
-use syncfleet_agent::config::{EngineConfig, TlsFiles};
+use syncfleet_agent::config::{Credential, EngineConfig, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{console_login, init};
 use crate::config::ControllerConfig;
 use crate::contexts::{Context, default_config_path, upsert_context};
+use crate::dev_ldap;
 use crate::server::{self, ServeError};
 
 /// `dev`'s command-line arguments, shared by the `syncfleet` and `syncfleet-controller` binaries.
@@ -59,6 +60,14 @@ pub struct DevArgs {
     /// Do not load the example fleet (sequences and schedules).
     #[arg(long)]
     pub no_example_fleet: bool,
+    /// Address of the fleet's own OpenLDAP directory, which the example schedule
+    /// `people-on-change` watches (needs Debian's slapd); when its port is taken, an ephemeral
+    /// port is used instead
+    #[arg(long, default_value = "127.0.0.1:7389")]
+    pub ldap_listen: SocketAddr,
+    /// Do not start the OpenLDAP directory (nor load `people-on-change`).
+    #[arg(long)]
+    pub no_ldap: bool,
     #[arg(long, env = "SYNCFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 }
@@ -80,6 +89,7 @@ impl DevArgs {
                 .or_else(|| default_cli_config.map(Path::to_path_buf)),
             time_scale: self.time_scale,
             example_fleet: !self.no_example_fleet,
+            ldap_listen: (!self.no_ldap).then_some(self.ldap_listen),
         }
     }
 }
@@ -125,6 +135,9 @@ pub struct DevOptions {
     pub time_scale: f64,
     /// Load the example fleet (`deploy/examples/fleet.yaml`): sequences and schedules.
     pub example_fleet: bool,
+    /// Where the fleet's own OpenLDAP directory listens (an ephemeral port when it is taken);
+    /// `None`: no directory.
+    pub ldap_listen: Option<SocketAddr>,
 }
 
 /// The example fleet file shipped in `deploy/examples/`, compiled in so `dev` works from any
@@ -133,8 +146,37 @@ pub const EXAMPLE_FLEET: &str = include_str!("../../deploy/examples/fleet.yaml")
 
 /// The example fleet as API documents.
 pub fn example_documents() -> Result<Vec<syncfleet_proto::v1::FleetDocument>, DevError> {
-    let docs = crate::documents::parse_str("deploy/examples/fleet.yaml", EXAMPLE_FLEET)
-        .map_err(|e| DevError::Example(e.to_string()))?;
+    documents_of("deploy/examples/fleet.yaml", EXAMPLE_FLEET)
+}
+
+/// The change-triggered example schedule (`deploy/examples/on-change.yaml`), loaded when the
+/// fleet's directory runs; its source's url names [`DEV_LDAP_PORT`] on loopback.
+pub const EXAMPLE_ON_CHANGE: &str = include_str!("../../deploy/examples/on-change.yaml");
+/// The dev directory's usual port (LDAP's 389, in the dev fleet's 7xxx range).
+pub const DEV_LDAP_PORT: u16 = 7389;
+/// The dev directory's root DN password: a throwaway directory on loopback, and the README's
+/// `ldapadd` line must work as written.
+pub const DEV_LDAP_PASSWORD: &str = "dev-ldap";
+/// The credential the dev agents bind to the directory with, as the example schedule names it.
+pub const DEV_LDAP_CREDENTIAL: &str = "dev-ldap";
+
+/// The example schedule watching the directory at `ldap`.
+pub fn on_change_documents(
+    ldap: SocketAddr,
+) -> Result<Vec<syncfleet_proto::v1::FleetDocument>, DevError> {
+    let text = EXAMPLE_ON_CHANGE.replace(
+        &format!("ldap://127.0.0.1:{DEV_LDAP_PORT}"),
+        &format!("ldap://{ldap}"),
+    );
+    documents_of("deploy/examples/on-change.yaml", &text)
+}
+
+fn documents_of(
+    source: &str,
+    text: &str,
+) -> Result<Vec<syncfleet_proto::v1::FleetDocument>, DevError> {
+    let docs =
+        crate::documents::parse_str(source, text).map_err(|e| DevError::Example(e.to_string()))?;
     Ok(docs
         .into_iter()
         .map(|d| syncfleet_proto::v1::FleetDocument {
@@ -158,6 +200,7 @@ impl Default for DevOptions {
             cli_config: None,
             time_scale: 0.05,
             example_fleet: true,
+            ldap_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEV_LDAP_PORT))),
         }
     }
 }
@@ -232,11 +275,20 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
     let lock = server::DataDirLock::acquire(&data_dir)?;
     let (ca, out) = init::init(&cfg, "dev-admin")?;
 
-    let seed = if opts.example_fleet {
+    let directory = match opts.ldap_listen {
+        Some(addr) => Some(start_directory(&data_dir, addr).await),
+        None => None,
+    };
+    let mut seed = if opts.example_fleet {
         example_documents()?
     } else {
         Vec::new()
     };
+    if opts.example_fleet
+        && let Some(Ok(d)) = &directory
+    {
+        seed.extend(on_change_documents(d.slapd.ldap_addr())?);
+    }
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let controller = tokio::spawn(server::serve_with(
         cfg.clone(),
@@ -296,7 +348,10 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
             executor: syncfleet_agent::executor::ExecutorOptions::default(),
             // In-process agents share the controller's process: without it, nobody fires.
             autonomy_after: Duration::ZERO,
-            credentials: Default::default(),
+            credentials: match &directory {
+                Some(Ok(d)) => d.credentials(),
+                _ => Default::default(),
+            },
         };
         let stop = shutdown.clone();
         agents.push(tokio::spawn(async move {
@@ -337,7 +392,14 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
             &data_dir,
             cli_path.as_deref(),
             temp.is_some(),
-            console_line.as_deref(),
+            console_line
+                .into_iter()
+                .chain(
+                    directory
+                        .as_ref()
+                        .map(|d| directory_line(d, opts.example_fleet))
+                )
+                .collect(),
         )
     );
 
@@ -346,6 +408,8 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
     for a in agents {
         let _ = a.await;
     }
+    // The directory's files are in the temporary folder: stop the server first.
+    drop(directory);
     drop(temp);
     match result {
         Ok(r) => r.map_err(DevError::from),
@@ -398,7 +462,8 @@ async fn dev_console_line(
 }
 
 /// What `dev` prints once the fleet is up: where it is, how to reach it with the CLI, what to
-/// try. The CLI hint names the `syncfleet` binary found beside the running executable (the same
+/// try. `services` are lines about what runs beside the controller (console, directory). The
+/// CLI hint names the `syncfleet` binary found beside the running executable (the same
 /// one under `cargo run`), so "put that folder on your PATH" is advice that works.
 fn banner(
     url: &str,
@@ -407,14 +472,14 @@ fn banner(
     data_dir: &Path,
     cli_config: Option<&Path>,
     temporary: bool,
-    console_line: Option<&str>,
+    services: Vec<String>,
 ) -> String {
     let mut text = format!(
         "syncfleet dev fleet is up: controller {url} (http://{http}), {agents} simulated agents, data in {}\n",
         data_dir.display()
     );
-    if let Some(line) = console_line {
-        text.push_str(line);
+    for line in services {
+        text.push_str(&line);
     }
     if let Some(path) = cli_config {
         text.push_str(&format!(
@@ -432,6 +497,95 @@ fn banner(
     }
     text.push('.');
     text
+}
+
+/// The fleet's own directory (see [`crate::dev_ldap`]) and the credential its agents bind with.
+struct DevDirectory {
+    slapd: dev_ldap::Slapd,
+    password_file: PathBuf,
+}
+
+impl DevDirectory {
+    /// `[credentials.dev-ldap]` of every dev agent.
+    fn credentials(&self) -> std::collections::BTreeMap<String, Credential> {
+        let credential = Credential {
+            username: Some(dev_ldap::ROOT_DN.to_string()),
+            password_file: Some(self.password_file.clone()),
+            ..Credential::default()
+        };
+        std::collections::BTreeMap::from([(DEV_LDAP_CREDENTIAL.to_string(), credential)])
+    }
+}
+
+/// Starts the directory in `<data-dir>/ldap` on `addr`, or on an ephemeral port when another
+/// process has it. A directory that cannot start leaves the rest of the fleet running: the
+/// banner says why.
+async fn start_directory(
+    data_dir: &Path,
+    addr: SocketAddr,
+) -> Result<DevDirectory, dev_ldap::SlapdError> {
+    if !dev_ldap::is_installed() {
+        return Err(dev_ldap::SlapdError::NotInstalled);
+    }
+    let dir = data_dir.join("ldap");
+    let io = |what: String| move |source| dev_ldap::SlapdError::Io { what, source };
+    std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+    let password_file = dir.join("bind.pw");
+    std::fs::write(&password_file, DEV_LDAP_PASSWORD)
+        .map_err(io(format!("write {}", password_file.display())))?;
+    let ldap = dev_ldap::free_or_ephemeral(addr).map_err(io(format!("bind {addr}")))?;
+    let slapd = dev_ldap::Slapd::start(&dev_ldap::SlapdOptions {
+        dir,
+        ldap,
+        ldaps: None,
+        password: DEV_LDAP_PASSWORD.to_string(),
+        tls: None,
+    })
+    .await;
+    match slapd {
+        Ok(slapd) => Ok(DevDirectory {
+            slapd,
+            password_file,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "the dev fleet's directory did not start");
+            Err(e)
+        }
+    }
+}
+
+/// The banner's directory lines: where it is and how to change it, or why there is none.
+fn directory_line(
+    directory: &Result<DevDirectory, dev_ldap::SlapdError>,
+    example_fleet: bool,
+) -> String {
+    match directory {
+        Ok(d) => {
+            let url = d.slapd.url();
+            let schedule = if example_fleet {
+                format!(
+                    ": schedule people-on-change runs delta-cycle on sync-01 when {} changes",
+                    dev_ldap::PEOPLE
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "directory: {url} (OpenLDAP, bind {} password {DEV_LDAP_PASSWORD}){schedule}
+  add a person: ldapadd -x -H {url} -D {} -w {DEV_LDAP_PASSWORD} -f deploy/examples/new-hire.ldif
+",
+                dev_ldap::ROOT_DN,
+                dev_ldap::ROOT_DN,
+            )
+        }
+        Err(dev_ldap::SlapdError::NotInstalled) => format!(
+            "directory: none; for an OpenLDAP directory whose changes start runs (schedule people-on-change), install slapd and ldap-utils (Debian, Ubuntu: `{}`) and start dev again
+",
+            dev_ldap::INSTALL_HINT
+        ),
+        Err(e) => format!("directory: not started: {e}
+"),
+    }
 }
 
 /// Where the `syncfleet` CLI is, as a line telling how to put it on the `PATH`.
@@ -460,5 +614,20 @@ mod tests {
         crate::documents::validate(&docs, &Default::default()).unwrap();
         assert_eq!(docs.len(), 6);
         assert_eq!(example_documents().unwrap().len(), 6);
+    }
+
+    #[test]
+    fn the_on_change_example_is_valid_with_the_directory_on_another_port() {
+        let mut docs = crate::documents::parse_str("fleet.yaml", EXAMPLE_FLEET).unwrap();
+        let at = SocketAddr::from(([127, 0, 0, 1], 40_389));
+        let on_change = on_change_documents(at).unwrap();
+        assert_eq!(on_change.len(), 1);
+        assert!(
+            on_change[0].json.contains("ldap://127.0.0.1:40389"),
+            "{}",
+            on_change[0].json
+        );
+        docs.extend(crate::documents::parse_str("on-change.yaml", EXAMPLE_ON_CHANGE).unwrap());
+        crate::documents::validate(&docs, &Default::default()).unwrap();
     }
 }

@@ -35,6 +35,8 @@ pub mod console;
 pub mod contexts;
 #[cfg(feature = "dev")]
 pub mod dev;
+#[cfg(feature = "dev")]
+pub mod dev_ldap;
 pub mod documents;
 pub mod fleet;
 pub mod healthcheck;

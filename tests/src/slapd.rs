@@ -1,10 +1,9 @@
-//! A throwaway OpenLDAP server for tests: Debian's `/usr/sbin/slapd` (package `slapd`) with its
-//! own `slapd.conf` (mdb backend, suffix [`SUFFIX`], root DN [`ROOT_DN`] with password
-//! [`ROOT_PASSWORD`], the core, cosine, inetorgperson and nis schemas of `/etc/ldap/schema`) and
-//! database in a temporary folder, listening on a free loopback port. The server starts with
-//! the suffix entry and the organizational units `ou=people` and `ou=other`, and is killed
-//! when the [`TestSlapd`] is dropped. Entries are written with `ldapadd`, `ldapmodify` and
-//! `ldapdelete` (package `ldap-utils`).
+//! A throwaway OpenLDAP server for tests: the dev fleet's directory
+//! ([`syncfleet_controller::dev_ldap`]: Debian's `/usr/sbin/slapd`, suffix [`SUFFIX`], root DN
+//! [`ROOT_DN`], the branches [`PEOPLE`] and [`OTHER`]) with the password [`ROOT_PASSWORD`], in a
+//! temporary folder, listening on a free loopback port, and killed when the [`TestSlapd`] is
+//! dropped. Entries are written with `ldapadd`, `ldapmodify` and `ldapdelete` (package
+//! `ldap-utils`).
 //!
 //! [`TestSlapd::start_with_tls`] also listens for LDAPS and accepts StartTLS, with a server
 //! certificate for `127.0.0.1` from a CA of its own ([`TestSlapd::ca_file`]).
@@ -13,32 +12,24 @@
 //! that installs them: tests that need them fail, they are never skipped.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The directory's suffix.
-pub const SUFFIX: &str = "dc=example,dc=org";
-/// The root DN (no access control applies to it).
-pub const ROOT_DN: &str = "cn=admin,dc=example,dc=org";
-/// Its password.
-pub const ROOT_PASSWORD: &str = "slapd-test-secret";
-/// Where the users of the tests go.
-pub const PEOPLE: &str = "ou=people,dc=example,dc=org";
-/// Another branch, outside [`PEOPLE`].
-pub const OTHER: &str = "ou=other,dc=example,dc=org";
+use syncfleet_controller::dev_ldap::{self, Slapd, SlapdError, SlapdOptions, SlapdTls};
+pub use syncfleet_controller::dev_ldap::{OTHER, PEOPLE, ROOT_DN, SUFFIX};
 
-const SLAPD: &str = "/usr/sbin/slapd";
+/// The root DN's password.
+pub const ROOT_PASSWORD: &str = "slapd-test-secret";
+
 const INSTALL: &str =
     "install them with `apt-get install slapd ldap-utils` (scripts/test does this)";
 
 /// A running slapd (see the module documentation).
 #[derive(Debug)]
 pub struct TestSlapd {
-    child: Child,
-    port: u16,
-    /// The LDAPS port, when started with TLS.
-    tls_port: Option<u16>,
+    slapd: Slapd,
     dir: tempfile::TempDir,
 }
 
@@ -77,36 +68,6 @@ fn write_tls_files(dir: &Path) {
     }
 }
 
-fn config(dir: &Path, tls: bool) -> String {
-    let d = dir.display();
-    let tls = if tls {
-        format!(
-            "TLSCACertificateFile {d}/ca.pem\nTLSCertificateFile {d}/server.pem\nTLSCertificateKeyFile {d}/server.key\n"
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        r#"{tls}include /etc/ldap/schema/core.schema
-include /etc/ldap/schema/cosine.schema
-include /etc/ldap/schema/inetorgperson.schema
-include /etc/ldap/schema/nis.schema
-pidfile {d}/slapd.pid
-argsfile {d}/slapd.args
-modulepath /usr/lib/ldap
-moduleload back_mdb
-sizelimit unlimited
-database mdb
-maxsize 104857600
-suffix "{SUFFIX}"
-rootdn "{ROOT_DN}"
-rootpw {ROOT_PASSWORD}
-directory {d}/db
-index objectClass eq
-"#
-    )
-}
-
 impl TestSlapd {
     /// Start a server of its own (each caller gets a fresh, empty directory).
     pub fn start() -> TestSlapd {
@@ -121,74 +82,54 @@ impl TestSlapd {
 
     fn start_inner(tls: bool) -> TestSlapd {
         assert!(
-            Path::new(SLAPD).exists(),
-            "slapd is not installed ({SLAPD} is missing): the LDAP change source tests need a real directory server; {INSTALL}"
+            dev_ldap::is_installed(),
+            "slapd is not installed ({} is missing): the LDAP change source tests need a real directory server; {INSTALL}",
+            dev_ldap::SLAPD
         );
         let dir = tempfile::Builder::new()
             .prefix("sf-slapd")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temporary folder: {e}"));
-        std::fs::create_dir(dir.path().join("db"))
-            .unwrap_or_else(|e| panic!("cannot create the slapd database folder: {e}"));
-        let conf = dir.path().join("slapd.conf");
-        if tls {
+        let tls_files = tls.then(|| {
             write_tls_files(dir.path());
-        }
-        std::fs::write(&conf, config(dir.path(), tls))
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
-        let log = dir.path().join("slapd.log");
+            SlapdTls {
+                ca: dir.path().join("ca.pem"),
+                cert: dir.path().join("server.pem"),
+                key: dir.path().join("server.key"),
+            }
+        });
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         // A port found free may be taken before the server binds it: try a few.
         let mut last = String::new();
         for _ in 0..3 {
-            let port = free_port();
-            let tls_port = tls.then(free_port);
-            let mut urls = format!("ldap://127.0.0.1:{port}/");
-            if let Some(p) = tls_port {
-                urls.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
-            }
-            let log_file = std::fs::File::create(&log)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-            // `-d 0`: stay in the foreground (killed on drop), log nothing but errors.
-            let mut child = Command::new(SLAPD)
-                .arg("-f")
-                .arg(&conf)
-                .args(["-h", &urls, "-d", "0"])
-                .stdout(Stdio::null())
-                .stderr(log_file)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {SLAPD}: {e}; {INSTALL}"));
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let opts = SlapdOptions {
+                dir: dir.path().to_path_buf(),
+                ldap: loopback(free_port()),
+                ldaps: tls.then(|| loopback(free_port())),
+                password: ROOT_PASSWORD.to_string(),
+                tls: tls_files.clone(),
+            };
+            let mut slapd =
+                Slapd::launch(&opts).unwrap_or_else(|e| panic!("slapd did not start: {e}"));
+            let deadline = Instant::now() + dev_ldap::START_TIMEOUT;
             loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    last = format!(
-                        "slapd exited with {status}: {}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                    break;
-                }
-                let listening = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
-                if listening(port) && tls_port.is_none_or(listening) {
-                    let slapd = TestSlapd {
-                        child,
-                        port,
-                        tls_port,
-                        dir,
-                    };
-                    slapd.add(&format!(
-                        "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n\
-                         dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people\n\n\
-                         dn: {OTHER}\nobjectClass: organizationalUnit\nou: other\n"
-                    ));
-                    return slapd;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last = format!(
-                        "slapd did not listen on port {port} within 20 s: {}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                    break;
+                match slapd.poll_ready() {
+                    Ok(true) => return TestSlapd { slapd, dir },
+                    Ok(false) if Instant::now() > deadline => {
+                        last = format!(
+                            "slapd did not listen on {} within {} s: {}",
+                            opts.ldap,
+                            dev_ldap::START_TIMEOUT.as_secs(),
+                            slapd.log_text()
+                        );
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(e @ SlapdError::Exited { .. }) => {
+                        last = e.to_string();
+                        break;
+                    }
+                    Err(e) => panic!("slapd did not start: {e}"),
                 }
                 #[allow(
                     clippy::disallowed_methods,
@@ -202,15 +143,14 @@ impl TestSlapd {
 
     /// `ldap://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("ldap://127.0.0.1:{}", self.port)
+        self.slapd.url()
     }
 
     /// `ldaps://127.0.0.1:<port>` of a server started with [`start_with_tls`](Self::start_with_tls).
     pub fn ldaps_url(&self) -> String {
-        match self.tls_port {
-            Some(p) => format!("ldaps://127.0.0.1:{p}"),
-            None => panic!("this slapd was started without TLS: use TestSlapd::start_with_tls"),
-        }
+        self.slapd.ldaps_url().unwrap_or_else(|| {
+            panic!("this slapd was started without TLS: use TestSlapd::start_with_tls")
+        })
     }
 
     /// The CA certificate (PEM) the server's certificate chains to.
@@ -274,12 +214,5 @@ impl TestSlapd {
         self.modify(&format!(
             "dn: {dn}\nchangetype: modify\nreplace: {attribute}\n{attribute}: {value}\n"
         ));
-    }
-}
-
-impl Drop for TestSlapd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

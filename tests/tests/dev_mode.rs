@@ -97,10 +97,28 @@ fn dev_mode_runs_a_fleet_the_cli_can_drive() {
             "not a JSON log line on stderr: {line}"
         );
     }
-    // The example fleet is loaded.
+    // The example fleet is loaded, with the change-triggered schedule on the fleet's own
+    // directory (slapd is installed where the tests run).
+    assert!(banner.contains("directory: ldap://127.0.0.1:"), "{banner}");
     let out = cli(&["get", "schedules", "-o", "json"]);
     let scheds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(scheds.as_array().unwrap().len(), 3, "{scheds:#}");
+    let mut names: Vec<&str> = scheds
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "delta-every-3m",
+            "nightly-full",
+            "people-on-change",
+            "staging-delta"
+        ],
+        "{scheds:#}"
+    );
     // Ctrl-C stops it cleanly.
     dev.signal("INT");
     let mut dev = dev;

@@ -134,10 +134,111 @@ fn the_readme_first_command_and_every_tour_line_work_as_written() {
     }
     assert!(ran >= 10, "only {ran} tour lines ran");
 
+    // "Runs on change": the dev fleet's own directory, from the repository folder.
+    let change = sh_block_after(&readme, "## Runs on change");
+    let mut watched: Option<String> = None;
+    let mut shown = String::new();
+    for line in change {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if trimmed.contains("--watch") {
+            watched = Some(watch_for_change_run(trimmed, &env, &root, &dev));
+            continue;
+        }
+        let literal = match (&watched, trimmed.contains("<RUN-ID>")) {
+            (Some(id), true) => trimmed.replace("<RUN-ID>", id),
+            (None, true) => panic!("{trimmed:?} needs a run id, and no line printed one"),
+            (_, false) => trimmed.to_string(),
+        };
+        let mut cmd = Command::new("bash");
+        cmd.args(["-c", &literal]);
+        env(&mut cmd);
+        cmd.current_dir(&root);
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "README \"Runs on change\" line failed ({}): {literal}\n--- stdout\n{stdout}\n--- stderr\n{}\n--- dev log\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            dev.log_text()
+        );
+        shown = stdout;
+    }
+    assert!(watched.is_some(), "the block watches for the change run");
+    let field = |name: &str| {
+        shown
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name:?} in the last line's output:\n{shown}"))
+            .to_string()
+    };
+    assert_eq!(field("origin:"), "change");
+    assert_eq!(field("changes:"), "1 coalesced from people");
+
     // Ctrl-C stops the fleet.
     dev.signal("INT");
     let status = wait_for("dev to stop", Duration::from_secs(30), || {
         dev.child.try_wait().ok().flatten()
     });
     assert!(status.success(), "{}", dev.log_text());
+}
+
+/// Runs the README's `runs list --watch` line until it prints a run of the change-triggered
+/// schedule, then ends it (the reader's Ctrl-C); returns that run's short id.
+fn watch_for_change_run(
+    line: &str,
+    env: &dyn Fn(&mut Command),
+    root: &std::path::Path,
+    dev: &Proc,
+) -> String {
+    use std::io::BufRead;
+    let mut cmd = Command::new("bash");
+    // `exec`: the watch itself is the child, so killing the child ends it.
+    cmd.args(["-c", &format!("exec {line}")]);
+    env(&mut cmd);
+    cmd.current_dir(root).stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let id = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains("change/people-on-change") => {
+                // `[HH:MM:SS] ID AGENT STATE ORIGIN/SCHEDULE ...`
+                break l.split_whitespace().nth(1).unwrap_or_default().to_string();
+            }
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "{line:?} printed no run of people-on-change within 60 s; it printed:\n{}\n--- dev log\n{}",
+                    seen.join("\n"),
+                    dev.log_text()
+                );
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        id.len() >= 8 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "not a run id: {id:?}"
+    );
+    id
 }
