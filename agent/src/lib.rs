@@ -22,6 +22,13 @@
 //! mode (in-process agents).
 #![cfg_attr(not(windows), forbid(unsafe_code))]
 #![cfg_attr(windows, deny(unsafe_code))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::disallowed_methods,
+        reason = "unit tests time their own code with the real clock"
+    )
+)]
 
 use std::sync::Arc;
 

@@ -162,6 +162,10 @@ pub fn install(config: &std::path::Path, account: &Account) -> Result<String, Se
 }
 
 /// Waits until the service's state is `wanted` (or, while starting, it stopped).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the management commands are synchronous, outside any async runtime: they wait in real time"
+)]
 fn wait_for(
     svc: &windows_service::service::Service,
     wanted: ServiceState,
@@ -191,10 +195,6 @@ fn wait_for(
                 waited: humantime::format_duration(within).to_string(),
             });
         }
-        #[allow(
-            clippy::disallowed_methods,
-            reason = "the management commands are synchronous, outside any async runtime"
-        )]
         std::thread::sleep(Duration::from_millis(250));
     }
 }

@@ -3,6 +3,10 @@
 //! sync cycle is switched off at start or the agent refuses to run, and
 //! `syncfleet-agent adsync restore-scheduler` switches it back on.
 #![allow(
+    clippy::disallowed_methods,
+    reason = "a test measures and waits in real time, next to real processes"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     reason = "tests fail loudly on unexpected errors"

@@ -2,6 +2,10 @@
 //! counts as a change, what does not, and that the cursor and the event are stored together
 //! (a restarted poller reports each change exactly once).
 #![allow(
+    clippy::disallowed_methods,
+    reason = "a test measures and waits in real time, next to real processes"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

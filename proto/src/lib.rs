@@ -20,6 +20,13 @@
 //! - [`shutdown`]: Ctrl-C / SIGTERM as a cancellation token.
 //! - [`process`]: `--set`, `--dump-config`, exit codes and the runtime of the binaries.
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::disallowed_methods,
+        reason = "unit tests time their own code with the real clock"
+    )
+)]
 
 pub mod config_layers;
 pub mod digest;

@@ -391,7 +391,7 @@ const EXPORT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 struct ExportFailures {
     every: Duration,
-    last_logged: Option<std::time::Instant>,
+    last_logged: Option<tokio::time::Instant>,
     unreported: u64,
 }
 
@@ -405,7 +405,7 @@ impl ExportFailures {
     }
 
     /// One more failure at `now`: the count to log now, or None to stay quiet.
-    fn failed(&mut self, now: std::time::Instant) -> Option<u64> {
+    fn failed(&mut self, now: tokio::time::Instant) -> Option<u64> {
         self.unreported += 1;
         match self.last_logged {
             Some(t) if now.saturating_duration_since(t) < self.every => None,
@@ -442,7 +442,7 @@ impl LoggedExporter {
             .failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .failed(std::time::Instant::now());
+            .failed(tokio::time::Instant::now());
         if let Some(failures) = report {
             // Target outside `syncfleet_agent`/`syncfleet_controller`: never exported itself.
             tracing::warn!(
@@ -581,7 +581,7 @@ mod tests {
 
     #[test]
     fn export_failures_are_logged_at_most_once_a_minute_with_their_count() {
-        let t0 = std::time::Instant::now();
+        let t0 = tokio::time::Instant::now();
         let mut f = ExportFailures::new(Duration::from_secs(60));
         assert_eq!(f.failed(t0), Some(1), "the first failure is logged at once");
         assert_eq!(f.failed(t0 + Duration::from_secs(1)), None);

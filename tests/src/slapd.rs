@@ -131,10 +131,6 @@ impl TestSlapd {
                     }
                     Err(e) => panic!("slapd did not start: {e}"),
                 }
-                #[allow(
-                    clippy::disallowed_methods,
-                    reason = "`start` is synchronous like the other harnesses (no runtime needed); this short wait for the port happens once per server, before the test's own work"
-                )]
                 std::thread::sleep(Duration::from_millis(50));
             }
         }

@@ -4,7 +4,10 @@
 //! agent; ignored attributes and changes outside the scope start nothing; a burst becomes one
 //! run that says how many changes it coalesced; an agent restarted between two changes misses
 //! neither; a fallback interval fires when nothing changes.
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test measures and waits in real time, next to real processes"
+)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

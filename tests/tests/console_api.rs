@@ -3,7 +3,10 @@
 //! session cookie's attributes, sessions required on `/api/*`, CSRF and Origin refusals audited,
 //! a viewer refused and audited exactly as over gRPC, an admin approving a held run, live run
 //! updates over server-sent events, a revoked operator's session ending, security headers.
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test measures and waits in real time, next to real processes"
+)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -14,7 +14,10 @@
 //! page is checked at a 400 px wide window.
 //! Screenshots (fleet, timeline, a run's detail, a held run, the fleet at 400 px) go to
 //! `target/console-screenshots/`.
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test measures and waits in real time, next to real processes"
+)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -5,6 +5,10 @@
 //! example configurations point at the folders the units make writable. And both daemons speak
 //! sd_notify to a real Unix datagram socket given as `NOTIFY_SOCKET` (what systemd does for a
 //! `Type=notify` unit): `READY=1` only once they do their work, `STOPPING=1` at SIGTERM.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test measures and waits in real time, next to real processes"
+)]
 #![cfg(target_os = "linux")]
 #![allow(
     clippy::unwrap_used,

@@ -2,6 +2,10 @@
 //! agent's own runs: checked through the real binaries with the sim engine's `[[unmanaged]]`
 //! runs, from the outside, through the CLI.
 #![allow(
+    clippy::disallowed_methods,
+    reason = "a test measures and waits in real time, next to real processes"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

@@ -2,6 +2,10 @@
 //! connections are closed, runs for revoked agents are refused, a damaged store and a second
 //! controller on the same data directory stop the start.
 #![allow(
+    clippy::disallowed_methods,
+    reason = "a test measures and waits in real time, next to real processes"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

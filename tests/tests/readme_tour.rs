@@ -8,6 +8,10 @@
 //! The fleet listens on the README's addresses (127.0.0.1:7443 and :7080), which no other test
 //! uses.
 #![allow(
+    clippy::disallowed_methods,
+    reason = "a test measures and waits in real time, next to real processes"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

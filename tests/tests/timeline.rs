@@ -4,6 +4,10 @@
 //! real CLI against the real controller and a simulated server whose administrator starts a
 //! Full Sync in Sync Service Manager.
 #![allow(
+    clippy::disallowed_methods,
+    reason = "a test measures and waits in real time, next to real processes"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

@@ -4,6 +4,10 @@
 //! controller. The exes are the shipped build (`agent` profile) for `x86_64-pc-windows-gnu`
 //! (`syncfleet_tests::wine`); each test has its own fresh Wine prefix.
 #![allow(
+    clippy::disallowed_methods,
+    reason = "a test measures and waits in real time, next to real processes"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};

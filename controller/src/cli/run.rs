@@ -23,7 +23,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use clap::{ArgGroup, Args};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};

@@ -8,7 +8,8 @@
 //! short (`-o json` has them all).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;

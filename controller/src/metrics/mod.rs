@@ -78,8 +78,9 @@ mod http;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use syncfleet_proto::sync::lock;
+use tokio::time::Instant;
 
 use prometheus_client::registry::Registry;
 use syncfleet_proto::v1;

@@ -16,7 +16,8 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use syncfleet_proto::time::from_millis;
 use syncfleet_proto::v1;

@@ -1338,7 +1338,7 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("postgres://sf:hunter2@127.0.0.1:{port}/syncfleet");
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let err = PgStore::connect(&url).await.unwrap_err();
         assert!(started.elapsed() < CONNECT_TIMEOUT * 3, "{err}");
         assert!(matches!(err, StoreError::PgConnect { .. }), "{err:?}");
