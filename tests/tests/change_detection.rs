@@ -215,6 +215,17 @@ fn a_wrong_password_is_shown_as_the_sources_error_and_starts_nothing() {
         !error.contains("not-the-password"),
         "the error shows the secret: {error}"
     );
+    // The agent's health says so too.
+    let show = stdout(&fleet.cli(&["agents", "show", "sync-01"]));
+    assert!(show.contains("1 polled, 1 failing"), "{show}");
+    let line = show
+        .lines()
+        .find(|l| l.trim_start().starts_with("people/people (ldap "))
+        .unwrap_or_else(|| panic!("no line for the failing source:\n{show}"));
+    assert!(line.contains(&error), "{line}");
+    let agent = fleet.cli_json(&["agents", "show", "sync-01", "-o", "json"]);
+    assert_eq!(agent["change_sources"][0]["schedule"], "people");
+    assert_eq!(agent["change_sources"][0]["error"], error.as_str());
     let (_, metrics) = common::http_get(fleet.http_port, "/metrics").unwrap();
     assert!(
         metrics.contains("syncfleet_change_source_errors{schedule=\"people\",source=\"people\"} 1"),

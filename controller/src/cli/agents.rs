@@ -378,6 +378,40 @@ pub fn autonomy_brief(a: &Agent, now: DateTime<Utc>) -> String {
     }
 }
 
+/// The change sources the agent polls, from its last heartbeat: a brief ("2 polled, 1
+/// failing") and a line for each failing one with its error, since when and how many polls in a
+/// row failed.
+fn change_sources_brief(a: &Agent) -> (String, Vec<String>) {
+    if a.change_sources.is_empty() {
+        return ("none".to_string(), Vec::new());
+    }
+    let failing: Vec<String> = a
+        .change_sources
+        .iter()
+        .filter(|c| !c.error.is_empty())
+        .map(|c| {
+            format!(
+                "  {}/{} ({} {}): {} (since {}, {} failed polls in a row)",
+                c.schedule,
+                c.source,
+                c.kind,
+                c.target,
+                c.error,
+                local_time(c.error_since.as_ref()),
+                c.consecutive_errors
+            )
+        })
+        .collect();
+    (
+        format!(
+            "{} polled, {} failing",
+            a.change_sources.len(),
+            failing.len()
+        ),
+        failing,
+    )
+}
+
 pub fn agent_details(a: &Agent, now: DateTime<Utc>) -> String {
     let mut kv = Table::new(&["", ""]);
     let mut add = |k: &str, v: String| kv.row(vec![format!("{k}:"), v]);
@@ -435,6 +469,8 @@ pub fn agent_details(a: &Agent, now: DateTime<Utc>) -> String {
             a.runs_in_flight.join(", ")
         },
     );
+    let (sources, failing_sources) = change_sources_brief(a);
+    add("change sources", sources);
     add("engine runs", {
         let outside = running_brief(a, &[]);
         if outside == "-" {
@@ -446,6 +482,13 @@ pub fn agent_details(a: &Agent, now: DateTime<Utc>) -> String {
     // The header row of the key/value table is empty; drop it.
     let rendered = kv.render();
     let mut out: String = rendered.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    if !failing_sources.is_empty() {
+        out.push_str("change sources failing:\n");
+        for line in failing_sources {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
     out.push_str(&format!(
         "management agents ({}):\n",
         a.management_agents.len()

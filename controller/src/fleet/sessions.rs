@@ -125,6 +125,7 @@ impl Fleet {
                 agent.agent_problem.clone_from(&live.agent_problem);
                 agent.runs_in_flight.clone_from(&live.runs_in_flight);
                 agent.engine_runs.clone_from(&live.engine_runs);
+                agent.change_sources.clone_from(&live.change_sources);
             }
         }
         if let Some(live) = lock(&self.live).get(&agent.name) {
@@ -219,6 +220,7 @@ impl Fleet {
             agent_problem: String::new(),
             runs_in_flight: hello.runs_in_flight.clone(),
             engine_runs: Vec::new(),
+            change_sources: Vec::new(),
             drain: stored.as_ref().and_then(|s| s.agent.drain.clone()),
             autonomy_after_seconds: hello.autonomy_after_seconds,
             autonomous: false,

@@ -275,6 +275,15 @@ pub fn agent_json(a: &Agent) -> Value {
         "runs_cleared_before": timestamp_json(a.runs_cleared_before.as_ref()),
         "clear_runs_total": a.clear_runs_total,
         "clear_runs_problem": a.clear_runs_problem,
+        // The change sources it polls (`trigger.on_change`), from its last heartbeat.
+        "change_sources": a.change_sources.iter().map(|c| {
+            let mut v = change_source_status_json(c);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("schedule".into(), json!(c.schedule));
+                o.insert("source".into(), json!(c.source));
+            }
+            v
+        }).collect::<Vec<_>>(),
         "management_agents": a.management_agents.iter().map(management_agent_json).collect::<Vec<_>>(),
     })
 }
@@ -333,21 +342,25 @@ pub fn schedule_run_json(r: &ScheduleRunSummary) -> Value {
     })
 }
 
+/// What an agent reports of one change source it polls (`status` of `schedules show -o json`'s
+/// `change_sources`; `agents show -o json`'s `change_sources`, with `schedule` and `source`).
+pub fn change_source_status_json(s: &syncfleet_proto::v1::ChangeSourceStatus) -> Value {
+    json!({
+        "kind": s.kind,
+        "target": s.target,
+        "cursor": s.cursor,
+        "last_poll": timestamp_json(s.last_poll.as_ref()),
+        "last_change": timestamp_json(s.last_change.as_ref()),
+        "changes_total": s.changes_total,
+        "error": s.error,
+        "error_since": timestamp_json(s.error_since.as_ref()),
+        "consecutive_errors": s.consecutive_errors,
+    })
+}
+
 /// One change source of a schedule on one agent (`schedules show -o json`, `change_sources`).
 pub fn change_source_json(v: &syncfleet_proto::v1::ChangeSourceView) -> Value {
-    let status = v.status.as_ref().map(|s| {
-        json!({
-            "kind": s.kind,
-            "target": s.target,
-            "cursor": s.cursor,
-            "last_poll": timestamp_json(s.last_poll.as_ref()),
-            "last_change": timestamp_json(s.last_change.as_ref()),
-            "changes_total": s.changes_total,
-            "error": s.error,
-            "error_since": timestamp_json(s.error_since.as_ref()),
-            "consecutive_errors": s.consecutive_errors,
-        })
-    });
+    let status = v.status.as_ref().map(change_source_status_json);
     json!({
         "agent": v.agent,
         "source": v.source,
@@ -671,6 +684,7 @@ mod tests {
                 "runs_cleared_before": null,
                 "clear_runs_total": 0,
                 "clear_runs_problem": "",
+                "change_sources": [],
                 "management_agents": [{
                     "name": "CONTOSO AD",
                     "type": "AD",
