@@ -533,15 +533,22 @@ async fn start_directory(
     let password_file = dir.join("bind.pw");
     std::fs::write(&password_file, DEV_LDAP_PASSWORD)
         .map_err(io(format!("write {}", password_file.display())))?;
-    let ldap = dev_ldap::free_or_ephemeral(addr).map_err(io(format!("bind {addr}")))?;
-    let slapd = dev_ldap::Slapd::start(&dev_ldap::SlapdOptions {
-        dir,
+    let options = |ldap| dev_ldap::SlapdOptions {
+        dir: dir.clone(),
         ldap,
         ldaps: None,
         password: DEV_LDAP_PASSWORD.to_string(),
         tls: None,
-    })
-    .await;
+    };
+    let ldap = dev_ldap::free_or_ephemeral(addr).map_err(io(format!("bind {addr}")))?;
+    let mut slapd = dev_ldap::Slapd::start(&options(ldap)).await;
+    if let Err(dev_ldap::SlapdError::Exited { .. }) = &slapd {
+        // Another process took the port between the check and slapd's bind (two dev fleets
+        // started together): once more, on a port the system picks.
+        let any = SocketAddr::new(addr.ip(), 0);
+        let ldap = dev_ldap::free_or_ephemeral(any).map_err(io(format!("bind {any}")))?;
+        slapd = dev_ldap::Slapd::start(&options(ldap)).await;
+    }
     match slapd {
         Ok(slapd) => Ok(DevDirectory {
             slapd,

@@ -9,9 +9,11 @@
 //! `ldap-utils`). The root DN [`ROOT_DN`] binds with the password of [`SlapdOptions`]; no
 //! access control applies to it.
 //!
-//! The server runs in the foreground as a child process and is killed when the [`Slapd`] is
-//! dropped. Its folder is the caller's: a database already there (a dev fleet restarted with
-//! `--data-dir`) is served as it is.
+//! The server runs in the foreground under a small `sh` guard that holds the read end of a pipe
+//! whose write end only the owner has: when the owner drops the [`Slapd`] or dies in any way
+//! (Ctrl-C, SIGKILL, a test killed on timeout), the pipe closes and the guard stops slapd, so
+//! no directory outlives its fleet and keeps its port. Its folder is the caller's: a database
+//! already there (a dev fleet restarted with `--data-dir`) is served as it is.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -90,9 +92,24 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SlapdError {
     move |source| SlapdError::Io { what, source }
 }
 
-/// A running slapd; killed on drop.
+/// Runs slapd (`"$@"`) and stops it when standard input closes, which happens when the owner
+/// of the pipe drops it or exits. Background commands of a non-interactive shell read
+/// `/dev/null`, hence the copy of standard input on descriptor 3. Exits with slapd's status.
+const GUARD: &str = r#"exec 3<&0
+"$@" </dev/null &
+server=$!
+( read -r _ <&3; kill "$server" 2>/dev/null ) &
+watcher=$!
+wait "$server"
+status=$?
+kill "$watcher" 2>/dev/null
+exit "$status"
+"#;
+
+/// A running slapd; stopped on drop.
 #[derive(Debug)]
 pub struct Slapd {
+    /// The guard shell (see [`GUARD`]); its standard input is the pipe that keeps slapd alive.
     child: Child,
     ldap: SocketAddr,
     ldaps: Option<SocketAddr>,
@@ -194,16 +211,16 @@ impl Slapd {
         }
         let log_file =
             std::fs::File::create(&log).map_err(io(format!("create {}", log.display())))?;
-        // `-d 0`: stay in the foreground (so the server ends with its owner) and log errors only.
-        let child = Command::new(SLAPD)
-            .arg("-f")
+        // `-d 0`: stay in the foreground (a child of the guard) and log errors only.
+        let child = Command::new("sh")
+            .args(["-c", GUARD, "slapd-guard", SLAPD, "-f"])
             .arg(&conf)
             .args(["-h", &urls, "-d", "0"])
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
-            .map_err(io(format!("run {SLAPD}")))?;
+            .map_err(io(format!("run {SLAPD} under sh")))?;
         Ok(Slapd {
             child,
             ldap: opts.ldap,
@@ -269,8 +286,9 @@ impl Slapd {
 }
 
 impl Drop for Slapd {
+    /// Closes the guard's pipe (the guard stops slapd and exits with it) and reaps the guard.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
 }

@@ -519,7 +519,7 @@ fn the_operator_of_a_dev_fleet_is_listed_and_the_version_answers() {
     let cli_config = dir.path().join("cli.toml");
     let (grpc, http) = (common::free_port(), common::free_port());
     let mut cmd = Command::new(bin("syncfleet-controller"));
-    cmd.args(["dev", "--agents", "1"])
+    cmd.args(["dev", "--ldap-listen", "127.0.0.1:0", "--agents", "1"])
         .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
         .arg("--cli-config")

@@ -34,11 +34,17 @@ fn dev_mode_runs_a_fleet_the_cli_can_drive() {
     let cli_config = dir.path().join("cli.toml");
     let (grpc, http) = (free_port(), free_port());
     let mut cmd = Command::new(bin("syncfleet-controller"));
-    cmd.args(["dev", "--grpc-listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .args(["--log-format", "json"])
-        .arg("--cli-config")
-        .arg(&cli_config);
+    cmd.args([
+        "dev",
+        "--ldap-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        &format!("127.0.0.1:{grpc}"),
+    ])
+    .args(["--http-listen", &format!("127.0.0.1:{http}")])
+    .args(["--log-format", "json"])
+    .arg("--cli-config")
+    .arg(&cli_config);
     let banner = dir.path().join("dev.stdout");
     let dev = Proc::spawn_with_stdout(
         "dev",
@@ -154,13 +160,20 @@ fn dev_mode_runs_thousands_of_agents_in_one_process() {
     assert!(err.contains("between 1 and 5000 (got 5001)"), "{err}");
 
     let mut cmd = Command::new(bin("syncfleet-controller"));
-    cmd.args(["dev", "--agents", "2000", "--no-example-fleet"])
-        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .args(["--console-listen", &format!("127.0.0.1:{console}")])
-        .args(["--log-format", "json"])
-        .arg("--cli-config")
-        .arg(&cli_config);
+    cmd.args([
+        "dev",
+        "--ldap-listen",
+        "127.0.0.1:0",
+        "--agents",
+        "2000",
+        "--no-example-fleet",
+    ])
+    .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+    .args(["--http-listen", &format!("127.0.0.1:{http}")])
+    .args(["--console-listen", &format!("127.0.0.1:{console}")])
+    .args(["--log-format", "json"])
+    .arg("--cli-config")
+    .arg(&cli_config);
     let _dev = Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));
     // Every agent connected (the connection caps and the open-file limit follow --agents).
     let agents = wait_agents_connected_within(cli, 2000, Duration::from_secs(240));
@@ -178,4 +191,47 @@ fn dev_mode_runs_thousands_of_agents_in_one_process() {
     // And they work: a run on the last one.
     let run = run_followed(cli, "sync-2000", &["AD:Delta Import"]);
     assert_eq!(run["agent"], "sync-2000", "{run:#}");
+}
+
+/// The fleet's own directory never outlives it: a `dev` killed with SIGKILL (no chance to clean
+/// up) takes its slapd with it, so no orphan keeps the directory's port.
+#[test]
+fn the_dev_directory_stops_when_the_fleet_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let mut cmd = Command::new(bin("syncfleet-controller"));
+    cmd.args([
+        "dev",
+        "--ldap-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        &format!("127.0.0.1:{grpc}"),
+    ])
+    .args(["--http-listen", &format!("127.0.0.1:{http}")])
+    .arg("--cli-config")
+    .arg(dir.path().join("cli.toml"));
+    let banner = dir.path().join("dev.stdout");
+    let mut dev = Proc::spawn_with_stdout(
+        "dev",
+        &mut cmd,
+        dir.path().join("dev.log"),
+        std::fs::File::create(&banner).unwrap(),
+    );
+    let addr: std::net::SocketAddr =
+        wait_for("the banner's directory", Duration::from_secs(60), || {
+            let text = std::fs::read_to_string(&banner).ok()?;
+            let rest = text.split("directory: ldap://").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        });
+    assert!(
+        std::net::TcpStream::connect(addr).is_ok(),
+        "the directory does not listen on {addr}: {}",
+        dev.log_text()
+    );
+    dev.kill9();
+    wait_for(
+        "the directory to stop with its fleet",
+        Duration::from_secs(15),
+        || std::net::TcpStream::connect(addr).is_err().then_some(()),
+    );
 }

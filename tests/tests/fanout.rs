@@ -290,11 +290,19 @@ fn dev_fleet_of_five_runs_the_delta_cycle_on_its_production_servers() {
     let dir = tempfile::tempdir().unwrap();
     let cli_config = dir.path().join("cli.toml");
     let mut cmd = Command::new(bin("syncfleet-controller"));
-    cmd.args(["dev", "--agents", "5", "--time-scale", "0.01"])
-        .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
-        .arg("--cli-config")
-        .arg(&cli_config);
+    cmd.args([
+        "dev",
+        "--ldap-listen",
+        "127.0.0.1:0",
+        "--agents",
+        "5",
+        "--time-scale",
+        "0.01",
+    ])
+    .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
+    .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+    .arg("--cli-config")
+    .arg(&cli_config);
     let _dev = Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));
     let cli = cli_with_config(&cli_config);
     let agents = wait_agents_connected(cli, 5);

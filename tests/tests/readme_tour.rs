@@ -5,8 +5,9 @@
 //! every line of the tour block with `bash -c`, literally, in order; each must exit 0. A
 //! placeholder `<RUN-ID>` is filled with the run id the line before printed.
 //!
-//! The fleet listens on the README's addresses (127.0.0.1:7443 and :7080), which no other test
-//! uses.
+//! The fleet listens on the README's addresses (127.0.0.1:7443 and :7080, its directory on
+//! :7389), which no other test uses (the other tests that start `dev` give it
+//! `--ldap-listen 127.0.0.1:0`).
 #![allow(
     clippy::disallowed_methods,
     reason = "a test measures and waits in real time, next to real processes"
