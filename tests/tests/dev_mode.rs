@@ -28,30 +28,33 @@ fn short_id_in(progress: &str) -> Option<String> {
         })
 }
 
+/// `syncfleet-controller dev` on free ports, its directory on an ephemeral port, its CLI context
+/// in `dir/cli.toml`, its log in `dir/dev.log`; returns the process and the file its banner
+/// (stdout) goes to.
+fn spawn_dev(dir: &std::path::Path, extra: &[&str]) -> (Proc, std::path::PathBuf) {
+    let (grpc, http) = (free_port(), free_port());
+    let mut cmd = Command::new(bin("syncfleet-controller"));
+    cmd.args(["dev", "--ldap-listen", "127.0.0.1:0"])
+        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(extra)
+        .arg("--cli-config")
+        .arg(dir.join("cli.toml"));
+    let banner = dir.join("dev.stdout");
+    let dev = Proc::spawn_with_stdout(
+        "dev",
+        &mut cmd,
+        dir.join("dev.log"),
+        std::fs::File::create(&banner).unwrap(),
+    );
+    (dev, banner)
+}
+
 #[test]
 fn dev_mode_runs_a_fleet_the_cli_can_drive() {
     let dir = tempfile::tempdir().unwrap();
     let cli_config = dir.path().join("cli.toml");
-    let (grpc, http) = (free_port(), free_port());
-    let mut cmd = Command::new(bin("syncfleet-controller"));
-    cmd.args([
-        "dev",
-        "--ldap-listen",
-        "127.0.0.1:0",
-        "--grpc-listen",
-        &format!("127.0.0.1:{grpc}"),
-    ])
-    .args(["--http-listen", &format!("127.0.0.1:{http}")])
-    .args(["--log-format", "json"])
-    .arg("--cli-config")
-    .arg(&cli_config);
-    let banner = dir.path().join("dev.stdout");
-    let dev = Proc::spawn_with_stdout(
-        "dev",
-        &mut cmd,
-        dir.path().join("dev.log"),
-        std::fs::File::create(&banner).unwrap(),
-    );
+    let (dev, banner) = spawn_dev(dir.path(), &["--log-format", "json"]);
     let cli = cli_with_config(&cli_config);
     // From "a second shell": the dev context written by `dev` is all the CLI needs.
     let agents = wait_agents_connected(cli, 3);
@@ -198,25 +201,7 @@ fn dev_mode_runs_thousands_of_agents_in_one_process() {
 #[test]
 fn the_dev_directory_stops_when_the_fleet_is_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let (grpc, http) = (free_port(), free_port());
-    let mut cmd = Command::new(bin("syncfleet-controller"));
-    cmd.args([
-        "dev",
-        "--ldap-listen",
-        "127.0.0.1:0",
-        "--grpc-listen",
-        &format!("127.0.0.1:{grpc}"),
-    ])
-    .args(["--http-listen", &format!("127.0.0.1:{http}")])
-    .arg("--cli-config")
-    .arg(dir.path().join("cli.toml"));
-    let banner = dir.path().join("dev.stdout");
-    let mut dev = Proc::spawn_with_stdout(
-        "dev",
-        &mut cmd,
-        dir.path().join("dev.log"),
-        std::fs::File::create(&banner).unwrap(),
-    );
+    let (mut dev, banner) = spawn_dev(dir.path(), &[]);
     let addr: std::net::SocketAddr =
         wait_for("the banner's directory", Duration::from_secs(60), || {
             let text = std::fs::read_to_string(&banner).ok()?;
