@@ -517,11 +517,8 @@ fn wide_lists_add_columns_and_no_headers_leaves_rows_only() {
 fn the_operator_of_a_dev_fleet_is_listed_and_the_version_answers() {
     let dir = tempfile::tempdir().unwrap();
     let cli_config = dir.path().join("cli.toml");
-    let (grpc, http) = (common::free_port(), common::free_port());
-    let mut cmd = Command::new(bin("syncfleet-controller"));
-    cmd.args(["dev", "--ldap-listen", "127.0.0.1:0", "--agents", "1"])
-        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+    let mut cmd = common::dev_command("syncfleet-controller");
+    cmd.args(["--agents", "1"])
         .arg("--cli-config")
         .arg(&cli_config);
     let _dev = common::Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));

@@ -896,23 +896,13 @@ fn the_dev_banner_prints_a_working_sign_in_link() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let console_port = free_port();
-    let mut cmd = Command::new(bin("syncfleet"));
-    cmd.args([
-        "dev",
-        "--ldap-listen",
-        "127.0.0.1:0",
-        "--agents",
-        "1",
-        "--time-scale",
-        "0.01",
-    ])
-    .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
-    .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
-    .args(["--console-listen", &format!("127.0.0.1:{console_port}")])
-    .arg("--data-dir")
-    .arg(&data)
-    .arg("--cli-config")
-    .arg(dir.path().join("cli.toml"));
+    let mut cmd = common::dev_command("syncfleet");
+    cmd.args(["--agents", "1", "--time-scale", "0.01"])
+        .args(["--console-listen", &format!("127.0.0.1:{console_port}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--cli-config")
+        .arg(dir.path().join("cli.toml"));
     let banner = dir.path().join("dev.stdout");
     let _dev = Proc::spawn_with_stdout(
         "dev",

@@ -56,24 +56,14 @@ impl DevFleet {
         let dir = tempfile::tempdir().unwrap();
         let cli_config = dir.path().join("cli.toml");
         let banner = dir.path().join("banner.txt");
-        let mut cmd = Command::new(bin("syncfleet"));
-        cmd.args([
-            "dev",
-            "--ldap-listen",
-            "127.0.0.1:0",
-            "--agents",
-            "3",
-            "--time-scale",
-            "0.05",
-        ])
-        .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--console-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--console-trace-url", TRACE_URL])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--cli-config")
-        .arg(&cli_config);
+        let mut cmd = common::dev_command("syncfleet");
+        cmd.args(["--agents", "3", "--time-scale", "0.05"])
+            .args(["--console-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--console-trace-url", TRACE_URL])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--cli-config")
+            .arg(&cli_config);
         let dev = Proc::spawn_with_stdout(
             "dev",
             &mut cmd,

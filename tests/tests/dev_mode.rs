@@ -28,16 +28,12 @@ fn short_id_in(progress: &str) -> Option<String> {
         })
 }
 
-/// `syncfleet-controller dev` on free ports, its directory on an ephemeral port, its CLI context
+/// `syncfleet-controller dev` ([`common::dev_command`]), its CLI context
 /// in `dir/cli.toml`, its log in `dir/dev.log`; returns the process and the file its banner
 /// (stdout) goes to.
 fn spawn_dev(dir: &std::path::Path, extra: &[&str]) -> (Proc, std::path::PathBuf) {
-    let (grpc, http) = (free_port(), free_port());
-    let mut cmd = Command::new(bin("syncfleet-controller"));
-    cmd.args(["dev", "--ldap-listen", "127.0.0.1:0"])
-        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .args(extra)
+    let mut cmd = common::dev_command("syncfleet-controller");
+    cmd.args(extra)
         .arg("--cli-config")
         .arg(dir.join("cli.toml"));
     let banner = dir.join("dev.stdout");
@@ -148,7 +144,7 @@ fn dev_mode_runs_a_fleet_the_cli_can_drive() {
 fn dev_mode_runs_thousands_of_agents_in_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let cli_config = dir.path().join("cli.toml");
-    let (grpc, http, console) = (free_port(), free_port(), free_port());
+    let console = free_port();
     let cli = cli_with_config(&cli_config);
 
     // Beyond the maximum: refused before anything starts, naming the bound.
@@ -162,21 +158,12 @@ fn dev_mode_runs_thousands_of_agents_in_one_process() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("between 1 and 5000 (got 5001)"), "{err}");
 
-    let mut cmd = Command::new(bin("syncfleet-controller"));
-    cmd.args([
-        "dev",
-        "--ldap-listen",
-        "127.0.0.1:0",
-        "--agents",
-        "2000",
-        "--no-example-fleet",
-    ])
-    .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-    .args(["--http-listen", &format!("127.0.0.1:{http}")])
-    .args(["--console-listen", &format!("127.0.0.1:{console}")])
-    .args(["--log-format", "json"])
-    .arg("--cli-config")
-    .arg(&cli_config);
+    let mut cmd = common::dev_command("syncfleet-controller");
+    cmd.args(["--agents", "2000", "--no-example-fleet"])
+        .args(["--console-listen", &format!("127.0.0.1:{console}")])
+        .args(["--log-format", "json"])
+        .arg("--cli-config")
+        .arg(&cli_config);
     let _dev = Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));
     // Every agent connected (the connection caps and the open-file limit follow --agents).
     let agents = wait_agents_connected_within(cli, 2000, Duration::from_secs(240));

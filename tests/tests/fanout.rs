@@ -13,11 +13,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use std::process::Command;
-
-use common::{
-    Fleet, Proc, bin, cli_with_config, free_port, stderr, wait_agents_connected, workspace_root,
-};
+use common::{Fleet, Proc, cli_with_config, stderr, wait_agents_connected, workspace_root};
 use serde_json::Value;
 
 const AGENTS: [&str; 5] = ["sync-01", "sync-02", "sync-03", "sync-04", "sync-05"];
@@ -289,20 +285,10 @@ fn fan_out_by_selector_follows_every_run_and_fails_naming_the_failed_one() {
 fn dev_fleet_of_five_runs_the_delta_cycle_on_its_production_servers() {
     let dir = tempfile::tempdir().unwrap();
     let cli_config = dir.path().join("cli.toml");
-    let mut cmd = Command::new(bin("syncfleet-controller"));
-    cmd.args([
-        "dev",
-        "--ldap-listen",
-        "127.0.0.1:0",
-        "--agents",
-        "5",
-        "--time-scale",
-        "0.01",
-    ])
-    .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
-    .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
-    .arg("--cli-config")
-    .arg(&cli_config);
+    let mut cmd = common::dev_command("syncfleet-controller");
+    cmd.args(["--agents", "5", "--time-scale", "0.01"])
+        .arg("--cli-config")
+        .arg(&cli_config);
     let _dev = Proc::spawn("dev", &mut cmd, dir.path().join("dev.log"));
     let cli = cli_with_config(&cli_config);
     let agents = wait_agents_connected(cli, 5);

@@ -542,21 +542,11 @@ fn a_second_controller_on_the_same_data_dir_is_refused_naming_the_first() {
     );
 
     // `dev --data-dir` on it too.
-    let mut cmd = Command::new(bin("syncfleet-controller"));
-    cmd.args([
-        "dev",
-        "--ldap-listen",
-        "127.0.0.1:0",
-        "--agents",
-        "1",
-        "--no-example-fleet",
-        "--data-dir",
-    ])
-    .arg(fleet.data_dir())
-    .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
-    .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
-    .arg("--cli-config")
-    .arg(fleet.dir.path().join("dev-cli.toml"));
+    let mut cmd = common::dev_command("syncfleet-controller");
+    cmd.args(["--agents", "1", "--no-example-fleet", "--data-dir"])
+        .arg(fleet.data_dir())
+        .arg("--cli-config")
+        .arg(fleet.dir.path().join("dev-cli.toml"));
     let (code, err) = must_exit(Proc::spawn(
         "dev",
         &mut cmd,

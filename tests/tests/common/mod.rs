@@ -47,6 +47,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `BINARY dev` (`syncfleet` or `syncfleet-controller`) on addresses of its own: free gRPC and
+/// HTTP ports and an ephemeral port for its directory. The README's addresses (7443, 7080,
+/// 7389) belong to the README tour test alone, which runs `dev` as the README writes it.
+pub fn dev_command(binary: &str) -> Command {
+    let mut cmd = Command::new(bin(binary));
+    cmd.args(["dev", "--ldap-listen", "127.0.0.1:0"])
+        .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())]);
+    cmd
+}
+
 /// Poll `f` until it returns Some, or fail after `timeout` naming `what`.
 pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
     poll(timeout, f).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
