@@ -18,8 +18,8 @@
 //!   result and counters; log lines about a run carry `run_id` and `trace_id` ([`telemetry`]).
 //!   Heartbeats carry every MA's pending counters, read in the background.
 //!
-//! Entry point: [`run`], used by the `syncfleet-agent` binary and by the controller's `dev`
-//! mode (in-process agents).
+//! Entry points: [`run`], used by the `syncfleet-agent` binary, and [`run_sharing_process`],
+//! used by the controller's `dev` mode for its in-process agents.
 #![cfg_attr(not(windows), forbid(unsafe_code))]
 #![cfg_attr(windows, deny(unsafe_code))]
 #![cfg_attr(
@@ -38,6 +38,7 @@ pub mod autonomy;
 pub mod backlog;
 pub mod change;
 pub mod config;
+pub mod connect_gate;
 pub mod engine;
 pub mod event_ids;
 pub mod eventlog;
@@ -115,14 +116,36 @@ pub fn build_engine(cfg: &AgentConfig) -> Result<Arc<dyn engine::SyncEngine>, Ag
     }
 }
 
-/// Run the agent until `shutdown` is cancelled, with the engine built from the configuration.
+/// Run the agent until `shutdown` is cancelled, with the engine built from the configuration:
+/// the `syncfleet-agent` process, alone in its process and telling the service manager when it
+/// is ready.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    run_built(cfg, connect_gate::ConnectGate::open(), shutdown, true).await
+}
+
+/// [`run`] for one of several agents sharing a process (`dev`'s simulated fleet): they take
+/// turns through `gate` to open their sessions ([`connect_gate`]), and none speaks for the
+/// process to the service manager.
+pub async fn run_sharing_process(
+    cfg: AgentConfig,
+    gate: connect_gate::ConnectGate,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    run_built(cfg, gate, shutdown, false).await
+}
+
+async fn run_built(
+    cfg: AgentConfig,
+    gate: connect_gate::ConnectGate,
+    shutdown: CancellationToken,
+    notify_service_manager: bool,
+) -> Result<(), AgentError> {
     let name = cfg.name.clone();
     telemetry::in_agent(&name, async move {
         cfg.validate()?;
         let engine = build_engine(&cfg)?;
         take_over_engine(&cfg).await?;
-        run_agent(cfg, engine, shutdown, true).await
+        run_agent(cfg, engine, gate, shutdown, notify_service_manager).await
     })
     .await
 }
@@ -147,7 +170,17 @@ pub async fn run_with_engine(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let name = cfg.name.clone();
-    telemetry::in_agent(&name, run_agent(cfg, engine, shutdown, false)).await
+    telemetry::in_agent(
+        &name,
+        run_agent(
+            cfg,
+            engine,
+            connect_gate::ConnectGate::open(),
+            shutdown,
+            false,
+        ),
+    )
+    .await
 }
 
 /// With `notify_service_manager`, the agent tells systemd (`Type=notify`) it is ready when its
@@ -159,6 +192,7 @@ pub async fn run_with_engine(
 async fn run_agent(
     mut cfg: AgentConfig,
     engine: Arc<dyn engine::SyncEngine>,
+    gate: connect_gate::ConnectGate,
     shutdown: CancellationToken,
     notify_service_manager: bool,
 ) -> Result<(), AgentError> {
@@ -231,6 +265,7 @@ async fn run_agent(
         autonomy,
         housekeeping,
         changes,
+        gate,
     });
     if notify_service_manager {
         syncfleet_proto::service_manager::stopping_on(&shutdown, "stopping");

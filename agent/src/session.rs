@@ -90,6 +90,8 @@ pub struct SessionContext {
     pub housekeeping: Arc<crate::housekeeping::Housekeeping>,
     /// The change sources of the schedules (`trigger.on_change`), reported in heartbeats.
     pub changes: Arc<crate::change::Watcher>,
+    /// Turns to open a session, shared with the other agents of this process.
+    pub gate: crate::connect_gate::ConnectGate,
 }
 
 impl std::fmt::Debug for SessionContext {
@@ -281,6 +283,8 @@ async fn run_session(
         controller: controller.to_string(),
         ..ctx.cfg.clone()
     };
+    // From the connection to the Welcome, one of this process's turns (released on every way out).
+    let turn = ctx.gate.turn().await;
     let channel = connect(&target).await?;
     let session_channel = channel.clone();
     let inventory = match ctx.executor.refresh_inventory().await {
@@ -343,6 +347,7 @@ async fn run_session(
     // The controller has recorded what the agent covered: the schedules are its own again.
     ctx.autonomy.welcomed();
     drop(handshake);
+    drop(turn);
     set_live(&ctx.live, Some(session_channel.clone()));
     tracing::info!(controller = %controller, acked = welcome.acked_event_seq, "session open");
     if let Err(e) = ctx.journal.ack(welcome.acked_event_seq) {
@@ -781,6 +786,7 @@ mod change_source_tests {
                 Duration::from_secs(3600),
             ),
             changes,
+            gate: Default::default(),
         };
         let (tx, mut rx) = mpsc::channel(16);
         let done = CancellationToken::new();

@@ -314,10 +314,18 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
     let url = format!("https://{}", SocketAddr::new(host, bound.grpc.port()));
 
     let mut agents = Vec::new();
-    for i in 0..opts.agents {
-        let name = format!("sync-{:02}", i + 1);
-        let dir = data_dir.join("agents").join(&name);
-        init::issue_agent_files(&ca, &name, &dir, Duration::from_secs(30 * 86_400))?;
+    // The agents share this process's CPU with each other and the controller: they open their
+    // sessions a few at a time, so a large fleet connects instead of timing out together.
+    let gate = syncfleet_agent::connect_gate::ConnectGate::for_cpus();
+    let mut issued = issue_agents(ca, &data_dir, opts.agents);
+    while let Some(next) = issued.recv().await {
+        let (i, name, dir) = match next {
+            Ok(agent) => agent,
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e.into());
+            }
+        };
         let mut labels = std::collections::BTreeMap::new();
         let role = if opts.agents > 1 && i + 1 == opts.agents {
             "staging"
@@ -354,8 +362,9 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
             },
         };
         let stop = shutdown.clone();
+        let gate = gate.clone();
         agents.push(tokio::spawn(async move {
-            if let Err(e) = syncfleet_agent::run(agent_cfg, stop).await {
+            if let Err(e) = syncfleet_agent::run_sharing_process(agent_cfg, gate, stop).await {
                 tracing::error!(agent = %name, error = %e, "dev agent stopped");
             }
         }));
@@ -415,6 +424,35 @@ pub async fn run_dev(opts: DevOptions, shutdown: CancellationToken) -> Result<()
         Ok(r) => r.map_err(DevError::from),
         Err(_) => Err(DevError::NotReady),
     }
+}
+
+/// Issue the certificates of `count` agents (`sync-01`, ...) under `data_dir/agents`, in order, on
+/// a blocking thread: signing and writing thousands of them takes seconds, which must not be
+/// taken from the runtime the controller and the agents already started run on. Each agent's
+/// index, name and folder arrive as soon as its files are written; the first failure ends the
+/// stream.
+fn issue_agents(
+    ca: crate::auth::ca::Ca,
+    data_dir: &Path,
+    count: usize,
+) -> tokio::sync::mpsc::Receiver<Result<(usize, String, PathBuf), crate::auth::PkiError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let agents_dir = data_dir.join("agents");
+    tokio::task::spawn_blocking(move || {
+        for i in 0..count {
+            let name = format!("sync-{:02}", i + 1);
+            let dir = agents_dir.join(&name);
+            let issued =
+                init::issue_agent_files(&ca, &name, &dir, Duration::from_secs(30 * 86_400))
+                    .map(|()| (i, name, dir));
+            let failed = issued.is_err();
+            // A closed receiver means `dev` is stopping: issue no more.
+            if tx.blocking_send(issued).is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// The banner's console lines: a one-time sign-in link for the dev admin, valid for an hour,
